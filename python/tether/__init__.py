@@ -1,0 +1,31 @@
+"""tether: native, bounded connection resilience for asyncio real-time agent frameworks.
+
+Importing tether starts no thread and no runtime (safe before frameworks fork their workers); the
+tokio runtime is created on first use.
+"""
+
+from __future__ import annotations
+
+from . import _native
+from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, TetherError, TimeoutError
+from ._logging import sync_log_level
+from ._native import Backoff, Reconnector, redact
+from . import events
+
+__version__ = _native.__version__
+
+sync_log_level()
+
+__all__ = [
+    "Backoff",
+    "Reconnector",
+    "TetherError",
+    "GaveUp",
+    "PoolExhausted",
+    "NotReady",
+    "ConnectionClosed",
+    "TimeoutError",
+    "events",
+    "redact",
+    "sync_log_level",
+]

@@ -1,0 +1,70 @@
+"""The tether exception hierarchy. Every give-up is one of these, with a message naming what failed and why."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Sequence
+
+
+class TetherError(Exception):
+    """Base class of every error tether raises on purpose."""
+
+
+class GaveUp(TetherError):
+    """A retry loop stopped: fatal error, attempt budget or deadline exhausted.
+
+    ``attempts`` is the number of attempts made in the final outage, ``last_error`` the exception (or
+    message) of the last one, ``reason`` one of "fatal error", "attempt budget exhausted", "deadline exceeded".
+    """
+
+    def __init__(self, message: str, *, attempts: int = 0, last_error: Any = None, elapsed: float = 0.0,
+                 reason: str = "", name: str = "") -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.last_error = last_error
+        self.elapsed = elapsed
+        self.reason = reason
+        self.name = name
+
+
+class PoolExhausted(TetherError):
+    """``ProcPool.acquire`` could not produce a process; ``failures`` lists each spawn failure's cause."""
+
+    def __init__(self, message: str, *, failures: Sequence[str] = (), attempts: int = 0) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
+        self.attempts = attempts
+
+
+class NotReady(TetherError):
+    """A dispatched job did not reach readiness; ``stage`` names the stage it is stuck before."""
+
+    def __init__(self, message: str, *, job_id: str = "", stage: str = "", elapsed: float = 0.0,
+                 reached: dict | None = None, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.stage = stage
+        self.elapsed = elapsed
+        self.reached = dict(reached or {})
+        self.attempts = attempts
+
+
+class ConnectionClosed(TetherError):
+    """The connection is closed (by ``aclose`` or after giving up); ``code``/``reason`` when known."""
+
+    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class TimeoutError(TetherError, builtins.TimeoutError):  # noqa: A001 - deliberate: also a builtin TimeoutError
+    """A bounded wait expired. Also an ``asyncio.TimeoutError``/builtin ``TimeoutError``."""
+
+    def __init__(self, message: str, *, timeout: float | None = None, what: str = "") -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.what = what
+
+
+__all__ = ["TetherError", "GaveUp", "PoolExhausted", "NotReady", "ConnectionClosed", "TimeoutError"]

@@ -1,0 +1,51 @@
+"""Events reported by reconnect loops and connections (``async for ev in x.events()``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Connecting:
+    attempt: int
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """Reported exactly once per loss of an established connection. ``reason`` is redacted."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    attempt: int
+    delay: float
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    downtime: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class GaveUp:
+    error: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Internal end-of-stream marker; iteration stops on it (it is never yielded)."""
+
+
+Event = Connecting | Connected | ConnectionLost | Reconnecting | Reconnected | GaveUp
+
+__all__ = ["Connecting", "Connected", "ConnectionLost", "Reconnecting", "Reconnected", "GaveUp", "Event"]

@@ -1,0 +1,1 @@
+"""Test helpers: real servers and fault injection (see the pytest plugin for fixtures)."""

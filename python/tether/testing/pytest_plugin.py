@@ -1,0 +1,1 @@
+"""pytest plugin (entry point ``tether``): fixtures for tether's testing servers."""

@@ -1,0 +1,37 @@
+//! PyO3 bindings: thin wrappers over the core modules. Nothing here starts a thread or a runtime at
+//! import: the tokio runtime is built lazily on first use.
+
+use pyo3::prelude::*;
+
+mod backoff;
+mod bridge;
+mod errors;
+mod events;
+pub(crate) mod logging;
+mod reconnect;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().worker_threads(2).thread_name("tether-rt");
+    pyo3_async_runtimes::tokio::init(builder);
+    logging::install();
+
+    m.add_class::<backoff::PyBackoff>()?;
+    m.add_class::<backoff::DelayIter>()?;
+    m.add_class::<reconnect::PyReconnector>()?;
+    m.add_class::<events::EventStream>()?;
+    m.add_class::<bridge::TaskSlot>()?;
+    m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::_log_level_rank, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::_emit_test_log, m)?)?;
+    m.add_function(wrap_pyfunction!(redact, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
+
+/// Redact tokens in a URL or message, exactly as tether does for its own logs.
+#[pyfunction]
+fn redact(text: &str) -> String {
+    crate::redact::redact_url(text)
+}
