@@ -1,10 +1,24 @@
 //! tether: bounded connection resilience for real-time agent frameworks.
 //!
 //! The pure-Rust core lives in one module per concern; the PyO3 bindings live in `py` and stay thin.
+//!
+//! * [`backoff`]: retry delay policies (jitter, budgets).
+//! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
+//! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
+//! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
+//! * [`procpool`]: prewarmed process pool whose acquire never hangs.
+//! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
+//! * [`redact`]: secrets never reach logs.
+//! * [`testing`]: embedded signal server and chaos proxy.
 
 pub mod backoff;
+pub mod procpool;
+pub mod readiness;
 pub mod reconnect;
 pub mod redact;
+pub mod testing;
+pub mod watchdog;
+pub mod ws;
 
 #[cfg(feature = "python")]
 mod py;

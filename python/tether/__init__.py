@@ -10,6 +10,10 @@ from . import _native
 from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, TetherError, TimeoutError
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
+from ._connect import Connection, connect
+from ._procpool import ProcPool
+from ._readiness import ReadinessGate
+from ._watchdog import Alarm, Liveness, Watchdog, bounded
 from . import events
 
 __version__ = _native.__version__
@@ -19,6 +23,14 @@ sync_log_level()
 __all__ = [
     "Backoff",
     "Reconnector",
+    "connect",
+    "Connection",
+    "Watchdog",
+    "Liveness",
+    "Alarm",
+    "bounded",
+    "ProcPool",
+    "ReadinessGate",
     "TetherError",
     "GaveUp",
     "PoolExhausted",

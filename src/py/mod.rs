@@ -5,10 +5,16 @@ use pyo3::prelude::*;
 
 mod backoff;
 mod bridge;
+mod chaos;
+mod connection;
 mod errors;
 mod events;
 pub(crate) mod logging;
+mod procpool;
+mod readiness;
 mod reconnect;
+mod signal_server;
+mod watchdog;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -22,6 +28,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reconnect::PyReconnector>()?;
     m.add_class::<events::EventStream>()?;
     m.add_class::<bridge::TaskSlot>()?;
+    watchdog::register(m)?;
+    procpool::register(m)?;
+    readiness::register(m)?;
+    chaos::register(m)?;
+    signal_server::register(m)?;
+    connection::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_log_level_rank, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_emit_test_log, m)?)?;

@@ -1,1 +1,12 @@
-"""Test helpers: real servers and fault injection (see the pytest plugin for fixtures)."""
+"""Test helpers: real servers and fault injection.
+
+* ``SignalServer``: an embedded Rust WebSocket server with scripted misbehaviour.
+* ``ChaosProxy``: a TCP proxy that black-holes, resets, closes, delays or throttles connections.
+
+The pytest plugin (entry point ``tether``) exposes both as fixtures.
+"""
+
+from ._chaos import ChaosProxy
+from ._signal_server import SignalServer
+
+__all__ = ["ChaosProxy", "SignalServer"]

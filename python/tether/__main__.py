@@ -1,0 +1,40 @@
+"""``python -m tether demo [scenario ...]`` and ``python -m tether proxy --upstream HOST:PORT``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tether")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="run every fault scenario against the embedded server, with a timeline")
+    d.add_argument("scenarios", nargs="*", help="run only these (default: all)")
+    d.add_argument("--list", action="store_true", help="list scenarios and exit")
+    d.add_argument("-v", "--verbose", action="store_true", help="show DEBUG records too")
+    d.add_argument("--timeout", type=float, default=60.0, help="per-scenario bound in seconds")
+    px = sub.add_parser("proxy", help="a chaos proxy in front of your own server (reproduce a Wi-Fi switch)")
+    px.add_argument("--upstream", required=True, help="HOST:PORT to forward to")
+    px.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (default 127.0.0.1:0)")
+    px.add_argument("--control", default=None, help="HOST:PORT for the line-based control interface")
+    args = p.parse_args(argv)
+
+    if args.cmd == "demo":
+        from . import demo
+
+        if args.list:
+            print("\n".join(demo.discover()))
+            return 0
+        demo.setup_logging(args.verbose)
+        return asyncio.run(demo.main(args.scenarios or None, args.timeout))
+    if args.cmd == "proxy":
+        from .testing import _proxy_cli
+
+        return asyncio.run(_proxy_cli.main(args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
