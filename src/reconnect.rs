@@ -84,10 +84,9 @@ pub struct Config {
     pub policy: Backoff,
     pub stable_after: Duration,
     pub quiet_attempts: u32,
-    /// Strategies tried in order during one outage; each gets `rung_attempts` attempts, the last
-    /// one gets the rest. The first ever attempt uses the strategy "connect".
-    pub ladder: Vec<Arc<str>>,
-    pub rung_attempts: u32,
+    /// Strategies tried in order during one outage, each for its number of attempts; the last rung
+    /// gets all remaining attempts. The first ever attempt uses the strategy "connect".
+    pub ladder: Vec<(Arc<str>, u32)>,
 }
 
 impl Default for Config {
@@ -97,8 +96,7 @@ impl Default for Config {
             policy: Backoff::default(),
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
-            ladder: vec![Arc::from("reconnect")],
-            rung_attempts: 1,
+            ladder: vec![(Arc::from("reconnect"), 1)],
         }
     }
 }
@@ -106,11 +104,14 @@ impl Default for Config {
 impl Config {
     /// Strategy for the `retry`-th retry (1-based) of an outage.
     pub fn strategy_for(&self, retry: u32) -> Arc<str> {
-        if self.ladder.is_empty() {
-            return Arc::from("reconnect");
+        let mut left = retry.max(1);
+        for (name, n) in &self.ladder {
+            if left <= (*n).max(1) {
+                return name.clone();
+            }
+            left -= (*n).max(1);
         }
-        let rung = ((retry.saturating_sub(1)) / self.rung_attempts.max(1)) as usize;
-        self.ladder[rung.min(self.ladder.len() - 1)].clone()
+        self.ladder.last().map(|(n, _)| n.clone()).unwrap_or_else(|| Arc::from("reconnect"))
     }
 }
 
@@ -138,19 +139,38 @@ impl Attempt {
     }
 }
 
-/// Sink for events; a closed or lagging receiver never blocks the loop.
-#[derive(Debug, Clone, Default)]
-pub struct Events(Option<broadcast::Sender<Event>>);
+type Hook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Sink for events; a closed or lagging receiver never blocks the loop. An optional hook sees every
+/// event first (owners use it to track their state).
+#[derive(Clone, Default)]
+pub struct Events {
+    tx: Option<broadcast::Sender<Event>>,
+    hook: Option<Hook>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").field("tx", &self.tx.is_some()).field("hook", &self.hook.is_some()).finish()
+    }
+}
 
 impl Events {
     pub fn new(tx: broadcast::Sender<Event>) -> Self {
-        Events(Some(tx))
+        Events { tx: Some(tx), hook: None }
     }
     pub fn none() -> Self {
-        Events(None)
+        Events::default()
+    }
+    pub fn with_hook(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
     }
     pub fn emit(&self, ev: Event) {
-        if let Some(tx) = &self.0 {
+        if let Some(h) = &self.hook {
+            h(&ev);
+        }
+        if let Some(tx) = &self.tx {
             let _ = tx.send(ev);
         }
     }
@@ -330,8 +350,7 @@ mod tests {
             policy: Backoff { initial: 1.0, factor: 2.0, max_delay: 8.0, jitter: Jitter::None, max_attempts, ..Default::default() },
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
-            ladder: vec![Arc::from("resume"), Arc::from("restart")],
-            rung_attempts: 1,
+            ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
         }
     }
 
@@ -438,6 +457,16 @@ mod tests {
         // quiet retry (0 s), then 1 s, then 2 s of backoff
         assert_eq!(down, (Duration::from_secs(3), 4));
         assert_eq!(evs.iter().filter(|e| matches!(e, Event::ConnectionLost { .. })).count(), 1);
+    }
+
+    #[test]
+    fn ladder_rungs_take_their_attempts() {
+        let mut c = cfg(None);
+        c.ladder = vec![(Arc::from("resume"), 2), (Arc::from("restart"), 1), (Arc::from("migrate"), 1)];
+        let got: Vec<String> = (1..=6).map(|r| c.strategy_for(r).to_string()).collect();
+        assert_eq!(got, ["resume", "resume", "restart", "migrate", "migrate", "migrate"]);
+        c.ladder.clear();
+        assert_eq!(&*c.strategy_for(3), "reconnect");
     }
 
     #[tokio::test(start_paused = true)]

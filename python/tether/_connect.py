@@ -1,8 +1,145 @@
-"""(placeholder: filled in by its issue)"""
+"""``tether.connect``: a supervised, reconnecting signaling WebSocket (native, tokio-tungstenite)."""
 
-def connect(*args, **kwargs):  # noqa: D103 - placeholder
-    raise NotImplementedError("tether.connect is not implemented yet")
+from __future__ import annotations
 
-def Connection(*args, **kwargs):  # noqa: D103 - placeholder
-    raise NotImplementedError("tether.Connection is not implemented yet")
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 
+from . import _native
+from ._errors import ConnectionClosed
+from ._native import Backoff
+
+UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
+
+
+class Connection:
+    """A WebSocket that reconnects by itself. Use ``async with tether.connect(url) as conn`` or
+    ``conn = await tether.connect(url)``; iterate messages with ``async for msg in conn``.
+
+    Iteration ends when the connection is closed with ``aclose()``; it raises ``tether.GaveUp`` when the
+    reconnect budget is exhausted (after the messages already received were delivered).
+    """
+
+    __slots__ = ("_n",)
+
+    def __init__(self, native: _native.Connection) -> None:
+        self._n = native
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def _start(self) -> "Connection":
+        await self._n.start()
+        return self
+
+    def __await__(self):
+        return self._start().__await__()
+
+    async def __aenter__(self) -> "Connection":
+        try:
+            return await self._start()
+        except BaseException:
+            await self._n.aclose()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._n.aclose()
+
+    async def aclose(self) -> None:
+        """Close within ``close_timeout``: flush accepted sends, close frame, wait for the peer's close."""
+        await self._n.aclose()
+
+    # -- messages -----------------------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            m = self._n.try_recv()
+            if m is None:
+                m = await self._n.recv()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+        return m
+
+    async def recv(self) -> str | bytes:
+        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up."""
+        m = self._n.try_recv()
+        if m is None:
+            m = await self._n.recv()
+        return m
+
+    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` and wait until the server's WebSocket layer confirmed it (a pong to a ping
+        sent after it). During an outage the message waits in the bounded send buffer and is delivered
+        in order after the reconnect; if the connection is closed or gives up first, this raises."""
+        await self._n.send(data)
+
+    # -- observation --------------------------------------------------------------------------------
+    def events(self):
+        """``async for ev in conn.events()``: Connecting, Connected, ConnectionLost, Reconnecting,
+        Reconnected, GaveUp (see ``tether.events``); ends when the connection ends."""
+        return self._n.events()
+
+    @property
+    def state(self) -> str:
+        """"idle", "connecting", "connected", "reconnecting", "closing", "closed" or "failed"."""
+        return self._n.state
+
+    @property
+    def url(self) -> str:
+        """The configured URL with secrets redacted."""
+        return self._n.url
+
+    def stats(self) -> dict[str, Any]:
+        return self._n.stats()
+
+    def __repr__(self) -> str:
+        return repr(self._n)
+
+
+def connect(
+    url: str,
+    *,
+    policy: Backoff | None = None,
+    ping_interval: float = 5.0,
+    ping_timeout: float = 5.0,
+    open_timeout: float = 10.0,
+    close_timeout: float = 2.0,
+    ladder: Sequence[str | tuple[str, int]] = ("resume", "restart"),
+    url_for: UrlFor | None = None,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    stable_after: float = 10.0,
+    send_buffer: int = 1024,
+    first_message_timeout: float | None = None,
+    quiet_attempts: int = 1,
+    fatal_close_codes: Iterable[int] = (1008,),
+    fatal_http_statuses: Iterable[int] = (401, 403),
+    name: str | None = None,
+) -> Connection:
+    """Create a supervised WebSocket (nothing happens until it is awaited or entered).
+
+    ``url_for(strategy, attempt)`` (sync or async) may return a fresh URL, or ``(url, headers)``, for every
+    attempt: ``strategy`` is "connect" for the first connection, then the ``ladder`` rung in force
+    (each rung gets one attempt, or ``(name, attempts)``; the last rung takes the rest).
+    """
+    return Connection(
+        _native.Connection(
+            url,
+            policy=policy,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            ladder=ladder,
+            url_for=url_for,
+            headers=headers,
+            stable_after=stable_after,
+            send_buffer=send_buffer,
+            first_message_timeout=first_message_timeout,
+            quiet_attempts=quiet_attempts,
+            fatal_close_codes=fatal_close_codes,
+            fatal_http_statuses=fatal_http_statuses,
+            name=name,
+        )
+    )
+
+
+__all__ = ["connect", "Connection"]

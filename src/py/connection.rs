@@ -1,7 +1,375 @@
-//! (placeholder: bindings filled in by its issue)
+//! `tether.connect` bindings: the supervised WebSocket.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3_async_runtimes::TaskLocals;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
+use crate::reconnect::Config;
+use crate::redact::redact_url;
+use crate::ws::{Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+
+use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
+use super::bridge::await_py;
+use super::errors::{tether_error, value_error};
+use super::events::EventStream;
+use super::reconnect::describe;
+use super::signal_server::{message_from_py, message_to_py};
+
+/// Calls the user's `url_for(strategy, attempt)` (sync or async) for every attempt.
+struct PyTarget {
+    base: Target,
+    url_for: Option<Py<PyAny>>,
+    locals: OnceLock<TaskLocals>,
+}
+
+fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
+    if h.is_none() {
+        return Ok(vec![]);
+    }
+    let items: Vec<(String, String)> = if let Ok(d) = h.cast::<PyDict>() {
+        d.iter().map(|(k, v)| Ok((k.extract::<String>()?, v.extract::<String>()?))).collect::<PyResult<_>>()
+    } else {
+        h.try_iter()?.map(|it| it?.extract::<(String, String)>()).collect::<PyResult<_>>()
+    }
+    .map_err(|_| PyTypeError::new_err("headers must be a dict of str to str or a list of (str, str) pairs"))?;
+    for (k, v) in &items {
+        tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| value_error(format!("invalid header name {k:?}")))?;
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_str(v)
+            .map_err(|_| value_error(format!("invalid value for header {k:?} (control characters?)")))?;
+    }
+    Ok(items)
+}
+
+fn check_url(url: &str) -> PyResult<()> {
+    let req = url.into_client_request().map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))?;
+    match req.uri().scheme_str() {
+        Some("ws") | Some("wss") => Ok(()),
+        other => Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url)))),
+    }
+}
+
+/// What url_for returned: "url" or ("url", headers).
+fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
+    let bad = || WsError::fatal(format!("url_for must return a URL str or (url, headers), got {}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()));
+    let (url, headers) = if let Ok(s) = obj.cast::<PyString>() {
+        (s.to_string(), vec![])
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.len() != 2 {
+            return Err(bad());
+        }
+        let url: String = t.get_item(0).and_then(|u| u.extract()).map_err(|_| bad())?;
+        let headers = t.get_item(1).and_then(|h| parse_headers(&h)).map_err(|e| WsError::fatal(format!("url_for returned bad headers: {e}")))?;
+        (url, headers)
+    } else {
+        return Err(bad());
+    };
+    check_url(&url).map_err(|e| WsError::fatal(format!("url_for returned an unusable URL: {e}")))?;
+    Ok(Target { url, headers })
+}
+
+impl TargetProvider for PyTarget {
+    fn target(&self, strategy: &str, attempt: u32) -> TargetFuture {
+        let Some(f) = &self.url_for else {
+            let t = self.base.clone();
+            return Box::pin(async move { Ok(t) });
+        };
+        let Some(locals) = self.locals.get() else {
+            return Box::pin(async { Err(WsError::fatal("url_for called before the connection was started")) });
+        };
+        let started = Python::attach(|py| -> Result<Result<Target, _>, WsError> {
+            let r = f.call1(py, (strategy, attempt)).map_err(|e| WsError::retry(format!("url_for raised {}", describe(py, &e))))?;
+            let r = r.into_bound(py);
+            let awaitable = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&r,))).and_then(|b| b.is_truthy()).unwrap_or(false);
+            if awaitable {
+                Ok(Err(await_py(py, locals, r).map_err(|e| WsError::fatal(format!("could not schedule url_for: {e}")))?))
+            } else {
+                Ok(Ok(parse_target(&r)?))
+            }
+        });
+        Box::pin(async move {
+            match started? {
+                Ok(t) => Ok(t),
+                Err(fut) => {
+                    let obj = fut.await.map_err(|e| Python::attach(|py| WsError::retry(format!("url_for raised {}", describe(py, &e)))))?;
+                    Python::attach(|py| parse_target(obj.bind(py)))
+                }
+            }
+        })
+    }
+}
+
+#[pyclass(name = "Connection", module = "tether._native", frozen)]
+pub struct PyConnection {
+    client: Arc<WsClient>,
+    target: Arc<PyTarget>,
+    name: String,
+}
+
+pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
+    match t {
+        Terminal::Closed => {
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("code", 1000);
+            tether_error(py, "ConnectionClosed", &format!("connection to {name} is closed"), Some(&kw))
+        }
+        Terminal::GaveUp { message, attempts, elapsed, reason, last } => {
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("code", last.close_code);
+            let _ = kw.set_item("reason", last.text.as_str());
+            let last_err = tether_error(py, "ConnectionClosed", &last.text, Some(&kw));
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("attempts", *attempts);
+            let _ = kw.set_item("last_error", last_err.value(py));
+            let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
+            let _ = kw.set_item("reason", reason.as_str());
+            let _ = kw.set_item("name", name);
+            let e = tether_error(py, "GaveUp", message, Some(&kw));
+            e.set_cause(py, Some(last_err));
+            e
+        }
+    }
+}
+
+fn opt_positive(name: &str, v: Option<&Bound<'_, PyAny>>, default: Option<f64>) -> PyResult<Option<f64>> {
+    match v {
+        Some(v) if !v.is_none() => positive_seconds(name, v).map(Some),
+        _ => Ok(default),
+    }
+}
+
+fn codes(name: &str, v: Option<&Bound<'_, PyAny>>, default: &[u16]) -> PyResult<Vec<u16>> {
+    match v {
+        Some(v) if !v.is_none() => v
+            .try_iter()
+            .and_then(|it| it.map(|x| x?.extract::<u16>()).collect::<PyResult<Vec<u16>>>())
+            .map_err(|_| PyTypeError::new_err(format!("{name} must be an iterable of ints"))),
+        _ => Ok(default.to_vec()),
+    }
+}
+
+fn parse_ladder(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Arc<str>, u32)>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)]);
+    };
+    if v.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("ladder must be a sequence of strategy names, e.g. (\"resume\", \"restart\")"));
+    }
+    let mut out: Vec<(Arc<str>, u32)> = vec![];
+    for item in v.try_iter().map_err(|_| PyTypeError::new_err("ladder must be a sequence"))? {
+        let item = item?;
+        if let Ok(s) = item.cast::<PyString>() {
+            out.push((Arc::from(s.to_str()?), 1));
+        } else if let Ok((s, n)) = item.extract::<(String, Bound<'_, PyAny>)>() {
+            let n = count("ladder attempts", &n)?;
+            if n == 0 {
+                return Err(value_error(format!("ladder rung {s:?} must allow at least one attempt")));
+            }
+            out.push((Arc::from(s.as_str()), n));
+        } else {
+            return Err(PyTypeError::new_err("ladder entries must be names or (name, attempts) pairs"));
+        }
+    }
+    if out.is_empty() {
+        return Err(value_error("ladder must name at least one strategy"));
+    }
+    if out.iter().any(|(s, _)| s.is_empty()) {
+        return Err(value_error("ladder strategy names must not be empty"));
+    }
+    Ok(out)
+}
+
+#[pymethods]
+impl PyConnection {
+    #[new]
+    #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
+        ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
+        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        url: &Bound<'_, PyAny>,
+        policy: Option<&Bound<'_, PyAny>>,
+        ping_interval: Option<&Bound<'_, PyAny>>,
+        ping_timeout: Option<&Bound<'_, PyAny>>,
+        open_timeout: Option<&Bound<'_, PyAny>>,
+        close_timeout: Option<&Bound<'_, PyAny>>,
+        ladder: Option<&Bound<'_, PyAny>>,
+        url_for: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+        stable_after: Option<&Bound<'_, PyAny>>,
+        send_buffer: Option<&Bound<'_, PyAny>>,
+        first_message_timeout: Option<&Bound<'_, PyAny>>,
+        quiet_attempts: Option<&Bound<'_, PyAny>>,
+        fatal_close_codes: Option<&Bound<'_, PyAny>>,
+        fatal_http_statuses: Option<&Bound<'_, PyAny>>,
+        name: Option<&str>,
+    ) -> PyResult<Self> {
+        super::logging::sync(py);
+        let url: String = url.extract().map_err(|_| PyTypeError::new_err("url must be a str"))?;
+        check_url(&url)?;
+        let d = WsConfig::default();
+        let policy = match policy {
+            Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
+            _ => d.reconnect.policy.clone(),
+        };
+        let url_for = match url_for {
+            Some(f) if !f.is_none() => {
+                if !f.is_callable() {
+                    return Err(PyTypeError::new_err("url_for must be a callable (strategy, attempt) -> url"));
+                }
+                Some(f.clone().unbind())
+            }
+            _ => None,
+        };
+        let secs = |v: Option<f64>, dflt: Duration| v.map(Duration::from_secs_f64).unwrap_or(dflt);
+        let send_buffer = match send_buffer {
+            Some(v) if !v.is_none() => count("send_buffer", v)? as usize,
+            _ => d.send_buffer,
+        };
+        if send_buffer == 0 {
+            return Err(value_error("send_buffer must be at least 1"));
+        }
+        let shown = name.map(|n| redact_url(n)).unwrap_or_else(|| redact_url(&url));
+        let cfg = WsConfig {
+            url: url.clone(),
+            headers: match headers {
+                Some(h) => parse_headers(h)?,
+                None => vec![],
+            },
+            ping_interval: secs(opt_positive("ping_interval", ping_interval, None)?, d.ping_interval),
+            ping_timeout: secs(opt_positive("ping_timeout", ping_timeout, None)?, d.ping_timeout),
+            open_timeout: secs(opt_positive("open_timeout", open_timeout, None)?, d.open_timeout),
+            close_timeout: secs(opt_positive("close_timeout", close_timeout, None)?, d.close_timeout),
+            first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?.map(Duration::from_secs_f64),
+            send_buffer,
+            recv_buffer: d.recv_buffer,
+            fatal_close_codes: codes("fatal_close_codes", fatal_close_codes, &d.fatal_close_codes)?,
+            fatal_http_statuses: codes("fatal_http_statuses", fatal_http_statuses, &d.fatal_http_statuses)?,
+            reconnect: Config {
+                name: shown.clone(),
+                policy,
+                stable_after: match stable_after {
+                    Some(v) if !v.is_none() => Duration::from_secs_f64(non_negative_seconds("stable_after", v)?),
+                    _ => d.reconnect.stable_after,
+                },
+                quiet_attempts: match quiet_attempts {
+                    Some(v) if !v.is_none() => count("quiet_attempts", v)?,
+                    _ => d.reconnect.quiet_attempts,
+                },
+                ladder: parse_ladder(ladder)?,
+            },
+        };
+        let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
+        let client = WsClient::new(cfg, target.clone());
+        Ok(PyConnection { client, target, name: shown })
+    }
+
+    /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        super::logging::sync(py);
+        if self.target.locals.get().is_none() {
+            let _ = self.target.locals.set(pyo3_async_runtimes::tokio::get_current_locals(py)?);
+        }
+        let client = self.client.clone();
+        let name = self.name.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client.start();
+            client.wait_connected().await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+        })
+    }
+
+    /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
+    fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.client.try_recv() {
+            Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
+            Ok(None) => Ok(None),
+            Err(t) => Err(terminal_error(py, &t, &self.name)),
+        }
+    }
+
+    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            match client.recv().await {
+                Ok(m) => Python::attach(|py| Ok(message_to_py(py, &m))),
+                Err(t) => Err(Python::attach(|py| terminal_error(py, &t, &name))),
+            }
+        })
+    }
+
+    /// Queue `data` (str -> text, bytes-like -> binary); resolves once the peer confirmed it.
+    fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let msg = message_from_py(data)?;
+        let client = self.client.clone();
+        let name = self.name.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client.send(msg).await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+        })
+    }
+
+    /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
+    fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            client.close().await;
+            Ok(())
+        })
+    }
+
+    fn events(&self) -> EventStream {
+        if self.client.terminal().is_some() {
+            return EventStream::ended();
+        }
+        EventStream::new(self.client.subscribe())
+    }
+
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.client.state().as_str()
+    }
+
+    #[getter]
+    fn url(&self) -> String {
+        redact_url(&self.client.config().url)
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.client.stats();
+        let d = PyDict::new(py);
+        d.set_item("state", s.state.as_str())?;
+        d.set_item("messages_in", s.messages_in)?;
+        d.set_item("messages_out", s.messages_out)?;
+        d.set_item("bytes_in", s.bytes_in)?;
+        d.set_item("bytes_out", s.bytes_out)?;
+        d.set_item("connects", s.connects)?;
+        d.set_item("reconnects", s.reconnects)?;
+        d.set_item("losses", s.losses)?;
+        d.set_item("pings_sent", s.pings_sent)?;
+        d.set_item("last_rtt", s.last_rtt.map(|r| r.as_secs_f64()))?;
+        d.set_item("send_queue", s.send_queue)?;
+        d.set_item("recv_queue", s.recv_queue)?;
+        d.set_item("last_loss", s.last_loss)?;
+        d.set_item("connected_for", s.connected_for.map(|r| r.as_secs_f64()))?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Connection(url={:?}, state={:?})", self.url(), self.client.state().as_str())
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyConnection>()
 }

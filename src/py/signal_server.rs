@@ -1,7 +1,222 @@
-//! (placeholder: bindings filled in by its issue)
+//! `tether.testing.SignalServer` bindings: the embedded WebSocket server with scripted misbehaviour.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use tokio_tungstenite::tungstenite::Message;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
+use crate::testing::signal_server::SignalServer;
+
+use super::backoff::{non_negative_seconds, positive_seconds};
+use super::errors::value_error;
+
+#[pyclass(name = "SignalServer", module = "tether._native", frozen)]
+pub struct PySignalServer {
+    host: String,
+    port: u16,
+    inner: Arc<Mutex<Option<Arc<SignalServer>>>>,
+}
+
+pub fn message_to_py(py: Python<'_>, m: &Message) -> Py<PyAny> {
+    match m {
+        Message::Text(t) => PyString::new(py, t.as_str()).into_any().unbind(),
+        Message::Binary(b) => PyBytes::new(py, b).into_any().unbind(),
+        other => PyString::new(py, &format!("{other:?}")).into_any().unbind(),
+    }
+}
+
+/// str -> text frame, bytes-like -> binary frame; TypeError otherwise.
+pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
+    if let Ok(s) = data.cast::<PyString>() {
+        return Ok(Message::text(s.to_str()?.to_string()));
+    }
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(Message::binary(b.as_bytes().to_vec()));
+    }
+    if data.is_instance_of::<pyo3::types::PyByteArray>() || data.hasattr("__buffer__").unwrap_or(false) || data.get_type().name().map(|n| n == "memoryview").unwrap_or(false) {
+        let b: Vec<u8> = data.py().import("builtins")?.getattr("bytes")?.call1((data,))?.extract()?;
+        return Ok(Message::binary(b));
+    }
+    Err(PyTypeError::new_err(format!(
+        "data must be str (text frame) or bytes-like (binary frame), not {}",
+        data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+    )))
+}
+
+impl PySignalServer {
+    fn get(&self) -> PyResult<Arc<SignalServer>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err("SignalServer is not running; use `async with SignalServer()` or `await server.start()`"))
+    }
+}
+
+#[pymethods]
+impl PySignalServer {
+    #[new]
+    #[pyo3(signature = (host="127.0.0.1", port=0))]
+    fn new(host: &str, port: u16) -> Self {
+        PySignalServer { host: host.to_string(), port, inner: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Bind and start serving (idempotent).
+    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.inner.clone();
+        let (host, port) = (self.host.clone(), self.port);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            if inner.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                return Ok(());
+            }
+            let srv = SignalServer::start(&host, port)
+                .await
+                .map_err(|e| PyRuntimeError::new_err(format!("SignalServer could not bind {host}:{port}: {e}")))?;
+            *inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(srv));
+            Ok(())
+        })
+    }
+
+    /// Stop accepting and drop every connection.
+    fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let srv = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            if let Some(s) = srv {
+                s.shutdown();
+            }
+            Ok(())
+        })
+    }
+
+    #[getter]
+    fn url(&self) -> PyResult<String> {
+        Ok(self.get()?.url())
+    }
+    #[getter]
+    fn port(&self) -> PyResult<u16> {
+        Ok(self.get()?.addr().port())
+    }
+    #[getter]
+    fn host(&self) -> PyResult<String> {
+        Ok(self.get()?.addr().ip().to_string())
+    }
+
+    /// Drop every connection without a close frame. Returns how many.
+    fn drop(&self) -> PyResult<usize> {
+        Ok(self.get()?.drop_all())
+    }
+    #[pyo3(signature = (code=1000, reason=""))]
+    fn close(&self, code: u16, reason: &str) -> PyResult<usize> {
+        if !(1000..=4999).contains(&code) {
+            return Err(value_error(format!("close code must be in 1000..=4999, got {code}")));
+        }
+        Ok(self.get()?.close_all(code, reason))
+    }
+    /// Stop reading on every connection (no pongs, no echoes); sockets stay open.
+    fn freeze(&self) -> PyResult<()> {
+        self.get()?.freeze();
+        Ok(())
+    }
+    fn unfreeze(&self) -> PyResult<()> {
+        self.get()?.unfreeze();
+        Ok(())
+    }
+    #[pyo3(signature = (status=503, times=None))]
+    fn refuse(&self, status: u16, times: Option<u64>) -> PyResult<()> {
+        if !(400..=599).contains(&status) {
+            return Err(value_error(format!("refuse status must be an HTTP error status (400..=599), got {status}")));
+        }
+        self.get()?.refuse(status, times);
+        Ok(())
+    }
+    /// Undo refuse / slow_handshake / accept_then_drop / freeze.
+    fn behave(&self) -> PyResult<()> {
+        self.get()?.behave();
+        Ok(())
+    }
+    fn slow_handshake(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = non_negative_seconds("seconds", seconds)?;
+        self.get()?.slow_handshake(Duration::from_secs_f64(s));
+        Ok(())
+    }
+    #[pyo3(signature = (enabled=true))]
+    fn accept_then_drop(&self, enabled: bool) -> PyResult<()> {
+        self.get()?.accept_then_drop(enabled);
+        Ok(())
+    }
+    #[pyo3(signature = (enabled=true))]
+    fn echo(&self, enabled: bool) -> PyResult<()> {
+        self.get()?.set_echo(enabled);
+        Ok(())
+    }
+    /// False: incoming TCP connections are reset at once (a dead server). True: accept again.
+    fn listening(&self, on: bool) -> PyResult<()> {
+        self.get()?.set_listening(on);
+        Ok(())
+    }
+    fn push(&self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let m = message_from_py(data)?;
+        Ok(self.get()?.push(m))
+    }
+    fn flood(&self, count: u64, size: usize) -> PyResult<usize> {
+        Ok(self.get()?.flood(count, size))
+    }
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.get()?.stats();
+        let d = PyDict::new(py);
+        d.set_item("tcp_accepts", s.tcp_accepts)?;
+        d.set_item("handshakes", s.handshakes)?;
+        d.set_item("refused", s.refused)?;
+        d.set_item("active", s.active)?;
+        d.set_item("messages_in", s.messages_in)?;
+        d.set_item("messages_out", s.messages_out)?;
+        d.set_item("pings", s.pings)?;
+        Ok(d)
+    }
+    /// Request targets (path + query) of every handshake, in order (not redacted: a test server).
+    fn requests(&self) -> PyResult<Vec<String>> {
+        Ok(self.get()?.requests())
+    }
+    fn received(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        Ok(self.get()?.received().iter().map(|m| message_to_py(py, m)).collect())
+    }
+    /// Wait until `active` connections == n (or `handshakes` >= n with key="handshakes"); bool.
+    #[pyo3(signature = (n=1, timeout=None, key="active"))]
+    fn wait_for<'py>(&self, py: Python<'py>, n: u64, timeout: Option<&Bound<'py, PyAny>>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        let srv = self.get()?;
+        let t = match timeout {
+            Some(t) if !t.is_none() => positive_seconds("timeout", t)?,
+            _ => 10.0,
+        };
+        let key = key.to_string();
+        if !["active", "handshakes", "tcp_accepts", "refused", "messages_in", "pings"].contains(&key.as_str()) {
+            return Err(value_error(format!("unknown key {key:?}")));
+        }
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            Ok(srv
+                .wait_until(Duration::from_secs_f64(t), move |s| match key.as_str() {
+                    "active" => s.active == n,
+                    "handshakes" => s.handshakes >= n,
+                    "tcp_accepts" => s.tcp_accepts >= n,
+                    "refused" => s.refused >= n,
+                    "messages_in" => s.messages_in >= n,
+                    _ => s.pings >= n,
+                })
+                .await)
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        match self.inner.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(s) => format!("SignalServer(url={:?})", s.url()),
+            None => format!("SignalServer(host={:?}, port={}, not running)", self.host, self.port),
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PySignalServer>()
 }

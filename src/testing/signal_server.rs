@@ -1,1 +1,414 @@
-//! (placeholder: SignalServer, issue 3)
+//! An embedded WebSocket server with scripted misbehaviour, for tests, benchmarks and the demo.
+//!
+//! By default it echoes every text/binary message and answers pings. Misbehaviour, switchable at any
+//! time: drop connections without a close frame, close them with a code, freeze (stop reading: no pongs,
+//! no echoes, socket stays open), refuse handshakes with an HTTP status, delay handshakes, accept and drop
+//! at once, stop listening (connection refused), push or flood messages to every client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone)]
+enum Cmd {
+    Drop,
+    Close(u16, String),
+    Freeze,
+    Unfreeze,
+    Push(Message),
+    Flood(u64, usize),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Mode {
+    /// Refuse handshakes with this HTTP status; `refuse_left` counts down when set.
+    refuse: Option<u16>,
+    refuse_left: Option<u64>,
+    handshake_delay: Duration,
+    accept_then_drop: bool,
+    freeze_new: bool,
+    echo: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub tcp_accepts: AtomicU64,
+    pub handshakes: AtomicU64,
+    pub refused: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub pings: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub tcp_accepts: u64,
+    pub handshakes: u64,
+    pub refused: u64,
+    pub active: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub pings: u64,
+}
+
+struct Shared {
+    mode: Mutex<Mode>,
+    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Cmd>>>,
+    next_id: AtomicU64,
+    counters: Counters,
+    requests: Mutex<Vec<String>>,
+    received: Mutex<Vec<Message>>,
+    changed: Notify,
+    listening: AtomicBool,
+}
+
+pub struct SignalServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SignalServer {
+    /// Bind (use port 0 for any free port) and start accepting on the current tokio runtime.
+    pub async fn start(host: &str, port: u16) -> std::io::Result<SignalServer> {
+        let listener = TcpListener::bind((host, port)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            mode: Mutex::new(Mode { echo: true, ..Default::default() }),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+            requests: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            listening: AtomicBool::new(true),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(SignalServer { addr, shared, accept_task: Mutex::new(Some(task)) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    fn mode(&self) -> std::sync::MutexGuard<'_, Mode> {
+        self.shared.mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn broadcast(&self, cmd: Cmd) -> usize {
+        let conns = self.shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.values().filter(|tx| tx.send(cmd.clone()).is_ok()).count()
+    }
+
+    /// Drop every connection without a close frame (TCP FIN, no WebSocket close). Returns how many.
+    pub fn drop_all(&self) -> usize {
+        self.broadcast(Cmd::Drop)
+    }
+
+    /// Close every connection with a close frame.
+    pub fn close_all(&self, code: u16, reason: &str) -> usize {
+        self.broadcast(Cmd::Close(code, reason.to_string()))
+    }
+
+    /// Stop reading on every connection and on new ones: no pongs, no echoes, sockets stay open.
+    pub fn freeze(&self) {
+        self.mode().freeze_new = true;
+        self.broadcast(Cmd::Freeze);
+    }
+
+    pub fn unfreeze(&self) {
+        self.mode().freeze_new = false;
+        self.broadcast(Cmd::Unfreeze);
+    }
+
+    /// Refuse handshakes with `status` (e.g. 503, 401); `times` limits how many.
+    pub fn refuse(&self, status: u16, times: Option<u64>) {
+        let mut m = self.mode();
+        m.refuse = Some(status);
+        m.refuse_left = times;
+    }
+
+    /// Undo `refuse`, `slow_handshake`, `accept_then_drop` and `freeze`.
+    pub fn behave(&self) {
+        {
+            let mut m = self.mode();
+            *m = Mode { echo: m.echo, ..Default::default() };
+        }
+        self.broadcast(Cmd::Unfreeze);
+    }
+
+    pub fn slow_handshake(&self, delay: Duration) {
+        self.mode().handshake_delay = delay;
+    }
+
+    pub fn accept_then_drop(&self, enabled: bool) {
+        self.mode().accept_then_drop = enabled;
+    }
+
+    pub fn set_echo(&self, enabled: bool) {
+        self.mode().echo = enabled;
+    }
+
+    /// Stop accepting TCP connections (clients get connection refused) or start again.
+    pub fn set_listening(&self, on: bool) {
+        self.shared.listening.store(on, Ordering::SeqCst);
+    }
+
+    pub fn push(&self, msg: Message) -> usize {
+        self.broadcast(Cmd::Push(msg))
+    }
+
+    /// Send `count` binary messages of `size` bytes to every client as fast as the socket takes them.
+    pub fn flood(&self, count: u64, size: usize) -> usize {
+        self.broadcast(Cmd::Flood(count, size))
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            tcp_accepts: c.tcp_accepts.load(Ordering::SeqCst),
+            handshakes: c.handshakes.load(Ordering::SeqCst),
+            refused: c.refused.load(Ordering::SeqCst),
+            active: self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+            messages_in: c.messages_in.load(Ordering::SeqCst),
+            messages_out: c.messages_out.load(Ordering::SeqCst),
+            pings: c.pings.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Request targets (path and query) of every handshake, in order. Not redacted: this is a test server.
+    pub fn requests(&self) -> Vec<String> {
+        self.shared.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn received(&self) -> Vec<Message> {
+        self.shared.received.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wait until `pred(stats)` holds or `timeout` passes; returns whether it held.
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&Stats) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if pred(&self.stats()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return pred(&self.stats());
+            }
+        }
+    }
+
+    /// Stop accepting and drop every connection.
+    pub fn shutdown(&self) {
+        if let Some(t) = self.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+        self.drop_all();
+    }
+}
+
+impl Drop for SignalServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if !shared.listening.load(Ordering::SeqCst) {
+            // emulate a dead server: reset immediately
+            // linger 0: close sends RST at once (it does not block with a zero timeout)
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            drop(stream);
+            continue;
+        }
+        shared.counters.tcp_accepts.fetch_add(1, Ordering::SeqCst);
+        shared.changed.notify_waiters();
+        tokio::spawn(serve(stream, shared.clone()));
+    }
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let mode = shared.mode.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !mode.handshake_delay.is_zero() {
+        tokio::time::sleep(mode.handshake_delay).await;
+    }
+    let refuse = {
+        let mut m = shared.mode.lock().unwrap_or_else(|p| p.into_inner());
+        match (m.refuse, m.refuse_left) {
+            (Some(_), Some(0)) => {
+                m.refuse = None;
+                m.refuse_left = None;
+                None
+            }
+            (Some(s), Some(n)) => {
+                m.refuse_left = Some(n - 1);
+                Some(s)
+            }
+            (s, _) => s,
+        }
+    };
+    let shared_cb = shared.clone();
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+        shared_cb.requests.lock().unwrap_or_else(|p| p.into_inner()).push(target);
+        if let Some(status) = refuse {
+            let mut e = ErrorResponse::new(Some(format!("refused by test server with {status}")));
+            *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::from_u16(status)
+                .unwrap_or(tokio_tungstenite::tungstenite::http::StatusCode::SERVICE_UNAVAILABLE);
+            return Err(e);
+        }
+        Ok(resp)
+    };
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+        Ok(ws) => ws,
+        Err(_) => {
+            if refuse.is_some() {
+                shared.counters.refused.fetch_add(1, Ordering::SeqCst);
+                shared.changed.notify_waiters();
+            }
+            return;
+        }
+    };
+    shared.counters.handshakes.fetch_add(1, Ordering::SeqCst);
+    if mode.accept_then_drop {
+        shared.changed.notify_waiters();
+        drop(ws);
+        return;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+    shared.changed.notify_waiters();
+
+    let (mut sink, mut stream) = ws.split();
+    let mut frozen = mode.freeze_new;
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None | Some(Cmd::Drop) => break,
+                Some(Cmd::Close(code, reason)) => {
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
+                    // give the client a moment to answer the close, then go
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async { while let Some(Ok(_)) = stream.next().await {} }).await;
+                    break;
+                }
+                Some(Cmd::Freeze) => frozen = true,
+                Some(Cmd::Unfreeze) => frozen = false,
+                Some(Cmd::Push(m)) => {
+                    if sink.send(m).await.is_err() { break; }
+                    shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Cmd::Flood(count, size)) => {
+                    let payload = bytes_of(size);
+                    let mut ok = true;
+                    for _ in 0..count {
+                        if sink.feed(Message::Binary(payload.clone())).await.is_err() { ok = false; break; }
+                    }
+                    if !ok || sink.flush().await.is_err() { break; }
+                    shared.counters.messages_out.fetch_add(count, Ordering::Relaxed);
+                }
+            },
+            msg = stream.next(), if !frozen => match msg {
+                None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                    break;
+                }
+                Some(Ok(Message::Ping(_))) => {
+                    // tungstenite queued the pong; flush it out
+                    shared.counters.pings.fetch_add(1, Ordering::Relaxed);
+                    if sink.flush().await.is_err() { break; }
+                }
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut r = shared.received.lock().unwrap_or_else(|p| p.into_inner());
+                        if r.len() < 100_000 { r.push(m.clone()); }
+                    }
+                    let echo = shared.mode.lock().unwrap_or_else(|p| p.into_inner()).echo;
+                    if echo {
+                        if sink.send(m).await.is_err() { break; }
+                        shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared.changed.notify_waiters();
+                }
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    shared.changed.notify_waiters();
+}
+
+fn bytes_of(size: usize) -> tokio_tungstenite::tungstenite::Bytes {
+    let v: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    v.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn echoes_and_counts() {
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}?token=abc", srv.url())).await.unwrap();
+        ws.send(Message::text("hi")).await.unwrap();
+        let got = ws.next().await.unwrap().unwrap();
+        assert_eq!(got, Message::text("hi"));
+        assert_eq!(srv.requests(), vec!["/?token=abc".to_string()]);
+        assert!(srv.wait_until(Duration::from_secs(5), |s| s.messages_in == 1 && s.active == 1).await);
+        srv.close_all(4000, "bye");
+        let m = ws.next().await.unwrap().unwrap();
+        assert!(matches!(m, Message::Close(Some(ref f)) if u16::from(f.code) == 4000), "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn refuses_with_status_then_recovers() {
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        srv.refuse(401, Some(1));
+        let err = tokio_tungstenite::connect_async(srv.url()).await.unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+        tokio_tungstenite::connect_async(srv.url()).await.unwrap();
+        assert_eq!(srv.stats().refused, 1);
+    }
+
+    #[tokio::test]
+    async fn freeze_stops_pongs() {
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(srv.url()).await.unwrap();
+        assert!(srv.wait_until(Duration::from_secs(5), |s| s.active == 1).await);
+        srv.freeze();
+        ws.send(Message::Ping(vec![1].into())).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+        assert!(r.is_err(), "frozen server must not answer: {r:?}");
+        srv.unfreeze();
+        let r = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(r, Message::Pong(_)));
+    }
+}
