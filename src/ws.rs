@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -154,6 +154,13 @@ impl State {
     }
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// `send_buffer` messages are already waiting for delivery.
+    Full(usize),
+    Ended(Terminal),
+}
+
 /// How a connection ended for good.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Terminal {
@@ -216,7 +223,6 @@ struct Shared {
     unacked: Mutex<VecDeque<(u64, Outgoing)>>,
     written_seq: AtomicU64,
     outbound_ready: Notify,
-    send_slots: Semaphore,
     state: AtomicU8,
     terminal: OnceLock<Terminal>,
     close_requested: AtomicBool,
@@ -260,7 +266,6 @@ impl Shared {
         if done.is_empty() {
             return;
         }
-        self.send_slots.add_permits(done.len());
         for mut o in done {
             if let Some(tx) = o.done.take() {
                 let _ = tx.send(Ok(()));
@@ -306,7 +311,6 @@ pub struct WsClient {
 impl WsClient {
     pub fn new(cfg: WsConfig, provider: Arc<dyn TargetProvider>) -> Arc<WsClient> {
         let (events, _) = broadcast::channel(4096);
-        let send_buffer = cfg.send_buffer.max(1);
         Arc::new(WsClient {
             shared: Arc::new(Shared {
                 cfg,
@@ -319,7 +323,6 @@ impl WsClient {
                 unacked: Mutex::new(VecDeque::new()),
                 written_seq: AtomicU64::new(0),
                 outbound_ready: Notify::new(),
-                send_slots: Semaphore::new(send_buffer),
                 state: AtomicU8::new(State::Idle as u8),
                 terminal: OnceLock::new(),
                 close_requested: AtomicBool::new(false),
@@ -412,35 +415,31 @@ impl WsClient {
         }
     }
 
-    /// Queue `msg` and wait until it is written to a live connection (after a reconnect if needed).
-    pub async fn send(&self, msg: Message) -> Result<(), Terminal> {
-        let rx = self.enqueue(msg).await?;
+    /// Queue `msg` and wait until the peer confirmed it (after a reconnect if needed).
+    pub async fn send(&self, msg: Message) -> Result<(), SendError> {
+        let rx = self.enqueue(msg)?;
         match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(self.terminal().unwrap_or(Terminal::Closed)),
+            Ok(r) => r.map_err(SendError::Ended),
+            Err(_) => Err(SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))),
         }
     }
 
-    /// Queue `msg` (waiting for buffer space); the receiver resolves when it was written.
-    pub async fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), Terminal>>, Terminal> {
-        if let Some(t) = self.shared.terminal.get() {
-            return Err(t.clone());
-        }
-        if self.shared.close_requested.load(Ordering::SeqCst) {
-            return Err(Terminal::Closed);
-        }
-        let permit = match self.shared.send_slots.acquire().await {
-            Ok(p) => p,
-            Err(_) => return Err(self.terminal().unwrap_or(Terminal::Closed)),
-        };
-        permit.forget();
+    /// Queue `msg` now (order = call order); the receiver resolves once the peer confirmed it.
+    /// Fails at once when the connection ended or `send_buffer` messages are already pending.
+    pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), Terminal>>, SendError> {
         let (tx, rx) = oneshot::channel();
         {
             let mut q = self.shared.lock_out();
-            // re-check under the lock: the supervisor fails the queue under this lock when it ends
+            // checked under the lock: `finish` fails the queue under this lock when the connection ends
             if let Some(t) = self.shared.terminal.get() {
-                self.shared.send_slots.add_permits(1);
-                return Err(t.clone());
+                return Err(SendError::Ended(t.clone()));
+            }
+            if self.shared.close_requested.load(Ordering::SeqCst) {
+                return Err(SendError::Ended(Terminal::Closed));
+            }
+            let pending = q.len() + self.shared.lock_unacked().len();
+            if pending >= self.shared.cfg.send_buffer {
+                return Err(SendError::Full(pending));
             }
             q.push_back(Outgoing { msg, done: Some(tx) });
         }
@@ -513,7 +512,6 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     shared.set_state(if matches!(term, Terminal::Closed) { State::Closed } else { State::Failed });
     let mut pending: Vec<Outgoing> = shared.lock_unacked().drain(..).map(|(_, o)| o).collect();
     pending.extend(shared.lock_out().drain(..));
-    shared.send_slots.close();
     for o in pending {
         if let Some(tx) = o.done {
             let _ = tx.send(Err(term.clone()));
@@ -949,7 +947,7 @@ mod tests {
         assert_eq!(lost, 1);
         c.close().await;
         assert_eq!(c.state(), State::Closed);
-        assert!(matches!(c.send(Message::text("late")).await, Err(Terminal::Closed)));
+        assert!(matches!(c.send(Message::text("late")).await, Err(SendError::Ended(Terminal::Closed))));
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ tokio runtime is created on first use.
 from __future__ import annotations
 
 from . import _native
-from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, TetherError, TimeoutError
+from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
 from ._connect import Connection, connect
@@ -36,6 +36,7 @@ __all__ = [
     "PoolExhausted",
     "NotReady",
     "ConnectionClosed",
+    "SendBufferFull",
     "TimeoutError",
     "events",
     "redact",

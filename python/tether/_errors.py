@@ -58,6 +58,10 @@ class ConnectionClosed(TetherError):
         self.reason = reason
 
 
+class SendBufferFull(TetherError):
+    """``Connection.send`` was called while ``send_buffer`` messages were already waiting for delivery."""
+
+
 class TimeoutError(TetherError, builtins.TimeoutError):  # noqa: A001 - deliberate: also a builtin TimeoutError
     """A bounded wait expired. Also an ``asyncio.TimeoutError``/builtin ``TimeoutError``."""
 
@@ -67,4 +71,4 @@ class TimeoutError(TetherError, builtins.TimeoutError):  # noqa: A001 - delibera
         self.what = what
 
 
-__all__ = ["TetherError", "GaveUp", "PoolExhausted", "NotReady", "ConnectionClosed", "TimeoutError"]
+__all__ = ["TetherError", "GaveUp", "PoolExhausted", "NotReady", "ConnectionClosed", "SendBufferFull", "TimeoutError"]

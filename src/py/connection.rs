@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws::{SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -307,10 +307,24 @@ impl PyConnection {
     /// Queue `data` (str -> text, bytes-like -> binary); resolves once the peer confirmed it.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
+        // enqueued here, synchronously, so messages go out in call order
+        let rx = match self.client.enqueue(msg) {
+            Ok(rx) => rx,
+            Err(SendError::Ended(t)) => return Err(terminal_error(py, &t, &self.name)),
+            Err(SendError::Full(n)) => {
+                return Err(tether_error(py, "SendBufferFull", &format!(
+                    "send buffer of {} is full: {n} messages are waiting for delivery to {} (await send() before sending more, or raise send_buffer)",
+                    self.client.config().send_buffer, self.name), None))
+            }
+        };
         let client = self.client.clone();
         let name = self.name.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            client.send(msg).await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+            let r = match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(client.terminal().unwrap_or(Terminal::Closed)),
+            };
+            r.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
         })
     }
 

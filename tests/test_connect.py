@@ -1,0 +1,339 @@
+"""tether.connect against the embedded SignalServer: loss detection, reconnection, delivery, bounds."""
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+import tether
+from tether import events as ev
+from tether.testing import SignalServer
+
+from conftest import records
+
+FAST = dict(ping_interval=0.2, ping_timeout=0.3, open_timeout=2.0, close_timeout=0.5)
+
+
+def policy(**kw):
+    kw.setdefault("jitter", "none")
+    return tether.Backoff(kw.pop("initial", 0.02), kw.pop("factor", 2.0), max_delay=kw.pop("max_delay", 0.2), **kw)
+
+
+@pytest.fixture
+async def server():
+    async with SignalServer() as srv:
+        yield srv
+
+
+async def collect_events(conn, into):
+    async for e in conn.events():
+        into.append(e)
+
+
+async def first(events_list, kind, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in events_list:
+            if isinstance(e, kind):
+                return e
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {kind.__name__} in {events_list}")
+
+
+async def test_echo_text_and_binary(server):
+    async with tether.connect(server.url, **FAST) as c:
+        assert c.state == "connected"
+        await c.send("hello")
+        await c.send(b"\x00\x01")
+        await c.send(bytearray(b"ba"))
+        assert await c.recv() == "hello"
+        assert await c.recv() == b"\x00\x01"
+        assert await c.recv() == b"ba"
+        s = c.stats()
+        assert s["messages_out"] == 3 and s["messages_in"] == 3 and s["connects"] == 1
+    assert c.state == "closed"
+
+
+async def test_server_drop_is_reported_once_and_reconnects(server):
+    got = []
+    async with tether.connect(server.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect_events(c, got))
+        await asyncio.sleep(0.05)
+        assert server.drop() == 1
+        rec = await first(got, ev.Reconnected)
+        assert rec.downtime < 2.0
+        await c.send("after")
+        assert await c.recv() == "after"
+        assert c.stats()["connects"] == 2 and c.stats()["losses"] == 1
+    await asyncio.wait_for(watcher, 5)
+    lost = [e for e in got if isinstance(e, ev.ConnectionLost)]
+    assert len(lost) == 1, got
+    # first retry is the first ladder rung
+    reconnecting = [e for e in got if isinstance(e, ev.Reconnecting)]
+    assert reconnecting[0].strategy == "resume" and reconnecting[0].delay == 0.0
+
+
+async def test_frozen_server_detected_by_ping_timeout(server):
+    got = []
+    async with tether.connect(server.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect_events(c, got))
+        await server.wait_for(1)
+        t0 = time.monotonic()
+        server.freeze()
+        lost = await first(got, ev.ConnectionLost, timeout=10)
+        detect = time.monotonic() - t0
+        assert "ping timeout" in lost.reason
+        assert detect < 0.2 + 0.3 + 2.0  # interval + timeout + generous slack
+        server.unfreeze()
+        await first(got, ev.Reconnected, timeout=10)
+    await asyncio.wait_for(watcher, 5)
+
+
+async def test_close_codes_retry_and_fatal(server):
+    async with tether.connect(server.url, policy=policy(), **FAST) as c:
+        server.close(1001, "going away")
+        await c.send("x")  # delivered after the reconnect
+        assert await c.recv() == "x"
+        assert "1001" in c.stats()["last_loss"]
+        # the echo may come from the first connection: wait until the second one is up
+        while c.stats()["connects"] < 2 or c.state != "connected":
+            await asyncio.sleep(0.005)
+        assert await server.wait_for(1)
+        assert server.close(1008, "policy violation") == 1
+        with pytest.raises(tether.GaveUp) as info:
+            async for _ in c:
+                pass
+    g = info.value
+    assert g.reason == "fatal error"
+    assert isinstance(g.last_error, tether.ConnectionClosed) and g.last_error.code == 1008
+    assert c.state == "failed"
+
+
+async def test_http_401_is_fatal_and_503_is_retried(server):
+    server.refuse(401)
+    t0 = time.monotonic()
+    with pytest.raises(tether.GaveUp) as info:
+        await tether.connect(server.url, policy=policy(max_attempts=10), **FAST)
+    assert time.monotonic() - t0 < 2.0
+    assert info.value.attempts == 1 and "401" in str(info.value)
+    server.refuse(503, times=2)
+    c = await tether.connect(server.url, policy=policy(max_attempts=10), **FAST)
+    try:
+        assert server.stats()["refused"] >= 3  # the 401 plus two 503s
+        assert c.state == "connected"
+    finally:
+        await c.aclose()
+
+
+async def test_url_for_mints_per_strategy(server):
+    calls = []
+
+    async def url_for(strategy, attempt):
+        calls.append((strategy, attempt))
+        await asyncio.sleep(0)
+        return f"{server.url}?access_token=tok{len(calls)}&strategy={strategy}"
+
+    async with tether.connect(server.url, url_for=url_for, ladder=("resume", ("restart", 2)), policy=policy(), **FAST) as c:
+        server.listening(False)
+        server.drop()
+        while len(calls) < 4:
+            await asyncio.sleep(0.01)
+        server.listening(True)
+        await c.send("ok")
+        assert await c.recv() == "ok"
+    strategies = [s for s, _ in calls]
+    assert strategies[:4] == ["connect", "resume", "restart", "restart"], calls
+    assert [a for _, a in calls[:4]] == [1, 2, 3, 4]
+    reqs = server.requests()
+    assert reqs[0] == "/?access_token=tok1&strategy=connect"
+    assert reqs[-1].startswith(f"/?access_token=tok{len(calls)}")
+
+
+async def test_sync_url_for_with_headers_and_errors_are_retried(server):
+    n = 0
+
+    def url_for(strategy, attempt):
+        nonlocal n
+        n += 1
+        if n == 1:
+            raise RuntimeError("token service unavailable")
+        return (server.url, {"Authorization": "Bearer s3cr3t"})
+
+    c = await tether.connect(server.url, url_for=url_for, policy=policy(), **FAST)
+    await c.aclose()
+    assert n == 2
+
+
+async def test_sends_during_outage_delivered_in_order(server):
+    async with tether.connect(server.url, policy=policy(max_delay=0.05), **FAST) as c:
+        server.listening(False)
+        server.drop()
+        while c.state == "connected":
+            await asyncio.sleep(0.005)
+        sends = [asyncio.ensure_future(c.send(f"m{i}")) for i in range(20)]
+        await asyncio.sleep(0.3)
+        assert not any(s.done() for s in sends), "nothing can be confirmed while the server is down"
+        assert c.stats()["send_queue"] == 20
+        server.listening(True)
+        await asyncio.wait_for(asyncio.gather(*sends), 10)
+        got = [await c.recv() for _ in range(20)]
+    assert got == [f"m{i}" for i in range(20)]
+
+
+async def test_pending_sends_raise_when_giving_up(server):
+    c = await tether.connect(server.url, policy=policy(max_attempts=3), **FAST)
+    server.listening(False)
+    server.drop()
+    with pytest.raises(tether.GaveUp) as info:
+        await asyncio.wait_for(c.send("never"), 10)
+    assert info.value.attempts == 4
+    with pytest.raises(tether.GaveUp):
+        await c.send("after")
+    await c.aclose()
+
+
+async def test_sends_after_close_raise_connection_closed(server):
+    c = await tether.connect(server.url, **FAST)
+    await c.aclose()
+    with pytest.raises(tether.ConnectionClosed):
+        await c.send("late")
+    with pytest.raises(tether.ConnectionClosed):
+        await c.recv()
+    assert [m async for m in c] == []
+
+
+async def test_aclose_is_bounded_when_black_holed(server):
+    c = await tether.connect(server.url, ping_interval=30, ping_timeout=30, close_timeout=0.5)
+    server.freeze()
+    t0 = time.monotonic()
+    await c.aclose()
+    assert time.monotonic() - t0 < 3.0
+    assert c.state == "closed"
+
+
+async def test_aclose_while_reconnecting_returns_promptly(server):
+    c = await tether.connect(server.url, policy=tether.Backoff(30, jitter="none"), quiet_attempts=0, **FAST)
+    server.listening(False)
+    server.drop()
+    while c.state != "reconnecting":
+        await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    await c.aclose()
+    assert time.monotonic() - t0 < 1.0
+
+
+async def test_slow_handshake_is_bounded_by_open_timeout(server):
+    server.slow_handshake(5)
+    t0 = time.monotonic()
+    with pytest.raises(tether.GaveUp) as info:
+        await tether.connect(server.url, policy=policy(max_attempts=1), open_timeout=0.3)
+    assert time.monotonic() - t0 < 3.0
+    assert "timed out" in str(info.value)
+
+
+async def test_accept_then_drop_escalates_without_hot_loop(server):
+    server.accept_then_drop()
+    t0 = time.monotonic()
+    # each handshake succeeds, so the connection opens; the flapping then exhausts the budget
+    c = await tether.connect(server.url, policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", max_attempts=4), **FAST)
+    with pytest.raises(tether.GaveUp) as info:
+        async for _ in c:
+            pass
+    assert time.monotonic() - t0 >= 0.05 + 0.1 + 0.2 - 0.05
+    assert server.stats()["handshakes"] == 5
+    assert info.value.attempts == 5 and info.value.reason == "attempt budget exhausted"
+    await c.aclose()
+
+
+async def test_single_blip_logs_below_warning(server, tether_logs):
+    async with tether.connect(server.url, policy=policy(), **FAST) as c:
+        server.drop()
+        await c.send("x")
+        assert await c.recv() == "x"
+    recs = records(tether_logs)
+    assert recs, "expected DEBUG records"
+    assert max(r.levelno for r in recs) < logging.WARNING, [(r.levelname, r.getMessage()) for r in recs]
+
+
+async def test_secrets_never_reach_logs_events_or_errors(server, tether_logs):
+    secret = "eyJhbGciOiJIUzI1NiJ9.SECRETPAYLOAD.sig"
+    url = f"{server.url}?access_token={secret}"
+    got = []
+    server.refuse(503, times=1)
+    c = tether.connect(url, headers={"Authorization": f"Bearer {secret}"}, policy=policy(max_attempts=2), **FAST)
+    assert secret not in repr(c) and secret not in c.url
+    await c
+    watcher = asyncio.ensure_future(collect_events(c, got))
+    server.refuse(403)
+    server.drop()
+    with pytest.raises(tether.GaveUp) as info:
+        async for _ in c:
+            pass
+    await asyncio.wait_for(watcher, 5)
+    texts = [r.getMessage() for r in records(tether_logs)]
+    texts += [str(v) for r in records(tether_logs) for v in r.__dict__.values()]
+    texts += [repr(e) for e in got] + [str(info.value), repr(info.value.last_error), repr(c), str(c.stats())]
+    leaked = [t for t in texts if secret in t]
+    assert not leaked, leaked
+    assert any("access_token=REDACTED" in t for t in texts)
+    await c.aclose()
+
+
+async def test_wss_to_a_plain_server_fails_clearly(server):
+    url = server.url.replace("ws://", "wss://")
+    with pytest.raises(tether.GaveUp) as info:
+        await tether.connect(url, policy=policy(max_attempts=1), open_timeout=2)
+    assert "TLS" in str(info.value) or "handshake" in str(info.value)
+
+
+async def test_cancel_pending_recv_and_connect(server):
+    c = await tether.connect(server.url, **FAST)
+    t = asyncio.ensure_future(c.recv())
+    await asyncio.sleep(0.05)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    await c.send("still works")
+    assert await c.recv() == "still works"
+    await c.aclose()
+
+    server.listening(False)
+    pending = tether.connect(server.url, policy=tether.Backoff(0.05), **FAST)
+    t = asyncio.ensure_future(pending._start())
+    await asyncio.sleep(0.2)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    await asyncio.wait_for(pending.aclose(), 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc",
+    [
+        (dict(url="http://x/"), ValueError),
+        (dict(url="not a url"), ValueError),
+        (dict(url=42), TypeError),
+        (dict(url="ws://h/", ping_interval=-1), ValueError),
+        (dict(url="ws://h/", ping_timeout=0), ValueError),
+        (dict(url="ws://h/", open_timeout="1"), TypeError),
+        (dict(url="ws://h/", ladder="resume"), TypeError),
+        (dict(url="ws://h/", ladder=()), ValueError),
+        (dict(url="ws://h/", headers={"Bad Header": "x"}), ValueError),
+        (dict(url="ws://h/", headers={"X": "a\nb"}), ValueError),
+        (dict(url="ws://h/", send_buffer=0), ValueError),
+        (dict(url="ws://h/", url_for=5), TypeError),
+        (dict(url="ws://h/", policy="fast"), TypeError),
+    ],
+)
+def test_bad_input(kwargs, exc):
+    with pytest.raises(exc):
+        tether.connect(**kwargs)
+
+
+async def test_send_bad_type(server):
+    async with tether.connect(server.url, **FAST) as c:
+        with pytest.raises(TypeError):
+            await c.send(123)
+        with pytest.raises(TypeError):
+            await c.send({"a": 1})
