@@ -300,18 +300,18 @@ where
         strategy = cfg.strategy_for(retries);
         let next = retries + 1;
         events.emit(Event::Reconnecting { attempt: next, delay, strategy: strategy.clone() });
-        let what = if was_connected { "connection to" } else { "failed to connect to" };
+        let what = if was_connected { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
         let max_field = max_retry.map(|m| m as i64).unwrap_or(-1);
         if quiet {
             tracing::debug!(target: "tether::reconnect", name, retry_count = retries, max_retry = max_field, error = %text,
                 delay_s = 0.0, strategy = &*strategy,
-                "{what} {name} {}: {text}; retrying immediately ({strategy})", if was_connected { "lost" } else { "failed" });
+                "{what}: {text}; retrying immediately ({strategy})");
         } else {
             o.warned = true;
             tracing::warn!(target: "tether::reconnect", name, retry_count = retries, max_retry = max_field, error = %text,
                 delay_s = delay.as_secs_f64(), strategy = &*strategy,
-                "{what} {name} {}: {text}; retrying in {:.2}s (retry {retries}{}, {strategy})",
-                if was_connected { "lost" } else { "failed" }, delay.as_secs_f64(),
+                "{what}: {text}; retrying in {:.2}s (retry {retries}{}, {strategy})",
+                delay.as_secs_f64(),
                 max_retry.map(|m| format!("/{m}")).unwrap_or_default());
         }
         if !delay.is_zero() {

@@ -744,7 +744,6 @@ fn push_inbound(shared: &Shared, m: Message) {
 async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {
     let cfg = &shared.cfg;
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
-    let ping_sent_us = AtomicU64::new(0);
 
     let reader = async {
         loop {
@@ -854,19 +853,31 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         }
     };
 
+    // Liveness: a ping every ping_interval; the connection is lost when nothing at all was received
+    // for ping_interval + ping_timeout (a healthy peer answers every ping, so it is never silent that
+    // long). Detection is therefore bounded by interval + timeout after the last frame, whatever the
+    // phase of the ping cycle when the peer went silent.
     let pinger = async {
+        let silence_limit = cfg.ping_interval + cfg.ping_timeout;
+        let mut next_ping = Instant::now() + cfg.ping_interval;
         loop {
-            tokio::time::sleep(cfg.ping_interval).await;
-            let at = shared.now_us();
-            ping_sent_us.store(at, Ordering::SeqCst);
-            shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
-            let _ = ctrl_tx.send(Ctrl::Ping);
-            tokio::time::sleep(cfg.ping_timeout).await;
-            if shared.last_rx_us.load(Ordering::SeqCst) < at && !shared.reader_paused.load(Ordering::SeqCst) {
+            let last_rx = shared.base + Duration::from_micros(shared.last_rx_us.load(Ordering::SeqCst));
+            let dead_at = last_rx + silence_limit;
+            tokio::time::sleep_until(next_ping.min(dead_at)).await;
+            let now = Instant::now();
+            let last_rx = shared.base + Duration::from_micros(shared.last_rx_us.load(Ordering::SeqCst));
+            if now >= last_rx + silence_limit && !shared.reader_paused.load(Ordering::SeqCst) {
                 return Err::<(), _>(WsError::retry(format!(
-                    "ping timeout: no pong or data within {:.3}s of a ping",
+                    "ping timeout: nothing received for {:.3}s (ping_interval {:.3}s + ping_timeout {:.3}s)",
+                    now.saturating_duration_since(last_rx).as_secs_f64(),
+                    cfg.ping_interval.as_secs_f64(),
                     cfg.ping_timeout.as_secs_f64()
                 )));
+            }
+            if now >= next_ping {
+                shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                let _ = ctrl_tx.send(Ctrl::Ping);
+                next_ping = now + cfg.ping_interval;
             }
         }
     };

@@ -6,6 +6,8 @@ tokio runtime is created on first use.
 
 from __future__ import annotations
 
+import atexit as _atexit
+
 from . import _native
 from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
 from ._logging import sync_log_level
@@ -19,6 +21,8 @@ from . import events
 __version__ = _native.__version__
 
 sync_log_level()
+# from interpreter shutdown on, Rust threads stop calling into Python
+_atexit.register(_native._at_exit)
 
 __all__ = [
     "Backoff",

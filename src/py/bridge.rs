@@ -84,7 +84,7 @@ impl Drop for CancelOnDrop {
             st.cancelled = true;
             st.task.take()
         };
-        if let Some(task) = task {
+        if let (Some(task), true) = (task, super::python_alive()) {
             let _ = Python::try_attach(|py| {
                 let lp = self.event_loop.bind(py);
                 if let Ok(cancel) = task.getattr(py, "cancel") {

@@ -79,6 +79,9 @@ impl TargetProvider for PyTarget {
             let t = self.base.clone();
             return Box::pin(async move { Ok(t) });
         };
+        if !super::python_alive() {
+            return Box::pin(async { Err(WsError::fatal("the Python interpreter is shutting down")) });
+        }
         let Some(locals) = self.locals.get() else {
             return Box::pin(async { Err(WsError::fatal("url_for called before the connection was started")) });
         };

@@ -159,7 +159,10 @@ impl<S: Subscriber> Layer<S> for PyLogLayer {
         event.record(&mut c);
         let logger_name = meta.target().replace("::", ".");
         let level = python_level(meta.level());
-        // try_attach: never initialise or block a finalising interpreter for a log line.
+        // never initialise or touch a finalising interpreter for a log line
+        if !super::python_alive() {
+            return;
+        }
         let _ = Python::try_attach(|py| {
             let r: PyResult<()> = (|| {
                 let logger = py.import("logging")?.call_method1("getLogger", (logger_name.as_str(),))?;

@@ -38,8 +38,23 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logging::_log_level_rank, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_emit_test_log, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;
+    m.add_function(wrap_pyfunction!(_at_exit, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
+}
+
+static PYTHON_ALIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// False once the interpreter started shutting down (atexit): from then on no tokio thread may attach
+/// to Python (on 3.11 a thread that takes the GIL during finalization is killed mid-flight).
+pub fn python_alive() -> bool {
+    PYTHON_ALIVE.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Registered with `atexit` by the package.
+#[pyfunction]
+fn _at_exit() {
+    PYTHON_ALIVE.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Redact tokens in a URL or message, exactly as tether does for its own logs.
