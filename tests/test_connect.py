@@ -308,6 +308,31 @@ async def test_cancel_pending_recv_and_connect(server):
     await asyncio.wait_for(pending.aclose(), 2)
 
 
+async def test_first_message_timeout(server):
+    # no greeting: the attempt does not count as connected and fails after the bound
+    t0 = time.monotonic()
+    with pytest.raises(tether.GaveUp) as info:
+        await tether.connect(server.url, first_message_timeout=0.2, policy=policy(max_attempts=1), **FAST)
+    assert "first message" in str(info.value)
+    assert time.monotonic() - t0 < 3.0
+    # with a greeting it is the first message delivered
+    server.greet("join-response")
+    async with tether.connect(server.url, first_message_timeout=2, **FAST) as c:
+        assert await c.recv() == "join-response"
+
+
+async def test_outage_deadline(server):
+    c = await tether.connect(server.url, policy=tether.Backoff(0.05, max_delay=0.1, jitter="none", deadline=0.6), **FAST)
+    server.listening(False)
+    server.drop()
+    t0 = time.monotonic()
+    with pytest.raises(tether.GaveUp) as info:
+        await c.recv()
+    assert info.value.reason == "deadline exceeded"
+    assert time.monotonic() - t0 < 0.6 + 2.0
+    await c.aclose()
+
+
 @pytest.mark.parametrize(
     "kwargs,exc",
     [

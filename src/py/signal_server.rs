@@ -147,6 +147,16 @@ impl PySignalServer {
         self.get()?.accept_then_drop(enabled);
         Ok(())
     }
+    /// Send `data` to every new client right after its handshake; None stops greeting.
+    #[pyo3(signature = (data=None))]
+    fn greet(&self, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let m = match data {
+            Some(d) if !d.is_none() => Some(message_from_py(d)?),
+            _ => None,
+        };
+        self.get()?.greet(m);
+        Ok(())
+    }
     #[pyo3(signature = (enabled=true))]
     fn echo(&self, enabled: bool) -> PyResult<()> {
         self.get()?.set_echo(enabled);

@@ -39,6 +39,8 @@ struct Mode {
     accept_then_drop: bool,
     freeze_new: bool,
     echo: bool,
+    /// Sent to every client right after the handshake (like a join response).
+    greeting: Option<Message>,
 }
 
 #[derive(Debug, Default)]
@@ -147,7 +149,7 @@ impl SignalServer {
     pub fn behave(&self) {
         {
             let mut m = self.mode();
-            *m = Mode { echo: m.echo, ..Default::default() };
+            *m = Mode { echo: m.echo, greeting: m.greeting.clone(), ..Default::default() };
         }
         self.broadcast(Cmd::Unfreeze);
     }
@@ -158,6 +160,11 @@ impl SignalServer {
 
     pub fn accept_then_drop(&self, enabled: bool) {
         self.mode().accept_then_drop = enabled;
+    }
+
+    /// Send `msg` to every new client right after its handshake (None: nothing).
+    pub fn greet(&self, msg: Option<Message>) {
+        self.mode().greeting = msg;
     }
 
     pub fn set_echo(&self, enabled: bool) {
@@ -306,6 +313,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
 
     let (mut sink, mut stream) = ws.split();
     let mut frozen = mode.freeze_new;
+    if let Some(g) = mode.greeting.clone() {
+        if sink.send(g).await.is_ok() {
+            shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {

@@ -69,6 +69,10 @@ class SignalServer:
     def accept_then_drop(self, enabled: bool = True) -> None:
         self._n.accept_then_drop(enabled)
 
+    def greet(self, data: str | bytes | None) -> None:
+        """Send ``data`` to every new client right after its handshake (``None``: stop)."""
+        self._n.greet(data)
+
     def echo(self, enabled: bool = True) -> None:
         self._n.echo(enabled)
 
