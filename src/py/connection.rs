@@ -277,11 +277,11 @@ impl PyConnection {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
         if self.target.locals.get().is_none() {
-            let _ = self.target.locals.set(pyo3_async_runtimes::tokio::get_current_locals(py)?);
+            let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
         }
         let client = self.client.clone();
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             client.start();
             client.wait_connected().await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
         })
@@ -299,7 +299,7 @@ impl PyConnection {
     fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             match client.recv().await {
                 Ok(m) => Python::attach(|py| Ok(message_to_py(py, &m))),
                 Err(t) => Err(Python::attach(|py| terminal_error(py, &t, &name))),
@@ -322,7 +322,7 @@ impl PyConnection {
         };
         let client = self.client.clone();
         let name = self.name.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             let r = match rx.await {
                 Ok(r) => r,
                 Err(_) => Err(client.terminal().unwrap_or(Terminal::Closed)),
@@ -334,7 +334,7 @@ impl PyConnection {
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             client.close().await;
             Ok(())
         })

@@ -48,7 +48,7 @@ impl EventStream {
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let rx = self.rx.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             let mut guard = rx.lock().await;
             loop {
                 let Some(r) = guard.as_mut() else {

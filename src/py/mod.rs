@@ -13,14 +13,12 @@ pub(crate) mod logging;
 mod procpool;
 mod readiness;
 mod reconnect;
+pub(crate) mod runtime;
 mod signal_server;
 mod watchdog;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().worker_threads(2).thread_name("tether-rt");
-    pyo3_async_runtimes::tokio::init(builder);
     logging::install();
 
     m.add_class::<backoff::PyBackoff>()?;

@@ -164,13 +164,13 @@ impl PyReconnector {
         }
         super::logging::sync(py);
         let guard = RunGuard { state: self.state.clone(), events: self.events.clone() };
-        let locals = pyo3_async_runtimes::tokio::get_current_locals(py)?;
+        let locals = super::runtime::get_current_locals(py)?;
         let connect = connect.unbind();
         let fatal = self.fatal.clone_ref(py);
         let cfg = self.cfg.clone();
         let events = Events::new(self.events.clone());
         let state = self.state.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             let _guard = guard;
             let res = core::run(
                 &cfg,

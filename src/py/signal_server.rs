@@ -68,7 +68,7 @@ impl PySignalServer {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         let (host, port) = (self.host.clone(), self.port);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             if inner.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                 return Ok(());
             }
@@ -83,7 +83,7 @@ impl PySignalServer {
     /// Stop accepting and drop every connection.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let srv = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             if let Some(s) = srv {
                 s.shutdown();
             }
@@ -205,7 +205,7 @@ impl PySignalServer {
         if !["active", "handshakes", "tcp_accepts", "refused", "messages_in", "pings"].contains(&key.as_str()) {
             return Err(value_error(format!("unknown key {key:?}")));
         }
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        super::runtime::future_into_py(py, async move {
             Ok(srv
                 .wait_until(Duration::from_secs_f64(t), move |s| match key.as_str() {
                     "active" => s.active == n,
