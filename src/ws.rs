@@ -792,9 +792,10 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     let writer = async {
         let wr = |e: tungstenite::Error| WsError::retry(format!("write error: {e}"));
         let mut closing = false;
+        let mut pending_ctrl: Option<Ctrl> = None;
         loop {
-            // control frames first
-            while let Ok(c) = ctrl_rx.try_recv() {
+            // control frames first: one that woke us, then any others queued
+            while let Some(c) = pending_ctrl.take().or_else(|| ctrl_rx.try_recv().ok()) {
                 match c {
                     Ctrl::Ping => {
                         sink.feed(Message::Ping(shared.ping_payload())).await.map_err(wr)?;
@@ -819,12 +820,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 tokio::select! {
                     _ = shared.outbound_ready.notified() => {}
                     c = ctrl_rx.recv() => match c {
-                        Some(Ctrl::Ping) => {
-                            sink.feed(Message::Ping(shared.ping_payload())).await.map_err(wr)?;
-                            sink.flush().await.map_err(wr)?;
-                        }
-                        Some(Ctrl::Flush) => sink.flush().await.map_err(wr)?,
-                        Some(Ctrl::Close) => closing = true,
+                        Some(c) => pending_ctrl = Some(c),
+                        // the pump owns the sender, so this only happens while it is being torn down
                         None => std::future::pending::<()>().await,
                     },
                 }
