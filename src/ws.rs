@@ -403,6 +403,20 @@ impl WsClient {
         }
     }
 
+    /// Resolves once a message is buffered or the connection ended; consumes nothing, so a caller that
+    /// is cancelled while waiting loses no message (bindings pop with `try_recv` afterwards).
+    pub async fn readable(&self) {
+        loop {
+            let n = self.shared.inbound_ready.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.shared.lock_in().is_empty() || self.shared.terminal.get().is_some() {
+                return;
+            }
+            n.await;
+        }
+    }
+
     pub async fn recv(&self) -> Result<Message, Terminal> {
         loop {
             let n = self.shared.inbound_ready.notified();
@@ -519,7 +533,6 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     }
     shared.live.store(false, Ordering::SeqCst);
     shared.inbound_ready.notify_waiters();
-    shared.inbound_ready.notify_one();
     let _ = shared.events.send(Event::Closed);
 }
 
@@ -738,7 +751,7 @@ fn push_inbound(shared: &Shared, m: Message) {
     shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
     shared.counters.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
     shared.lock_in().push_back(m);
-    shared.inbound_ready.notify_one();
+    shared.inbound_ready.notify_waiters();
 }
 
 async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {

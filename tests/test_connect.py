@@ -362,3 +362,47 @@ async def test_send_bad_type(server):
             await c.send(123)
         with pytest.raises(TypeError):
             await c.send({"a": 1})
+
+
+async def test_cancelled_recv_never_loses_a_message(server):
+    """asyncio.wait_for(conn.recv(), tiny) cancels receives while messages stream in: none may vanish."""
+    n = 400
+    async with tether.connect(server.url, **FAST) as c:
+        await server.wait_for(1)
+        got = []
+
+        async def pusher():
+            for i in range(n):
+                server.push(f"m{i}")
+                if i % 7 == 0:
+                    await asyncio.sleep(0.0005)
+
+        p = asyncio.ensure_future(pusher())
+        deadline = time.monotonic() + 20
+        while len(got) < n and time.monotonic() < deadline:
+            try:
+                got.append(await asyncio.wait_for(c.recv(), 0.0002))
+            except asyncio.TimeoutError:
+                pass
+        await p
+    assert got == [f"m{i}" for i in range(n)]
+
+
+async def test_cancelled_event_iteration_never_loses_an_event(server):
+    c = await tether.connect(server.url, policy=policy(), **FAST)
+    stream = c.events()
+    seen = []
+    for _ in range(20):
+        server.drop()
+        t_end = time.monotonic() + 5
+        while time.monotonic() < t_end:
+            try:
+                e = await asyncio.wait_for(stream.__anext__(), 0.0002)
+            except asyncio.TimeoutError:
+                continue
+            seen.append(e)
+            if isinstance(e, ev.Reconnected):
+                break
+    await c.aclose()
+    assert sum(isinstance(e, ev.ConnectionLost) for e in seen) == 20
+    assert sum(isinstance(e, ev.Reconnected) for e in seen) == 20

@@ -52,19 +52,21 @@ class Connection:
 
     async def __anext__(self) -> str | bytes:
         try:
-            m = self._n.try_recv()
-            if m is None:
-                m = await self._n.recv()
+            return await self.recv()
         except ConnectionClosed:
             raise StopAsyncIteration from None
-        return m
 
     async def recv(self) -> str | bytes:
-        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up."""
-        m = self._n.try_recv()
-        if m is None:
-            m = await self._n.recv()
-        return m
+        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up.
+
+        Cancellation-safe: the message is taken from the buffer by this task, synchronously, only once
+        one is there; a recv cancelled while waiting (e.g. by ``asyncio.wait_for``) consumes nothing."""
+        n = self._n
+        while True:
+            m = n.try_recv()
+            if m is not None:
+                return m
+            await n.wait_readable()
 
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Queue ``data`` and wait until the server's WebSocket layer confirmed it (a pong to a ping

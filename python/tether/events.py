@@ -46,6 +46,15 @@ class Closed:
     """Internal end-of-stream marker; iteration stops on it (it is never yielded)."""
 
 
+async def _anext(stream):
+    """``__anext__`` of native event streams: take events on the loop thread, wait without consuming."""
+    while True:
+        ev = stream.try_next()  # raises StopAsyncIteration at the end
+        if ev is not None:
+            return ev
+        await stream.wait()
+
+
 Event = Connecting | Connected | ConnectionLost | Reconnecting | Reconnected | GaveUp
 
 __all__ = ["Connecting", "Connected", "ConnectionLost", "Reconnecting", "Reconnected", "GaveUp", "Event"]

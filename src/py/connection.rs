@@ -296,14 +296,13 @@ impl PyConnection {
         }
     }
 
-    fn recv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.
+    /// It consumes nothing, so cancelling it never loses a message.
+    fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
-        let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
-            match client.recv().await {
-                Ok(m) => Python::attach(|py| Ok(message_to_py(py, &m))),
-                Err(t) => Err(Python::attach(|py| terminal_error(py, &t, &name))),
-            }
+            client.readable().await;
+            Ok(())
         })
     }
 
