@@ -32,6 +32,8 @@ pub enum Event {
     Reconnecting { attempt: u32, delay: Duration, strategy: Arc<str> },
     Reconnected { downtime: Duration, attempts: u32 },
     GaveUp { error: String, attempts: u32 },
+    /// A watchdog alarm attached to this connection (dwell/progress/liveness).
+    Alarm { kind: &'static str, name: String, elapsed: Duration, limit: Duration, message: String },
     /// Terminal marker for event streams: the owner finished (never emitted by `run` itself).
     Closed,
 }
@@ -87,6 +89,9 @@ pub struct Config {
     /// Strategies tried in order during one outage, each for its number of attempts; the last rung
     /// gets all remaining attempts. The first ever attempt uses the strategy "connect".
     pub ladder: Vec<(Arc<str>, u32)>,
+    /// Progress deadline per attempt: an attempt that has not called `connected()` within this is
+    /// abandoned (counted as a failure, so the ladder escalates) instead of hanging.
+    pub attempt_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -97,6 +102,7 @@ impl Default for Config {
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
             ladder: vec![(Arc::from("reconnect"), 1)],
+            attempt_timeout: None,
         }
     }
 }
@@ -182,13 +188,15 @@ struct Outage {
 }
 
 /// Run the loop. `connect` is called once per attempt; `is_fatal` classifies errors; `describe`
-/// renders an error for logs and events (it must already be redacted).
+/// renders an error for logs and events (it must already be redacted); `stalled` builds the error for
+/// an attempt abandoned by `attempt_timeout`.
 pub async fn run<T, E, F, Fut>(
     cfg: &Config,
     events: &Events,
     mut connect: F,
     is_fatal: impl Fn(&E) -> bool,
     describe: impl Fn(&E) -> String,
+    stalled: impl Fn(u32, Duration) -> E,
 ) -> Result<T, GaveUp<E>>
 where
     F: FnMut(Attempt) -> Fut,
@@ -212,9 +220,14 @@ where
 
         let fut = connect(attempt);
         tokio::pin!(fut);
+        let progress_deadline = cfg.attempt_timeout.map(|t| started + t);
         let result = loop {
             tokio::select! {
                 biased;
+                _ = async { tokio::time::sleep_until(progress_deadline.unwrap_or(started)).await }, if connected_at.is_none() && progress_deadline.is_some() => {
+                    // dropping `fut` cancels the attempt
+                    break Err(stalled(number, cfg.attempt_timeout.unwrap_or_default()));
+                }
                 at = &mut connected_rx, if listening => {
                     listening = false;
                     // A dropped sender (the attempt let go of its handle without marking) just ends listening.
@@ -351,6 +364,7 @@ mod tests {
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
             ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
+            attempt_timeout: None,
         }
     }
 
@@ -374,7 +388,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await; // accepted, then dropped
                 Err::<(), _>("dropped")
             }
-        }, |_| false, |e| e.to_string()).await;
+        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
         let g = res.unwrap_err();
         assert_eq!(g.reason, GiveUpReason::Attempts);
         assert_eq!(g.attempts, 5);
@@ -406,7 +420,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(11)).await;
                 Err("blip")
             }
-        }, |_| false, |e| e.to_string()).await;
+        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
         // max_attempts=1 would have given up on the second consecutive failure had the counter not reset.
         assert_eq!(res.unwrap(), 6);
     }
@@ -417,7 +431,7 @@ mod tests {
         let res: Result<(), _> = run(&cfg(None), &Events::none(), |_a: Attempt| {
             n.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>("401 unauthorized") }
-        }, |e: &&str| e.starts_with("401"), |e| e.to_string()).await;
+        }, |e: &&str| e.starts_with("401"), |e| e.to_string(), |_, _| "stalled").await;
         let g = res.unwrap_err();
         assert_eq!(g.reason, GiveUpReason::Fatal);
         assert_eq!(n.load(Ordering::SeqCst), 1);
@@ -429,7 +443,7 @@ mod tests {
         let mut c = cfg(None);
         c.policy.deadline = Some(5.0);
         let t0 = Instant::now();
-        let res: Result<(), _> = run(&c, &Events::none(), |_a: Attempt| async { Err::<(), _>("refused") }, |_| false, |e| e.to_string()).await;
+        let res: Result<(), _> = run(&c, &Events::none(), |_a: Attempt| async { Err::<(), _>("refused") }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
         let g = res.unwrap_err();
         assert_eq!(g.reason, GiveUpReason::Deadline);
         assert!(t0.elapsed() < Duration::from_secs(5));
@@ -450,13 +464,39 @@ mod tests {
                     _ => { a.connected(); Ok(()) }
                 }
             }
-        }, |_| false, |e| e.to_string()).await;
+        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
         res.unwrap();
         let evs = collect(&mut rx);
         let down = evs.iter().find_map(|e| match e { Event::Reconnected { downtime, attempts } => Some((*downtime, *attempts)), _ => None }).unwrap();
         // quiet retry (0 s), then 1 s, then 2 s of backoff
         assert_eq!(down, (Duration::from_secs(3), 4));
         assert_eq!(evs.iter().filter(|e| matches!(e, Event::ConnectionLost { .. })).count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stalled_attempt_is_abandoned_and_the_ladder_escalates() {
+        // seed 001: "resuming connection... attempt 0" then silence. Here: resume hangs, restart works.
+        let mut c = cfg(None);
+        c.attempt_timeout = Some(Duration::from_secs(2));
+        let (tx, mut rx) = broadcast::channel(64);
+        let n = AtomicU32::new(0);
+        let t0 = Instant::now();
+        let res: Result<&str, GaveUp<String>> = run(&c, &Events::new(tx), |a: Attempt| {
+            let k = n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match k {
+                    0 => { a.connected(); tokio::time::sleep(Duration::from_secs(30)).await; Err("ping timeout".to_string()) }
+                    1 => { std::future::pending::<()>().await; unreachable!() } // the stalled resume
+                    _ => { assert_eq!(&*a.strategy, "restart"); a.connected(); Ok("restarted") }
+                }
+            }
+        }, |_| false, |e| e.clone(), |n, t| format!("attempt {n} made no progress within {}s", t.as_secs())).await;
+        assert_eq!(res.unwrap(), "restarted");
+        // 30 s up, immediate resume stalls 2 s, restart after 1 s backoff
+        assert_eq!(t0.elapsed(), Duration::from_secs(33));
+        let reasons: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).filter_map(|e| match e {
+            Event::Reconnecting { strategy, .. } => Some(strategy.to_string()), _ => None }).collect();
+        assert_eq!(reasons, ["resume", "restart"]);
     }
 
     #[test]
@@ -479,7 +519,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(20)).await;
                 Err("eof")
             }
-        }, |_| false, |e| e.to_string()).await;
+        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
         res.unwrap();
     }
 }

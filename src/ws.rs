@@ -33,6 +33,7 @@ use tokio_tungstenite::Connector;
 
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
+use crate::watchdog::Watchdog;
 
 const LOG: &str = "tether::ws";
 
@@ -51,6 +52,9 @@ pub struct WsConfig {
     pub fatal_close_codes: Vec<u16>,
     pub fatal_http_statuses: Vec<u16>,
     pub reconnect: reconnect::Config,
+    /// Fed with the connection's states ("connecting", "connected", "reconnecting", "closed",
+    /// "failed"); its alarms are forwarded into the connection's events.
+    pub watchdog: Option<Arc<Watchdog>>,
 }
 
 impl Default for WsConfig {
@@ -71,6 +75,7 @@ impl Default for WsConfig {
                 ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
                 ..Default::default()
             },
+            watchdog: None,
         }
     }
 }
@@ -241,7 +246,12 @@ impl Shared {
         self.base.elapsed().as_micros() as u64
     }
     fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::SeqCst);
+        let old = self.state.swap(s as u8, Ordering::SeqCst);
+        if old != s as u8 {
+            if let Some(wd) = &self.cfg.watchdog {
+                wd.set_state(s.as_str());
+            }
+        }
         self.state_change.notify_waiters();
     }
     fn state(&self) -> State {
@@ -554,12 +564,23 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
         _ => {}
     });
     let cfg = &shared.cfg;
+    // the watchdog's alarms become connection events
+    let forward = cfg.watchdog.as_ref().map(|wd| {
+        let mut rx = wd.subscribe();
+        let events = shared.events.clone();
+        tokio::spawn(async move {
+            while let Ok(a) = rx.recv().await {
+                let _ = events.send(Event::Alarm { kind: a.kind.as_str(), name: a.name, elapsed: a.elapsed, limit: a.limit, message: a.message });
+            }
+        })
+    });
     let run = reconnect::run(
         &cfg.reconnect,
         &events,
         |attempt| session(shared.clone(), provider.clone(), attempt),
         |e: &WsError| e.fatal,
         |e: &WsError| e.text.clone(),
+        |n, t| WsError::retry(format!("attempt {n} made no progress within {:.1}s", t.as_secs_f64())),
     );
     tokio::pin!(run);
     // A close request while no connection is live ends the loop at once; a live session closes itself.
@@ -590,6 +611,9 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
         finish(&shared, Ok(()));
     } else {
         finish(&shared, outcome);
+    }
+    if let Some(f) = forward {
+        f.abort();
     }
 }
 

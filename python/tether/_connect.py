@@ -6,7 +6,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, S
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._native import Backoff
+from ._native import Backoff, Watchdog
 
 UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
 
@@ -115,12 +115,17 @@ def connect(
     fatal_close_codes: Iterable[int] = (1008,),
     fatal_http_statuses: Iterable[int] = (401, 403),
     name: str | None = None,
+    watchdog: "Watchdog | None" = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
     ``url_for(strategy, attempt)`` (sync or async) may return a fresh URL, or ``(url, headers)``, for every
     attempt: ``strategy`` is "connect" for the first connection, then the ``ladder`` rung in force
     (each rung gets one attempt, or ``(name, attempts)``; the last rung takes the rest).
+
+    ``watchdog``: a ``tether.Watchdog`` fed with the connection's states ("connecting", "connected",
+    "reconnecting", "closing", "closed", "failed"), so ``wd.dwell("reconnecting", 20)`` catches a
+    connection stuck reconnecting; its alarms also appear in ``conn.events()`` as ``tether.Alarm``.
     """
     return Connection(
         _native.Connection(
@@ -140,6 +145,7 @@ def connect(
             fatal_close_codes=fatal_close_codes,
             fatal_http_statuses=fatal_http_statuses,
             name=name,
+            watchdog=watchdog,
         )
     )
 

@@ -192,7 +192,7 @@ impl PyConnection {
     #[new]
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
-        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None))]
+        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -212,8 +212,18 @@ impl PyConnection {
         fatal_close_codes: Option<&Bound<'_, PyAny>>,
         fatal_http_statuses: Option<&Bound<'_, PyAny>>,
         name: Option<&str>,
+        watchdog: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
+        let watchdog = match watchdog {
+            Some(w) if !w.is_none() => Some(
+                w.cast::<super::watchdog::PyWatchdog>()
+                    .map_err(|_| PyTypeError::new_err("watchdog must be a tether.Watchdog"))?
+                    .get()
+                    .core(),
+            ),
+            _ => None,
+        };
         let url: String = url.extract().map_err(|_| PyTypeError::new_err("url must be a str"))?;
         check_url(&url)?;
         let d = WsConfig::default();
@@ -266,7 +276,9 @@ impl PyConnection {
                     _ => d.reconnect.quiet_attempts,
                 },
                 ladder: parse_ladder(ladder)?,
+                attempt_timeout: None,
             },
+            watchdog,
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());

@@ -21,35 +21,102 @@ pub fn to_py(py: Python<'_>, ev: &Event) -> PyResult<Py<PyAny>> {
         }
         Event::Reconnected { downtime, attempts } => m.getattr("Reconnected")?.call1((downtime.as_secs_f64(), *attempts))?,
         Event::GaveUp { error, attempts } => m.getattr("GaveUp")?.call1((error.as_str(), *attempts))?,
+        Event::Alarm { kind, name, elapsed, limit, message } => py
+            .import("tether._watchdog")?
+            .getattr("Alarm")?
+            .call1((*kind, name.as_str(), elapsed.as_secs_f64(), limit.as_secs_f64(), message.as_str()))?,
         Event::Closed => m.getattr("Closed")?.call0()?,
     };
     Ok(obj.unbind())
 }
 
+/// A broadcast receiver made cancellation-safe for Python: `wait()` moves the next item into a buffer
+/// (within one poll, so it is never lost half way) and `pop()` hands it over on the loop thread.
+pub struct Buffered<T> {
+    rx: Arc<Mutex<Option<broadcast::Receiver<T>>>>,
+    buffer: Arc<std::sync::Mutex<VecDeque<T>>>,
+    ended: Arc<AtomicBool>,
+    is_end: fn(&T) -> bool,
+    what: &'static str,
+}
+
+impl<T: Clone + Send + 'static> Buffered<T> {
+    pub fn new(rx: broadcast::Receiver<T>, is_end: fn(&T) -> bool, what: &'static str) -> Self {
+        Buffered {
+            rx: Arc::new(Mutex::new(Some(rx))),
+            buffer: Arc::new(std::sync::Mutex::new(VecDeque::new())),
+            ended: Arc::new(AtomicBool::new(false)),
+            is_end,
+            what,
+        }
+    }
+
+    pub fn end_now(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+    }
+
+    /// Next buffered item; Err(()) once the stream ended and the buffer is empty.
+    pub fn pop(&self) -> Result<Option<T>, ()> {
+        match self.buffer.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            Some(x) => Ok(Some(x)),
+            None if self.ended.load(Ordering::SeqCst) => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves once `pop` has something to return.
+    pub fn wait(&self) -> impl std::future::Future<Output = PyResult<()>> + Send + 'static {
+        let (rx, buffer, ended, is_end, what) = (self.rx.clone(), self.buffer.clone(), self.ended.clone(), self.is_end, self.what);
+        async move {
+            if !buffer.lock().unwrap_or_else(|p| p.into_inner()).is_empty() || ended.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let mut guard = rx.lock().await;
+            loop {
+                let Some(r) = guard.as_mut() else {
+                    ended.store(true, Ordering::SeqCst);
+                    return Ok(());
+                };
+                match r.recv().await {
+                    Ok(x) if is_end(&x) => {}
+                    Ok(x) => {
+                        buffer.lock().unwrap_or_else(|p| p.into_inner()).push_back(x);
+                        return Ok(());
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(target: "tether::events", dropped = n, "{what} consumer fell behind; {n} were dropped");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {}
+                }
+                *guard = None;
+                ended.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// `__anext__` for the buffered streams: the Python coroutine `tether.events._anext`.
+pub fn anext<'py, S: pyo3::PyClass>(slf: Bound<'py, S>) -> PyResult<Bound<'py, PyAny>> {
+    slf.py().import("tether.events")?.getattr("_anext")?.call1((slf,))
+}
+
 /// `async for ev in x.events()`: ends after `Closed` (not yielded) or when the source is gone.
-///
-/// Cancellation-safe: `wait()` moves the next event into a buffer (within one poll, so it is never lost
-/// half way) and `try_next()` hands it to Python on the loop thread. `__anext__` is the Python coroutine
-/// `tether.events._anext`, so an iteration cancelled while waiting loses no event.
+/// Cancellation-safe: an iteration cancelled while waiting loses no event.
 #[pyclass(module = "tether._native")]
 pub struct EventStream {
-    rx: Arc<Mutex<Option<broadcast::Receiver<Event>>>>,
-    buffer: Arc<std::sync::Mutex<VecDeque<Event>>>,
-    ended: Arc<AtomicBool>,
+    inner: Buffered<Event>,
 }
 
 impl EventStream {
     pub fn new(rx: broadcast::Receiver<Event>) -> Self {
-        EventStream {
-            rx: Arc::new(Mutex::new(Some(rx))),
-            buffer: Arc::new(std::sync::Mutex::new(VecDeque::new())),
-            ended: Arc::new(AtomicBool::new(false)),
-        }
+        EventStream { inner: Buffered::new(rx, |e| matches!(e, Event::Closed), "events()") }
     }
 
     pub fn ended() -> Self {
         let s = EventStream::new(broadcast::channel(1).1);
-        s.ended.store(true, Ordering::SeqCst);
+        s.inner.end_now();
         s
     }
 }
@@ -61,47 +128,20 @@ impl EventStream {
     }
 
     fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.py().import("tether.events")?.getattr("_anext")?.call1((slf,))
+        anext(slf)
     }
 
     /// The next buffered event, None if there is none yet; StopAsyncIteration once the stream ended.
     fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let ev = self.buffer.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
-        match ev {
-            Some(ev) => to_py(py, &ev).map(Some),
-            None if self.ended.load(Ordering::SeqCst) => Err(PyStopAsyncIteration::new_err(())),
-            None => Ok(None),
+        match self.inner.pop() {
+            Ok(Some(ev)) => to_py(py, &ev).map(Some),
+            Ok(None) => Ok(None),
+            Err(()) => Err(PyStopAsyncIteration::new_err(())),
         }
     }
 
     /// Resolves once `try_next` has something to return.
     fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (rx, buffer, ended) = (self.rx.clone(), self.buffer.clone(), self.ended.clone());
-        super::runtime::future_into_py(py, async move {
-            if !buffer.lock().unwrap_or_else(|p| p.into_inner()).is_empty() || ended.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let mut guard = rx.lock().await;
-            loop {
-                let Some(r) = guard.as_mut() else {
-                    ended.store(true, Ordering::SeqCst);
-                    return Ok(());
-                };
-                match r.recv().await {
-                    Ok(Event::Closed) | Err(broadcast::error::RecvError::Closed) => {
-                        *guard = None;
-                        ended.store(true, Ordering::SeqCst);
-                        return Ok(());
-                    }
-                    Ok(ev) => {
-                        buffer.lock().unwrap_or_else(|p| p.into_inner()).push_back(ev);
-                        return Ok(());
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(target: "tether::events", dropped = n, "events() consumer fell behind; {n} events were dropped");
-                    }
-                }
-            }
-        })
+        super::runtime::future_into_py(py, self.inner.wait())
     }
 }

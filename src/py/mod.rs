@@ -15,7 +15,7 @@ mod readiness;
 mod reconnect;
 pub(crate) mod runtime;
 mod signal_server;
-mod watchdog;
+pub(crate) mod watchdog;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -109,7 +109,7 @@ impl Drop for RunGuard {
 #[pymethods]
 impl PyReconnector {
     #[new]
-    #[pyo3(signature = (policy=None, *, stable_after=None, quiet_attempts=None, fatal=None, name="connection"))]
+    #[pyo3(signature = (policy=None, *, stable_after=None, quiet_attempts=None, fatal=None, name="connection", attempt_timeout=None))]
     fn new(
         py: Python<'_>,
         policy: Option<&Bound<'_, PyAny>>,
@@ -117,6 +117,7 @@ impl PyReconnector {
         quiet_attempts: Option<&Bound<'_, PyAny>>,
         fatal: Option<&Bound<'_, PyAny>>,
         name: &str,
+        attempt_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let policy = match policy {
             None => PyBackoff { inner: Default::default() },
@@ -142,6 +143,10 @@ impl PyReconnector {
                 policy: policy.inner,
                 stable_after: Duration::from_secs_f64(stable_after),
                 quiet_attempts,
+                attempt_timeout: match attempt_timeout {
+                    Some(v) if !v.is_none() => Some(Duration::from_secs_f64(super::backoff::positive_seconds("attempt_timeout", v)?)),
+                    _ => None,
+                },
                 ..Config::default()
             },
             fatal: fatal_tuple(py, fatal)?.unbind(),
@@ -210,6 +215,16 @@ impl PyReconnector {
                         })
                 },
                 |f: &PyFail| Python::attach(|py| describe(py, &f.err)),
+                |n, t| PyFail {
+                    err: Python::attach(|py| {
+                        let kw = PyDict::new(py);
+                        let _ = kw.set_item("timeout", t.as_secs_f64());
+                        let _ = kw.set_item("what", "attempt");
+                        tether_error(py, "TimeoutError", &format!(
+                            "attempt {n} made no progress within {:.1}s (connect() did not call connected()); abandoned", t.as_secs_f64()), Some(&kw))
+                    }),
+                    force_fatal: false,
+                },
             )
             .await;
             match res {

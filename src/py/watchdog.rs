@@ -1,7 +1,210 @@
-//! (placeholder: bindings filled in by its issue)
+//! `tether.Watchdog` / `Liveness` bindings.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::watchdog::{Alarm, Timer, Watchdog};
+
+use super::backoff::positive_seconds;
+use super::events::{anext, Buffered};
+
+pub fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
+    let cls = py.import("tether._watchdog")?.getattr("Alarm")?;
+    Ok(cls.call1((a.kind.as_str(), a.name.as_str(), a.elapsed.as_secs_f64(), a.limit.as_secs_f64(), a.message.as_str()))?.unbind())
+}
+
+#[pyclass(name = "Watchdog", module = "tether._native", frozen)]
+pub struct PyWatchdog {
+    inner: Arc<Watchdog>,
+}
+
+/// A liveness (or progress) deadline: `beat()` on every frame; silence past the timeout alarms.
+#[pyclass(name = "Liveness", module = "tether._native", frozen)]
+pub struct PyLiveness {
+    timer: Arc<Timer>,
+}
+
+#[pyclass(module = "tether._native")]
+pub struct AlarmStream {
+    inner: Buffered<Alarm>,
+}
+
+#[pymethods]
+impl AlarmStream {
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        anext(slf)
+    }
+    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.inner.pop() {
+            Ok(Some(a)) => alarm_to_py(py, &a).map(Some),
+            Ok(None) => Ok(None),
+            Err(()) => Err(PyStopAsyncIteration::new_err(())),
+        }
+    }
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        super::runtime::future_into_py(py, self.inner.wait())
+    }
+}
+
+fn check_name(what: &str, v: &str) -> PyResult<()> {
+    if v.is_empty() {
+        return Err(super::errors::value_error(format!("{what} must not be empty")));
+    }
     Ok(())
+}
+
+impl PyWatchdog {
+    pub fn core(&self) -> Arc<Watchdog> {
+        self.inner.clone()
+    }
+}
+
+#[pymethods]
+impl PyWatchdog {
+    /// `on_alarm(alarm)` (optional) is called on the event loop that created the watchdog.
+    #[new]
+    #[pyo3(signature = (name="watchdog", *, on_alarm=None))]
+    fn new(py: Python<'_>, name: &str, on_alarm: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+        super::logging::sync(py);
+        let rt = super::runtime::get();
+        let inner = Arc::new(Watchdog::new_on(name, rt.handle()));
+        if let Some(cb) = on_alarm.filter(|c| !c.is_none()) {
+            if !cb.is_callable() {
+                return Err(PyTypeError::new_err("on_alarm must be callable"));
+            }
+            let event_loop = py
+                .import("asyncio")?
+                .call_method0("get_running_loop")
+                .map_err(|_| PyTypeError::new_err("Watchdog(on_alarm=...) must be created inside a running event loop"))?
+                .unbind();
+            let cb = cb.unbind();
+            let mut rx = inner.subscribe();
+            rt.spawn(async move {
+                while let Ok(alarm) = rx.recv().await {
+                    if !super::python_alive() {
+                        return;
+                    }
+                    let _ = Python::try_attach(|py| -> PyResult<()> {
+                        let a = alarm_to_py(py, &alarm)?;
+                        event_loop.bind(py).call_method1("call_soon_threadsafe", (cb.bind(py), a))?;
+                        Ok(())
+                    });
+                }
+            });
+        }
+        Ok(PyWatchdog { inner })
+    }
+
+    /// Alarm when `state` stays current longer than `timeout` seconds (once per entry).
+    fn dwell(&self, state: &str, timeout: &Bound<'_, PyAny>) -> PyResult<()> {
+        check_name("state", state)?;
+        self.inner.dwell(state, Duration::from_secs_f64(positive_seconds("timeout", timeout)?));
+        Ok(())
+    }
+
+    fn set_state(&self, state: &str) -> PyResult<()> {
+        check_name("state", state)?;
+        self.inner.set_state(state);
+        Ok(())
+    }
+
+    /// (state, seconds in it) or None.
+    #[getter]
+    fn state(&self) -> Option<(String, f64)> {
+        self.inner.state().map(|(s, d)| (s, d.as_secs_f64()))
+    }
+
+    /// A liveness key: no `beat()` for `timeout` seconds -> alarm. Armed from now.
+    fn liveness(&self, key: &str, timeout: &Bound<'_, PyAny>) -> PyResult<PyLiveness> {
+        check_name("key", key)?;
+        Ok(PyLiveness { timer: self.inner.liveness(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)) })
+    }
+
+    /// A progress deadline: no `beat()`/`touch()` for `timeout` seconds -> alarm (kind "progress").
+    fn progress(&self, key: &str, timeout: &Bound<'_, PyAny>) -> PyResult<PyLiveness> {
+        check_name("key", key)?;
+        Ok(PyLiveness { timer: self.inner.progress(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)) })
+    }
+
+    /// Stop watching a liveness/progress key.
+    fn remove(&self, liveness: &Bound<'_, PyLiveness>) {
+        self.inner.remove(&liveness.get().timer);
+    }
+
+    /// `async for alarm in wd.alarms()` (also `async for alarm in wd`): ends when the watchdog closes.
+    fn alarms(&self) -> AlarmStream {
+        let s = AlarmStream { inner: Buffered::new(self.inner.subscribe(), |_| false, "Watchdog alarms") };
+        if self.inner.is_closed() {
+            s.inner.end_now();
+        }
+        s
+    }
+
+    fn __aiter__(&self) -> AlarmStream {
+        self.alarms()
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+}
+
+impl Drop for PyWatchdog {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+#[pymethods]
+impl PyLiveness {
+    /// Record activity (a frame arrived). One clock read and one atomic store.
+    fn beat(&self) {
+        self.timer.beat();
+    }
+    /// Alias of `beat` for progress deadlines.
+    fn touch(&self) {
+        self.timer.beat();
+    }
+    /// Stop watching until the next `beat()`.
+    fn pause(&self) {
+        self.timer.pause();
+    }
+    #[getter]
+    fn key(&self) -> &str {
+        self.timer.key()
+    }
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.timer.limit().as_secs_f64()
+    }
+    /// Seconds since the last beat (None while paused).
+    #[getter]
+    fn idle(&self) -> Option<f64> {
+        self.timer.idle().map(|d| d.as_secs_f64())
+    }
+    /// True between an alarm and the next beat.
+    #[getter]
+    fn alarmed(&self) -> bool {
+        self.timer.has_fired()
+    }
+    fn __repr__(&self) -> String {
+        format!("Liveness(key={:?}, timeout={}, idle={:?})", self.timer.key(), self.timer.limit().as_secs_f64(), self.idle())
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyWatchdog>()?;
+    m.add_class::<PyLiveness>()?;
+    m.add_class::<AlarmStream>()
 }

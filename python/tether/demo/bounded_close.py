@@ -1,0 +1,34 @@
+"""Seed 001: `await session.aclose()` / `await room.disconnect()` never returned during the wedge.
+tether.bounded returns within its bound, cancels the inner call, and does not wait for a call that
+swallows the cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import tether
+
+TITLE = "disconnect() that never returns: bounded() returns within its bound"
+
+
+class WedgedRoom:
+    async def disconnect(self):
+        while True:  # stuck, and swallows cancellation
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass
+
+
+async def run(tl):
+    room = WedgedRoom()
+    tl.fault("room.disconnect() hangs and ignores cancellation")
+    t0 = time.monotonic()
+    try:
+        await tether.bounded(room.disconnect(), 0.5, what="room.disconnect()")
+    except tether.TimeoutError as e:
+        tl.detected(str(e))
+    took = time.monotonic() - t0
+    assert took < 0.7, took
+    tl.recovered(f"caller free after {took * 1000:.0f} ms; teardown continues")

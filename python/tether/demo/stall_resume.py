@@ -1,0 +1,38 @@
+"""Seed 001, variant A: after a ping timeout the "resume" attempt stalls (handshake never completes).
+Without a progress deadline the SDK sat silent ~65 s. Here the attempt is abandoned at open_timeout
+and the ladder escalates to "restart"; a Watchdog dwell alarm fires if reconnecting lasts too long."""
+
+from __future__ import annotations
+
+import asyncio
+
+import tether
+from tether.testing import SignalServer
+
+from ._ws import until, watch
+
+TITLE = "stalled resume: attempt abandoned at its deadline, ladder escalates to restart"
+
+
+async def run(tl):
+    async with SignalServer() as srv:
+        wd = tether.Watchdog("signal")
+        wd.dwell("reconnecting", 0.4)  # production: 15-20 s
+        conn = await tether.connect(srv.url, ping_interval=0.2, ping_timeout=0.2, open_timeout=0.5,
+                                    policy=tether.Backoff(0.05, jitter="none"), watchdog=wd, name="signal")
+        w = watch(conn, tl)
+        await srv.wait_for(1)
+        tl.fault("network blip: server goes silent, and the resume handshake will hang")
+        srv.freeze()
+        srv.slow_handshake(30)
+        await until(lambda: conn.state == "reconnecting")
+        await asyncio.sleep(0.3)  # the resume attempt is now stuck in its handshake
+        srv.behave()  # new handshakes complete again: "restart" will succeed
+        await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected", timeout=10)
+        s = tl.summary()
+        tl.note(f"outage {s['recover_ms']:.0f} ms = detection ({s['detect_ms']:.0f} ms) + stalled resume "
+                f"abandoned at open_timeout 500 ms + restart; the seed saw ~65 000 ms")
+        assert s["recover_ms"] < 3000
+        await conn.aclose()
+        wd.close()
+        await w
