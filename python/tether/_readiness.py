@@ -1,5 +1,5 @@
-"""(placeholder: filled in by its issue)"""
+"""Dispatch readiness (seed 002): ``ReadinessGate``. "Participant joined" is not "agent ready"."""
 
-def ReadinessGate(*args, **kwargs):  # noqa: D103 - placeholder
-    raise NotImplementedError("tether.ReadinessGate is not implemented yet")
+from ._native import ReadinessGate
 
+__all__ = ["ReadinessGate"]

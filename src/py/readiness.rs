@@ -1,7 +1,198 @@
-//! (placeholder: bindings filled in by its issue)
+//! `tether.ReadinessGate` bindings.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
+use crate::backoff::{Backoff, Jitter};
+use crate::readiness::{Gate, Mark, Spec};
+
+use super::backoff::{positive_seconds, PyBackoff};
+use super::bridge::await_py;
+use super::errors::{tether_error, value_error};
+use super::reconnect::describe;
+
+const DEFAULT_STAGE_TIMEOUT: f64 = 10.0;
+
+#[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
+pub struct PyReadinessGate {
+    gate: Arc<Gate>,
+}
+
+fn parse_stages(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(vec!["dispatched".into(), "joined".into(), "ready".into()]);
+    };
+    if v.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err("stages must be a sequence of stage names, not a str"));
+    }
+    let mut out: Vec<Arc<str>> = vec![];
+    for s in v.try_iter().map_err(|_| PyTypeError::new_err("stages must be a sequence of str"))? {
+        let s: String = s?.extract().map_err(|_| PyTypeError::new_err("stage names must be str"))?;
+        if s.is_empty() {
+            return Err(value_error("stage names must not be empty"));
+        }
+        if out.iter().any(|o| **o == *s) {
+            return Err(value_error(format!("duplicate stage {s:?}")));
+        }
+        out.push(s.as_str().into());
+    }
+    if out.is_empty() {
+        return Err(value_error("stages must name at least one stage"));
+    }
+    Ok(out)
+}
+
+fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult<Vec<Duration>> {
+    let mut out = vec![Duration::from_secs_f64(DEFAULT_STAGE_TIMEOUT); stages.len()];
+    let Some(v) = v.filter(|v| !v.is_none()) else { return Ok(out) };
+    if let Ok(d) = v.cast::<PyDict>() {
+        for (k, t) in d.iter() {
+            let k: String = k.extract().map_err(|_| PyTypeError::new_err("timeouts keys must be stage names"))?;
+            let Some(i) = stages.iter().position(|s| **s == *k) else {
+                return Err(value_error(format!("timeouts names unknown stage {k:?}; stages are {:?}", stages.iter().map(|s| &**s).collect::<Vec<_>>())));
+            };
+            out[i] = Duration::from_secs_f64(positive_seconds(&format!("timeouts[{k:?}]"), &t)?);
+        }
+        return Ok(out);
+    }
+    let t = Duration::from_secs_f64(positive_seconds("timeouts", v)?);
+    Ok(vec![t; stages.len()])
+}
+
+#[pymethods]
+impl PyReadinessGate {
+    #[new]
+    fn new(py: Python<'_>) -> Self {
+        super::logging::sync(py);
+        PyReadinessGate { gate: Arc::new(Gate::new()) }
+    }
+
+    /// Dispatch `job_id` with `await dispatch(job_id, attempt)` and wait until every stage is marked.
+    /// Returns {stage: seconds since the dispatch call started}. Raises tether.NotReady.
+    #[pyo3(signature = (job_id, dispatch, *, stages=None, timeouts=None, policy=None, redispatch=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch<'py>(
+        &self,
+        py: Python<'py>,
+        job_id: &Bound<'py, PyAny>,
+        dispatch: Bound<'py, PyAny>,
+        stages: Option<&Bound<'py, PyAny>>,
+        timeouts: Option<&Bound<'py, PyAny>>,
+        policy: Option<&Bound<'py, PyAny>>,
+        redispatch: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        super::logging::sync(py);
+        let job_id: String = job_id.extract().map_err(|_| PyTypeError::new_err("job_id must be a str"))?;
+        if job_id.is_empty() {
+            return Err(value_error("job_id must not be empty"));
+        }
+        if !dispatch.is_callable() {
+            return Err(PyTypeError::new_err("dispatch must be an async callable (job_id, attempt) -> None"));
+        }
+        let stages = parse_stages(stages)?;
+        let timeouts = parse_timeouts(timeouts, &stages)?;
+        let policy = match policy {
+            Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
+            _ => Backoff { initial: 0.2, factor: 2.0, max_delay: 7.0, jitter: Jitter::None, max_attempts: Some(3), deadline: None, seed: None },
+        };
+        let spec = Spec { stages, timeouts, policy, redispatch };
+        let locals = super::runtime::get_current_locals(py)?;
+        let gate = self.gate.clone();
+        let dispatch = dispatch.unbind();
+        super::runtime::future_into_py(py, async move {
+            let res = gate
+                .dispatch(
+                    &job_id,
+                    &spec,
+                    |attempt| {
+                        let started = Python::attach(|py| -> PyResult<_> {
+                            let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
+                            let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
+                            if !ok {
+                                return Err(PyTypeError::new_err("dispatch must return an awaitable (use an async def)"));
+                            }
+                            await_py(py, &locals, aw)
+                        });
+                        async move {
+                            match started {
+                                Ok(f) => f.await.map(|_| ()),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    },
+                    |e: &PyErr| Python::attach(|py| describe(py, e)),
+                )
+                .await;
+            Python::attach(|py| match res {
+                Ok(timings) => {
+                    let d = PyDict::new(py);
+                    for (s, t) in timings {
+                        d.set_item(s, t.as_secs_f64())?;
+                    }
+                    Ok(d.unbind())
+                }
+                Err(nr) => {
+                    // cancellation and interrupts inside dispatch propagate as they are
+                    if let Some(c) = &nr.cause {
+                        if !c.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                            return Err(c.clone_ref(py));
+                        }
+                    }
+                    let kw = PyDict::new(py);
+                    kw.set_item("job_id", nr.job_id.as_str())?;
+                    kw.set_item("stage", nr.stage.as_str())?;
+                    kw.set_item("elapsed", nr.elapsed.as_secs_f64())?;
+                    let reached = PyDict::new(py);
+                    for (s, t) in &nr.reached {
+                        reached.set_item(s, t.as_secs_f64())?;
+                    }
+                    kw.set_item("reached", reached)?;
+                    kw.set_item("attempts", nr.attempts)?;
+                    let err = tether_error(py, "NotReady", &nr.message, Some(&kw));
+                    if let Some(c) = nr.cause {
+                        err.set_cause(py, Some(c));
+                    }
+                    Err(err)
+                }
+            })
+        })
+    }
+
+    /// Record that `job_id` reached `stage` (implies earlier stages). True if that advanced the job;
+    /// False for duplicates and for unknown or finished jobs (counted in `unknown_marks`).
+    fn mark(&self, job_id: &str, stage: &str) -> PyResult<bool> {
+        match self.gate.mark(job_id, stage) {
+            Ok(Mark::Advanced) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(value_error(e.0)),
+        }
+    }
+
+    /// Job ids currently being dispatched.
+    fn pending(&self) -> Vec<String> {
+        self.gate.pending()
+    }
+
+    /// {stage: reached?} for a job in flight, None otherwise.
+    fn status<'py>(&self, py: Python<'py>, job_id: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(st) = self.gate.status(job_id) else { return Ok(None) };
+        let d = PyDict::new(py);
+        for (s, r) in st {
+            d.set_item(s, r)?;
+        }
+        Ok(Some(d))
+    }
+
+    #[getter]
+    fn unknown_marks(&self) -> u64 {
+        self.gate.unknown_marks()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyReadinessGate>()
 }

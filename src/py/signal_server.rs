@@ -147,6 +147,12 @@ impl PySignalServer {
         self.get()?.accept_then_drop(enabled);
         Ok(())
     }
+    /// Forward each client's messages to every other client (a room).
+    #[pyo3(signature = (enabled=true))]
+    fn relay(&self, enabled: bool) -> PyResult<()> {
+        self.get()?.set_relay(enabled);
+        Ok(())
+    }
     /// Send `data` to every new client right after its handshake; None stops greeting.
     #[pyo3(signature = (data=None))]
     fn greet(&self, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {

@@ -39,6 +39,8 @@ struct Mode {
     accept_then_drop: bool,
     freeze_new: bool,
     echo: bool,
+    /// Forward every client's messages to every other client (a room).
+    relay: bool,
     /// Sent to every client right after the handshake (like a join response).
     greeting: Option<Message>,
 }
@@ -149,7 +151,7 @@ impl SignalServer {
     pub fn behave(&self) {
         {
             let mut m = self.mode();
-            *m = Mode { echo: m.echo, greeting: m.greeting.clone(), ..Default::default() };
+            *m = Mode { echo: m.echo, relay: m.relay, greeting: m.greeting.clone(), ..Default::default() };
         }
         self.broadcast(Cmd::Unfreeze);
     }
@@ -160,6 +162,11 @@ impl SignalServer {
 
     pub fn accept_then_drop(&self, enabled: bool) {
         self.mode().accept_then_drop = enabled;
+    }
+
+    /// Forward each client's text/binary messages to every other client (a room).
+    pub fn set_relay(&self, enabled: bool) {
+        self.mode().relay = enabled;
     }
 
     /// Send `msg` to every new client right after its handshake (None: nothing).
@@ -362,7 +369,18 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                         let mut r = shared.received.lock().unwrap_or_else(|p| p.into_inner());
                         if r.len() < 100_000 { r.push(m.clone()); }
                     }
-                    let echo = shared.mode.lock().unwrap_or_else(|p| p.into_inner()).echo;
+                    let (echo, relay) = {
+                        let m = shared.mode.lock().unwrap_or_else(|p| p.into_inner());
+                        (m.echo, m.relay)
+                    };
+                    if relay {
+                        let conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+                        for (other, tx) in conns.iter() {
+                            if *other != id {
+                                let _ = tx.send(Cmd::Push(m.clone()));
+                            }
+                        }
+                    }
                     if echo {
                         if sink.send(m).await.is_err() { break; }
                         shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);

@@ -69,6 +69,10 @@ class SignalServer:
     def accept_then_drop(self, enabled: bool = True) -> None:
         self._n.accept_then_drop(enabled)
 
+    def relay(self, enabled: bool = True) -> None:
+        """Forward each client's messages to every other client (a room); combine with ``echo(False)``."""
+        self._n.relay(enabled)
+
     def greet(self, data: str | bytes | None) -> None:
         """Send ``data`` to every new client right after its handshake (``None``: stop)."""
         self._n.greet(data)
