@@ -1,1 +1,451 @@
-//! (placeholder: ChaosProxy, issue 4)
+//! A TCP chaos proxy: forward to an upstream, and on command black-hole, reset, close, delay or
+//! throttle every connection, per direction.
+//!
+//! * **blackhole**: stop forwarding; sockets stay open, no FIN, no RST: the peer sees silence, like a
+//!   Wi-Fi switch. Bytes already read are held and delivered after `heal` (as TCP would retransmit).
+//!   New connections are accepted by the kernel but not connected upstream until healed, so their
+//!   handshakes time out like SYNs into a black hole.
+//! * **reset**: RST every current connection (SO_LINGER 0, then close). **close**: FIN them.
+//! * **latency**: each chunk is delivered `ms` after it was read (order kept, throughput not capped).
+//! * **bandwidth**: pace writes to `bytes_per_sec`.
+//! * **heal**: clear every toxic (existing connections resume).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// client -> upstream
+    Up,
+    /// upstream -> client
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Up,
+    Down,
+    Both,
+}
+
+impl Which {
+    pub fn parse(s: &str) -> Option<Which> {
+        match s {
+            "up" | "upstream" => Some(Which::Up),
+            "down" | "downstream" => Some(Which::Down),
+            "both" => Some(Which::Both),
+            _ => None,
+        }
+    }
+    fn covers(self, d: Direction) -> bool {
+        matches!((self, d), (Which::Both, _) | (Which::Up, Direction::Up) | (Which::Down, Direction::Down))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Toxics {
+    pub blackhole: bool,
+    pub latency: Duration,
+    pub bandwidth: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Both {
+    up: Toxics,
+    down: Toxics,
+}
+
+impl Both {
+    fn get(&self, d: Direction) -> Toxics {
+        match d {
+            Direction::Up => self.up,
+            Direction::Down => self.down,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Cmd {
+    Reset,
+    Close,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    resets: AtomicU64,
+    closes: AtomicU64,
+    upstream_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub accepted: u64,
+    pub active: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub resets: u64,
+    pub closes: u64,
+    pub upstream_failures: u64,
+}
+
+struct Shared {
+    upstream: String,
+    toxics: watch::Sender<Both>,
+    conns: Mutex<HashMap<u64, mpsc::UnboundedSender<Cmd>>>,
+    next_id: AtomicU64,
+    counters: Counters,
+}
+
+pub struct ChaosProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ChaosProxy {
+    pub async fn start(listen: &str, upstream: &str) -> std::io::Result<ChaosProxy> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (toxics, _) = watch::channel(Both::default());
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_string(),
+            toxics,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            counters: Counters::default(),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        Ok(ChaosProxy { addr, shared, task: Mutex::new(Some(task)) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn upstream(&self) -> &str {
+        &self.shared.upstream
+    }
+
+    fn update(&self, which: Which, f: impl Fn(&mut Toxics)) {
+        self.shared.toxics.send_modify(|b| {
+            if which.covers(Direction::Up) {
+                f(&mut b.up);
+            }
+            if which.covers(Direction::Down) {
+                f(&mut b.down);
+            }
+        });
+    }
+
+    pub fn blackhole(&self, which: Which) {
+        self.update(which, |t| t.blackhole = true);
+    }
+
+    pub fn latency(&self, which: Which, latency: Duration) {
+        self.update(which, |t| t.latency = latency);
+    }
+
+    pub fn bandwidth(&self, which: Which, bytes_per_sec: Option<u64>) {
+        self.update(which, |t| t.bandwidth = bytes_per_sec);
+    }
+
+    pub fn heal(&self) {
+        self.shared.toxics.send_replace(Both::default());
+    }
+
+    pub fn toxics(&self, d: Direction) -> Toxics {
+        self.shared.toxics.borrow().get(d)
+    }
+
+    fn broadcast(&self, cmd: Cmd) -> usize {
+        let conns = self.shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.values().filter(|tx| tx.send(cmd).is_ok()).count()
+    }
+
+    /// RST every current connection. Returns how many.
+    pub fn reset(&self) -> usize {
+        self.broadcast(Cmd::Reset)
+    }
+
+    /// FIN every current connection. Returns how many.
+    pub fn close(&self) -> usize {
+        self.broadcast(Cmd::Close)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            accepted: c.accepted.load(Ordering::SeqCst),
+            active: self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).len() as u64,
+            bytes_up: c.bytes_up.load(Ordering::SeqCst),
+            bytes_down: c.bytes_down.load(Ordering::SeqCst),
+            resets: c.resets.load(Ordering::SeqCst),
+            closes: c.closes.load(Ordering::SeqCst),
+            upstream_failures: c.upstream_failures.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Stop accepting and reset every connection.
+    pub fn shutdown(&self) {
+        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            t.abort();
+        }
+        self.reset();
+    }
+}
+
+impl Drop for ChaosProxy {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                shared.counters.accepted.fetch_add(1, Ordering::SeqCst);
+                let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+                let (tx, rx) = mpsc::unbounded_channel();
+                shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+                let s = shared.clone();
+                tokio::spawn(async move {
+                    serve(client, &s, rx).await;
+                    s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+async fn wait_clear(rx: &mut watch::Receiver<Both>, d: Direction) {
+    loop {
+        if !rx.borrow_and_update().get(d).blackhole {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn rst(s: &std::net::TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+async fn serve(client: TcpStream, shared: &Arc<Shared>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    let _ = client.set_nodelay(true);
+    // a black hole swallows new connections too: hold them until healed (or told to reset/close)
+    let mut toxics = shared.toxics.subscribe();
+    let client_ctl = match client.into_std().and_then(|s| Ok((s.try_clone()?, s))) {
+        Ok((ctl, s)) => match s.set_nonblocking(true).and_then(|_| TcpStream::from_std(s)) {
+            Ok(c) => (ctl, c),
+            Err(_) => return,
+        },
+        Err(_) => return,
+    };
+    let (client_ctl, client) = client_ctl;
+    let upstream = tokio::select! {
+        u = async {
+            wait_clear(&mut toxics, Direction::Up).await;
+            TcpStream::connect(shared.upstream.as_str()).await
+        } => u,
+        c = cmds.recv() => {
+            match c {
+                Some(Cmd::Reset) => { shared.counters.resets.fetch_add(1, Ordering::SeqCst); rst(&client_ctl) }
+                _ => { shared.counters.closes.fetch_add(1, Ordering::SeqCst); let _ = client_ctl.shutdown(std::net::Shutdown::Both); }
+            }
+            return;
+        }
+    };
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(_) => {
+            shared.counters.upstream_failures.fetch_add(1, Ordering::SeqCst);
+            rst(&client_ctl);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let Ok(up_std) = upstream.into_std() else { return };
+    let Ok(up_ctl) = up_std.try_clone() else { return };
+    let Ok(upstream) = up_std.set_nonblocking(true).and_then(|_| TcpStream::from_std(up_std)) else { return };
+
+    // borrowed halves: unlike owned ones they do not send a FIN when dropped, so a reset stays a reset
+    let (mut client, mut upstream) = (client, upstream);
+    let (cr, cw) = client.split();
+    let (ur, uw) = upstream.split();
+    let up = pump(cr, uw, Direction::Up, shared.clone());
+    let down = pump(ur, cw, Direction::Down, shared.clone());
+    let both = async { tokio::join!(up, down) };
+    tokio::select! {
+        _ = both => {}
+        c = cmds.recv() => match c {
+            Some(Cmd::Reset) | None => {
+                shared.counters.resets.fetch_add(1, Ordering::SeqCst);
+                rst(&client_ctl);
+                rst(&up_ctl);
+            }
+            Some(Cmd::Close) => {
+                shared.counters.closes.fetch_add(1, Ordering::SeqCst);
+                let _ = client_ctl.shutdown(std::net::Shutdown::Both);
+                let _ = up_ctl.shutdown(std::net::Shutdown::Both);
+            }
+        },
+    }
+}
+
+async fn pump<R, W>(mut r: R, mut w: W, d: Direction, shared: Arc<Shared>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
+    let mut toxics_r = shared.toxics.subscribe();
+    let mut toxics_w = shared.toxics.subscribe();
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            wait_clear(&mut toxics_r, d).await;
+            let n = tokio::select! {
+                n = r.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
+                // a black hole starting while we wait for bytes: stop reading at once
+                _ = async {
+                    loop {
+                        if toxics_r.changed().await.is_err() { std::future::pending::<()>().await; }
+                        if toxics_r.borrow().get(d).blackhole { return; }
+                    }
+                } => continue,
+            };
+            if tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let counter = match d {
+        Direction::Up => &shared.counters.bytes_up,
+        Direction::Down => &shared.counters.bytes_down,
+    };
+    let writer = async {
+        while let Some((read_at, data)) = rx.recv().await {
+            let t = toxics_w.borrow().get(d);
+            if !t.latency.is_zero() {
+                tokio::time::sleep_until(read_at + t.latency).await;
+            }
+            wait_clear(&mut toxics_w, d).await;
+            let bw = toxics_w.borrow().get(d).bandwidth;
+            match bw {
+                Some(bps) if bps > 0 => {
+                    // pace in slices so a cap change applies quickly
+                    for chunk in data.chunks(((bps / 20).max(1)) as usize) {
+                        let started = Instant::now();
+                        if w.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        let budget = Duration::from_secs_f64(chunk.len() as f64 / bps as f64);
+                        tokio::time::sleep_until(started + budget).await;
+                    }
+                }
+                _ => {
+                    if w.write_all(&data).await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        // the source closed: pass the FIN on
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn roundtrip(c: &mut TcpStream, msg: &[u8], within: Duration) -> std::io::Result<Vec<u8>> {
+        c.write_all(msg).await?;
+        let mut got = vec![0u8; msg.len()];
+        match tokio::time::timeout(within, c.read_exact(&mut got)).await {
+            Ok(r) => r.map(|_| got),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")),
+        }
+    }
+
+    #[tokio::test]
+    async fn forwards_blackholes_heals_resets_closes() {
+        let up = echo_server().await;
+        let p = ChaosProxy::start("127.0.0.1:0", &up.to_string()).await.unwrap();
+        let mut c = TcpStream::connect(p.addr()).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"hello", Duration::from_secs(5)).await.unwrap(), b"hello");
+
+        p.blackhole(Which::Both);
+        let e = roundtrip(&mut c, b"lost?", Duration::from_millis(300)).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "silence, not EOF or RST");
+        p.heal();
+        let mut rest = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut rest)).await.unwrap().unwrap();
+        assert_eq!(&rest, b"lost?", "held bytes are delivered after heal");
+
+        p.reset();
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await.unwrap();
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+
+        let mut c2 = TcpStream::connect(p.addr()).await.unwrap();
+        assert_eq!(roundtrip(&mut c2, b"x", Duration::from_secs(5)).await.unwrap(), b"x");
+        p.close();
+        let n = tokio::time::timeout(Duration::from_secs(5), c2.read(&mut b)).await.unwrap().unwrap();
+        assert_eq!(n, 0, "FIN: EOF");
+    }
+
+    #[tokio::test]
+    async fn latency_delays_one_direction() {
+        let up = echo_server().await;
+        let p = ChaosProxy::start("127.0.0.1:0", &up.to_string()).await.unwrap();
+        p.latency(Which::Down, Duration::from_millis(150));
+        let mut c = TcpStream::connect(p.addr()).await.unwrap();
+        let t0 = Instant::now();
+        roundtrip(&mut c, b"ping", Duration::from_secs(5)).await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(150), "{:?}", t0.elapsed());
+    }
+}

@@ -1,0 +1,104 @@
+"""A true black hole in the kernel: a signaling server in its own network namespace behind a veth
+pair; taking the namespace's link down drops every packet (no FIN, no RST). tether.connect must detect
+the silence by its ping deadline and recover once the link is back.
+
+Needs root and iproute2 (`ip netns`); skipped with the reason otherwise. Only addresses inside the
+namespaces created here are used.
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import tether
+from tether import events as ev
+
+PID = os.getpid() % 10000
+NS = f"tether{PID}"
+HOST_IF, NS_IF = f"tth{PID}h", f"tth{PID}n"
+NET = 200 + PID % 50
+HOST_IP, NS_IP = f"10.213.{NET}.1", f"10.213.{NET}.2"
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=30)
+
+
+def netns_unavailable():
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not shutil.which("ip"):
+        return "iproute2 (`ip`) is not installed"
+    r = subprocess.run(["ip", "netns", "add", f"{NS}probe"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"network namespaces not permitted here: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", f"{NS}probe"], capture_output=True)
+    return None
+
+
+@pytest.fixture
+def netns():
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    try:
+        sh("ip", "netns", "add", NS)
+        sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
+        sh("ip", "link", "set", NS_IF, "netns", NS)
+        sh("ip", "addr", "add", f"{HOST_IP}/30", "dev", HOST_IF)
+        sh("ip", "link", "set", HOST_IF, "up")
+        sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/30", "dev", NS_IF)
+        sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
+        sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
+        yield NS
+    finally:
+        sh("ip", "link", "del", HOST_IF, check=False)
+        sh("ip", "netns", "del", NS, check=False)
+
+
+SERVER = textwrap.dedent(
+    f"""
+    import asyncio, sys
+    from tether.testing import SignalServer
+    async def main():
+        async with SignalServer("{NS_IP}", 0) as srv:
+            print(srv.port, flush=True)
+            await asyncio.sleep(120)
+    asyncio.run(main())
+    """
+)
+
+
+async def test_kernel_blackhole_is_detected_and_recovered(netns):
+    server = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns, sys.executable, "-c", SERVER, stdout=subprocess.PIPE)
+    try:
+        port = int((await asyncio.wait_for(server.stdout.readline(), 30)).decode().strip())
+        c = await tether.connect(f"ws://{NS_IP}:{port}/", ping_interval=0.3, ping_timeout=0.3, open_timeout=1,
+                                 policy=tether.Backoff(0.1, max_delay=0.3, jitter="none"))
+        evs = c.events()
+        await c.send("before")
+        assert await c.recv() == "before"
+        sh("ip", "netns", "exec", netns, "ip", "link", "set", NS_IF, "down")  # packets vanish
+        t0 = time.monotonic()
+        while not isinstance(e := await asyncio.wait_for(evs.__anext__(), 15), ev.ConnectionLost):
+            pass
+        detect = time.monotonic() - t0
+        assert "ping timeout" in e.reason, e.reason
+        assert detect < 0.6 + 2.0, detect
+        await asyncio.sleep(0.5)  # reconnect attempts vanish into the hole as well
+        sh("ip", "netns", "exec", netns, "ip", "link", "set", NS_IF, "up")
+        while not isinstance(await asyncio.wait_for(evs.__anext__(), 20), ev.Reconnected):
+            pass
+        await c.send("after")
+        assert await c.recv() == "after"
+        await c.aclose()
+    finally:
+        server.kill()
+        await server.wait()
