@@ -13,7 +13,7 @@ from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBuff
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
 from ._connect import Connection, connect
-from ._procpool import ProcPool
+from ._procpool import ProcPool, WorkerProc
 from ._readiness import ReadinessGate
 from ._watchdog import Alarm, Liveness, Watchdog, bounded
 from . import events
@@ -34,6 +34,7 @@ __all__ = [
     "Alarm",
     "bounded",
     "ProcPool",
+    "WorkerProc",
     "ReadinessGate",
     "TetherError",
     "GaveUp",

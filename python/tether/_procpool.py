@@ -1,5 +1,45 @@
-"""(placeholder: filled in by its issue)"""
+"""Process-pool acquisition that never hangs (seed 004): ``ProcPool`` and its events."""
 
-def ProcPool(*args, **kwargs):  # noqa: D103 - placeholder
-    raise NotImplementedError("tether.ProcPool is not implemented yet")
+from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ._native import ProcPool, WorkerProc
+
+
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    proc: str
+    took: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    cause: str
+    consecutive: int
+    retry_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    proc: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    attempts: int
+    failures: list
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChanged:
+    healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolClosed:
+    pass
+
+
+__all__ = ["ProcPool", "WorkerProc", "Spawned", "SpawnFailed", "Evicted", "Exhausted", "HealthChanged", "PoolClosed"]

@@ -1,7 +1,432 @@
-//! (placeholder: bindings filled in by its issue)
+//! `tether.ProcPool` bindings: a Python async spawner or a native `command=[...]` spawner.
 
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3_async_runtimes::TaskLocals;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
-    Ok(())
+use crate::backoff::{Backoff, Jitter};
+use crate::procpool::{AcquireError, BoxFuture, NativeProc, NativeSpawner, Pool, PoolConfig, PoolEvent, Proc, ProcHandle, Spawner};
+
+use super::backoff::{count, positive_seconds, PyBackoff};
+use super::bridge::await_py;
+use super::errors::{tether_error, value_error};
+use super::events::{anext, Buffered};
+use super::reconnect::describe;
+
+/// A process made by the user's `spawn()` coroutine: any Python object.
+struct PyProc {
+    obj: Py<PyAny>,
+    label: String,
+    locals: TaskLocals,
+}
+
+impl ProcHandle for PyProc {
+    /// `obj.is_alive()` if it has one (sync), else assumed alive.
+    fn is_alive(&self) -> bool {
+        if !super::python_alive() {
+            return false;
+        }
+        Python::attach(|py| {
+            let o = self.obj.bind(py);
+            match o.getattr("is_alive") {
+                Ok(f) if f.is_callable() => f.call0().and_then(|r| r.is_truthy()).unwrap_or(false),
+                Ok(v) => v.is_truthy().unwrap_or(false),
+                Err(_) => true,
+            }
+        })
+    }
+
+    /// `await obj.aclose()` if it has one, else `obj.close()` / `obj.kill()`; bounded to 5 s.
+    fn dispose(&self) -> BoxFuture<()> {
+        if !super::python_alive() {
+            return Box::pin(async {});
+        }
+        let fut = Python::attach(|py| -> Option<_> {
+            let o = self.obj.bind(py);
+            for name in ["aclose", "close", "kill"] {
+                if let Ok(f) = o.getattr(name) {
+                    if f.is_callable() {
+                        let r = f.call0().ok()?;
+                        let awaitable = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&r,))).and_then(|b| b.is_truthy()).unwrap_or(false);
+                        return if awaitable { await_py(py, &self.locals, r).ok() } else { None };
+                    }
+                }
+            }
+            None
+        });
+        Box::pin(async move {
+            if let Some(f) = fut {
+                let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+struct PySpawner {
+    spawn: Py<PyAny>,
+    locals: OnceLock<TaskLocals>,
+}
+
+impl Spawner for PySpawner {
+    fn spawn(&self) -> BoxFuture<Result<Proc, String>> {
+        let Some(locals) = self.locals.get().cloned() else {
+            return Box::pin(async { Err("the pool was not started inside an event loop".to_string()) });
+        };
+        if !super::python_alive() {
+            return Box::pin(async { Err("the Python interpreter is shutting down".to_string()) });
+        }
+        let started = Python::attach(|py| -> Result<_, String> {
+            let aw = self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe(py, &e)))?.into_bound(py);
+            let ok = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&aw,))).and_then(|b| b.is_truthy()).unwrap_or(false);
+            if !ok {
+                return Err("spawn must be an async callable returning the process object".into());
+            }
+            await_py(py, &locals, aw).map_err(|e| format!("could not schedule spawn(): {e}"))
+        });
+        Box::pin(async move {
+            let obj = started?.await.map_err(|e| Python::attach(|py| format!("spawn() raised {}", describe(py, &e))))?;
+            let label = Python::attach(|py| obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into()));
+            Ok(Arc::new(PyProc { obj, label, locals }) as Proc)
+        })
+    }
+}
+
+/// A native worker process handed out by a `command=[...]` pool.
+#[pyclass(name = "WorkerProc", module = "tether._native", frozen)]
+pub struct PyWorkerProc {
+    proc: Proc,
+}
+
+impl PyWorkerProc {
+    fn native(&self) -> &NativeProc {
+        self.proc.as_any().downcast_ref::<NativeProc>().expect("WorkerProc wraps a NativeProc")
+    }
+}
+
+#[pymethods]
+impl PyWorkerProc {
+    #[getter]
+    fn pid(&self) -> u32 {
+        self.native().pid()
+    }
+    /// Exit code (negative signal number if killed), None while running.
+    #[getter]
+    fn returncode(&self) -> Option<i32> {
+        self.native().returncode()
+    }
+    fn is_alive(&self) -> bool {
+        self.proc.is_alive()
+    }
+    #[getter]
+    fn stderr_tail(&self) -> String {
+        self.native().stderr_tail()
+    }
+    /// Send one frame, await the reply frame; bounded by `timeout` (tether.TimeoutError).
+    #[pyo3(signature = (data, *, timeout=None))]
+    fn request<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let data: Vec<u8> = if let Ok(b) = data.cast::<PyBytes>() {
+            b.as_bytes().to_vec()
+        } else if let Ok(s) = data.cast::<PyString>() {
+            s.to_str()?.as_bytes().to_vec()
+        } else {
+            return Err(PyTypeError::new_err("data must be bytes or str"));
+        };
+        let limit = match timeout {
+            Some(t) if !t.is_none() => Some(Duration::from_secs_f64(positive_seconds("timeout", t)?)),
+            _ => None,
+        };
+        let proc = self.proc.clone();
+        super::runtime::future_into_py(py, async move {
+            let native = proc.as_any().downcast_ref::<NativeProc>().expect("native");
+            let r = match limit {
+                Some(l) => tokio::time::timeout(l, native.request(&data)).await.map_err(|_| {
+                    Python::attach(|py| {
+                        let kw = PyDict::new(py);
+                        let _ = kw.set_item("timeout", l.as_secs_f64());
+                        tether_error(py, "TimeoutError", &format!("worker pid {} did not answer within {:.1}s", native.pid(), l.as_secs_f64()), Some(&kw))
+                    })
+                })?,
+                None => native.request(&data).await,
+            };
+            let reply = r.map_err(|e| Python::attach(|py| tether_error(py, "TetherError", &e, None)))?;
+            Python::attach(|py| Ok(PyBytes::new(py, &reply).unbind()))
+        })
+    }
+    fn __repr__(&self) -> String {
+        format!("WorkerProc(pid={}, alive={})", self.pid(), self.proc.is_alive())
+    }
+}
+
+fn event_to_py(py: Python<'_>, e: &PoolEvent) -> PyResult<Py<PyAny>> {
+    let m = py.import("tether._procpool")?;
+    let o = match e {
+        PoolEvent::Spawned { proc, took } => m.getattr("Spawned")?.call1((proc.as_str(), took.as_secs_f64()))?,
+        PoolEvent::SpawnFailed { cause, consecutive, retry_in } => m.getattr("SpawnFailed")?.call1((cause.as_str(), *consecutive, retry_in.as_secs_f64()))?,
+        PoolEvent::Evicted { proc, reason } => m.getattr("Evicted")?.call1((proc.as_str(), reason.as_str()))?,
+        PoolEvent::Exhausted { attempts, failures } => m.getattr("Exhausted")?.call1((*attempts, failures.clone()))?,
+        PoolEvent::Health { healthy } => m.getattr("HealthChanged")?.call1((*healthy,))?,
+        PoolEvent::Closed => m.getattr("PoolClosed")?.call0()?,
+    };
+    Ok(o.unbind())
+}
+
+#[pyclass(module = "tether._native")]
+pub struct PoolEventStream {
+    inner: Buffered<PoolEvent>,
+}
+
+#[pymethods]
+impl PoolEventStream {
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        anext(slf)
+    }
+    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.inner.pop() {
+            Ok(Some(e)) => event_to_py(py, &e).map(Some),
+            Ok(None) => Ok(None),
+            Err(()) => Err(PyStopAsyncIteration::new_err(())),
+        }
+    }
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        super::runtime::future_into_py(py, self.inner.wait())
+    }
+}
+
+#[pyclass(name = "ProcPool", module = "tether._native", frozen)]
+pub struct PyProcPool {
+    pool: Pool,
+    py_spawner: Option<Arc<PySpawner>>,
+    /// Python-spawned processes handed out, by object identity, so `release` finds their handle.
+    out: Mutex<HashMap<usize, Proc>>,
+}
+
+fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
+    match e {
+        AcquireError::Exhausted { attempts, failures } => {
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("attempts", *attempts);
+            let _ = kw.set_item("failures", failures.clone());
+            tether_error(py, "PoolExhausted", &e.message(), Some(&kw))
+        }
+        AcquireError::TimedOut { timeout, .. } => {
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("timeout", timeout.as_secs_f64());
+            let _ = kw.set_item("what", "ProcPool.acquire");
+            tether_error(py, "TimeoutError", &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
+        }
+        AcquireError::Closed => tether_error(py, "PoolExhausted", "ProcPool.acquire: the pool is closed", None),
+    }
+}
+
+impl PyProcPool {
+    /// The Python object for a lent process (remembered for `release`).
+    fn lend(&self, py: Python<'_>, p: Proc) -> PyResult<Py<PyAny>> {
+        if let Some(pp) = p.as_any().downcast_ref::<PyProc>() {
+            let obj = pp.obj.clone_ref(py);
+            self.out.lock().unwrap_or_else(|e| e.into_inner()).insert(obj.as_ptr() as usize, p);
+            Ok(obj)
+        } else {
+            Ok(Py::new(py, PyWorkerProc { proc: p })?.into_any())
+        }
+    }
+}
+
+#[pymethods]
+impl PyProcPool {
+    #[new]
+    #[pyo3(signature = (spawn=None, command=None, *, num_idle=None, max_concurrent_spawns=None, initialize_timeout=None,
+        acquire_attempts=None, respawn=None, env=None, cwd=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        spawn: Option<Bound<'_, PyAny>>,
+        command: Option<Bound<'_, PyAny>>,
+        num_idle: Option<&Bound<'_, PyAny>>,
+        max_concurrent_spawns: Option<&Bound<'_, PyAny>>,
+        initialize_timeout: Option<&Bound<'_, PyAny>>,
+        acquire_attempts: Option<&Bound<'_, PyAny>>,
+        respawn: Option<&Bound<'_, PyAny>>,
+        env: Option<&Bound<'_, PyDict>>,
+        cwd: Option<String>,
+    ) -> PyResult<Self> {
+        super::logging::sync(py);
+        let spawn = spawn.filter(|s| !s.is_none());
+        let command = command.filter(|c| !c.is_none());
+        let d = PoolConfig::default();
+        let opt_count = |name: &str, v: Option<&Bound<'_, PyAny>>, dflt: u32| -> PyResult<u32> {
+            match v {
+                Some(v) if !v.is_none() => count(name, v),
+                _ => Ok(dflt),
+            }
+        };
+        let cfg = PoolConfig {
+            num_idle: opt_count("num_idle", num_idle, d.num_idle as u32)? as usize,
+            max_concurrent_spawns: opt_count("max_concurrent_spawns", max_concurrent_spawns, d.max_concurrent_spawns as u32)? as usize,
+            initialize_timeout: match initialize_timeout {
+                Some(v) if !v.is_none() => Duration::from_secs_f64(positive_seconds("initialize_timeout", v)?),
+                _ => d.initialize_timeout,
+            },
+            acquire_attempts: opt_count("acquire_attempts", acquire_attempts, d.acquire_attempts)?,
+            respawn: match respawn {
+                Some(r) if !r.is_none() => PyBackoff::from_any(r)?.inner,
+                _ => Backoff { jitter: Jitter::Equal, ..d.respawn.clone() },
+            },
+            unhealthy_after: d.unhealthy_after,
+        };
+        if cfg.max_concurrent_spawns == 0 {
+            return Err(value_error("max_concurrent_spawns must be at least 1"));
+        }
+        if cfg.acquire_attempts == 0 {
+            return Err(value_error("acquire_attempts must be at least 1"));
+        }
+        let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
+            (Some(_), Some(_)) => return Err(PyTypeError::new_err("give either spawn= or command=, not both")),
+            (None, None) => return Err(PyTypeError::new_err("ProcPool needs spawn=<async callable> or command=[argv...]")),
+            (Some(s), None) => {
+                if !s.is_callable() {
+                    return Err(PyTypeError::new_err("spawn must be an async callable"));
+                }
+                let ps = Arc::new(PySpawner { spawn: s.unbind(), locals: OnceLock::new() });
+                (ps.clone(), Some(ps))
+            }
+            (None, Some(c)) => {
+                if c.is_instance_of::<PyString>() {
+                    return Err(PyTypeError::new_err("command must be a list of arguments, e.g. [sys.executable, \"-m\", \"tether.worker\"]"));
+                }
+                let argv: Vec<String> = c.extract().map_err(|_| PyTypeError::new_err("command must be a list of str"))?;
+                if argv.is_empty() || argv[0].is_empty() {
+                    return Err(value_error("command must name a program"));
+                }
+                let env: Vec<(String, String)> = match env {
+                    Some(e) => e.extract::<HashMap<String, String>>().map_err(|_| PyTypeError::new_err("env must be a dict of str to str"))?.into_iter().collect(),
+                    None => vec![],
+                };
+                (Arc::new(NativeSpawner { argv, env, cwd: cwd.map(Into::into) }), None)
+            }
+        };
+        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Mutex::new(HashMap::new()) })
+    }
+
+    /// Start prewarming (call inside a running event loop when using spawn=).
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(ps) = &self.py_spawner {
+            if ps.locals.get().is_none() {
+                let locals = super::runtime::get_current_locals(py)
+                    .map_err(|_| PyTypeError::new_err("ProcPool(spawn=...).start() must be called inside a running event loop"))?;
+                let _ = ps.locals.set(locals);
+            }
+        }
+        let _guard = super::runtime::get().enter();
+        self.pool.start();
+        Ok(())
+    }
+
+    /// A warm process (a `WorkerProc` for command= pools, your object for spawn= pools).
+    #[pyo3(signature = (timeout=None))]
+    fn acquire<'py>(slf: Bound<'py, Self>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let t = match timeout {
+            Some(t) if !t.is_none() => Some(Duration::from_secs_f64(positive_seconds("timeout", t)?)),
+            _ => None,
+        };
+        slf.get().start(py)?;
+        // fast path: a warm process is idle: hand it over without a trip through the runtime
+        if let Some(p) = slf.get().pool.try_acquire() {
+            let obj = slf.get().lend(py, p)?;
+            let fut = py.import("asyncio")?.call_method0("get_running_loop")?.call_method0("create_future")?;
+            fut.call_method1("set_result", (obj,))?;
+            return Ok(fut);
+        }
+        let this = slf.unbind();
+        super::runtime::future_into_py(py, async move {
+            let pool = Python::attach(|py| this.bind(py).get().pool.clone());
+            let res = pool.acquire(t).await;
+            Python::attach(|py| -> PyResult<Py<PyAny>> {
+                let me = this.bind(py).get();
+                match res {
+                    Err(e) => Err(acquire_error(py, &e)),
+                    Ok(p) => me.lend(py, p),
+                }
+            })
+        })
+    }
+
+    /// Return a process: kept warm if alive and wanted (and kill is False), else killed and reaped.
+    #[pyo3(signature = (proc, *, kill=false))]
+    fn release(&self, proc: &Bound<'_, PyAny>, kill: bool) -> PyResult<()> {
+        let handle = if let Ok(w) = proc.cast::<PyWorkerProc>() {
+            w.get().proc.clone()
+        } else {
+            self.out
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(proc.as_ptr() as usize))
+                .ok_or_else(|| value_error("release: this process was not acquired from this pool (or was released already)"))?
+        };
+        let _guard = super::runtime::get().enter();
+        self.pool.release(handle, kill);
+        Ok(())
+    }
+
+    fn set_target_idle(&self, n: &Bound<'_, PyAny>) -> PyResult<()> {
+        let n = count("n", n)? as usize;
+        let _guard = super::runtime::get().enter();
+        self.pool.set_target_idle(n);
+        Ok(())
+    }
+
+    /// Close (bounded): waiters fail, idle processes are killed and reaped, in-flight spawns settle.
+    fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let pool = self.pool.clone();
+        super::runtime::future_into_py(py, async move {
+            pool.close().await;
+            Ok(())
+        })
+    }
+
+    /// False while the pool cannot produce processes (consecutive spawn failures).
+    #[getter]
+    fn healthy(&self) -> bool {
+        self.pool.healthy()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("idle", self.pool.idle())?;
+        d.set_item("in_flight", self.pool.in_flight())?;
+        d.set_item("spawns", self.pool.spawns())?;
+        d.set_item("healthy", self.pool.healthy())?;
+        d.set_item("closed", self.pool.is_closed())?;
+        Ok(d)
+    }
+
+    fn events(&self) -> PoolEventStream {
+        let s = PoolEventStream { inner: Buffered::new(self.pool.subscribe(), |e| matches!(e, PoolEvent::Closed), "ProcPool events") };
+        if self.pool.is_closed() {
+            s.inner.end_now();
+        }
+        s
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyProcPool>()?;
+    m.add_class::<PyWorkerProc>()?;
+    m.add_class::<PoolEventStream>()
 }

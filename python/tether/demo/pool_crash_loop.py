@@ -1,0 +1,52 @@
+"""A crash-looping child must not spin the CPU: respawns follow the backoff, `healthy` turns false,
+and the pool recovers by itself once the child is fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import tether
+from tether._procpool import HealthChanged, SpawnFailed, Spawned
+
+TITLE = "crash loop: paced respawns, healthy flips false, recovers when the child is fixed"
+
+
+async def run(tl):
+    broken = {"on": True}
+
+    async def spawn():
+        argv = [sys.executable, "-c", "import sys; sys.exit(1)"] if broken["on"] else [sys.executable, "-m", "tether.worker"]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        head = await proc.stdout.read(9)
+        if head != b"\x00\x00\x00\x05ready":
+            await proc.wait()
+            raise RuntimeError(f"child exited with {proc.returncode} during initialization")
+        return proc
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.1, 2, max_delay=0.4, jitter="none"))
+    events = pool.events()
+
+    async def watch():
+        async for e in events:
+            if isinstance(e, SpawnFailed):
+                tl.mark("SpawnFailed", f"#{e.consecutive}, next in {e.retry_in * 1000:.0f} ms")
+            elif isinstance(e, HealthChanged):
+                (tl.detected if not e.healthy else tl.recovered)(f"healthy={e.healthy}")
+            elif isinstance(e, Spawned):
+                tl.mark("Spawned", e.proc)
+
+    w = asyncio.ensure_future(watch())
+    tl.fault("the child crashes at start-up, every time")
+    pool.start()
+    await asyncio.sleep(1.5)
+    spawns = pool.stats()["spawns"]
+    tl.note(f"{spawns} spawns in 1.5 s (paced by the backoff, not a spin)")
+    assert spawns <= 8 and not pool.healthy
+    broken["on"] = False
+    tl.mark("fix", "the child is fixed")
+    proc = await pool.acquire(timeout=10)
+    assert pool.healthy
+    pool.release(proc, kill=True)
+    await pool.aclose()
+    await asyncio.wait_for(w, 5)

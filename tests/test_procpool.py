@@ -1,0 +1,282 @@
+"""tether.ProcPool with real subprocesses (seed 004): acquire never hangs, nothing leaks."""
+
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+
+import tether
+from tether._procpool import HealthChanged, SpawnFailed
+
+WORKER = [sys.executable, "-m", "tether.worker"]
+FAST = tether.Backoff(0.05, 2, max_delay=0.5, jitter="none")
+
+
+def gone(pid, timeout=5.0):
+    """True once the pid is gone (reaped: no zombie left)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def test_acquire_request_release():
+    pool = tether.ProcPool(command=WORKER, num_idle=1, initialize_timeout=20)
+    pool.start()
+    p = await pool.acquire(timeout=30)
+    assert p.is_alive() and p.returncode is None
+    assert await p.request(b"hello", timeout=10) == b"hello"
+    pid = p.pid
+    pool.release(p, kill=True)
+    assert await asyncio.to_thread(gone, pid)
+    await pool.aclose()
+
+
+async def test_all_spawns_fail_raises_pool_exhausted_quickly_with_causes():
+    pool = tether.ProcPool(command=WORKER + ["--fail"], num_idle=1, acquire_attempts=3, respawn=FAST, initialize_timeout=20)
+    t0 = time.monotonic()
+    with pytest.raises(tether.PoolExhausted) as info:
+        await asyncio.wait_for(pool.acquire(), 60)
+    e = info.value
+    assert e.attempts == 3 and len(e.failures) == 3
+    assert "exited with exit status: 3 before signaling ready" in str(e)
+    assert "agent_plugins" in str(e)  # the child's stderr tail
+    assert time.monotonic() - t0 < 60
+    assert pool.healthy is False
+    await pool.aclose()
+
+
+async def test_some_spawns_fail_acquire_still_succeeds():
+    n = 0
+
+    class Proc:
+        def __init__(self, i):
+            self.i = i
+
+    async def spawn():
+        nonlocal n
+        n += 1
+        if n % 2 == 1:
+            raise RuntimeError(f"spawn {n} failed")
+        return Proc(n)
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0, acquire_attempts=3, respawn=FAST)
+    got = [await pool.acquire(timeout=10) for _ in range(3)]
+    assert [p.i for p in got] == [2, 4, 6]
+    for p in got:
+        pool.release(p)
+    await pool.aclose()
+
+
+async def test_hang_on_init_is_killed_and_reaped():
+    pool = tether.ProcPool(command=WORKER + ["--hang"], num_idle=1, initialize_timeout=0.5, acquire_attempts=2, respawn=FAST)
+    events = pool.events()
+    t0 = time.monotonic()
+    with pytest.raises(tether.PoolExhausted) as info:
+        await pool.acquire(timeout=30)
+    assert "did not finish within 0.5s" in str(info.value)
+    assert time.monotonic() - t0 < 20
+    await pool.aclose()
+    # every hung child was killed and reaped: no python -m tether.worker --hang left
+    await asyncio.sleep(0.5)
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _is_hung_worker(p)]
+    assert left == []
+    seen = []
+    while True:
+        try:
+            seen.append(await asyncio.wait_for(events.__anext__(), 1))
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            break
+    assert any(isinstance(e, SpawnFailed) for e in seen)
+
+
+def _is_hung_worker(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().split(") ")[1].split()[1])
+    except OSError:
+        return False
+    return b"tether.worker\x00--hang" in cmd and ppid == os.getpid()
+
+
+async def test_dead_idle_process_is_evicted_not_handed_out():
+    pool = tether.ProcPool(command=WORKER, num_idle=1, initialize_timeout=20)
+    pool.start()
+    for _ in range(400):
+        if pool.stats()["idle"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    first = await pool.acquire(timeout=30)
+    pid = first.pid
+    pool.release(first)  # back to idle
+    os.kill(pid, 9)  # dies while idle
+    await asyncio.sleep(0.2)
+    p = await pool.acquire(timeout=30)
+    assert p.pid != pid and p.is_alive()
+    assert await asyncio.to_thread(gone, pid)  # evicted and reaped, not left a zombie
+    assert await p.request(b"x", timeout=10) == b"x"
+    await pool.aclose()
+    assert await asyncio.to_thread(gone, p.pid)
+
+
+async def test_cancel_during_acquire_leaks_nothing():
+    started = asyncio.Event()
+    release = asyncio.Event()
+    made = []
+
+    class Proc:
+        closed = False
+
+        async def aclose(self):
+            self.closed = True
+
+    async def spawn():
+        started.set()
+        await release.wait()
+        p = Proc()
+        made.append(p)
+        return p
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0)
+    t = asyncio.ensure_future(pool.acquire())
+    await asyncio.wait_for(started.wait(), 5)
+    t.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t
+    release.set()
+    # the spawn finished after the waiter left: the process is kept idle, not lost
+    for _ in range(100):
+        if pool.stats()["idle"] + len([p for p in made if p.closed]) == 1:
+            break
+        await asyncio.sleep(0.02)
+    p = await pool.acquire(timeout=5)
+    assert p is made[0]
+    pool.release(p, kill=True)
+    for _ in range(100):
+        if p.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert p.closed
+    await pool.aclose()
+
+
+async def test_crash_loop_does_not_spin():
+    pool = tether.ProcPool(command=WORKER + ["--fail"], num_idle=2, max_concurrent_spawns=2,
+                           respawn=tether.Backoff(0.2, 2, max_delay=1.0, jitter="none"), initialize_timeout=20)
+    events = pool.events()
+    pool.start()
+    await asyncio.sleep(3.0)
+    spawns = pool.stats()["spawns"]
+    # 2 at a time, waits 0.2, 0.4, 0.8, 1.0 ...: a handful in 3 s, not hundreds
+    assert spawns <= 2 * 8, spawns
+    assert pool.healthy is False
+    await pool.aclose()
+    kinds = []
+    while True:
+        try:
+            kinds.append(type(await asyncio.wait_for(events.__anext__(), 1)).__name__)
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            break
+    assert "HealthChanged" in kinds and "SpawnFailed" in kinds
+
+
+async def test_healthy_flips_back_after_a_success():
+    fail = True
+
+    async def spawn():
+        if fail:
+            raise OSError("cannot fork")
+        return object()
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.05, max_delay=0.1, jitter="none"))
+    events = pool.events()
+    pool.start()
+    while pool.healthy:
+        await asyncio.sleep(0.02)
+    fail = False
+    while not pool.healthy:
+        await asyncio.sleep(0.02)
+    seen = []
+    while len([e for e in seen if isinstance(e, HealthChanged)]) < 2:
+        seen.append(await asyncio.wait_for(events.__anext__(), 5))
+    assert [e.healthy for e in seen if isinstance(e, HealthChanged)] == [False, True]
+    await pool.aclose()
+
+
+async def test_acquire_timeout_is_bounded():
+    async def spawn():
+        await asyncio.sleep(3600)
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0, initialize_timeout=100)
+    t0 = time.monotonic()
+    with pytest.raises(tether.TimeoutError):
+        await pool.acquire(timeout=0.3)
+    assert time.monotonic() - t0 < 3
+    t0 = time.monotonic()
+    await pool.aclose()  # aborts the hung spawn instead of waiting for initialize_timeout
+    assert time.monotonic() - t0 < 5
+
+
+async def test_worker_dying_mid_request_raises():
+    pool = tether.ProcPool(command=WORKER + ["--die-after", "1"], num_idle=0, initialize_timeout=20)
+    p = await pool.acquire(timeout=30)
+    assert await p.request(b"one", timeout=10) == b"one"
+    with pytest.raises(tether.TetherError):
+        await p.request(b"two", timeout=10)
+    pool.release(p)
+    await pool.aclose()
+
+
+async def test_aclose_fails_waiters_and_kills_idle():
+    pool = tether.ProcPool(command=WORKER, num_idle=2, max_concurrent_spawns=2, initialize_timeout=20)
+    pool.start()
+    for _ in range(400):
+        if pool.stats()["idle"] == 2:
+            break
+        await asyncio.sleep(0.05)
+    a = await pool.acquire(timeout=30)
+    b = await pool.acquire(timeout=30)
+    pool.release(a)
+    pool.release(b)
+    pids = [a.pid, b.pid]
+    await pool.aclose()
+    for pid in pids:
+        assert await asyncio.to_thread(gone, pid)
+    with pytest.raises(tether.PoolExhausted, match="closed"):
+        await pool.acquire()
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc",
+    [
+        (dict(), TypeError),
+        (dict(command="python -m x"), TypeError),
+        (dict(command=[]), ValueError),
+        (dict(command=WORKER, spawn=print), TypeError),
+        (dict(spawn=5), TypeError),
+        (dict(command=WORKER, num_idle=-1), ValueError),
+        (dict(command=WORKER, max_concurrent_spawns=0), ValueError),
+        (dict(command=WORKER, acquire_attempts=0), ValueError),
+        (dict(command=WORKER, initialize_timeout=0), ValueError),
+        (dict(command=WORKER, respawn=1.0), TypeError),
+    ],
+)
+def test_bad_inputs(kwargs, exc):
+    with pytest.raises(exc):
+        tether.ProcPool(**kwargs)
+
+
+async def test_release_of_a_foreign_object():
+    async def spawn():
+        return object()
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0)
+    with pytest.raises(ValueError):
+        pool.release(object())
+    await pool.aclose()
