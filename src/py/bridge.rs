@@ -84,8 +84,8 @@ impl Drop for CancelOnDrop {
             st.cancelled = true;
             st.task.take()
         };
-        if let (Some(task), true) = (task, super::python_alive()) {
-            let _ = Python::try_attach(|py| {
+        if let Some(task) = task {
+            let _ = super::with_python(|py| {
                 let lp = self.event_loop.bind(py);
                 if let Ok(cancel) = task.getattr(py, "cancel") {
                     // The loop may already be closed; then there is nothing left to cancel.

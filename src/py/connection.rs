@@ -85,7 +85,7 @@ impl TargetProvider for PyTarget {
         let Some(locals) = self.locals.get() else {
             return Box::pin(async { Err(WsError::fatal("url_for called before the connection was started")) });
         };
-        let started = Python::attach(|py| -> Result<Result<Target, _>, WsError> {
+        let started = super::with_python(|py| -> Result<Result<Target, _>, WsError> {
             let r = f.call1(py, (strategy, attempt)).map_err(|e| WsError::retry(format!("url_for raised {}", describe(py, &e))))?;
             let r = r.into_bound(py);
             let awaitable = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&r,))).and_then(|b| b.is_truthy()).unwrap_or(false);
@@ -95,12 +95,19 @@ impl TargetProvider for PyTarget {
                 Ok(Ok(parse_target(&r)?))
             }
         });
+        let gone = || WsError::fatal("the Python interpreter is shutting down");
         Box::pin(async move {
-            match started? {
+            match started.ok_or_else(gone)?? {
                 Ok(t) => Ok(t),
                 Err(fut) => {
-                    let obj = fut.await.map_err(|e| Python::attach(|py| WsError::retry(format!("url_for raised {}", describe(py, &e)))))?;
-                    Python::attach(|py| parse_target(obj.bind(py)))
+                    let obj = match fut.await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            let text = super::with_python(|py| describe(py, &e)).unwrap_or_default();
+                            return Err(WsError::retry(format!("url_for raised {text}")));
+                        }
+                    };
+                    super::with_python(|py| parse_target(obj.bind(py))).ok_or_else(gone)?
                 }
             }
         })

@@ -160,10 +160,7 @@ impl<S: Subscriber> Layer<S> for PyLogLayer {
         let logger_name = meta.target().replace("::", ".");
         let level = python_level(meta.level());
         // never initialise or touch a finalising interpreter for a log line
-        if !super::python_alive() {
-            return;
-        }
-        let _ = Python::try_attach(|py| {
+        let _ = super::with_python(|py| {
             let r: PyResult<()> = (|| {
                 let logger = py.import("logging")?.call_method1("getLogger", (logger_name.as_str(),))?;
                 if !logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {

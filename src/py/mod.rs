@@ -49,10 +49,31 @@ pub fn python_alive() -> bool {
     PYTHON_ALIVE.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Registered with `atexit` by the package.
+static ATTACHING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Attach to Python from a Rust thread unless the interpreter is shutting down. Every attach from a
+/// tokio thread goes through here, so `_at_exit` can wait for the ones in progress: on 3.11 a thread
+/// that takes the GIL during finalization is terminated by Python, which a Rust thread cannot survive.
+pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    use std::sync::atomic::Ordering::SeqCst;
+    ATTACHING.fetch_add(1, SeqCst);
+    let r = if python_alive() { Python::try_attach(f) } else { None };
+    ATTACHING.fetch_sub(1, SeqCst);
+    r
+}
+
+/// Registered with `atexit` by the package: close the gate, then let the attaches in progress finish
+/// (with the GIL released so they can), for at most two seconds.
 #[pyfunction]
-fn _at_exit() {
-    PYTHON_ALIVE.store(false, std::sync::atomic::Ordering::SeqCst);
+fn _at_exit(py: Python<'_>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    PYTHON_ALIVE.store(false, SeqCst);
+    py.detach(|| {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while ATTACHING.load(SeqCst) > 0 && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
 }
 
 /// Redact tokens in a URL or message, exactly as tether does for its own logs.

@@ -29,10 +29,7 @@ struct PyProc {
 impl ProcHandle for PyProc {
     /// `obj.is_alive()` if it has one (sync), else assumed alive.
     fn is_alive(&self) -> bool {
-        if !super::python_alive() {
-            return false;
-        }
-        Python::attach(|py| {
+        super::with_python(|py| {
             let o = self.obj.bind(py);
             match o.getattr("is_alive") {
                 Ok(f) if f.is_callable() => f.call0().and_then(|r| r.is_truthy()).unwrap_or(false),
@@ -40,14 +37,12 @@ impl ProcHandle for PyProc {
                 Err(_) => true,
             }
         })
+        .unwrap_or(false)
     }
 
     /// `await obj.aclose()` if it has one, else `obj.close()` / `obj.kill()`; bounded to 5 s.
     fn dispose(&self) -> BoxFuture<()> {
-        if !super::python_alive() {
-            return Box::pin(async {});
-        }
-        let fut = Python::attach(|py| -> Option<_> {
+        let fut = super::with_python(|py| -> Option<_> {
             let o = self.obj.bind(py);
             for name in ["aclose", "close", "kill"] {
                 if let Ok(f) = o.getattr(name) {
@@ -59,7 +54,8 @@ impl ProcHandle for PyProc {
                 }
             }
             None
-        });
+        })
+        .flatten();
         Box::pin(async move {
             if let Some(f) = fut {
                 let _ = tokio::time::timeout(Duration::from_secs(5), f).await;
@@ -85,20 +81,22 @@ impl Spawner for PySpawner {
         let Some(locals) = self.locals.get().cloned() else {
             return Box::pin(async { Err("the pool was not started inside an event loop".to_string()) });
         };
-        if !super::python_alive() {
-            return Box::pin(async { Err("the Python interpreter is shutting down".to_string()) });
-        }
-        let started = Python::attach(|py| -> Result<_, String> {
+        let started = super::with_python(|py| -> Result<_, String> {
             let aw = self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe(py, &e)))?.into_bound(py);
             let ok = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&aw,))).and_then(|b| b.is_truthy()).unwrap_or(false);
             if !ok {
                 return Err("spawn must be an async callable returning the process object".into());
             }
             await_py(py, &locals, aw).map_err(|e| format!("could not schedule spawn(): {e}"))
-        });
+        })
+        .unwrap_or_else(|| Err("the Python interpreter is shutting down".to_string()));
         Box::pin(async move {
-            let obj = started?.await.map_err(|e| Python::attach(|py| format!("spawn() raised {}", describe(py, &e))))?;
-            let label = Python::attach(|py| obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into()));
+            let obj = match started?.await {
+                Ok(o) => o,
+                Err(e) => return Err(format!("spawn() raised {}", super::with_python(|py| describe(py, &e)).unwrap_or_default())),
+            };
+            let label = super::with_python(|py| obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into()))
+                .unwrap_or_else(|| "process".into());
             Ok(Arc::new(PyProc { obj, label, locals }) as Proc)
         })
     }

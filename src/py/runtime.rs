@@ -54,11 +54,17 @@ impl Runtime for TetherRuntime {
         get().spawn(fut)
     }
 
+    /// pyo3-async-runtimes completes Python futures here (attach + set_result): gated so nothing
+    /// attaches once the interpreter is shutting down.
     fn spawn_blocking<F>(f: F) -> Self::JoinHandle
     where
         F: FnOnce() + Send + 'static,
     {
-        get().spawn_blocking(f)
+        // `f` attaches itself; running it inside the gate (a nested attach) keeps the whole of it
+        // within the section `_at_exit` waits for
+        get().spawn_blocking(move || {
+            let _ = super::with_python(|_py| f());
+        })
     }
 }
 

@@ -90,7 +90,7 @@ impl PyWatchdog {
                     if !super::python_alive() {
                         return;
                     }
-                    let _ = Python::try_attach(|py| -> PyResult<()> {
+                    let _ = super::with_python(|py| -> PyResult<()> {
                         let a = alarm_to_py(py, &alarm)?;
                         event_loop.bind(py).call_method1("call_soon_threadsafe", (cb.bind(py), a))?;
                         Ok(())
