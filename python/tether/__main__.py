@@ -7,6 +7,23 @@ import asyncio
 import sys
 
 
+def _run_bounded(coro, cleanup: float = 2.0):
+    """Like asyncio.run, but the final cleanup is bounded: a task left behind that ignores
+    cancellation (a wedged SDK call, say) cannot keep the process alive."""
+    loop = asyncio.new_event_loop()
+    try:
+        result = loop.run_until_complete(coro)
+        leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in leftovers:
+            t.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=cleanup))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        return result
+    finally:
+        loop.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tether")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -28,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(demo.discover()))
             return 0
         demo.setup_logging(args.verbose)
-        return asyncio.run(demo.main(args.scenarios or None, args.timeout))
+        return _run_bounded(demo.main(args.scenarios or None, args.timeout))
     if args.cmd == "proxy":
         from .testing import _proxy_cli
 

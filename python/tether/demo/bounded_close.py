@@ -13,10 +13,13 @@ TITLE = "disconnect() that never returns: bounded() returns within its bound"
 
 
 class WedgedRoom:
+    def __init__(self):
+        self.unwedge = asyncio.Event()
+
     async def disconnect(self):
-        while True:  # stuck, and swallows cancellation
+        while not self.unwedge.is_set():  # stuck, and swallows cancellation
             try:
-                await asyncio.sleep(3600)
+                await self.unwedge.wait()
             except asyncio.CancelledError:
                 pass
 
@@ -32,3 +35,4 @@ async def run(tl):
     took = time.monotonic() - t0
     assert took < 0.7, took
     tl.recovered(f"caller free after {took * 1000:.0f} ms; teardown continues")
+    room.unwedge.set()  # end the simulated wedge, or asyncio.run would wait for it at exit

@@ -19,18 +19,20 @@ async def run(tl):
         conn = await tether.connect(proxy.url(), ping_interval=0.25, ping_timeout=0.25, open_timeout=0.4,
                                     policy=tether.Backoff(0.1, max_delay=0.2, jitter="none"), name="signal")
         w = watch(conn, tl)
-        await conn.send("hello")
-        assert await conn.recv() == "hello"
-        tl.fault("Wi-Fi switch: every packet is dropped, in both directions")
-        proxy.blackhole()
-        await until(lambda: conn.state == "reconnecting")
-        await asyncio.sleep(0.8)  # attempts time out inside the hole (open_timeout 0.4 s each)
-        tl.mark("heal", "network is back")
-        proxy.heal()
-        await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected")
-        await conn.send("after")
-        while await conn.recv() != "after":
-            pass
-        tl.note(f"proxy saw {proxy.stats()['accepted']} connections; bounded attempts, no hot loop")
-        await conn.aclose()
+        try:
+            await conn.send("hello")
+            assert await conn.recv() == "hello"
+            tl.fault("Wi-Fi switch: every packet is dropped, in both directions")
+            proxy.blackhole()
+            await until(lambda: conn.state == "reconnecting")
+            await asyncio.sleep(0.8)  # attempts time out inside the hole (open_timeout 0.4 s each)
+            tl.mark("heal", "network is back")
+            proxy.heal()
+            await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected")
+            await conn.send("after")
+            while await conn.recv() != "after":
+                pass
+            tl.note(f"proxy saw {proxy.stats()['accepted']} connections; bounded attempts, no hot loop")
+        finally:
+            await conn.aclose()
         await w

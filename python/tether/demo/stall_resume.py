@@ -21,18 +21,21 @@ async def run(tl):
         conn = await tether.connect(srv.url, ping_interval=0.2, ping_timeout=0.2, open_timeout=0.5,
                                     policy=tether.Backoff(0.05, jitter="none"), watchdog=wd, name="signal")
         w = watch(conn, tl)
-        await srv.wait_for(1)
-        tl.fault("network blip: server goes silent, and the resume handshake will hang")
-        srv.freeze()
-        srv.slow_handshake(30)
-        await until(lambda: conn.state == "reconnecting")
-        await asyncio.sleep(0.3)  # the resume attempt is now stuck in its handshake
-        srv.behave()  # new handshakes complete again: "restart" will succeed
-        await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected", timeout=10)
-        s = tl.summary()
-        tl.note(f"outage {s['recover_ms']:.0f} ms = detection ({s['detect_ms']:.0f} ms) + stalled resume "
-                f"abandoned at open_timeout 500 ms + restart; the seed saw ~65 000 ms")
-        assert s["recover_ms"] < 3000
-        await conn.aclose()
+        try:
+            await srv.wait_for(1)
+            tl.fault("network blip: server goes silent, and the resume handshake will hang")
+            srv.freeze()
+            srv.slow_handshake(30)
+            await until(lambda: conn.state == "reconnecting")
+            await asyncio.sleep(0.3)  # the resume attempt is now stuck in its handshake
+            srv.behave()  # new handshakes complete again: "restart" will succeed
+            await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected", timeout=10)
+            await until(lambda: tl.recovered_at is not None)  # the watcher has seen Reconnected
+            s = tl.summary()
+            tl.note(f"outage {s['recover_ms']:.0f} ms = detection ({s['detect_ms']:.0f} ms) + stalled resume "
+                    f"abandoned at open_timeout 500 ms + restart; the seed saw ~65 000 ms")
+            assert s["recover_ms"] < 3000
+        finally:
+            await conn.aclose()
         wd.close()
         await w

@@ -24,15 +24,18 @@ async def run(tl):
         conn = await tether.connect(srv.url, url_for=url_for, ping_interval=0.25, ping_timeout=0.25,
                                     policy=tether.Backoff(0.05, jitter="none"), name="signal")
         w = watch(conn, tl)
-        await srv.wait_for(1)
-        tl.fault("server freezes: stops reading, no pongs, socket stays open")
-        srv.freeze()
-        srv.refuse(503, times=1)  # the resume attempt will be refused
-        await until(lambda: conn.state == "reconnecting")
-        srv.unfreeze()
-        await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected")
-        s = tl.summary()
-        tl.note(f"detected {s['detect_ms']:.0f} ms after the freeze (bound 500 ms); urls minted: {minted}")
-        assert s["detect_ms"] <= 500 + 100
-        await conn.aclose()
+        try:
+            await srv.wait_for(1)
+            tl.fault("server freezes: stops reading, no pongs, socket stays open")
+            srv.freeze()
+            srv.refuse(503, times=1)  # the resume attempt will be refused
+            await until(lambda: conn.state == "reconnecting")
+            srv.unfreeze()
+            await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected")
+            await until(lambda: tl.recovered_at is not None)  # the watcher has seen Reconnected
+            s = tl.summary()
+            tl.note(f"detected {s['detect_ms']:.0f} ms after the freeze (bound 500 ms); urls minted: {minted}")
+            assert s["detect_ms"] <= 500 + 100
+        finally:
+            await conn.aclose()
         await w
