@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use pyo3::exceptions::PyStopAsyncIteration;
 use pyo3::prelude::*;
 use tokio::sync::{broadcast, Mutex};
 
@@ -102,12 +101,51 @@ pub fn anext<'py, S: pyo3::PyClass>(slf: Bound<'py, S>) -> PyResult<Bound<'py, P
     slf.py().import("tether.events")?.getattr("_anext")?.call1((slf,))
 }
 
-/// `async for ev in x.events()`: ends after `Closed` (not yielded) or when the source is gone.
-/// Cancellation-safe: an iteration cancelled while waiting loses no event.
-#[pyclass(module = "tether._native")]
-pub struct EventStream {
-    inner: Buffered<Event>,
+/// Defines a cancellation-safe Python async iterator over a `Buffered<$item>`: `__anext__` is
+/// `tether.events._anext`, `try_next()` converts with `$to_py`, `wait()` waits without consuming.
+macro_rules! buffered_stream {
+    ($(#[$meta:meta])* $name:ident, $item:ty, $to_py:path) => {
+        $(#[$meta])*
+        #[pyclass(module = "tether._native")]
+        pub struct $name {
+            pub(crate) inner: $crate::py::events::Buffered<$item>,
+        }
+
+        #[pymethods]
+        impl $name {
+            fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+                slf
+            }
+
+            fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+                $crate::py::events::anext(slf)
+            }
+
+            /// The next buffered item, None if there is none yet; StopAsyncIteration once it ended.
+            fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+                match self.inner.pop() {
+                    Ok(Some(x)) => $to_py(py, &x).map(Some),
+                    Ok(None) => Ok(None),
+                    Err(()) => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
+                }
+            }
+
+            /// Resolves once `try_next` has something to return.
+            fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+                $crate::py::runtime::future_into_py(py, self.inner.wait())
+            }
+        }
+    };
 }
+pub(crate) use buffered_stream;
+
+buffered_stream!(
+    /// `async for ev in x.events()`: ends after `Closed` (not yielded) or when the source is gone.
+    /// Cancellation-safe: an iteration cancelled while waiting loses no event.
+    EventStream,
+    Event,
+    to_py
+);
 
 impl EventStream {
     pub fn new(rx: broadcast::Receiver<Event>) -> Self {
@@ -118,30 +156,5 @@ impl EventStream {
         let s = EventStream::new(broadcast::channel(1).1);
         s.inner.end_now();
         s
-    }
-}
-
-#[pymethods]
-impl EventStream {
-    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        anext(slf)
-    }
-
-    /// The next buffered event, None if there is none yet; StopAsyncIteration once the stream ended.
-    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match self.inner.pop() {
-            Ok(Some(ev)) => to_py(py, &ev).map(Some),
-            Ok(None) => Ok(None),
-            Err(()) => Err(PyStopAsyncIteration::new_err(())),
-        }
-    }
-
-    /// Resolves once `try_next` has something to return.
-    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        super::runtime::future_into_py(py, self.inner.wait())
     }
 }

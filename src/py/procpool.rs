@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
@@ -16,7 +16,7 @@ use crate::procpool::{AcquireError, BoxFuture, NativeProc, NativeSpawner, Pool, 
 use super::backoff::{count, positive_seconds, PyBackoff};
 use super::bridge::await_py;
 use super::errors::{tether_error, value_error};
-use super::events::{anext, Buffered};
+use super::events::Buffered;
 use super::reconnect::describe;
 
 /// A process made by the user's `spawn()` coroutine: any Python object.
@@ -181,30 +181,12 @@ fn event_to_py(py: Python<'_>, e: &PoolEvent) -> PyResult<Py<PyAny>> {
     Ok(o.unbind())
 }
 
-#[pyclass(module = "tether._native")]
-pub struct PoolEventStream {
-    inner: Buffered<PoolEvent>,
-}
-
-#[pymethods]
-impl PoolEventStream {
-    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        anext(slf)
-    }
-    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match self.inner.pop() {
-            Ok(Some(e)) => event_to_py(py, &e).map(Some),
-            Ok(None) => Ok(None),
-            Err(()) => Err(PyStopAsyncIteration::new_err(())),
-        }
-    }
-    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        super::runtime::future_into_py(py, self.inner.wait())
-    }
-}
+super::events::buffered_stream!(
+    /// `async for ev in pool.events()`: ends when the pool closes.
+    PoolEventStream,
+    PoolEvent,
+    event_to_py
+);
 
 #[pyclass(name = "ProcPool", module = "tether._native", frozen)]
 pub struct PyProcPool {

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::watchdog::{Alarm, Timer, Watchdog};
 
 use super::backoff::positive_seconds;
-use super::events::{anext, Buffered};
+use super::events::Buffered;
 
 pub fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
     let cls = py.import("tether._watchdog")?.getattr("Alarm")?;
@@ -27,30 +27,12 @@ pub struct PyLiveness {
     timer: Arc<Timer>,
 }
 
-#[pyclass(module = "tether._native")]
-pub struct AlarmStream {
-    inner: Buffered<Alarm>,
-}
-
-#[pymethods]
-impl AlarmStream {
-    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        anext(slf)
-    }
-    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match self.inner.pop() {
-            Ok(Some(a)) => alarm_to_py(py, &a).map(Some),
-            Ok(None) => Ok(None),
-            Err(()) => Err(PyStopAsyncIteration::new_err(())),
-        }
-    }
-    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        super::runtime::future_into_py(py, self.inner.wait())
-    }
-}
+super::events::buffered_stream!(
+    /// `async for alarm in wd`: ends when the watchdog closes.
+    AlarmStream,
+    Alarm,
+    alarm_to_py
+);
 
 fn check_name(what: &str, v: &str) -> PyResult<()> {
     if v.is_empty() {

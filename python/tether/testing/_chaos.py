@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _native
+from ._base import _NativeServer
 
 
-class ChaosProxy:
+class ChaosProxy(_NativeServer):
     """Forward 127.0.0.1:PORT -> ``upstream`` ("host:port" or (host, port)), and on command:
 
     * ``blackhole(direction="both")``: stop forwarding, no FIN, no RST (a Wi-Fi switch). Held bytes are
@@ -21,27 +22,6 @@ class ChaosProxy:
 
     def __init__(self, upstream: str | tuple[str, int], *, listen: str | tuple[str, int] | None = None) -> None:
         self._n = _native.ChaosProxy(upstream, listen=listen)
-
-    async def start(self) -> "ChaosProxy":
-        await self._n.start()
-        return self
-
-    async def aclose(self) -> None:
-        await self._n.aclose()
-
-    async def __aenter__(self) -> "ChaosProxy":
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    @property
-    def host(self) -> str:
-        return self._n.host
-
-    @property
-    def port(self) -> int:
-        return self._n.port
 
     @property
     def address(self) -> str:
@@ -72,9 +52,3 @@ class ChaosProxy:
 
     def close(self) -> int:
         return self._n.close()
-
-    def stats(self) -> dict[str, Any]:
-        return self._n.stats()
-
-    def __repr__(self) -> str:
-        return repr(self._n)

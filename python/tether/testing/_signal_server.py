@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _native
+from ._base import _NativeServer
 
 
-class SignalServer:
+class SignalServer(_NativeServer):
     """Echoes text/binary messages and answers pings, until told to misbehave.
 
     ``async with SignalServer() as srv: srv.url`` -> ``ws://127.0.0.1:PORT/``. Misbehaviour (each takes
@@ -20,30 +21,9 @@ class SignalServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._n = _native.SignalServer(host, port)
 
-    async def start(self) -> "SignalServer":
-        await self._n.start()
-        return self
-
-    async def aclose(self) -> None:
-        await self._n.aclose()
-
-    async def __aenter__(self) -> "SignalServer":
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     @property
     def url(self) -> str:
         return self._n.url
-
-    @property
-    def host(self) -> str:
-        return self._n.host
-
-    @property
-    def port(self) -> int:
-        return self._n.port
 
     def drop(self) -> int:
         return self._n.drop()
@@ -89,9 +69,6 @@ class SignalServer:
     def flood(self, count: int, size: int) -> int:
         return self._n.flood(count, size)
 
-    def stats(self) -> dict[str, Any]:
-        return self._n.stats()
-
     def requests(self) -> list[str]:
         return self._n.requests()
 
@@ -101,6 +78,3 @@ class SignalServer:
     async def wait_for(self, n: int = 1, timeout: float = 10.0, key: str = "active") -> bool:
         """Wait until ``stats()[key]`` reaches ``n`` (``active`` must equal it); False on timeout."""
         return await self._n.wait_for(n, timeout, key)
-
-    def __repr__(self) -> str:
-        return repr(self._n)
