@@ -41,8 +41,13 @@ async def warm_acquire(n: int = 3000) -> list[float]:
 
 async def crash_loop(seconds: float = 5.0) -> tuple[int, float]:
     policy = tether.Backoff(0.1, 2, max_delay=1.0, jitter="none")
-    pool = tether.ProcPool(command=[sys.executable, "-c", "import sys; sys.exit(1)"], num_idle=4,
-                           max_concurrent_spawns=4, respawn=policy, initialize_timeout=20)
+    pool = tether.ProcPool(
+        command=[sys.executable, "-c", "import sys; sys.exit(1)"],
+        num_idle=4,
+        max_concurrent_spawns=4,
+        respawn=policy,
+        initialize_timeout=20,
+    )
     pool.start()
     await asyncio.sleep(seconds)
     spawns = pool.stats()["spawns"]
@@ -62,7 +67,9 @@ async def main() -> None:
     spawns, secs = await crash_loop()
     # with 4 concurrent spawns and waits 0.1, 0.2, 0.4, 0.8, 1.0, 1.0 ... after each failure round
     bound = 4 * (1 + sum(1 for t in (0.1, 0.3, 0.7, 1.5, 2.5, 3.5, 4.5) if t < secs))
-    print(f"crash loop (child exits at once), {secs:.0f} s, 4 concurrent spawns: {spawns} spawns = {spawns / secs:.1f}/s")
+    print(
+        f"crash loop (child exits at once), {secs:.0f} s, 4 concurrent spawns: {spawns} spawns = {spawns / secs:.1f}/s"
+    )
     print(f"  backoff-implied bound ~{bound} spawns; ratio {spawns / bound:.2f} (<= 1.0 means no spin)")
 
 

@@ -110,16 +110,24 @@ async def main() -> None:
 
         seen, down = await reconnect_times(srv)
         print(f"reconnect after server drop, {len(seen)} rounds:")
-        print(f"  drop -> Reconnected seen in Python: p50 {statistics.median(seen):.2f} ms, p99 {pct(seen, .99):.2f} ms")
-        print(f"  Rust-side downtime (loss -> up)   : p50 {statistics.median(down):.2f} ms, p99 {pct(down, .99):.2f} ms")
+        print(
+            f"  drop -> Reconnected seen in Python: p50 {statistics.median(seen):.2f} ms, p99 {pct(seen, 0.99):.2f} ms"
+        )
+        print(
+            f"  Rust-side downtime (loss -> up)   : p50 {statistics.median(down):.2f} ms, p99 {pct(down, 0.99):.2f} ms"
+        )
         print(f"  ratio p50 / 5 ms goal             : {statistics.median(seen) / 5:.2f}   (goal <= 1.0)")
 
         interval, timeout = 0.2, 0.3
         det = await blackhole_detection(srv, interval, timeout)
         bound = interval + timeout
         print(f"black-hole detection, ping_interval={interval}s ping_timeout={timeout}s, {len(det)} rounds:")
-        print(f"  detect: min {min(det)*1000:.0f} ms, median {statistics.median(det)*1000:.0f} ms, max {max(det)*1000:.0f} ms")
-        print(f"  ratio max / (interval + timeout) : {max(det) / bound:.2f}   (goal <= 1.0; floor {timeout / bound:.2f})")
+        print(
+            f"  detect: min {min(det) * 1000:.0f} ms, median {statistics.median(det) * 1000:.0f} ms, max {max(det) * 1000:.0f} ms"
+        )
+        print(
+            f"  ratio max / (interval + timeout) : {max(det) / bound:.2f}   (goal <= 1.0; floor {timeout / bound:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from tether.testing import SignalServer
 try:
     import websockets
 except ImportError:  # pragma: no cover
-    raise SystemExit("this example needs the `websockets` package (make venv installs it)")
+    raise SystemExit("this example needs the `websockets` package (make venv installs it)") from None
 
 log = logging.getLogger("worker")
 
@@ -43,7 +43,7 @@ class Worker:
         async with websockets.connect(self._url, open_timeout=10, ping_interval=5, ping_timeout=5) as ws:
             self._reconnector.connected()  # handshake done: start the stability clock
             await ws.send('{"register": "worker"}')
-            async for msg in ws:
+            async for _msg in ws:
                 self.jobs_seen += 1
         # the server closed the socket: that is a loss, let the reconnector decide
         raise ConnectionError("control-plane WebSocket closed by the server")

@@ -50,7 +50,7 @@ async def main() -> None:
     print("pool:", launcher.pool.stats())
     await launcher.aclose()
 
-    broken = JobLauncher(JOB_WORKER + ["--fail"])
+    broken = JobLauncher([*JOB_WORKER, "--fail"])
     try:
         await broken.launch_job(b"job=2")
     except tether.PoolExhausted as e:

@@ -37,8 +37,14 @@ async def main() -> None:
                 return f"{srv.url}rtc?access_token={token}&reconnect=1&sid={session_id}"
             return f"{srv.url}rtc?access_token={token}"
 
-        async with tether.connect(srv.url, url_for=url_for, ladder=("resume", "restart"),
-                                  ping_interval=1.0, ping_timeout=1.0, close_timeout=1.0) as conn:
+        async with tether.connect(
+            srv.url,
+            url_for=url_for,
+            ladder=("resume", "restart"),
+            ping_interval=1.0,
+            ping_timeout=1.0,
+            close_timeout=1.0,
+        ) as conn:
 
             async def show_events():
                 async for ev in conn.events():

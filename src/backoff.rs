@@ -98,10 +98,7 @@ impl Backoff {
             return Err(BackoffError(format!("factor must be a finite number >= 1, got {}", self.factor)));
         }
         if self.max_delay < self.initial {
-            return Err(BackoffError(format!(
-                "max_delay ({}) must be >= initial ({})",
-                self.max_delay, self.initial
-            )));
+            return Err(BackoffError(format!("max_delay ({}) must be >= initial ({})", self.max_delay, self.initial)));
         }
         if let Some(d) = self.deadline {
             check_seconds("deadline", d, false)?;
@@ -176,14 +173,7 @@ pub struct Delays {
 
 impl Delays {
     fn new(policy: &Backoff, limit: Option<u32>) -> Self {
-        Delays {
-            policy: policy.clone(),
-            limit,
-            rng: Rng::new(policy.seed),
-            n: 0,
-            prev: policy.initial,
-            total: 0.0,
-        }
+        Delays { policy: policy.clone(), limit, rng: Rng::new(policy.seed), n: 0, prev: policy.initial, total: 0.0 }
     }
 
     /// How many delays have been produced so far.
@@ -195,7 +185,11 @@ impl Delays {
         // exponent capped so factor^n cannot overflow to inf for long-running loops.
         let exp = self.policy.factor.powi(n.min(1024) as i32);
         let d = self.policy.initial * exp;
-        if d.is_finite() { d.min(self.policy.max_delay) } else { self.policy.max_delay }
+        if d.is_finite() {
+            d.min(self.policy.max_delay)
+        } else {
+            self.policy.max_delay
+        }
     }
 }
 
@@ -241,13 +235,21 @@ mod tests {
 
     #[test]
     fn no_jitter_is_exponential_and_capped() {
-        let b = Backoff { initial: 0.2, factor: 2.0, max_delay: 1.0, jitter: Jitter::None, max_attempts: Some(5), ..Default::default() };
+        let b = Backoff {
+            initial: 0.2,
+            factor: 2.0,
+            max_delay: 1.0,
+            jitter: Jitter::None,
+            max_attempts: Some(5),
+            ..Default::default()
+        };
         assert_eq!(secs(&b), vec![0.2, 0.4, 0.8, 1.0, 1.0]);
     }
 
     #[test]
     fn max_attempts_counts_retries() {
-        let b = Backoff { initial: 0.2, factor: 2.0, jitter: Jitter::None, max_attempts: Some(3), ..Default::default() };
+        let b =
+            Backoff { initial: 0.2, factor: 2.0, jitter: Jitter::None, max_attempts: Some(3), ..Default::default() };
         assert_eq!(secs(&b), vec![0.2, 0.4, 0.8]);
         let zero = Backoff { max_attempts: Some(0), ..Default::default() };
         assert_eq!(zero.delays().count(), 0);
@@ -255,7 +257,14 @@ mod tests {
 
     #[test]
     fn deadline_caps_the_sum() {
-        let b = Backoff { initial: 1.0, factor: 2.0, max_delay: 100.0, jitter: Jitter::None, deadline: Some(7.5), ..Default::default() };
+        let b = Backoff {
+            initial: 1.0,
+            factor: 2.0,
+            max_delay: 100.0,
+            jitter: Jitter::None,
+            deadline: Some(7.5),
+            ..Default::default()
+        };
         // 1 + 2 + 4 = 7 <= 7.5, the next (8) would exceed it.
         assert_eq!(secs(&b), vec![1.0, 2.0, 4.0]);
     }
@@ -263,7 +272,15 @@ mod tests {
     #[test]
     fn jitter_bounds_hold() {
         for (j, lo_frac) in [(Jitter::Full, 0.0), (Jitter::Equal, 0.5)] {
-            let b = Backoff { initial: 0.5, factor: 2.0, max_delay: 4.0, jitter: j, max_attempts: Some(2000), seed: Some(7), ..Default::default() };
+            let b = Backoff {
+                initial: 0.5,
+                factor: 2.0,
+                max_delay: 4.0,
+                jitter: j,
+                max_attempts: Some(2000),
+                seed: Some(7),
+                ..Default::default()
+            };
             let mut d = b.delays();
             for n in 0..2000u32 {
                 let base = (0.5 * 2f64.powi(n.min(30) as i32)).min(4.0);
@@ -271,7 +288,15 @@ mod tests {
                 assert!(v >= base * lo_frac - 1e-9 && v <= base + 1e-9, "{j:?} n={n} v={v} base={base}");
             }
         }
-        let b = Backoff { initial: 0.1, factor: 2.0, max_delay: 3.0, jitter: Jitter::Decorrelated, max_attempts: Some(500), seed: Some(1), ..Default::default() };
+        let b = Backoff {
+            initial: 0.1,
+            factor: 2.0,
+            max_delay: 3.0,
+            jitter: Jitter::Decorrelated,
+            max_attempts: Some(500),
+            seed: Some(1),
+            ..Default::default()
+        };
         assert!(b.delays().all(|d| d.as_secs_f64() >= 0.1 - 1e-9 && d.as_secs_f64() <= 3.0 + 1e-9));
     }
 
@@ -285,7 +310,15 @@ mod tests {
 
     #[test]
     fn full_jitter_mean_is_about_half() {
-        let b = Backoff { initial: 1.0, factor: 1.0, max_delay: 1.0, jitter: Jitter::Full, max_attempts: Some(20_000), seed: Some(3), ..Default::default() };
+        let b = Backoff {
+            initial: 1.0,
+            factor: 1.0,
+            max_delay: 1.0,
+            jitter: Jitter::Full,
+            max_attempts: Some(20_000),
+            seed: Some(3),
+            ..Default::default()
+        };
         let mean: f64 = b.delays().map(|d| d.as_secs_f64()).sum::<f64>() / 20_000.0;
         assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
     }

@@ -89,8 +89,14 @@ pub enum PoolEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AcquireError {
     /// Every acquire attempt ended with all spawns failed.
-    Exhausted { attempts: u32, failures: Vec<String> },
-    TimedOut { timeout: Duration, failures: Vec<String> },
+    Exhausted {
+        attempts: u32,
+        failures: Vec<String>,
+    },
+    TimedOut {
+        timeout: Duration,
+        failures: Vec<String>,
+    },
     Closed,
 }
 
@@ -363,7 +369,10 @@ impl Pool {
                     }
                     if settled_failed {
                         if attempt >= inner.cfg.acquire_attempts {
-                            return Err(AcquireError::Exhausted { attempts: attempt, failures: std::mem::take(&mut failures) });
+                            return Err(AcquireError::Exhausted {
+                                attempts: attempt,
+                                failures: std::mem::take(&mut failures),
+                            });
                         }
                         tracing::debug!(target: LOG, attempt, "acquire attempt {attempt} failed: every spawn in flight failed; retrying");
                         attempt += 1;
@@ -424,7 +433,8 @@ impl Pool {
             all.extend(st.lent.drain().map(|(_, p)| p));
             all
         };
-        let tasks: Vec<_> = self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
+        let tasks: Vec<_> =
+            self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
         for t in tasks {
             t.abort();
         }
@@ -525,7 +535,9 @@ async fn spawn_one(mut guard: InFlight) {
     let outcome = match tokio::time::timeout(limit, inner.spawner.spawn()).await {
         Ok(r) => r,
         // dropping the spawn future kills a native child (kill_on_drop) and tokio reaps it
-        Err(_) => Err(format!("initialization did not finish within {:.1}s; the process was killed", limit.as_secs_f64())),
+        Err(_) => {
+            Err(format!("initialization did not finish within {:.1}s; the process was killed", limit.as_secs_f64()))
+        }
     };
     let mut events = Vec::new();
     let mut to_dispose = None;
@@ -571,14 +583,22 @@ async fn spawn_one(mut guard: InFlight) {
     for ev in events {
         match &ev {
             // a crash loop must not flood the logs: the first failures, then every 10th
-            PoolEvent::SpawnFailed { cause, consecutive, retry_in } if *consecutive <= 3 || consecutive % 10 == 0 => tracing::warn!(target: LOG,
+            PoolEvent::SpawnFailed { cause, consecutive, retry_in } if *consecutive <= 3 || consecutive % 10 == 0 => {
+                tracing::warn!(target: LOG,
                 consecutive = *consecutive, retry_in_s = retry_in.as_secs_f64(), error = %cause,
                 "spawn failed ({consecutive} in a row{}): {cause}; next spawn in {:.2}s",
-                if *consecutive > 3 { ", only every 10th is logged" } else { "" }, retry_in.as_secs_f64()),
-            PoolEvent::SpawnFailed { cause, consecutive, .. } => tracing::debug!(target: LOG, consecutive = *consecutive, error = %cause,
-                "spawn failed ({consecutive} in a row): {cause}"),
-            PoolEvent::Spawned { proc, took } => tracing::debug!(target: LOG, proc = %proc, took_ms = took.as_secs_f64() * 1000.0, "spawned {proc}"),
-            PoolEvent::Health { healthy: false } => tracing::error!(target: LOG, "pool unhealthy: it cannot produce processes"),
+                if *consecutive > 3 { ", only every 10th is logged" } else { "" }, retry_in.as_secs_f64())
+            }
+            PoolEvent::SpawnFailed { cause, consecutive, .. } => {
+                tracing::debug!(target: LOG, consecutive = *consecutive, error = %cause,
+                "spawn failed ({consecutive} in a row): {cause}")
+            }
+            PoolEvent::Spawned { proc, took } => {
+                tracing::debug!(target: LOG, proc = %proc, took_ms = took.as_secs_f64() * 1000.0, "spawned {proc}")
+            }
+            PoolEvent::Health { healthy: false } => {
+                tracing::error!(target: LOG, "pool unhealthy: it cannot produce processes")
+            }
             PoolEvent::Health { healthy: true } => tracing::info!(target: LOG, "pool healthy again"),
             _ => {}
         }
@@ -629,7 +649,12 @@ mod tests {
 
     impl Scripted {
         fn new(script: Vec<Option<Result<Duration, String>>>, default: Option<Result<Duration, String>>) -> Arc<Self> {
-            Arc::new(Scripted { script: Mutex::new(script.into()), default, calls: AtomicU32::new(0), disposed: Arc::new(AtomicU32::new(0)) })
+            Arc::new(Scripted {
+                script: Mutex::new(script.into()),
+                default,
+                calls: AtomicU32::new(0),
+                disposed: Arc::new(AtomicU32::new(0)),
+            })
         }
     }
 
@@ -682,7 +707,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn peers_in_flight_do_not_burn_an_attempt() {
         // two concurrent spawns: one fails fast, the other succeeds later: one attempt is enough
-        let sp = Scripted::new(vec![Some(Err("boom".into())), Some(Ok(Duration::from_secs(2)))], Some(Err("late".into())));
+        let sp =
+            Scripted::new(vec![Some(Err("boom".into())), Some(Ok(Duration::from_secs(2)))], Some(Err("late".into())));
         let mut c = cfg(1, 2);
         c.num_idle = 1; // with one waiter, the maintainer wants 2
         let pool = Pool::new(c, sp.clone());
@@ -698,7 +724,11 @@ mod tests {
         let p = pool.acquire(None).await.unwrap();
         assert_eq!(p.describe(), "fake#1");
         // 5 s init timeout + 0.1 s respawn backoff + 10 ms init
-        assert!(t0.elapsed() >= Duration::from_millis(5110) && t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(5110) && t0.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -761,7 +791,10 @@ const STDERR_TAIL: usize = 4096;
 pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     if data.len() > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("frame of {} bytes exceeds {MAX_FRAME}", data.len())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes exceeds {MAX_FRAME}", data.len()),
+        ));
     }
     w.write_all(&(data.len() as u32).to_be_bytes()).await?;
     w.write_all(data).await?;
@@ -774,7 +807,10 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::
     r.read_exact(&mut len).await?;
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame of {n} bytes exceeds {MAX_FRAME}")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {n} bytes exceeds {MAX_FRAME}"),
+        ));
     }
     let mut buf = vec![0u8; n];
     r.read_exact(&mut buf).await?;
@@ -846,7 +882,11 @@ impl NativeProc {
         .await;
         r.map_err(|e| {
             let tail = self.stderr_tail();
-            format!("worker pid {} failed the request: {e}{}", self.pid, if tail.is_empty() { String::new() } else { format!("; stderr: {tail}") })
+            format!(
+                "worker pid {} failed the request: {e}{}",
+                self.pid,
+                if tail.is_empty() { String::new() } else { format!("; stderr: {tail}") }
+            )
         })
     }
 }
@@ -922,7 +962,10 @@ impl Spawner for NativeSpawner {
                     let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
                     tokio::time::sleep(Duration::from_millis(20)).await; // let the stderr reader drain
                     let how = match (&outcome, status) {
-                        (Ok(f), _) => format!("sent {:?} instead of the ready frame", String::from_utf8_lossy(&f[..f.len().min(64)])),
+                        (Ok(f), _) => format!(
+                            "sent {:?} instead of the ready frame",
+                            String::from_utf8_lossy(&f[..f.len().min(64)])
+                        ),
                         (Err(_), Ok(Ok(s))) => format!("exited with {s} before signaling ready"),
                         (Err(e), _) => format!("failed before signaling ready: {e}"),
                     };

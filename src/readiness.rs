@@ -80,12 +80,20 @@ pub struct Gate {
 
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
-    if ms < 10_000.0 { format!("{ms:.0} ms") } else { format!("{:.1} s", d.as_secs_f64()) }
+    if ms < 10_000.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s.fract() == 0.0 { format!("{s:.0} s") } else { format!("{s} s") }
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s} s")
+    }
 }
 
 /// Removes the job when the dispatch ends in any way (including cancellation).
@@ -193,15 +201,16 @@ impl Gate {
         loop {
             attempt += 1;
             let start = Instant::now();
-            let not_ready = |stage: &str, reached: Vec<(String, Duration)>, message: String, cause: Option<E>| NotReady {
-                job_id: job_id.to_string(),
-                stage: stage.to_string(),
-                elapsed: start.elapsed(),
-                reached,
-                attempts: attempt,
-                message,
-                cause,
-            };
+            let not_ready =
+                |stage: &str, reached: Vec<(String, Duration)>, message: String, cause: Option<E>| NotReady {
+                    job_id: job_id.to_string(),
+                    stage: stage.to_string(),
+                    elapsed: start.elapsed(),
+                    reached,
+                    attempts: attempt,
+                    message,
+                    cause,
+                };
             // 1. the dispatch call, bounded by the first stage's deadline
             let first_limit = spec.timeouts[0];
             let outcome = tokio::time::timeout(first_limit, dispatch(attempt)).await;
@@ -222,7 +231,10 @@ impl Gate {
                         continue;
                     }
                     None => {
-                        let message = format!("job {job_id:?} was never {first}: {why} (after {attempt} attempt{})", if attempt == 1 { "" } else { "s" });
+                        let message = format!(
+                            "job {job_id:?} was never {first}: {why} (after {attempt} attempt{})",
+                            if attempt == 1 { "" } else { "s" }
+                        );
                         tracing::error!(target: LOG, job_id, stage = %first, attempts = attempt, "{message}");
                         return Err(not_ready(&first, vec![], message, cause));
                     }
@@ -263,7 +275,11 @@ impl Gate {
             let stage = &spec.stages[idx];
             let prev = &spec.stages[idx - 1];
             let prev_after = reached.iter().find(|(s, _)| s == &**prev).map(|(_, d)| *d).unwrap_or_default();
-            let why = format!("job {job_id:?} {prev} after {} but never {stage} within {}", ms(prev_after), secs(spec.timeouts[idx]));
+            let why = format!(
+                "job {job_id:?} {prev} after {} but never {stage} within {}",
+                ms(prev_after),
+                secs(spec.timeouts[idx])
+            );
             if spec.redispatch {
                 if let Some(d) = delays.next() {
                     tracing::warn!(target: LOG, job_id, stage = &**stage, attempt, delay_ms = d.as_secs_f64() * 1000.0,
@@ -290,7 +306,13 @@ mod tests {
         Spec {
             stages: vec!["dispatched".into(), "joined".into(), "ready".into()],
             timeouts: vec![Duration::from_secs(5), Duration::from_secs(10), Duration::from_secs(10)],
-            policy: Backoff { initial: 0.2, factor: 2.0, jitter: Jitter::None, max_attempts: Some(3), ..Default::default() },
+            policy: Backoff {
+                initial: 0.2,
+                factor: 2.0,
+                jitter: Jitter::None,
+                max_attempts: Some(3),
+                ..Default::default()
+            },
             redispatch,
         }
     }
@@ -300,16 +322,21 @@ mod tests {
         let gate = Arc::new(Gate::new());
         let g = gate.clone();
         let res = gate
-            .dispatch("j1", &spec(false), |_| {
-                let g = g.clone();
-                async move {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(245)).await;
-                        g.mark("j1", "joined").unwrap();
-                    });
-                    Ok::<(), String>(())
-                }
-            }, |e| e.clone())
+            .dispatch(
+                "j1",
+                &spec(false),
+                |_| {
+                    let g = g.clone();
+                    async move {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(245)).await;
+                            g.mark("j1", "joined").unwrap();
+                        });
+                        Ok::<(), String>(())
+                    }
+                },
+                |e| e.clone(),
+            )
             .await;
         let nr = res.unwrap_err();
         assert_eq!(nr.stage, "ready");
@@ -324,15 +351,20 @@ mod tests {
         let gate = Arc::new(Gate::new());
         let g = gate.clone();
         let timings = gate
-            .dispatch("j2", &spec(false), |_| {
-                let g = g.clone();
-                async move {
-                    // marks before the dispatch call returns are kept
-                    assert_eq!(g.mark("j2", "ready"), Ok(Mark::Advanced));
-                    assert_eq!(g.mark("j2", "joined"), Ok(Mark::Duplicate));
-                    Ok::<(), String>(())
-                }
-            }, |e| e.clone())
+            .dispatch(
+                "j2",
+                &spec(false),
+                |_| {
+                    let g = g.clone();
+                    async move {
+                        // marks before the dispatch call returns are kept
+                        assert_eq!(g.mark("j2", "ready"), Ok(Mark::Advanced));
+                        assert_eq!(g.mark("j2", "joined"), Ok(Mark::Duplicate));
+                        Ok::<(), String>(())
+                    }
+                },
+                |e| e.clone(),
+            )
             .await
             .unwrap();
         assert_eq!(timings.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["dispatched", "joined", "ready"]);
@@ -344,10 +376,15 @@ mod tests {
         let calls = AtomicU32::new(0);
         let t0 = Instant::now();
         let nr = gate
-            .dispatch("j3", &spec(false), |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>("503 from the dispatch API".to_string()) }
-            }, |e| e.clone())
+            .dispatch(
+                "j3",
+                &spec(false),
+                |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err::<(), _>("503 from the dispatch API".to_string()) }
+                },
+                |e| e.clone(),
+            )
             .await
             .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 4);
@@ -362,15 +399,20 @@ mod tests {
         let gate = Arc::new(Gate::new());
         let g = gate.clone();
         let res = gate
-            .dispatch("j4", &spec(true), |attempt| {
-                let g = g.clone();
-                async move {
-                    if attempt == 2 {
-                        g.mark("j4", "ready").unwrap();
+            .dispatch(
+                "j4",
+                &spec(true),
+                |attempt| {
+                    let g = g.clone();
+                    async move {
+                        if attempt == 2 {
+                            g.mark("j4", "ready").unwrap();
+                        }
+                        Ok::<(), String>(())
                     }
-                    Ok::<(), String>(())
-                }
-            }, |e| e.clone())
+                },
+                |e| e.clone(),
+            )
             .await;
         assert!(res.is_ok(), "{res:?}");
     }
@@ -382,14 +424,19 @@ mod tests {
         assert_eq!(gate.unknown_marks(), 1);
         let g = gate.clone();
         let _ = gate
-            .dispatch("j5", &spec(false), |_| {
-                let g = g.clone();
-                async move {
-                    assert!(g.mark("j5", "bogus").is_err());
-                    g.mark("j5", "ready").unwrap();
-                    Ok::<(), String>(())
-                }
-            }, |e| e.clone())
+            .dispatch(
+                "j5",
+                &spec(false),
+                |_| {
+                    let g = g.clone();
+                    async move {
+                        assert!(g.mark("j5", "bogus").is_err());
+                        g.mark("j5", "ready").unwrap();
+                        Ok::<(), String>(())
+                    }
+                },
+                |e| e.clone(),
+            )
             .await
             .unwrap();
     }

@@ -26,14 +26,37 @@ use crate::backoff::Backoff;
 /// Everything the loop reports, in order. Strings are already redacted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Connecting { attempt: u32, strategy: Arc<str> },
-    Connected { attempt: u32 },
-    ConnectionLost { reason: String },
-    Reconnecting { attempt: u32, delay: Duration, strategy: Arc<str> },
-    Reconnected { downtime: Duration, attempts: u32 },
-    GaveUp { error: String, attempts: u32 },
+    Connecting {
+        attempt: u32,
+        strategy: Arc<str>,
+    },
+    Connected {
+        attempt: u32,
+    },
+    ConnectionLost {
+        reason: String,
+    },
+    Reconnecting {
+        attempt: u32,
+        delay: Duration,
+        strategy: Arc<str>,
+    },
+    Reconnected {
+        downtime: Duration,
+        attempts: u32,
+    },
+    GaveUp {
+        error: String,
+        attempts: u32,
+    },
     /// A watchdog alarm attached to this connection (dwell/progress/liveness).
-    Alarm { kind: &'static str, name: String, elapsed: Duration, limit: Duration, message: String },
+    Alarm {
+        kind: &'static str,
+        name: String,
+        elapsed: Duration,
+        limit: Duration,
+        message: String,
+    },
     /// Terminal marker for event streams: the owner finished (never emitted by `run` itself).
     Closed,
 }
@@ -267,7 +290,14 @@ where
             tracing::error!(target: "tether::reconnect", name, retry_count = retries, error = %text,
                 "gave up on {name}: fatal error, not retried: {text}");
             events.emit(Event::GaveUp { error: text.clone(), attempts });
-            return Err(GaveUp { name: name.to_string(), attempts, elapsed, reason: GiveUpReason::Fatal, last_error: err, last_error_text: text });
+            return Err(GaveUp {
+                name: name.to_string(),
+                attempts,
+                elapsed,
+                reason: GiveUpReason::Fatal,
+                last_error: err,
+                last_error_text: text,
+            });
         }
 
         if stable {
@@ -313,7 +343,8 @@ where
         strategy = cfg.strategy_for(retries);
         let next = retries + 1;
         events.emit(Event::Reconnecting { attempt: next, delay, strategy: strategy.clone() });
-        let what = if was_connected { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
+        let what =
+            if was_connected { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
         let max_field = max_retry.map(|m| m as i64).unwrap_or(-1);
         if quiet {
             tracing::debug!(target: "tether::reconnect", name, retry_count = retries, max_retry = max_field, error = %text,
@@ -360,7 +391,14 @@ mod tests {
     fn cfg(max_attempts: Option<u32>) -> Config {
         Config {
             name: "test".into(),
-            policy: Backoff { initial: 1.0, factor: 2.0, max_delay: 8.0, jitter: Jitter::None, max_attempts, ..Default::default() },
+            policy: Backoff {
+                initial: 1.0,
+                factor: 2.0,
+                max_delay: 8.0,
+                jitter: Jitter::None,
+                max_attempts,
+                ..Default::default()
+            },
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
             ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
@@ -381,14 +419,22 @@ mod tests {
         let (tx, mut rx) = broadcast::channel(256);
         let calls = AtomicU32::new(0);
         let t0 = Instant::now();
-        let res: Result<(), _> = run(&cfg(Some(4)), &Events::new(tx), |a: Attempt| {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                a.connected();
-                tokio::time::sleep(Duration::from_millis(50)).await; // accepted, then dropped
-                Err::<(), _>("dropped")
-            }
-        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
+        let res: Result<(), _> = run(
+            &cfg(Some(4)),
+            &Events::new(tx),
+            |a: Attempt| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    a.connected();
+                    tokio::time::sleep(Duration::from_millis(50)).await; // accepted, then dropped
+                    Err::<(), _>("dropped")
+                }
+            },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
         let g = res.unwrap_err();
         assert_eq!(g.reason, GiveUpReason::Attempts);
         assert_eq!(g.attempts, 5);
@@ -399,9 +445,21 @@ mod tests {
         let evs = collect(&mut rx);
         let lost = evs.iter().filter(|e| matches!(e, Event::ConnectionLost { .. })).count();
         assert_eq!(lost, 5, "one ConnectionLost per loss: {evs:?}");
-        let delays: Vec<_> = evs.iter().filter_map(|e| match e { Event::Reconnecting { delay, .. } => Some(delay.as_secs_f64()), _ => None }).collect();
+        let delays: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reconnecting { delay, .. } => Some(delay.as_secs_f64()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(delays, vec![0.0, 1.0, 2.0, 4.0]);
-        let strategies: Vec<_> = evs.iter().filter_map(|e| match e { Event::Reconnecting { strategy, .. } => Some(strategy.to_string()), _ => None }).collect();
+        let strategies: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reconnecting { strategy, .. } => Some(strategy.to_string()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(strategies, vec!["resume", "restart", "restart", "restart"]);
         assert!(matches!(evs.last(), Some(Event::GaveUp { attempts: 5, .. })));
     }
@@ -409,18 +467,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stable_connection_resets_counter() {
         let n = AtomicU32::new(0);
-        let res: Result<u32, GaveUp<&str>> = run(&cfg(Some(1)), &Events::none(), |a: Attempt| {
-            let k = n.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if k >= 6 {
-                    return Ok(k);
+        let res: Result<u32, GaveUp<&str>> = run(
+            &cfg(Some(1)),
+            &Events::none(),
+            |a: Attempt| {
+                let k = n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if k >= 6 {
+                        return Ok(k);
+                    }
+                    a.connected();
+                    // every connection lives 11 s > stable_after: each drop is a fresh outage
+                    tokio::time::sleep(Duration::from_secs(11)).await;
+                    Err("blip")
                 }
-                a.connected();
-                // every connection lives 11 s > stable_after: each drop is a fresh outage
-                tokio::time::sleep(Duration::from_secs(11)).await;
-                Err("blip")
-            }
-        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
+            },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
         // max_attempts=1 would have given up on the second consecutive failure had the counter not reset.
         assert_eq!(res.unwrap(), 6);
     }
@@ -428,10 +494,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fatal_is_not_retried() {
         let n = AtomicU32::new(0);
-        let res: Result<(), _> = run(&cfg(None), &Events::none(), |_a: Attempt| {
-            n.fetch_add(1, Ordering::SeqCst);
-            async { Err::<(), _>("401 unauthorized") }
-        }, |e: &&str| e.starts_with("401"), |e| e.to_string(), |_, _| "stalled").await;
+        let res: Result<(), _> = run(
+            &cfg(None),
+            &Events::none(),
+            |_a: Attempt| {
+                n.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>("401 unauthorized") }
+            },
+            |e: &&str| e.starts_with("401"),
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
         let g = res.unwrap_err();
         assert_eq!(g.reason, GiveUpReason::Fatal);
         assert_eq!(n.load(Ordering::SeqCst), 1);
@@ -443,7 +517,15 @@ mod tests {
         let mut c = cfg(None);
         c.policy.deadline = Some(5.0);
         let t0 = Instant::now();
-        let res: Result<(), _> = run(&c, &Events::none(), |_a: Attempt| async { Err::<(), _>("refused") }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
+        let res: Result<(), _> = run(
+            &c,
+            &Events::none(),
+            |_a: Attempt| async { Err::<(), _>("refused") },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
         let g = res.unwrap_err();
         assert_eq!(g.reason, GiveUpReason::Deadline);
         assert!(t0.elapsed() < Duration::from_secs(5));
@@ -455,19 +537,40 @@ mod tests {
     async fn reconnected_reports_downtime() {
         let (tx, mut rx) = broadcast::channel(64);
         let n = AtomicU32::new(0);
-        let res: Result<(), GaveUp<&str>> = run(&cfg(None), &Events::new(tx), |a: Attempt| {
-            let k = n.fetch_add(1, Ordering::SeqCst);
-            async move {
-                match k {
-                    0 => { a.connected(); tokio::time::sleep(Duration::from_secs(30)).await; Err("ping timeout") }
-                    1 | 2 => Err("refused"),
-                    _ => { a.connected(); Ok(()) }
+        let res: Result<(), GaveUp<&str>> = run(
+            &cfg(None),
+            &Events::new(tx),
+            |a: Attempt| {
+                let k = n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match k {
+                        0 => {
+                            a.connected();
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            Err("ping timeout")
+                        }
+                        1 | 2 => Err("refused"),
+                        _ => {
+                            a.connected();
+                            Ok(())
+                        }
+                    }
                 }
-            }
-        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
+            },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
         res.unwrap();
         let evs = collect(&mut rx);
-        let down = evs.iter().find_map(|e| match e { Event::Reconnected { downtime, attempts } => Some((*downtime, *attempts)), _ => None }).unwrap();
+        let down = evs
+            .iter()
+            .find_map(|e| match e {
+                Event::Reconnected { downtime, attempts } => Some((*downtime, *attempts)),
+                _ => None,
+            })
+            .unwrap();
         // quiet retry (0 s), then 1 s, then 2 s of backoff
         assert_eq!(down, (Duration::from_secs(3), 4));
         assert_eq!(evs.iter().filter(|e| matches!(e, Event::ConnectionLost { .. })).count(), 1);
@@ -481,21 +584,44 @@ mod tests {
         let (tx, mut rx) = broadcast::channel(64);
         let n = AtomicU32::new(0);
         let t0 = Instant::now();
-        let res: Result<&str, GaveUp<String>> = run(&c, &Events::new(tx), |a: Attempt| {
-            let k = n.fetch_add(1, Ordering::SeqCst);
-            async move {
-                match k {
-                    0 => { a.connected(); tokio::time::sleep(Duration::from_secs(30)).await; Err("ping timeout".to_string()) }
-                    1 => { std::future::pending::<()>().await; unreachable!() } // the stalled resume
-                    _ => { assert_eq!(&*a.strategy, "restart"); a.connected(); Ok("restarted") }
+        let res: Result<&str, GaveUp<String>> = run(
+            &c,
+            &Events::new(tx),
+            |a: Attempt| {
+                let k = n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match k {
+                        0 => {
+                            a.connected();
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            Err("ping timeout".to_string())
+                        }
+                        1 => {
+                            std::future::pending::<()>().await;
+                            unreachable!()
+                        } // the stalled resume
+                        _ => {
+                            assert_eq!(&*a.strategy, "restart");
+                            a.connected();
+                            Ok("restarted")
+                        }
+                    }
                 }
-            }
-        }, |_| false, |e| e.clone(), |n, t| format!("attempt {n} made no progress within {}s", t.as_secs())).await;
+            },
+            |_| false,
+            |e| e.clone(),
+            |n, t| format!("attempt {n} made no progress within {}s", t.as_secs()),
+        )
+        .await;
         assert_eq!(res.unwrap(), "restarted");
         // 30 s up, immediate resume stalls 2 s, restart after 1 s backoff
         assert_eq!(t0.elapsed(), Duration::from_secs(33));
-        let reasons: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok()).filter_map(|e| match e {
-            Event::Reconnecting { strategy, .. } => Some(strategy.to_string()), _ => None }).collect();
+        let reasons: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|e| match e {
+                Event::Reconnecting { strategy, .. } => Some(strategy.to_string()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(reasons, ["resume", "restart"]);
     }
 
@@ -512,14 +638,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unmarked_attempt_uses_its_duration_for_stability() {
         let n = AtomicU32::new(0);
-        let res: Result<(), GaveUp<&str>> = run(&cfg(Some(1)), &Events::none(), |_a: Attempt| {
-            let k = n.fetch_add(1, Ordering::SeqCst);
-            async move {
-                if k == 3 { return Ok(()); }
-                tokio::time::sleep(Duration::from_secs(20)).await;
-                Err("eof")
-            }
-        }, |_| false, |e| e.to_string(), |_, _| "stalled").await;
+        let res: Result<(), GaveUp<&str>> = run(
+            &cfg(Some(1)),
+            &Events::none(),
+            |_a: Attempt| {
+                let k = n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if k == 3 {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    Err("eof")
+                }
+            },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
         res.unwrap();
     }
 }

@@ -1,10 +1,24 @@
 //! Secrets never reach logs, events or reprs: tokens in URL queries and credentials in headers.
 
 /// Query parameters whose values are replaced by `REDACTED` (matched case-insensitively).
-const SECRET_PARAMS: &[&str] = &["access_token", "token", "auth", "authorization", "api_key", "apikey", "key", "secret", "password", "signature", "sig", "jwt"];
+const SECRET_PARAMS: &[&str] = &[
+    "access_token",
+    "token",
+    "auth",
+    "authorization",
+    "api_key",
+    "apikey",
+    "key",
+    "secret",
+    "password",
+    "signature",
+    "sig",
+    "jwt",
+];
 
 /// Header names whose values are replaced.
-const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "x-auth-token"];
+const SECRET_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "x-auth-token"];
 
 pub const REDACTED: &str = "REDACTED";
 
@@ -31,7 +45,15 @@ pub fn redact_url(text: &str) -> String {
             let mut j = i;
             while j > seg_start {
                 let c = bytes[j - 1];
-                if c == b'?' || c == b'&' || c == b';' || c.is_ascii_whitespace() || c == b'"' || c == b'\'' || c == b',' || c == b'(' {
+                if c == b'?'
+                    || c == b'&'
+                    || c == b';'
+                    || c.is_ascii_whitespace()
+                    || c == b'"'
+                    || c == b'\''
+                    || c == b','
+                    || c == b'('
+                {
                     break;
                 }
                 j -= 1;
@@ -42,7 +64,14 @@ pub fn redact_url(text: &str) -> String {
                 let mut k = i + 1;
                 while k < bytes.len() {
                     let c = bytes[k];
-                    if c == b'&' || c == b'#' || c.is_ascii_whitespace() || c == b'"' || c == b'\'' || c == b',' || c == b')' {
+                    if c == b'&'
+                        || c == b'#'
+                        || c.is_ascii_whitespace()
+                        || c == b'"'
+                        || c == b'\''
+                        || c == b','
+                        || c == b')'
+                    {
                         break;
                     }
                     k += 1;

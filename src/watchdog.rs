@@ -284,7 +284,12 @@ async fn monitor(weak: Weak<Inner>) {
                         let elapsed = now - entered;
                         due.push(Alarm {
                             kind: AlarmKind::Dwell,
-                            message: format!("{}: stuck in {cur:?} for {} (limit {})", inner.name, secs(elapsed), secs(limit)),
+                            message: format!(
+                                "{}: stuck in {cur:?} for {} (limit {})",
+                                inner.name,
+                                secs(elapsed),
+                                secs(limit)
+                            ),
                             name: cur,
                             elapsed,
                             limit,
@@ -321,7 +326,13 @@ async fn monitor(weak: Weak<Inner>) {
                 name: t.key.clone(),
                 elapsed,
                 limit: t.limit,
-                message: format!("{}: {what} on {:?} for {} (limit {})", inner.name, t.key, secs(elapsed), secs(t.limit)),
+                message: format!(
+                    "{}: {what} on {:?} for {} (limit {})",
+                    inner.name,
+                    t.key,
+                    secs(elapsed),
+                    secs(t.limit)
+                ),
             });
             t.stalled.notify_waiters();
         }
@@ -437,7 +448,10 @@ mod tests {
         let _t = wd.liveness("k", Duration::from_secs(1));
         wd.close();
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Empty) | Err(broadcast::error::TryRecvError::Closed)));
+        assert!(matches!(
+            rx.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty) | Err(broadcast::error::TryRecvError::Closed)
+        ));
     }
 
     impl Timer {

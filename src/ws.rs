@@ -570,7 +570,13 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
         let events = shared.events.clone();
         tokio::spawn(async move {
             while let Ok(a) = rx.recv().await {
-                let _ = events.send(Event::Alarm { kind: a.kind.as_str(), name: a.name, elapsed: a.elapsed, limit: a.limit, message: a.message });
+                let _ = events.send(Event::Alarm {
+                    kind: a.kind.as_str(),
+                    name: a.name,
+                    elapsed: a.elapsed,
+                    limit: a.limit,
+                    message: a.message,
+                });
             }
         })
     });
@@ -603,7 +609,13 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
         Ok(()) => Ok(()),
         Err(g) => {
             let message = g.message();
-            Err(Some(Terminal::GaveUp { message, attempts: g.attempts, elapsed: g.elapsed, reason: g.reason, last: g.last_error }))
+            Err(Some(Terminal::GaveUp {
+                message,
+                attempts: g.attempts,
+                elapsed: g.elapsed,
+                reason: g.reason,
+                last: g.last_error,
+            }))
         }
     };
     if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
@@ -660,15 +672,21 @@ fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
         tungstenite::Error::Tls(t) => {
             let text = format!("TLS handshake failed: {t}");
             // certificate problems do not heal by retrying
-            if text.contains("certificate") { WsError::fatal(text) } else { WsError::retry(text) }
+            if text.contains("certificate") {
+                WsError::fatal(text)
+            } else {
+                WsError::retry(text)
+            }
         }
         other => WsError::retry(format!("handshake failed: {other}")),
     }
 }
 
-async fn open(shared: &Shared, provider: &Arc<dyn TargetProvider>, attempt: &Attempt)
-    -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, WsError>
-{
+async fn open(
+    shared: &Shared,
+    provider: &Arc<dyn TargetProvider>,
+    attempt: &Attempt,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, WsError> {
     let cfg = &shared.cfg;
     let deadline = Instant::now() + cfg.open_timeout;
     let bound = cfg.open_timeout.as_secs_f64();
@@ -681,7 +699,8 @@ async fn open(shared: &Shared, provider: &Arc<dyn TargetProvider>, attempt: &Att
         .into_client_request()
         .map_err(|e| WsError::fatal(format!("invalid URL {}: {e}", target.url)))?;
     for (k, v) in cfg.headers.iter().chain(target.headers.iter()) {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| WsError::fatal(format!("invalid header name {k:?}")))?;
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| WsError::fatal(format!("invalid header name {k:?}")))?;
         let value = HeaderValue::from_str(v).map_err(|_| WsError::fatal(format!("invalid value for header {k:?}")))?;
         request.headers_mut().insert(name, value);
     }
@@ -689,20 +708,32 @@ async fn open(shared: &Shared, provider: &Arc<dyn TargetProvider>, attempt: &Att
     let tls = match uri.scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
-        other => return Err(WsError::fatal(format!("unsupported URL scheme {other:?} in {}; use ws:// or wss://", target.url))),
+        other => {
+            return Err(WsError::fatal(format!(
+                "unsupported URL scheme {other:?} in {}; use ws:// or wss://",
+                target.url
+            )))
+        }
     };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let shown = redact_url(&target.url);
     let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port))).await {
-        Err(_) => return Err(WsError::retry(format!("TCP connect to {host}:{port} timed out (open_timeout {bound}s)"))),
+        Err(_) => {
+            return Err(WsError::retry(format!("TCP connect to {host}:{port} timed out (open_timeout {bound}s)")))
+        }
         Ok(Err(e)) => return Err(WsError::retry(format!("TCP connect to {host}:{port} failed: {e}"))),
         Ok(Ok(t)) => t,
     };
     set_socket_options(&tcp, cfg);
     let connector = if tls { tls_connector() } else { Connector::Plain };
     tracing::debug!(target: LOG, url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
-    match tokio::time::timeout_at(deadline, tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector))).await {
+    match tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)),
+    )
+    .await
+    {
         Err(_) => Err(WsError::retry(format!("WebSocket handshake with {shown} timed out (open_timeout {bound}s)"))),
         Ok(Err(e)) => Err(handshake_error(e, cfg)),
         Ok(Ok((ws, _resp))) => Ok(ws),
@@ -732,7 +763,9 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             }
         })
         .await
-        .map_err(|_| WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64())))??;
+        .map_err(|_| {
+            WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64()))
+        })??;
         push_inbound(&shared, first);
     }
 
@@ -750,14 +783,19 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     result
 }
 
-type Sink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, Message>;
-type Stream = futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>;
+type Sink = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    Message,
+>;
+type Stream =
+    futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>;
 
 fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
     match frame {
         Some(f) => {
             let code = u16::from(f.code);
-            let mut e = WsError::retry(format!("server closed the connection: {code} {}", f.reason.as_str()).trim_end());
+            let mut e =
+                WsError::retry(format!("server closed the connection: {code} {}", f.reason.as_str()).trim_end());
             e.close_code = Some(code);
             e.fatal = cfg.fatal_close_codes.contains(&code);
             e
@@ -866,7 +904,11 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
             }
             let mut bytes = 0u64;
             for m in &batch {
-                bytes += match m { Message::Text(t) => t.len() as u64, Message::Binary(b) => b.len() as u64, _ => 0 };
+                bytes += match m {
+                    Message::Text(t) => t.len() as u64,
+                    Message::Binary(b) => b.len() as u64,
+                    _ => 0,
+                };
                 sink.feed(m.clone()).await.map_err(wr)?;
             }
             // the batch is written: move it to the unconfirmed list, then ask for confirmation
@@ -953,7 +995,14 @@ mod tests {
             close_timeout: Duration::from_millis(500),
             ..Default::default()
         };
-        cfg.reconnect.policy = Backoff { initial: 0.02, factor: 2.0, max_delay: 0.1, jitter: Jitter::None, max_attempts: Some(20), ..Default::default() };
+        cfg.reconnect.policy = Backoff {
+            initial: 0.02,
+            factor: 2.0,
+            max_delay: 0.1,
+            jitter: Jitter::None,
+            max_attempts: Some(20),
+            ..Default::default()
+        };
         tweak(&mut cfg);
         WsClient::new(cfg, Arc::new(StaticTarget(Target { url, headers: vec![] })))
     }

@@ -74,7 +74,14 @@ def test_nonsense_is_a_value_error(kwargs):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(initial="1"), dict(initial=True), dict(max_attempts=2.5), dict(max_attempts=True), dict(seed="x"), dict(seed=1.5)],
+    [
+        dict(initial="1"),
+        dict(initial=True),
+        dict(max_attempts=2.5),
+        dict(max_attempts=True),
+        dict(seed="x"),
+        dict(seed=1.5),
+    ],
 )
 def test_wrong_types_are_type_errors(kwargs):
     with pytest.raises(TypeError):

@@ -150,7 +150,7 @@ async def test_upstream_down_resets_client(chaos_proxy):
     p = await chaos_proxy(("127.0.0.1", port))
     with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
         # the reset may land while connecting or on the first read
-        r, w = await open_(p)
+        r, _w = await open_(p)
         await asyncio.wait_for(r.readexactly(1), 5)
     for _ in range(100):
         if p.stats()["upstream_failures"] == 1:
@@ -161,8 +161,13 @@ async def test_upstream_down_resets_client(chaos_proxy):
 
 async def test_tether_connect_detects_a_real_blackhole_and_recovers(chaos_proxy, signal_server):
     p = await chaos_proxy(("127.0.0.1", signal_server.port))
-    c = await tether.connect(p.url(), ping_interval=0.2, ping_timeout=0.3, open_timeout=1,
-                             policy=tether.Backoff(0.05, max_delay=0.2, jitter="none"))
+    c = await tether.connect(
+        p.url(),
+        ping_interval=0.2,
+        ping_timeout=0.3,
+        open_timeout=1,
+        policy=tether.Backoff(0.05, max_delay=0.2, jitter="none"),
+    )
     evs = c.events()
     p.blackhole()
     t0 = time.monotonic()
@@ -190,7 +195,13 @@ async def test_aclose_bounded_through_blackhole(chaos_proxy, signal_server):
 
 @pytest.mark.parametrize(
     "args,exc",
-    [(("nohostport",), ValueError), (("h:99999",), ValueError), ((":80",), ValueError), ((42,), TypeError), ((("h", "p"),), TypeError)],
+    [
+        (("nohostport",), ValueError),
+        (("h:99999",), ValueError),
+        ((":80",), ValueError),
+        ((42,), TypeError),
+        ((("h", "p"),), TypeError),
+    ],
 )
 def test_bad_upstream(args, exc):
     with pytest.raises(exc):
@@ -211,8 +222,18 @@ async def test_bad_toxic_args(chaos_proxy, echo):
 
 async def test_proxy_cli_control_port(echo):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tether", "proxy", "--upstream", echo, "--control", "127.0.0.1:0",
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tether",
+        "proxy",
+        "--upstream",
+        echo,
+        "--control",
+        "127.0.0.1:0",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         listen = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
         assert "listening on" in listen

@@ -7,10 +7,9 @@ import time
 import pytest
 
 import tether
+from conftest import records
 from tether import events as ev
 from tether.testing import SignalServer
-
-from conftest import records
 
 FAST = dict(ping_interval=0.2, ping_timeout=0.3, open_timeout=2.0, close_timeout=0.5)
 
@@ -134,7 +133,9 @@ async def test_url_for_mints_per_strategy(server):
         await asyncio.sleep(0)
         return f"{server.url}?access_token=tok{len(calls)}&strategy={strategy}"
 
-    async with tether.connect(server.url, url_for=url_for, ladder=("resume", ("restart", 2)), policy=policy(), **FAST) as c:
+    async with tether.connect(
+        server.url, url_for=url_for, ladder=("resume", ("restart", 2)), policy=policy(), **FAST
+    ) as c:
         server.listening(False)
         server.drop()
         while len(calls) < 4:
@@ -236,7 +237,9 @@ async def test_accept_then_drop_escalates_without_hot_loop(server):
     server.accept_then_drop()
     t0 = time.monotonic()
     # each handshake succeeds, so the connection opens; the flapping then exhausts the budget
-    c = await tether.connect(server.url, policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", max_attempts=4), **FAST)
+    c = await tether.connect(
+        server.url, policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", max_attempts=4), **FAST
+    )
     with pytest.raises(tether.GaveUp) as info:
         async for _ in c:
             pass
@@ -322,7 +325,9 @@ async def test_first_message_timeout(server):
 
 
 async def test_outage_deadline(server):
-    c = await tether.connect(server.url, policy=tether.Backoff(0.05, max_delay=0.1, jitter="none", deadline=0.6), **FAST)
+    c = await tether.connect(
+        server.url, policy=tether.Backoff(0.05, max_delay=0.1, jitter="none", deadline=0.6), **FAST
+    )
     server.listening(False)
     server.drop()
     t0 = time.monotonic()

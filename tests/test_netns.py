@@ -77,11 +77,17 @@ SERVER = textwrap.dedent(
 
 async def test_kernel_blackhole_is_detected_and_recovered(netns):
     server = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", netns, sys.executable, "-c", SERVER, stdout=subprocess.PIPE)
+        "ip", "netns", "exec", netns, sys.executable, "-c", SERVER, stdout=subprocess.PIPE
+    )
     try:
         port = int((await asyncio.wait_for(server.stdout.readline(), 30)).decode().strip())
-        c = await tether.connect(f"ws://{NS_IP}:{port}/", ping_interval=0.3, ping_timeout=0.3, open_timeout=1,
-                                 policy=tether.Backoff(0.1, max_delay=0.3, jitter="none"))
+        c = await tether.connect(
+            f"ws://{NS_IP}:{port}/",
+            ping_interval=0.3,
+            ping_timeout=0.3,
+            open_timeout=1,
+            policy=tether.Backoff(0.1, max_delay=0.3, jitter="none"),
+        )
         evs = c.events()
         await c.send("before")
         assert await c.recv() == "before"

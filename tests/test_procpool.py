@@ -37,7 +37,9 @@ async def test_acquire_request_release():
 
 
 async def test_all_spawns_fail_raises_pool_exhausted_quickly_with_causes():
-    pool = tether.ProcPool(command=WORKER + ["--fail"], num_idle=1, acquire_attempts=3, respawn=FAST, initialize_timeout=20)
+    pool = tether.ProcPool(
+        command=[*WORKER, "--fail"], num_idle=1, acquire_attempts=3, respawn=FAST, initialize_timeout=20
+    )
     t0 = time.monotonic()
     with pytest.raises(tether.PoolExhausted) as info:
         await asyncio.wait_for(pool.acquire(), 60)
@@ -73,7 +75,9 @@ async def test_some_spawns_fail_acquire_still_succeeds():
 
 
 async def test_hang_on_init_is_killed_and_reaped():
-    pool = tether.ProcPool(command=WORKER + ["--hang"], num_idle=1, initialize_timeout=0.5, acquire_attempts=2, respawn=FAST)
+    pool = tether.ProcPool(
+        command=[*WORKER, "--hang"], num_idle=1, initialize_timeout=0.5, acquire_attempts=2, respawn=FAST
+    )
     events = pool.events()
     t0 = time.monotonic()
     with pytest.raises(tether.PoolExhausted) as info:
@@ -167,8 +171,13 @@ async def test_cancel_during_acquire_leaks_nothing():
 
 
 async def test_crash_loop_does_not_spin():
-    pool = tether.ProcPool(command=WORKER + ["--fail"], num_idle=2, max_concurrent_spawns=2,
-                           respawn=tether.Backoff(0.2, 2, max_delay=1.0, jitter="none"), initialize_timeout=20)
+    pool = tether.ProcPool(
+        command=[*WORKER, "--fail"],
+        num_idle=2,
+        max_concurrent_spawns=2,
+        respawn=tether.Backoff(0.2, 2, max_delay=1.0, jitter="none"),
+        initialize_timeout=20,
+    )
     events = pool.events()
     pool.start()
     await asyncio.sleep(3.0)
@@ -224,7 +233,7 @@ async def test_acquire_timeout_is_bounded():
 
 
 async def test_worker_dying_mid_request_raises():
-    pool = tether.ProcPool(command=WORKER + ["--die-after", "1"], num_idle=0, initialize_timeout=20)
+    pool = tether.ProcPool(command=[*WORKER, "--die-after", "1"], num_idle=0, initialize_timeout=20)
     p = await pool.acquire(timeout=30)
     assert await p.request(b"one", timeout=10) == b"one"
     with pytest.raises(tether.TetherError):

@@ -1,6 +1,7 @@
 """tether.ReadinessGate: staged readiness, per-stage deadlines, dispatch retry, NotReady naming the stage."""
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -65,7 +66,7 @@ async def test_transient_dispatch_failures_are_retried_with_backoff():
 
     t = await gate.dispatch("job-4", dispatch, policy=tether.Backoff(0.1, 2, jitter="none", max_attempts=3))
     assert "ready" in t and len(attempts) == 3
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19
 
 
@@ -90,8 +91,9 @@ async def test_redispatch_after_a_stuck_stage():
         if attempt == 2:  # the second worker actually starts its entrypoint
             asyncio.get_running_loop().call_later(0.01, gate.mark, job_id, "ready")
 
-    t = await gate.dispatch("job-6", dispatch, timeouts=0.2, redispatch=True,
-                            policy=tether.Backoff(0.05, jitter="none", max_attempts=2))
+    t = await gate.dispatch(
+        "job-6", dispatch, timeouts=0.2, redispatch=True, policy=tether.Backoff(0.05, jitter="none", max_attempts=2)
+    )
     assert "ready" in t
 
 
@@ -160,8 +162,9 @@ async def test_dispatch_call_that_hangs_is_bounded_by_the_first_stage_deadline()
 
     t0 = time.monotonic()
     with pytest.raises(tether.NotReady) as info:
-        await gate.dispatch("job-9", dispatch, timeouts={"dispatched": 0.1},
-                            policy=tether.Backoff(0.01, jitter="none", max_attempts=1))
+        await gate.dispatch(
+            "job-9", dispatch, timeouts={"dispatched": 0.1}, policy=tether.Backoff(0.01, jitter="none", max_attempts=1)
+        )
     assert info.value.stage == "dispatched" and "did not return within" in str(info.value)
     assert time.monotonic() - t0 < 3
 

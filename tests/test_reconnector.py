@@ -1,15 +1,15 @@
 """tether.Reconnector against real sockets: a flapping (accept-then-drop) server, refusals, fatal errors."""
 
 import asyncio
+import itertools
 import logging
 import time
 
 import pytest
 
 import tether
-from tether import events as ev
-
 from conftest import records
+from tether import events as ev
 
 
 class FlappingServer:
@@ -72,11 +72,13 @@ async def test_accept_then_drop_escalates_and_gives_up(tether_logs):
     assert "flapper" in str(g) and "attempt budget exhausted" in str(g)
     # not a hot loop: 0 + 0.05 + 0.1 + 0.2 s of backoff at least
     assert elapsed >= 0.35
-    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert gaps[1] >= 0.05 and gaps[2] >= 0.1 and gaps[3] >= 0.2
 
     recs = [x for x in records(tether_logs, "tether.reconnect")]
-    retry = [x for x in recs if hasattr(x, "retry_count") and x.levelno < logging.ERROR and "retrying" in x.getMessage()]
+    retry = [
+        x for x in recs if hasattr(x, "retry_count") and x.levelno < logging.ERROR and "retrying" in x.getMessage()
+    ]
     assert [x.levelno for x in retry] == [logging.DEBUG, logging.WARNING, logging.WARNING, logging.WARNING]
     assert [x.retry_count for x in retry] == [1, 2, 3, 4]
     assert all(x.max_retry == 4 for x in retry)
@@ -120,7 +122,7 @@ async def test_refused_connection_retries_then_succeeds():
         attempts += 1
         if attempts == 3:
             server = await asyncio.start_server(lambda rd, wr: wr.write(b"x"), "127.0.0.1", port)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         r.connected()
         writer.close()
         return attempts
@@ -186,8 +188,17 @@ async def test_events_in_order():
         await r.run(connect)
     await asyncio.wait_for(consumer, 5)
     kinds = [type(e).__name__ for e in got]
-    assert kinds == ["Connecting", "Connected", "ConnectionLost", "Reconnecting", "Connecting", "Connected",
-                     "Reconnected", "ConnectionLost", "GaveUp"], kinds
+    assert kinds == [
+        "Connecting",
+        "Connected",
+        "ConnectionLost",
+        "Reconnecting",
+        "Connecting",
+        "Connected",
+        "Reconnected",
+        "ConnectionLost",
+        "GaveUp",
+    ], kinds
     assert got[2] == ev.ConnectionLost("ConnectionResetError: reset by peer")
     assert got[3].delay == 0.0 and got[3].attempt == 2
     # after the run, events() ends at once instead of hanging

@@ -178,7 +178,9 @@ async def test_cancelling_bounded_cancels_inner():
     await asyncio.wait_for(inner_cancelled.wait(), 2)
 
 
-@pytest.mark.parametrize("timeout,exc", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError), ("1", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "timeout,exc", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError), ("1", TypeError), (True, TypeError)]
+)
 async def test_bad_inputs(timeout, exc):
     async def ok():
         return 1
@@ -226,8 +228,13 @@ async def test_connection_feeds_its_watchdog_and_forwards_alarms():
     async with SignalServer() as srv:
         wd = tether.Watchdog("signal")
         wd.dwell("reconnecting", 0.3)
-        c = await tether.connect(srv.url, watchdog=wd, ping_interval=0.2, ping_timeout=0.2,
-                                 policy=tether.Backoff(0.05, max_delay=0.1, jitter="none"))
+        c = await tether.connect(
+            srv.url,
+            watchdog=wd,
+            ping_interval=0.2,
+            ping_timeout=0.2,
+            policy=tether.Backoff(0.05, max_delay=0.1, jitter="none"),
+        )
         assert wd.state[0] == "connected"
         evs = c.events()
         srv.listening(False)

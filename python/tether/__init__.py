@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import atexit as _atexit
 
-from . import _native
+from . import _native, events
+from ._connect import Connection, connect
 from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
-from ._connect import Connection, connect
 from ._procpool import ProcPool, WorkerProc
 from ._readiness import ReadinessGate
 from ._watchdog import Alarm, Liveness, Watchdog, bounded
-from . import events
 
 __version__ = _native.__version__
 
@@ -25,24 +24,24 @@ sync_log_level()
 _atexit.register(_native._at_exit)
 
 __all__ = [
-    "Backoff",
-    "Reconnector",
-    "connect",
-    "Connection",
-    "Watchdog",
-    "Liveness",
     "Alarm",
-    "bounded",
-    "ProcPool",
-    "WorkerProc",
-    "ReadinessGate",
-    "TetherError",
-    "GaveUp",
-    "PoolExhausted",
-    "NotReady",
+    "Backoff",
+    "Connection",
     "ConnectionClosed",
+    "GaveUp",
+    "Liveness",
+    "NotReady",
+    "PoolExhausted",
+    "ProcPool",
+    "ReadinessGate",
+    "Reconnector",
     "SendBufferFull",
+    "TetherError",
     "TimeoutError",
+    "Watchdog",
+    "WorkerProc",
+    "bounded",
+    "connect",
     "events",
     "redact",
     "sync_log_level",

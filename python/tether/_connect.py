@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from . import _native
 from ._errors import ConnectionClosed
@@ -25,14 +26,14 @@ class Connection:
         self._n = native
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    async def _start(self) -> "Connection":
+    async def _start(self) -> Connection:
         await self._n.start()
         return self
 
     def __await__(self):
         return self._start().__await__()
 
-    async def __aenter__(self) -> "Connection":
+    async def __aenter__(self) -> Connection:
         try:
             return await self._start()
         except BaseException:
@@ -82,7 +83,7 @@ class Connection:
 
     @property
     def state(self) -> str:
-        """"idle", "connecting", "connected", "reconnecting", "closing", "closed" or "failed"."""
+        """ "idle", "connecting", "connected", "reconnecting", "closing", "closed" or "failed"."""
         return self._n.state
 
     @property
@@ -115,7 +116,7 @@ def connect(
     fatal_close_codes: Iterable[int] = (1008,),
     fatal_http_statuses: Iterable[int] = (401, 403),
     name: str | None = None,
-    watchdog: "Watchdog | None" = None,
+    watchdog: Watchdog | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -150,4 +151,4 @@ def connect(
     )
 
 
-__all__ = ["connect", "Connection"]
+__all__ = ["Connection", "connect"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import builtins
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class TetherError(Exception):
@@ -17,8 +18,16 @@ class GaveUp(TetherError):
     message) of the last one, ``reason`` one of "fatal error", "attempt budget exhausted", "deadline exceeded".
     """
 
-    def __init__(self, message: str, *, attempts: int = 0, last_error: Any = None, elapsed: float = 0.0,
-                 reason: str = "", name: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 0,
+        last_error: Any = None,
+        elapsed: float = 0.0,
+        reason: str = "",
+        name: str = "",
+    ) -> None:
         super().__init__(message)
         self.attempts = attempts
         self.last_error = last_error
@@ -39,8 +48,16 @@ class PoolExhausted(TetherError):
 class NotReady(TetherError):
     """A dispatched job did not reach readiness; ``stage`` names the stage it is stuck before."""
 
-    def __init__(self, message: str, *, job_id: str = "", stage: str = "", elapsed: float = 0.0,
-                 reached: dict | None = None, attempts: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        stage: str = "",
+        elapsed: float = 0.0,
+        reached: dict | None = None,
+        attempts: int = 0,
+    ) -> None:
         super().__init__(message)
         self.job_id = job_id
         self.stage = stage
@@ -62,7 +79,7 @@ class SendBufferFull(TetherError):
     """``Connection.send`` was called while ``send_buffer`` messages were already waiting for delivery."""
 
 
-class TimeoutError(TetherError, builtins.TimeoutError):  # noqa: A001 - deliberate: also a builtin TimeoutError
+class TimeoutError(TetherError, builtins.TimeoutError):
     """A bounded wait expired. Also an ``asyncio.TimeoutError``/builtin ``TimeoutError``."""
 
     def __init__(self, message: str, *, timeout: float | None = None, what: str = "") -> None:
@@ -71,4 +88,4 @@ class TimeoutError(TetherError, builtins.TimeoutError):  # noqa: A001 - delibera
         self.what = what
 
 
-__all__ = ["TetherError", "GaveUp", "PoolExhausted", "NotReady", "ConnectionClosed", "SendBufferFull", "TimeoutError"]
+__all__ = ["ConnectionClosed", "GaveUp", "NotReady", "PoolExhausted", "SendBufferFull", "TetherError", "TimeoutError"]

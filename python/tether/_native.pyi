@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
+from ._watchdog import Alarm
 from .events import Event
 
 T = TypeVar("T")
@@ -147,7 +149,6 @@ class Connection:
     def name(self) -> str: ...
     def stats(self) -> dict[str, Any]: ...
 
-
 # ----------------------------------------------------------------------------------------------------
 # SignalServer (issue 3)
 # ----------------------------------------------------------------------------------------------------
@@ -185,7 +186,6 @@ class SignalServer:
 
 def _at_exit() -> None: ...
 
-
 # ----------------------------------------------------------------------------------------------------
 # ChaosProxy (issue 4)
 # ----------------------------------------------------------------------------------------------------
@@ -213,7 +213,6 @@ class ChaosProxy:
     def close(self) -> int: ...
     def stats(self) -> dict[str, int]: ...
 
-
 # ----------------------------------------------------------------------------------------------------
 # Watchdog, Liveness, bounded (issue 5)
 # ----------------------------------------------------------------------------------------------------
@@ -233,9 +232,9 @@ class Liveness:
     @property
     def alarmed(self) -> bool: ...
 
-class AlarmStream(AsyncIterator["Alarm"]):
-    async def __anext__(self) -> "Alarm": ...
-    def try_next(self) -> "Alarm | None": ...
+class AlarmStream(AsyncIterator[Alarm]):
+    async def __anext__(self) -> Alarm: ...
+    def try_next(self) -> Alarm | None: ...
     async def wait(self) -> None: ...
 
 class Watchdog:
@@ -244,7 +243,7 @@ class Watchdog:
     created the watchdog) and WARNING logs on ``tether.watchdog``. One alarm per entry into a state /
     per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from creation."""
 
-    def __init__(self, name: str = "watchdog", *, on_alarm: Callable[["Alarm"], object] | None = None) -> None: ...
+    def __init__(self, name: str = "watchdog", *, on_alarm: Callable[[Alarm], object] | None = None) -> None: ...
     def dwell(self, state: str, timeout: float) -> None: ...
     def set_state(self, state: str) -> None: ...
     @property
@@ -257,7 +256,6 @@ class Watchdog:
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
-
 
 # ----------------------------------------------------------------------------------------------------
 # ProcPool (issue 6)
@@ -309,7 +307,6 @@ class ProcPool:
     def healthy(self) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
     def events(self) -> PoolEventStream: ...
-
 
 # ----------------------------------------------------------------------------------------------------
 # ReadinessGate (issue 7)

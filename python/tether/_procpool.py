@@ -42,4 +42,4 @@ class PoolClosed:
     pass
 
 
-__all__ = ["ProcPool", "WorkerProc", "Spawned", "SpawnFailed", "Evicted", "Exhausted", "HealthChanged", "PoolClosed"]
+__all__ = ["Evicted", "Exhausted", "HealthChanged", "PoolClosed", "ProcPool", "SpawnFailed", "Spawned", "WorkerProc"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
+from typing import TypeVar
 
 from ._errors import TimeoutError as TetherTimeoutError
 from ._native import Liveness, Watchdog
@@ -63,4 +64,4 @@ async def bounded(awaitable: Awaitable[T], timeout: float, *, what: str | None =
     raise TetherTimeoutError(f"{label} did not finish within {bound:g}s; it was cancelled", timeout=bound, what=label)
 
 
-__all__ = ["Watchdog", "Liveness", "Alarm", "bounded"]
+__all__ = ["Alarm", "Liveness", "Watchdog", "bounded"]

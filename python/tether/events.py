@@ -19,6 +19,7 @@ class Connected:
 @dataclass(frozen=True, slots=True)
 class ConnectionLost:
     """Reported exactly once per loss of an established connection. ``reason`` is redacted."""
+
     reason: str
 
 
@@ -57,4 +58,4 @@ async def _anext(stream):
 
 Event = Connecting | Connected | ConnectionLost | Reconnecting | Reconnected | GaveUp
 
-__all__ = ["Connecting", "Connected", "ConnectionLost", "Reconnecting", "Reconnected", "GaveUp", "Event"]
+__all__ = ["Connected", "Connecting", "ConnectionLost", "Event", "GaveUp", "Reconnected", "Reconnecting"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import struct
 import sys
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 MAX_FRAME = 64 * 1024 * 1024
 

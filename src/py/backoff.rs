@@ -64,9 +64,12 @@ pub fn count(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u32> {
 impl PyBackoff {
     /// Accept a `tether.Backoff` (TypeError for anything else).
     pub fn from_any(v: &Bound<'_, PyAny>) -> PyResult<Self> {
-        v.cast::<PyBackoff>()
-            .map(|b| b.get().clone())
-            .map_err(|_| pyo3::exceptions::PyTypeError::new_err(format!("policy must be a tether.Backoff, not {}", v.get_type().name().map(|n| n.to_string()).unwrap_or_default())))
+        v.cast::<PyBackoff>().map(|b| b.get().clone()).map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "policy must be a tether.Backoff, not {}",
+                v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })
     }
 }
 
@@ -121,19 +124,33 @@ impl PyBackoff {
     }
 
     #[getter]
-    fn initial(&self) -> f64 { self.inner.initial }
+    fn initial(&self) -> f64 {
+        self.inner.initial
+    }
     #[getter]
-    fn factor(&self) -> f64 { self.inner.factor }
+    fn factor(&self) -> f64 {
+        self.inner.factor
+    }
     #[getter]
-    fn max_delay(&self) -> f64 { self.inner.max_delay }
+    fn max_delay(&self) -> f64 {
+        self.inner.max_delay
+    }
     #[getter]
-    fn jitter(&self) -> &'static str { self.inner.jitter.as_str() }
+    fn jitter(&self) -> &'static str {
+        self.inner.jitter.as_str()
+    }
     #[getter]
-    fn max_attempts(&self) -> Option<u32> { self.inner.max_attempts }
+    fn max_attempts(&self) -> Option<u32> {
+        self.inner.max_attempts
+    }
     #[getter]
-    fn deadline(&self) -> Option<f64> { self.inner.deadline }
+    fn deadline(&self) -> Option<f64> {
+        self.inner.deadline
+    }
     #[getter]
-    fn seed(&self) -> Option<u64> { self.inner.seed }
+    fn seed(&self) -> Option<u64> {
+        self.inner.seed
+    }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other.cast::<PyBackoff>().map(|o| o.get().inner == self.inner).unwrap_or(false)
@@ -143,7 +160,10 @@ impl PyBackoff {
         let b = &self.inner;
         format!(
             "Backoff(initial={}, factor={}, max_delay={}, jitter={:?}, max_attempts={}, deadline={}, seed={})",
-            b.initial, b.factor, b.max_delay, b.jitter.as_str(),
+            b.initial,
+            b.factor,
+            b.max_delay,
+            b.jitter.as_str(),
             b.max_attempts.map(|m| m.to_string()).unwrap_or("None".into()),
             b.deadline.map(|m| m.to_string()).unwrap_or("None".into()),
             b.seed.map(|m| m.to_string()).unwrap_or("None".into()),

@@ -60,7 +60,11 @@ impl TaskSlot {
             Err(PyErr::from_value(py.import("asyncio")?.getattr("CancelledError")?.call0()?))
         } else {
             let exc = task.call_method0("exception")?;
-            if exc.is_none() { Ok(task.call_method0("result")?.unbind()) } else { Err(PyErr::from_value(exc)) }
+            if exc.is_none() {
+                Ok(task.call_method0("result")?.unbind())
+            } else {
+                Err(PyErr::from_value(exc))
+            }
         };
         let _ = tx.send(res);
         Ok(())
@@ -116,9 +120,9 @@ pub fn await_py(
         drop(guard);
         match out {
             Ok(r) => r,
-            Err(_) => Python::attach(|py| {
-                Err(PyErr::from_value(py.import("asyncio")?.getattr("CancelledError")?.call0()?))
-            }),
+            Err(_) => {
+                Python::attach(|py| Err(PyErr::from_value(py.import("asyncio")?.getattr("CancelledError")?.call0()?)))
+            }
         }
     })
 }

@@ -22,7 +22,8 @@ pub struct PyChaosProxy {
 fn address(what: &str, v: &Bound<'_, PyAny>) -> PyResult<String> {
     let (host, port): (String, i64) = if let Ok(s) = v.cast::<PyString>() {
         let s = s.to_str()?;
-        let (h, p) = s.rsplit_once(':').ok_or_else(|| value_error(format!("{what} must be \"host:port\", got {s:?}")))?;
+        let (h, p) =
+            s.rsplit_once(':').ok_or_else(|| value_error(format!("{what} must be \"host:port\", got {s:?}")))?;
         let p: i64 = p.parse().map_err(|_| value_error(format!("{what} has a bad port: {s:?}")))?;
         (h.trim_start_matches('[').trim_end_matches(']').to_string(), p)
     } else if let Ok(t) = v.cast::<PyTuple>() {
@@ -40,16 +41,17 @@ fn address(what: &str, v: &Bound<'_, PyAny>) -> PyResult<String> {
 }
 
 fn which(direction: &str) -> PyResult<Which> {
-    Which::parse(direction).ok_or_else(|| value_error(format!("direction must be \"up\", \"down\" or \"both\", got {direction:?}")))
+    Which::parse(direction)
+        .ok_or_else(|| value_error(format!("direction must be \"up\", \"down\" or \"both\", got {direction:?}")))
 }
 
 impl PyChaosProxy {
     fn get(&self) -> PyResult<Arc<ChaosProxy>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| PyRuntimeError::new_err("ChaosProxy is not running; use `async with ChaosProxy(...)` or `await proxy.start()`"))
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "ChaosProxy is not running; use `async with ChaosProxy(...)` or `await proxy.start()`",
+            )
+        })
     }
 }
 

@@ -47,7 +47,9 @@ fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
 }
 
 fn check_url(url: &str) -> PyResult<()> {
-    let req = url.into_client_request().map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))?;
+    let req = url
+        .into_client_request()
+        .map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))?;
     match req.uri().scheme_str() {
         Some("ws") | Some("wss") => Ok(()),
         other => Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url)))),
@@ -56,7 +58,12 @@ fn check_url(url: &str) -> PyResult<()> {
 
 /// What url_for returned: "url" or ("url", headers).
 fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
-    let bad = || WsError::fatal(format!("url_for must return a URL str or (url, headers), got {}", obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()));
+    let bad = || {
+        WsError::fatal(format!(
+            "url_for must return a URL str or (url, headers), got {}",
+            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    };
     let (url, headers) = if let Ok(s) = obj.cast::<PyString>() {
         (s.to_string(), vec![])
     } else if let Ok(t) = obj.cast::<PyTuple>() {
@@ -64,7 +71,10 @@ fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
             return Err(bad());
         }
         let url: String = t.get_item(0).and_then(|u| u.extract()).map_err(|_| bad())?;
-        let headers = t.get_item(1).and_then(|h| parse_headers(&h)).map_err(|e| WsError::fatal(format!("url_for returned bad headers: {e}")))?;
+        let headers = t
+            .get_item(1)
+            .and_then(|h| parse_headers(&h))
+            .map_err(|e| WsError::fatal(format!("url_for returned bad headers: {e}")))?;
         (url, headers)
     } else {
         return Err(bad());
@@ -85,16 +95,24 @@ impl TargetProvider for PyTarget {
         let Some(locals) = self.locals.get() else {
             return Box::pin(async { Err(WsError::fatal("url_for called before the connection was started")) });
         };
-        let started = super::with_python(|py| -> Result<Result<Target, _>, WsError> {
-            let r = f.call1(py, (strategy, attempt)).map_err(|e| WsError::retry(format!("url_for raised {}", describe(py, &e))))?;
-            let r = r.into_bound(py);
-            let awaitable = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&r,))).and_then(|b| b.is_truthy()).unwrap_or(false);
-            if awaitable {
-                Ok(Err(await_py(py, locals, r).map_err(|e| WsError::fatal(format!("could not schedule url_for: {e}")))?))
-            } else {
-                Ok(Ok(parse_target(&r)?))
-            }
-        });
+        let started =
+            super::with_python(|py| -> Result<Result<Target, _>, WsError> {
+                let r = f
+                    .call1(py, (strategy, attempt))
+                    .map_err(|e| WsError::retry(format!("url_for raised {}", describe(py, &e))))?;
+                let r = r.into_bound(py);
+                let awaitable = py
+                    .import("inspect")
+                    .and_then(|m| m.call_method1("isawaitable", (&r,)))
+                    .and_then(|b| b.is_truthy())
+                    .unwrap_or(false);
+                if awaitable {
+                    Ok(Err(await_py(py, locals, r)
+                        .map_err(|e| WsError::fatal(format!("could not schedule url_for: {e}")))?))
+                } else {
+                    Ok(Ok(parse_target(&r)?))
+                }
+            });
         let gone = || WsError::fatal("the Python interpreter is shutting down");
         Box::pin(async move {
             match started.ok_or_else(gone)?? {
@@ -168,7 +186,9 @@ fn parse_ladder(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Arc<str>, u32)>> 
         return Ok(vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)]);
     };
     if v.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err("ladder must be a sequence of strategy names, e.g. (\"resume\", \"restart\")"));
+        return Err(PyTypeError::new_err(
+            "ladder must be a sequence of strategy names, e.g. (\"resume\", \"restart\")",
+        ));
     }
     let mut out: Vec<(Arc<str>, u32)> = vec![];
     for item in v.try_iter().map_err(|_| PyTypeError::new_err("ladder must be a sequence"))? {
@@ -266,7 +286,8 @@ impl PyConnection {
             ping_timeout: secs(opt_positive("ping_timeout", ping_timeout, None)?, d.ping_timeout),
             open_timeout: secs(opt_positive("open_timeout", open_timeout, None)?, d.open_timeout),
             close_timeout: secs(opt_positive("close_timeout", close_timeout, None)?, d.close_timeout),
-            first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?.map(Duration::from_secs_f64),
+            first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?
+                .map(Duration::from_secs_f64),
             send_buffer,
             recv_buffer: d.recv_buffer,
             fatal_close_codes: codes("fatal_close_codes", fatal_close_codes, &d.fatal_close_codes)?,

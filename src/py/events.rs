@@ -18,7 +18,9 @@ pub fn to_py(py: Python<'_>, ev: &Event) -> PyResult<Py<PyAny>> {
         Event::Reconnecting { attempt, delay, strategy } => {
             m.getattr("Reconnecting")?.call1((*attempt, delay.as_secs_f64(), &**strategy))?
         }
-        Event::Reconnected { downtime, attempts } => m.getattr("Reconnected")?.call1((downtime.as_secs_f64(), *attempts))?,
+        Event::Reconnected { downtime, attempts } => {
+            m.getattr("Reconnected")?.call1((downtime.as_secs_f64(), *attempts))?
+        }
         Event::GaveUp { error, attempts } => m.getattr("GaveUp")?.call1((error.as_str(), *attempts))?,
         Event::Alarm { kind, name, elapsed, limit, message } => py
             .import("tether._watchdog")?
@@ -65,7 +67,8 @@ impl<T: Clone + Send + 'static> Buffered<T> {
 
     /// Resolves once `pop` has something to return.
     pub fn wait(&self) -> impl std::future::Future<Output = PyResult<()>> + Send + 'static {
-        let (rx, buffer, ended, is_end, what) = (self.rx.clone(), self.buffer.clone(), self.ended.clone(), self.is_end, self.what);
+        let (rx, buffer, ended, is_end, what) =
+            (self.rx.clone(), self.buffer.clone(), self.ended.clone(), self.is_end, self.what);
         async move {
             if !buffer.lock().unwrap_or_else(|p| p.into_inner()).is_empty() || ended.load(Ordering::SeqCst) {
                 return Ok(());

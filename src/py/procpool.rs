@@ -11,7 +11,9 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 
 use crate::backoff::{Backoff, Jitter};
-use crate::procpool::{AcquireError, BoxFuture, NativeProc, NativeSpawner, Pool, PoolConfig, PoolEvent, Proc, ProcHandle, Spawner};
+use crate::procpool::{
+    AcquireError, BoxFuture, NativeProc, NativeSpawner, Pool, PoolConfig, PoolEvent, Proc, ProcHandle, Spawner,
+};
 
 use super::backoff::{count, positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -48,7 +50,11 @@ impl ProcHandle for PyProc {
                 if let Ok(f) = o.getattr(name) {
                     if f.is_callable() {
                         let r = f.call0().ok()?;
-                        let awaitable = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&r,))).and_then(|b| b.is_truthy()).unwrap_or(false);
+                        let awaitable = py
+                            .import("inspect")
+                            .and_then(|m| m.call_method1("isawaitable", (&r,)))
+                            .and_then(|b| b.is_truthy())
+                            .unwrap_or(false);
                         return if awaitable { await_py(py, &self.locals, r).ok() } else { None };
                     }
                 }
@@ -83,7 +89,11 @@ impl Spawner for PySpawner {
         };
         let started = super::with_python(|py| -> Result<_, String> {
             let aw = self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe(py, &e)))?.into_bound(py);
-            let ok = py.import("inspect").and_then(|m| m.call_method1("isawaitable", (&aw,))).and_then(|b| b.is_truthy()).unwrap_or(false);
+            let ok = py
+                .import("inspect")
+                .and_then(|m| m.call_method1("isawaitable", (&aw,)))
+                .and_then(|b| b.is_truthy())
+                .unwrap_or(false);
             if !ok {
                 return Err("spawn must be an async callable returning the process object".into());
             }
@@ -93,10 +103,17 @@ impl Spawner for PySpawner {
         Box::pin(async move {
             let obj = match started?.await {
                 Ok(o) => o,
-                Err(e) => return Err(format!("spawn() raised {}", super::with_python(|py| describe(py, &e)).unwrap_or_default())),
+                Err(e) => {
+                    return Err(format!(
+                        "spawn() raised {}",
+                        super::with_python(|py| describe(py, &e)).unwrap_or_default()
+                    ))
+                }
             };
-            let label = super::with_python(|py| obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into()))
-                .unwrap_or_else(|| "process".into());
+            let label = super::with_python(|py| {
+                obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into())
+            })
+            .unwrap_or_else(|| "process".into());
             Ok(Arc::new(PyProc { obj, label, locals }) as Proc)
         })
     }
@@ -134,7 +151,12 @@ impl PyWorkerProc {
     }
     /// Send one frame, await the reply frame; bounded by `timeout` (tether.TimeoutError).
     #[pyo3(signature = (data, *, timeout=None))]
-    fn request<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        data: &Bound<'py, PyAny>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let data: Vec<u8> = if let Ok(b) = data.cast::<PyBytes>() {
             b.as_bytes().to_vec()
         } else if let Ok(s) = data.cast::<PyString>() {
@@ -154,7 +176,12 @@ impl PyWorkerProc {
                     Python::attach(|py| {
                         let kw = PyDict::new(py);
                         let _ = kw.set_item("timeout", l.as_secs_f64());
-                        tether_error(py, "TimeoutError", &format!("worker pid {} did not answer within {:.1}s", native.pid(), l.as_secs_f64()), Some(&kw))
+                        tether_error(
+                            py,
+                            "TimeoutError",
+                            &format!("worker pid {} did not answer within {:.1}s", native.pid(), l.as_secs_f64()),
+                            Some(&kw),
+                        )
                     })
                 })?,
                 None => native.request(&data).await,
@@ -172,7 +199,9 @@ fn event_to_py(py: Python<'_>, e: &PoolEvent) -> PyResult<Py<PyAny>> {
     let m = py.import("tether._procpool")?;
     let o = match e {
         PoolEvent::Spawned { proc, took } => m.getattr("Spawned")?.call1((proc.as_str(), took.as_secs_f64()))?,
-        PoolEvent::SpawnFailed { cause, consecutive, retry_in } => m.getattr("SpawnFailed")?.call1((cause.as_str(), *consecutive, retry_in.as_secs_f64()))?,
+        PoolEvent::SpawnFailed { cause, consecutive, retry_in } => {
+            m.getattr("SpawnFailed")?.call1((cause.as_str(), *consecutive, retry_in.as_secs_f64()))?
+        }
         PoolEvent::Evicted { proc, reason } => m.getattr("Evicted")?.call1((proc.as_str(), reason.as_str()))?,
         PoolEvent::Exhausted { attempts, failures } => m.getattr("Exhausted")?.call1((*attempts, failures.clone()))?,
         PoolEvent::Health { healthy } => m.getattr("HealthChanged")?.call1((*healthy,))?,
@@ -257,7 +286,11 @@ impl PyProcPool {
         };
         let cfg = PoolConfig {
             num_idle: opt_count("num_idle", num_idle, d.num_idle as u32)? as usize,
-            max_concurrent_spawns: opt_count("max_concurrent_spawns", max_concurrent_spawns, d.max_concurrent_spawns as u32)? as usize,
+            max_concurrent_spawns: opt_count(
+                "max_concurrent_spawns",
+                max_concurrent_spawns,
+                d.max_concurrent_spawns as u32,
+            )? as usize,
             initialize_timeout: match initialize_timeout {
                 Some(v) if !v.is_none() => Duration::from_secs_f64(positive_seconds("initialize_timeout", v)?),
                 _ => d.initialize_timeout,
@@ -277,7 +310,9 @@ impl PyProcPool {
         }
         let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
             (Some(_), Some(_)) => return Err(PyTypeError::new_err("give either spawn= or command=, not both")),
-            (None, None) => return Err(PyTypeError::new_err("ProcPool needs spawn=<async callable> or command=[argv...]")),
+            (None, None) => {
+                return Err(PyTypeError::new_err("ProcPool needs spawn=<async callable> or command=[argv...]"))
+            }
             (Some(s), None) => {
                 if !s.is_callable() {
                     return Err(PyTypeError::new_err("spawn must be an async callable"));
@@ -287,14 +322,21 @@ impl PyProcPool {
             }
             (None, Some(c)) => {
                 if c.is_instance_of::<PyString>() {
-                    return Err(PyTypeError::new_err("command must be a list of arguments, e.g. [sys.executable, \"-m\", \"tether.worker\"]"));
+                    return Err(PyTypeError::new_err(
+                        "command must be a list of arguments, e.g. [sys.executable, \"-m\", \"tether.worker\"]",
+                    ));
                 }
-                let argv: Vec<String> = c.extract().map_err(|_| PyTypeError::new_err("command must be a list of str"))?;
+                let argv: Vec<String> =
+                    c.extract().map_err(|_| PyTypeError::new_err("command must be a list of str"))?;
                 if argv.is_empty() || argv[0].is_empty() {
                     return Err(value_error("command must name a program"));
                 }
                 let env: Vec<(String, String)> = match env {
-                    Some(e) => e.extract::<HashMap<String, String>>().map_err(|_| PyTypeError::new_err("env must be a dict of str to str"))?.into_iter().collect(),
+                    Some(e) => e
+                        .extract::<HashMap<String, String>>()
+                        .map_err(|_| PyTypeError::new_err("env must be a dict of str to str"))?
+                        .into_iter()
+                        .collect(),
                     None => vec![],
                 };
                 (Arc::new(NativeSpawner { argv, env, cwd: cwd.map(Into::into) }), None)
@@ -307,8 +349,9 @@ impl PyProcPool {
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         if let Some(ps) = &self.py_spawner {
             if ps.locals.get().is_none() {
-                let locals = super::runtime::get_current_locals(py)
-                    .map_err(|_| PyTypeError::new_err("ProcPool(spawn=...).start() must be called inside a running event loop"))?;
+                let locals = super::runtime::get_current_locals(py).map_err(|_| {
+                    PyTypeError::new_err("ProcPool(spawn=...).start() must be called inside a running event loop")
+                })?;
                 let _ = ps.locals.set(locals);
             }
         }
@@ -353,11 +396,9 @@ impl PyProcPool {
         let handle = if let Ok(w) = proc.cast::<PyWorkerProc>() {
             w.get().proc.clone()
         } else {
-            self.out
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(proc.as_ptr() as usize))
-                .ok_or_else(|| value_error("release: this process was not acquired from this pool (or was released already)"))?
+            self.out.lock().unwrap_or_else(|e| e.into_inner()).remove(&(proc.as_ptr() as usize)).ok_or_else(|| {
+                value_error("release: this process was not acquired from this pool (or was released already)")
+            })?
         };
         let _guard = super::runtime::get().enter();
         self.pool.release(handle, kill);
@@ -397,7 +438,9 @@ impl PyProcPool {
     }
 
     fn events(&self) -> PoolEventStream {
-        let s = PoolEventStream { inner: Buffered::new(self.pool.subscribe(), |e| matches!(e, PoolEvent::Closed), "ProcPool events") };
+        let s = PoolEventStream {
+            inner: Buffered::new(self.pool.subscribe(), |e| matches!(e, PoolEvent::Closed), "ProcPool events"),
+        };
         if self.pool.is_closed() {
             s.inner.end_now();
         }

@@ -53,7 +53,10 @@ fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult
         for (k, t) in d.iter() {
             let k: String = k.extract().map_err(|_| PyTypeError::new_err("timeouts keys must be stage names"))?;
             let Some(i) = stages.iter().position(|s| **s == *k) else {
-                return Err(value_error(format!("timeouts names unknown stage {k:?}; stages are {:?}", stages.iter().map(|s| &**s).collect::<Vec<_>>())));
+                return Err(value_error(format!(
+                    "timeouts names unknown stage {k:?}; stages are {:?}",
+                    stages.iter().map(|s| &**s).collect::<Vec<_>>()
+                )));
             };
             out[i] = Duration::from_secs_f64(positive_seconds(&format!("timeouts[{k:?}]"), &t)?);
         }
@@ -97,7 +100,15 @@ impl PyReadinessGate {
         let timeouts = parse_timeouts(timeouts, &stages)?;
         let policy = match policy {
             Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
-            _ => Backoff { initial: 0.2, factor: 2.0, max_delay: 7.0, jitter: Jitter::None, max_attempts: Some(3), deadline: None, seed: None },
+            _ => Backoff {
+                initial: 0.2,
+                factor: 2.0,
+                max_delay: 7.0,
+                jitter: Jitter::None,
+                max_attempts: Some(3),
+                deadline: None,
+                seed: None,
+            },
         };
         let spec = Spec { stages, timeouts, policy, redispatch };
         let locals = super::runtime::get_current_locals(py)?;
@@ -113,7 +124,9 @@ impl PyReadinessGate {
                             let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
                             let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
                             if !ok {
-                                return Err(PyTypeError::new_err("dispatch must return an awaitable (use an async def)"));
+                                return Err(PyTypeError::new_err(
+                                    "dispatch must return an awaitable (use an async def)",
+                                ));
                             }
                             await_py(py, &locals, aw)
                         });

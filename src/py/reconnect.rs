@@ -144,7 +144,9 @@ impl PyReconnector {
                 stable_after: Duration::from_secs_f64(stable_after),
                 quiet_attempts,
                 attempt_timeout: match attempt_timeout {
-                    Some(v) if !v.is_none() => Some(Duration::from_secs_f64(super::backoff::positive_seconds("attempt_timeout", v)?)),
+                    Some(v) if !v.is_none() => {
+                        Some(Duration::from_secs_f64(super::backoff::positive_seconds("attempt_timeout", v)?))
+                    }
                     _ => None,
                 },
                 ..Config::default()
@@ -278,6 +280,11 @@ impl PyReconnector {
     }
 
     fn __repr__(&self) -> String {
-        format!("Reconnector(name={:?}, stable_after={}, quiet_attempts={})", self.cfg.name, self.cfg.stable_after.as_secs_f64(), self.cfg.quiet_attempts)
+        format!(
+            "Reconnector(name={:?}, stable_after={}, quiet_attempts={})",
+            self.cfg.name,
+            self.cfg.stable_after.as_secs_f64(),
+            self.cfg.quiet_attempts
+        )
     }
 }

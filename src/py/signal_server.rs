@@ -36,7 +36,10 @@ pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return Ok(Message::binary(b.as_bytes().to_vec()));
     }
-    if data.is_instance_of::<pyo3::types::PyByteArray>() || data.hasattr("__buffer__").unwrap_or(false) || data.get_type().name().map(|n| n == "memoryview").unwrap_or(false) {
+    if data.is_instance_of::<pyo3::types::PyByteArray>()
+        || data.hasattr("__buffer__").unwrap_or(false)
+        || data.get_type().name().map(|n| n == "memoryview").unwrap_or(false)
+    {
         let b: Vec<u8> = data.py().import("builtins")?.getattr("bytes")?.call1((data,))?.extract()?;
         return Ok(Message::binary(b));
     }
@@ -48,11 +51,11 @@ pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
 
 impl PySignalServer {
     fn get(&self) -> PyResult<Arc<SignalServer>> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| PyRuntimeError::new_err("SignalServer is not running; use `async with SignalServer()` or `await server.start()`"))
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "SignalServer is not running; use `async with SignalServer()` or `await server.start()`",
+            )
+        })
     }
 }
 
@@ -201,7 +204,13 @@ impl PySignalServer {
     }
     /// Wait until `active` connections == n (or `handshakes` >= n with key="handshakes"); bool.
     #[pyo3(signature = (n=1, timeout=None, key="active"))]
-    fn wait_for<'py>(&self, py: Python<'py>, n: u64, timeout: Option<&Bound<'py, PyAny>>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    fn wait_for<'py>(
+        &self,
+        py: Python<'py>,
+        n: u64,
+        timeout: Option<&Bound<'py, PyAny>>,
+        key: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let srv = self.get()?;
         let t = match timeout {
             Some(t) if !t.is_none() => positive_seconds("timeout", t)?,

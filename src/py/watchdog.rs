@@ -13,7 +13,9 @@ use super::events::Buffered;
 
 pub fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
     let cls = py.import("tether._watchdog")?.getattr("Alarm")?;
-    Ok(cls.call1((a.kind.as_str(), a.name.as_str(), a.elapsed.as_secs_f64(), a.limit.as_secs_f64(), a.message.as_str()))?.unbind())
+    Ok(cls
+        .call1((a.kind.as_str(), a.name.as_str(), a.elapsed.as_secs_f64(), a.limit.as_secs_f64(), a.message.as_str()))?
+        .unbind())
 }
 
 #[pyclass(name = "Watchdog", module = "tether._native", frozen)]
@@ -63,7 +65,9 @@ impl PyWatchdog {
             let event_loop = py
                 .import("asyncio")?
                 .call_method0("get_running_loop")
-                .map_err(|_| PyTypeError::new_err("Watchdog(on_alarm=...) must be created inside a running event loop"))?
+                .map_err(|_| {
+                    PyTypeError::new_err("Watchdog(on_alarm=...) must be created inside a running event loop")
+                })?
                 .unbind();
             let cb = cb.unbind();
             let mut rx = inner.subscribe();
@@ -105,13 +109,17 @@ impl PyWatchdog {
     /// A liveness key: no `beat()` for `timeout` seconds -> alarm. Armed from now.
     fn liveness(&self, key: &str, timeout: &Bound<'_, PyAny>) -> PyResult<PyLiveness> {
         check_name("key", key)?;
-        Ok(PyLiveness { timer: self.inner.liveness(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)) })
+        Ok(PyLiveness {
+            timer: self.inner.liveness(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)),
+        })
     }
 
     /// A progress deadline: no `beat()`/`touch()` for `timeout` seconds -> alarm (kind "progress").
     fn progress(&self, key: &str, timeout: &Bound<'_, PyAny>) -> PyResult<PyLiveness> {
         check_name("key", key)?;
-        Ok(PyLiveness { timer: self.inner.progress(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)) })
+        Ok(PyLiveness {
+            timer: self.inner.progress(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)),
+        })
     }
 
     /// Stop watching a liveness/progress key.
@@ -181,7 +189,12 @@ impl PyLiveness {
         self.timer.has_fired()
     }
     fn __repr__(&self) -> String {
-        format!("Liveness(key={:?}, timeout={}, idle={:?})", self.timer.key(), self.timer.limit().as_secs_f64(), self.idle())
+        format!(
+            "Liveness(key={:?}, timeout={}, idle={:?})",
+            self.timer.key(),
+            self.timer.limit().as_secs_f64(),
+            self.idle()
+        )
     }
 }
 

@@ -49,7 +49,7 @@ async def _run_one(name: str, timeout: float) -> tuple[str, dict]:
     except Skip as e:
         print(f"  skipped: {e}")
         return "skipped", {}
-    except Exception:  # noqa: BLE001 - the demo reports and goes on
+    except Exception:
         traceback.print_exc()
         return "FAILED", tl.summary()
     return "ok", tl.summary()
@@ -77,8 +77,9 @@ async def main(names: list[str] | None = None, timeout: float = 60.0) -> int:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="  %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="  %(levelname)-7s %(name)s: %(message)s"
+    )
     from .. import sync_log_level
 
     sync_log_level()

@@ -16,8 +16,14 @@ TITLE = "Wi-Fi switch (black hole, no FIN/RST): detected by ping deadline, recov
 
 async def run(tl):
     async with SignalServer() as srv, ChaosProxy(("127.0.0.1", srv.port)) as proxy:
-        conn = await tether.connect(proxy.url(), ping_interval=0.25, ping_timeout=0.25, open_timeout=0.4,
-                                    policy=tether.Backoff(0.1, max_delay=0.2, jitter="none"), name="signal")
+        conn = await tether.connect(
+            proxy.url(),
+            ping_interval=0.25,
+            ping_timeout=0.25,
+            open_timeout=0.4,
+            policy=tether.Backoff(0.1, max_delay=0.2, jitter="none"),
+            name="signal",
+        )
         w = watch(conn, tl)
         try:
             await conn.send("hello")

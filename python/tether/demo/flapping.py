@@ -20,8 +20,9 @@ async def run(tl):
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    r = tether.Reconnector(tether.Backoff(0.05, 2, max_delay=0.4, jitter="equal", max_attempts=4),
-                           stable_after=5, name=f"flapper:{port}")
+    r = tether.Reconnector(
+        tether.Backoff(0.05, 2, max_delay=0.4, jitter="equal", max_attempts=4), stable_after=5, name=f"flapper:{port}"
+    )
 
     async def watch():
         async for ev in r.events():

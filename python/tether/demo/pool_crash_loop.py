@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 import tether
-from tether._procpool import HealthChanged, SpawnFailed, Spawned
+from tether._procpool import HealthChanged, Spawned, SpawnFailed
 
 TITLE = "crash loop: paced respawns, healthy flips false, recovers when the child is fixed"
 
@@ -16,8 +16,14 @@ async def run(tl):
     broken = {"on": True}
 
     async def spawn():
-        argv = [sys.executable, "-c", "import sys; sys.exit(1)"] if broken["on"] else [sys.executable, "-m", "tether.worker"]
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        argv = (
+            [sys.executable, "-c", "import sys; sys.exit(1)"]
+            if broken["on"]
+            else [sys.executable, "-m", "tether.worker"]
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
         head = await proc.stdout.read(9)
         if head != b"\x00\x00\x00\x05ready":
             await proc.wait()

@@ -12,9 +12,14 @@ TITLE = "every spawn fails: acquire raises PoolExhausted naming the causes (no h
 
 
 async def run(tl):
-    pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker", "--fail"], num_idle=2,
-                           max_concurrent_spawns=2, acquire_attempts=3, initialize_timeout=10,
-                           respawn=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"))
+    pool = tether.ProcPool(
+        command=[sys.executable, "-m", "tether.worker", "--fail"],
+        num_idle=2,
+        max_concurrent_spawns=2,
+        acquire_attempts=3,
+        initialize_timeout=10,
+        respawn=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"),
+    )
     tl.fault("the worker module cannot be imported: every child exits during initialization")
     try:
         await pool.acquire(timeout=30)

@@ -42,6 +42,7 @@ async def run(tl):
             def dispatcher(entrypoint_runs):
                 async def dispatch(job_id, attempt):
                     agents.append(asyncio.ensure_future(agent(srv.url, job_id, entrypoint_runs)))
+
                 return dispatch
 
             tl.fault("agent joins the room but its entrypoint never runs")

@@ -18,8 +18,15 @@ async def run(tl):
     async with SignalServer() as srv:
         wd = tether.Watchdog("signal")
         wd.dwell("reconnecting", 0.4)  # production: 15-20 s
-        conn = await tether.connect(srv.url, ping_interval=0.2, ping_timeout=0.2, open_timeout=0.5,
-                                    policy=tether.Backoff(0.05, jitter="none"), watchdog=wd, name="signal")
+        conn = await tether.connect(
+            srv.url,
+            ping_interval=0.2,
+            ping_timeout=0.2,
+            open_timeout=0.5,
+            policy=tether.Backoff(0.05, jitter="none"),
+            watchdog=wd,
+            name="signal",
+        )
         w = watch(conn, tl)
         try:
             await srv.wait_for(1)
@@ -32,8 +39,10 @@ async def run(tl):
             await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected", timeout=10)
             await until(lambda: tl.recovered_at is not None)  # the watcher has seen Reconnected
             s = tl.summary()
-            tl.note(f"outage {s['recover_ms']:.0f} ms = detection ({s['detect_ms']:.0f} ms) + stalled resume "
-                    f"abandoned at open_timeout 500 ms + restart; the seed saw ~65 000 ms")
+            tl.note(
+                f"outage {s['recover_ms']:.0f} ms = detection ({s['detect_ms']:.0f} ms) + stalled resume "
+                f"abandoned at open_timeout 500 ms + restart; the seed saw ~65 000 ms"
+            )
             assert s["recover_ms"] < 3000
         finally:
             await conn.aclose()

@@ -21,8 +21,14 @@ async def run(tl):
             minted.append(token)
             return f"{srv.url}rtc?access_token={token}&{strategy}=1"
 
-        conn = await tether.connect(srv.url, url_for=url_for, ping_interval=0.25, ping_timeout=0.25,
-                                    policy=tether.Backoff(0.05, jitter="none"), name="signal")
+        conn = await tether.connect(
+            srv.url,
+            url_for=url_for,
+            ping_interval=0.25,
+            ping_timeout=0.25,
+            policy=tether.Backoff(0.05, jitter="none"),
+            name="signal",
+        )
         w = watch(conn, tl)
         try:
             await srv.wait_for(1)

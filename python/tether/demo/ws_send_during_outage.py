@@ -15,8 +15,13 @@ TITLE = "sends during an outage are buffered and delivered in order after the re
 
 async def run(tl):
     async with SignalServer() as srv:
-        async with tether.connect(srv.url, ping_interval=0.5, ping_timeout=0.5,
-                                  policy=tether.Backoff(0.05, max_delay=0.1, jitter="none"), name="signal") as conn:
+        async with tether.connect(
+            srv.url,
+            ping_interval=0.5,
+            ping_timeout=0.5,
+            policy=tether.Backoff(0.05, max_delay=0.1, jitter="none"),
+            name="signal",
+        ) as conn:
             w = watch(conn, tl)
             tl.fault("server goes away (connections refused)")
             srv.listening(False)

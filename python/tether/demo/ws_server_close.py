@@ -21,7 +21,7 @@ async def run(tl):
             srv.drop()
             await until(lambda: conn.stats()["connects"] == 2 and conn.state == "connected")
             await conn.send("still here")
-            while (m := await conn.recv()) != "still here":
+            while (await conn.recv()) != "still here":
                 pass
             tl.note(f"message after the reconnect echoed; losses reported: {conn.stats()['losses']}")
         await w

@@ -83,7 +83,10 @@ async def main(args) -> int:
         if args.control:
             host, _, port = args.control.rpartition(":")
             server = await asyncio.start_server(serve_lines, host or "127.0.0.1", int(port))
-            print(f"tether proxy: control on {server.sockets[0].getsockname()[0]}:{server.sockets[0].getsockname()[1]}", flush=True)
+            print(
+                f"tether proxy: control on {server.sockets[0].getsockname()[0]}:{server.sockets[0].getsockname()[1]}",
+                flush=True,
+            )
 
         def on_stdin_line(line: str) -> None:
             reply, quit_ = execute(proxy, line)
