@@ -8,12 +8,22 @@ STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 SOURCES := $(shell find src python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: demo test test-rust test-python build bench clean venv
+.PHONY: demo test test-rust test-python lint build wheel bench clean venv
 
 demo: build
 	$(PY) -m tether demo
 
 test: test-rust test-python
+
+# The gates CI runs before the tests (.ci/run). PYO3_PYTHON points pyo3's build script at the venv.
+lint: build
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+	PYO3_PYTHON=$(CURDIR)/$(PY) cargo clippy --locked --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest tether._native --allowlist stubtest-allowlist.txt
 
 test-rust:
 	cargo test --locked
@@ -32,8 +42,17 @@ venv: $(STAMP)
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "websockets>=12"
+	$(PIP) install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "websockets>=12" \
+		"ruff>=0.8" "mypy>=1.13"
 	touch $@
+
+# A release wheel installable on glibc >= 2.17 (manylinux2014): zig, from PyPI, links against old glibc
+# symbols. `auditwheel show` prints the tag it earned.
+wheel: $(STAMP)
+	$(PIP) install -q "ziglang>=0.13" "auditwheel>=6"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin build --release --locked --zig --compatibility manylinux2014 -o dist
+	$(VENV)/bin/maturin sdist -o dist
+	$(VENV)/bin/auditwheel show dist/*manylinux*.whl
 
 bench: build
 	cargo bench --locked --no-run >/dev/null 2>&1 || true

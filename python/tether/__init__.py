@@ -19,6 +19,9 @@ from ._watchdog import Alarm, Liveness, Watchdog, bounded
 
 __version__ = _native.__version__
 
+# ``tether.TimeoutError`` (a subclass of the builtin, so ``except TimeoutError`` still catches it) is left
+# out of __all__: ``from tether import *`` must not shadow the builtin name.
+
 sync_log_level()
 # from interpreter shutdown on, Rust threads stop calling into Python
 _atexit.register(_native._at_exit)
@@ -37,7 +40,6 @@ __all__ = [
     "Reconnector",
     "SendBufferFull",
     "TetherError",
-    "TimeoutError",
     "Watchdog",
     "WorkerProc",
     "bounded",

@@ -3,7 +3,7 @@
 * ``SignalServer``: an embedded Rust WebSocket server with scripted misbehaviour.
 * ``ChaosProxy``: a TCP proxy that black-holes, resets, closes, delays or throttles connections.
 
-The pytest plugin (entry point ``tether``) exposes both as fixtures.
+The pytest plugin (entry point ``tether``, module ``pytest_tether``) exposes both as fixtures.
 """
 
 from ._chaos import ChaosProxy

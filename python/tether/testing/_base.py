@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
-class _NativeServer:
-    _n: object
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs 3.11
 
-    async def start(self):
+
+class _Native(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+N = TypeVar("N", bound=_Native)
+
+
+class _NativeServer(Generic[N]):
+    _n: N
+
+    async def start(self) -> Self:
         await self._n.start()
         return self
 
     async def aclose(self) -> None:
         await self._n.aclose()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -27,7 +45,7 @@ class _NativeServer:
     def port(self) -> int:
         return self._n.port
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         return self._n.stats()
 
     def __repr__(self) -> str:

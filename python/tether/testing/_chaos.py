@@ -6,7 +6,7 @@ from .. import _native
 from ._base import _NativeServer
 
 
-class ChaosProxy(_NativeServer):
+class ChaosProxy(_NativeServer[_native.ChaosProxy]):
     """Forward 127.0.0.1:PORT -> ``upstream`` ("host:port" or (host, port)), and on command:
 
     * ``blackhole(direction="both")``: stop forwarding, no FIN, no RST (a Wi-Fi switch). Held bytes are

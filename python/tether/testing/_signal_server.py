@@ -6,7 +6,7 @@ from .. import _native
 from ._base import _NativeServer
 
 
-class SignalServer(_NativeServer):
+class SignalServer(_NativeServer[_native.SignalServer]):
     """Echoes text/binary messages and answers pings, until told to misbehave.
 
     ``async with SignalServer() as srv: srv.url`` -> ``ws://127.0.0.1:PORT/``. Misbehaviour (each takes
