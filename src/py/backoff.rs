@@ -44,7 +44,7 @@ pub fn positive_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
 
 pub fn non_negative_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
     let s = seconds(name, v)?;
-    if !s.is_finite() || s < 0.0 || s > crate::backoff::MAX_SECONDS {
+    if !s.is_finite() || !(0.0..=crate::backoff::MAX_SECONDS).contains(&s) {
         return Err(value_error(format!("{name} must be a finite number of seconds in [0, 86400], got {s}")));
     }
     Ok(s)

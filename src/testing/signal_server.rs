@@ -286,6 +286,8 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         }
     };
     let shared_cb = shared.clone();
+    // the error type is tungstenite's, fixed by the `Callback` trait
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
         shared_cb.requests.lock().unwrap_or_else(|p| p.into_inner()).push(target);
