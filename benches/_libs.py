@@ -1,7 +1,8 @@
 """One adapter per client library, each exposing that library's own public calls.
 
 `await open_conn(lib, url)` returns a `Conn` whose `send`/`send_text`/`recv` are the library's own bound
-awaitables (no wrapper in the hot path) and whose `stream` is what `async for` iterates. picows has no
+awaitables (no wrapper in the hot path) and whose `stream` is what `async for` iterates. tether receives
+through `__anext__` (what `async for` calls); the peers through their own `recv()`/`receive()`. picows has no
 awaitable send or receive: it gets the smallest adapter a user would write (a deque drained by an
 `async for`, and a send that waits only while the transport asked to pause writing, like websockets' drain).
 """
@@ -39,7 +40,8 @@ async def open_tether(url: str) -> Conn:
     import tether
 
     c = await tether.connect(url)  # default settings: what a user gets
-    return Conn(c.send, c.send, c.recv, c, c.aclose, getattr(c, "flush", None))
+    # receive through the iterator protocol, exactly what `async for msg in conn` calls
+    return Conn(c.send, c.send, aiter(c).__anext__, c, c.aclose, getattr(c, "flush", None))
 
 
 async def open_websockets(url: str) -> Conn:

@@ -59,6 +59,7 @@ class Goal:
 @dataclass
 class Workload:
     child: str
+    short: str  # the row label of the closing table
     title: str
     args: dict
     metrics: list[Metric]
@@ -71,6 +72,7 @@ RATE = [Metric("msg_s", "rate", "msg/s", True)]
 WORKLOADS = [
     Workload(
         "echo",
+        "echo round trip, 32 B",
         "echo round trip, 32 B (send, then receive the echo)",
         {"n": scale(3000, 300)},
         LAT,
@@ -81,6 +83,7 @@ WORKLOADS = [
     ),
     Workload(
         "send",
+        "`await send()` one by one, 32 B",
         "`await send()` one by one, 32 B (rate counted at the server)",
         {"seconds": scale(1.0, 0.2)},
         RATE,
@@ -88,6 +91,7 @@ WORKLOADS = [
     ),
     Workload(
         "paced",
+        "paced stream 1 msg/ms, CPU per message",
         "paced stream, 1 msg/ms of 32 B, CPU time of the client process per message",
         {"seconds": scale(3.0, 0.5)},
         [Metric("cpu_us", "cpu/msg", "µs", False)],
@@ -95,6 +99,7 @@ WORKLOADS = [
     ),
     Workload(
         "flood",
+        "flood 1 KiB into `async for`",
         "server flood of 1 KiB messages consumed with `async for`",
         {"n": scale(100_000, 10_000), "size": 1024},
         RATE,
@@ -102,6 +107,7 @@ WORKLOADS = [
     ),
     Workload(
         "flood",
+        "flood 32 B into `async for`",
         "server flood of 32 B messages consumed with `async for`",
         {"n": scale(300_000, 30_000), "size": 32},
         RATE,
@@ -109,6 +115,7 @@ WORKLOADS = [
     ),
     Workload(
         "idle",
+        f"memory per idle connection ({scale(1000, 200)} conns)",
         f"memory per idle connection, {scale(1000, 200)} connections (RSS delta / n, fresh process)",
         {"n": scale(1000, 200)},
         [Metric("kib", "memory", "KiB", False)],
@@ -173,6 +180,8 @@ def run_child(lib: str, workload: str, base: str, args: dict) -> dict | None:
 def fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "–"
+    if isinstance(v, int):
+        return str(v)
     if unit == "msg/s":
         return f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.1f} k"
     return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
@@ -222,9 +231,15 @@ def run_workload(w: Workload, base: str) -> None:
                 if rs:
                     line += "   | tether/ " + "  ".join(rs)
             print(line, flush=True)
-        extra = {lib: {k: v for k, v in (res[lib] or {}).items() if k not in values} for lib in order}
-        if any(extra.values()):
-            print("    details: " + "; ".join(f"{lib} {json.dumps(extra[lib])}" for lib in CLIENTS), flush=True)
+        details = []
+        for lib in CLIENTS:
+            extra = {k: round(v, 1) for k, v in (res[lib] or {}).items() if k not in values}
+            if extra.get("received", 0) < extra.get("sent", 0):
+                extra["LOST"] = extra["sent"] - extra["received"]
+            if extra:
+                details.append(f"{lib} " + " ".join(f"{k}={v:g}" for k, v in extra.items()))
+        if details:
+            print("    details: " + "; ".join(details), flush=True)
     print(f"  over {ROUNDS} rounds, min / median / max:")
     for m in w.metrics:
         for lib in CLIENTS:
@@ -243,7 +258,7 @@ def run_workload(w: Workload, base: str) -> None:
         goals.append(f"{g.text}: {verdict}")
     for m in w.metrics:
         med = {lib: statistics.median(values[m.key][lib]) if values[m.key][lib] else None for lib in CLIENTS}
-        TABLE.append((f"{w.title.split(' (')[0]}, {m.label} ({m.unit})", med, "; ".join(goals) if m is w.metrics[0] else ""))
+        TABLE.append((f"{w.short}, {m.label} ({m.unit})", med, "; ".join(goals) if m is w.metrics[0] else ""))
 
 
 def run_unstarted(base: str) -> None:
@@ -255,7 +270,9 @@ def run_unstarted(base: str) -> None:
         if res:
             rss.append(res["rss_kib"])
             traced.append(res["traced_kib"])
-            print(f"  round {r + 1}: RSS {res['rss_kib']:.2f} KiB each, Python heap (tracemalloc) {res['traced_kib']:.2f} KiB each")
+            print(
+                f"  round {r + 1}: RSS {res['rss_kib']:.2f} KiB each, Python heap (tracemalloc) {res['traced_kib']:.2f} KiB each"
+            )
     if rss:
         med = statistics.median(rss)
         verdict = f"median {med:.2f} KiB -> {'MET' if med <= 4 else 'MISSED'}"
@@ -317,11 +334,16 @@ def window_max(ts: list[float], width: float = 0.1) -> int:
 
 def run_herd(base: str) -> None:
     libs = [lib for lib in ("tether", "websockets") if lib in CLIENTS]
+    # the goal is set for 1,000 clients (300 per 100 ms); a smaller herd keeps the same share
+    cap = round(300 * HERD_N / 1000)
     print(
         f"\n== herd: {HERD_N} clients with default settings, the server aborts them all at once"
-        f"  [goal for tether: ≤ 300 re-handshakes in any 100 ms window, all back within 2 s]",
+        f"  [goal for tether: ≤ {cap} re-handshakes in any 100 ms window, all back within 2 s]",
         flush=True,
     )
+    peaks: dict[str, float | None] = {}
+    backs: dict[str, float | None] = {}
+    verdict = ""
     for lib in libs:
         rep = herd_once(lib, base, HERD_N)
         if rep is None:
@@ -329,22 +351,26 @@ def run_herd(base: str) -> None:
         hs = rep["handshakes"]
         peak = window_max(hs) if hs else 0
         back = rep["all_back"]
+        peaks[lib], backs[lib] = peak, back
         buckets = [0] * 20
         for t in hs:
             if t < 2.0:
                 buckets[int(t * 10)] += 1
         back_s = f"{back:.2f} s" if back is not None else f"not all back after 20 s ({rep['connected']}/{HERD_N})"
-        print(f"  {lib}: dropped {rep['dropped']}, {len(hs)} re-handshakes; max in any 100 ms window {peak}; all back after {back_s}")
+        print(
+            f"  {lib}: dropped {rep['dropped']}, {len(hs)} re-handshakes; max in any 100 ms window {peak}; all back after {back_s}"
+        )
         print(f"    re-handshakes per 100 ms over the first 2 s: {' '.join(map(str, buckets))}")
         if hs:
-            print(f"    first {min(hs) * 1000:.0f} ms, median {statistics.median(hs) * 1000:.0f} ms, last {max(hs) * 1000:.0f} ms after the drop")
+            print(
+                f"    first {min(hs) * 1000:.0f} ms, median {statistics.median(hs) * 1000:.0f} ms, last {max(hs) * 1000:.0f} ms after the drop"
+            )
         if lib == "tether":
-            met = peak <= 300 and back is not None and back <= 2.0
-            verdict = f"peak {peak}/100 ms, back in {back_s} -> {'MET' if met else 'MISSED'}"
-            print(f"  goal: ≤ 300 per 100 ms and all back ≤ 2 s: {verdict}", flush=True)
-            TABLE.append((f"herd of {HERD_N}, max re-handshakes per 100 ms", {"tether": peak}, verdict))
-        else:
-            TABLE.append((f"herd of {HERD_N}, max re-handshakes per 100 ms", {lib: peak}, ""))
+            met = peak <= cap and back is not None and back <= 2.0
+            verdict = f"≤ {cap} per 100 ms, all back ≤ 2 s: {'MET' if met else 'MISSED'}"
+            print(f"  goal: {verdict}", flush=True)
+    TABLE.append((f"herd of {HERD_N}: max re-handshakes in 100 ms", peaks, verdict))
+    TABLE.append((f"herd of {HERD_N}: all back after (s)", backs, ""))
 
 
 def print_table() -> None:
