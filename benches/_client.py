@@ -118,12 +118,14 @@ async def paced(lib: str, base: str, seconds: str = "3.0") -> dict:
             await sleep(delay)
     floor = time.process_time() - cpu0
     await c.close()
+    cpu_us, floor_us = cpu / max(received, 1) * 1e6, floor / max(m, 1) * 1e6
     return {
-        "cpu_us": cpu / max(received, 1) * 1e6,
+        "cpu_us": cpu_us,
         "sent": n,
         "received": received,
         "rate": received / wall,
-        "loop_floor_us": floor / max(m, 1) * 1e6,
+        "loop_floor_us": floor_us,
+        "above_floor_us": cpu_us - floor_us,
     }
 
 
