@@ -253,7 +253,7 @@ def run_workload(w: Workload, base: str) -> None:
             verdict = "not measured"
         else:
             med = statistics.median(rs)
-            verdict = f"median ratio {med:.2f} -> {'MET' if holds(g.op, med, g.factor) else 'MISSED'}"
+            verdict = f"median ratio {med:.3f} -> {'MET' if holds(g.op, med, g.factor) else 'MISSED'}"
         print(f"  goal: {g.text} (tether/{g.peer} {g.op} {g.factor:g}): {verdict}", flush=True)
         goals.append(f"{g.text}: {verdict}")
     for m in w.metrics:
@@ -387,6 +387,9 @@ def print_table() -> None:
 
 
 def main() -> None:
+    unknown = set(CLIENTS) - set(LIBS)
+    if unknown:
+        raise SystemExit(f"LIBS: unknown client {', '.join(sorted(unknown))} (known: {', '.join(LIBS)})")
     load = os.getloadavg()[0]
     print(
         f"clients: {', '.join(CLIENTS)}; {ROUNDS} rounds; {'QUICK sizes; ' if QUICK else ''}"
