@@ -20,40 +20,13 @@ its stdin closes.
 from __future__ import annotations
 
 import asyncio
-import json
-import struct
 import sys
-import time
 import urllib.parse
 
+from _serving import Herd, frame_bytes
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_create_server
 
 DATA = (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION)
-
-
-class Herd:
-    def __init__(self) -> None:
-        self.conns: set[WSTransport] = set()
-        self.dropped_at: float | None = None
-        self.expected = 0
-        self.handshakes: list[float] = []
-        self.all_back: float | None = None
-
-    def joined(self, t: WSTransport) -> None:
-        self.conns.add(t)
-        if self.dropped_at is not None:
-            now = time.monotonic() - self.dropped_at
-            self.handshakes.append(now)
-            if self.all_back is None and len(self.conns) >= self.expected:
-                self.all_back = now
-
-    def drop(self, expected: int) -> int:
-        self.expected, self.handshakes, self.all_back = expected, [], None
-        victims, self.conns = list(self.conns), set()
-        self.dropped_at = time.monotonic()
-        for t in victims:
-            t.disconnect(graceful=False)
-        return len(victims)
 
 
 HERD = Herd()
@@ -86,17 +59,6 @@ class Sink(Base):
             t.send(WSMsgType.TEXT, str(self.count).encode())
         else:
             self.count += 1
-
-
-def frame_bytes(size: int) -> bytes:
-    # server-to-client frames are unmasked: FIN|binary, then the length
-    if size < 126:
-        head = struct.pack("!BB", 0x82, size)
-    elif size < 65536:
-        head = struct.pack("!BBH", 0x82, 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x82, 127, size)
-    return head + b"x" * size
 
 
 class Flood(Base):
@@ -138,24 +100,15 @@ class Flood(Base):
 
 class HerdMember(Base):
     def on_ws_connected(self, t):
-        HERD.joined(t)
+        HERD.joined(t, lambda: t.disconnect(graceful=False))
 
     def on_ws_disconnected(self, t):
-        HERD.conns.discard(t)
+        HERD.left(t)
 
 
 class Control(Base):
     def on_message(self, t, frame):
-        cmd = frame.get_payload_as_bytes().decode().split()
-        if cmd[0] == "herd":
-            reply = str(len(HERD.conns))
-        elif cmd[0] == "drop":
-            reply = str(HERD.drop(int(cmd[1])))
-        elif cmd[0] == "report":
-            reply = json.dumps({"handshakes": HERD.handshakes, "all_back": HERD.all_back, "connected": len(HERD.conns)})
-        else:
-            reply = "error: unknown command"
-        t.send(WSMsgType.TEXT, reply.encode())
+        t.send(WSMsgType.TEXT, HERD.command(frame.get_payload_as_bytes().decode()).encode())
 
 
 ROUTES = {"/echo": Echo, "/sink": Sink, "/flood": Flood, "/idle": Base, "/herd": HerdMember, "/control": Control}

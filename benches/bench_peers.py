@@ -7,7 +7,8 @@ order, and the tether/peer ratio is taken within the round. The summary gives mi
 rounds and checks each goal of issue 11 on the median ratio.
 
 Environment: QUICK=1 (small sizes, a smoke run), ROUNDS=n (default 3), LIBS=tether,websockets,...
-(default: all four), HERD=n (clients in the herd test, default 1000).
+(default: all four), HERD=n (clients in the herd test, default 1000), SERVER=websockets (the same server
+written with websockets instead of picows, a cross-check).
 Run: make bench   (or .venv/bin/python benches/bench_peers.py)
 """
 
@@ -32,6 +33,8 @@ QUICK = os.environ.get("QUICK") == "1"
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 CLIENTS = [x for x in os.environ.get("LIBS", ",".join(LIBS)).split(",") if x]
 HERD_N = int(os.environ.get("HERD", "200" if QUICK else "1000"))
+SERVERS = {"picows": "_server.py", "websockets": "_server_websockets.py"}
+SERVER = os.environ.get("SERVER", "picows")
 CHILD_TIMEOUT = 180.0
 
 
@@ -151,7 +154,7 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([PY, str(HERE / "_server.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([PY, str(HERE / SERVERS[SERVER])], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     line = read_line(proc, 30.0)
     if not line or not line.startswith("PORT "):
         stop(proc, 5)
@@ -390,6 +393,8 @@ def main() -> None:
     unknown = set(CLIENTS) - set(LIBS)
     if unknown:
         raise SystemExit(f"LIBS: unknown client {', '.join(sorted(unknown))} (known: {', '.join(LIBS)})")
+    if SERVER not in SERVERS:
+        raise SystemExit(f"SERVER: unknown server {SERVER} (known: {', '.join(SERVERS)})")
     load = os.getloadavg()[0]
     print(
         f"clients: {', '.join(CLIENTS)}; {ROUNDS} rounds; {'QUICK sizes; ' if QUICK else ''}"
@@ -397,7 +402,7 @@ def main() -> None:
     )
     server, base = start_server()
     try:
-        print(f"server: benches/_server.py (picows) at {base}, pid {server.pid}")
+        print(f"server: benches/{SERVERS[SERVER]} ({SERVER}) at {base}, pid {server.pid}")
         for w in WORKLOADS:
             run_workload(w, base)
         if "tether" in CLIENTS:
