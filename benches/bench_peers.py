@@ -36,6 +36,7 @@ HERD_N = int(os.environ.get("HERD", "200" if QUICK else "1000"))
 SERVERS = {"picows": "_server.py", "websockets": "_server_websockets.py"}
 SERVER = os.environ.get("SERVER", "picows")
 CHILD_TIMEOUT = 180.0
+FAILURES: list[str] = []  # measurements that gave no figure: the run exits non-zero
 
 
 def scale(full, quick):
@@ -168,11 +169,13 @@ def run_child(lib: str, workload: str, base: str, args: dict) -> dict | None:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         print(f"    {lib} {workload}: no result within {CHILD_TIMEOUT:.0f} s", flush=True)
+        FAILURES.append(f"{lib} {workload}")
         return None
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
         tail = "\n      ".join(p.stderr.strip().splitlines()[-5:])
         print(f"    {lib} {workload}: failed (exit {p.returncode})\n      {tail}", flush=True)
+        FAILURES.append(f"{lib} {workload}")
         return None
     return json.loads(lines[-1])
 
@@ -306,6 +309,7 @@ def herd_once(lib: str, base: str, n: int) -> dict | None:
         if read_line(proc, CHILD_TIMEOUT) != "ready":
             err.seek(0)
             print(f"    {lib}: the herd did not connect: {err.read().decode()[-600:]}", flush=True)
+            FAILURES.append(f"{lib} herd")
             return None
         with control(base) as ctl:
             deadline = time.monotonic() + 30
@@ -412,6 +416,8 @@ def main() -> None:
         stop(server, 10)
     print_table()
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+    if FAILURES:
+        raise SystemExit(f"no figure from: {', '.join(FAILURES)}")
 
 
 if __name__ == "__main__":
