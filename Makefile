@@ -54,8 +54,9 @@ wheel: $(STAMP)
 	$(VENV)/bin/maturin sdist -o dist
 	$(VENV)/bin/auditwheel show dist/*manylinux*.whl
 
+# QUICK=1 for a smoke run; ROUNDS, LIBS, HERD pass through (benches/README.md)
 bench: build
-	cargo bench --locked --no-run >/dev/null 2>&1 || true
+	$(PIP) install -q -r benches/requirements.txt
 	$(PY) benches/run_all.py
 
 clean:
