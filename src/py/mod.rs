@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod backoff;
 mod bridge;
 mod chaos;
+mod completer;
 mod connection;
 mod errors;
 mod events;

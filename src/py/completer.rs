@@ -1,0 +1,273 @@
+//! Hands results of Rust futures to their asyncio loop as data, a batch per wake-up.
+//!
+//! pyo3-async-runtimes completed every future from a blocking-pool thread that took the GIL and called
+//! `call_soon_threadsafe`: one thread per pending completion (up to 512) and 60-90 µs per result. Here
+//! a tokio thread only pushes the finished job onto its loop's queue, without the GIL, and writes one
+//! byte to a socket the loop watches (`add_reader`) when the queue was empty. The loop thread drains
+//! the whole batch: it builds the Python objects and completes the futures. Loops without `add_reader`
+//! (Windows' Proactor) get one `call_soon_threadsafe` per batch instead, through the atexit gate.
+//!
+//! One completer per (process, loop): a forked child never reads or writes its parent's socket.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::intern;
+use pyo3::IntoPyObjectExt;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use tokio::runtime::Runtime as TokioRuntime;
+use tokio::task::AbortHandle;
+
+/// Work for the loop thread; runs with the GIL, inside a drain.
+pub type Job = Box<dyn for<'py> FnOnce(Python<'py>, &Completer) + Send>;
+
+pub struct Completer {
+    pid: u32,
+    runtime: &'static TokioRuntime,
+    queue: Mutex<Vec<Job>>,
+    /// Futures waiting for a result, by id; only touched on the loop thread.
+    pending: Mutex<HashMap<u64, Py<PyAny>>>,
+    next_id: AtomicU64,
+    wake: Wake,
+}
+
+enum Wake {
+    #[cfg(unix)]
+    Socket { tx: std::os::unix::net::UnixStream, rx: std::os::unix::net::UnixStream },
+    Threadsafe { call_soon_threadsafe: Py<PyAny> },
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Completer {
+    /// The tokio runtime of the process this completer belongs to.
+    pub fn runtime(&self) -> &'static TokioRuntime {
+        self.runtime
+    }
+
+    /// Keep `fut` until `deliver(id, ..)` completes it or its cancellation forgets it.
+    fn register(&self, fut: Py<PyAny>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert(id, fut);
+        id
+    }
+
+    fn forget(&self, id: u64) -> Option<Py<PyAny>> {
+        lock(&self.pending).remove(&id)
+    }
+
+    /// Queue `job` for the loop thread; callable from any thread, never takes the GIL (except the
+    /// fallback wake of a loop without `add_reader`).
+    pub fn push(self: &Arc<Self>, job: Job) {
+        let was_empty = {
+            let mut q = lock(&self.queue);
+            q.push(job);
+            q.len() == 1
+        };
+        if was_empty {
+            self.wake();
+        }
+    }
+
+    /// Complete future `id` with `result` on the loop thread; the conversion to Python happens there.
+    pub fn deliver<T>(self: &Arc<Self>, id: u64, result: PyResult<T>)
+    where
+        T: for<'py> IntoPyObject<'py> + Send + 'static,
+    {
+        self.push(Box::new(move |py, c| {
+            if let Some(fut) = c.forget(id) {
+                let fut = fut.into_bound(py);
+                // cancelled, but its done-callback has not run yet
+                if !fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
+                    complete(&fut, result);
+                }
+            }
+        }));
+    }
+
+    fn wake(self: &Arc<Self>) {
+        match &self.wake {
+            #[cfg(unix)]
+            Wake::Socket { tx, .. } => {
+                use std::io::Write;
+                // WouldBlock: bytes are already waiting, so a drain is coming anyway
+                let _ = (&*tx).write(&[1]);
+            }
+            Wake::Threadsafe { call_soon_threadsafe } => {
+                let me = self.clone();
+                let _ = super::with_python(|py| -> PyResult<()> {
+                    call_soon_threadsafe.call1(py, (Py::new(py, Drain { completer: me })?,))?;
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    fn drain(&self, py: Python<'_>) {
+        #[cfg(unix)]
+        if let Wake::Socket { rx, .. } = &self.wake {
+            use std::io::Read;
+            // read the wake bytes before taking the queue: a push after the take writes a new one
+            let mut buf = [0u8; 64];
+            loop {
+                match (&*rx).read(&mut buf) {
+                    Ok(n) if n == buf.len() => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    _ => break,
+                }
+            }
+        }
+        let jobs = std::mem::take(&mut *lock(&self.queue));
+        for job in jobs {
+            job(py, self);
+        }
+    }
+}
+
+/// Set `result` (converted here, on the loop thread) or its exception on the asyncio future `fut`.
+pub fn complete<T>(fut: &Bound<'_, PyAny>, result: PyResult<T>)
+where
+    T: for<'py> IntoPyObject<'py>,
+{
+    let py = fut.py();
+    let value = result.and_then(|v| v.into_py_any(py));
+    let set = match value {
+        Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,)),
+        Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),)),
+    };
+    if let Err(e) = set {
+        e.write_unraisable(py, Some(fut));
+    }
+}
+
+/// The loop's reader callback (or the fallback's scheduled callback): runs one batch.
+#[pyclass(module = "tether._native", frozen)]
+pub struct Drain {
+    completer: Arc<Completer>,
+}
+
+#[pymethods]
+impl Drain {
+    fn __call__(&self, py: Python<'_>) {
+        self.completer.drain(py);
+    }
+}
+
+/// Done-callback of a pending future: if it finished without a result from Rust (cancelled), abort the
+/// tokio task so the Rust work stops with it.
+#[pyclass(module = "tether._native", frozen)]
+pub struct AbortOnCancel {
+    id: u64,
+    abort: AbortHandle,
+    completer: Arc<Completer>,
+}
+
+#[pymethods]
+impl AbortOnCancel {
+    fn __call__(&self, _fut: &Bound<'_, PyAny>) {
+        if self.completer.forget(self.id).is_some() {
+            self.abort.abort();
+        }
+    }
+}
+
+/// Keeps a loop's completer in `COMPLETERS`, a WeakKeyDictionary keyed by the loop.
+#[pyclass(module = "tether._native", frozen)]
+struct Entry {
+    completer: Arc<Completer>,
+}
+
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static COMPLETERS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+thread_local! {
+    /// The last loop this thread asked for, and its completer: the common case costs a pointer compare.
+    static CURRENT: RefCell<Option<(Py<PyAny>, Arc<Completer>)>> = const { RefCell::new(None) };
+}
+
+/// The running loop of this thread and its completer (created on first use, again after a fork).
+pub fn for_running_loop(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Arc<Completer>)> {
+    let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+    let pid = std::process::id();
+    let hit = CURRENT.with(|cur| {
+        cur.borrow()
+            .as_ref()
+            .filter(|(l, c)| l.as_ptr() == event_loop.as_ptr() && c.pid == pid)
+            .map(|(_, c)| c.clone())
+    });
+    if let Some(c) = hit {
+        return Ok((event_loop, c));
+    }
+    let c = lookup_or_create(py, &event_loop, pid)?;
+    // the previous pair is dropped outside the borrow: a loop's finalizer may call back into tether
+    let previous = CURRENT.with(|cur| cur.replace(Some((event_loop.clone().unbind(), c.clone()))));
+    drop(previous);
+    Ok((event_loop, c))
+}
+
+fn lookup_or_create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<Arc<Completer>> {
+    let registry = COMPLETERS
+        .get_or_try_init(py, || -> PyResult<_> {
+            Ok(py.import("weakref")?.getattr("WeakKeyDictionary")?.call0()?.unbind())
+        })?
+        .bind(py);
+    if let Ok(entry) = registry.call_method1(intern!(py, "get"), (event_loop,)) {
+        if let Ok(entry) = entry.cast::<Entry>() {
+            if entry.get().completer.pid == pid {
+                return Ok(entry.get().completer.clone());
+            }
+        }
+    }
+    let c = create(py, event_loop, pid)?;
+    // a loop that cannot be weakly referenced is only remembered by the thread-local cache
+    let _ = registry.set_item(event_loop, Entry { completer: c.clone() });
+    Ok(c)
+}
+
+fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<Arc<Completer>> {
+    let runtime = super::runtime::get();
+    let new = |wake| Completer {
+        pid,
+        runtime,
+        queue: Mutex::new(Vec::new()),
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+        wake,
+    };
+    #[cfg(unix)]
+    if let Ok((tx, rx)) = std::os::unix::net::UnixStream::pair() {
+        use std::os::fd::AsRawFd;
+        if tx.set_nonblocking(true).is_ok() && rx.set_nonblocking(true).is_ok() {
+            let fd = rx.as_raw_fd();
+            let c = Arc::new(new(Wake::Socket { tx, rx }));
+            let drain = Py::new(py, Drain { completer: c.clone() })?;
+            if event_loop.call_method1(intern!(py, "add_reader"), (fd, drain)).is_ok() {
+                return Ok(c);
+            }
+        }
+    }
+    let call_soon_threadsafe = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?.unbind();
+    Ok(Arc::new(new(Wake::Threadsafe { call_soon_threadsafe })))
+}
+
+/// A future whose result Rust will deliver: registered, with its cancellation wired to `abort`.
+pub fn watch(
+    py: Python<'_>,
+    completer: &Arc<Completer>,
+    fut: &Bound<'_, PyAny>,
+    spawn: impl FnOnce(u64) -> AbortHandle,
+) -> PyResult<()> {
+    let id = completer.register(fut.clone().unbind());
+    let abort = spawn(id);
+    let callback = AbortOnCancel { id, abort: abort.clone(), completer: completer.clone() };
+    fut.call_method1(intern!(py, "add_done_callback"), (callback,)).inspect_err(|_| {
+        abort.abort();
+        completer.forget(id);
+    })?;
+    Ok(())
+}
