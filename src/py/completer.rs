@@ -11,15 +11,18 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use pyo3::intern;
-use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::IntoPyObjectExt;
+use pyo3_async_runtimes::err::RustPanic;
 use tokio::runtime::Runtime as TokioRuntime;
-use tokio::task::AbortHandle;
+
+use super::parked::Parked;
 
 /// Work for the loop thread; runs with the GIL, inside a drain.
 pub type Job = Box<dyn for<'py> FnOnce(Python<'py>, &Completer) + Send>;
@@ -28,10 +31,18 @@ pub struct Completer {
     pid: u32,
     runtime: &'static TokioRuntime,
     queue: Mutex<Vec<Job>>,
-    /// Futures waiting for a result, by id; only touched on the loop thread.
-    pending: Mutex<HashMap<u64, Py<PyAny>>>,
+    /// Futures waiting for a result, by address (unique while held here); only touched on the loop thread.
+    pending: Mutex<HashMap<usize, Waiting>>,
     next_id: AtomicU64,
+    /// The done-callback shared by every pending future of this loop (`OnDone`).
+    on_done: OnceLock<Py<PyAny>>,
     wake: Wake,
+}
+
+struct Waiting {
+    id: u64,
+    fut: Py<PyAny>,
+    parked: Arc<Parked>,
 }
 
 enum Wake {
@@ -50,15 +61,30 @@ impl Completer {
         self.runtime
     }
 
-    /// Keep `fut` until `deliver(id, ..)` completes it or its cancellation forgets it.
-    fn register(&self, fut: Py<PyAny>) -> u64 {
+    /// `fut` (polled once, pending, its waker `parked`) completes `py_fut` through this queue;
+    /// cancelling `py_fut` stops it.
+    pub fn watch<F, T>(self: &Arc<Self>, py_fut: &Bound<'_, PyAny>, parked: Arc<Parked>, fut: F) -> PyResult<()>
+    where
+        F: Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'py> IntoPyObject<'py> + Send + 'static,
+    {
+        let py = py_fut.py();
+        let key = py_fut.as_ptr() as usize;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pending).insert(id, fut);
-        id
-    }
-
-    fn forget(&self, id: u64) -> Option<Py<PyAny>> {
-        lock(&self.pending).remove(&id)
+        lock(&self.pending).insert(key, Waiting { id, fut: py_fut.clone().unbind(), parked: parked.clone() });
+        let on_done = self.on_done.get().expect("set at creation");
+        if let Err(e) = py_fut.call_method1(intern!(py, "add_done_callback"), (on_done,)) {
+            lock(&self.pending).remove(&key);
+            parked.cancel();
+            return Err(e);
+        }
+        let me = self.clone();
+        // no drain can complete `py_fut` before this returns: drains run on this (the loop's) thread
+        parked.park(Box::pin(async move {
+            let r = fut.await;
+            me.deliver(key, id, r);
+        }));
+        Ok(())
     }
 
     /// Queue `job` for the loop thread; callable from any thread, never takes the GIL (except the
@@ -74,18 +100,25 @@ impl Completer {
         }
     }
 
-    /// Complete future `id` with `result` on the loop thread; the conversion to Python happens there.
-    pub fn deliver<T>(self: &Arc<Self>, id: u64, result: PyResult<T>)
+    fn deliver<T>(self: &Arc<Self>, key: usize, id: u64, result: PyResult<T>)
     where
         T: for<'py> IntoPyObject<'py> + Send + 'static,
     {
         self.push(Box::new(move |py, c| {
-            if let Some(fut) = c.forget(id) {
-                let fut = fut.into_bound(py);
-                // cancelled, but its done-callback has not run yet
-                if !fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
-                    complete(&fut, result);
+            let waiting = {
+                let mut pending = lock(&c.pending);
+                match pending.get(&key) {
+                    Some(w) if w.id == id => pending.remove(&key),
+                    _ => None, // cancelled and forgotten
                 }
+            };
+            if let Some(w) = waiting {
+                let fut = w.fut.bind(py);
+                // the callback only matters for a cancellation, and there is nothing left to abort
+                if let Some(on_done) = c.on_done.get() {
+                    let _ = fut.call_method1(intern!(py, "remove_done_callback"), (on_done,));
+                }
+                complete(fut, result);
             }
         }));
     }
@@ -141,7 +174,10 @@ where
         Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),)),
     };
     if let Err(e) = set {
-        e.write_unraisable(py, Some(fut));
+        // cancelled in the meantime: the result has nobody left to go to
+        if !fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false) {
+            e.write_unraisable(py, Some(fut));
+        }
     }
 }
 
@@ -158,20 +194,21 @@ impl Drain {
     }
 }
 
-/// Done-callback of a pending future: if it finished without a result from Rust (cancelled), abort the
-/// tokio task so the Rust work stops with it.
+/// Done-callback of the pending futures: one that finished without a result from Rust was cancelled,
+/// so the Rust future is dropped (or its tokio task aborted) and the work stops with it.
 #[pyclass(module = "tether._native", frozen)]
-pub struct AbortOnCancel {
-    id: u64,
-    abort: AbortHandle,
-    completer: Arc<Completer>,
+struct OnDone {
+    completer: Weak<Completer>,
 }
 
 #[pymethods]
-impl AbortOnCancel {
-    fn __call__(&self, _fut: &Bound<'_, PyAny>) {
-        if self.completer.forget(self.id).is_some() {
-            self.abort.abort();
+impl OnDone {
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        if let Some(c) = self.completer.upgrade() {
+            let waiting = lock(&c.pending).remove(&(fut.as_ptr() as usize));
+            if let Some(w) = waiting {
+                w.parked.cancel();
+            }
         }
     }
 }
@@ -231,20 +268,25 @@ fn lookup_or_create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> 
 
 fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<Arc<Completer>> {
     let runtime = super::runtime::get();
-    let new = |wake| Completer {
-        pid,
-        runtime,
-        queue: Mutex::new(Vec::new()),
-        pending: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(0),
-        wake,
+    let new = |wake| -> PyResult<Arc<Completer>> {
+        let c = Arc::new(Completer {
+            pid,
+            runtime,
+            queue: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            on_done: OnceLock::new(),
+            wake,
+        });
+        let _ = c.on_done.set(Py::new(py, OnDone { completer: Arc::downgrade(&c) })?.into_any());
+        Ok(c)
     };
     #[cfg(unix)]
     if let Ok((tx, rx)) = std::os::unix::net::UnixStream::pair() {
         use std::os::fd::AsRawFd;
         if tx.set_nonblocking(true).is_ok() && rx.set_nonblocking(true).is_ok() {
             let fd = rx.as_raw_fd();
-            let c = Arc::new(new(Wake::Socket { tx, rx }));
+            let c = new(Wake::Socket { tx, rx })?;
             let drain = Py::new(py, Drain { completer: c.clone() })?;
             if event_loop.call_method1(intern!(py, "add_reader"), (fd, drain)).is_ok() {
                 return Ok(c);
@@ -252,22 +294,14 @@ fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<A
         }
     }
     let call_soon_threadsafe = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?.unbind();
-    Ok(Arc::new(new(Wake::Threadsafe { call_soon_threadsafe })))
+    new(Wake::Threadsafe { call_soon_threadsafe })
 }
 
-/// A future whose result Rust will deliver: registered, with its cancellation wired to `abort`.
-pub fn watch(
-    py: Python<'_>,
-    completer: &Arc<Completer>,
-    fut: &Bound<'_, PyAny>,
-    spawn: impl FnOnce(u64) -> AbortHandle,
-) -> PyResult<()> {
-    let id = completer.register(fut.clone().unbind());
-    let abort = spawn(id);
-    let callback = AbortOnCancel { id, abort: abort.clone(), completer: completer.clone() };
-    fut.call_method1(intern!(py, "add_done_callback"), (callback,)).inspect_err(|_| {
-        abort.abort();
-        completer.forget(id);
-    })?;
-    Ok(())
+pub fn panicked(panic: Box<dyn std::any::Any + Send>) -> PyErr {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown error".into());
+    RustPanic::new_err(format!("rust future panicked: {msg}"))
 }

@@ -11,6 +11,7 @@ mod connection;
 mod errors;
 mod events;
 pub(crate) mod logging;
+mod parked;
 mod procpool;
 mod readiness;
 mod reconnect;

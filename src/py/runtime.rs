@@ -7,19 +7,18 @@
 //! threads that do not exist). Nothing is built at import: the first awaitable builds it.
 
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::task::noop_waker_ref;
 use futures_util::FutureExt;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3_async_runtimes::err::RustPanic;
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::Runtime as TokioRuntime;
 
 use super::completer;
+use super::parked::Parked;
 
 static RUNTIME: Mutex<Option<(u32, &'static TokioRuntime)>> = Mutex::new(None);
 
@@ -44,8 +43,8 @@ pub fn get() -> &'static TokioRuntime {
 }
 
 /// An awaitable for `fut`, completed on the calling loop's thread (see `completer`); cancelling it
-/// aborts `fut`. A future that is ready on its first poll (a buffered message, a free slot) is polled
-/// right here and returned already done, without touching tokio's threads.
+/// drops `fut`. The first poll happens right here: a future ready at once (a buffered message, a free
+/// slot) is returned already done, and a pending one reaches tokio only when woken (see `parked`).
 pub fn future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
@@ -53,39 +52,22 @@ where
 {
     let (event_loop, completer) = completer::for_running_loop(py)?;
     let py_fut = event_loop.call_method0(intern!(py, "create_future"))?;
-    let mut fut = Box::pin(fut);
+    let parked = Parked::new(completer.runtime());
+    let waker = Waker::from(parked.clone());
+    let mut fut = Box::pin(AssertUnwindSafe(fut).catch_unwind());
     let first = {
         // tokio timers and spawns need the runtime's context even off its threads
         let _rt = completer.runtime().enter();
-        let mut cx = Context::from_waker(noop_waker_ref());
-        catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)))
+        fut.as_mut().poll(&mut Context::from_waker(&waker))
     };
     match first {
-        Ok(Poll::Ready(r)) => completer::complete(&py_fut, r),
-        Err(panic) => completer::complete::<T>(&py_fut, Err(panicked(panic))),
-        Ok(Poll::Pending) => {
-            let c = completer.clone();
-            completer::watch(py, &completer, &py_fut, |id| {
-                completer
-                    .runtime()
-                    .spawn(async move {
-                        let r = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|p| Err(panicked(p)));
-                        c.deliver(id, r);
-                    })
-                    .abort_handle()
-            })?;
+        Poll::Ready(r) => completer::complete(&py_fut, r.unwrap_or_else(|p| Err(completer::panicked(p)))),
+        Poll::Pending => {
+            let fut = fut.map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
+            completer.watch(&py_fut, parked, fut)?
         }
     }
     Ok(py_fut)
-}
-
-fn panicked(panic: Box<dyn std::any::Any + Send>) -> PyErr {
-    let msg = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown error".into());
-    RustPanic::new_err(format!("rust future panicked: {msg}"))
 }
 
 /// The running event loop and contextvars of the calling task.
