@@ -7,8 +7,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use pyo3::prelude::*;
 use pyo3::exceptions::asyncio::CancelledError;
+use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
 use tokio::sync::oneshot;
 

@@ -47,8 +47,13 @@ struct Waiting {
 
 enum Wake {
     #[cfg(unix)]
-    Socket { tx: std::os::unix::net::UnixStream, rx: std::os::unix::net::UnixStream },
-    Threadsafe { call_soon_threadsafe: Py<PyAny> },
+    Socket {
+        tx: std::os::unix::net::UnixStream,
+        rx: std::os::unix::net::UnixStream,
+    },
+    Threadsafe {
+        call_soon_threadsafe: Py<PyAny>,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -232,10 +237,7 @@ pub fn for_running_loop(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Arc<Compl
     let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
     let pid = std::process::id();
     let hit = CURRENT.with(|cur| {
-        cur.borrow()
-            .as_ref()
-            .filter(|(l, c)| l.as_ptr() == event_loop.as_ptr() && c.pid == pid)
-            .map(|(_, c)| c.clone())
+        cur.borrow().as_ref().filter(|(l, c)| l.as_ptr() == event_loop.as_ptr() && c.pid == pid).map(|(_, c)| c.clone())
     });
     if let Some(c) = hit {
         return Ok((event_loop, c));

@@ -17,7 +17,9 @@ pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 enum Stage {
     /// The first poll is under way; `woken` if its waker already fired.
-    Polling { woken: bool },
+    Polling {
+        woken: bool,
+    },
     Parked(Task),
     Running(AbortHandle),
     Cancelled,
