@@ -91,7 +91,9 @@ async def one_pending(srv, n: int = 200) -> tuple[float, float]:
 
 
 def line(name: str, xs: list[float]) -> str:
-    return f"{name:<44} min {min(xs) * 1e6:7.2f}  median {statistics.median(xs) * 1e6:7.2f}  max {max(xs) * 1e6:7.2f} µs"
+    return (
+        f"{name:<44} min {min(xs) * 1e6:7.2f}  median {statistics.median(xs) * 1e6:7.2f}  max {max(xs) * 1e6:7.2f} µs"
+    )
 
 
 async def main() -> None:

@@ -126,9 +126,7 @@ def test_a_loop_without_add_reader_still_gets_its_results():
 
 
 def run_script(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=90
-    )
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=90)
 
 
 PROBE = """

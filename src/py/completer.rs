@@ -290,7 +290,11 @@ fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<A
             let fd = rx.as_raw_fd();
             let c = new(Wake::Socket { tx, rx })?;
             let drain = Py::new(py, Drain { completer: c.clone() })?;
-            if event_loop.call_method1(intern!(py, "add_reader"), (fd, drain)).is_ok() {
+            // registered from an empty context: the reader's handle would otherwise keep a copy of
+            // this caller's contextvars for the loop's lifetime
+            let add_reader = event_loop.getattr(intern!(py, "add_reader"))?;
+            let empty = py.import("contextvars")?.getattr("Context")?.call0()?;
+            if empty.call_method1(intern!(py, "run"), (add_reader, fd, drain)).is_ok() {
                 return Ok(c);
             }
         }
