@@ -64,6 +64,31 @@ async def test_cancelling_a_pending_awaitable_leaves_the_others_working():
         await srv.aclose()
 
 
+async def test_timer_completions_racing_cancellations_lose_nothing():
+    import random
+
+    rng = random.Random(7)
+    srv = _native.SignalServer()
+    await srv.start()
+    try:
+        # each resolves to False when its tokio timer fires; a third are cancelled while in flight
+        futs = [srv.wait_for(10**9, timeout=rng.uniform(0.001, 0.05), key="tcp_accepts") for _ in range(5000)]
+        doomed = set(rng.sample(range(len(futs)), len(futs) // 3))
+        for step in range(5):
+            await asyncio.sleep(0.01)
+            for i in doomed:
+                if i % 5 == step:
+                    futs[i].cancel()
+        done = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 30)
+        for i, (f, r) in enumerate(zip(futs, done, strict=True)):
+            if f.cancelled():
+                assert i in doomed
+            else:
+                assert r is False, (i, r)
+    finally:
+        await srv.aclose()
+
+
 async def test_awaitables_on_loops_in_two_threads_complete_on_their_own_loop():
     import threading
 
