@@ -97,6 +97,7 @@ def line(name: str, xs: list[float]) -> str:
 
 
 async def main() -> None:
+    start_threads = threads()
     srv = _native.SignalServer()
     await srv.start()
     try:
@@ -133,7 +134,7 @@ async def main() -> None:
         )
         worst = max(peaks)
         print(
-            f"threads: {base_threads} before, at most {worst} with {N:,} pending "
+            f"threads: {start_threads} at start, {base_threads} after warm-up, at most {worst} with {N:,} pending "
             f"({'constant' if worst <= base_threads + 1 else 'GREW'})"
         )
     finally:
