@@ -150,6 +150,34 @@ def test_a_loop_without_add_reader_still_gets_its_results():
         loop.close()
 
 
+def test_loops_are_not_kept_alive_after_use():
+    import gc
+    import weakref
+
+    async def use():
+        srv = _native.SignalServer()
+        await srv.start()
+        try:
+            assert await srv.wait_for(0, key="handshakes")
+            futs = [srv.wait_for(1, timeout=30, key="tcp_accepts") for _ in range(10)]
+            _, w = await asyncio.open_connection(srv.host, srv.port)
+            w.close()
+            assert await asyncio.wait_for(asyncio.gather(*futs), 30) == [True] * 10
+        finally:
+            await srv.aclose()
+
+    refs = []
+    for factory in (LoopWithoutAddReader, asyncio.SelectorEventLoop):
+        loop = factory()
+        loop.run_until_complete(use())
+        loop.close()
+        refs.append(weakref.ref(loop))
+        del loop
+    asyncio.run(use())  # this thread's last loop is remembered until the next one
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
 def run_script(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=90)
 

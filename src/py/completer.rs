@@ -47,13 +47,10 @@ struct Waiting {
 
 enum Wake {
     #[cfg(unix)]
-    Socket {
-        tx: std::os::unix::net::UnixStream,
-        rx: std::os::unix::net::UnixStream,
-    },
-    Threadsafe {
-        call_soon_threadsafe: Py<PyAny>,
-    },
+    Socket { tx: std::os::unix::net::UnixStream, rx: std::os::unix::net::UnixStream },
+    /// `event_loop` is a weak reference when the loop allows one: the registry's value must not keep
+    /// its key alive.
+    Threadsafe { event_loop: Py<PyAny>, weak: bool },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,10 +133,14 @@ impl Completer {
                 // WouldBlock: bytes are already waiting, so a drain is coming anyway
                 let _ = (&*tx).write(&[1]);
             }
-            Wake::Threadsafe { call_soon_threadsafe } => {
+            Wake::Threadsafe { event_loop, weak } => {
                 let me = self.clone();
                 let _ = super::with_python(|py| -> PyResult<()> {
-                    call_soon_threadsafe.call1(py, (Py::new(py, Drain { completer: me })?,))?;
+                    let event_loop = if *weak { event_loop.call0(py)? } else { event_loop.clone_ref(py) };
+                    if !event_loop.is_none(py) {
+                        let drain = Py::new(py, Drain { completer: me })?;
+                        event_loop.call_method1(py, intern!(py, "call_soon_threadsafe"), (drain,))?;
+                    }
                     Ok(())
                 });
             }
@@ -299,8 +300,10 @@ fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<A
             }
         }
     }
-    let call_soon_threadsafe = event_loop.getattr(intern!(py, "call_soon_threadsafe"))?.unbind();
-    new(Wake::Threadsafe { call_soon_threadsafe })
+    match py.import("weakref")?.getattr("ref")?.call1((event_loop,)) {
+        Ok(weak_loop) => new(Wake::Threadsafe { event_loop: weak_loop.unbind(), weak: true }),
+        Err(_) => new(Wake::Threadsafe { event_loop: event_loop.clone().unbind(), weak: false }),
+    }
 }
 
 pub fn panicked(panic: Box<dyn std::any::Any + Send>) -> PyErr {
