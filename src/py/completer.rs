@@ -189,7 +189,7 @@ where
 
 /// The loop's reader callback (or the fallback's scheduled callback): runs one batch.
 #[pyclass(module = "tether._native", frozen)]
-pub struct Drain {
+struct Drain {
     completer: Arc<Completer>,
 }
 
@@ -293,9 +293,13 @@ fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<A
             let drain = Py::new(py, Drain { completer: c.clone() })?;
             // registered from an empty context: the reader's handle would otherwise keep a copy of
             // this caller's contextvars for the loop's lifetime
-            let add_reader = event_loop.getattr(intern!(py, "add_reader"))?;
-            let empty = py.import("contextvars")?.getattr("Context")?.call0()?;
-            if empty.call_method1(intern!(py, "run"), (add_reader, fd, drain)).is_ok() {
+            let registered = (|| -> PyResult<()> {
+                let add_reader = event_loop.getattr(intern!(py, "add_reader"))?;
+                let empty = py.import("contextvars")?.getattr("Context")?.call0()?;
+                empty.call_method1(intern!(py, "run"), (add_reader, fd, drain))?;
+                Ok(())
+            })();
+            if registered.is_ok() {
                 return Ok(c);
             }
         }
@@ -306,6 +310,7 @@ fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<A
     }
 }
 
+/// A panic inside a Rust future, as the exception its awaitable raises (never unwinds into Python).
 pub fn panicked(panic: Box<dyn std::any::Any + Send>) -> PyErr {
     let msg = panic
         .downcast_ref::<&str>()
