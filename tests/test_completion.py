@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tether import _native
 
 
@@ -146,6 +148,29 @@ def test_a_loop_without_add_reader_still_gets_its_results():
     loop = LoopWithoutAddReader()
     try:
         assert loop.run_until_complete(main()) == [True] * 500
+    finally:
+        loop.close()
+
+
+def test_uvloop_gets_its_results():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main():
+        srv = _native.SignalServer()
+        await srv.start()
+        try:
+            assert srv.wait_for(0, key="handshakes").done()
+            futs = [srv.wait_for(1, timeout=30, key="tcp_accepts") for _ in range(500)]
+            for f in futs[::2]:
+                f.cancel()
+            await knock(srv)
+            assert await asyncio.wait_for(asyncio.gather(*futs[1::2]), 30) == [True] * 250
+        finally:
+            await srv.aclose()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(main())
     finally:
         loop.close()
 
