@@ -179,11 +179,14 @@ where
         Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,)),
         Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),)),
     };
-    if let Err(e) = set {
-        // cancelled in the meantime: the result has nobody left to go to
-        if !fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false) {
-            e.write_unraisable(py, Some(fut));
-        }
+    let Err(refused) = set else { return };
+    // done: cancelled in the meantime, the result has nobody left to go to
+    if fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
+        return;
+    }
+    // refused (asyncio rejects a StopIteration): the refusal is the outcome, never a future left pending
+    if let Err(e) = fut.call_method1(intern!(py, "set_exception"), (refused.into_value(py),)) {
+        e.write_unraisable(py, Some(fut));
     }
 }
 
