@@ -2,13 +2,17 @@
 //!
 //! `pyo3_async_runtimes::into_future` does not cancel the Python task when the Rust future is dropped,
 //! which would leave user coroutines running after `Reconnector.run()` was cancelled. Here the Python
-//! side runs as an `asyncio.Task` created on the loop thread; dropping the Rust future cancels it.
+//! side runs as an `asyncio.Task` created on the loop thread; dropping the Rust future cancels it,
+//! through the loop's completer queue, so the tokio thread that drops it never takes the GIL.
 
 use std::sync::{Arc, Mutex};
 
+use pyo3::exceptions::asyncio::CancelledError;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
 use tokio::sync::oneshot;
+
+use super::completer::{self, Completer};
 
 #[pyclass(module = "tether._native")]
 pub struct TaskSlot {
@@ -18,6 +22,8 @@ pub struct TaskSlot {
 struct SlotState {
     cancelled: bool,
     task: Option<Py<PyAny>>,
+    /// The completer of the task's loop, set with `task`: the way to cancel it without the GIL.
+    completer: Option<Arc<Completer>>,
     tx: Option<oneshot::Sender<PyResult<Py<PyAny>>>>,
 }
 
@@ -44,7 +50,19 @@ impl TaskSlot {
         };
         let me = Py::new(py, TaskSlot { inner: self.inner.clone() })?;
         task.call_method1("add_done_callback", (me.getattr(py, "done")?,))?;
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).task = Some(task.unbind());
+        let (_, completer) = completer::for_running_loop(py)?;
+        let cancel_now = {
+            let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            // the Rust side may have given up since the check above
+            if !st.cancelled {
+                st.task = Some(task.clone().unbind());
+                st.completer = Some(completer);
+            }
+            st.cancelled
+        };
+        if cancel_now {
+            task.call_method0("cancel")?;
+        }
         Ok(())
     }
 
@@ -52,12 +70,12 @@ impl TaskSlot {
         let tx = {
             let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             st.task = None;
+            st.completer = None;
             st.tx.take()
         };
         let Some(tx) = tx else { return Ok(()) };
         let res = if task.call_method0("cancelled")?.is_truthy()? {
-            let py = task.py();
-            Err(PyErr::from_value(py.import("asyncio")?.getattr("CancelledError")?.call0()?))
+            Err(CancelledError::new_err(()))
         } else {
             let exc = task.call_method0("exception")?;
             if exc.is_none() {
@@ -74,7 +92,6 @@ impl TaskSlot {
 /// Cancels the Python task when the Rust side stops waiting.
 struct CancelOnDrop {
     inner: Arc<Mutex<SlotState>>,
-    event_loop: Py<PyAny>,
     armed: bool,
 }
 
@@ -83,19 +100,15 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
-        let task = {
+        let (task, completer) = {
             let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             st.cancelled = true;
-            st.task.take()
+            (st.task.take(), st.completer.take())
         };
-        if let Some(task) = task {
-            let _ = super::with_python(|py| {
-                let lp = self.event_loop.bind(py);
-                if let Ok(cancel) = task.getattr(py, "cancel") {
-                    // The loop may already be closed; then there is nothing left to cancel.
-                    let _ = lp.call_method1("call_soon_threadsafe", (cancel,));
-                }
-            });
+        if let (Some(task), Some(completer)) = (task, completer) {
+            completer.push(Box::new(move |py, _| {
+                let _ = task.bind(py).call_method0("cancel");
+            }));
         }
     }
 }
@@ -107,22 +120,20 @@ pub fn await_py(
     awaitable: Bound<'_, PyAny>,
 ) -> PyResult<impl std::future::Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
     let (tx, rx) = oneshot::channel();
-    let inner = Arc::new(Mutex::new(SlotState { cancelled: false, task: None, tx: Some(tx) }));
+    let inner = Arc::new(Mutex::new(SlotState { cancelled: false, task: None, completer: None, tx: Some(tx) }));
     let slot = Py::new(py, TaskSlot { inner: inner.clone() })?;
     let event_loop = locals.event_loop(py);
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("context", locals.context(py))?;
     event_loop.call_method("call_soon_threadsafe", (slot.getattr(py, "start")?, awaitable), Some(&kwargs))?;
-    let mut guard = CancelOnDrop { inner, event_loop: event_loop.unbind(), armed: true };
+    let mut guard = CancelOnDrop { inner, armed: true };
     Ok(async move {
         let out = rx.await;
         guard.armed = false;
         drop(guard);
         match out {
             Ok(r) => r,
-            Err(_) => {
-                Python::attach(|py| Err(PyErr::from_value(py.import("asyncio")?.getattr("CancelledError")?.call0()?)))
-            }
+            Err(_) => Err(CancelledError::new_err(())),
         }
     })
 }

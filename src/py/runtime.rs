@@ -7,13 +7,18 @@
 //! threads that do not exist). Nothing is built at import: the first awaitable builds it.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
+use futures_util::FutureExt;
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3_async_runtimes::generic::{ContextExt, Runtime};
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::Runtime as TokioRuntime;
+
+use super::completer;
+use super::parked::Parked;
 
 static RUNTIME: Mutex<Option<(u32, &'static TokioRuntime)>> = Mutex::new(None);
 
@@ -37,62 +42,35 @@ pub fn get() -> &'static TokioRuntime {
     rt
 }
 
-tokio::task_local! {
-    static LOCALS: std::cell::OnceCell<TaskLocals>;
-}
-
-pub struct TetherRuntime;
-
-impl Runtime for TetherRuntime {
-    type JoinError = tokio::task::JoinError;
-    type JoinHandle = tokio::task::JoinHandle<()>;
-
-    fn spawn<F>(fut: F) -> Self::JoinHandle
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        get().spawn(fut)
-    }
-
-    /// pyo3-async-runtimes completes Python futures here (attach + set_result): gated so nothing
-    /// attaches once the interpreter is shutting down.
-    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        // `f` attaches itself; running it inside the gate (a nested attach) keeps the whole of it
-        // within the section `_at_exit` waits for
-        get().spawn_blocking(move || {
-            let _ = super::with_python(|_py| f());
-        })
-    }
-}
-
-impl ContextExt for TetherRuntime {
-    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
-    where
-        F: Future<Output = R> + Send + 'static,
-    {
-        let cell = std::cell::OnceCell::new();
-        let _ = cell.set(locals);
-        Box::pin(LOCALS.scope(cell, fut))
-    }
-
-    fn get_task_locals() -> Option<TaskLocals> {
-        LOCALS.try_with(|c| c.get().cloned()).ok().flatten()
-    }
-}
-
-/// `future_into_py` on tether's runtime: dropping the returned Python future cancels `fut`.
+/// An awaitable for `fut`, completed on the calling loop's thread (see `completer`); cancelling it
+/// drops `fut`. The first poll happens right here: a future ready at once (a buffered message, a free
+/// slot) is returned already done, and a pending one reaches tokio only when woken (see `parked`).
 pub fn future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
 where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
 {
-    pyo3_async_runtimes::generic::future_into_py::<TetherRuntime, _, T>(py, fut)
+    let (event_loop, completer) = completer::for_running_loop(py)?;
+    let py_fut = event_loop.call_method0(intern!(py, "create_future"))?;
+    let parked = Parked::new(completer.runtime());
+    let waker = Waker::from(parked.clone());
+    let mut fut = Box::pin(AssertUnwindSafe(fut).catch_unwind());
+    let first = {
+        // tokio timers and spawns need the runtime's context even off its threads
+        let _rt = completer.runtime().enter();
+        fut.as_mut().poll(&mut Context::from_waker(&waker))
+    };
+    match first {
+        Poll::Ready(r) => completer::complete(&py_fut, r.unwrap_or_else(|p| Err(completer::panicked(p)))),
+        Poll::Pending => {
+            let fut = fut.map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
+            completer.watch(&py_fut, parked, fut)?
+        }
+    }
+    Ok(py_fut)
 }
 
 /// The running event loop and contextvars of the calling task.
 pub fn get_current_locals(py: Python<'_>) -> PyResult<TaskLocals> {
-    pyo3_async_runtimes::generic::get_current_locals::<TetherRuntime>(py)
+    TaskLocals::with_running_loop(py)?.copy_context(py)
 }

@@ -1,0 +1,148 @@
+"""What one tether awaitable costs next to a plain asyncio future, and threads with 20,000 pending.
+
+Issue 11, item 1 (goal: ≤ 3x a plain asyncio future; threads constant). Baseline: `loop.create_future()`
+resolved by `loop.call_soon(fut.set_result, None)` and awaited. Probe: the native SignalServer's
+`wait_for`, which stays pending until the server sees a TCP connection:
+- resolvable: `wait_for(0, key="handshakes")` holds on the first poll (no tokio thread involved);
+- pending: K awaitables completed from tokio's threads by one TCP accept (asyncio.open_connection);
+  cost per awaitable = (create K + the accept + await all) / K, against K asyncio futures.
+Every figure is the median of ROUNDS rounds (min/median/max printed), ratios from the same round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+
+from tether import _native
+
+ROUNDS = 5
+N = 20_000  # awaitables per round
+GOAL = 3.0
+TOKIO_WORKERS = 2  # tether's runtime (src/py/runtime.rs)
+
+
+def threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except FileNotFoundError:  # not Linux
+        return -1
+
+
+async def knock(srv) -> None:
+    _, w = await asyncio.open_connection(srv.host, srv.port)
+    w.close()
+    await w.wait_closed()
+
+
+async def asyncio_one_by_one(n: int) -> float:
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        f = loop.create_future()
+        loop.call_soon(f.set_result, None)
+        await f
+    return (time.perf_counter() - t0) / n
+
+
+async def tether_resolvable(srv, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await srv.wait_for(0, key="handshakes")
+    return (time.perf_counter() - t0) / n
+
+
+async def asyncio_batch(k: int) -> float:
+    loop = asyncio.get_running_loop()
+    t0 = time.perf_counter()
+    futs = [loop.create_future() for _ in range(k)]
+    for f in futs:
+        loop.call_soon(f.set_result, None)
+    for f in futs:
+        await f
+    return (time.perf_counter() - t0) / k
+
+
+async def tether_pending_batch(srv, k: int) -> tuple[float, int]:
+    target = srv.stats()["tcp_accepts"] + 1
+    t0 = time.perf_counter()
+    futs = [srv.wait_for(target, timeout=60, key="tcp_accepts") for _ in range(k)]
+    peak = threads()
+    await knock(srv)
+    for f in futs:
+        assert await f is True
+    return (time.perf_counter() - t0) / k, max(peak, threads())
+
+
+async def one_pending(srv, n: int = 200) -> tuple[float, float]:
+    """p50 of (open_connection alone) and (one pending awaitable completed by that accept)."""
+    alone, both = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await knock(srv)
+        alone.append(time.perf_counter() - t0)
+        f = srv.wait_for(srv.stats()["tcp_accepts"] + 1, timeout=10, key="tcp_accepts")
+        t0 = time.perf_counter()
+        await knock(srv)
+        await f
+        both.append(time.perf_counter() - t0)
+    return statistics.median(alone), statistics.median(both)
+
+
+def line(name: str, xs: list[float]) -> str:
+    return (
+        f"{name:<44} min {min(xs) * 1e6:7.2f}  median {statistics.median(xs) * 1e6:7.2f}  max {max(xs) * 1e6:7.2f} µs"
+    )
+
+
+async def main() -> None:
+    start_threads = threads()
+    srv = _native.SignalServer()
+    await srv.start()
+    try:
+        await tether_resolvable(srv, 1000)  # warm up: runtime, completer, caches
+        await tether_pending_batch(srv, 1000)
+        base_threads = threads()
+        rows: dict[str, list[float]] = {k: [] for k in ("a1", "t1", "ab", "tb")}
+        r1, rb, peaks = [], [], []
+        for i in range(ROUNDS):
+            # alternate the order so neither side always runs on a warmer cache
+            if i % 2:
+                t1, a1 = await tether_resolvable(srv, N), await asyncio_one_by_one(N)
+                (tb, peak), ab = await tether_pending_batch(srv, N), await asyncio_batch(N)
+            else:
+                a1, t1 = await asyncio_one_by_one(N), await tether_resolvable(srv, N)
+                ab, (tb, peak) = await asyncio_batch(N), await tether_pending_batch(srv, N)
+            for k, v in (("a1", a1), ("t1", t1), ("ab", ab), ("tb", tb)):
+                rows[k].append(v)
+            r1.append(t1 / a1)
+            rb.append(tb / ab)
+            peaks.append(peak)
+            print(f"round {i + 1}: resolvable {t1 / a1:5.2f}x, pending {tb / ab:5.2f}x, peak threads {peak}")
+        print(line("asyncio future + call_soon, one by one", rows["a1"]))
+        print(line("tether awaitable, already resolvable", rows["t1"]))
+        print(line(f"asyncio futures, {N:,} resolved by call_soon", rows["ab"]))
+        print(line(f"tether, {N:,} pending completed from tokio", rows["tb"]))
+        m1, mb = statistics.median(r1), statistics.median(rb)
+        print(f"ratio resolvable/asyncio: median {m1:.2f}x (goal ≤ {GOAL:.0f}x: {'ok' if m1 <= GOAL else 'MISSED'})")
+        print(f"ratio pending/asyncio:    median {mb:.2f}x (goal ≤ {GOAL:.0f}x: {'ok' if mb <= GOAL else 'MISSED'})")
+        alone, both = await one_pending(srv)
+        print(
+            f"one pending awaitable completed by a TCP accept: p50 {both * 1e6:.0f} µs "
+            f"(the accept alone: {alone * 1e6:.0f} µs, so +{(both - alone) * 1e6:.0f} µs for the completion)"
+        )
+        worst = max(peaks)
+        # tokio's worker threads appear with the first awaitable; anything beyond them is growth
+        steady = worst <= base_threads + 1 and base_threads <= start_threads + TOKIO_WORKERS
+        print(
+            f"threads: {start_threads} at start, {base_threads} after warm-up, at most {worst} with {N:,} pending "
+            f"({'constant' if steady else 'GREW'})"
+        )
+    finally:
+        await srv.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
