@@ -373,11 +373,15 @@ pub mod report {
         match d {
             Decision::Retry { retry, delay, strategy, quiet, .. } => {
                 events.emit(Event::Reconnecting { attempt: retry + 1, delay: *delay, strategy: strategy.clone() });
-                let what = if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
+                let what =
+                    if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
                 let (retry, secs) = (*retry, delay.as_secs_f64());
                 if *quiet {
-                    let when =
-                        if delay.is_zero() { "retrying immediately".to_string() } else { format!("retrying in {secs:.2}s") };
+                    let when = if delay.is_zero() {
+                        "retrying immediately".to_string()
+                    } else {
+                        format!("retrying in {secs:.2}s")
+                    };
                     tracing::debug!(target: TARGET, logger, name, retry_count = retry, max_retry = max_field,
                         error = %text, delay_s = secs, strategy = &**strategy,
                         "{what}: {text}; {when} (quiet retry {retry}, {strategy})");

@@ -98,11 +98,21 @@ impl Decision {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Link {
     /// Nothing in flight: before the first attempt, or waiting for a retry scheduled to begin at `next`.
-    Down { next: Option<Instant> },
-    Attempting { number: u32, started: Instant },
-    Up { number: u32, since: Instant },
+    Down {
+        next: Option<Instant>,
+    },
+    Attempting {
+        number: u32,
+        started: Instant,
+    },
+    Up {
+        number: u32,
+        since: Instant,
+    },
     /// `closed()` ended the connected period at `at`; the loss is reported, not yet retried.
-    Closed { at: Instant },
+    Closed {
+        at: Instant,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,11 +188,7 @@ impl RetryState {
         self.first_start.get_or_insert(now);
         let number = self.retries + 1;
         self.link = Link::Attempting { number, started: now };
-        Started {
-            number,
-            strategy: self.strategy.clone(),
-            deadline: self.cfg.attempt_timeout.map(|t| now + t),
-        }
+        Started { number, strategy: self.strategy.clone(), deadline: self.cfg.attempt_timeout.map(|t| now + t) }
     }
 
     /// The current attempt connected at `now`. None if the link was already up. Without a prior
@@ -335,7 +341,8 @@ mod tests {
     #[test]
     fn a_failed_attempt_never_counts_as_stable() {
         // issue 12.1: handshakes that time out after 10 s (>= stable_after) are not a stable link
-        let mut st = RetryState::new(&Config { policy: Backoff { deadline: Some(60.0), ..cfg(None).policy }, ..cfg(None) });
+        let mut st =
+            RetryState::new(&Config { policy: Backoff { deadline: Some(60.0), ..cfg(None).policy }, ..cfg(None) });
         let t0 = Instant::now();
         let mut t = t0;
         let mut delays = vec![];
@@ -492,13 +499,16 @@ mod tests {
             }
         };
         // 0 + 1 + 2 = 3 s slept; the next delay (4 s) would cross 5 s
-        assert_eq!(d, Decision::GiveUp {
-            lost: false,
-            loss_reported: false,
-            reason: GiveUpReason::Deadline,
-            attempts: 4,
-            elapsed: secs(3.0)
-        });
+        assert_eq!(
+            d,
+            Decision::GiveUp {
+                lost: false,
+                loss_reported: false,
+                reason: GiveUpReason::Deadline,
+                attempts: 4,
+                elapsed: secs(3.0)
+            }
+        );
         assert_eq!(n, 4);
         // giving up resets: the next episode starts from scratch
         assert_eq!(st.start(t).number, 1);
@@ -510,13 +520,16 @@ mod tests {
         let t0 = Instant::now();
         st.start(t0);
         let d = st.failed(t0 + secs(2.0), true);
-        assert_eq!(d, Decision::GiveUp {
-            lost: false,
-            loss_reported: false,
-            reason: GiveUpReason::Fatal,
-            attempts: 1,
-            elapsed: secs(2.0)
-        });
+        assert_eq!(
+            d,
+            Decision::GiveUp {
+                lost: false,
+                loss_reported: false,
+                reason: GiveUpReason::Fatal,
+                attempts: 1,
+                elapsed: secs(2.0)
+            }
+        );
     }
 
     #[test]
