@@ -374,25 +374,29 @@ pub mod report {
         }
         let max_field = max_retry(cfg);
         match d {
-            Decision::Retry { retry, delay, strategy, quiet, .. } => {
+            Decision::Retry { retry, delay, strategy, quiet, level, .. } => {
                 events.emit(Event::Reconnecting { attempt: retry + 1, delay: *delay, strategy: strategy.clone() });
                 let what =
                     if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
                 let (retry, secs) = (*retry, delay.as_secs_f64());
-                if *quiet {
-                    let when = if delay.is_zero() {
-                        "retrying immediately".to_string()
-                    } else {
-                        format!("retrying in {secs:.2}s")
-                    };
+                let when = if delay.is_zero() {
+                    "retrying immediately".to_string()
+                } else {
+                    format!("retrying in {secs:.2}s")
+                };
+                let (kind, max) = match (quiet, cfg.policy.max_attempts) {
+                    (true, _) => ("quiet retry", String::new()),
+                    (false, Some(m)) => ("retry", format!("/{m}")),
+                    (false, None) => ("retry", String::new()),
+                };
+                if *level == Level::Debug {
                     tracing::debug!(target: TARGET, logger, name, retry_count = retry, max_retry = max_field,
                         error = %text, delay_s = secs, strategy = &**strategy,
-                        "{what}: {text}; {when} (quiet retry {retry}, {strategy})");
+                        "{what}: {text}; {when} ({kind} {retry}{max}, {strategy})");
                 } else {
                     tracing::warn!(target: TARGET, logger, name, retry_count = retry, max_retry = max_field,
                         error = %text, delay_s = secs, strategy = &**strategy,
-                        "{what}: {text}; retrying in {secs:.2}s (retry {retry}{}, {strategy})",
-                        cfg.policy.max_attempts.map(|m| format!("/{m}")).unwrap_or_default());
+                        "{what}: {text}; {when} ({kind} {retry}{max}, {strategy})");
                 }
             }
             Decision::GiveUp { reason: GiveUpReason::Fatal, attempts, .. } => {
