@@ -34,6 +34,10 @@ struct Inner {
     ended: u32,
 }
 
+/// Retry policy for a connection loop: `await r.run(connect)`, or step by step with `r.failed(exc)` /
+/// `await r.backoff(exc)` / `r.connected()` / `r.closed()` / `r.attempt`. Only time connected counts
+/// towards `stable_after`; quiet retries wait uniform(0, quiet_jitter) and log at DEBUG, backed-off
+/// ones at WARNING; giving up raises `tether.GaveUp`. `logger=` routes this object's records.
 #[pyclass(name = "Reconnector", module = "tether._native", frozen)]
 pub struct PyReconnector {
     cfg: Config,
