@@ -120,8 +120,11 @@ pub struct Config {
     pub logger: Option<Arc<str>>,
 }
 
-/// Default `quiet_jitter`: 1,000 clients dropped at once arrive ~200 per 100 ms, all within 0.5 s.
-pub const DEFAULT_QUIET_JITTER: Duration = Duration::from_millis(500);
+/// Default `quiet_jitter`. 1,000 clients dropped at once come back ~100 per 100 ms, all within ~1.1 s
+/// (benches/bench_peers.py herd, 2 cores under load: at most 122-141 in any 100 ms). A 0.5 s window
+/// meets the 300 per 100 ms goal only on a quiet machine: a 100 ms stall of the client or the server
+/// bunches two slices of arrivals together.
+pub const DEFAULT_QUIET_JITTER: Duration = Duration::from_millis(1000);
 
 impl Default for Config {
     fn default() -> Self {
