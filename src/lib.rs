@@ -4,6 +4,7 @@
 //!
 //! * [`backoff`]: retry delay policies (jitter, budgets).
 //! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
+//! * [`retry_state`]: that loop's retry policy as a pure state machine (no I/O, no clock).
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
@@ -16,6 +17,7 @@ pub mod procpool;
 pub mod readiness;
 pub mod reconnect;
 pub mod redact;
+pub mod retry_state;
 pub mod testing;
 pub mod watchdog;
 pub mod ws;

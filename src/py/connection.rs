@@ -305,6 +305,7 @@ impl PyConnection {
                 },
                 ladder: parse_ladder(ladder)?,
                 attempt_timeout: None,
+                ..Config::default()
             },
             watchdog,
         };
