@@ -80,8 +80,8 @@ CHILD_SCRIPT = textwrap.dedent(
     async def main():
         pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
                                max_concurrent_spawns=2, initialize_timeout=30)
-        await pool.warm(timeout=60)
-        await pool.acquire(timeout=60)  # one lent, one or two idle
+        await pool.acquire(timeout=60)  # one lent
+        pool.release(await pool.acquire(timeout=60))  # one idle
         print(" ".join(str(p) for p in sorted(children())), flush=True)
         if sys.argv[1] == "hang":
             time.sleep(3600)
