@@ -1,7 +1,6 @@
 """ProcPool defects of issue 13, items 1-5, with real subprocesses."""
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -191,7 +190,9 @@ async def test_text_instead_of_the_ready_frame_is_named_with_the_stderr_tail():
         "import sys, time; sys.stderr.write('config loaded\\n'); sys.stderr.flush(); "
         "print('hello, I am the worker', flush=True); time.sleep(60)"
     )
-    pool = tether.ProcPool(command=[sys.executable, "-c", script], num_idle=0, acquire_attempts=1, initialize_timeout=20)
+    pool = tether.ProcPool(
+        command=[sys.executable, "-c", script], num_idle=0, acquire_attempts=1, initialize_timeout=20
+    )
     with pytest.raises(tether.PoolExhausted) as info:
         await pool.acquire(timeout=30)
     text = str(info.value)
