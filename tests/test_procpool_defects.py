@@ -76,11 +76,23 @@ CHILD_SCRIPT = textwrap.dedent(
                 out |= {int(x) for x in f.read().split()}
         return out
 
+    async def spawn():
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(600)",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
     async def main():
-        pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
-                               max_concurrent_spawns=2, initialize_timeout=30)
+        if sys.argv[1] == "spawn":
+            pool = tether.ProcPool(spawn=spawn, num_idle=2, max_concurrent_spawns=2)
+        else:
+            pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
+                                   max_concurrent_spawns=2, initialize_timeout=30)
         await pool.acquire(timeout=60)  # one lent
         pool.release(await pool.acquire(timeout=60))  # one idle
+        for _ in range(600):  # let the refill finish: a spawn still inside user code is not the pool's yet
+            if pool.stats()["in_flight"] == 0 and pool.stats()["idle"] == 2:
+                break
+            await asyncio.sleep(0.05)
         print(" ".join(str(p) for p in sorted(children())), flush=True)
         if sys.argv[1] == "hang":
             time.sleep(3600)
@@ -97,8 +109,9 @@ def _start(mode):
     )
 
 
-def test_children_die_when_the_program_exits_without_aclose():
-    proc = _start("exit")
+@pytest.mark.parametrize("mode", ["exit", "spawn"])
+def test_children_die_when_the_program_exits_without_aclose(mode):
+    proc = _start(mode)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     pids = [int(p) for p in out.split()]

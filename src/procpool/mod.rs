@@ -42,6 +42,8 @@ pub trait ProcHandle: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
     /// No longer the pool's (detached): stop whatever would end it with the pool.
     fn detached(&self) {}
+    /// The program is exiting: stop it now, synchronously, without waiting for it.
+    fn kill_now(&self) {}
 }
 
 pub type Proc = Arc<dyn ProcHandle>;
@@ -178,9 +180,34 @@ mod native;
 #[cfg(test)]
 mod tests;
 
-pub use native::{
-    kill_children_at_exit, read_frame, write_frame, NativeProc, NativeSpawner, RequestError, MAX_FRAME, READY,
-};
+pub use native::{read_frame, write_frame, NativeProc, NativeSpawner, RequestError, MAX_FRAME, READY};
+
+/// Every pool not yet dropped, for `kill_all_at_exit`.
+static POOLS: Mutex<Vec<std::sync::Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// The program is exiting and pools nobody closed still own processes: close them and kill every
+/// process they own (idle, lent, kept for a waiter) and every native child still initializing.
+/// Synchronous and bounded; detached processes are left alone.
+pub fn kill_all_at_exit() {
+    let pools: Vec<Arc<Inner>> = std::mem::take(&mut *POOLS.lock().unwrap_or_else(|p| p.into_inner()))
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
+    for inner in pools {
+        let procs: Vec<Proc> = {
+            let mut st = inner.lock();
+            st.closed = true;
+            let mut all: Vec<Proc> = st.idle.drain(..).collect();
+            all.extend(st.lent.drain().map(|(_, p)| p));
+            all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
+            all
+        };
+        for p in procs {
+            p.kill_now();
+        }
+    }
+    native::kill_children_at_exit();
+}
 
 /// How long past `initialize_timeout` the pool waits for a spawner to enforce it itself (and report
 /// why) before dropping the spawn.
@@ -347,7 +374,7 @@ impl Pool {
     pub fn new(cfg: PoolConfig, spawner: Arc<dyn Spawner>) -> Pool {
         let (events, _) = broadcast::channel(1024);
         let delays = cfg.respawn.delays_unbounded();
-        Pool {
+        let pool = Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     idle: VecDeque::new(),
@@ -375,7 +402,12 @@ impl Pool {
                 spawn_tasks: Mutex::new(HashMap::new()),
                 handle: std::sync::OnceLock::new(),
             }),
-        }
+        };
+        let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|w| w.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool.inner));
+        drop(pools);
+        pool
     }
 
     /// Start prewarming (idempotent). Must run inside a tokio runtime.

@@ -100,6 +100,17 @@ impl ProcHandle for PyProc {
         })
     }
 
+    /// `obj.kill()` if it has one (asyncio and subprocess processes, multiprocessing.Process).
+    fn kill_now(&self) {
+        super::with_python(|py| {
+            if let Ok(kill) = self.obj.bind(py).getattr("kill") {
+                if kill.is_callable() {
+                    let _ = kill.call0();
+                }
+            }
+        });
+    }
+
     fn describe(&self) -> String {
         self.label.clone()
     }
