@@ -276,3 +276,26 @@ async def test_idle_never_exceeds_num_idle_after_cancelled_waiters():
     assert pool.stats()["idle"] <= 1
     assert len([p for p in made if not p.closed]) == pool.stats()["idle"]  # the rest were disposed
     await pool.aclose()
+
+
+# a pool whose event loop is gone ------------------------------------------------------------------
+
+
+def test_a_pool_left_open_when_its_loop_closes_stops_spawning():
+    async def spawn():
+        raise OSError("cannot fork")
+
+    async def main():
+        pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.02, max_delay=0.05, jitter="none"))
+        pool.start()
+        await asyncio.sleep(0.2)
+        return pool  # never closed
+
+    pool = asyncio.run(main())
+    end = time.monotonic() + 10
+    while not pool.stats()["closed"] and time.monotonic() < end:
+        time.sleep(0.05)
+    assert pool.stats()["closed"]
+    spawns = pool.stats()["spawns"]
+    time.sleep(0.5)
+    assert pool.stats()["spawns"] == spawns  # not retrying forever in the background

@@ -58,6 +58,11 @@ pub trait Spawner: Send + Sync + 'static {
     /// Start and initialize one process within `limit`; `Err` carries the cause (stderr tail included
     /// for children).
     fn spawn(&self, limit: Duration) -> BoxFuture<Result<Proc, String>>;
+    /// True once no spawn can ever succeed again (e.g. its event loop is closed): the pool then
+    /// closes itself instead of retrying forever. Asked after a failed spawn.
+    fn gone(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -194,15 +199,7 @@ pub fn kill_all_at_exit() {
         .filter_map(|w| w.upgrade())
         .collect();
     for inner in pools {
-        let procs: Vec<Proc> = {
-            let mut st = inner.lock();
-            st.closed = true;
-            let mut all: Vec<Proc> = st.idle.drain(..).collect();
-            all.extend(st.lent.drain().map(|(_, p)| p));
-            all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
-            all
-        };
-        for p in procs {
+        for p in inner.shut() {
             p.kill_now();
         }
     }
@@ -312,6 +309,16 @@ impl Inner {
         self.dispose(p, "died while idle");
         self.wake_maintainer.notify_one();
         None
+    }
+
+    /// Mark closed; returns every process the pool owns (idle, lent, kept for a waiter).
+    fn shut(&self) -> Vec<Proc> {
+        let mut st = self.lock();
+        st.closed = true;
+        let mut all: Vec<Proc> = st.idle.drain(..).collect();
+        all.extend(st.lent.drain().map(|(_, p)| p));
+        all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
+        all
     }
 
     fn dispose(&self, p: Proc, reason: &str) {
@@ -637,14 +644,7 @@ impl Pool {
     /// Close: fail waiters, abort in-flight spawns (their children are killed), kill and reap idle
     /// and lent processes. Bounded: a few seconds at most, whatever `initialize_timeout` is.
     pub async fn close(&self) {
-        let all: Vec<Proc> = {
-            let mut st = self.inner.lock();
-            st.closed = true;
-            let mut all: Vec<Proc> = st.idle.drain(..).collect();
-            all.extend(st.lent.drain().map(|(_, p)| p));
-            all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
-            all
-        };
+        let all = self.inner.shut();
         let tasks: Vec<_> =
             self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
         for t in tasks {
@@ -758,6 +758,7 @@ async fn spawn_one(mut guard: InFlight) {
             Err(format!("initialization did not finish within {:.1}s; the process was killed", limit.as_secs_f64()))
         }
     };
+    let failed = outcome.is_err();
     let mut events = Vec::new();
     let mut to_dispose = None;
     {
@@ -845,6 +846,15 @@ async fn spawn_one(mut guard: InFlight) {
     }
     if let Some((p, why)) = to_dispose {
         inner.dispose(p, why);
+    }
+    // asked outside the lock: the spawner may need the GIL, which a thread holding it may wait on us for
+    if failed && !inner.lock().closed && inner.spawner.gone() {
+        tracing::warn!(target: LOG, logger = inner.cfg.logger.as_deref(),
+            "closing the pool: its spawner can no longer run (event loop closed) and it was not closed");
+        for p in inner.shut() {
+            inner.dispose(p, "the pool's spawner is gone");
+        }
+        inner.emit(PoolEvent::Closed);
     }
     inner.changed.notify_waiters();
     inner.wake_maintainer.notify_one();

@@ -131,6 +131,9 @@ impl Spawner for PySpawner {
             return Box::pin(async { Err("the pool was not started inside an event loop".to_string()) });
         };
         let started = super::with_python(|py| -> Result<_, String> {
+            if locals.event_loop(py).call_method0("is_closed").and_then(|c| c.is_truthy()).unwrap_or(false) {
+                return Err("the event loop the pool was started on is closed".into());
+            }
             let aw =
                 self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe_chain(py, &e)))?.into_bound(py);
             if !isawaitable(py, &aw) {
@@ -163,6 +166,15 @@ impl Spawner for PySpawner {
             .unwrap_or_else(|| "process".into());
             Ok(Arc::new(PyProc { obj, label, locals, liveness }) as Proc)
         })
+    }
+
+    /// The event loop the pool was started on is closed: no spawn can be scheduled any more.
+    fn gone(&self) -> bool {
+        let Some(locals) = self.locals.get() else { return false };
+        super::with_python(|py| {
+            locals.event_loop(py).call_method0("is_closed").and_then(|c| c.is_truthy()).unwrap_or(false)
+        })
+        .unwrap_or(true)
     }
 }
 
