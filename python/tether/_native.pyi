@@ -284,15 +284,15 @@ class ProcPool:
     """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a
     plain function is a TypeError) returning any object, alive per ``liveness(proc)`` if given (called
     from a tether thread, with the GIL: keep it quick and non-blocking), else its ``is_alive()``, else
-    ``returncode is None``; disposed with ``aclose()``/``close()``, else ``kill()`` then ``await
-    wait()``. A spawn that raises ``X from cause`` reports both. Or ``command``: argv of a child that
-    sends the ready frame (``tether.worker``); such children die with this process
-    (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what they own
-    (``kill()`` for spawn= objects). Each spawn made while acquirers wait is
-    made for one of them; its failure is a failed attempt of that acquirer only; after
-    ``acquire_attempts`` failed attempts it raises ``PoolExhausted`` (``.failures``: its own spawns'
-    causes, ``.attempts``). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
-    of a process this pool did not lend (or twice) raise ValueError."""
+    ``poll() is None``, else ``returncode is None``; disposed with ``aclose()``/``close()``, else
+    ``kill()`` then ``await wait()``. A spawn that raises ``X from cause`` reports both. Or
+    ``command``: argv of a child that sends the ready frame (``tether.worker``); such children die with
+    this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what
+    they own (``kill()`` for spawn= objects). Each spawn made while acquirers wait is made for one of
+    them; its failure is a failed attempt of that acquirer only; after ``acquire_attempts`` failed
+    attempts it raises ``PoolExhausted`` (``.failures``: its own spawns' causes, ``.attempts``).
+    ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool
+    did not lend (or twice) raise ValueError. A request that does not complete kills its worker."""
 
     def __init__(
         self,

@@ -55,8 +55,8 @@ fn isawaitable(py: Python<'_>, o: &Bound<'_, PyAny>) -> bool {
 
 impl ProcHandle for PyProc {
     /// The pool's `liveness(obj)` if given; else `obj.is_alive()` (or attribute); else
-    /// `obj.returncode is None` (asyncio and subprocess processes); else assumed alive. A check that
-    /// raises means dead.
+    /// `obj.poll() is None` (subprocess.Popen); else `obj.returncode is None` (asyncio processes); else
+    /// assumed alive. A check that raises means dead.
     fn is_alive(&self) -> bool {
         super::with_python(|py| {
             let o = self.obj.bind(py);
@@ -66,7 +66,11 @@ impl ProcHandle for PyProc {
             match o.getattr("is_alive") {
                 Ok(f) if f.is_callable() => f.call0().and_then(|r| r.is_truthy()).unwrap_or(false),
                 Ok(v) => v.is_truthy().unwrap_or(false),
-                Err(_) => o.getattr("returncode").map(|r| r.is_none()).unwrap_or(true),
+                // subprocess.Popen learns of its exit only when polled
+                Err(_) => match o.getattr("poll") {
+                    Ok(poll) if poll.is_callable() => poll.call0().map(|r| r.is_none()).unwrap_or(false),
+                    _ => o.getattr("returncode").map(|r| r.is_none()).unwrap_or(true),
+                },
             }
         })
         .unwrap_or(false)
