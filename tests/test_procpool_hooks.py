@@ -192,7 +192,7 @@ async def test_popen_objects_are_judged_by_poll():
     import subprocess
 
     async def spawn():
-        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        return await asyncio.to_thread(subprocess.Popen, [sys.executable, "-c", "import time; time.sleep(60)"])
 
     pool = tether.ProcPool(spawn=spawn, num_idle=1)
     await pool.warm(timeout=30)
