@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod backoff;
 mod bridge;
+mod callables;
 mod chaos;
 mod completer;
 mod connection;
@@ -69,6 +70,9 @@ pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
 #[pyfunction]
 fn _at_exit(py: Python<'_>) {
     use std::sync::atomic::Ordering::SeqCst;
+    // pools nobody closed: their processes must not outlive the program (before the gate closes:
+    // killing a Python-spawned process calls its kill())
+    crate::procpool::kill_all_at_exit();
     PYTHON_ALIVE.store(false, SeqCst);
     py.detach(|| {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
