@@ -643,17 +643,42 @@ fn tls_connector() -> Connector {
     Connector::Rustls(cfg.clone())
 }
 
+/// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
+pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
+    // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let host_end = authority.rfind(']').unwrap_or(0);
+    match authority[host_end..].rfind(':').map(|i| &authority[host_end + i + 1..]) {
+        None | Some("") => Ok(if uri.scheme_str() == Some("wss") { 443 } else { 80 }),
+        Some(p) => match p.parse::<u32>() {
+            Ok(n @ 1..=65535) => Ok(n as u16),
+            _ => Err(format!("port {p} is outside 1..65535")),
+        },
+    }
+}
+
+/// The kernel backs up the ping deadline (keepalive, TCP_USER_TIMEOUT); an option the kernel refuses
+/// (e.g. a keepalive idle time above its maximum) leaves only the ping deadline, which still works.
 fn set_socket_options(tcp: &TcpStream, cfg: &WsConfig) {
-    let _ = tcp.set_nodelay(true);
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(target: LOG, error = %e, "could not set TCP_NODELAY: {e}");
+    }
     let sock = socket2::SockRef::from(tcp);
     let ka = socket2::TcpKeepalive::new()
         .with_time(cfg.ping_interval.max(Duration::from_secs(1)))
         .with_interval((cfg.ping_timeout / 3).max(Duration::from_secs(1)));
     #[cfg(any(target_os = "linux", target_os = "macos"))]
     let ka = ka.with_retries(3);
-    let _ = sock.set_tcp_keepalive(&ka);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        tracing::debug!(target: LOG, error = %e,
+            "could not enable TCP keepalive (idle {:.0}s): {e}; relying on the ping deadline", cfg.ping_interval.as_secs_f64());
+    }
     #[cfg(target_os = "linux")]
-    let _ = sock.set_tcp_user_timeout(Some(cfg.ping_interval + cfg.ping_timeout));
+    if let Err(e) = sock.set_tcp_user_timeout(Some(cfg.ping_interval + cfg.ping_timeout)) {
+        tracing::debug!(target: LOG, error = %e,
+            "could not set TCP_USER_TIMEOUT ({:.0}s): {e}; relying on the ping deadline",
+            (cfg.ping_interval + cfg.ping_timeout).as_secs_f64());
+    }
 }
 
 fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
@@ -716,8 +741,8 @@ async fn open(
         }
     };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let shown = redact_url(&target.url);
+    let port = port_of(&uri).map_err(|e| WsError::fatal(format!("{e} in {shown}")))?;
     let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port))).await {
         Err(_) => {
             return Err(WsError::retry(format!("TCP connect to {host}:{port} timed out (open_timeout {bound}s)")))

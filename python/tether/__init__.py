@@ -9,7 +9,7 @@ from __future__ import annotations
 import atexit as _atexit
 
 from . import _native, events
-from ._connect import Connection, connect
+from ._connect import Connection, add_redacted_names, connect
 from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
@@ -40,6 +40,7 @@ __all__ = [
     "TimeoutError",
     "Watchdog",
     "WorkerProc",
+    "add_redacted_names",
     "bounded",
     "connect",
     "events",

@@ -7,7 +7,7 @@ from typing import Any
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._native import Backoff, Watchdog
+from ._native import Backoff, Watchdog, add_redacted_names
 
 UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
 
@@ -58,7 +58,8 @@ class Connection:
             raise StopAsyncIteration from None
 
     async def recv(self) -> str | bytes:
-        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up.
+        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up, and
+        ``RuntimeError`` on a connection that was never awaited or entered (nothing would ever arrive).
 
         Cancellation-safe: the message is taken from the buffer by this task, synchronously, only once
         one is there; a recv cancelled while waiting (e.g. by ``asyncio.wait_for``) consumes nothing."""
@@ -69,11 +70,13 @@ class Connection:
                 return m
             await n.wait_readable()
 
-    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` and wait until the server's WebSocket layer confirmed it (a pong to a ping
-        sent after it). During an outage the message waits in the bounded send buffer and is delivered
-        in order after the reconnect; if the connection is closed or gives up first, this raises."""
-        await self._n.send(data)
+    def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
+        """Queue ``data`` now, at call time (so messages go out in call order and ``SendBufferFull`` is
+        raised by the call itself); the returned awaitable resolves once the server's WebSocket layer
+        confirmed it (a pong to a ping sent after it). During an outage the message waits in the bounded
+        send buffer and is delivered in order after the reconnect; if the connection is closed or gives
+        up first, the awaitable raises."""
+        return self._n.send(data)
 
     # -- observation --------------------------------------------------------------------------------
     def events(self):
@@ -151,4 +154,4 @@ def connect(
     )
 
 
-__all__ = ["Connection", "connect"]
+__all__ = ["Connection", "add_redacted_names", "connect"]

@@ -1,9 +1,10 @@
 //! `tether.connect` bindings: the supervised WebSocket.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3_async_runtimes::TaskLocals;
@@ -11,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -51,9 +52,12 @@ fn check_url(url: &str) -> PyResult<()> {
         .into_client_request()
         .map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))?;
     match req.uri().scheme_str() {
-        Some("ws") | Some("wss") => Ok(()),
-        other => Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url)))),
+        Some("ws") | Some("wss") => {}
+        other => {
+            return Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url))))
+        }
     }
+    port_of(req.uri()).map(|_| ()).map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))
 }
 
 /// What url_for returned: "url" or ("url", headers).
@@ -137,6 +141,8 @@ pub struct PyConnection {
     client: Arc<WsClient>,
     target: Arc<PyTarget>,
     name: String,
+    /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
+    started: AtomicBool,
 }
 
 pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
@@ -212,6 +218,21 @@ fn parse_ladder(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Arc<str>, u32)>> 
         return Err(value_error("ladder strategy names must not be empty"));
     }
     Ok(out)
+}
+
+impl PyConnection {
+    /// Before the connection was awaited or entered nothing would ever deliver a message or confirm a
+    /// send: fail at once instead of waiting forever. A closed connection raises its terminal error.
+    fn check_started(&self, what: &str) -> PyResult<()> {
+        if self.started.load(Ordering::SeqCst) || self.client.terminal().is_some() {
+            return Ok(());
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "{what}() on a connection to {} that was never started: use `async with tether.connect(...) as conn` \
+             or `conn = await tether.connect(...)` first",
+            self.name
+        )))
+    }
 }
 
 #[pymethods]
@@ -310,12 +331,13 @@ impl PyConnection {
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown })
+        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false) })
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
+        self.started.store(true, Ordering::SeqCst);
         if self.target.locals.get().is_none() {
             let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
         }
@@ -329,6 +351,7 @@ impl PyConnection {
 
     /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.check_started("recv")?;
         match self.client.try_recv() {
             Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
             Ok(None) => Ok(None),
@@ -339,6 +362,7 @@ impl PyConnection {
     /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.
     /// It consumes nothing, so cancelling it never loses a message.
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check_started("recv")?;
         let client = self.client.clone();
         super::runtime::future_into_py(py, async move {
             client.readable().await;
@@ -349,6 +373,7 @@ impl PyConnection {
     /// Queue `data` (str -> text, bytes-like -> binary); resolves once the peer confirmed it.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
+        self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
         let rx = match self.client.enqueue(msg) {
             Ok(rx) => rx,
@@ -426,6 +451,23 @@ impl PyConnection {
     }
 }
 
+/// Redact query parameters and headers with these names too (case-insensitive), in every log, event,
+/// exception and repr tether produces from now on, process-wide.
+#[pyfunction]
+#[pyo3(signature = (*names))]
+fn add_redacted_names(names: &Bound<'_, PyTuple>) -> PyResult<()> {
+    let names: Vec<String> = names
+        .iter()
+        .map(|n| n.extract::<String>())
+        .collect::<PyResult<_>>()
+        .map_err(|_| PyTypeError::new_err("add_redacted_names takes parameter or header names as str"))?;
+    for n in &names {
+        crate::redact::add_secret_name(n).map_err(value_error)?;
+    }
+    Ok(())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyConnection>()
+    m.add_class::<PyConnection>()?;
+    m.add_function(wrap_pyfunction!(add_redacted_names, m)?)
 }
