@@ -5,6 +5,7 @@
 //! * [`backoff`]: retry delay policies (jitter, budgets).
 //! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
+//! * [`ws_protocol`]: its delivery, liveness, close and poison rules, without I/O.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
@@ -19,6 +20,7 @@ pub mod redact;
 pub mod testing;
 pub mod watchdog;
 pub mod ws;
+pub mod ws_protocol;
 
 #[cfg(feature = "python")]
 mod py;

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use tokio_tungstenite::Connector;
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
+use crate::ws_protocol::{size_of, Failure, PeerClose, Protocol, ProtocolConfig, PushError, Write};
 
 const LOG: &str = "tether::ws";
 
@@ -47,8 +48,14 @@ pub struct WsConfig {
     pub close_timeout: Duration,
     pub first_message_timeout: Option<Duration>,
     pub send_buffer: usize,
-    /// Inbound messages buffered before the reader pauses (the ping check is suspended meanwhile).
+    /// Largest message, in bytes of payload, sent or received (tungstenite's frame limit follows it).
+    pub max_message_size: usize,
+    /// A message in flight at this many consecutive connection losses is failed, not re-sent.
+    pub poison_after: u32,
+    /// Inbound messages, and bytes, buffered before the reader pauses (pong deadlines are suspended
+    /// meanwhile; pings keep going out, so the kernel's TCP_USER_TIMEOUT still catches a black hole).
     pub recv_buffer: usize,
+    pub recv_buffer_bytes: usize,
     pub fatal_close_codes: Vec<u16>,
     pub fatal_http_statuses: Vec<u16>,
     pub reconnect: reconnect::Config,
@@ -68,7 +75,10 @@ impl Default for WsConfig {
             close_timeout: Duration::from_secs(2),
             first_message_timeout: None,
             send_buffer: 1024,
+            max_message_size: 16 << 20,
+            poison_after: 3,
             recv_buffer: 65_536,
+            recv_buffer_bytes: 64 << 20,
             fatal_close_codes: vec![1008],
             fatal_http_statuses: vec![401, 403],
             reconnect: reconnect::Config {
@@ -163,6 +173,13 @@ impl State {
 pub enum SendError {
     /// `send_buffer` messages are already waiting for delivery.
     Full(usize),
+    /// Bigger than `max_message_size`: refused at once.
+    TooBig {
+        size: usize,
+        max: usize,
+    },
+    /// Removed from the queue by the poison rule (see `ws_protocol`); never re-sent.
+    Rejected(Failure),
     Ended(Terminal),
 }
 
@@ -184,7 +201,6 @@ struct Counters {
     connects: AtomicU64,
     losses: AtomicU64,
     pings_sent: AtomicU64,
-    last_rtt_us: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,29 +221,27 @@ pub struct Stats {
     pub connected_for: Option<Duration>,
 }
 
-struct Outgoing {
-    msg: Message,
-    done: Option<oneshot::Sender<Result<(), Terminal>>>,
-}
+/// Resolves a send: Ok once confirmed, or why it never will be.
+type Done = oneshot::Sender<Result<(), SendError>>;
 
 enum Ctrl {
-    Ping,
+    /// tungstenite queued a reply (pong to a ping) that must go out now.
     Flush,
-    Close,
 }
 
 struct Shared {
     cfg: WsConfig,
-    base: Instant,
     inbound: Mutex<VecDeque<Message>>,
+    inbound_bytes: AtomicUsize,
     inbound_ready: Notify,
     inbound_space: Notify,
     reader_paused: AtomicBool,
-    outbound: Mutex<VecDeque<Outgoing>>,
-    /// Written but not yet confirmed by a pong to a later ping: (write sequence, message).
-    unacked: Mutex<VecDeque<(u64, Outgoing)>>,
-    written_seq: AtomicU64,
+    /// Delivery, pings, close handshake, poison rule: the sans-I/O core this module drives.
+    proto: Mutex<Protocol<Done>>,
+    /// Wakes the writer: a message was queued, a ping is due, a close was requested.
     outbound_ready: Notify,
+    /// Wakes the timer task: the ping deadlines changed (a ping was written, the reader resumed).
+    timers_changed: Notify,
     state: AtomicU8,
     terminal: OnceLock<Terminal>,
     close_requested: AtomicBool,
@@ -235,16 +249,12 @@ struct Shared {
     live: AtomicBool,
     connected_at: Mutex<Option<Instant>>,
     last_loss: Mutex<Option<String>>,
-    last_rx_us: AtomicU64,
     state_change: Notify,
     events: broadcast::Sender<Event>,
     counters: Counters,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
-    }
     fn set_state(&self, s: State) {
         let old = self.state.swap(s as u8, Ordering::SeqCst);
         if old != s as u8 {
@@ -260,43 +270,8 @@ impl Shared {
     fn lock_in(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn lock_out(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
-        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Outgoing)>> {
-        self.unacked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// Every message written up to `seq` reached the peer's WebSocket layer: resolve those sends.
-    fn confirm(&self, seq: u64) {
-        let done: Vec<Outgoing> = {
-            let mut u = self.lock_unacked();
-            let n = u.iter().take_while(|(s, _)| *s <= seq).count();
-            u.drain(..n).map(|(_, o)| o).collect()
-        };
-        if done.is_empty() {
-            return;
-        }
-        for mut o in done {
-            if let Some(tx) = o.done.take() {
-                let _ = tx.send(Ok(()));
-            }
-        }
-    }
-    /// After a loss: unconfirmed messages go back to the head of the queue, in order.
-    fn requeue_unconfirmed(&self) -> usize {
-        let mut out = self.lock_out();
-        let mut u = self.lock_unacked();
-        let n = u.len();
-        while let Some((_, o)) = u.pop_back() {
-            out.push_front(o);
-        }
-        n
-    }
-    fn ping_payload(&self) -> tungstenite::Bytes {
-        let mut p = Vec::with_capacity(16);
-        p.extend_from_slice(&self.written_seq.load(Ordering::SeqCst).to_be_bytes());
-        p.extend_from_slice(&self.now_us().to_be_bytes());
-        p.into()
+    fn lock_proto(&self) -> std::sync::MutexGuard<'_, Protocol<Done>> {
+        self.proto.lock().unwrap_or_else(|p| p.into_inner())
     }
     async fn wait_close(&self) {
         loop {
@@ -321,18 +296,24 @@ pub struct WsClient {
 impl WsClient {
     pub fn new(cfg: WsConfig, provider: Arc<dyn TargetProvider>) -> Arc<WsClient> {
         let (events, _) = broadcast::channel(4096);
+        let proto_cfg = ProtocolConfig {
+            ping_interval: cfg.ping_interval,
+            ping_timeout: cfg.ping_timeout,
+            send_buffer: cfg.send_buffer,
+            max_message_size: cfg.max_message_size,
+            poison_after: cfg.poison_after,
+        };
         Arc::new(WsClient {
             shared: Arc::new(Shared {
                 cfg,
-                base: Instant::now(),
                 inbound: Mutex::new(VecDeque::new()),
+                inbound_bytes: AtomicUsize::new(0),
                 inbound_ready: Notify::new(),
                 inbound_space: Notify::new(),
                 reader_paused: AtomicBool::new(false),
-                outbound: Mutex::new(VecDeque::new()),
-                unacked: Mutex::new(VecDeque::new()),
-                written_seq: AtomicU64::new(0),
+                proto: Mutex::new(Protocol::new(proto_cfg, nonce())),
                 outbound_ready: Notify::new(),
+                timers_changed: Notify::new(),
                 state: AtomicU8::new(State::Idle as u8),
                 terminal: OnceLock::new(),
                 close_requested: AtomicBool::new(false),
@@ -340,7 +321,6 @@ impl WsClient {
                 live: AtomicBool::new(false),
                 connected_at: Mutex::new(None),
                 last_loss: Mutex::new(None),
-                last_rx_us: AtomicU64::new(0),
                 state_change: Notify::new(),
                 events,
                 counters: Counters::default(),
@@ -401,7 +381,11 @@ impl WsClient {
         };
         match m {
             Some(m) => {
-                if self.shared.reader_paused.load(Ordering::Relaxed) && len <= self.shared.cfg.recv_buffer / 2 {
+                let bytes = self.shared.inbound_bytes.fetch_sub(size_of(&m), Ordering::SeqCst) - size_of(&m);
+                if self.shared.reader_paused.load(Ordering::Relaxed)
+                    && len <= self.shared.cfg.recv_buffer / 2
+                    && bytes <= self.shared.cfg.recv_buffer_bytes / 2
+                {
                     self.shared.inbound_space.notify_one();
                 }
                 Ok(Some(m))
@@ -443,17 +427,18 @@ impl WsClient {
     pub async fn send(&self, msg: Message) -> Result<(), SendError> {
         let rx = self.enqueue(msg)?;
         match rx.await {
-            Ok(r) => r.map_err(SendError::Ended),
+            Ok(r) => r,
             Err(_) => Err(SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))),
         }
     }
 
     /// Queue `msg` now (order = call order); the receiver resolves once the peer confirmed it.
-    /// Fails at once when the connection ended or `send_buffer` messages are already pending.
-    pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), Terminal>>, SendError> {
+    /// Fails at once when the connection ended, the message is bigger than `max_message_size` or
+    /// `send_buffer` messages are already pending.
+    pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut q = self.shared.lock_out();
+            let mut proto = self.shared.lock_proto();
             // checked under the lock: `finish` fails the queue under this lock when the connection ends
             if let Some(t) = self.shared.terminal.get() {
                 return Err(SendError::Ended(t.clone()));
@@ -461,11 +446,10 @@ impl WsClient {
             if self.shared.close_requested.load(Ordering::SeqCst) {
                 return Err(SendError::Ended(Terminal::Closed));
             }
-            let pending = q.len() + self.shared.lock_unacked().len();
-            if pending >= self.shared.cfg.send_buffer {
-                return Err(SendError::Full(pending));
-            }
-            q.push_back(Outgoing { msg, done: Some(tx) });
+            proto.push(msg, tx).map_err(|(e, _)| match e {
+                PushError::Full(n) => SendError::Full(n),
+                PushError::TooBig { size, max } => SendError::TooBig { size, max },
+            })?;
         }
         self.shared.outbound_ready.notify_one();
         Ok(rx)
@@ -493,7 +477,10 @@ impl WsClient {
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
         let connects = c.connects.load(Ordering::Relaxed);
-        let rtt = c.last_rtt_us.load(Ordering::Relaxed);
+        let (send_queue, last_rtt) = {
+            let p = self.shared.lock_proto();
+            (p.pending(), p.last_rtt())
+        };
         Stats {
             state: self.shared.state(),
             messages_in: c.messages_in.load(Ordering::Relaxed),
@@ -504,8 +491,8 @@ impl WsClient {
             reconnects: connects.saturating_sub(1),
             losses: c.losses.load(Ordering::Relaxed),
             pings_sent: c.pings_sent.load(Ordering::Relaxed),
-            last_rtt: if rtt == 0 { None } else { Some(Duration::from_micros(rtt)) },
-            send_queue: self.shared.lock_out().len() + self.shared.lock_unacked().len(),
+            last_rtt,
+            send_queue,
             recv_queue: self.shared.lock_in().len(),
             last_loss: self.shared.last_loss.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             connected_for: if self.shared.live.load(Ordering::SeqCst) {
@@ -534,12 +521,9 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     let _ = shared.terminal.set(term.clone());
     let term = shared.terminal.get().cloned().unwrap_or(term);
     shared.set_state(if matches!(term, Terminal::Closed) { State::Closed } else { State::Failed });
-    let mut pending: Vec<Outgoing> = shared.lock_unacked().drain(..).map(|(_, o)| o).collect();
-    pending.extend(shared.lock_out().drain(..));
-    for o in pending {
-        if let Some(tx) = o.done {
-            let _ = tx.send(Err(term.clone()));
-        }
+    let pending = shared.lock_proto().finish();
+    for tx in pending {
+        let _ = tx.send(Err(SendError::Ended(term.clone())));
     }
     shared.live.store(false, Ordering::SeqCst);
     shared.inbound_ready.notify_waiters();
@@ -681,6 +665,13 @@ fn set_socket_options(tcp: &TcpStream, cfg: &WsConfig) {
     }
 }
 
+fn ws_config(cfg: &WsConfig) -> tungstenite::protocol::WebSocketConfig {
+    // one frame may carry a whole message; neither may exceed max_message_size
+    tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(cfg.max_message_size))
+        .max_frame_size(Some(cfg.max_message_size))
+}
+
 fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
     match e {
         tungstenite::Error::Http(resp) => {
@@ -755,7 +746,7 @@ async fn open(
     tracing::debug!(target: LOG, url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
     match tokio::time::timeout_at(
         deadline,
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)),
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config(cfg)), Some(connector)),
     )
     .await
     {
@@ -773,7 +764,6 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let cfg = &shared.cfg;
     let ws = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
-    shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
 
     if let Some(fm) = cfg.first_message_timeout {
         let first = tokio::time::timeout(fm, async {
@@ -795,17 +785,34 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     }
 
     *shared.connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    shared.lock_proto().connected(Instant::now().into_std());
     shared.live.store(true, Ordering::SeqCst);
     attempt.connected();
     // a close requested during the handshake is honoured now that we can close gracefully
     let result = pump(&shared, &mut sink, &mut stream).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
-        let resend = shared.requeue_unconfirmed();
-        tracing::debug!(target: LOG, error = %e.text, unconfirmed = resend as u64,
-            "connection lost: {}; {resend} unconfirmed message(s) will be re-sent after the reconnect", e.text);
+        let (failed, resend) = {
+            let mut p = shared.lock_proto();
+            let failed = p.lost(e.close_code, &e.text);
+            (failed, p.pending())
+        };
+        for (tx, f) in failed {
+            tracing::warn!(target: LOG, error = %e.text, "a send was failed and removed from the queue: {}", f.message());
+            let _ = tx.send(Err(SendError::Rejected(f)));
+        }
+        tracing::debug!(target: LOG, error = %e.text, pending = resend as u64,
+            "connection lost: {}; {resend} accepted message(s) not yet confirmed will be (re-)sent after the reconnect", e.text);
     }
     result
+}
+
+/// A per-connection random value that tells its pings from any other's (not a secret).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
 }
 
 type Sink = futures_util::stream::SplitSink<
@@ -830,60 +837,74 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
 }
 
 fn push_inbound(shared: &Shared, m: Message) {
-    let len = match &m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
-    };
+    let len = size_of(&m);
     shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
     shared.counters.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    shared.inbound_bytes.fetch_add(len, Ordering::SeqCst);
     shared.lock_in().push_back(m);
     shared.inbound_ready.notify_waiters();
 }
 
+/// Run one live connection until it is lost (Err) or closed on request (Ok). The reader, the writer
+/// and the timer task run together throughout, the close handshake included, so pongs confirm sends
+/// until the very end.
 async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {
     let cfg = &shared.cfg;
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
+    // set when the peer started the close: tungstenite queued the reply, which must be flushed
+    let answer_close = AtomicBool::new(false);
 
+    let full = || {
+        shared.lock_in().len() >= cfg.recv_buffer
+            || shared.inbound_bytes.load(Ordering::SeqCst) >= cfg.recv_buffer_bytes
+    };
     let reader = async {
         loop {
-            if shared.lock_in().len() >= cfg.recv_buffer {
+            if full() {
                 shared.reader_paused.store(true, Ordering::SeqCst);
+                shared.lock_proto().pause();
                 let n = shared.inbound_space.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
-                if shared.lock_in().len() >= cfg.recv_buffer {
+                if full() {
                     n.await;
                 }
                 shared.reader_paused.store(false, Ordering::SeqCst);
-                shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
+                shared.lock_proto().resume(Instant::now().into_std());
+                shared.timers_changed.notify_one();
                 continue;
             }
             let msg = match stream.next().await {
                 None => return Err(WsError::retry("connection closed by the peer without a close frame (EOF)")),
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    return Err(WsError::retry(format!(
+                        "the peer sent a message over max_message_size ({} bytes): {e}",
+                        cfg.max_message_size
+                    )))
+                }
                 Some(Err(e)) => return Err(WsError::retry(format!("read error: {e}"))),
                 Some(Ok(m)) => m,
             };
-            shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
             match msg {
                 Message::Text(_) | Message::Binary(_) => push_inbound(shared, msg),
                 Message::Ping(_) => {
                     let _ = ctrl_tx.send(Ctrl::Flush);
                 }
                 Message::Pong(p) => {
-                    // our pings carry (write sequence, send time): the pong confirms every message
-                    // written before that ping, since frames are ordered on the connection
-                    if p.len() == 16 {
-                        let seq = u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8]));
-                        let sent = u64::from_be_bytes(p[8..].try_into().unwrap_or([0; 8]));
-                        let now = shared.now_us();
-                        if sent <= now {
-                            shared.counters.last_rtt_us.store((now - sent).max(1), Ordering::Relaxed);
-                        }
-                        shared.confirm(seq);
+                    let confirmed = shared.lock_proto().on_pong(&p, Instant::now().into_std());
+                    for tx in confirmed {
+                        let _ = tx.send(Ok(()));
                     }
                 }
-                Message::Close(f) => return Err(close_error(f, cfg)),
+                Message::Close(f) => {
+                    return match shared.lock_proto().on_close_frame() {
+                        PeerClose::Complete => Ok(()),
+                        PeerClose::Answer => {
+                            answer_close.store(true, Ordering::SeqCst);
+                            Err(close_error(f, cfg))
+                        }
+                    }
+                }
                 Message::Frame(_) => {}
             }
         }
@@ -891,119 +912,107 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
 
     let writer = async {
         let wr = |e: tungstenite::Error| WsError::retry(format!("write error: {e}"));
-        let mut closing = false;
         let mut pending_ctrl: Option<Ctrl> = None;
         loop {
             // control frames first: one that woke us, then any others queued
             while let Some(c) = pending_ctrl.take().or_else(|| ctrl_rx.try_recv().ok()) {
                 match c {
-                    Ctrl::Ping => {
-                        sink.feed(Message::Ping(shared.ping_payload())).await.map_err(wr)?;
-                        sink.flush().await.map_err(wr)?;
-                    }
                     Ctrl::Flush => sink.flush().await.map_err(wr)?,
-                    Ctrl::Close => closing = true,
                 }
             }
-            let batch: Vec<Message> = shared.lock_out().iter().take(64).map(|o| o.msg.clone()).collect();
-            if batch.is_empty() {
-                if closing {
-                    // everything accepted was written; wait for the peer to confirm it, then close
-                    if !shared.lock_unacked().is_empty() {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
+            let step = shared.lock_proto().next_write(Instant::now().into_std(), 64);
+            match step {
+                Write::Batch(batch, ping) => {
+                    let (n, bytes) = (batch.len() as u64, batch.iter().map(size_of).sum::<usize>() as u64);
+                    for m in batch {
+                        sink.feed(m).await.map_err(wr)?;
                     }
+                    // the ping right behind the batch confirms it
+                    sink.feed(Message::Ping(ping)).await.map_err(wr)?;
+                    sink.flush().await.map_err(wr)?;
+                    shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+                    shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+                    shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                    shared.timers_changed.notify_one();
+                }
+                Write::Ping(ping) => {
+                    sink.send(Message::Ping(ping)).await.map_err(wr)?;
+                    shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                    shared.timers_changed.notify_one();
+                }
+                Write::Close => {
                     let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
                     sink.send(Message::Close(Some(frame))).await.map_err(wr)?;
-                    return Ok(());
                 }
-                tokio::select! {
-                    _ = shared.outbound_ready.notified() => {}
-                    c = ctrl_rx.recv() => match c {
-                        Some(c) => pending_ctrl = Some(c),
-                        // the pump owns the sender, so this only happens while it is being torn down
-                        None => std::future::pending::<()>().await,
-                    },
+                Write::Idle => {
+                    tokio::select! {
+                        _ = shared.outbound_ready.notified() => {}
+                        c = ctrl_rx.recv() => match c {
+                            Some(c) => pending_ctrl = Some(c),
+                            // the pump owns the sender, so this only happens while it is being torn down
+                            None => std::future::pending::<()>().await,
+                        },
+                    }
                 }
-                continue;
             }
-            let mut bytes = 0u64;
-            for m in &batch {
-                bytes += match m {
-                    Message::Text(t) => t.len() as u64,
-                    Message::Binary(b) => b.len() as u64,
-                    _ => 0,
-                };
-                sink.feed(m.clone()).await.map_err(wr)?;
-            }
-            // the batch is written: move it to the unconfirmed list, then ask for confirmation
-            let n = {
-                let mut q = shared.lock_out();
-                let mut u = shared.lock_unacked();
-                let n = batch.len().min(q.len());
-                for o in q.drain(..n) {
-                    let seq = shared.written_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                    u.push_back((seq, o));
-                }
-                n
-            };
-            shared.counters.messages_out.fetch_add(n as u64, Ordering::Relaxed);
-            shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            sink.feed(Message::Ping(shared.ping_payload())).await.map_err(wr)?;
-            sink.flush().await.map_err(wr)?;
         }
     };
 
-    // Liveness: a ping every ping_interval; the connection is lost when nothing at all was received
-    // for ping_interval + ping_timeout (a healthy peer answers every ping, so it is never silent that
-    // long). Detection is therefore bounded by interval + timeout after the last frame, whatever the
-    // phase of the ping cycle when the peer went silent.
+    // Liveness and ping schedule (see ws_protocol): a due ping wakes the writer; a ping not echoed
+    // within ping_timeout ends the connection.
     let pinger = async {
-        let silence_limit = cfg.ping_interval + cfg.ping_timeout;
-        let mut next_ping = Instant::now() + cfg.ping_interval;
         loop {
-            let last_rx = shared.base + Duration::from_micros(shared.last_rx_us.load(Ordering::SeqCst));
-            let dead_at = last_rx + silence_limit;
-            tokio::time::sleep_until(next_ping.min(dead_at)).await;
-            let now = Instant::now();
-            let last_rx = shared.base + Duration::from_micros(shared.last_rx_us.load(Ordering::SeqCst));
-            if now >= last_rx + silence_limit && !shared.reader_paused.load(Ordering::SeqCst) {
-                return Err::<(), _>(WsError::retry(format!(
-                    "ping timeout: nothing received for {:.3}s (ping_interval {:.3}s + ping_timeout {:.3}s)",
-                    now.saturating_duration_since(last_rx).as_secs_f64(),
-                    cfg.ping_interval.as_secs_f64(),
-                    cfg.ping_timeout.as_secs_f64()
-                )));
+            let changed = shared.timers_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (wake, due) = {
+                let mut p = shared.lock_proto();
+                let wake = p.poll(Instant::now().into_std()).map_err(WsError::retry)?;
+                (wake, p.ping_due())
+            };
+            if due {
+                shared.outbound_ready.notify_one();
             }
-            if now >= next_ping {
-                shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
-                let _ = ctrl_tx.send(Ctrl::Ping);
-                next_ping = now + cfg.ping_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(Instant::from_std(wake)) => {}
+                _ = changed => {}
             }
         }
     };
 
-    tokio::pin!(reader, writer, pinger);
-    let lost = tokio::select! {
-        r = &mut reader => r,
-        r = &mut writer => r,
-        r = &mut pinger => r,
-        _ = shared.wait_close() => Ok(()),
-    };
-    if let Err(e) = lost {
-        return Err(e);
-    }
-    // Closing on request: the writer flushes what was accepted and sends a close frame; then wait for
-    // the peer's close (the reader ends). All of it within close_timeout.
-    shared.set_state(State::Closing);
-    let _ = ctrl_tx.send(Ctrl::Close);
-    let graceful = async {
-        if (&mut writer).await.is_ok() {
-            let _ = (&mut reader).await;
+    let outcome = {
+        tokio::pin!(reader, writer, pinger);
+        let mut close_by: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut reader => break r,
+                r = &mut writer => break r,
+                r = &mut pinger => break r,
+                _ = shared.wait_close(), if close_by.is_none() => {
+                    // Closing on request: the writer flushes what was accepted, a ping and the close
+                    // frame; the reader confirms and ends at the peer's close. All within close_timeout.
+                    shared.set_state(State::Closing);
+                    shared.lock_proto().request_close();
+                    shared.outbound_ready.notify_one();
+                    close_by = Some(Instant::now() + cfg.close_timeout);
+                }
+                _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if close_by.is_some() => {
+                    tracing::debug!(target: LOG, "the peer did not complete the close handshake within close_timeout ({:.3}s)",
+                        cfg.close_timeout.as_secs_f64());
+                    break Ok(());
+                }
+            }
         }
     };
-    let _ = tokio::time::timeout(cfg.close_timeout, graceful).await;
-    Ok(())
+    if answer_close.load(Ordering::SeqCst) {
+        // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
+        let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+    }
+    if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
+        // a loss during the close handshake: the close is what the user asked for
+        return Ok(());
+    }
+    outcome
 }
 
 #[cfg(test)]

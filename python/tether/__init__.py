@@ -10,7 +10,16 @@ import atexit as _atexit
 
 from . import _native, events
 from ._connect import Connection, add_redacted_names, connect
-from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
+from ._errors import (
+    ConnectionClosed,
+    GaveUp,
+    NotReady,
+    PoolExhausted,
+    SendBufferFull,
+    SendFailed,
+    TetherError,
+    TimeoutError,
+)
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
 from ._procpool import ProcPool, WorkerProc
@@ -36,6 +45,7 @@ __all__ = [
     "ReadinessGate",
     "Reconnector",
     "SendBufferFull",
+    "SendFailed",
     "TetherError",
     "TimeoutError",
     "Watchdog",

@@ -120,6 +120,7 @@ def connect(
     fatal_http_statuses: Iterable[int] = (401, 403),
     name: str | None = None,
     watchdog: Watchdog | None = None,
+    max_message_size: int | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -130,6 +131,19 @@ def connect(
     ``watchdog``: a ``tether.Watchdog`` fed with the connection's states ("connecting", "connected",
     "reconnecting", "closing", "closed", "failed"), so ``wd.dwell("reconnecting", 20)`` catches a
     connection stuck reconnecting; its alarms also appear in ``conn.events()`` as ``tether.Alarm``.
+
+    ``max_message_size``: the largest message, in bytes of payload, either way (default 16 MiB). A bigger
+    ``send()`` raises ``ValueError`` at once; a bigger inbound message (or frame) is a loss, reported as
+    such, and the connection reconnects. Received messages wait in a buffer bounded by count and by bytes
+    (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
+    peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
+    kernel's TCP_USER_TIMEOUT on Linux).
+
+    Delivery: ``await conn.send(x)`` resolves once the server's WebSocket layer confirmed it (read it;
+    not that its application handled it). Across a loss delivery is at-least-once: unconfirmed messages
+    are re-sent first after the reconnect. A message the server refuses is not retried forever: a close
+    1009 (message too big) fails the largest unconfirmed message with ``tether.SendFailed``, and so does
+    being in flight at 3 consecutive losses; later messages go on.
     """
     return Connection(
         _native.Connection(
@@ -150,6 +164,7 @@ def connect(
             fatal_http_statuses=fatal_http_statuses,
             name=name,
             watchdog=watchdog,
+            max_message_size=max_message_size,
         )
     )
 

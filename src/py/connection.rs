@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::reconnect::Config;
 use crate::redact::redact_url;
 use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -170,6 +171,29 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
     }
 }
 
+fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
+    match e {
+        SendError::Ended(t) => terminal_error(py, t, name),
+        SendError::Full(n) => tether_error(py, "SendBufferFull", &format!(
+            "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
+            cfg.send_buffer), None),
+        SendError::TooBig { size, max } => value_error(format!(
+            "message of {size} bytes is larger than max_message_size ({max} bytes) of the connection to {name}"
+        )),
+        SendError::Rejected(f) => {
+            let kw = PyDict::new(py);
+            let (size, code, losses) = match f {
+                Failure::TooBig { size, .. } => (*size, Some(MESSAGE_TOO_BIG), None),
+                Failure::Poisoned { size, losses, .. } => (*size, None, Some(*losses)),
+            };
+            let _ = kw.set_item("size", size);
+            let _ = kw.set_item("code", code);
+            let _ = kw.set_item("losses", losses);
+            tether_error(py, "SendFailed", &redact_url(&format!("send to {name} failed: {}", f.message())), Some(&kw))
+        }
+    }
+}
+
 fn opt_positive(name: &str, v: Option<&Bound<'_, PyAny>>, default: Option<f64>) -> PyResult<Option<f64>> {
     match v {
         Some(v) if !v.is_none() => positive_seconds(name, v).map(Some),
@@ -240,7 +264,8 @@ impl PyConnection {
     #[new]
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
-        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None))]
+        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
+        max_message_size=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -261,6 +286,7 @@ impl PyConnection {
         fatal_http_statuses: Option<&Bound<'_, PyAny>>,
         name: Option<&str>,
         watchdog: Option<&Bound<'_, PyAny>>,
+        max_message_size: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let watchdog = match watchdog {
@@ -296,6 +322,18 @@ impl PyConnection {
         if send_buffer == 0 {
             return Err(value_error("send_buffer must be at least 1"));
         }
+        let max_message_size = match max_message_size {
+            Some(v) if !v.is_none() => {
+                let n = v
+                    .extract::<u64>()
+                    .map_err(|_| value_error("max_message_size must be a positive number of bytes"))?;
+                if n == 0 || n > usize::MAX as u64 {
+                    return Err(value_error("max_message_size must be a positive number of bytes"));
+                }
+                n as usize
+            }
+            _ => d.max_message_size,
+        };
         let shown = name.map(|n| redact_url(n)).unwrap_or_else(|| redact_url(&url));
         let cfg = WsConfig {
             url: url.clone(),
@@ -310,7 +348,10 @@ impl PyConnection {
             first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?
                 .map(Duration::from_secs_f64),
             send_buffer,
+            max_message_size,
+            poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
+            recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
             fatal_close_codes: codes("fatal_close_codes", fatal_close_codes, &d.fatal_close_codes)?,
             fatal_http_statuses: codes("fatal_http_statuses", fatal_http_statuses, &d.fatal_http_statuses)?,
             reconnect: Config {
@@ -375,23 +416,15 @@ impl PyConnection {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let rx = match self.client.enqueue(msg) {
-            Ok(rx) => rx,
-            Err(SendError::Ended(t)) => return Err(terminal_error(py, &t, &self.name)),
-            Err(SendError::Full(n)) => {
-                return Err(tether_error(py, "SendBufferFull", &format!(
-                    "send buffer of {} is full: {n} messages are waiting for delivery to {} (await send() before sending more, or raise send_buffer)",
-                    self.client.config().send_buffer, self.name), None))
-            }
-        };
+        let rx = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             let r = match rx.await {
                 Ok(r) => r,
-                Err(_) => Err(client.terminal().unwrap_or(Terminal::Closed)),
+                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+            r.map_err(|e| Python::attach(|py| send_error(py, &e, &name, client.config())))
         })
     }
 
