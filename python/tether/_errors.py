@@ -100,4 +100,13 @@ class TimeoutError(TetherError, builtins.TimeoutError):
         self.what = what
 
 
-__all__ = ["ConnectionClosed", "GaveUp", "NotReady", "PoolExhausted", "SendBufferFull", "SendFailed", "TetherError", "TimeoutError"]
+__all__ = [
+    "ConnectionClosed",
+    "GaveUp",
+    "NotReady",
+    "PoolExhausted",
+    "SendBufferFull",
+    "SendFailed",
+    "TetherError",
+    "TimeoutError",
+]
