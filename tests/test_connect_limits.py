@@ -9,9 +9,9 @@ import time
 
 import pytest
 import websockets
-from test_netns import NS_IF, NS_IP, netns, sh  # noqa: F401 (netns is a fixture)
 
 import tether
+from test_netns import NS_IF, NS_IP, netns, sh  # noqa: F401 (netns is a fixture)
 from tether import events as ev
 
 FAST = dict(ping_interval=0.3, ping_timeout=0.3, open_timeout=2.0, close_timeout=0.5)
