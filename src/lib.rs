@@ -6,6 +6,7 @@
 //! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
 //! * [`ws_protocol`]: its delivery, liveness, close and poison rules, without I/O.
+//! * [`ws_tls`]: which certificate authorities a `wss://` connection trusts.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
@@ -21,6 +22,7 @@ pub mod testing;
 pub mod watchdog;
 pub mod ws;
 pub mod ws_protocol;
+pub mod ws_tls;
 
 #[cfg(feature = "python")]
 mod py;

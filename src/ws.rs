@@ -62,6 +62,8 @@ pub struct WsConfig {
     /// Fed with the connection's states ("connecting", "connected", "reconnecting", "closed",
     /// "failed"); its alarms are forwarded into the connection's events.
     pub watchdog: Option<Arc<Watchdog>>,
+    /// Trusted CAs for wss:// (`ws_tls::client_config`); None = the bundled Mozilla roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for WsConfig {
@@ -86,6 +88,7 @@ impl Default for WsConfig {
                 ..Default::default()
             },
             watchdog: None,
+            tls: None,
         }
     }
 }
@@ -613,20 +616,6 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     }
 }
 
-fn tls_connector() -> Connector {
-    static CFG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let cfg = CFG.get_or_init(|| {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .expect("ring provider supports the default protocol versions");
-        Arc::new(cfg)
-    });
-    Connector::Rustls(cfg.clone())
-}
-
 /// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
 pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
     // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
@@ -694,6 +683,14 @@ fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
                 WsError::retry(text)
             }
         }
+        tungstenite::Error::Io(e) => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            // rustls reports through the TLS stream's io::Error; a certificate does not heal by retrying
+            Some(t @ rustls::Error::InvalidCertificate(_)) => WsError::fatal(format!(
+                "TLS handshake failed: {t} (to trust a private CA or the system store, pass ssl=)"
+            )),
+            Some(t) => WsError::retry(format!("TLS handshake failed: {t}")),
+            None => WsError::retry(format!("handshake failed: IO error: {e}")),
+        },
         other => WsError::retry(format!("handshake failed: {other}")),
     }
 }
@@ -742,7 +739,11 @@ async fn open(
         Ok(Ok(t)) => t,
     };
     set_socket_options(&tcp, cfg);
-    let connector = if tls { tls_connector() } else { Connector::Plain };
+    let connector = if tls {
+        Connector::Rustls(cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config))
+    } else {
+        Connector::Plain
+    };
     tracing::debug!(target: LOG, url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
     match tokio::time::timeout_at(
         deadline,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._errors import ConnectionClosed
 from ._native import Backoff, Watchdog, add_redacted_names
 
+if TYPE_CHECKING:
+    import os
+    import ssl as _ssl
+
+    SSLChoice = str | os.PathLike[str] | _ssl.SSLContext | Sequence[str | os.PathLike[str] | _ssl.SSLContext]
 UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
 
 
@@ -121,6 +126,7 @@ def connect(
     name: str | None = None,
     watchdog: Watchdog | None = None,
     max_message_size: int | None = None,
+    ssl: SSLChoice | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -138,6 +144,14 @@ def connect(
     (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
+
+    ``ssl``: which certificate authorities ``wss://`` trusts. Default: the Mozilla roots bundled with
+    tether. ``"system"``: the operating system's trust store (on Linux the distribution bundle, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``). A path (str or ``os.PathLike``): a PEM CA bundle, e.g. a private
+    CA or a TLS-intercepting proxy's. An ``ssl.SSLContext``: the CA certificates loaded into it (the
+    system store if it lists none, as ``ssl.create_default_context()`` does). A list of these: all of
+    them. Certificates are always verified; TLS is done by rustls, so only the trust anchors of a context
+    are used. Bad choices raise ``ValueError`` here.
 
     Delivery: ``await conn.send(x)`` resolves once the server's WebSocket layer confirmed it (read it;
     not that its application handled it). Across a loss delivery is at-least-once: unconfirmed messages
@@ -165,6 +179,7 @@ def connect(
             name=name,
             watchdog=watchdog,
             max_message_size=max_message_size,
+            ssl=ssl,
         )
     )
 

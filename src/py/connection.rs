@@ -14,6 +14,7 @@ use crate::reconnect::Config;
 use crate::redact::redact_url;
 use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
 use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
+use crate::ws_tls::TrustSource;
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -194,6 +195,50 @@ fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyEr
     }
 }
 
+/// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a
+/// list of these (trusted together).
+fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
+    use crate::ws_tls::TrustSource as T;
+    if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
+        return if b.is_true() {
+            Ok(vec![T::Bundled])
+        } else {
+            Err(value_error("ssl=False cannot turn TLS off: use a ws:// URL for a plain connection"))
+        };
+    }
+    if v.hasattr("get_ca_certs")? {
+        if v.getattr("verify_mode")?.extract::<i64>().unwrap_or(2) == 0 {
+            return Err(value_error(
+                "ssl: an SSLContext with verify_mode CERT_NONE is refused; tether always verifies",
+            ));
+        }
+        let ders: Vec<Vec<u8>> = v.call_method1("get_ca_certs", (true,))?.extract()?;
+        // create_default_context() loads the system store lazily, so it lists no certificate
+        return Ok(vec![if ders.is_empty() { T::System } else { T::Der(ders) }]);
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return Ok(vec![match s.to_str()? {
+            "system" => T::System,
+            "bundled" => T::Bundled,
+            path => T::PemFile(path.into()),
+        }]);
+    }
+    if v.hasattr("__fspath__")? {
+        let path: std::path::PathBuf = v.extract()?;
+        return Ok(vec![T::PemFile(path)]);
+    }
+    if v.is_instance_of::<PyTuple>() || v.is_instance_of::<pyo3::types::PyList>() {
+        let mut out = vec![];
+        for item in v.try_iter()? {
+            out.extend(trust_sources(&item?)?);
+        }
+        return Ok(out);
+    }
+    Err(PyTypeError::new_err(
+        "ssl must be \"system\", \"bundled\", a CA bundle path, an ssl.SSLContext, or a list of these",
+    ))
+}
+
 fn opt_positive(name: &str, v: Option<&Bound<'_, PyAny>>, default: Option<f64>) -> PyResult<Option<f64>> {
     match v {
         Some(v) if !v.is_none() => positive_seconds(name, v).map(Some),
@@ -265,7 +310,7 @@ impl PyConnection {
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
-        max_message_size=None))]
+        max_message_size=None, ssl=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -287,6 +332,7 @@ impl PyConnection {
         name: Option<&str>,
         watchdog: Option<&Bound<'_, PyAny>>,
         max_message_size: Option<&Bound<'_, PyAny>>,
+        ssl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let watchdog = match watchdog {
@@ -369,6 +415,12 @@ impl PyConnection {
                 attempt_timeout: None,
             },
             watchdog,
+            tls: match ssl {
+                Some(v) if !v.is_none() => Some(
+                    crate::ws_tls::client_config(&trust_sources(v)?).map_err(|e| value_error(format!("ssl: {e}")))?,
+                ),
+                _ => None,
+            },
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
