@@ -34,7 +34,7 @@ use tokio_tungstenite::Connector;
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
-use crate::ws_protocol::{size_of, Failure, PeerClose, Protocol, ProtocolConfig, PushError, Write};
+use crate::ws_protocol::{size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write};
 
 const LOG: &str = "tether::ws";
 
@@ -183,6 +183,8 @@ pub enum SendError {
     },
     /// Removed from the queue by the poison rule (see `ws_protocol`); never re-sent.
     Rejected(Failure),
+    /// A flush: these messages sent before it failed (each was removed from the queue).
+    FlushFailed(Vec<Failure>),
     Ended(Terminal),
 }
 
@@ -224,8 +226,19 @@ pub struct Stats {
     pub connected_for: Option<Duration>,
 }
 
-/// Resolves a send: Ok once confirmed, or why it never will be.
+/// Resolves a send (Ok once written) or a flush (Ok once confirmed), or says why it never will.
 type Done = oneshot::Sender<Result<(), SendError>>;
+
+fn resolve(outcomes: Vec<(Done, Outcome)>) {
+    for (tx, o) in outcomes {
+        let _ = tx.send(match o {
+            Outcome::Sent => Ok(()),
+            Outcome::Failed(f) => Err(SendError::Rejected(f)),
+            Outcome::Flushed(f) if f.is_empty() => Ok(()),
+            Outcome::Flushed(f) => Err(SendError::FlushFailed(f)),
+        });
+    }
+}
 
 enum Ctrl {
     /// tungstenite queued a reply (pong to a ping) that must go out now.
@@ -426,7 +439,23 @@ impl WsClient {
         }
     }
 
-    /// Queue `msg` and wait until the peer confirmed it (after a reconnect if needed).
+    /// Resolves once every message accepted before the call was confirmed by the peer (after a
+    /// reconnect if needed); fails with the ones that were removed from the queue meanwhile.
+    pub fn flush(&self) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
+        let (tx, rx) = oneshot::channel();
+        let resolved = {
+            let mut proto = self.shared.lock_proto();
+            // under the lock, as in `enqueue`: `finish` fails every waiter under it
+            if let Some(t) = self.shared.terminal.get() {
+                return Err(SendError::Ended(t.clone()));
+            }
+            proto.flush(tx)
+        };
+        resolve(resolved);
+        Ok(rx)
+    }
+
+    /// Queue `msg` and wait until it was written (after a reconnect if needed).
     pub async fn send(&self, msg: Message) -> Result<(), SendError> {
         let rx = self.enqueue(msg)?;
         match rx.await {
@@ -435,7 +464,7 @@ impl WsClient {
         }
     }
 
-    /// Queue `msg` now (order = call order); the receiver resolves once the peer confirmed it.
+    /// Queue `msg` now (order = call order); the receiver resolves once it was written to the socket.
     /// Fails at once when the connection ended, the message is bigger than `max_message_size` or
     /// `send_buffer` messages are already pending.
     pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
@@ -524,7 +553,11 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     let _ = shared.terminal.set(term.clone());
     let term = shared.terminal.get().cloned().unwrap_or(term);
     shared.set_state(if matches!(term, Terminal::Closed) { State::Closed } else { State::Failed });
-    let pending = shared.lock_proto().finish();
+    let (pending, silent) = shared.lock_proto().finish();
+    if silent > 0 {
+        tracing::warn!(target: LOG, unconfirmed = silent as u64,
+            "{silent} sent message(s) were never confirmed by the peer before the connection ended (flush() reports this)");
+    }
     for tx in pending {
         let _ = tx.send(Err(SendError::Ended(term.clone())));
     }
@@ -793,15 +826,15 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let result = pump(&shared, &mut sink, &mut stream).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
-        let (failed, resend) = {
+        let ((waiters, failures), resend) = {
             let mut p = shared.lock_proto();
-            let failed = p.lost(e.close_code, &e.text);
-            (failed, p.pending())
+            let lost = p.lost(e.close_code, &e.text);
+            (lost, p.pending())
         };
-        for (tx, f) in failed {
-            tracing::warn!(target: LOG, error = %e.text, "a send was failed and removed from the queue: {}", f.message());
-            let _ = tx.send(Err(SendError::Rejected(f)));
+        for f in failures {
+            tracing::warn!(target: LOG, error = %e.text, "a message was removed from the send queue: {}", f.message());
         }
+        resolve(waiters);
         tracing::debug!(target: LOG, error = %e.text, pending = resend as u64,
             "connection lost: {}; {resend} accepted message(s) not yet confirmed will be (re-)sent after the reconnect", e.text);
     }
@@ -892,10 +925,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     let _ = ctrl_tx.send(Ctrl::Flush);
                 }
                 Message::Pong(p) => {
-                    let confirmed = shared.lock_proto().on_pong(&p, Instant::now().into_std());
-                    for tx in confirmed {
-                        let _ = tx.send(Ok(()));
-                    }
+                    let resolved = shared.lock_proto().on_pong(&p, Instant::now().into_std());
+                    resolve(resolved);
                 }
                 Message::Close(f) => {
                     return match shared.lock_proto().on_close_frame() {
@@ -931,6 +962,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     // the ping right behind the batch confirms it
                     sink.feed(Message::Ping(ping)).await.map_err(wr)?;
                     sink.flush().await.map_err(wr)?;
+                    let sent = shared.lock_proto().written();
+                    resolve(sent);
                     shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
                     shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);

@@ -2,11 +2,13 @@
 //! without a clock (sans-I/O, like websockets' `protocol.py`): the tokio session in `ws.rs` feeds it
 //! what happened and the current `Instant`, and writes what it asks for.
 //!
-//! * Delivery: every accepted message gets a sequence number when it is handed to the socket. A ping
-//!   follows every batch; its payload (this connection's nonce + a ping id) names the last sequence
-//!   number written before it. A pong that echoes it confirms every message up to there, because frames
-//!   are ordered on the connection: the peer's WebSocket layer read them ("confirmed" means no more).
-//!   Pongs that do not echo one of our pings (unsolicited, empty, another client's) confirm nothing.
+//! * Delivery: every accepted message gets a sequence number when it is handed to the socket; its send
+//!   resolves once it was written (`Outcome::Sent`). A ping follows every batch; its payload (this
+//!   connection's nonce + a ping id) names the last sequence number written before it. A pong that
+//!   echoes it confirms every message up to there, because frames are ordered on the connection: the
+//!   peer's WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
+//!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
+//!   pings (unsolicited, empty, another client's) confirm nothing.
 //! * Liveness: a ping every `ping_interval`; a ping not echoed within `ping_timeout`, or one that could
 //!   not even be written within `ping_timeout`, is a loss. So a peer that answers pings without echoing
 //!   the payload is detected, not waited on. While the reader is paused (the application is not reading)
@@ -107,7 +109,21 @@ struct Entry<D> {
     msg: Message,
     size: usize,
     strikes: u32,
-    done: D,
+    /// Acceptance number: flushes wait for every entry accepted before them.
+    n: u64,
+    /// The send's waiter, until it resolves (written, or failed before that).
+    done: Option<D>,
+}
+
+/// How a waiter resolves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A send: written to the socket.
+    Sent,
+    /// A send that failed before it resolved.
+    Failed(Failure),
+    /// A flush: everything accepted before it was confirmed, except these (failed, never re-sent).
+    Flushed(Vec<Failure>),
 }
 
 struct Ping {
@@ -124,6 +140,11 @@ pub struct Protocol<D> {
     next_seq: u64,
     queue: VecDeque<Entry<D>>,
     unacked: VecDeque<(u64, Entry<D>)>,
+    accepted: u64,
+    /// (everything accepted up to this number, waiter)
+    flushes: Vec<(u64, D)>,
+    /// Failures of messages whose send had already resolved: reported by the next flush covering them.
+    unreported: Vec<(u64, Failure)>,
     pings: VecDeque<Ping>,
     next_ping_id: u64,
     next_ping_at: Option<Instant>,
@@ -153,6 +174,9 @@ impl<D> Protocol<D> {
             next_seq: 1,
             queue: VecDeque::new(),
             unacked: VecDeque::new(),
+            accepted: 0,
+            flushes: vec![],
+            unreported: vec![],
             pings: VecDeque::new(),
             next_ping_id: 1,
             next_ping_at: None,
@@ -179,8 +203,51 @@ impl<D> Protocol<D> {
         if pending >= self.cfg.send_buffer {
             return Err((PushError::Full(pending), done));
         }
-        self.queue.push_back(Entry { msg, size, strikes: 0, done });
+        self.accepted += 1;
+        self.queue.push_back(Entry { msg, size, strikes: 0, n: self.accepted, done: Some(done) });
         Ok(())
+    }
+
+    /// Wait until everything accepted so far is confirmed (or failed): resolves at once when nothing is
+    /// pending, else through a later call's outcomes.
+    pub fn flush(&mut self, waiter: D) -> Vec<(D, Outcome)> {
+        self.flushes.push((self.accepted, waiter));
+        self.settle_flushes()
+    }
+
+    fn oldest_pending(&self) -> Option<u64> {
+        self.unacked.front().map(|(_, e)| e.n).or_else(|| self.queue.front().map(|e| e.n))
+    }
+
+    fn settle_flushes(&mut self) -> Vec<(D, Outcome)> {
+        let oldest = self.oldest_pending();
+        let mut out = vec![];
+        let mut i = 0;
+        while i < self.flushes.len() {
+            let upto = self.flushes[i].0;
+            if oldest.is_some_and(|n| n <= upto) {
+                i += 1;
+                continue;
+            }
+            let (_, w) = self.flushes.remove(i);
+            let (mine, rest): (Vec<_>, Vec<_>) = self.unreported.drain(..).partition(|(n, _)| *n <= upto);
+            self.unreported = rest;
+            out.push((w, Outcome::Flushed(mine.into_iter().map(|(_, f)| f).collect())));
+        }
+        out
+    }
+
+    fn fail(&mut self, e: Entry<D>, f: Failure, out: &mut Vec<(D, Outcome)>, all: &mut Vec<Failure>) {
+        all.push(f.clone());
+        match e.done {
+            Some(d) => out.push((d, Outcome::Failed(f))),
+            None => self.unreported.push((e.n, f)),
+        }
+    }
+
+    /// The writer flushed everything handed to it to the socket: those sends resolve.
+    pub fn written(&mut self) -> Vec<(D, Outcome)> {
+        self.unacked.iter_mut().filter_map(|(_, e)| e.done.take()).map(|d| (d, Outcome::Sent)).collect()
     }
 
     /// Accepted and not yet confirmed.
@@ -258,9 +325,9 @@ impl<D> Protocol<D> {
         p.into()
     }
 
-    /// A pong arrived: returns the sends it confirms (in order). A pong that does not echo one of
-    /// this connection's outstanding pings confirms nothing.
-    pub fn on_pong(&mut self, payload: &[u8], now: Instant) -> Vec<D> {
+    /// A pong arrived: returns the waiters it resolves (sends confirmed before the writer reported them
+    /// written, flushes). A pong that does not echo one of this connection's pings confirms nothing.
+    pub fn on_pong(&mut self, payload: &[u8], now: Instant) -> Vec<(D, Outcome)> {
         let matched = (payload.len() == 16 && payload[..8] == self.nonce.to_be_bytes())
             .then(|| u64::from_be_bytes(payload[8..].try_into().unwrap_or([0; 8])))
             .and_then(|id| self.pings.iter().position(|p| p.id == id));
@@ -272,7 +339,10 @@ impl<D> Protocol<D> {
         let ping = self.pings.drain(..=i).last().expect("position is in range");
         self.last_rtt = Some(now.saturating_duration_since(ping.sent).max(Duration::from_micros(1)));
         let n = self.unacked.iter().take_while(|(s, _)| *s <= ping.covers).count();
-        self.unacked.drain(..n).map(|(_, e)| e.done).collect()
+        let mut out: Vec<(D, Outcome)> =
+            self.unacked.drain(..n).filter_map(|(_, e)| e.done).map(|d| (d, Outcome::Sent)).collect();
+        out.extend(self.settle_flushes());
+        out
     }
 
     /// The reader stopped reading (inbound buffer full): pong deadlines are suspended.
@@ -355,24 +425,27 @@ impl<D> Protocol<D> {
     }
 
     /// The connection was lost (`code`: the peer's close code, if it sent one). Unconfirmed messages
-    /// go back to the head of the queue, except those failed by the poison rule, returned here.
-    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> Vec<(D, Failure)> {
-        let mut failed = vec![];
+    /// go back to the head of the queue, except those failed by the poison rule: returned here as the
+    /// waiters to resolve, and every such failure (for the log).
+    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failure>) {
+        let (mut failed, mut all) = (vec![], vec![]);
         if code == Some(MESSAGE_TOO_BIG) {
             // the peer read up to the message it could not take; the largest in flight is the one
             let largest = self.unacked.iter().enumerate().max_by_key(|(i, (_, e))| (e.size, usize::MAX - i));
             if let Some(i) = largest.map(|(i, _)| i) {
                 if let Some((_, e)) = self.unacked.remove(i) {
-                    failed.push((e.done, Failure::TooBig { size: e.size, reason: reason.to_string() }));
+                    let f = Failure::TooBig { size: e.size, reason: reason.to_string() };
+                    self.fail(e, f, &mut failed, &mut all);
                 }
             }
         }
         let mut keep = VecDeque::with_capacity(self.unacked.len() + self.queue.len());
-        for (_, mut e) in self.unacked.drain(..) {
+        let unacked: Vec<_> = self.unacked.drain(..).collect();
+        for (_, mut e) in unacked {
             e.strikes += 1;
             if e.strikes >= self.cfg.poison_after {
                 let f = Failure::Poisoned { size: e.size, losses: e.strikes, last: reason.to_string() };
-                failed.push((e.done, f));
+                self.fail(e, f, &mut failed, &mut all);
             } else {
                 keep.push_back(e);
             }
@@ -386,15 +459,28 @@ impl<D> Protocol<D> {
         if self.closing == Closing::Sent {
             self.closing = Closing::Requested;
         }
-        failed
+        failed.extend(self.settle_flushes());
+        (failed, all)
     }
 
-    /// The connection ended for good: every accepted send that was not confirmed.
-    pub fn finish(&mut self) -> Vec<D> {
+    /// The connection ended for good: every waiter still pending (sends not yet written, flushes), and
+    /// how many written messages were never confirmed and had no waiter left to tell.
+    pub fn finish(&mut self) -> (Vec<D>, usize) {
         self.closing = Closing::Done;
-        let mut out: Vec<D> = self.unacked.drain(..).map(|(_, e)| e.done).collect();
-        out.extend(self.queue.drain(..).map(|e| e.done));
-        out
+        let mut out = vec![];
+        let mut silent = self.unreported.len();
+        for e in self.unacked.drain(..).map(|(_, e)| e).chain(self.queue.drain(..)) {
+            match e.done {
+                Some(d) => out.push(d),
+                None => silent += 1,
+            }
+        }
+        if !self.flushes.is_empty() {
+            silent = 0; // a pending flush reports them
+        }
+        out.extend(self.flushes.drain(..).map(|(_, w)| w));
+        self.unreported.clear();
+        (out, silent)
     }
 }
 
@@ -428,6 +514,10 @@ mod tests {
         }
     }
 
+    fn ids(v: Vec<(u32, Outcome)>) -> Vec<u32> {
+        v.into_iter().map(|(d, _)| d).collect()
+    }
+
     fn s(t0: Instant, secs: f64) -> Instant {
         t0 + Duration::from_secs_f64(secs)
     }
@@ -442,13 +532,67 @@ mod tests {
         assert_eq!(msgs.len(), 3);
         p.push(Message::text("m3"), 3).unwrap();
         let (_, ping2) = batch(&mut p, s(t0, 0.1));
-        assert_eq!(p.on_pong(&ping1, s(t0, 0.2)), vec![0, 1, 2]);
+        assert_eq!(ids(p.on_pong(&ping1, s(t0, 0.2))), vec![0, 1, 2]);
         assert_eq!(p.last_rtt(), Some(Duration::from_millis(200)));
         assert_eq!(p.pending(), 1);
-        assert_eq!(p.on_pong(&ping2, s(t0, 0.3)), vec![3]);
+        assert_eq!(ids(p.on_pong(&ping2, s(t0, 0.3))), vec![3]);
         // echoed twice: nothing left to confirm
         assert!(p.on_pong(&ping2, s(t0, 0.3)).is_empty());
         assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn sends_resolve_when_written_and_flush_when_confirmed() {
+        let (mut p, t0) = proto();
+        // nothing pending: a flush resolves at once
+        assert_eq!(p.flush(100), vec![(100, Outcome::Flushed(vec![]))]);
+        p.push(Message::text("a"), 1).unwrap();
+        p.push(Message::text("b"), 2).unwrap();
+        assert!(p.flush(101).is_empty());
+        p.push(Message::text("c"), 3).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        assert_eq!(p.written(), vec![(1, Outcome::Sent), (2, Outcome::Sent), (3, Outcome::Sent)]);
+        assert!(p.written().is_empty());
+        // the flush covers a and b only, and resolves with their confirmation
+        assert_eq!(p.on_pong(&ping, t0), vec![(101, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn a_failure_after_the_send_resolved_is_reported_by_the_flush() {
+        let (mut p, t0) = proto();
+        p.push(Message::binary(vec![0u8; 50]), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        assert_eq!(ids(p.written()), vec![1]);
+        // rejected after it was written: nobody waits on the send any more
+        let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "");
+        assert!(waiters.is_empty() && all.len() == 1);
+        p.push(Message::text("later"), 2).unwrap();
+        assert!(p.flush(9).is_empty());
+        p.connected(t0);
+        let (_, ping) = batch(&mut p, t0);
+        let out = p.on_pong(&ping, t0);
+        assert_eq!(out[0], (2, Outcome::Sent));
+        assert!(matches!(&out[1], (9, Outcome::Flushed(f)) if matches!(f[..], [Failure::TooBig { size: 50, .. }])));
+        // reported once
+        assert_eq!(p.flush(10), vec![(10, Outcome::Flushed(vec![]))]);
+    }
+
+    #[test]
+    fn ending_fails_pending_waiters_and_counts_unconfirmed_writes() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        let _ = p.written();
+        p.push(Message::text("b"), 2).unwrap();
+        assert_eq!(p.finish(), (vec![2], 1));
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        let _ = p.written();
+        assert!(p.flush(7).is_empty());
+        // the flush waiter hears about it, so nothing is silent
+        assert_eq!(p.finish(), (vec![7], 0));
     }
 
     #[test]
@@ -458,7 +602,7 @@ mod tests {
         let (_, _lost_pong) = batch(&mut p, t0);
         p.push(Message::text("b"), 2).unwrap();
         let (_, ping2) = batch(&mut p, t0);
-        assert_eq!(p.on_pong(&ping2, s(t0, 0.1)), vec![1, 2]);
+        assert_eq!(ids(p.on_pong(&ping2, s(t0, 0.1))), vec![1, 2]);
         assert!(p.poll(s(t0, 4.9)).is_ok());
         // nothing outstanding: no ping deadline fires
         assert!(p.poll(s(t0, 5.05)).is_ok());
@@ -550,11 +694,11 @@ mod tests {
         p.push(Message::text("b"), 2).unwrap();
         let _ = batch(&mut p, t0);
         p.push(Message::text("c"), 3).unwrap();
-        assert!(p.lost(None, "EOF").is_empty());
+        assert!(p.lost(None, "EOF").0.is_empty());
         p.connected(s(t0, 1.0));
         let (msgs, ping) = batch(&mut p, s(t0, 1.0));
         assert_eq!(msgs, vec![Message::text("a"), Message::text("b"), Message::text("c")]);
-        assert_eq!(p.on_pong(&ping, s(t0, 1.1)), vec![1, 2, 3]);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.1))), vec![1, 2, 3]);
     }
 
     #[test]
@@ -564,11 +708,13 @@ mod tests {
         p.push(Message::binary(vec![7u8; 90]), 2).unwrap();
         p.push(Message::text("after"), 3).unwrap();
         let _ = batch(&mut p, t0);
-        let failed = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        let (failed, all) = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        assert_eq!(all.len(), 1);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, 2);
-        assert_eq!(failed[0].1, Failure::TooBig { size: 90, reason: "too big".into() });
-        assert!(failed[0].1.message().contains("1009"));
+        let f = Failure::TooBig { size: 90, reason: "too big".into() };
+        assert!(f.message().contains("1009"));
+        assert_eq!(failed[0].1, Outcome::Failed(f));
         p.connected(s(t0, 1.0));
         let (msgs, _) = batch(&mut p, s(t0, 1.0));
         assert_eq!(msgs, vec![Message::text("small"), Message::text("after")]);
@@ -585,13 +731,17 @@ mod tests {
                 // queued but never written at a loss: no strike for this one
                 p.push(Message::text("late"), 2).unwrap();
             }
-            let failed = p.lost(Some(1011), "server error");
+            let (failed, _) = p.lost(Some(1011), "server error");
             if round < 3 {
                 assert!(failed.is_empty(), "round {round}");
             } else {
                 assert_eq!(failed.len(), 1);
                 assert_eq!(failed[0].0, 1);
-                assert!(matches!(&failed[0].1, Failure::Poisoned { losses: 3, .. }), "{:?}", failed[0].1);
+                assert!(
+                    matches!(&failed[0].1, Outcome::Failed(Failure::Poisoned { losses: 3, .. })),
+                    "{:?}",
+                    failed[0].1
+                );
             }
         }
         // "late" was in flight at two losses only: it is still queued
@@ -608,9 +758,9 @@ mod tests {
         assert_eq!(p.next_write(t0, 64), Write::Close);
         assert_eq!(p.next_write(t0, 64), Write::Idle);
         // the reader still runs while closing: the pong confirms the send
-        assert_eq!(p.on_pong(&ping, s(t0, 0.01)), vec![1]);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.01))), vec![1]);
         assert_eq!(p.on_close_frame(), PeerClose::Complete);
-        assert!(p.finish().is_empty());
+        assert_eq!(p.finish(), (vec![], 0));
         // no ping deadline while the close handshake runs (close_timeout bounds it)
         assert!(p.poll(s(t0, 100.0)).is_ok());
     }
@@ -622,7 +772,7 @@ mod tests {
         let _ = batch(&mut p, t0);
         assert_eq!(p.on_close_frame(), PeerClose::Answer);
         assert_eq!(p.next_write(t0, 64), Write::Idle);
-        assert_eq!(p.finish(), vec![1]);
+        assert_eq!(p.finish(), (vec![1], 0));
     }
 
     #[test]
@@ -632,7 +782,7 @@ mod tests {
         p.request_close();
         let _ = batch(&mut p, t0);
         assert_eq!(p.next_write(t0, 64), Write::Close);
-        assert!(p.lost(None, "EOF").is_empty());
+        assert!(p.lost(None, "EOF").0.is_empty());
         p.connected(t0);
         let (msgs, _) = batch(&mut p, t0);
         assert_eq!(msgs, vec![Message::text("a")]);

@@ -50,11 +50,13 @@ async def test_aclose_with_an_unconfirmed_send_completes_the_handshake_promptly(
 
     async with websockets.serve(handler, "127.0.0.1", 0) as srv:
         conn = await tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", close_timeout=10.0)
-        sent = conn.send("last words")  # not confirmed yet: its ping has just been written
+        sent = conn.send("last words")
+        confirmed = conn.flush()  # not confirmed yet: its ping is about to be written
         t0 = time.monotonic()
         await asyncio.wait_for(conn.aclose(), 15)
         took = time.monotonic() - t0
-        await asyncio.wait_for(sent, 5)  # the peer confirmed it before answering the close
+        await asyncio.wait_for(sent, 5)
+        await asyncio.wait_for(confirmed, 5)  # the peer confirmed it before answering the close
         for _ in range(200):
             if codes:
                 break
@@ -103,11 +105,15 @@ async def test_close_1009_fails_the_offending_send_and_later_sends_go_through():
         async with tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", policy=policy(), **FAST) as conn:
             before = conn.send("before")
             big = conn.send("x" * 5000)
-            with pytest.raises(tether.SendFailed, match="1009") as info:
-                await asyncio.wait_for(big, 10)
-            assert info.value.code == 1009 and info.value.size == 5000
+            flushed = conn.flush()
+            # the send raises if it was not written yet when the server refused it, else the flush does
+            results = await asyncio.wait_for(asyncio.gather(big, flushed, return_exceptions=True), 10)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            assert len(failed) == 1 and isinstance(failed[0], tether.SendFailed), results
+            assert failed[0].code == 1009 and failed[0].size == 5000 and "1009" in str(failed[0])
             await asyncio.wait_for(before, 10)
             await asyncio.wait_for(conn.send("after"), 10)
+            await asyncio.wait_for(conn.flush(), 10)
             assert conn.stats()["send_queue"] == 0
     assert received.count("before") >= 1 and "after" in received
     # rejected once, not re-sent on every reconnect
@@ -163,10 +169,14 @@ async def poison_server():
 async def test_a_message_in_flight_at_three_consecutive_losses_is_failed(poison_server):
     port, received, connections = poison_server
     async with tether.connect(f"ws://127.0.0.1:{port}/", policy=policy(), **FAST) as conn:
-        with pytest.raises(tether.SendFailed, match="3 consecutive connection losses") as info:
-            await asyncio.wait_for(conn.send("poison"), 20)
-        assert info.value.losses == 3 and info.value.code is None
+        sent, flushed = conn.send("poison"), conn.flush()
+        results = await asyncio.wait_for(asyncio.gather(sent, flushed, return_exceptions=True), 20)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 1 and isinstance(failed[0], tether.SendFailed), results
+        assert "3 consecutive connection losses" in str(failed[0])
+        assert failed[0].losses == 3 and failed[0].code is None
         await asyncio.wait_for(conn.send("fine"), 10)
+        await asyncio.wait_for(conn.flush(), 10)
     assert received == ["fine"]
     assert len(connections) == 4, len(connections)
 
@@ -215,11 +225,82 @@ async def test_pongs_that_do_not_echo_our_ping_confirm_nothing_and_are_detected(
     got = []
     conn = await tether.connect(f"ws://127.0.0.1:{pong_faker}/", policy=policy(max_attempts=1), **FAST)
     watcher = asyncio.ensure_future(watch(conn, got))
-    sent = conn.send("never read by the server")
+    conn.send("never read by the server")
+    confirmed = conn.flush()
     lost = await wait_for_event(got, ev.ConnectionLost, timeout=10)
     assert "ping timeout" in lost.reason and "did not echo" in lost.reason, lost.reason
-    assert not sent.done() or sent.exception() is not None
+    assert not confirmed.done() or confirmed.exception() is not None
     await conn.aclose()
     with pytest.raises(tether.TetherError):
-        await asyncio.wait_for(sent, 5)
+        await asyncio.wait_for(confirmed, 5)
     await asyncio.wait_for(watcher, 5)
+
+
+@pytest.fixture
+async def pong_gate():
+    """A raw server that records text messages per connection and answers pings only while `open` is
+    set; the first connection is aborted when `drop_first` is set."""
+    state = dict(received=[], open=asyncio.Event(), drop_first=asyncio.Event(), connections=0)
+
+    async def handle(reader, writer):
+        state["connections"] += 1
+        me = state["connections"]
+        writer.write(ws_accept(await reader.readuntil(b"\r\n\r\n")))
+        held = []
+        try:
+            while True:
+                if me == 1 and state["drop_first"].is_set():
+                    writer.transport.abort()
+                    return
+                try:
+                    op, data = await asyncio.wait_for(read_frame(reader), 0.05)
+                except asyncio.TimeoutError:
+                    op, data = None, b""
+                if op == 0x1:
+                    state["received"].append((me, data.decode()))
+                elif op == 0x9:
+                    held.append(data)
+                elif op == 0x8:
+                    writer.write(b"\x88\x02\x03\xe8")
+                    await writer.drain()
+                    return
+                if state["open"].is_set() or me > 1:
+                    for d in held:
+                        writer.write(bytes([0x8A, len(d)]) + d)
+                    held.clear()
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state["port"] = port_of(srv)
+    yield state
+    srv.close()
+
+
+async def test_send_resolves_when_written_and_flush_when_confirmed(pong_gate):
+    fast = dict(FAST, ping_timeout=5.0)  # the held pongs must not end the connection
+    async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
+        await asyncio.wait_for(conn.send("a"), 5)  # written, not confirmed: the server holds its pongs
+        confirmed = conn.flush()
+        await asyncio.sleep(0.3)
+        assert not confirmed.done()
+        assert conn.stats()["send_queue"] == 1
+        pong_gate["open"].set()
+        await asyncio.wait_for(confirmed, 5)
+        assert conn.stats()["send_queue"] == 0
+    assert pong_gate["received"] == [(1, "a")]
+
+
+async def test_unconfirmed_messages_are_resent_after_a_reconnect(pong_gate):
+    fast = dict(FAST, ping_timeout=5.0)
+    async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
+        await asyncio.wait_for(conn.send("b"), 5)
+        confirmed = conn.flush()
+        await asyncio.sleep(0.2)
+        pong_gate["drop_first"].set()  # the first connection dies with "b" unconfirmed
+        await asyncio.wait_for(confirmed, 10)
+    # at-least-once: read by the first server connection, then re-sent to and confirmed by the second
+    assert pong_gate["received"] == [(1, "b"), (2, "b")], pong_gate["received"]

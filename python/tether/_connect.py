@@ -76,12 +76,20 @@ class Connection:
             await n.wait_readable()
 
     def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
-        """Queue ``data`` now, at call time (so messages go out in call order and ``SendBufferFull`` is
-        raised by the call itself); the returned awaitable resolves once the server's WebSocket layer
-        confirmed it (a pong to a ping sent after it). During an outage the message waits in the bounded
-        send buffer and is delivered in order after the reconnect; if the connection is closed or gives
-        up first, the awaitable raises."""
+        """Queue ``data`` now, at call time (so messages go out in call order, and ``SendBufferFull`` or
+        ``ValueError`` for a message over ``max_message_size`` is raised by the call itself); the returned
+        awaitable resolves once the message was written to the socket, as in websockets. During an outage
+        it waits in the bounded send buffer and is written, in order, after the reconnect; if the
+        connection is closed or gives up first, the awaitable raises. ``await conn.flush()`` tells when
+        the server has it."""
         return self._n.send(data)
+
+    def flush(self) -> Awaitable[None]:
+        """Resolves once every message sent before this call was confirmed by the server's WebSocket
+        layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
+        Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or in flight
+        at 3 consecutive losses), and the connection's error if it closed or gave up first."""
+        return self._n.flush()
 
     # -- observation --------------------------------------------------------------------------------
     def events(self):
@@ -153,11 +161,13 @@ def connect(
     them. Certificates are always verified; TLS is done by rustls, so only the trust anchors of a context
     are used. Bad choices raise ``ValueError`` here.
 
-    Delivery: ``await conn.send(x)`` resolves once the server's WebSocket layer confirmed it (read it;
-    not that its application handled it). Across a loss delivery is at-least-once: unconfirmed messages
-    are re-sent first after the reconnect. A message the server refuses is not retried forever: a close
-    1009 (message too big) fails the largest unconfirmed message with ``tether.SendFailed``, and so does
-    being in flight at 3 consecutive losses; later messages go on.
+    Delivery: ``await conn.send(x)`` resolves once ``x`` was written to the socket; ``await conn.flush()``
+    once everything sent before it was confirmed: the server's WebSocket layer read it (not that its
+    application handled it). Across a loss delivery is at-least-once: unconfirmed messages are re-sent
+    first after the reconnect. A message the server refuses is not retried forever: a close 1009
+    (message too big) removes the largest unconfirmed message, and so does being in flight at 3
+    consecutive losses; ``send()`` (if not resolved yet) or the next ``flush()`` raises
+    ``tether.SendFailed`` for it, and later messages go on.
     """
     return Connection(
         _native.Connection(

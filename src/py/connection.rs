@@ -181,18 +181,25 @@ fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyEr
         SendError::TooBig { size, max } => value_error(format!(
             "message of {size} bytes is larger than max_message_size ({max} bytes) of the connection to {name}"
         )),
-        SendError::Rejected(f) => {
-            let kw = PyDict::new(py);
-            let (size, code, losses) = match f {
-                Failure::TooBig { size, .. } => (*size, Some(MESSAGE_TOO_BIG), None),
-                Failure::Poisoned { size, losses, .. } => (*size, None, Some(*losses)),
-            };
-            let _ = kw.set_item("size", size);
-            let _ = kw.set_item("code", code);
-            let _ = kw.set_item("losses", losses);
-            tether_error(py, "SendFailed", &redact_url(&format!("send to {name} failed: {}", f.message())), Some(&kw))
+        SendError::Rejected(f) => rejected(py, f, name, ""),
+        SendError::FlushFailed(fs) => {
+            let more = if fs.len() > 1 { format!(" ({} messages sent before flush() failed; the first)", fs.len()) } else { String::new() };
+            rejected(py, &fs[0], name, &more)
         }
     }
+}
+
+fn rejected(py: Python<'_>, f: &Failure, name: &str, note: &str) -> PyErr {
+    let kw = PyDict::new(py);
+    let (size, code, losses) = match f {
+        Failure::TooBig { size, .. } => (*size, Some(MESSAGE_TOO_BIG), None),
+        Failure::Poisoned { size, losses, .. } => (*size, None, Some(*losses)),
+    };
+    let _ = kw.set_item("size", size);
+    let _ = kw.set_item("code", code);
+    let _ = kw.set_item("losses", losses);
+    let text = redact_url(&format!("send to {name} failed{note}: {}", f.message()));
+    tether_error(py, "SendFailed", &text, Some(&kw))
 }
 
 /// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a
@@ -463,12 +470,27 @@ impl PyConnection {
         })
     }
 
-    /// Queue `data` (str -> text, bytes-like -> binary); resolves once the peer confirmed it.
+    /// Queue `data` (str -> text, bytes-like -> binary); resolves once it was written to the socket.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
         let rx = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let client = self.client.clone();
+        let name = self.name.clone();
+        super::runtime::future_into_py(py, async move {
+            let r = match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
+            };
+            r.map_err(|e| Python::attach(|py| send_error(py, &e, &name, client.config())))
+        })
+    }
+
+    /// Resolves once everything sent before the call was confirmed by the peer.
+    fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check_started("flush")?;
+        let rx = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
