@@ -37,6 +37,8 @@ use crate::watchdog::Watchdog;
 use crate::ws_protocol::{size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write};
 
 const LOG: &str = "tether::ws";
+/// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
+const EVENTS_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct WsConfig {
@@ -50,6 +52,10 @@ pub struct WsConfig {
     pub send_buffer: usize,
     /// Largest message, in bytes of payload, sent or received (tungstenite's frame limit follows it).
     pub max_message_size: usize,
+    /// tungstenite's read buffer, allocated per connection (grows for bigger messages), and the size
+    /// of written frames buffered before a write (a flush writes them anyway).
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
     /// A message in flight at this many consecutive connection losses is failed, not re-sent.
     pub poison_after: u32,
     /// Inbound messages, and bytes, buffered before the reader pauses (pong deadlines are suspended
@@ -78,6 +84,8 @@ impl Default for WsConfig {
             first_message_timeout: None,
             send_buffer: 1024,
             max_message_size: 16 << 20,
+            read_buffer_size: 8 << 10,
+            write_buffer_size: 16 << 10,
             poison_after: 3,
             recv_buffer: 65_536,
             recv_buffer_bytes: 64 << 20,
@@ -266,7 +274,9 @@ struct Shared {
     connected_at: Mutex<Option<Instant>>,
     last_loss: Mutex<Option<String>>,
     state_change: Notify,
-    events: broadcast::Sender<Event>,
+    /// Created on first use (a subscriber, or the supervisor starting): an unstarted connection
+    /// allocates no event slots.
+    events: OnceLock<broadcast::Sender<Event>>,
     counters: Counters,
 }
 
@@ -285,6 +295,9 @@ impl Shared {
     }
     fn lock_in(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn events(&self) -> &broadcast::Sender<Event> {
+        self.events.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0)
     }
     fn lock_proto(&self) -> std::sync::MutexGuard<'_, Protocol<Done>> {
         self.proto.lock().unwrap_or_else(|p| p.into_inner())
@@ -311,7 +324,6 @@ pub struct WsClient {
 
 impl WsClient {
     pub fn new(cfg: WsConfig, provider: Arc<dyn TargetProvider>) -> Arc<WsClient> {
-        let (events, _) = broadcast::channel(4096);
         let proto_cfg = ProtocolConfig {
             ping_interval: cfg.ping_interval,
             ping_timeout: cfg.ping_timeout,
@@ -338,7 +350,7 @@ impl WsClient {
                 connected_at: Mutex::new(None),
                 last_loss: Mutex::new(None),
                 state_change: Notify::new(),
-                events,
+                events: OnceLock::new(),
                 counters: Counters::default(),
             }),
             provider,
@@ -357,7 +369,7 @@ impl WsClient {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
+        self.shared.events().subscribe()
     }
 
     pub fn state(&self) -> State {
@@ -563,12 +575,14 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     }
     shared.live.store(false, Ordering::SeqCst);
     shared.inbound_ready.notify_waiters();
-    let _ = shared.events.send(Event::Closed);
+    if let Some(tx) = shared.events.get() {
+        let _ = tx.send(Event::Closed);
+    }
 }
 
 async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     let hook_shared = shared.clone();
-    let events = Events::new(shared.events.clone()).with_hook(move |ev| match ev {
+    let events = Events::new(shared.events().clone()).with_hook(move |ev| match ev {
         Event::Connecting { .. } if hook_shared.counters.connects.load(Ordering::SeqCst) > 0 => {
             hook_shared.set_state(State::Reconnecting)
         }
@@ -587,7 +601,7 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     // the watchdog's alarms become connection events
     let forward = cfg.watchdog.as_ref().map(|wd| {
         let mut rx = wd.subscribe();
-        let events = shared.events.clone();
+        let events = shared.events().clone();
         tokio::spawn(async move {
             while let Ok(a) = rx.recv().await {
                 let _ = events.send(Event::Alarm {
@@ -692,6 +706,8 @@ fn ws_config(cfg: &WsConfig) -> tungstenite::protocol::WebSocketConfig {
     tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(cfg.max_message_size))
         .max_frame_size(Some(cfg.max_message_size))
+        .read_buffer_size(cfg.read_buffer_size)
+        .write_buffer_size(cfg.write_buffer_size)
 }
 
 fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {

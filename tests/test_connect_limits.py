@@ -135,3 +135,19 @@ async def test_black_hole_is_detected_while_the_reader_is_paused(netns):  # noqa
     finally:
         server.kill()
         await server.wait()
+
+
+async def test_small_buffers_still_carry_big_messages():
+    async def echo(ws):
+        async for m in ws:
+            await ws.send(m)
+
+    async with websockets.serve(echo, "127.0.0.1", 0) as srv:
+        url = f"ws://127.0.0.1:{port_of(srv)}/"
+        async with tether.connect(url, read_buffer_size=64, write_buffer_size=64, **FAST) as conn:
+            for size in (10, 1000, 300_000):
+                await conn.send(b"q" * size)
+                assert await asyncio.wait_for(conn.recv(), 10) == b"q" * size
+    for name in ("read_buffer_size", "write_buffer_size"):
+        with pytest.raises(ValueError, match=name):
+            tether.connect("ws://127.0.0.1:9/", **{name: 0})

@@ -135,6 +135,8 @@ def connect(
     watchdog: Watchdog | None = None,
     max_message_size: int | None = None,
     ssl: SSLChoice | None = None,
+    read_buffer_size: int | None = None,
+    write_buffer_size: int | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -152,6 +154,10 @@ def connect(
     (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
+
+    ``read_buffer_size`` (default 8 KiB): the per-connection read buffer (it grows for a bigger
+    message); ``write_buffer_size`` (default 16 KiB): written frames are buffered up to this size before
+    a write system call. Larger values trade memory per connection for fewer system calls in floods.
 
     ``ssl``: which certificate authorities ``wss://`` trusts. Default: the Mozilla roots bundled with
     tether. ``"system"``: the operating system's trust store (on Linux the distribution bundle, or
@@ -190,6 +196,8 @@ def connect(
             watchdog=watchdog,
             max_message_size=max_message_size,
             ssl=ssl,
+            read_buffer_size=read_buffer_size,
+            write_buffer_size=write_buffer_size,
         )
     )
 

@@ -246,6 +246,17 @@ fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
     ))
 }
 
+/// A positive byte count, or the default when None/absent.
+fn bytes(name: &str, v: Option<&Bound<'_, PyAny>>, default: usize) -> PyResult<usize> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(default);
+    };
+    match v.extract::<u64>() {
+        Ok(n) if n > 0 && n <= usize::MAX as u64 => Ok(n as usize),
+        _ => Err(value_error(format!("{name} must be a positive number of bytes"))),
+    }
+}
+
 fn opt_positive(name: &str, v: Option<&Bound<'_, PyAny>>, default: Option<f64>) -> PyResult<Option<f64>> {
     match v {
         Some(v) if !v.is_none() => positive_seconds(name, v).map(Some),
@@ -317,7 +328,7 @@ impl PyConnection {
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
-        max_message_size=None, ssl=None))]
+        max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -340,6 +351,8 @@ impl PyConnection {
         watchdog: Option<&Bound<'_, PyAny>>,
         max_message_size: Option<&Bound<'_, PyAny>>,
         ssl: Option<&Bound<'_, PyAny>>,
+        read_buffer_size: Option<&Bound<'_, PyAny>>,
+        write_buffer_size: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let watchdog = match watchdog {
@@ -375,18 +388,9 @@ impl PyConnection {
         if send_buffer == 0 {
             return Err(value_error("send_buffer must be at least 1"));
         }
-        let max_message_size = match max_message_size {
-            Some(v) if !v.is_none() => {
-                let n = v
-                    .extract::<u64>()
-                    .map_err(|_| value_error("max_message_size must be a positive number of bytes"))?;
-                if n == 0 || n > usize::MAX as u64 {
-                    return Err(value_error("max_message_size must be a positive number of bytes"));
-                }
-                n as usize
-            }
-            _ => d.max_message_size,
-        };
+        let max_message_size = bytes("max_message_size", max_message_size, d.max_message_size)?;
+        let read_buffer_size = bytes("read_buffer_size", read_buffer_size, d.read_buffer_size)?;
+        let write_buffer_size = bytes("write_buffer_size", write_buffer_size, d.write_buffer_size)?;
         let shown = name.map(|n| redact_url(n)).unwrap_or_else(|| redact_url(&url));
         let cfg = WsConfig {
             url: url.clone(),
@@ -402,6 +406,8 @@ impl PyConnection {
                 .map(Duration::from_secs_f64),
             send_buffer,
             max_message_size,
+            read_buffer_size,
+            write_buffer_size,
             poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
