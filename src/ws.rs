@@ -625,14 +625,10 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     tokio::pin!(run);
     // A close request while no connection is live ends the loop at once; a live session closes itself.
     let idle_close = async {
-        loop {
-            shared.wait_close().await;
-            if !shared.live.load(Ordering::SeqCst) {
-                return;
-            }
+        shared.wait_close().await;
+        if shared.live.load(Ordering::SeqCst) {
             // live: the session handles the close; give it its bound, then stop anyway
             tokio::time::sleep(shared.cfg.close_timeout).await;
-            return;
         }
     };
     let outcome = tokio::select! {

@@ -336,7 +336,7 @@ impl<D> Protocol<D> {
             return vec![];
         };
         // frames are ordered: this pong also answers every earlier ping
-        let ping = self.pings.drain(..=i).last().expect("position is in range");
+        let ping = self.pings.drain(..=i).next_back().expect("position is in range");
         self.last_rtt = Some(now.saturating_duration_since(ping.sent).max(Duration::from_micros(1)));
         let n = self.unacked.iter().take_while(|(s, _)| *s <= ping.covers).count();
         let mut out: Vec<(D, Outcome)> =
