@@ -815,11 +815,15 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let (mut sink, mut stream) = ws.split();
 
     if let Some(fm) = cfg.first_message_timeout {
+        let mut peer_closed = false;
         let first = tokio::time::timeout(fm, async {
             loop {
                 match stream.next().await {
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
-                    Some(Ok(Message::Close(f))) => return Err(close_error(f, cfg)),
+                    Some(Ok(Message::Close(f))) => {
+                        peer_closed = true;
+                        return Err(close_error(f, cfg));
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(WsError::retry(format!("read error before the first message: {e}"))),
                     None => return Err(WsError::retry("connection closed before the first message")),
@@ -829,8 +833,12 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         .await
         .map_err(|_| {
             WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64()))
-        })??;
-        push_inbound(&shared, first);
+        })?;
+        if peer_closed {
+            // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
+            let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+        }
+        push_inbound(&shared, first?);
     }
 
     *shared.connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

@@ -93,6 +93,22 @@ async def test_a_close_started_by_the_server_is_answered_with_a_close_frame():
     assert codes == [1001], codes
 
 
+async def test_a_close_before_the_first_message_is_answered_too():
+    codes = []
+
+    async def handler(ws):
+        await ws.close(1013, "try again later")
+        codes.append(ws.close_code)
+
+    async with websockets.serve(handler, "127.0.0.1", 0, close_timeout=5) as srv:
+        conn = tether.connect(
+            f"ws://127.0.0.1:{port_of(srv)}/", policy=policy(max_attempts=1), first_message_timeout=2, **FAST
+        )
+        with pytest.raises(tether.GaveUp, match="1013"):
+            await asyncio.wait_for(conn._start(), 10)
+    assert codes and set(codes) == {1013}, codes
+
+
 async def test_close_1009_fails_the_offending_send_and_later_sends_go_through():
     received, connections = [], []
 
