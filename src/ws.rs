@@ -944,15 +944,16 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     // set when the peer started the close: tungstenite queued the reply, which must be flushed
     let answer_close = AtomicBool::new(false);
 
-    let full = || {
-        shared.lock_in().len() >= cfg.recv_buffer
-            || shared.inbound_bytes.load(Ordering::SeqCst) >= cfg.recv_buffer_bytes
+    // counting the burst not handed over yet, so the bounds hold to within one message
+    let full = |burst: usize, burst_bytes: usize| {
+        shared.lock_in().len() + burst >= cfg.recv_buffer
+            || shared.inbound_bytes.load(Ordering::SeqCst) + burst_bytes >= cfg.recv_buffer_bytes
     };
     let reader = async {
         let mut burst: Vec<Message> = Vec::new();
         let mut burst_bytes = 0;
         loop {
-            if full() {
+            if full(burst.len(), burst_bytes) {
                 // nothing is held back across an await: the pump may be dropped there
                 push_inbound_all(shared, &mut burst);
                 burst_bytes = 0;
@@ -961,7 +962,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 let n = shared.inbound_space.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
-                if full() {
+                if full(0, 0) {
                     n.await;
                 }
                 shared.reader_paused.store(false, Ordering::SeqCst);
