@@ -6,6 +6,8 @@
 //! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
 //! * [`retry_state`]: that loop's retry policy as a pure state machine (no I/O, no clock).
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
+//! * [`ws_protocol`]: its delivery, liveness, close and poison rules, without I/O.
+//! * [`ws_tls`]: which certificate authorities a `wss://` connection trusts.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
@@ -21,6 +23,8 @@ pub mod retry_state;
 pub mod testing;
 pub mod watchdog;
 pub mod ws;
+pub mod ws_protocol;
+pub mod ws_tls;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,33 +1,90 @@
 //! Secrets never reach logs, events or reprs: tokens in URL queries and credentials in headers.
 
-/// Query parameters whose values are replaced by `REDACTED` (matched case-insensitively).
+use std::sync::RwLock;
+
+/// Query parameters whose values are replaced by `REDACTED` (matched case-insensitively, after
+/// percent-decoding the name, so `access%5Ftoken` is caught too).
 const SECRET_PARAMS: &[&str] = &[
     "access_token",
+    "refresh_token",
+    "id_token",
     "token",
     "auth",
     "authorization",
+    "client_secret",
     "api_key",
     "apikey",
     "key",
     "secret",
     "password",
+    "passwd",
+    "pwd",
     "signature",
     "sig",
     "jwt",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "cookie",
 ];
 
-/// Header names whose values are replaced.
+/// Header names whose values are replaced, also where they appear as `Name: value` inside a message.
 const SECRET_HEADERS: &[&str] =
     &["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "x-auth-token"];
 
+/// Names added by the application (`tether.add_redacted_names`), lowercased; applied to query
+/// parameters and headers alike, process-wide.
+static EXTRA_NAMES: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
 pub const REDACTED: &str = "REDACTED";
 
+/// Also redact query parameters and headers called `name` (case-insensitive), from now on.
+pub fn add_secret_name(name: &str) -> Result<(), String> {
+    let name = name.trim().to_ascii_lowercase();
+    if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b'=' || b == b':' || b == b'&') {
+        return Err(format!("{name:?} is not a usable parameter or header name"));
+    }
+    let mut extra = EXTRA_NAMES.write().unwrap_or_else(|p| p.into_inner());
+    if !extra.contains(&name) {
+        extra.push(name);
+    }
+    Ok(())
+}
+
+fn is_extra(name: &str) -> bool {
+    EXTRA_NAMES.read().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// `access%5Ftoken` -> `access_token`; malformed escapes are kept as they are.
+fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains('%') {
+        return name.into();
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
 fn is_secret_param(name: &str) -> bool {
-    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+    let name = percent_decode(name);
+    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(&name)) || is_extra(&name)
 }
 
 pub fn is_secret_header(name: &str) -> bool {
-    SECRET_HEADERS.iter().any(|p| p.eq_ignore_ascii_case(name))
+    SECRET_HEADERS.iter().any(|p| p.eq_ignore_ascii_case(name)) || is_extra(name)
 }
 
 /// Redact secret query parameters and `user:password@` userinfo anywhere in `text` (a URL, or a message
@@ -87,7 +144,52 @@ pub fn redact_url(text: &str) -> String {
         i += 1;
     }
     out.push_str(&text[seg_start..]);
-    redact_userinfo(&out)
+    redact_header_lines(&redact_userinfo(&out))
+}
+
+/// `Cookie: a=b; c=d` or `authorization: Bearer x` inside a message: the value is replaced up to the
+/// end of the line or a quote (a scheme word such as "Bearer" is kept).
+fn redact_header_lines(text: &str) -> String {
+    let is_name = |c: u8| c.is_ascii_alphanumeric() || c == b'-' || c == b'_';
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b':' || bytes.get(i + 1) == Some(&b'/') {
+            i += 1;
+            continue;
+        }
+        // a quoted name, as in a dict repr: 'authorization': 'Bearer x'
+        let name_end = if i > 0 && matches!(bytes[i - 1], b'"' | b'\'') { i - 1 } else { i };
+        let mut j = name_end;
+        while j > 0 && is_name(bytes[j - 1]) {
+            j -= 1;
+        }
+        if j == name_end || !is_secret_header(&text[j..name_end]) {
+            i += 1;
+            continue;
+        }
+        let mut start = i + 1;
+        while start < bytes.len() && bytes[start] == b' ' {
+            start += 1;
+        }
+        if start < bytes.len() && matches!(bytes[start], b'"' | b'\'') {
+            start += 1;
+        }
+        let mut end = start;
+        while end < bytes.len() && !matches!(bytes[end], b'\n' | b'\r' | b'"' | b'\'' | b'}') {
+            end += 1;
+        }
+        if end > start {
+            out.push_str(&text[copied..start]);
+            out.push_str(&redact_header(&text[j..name_end], text[start..end].trim_end()));
+            copied = end;
+        }
+        i = end.max(i + 1);
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 /// `scheme://user:pass@host` -> `scheme://user:REDACTED@host`
@@ -124,7 +226,11 @@ pub fn redact_header(name: &str, value: &str) -> String {
     if is_secret_header(name) {
         // keep the scheme ("Bearer") so logs still say what kind of credential it was
         match value.split_once(' ') {
-            Some((scheme, _)) if !scheme.is_empty() && scheme.len() < 16 => format!("{scheme} {REDACTED}"),
+            Some((scheme, _))
+                if !scheme.is_empty() && scheme.len() < 16 && scheme.bytes().all(|b| b.is_ascii_alphabetic()) =>
+            {
+                format!("{scheme} {REDACTED}")
+            }
             _ => REDACTED.to_string(),
         }
     } else {
@@ -168,6 +274,45 @@ mod tests {
         assert_eq!(redact_header("Authorization", "Bearer abc.def"), "Bearer REDACTED");
         assert_eq!(redact_header("x-api-key", "k"), "REDACTED");
         assert_eq!(redact_header("User-Agent", "tether"), "tether");
+    }
+
+    #[test]
+    fn more_secret_names_and_encodings() {
+        for name in [
+            "access%5Ftoken",
+            "access%5ftoken",
+            "refresh_token",
+            "id_token",
+            "client_secret",
+            "api_key",
+            "password",
+            "pwd",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "sig",
+            "signature",
+        ] {
+            let r = redact_url(&format!("wss://h/p?a=1&{name}=S3CRET&b=2"));
+            assert_eq!(r, format!("wss://h/p?a=1&{name}=REDACTED&b=2"));
+        }
+        assert_eq!(redact_url("ws://h/?x%5=1"), "ws://h/?x%5=1");
+    }
+
+    #[test]
+    fn header_lines_inside_messages() {
+        let r = redact_url("rejected: Set-Cookie: sid=abc; Path=/\nCookie: a=b; c=d\nServer: x");
+        assert_eq!(r, "rejected: Set-Cookie: REDACTED\nCookie: REDACTED\nServer: x");
+        assert_eq!(redact_url("{'authorization': 'Bearer abc'}"), "{'authorization': 'Bearer REDACTED'}");
+        assert_eq!(redact_url("see https://h:1/x and ratio 1:2"), "see https://h:1/x and ratio 1:2");
+    }
+
+    #[test]
+    fn names_added_by_the_application() {
+        assert_eq!(redact_url("ws://h/?my_custom_secret=v"), "ws://h/?my_custom_secret=v");
+        add_secret_name("My_Custom_Secret").unwrap();
+        assert_eq!(redact_url("ws://h/?my_custom_secret=v"), "ws://h/?my_custom_secret=REDACTED");
+        assert_eq!(redact_header("my_custom_secret", "v"), "REDACTED");
+        assert!(add_secret_name("a b").is_err());
     }
 
     #[test]

@@ -1,25 +1,26 @@
 //! The supervised signaling WebSocket (seeds 003, 001): a tokio-tungstenite client driven by the
-//! generic reconnect loop.
+//! generic reconnect loop. This file is the I/O shell: the delivery, liveness, close-handshake and
+//! poison rules live in the sans-I/O `ws_protocol`, which the session below feeds and obeys.
 //!
-//! * Loss detection: close frame, read/write error or EOF after the handshake, and ping timeout (a ping
-//!   every `ping_interval`; no frame of any kind within `ping_timeout` after it = loss). TCP keepalive
-//!   and TCP_USER_TIMEOUT back it up in the kernel. Each loss ends one attempt, so the loop reports it
-//!   exactly once.
+//! * Loss detection: close frame, read/write error or EOF after the handshake, and the ping rule of
+//!   `ws_protocol` (a ping not echoed within `ping_timeout`). TCP keepalive and TCP_USER_TIMEOUT back
+//!   it up in the kernel, which also covers the time the reader is paused because the application does
+//!   not read. Each loss ends one attempt, so the loop reports it exactly once.
 //! * Every step is bounded: URL minting + TCP connect + TLS + WebSocket handshake by `open_timeout`, the
 //!   first server message by `first_message_timeout`, the outage by the policy's budgets, close by
 //!   `close_timeout`.
-//! * Sends are queued (bounded by `send_buffer`) and written in order; a message leaves the queue only
-//!   after the socket accepted it, so a loss mid-write re-sends it after the reconnect. Every accepted
-//!   send resolves Ok once written, or fails with the connection's terminal error.
+//! * Sends are queued (bounded by `send_buffer`) and written in order; a send resolves once written,
+//!   a flush once the peer confirmed everything before it. Unconfirmed messages are re-sent after a
+//!   reconnect (at-least-once), except those failed by the poison rule.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -34,8 +35,11 @@ use tokio_tungstenite::Connector;
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
+use crate::ws_protocol::{size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write};
 
 const LOG: &str = "tether::ws";
+/// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
+const EVENTS_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct WsConfig {
@@ -47,14 +51,26 @@ pub struct WsConfig {
     pub close_timeout: Duration,
     pub first_message_timeout: Option<Duration>,
     pub send_buffer: usize,
-    /// Inbound messages buffered before the reader pauses (the ping check is suspended meanwhile).
+    /// Largest message, in bytes of payload, sent or received (tungstenite's frame limit follows it).
+    pub max_message_size: usize,
+    /// tungstenite's read buffer, allocated per connection (grows for bigger messages), and the size
+    /// of written frames buffered before a write (a flush writes them anyway).
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
+    /// A message in flight at this many consecutive connection losses is failed, not re-sent.
+    pub poison_after: u32,
+    /// Inbound messages, and bytes, buffered before the reader pauses (pong deadlines are suspended
+    /// meanwhile; pings keep going out, so the kernel's TCP_USER_TIMEOUT still catches a black hole).
     pub recv_buffer: usize,
+    pub recv_buffer_bytes: usize,
     pub fatal_close_codes: Vec<u16>,
     pub fatal_http_statuses: Vec<u16>,
     pub reconnect: reconnect::Config,
     /// Fed with the connection's states ("connecting", "connected", "reconnecting", "closed",
     /// "failed"); its alarms are forwarded into the connection's events.
     pub watchdog: Option<Arc<Watchdog>>,
+    /// Trusted CAs for wss:// (`ws_tls::client_config`); None = the bundled Mozilla roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for WsConfig {
@@ -68,7 +84,12 @@ impl Default for WsConfig {
             close_timeout: Duration::from_secs(2),
             first_message_timeout: None,
             send_buffer: 1024,
+            max_message_size: 16 << 20,
+            read_buffer_size: 8 << 10,
+            write_buffer_size: 16 << 10,
+            poison_after: 3,
             recv_buffer: 65_536,
+            recv_buffer_bytes: 64 << 20,
             fatal_close_codes: vec![1008],
             fatal_http_statuses: vec![401, 403],
             reconnect: reconnect::Config {
@@ -76,6 +97,7 @@ impl Default for WsConfig {
                 ..Default::default()
             },
             watchdog: None,
+            tls: None,
         }
     }
 }
@@ -163,6 +185,15 @@ impl State {
 pub enum SendError {
     /// `send_buffer` messages are already waiting for delivery.
     Full(usize),
+    /// Bigger than `max_message_size`: refused at once.
+    TooBig {
+        size: usize,
+        max: usize,
+    },
+    /// Removed from the queue by the poison rule (see `ws_protocol`); never re-sent.
+    Rejected(Failure),
+    /// A flush: these messages sent before it failed (each was removed from the queue).
+    FlushFailed(Vec<Failure>),
     Ended(Terminal),
 }
 
@@ -184,7 +215,6 @@ struct Counters {
     connects: AtomicU64,
     losses: AtomicU64,
     pings_sent: AtomicU64,
-    last_rtt_us: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,29 +235,40 @@ pub struct Stats {
     pub connected_for: Option<Duration>,
 }
 
-struct Outgoing {
-    msg: Message,
-    done: Option<oneshot::Sender<Result<(), Terminal>>>,
+/// Resolves a send (Ok once written) or a flush (Ok once confirmed), or says why it never will.
+type Done = oneshot::Sender<Result<(), SendError>>;
+
+fn resolve(outcomes: Vec<(Done, Outcome)>) {
+    for (tx, o) in outcomes {
+        let _ = tx.send(match o {
+            Outcome::Sent => Ok(()),
+            Outcome::Failed(f) => Err(SendError::Rejected(f)),
+            Outcome::Flushed(f) if f.is_empty() => Ok(()),
+            Outcome::Flushed(f) => Err(SendError::FlushFailed(f)),
+        });
+    }
 }
 
 enum Ctrl {
-    Ping,
+    /// tungstenite queued a reply (pong to a ping) that must go out now.
     Flush,
-    Close,
 }
 
 struct Shared {
     cfg: WsConfig,
-    base: Instant,
     inbound: Mutex<VecDeque<Message>>,
+    inbound_bytes: AtomicUsize,
+    /// Tasks waiting in `readable`: the reader notifies only when there are some.
+    inbound_waiters: AtomicUsize,
     inbound_ready: Notify,
     inbound_space: Notify,
     reader_paused: AtomicBool,
-    outbound: Mutex<VecDeque<Outgoing>>,
-    /// Written but not yet confirmed by a pong to a later ping: (write sequence, message).
-    unacked: Mutex<VecDeque<(u64, Outgoing)>>,
-    written_seq: AtomicU64,
+    /// Delivery, pings, close handshake, poison rule: the sans-I/O core this module drives.
+    proto: Mutex<Protocol<Done>>,
+    /// Wakes the writer: a message was queued, a ping is due, a close was requested.
     outbound_ready: Notify,
+    /// Wakes the timer task: the ping deadlines changed (a ping was written, the reader resumed).
+    timers_changed: Notify,
     state: AtomicU8,
     terminal: OnceLock<Terminal>,
     close_requested: AtomicBool,
@@ -235,16 +276,14 @@ struct Shared {
     live: AtomicBool,
     connected_at: Mutex<Option<Instant>>,
     last_loss: Mutex<Option<String>>,
-    last_rx_us: AtomicU64,
     state_change: Notify,
-    events: broadcast::Sender<Event>,
+    /// Created on first use (a subscriber, or the supervisor starting): an unstarted connection
+    /// allocates no event slots.
+    events: OnceLock<broadcast::Sender<Event>>,
     counters: Counters,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
-    }
     fn set_state(&self, s: State) {
         let old = self.state.swap(s as u8, Ordering::SeqCst);
         if old != s as u8 {
@@ -260,43 +299,11 @@ impl Shared {
     fn lock_in(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner())
     }
-    fn lock_out(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
-        self.outbound.lock().unwrap_or_else(|p| p.into_inner())
+    fn events(&self) -> &broadcast::Sender<Event> {
+        self.events.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0)
     }
-    fn lock_unacked(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Outgoing)>> {
-        self.unacked.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// Every message written up to `seq` reached the peer's WebSocket layer: resolve those sends.
-    fn confirm(&self, seq: u64) {
-        let done: Vec<Outgoing> = {
-            let mut u = self.lock_unacked();
-            let n = u.iter().take_while(|(s, _)| *s <= seq).count();
-            u.drain(..n).map(|(_, o)| o).collect()
-        };
-        if done.is_empty() {
-            return;
-        }
-        for mut o in done {
-            if let Some(tx) = o.done.take() {
-                let _ = tx.send(Ok(()));
-            }
-        }
-    }
-    /// After a loss: unconfirmed messages go back to the head of the queue, in order.
-    fn requeue_unconfirmed(&self) -> usize {
-        let mut out = self.lock_out();
-        let mut u = self.lock_unacked();
-        let n = u.len();
-        while let Some((_, o)) = u.pop_back() {
-            out.push_front(o);
-        }
-        n
-    }
-    fn ping_payload(&self) -> tungstenite::Bytes {
-        let mut p = Vec::with_capacity(16);
-        p.extend_from_slice(&self.written_seq.load(Ordering::SeqCst).to_be_bytes());
-        p.extend_from_slice(&self.now_us().to_be_bytes());
-        p.into()
+    fn lock_proto(&self) -> std::sync::MutexGuard<'_, Protocol<Done>> {
+        self.proto.lock().unwrap_or_else(|p| p.into_inner())
     }
     async fn wait_close(&self) {
         loop {
@@ -320,19 +327,25 @@ pub struct WsClient {
 
 impl WsClient {
     pub fn new(cfg: WsConfig, provider: Arc<dyn TargetProvider>) -> Arc<WsClient> {
-        let (events, _) = broadcast::channel(4096);
+        let proto_cfg = ProtocolConfig {
+            ping_interval: cfg.ping_interval,
+            ping_timeout: cfg.ping_timeout,
+            send_buffer: cfg.send_buffer,
+            max_message_size: cfg.max_message_size,
+            poison_after: cfg.poison_after,
+        };
         Arc::new(WsClient {
             shared: Arc::new(Shared {
                 cfg,
-                base: Instant::now(),
                 inbound: Mutex::new(VecDeque::new()),
+                inbound_bytes: AtomicUsize::new(0),
+                inbound_waiters: AtomicUsize::new(0),
                 inbound_ready: Notify::new(),
                 inbound_space: Notify::new(),
                 reader_paused: AtomicBool::new(false),
-                outbound: Mutex::new(VecDeque::new()),
-                unacked: Mutex::new(VecDeque::new()),
-                written_seq: AtomicU64::new(0),
+                proto: Mutex::new(Protocol::new(proto_cfg, nonce())),
                 outbound_ready: Notify::new(),
+                timers_changed: Notify::new(),
                 state: AtomicU8::new(State::Idle as u8),
                 terminal: OnceLock::new(),
                 close_requested: AtomicBool::new(false),
@@ -340,9 +353,8 @@ impl WsClient {
                 live: AtomicBool::new(false),
                 connected_at: Mutex::new(None),
                 last_loss: Mutex::new(None),
-                last_rx_us: AtomicU64::new(0),
                 state_change: Notify::new(),
-                events,
+                events: OnceLock::new(),
                 counters: Counters::default(),
             }),
             provider,
@@ -361,7 +373,7 @@ impl WsClient {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.shared.events.subscribe()
+        self.shared.events().subscribe()
     }
 
     pub fn state(&self) -> State {
@@ -401,7 +413,11 @@ impl WsClient {
         };
         match m {
             Some(m) => {
-                if self.shared.reader_paused.load(Ordering::Relaxed) && len <= self.shared.cfg.recv_buffer / 2 {
+                let bytes = self.shared.inbound_bytes.fetch_sub(size_of(&m), Ordering::SeqCst) - size_of(&m);
+                if self.shared.reader_paused.load(Ordering::Relaxed)
+                    && len <= self.shared.cfg.recv_buffer / 2
+                    && bytes <= self.shared.cfg.recv_buffer_bytes / 2
+                {
                     self.shared.inbound_space.notify_one();
                 }
                 Ok(Some(m))
@@ -416,6 +432,8 @@ impl WsClient {
     /// Resolves once a message is buffered or the connection ended; consumes nothing, so a caller that
     /// is cancelled while waiting loses no message (bindings pop with `try_recv` afterwards).
     pub async fn readable(&self) {
+        // announced before the check, so the reader notifies (see `push_inbound_all`)
+        let _waiting = Waiting::new(&self.shared.inbound_waiters);
         loop {
             let n = self.shared.inbound_ready.notified();
             tokio::pin!(n);
@@ -429,31 +447,45 @@ impl WsClient {
 
     pub async fn recv(&self) -> Result<Message, Terminal> {
         loop {
-            let n = self.shared.inbound_ready.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
             if let Some(m) = self.try_recv()? {
                 return Ok(m);
             }
-            n.await;
+            self.readable().await;
         }
     }
 
-    /// Queue `msg` and wait until the peer confirmed it (after a reconnect if needed).
+    /// Resolves once every message accepted before the call was confirmed by the peer (after a
+    /// reconnect if needed); fails with the ones that were removed from the queue meanwhile.
+    pub fn flush(&self) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
+        let (tx, rx) = oneshot::channel();
+        let resolved = {
+            let mut proto = self.shared.lock_proto();
+            // under the lock, as in `enqueue`: `finish` fails every waiter under it
+            if let Some(t) = self.shared.terminal.get() {
+                return Err(SendError::Ended(t.clone()));
+            }
+            proto.flush(tx)
+        };
+        resolve(resolved);
+        Ok(rx)
+    }
+
+    /// Queue `msg` and wait until it was written (after a reconnect if needed).
     pub async fn send(&self, msg: Message) -> Result<(), SendError> {
         let rx = self.enqueue(msg)?;
         match rx.await {
-            Ok(r) => r.map_err(SendError::Ended),
+            Ok(r) => r,
             Err(_) => Err(SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))),
         }
     }
 
-    /// Queue `msg` now (order = call order); the receiver resolves once the peer confirmed it.
-    /// Fails at once when the connection ended or `send_buffer` messages are already pending.
-    pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), Terminal>>, SendError> {
+    /// Queue `msg` now (order = call order); the receiver resolves once it was written to the socket.
+    /// Fails at once when the connection ended, the message is bigger than `max_message_size` or
+    /// `send_buffer` messages are already pending.
+    pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut q = self.shared.lock_out();
+            let mut proto = self.shared.lock_proto();
             // checked under the lock: `finish` fails the queue under this lock when the connection ends
             if let Some(t) = self.shared.terminal.get() {
                 return Err(SendError::Ended(t.clone()));
@@ -461,11 +493,10 @@ impl WsClient {
             if self.shared.close_requested.load(Ordering::SeqCst) {
                 return Err(SendError::Ended(Terminal::Closed));
             }
-            let pending = q.len() + self.shared.lock_unacked().len();
-            if pending >= self.shared.cfg.send_buffer {
-                return Err(SendError::Full(pending));
-            }
-            q.push_back(Outgoing { msg, done: Some(tx) });
+            proto.push(msg, tx).map_err(|(e, _)| match e {
+                PushError::Full(n) => SendError::Full(n),
+                PushError::TooBig { size, max } => SendError::TooBig { size, max },
+            })?;
         }
         self.shared.outbound_ready.notify_one();
         Ok(rx)
@@ -493,7 +524,10 @@ impl WsClient {
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;
         let connects = c.connects.load(Ordering::Relaxed);
-        let rtt = c.last_rtt_us.load(Ordering::Relaxed);
+        let (send_queue, last_rtt) = {
+            let p = self.shared.lock_proto();
+            (p.pending(), p.last_rtt())
+        };
         Stats {
             state: self.shared.state(),
             messages_in: c.messages_in.load(Ordering::Relaxed),
@@ -504,8 +538,8 @@ impl WsClient {
             reconnects: connects.saturating_sub(1),
             losses: c.losses.load(Ordering::Relaxed),
             pings_sent: c.pings_sent.load(Ordering::Relaxed),
-            last_rtt: if rtt == 0 { None } else { Some(Duration::from_micros(rtt)) },
-            send_queue: self.shared.lock_out().len() + self.shared.lock_unacked().len(),
+            last_rtt,
+            send_queue,
             recv_queue: self.shared.lock_in().len(),
             last_loss: self.shared.last_loss.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             connected_for: if self.shared.live.load(Ordering::SeqCst) {
@@ -534,21 +568,24 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     let _ = shared.terminal.set(term.clone());
     let term = shared.terminal.get().cloned().unwrap_or(term);
     shared.set_state(if matches!(term, Terminal::Closed) { State::Closed } else { State::Failed });
-    let mut pending: Vec<Outgoing> = shared.lock_unacked().drain(..).map(|(_, o)| o).collect();
-    pending.extend(shared.lock_out().drain(..));
-    for o in pending {
-        if let Some(tx) = o.done {
-            let _ = tx.send(Err(term.clone()));
-        }
+    let (pending, silent) = shared.lock_proto().finish();
+    if silent > 0 {
+        tracing::warn!(target: LOG, unconfirmed = silent as u64,
+            "{silent} sent message(s) were never confirmed by the peer before the connection ended (flush() reports this)");
+    }
+    for tx in pending {
+        let _ = tx.send(Err(SendError::Ended(term.clone())));
     }
     shared.live.store(false, Ordering::SeqCst);
     shared.inbound_ready.notify_waiters();
-    let _ = shared.events.send(Event::Closed);
+    if let Some(tx) = shared.events.get() {
+        let _ = tx.send(Event::Closed);
+    }
 }
 
 async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     let hook_shared = shared.clone();
-    let events = Events::new(shared.events.clone()).with_hook(move |ev| match ev {
+    let events = Events::new(shared.events().clone()).with_hook(move |ev| match ev {
         Event::Connecting { .. } if hook_shared.counters.connects.load(Ordering::SeqCst) > 0 => {
             hook_shared.set_state(State::Reconnecting)
         }
@@ -567,7 +604,7 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     // the watchdog's alarms become connection events
     let forward = cfg.watchdog.as_ref().map(|wd| {
         let mut rx = wd.subscribe();
-        let events = shared.events.clone();
+        let events = shared.events().clone();
         tokio::spawn(async move {
             while let Ok(a) = rx.recv().await {
                 let _ = events.send(Event::Alarm {
@@ -591,14 +628,10 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     tokio::pin!(run);
     // A close request while no connection is live ends the loop at once; a live session closes itself.
     let idle_close = async {
-        loop {
-            shared.wait_close().await;
-            if !shared.live.load(Ordering::SeqCst) {
-                return;
-            }
+        shared.wait_close().await;
+        if shared.live.load(Ordering::SeqCst) {
             // live: the session handles the close; give it its bound, then stop anyway
             tokio::time::sleep(shared.cfg.close_timeout).await;
-            return;
         }
     };
     let outcome = tokio::select! {
@@ -629,31 +662,51 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     }
 }
 
-fn tls_connector() -> Connector {
-    static CFG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let cfg = CFG.get_or_init(|| {
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .expect("ring provider supports the default protocol versions");
-        Arc::new(cfg)
-    });
-    Connector::Rustls(cfg.clone())
+/// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
+pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
+    // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let host_end = authority.rfind(']').unwrap_or(0);
+    match authority[host_end..].rfind(':').map(|i| &authority[host_end + i + 1..]) {
+        None | Some("") => Ok(if uri.scheme_str() == Some("wss") { 443 } else { 80 }),
+        Some(p) => match p.parse::<u32>() {
+            Ok(n @ 1..=65535) => Ok(n as u16),
+            _ => Err(format!("port {p} is outside 1..65535")),
+        },
+    }
 }
 
+/// The kernel backs up the ping deadline (keepalive, TCP_USER_TIMEOUT); an option the kernel refuses
+/// (e.g. a keepalive idle time above its maximum) leaves only the ping deadline, which still works.
 fn set_socket_options(tcp: &TcpStream, cfg: &WsConfig) {
-    let _ = tcp.set_nodelay(true);
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(target: LOG, error = %e, "could not set TCP_NODELAY: {e}");
+    }
     let sock = socket2::SockRef::from(tcp);
     let ka = socket2::TcpKeepalive::new()
         .with_time(cfg.ping_interval.max(Duration::from_secs(1)))
         .with_interval((cfg.ping_timeout / 3).max(Duration::from_secs(1)));
     #[cfg(any(target_os = "linux", target_os = "macos"))]
     let ka = ka.with_retries(3);
-    let _ = sock.set_tcp_keepalive(&ka);
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
+        tracing::debug!(target: LOG, error = %e,
+            "could not enable TCP keepalive (idle {:.0}s): {e}; relying on the ping deadline", cfg.ping_interval.as_secs_f64());
+    }
     #[cfg(target_os = "linux")]
-    let _ = sock.set_tcp_user_timeout(Some(cfg.ping_interval + cfg.ping_timeout));
+    if let Err(e) = sock.set_tcp_user_timeout(Some(cfg.ping_interval + cfg.ping_timeout)) {
+        tracing::debug!(target: LOG, error = %e,
+            "could not set TCP_USER_TIMEOUT ({:.0}s): {e}; relying on the ping deadline",
+            (cfg.ping_interval + cfg.ping_timeout).as_secs_f64());
+    }
+}
+
+fn ws_config(cfg: &WsConfig) -> tungstenite::protocol::WebSocketConfig {
+    // one frame may carry a whole message; neither may exceed max_message_size
+    tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(cfg.max_message_size))
+        .max_frame_size(Some(cfg.max_message_size))
+        .read_buffer_size(cfg.read_buffer_size)
+        .write_buffer_size(cfg.write_buffer_size)
 }
 
 fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
@@ -678,6 +731,14 @@ fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
                 WsError::retry(text)
             }
         }
+        tungstenite::Error::Io(e) => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            // rustls reports through the TLS stream's io::Error; a certificate does not heal by retrying
+            Some(t @ rustls::Error::InvalidCertificate(_)) => WsError::fatal(format!(
+                "TLS handshake failed: {t} (to trust a private CA or the system store, pass ssl=)"
+            )),
+            Some(t) => WsError::retry(format!("TLS handshake failed: {t}")),
+            None => WsError::retry(format!("handshake failed: IO error: {e}")),
+        },
         other => WsError::retry(format!("handshake failed: {other}")),
     }
 }
@@ -716,8 +777,8 @@ async fn open(
         }
     };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let shown = redact_url(&target.url);
+    let port = port_of(&uri).map_err(|e| WsError::fatal(format!("{e} in {shown}")))?;
     let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port))).await {
         Err(_) => {
             return Err(WsError::retry(format!("TCP connect to {host}:{port} timed out (open_timeout {bound}s)")))
@@ -726,11 +787,15 @@ async fn open(
         Ok(Ok(t)) => t,
     };
     set_socket_options(&tcp, cfg);
-    let connector = if tls { tls_connector() } else { Connector::Plain };
+    let connector = if tls {
+        Connector::Rustls(cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config))
+    } else {
+        Connector::Plain
+    };
     tracing::debug!(target: LOG, url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
     match tokio::time::timeout_at(
         deadline,
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)),
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config(cfg)), Some(connector)),
     )
     .await
     {
@@ -748,14 +813,17 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let cfg = &shared.cfg;
     let ws = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
-    shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
 
     if let Some(fm) = cfg.first_message_timeout {
+        let mut peer_closed = false;
         let first = tokio::time::timeout(fm, async {
             loop {
                 match stream.next().await {
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
-                    Some(Ok(Message::Close(f))) => return Err(close_error(f, cfg)),
+                    Some(Ok(Message::Close(f))) => {
+                        peer_closed = true;
+                        return Err(close_error(f, cfg));
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(WsError::retry(format!("read error before the first message: {e}"))),
                     None => return Err(WsError::retry("connection closed before the first message")),
@@ -765,22 +833,43 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         .await
         .map_err(|_| {
             WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64()))
-        })??;
-        push_inbound(&shared, first);
+        })?;
+        if peer_closed {
+            // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
+            let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+        }
+        push_inbound(&shared, first?);
     }
 
     *shared.connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    shared.lock_proto().connected(Instant::now().into_std());
     shared.live.store(true, Ordering::SeqCst);
     attempt.connected();
     // a close requested during the handshake is honoured now that we can close gracefully
     let result = pump(&shared, &mut sink, &mut stream).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
-        let resend = shared.requeue_unconfirmed();
-        tracing::debug!(target: LOG, error = %e.text, unconfirmed = resend as u64,
-            "connection lost: {}; {resend} unconfirmed message(s) will be re-sent after the reconnect", e.text);
+        let ((waiters, failures), resend) = {
+            let mut p = shared.lock_proto();
+            let lost = p.lost(e.close_code, &e.text);
+            (lost, p.pending())
+        };
+        for f in failures {
+            tracing::warn!(target: LOG, error = %e.text, "a message was removed from the send queue: {}", f.message());
+        }
+        resolve(waiters);
+        tracing::debug!(target: LOG, error = %e.text, pending = resend as u64,
+            "connection lost: {}; {resend} accepted message(s) not yet confirmed will be (re-)sent after the reconnect", e.text);
     }
     result
+}
+
+/// A per-connection random value that tells its pings from any other's (not a secret).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish()
 }
 
 type Sink = futures_util::stream::SplitSink<
@@ -805,60 +894,132 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
 }
 
 fn push_inbound(shared: &Shared, m: Message) {
-    let len = match &m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
-    };
-    shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-    shared.counters.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-    shared.lock_in().push_back(m);
-    shared.inbound_ready.notify_waiters();
+    push_inbound_all(shared, &mut vec![m]);
 }
 
+/// Hand messages read in one burst to the application: one lock, and one wake-up, only if someone
+/// waits. A waiter announces itself (`inbound_waiters`) before it checks the buffer, and the count is
+/// read after the push under the buffer's lock, so a waiter either sees the messages or is woken.
+fn push_inbound_all(shared: &Shared, batch: &mut Vec<Message>) {
+    if batch.is_empty() {
+        return;
+    }
+    let bytes: usize = batch.iter().map(size_of).sum();
+    shared.counters.messages_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    shared.counters.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    shared.inbound_bytes.fetch_add(bytes, Ordering::SeqCst);
+    shared.lock_in().extend(batch.drain(..));
+    if shared.inbound_waiters.load(Ordering::SeqCst) > 0 {
+        shared.inbound_ready.notify_waiters();
+    }
+}
+
+/// Counts a task waiting in `readable` for as long as it waits (cancellation included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Messages taken from the socket in one burst before they are handed over (the byte cap keeps a burst
+/// of big messages from overshooting the inbound buffer's bound by much).
+const BURST_MESSAGES: usize = 256;
+const BURST_BYTES: usize = 256 << 10;
+
+/// Run one live connection until it is lost (Err) or closed on request (Ok). The reader, the writer
+/// and the timer task run together throughout, the close handshake included, so pongs confirm sends
+/// until the very end.
 async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {
     let cfg = &shared.cfg;
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
+    // set when the peer started the close: tungstenite queued the reply, which must be flushed
+    let answer_close = AtomicBool::new(false);
 
+    // counting the burst not handed over yet, so the bounds hold to within one message
+    let full = |burst: usize, burst_bytes: usize| {
+        shared.lock_in().len() + burst >= cfg.recv_buffer
+            || shared.inbound_bytes.load(Ordering::SeqCst) + burst_bytes >= cfg.recv_buffer_bytes
+    };
     let reader = async {
+        let mut burst: Vec<Message> = Vec::new();
+        let mut burst_bytes = 0;
         loop {
-            if shared.lock_in().len() >= cfg.recv_buffer {
+            if full(burst.len(), burst_bytes) {
+                // nothing is held back across an await: the pump may be dropped there
+                push_inbound_all(shared, &mut burst);
+                burst_bytes = 0;
                 shared.reader_paused.store(true, Ordering::SeqCst);
+                shared.lock_proto().pause();
                 let n = shared.inbound_space.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
-                if shared.lock_in().len() >= cfg.recv_buffer {
+                if full(0, 0) {
                     n.await;
                 }
                 shared.reader_paused.store(false, Ordering::SeqCst);
-                shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
+                shared.lock_proto().resume(Instant::now().into_std());
+                shared.timers_changed.notify_one();
                 continue;
             }
-            let msg = match stream.next().await {
+            // what is already readable joins the burst; before waiting on the socket, hand the burst over
+            let next = match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    push_inbound_all(shared, &mut burst);
+                    burst_bytes = 0;
+                    stream.next().await
+                }
+            };
+            if !matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+                // control frames, errors and the end come after the data read before them
+                push_inbound_all(shared, &mut burst);
+                burst_bytes = 0;
+            }
+            let msg = match next {
                 None => return Err(WsError::retry("connection closed by the peer without a close frame (EOF)")),
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    return Err(WsError::retry(format!(
+                        "the peer sent a message over max_message_size ({} bytes): {e}",
+                        cfg.max_message_size
+                    )))
+                }
                 Some(Err(e)) => return Err(WsError::retry(format!("read error: {e}"))),
                 Some(Ok(m)) => m,
             };
-            shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
             match msg {
-                Message::Text(_) | Message::Binary(_) => push_inbound(shared, msg),
+                Message::Text(_) | Message::Binary(_) => {
+                    burst_bytes += size_of(&msg);
+                    burst.push(msg);
+                    if burst.len() >= BURST_MESSAGES || burst_bytes >= BURST_BYTES {
+                        push_inbound_all(shared, &mut burst);
+                        burst_bytes = 0;
+                    }
+                }
                 Message::Ping(_) => {
                     let _ = ctrl_tx.send(Ctrl::Flush);
                 }
                 Message::Pong(p) => {
-                    // our pings carry (write sequence, send time): the pong confirms every message
-                    // written before that ping, since frames are ordered on the connection
-                    if p.len() == 16 {
-                        let seq = u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8]));
-                        let sent = u64::from_be_bytes(p[8..].try_into().unwrap_or([0; 8]));
-                        let now = shared.now_us();
-                        if sent <= now {
-                            shared.counters.last_rtt_us.store((now - sent).max(1), Ordering::Relaxed);
+                    let resolved = shared.lock_proto().on_pong(&p, Instant::now().into_std());
+                    resolve(resolved);
+                }
+                Message::Close(f) => {
+                    return match shared.lock_proto().on_close_frame() {
+                        PeerClose::Complete => Ok(()),
+                        PeerClose::Answer => {
+                            answer_close.store(true, Ordering::SeqCst);
+                            Err(close_error(f, cfg))
                         }
-                        shared.confirm(seq);
                     }
                 }
-                Message::Close(f) => return Err(close_error(f, cfg)),
                 Message::Frame(_) => {}
             }
         }
@@ -866,119 +1027,109 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
 
     let writer = async {
         let wr = |e: tungstenite::Error| WsError::retry(format!("write error: {e}"));
-        let mut closing = false;
         let mut pending_ctrl: Option<Ctrl> = None;
         loop {
             // control frames first: one that woke us, then any others queued
             while let Some(c) = pending_ctrl.take().or_else(|| ctrl_rx.try_recv().ok()) {
                 match c {
-                    Ctrl::Ping => {
-                        sink.feed(Message::Ping(shared.ping_payload())).await.map_err(wr)?;
-                        sink.flush().await.map_err(wr)?;
-                    }
                     Ctrl::Flush => sink.flush().await.map_err(wr)?,
-                    Ctrl::Close => closing = true,
                 }
             }
-            let batch: Vec<Message> = shared.lock_out().iter().take(64).map(|o| o.msg.clone()).collect();
-            if batch.is_empty() {
-                if closing {
-                    // everything accepted was written; wait for the peer to confirm it, then close
-                    if !shared.lock_unacked().is_empty() {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                        continue;
+            let step = shared.lock_proto().next_write(Instant::now().into_std(), 64);
+            match step {
+                Write::Batch(batch, ping) => {
+                    let (n, bytes) = (batch.len() as u64, batch.iter().map(size_of).sum::<usize>() as u64);
+                    for m in batch {
+                        sink.feed(m).await.map_err(wr)?;
                     }
+                    // the ping right behind the batch confirms it
+                    sink.feed(Message::Ping(ping)).await.map_err(wr)?;
+                    sink.flush().await.map_err(wr)?;
+                    let sent = shared.lock_proto().written();
+                    resolve(sent);
+                    shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
+                    shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+                    shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                    shared.timers_changed.notify_one();
+                }
+                Write::Ping(ping) => {
+                    sink.send(Message::Ping(ping)).await.map_err(wr)?;
+                    shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                    shared.timers_changed.notify_one();
+                }
+                Write::Close => {
                     let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
                     sink.send(Message::Close(Some(frame))).await.map_err(wr)?;
-                    return Ok(());
                 }
-                tokio::select! {
-                    _ = shared.outbound_ready.notified() => {}
-                    c = ctrl_rx.recv() => match c {
-                        Some(c) => pending_ctrl = Some(c),
-                        // the pump owns the sender, so this only happens while it is being torn down
-                        None => std::future::pending::<()>().await,
-                    },
+                Write::Idle => {
+                    tokio::select! {
+                        _ = shared.outbound_ready.notified() => {}
+                        c = ctrl_rx.recv() => match c {
+                            Some(c) => pending_ctrl = Some(c),
+                            // the pump owns the sender, so this only happens while it is being torn down
+                            None => std::future::pending::<()>().await,
+                        },
+                    }
                 }
-                continue;
             }
-            let mut bytes = 0u64;
-            for m in &batch {
-                bytes += match m {
-                    Message::Text(t) => t.len() as u64,
-                    Message::Binary(b) => b.len() as u64,
-                    _ => 0,
-                };
-                sink.feed(m.clone()).await.map_err(wr)?;
-            }
-            // the batch is written: move it to the unconfirmed list, then ask for confirmation
-            let n = {
-                let mut q = shared.lock_out();
-                let mut u = shared.lock_unacked();
-                let n = batch.len().min(q.len());
-                for o in q.drain(..n) {
-                    let seq = shared.written_seq.fetch_add(1, Ordering::SeqCst) + 1;
-                    u.push_back((seq, o));
-                }
-                n
-            };
-            shared.counters.messages_out.fetch_add(n as u64, Ordering::Relaxed);
-            shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-            sink.feed(Message::Ping(shared.ping_payload())).await.map_err(wr)?;
-            sink.flush().await.map_err(wr)?;
         }
     };
 
-    // Liveness: a ping every ping_interval; the connection is lost when nothing at all was received
-    // for ping_interval + ping_timeout (a healthy peer answers every ping, so it is never silent that
-    // long). Detection is therefore bounded by interval + timeout after the last frame, whatever the
-    // phase of the ping cycle when the peer went silent.
+    // Liveness and ping schedule (see ws_protocol): a due ping wakes the writer; a ping not echoed
+    // within ping_timeout ends the connection.
     let pinger = async {
-        let silence_limit = cfg.ping_interval + cfg.ping_timeout;
-        let mut next_ping = Instant::now() + cfg.ping_interval;
         loop {
-            let last_rx = shared.base + Duration::from_micros(shared.last_rx_us.load(Ordering::SeqCst));
-            let dead_at = last_rx + silence_limit;
-            tokio::time::sleep_until(next_ping.min(dead_at)).await;
-            let now = Instant::now();
-            let last_rx = shared.base + Duration::from_micros(shared.last_rx_us.load(Ordering::SeqCst));
-            if now >= last_rx + silence_limit && !shared.reader_paused.load(Ordering::SeqCst) {
-                return Err::<(), _>(WsError::retry(format!(
-                    "ping timeout: nothing received for {:.3}s (ping_interval {:.3}s + ping_timeout {:.3}s)",
-                    now.saturating_duration_since(last_rx).as_secs_f64(),
-                    cfg.ping_interval.as_secs_f64(),
-                    cfg.ping_timeout.as_secs_f64()
-                )));
+            let changed = shared.timers_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (wake, due) = {
+                let mut p = shared.lock_proto();
+                let wake = p.poll(Instant::now().into_std()).map_err(WsError::retry)?;
+                (wake, p.ping_due())
+            };
+            if due {
+                shared.outbound_ready.notify_one();
             }
-            if now >= next_ping {
-                shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
-                let _ = ctrl_tx.send(Ctrl::Ping);
-                next_ping = now + cfg.ping_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(Instant::from_std(wake)) => {}
+                _ = changed => {}
             }
         }
     };
 
-    tokio::pin!(reader, writer, pinger);
-    let lost = tokio::select! {
-        r = &mut reader => r,
-        r = &mut writer => r,
-        r = &mut pinger => r,
-        _ = shared.wait_close() => Ok(()),
-    };
-    if let Err(e) = lost {
-        return Err(e);
-    }
-    // Closing on request: the writer flushes what was accepted and sends a close frame; then wait for
-    // the peer's close (the reader ends). All of it within close_timeout.
-    shared.set_state(State::Closing);
-    let _ = ctrl_tx.send(Ctrl::Close);
-    let graceful = async {
-        if (&mut writer).await.is_ok() {
-            let _ = (&mut reader).await;
+    let outcome = {
+        tokio::pin!(reader, writer, pinger);
+        let mut close_by: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut reader => break r,
+                r = &mut writer => break r,
+                r = &mut pinger => break r,
+                _ = shared.wait_close(), if close_by.is_none() => {
+                    // Closing on request: the writer flushes what was accepted, a ping and the close
+                    // frame; the reader confirms and ends at the peer's close. All within close_timeout.
+                    shared.set_state(State::Closing);
+                    shared.lock_proto().request_close();
+                    shared.outbound_ready.notify_one();
+                    close_by = Some(Instant::now() + cfg.close_timeout);
+                }
+                _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if close_by.is_some() => {
+                    tracing::debug!(target: LOG, "the peer did not complete the close handshake within close_timeout ({:.3}s)",
+                        cfg.close_timeout.as_secs_f64());
+                    break Ok(());
+                }
+            }
         }
     };
-    let _ = tokio::time::timeout(cfg.close_timeout, graceful).await;
-    Ok(())
+    if answer_close.load(Ordering::SeqCst) {
+        // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
+        let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+    }
+    if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
+        // a loss during the close handshake: the close is what the user asked for
+        return Ok(());
+    }
+    outcome
 }
 
 #[cfg(test)]

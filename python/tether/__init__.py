@@ -9,8 +9,17 @@ from __future__ import annotations
 import atexit as _atexit
 
 from . import _native, events
-from ._connect import Connection, connect
-from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
+from ._connect import Connection, add_redacted_names, connect
+from ._errors import (
+    ConnectionClosed,
+    GaveUp,
+    NotReady,
+    PoolExhausted,
+    SendBufferFull,
+    SendFailed,
+    TetherError,
+    TimeoutError,
+)
 from ._logging import sync_log_level
 from ._native import Backoff, Reconnector, redact
 from ._procpool import ProcPool, WorkerProc
@@ -39,9 +48,11 @@ __all__ = [
     "ReadinessGate",
     "Reconnector",
     "SendBufferFull",
+    "SendFailed",
     "TetherError",
     "Watchdog",
     "WorkerProc",
+    "add_redacted_names",
     "bounded",
     "connect",
     "events",

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._native import Backoff, Watchdog
+from ._native import Backoff, Watchdog, add_redacted_names
 
+if TYPE_CHECKING:
+    import os
+    import ssl as _ssl
+
+    SSLChoice = str | os.PathLike[str] | _ssl.SSLContext | Sequence[str | os.PathLike[str] | _ssl.SSLContext]
 UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
 
 
@@ -58,7 +63,8 @@ class Connection:
             raise StopAsyncIteration from None
 
     async def recv(self) -> str | bytes:
-        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up.
+        """Next message; raises ``ConnectionClosed`` after ``aclose()`` or ``GaveUp`` after giving up, and
+        ``RuntimeError`` on a connection that was never awaited or entered (nothing would ever arrive).
 
         Cancellation-safe: the message is taken from the buffer by this task, synchronously, only once
         one is there; a recv cancelled while waiting (e.g. by ``asyncio.wait_for``) consumes nothing."""
@@ -69,11 +75,21 @@ class Connection:
                 return m
             await n.wait_readable()
 
-    async def send(self, data: str | bytes | bytearray | memoryview) -> None:
-        """Queue ``data`` and wait until the server's WebSocket layer confirmed it (a pong to a ping
-        sent after it). During an outage the message waits in the bounded send buffer and is delivered
-        in order after the reconnect; if the connection is closed or gives up first, this raises."""
-        await self._n.send(data)
+    def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
+        """Queue ``data`` now, at call time (so messages go out in call order, and ``SendBufferFull`` or
+        ``ValueError`` for a message over ``max_message_size`` is raised by the call itself); the returned
+        awaitable resolves once the message was written to the socket, as in websockets. During an outage
+        it waits in the bounded send buffer and is written, in order, after the reconnect; if the
+        connection is closed or gives up first, the awaitable raises. ``await conn.flush()`` tells when
+        the server has it."""
+        return self._n.send(data)
+
+    def flush(self) -> Awaitable[None]:
+        """Resolves once every message sent before this call was confirmed by the server's WebSocket
+        layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
+        Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or in flight
+        at 3 consecutive losses), and the connection's error if it closed or gave up first."""
+        return self._n.flush()
 
     # -- observation --------------------------------------------------------------------------------
     def events(self):
@@ -117,6 +133,10 @@ def connect(
     fatal_http_statuses: Iterable[int] = (401, 403),
     name: str | None = None,
     watchdog: Watchdog | None = None,
+    max_message_size: int | None = None,
+    ssl: SSLChoice | None = None,
+    read_buffer_size: int | None = None,
+    write_buffer_size: int | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -127,6 +147,33 @@ def connect(
     ``watchdog``: a ``tether.Watchdog`` fed with the connection's states ("connecting", "connected",
     "reconnecting", "closing", "closed", "failed"), so ``wd.dwell("reconnecting", 20)`` catches a
     connection stuck reconnecting; its alarms also appear in ``conn.events()`` as ``tether.Alarm``.
+
+    ``max_message_size``: the largest message, in bytes of payload, either way (default 16 MiB). A bigger
+    ``send()`` raises ``ValueError`` at once; a bigger inbound message (or frame) is a loss, reported as
+    such, and the connection reconnects. Received messages wait in a buffer bounded by count and by bytes
+    (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
+    peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
+    kernel's TCP_USER_TIMEOUT on Linux).
+
+    ``read_buffer_size`` (default 8 KiB): the per-connection read buffer (it grows for a bigger
+    message); ``write_buffer_size`` (default 16 KiB): written frames are buffered up to this size before
+    a write system call. Larger values trade memory per connection for fewer system calls in floods.
+
+    ``ssl``: which certificate authorities ``wss://`` trusts. Default: the Mozilla roots bundled with
+    tether. ``"system"``: the operating system's trust store (on Linux the distribution bundle, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR``). A path (str or ``os.PathLike``): a PEM CA bundle, e.g. a private
+    CA or a TLS-intercepting proxy's. An ``ssl.SSLContext``: the CA certificates loaded into it (the
+    system store if it lists none, as ``ssl.create_default_context()`` does). A list of these: all of
+    them. Certificates are always verified; TLS is done by rustls, so only the trust anchors of a context
+    are used. Bad choices raise ``ValueError`` here.
+
+    Delivery: ``await conn.send(x)`` resolves once ``x`` was written to the socket; ``await conn.flush()``
+    once everything sent before it was confirmed: the server's WebSocket layer read it (not that its
+    application handled it). Across a loss delivery is at-least-once: unconfirmed messages are re-sent
+    first after the reconnect. A message the server refuses is not retried forever: a close 1009
+    (message too big) removes the largest unconfirmed message, and so does being in flight at 3
+    consecutive losses; ``send()`` (if not resolved yet) or the next ``flush()`` raises
+    ``tether.SendFailed`` for it, and later messages go on.
     """
     return Connection(
         _native.Connection(
@@ -147,8 +194,12 @@ def connect(
             fatal_http_statuses=fatal_http_statuses,
             name=name,
             watchdog=watchdog,
+            max_message_size=max_message_size,
+            ssl=ssl,
+            read_buffer_size=read_buffer_size,
+            write_buffer_size=write_buffer_size,
         )
     )
 
 
-__all__ = ["Connection", "connect"]
+__all__ = ["Connection", "add_redacted_names", "connect"]

@@ -79,6 +79,18 @@ class SendBufferFull(TetherError):
     """``Connection.send`` was called while ``send_buffer`` messages were already waiting for delivery."""
 
 
+class SendFailed(TetherError):
+    """A message was removed from the send queue and will not be re-sent: the server closed with 1009
+    (message too big; ``code`` = 1009) after it, or it was in flight at ``losses`` consecutive connection
+    losses. ``size`` is its payload size in bytes."""
+
+    def __init__(self, message: str, *, size: int = 0, code: int | None = None, losses: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
+        self.code = code
+        self.losses = losses
+
+
 class TimeoutError(TetherError, builtins.TimeoutError):
     """A bounded wait expired. Also an ``asyncio.TimeoutError``/builtin ``TimeoutError``."""
 
@@ -88,4 +100,13 @@ class TimeoutError(TetherError, builtins.TimeoutError):
         self.what = what
 
 
-__all__ = ["ConnectionClosed", "GaveUp", "NotReady", "PoolExhausted", "SendBufferFull", "TetherError", "TimeoutError"]
+__all__ = [
+    "ConnectionClosed",
+    "GaveUp",
+    "NotReady",
+    "PoolExhausted",
+    "SendBufferFull",
+    "SendFailed",
+    "TetherError",
+    "TimeoutError",
+]

@@ -1,9 +1,10 @@
 //! `tether.connect` bindings: the supervised WebSocket.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3_async_runtimes::TaskLocals;
@@ -11,7 +12,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
+use crate::ws_tls::TrustSource;
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -51,9 +54,12 @@ fn check_url(url: &str) -> PyResult<()> {
         .into_client_request()
         .map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))?;
     match req.uri().scheme_str() {
-        Some("ws") | Some("wss") => Ok(()),
-        other => Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url)))),
+        Some("ws") | Some("wss") => {}
+        other => {
+            return Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url))))
+        }
     }
+    port_of(req.uri()).map(|_| ()).map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))
 }
 
 /// What url_for returned: "url" or ("url", headers).
@@ -137,6 +143,8 @@ pub struct PyConnection {
     client: Arc<WsClient>,
     target: Arc<PyTarget>,
     name: String,
+    /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
+    started: AtomicBool,
 }
 
 pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
@@ -161,6 +169,96 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
             e.set_cause(py, Some(last_err));
             e
         }
+    }
+}
+
+/// Build an exception from a tokio thread through the gate; at interpreter shutdown a plain one.
+fn in_python(f: impl for<'py> FnOnce(Python<'py>) -> PyErr) -> PyErr {
+    super::with_python(f).unwrap_or_else(|| PyRuntimeError::new_err("the Python interpreter is shutting down"))
+}
+
+fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
+    match e {
+        SendError::Ended(t) => terminal_error(py, t, name),
+        SendError::Full(n) => tether_error(py, "SendBufferFull", &format!(
+            "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
+            cfg.send_buffer), None),
+        SendError::TooBig { size, max } => value_error(format!(
+            "message of {size} bytes is larger than max_message_size ({max} bytes) of the connection to {name}"
+        )),
+        SendError::Rejected(f) => rejected(py, f, name, ""),
+        SendError::FlushFailed(fs) => {
+            let more = if fs.len() > 1 { format!(" ({} messages sent before flush() failed; the first)", fs.len()) } else { String::new() };
+            rejected(py, &fs[0], name, &more)
+        }
+    }
+}
+
+fn rejected(py: Python<'_>, f: &Failure, name: &str, note: &str) -> PyErr {
+    let kw = PyDict::new(py);
+    let (size, code, losses) = match f {
+        Failure::TooBig { size, .. } => (*size, Some(MESSAGE_TOO_BIG), None),
+        Failure::Poisoned { size, losses, .. } => (*size, None, Some(*losses)),
+    };
+    let _ = kw.set_item("size", size);
+    let _ = kw.set_item("code", code);
+    let _ = kw.set_item("losses", losses);
+    let text = redact_url(&format!("send to {name} failed{note}: {}", f.message()));
+    tether_error(py, "SendFailed", &text, Some(&kw))
+}
+
+/// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a
+/// list of these (trusted together).
+fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
+    use crate::ws_tls::TrustSource as T;
+    if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
+        return if b.is_true() {
+            Ok(vec![T::Bundled])
+        } else {
+            Err(value_error("ssl=False cannot turn TLS off: use a ws:// URL for a plain connection"))
+        };
+    }
+    if v.hasattr("get_ca_certs")? {
+        if v.getattr("verify_mode")?.extract::<i64>().unwrap_or(2) == 0 {
+            return Err(value_error(
+                "ssl: an SSLContext with verify_mode CERT_NONE is refused; tether always verifies",
+            ));
+        }
+        let ders: Vec<Vec<u8>> = v.call_method1("get_ca_certs", (true,))?.extract()?;
+        // create_default_context() loads the system store lazily, so it lists no certificate
+        return Ok(vec![if ders.is_empty() { T::System } else { T::Der(ders) }]);
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return Ok(vec![match s.to_str()? {
+            "system" => T::System,
+            "bundled" => T::Bundled,
+            path => T::PemFile(path.into()),
+        }]);
+    }
+    if v.hasattr("__fspath__")? {
+        let path: std::path::PathBuf = v.extract()?;
+        return Ok(vec![T::PemFile(path)]);
+    }
+    if v.is_instance_of::<PyTuple>() || v.is_instance_of::<pyo3::types::PyList>() {
+        let mut out = vec![];
+        for item in v.try_iter()? {
+            out.extend(trust_sources(&item?)?);
+        }
+        return Ok(out);
+    }
+    Err(PyTypeError::new_err(
+        "ssl must be \"system\", \"bundled\", a CA bundle path, an ssl.SSLContext, or a list of these",
+    ))
+}
+
+/// A positive byte count, or the default when None/absent.
+fn bytes(name: &str, v: Option<&Bound<'_, PyAny>>, default: usize) -> PyResult<usize> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(default);
+    };
+    match v.extract::<u64>() {
+        Ok(n) if n > 0 && n <= usize::MAX as u64 => Ok(n as usize),
+        _ => Err(value_error(format!("{name} must be a positive number of bytes"))),
     }
 }
 
@@ -214,12 +312,28 @@ fn parse_ladder(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Arc<str>, u32)>> 
     Ok(out)
 }
 
+impl PyConnection {
+    /// Before the connection was awaited or entered nothing would ever deliver a message or confirm a
+    /// send: fail at once instead of waiting forever. A closed connection raises its terminal error.
+    fn check_started(&self, what: &str) -> PyResult<()> {
+        if self.started.load(Ordering::SeqCst) || self.client.terminal().is_some() {
+            return Ok(());
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "{what}() on a connection to {} that was never started: use `async with tether.connect(...) as conn` \
+             or `conn = await tether.connect(...)` first",
+            self.name
+        )))
+    }
+}
+
 #[pymethods]
 impl PyConnection {
     #[new]
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
-        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None))]
+        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
+        max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -240,6 +354,10 @@ impl PyConnection {
         fatal_http_statuses: Option<&Bound<'_, PyAny>>,
         name: Option<&str>,
         watchdog: Option<&Bound<'_, PyAny>>,
+        max_message_size: Option<&Bound<'_, PyAny>>,
+        ssl: Option<&Bound<'_, PyAny>>,
+        read_buffer_size: Option<&Bound<'_, PyAny>>,
+        write_buffer_size: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let watchdog = match watchdog {
@@ -275,7 +393,10 @@ impl PyConnection {
         if send_buffer == 0 {
             return Err(value_error("send_buffer must be at least 1"));
         }
-        let shown = name.map(|n| redact_url(n)).unwrap_or_else(|| redact_url(&url));
+        let max_message_size = bytes("max_message_size", max_message_size, d.max_message_size)?;
+        let read_buffer_size = bytes("read_buffer_size", read_buffer_size, d.read_buffer_size)?;
+        let write_buffer_size = bytes("write_buffer_size", write_buffer_size, d.write_buffer_size)?;
+        let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
         let cfg = WsConfig {
             url: url.clone(),
             headers: match headers {
@@ -289,7 +410,12 @@ impl PyConnection {
             first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?
                 .map(Duration::from_secs_f64),
             send_buffer,
+            max_message_size,
+            read_buffer_size,
+            write_buffer_size,
+            poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
+            recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
             fatal_close_codes: codes("fatal_close_codes", fatal_close_codes, &d.fatal_close_codes)?,
             fatal_http_statuses: codes("fatal_http_statuses", fatal_http_statuses, &d.fatal_http_statuses)?,
             reconnect: Config {
@@ -308,15 +434,22 @@ impl PyConnection {
                 ..Config::default()
             },
             watchdog,
+            tls: match ssl {
+                Some(v) if !v.is_none() => Some(
+                    crate::ws_tls::client_config(&trust_sources(v)?).map_err(|e| value_error(format!("ssl: {e}")))?,
+                ),
+                _ => None,
+            },
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown })
+        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false) })
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
+        self.started.store(true, Ordering::SeqCst);
         if self.target.locals.get().is_none() {
             let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
         }
@@ -324,12 +457,13 @@ impl PyConnection {
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             client.start();
-            client.wait_connected().await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+            client.wait_connected().await.map_err(|t| in_python(|py| terminal_error(py, &t, &name)))
         })
     }
 
     /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.check_started("recv")?;
         match self.client.try_recv() {
             Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
             Ok(None) => Ok(None),
@@ -340,6 +474,7 @@ impl PyConnection {
     /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.
     /// It consumes nothing, so cancelling it never loses a message.
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check_started("recv")?;
         let client = self.client.clone();
         super::runtime::future_into_py(py, async move {
             client.readable().await;
@@ -347,27 +482,35 @@ impl PyConnection {
         })
     }
 
-    /// Queue `data` (str -> text, bytes-like -> binary); resolves once the peer confirmed it.
+    /// Queue `data` (str -> text, bytes-like -> binary); resolves once it was written to the socket.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
+        self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let rx = match self.client.enqueue(msg) {
-            Ok(rx) => rx,
-            Err(SendError::Ended(t)) => return Err(terminal_error(py, &t, &self.name)),
-            Err(SendError::Full(n)) => {
-                return Err(tether_error(py, "SendBufferFull", &format!(
-                    "send buffer of {} is full: {n} messages are waiting for delivery to {} (await send() before sending more, or raise send_buffer)",
-                    self.client.config().send_buffer, self.name), None))
-            }
-        };
+        let rx = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             let r = match rx.await {
                 Ok(r) => r,
-                Err(_) => Err(client.terminal().unwrap_or(Terminal::Closed)),
+                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+        })
+    }
+
+    /// Resolves once everything sent before the call was confirmed by the peer.
+    fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check_started("flush")?;
+        let rx = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let client = self.client.clone();
+        let name = self.name.clone();
+        super::runtime::future_into_py(py, async move {
+            let r = match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
+            };
+            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
         })
     }
 
@@ -427,6 +570,23 @@ impl PyConnection {
     }
 }
 
+/// Redact query parameters and headers with these names too (case-insensitive), in every log, event,
+/// exception and repr tether produces from now on, process-wide.
+#[pyfunction]
+#[pyo3(signature = (*names))]
+fn add_redacted_names(names: &Bound<'_, PyTuple>) -> PyResult<()> {
+    let names: Vec<String> = names
+        .iter()
+        .map(|n| n.extract::<String>())
+        .collect::<PyResult<_>>()
+        .map_err(|_| PyTypeError::new_err("add_redacted_names takes parameter or header names as str"))?;
+    for n in &names {
+        crate::redact::add_secret_name(n).map_err(value_error)?;
+    }
+    Ok(())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyConnection>()
+    m.add_class::<PyConnection>()?;
+    m.add_function(wrap_pyfunction!(add_redacted_names, m)?)
 }

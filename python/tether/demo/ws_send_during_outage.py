@@ -1,5 +1,6 @@
 """Nothing is lost silently: sends made while the server is unreachable wait in the bounded buffer
-and are delivered, in order, after the reconnect; each send() resolves only once the server confirmed it."""
+and are delivered, in order, after the reconnect; each send() resolves once it was written, and
+flush() once the server confirmed everything sent before it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ async def run(tl):
             tl.note(f"{sum(not s.done() for s in sends)} sends waiting, send_queue={conn.stats()['send_queue']}")
             srv.listening(True)
             await asyncio.gather(*sends)
+            await conn.flush()
             got = [await conn.recv() for _ in range(10)]
             assert got == [f"offer-{i}" for i in range(10)], got
             tl.note("all 10 confirmed by the server and echoed back in order")

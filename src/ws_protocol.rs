@@ -1,0 +1,791 @@
+//! The delivery, liveness, close-handshake and poison rules of `tether.connect`, without I/O and
+//! without a clock (sans-I/O, like websockets' `protocol.py`): the tokio session in `ws.rs` feeds it
+//! what happened and the current `Instant`, and writes what it asks for.
+//!
+//! * Delivery: every accepted message gets a sequence number when it is handed to the socket; its send
+//!   resolves once it was written (`Outcome::Sent`). A ping follows every batch; its payload (this
+//!   connection's nonce + a ping id) names the last sequence number written before it. A pong that
+//!   echoes it confirms every message up to there, because frames are ordered on the connection: the
+//!   peer's WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
+//!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
+//!   pings (unsolicited, empty, another client's) confirm nothing.
+//! * Liveness: a ping every `ping_interval`; a ping not echoed within `ping_timeout`, or one that could
+//!   not even be written within `ping_timeout`, is a loss. So a peer that answers pings without echoing
+//!   the payload is detected, not waited on. While the reader is paused (the application is not reading)
+//!   pongs cannot be read: the deadlines stop and restart from the resume.
+//! * Loss: unconfirmed messages go back to the head of the queue, in order, and are re-sent on the next
+//!   connection (at-least-once). A close 1009 (message too big) fails the largest unconfirmed message at
+//!   once; a message in flight at `poison_after` consecutive losses is failed instead of re-sent again.
+//! * Close: a requested close writes what was accepted, a ping, then the close frame; the reader keeps
+//!   running meanwhile, so pongs still confirm. A close frame from the peer is answered (the session
+//!   flushes tungstenite's automatic reply) and ends the connection with its code.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+/// Close code a server sends for a message bigger than it accepts (RFC 6455 §7.4.1).
+pub const MESSAGE_TOO_BIG: u16 = 1009;
+
+#[derive(Debug, Clone)]
+pub struct ProtocolConfig {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Accepted messages (queued + unconfirmed) before `push` refuses.
+    pub send_buffer: usize,
+    /// A message larger than this (bytes of payload) is refused by `push`.
+    pub max_message_size: usize,
+    /// A message in flight at this many consecutive losses is failed, not re-sent.
+    pub poison_after: u32,
+}
+
+/// Why a send will never be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The peer closed with 1009 while this, the largest unconfirmed message, was in flight.
+    TooBig { size: usize, reason: String },
+    /// In flight at `losses` consecutive connection losses; `last` is the last loss.
+    Poisoned { size: usize, losses: u32, last: String },
+}
+
+impl Failure {
+    pub fn message(&self) -> String {
+        match self {
+            Failure::TooBig { size, reason } => format!(
+                "the server closed the connection with 1009 (message too big{}) after this {size}-byte message; \
+                 it was removed from the send queue and will not be re-sent",
+                if reason.is_empty() { String::new() } else { format!(": {reason}") }
+            ),
+            Failure::Poisoned { size, losses, last } => format!(
+                "this {size}-byte message was in flight at {losses} consecutive connection losses (last: {last}); \
+                 it was removed from the send queue and will not be re-sent"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushError {
+    /// `send_buffer` messages are already waiting.
+    Full(usize),
+    /// Bigger than `max_message_size`.
+    TooBig { size: usize, max: usize },
+}
+
+/// What the writer should do next.
+#[derive(Debug, PartialEq)]
+pub enum Write {
+    /// Write these messages, then the ping (it confirms them).
+    Batch(Vec<Message>, Bytes),
+    /// Write a ping.
+    Ping(Bytes),
+    /// Everything accepted was written (and a ping follows it): write the close frame.
+    Close,
+    /// Nothing to do until something is pushed, a ping is due or a close is requested.
+    Idle,
+}
+
+/// What a close frame from the peer means.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PeerClose {
+    /// The reply to our close: the handshake is complete.
+    Complete,
+    /// The peer started the close: answer it, then the connection is over.
+    Answer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Open,
+    /// Requested by the application; the close frame goes out once everything was written.
+    Requested,
+    /// Our close frame was written; waiting for the peer's.
+    Sent,
+    Done,
+}
+
+struct Entry<D> {
+    msg: Message,
+    size: usize,
+    strikes: u32,
+    /// Acceptance number: flushes wait for every entry accepted before them.
+    n: u64,
+    /// The send's waiter, until it resolves (written, or failed before that).
+    done: Option<D>,
+}
+
+/// How a waiter resolves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A send: written to the socket.
+    Sent,
+    /// A send that failed before it resolved.
+    Failed(Failure),
+    /// A flush: everything accepted before it was confirmed, except these (failed, never re-sent).
+    Flushed(Vec<Failure>),
+}
+
+struct Ping {
+    id: u64,
+    /// Sequence number of the last message written before this ping.
+    covers: u64,
+    sent: Instant,
+    deadline: Instant,
+}
+
+pub struct Protocol<D> {
+    cfg: ProtocolConfig,
+    nonce: u64,
+    next_seq: u64,
+    queue: VecDeque<Entry<D>>,
+    unacked: VecDeque<(u64, Entry<D>)>,
+    accepted: u64,
+    /// (everything accepted up to this number, waiter)
+    flushes: Vec<(u64, D)>,
+    /// Failures of messages whose send had already resolved: reported by the next flush covering them.
+    unreported: Vec<(u64, Failure)>,
+    pings: VecDeque<Ping>,
+    next_ping_id: u64,
+    next_ping_at: Option<Instant>,
+    /// A periodic ping is due and not yet written (since when).
+    ping_due_since: Option<Instant>,
+    paused: bool,
+    foreign_pongs: u64,
+    last_rtt: Option<Duration>,
+    closing: Closing,
+    peer_closed: bool,
+}
+
+pub fn size_of(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
+}
+
+impl<D> Protocol<D> {
+    /// `nonce` tells this connection's pings from any other's; pick it at random.
+    pub fn new(cfg: ProtocolConfig, nonce: u64) -> Self {
+        Protocol {
+            cfg,
+            nonce,
+            next_seq: 1,
+            queue: VecDeque::new(),
+            unacked: VecDeque::new(),
+            accepted: 0,
+            flushes: vec![],
+            unreported: vec![],
+            pings: VecDeque::new(),
+            next_ping_id: 1,
+            next_ping_at: None,
+            ping_due_since: None,
+            paused: false,
+            foreign_pongs: 0,
+            last_rtt: None,
+            closing: Closing::Open,
+            peer_closed: false,
+        }
+    }
+
+    pub fn config(&self) -> &ProtocolConfig {
+        &self.cfg
+    }
+
+    /// Accept a message for delivery (order = call order).
+    pub fn push(&mut self, msg: Message, done: D) -> Result<(), (PushError, D)> {
+        let size = size_of(&msg);
+        if size > self.cfg.max_message_size {
+            return Err((PushError::TooBig { size, max: self.cfg.max_message_size }, done));
+        }
+        let pending = self.pending();
+        if pending >= self.cfg.send_buffer {
+            return Err((PushError::Full(pending), done));
+        }
+        self.accepted += 1;
+        self.queue.push_back(Entry { msg, size, strikes: 0, n: self.accepted, done: Some(done) });
+        Ok(())
+    }
+
+    /// Wait until everything accepted so far is confirmed (or failed): resolves at once when nothing is
+    /// pending, else through a later call's outcomes.
+    pub fn flush(&mut self, waiter: D) -> Vec<(D, Outcome)> {
+        self.flushes.push((self.accepted, waiter));
+        self.settle_flushes()
+    }
+
+    fn oldest_pending(&self) -> Option<u64> {
+        self.unacked.front().map(|(_, e)| e.n).or_else(|| self.queue.front().map(|e| e.n))
+    }
+
+    fn settle_flushes(&mut self) -> Vec<(D, Outcome)> {
+        let oldest = self.oldest_pending();
+        let mut out = vec![];
+        let mut i = 0;
+        while i < self.flushes.len() {
+            let upto = self.flushes[i].0;
+            if oldest.is_some_and(|n| n <= upto) {
+                i += 1;
+                continue;
+            }
+            let (_, w) = self.flushes.remove(i);
+            let (mine, rest): (Vec<_>, Vec<_>) = self.unreported.drain(..).partition(|(n, _)| *n <= upto);
+            self.unreported = rest;
+            out.push((w, Outcome::Flushed(mine.into_iter().map(|(_, f)| f).collect())));
+        }
+        out
+    }
+
+    fn fail(&mut self, e: Entry<D>, f: Failure, out: &mut Vec<(D, Outcome)>, all: &mut Vec<Failure>) {
+        all.push(f.clone());
+        match e.done {
+            Some(d) => out.push((d, Outcome::Failed(f))),
+            None => self.unreported.push((e.n, f)),
+        }
+    }
+
+    /// The writer flushed everything handed to it to the socket: those sends resolve.
+    pub fn written(&mut self) -> Vec<(D, Outcome)> {
+        self.unacked.iter_mut().filter_map(|(_, e)| e.done.take()).map(|d| (d, Outcome::Sent)).collect()
+    }
+
+    /// Accepted and not yet confirmed.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.unacked.len()
+    }
+
+    pub fn unconfirmed(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn last_rtt(&self) -> Option<Duration> {
+        self.last_rtt
+    }
+
+    pub fn close_requested(&self) -> bool {
+        self.closing != Closing::Open
+    }
+
+    /// A connection is up (handshake done): a fresh ping schedule.
+    pub fn connected(&mut self, now: Instant) {
+        self.pings.clear();
+        self.next_ping_at = Some(now + self.cfg.ping_interval);
+        self.ping_due_since = None;
+        self.paused = false;
+        self.peer_closed = false;
+        self.foreign_pongs = 0;
+        if self.closing == Closing::Sent {
+            self.closing = Closing::Requested;
+        }
+    }
+
+    /// The application asked to close; the close frame follows everything already accepted.
+    pub fn request_close(&mut self) {
+        if self.closing == Closing::Open {
+            self.closing = Closing::Requested;
+        }
+    }
+
+    /// The next thing to write. Messages are handed over (and numbered) here, so a loss while they
+    /// are being written counts them as in flight.
+    pub fn next_write(&mut self, now: Instant, max_batch: usize) -> Write {
+        if matches!(self.closing, Closing::Sent | Closing::Done) || self.peer_closed {
+            return Write::Idle;
+        }
+        if !self.queue.is_empty() {
+            let n = self.queue.len().min(max_batch.max(1));
+            let mut batch = Vec::with_capacity(n);
+            for e in self.queue.drain(..n) {
+                batch.push(e.msg.clone());
+                self.unacked.push_back((self.next_seq, e));
+                self.next_seq += 1;
+            }
+            return Write::Batch(batch, self.ping(now));
+        }
+        if self.ping_due_since.is_some() {
+            return Write::Ping(self.ping(now));
+        }
+        if self.closing == Closing::Requested {
+            self.closing = Closing::Sent;
+            return Write::Close;
+        }
+        Write::Idle
+    }
+
+    fn ping(&mut self, now: Instant) -> Bytes {
+        let id = self.next_ping_id;
+        self.next_ping_id += 1;
+        self.pings.push_back(Ping { id, covers: self.next_seq - 1, sent: now, deadline: now + self.cfg.ping_timeout });
+        self.ping_due_since = None;
+        self.next_ping_at = Some(now + self.cfg.ping_interval);
+        let mut p = Vec::with_capacity(16);
+        p.extend_from_slice(&self.nonce.to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.into()
+    }
+
+    /// A pong arrived: returns the waiters it resolves (sends confirmed before the writer reported them
+    /// written, flushes). A pong that does not echo one of this connection's pings confirms nothing.
+    pub fn on_pong(&mut self, payload: &[u8], now: Instant) -> Vec<(D, Outcome)> {
+        let matched = (payload.len() == 16 && payload[..8] == self.nonce.to_be_bytes())
+            .then(|| u64::from_be_bytes(payload[8..].try_into().unwrap_or([0; 8])))
+            .and_then(|id| self.pings.iter().position(|p| p.id == id));
+        let Some(i) = matched else {
+            self.foreign_pongs += 1;
+            return vec![];
+        };
+        // frames are ordered: this pong also answers every earlier ping
+        let ping = self.pings.drain(..=i).next_back().expect("position is in range");
+        self.last_rtt = Some(now.saturating_duration_since(ping.sent).max(Duration::from_micros(1)));
+        let n = self.unacked.iter().take_while(|(s, _)| *s <= ping.covers).count();
+        let mut out: Vec<(D, Outcome)> =
+            self.unacked.drain(..n).filter_map(|(_, e)| e.done).map(|d| (d, Outcome::Sent)).collect();
+        out.extend(self.settle_flushes());
+        out
+    }
+
+    /// The reader stopped reading (inbound buffer full): pong deadlines are suspended.
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// The reader reads again: outstanding pings get a full `ping_timeout` from now.
+    pub fn resume(&mut self, now: Instant) {
+        self.paused = false;
+        let fresh = now + self.cfg.ping_timeout;
+        for p in &mut self.pings {
+            p.deadline = p.deadline.max(fresh);
+        }
+        if let Some(since) = &mut self.ping_due_since {
+            *since = (*since).max(now);
+        }
+    }
+
+    /// Timers: `Err(reason)` when the connection is lost by the liveness rule, else when to call again.
+    pub fn poll(&mut self, now: Instant) -> Result<Instant, String> {
+        if matches!(self.closing, Closing::Sent | Closing::Done) || self.peer_closed {
+            return Ok(now + self.cfg.ping_interval);
+        }
+        if let Some(at) = self.next_ping_at {
+            if now >= at && self.ping_due_since.is_none() {
+                self.ping_due_since = Some(now);
+            }
+        }
+        if !self.paused {
+            let timeout = self.cfg.ping_timeout.as_secs_f64();
+            if let Some(p) = self.pings.front() {
+                if now >= p.deadline {
+                    let mut text = format!("ping timeout: no answer to a ping within ping_timeout ({timeout:.3}s)");
+                    if self.foreign_pongs > 0 {
+                        text.push_str(&format!(
+                            "; {} pong(s) that did not echo a ping of this connection were ignored \
+                             (RFC 6455 §5.5.3: a pong echoes the ping's payload)",
+                            self.foreign_pongs
+                        ));
+                    }
+                    return Err(text);
+                }
+            }
+            if let Some(since) = self.ping_due_since {
+                if now >= since + self.cfg.ping_timeout {
+                    return Err(format!(
+                        "ping timeout: a ping could not be written within ping_timeout ({timeout:.3}s); \
+                         the peer is not reading"
+                    ));
+                }
+            }
+        }
+        let mut wake = self.next_ping_at.unwrap_or(now + self.cfg.ping_interval);
+        if let Some(since) = self.ping_due_since {
+            wake = since + self.cfg.ping_timeout;
+        }
+        if !self.paused {
+            if let Some(p) = self.pings.front() {
+                wake = wake.min(p.deadline);
+            }
+        }
+        Ok(wake.max(now))
+    }
+
+    /// Whether `poll` just found a ping due that the writer has not written yet.
+    pub fn ping_due(&self) -> bool {
+        self.ping_due_since.is_some()
+    }
+
+    /// The peer's close frame arrived.
+    pub fn on_close_frame(&mut self) -> PeerClose {
+        self.peer_closed = true;
+        if self.closing == Closing::Sent {
+            self.closing = Closing::Done;
+            PeerClose::Complete
+        } else {
+            PeerClose::Answer
+        }
+    }
+
+    /// The connection was lost (`code`: the peer's close code, if it sent one). Unconfirmed messages
+    /// go back to the head of the queue, except those failed by the poison rule: returned here as the
+    /// waiters to resolve, and every such failure (for the log).
+    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failure>) {
+        let (mut failed, mut all) = (vec![], vec![]);
+        if code == Some(MESSAGE_TOO_BIG) {
+            // the peer read up to the message it could not take; the largest in flight is the one
+            let largest = self.unacked.iter().enumerate().max_by_key(|(i, (_, e))| (e.size, usize::MAX - i));
+            if let Some(i) = largest.map(|(i, _)| i) {
+                if let Some((_, e)) = self.unacked.remove(i) {
+                    let f = Failure::TooBig { size: e.size, reason: reason.to_string() };
+                    self.fail(e, f, &mut failed, &mut all);
+                }
+            }
+        }
+        let mut keep = VecDeque::with_capacity(self.unacked.len() + self.queue.len());
+        let unacked: Vec<_> = self.unacked.drain(..).collect();
+        for (_, mut e) in unacked {
+            e.strikes += 1;
+            if e.strikes >= self.cfg.poison_after {
+                let f = Failure::Poisoned { size: e.size, losses: e.strikes, last: reason.to_string() };
+                self.fail(e, f, &mut failed, &mut all);
+            } else {
+                keep.push_back(e);
+            }
+        }
+        keep.extend(self.queue.drain(..));
+        self.queue = keep;
+        self.pings.clear();
+        self.next_ping_at = None;
+        self.ping_due_since = None;
+        self.paused = false;
+        if self.closing == Closing::Sent {
+            self.closing = Closing::Requested;
+        }
+        failed.extend(self.settle_flushes());
+        (failed, all)
+    }
+
+    /// The connection ended for good: every waiter still pending (sends not yet written, flushes), and
+    /// how many written messages were never confirmed and had no waiter left to tell.
+    pub fn finish(&mut self) -> (Vec<D>, usize) {
+        self.closing = Closing::Done;
+        let mut out = vec![];
+        let mut silent = self.unreported.len();
+        for e in self.unacked.drain(..).map(|(_, e)| e).chain(self.queue.drain(..)) {
+            match e.done {
+                Some(d) => out.push(d),
+                None => silent += 1,
+            }
+        }
+        if !self.flushes.is_empty() {
+            silent = 0; // a pending flush reports them
+        }
+        out.extend(self.flushes.drain(..).map(|(_, w)| w));
+        self.unreported.clear();
+        (out, silent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONCE: u64 = 0x5EED_F00D_0000_0001;
+
+    fn cfg() -> ProtocolConfig {
+        ProtocolConfig {
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(5),
+            send_buffer: 8,
+            max_message_size: 100,
+            poison_after: 3,
+        }
+    }
+
+    fn proto() -> (Protocol<u32>, Instant) {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(cfg(), NONCE);
+        p.connected(t0);
+        (p, t0)
+    }
+
+    fn batch(p: &mut Protocol<u32>, now: Instant) -> (Vec<Message>, Bytes) {
+        match p.next_write(now, 64) {
+            Write::Batch(m, ping) => (m, ping),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+
+    fn ids(v: Vec<(u32, Outcome)>) -> Vec<u32> {
+        v.into_iter().map(|(d, _)| d).collect()
+    }
+
+    fn s(t0: Instant, secs: f64) -> Instant {
+        t0 + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn a_pong_echoing_the_ping_confirms_everything_written_before_it() {
+        let (mut p, t0) = proto();
+        for i in 0..3 {
+            p.push(Message::text(format!("m{i}")), i).unwrap();
+        }
+        let (msgs, ping1) = batch(&mut p, t0);
+        assert_eq!(msgs.len(), 3);
+        p.push(Message::text("m3"), 3).unwrap();
+        let (_, ping2) = batch(&mut p, s(t0, 0.1));
+        assert_eq!(ids(p.on_pong(&ping1, s(t0, 0.2))), vec![0, 1, 2]);
+        assert_eq!(p.last_rtt(), Some(Duration::from_millis(200)));
+        assert_eq!(p.pending(), 1);
+        assert_eq!(ids(p.on_pong(&ping2, s(t0, 0.3))), vec![3]);
+        // echoed twice: nothing left to confirm
+        assert!(p.on_pong(&ping2, s(t0, 0.3)).is_empty());
+        assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn sends_resolve_when_written_and_flush_when_confirmed() {
+        let (mut p, t0) = proto();
+        // nothing pending: a flush resolves at once
+        assert_eq!(p.flush(100), vec![(100, Outcome::Flushed(vec![]))]);
+        p.push(Message::text("a"), 1).unwrap();
+        p.push(Message::text("b"), 2).unwrap();
+        assert!(p.flush(101).is_empty());
+        p.push(Message::text("c"), 3).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        assert_eq!(p.written(), vec![(1, Outcome::Sent), (2, Outcome::Sent), (3, Outcome::Sent)]);
+        assert!(p.written().is_empty());
+        // the flush covers a and b only, and resolves with their confirmation
+        assert_eq!(p.on_pong(&ping, t0), vec![(101, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn a_failure_after_the_send_resolved_is_reported_by_the_flush() {
+        let (mut p, t0) = proto();
+        p.push(Message::binary(vec![0u8; 50]), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        assert_eq!(ids(p.written()), vec![1]);
+        // rejected after it was written: nobody waits on the send any more
+        let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "");
+        assert!(waiters.is_empty() && all.len() == 1);
+        p.push(Message::text("later"), 2).unwrap();
+        assert!(p.flush(9).is_empty());
+        p.connected(t0);
+        let (_, ping) = batch(&mut p, t0);
+        let out = p.on_pong(&ping, t0);
+        assert_eq!(out[0], (2, Outcome::Sent));
+        assert!(matches!(&out[1], (9, Outcome::Flushed(f)) if matches!(f[..], [Failure::TooBig { size: 50, .. }])));
+        // reported once
+        assert_eq!(p.flush(10), vec![(10, Outcome::Flushed(vec![]))]);
+    }
+
+    #[test]
+    fn ending_fails_pending_waiters_and_counts_unconfirmed_writes() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        let _ = p.written();
+        p.push(Message::text("b"), 2).unwrap();
+        assert_eq!(p.finish(), (vec![2], 1));
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        let _ = p.written();
+        assert!(p.flush(7).is_empty());
+        // the flush waiter hears about it, so nothing is silent
+        assert_eq!(p.finish(), (vec![7], 0));
+    }
+
+    #[test]
+    fn a_later_pong_answers_earlier_pings_too() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let (_, _lost_pong) = batch(&mut p, t0);
+        p.push(Message::text("b"), 2).unwrap();
+        let (_, ping2) = batch(&mut p, t0);
+        assert_eq!(ids(p.on_pong(&ping2, s(t0, 0.1))), vec![1, 2]);
+        assert!(p.poll(s(t0, 4.9)).is_ok());
+        // nothing outstanding: no ping deadline fires
+        assert!(p.poll(s(t0, 5.05)).is_ok());
+    }
+
+    #[test]
+    fn unsolicited_empty_and_foreign_pongs_confirm_nothing() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        assert!(p.on_pong(b"", t0).is_empty());
+        let mut foreign = ping.to_vec();
+        foreign[0] ^= 0xff; // another connection's nonce
+        assert!(p.on_pong(&foreign, t0).is_empty());
+        let mut unknown = ping.to_vec();
+        unknown[15] ^= 0x40; // our nonce, a ping we never sent
+        assert!(p.on_pong(&unknown, t0).is_empty());
+        assert!(p.on_pong(&[0u8; 16], t0).is_empty());
+        assert_eq!(p.pending(), 1);
+        // a peer that never echoes our payload is a loss at the ping deadline, and says why
+        let e = p.poll(s(t0, 5.0)).unwrap_err();
+        assert!(e.contains("ping timeout") && e.contains("4 pong(s)"), "{e}");
+    }
+
+    #[test]
+    fn periodic_pings_and_the_silent_peer() {
+        let (mut p, t0) = proto();
+        assert_eq!(p.next_write(t0, 64), Write::Idle);
+        assert_eq!(p.poll(t0), Ok(s(t0, 5.0)));
+        assert_eq!(p.poll(s(t0, 5.0)), Ok(s(t0, 10.0)));
+        assert!(p.ping_due());
+        let ping = match p.next_write(s(t0, 5.0), 64) {
+            Write::Ping(b) => b,
+            other => panic!("{other:?}"),
+        };
+        assert!(!p.ping_due());
+        assert_eq!(p.poll(s(t0, 6.0)), Ok(s(t0, 10.0)));
+        assert!(p.on_pong(&ping, s(t0, 6.0)).is_empty());
+        // next ping at 10; not echoed by 15: lost
+        assert!(p.poll(s(t0, 10.0)).is_ok());
+        let _ = p.next_write(s(t0, 10.0), 64);
+        assert!(p.poll(s(t0, 14.9)).is_ok());
+        assert!(p.poll(s(t0, 15.0)).unwrap_err().contains("no answer to a ping"));
+    }
+
+    #[test]
+    fn a_ping_that_cannot_be_written_is_a_loss() {
+        let (mut p, t0) = proto();
+        assert!(p.poll(s(t0, 5.0)).is_ok());
+        // the writer is stuck (the peer does not read): the ping never goes out
+        let e = p.poll(s(t0, 10.0)).unwrap_err();
+        assert!(e.contains("could not be written"), "{e}");
+    }
+
+    #[test]
+    fn paused_reader_suspends_pong_deadlines_until_resume() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        p.pause();
+        assert!(p.poll(s(t0, 60.0)).is_ok());
+        // pings keep going out while paused (the kernel's TCP_USER_TIMEOUT watches them)
+        assert!(p.ping_due());
+        assert!(matches!(p.next_write(s(t0, 60.0), 64), Write::Ping(_)));
+        p.resume(s(t0, 100.0));
+        assert!(p.poll(s(t0, 104.9)).is_ok());
+        assert!(p.poll(s(t0, 105.0)).is_err());
+    }
+
+    #[test]
+    fn push_limits() {
+        let (mut p, t0) = proto();
+        assert_eq!(
+            p.push(Message::binary(vec![0u8; 101]), 9).unwrap_err().0,
+            PushError::TooBig { size: 101, max: 100 }
+        );
+        for i in 0..8 {
+            p.push(Message::text("x"), i).unwrap();
+        }
+        let _ = batch(&mut p, t0);
+        // unconfirmed messages still count
+        assert_eq!(p.push(Message::text("x"), 8).unwrap_err().0, PushError::Full(8));
+    }
+
+    #[test]
+    fn loss_requeues_unconfirmed_in_order_before_queued() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        p.push(Message::text("b"), 2).unwrap();
+        let _ = batch(&mut p, t0);
+        p.push(Message::text("c"), 3).unwrap();
+        assert!(p.lost(None, "EOF").0.is_empty());
+        p.connected(s(t0, 1.0));
+        let (msgs, ping) = batch(&mut p, s(t0, 1.0));
+        assert_eq!(msgs, vec![Message::text("a"), Message::text("b"), Message::text("c")]);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.1))), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn close_1009_fails_the_largest_unconfirmed_message_and_keeps_the_rest() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("small"), 1).unwrap();
+        p.push(Message::binary(vec![7u8; 90]), 2).unwrap();
+        p.push(Message::text("after"), 3).unwrap();
+        let _ = batch(&mut p, t0);
+        let (failed, all) = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        assert_eq!(all.len(), 1);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 2);
+        let f = Failure::TooBig { size: 90, reason: "too big".into() };
+        assert!(f.message().contains("1009"));
+        assert_eq!(failed[0].1, Outcome::Failed(f));
+        p.connected(s(t0, 1.0));
+        let (msgs, _) = batch(&mut p, s(t0, 1.0));
+        assert_eq!(msgs, vec![Message::text("small"), Message::text("after")]);
+    }
+
+    #[test]
+    fn a_message_in_flight_at_n_consecutive_losses_is_failed() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("poison"), 1).unwrap();
+        for round in 1..=3u32 {
+            p.connected(t0);
+            let _ = batch(&mut p, t0);
+            if round == 2 {
+                // queued but never written at a loss: no strike for this one
+                p.push(Message::text("late"), 2).unwrap();
+            }
+            let (failed, _) = p.lost(Some(1011), "server error");
+            if round < 3 {
+                assert!(failed.is_empty(), "round {round}");
+            } else {
+                assert_eq!(failed.len(), 1);
+                assert_eq!(failed[0].0, 1);
+                assert!(
+                    matches!(&failed[0].1, Outcome::Failed(Failure::Poisoned { losses: 3, .. })),
+                    "{:?}",
+                    failed[0].1
+                );
+            }
+        }
+        // "late" was in flight at two losses only: it is still queued
+        assert_eq!(p.pending(), 1);
+    }
+
+    #[test]
+    fn requested_close_writes_everything_then_a_ping_then_the_close_frame() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        p.request_close();
+        let (msgs, ping) = batch(&mut p, t0);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(p.next_write(t0, 64), Write::Close);
+        assert_eq!(p.next_write(t0, 64), Write::Idle);
+        // the reader still runs while closing: the pong confirms the send
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.01))), vec![1]);
+        assert_eq!(p.on_close_frame(), PeerClose::Complete);
+        assert_eq!(p.finish(), (vec![], 0));
+        // no ping deadline while the close handshake runs (close_timeout bounds it)
+        assert!(p.poll(s(t0, 100.0)).is_ok());
+    }
+
+    #[test]
+    fn a_close_started_by_the_peer_is_answered() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = batch(&mut p, t0);
+        assert_eq!(p.on_close_frame(), PeerClose::Answer);
+        assert_eq!(p.next_write(t0, 64), Write::Idle);
+        assert_eq!(p.finish(), (vec![1], 0));
+    }
+
+    #[test]
+    fn close_requested_during_an_outage_waits_for_the_next_connection() {
+        let (mut p, t0) = proto();
+        p.push(Message::text("a"), 1).unwrap();
+        p.request_close();
+        let _ = batch(&mut p, t0);
+        assert_eq!(p.next_write(t0, 64), Write::Close);
+        assert!(p.lost(None, "EOF").0.is_empty());
+        p.connected(t0);
+        let (msgs, _) = batch(&mut p, t0);
+        assert_eq!(msgs, vec![Message::text("a")]);
+        assert_eq!(p.next_write(t0, 64), Write::Close);
+    }
+}
