@@ -229,7 +229,9 @@ mod tests {
     impl OnConnect for Join {
         fn run(&self, hs: Handshake) -> BoxFuture<Result<(), WsError>> {
             Box::pin(async move {
-                hs.send(Message::text(format!("join reconnect={}", hs.info.reconnect))).await.map_err(WsError::retry)?;
+                hs.send(Message::text(format!("join reconnect={}", hs.info.reconnect)))
+                    .await
+                    .map_err(WsError::retry)?;
                 match hs.recv().await.map_err(WsError::retry)? {
                     Message::Text(t) if t.as_str() == "joined" => Ok(()),
                     other => Err(WsError::retry(format!("unexpected {other:?}"))),
@@ -268,9 +270,8 @@ mod tests {
         }));
         let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
         let hook = OnConnectHook(Arc::new(Join));
-        let left = run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error)
-            .await
-            .unwrap();
+        let left =
+            run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("join reconnect=true")]);
         // "app" was never read: it stays on the stream for the application
         assert!(left.is_empty());

@@ -179,11 +179,8 @@ mod tests {
 
     fn cfg(predicate: bool) -> (HeartbeatConfig, Arc<Src>) {
         let src = Arc::new(Src { predicate, batches: AtomicUsize::new(0) });
-        let cfg = HeartbeatConfig {
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            source: src.clone(),
-        };
+        let cfg =
+            HeartbeatConfig { interval: Duration::from_secs(1), timeout: Duration::from_secs(1), source: src.clone() };
         (cfg, src)
     }
 
