@@ -270,6 +270,18 @@ async def test_heartbeat_detects_a_server_that_answers_pings_but_not_the_applica
             watcher.cancel()
 
 
+async def test_heartbeat_factory_that_raises_gives_up_naming_it():
+    def factory():
+        raise ValueError("no session id yet")
+
+    async with JoinServer() as srv:
+        c = await tether.connect(srv.url, heartbeat=tether.Heartbeat(factory, 0.1), policy=policy(), **FAST)
+        with pytest.raises(tether.GaveUp, match="heartbeat message factory raised ValueError: no session id yet"):
+            await asyncio.wait_for(c.recv(), 10)
+        assert c.state == "failed"
+        await c.aclose()
+
+
 def test_heartbeat_validates_its_arguments():
     with pytest.raises(TypeError):
         tether.Heartbeat(42, 1.0)
