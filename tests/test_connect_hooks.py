@@ -209,6 +209,23 @@ async def test_hanging_hook_is_cut_at_open_timeout_and_cancelled():
     assert elapsed < 10
 
 
+async def test_hook_task_cancelled_from_python_gives_up_at_once():
+    calls = []
+
+    async def on_connect(hs):
+        calls.append(hs.attempt)
+        asyncio.current_task().cancel()  # e.g. the loop's tasks are being torn down
+        await asyncio.sleep(1)
+
+    async with JoinServer() as srv:
+        c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=5), **FAST)
+        with pytest.raises(tether.GaveUp, match="on_connect raised CancelledError") as ei:
+            await asyncio.wait_for(c._start(), 20)
+        await c.aclose()
+    assert calls == [1]
+    assert ei.value.reason == "fatal error"
+
+
 async def test_stability_clock_starts_after_the_hook():
     # The server drops each connection 0.1 s after the join. The hook takes 1.2 s > stable_after: if the
     # clock started at the raw handshake every drop would look stable and the counter would never grow.
