@@ -8,6 +8,7 @@
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
 //! * [`ws_protocol`]: its delivery, liveness, close and poison rules, without I/O.
 //! * [`ws_tls`]: which certificate authorities a `wss://` connection trusts.
+//! * [`ws_handshake`], [`ws_heartbeat`]: the WebSocket's application-level handshake hook and heartbeat.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
@@ -23,6 +24,8 @@ pub mod retry_state;
 pub mod testing;
 pub mod watchdog;
 pub mod ws;
+pub mod ws_handshake;
+pub mod ws_heartbeat;
 pub mod ws_protocol;
 pub mod ws_tls;
 

@@ -20,8 +20,9 @@ from ._errors import (
     TetherError,
     TimeoutError,
 )
+from ._hooks import Handshake
 from ._logging import sync_log_level
-from ._native import Backoff, Reconnector, redact
+from ._native import Backoff, Heartbeat, Reconnector, redact
 from ._procpool import ProcPool, WorkerProc
 from ._readiness import ReadinessGate
 from ._watchdog import Alarm, Liveness, Watchdog, bounded
@@ -41,6 +42,8 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "GaveUp",
+    "Handshake",
+    "Heartbeat",
     "Liveness",
     "NotReady",
     "PoolExhausted",

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._native import Backoff, Watchdog, add_redacted_names
+from ._hooks import Handshake
+from ._native import Backoff, Heartbeat, Watchdog, add_redacted_names
 
 if TYPE_CHECKING:
     import os
@@ -51,6 +52,12 @@ class Connection:
     async def aclose(self) -> None:
         """Close within ``close_timeout``: flush accepted sends, close frame, wait for the peer's close."""
         await self._n.aclose()
+
+    def close(self) -> None:
+        """Schedule the same bounded close as ``aclose()`` and return at once, for callers that cannot
+        await (sync callbacks, ``__del__``-style cleanup). Safe to call twice, and after the event loop
+        stopped: the close runs on tether's own runtime."""
+        self._n.close()
 
     # -- messages -----------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[str | bytes]:
@@ -137,6 +144,9 @@ def connect(
     ssl: SSLChoice | None = None,
     read_buffer_size: int | None = None,
     write_buffer_size: int | None = None,
+    on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
+    heartbeat: Heartbeat | None = None,
+    fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -147,6 +157,19 @@ def connect(
     ``watchdog``: a ``tether.Watchdog`` fed with the connection's states ("connecting", "connected",
     "reconnecting", "closing", "closed", "failed"), so ``wd.dwell("reconnecting", 20)`` catches a
     connection stuck reconnecting; its alarms also appear in ``conn.events()`` as ``tether.Alarm``.
+
+    ``on_connect(hs)`` (async) runs after every WebSocket handshake, before any queued or unconfirmed
+    message is written, on the event loop that awaited the connection: ``await hs.send(x)`` writes
+    directly, ``await hs.recv()`` takes the next inbound message; ``hs.attempt``, ``hs.strategy`` and
+    ``hs.reconnect`` describe the attempt. Its whole run is bounded by ``open_timeout``. Returning makes
+    the attempt connected (Connected/Reconnected, the ``stable_after`` clock starts, queued messages
+    flush); raising fails the attempt: retried on the ladder, or given up at once (``GaveUp``) if the
+    exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
+    connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
+    ``first_message_timeout`` counts from the end of the hook.
+
+    ``heartbeat=tether.Heartbeat(message, interval, is_reply=None, timeout=None)``: for protocols whose
+    liveness is in-band; see ``tether.Heartbeat``. A missing reply is a loss ("heartbeat timeout").
 
     ``max_message_size``: the largest message, in bytes of payload, either way (default 16 MiB). A bigger
     ``send()`` raises ``ValueError`` at once; a bigger inbound message (or frame) is a loss, reported as
@@ -198,6 +221,9 @@ def connect(
             ssl=ssl,
             read_buffer_size=read_buffer_size,
             write_buffer_size=write_buffer_size,
+            on_connect=on_connect,
+            heartbeat=heartbeat,
+            fatal=fatal,
         )
     )
 

@@ -20,6 +20,8 @@ use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
 use super::errors::{tether_error, value_error};
 use super::events::EventStream;
+use super::handshake::{on_connect_hook, LoopSlot};
+use super::heartbeat::heartbeat_config;
 use super::reconnect::describe;
 use super::signal_server::{message_from_py, message_to_py};
 
@@ -143,6 +145,10 @@ pub struct PyConnection {
     client: Arc<WsClient>,
     target: Arc<PyTarget>,
     name: String,
+    /// The loop `on_connect` and the heartbeat's callables run on (that of `start()`).
+    hook_loop: LoopSlot,
+    /// One close shared by `close()` and `aclose()`, however often and concurrently they are called.
+    closing: Arc<tokio::sync::OnceCell<()>>,
     /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
     started: AtomicBool,
 }
@@ -170,11 +176,6 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
             e
         }
     }
-}
-
-/// Build an exception from a tokio thread through the gate; at interpreter shutdown a plain one.
-fn in_python(f: impl for<'py> FnOnce(Python<'py>) -> PyErr) -> PyErr {
-    super::with_python(f).unwrap_or_else(|| PyRuntimeError::new_err("the Python interpreter is shutting down"))
 }
 
 fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
@@ -333,7 +334,8 @@ impl PyConnection {
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
-        max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None))]
+        max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
+        on_connect=None, heartbeat=None, fatal=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -358,6 +360,9 @@ impl PyConnection {
         ssl: Option<&Bound<'_, PyAny>>,
         read_buffer_size: Option<&Bound<'_, PyAny>>,
         write_buffer_size: Option<&Bound<'_, PyAny>>,
+        on_connect: Option<&Bound<'_, PyAny>>,
+        heartbeat: Option<&Bound<'_, PyAny>>,
+        fatal: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let watchdog = match watchdog {
@@ -397,6 +402,7 @@ impl PyConnection {
         let read_buffer_size = bytes("read_buffer_size", read_buffer_size, d.read_buffer_size)?;
         let write_buffer_size = bytes("write_buffer_size", write_buffer_size, d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
+        let hook_loop = LoopSlot::default();
         let cfg = WsConfig {
             url: url.clone(),
             headers: match headers {
@@ -440,10 +446,12 @@ impl PyConnection {
                 ),
                 _ => None,
             },
+            on_connect: on_connect_hook(py, on_connect, fatal, &hook_loop)?,
+            heartbeat: heartbeat_config(py, heartbeat, &hook_loop)?,
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false) })
+        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false), hook_loop, closing: Default::default() })
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
@@ -453,11 +461,14 @@ impl PyConnection {
         if self.target.locals.get().is_none() {
             let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
         }
+        if self.hook_loop.get().is_none() {
+            let _ = self.hook_loop.set(super::runtime::get_current_locals(py)?);
+        }
         let client = self.client.clone();
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             client.start();
-            client.wait_connected().await.map_err(|t| in_python(|py| terminal_error(py, &t, &name)))
+            client.wait_connected().await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
         })
     }
 
@@ -495,7 +506,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+            r.map_err(|e| Python::attach(|py| send_error(py, &e, &name, client.config())))
         })
     }
 
@@ -510,17 +521,26 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+            r.map_err(|e| Python::attach(|py| send_error(py, &e, &name, client.config())))
         })
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let client = self.client.clone();
+        let (client, closing) = (self.client.clone(), self.closing.clone());
         super::runtime::future_into_py(py, async move {
-            client.close().await;
+            closing.get_or_init(|| client.close()).await;
             Ok(())
         })
+    }
+
+    /// Schedule the bounded close and return at once: usable from sync code, twice, or after the event
+    /// loop stopped (the close runs on tether's runtime, not on the loop).
+    fn close(&self) {
+        let (client, closing) = (self.client.clone(), self.closing.clone());
+        super::runtime::get().spawn(async move {
+            closing.get_or_init(|| client.close()).await;
+        });
     }
 
     fn events(&self) -> EventStream {

@@ -11,6 +11,8 @@ mod completer;
 mod connection;
 mod errors;
 mod events;
+mod handshake;
+mod heartbeat;
 pub(crate) mod logging;
 mod parked;
 mod procpool;
@@ -35,6 +37,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chaos::register(m)?;
     signal_server::register(m)?;
     connection::register(m)?;
+    handshake::register(m)?;
+    heartbeat::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_log_level_rank, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_emit_test_log, m)?)?;
