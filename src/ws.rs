@@ -1,16 +1,17 @@
 //! The supervised signaling WebSocket (seeds 003, 001): a tokio-tungstenite client driven by the
-//! generic reconnect loop.
+//! generic reconnect loop. This file is the I/O shell: the delivery, liveness, close-handshake and
+//! poison rules live in the sans-I/O `ws_protocol`, which the session below feeds and obeys.
 //!
-//! * Loss detection: close frame, read/write error or EOF after the handshake, and ping timeout (a ping
-//!   every `ping_interval`; no frame of any kind within `ping_timeout` after it = loss). TCP keepalive
-//!   and TCP_USER_TIMEOUT back it up in the kernel. Each loss ends one attempt, so the loop reports it
-//!   exactly once.
+//! * Loss detection: close frame, read/write error or EOF after the handshake, and the ping rule of
+//!   `ws_protocol` (a ping not echoed within `ping_timeout`). TCP keepalive and TCP_USER_TIMEOUT back
+//!   it up in the kernel, which also covers the time the reader is paused because the application does
+//!   not read. Each loss ends one attempt, so the loop reports it exactly once.
 //! * Every step is bounded: URL minting + TCP connect + TLS + WebSocket handshake by `open_timeout`, the
 //!   first server message by `first_message_timeout`, the outage by the policy's budgets, close by
 //!   `close_timeout`.
-//! * Sends are queued (bounded by `send_buffer`) and written in order; a message leaves the queue only
-//!   after the socket accepted it, so a loss mid-write re-sends it after the reconnect. Every accepted
-//!   send resolves Ok once written, or fails with the connection's terminal error.
+//! * Sends are queued (bounded by `send_buffer`) and written in order; a send resolves once written,
+//!   a flush once the peer confirmed everything before it. Unconfirmed messages are re-sent after a
+//!   reconnect (at-least-once), except those failed by the poison rule.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -268,6 +269,8 @@ struct Shared {
     cfg: WsConfig,
     inbound: Mutex<VecDeque<Message>>,
     inbound_bytes: AtomicUsize,
+    /// Tasks waiting in `readable`: the reader notifies only when there are some.
+    inbound_waiters: AtomicUsize,
     inbound_ready: Notify,
     inbound_space: Notify,
     reader_paused: AtomicBool,
@@ -347,6 +350,7 @@ impl WsClient {
                 cfg,
                 inbound: Mutex::new(VecDeque::new()),
                 inbound_bytes: AtomicUsize::new(0),
+                inbound_waiters: AtomicUsize::new(0),
                 inbound_ready: Notify::new(),
                 inbound_space: Notify::new(),
                 reader_paused: AtomicBool::new(false),
@@ -439,6 +443,8 @@ impl WsClient {
     /// Resolves once a message is buffered or the connection ended; consumes nothing, so a caller that
     /// is cancelled while waiting loses no message (bindings pop with `try_recv` afterwards).
     pub async fn readable(&self) {
+        // announced before the check, so the reader notifies (see `push_inbound_all`)
+        let _waiting = Waiting::new(&self.shared.inbound_waiters);
         loop {
             let n = self.shared.inbound_ready.notified();
             tokio::pin!(n);
@@ -452,13 +458,10 @@ impl WsClient {
 
     pub async fn recv(&self) -> Result<Message, Terminal> {
         loop {
-            let n = self.shared.inbound_ready.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
             if let Some(m) = self.try_recv()? {
                 return Ok(m);
             }
-            n.await;
+            self.readable().await;
         }
     }
 
@@ -835,11 +838,15 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     }
 
     if let Some(fm) = cfg.first_message_timeout {
+        let mut peer_closed = false;
         let first = tokio::time::timeout(fm, async {
             loop {
                 match stream.next().await {
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
-                    Some(Ok(Message::Close(f))) => return Err(close_error(f, cfg)),
+                    Some(Ok(Message::Close(f))) => {
+                        peer_closed = true;
+                        return Err(close_error(f, cfg));
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(WsError::retry(format!("read error before the first message: {e}"))),
                     None => return Err(WsError::retry("connection closed before the first message")),
@@ -849,8 +856,12 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         .await
         .map_err(|_| {
             WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64()))
-        })??;
-        push_inbound(&shared, first);
+        })?;
+        if peer_closed {
+            // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
+            let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+        }
+        push_inbound(&shared, first?);
     }
 
     *shared.connected_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -906,13 +917,46 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
 }
 
 fn push_inbound(shared: &Shared, m: Message) {
-    let len = size_of(&m);
-    shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-    shared.counters.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
-    shared.inbound_bytes.fetch_add(len, Ordering::SeqCst);
-    shared.lock_in().push_back(m);
-    shared.inbound_ready.notify_waiters();
+    push_inbound_all(shared, &mut vec![m]);
 }
+
+/// Hand messages read in one burst to the application: one lock, and one wake-up, only if someone
+/// waits. A waiter announces itself (`inbound_waiters`) before it checks the buffer, and the count is
+/// read after the push under the buffer's lock, so a waiter either sees the messages or is woken.
+fn push_inbound_all(shared: &Shared, batch: &mut Vec<Message>) {
+    if batch.is_empty() {
+        return;
+    }
+    let bytes: usize = batch.iter().map(size_of).sum();
+    shared.counters.messages_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    shared.counters.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    shared.inbound_bytes.fetch_add(bytes, Ordering::SeqCst);
+    shared.lock_in().extend(batch.drain(..));
+    if shared.inbound_waiters.load(Ordering::SeqCst) > 0 {
+        shared.inbound_ready.notify_waiters();
+    }
+}
+
+/// Counts a task waiting in `readable` for as long as it waits (cancellation included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Messages taken from the socket in one burst before they are handed over (the byte cap keeps a burst
+/// of big messages from overshooting the inbound buffer's bound by much).
+const BURST_MESSAGES: usize = 256;
+const BURST_BYTES: usize = 256 << 10;
 
 /// Run one live connection until it is lost (Err) or closed on request (Ok). The reader, the writer
 /// and the timer task run together throughout, the close handshake included, so pongs confirm sends
@@ -924,19 +968,25 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     // set when the peer started the close: tungstenite queued the reply, which must be flushed
     let answer_close = AtomicBool::new(false);
 
-    let full = || {
-        shared.lock_in().len() >= cfg.recv_buffer
-            || shared.inbound_bytes.load(Ordering::SeqCst) >= cfg.recv_buffer_bytes
+    // counting the burst not handed over yet, so the bounds hold to within one message
+    let full = |burst: usize, burst_bytes: usize| {
+        shared.lock_in().len() + burst >= cfg.recv_buffer
+            || shared.inbound_bytes.load(Ordering::SeqCst) + burst_bytes >= cfg.recv_buffer_bytes
     };
     let reader = async {
+        let mut burst: Vec<Message> = Vec::new();
+        let mut burst_bytes = 0;
         loop {
-            if full() {
+            if full(burst.len(), burst_bytes) {
+                // nothing is held back across an await: the pump may be dropped there
+                push_inbound_all(shared, &mut burst);
+                burst_bytes = 0;
                 shared.reader_paused.store(true, Ordering::SeqCst);
                 shared.lock_proto().pause();
                 let n = shared.inbound_space.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
-                if full() {
+                if full(0, 0) {
                     n.await;
                 }
                 shared.reader_paused.store(false, Ordering::SeqCst);
@@ -944,7 +994,21 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 shared.timers_changed.notify_one();
                 continue;
             }
-            let msg = match stream.next().await {
+            // what is already readable joins the burst; before waiting on the socket, hand the burst over
+            let next = match stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    push_inbound_all(shared, &mut burst);
+                    burst_bytes = 0;
+                    stream.next().await
+                }
+            };
+            if !matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+                // control frames, errors and the end come after the data read before them
+                push_inbound_all(shared, &mut burst);
+                burst_bytes = 0;
+            }
+            let msg = match next {
                 None => return Err(WsError::retry("connection closed by the peer without a close frame (EOF)")),
                 Some(Err(tungstenite::Error::Capacity(e))) => {
                     return Err(WsError::retry(format!(
@@ -958,7 +1022,12 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
             match msg {
                 Message::Text(_) | Message::Binary(_) => {
                     beats.on_inbound(&msg);
-                    push_inbound(shared, msg)
+                    burst_bytes += size_of(&msg);
+                    burst.push(msg);
+                    if burst.len() >= BURST_MESSAGES || burst_bytes >= BURST_BYTES {
+                        push_inbound_all(shared, &mut burst);
+                        burst_bytes = 0;
+                    }
                 }
                 Message::Ping(_) => {
                     let _ = ctrl_tx.send(Ctrl::Flush);

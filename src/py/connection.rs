@@ -178,6 +178,11 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
     }
 }
 
+/// Build an exception from a tokio thread through the gate; at interpreter shutdown a plain one.
+fn in_python(f: impl for<'py> FnOnce(Python<'py>) -> PyErr) -> PyErr {
+    super::with_python(f).unwrap_or_else(|| PyRuntimeError::new_err("the Python interpreter is shutting down"))
+}
+
 fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
     match e {
         SendError::Ended(t) => terminal_error(py, t, name),
@@ -468,7 +473,7 @@ impl PyConnection {
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             client.start();
-            client.wait_connected().await.map_err(|t| Python::attach(|py| terminal_error(py, &t, &name)))
+            client.wait_connected().await.map_err(|t| in_python(|py| terminal_error(py, &t, &name)))
         })
     }
 
@@ -506,7 +511,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| Python::attach(|py| send_error(py, &e, &name, client.config())))
+            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
         })
     }
 
@@ -521,7 +526,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| Python::attach(|py| send_error(py, &e, &name, client.config())))
+            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
         })
     }
 
