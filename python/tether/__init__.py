@@ -18,7 +18,9 @@ from ._errors import (
     SendBufferFull,
     SendFailed,
     TetherError,
-    TimeoutError,
+)
+from ._errors import (
+    TimeoutError as TimeoutError,  # explicit re-export: importable, yet not in __all__
 )
 from ._hooks import Handshake
 from ._logging import sync_log_level

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 
-def _run_bounded(coro, cleanup: float = 2.0):
+def _run_bounded(coro: Coroutine[Any, Any, int], cleanup: float = 2.0) -> int:
     """Like asyncio.run, but the final cleanup is bounded: a task left behind that ignores
     cancellation (a wedged SDK call, say) cannot keep the process alive."""
     loop = asyncio.new_event_loop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _native
@@ -36,7 +36,7 @@ class Connection:
         await self._n.start()
         return self
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Connection]:
         return self._start().__await__()
 
     async def __aenter__(self) -> Connection:
@@ -99,7 +99,7 @@ class Connection:
         return self._n.flush()
 
     # -- observation --------------------------------------------------------------------------------
-    def events(self):
+    def events(self) -> _native.EventStream:
         """``async for ev in conn.events()``: Connecting, Connected, ConnectionLost, Reconnecting,
         Reconnected, GaveUp (see ``tether.events``); ends when the connection ends."""
         return self._n.events()

@@ -55,7 +55,7 @@ class NotReady(TetherError):
         job_id: str = "",
         stage: str = "",
         elapsed: float = 0.0,
-        reached: dict | None = None,
+        reached: dict[str, float] | None = None,
         attempts: int = 0,
     ) -> None:
         super().__init__(message)

@@ -29,7 +29,7 @@ class Evicted:
 @dataclass(frozen=True, slots=True)
 class Exhausted:
     attempts: int
-    failures: list
+    failures: list[str]
 
 
 @dataclass(frozen=True, slots=True)

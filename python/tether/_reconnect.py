@@ -20,13 +20,13 @@ CANCEL_GRACE = 5.0
 """Seconds a cancelled ``connect()`` gets to finish its cleanup before ``run()`` goes on without it."""
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[Any]) -> None:
     # an abandoned attempt's outcome is nobody's business any more: keep asyncio from reporting it
     if not task.cancelled():
         task.exception()
 
 
-async def _cancel(r: Any, task: asyncio.Task, number: int) -> None:
+async def _cancel(r: Any, task: asyncio.Task[Any], number: int) -> None:
     """Cancel the attempt and wait (bounded) until it has handled the cancellation."""
     task.cancel()
     done, _ = await asyncio.wait((task,), timeout=CANCEL_GRACE)
@@ -34,7 +34,7 @@ async def _cancel(r: Any, task: asyncio.Task, number: int) -> None:
         r._abandoned(number, CANCEL_GRACE)
 
 
-async def _attempt(r: Any, task: asyncio.Task, number: int, timeout: float | None) -> bool:
+async def _attempt(r: Any, task: asyncio.Task[Any], number: int, timeout: float | None) -> bool:
     """Wait for the attempt to end; True when it was abandoned for making no progress within ``timeout``."""
     try:
         if timeout is not None:
@@ -74,11 +74,12 @@ async def run(r: Any, connect: Any) -> Any:
                 # connect() was cancelled from elsewhere or raised CancelledError itself: not a failure
                 raise asyncio.CancelledError
             else:
-                exc = task.exception()
-                if exc is None:
+                failure = task.exception()
+                if failure is None:
                     return task.result()
-                if not isinstance(exc, Exception):
-                    raise exc
+                if not isinstance(failure, Exception):
+                    raise failure
+                exc = failure
             await asyncio.sleep(r._failed(exc))
     finally:
         r._end_run()

@@ -6,7 +6,7 @@ import asyncio
 import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._errors import TimeoutError as TetherTimeoutError
 from ._native import Liveness, Watchdog
@@ -34,7 +34,7 @@ def _bound(timeout: object) -> float:
     return t
 
 
-def _retrieve(task: asyncio.Future) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     # a cancelled inner task may still finish with an error later: retrieve it, no "never retrieved" noise
     if not task.cancelled():
         task.exception()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +48,7 @@ class Closed:
     """Internal end-of-stream marker; iteration stops on it (it is never yielded)."""
 
 
-async def _anext(stream):
+async def _anext(stream: Any) -> Any:
     """``__anext__`` of native event streams: take events on the loop thread, wait without consuming."""
     while True:
         ev = stream.try_next()  # raises StopAsyncIteration at the end

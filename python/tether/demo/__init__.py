@@ -13,6 +13,7 @@ import pkgutil
 import sys
 import time
 import traceback
+from typing import Any
 
 from ._timeline import Skip, Timeline
 
@@ -40,7 +41,7 @@ def discover() -> list[str]:
     return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 
-async def _run_one(name: str, timeout: float) -> tuple[str, dict]:
+async def _run_one(name: str, timeout: float) -> tuple[str, dict[str, Any]]:
     mod = importlib.import_module(f"{__name__}.{name}")
     print(f"\n== {name}: {getattr(mod, 'TITLE', '')}", flush=True)
     tl = Timeline(name)

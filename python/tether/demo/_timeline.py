@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 
 class Skip(Exception):
@@ -14,7 +15,7 @@ class Skip(Exception):
 @dataclass
 class Timeline:
     scenario: str
-    out: object = sys.stdout
+    out: TextIO = sys.stdout
     t0: float = field(default_factory=time.monotonic)
     fault_at: float | None = None
     detected_at: float | None = None
@@ -46,7 +47,7 @@ class Timeline:
         self.notes.append(text)
         self.mark("note", text)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         def rel(a):
             if a is None or self.fault_at is None:
                 return None

@@ -11,7 +11,7 @@ def describe(e) -> str:
     return " ".join(f"{k}={getattr(e, k)!r}" for k in e.__dataclass_fields__)
 
 
-def watch(source, tl) -> asyncio.Task:
+def watch(source, tl) -> asyncio.Task[None]:
     """Put every event of `source.events()` on the timeline; losses count as detection, reconnects as
     recovery."""
 

@@ -26,6 +26,7 @@ async def run(tl):
         )
         try:
             # the frame may arrive in pieces: read all 9 bytes, not whatever the first read returns
+            assert proc.stdout is not None  # stdout=PIPE
             head = await proc.stdout.readexactly(9)
         except asyncio.IncompleteReadError:
             head = b""
