@@ -338,11 +338,10 @@ class RoomWatch:
         self._log = logging.getLogger(LOGGER_NAME)
         self._wd = Watchdog("livekit room", on_alarm=self._alarm)
         self._wd.dwell("reconnecting", reconnecting_timeout)
+        # armed only while a remote audio track is subscribed and the room is connected
+        self._audio_timeout = audio_timeout
         self._audio = None
         self._audio_tracks: set[str] = set()
-        if audio_timeout is not None:
-            self._audio = self._wd.liveness("remote audio", audio_timeout)
-            self._audio.pause()  # armed only while a remote audio track is subscribed and the room is up
         self._handlers: list[tuple[str, Callable]] = [
             ("connection_state_changed", self._on_state),
             ("reconnecting", lambda *_: self._on_state(rtc.ConnectionState.CONN_RECONNECTING)),
@@ -380,18 +379,20 @@ class RoomWatch:
         self._arm_audio()
 
     def _arm_audio(self) -> None:
-        if self._audio is None:
+        if self._audio_timeout is None or self._wd.closed:
             return
-        if self._audio_tracks and self._wd.state is not None and self._wd.state[0] == "connected":
-            if self._audio.idle is None:
-                self._audio.beat()  # (re)arm from now: a track just appeared or the room came back
-        else:
-            self._audio.pause()
+        wanted = bool(self._audio_tracks) and self._wd.state is not None and self._wd.state[0] == "connected"
+        # a fresh key (not pause/beat) so the deadline counts from now and the watchdog re-arms at once
+        if wanted and self._audio is None:
+            self._audio = self._wd.liveness("remote audio", self._audio_timeout)
+        elif not wanted and self._audio is not None:
+            self._wd.remove(self._audio)
+            self._audio = None
 
     # -- audio liveness -------------------------------------------------------------------------------
     def audio_frame(self) -> None:
         """Record that a remote audio frame arrived."""
-        if self._audio is not None and self._audio_tracks and self._wd.state and self._wd.state[0] == "connected":
+        if self._audio is not None:
             self._audio.beat()
 
     async def audio(self, stream: AsyncIterator[T]) -> AsyncIterator[T]:
