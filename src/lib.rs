@@ -5,6 +5,7 @@
 //! * [`backoff`]: retry delay policies (jitter, budgets).
 //! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
+//! * [`ws_handshake`], [`ws_heartbeat`]: the WebSocket's application-level handshake hook and heartbeat.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
@@ -19,6 +20,8 @@ pub mod redact;
 pub mod testing;
 pub mod watchdog;
 pub mod ws;
+pub mod ws_handshake;
+pub mod ws_heartbeat;
 
 #[cfg(feature = "python")]
 mod py;

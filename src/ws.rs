@@ -34,6 +34,8 @@ use tokio_tungstenite::Connector;
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
+use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
+use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 
 const LOG: &str = "tether::ws";
 
@@ -55,6 +57,11 @@ pub struct WsConfig {
     /// Fed with the connection's states ("connecting", "connected", "reconnecting", "closed",
     /// "failed"); its alarms are forwarded into the connection's events.
     pub watchdog: Option<Arc<Watchdog>>,
+    /// Runs after every WebSocket handshake, before queued messages are written; the attempt counts as
+    /// connected once it returns Ok. Bounded by `open_timeout`.
+    pub on_connect: Option<OnConnectHook>,
+    /// In-band liveness: a missing reply is a loss ("heartbeat timeout").
+    pub heartbeat: Option<HeartbeatConfig>,
 }
 
 impl Default for WsConfig {
@@ -76,6 +83,8 @@ impl Default for WsConfig {
                 ..Default::default()
             },
             watchdog: None,
+            on_connect: None,
+            heartbeat: None,
         }
     }
 }
@@ -212,6 +221,8 @@ struct Outgoing {
 
 enum Ctrl {
     Ping,
+    /// An in-band heartbeat: written at once, outside the delivery queue.
+    Send(Message),
     Flush,
     Close,
 }
@@ -748,6 +759,18 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let cfg = &shared.cfg;
     let ws = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
+    if let Some(hook) = &cfg.on_connect {
+        let info = HandshakeInfo {
+            attempt: attempt.number,
+            strategy: attempt.strategy.clone(),
+            reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
+        };
+        let unread =
+            run_on_connect(hook, info, cfg.open_timeout, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
+        for m in unread {
+            push_inbound(&shared, m);
+        }
+    }
     shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
 
     if let Some(fm) = cfg.first_message_timeout {
@@ -819,6 +842,7 @@ fn push_inbound(shared: &Shared, m: Message) {
 async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {
     let cfg = &shared.cfg;
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
+    let beats = HeartbeatWatch::default();
 
     let reader = async {
         loop {
@@ -841,7 +865,10 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
             };
             shared.last_rx_us.store(shared.now_us(), Ordering::SeqCst);
             match msg {
-                Message::Text(_) | Message::Binary(_) => push_inbound(shared, msg),
+                Message::Text(_) | Message::Binary(_) => {
+                    beats.on_inbound(&msg);
+                    push_inbound(shared, msg)
+                }
                 Message::Ping(_) => {
                     let _ = ctrl_tx.send(Ctrl::Flush);
                 }
@@ -877,6 +904,10 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                         sink.flush().await.map_err(wr)?;
                     }
                     Ctrl::Flush => sink.flush().await.map_err(wr)?,
+                    Ctrl::Send(m) => {
+                        sink.feed(m).await.map_err(wr)?;
+                        sink.flush().await.map_err(wr)?;
+                    }
                     Ctrl::Close => closing = true,
                 }
             }
@@ -958,11 +989,19 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         }
     };
 
-    tokio::pin!(reader, writer, pinger);
+    let heartbeat = ws_heartbeat::run(
+        cfg.heartbeat.as_ref(),
+        &beats,
+        |m| ctrl_tx.send(Ctrl::Send(m)).is_ok(),
+        || shared.reader_paused.load(Ordering::SeqCst),
+    );
+
+    tokio::pin!(reader, writer, pinger, heartbeat);
     let lost = tokio::select! {
         r = &mut reader => r,
         r = &mut writer => r,
         r = &mut pinger => r,
+        r = &mut heartbeat => r,
         _ = shared.wait_close() => Ok(()),
     };
     if let Err(e) = lost {

@@ -10,9 +10,10 @@ import atexit as _atexit
 
 from . import _native, events
 from ._connect import Connection, connect
+from ._hooks import Handshake
 from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
 from ._logging import sync_log_level
-from ._native import Backoff, Reconnector, redact
+from ._native import Backoff, Heartbeat, Reconnector, redact
 from ._procpool import ProcPool, WorkerProc
 from ._readiness import ReadinessGate
 from ._watchdog import Alarm, Liveness, Watchdog, bounded
@@ -29,6 +30,8 @@ __all__ = [
     "Connection",
     "ConnectionClosed",
     "GaveUp",
+    "Handshake",
+    "Heartbeat",
     "Liveness",
     "NotReady",
     "PoolExhausted",

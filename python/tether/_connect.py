@@ -7,7 +7,8 @@ from typing import Any
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._native import Backoff, Watchdog
+from ._hooks import Handshake
+from ._native import Backoff, Heartbeat, Watchdog
 
 UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
 
@@ -46,6 +47,12 @@ class Connection:
     async def aclose(self) -> None:
         """Close within ``close_timeout``: flush accepted sends, close frame, wait for the peer's close."""
         await self._n.aclose()
+
+    def close(self) -> None:
+        """Schedule the same bounded close as ``aclose()`` and return at once, for callers that cannot
+        await (sync callbacks, ``__del__``-style cleanup). Safe to call twice, and after the event loop
+        stopped: the close runs on tether's own runtime."""
+        self._n.close()
 
     # -- messages -----------------------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[str | bytes]:
@@ -117,6 +124,9 @@ def connect(
     fatal_http_statuses: Iterable[int] = (401, 403),
     name: str | None = None,
     watchdog: Watchdog | None = None,
+    on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
+    heartbeat: Heartbeat | None = None,
+    fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -127,6 +137,17 @@ def connect(
     ``watchdog``: a ``tether.Watchdog`` fed with the connection's states ("connecting", "connected",
     "reconnecting", "closing", "closed", "failed"), so ``wd.dwell("reconnecting", 20)`` catches a
     connection stuck reconnecting; its alarms also appear in ``conn.events()`` as ``tether.Alarm``.
+
+    ``on_connect(hs)`` (async) runs after every WebSocket handshake, before any queued or unconfirmed
+    message is written, on the event loop that awaited the connection: ``await hs.send(x)`` writes
+    directly, ``await hs.recv()`` takes the next inbound message; ``hs.attempt``, ``hs.strategy`` and
+    ``hs.reconnect`` describe the attempt. Its whole run is bounded by ``open_timeout``. Returning makes
+    the attempt connected (Connected/Reconnected, the ``stable_after`` clock starts, queued messages
+    flush); raising fails the attempt: retried on the ladder, or given up at once (``GaveUp``) if the
+    exception is an instance of a type in ``fatal``.
+
+    ``heartbeat=tether.Heartbeat(message, interval, is_reply=None, timeout=None)``: for protocols whose
+    liveness is in-band; see ``tether.Heartbeat``. A missing reply is a loss ("heartbeat timeout").
     """
     return Connection(
         _native.Connection(
@@ -147,6 +168,9 @@ def connect(
             fatal_http_statuses=fatal_http_statuses,
             name=name,
             watchdog=watchdog,
+            on_connect=on_connect,
+            heartbeat=heartbeat,
+            fatal=fatal,
         )
     )
 

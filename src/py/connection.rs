@@ -17,6 +17,8 @@ use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
 use super::errors::{tether_error, value_error};
 use super::events::EventStream;
+use super::handshake::{on_connect_hook, LoopSlot};
+use super::heartbeat::heartbeat_config;
 use super::reconnect::describe;
 use super::signal_server::{message_from_py, message_to_py};
 
@@ -137,6 +139,10 @@ pub struct PyConnection {
     client: Arc<WsClient>,
     target: Arc<PyTarget>,
     name: String,
+    /// The loop `on_connect` and the heartbeat's callables run on (that of `start()`).
+    hook_loop: LoopSlot,
+    /// One close shared by `close()` and `aclose()`, however often and concurrently they are called.
+    closing: Arc<tokio::sync::OnceCell<()>>,
 }
 
 pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
@@ -219,7 +225,8 @@ impl PyConnection {
     #[new]
     #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
-        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None))]
+        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
+        on_connect=None, heartbeat=None, fatal=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -240,6 +247,9 @@ impl PyConnection {
         fatal_http_statuses: Option<&Bound<'_, PyAny>>,
         name: Option<&str>,
         watchdog: Option<&Bound<'_, PyAny>>,
+        on_connect: Option<&Bound<'_, PyAny>>,
+        heartbeat: Option<&Bound<'_, PyAny>>,
+        fatal: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let watchdog = match watchdog {
@@ -276,6 +286,7 @@ impl PyConnection {
             return Err(value_error("send_buffer must be at least 1"));
         }
         let shown = name.map(|n| redact_url(n)).unwrap_or_else(|| redact_url(&url));
+        let hook_loop = LoopSlot::default();
         let cfg = WsConfig {
             url: url.clone(),
             headers: match headers {
@@ -307,10 +318,12 @@ impl PyConnection {
                 attempt_timeout: None,
             },
             watchdog,
+            on_connect: on_connect_hook(py, on_connect, fatal, &hook_loop)?,
+            heartbeat: heartbeat_config(py, heartbeat, &hook_loop)?,
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown })
+        Ok(PyConnection { client, target, name: shown, hook_loop, closing: Default::default() })
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
@@ -318,6 +331,9 @@ impl PyConnection {
         super::logging::sync(py);
         if self.target.locals.get().is_none() {
             let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
+        }
+        if self.hook_loop.get().is_none() {
+            let _ = self.hook_loop.set(super::runtime::get_current_locals(py)?);
         }
         let client = self.client.clone();
         let name = self.name.clone();
@@ -372,11 +388,20 @@ impl PyConnection {
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let client = self.client.clone();
+        let (client, closing) = (self.client.clone(), self.closing.clone());
         super::runtime::future_into_py(py, async move {
-            client.close().await;
+            closing.get_or_init(|| client.close()).await;
             Ok(())
         })
+    }
+
+    /// Schedule the bounded close and return at once: usable from sync code, twice, or after the event
+    /// loop stopped (the close runs on tether's runtime, not on the loop).
+    fn close(&self) {
+        let (client, closing) = (self.client.clone(), self.closing.clone());
+        super::runtime::get().spawn(async move {
+            closing.get_or_init(|| client.close()).await;
+        });
     }
 
     fn events(&self) -> EventStream {

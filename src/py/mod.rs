@@ -9,6 +9,8 @@ mod chaos;
 mod connection;
 mod errors;
 mod events;
+mod handshake;
+mod heartbeat;
 pub(crate) mod logging;
 mod procpool;
 mod readiness;
@@ -32,6 +34,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chaos::register(m)?;
     signal_server::register(m)?;
     connection::register(m)?;
+    handshake::register(m)?;
+    heartbeat::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_log_level_rank, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_emit_test_log, m)?)?;

@@ -1,0 +1,175 @@
+//! `tether.Heartbeat` and its source for the native heartbeat. A fixed message and a missing `is_reply`
+//! never touch Python; a message factory runs on the event loop once per heartbeat, `is_reply` once per
+//! batch of messages received while a heartbeat is unanswered (see `ws_heartbeat`).
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ws::WsError;
+use crate::ws_handshake::BoxFuture;
+use crate::ws_heartbeat::{HeartbeatConfig, HeartbeatSource};
+
+use super::backoff::positive_seconds;
+use super::handshake::{on_loop, LoopSlot};
+use super::reconnect::describe;
+use super::signal_server::{message_from_py, message_to_py};
+
+/// An application-level heartbeat for `tether.connect(heartbeat=...)`.
+#[pyclass(name = "Heartbeat", module = "tether._native", frozen)]
+pub struct PyHeartbeat {
+    message: Py<PyAny>,
+    fixed: Option<Message>,
+    interval: f64,
+    is_reply: Option<Py<PyAny>>,
+    timeout: f64,
+}
+
+#[pymethods]
+impl PyHeartbeat {
+    #[new]
+    #[pyo3(signature = (message, interval, is_reply=None, timeout=None))]
+    fn new(
+        message: &Bound<'_, PyAny>,
+        interval: &Bound<'_, PyAny>,
+        is_reply: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let fixed = if message.is_callable() {
+            None
+        } else {
+            Some(message_from_py(message).map_err(|_| {
+                PyTypeError::new_err(
+                    "heartbeat message must be str, bytes-like, or a zero-argument callable returning one",
+                )
+            })?)
+        };
+        let interval = positive_seconds("interval", interval)?;
+        let timeout = match timeout {
+            Some(t) if !t.is_none() => positive_seconds("timeout", t)?,
+            _ => interval,
+        };
+        let is_reply = match is_reply {
+            Some(f) if !f.is_none() => {
+                if !f.is_callable() {
+                    return Err(PyTypeError::new_err("is_reply must be a callable (message) -> bool, or None"));
+                }
+                Some(f.clone().unbind())
+            }
+            _ => None,
+        };
+        Ok(PyHeartbeat { message: message.clone().unbind(), fixed, interval, is_reply, timeout })
+    }
+
+    #[getter]
+    fn message(&self, py: Python<'_>) -> Py<PyAny> {
+        self.message.clone_ref(py)
+    }
+
+    #[getter]
+    fn interval(&self) -> f64 {
+        self.interval
+    }
+
+    #[getter]
+    fn is_reply(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.is_reply.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    /// Seconds to wait for the reply (the interval unless given).
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.timeout
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let message = self.message.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+        let is_reply = self.is_reply.as_ref().map(|f| f.bind(py).repr().map(|r| r.to_string()).unwrap_or_default());
+        format!(
+            "Heartbeat(message={message}, interval={}, is_reply={}, timeout={})",
+            self.interval,
+            is_reply.as_deref().unwrap_or("None"),
+            self.timeout
+        )
+    }
+}
+
+struct PySource {
+    fixed: Option<Message>,
+    factory: Py<PyAny>,
+    is_reply: Option<Py<PyAny>>,
+    locals: LoopSlot,
+}
+
+fn raised(what: &str, e: &PyErr) -> WsError {
+    let text = super::with_python(|py| describe(py, e)).unwrap_or_default();
+    WsError::fatal(format!("heartbeat {what} raised {text}"))
+}
+
+impl HeartbeatSource for PySource {
+    fn message(&self) -> BoxFuture<Result<Message, WsError>> {
+        if let Some(m) = &self.fixed {
+            let m = m.clone();
+            return Box::pin(async move { Ok(m) });
+        }
+        let started = on_loop(&self.locals, "the heartbeat message factory", "_call", |py| {
+            PyTuple::new(py, [self.factory.clone_ref(py)])
+        });
+        Box::pin(async move {
+            let obj = started?.await.map_err(|e| raised("message factory", &e))?;
+            super::with_python(|py| {
+                message_from_py(obj.bind(py)).map_err(|e| {
+                    WsError::fatal(format!(
+                        "heartbeat message factory returned an unusable message: {}",
+                        describe(py, &e)
+                    ))
+                })
+            })
+            .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
+        })
+    }
+
+    fn has_predicate(&self) -> bool {
+        self.is_reply.is_some()
+    }
+
+    fn is_reply(&self, batch: Vec<Message>) -> BoxFuture<Result<bool, WsError>> {
+        let Some(f) = &self.is_reply else { return Box::pin(async { Ok(true) }) };
+        let started = on_loop(&self.locals, "heartbeat is_reply", "_any_reply", |py| {
+            let msgs = PyList::new(py, batch.iter().map(|m| message_to_py(py, m)))?;
+            PyTuple::new(py, [f.clone_ref(py), msgs.into_any().unbind()])
+        });
+        Box::pin(async move {
+            let obj = started?.await.map_err(|e| raised("is_reply", &e))?;
+            super::with_python(|py| obj.bind(py).is_truthy().map_err(|e| raised("is_reply", &e)))
+                .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
+        })
+    }
+}
+
+/// The native heartbeat for `heartbeat=` (a `tether.Heartbeat`), run on the loop in `locals`.
+pub fn heartbeat_config(
+    py: Python<'_>,
+    heartbeat: Option<&Bound<'_, PyAny>>,
+    locals: &LoopSlot,
+) -> PyResult<Option<HeartbeatConfig>> {
+    let Some(hb) = heartbeat.filter(|h| !h.is_none()) else { return Ok(None) };
+    let hb = hb.cast::<PyHeartbeat>().map_err(|_| PyTypeError::new_err("heartbeat must be a tether.Heartbeat"))?.get();
+    Ok(Some(HeartbeatConfig {
+        interval: Duration::from_secs_f64(hb.interval),
+        timeout: Duration::from_secs_f64(hb.timeout),
+        source: std::sync::Arc::new(PySource {
+            fixed: hb.fixed.clone(),
+            factory: hb.message.clone_ref(py),
+            is_reply: hb.is_reply.as_ref().map(|f| f.clone_ref(py)),
+            locals: locals.clone(),
+        }),
+    }))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyHeartbeat>()
+}

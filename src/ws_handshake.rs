@@ -1,0 +1,303 @@
+//! The `on_connect` hook of the supervised WebSocket: an application-level handshake (livekit's
+//! RegisterWorkerRequest -> RegisterWorkerResponse, Stream's JoinRequest -> JoinResponse) that runs on
+//! every new socket before anything queued is written, and decides when the attempt counts as connected.
+//!
+//! While the hook runs, the session serves it: `send` writes straight to the socket, `recv` reads the
+//! next data frame for the hook. The socket is read only while the hook waits for a message, so whatever
+//! the hook does not take stays on the socket, in order, for the application.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message};
+
+use crate::ws::WsError;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the hook is told about the attempt it runs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandshakeInfo {
+    /// 1 for the first connect, then the attempt number within the current outage.
+    pub attempt: u32,
+    /// "connect" for the first connect, then the ladder rung of this attempt.
+    pub strategy: Arc<str>,
+    /// The connection was connected before (the application may resume its session).
+    pub reconnect: bool,
+}
+
+/// The application's handshake. `Ok` means the attempt is connected; `Err` fails the attempt (retried on
+/// the ladder unless the error is fatal).
+pub trait OnConnect: Send + Sync + 'static {
+    fn run(&self, hs: Handshake) -> BoxFuture<Result<(), WsError>>;
+}
+
+#[derive(Clone)]
+pub struct OnConnectHook(pub Arc<dyn OnConnect>);
+
+impl fmt::Debug for OnConnectHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnConnectHook")
+    }
+}
+
+type SendRequest = (Message, oneshot::Sender<Result<(), String>>);
+
+struct Channel {
+    inbound: Mutex<VecDeque<Message>>,
+    /// Why the handshake is over; every later call fails with it.
+    ended: Mutex<Option<String>>,
+    readable: Notify,
+    /// `readable` calls in progress: the session reads the socket only while there is one.
+    waiting: AtomicUsize,
+    wake_session: Notify,
+    outbound: mpsc::UnboundedSender<SendRequest>,
+}
+
+impl Channel {
+    fn lock_in(&self) -> MutexGuard<'_, VecDeque<Message>> {
+        self.inbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn ended(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The hook's handle on the socket, valid while the hook runs.
+#[derive(Clone)]
+pub struct Handshake {
+    pub info: HandshakeInfo,
+    ch: Arc<Channel>,
+}
+
+/// Counts a waiting `readable` call for as long as it waits (also when it is cancelled).
+struct Waiting<'a>(&'a Channel);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Handshake {
+    /// Queue `msg` for the socket now (so writes keep call order); the receiver resolves once written.
+    pub fn start_send(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        if let Some(e) = self.ch.ended() {
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.ch.outbound.send((msg, tx)).map_err(|_| self.ended_text())?;
+        Ok(rx)
+    }
+
+    /// Write `msg` ahead of every queued application message; resolves once the socket accepted it.
+    pub async fn send(&self, msg: Message) -> Result<(), String> {
+        let rx = self.start_send(msg)?;
+        rx.await.unwrap_or_else(|_| Err(self.ended_text()))
+    }
+
+    /// A message read for the hook, if any; `Err` once the handshake is over and nothing is left.
+    pub fn try_recv(&self) -> Result<Option<Message>, String> {
+        if let Some(m) = self.ch.lock_in().pop_front() {
+            return Ok(Some(m));
+        }
+        match self.ch.ended() {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves once `try_recv` has something to return. Consumes nothing, so cancelling it loses no
+    /// message; while it waits, the session reads the socket.
+    pub async fn readable(&self) {
+        self.ch.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.ch);
+        self.ch.wake_session.notify_one();
+        loop {
+            let n = self.ch.readable.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.ch.lock_in().is_empty() || self.ch.ended().is_some() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub async fn recv(&self) -> Result<Message, String> {
+        loop {
+            if let Some(m) = self.try_recv()? {
+                return Ok(m);
+            }
+            self.readable().await;
+        }
+    }
+
+    fn ended_text(&self) -> String {
+        self.ch.ended().unwrap_or_else(|| "the on_connect handshake is over".into())
+    }
+}
+
+/// Run `hook` on a fresh socket, bounded by `limit` as a whole. Returns the messages read for the hook
+/// but not taken by it: they belong to the application, ahead of anything read later.
+pub async fn run_on_connect<S, R>(
+    hook: &OnConnectHook,
+    info: HandshakeInfo,
+    limit: Duration,
+    sink: &mut S,
+    stream: &mut R,
+    close_error: impl Fn(Option<CloseFrame>) -> WsError,
+) -> Result<Vec<Message>, WsError>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let (tx, mut requests) = mpsc::unbounded_channel();
+    let ch = Arc::new(Channel {
+        inbound: Mutex::new(VecDeque::new()),
+        ended: Mutex::new(None),
+        readable: Notify::new(),
+        waiting: AtomicUsize::new(0),
+        wake_session: Notify::new(),
+        outbound: tx,
+    });
+    let run = hook.0.run(Handshake { info, ch: ch.clone() });
+    let serve = async {
+        tokio::pin!(run);
+        loop {
+            let wanted = ch.waiting.load(Ordering::SeqCst) > 0 && ch.lock_in().is_empty();
+            tokio::select! {
+                biased;
+                r = &mut run => return r,
+                Some((m, done)) = requests.recv() => {
+                    if let Err(e) = sink.send(m).await {
+                        let e = WsError::retry(format!("write error during on_connect: {e}"));
+                        let _ = done.send(Err(e.text.clone()));
+                        return Err(e);
+                    }
+                    let _ = done.send(Ok(()));
+                }
+                m = stream.next(), if wanted => match m {
+                    None => return Err(WsError::retry("connection closed by the peer during on_connect (EOF)")),
+                    Some(Err(e)) => return Err(WsError::retry(format!("read error during on_connect: {e}"))),
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                        ch.lock_in().push_back(m);
+                        ch.readable.notify_waiters();
+                    }
+                    // tungstenite queued the pong; it leaves with the next flush
+                    Some(Ok(Message::Ping(_))) => sink
+                        .flush()
+                        .await
+                        .map_err(|e| WsError::retry(format!("write error during on_connect: {e}")))?,
+                    Some(Ok(Message::Close(f))) => return Err(close_error(f)),
+                    Some(Ok(_)) => {}
+                },
+                _ = ch.wake_session.notified() => {}
+            }
+        }
+    };
+    // dropping `serve` at the bound cancels the hook (the bindings cancel its Python task)
+    let outcome = tokio::time::timeout(limit, serve).await.unwrap_or_else(|_| {
+        Err(WsError::retry(format!("on_connect did not finish within open_timeout ({}s)", limit.as_secs_f64())))
+    });
+    let why = match &outcome {
+        Ok(()) => "the on_connect handshake is over".to_string(),
+        Err(e) => format!("on_connect failed: {}", e.text),
+    };
+    *ch.ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    ch.readable.notify_waiters();
+    outcome?;
+    let leftover = ch.lock_in().drain(..).collect();
+    Ok(leftover)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    /// Replies to "join" with the next message read; fails on anything else.
+    struct Join;
+
+    impl OnConnect for Join {
+        fn run(&self, hs: Handshake) -> BoxFuture<Result<(), WsError>> {
+            Box::pin(async move {
+                hs.send(Message::text(format!("join reconnect={}", hs.info.reconnect)))
+                    .await
+                    .map_err(WsError::retry)?;
+                match hs.recv().await.map_err(WsError::retry)? {
+                    Message::Text(t) if t.as_str() == "joined" => Ok(()),
+                    other => Err(WsError::retry(format!("unexpected {other:?}"))),
+                }
+            })
+        }
+    }
+
+    struct Hang;
+
+    impl OnConnect for Hang {
+        fn run(&self, _hs: Handshake) -> BoxFuture<Result<(), WsError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn info() -> HandshakeInfo {
+        HandshakeInfo { attempt: 1, strategy: Arc::from("connect"), reconnect: true }
+    }
+
+    fn close_error(_: Option<CloseFrame>) -> WsError {
+        WsError::retry("closed")
+    }
+
+    fn null_sink() -> impl Sink<Message, Error = tungstenite::Error> + Unpin {
+        futures_util::sink::drain().sink_map_err(|e: std::convert::Infallible| -> tungstenite::Error { match e {} })
+    }
+
+    #[tokio::test]
+    async fn hook_writes_first_and_takes_only_what_it_reads() {
+        let written = Arc::new(Mutex::new(vec![]));
+        let w = written.clone();
+        let mut sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
+            w.lock().unwrap().push(m);
+            async { Ok::<_, tungstenite::Error>(()) }
+        }));
+        let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
+        let hook = OnConnectHook(Arc::new(Join));
+        let left =
+            run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
+        assert_eq!(*written.lock().unwrap(), vec![Message::text("join reconnect=true")]);
+        // "app" was never read: it stays on the stream for the application
+        assert!(left.is_empty());
+        assert_eq!(stream.next().await.unwrap().unwrap(), Message::text("app"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hanging_hook_is_cut_at_the_limit() {
+        let mut sink = null_sink();
+        let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
+        let hook = OnConnectHook(Arc::new(Hang));
+        let err = run_on_connect(&hook, info(), Duration::from_secs(3), &mut sink, &mut stream, close_error)
+            .await
+            .unwrap_err();
+        assert!(err.text.contains("did not finish within open_timeout (3s)"), "{}", err.text);
+        assert!(!err.fatal);
+    }
+
+    #[tokio::test]
+    async fn peer_close_during_the_hook_fails_the_attempt() {
+        let mut sink = null_sink();
+        let mut stream = stream::iter(vec![Ok(Message::Close(None))]);
+        let hook = OnConnectHook(Arc::new(Join));
+        let err = run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error)
+            .await
+            .unwrap_err();
+        assert_eq!(err.text, "closed");
+    }
+}

@@ -1,0 +1,249 @@
+//! In-band heartbeat of the supervised WebSocket, for protocols whose liveness is an application
+//! message (Stream's HealthCheckRequest/Response) rather than WebSocket pings: a server can keep the TCP
+//! connection and answer pings while its application stopped serving this client.
+//!
+//! Cost on the read path: the reader calls [`HeartbeatWatch::on_inbound`] for each data message, which
+//! is one atomic load unless a heartbeat is out and unanswered. Only then is the message noted: a flag
+//! when any message counts as the reply, or a cheap clone (the payload is reference-counted) when a
+//! predicate decides. The predicate runs in batches, over the messages that arrived since the heartbeat
+//! went out, wherever the source runs it (the Python bindings: on the event loop, one hop per batch), and
+//! never again once the reply was seen. Replies are still delivered to the application.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::ws::WsError;
+use crate::ws_handshake::BoxFuture;
+
+/// Where heartbeats come from and how replies are recognised.
+pub trait HeartbeatSource: Send + Sync + 'static {
+    /// The next heartbeat message. An error ends the connection with it.
+    fn message(&self) -> BoxFuture<Result<Message, WsError>>;
+    /// False: any inbound data message counts as the reply, and no message is kept.
+    fn has_predicate(&self) -> bool;
+    /// Whether any message of `batch` (data messages received since the heartbeat went out) is the reply.
+    fn is_reply(&self, batch: Vec<Message>) -> BoxFuture<Result<bool, WsError>>;
+}
+
+#[derive(Clone)]
+pub struct HeartbeatConfig {
+    pub interval: Duration,
+    /// No reply within this after a heartbeat went out = the connection is lost.
+    pub timeout: Duration,
+    pub source: Arc<dyn HeartbeatSource>,
+}
+
+impl fmt::Debug for HeartbeatConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeartbeatConfig").field("interval", &self.interval).field("timeout", &self.timeout).finish()
+    }
+}
+
+/// Shared by the session's reader (which notes arrivals) and the heartbeat task; one per connection.
+#[derive(Default)]
+pub struct HeartbeatWatch {
+    /// A heartbeat is out and unanswered.
+    armed: AtomicBool,
+    keep: AtomicBool,
+    seen: AtomicBool,
+    candidates: Mutex<Vec<Message>>,
+    arrived: Notify,
+}
+
+impl HeartbeatWatch {
+    /// Called by the reader for every inbound data message.
+    pub fn on_inbound(&self, m: &Message) {
+        if !self.armed.load(Ordering::Acquire) {
+            return;
+        }
+        if self.keep.load(Ordering::Relaxed) {
+            self.candidates.lock().unwrap_or_else(|p| p.into_inner()).push(m.clone());
+        } else {
+            self.seen.store(true, Ordering::Release);
+        }
+        self.arrived.notify_one();
+    }
+
+    fn arm(&self, keep: bool) {
+        self.candidates.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.seen.store(false, Ordering::Release);
+        self.keep.store(keep, Ordering::Relaxed);
+        self.armed.store(true, Ordering::Release);
+    }
+
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<Message> {
+        std::mem::take(&mut *self.candidates.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The heartbeat of one live connection: never returns `Ok`; `Err` when a reply is missing (or the
+/// source failed). `send` hands a heartbeat to the writer (false: the writer is gone). `reader_paused`:
+/// while the reader is paused (the application is not reading and the inbound buffer is full) replies
+/// cannot be seen, so a missing one does not count as a loss.
+pub async fn run(
+    cfg: Option<&HeartbeatConfig>,
+    watch: &HeartbeatWatch,
+    send: impl Fn(Message) -> bool,
+    reader_paused: impl Fn() -> bool,
+) -> Result<(), WsError> {
+    let Some(cfg) = cfg else { return std::future::pending().await };
+    let predicate = cfg.source.has_predicate();
+    let mut next = Instant::now() + cfg.interval;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let msg = cfg.source.message().await?;
+        // armed before the write: the reply cannot arrive earlier
+        watch.arm(predicate);
+        let sent = Instant::now();
+        if !send(msg) {
+            return std::future::pending().await;
+        }
+        let answered = wait_reply(cfg, watch, predicate, sent + cfg.timeout).await;
+        watch.disarm();
+        if !answered? && !reader_paused() {
+            return Err(WsError::retry(format!(
+                "heartbeat timeout: no reply within {:.3}s (heartbeat interval {:.3}s)",
+                cfg.timeout.as_secs_f64(),
+                cfg.interval.as_secs_f64()
+            )));
+        }
+        next = (sent + cfg.interval).max(Instant::now());
+    }
+}
+
+/// Whether a reply arrived by `deadline`. A predicate call in progress at the deadline is waited for:
+/// it judges messages that arrived in time.
+async fn wait_reply(
+    cfg: &HeartbeatConfig,
+    watch: &HeartbeatWatch,
+    predicate: bool,
+    deadline: Instant,
+) -> Result<bool, WsError> {
+    loop {
+        let expired = tokio::select! {
+            biased;
+            _ = watch.arrived.notified() => false,
+            _ = tokio::time::sleep_until(deadline) => true,
+        };
+        if expired {
+            watch.disarm();
+        }
+        if !predicate {
+            if watch.seen.load(Ordering::Acquire) {
+                return Ok(true);
+            }
+        } else {
+            let batch = watch.take();
+            if !batch.is_empty() && cfg.source.is_reply(batch).await? {
+                return Ok(true);
+            }
+        }
+        if expired {
+            return Ok(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Src {
+        predicate: bool,
+        batches: AtomicUsize,
+    }
+
+    impl HeartbeatSource for Src {
+        fn message(&self) -> BoxFuture<Result<Message, WsError>> {
+            Box::pin(async { Ok(Message::text("hb")) })
+        }
+        fn has_predicate(&self) -> bool {
+            self.predicate
+        }
+        fn is_reply(&self, batch: Vec<Message>) -> BoxFuture<Result<bool, WsError>> {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Ok(batch.iter().any(|m| m == &Message::text("pong"))) })
+        }
+    }
+
+    fn cfg(predicate: bool) -> (HeartbeatConfig, Arc<Src>) {
+        let src = Arc::new(Src { predicate, batches: AtomicUsize::new(0) });
+        let cfg =
+            HeartbeatConfig { interval: Duration::from_secs(1), timeout: Duration::from_secs(1), source: src.clone() };
+        (cfg, src)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_a_heartbeat_is_a_loss_and_no_message_is_kept_when_idle() {
+        let (cfg, _) = cfg(true);
+        let watch = HeartbeatWatch::default();
+        // before any heartbeat went out nothing is noted
+        watch.on_inbound(&Message::text("pong"));
+        assert!(watch.take().is_empty());
+        let t0 = Instant::now();
+        let err = run(Some(&cfg), &watch, |_| true, || false).await.unwrap_err();
+        assert!(err.text.starts_with("heartbeat timeout"), "{}", err.text);
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replies_keep_it_alive_and_other_traffic_does_not() {
+        let (cfg, src) = cfg(true);
+        let watch = Arc::new(HeartbeatWatch::default());
+        let w = watch.clone();
+        // the peer answers the first three heartbeats, then only chatters
+        let answered = Arc::new(AtomicUsize::new(0));
+        let a = answered.clone();
+        let send = move |_m: Message| {
+            let w = w.clone();
+            let n = a.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                w.on_inbound(&Message::text("chatter"));
+                if n < 3 {
+                    w.on_inbound(&Message::text("pong"));
+                }
+            });
+            true
+        };
+        let t0 = Instant::now();
+        let err = run(Some(&cfg), &watch, send, || false).await.unwrap_err();
+        assert!(err.text.starts_with("heartbeat timeout"), "{}", err.text);
+        assert_eq!(answered.load(Ordering::SeqCst), 4);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+        assert!(src.batches.load(Ordering::SeqCst) >= 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_predicate_any_message_answers() {
+        let (cfg, src) = cfg(false);
+        let watch = Arc::new(HeartbeatWatch::default());
+        let w = watch.clone();
+        let send = move |_m: Message| {
+            w.on_inbound(&Message::text("anything"));
+            true
+        };
+        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send, || false)).await;
+        assert!(r.is_err(), "still alive after 30 s");
+        assert_eq!(src.batches.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_reader_is_not_a_loss() {
+        let (cfg, _) = cfg(true);
+        let watch = HeartbeatWatch::default();
+        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, |_| true, || true)).await;
+        assert!(r.is_err());
+    }
+}

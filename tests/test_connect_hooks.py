@@ -1,0 +1,309 @@
+"""tether.connect hooks against servers tether did not write (the `websockets` server): on_connect runs
+before queued messages on every (re)connect, its failures are retried or fatal, it is bounded by
+open_timeout; the in-band heartbeat detects a server that answers WebSocket pings but not the
+application; close() works from sync code."""
+
+import asyncio
+import itertools
+import json
+import time
+
+import pytest
+from websockets.asyncio.server import serve
+
+import tether
+from tether import events as ev
+
+FAST = dict(ping_interval=0.3, ping_timeout=1.0, open_timeout=3.0, close_timeout=1.0)
+
+
+def policy(**kw):
+    kw.setdefault("jitter", "none")
+    return tether.Backoff(kw.pop("initial", 0.02), kw.pop("factor", 2.0), max_delay=kw.pop("max_delay", 0.2), **kw)
+
+
+class JoinServer:
+    """A join protocol: "join ..." is answered with "joined" then "welcome"; "hb" with "hb-ack" while
+    the connection answers heartbeats; every message is logged per connection."""
+
+    def __init__(self, *, chatter=False):
+        self.conns = []  # per connection: list of received messages
+        self.sockets = []
+        self.answer_heartbeats = []
+        self.close_codes = []
+        self.chatter = chatter
+
+    async def handler(self, ws):
+        n = len(self.conns)
+        log = []
+        self.conns.append(log)
+        self.sockets.append(ws)
+        self.answer_heartbeats.append(True)
+        ticker = asyncio.ensure_future(self._chatter(ws)) if self.chatter else None
+        try:
+            async for m in ws:
+                log.append(m)
+                if isinstance(m, str) and m.startswith("join"):
+                    await ws.send("joined")
+                    await ws.send("welcome")
+                elif isinstance(m, str) and m.startswith("hb") and self.answer_heartbeats[n]:
+                    await ws.send("hb-ack " + m)
+        except Exception:
+            pass
+        finally:
+            if ticker:
+                ticker.cancel()
+            self.close_codes.append(ws.close_code)
+
+    async def _chatter(self, ws):
+        # traffic that is not a heartbeat reply
+        while True:
+            await asyncio.sleep(0.05)
+            await ws.send("tick")
+
+    def drop(self, n=-1):
+        self.sockets[n].transport.abort()
+
+    async def __aenter__(self):
+        self._srv = await serve(self.handler, "127.0.0.1", 0)
+        port = self._srv.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/"
+        return self
+
+    async def __aexit__(self, *exc):
+        self._srv.close()
+        await asyncio.wait_for(self._srv.wait_closed(), 5)
+
+
+async def until(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def collect(conn, into):
+    async for e in conn.events():
+        into.append(e)
+
+
+async def test_hook_runs_before_queued_messages_on_connect_and_after_a_drop():
+    seen = []
+
+    async def on_connect(hs):
+        seen.append((hs.attempt, hs.strategy, hs.reconnect))
+        # a queued message that slipped out before the hook would reach the server first
+        await asyncio.sleep(0.2)
+        await hs.send(f"join reconnect={hs.reconnect}")
+        assert await hs.recv() == "joined"
+
+    got = []
+    async with JoinServer() as srv:
+        c = tether.connect(srv.url, on_connect=on_connect, policy=policy(), **FAST)
+        first = asyncio.ensure_future(c.send("queued-before-connect"))
+        async with c:
+            watcher = asyncio.ensure_future(collect(c, got))
+            await asyncio.wait_for(first, 10)
+            # the hook took "joined"; the application gets the rest, in order
+            assert await asyncio.wait_for(c.recv(), 10) == "welcome"
+            assert srv.conns[0][:2] == ["join reconnect=False", "queued-before-connect"]
+
+            srv.drop()
+            await until(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
+            during = asyncio.ensure_future(c.send("queued-during-outage"))
+            await asyncio.wait_for(during, 10)
+            assert await asyncio.wait_for(c.recv(), 10) == "welcome"
+            assert srv.conns[1][0] == "join reconnect=True"
+            assert "queued-during-outage" in srv.conns[1]
+            assert all(m != "joined" for m in srv.conns[1])
+            watcher.cancel()
+    assert seen[0] == (1, "connect", False)
+    assert seen[1][2] is True and seen[1][1] == "resume"
+    # Connected only after the hook returned
+    assert [type(e) for e in got].count(ev.Reconnected) == 1
+
+
+async def test_hook_that_raises_is_retried_then_gives_up():
+    calls = []
+
+    async def on_connect(hs):
+        calls.append(hs.attempt)
+        raise RuntimeError("registration refused")
+
+    async with JoinServer() as srv:
+        c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=2), **FAST)
+        with pytest.raises(tether.GaveUp) as ei:
+            await asyncio.wait_for(c._start(), 20)
+        await c.aclose()
+    assert calls == [1, 2, 3]
+    assert len(srv.conns) == 3
+    assert ei.value.reason == "attempt budget exhausted"
+    assert "on_connect raised RuntimeError: registration refused" in str(ei.value)
+    assert c.state == "failed"
+
+
+async def test_fatal_hook_error_gives_up_at_once():
+    calls = []
+
+    class Rejected(Exception):
+        pass
+
+    async def on_connect(hs):
+        calls.append(hs.attempt)
+        await hs.send("join")
+        await hs.recv()
+        raise Rejected("JoinResponse: error")
+
+    async with JoinServer() as srv:
+        c = tether.connect(srv.url, on_connect=on_connect, fatal=(Rejected,), policy=policy(max_attempts=5), **FAST)
+        with pytest.raises(tether.GaveUp) as ei:
+            await asyncio.wait_for(c._start(), 20)
+        await c.aclose()
+    assert calls == [1]
+    assert ei.value.reason == "fatal error"
+    assert "Rejected: JoinResponse: error" in str(ei.value)
+
+
+async def test_sync_on_connect_is_a_usage_error_not_retried():
+    async with JoinServer() as srv:
+        c = tether.connect(srv.url, on_connect=lambda hs: None, policy=policy(max_attempts=5), **FAST)
+        with pytest.raises(tether.GaveUp, match="on_connect must be an async function"):
+            await asyncio.wait_for(c._start(), 20)
+        await c.aclose()
+    assert len(srv.conns) == 1
+
+
+async def test_hanging_hook_is_cut_at_open_timeout_and_cancelled():
+    cancelled = []
+
+    async def on_connect(hs):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(hs.attempt)
+            raise
+
+    async with JoinServer() as srv:
+        kw = dict(FAST, open_timeout=0.5)
+        c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=1), **kw)
+        t0 = time.monotonic()
+        with pytest.raises(tether.GaveUp, match="on_connect did not finish within open_timeout"):
+            await asyncio.wait_for(c._start(), 20)
+        elapsed = time.monotonic() - t0
+        await c.aclose()
+        await until(lambda: len(cancelled) == 2, what="hook tasks cancelled")
+    assert cancelled == [1, 2]
+    assert elapsed < 10
+
+
+async def test_stability_clock_starts_after_the_hook():
+    # The server drops each connection 0.1 s after the join. The hook takes 0.6 s > stable_after: if the
+    # clock started at the raw handshake every drop would look stable and the counter would never grow.
+    async def on_connect(hs):
+        await asyncio.sleep(0.6)
+        await hs.send("join")
+        await hs.recv()
+
+    got = []
+    async with JoinServer() as srv:
+
+        async def dropper():
+            seen = 0
+            while True:
+                await asyncio.sleep(0.01)
+                for i, log in enumerate(srv.conns):
+                    if i >= seen and log:
+                        seen = i + 1
+                        await asyncio.sleep(0.1)
+                        srv.drop(i)
+
+        d = asyncio.ensure_future(dropper())
+        c = tether.connect(srv.url, on_connect=on_connect, stable_after=0.5, policy=policy(max_attempts=2), **FAST)
+        watcher = asyncio.ensure_future(collect(c, got))
+        await asyncio.wait_for(c._start(), 20)
+        await until(lambda: any(isinstance(e, ev.GaveUp) for e in got), timeout=20, what="GaveUp")
+        d.cancel()
+        await c.aclose()
+        watcher.cancel()
+    attempts = [e.attempt for e in got if isinstance(e, ev.Reconnecting)]
+    assert attempts[:3] == [2, 3, 2] or attempts[:2] == [2, 3], attempts
+
+
+async def test_heartbeat_detects_a_server_that_answers_pings_but_not_the_application():
+    ids = itertools.count()
+    hb = tether.Heartbeat(
+        lambda: "hb " + json.dumps({"id": next(ids)}),
+        0.2,
+        is_reply=lambda m: isinstance(m, str) and m.startswith("hb-ack"),
+        timeout=0.6,
+    )
+    got = []
+    async with JoinServer(chatter=True) as srv:
+        # the application never reads: liveness must not depend on it
+        async with tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST) as c:
+            watcher = asyncio.ensure_future(collect(c, got))
+            await until(lambda: len(srv.conns[0]) >= 5, what="five heartbeats answered")
+            assert not any(isinstance(e, ev.ConnectionLost) for e in got)
+            srv.answer_heartbeats[0] = False  # TCP and WebSocket pings stay healthy
+            await until(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
+            lost = [e for e in got if isinstance(e, ev.ConnectionLost)]
+            assert "heartbeat timeout" in lost[0].reason
+            await until(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
+            await until(lambda: len(srv.conns) >= 2 and len(srv.conns[1]) >= 5, what="heartbeats on the new connection")
+            assert sum(isinstance(e, ev.ConnectionLost) for e in got) == 1
+            # replies are delivered to the application too
+            received = []
+            while (m := c._n.try_recv()) is not None:
+                received.append(m)
+            assert any(m.startswith("hb-ack hb") for m in received)
+            watcher.cancel()
+
+
+def test_heartbeat_validates_its_arguments():
+    with pytest.raises(TypeError):
+        tether.Heartbeat(42, 1.0)
+    with pytest.raises(ValueError):
+        tether.Heartbeat("hb", 0)
+    with pytest.raises(TypeError):
+        tether.Heartbeat("hb", 1.0, is_reply="pong")
+    hb = tether.Heartbeat(b"hb", 2.0)
+    assert hb.timeout == 2.0 and hb.is_reply is None and hb.message == b"hb"
+    with pytest.raises(TypeError):
+        tether.connect("ws://127.0.0.1:9/", heartbeat="hb")
+    with pytest.raises(TypeError):
+        tether.connect("ws://127.0.0.1:9/", on_connect="join")
+    with pytest.raises(TypeError):
+        tether.connect("ws://127.0.0.1:9/", fatal=("nope",))
+
+
+async def test_close_from_sync_code_returns_and_closes_within_close_timeout():
+    async with JoinServer() as srv:
+        c = await tether.connect(srv.url, policy=policy(), **FAST)
+        results = []
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        loop.call_soon(lambda: results.extend([c.close(), c.close()]))
+        await until(lambda: c.state == "closed", timeout=FAST["close_timeout"] + 5, what="closed")
+        elapsed = time.monotonic() - t0
+        assert results == [None, None]
+        await until(lambda: srv.close_codes, what="server saw the close")
+        assert srv.close_codes == [1000]
+        await c.aclose()  # after close(): returns, no second close
+        with pytest.raises(tether.ConnectionClosed):
+            await c.send("late")
+    assert elapsed < FAST["close_timeout"] + 5
+
+
+def test_close_after_the_loop_stopped_does_not_raise():
+    async def main():
+        async with JoinServer() as srv:
+            return await tether.connect(srv.url, policy=policy(), **FAST)
+
+    c = asyncio.run(main())
+    assert c.close() is None
+    c.close()
+    deadline = time.monotonic() + FAST["close_timeout"] + 5
+    while c.state != "closed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.state == "closed"
