@@ -135,6 +135,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
             self._t_reader: asyncio.Task | None = None
             self._t_lost_sent = False
             self._t_call_ended = False
+            self._t_join_error = None
             self.rejoins = 0
 
         # -- connecting ---------------------------------------------------------------------------------
@@ -148,7 +149,9 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 event = parse(await hs.recv())
                 if event.HasField("error"):
                     err = event.error.error
-                    raise signaling_error(f"Connection failed: {err.message}", error=err)
+                    # kept: tether reports a hook's exception as text, connect() re-raises the object
+                    self._t_join_error = signaling_error(f"Connection failed: {err.message}", error=err)
+                    raise self._t_join_error
                 if event.HasField("join_response"):
                     break
                 self._t_dispatch(event)  # e.g. a health reply or a participant event ahead of the ack
@@ -166,6 +169,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
             from .. import Heartbeat
 
             self.first_message = None
+            self._t_join_error = None
             self._t_conn = tether_connect(
                 self.url,
                 policy=settings.policy or _default_policy(),
@@ -180,16 +184,14 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 open_timeout=settings.connect_timeout,
                 fatal=(signaling_error,),
                 name="getstream SFU signaling",
-                logger=log,
             )
             try:
                 await bounded(self._t_conn, settings.connect_timeout, what="SFU signaling connect")
             except BaseException as e:
                 conn, self._t_conn = self._t_conn, None
                 conn.close()
-                cause = e.last_error if isinstance(e, GaveUp) else None
-                if isinstance(cause, signaling_error):
-                    raise cause from e
+                if isinstance(e, GaveUp) and self._t_join_error is not None:
+                    raise self._t_join_error from e
                 if isinstance(e, TetherError):
                     raise signaling_error(f"Connection failed: {e}") from e
                 raise
@@ -248,6 +250,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
             return self._t_conn
 
     WebSocketClient.__module__ = __name__
+    WebSocketClient.__qualname__ = "WebSocketClient"
     return WebSocketClient
 
 
