@@ -6,6 +6,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
+INTEG_STAMP := $(VENV)/.integrations-stamp
+# the older getstream the integration is also tested with, installed aside (tests/integrations)
+GETSTREAM_OLD := 3.3.1
 SOURCES := $(shell find src python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
 .PHONY: demo test test-rust test-python build bench clean venv
@@ -18,7 +21,7 @@ test: test-rust test-python
 test-rust:
 	cargo test --locked
 
-test-python: build
+test-python: build $(INTEG_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 build: $(BUILD_STAMP)
@@ -33,6 +36,15 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "websockets>=12"
+	touch $@
+
+# the real frameworks of the integration tests (pins: the integrations-test extra of pyproject.toml);
+# a package that cannot be installed makes its tests skip with the reason instead of failing the build
+$(INTEG_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -q $$(sed -n 's/^integrations-test = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",') \
+		|| echo "integration test packages not installed: their tests will skip"
+	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$(GETSTREAM_OLD) "getstream==$(GETSTREAM_OLD)" \
+		|| echo "getstream $(GETSTREAM_OLD) not installed: its test will skip"
 	touch $@
 
 bench: build

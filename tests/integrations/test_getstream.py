@@ -169,12 +169,13 @@ def test_install_is_idempotent_and_undoable():
     assert signaling.WebSocketClient is ORIGINAL
 
 
-OLD = ROOT / ".venv" / "getstream-3.3.1"
+# an older getstream installed aside by the Makefile (GETSTREAM_OLD), run in a subprocess
+OLD = next(iter(sorted((ROOT / ".venv").glob("getstream-*"))), None)
 
 
-@pytest.mark.skipif(not OLD.is_dir(), reason=f"getstream 3.3.1 not installed in {OLD} (make venv does it)")
+@pytest.mark.skipif(OLD is None, reason="no older getstream in .venv/getstream-* (make test installs 3.3.1 there)")
 @pytest.mark.parametrize("fault", ["reset", "blackhole"])
-def test_getstream_3_3_1(fault):
+def test_older_getstream(fault):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(OLD), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
         [sys.executable, str(HERE / "gs_scenarios.py"), fault, "--tether"],
@@ -187,10 +188,10 @@ def test_getstream_3_3_1(fault):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["client"].startswith("tether.integrations.getstream"), r
     assert r["fast_reconnect"] == [False, True] and r["running"] and r["thread_errors"] == [], r
-    assert "3.3.1" in subprocess.run(
+    assert OLD.name.removeprefix("getstream-") == subprocess.run(
         [sys.executable, "-c", "from importlib.metadata import version; print(version('getstream'))"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
-    ).stdout
+    ).stdout.strip()
