@@ -4,6 +4,7 @@
 //!
 //! * [`backoff`]: retry delay policies (jitter, budgets).
 //! * [`reconnect`]: the generic reconnect loop (strategy ladder, stability-gated counter, log escalation).
+//! * [`retry_state`]: that loop's retry policy as a pure state machine (no I/O, no clock).
 //! * [`ws`]: the supervised signaling WebSocket built on the reconnect loop.
 //! * [`ws_handshake`], [`ws_heartbeat`]: the WebSocket's application-level handshake hook and heartbeat.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod procpool;
 pub mod readiness;
 pub mod reconnect;
+pub mod retry_state;
 pub mod redact;
 pub mod testing;
 pub mod watchdog;

@@ -6,13 +6,9 @@
 //! lost, and the loop retries. While an attempt runs it may call [`Attempt::connected`] once the
 //! handshake succeeded, which starts the stability clock and reports `Connected`/`Reconnected`.
 //!
-//! Rules (seed 000):
-//! * the retry counter and the backoff sequence reset only after a connection stayed up for
-//!   `stable_after`; an accept-then-drop server therefore escalates instead of hot-looping;
-//! * the first `quiet_attempts` retries of an outage are immediate and logged at DEBUG; every
-//!   backed-off retry logs WARNING; giving up logs ERROR;
-//! * fatal errors (per the classifier) are never retried;
-//! * `max_attempts` and `deadline` of the policy bound each outage.
+//! The policy (stability, quiet retries, escalation, ladder, budgets) is the pure state machine in
+//! [`crate::retry_state`]; this module drives it with tokio time and reports its decisions as events
+//! and log records ([`report`] functions, shared with the Python step-wise form).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -22,8 +18,8 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::retry_state::{Decision, Level, RetryState, Settled, Started, Up};
 
-/// Everything the loop reports, in order. Strings are already redacted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Connecting {
@@ -115,7 +111,16 @@ pub struct Config {
     /// Progress deadline per attempt: an attempt that has not called `connected()` within this is
     /// abandoned (counted as a failure, so the ladder escalates) instead of hanging.
     pub attempt_timeout: Option<Duration>,
+    /// Quiet retries wait `uniform(0, quiet_jitter)`: clients dropped together (a server restart, a
+    /// load balancer recycling) come back spread over this window instead of in one burst.
+    pub quiet_jitter: Duration,
+    /// Python logger this object's records go to (a key registered by the bindings); None: the
+    /// module's `tether.*` logger. Every record carries it as the `logger` field.
+    pub logger: Option<Arc<str>>,
 }
+
+/// Default `quiet_jitter`: 1,000 clients dropped at once arrive ~200 per 100 ms, all within 0.5 s.
+pub const DEFAULT_QUIET_JITTER: Duration = Duration::from_millis(500);
 
 impl Default for Config {
     fn default() -> Self {
@@ -126,6 +131,8 @@ impl Default for Config {
             quiet_attempts: 1,
             ladder: vec![(Arc::from("reconnect"), 1)],
             attempt_timeout: None,
+            quiet_jitter: DEFAULT_QUIET_JITTER,
+            logger: None,
         }
     }
 }
@@ -205,11 +212,6 @@ impl Events {
     }
 }
 
-struct Outage {
-    started: Instant,
-    warned: bool,
-}
-
 /// Run the loop. `connect` is called once per attempt; `is_fatal` classifies errors; `describe`
 /// renders an error for logs and events (it must already be redacted); `stalled` builds the error for
 /// an attempt abandoned by `attempt_timeout`.
@@ -225,48 +227,48 @@ where
     F: FnMut(Attempt) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let name = cfg.name.as_str();
-    let max_retry = cfg.policy.max_attempts;
-    let mut delays = cfg.policy.delays_unbounded();
-    let mut retries: u32 = 0;
-    let mut outage: Option<Outage> = None;
-    let mut strategy: Arc<str> = Arc::from("connect");
-    let first_start = Instant::now();
-
+    let mut st = RetryState::new(cfg);
     loop {
-        let number = retries + 1;
-        events.emit(Event::Connecting { attempt: number, strategy: strategy.clone() });
-        let (attempt, mut connected_rx) = Attempt::new_detached(number, strategy.clone());
-        let started = Instant::now();
-        let mut connected_at: Option<Instant> = None;
+        let started = st.start(Instant::now().into_std());
+        report::started(events, &started);
+        let (attempt, mut connected_rx) = Attempt::new_detached(started.number, started.strategy.clone());
+        let deadline = started.deadline.map(Instant::from_std);
+        let mut settle_at: Option<Instant> = None;
         let mut listening = true;
-
-        let fut = connect(attempt);
-        tokio::pin!(fut);
-        let progress_deadline = cfg.attempt_timeout.map(|t| started + t);
-        let result = loop {
-            tokio::select! {
-                biased;
-                _ = async { tokio::time::sleep_until(progress_deadline.unwrap_or(started)).await }, if connected_at.is_none() && progress_deadline.is_some() => {
-                    // dropping `fut` cancels the attempt
-                    break Err(stalled(number, cfg.attempt_timeout.unwrap_or_default()));
-                }
-                at = &mut connected_rx, if listening => {
-                    listening = false;
-                    // A dropped sender (the attempt let go of its handle without marking) just ends listening.
-                    if let Ok(at) = at {
-                        connected_at = Some(at);
-                        on_connected(name, events, number, retries, at, outage.as_ref());
+        let mut connected = false;
+        // The attempt's future lives only in this block: a stalled attempt is dropped (cancelled) at its
+        // deadline, before any backoff sleep.
+        let result = {
+            let fut = connect(attempt);
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = sleep_until_some(deadline), if !connected => {
+                        break Err(stalled(started.number, cfg.attempt_timeout.unwrap_or_default()));
                     }
+                    at = &mut connected_rx, if listening => {
+                        listening = false;
+                        // A dropped sender (the attempt let go of its handle without marking) just ends listening.
+                        if let Ok(at) = at {
+                            connected = true;
+                            settle_at = on_up(cfg, events, &mut st, at);
+                        }
+                    }
+                    _ = sleep_until_some(settle_at), if settle_at.is_some() => {
+                        settle_at = None;
+                        if let Some(s) = st.settle(Instant::now().into_std()) {
+                            report::settled(cfg, &s);
+                        }
+                    }
+                    r = &mut fut => break r,
                 }
-                r = &mut fut => break r,
             }
         };
         // The attempt may have marked itself connected and finished within the same poll.
         if listening {
             if let Ok(at) = connected_rx.try_recv() {
-                connected_at = Some(at);
-                on_connected(name, events, number, retries, at, outage.as_ref());
+                on_up(cfg, events, &mut st, at);
             }
         }
 
@@ -274,111 +276,131 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let now = Instant::now();
         let text = describe(&err);
-        let up_since = connected_at.unwrap_or(started);
-        let was_connected = connected_at.is_some();
-        let stable = now.saturating_duration_since(up_since) >= cfg.stable_after;
-
-        if was_connected {
-            events.emit(Event::ConnectionLost { reason: text.clone() });
-        }
-
-        if is_fatal(&err) {
-            let attempts = retries + 1;
-            let elapsed = outage.as_ref().map(|o| now - o.started).unwrap_or(now - first_start);
-            tracing::error!(target: "tether::reconnect", name, retry_count = retries, error = %text,
-                "gave up on {name}: fatal error, not retried: {text}");
-            events.emit(Event::GaveUp { error: text.clone(), attempts });
-            return Err(GaveUp {
-                name: name.to_string(),
-                attempts,
-                elapsed,
-                reason: GiveUpReason::Fatal,
-                last_error: err,
-                last_error_text: text,
-            });
-        }
-
-        if stable {
-            retries = 0;
-            delays = cfg.policy.delays_unbounded();
-            outage = None;
-        }
-        let o = outage.get_or_insert(Outage { started: if was_connected { now } else { started }, warned: false });
-        retries += 1;
-        let elapsed = now.saturating_duration_since(o.started);
-
-        let give_up = |reason: GiveUpReason, o: &Outage, err: E, text: String| {
-            let attempts = retries;
-            let elapsed = now.saturating_duration_since(o.started);
-            let _ = o;
-            tracing::error!(target: "tether::reconnect", name, retry_count = attempts, max_retry = max_retry.map(|m| m as i64).unwrap_or(-1),
-                error = %text, elapsed_s = elapsed.as_secs_f64(),
-                "gave up on {name} after {attempts} attempts over {:.1}s ({}): {text}", elapsed.as_secs_f64(), reason.as_str());
-            events.emit(Event::GaveUp { error: text.clone(), attempts });
-            GaveUp { name: name.to_string(), attempts, elapsed, reason, last_error: err, last_error_text: text }
-        };
-
-        if let Some(max) = max_retry {
-            if retries > max {
-                return Err(give_up(GiveUpReason::Attempts, o, err, text));
+        let decision = st.failed(Instant::now().into_std(), is_fatal(&err));
+        report::failure(cfg, events, &decision, &text);
+        match decision {
+            Decision::Retry { delay, .. } => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
             }
-        }
-        let quiet = retries <= cfg.quiet_attempts;
-        let delay = if quiet {
-            Duration::ZERO
-        } else {
-            match delays.next() {
-                Some(d) => d,
-                None => return Err(give_up(GiveUpReason::Deadline, o, err, text)),
+            Decision::GiveUp { reason, attempts, elapsed, .. } => {
+                return Err(GaveUp {
+                    name: cfg.name.clone(),
+                    attempts,
+                    elapsed,
+                    reason,
+                    last_error: err,
+                    last_error_text: text,
+                })
             }
-        };
-        if let Some(deadline) = cfg.policy.deadline_duration() {
-            if elapsed + delay >= deadline {
-                return Err(give_up(GiveUpReason::Deadline, o, err, text));
-            }
-        }
-
-        strategy = cfg.strategy_for(retries);
-        let next = retries + 1;
-        events.emit(Event::Reconnecting { attempt: next, delay, strategy: strategy.clone() });
-        let what =
-            if was_connected { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
-        let max_field = max_retry.map(|m| m as i64).unwrap_or(-1);
-        if quiet {
-            tracing::debug!(target: "tether::reconnect", name, retry_count = retries, max_retry = max_field, error = %text,
-                delay_s = 0.0, strategy = &*strategy,
-                "{what}: {text}; retrying immediately ({strategy})");
-        } else {
-            o.warned = true;
-            tracing::warn!(target: "tether::reconnect", name, retry_count = retries, max_retry = max_field, error = %text,
-                delay_s = delay.as_secs_f64(), strategy = &*strategy,
-                "{what}: {text}; retrying in {:.2}s (retry {retries}{}, {strategy})",
-                delay.as_secs_f64(),
-                max_retry.map(|m| format!("/{m}")).unwrap_or_default());
-        }
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
         }
     }
 }
 
-fn on_connected(name: &str, events: &Events, number: u32, retries: u32, at: Instant, outage: Option<&Outage>) {
-    events.emit(Event::Connected { attempt: number });
-    let Some(o) = outage else {
-        tracing::debug!(target: "tether::reconnect", name, "connected to {name}");
-        return;
-    };
-    let downtime = at.saturating_duration_since(o.started);
-    events.emit(Event::Reconnected { downtime, attempts: number });
-    let secs = downtime.as_secs_f64();
-    if o.warned {
-        tracing::info!(target: "tether::reconnect", name, retry_count = retries, downtime_s = secs,
-            "reconnected to {name} after {number} attempts, down for {secs:.2}s");
-    } else {
-        tracing::debug!(target: "tether::reconnect", name, retry_count = retries, downtime_s = secs,
-            "reconnected to {name} (attempt {number}, down for {secs:.3}s)");
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Feed a connection mark to the state machine and report it; returns when to check for stability.
+fn on_up(cfg: &Config, events: &Events, st: &mut RetryState, at: Instant) -> Option<Instant> {
+    let up = st.connected(at.into_std())?;
+    report::up(cfg, events, &up);
+    Some(Instant::from_std(up.stable_at))
+}
+
+/// Events and log records for the state machine's outputs: one wording for every driver (the native
+/// loop above and the Python step-wise form). Records carry `name`, `retry_count`, `max_retry`,
+/// `error`, `delay_s`, `strategy`, `downtime_s` as structured fields, and `logger` when the object
+/// routes its records to its own Python logger.
+pub mod report {
+    use super::*;
+
+    const TARGET: &str = "tether::reconnect";
+
+    fn max_retry(cfg: &Config) -> i64 {
+        cfg.policy.max_attempts.map(i64::from).unwrap_or(-1)
+    }
+
+    pub fn started(events: &Events, s: &Started) {
+        events.emit(Event::Connecting { attempt: s.number, strategy: s.strategy.clone() });
+    }
+
+    pub fn up(cfg: &Config, events: &Events, up: &Up) {
+        let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
+        events.emit(Event::Connected { attempt: up.number });
+        let Some((downtime, attempts)) = up.reconnected else {
+            tracing::debug!(target: TARGET, logger, name, "connected to {name}");
+            return;
+        };
+        events.emit(Event::Reconnected { downtime, attempts });
+        let secs = downtime.as_secs_f64();
+        // INFO waits for stability (`settled`): a link that keeps flapping must not log recovery.
+        tracing::debug!(target: TARGET, logger, name, retry_count = up.retries, downtime_s = secs,
+            "reconnected to {name} (attempt {attempts}, down for {secs:.3}s); stable after {:.1}s up",
+            cfg.stable_after.as_secs_f64());
+    }
+
+    pub fn settled(cfg: &Config, s: &Settled) {
+        let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
+        let secs = s.downtime.as_secs_f64();
+        let attempts = s.attempts;
+        match s.level {
+            Level::Info => tracing::info!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
+                "reconnected to {name} after {attempts} attempts (down for {secs:.2}s), stable for {:.1}s",
+                cfg.stable_after.as_secs_f64()),
+            _ => tracing::debug!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
+                "connection to {name} stable again (attempt {attempts}, down for {secs:.3}s)"),
+        }
+    }
+
+    /// `closed()` of the step-wise form: the connected period ended without an error.
+    pub fn closed(events: &Events) {
+        events.emit(Event::ConnectionLost { reason: "closed".into() });
+    }
+
+    pub fn failure(cfg: &Config, events: &Events, d: &Decision, text: &str) {
+        let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
+        let (lost, loss_reported) = d.loss();
+        if lost && !loss_reported {
+            events.emit(Event::ConnectionLost { reason: text.to_string() });
+        }
+        let max_field = max_retry(cfg);
+        match d {
+            Decision::Retry { retry, delay, strategy, quiet, .. } => {
+                events.emit(Event::Reconnecting { attempt: retry + 1, delay: *delay, strategy: strategy.clone() });
+                let what = if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
+                let (retry, secs) = (*retry, delay.as_secs_f64());
+                if *quiet {
+                    let when =
+                        if delay.is_zero() { "retrying immediately".to_string() } else { format!("retrying in {secs:.2}s") };
+                    tracing::debug!(target: TARGET, logger, name, retry_count = retry, max_retry = max_field,
+                        error = %text, delay_s = secs, strategy = &**strategy,
+                        "{what}: {text}; {when} (quiet retry {retry}, {strategy})");
+                } else {
+                    tracing::warn!(target: TARGET, logger, name, retry_count = retry, max_retry = max_field,
+                        error = %text, delay_s = secs, strategy = &**strategy,
+                        "{what}: {text}; retrying in {secs:.2}s (retry {retry}{}, {strategy})",
+                        cfg.policy.max_attempts.map(|m| format!("/{m}")).unwrap_or_default());
+                }
+            }
+            Decision::GiveUp { reason: GiveUpReason::Fatal, attempts, .. } => {
+                tracing::error!(target: TARGET, logger, name, retry_count = attempts - 1, max_retry = max_field,
+                    error = %text, "gave up on {name}: fatal error, not retried: {text}");
+                events.emit(Event::GaveUp { error: text.to_string(), attempts: *attempts });
+            }
+            Decision::GiveUp { reason, attempts, elapsed, .. } => {
+                let secs = elapsed.as_secs_f64();
+                tracing::error!(target: TARGET, logger, name, retry_count = attempts, max_retry = max_field,
+                    error = %text, elapsed_s = secs,
+                    "gave up on {name} after {attempts} attempts over {secs:.1}s ({}): {text}", reason.as_str());
+                events.emit(Event::GaveUp { error: text.to_string(), attempts: *attempts });
+            }
+        }
     }
 }
 
@@ -402,7 +424,8 @@ mod tests {
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
             ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
-            attempt_timeout: None,
+            quiet_jitter: Duration::ZERO,
+            ..Config::default()
         }
     }
 
@@ -636,19 +659,83 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn unmarked_attempt_uses_its_duration_for_stability() {
+    async fn unmarked_attempts_never_count_as_stable() {
+        // issue 12.1: a 20 s attempt that never connected is not a stable connection
         let n = AtomicU32::new(0);
         let res: Result<(), GaveUp<&str>> = run(
             &cfg(Some(1)),
             &Events::none(),
             |_a: Attempt| {
+                n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    Err("handshake timed out")
+                }
+            },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
+        let g = res.unwrap_err();
+        assert_eq!((g.reason, g.attempts), (GiveUpReason::Attempts, 2));
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_attempt_is_cancelled_at_its_deadline_not_after_the_backoff() {
+        // issue 13.7: the attempt's future must be dropped at attempt_timeout, before the retry sleep
+        struct DropAt(Arc<Mutex<Vec<Duration>>>, Instant);
+        impl Drop for DropAt {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().push(self.1.elapsed());
+            }
+        }
+        let mut c = cfg(Some(2));
+        c.attempt_timeout = Some(Duration::from_millis(300));
+        c.quiet_attempts = 0;
+        let drops = Arc::new(Mutex::new(vec![]));
+        let t0 = Instant::now();
+        let res: Result<(), GaveUp<String>> = run(
+            &c,
+            &Events::none(),
+            |_a: Attempt| {
+                let guard = DropAt(drops.clone(), t0);
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            },
+            |_| false,
+            |e: &String| e.clone(),
+            |n, t| format!("attempt {n} stalled for {t:?}"),
+        )
+        .await;
+        assert_eq!(res.unwrap_err().reason, GiveUpReason::Attempts);
+        // attempts start at 0, 0.3 + 1 and 1.6 + 2 s; each is cancelled 0.3 s after its start
+        let ms: Vec<u128> = drops.lock().unwrap().iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [300, 1600, 3900]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_link_reports_each_reconnect() {
+        let (tx, mut rx) = broadcast::channel(256);
+        let n = AtomicU32::new(0);
+        let res: Result<(), GaveUp<&str>> = run(
+            &cfg(None),
+            &Events::new(tx),
+            |a: Attempt| {
                 let k = n.fetch_add(1, Ordering::SeqCst);
                 async move {
-                    if k == 3 {
-                        return Ok(());
+                    a.connected();
+                    // three flaps of 1 s, then a connection that lasts 15 s and ends the run
+                    tokio::time::sleep(Duration::from_secs(if k < 3 { 1 } else { 15 })).await;
+                    if k < 3 {
+                        Err("dropped")
+                    } else {
+                        Ok(())
                     }
-                    tokio::time::sleep(Duration::from_secs(20)).await;
-                    Err("eof")
                 }
             },
             |_| false,
@@ -657,5 +744,14 @@ mod tests {
         )
         .await;
         res.unwrap();
+        let evs = collect(&mut rx);
+        let reconnects: Vec<u32> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Reconnected { attempts, .. } => Some(*attempts),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reconnects, [2, 3, 4]);
     }
 }

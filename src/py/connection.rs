@@ -316,6 +316,7 @@ impl PyConnection {
                 },
                 ladder: parse_ladder(ladder)?,
                 attempt_timeout: None,
+                ..Config::default()
             },
             watchdog,
             on_connect: on_connect_hook(py, on_connect, fatal, &hook_loop)?,

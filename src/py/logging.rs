@@ -1,7 +1,9 @@
 //! tracing -> Python `logging`.
 //!
 //! Only targets under `tether` are forwarded, to loggers named `tether.<module>`; structured fields go
-//! into `extra`. The level filter lives on the Rust side: `set_log_level` (called by the Python package
+//! into `extra`. A record with a `logger` field goes to that Python logger instead: objects built with
+//! `logger=` carry the key from [`logger_key`] in their config and add `logger = cfg.logger.as_deref()`
+//! to every record they emit. The level filter lives on the Rust side: `set_log_level` (called by the Python package
 //! whenever it syncs with the `tether` logger's effective level) updates an atomic and rebuilds tracing's
 //! interest cache, so a disabled level costs one relaxed load at the callsite and never touches Python.
 
@@ -72,6 +74,15 @@ pub fn sync(py: Python<'_>) {
     }
 }
 
+/// `logger=` of a tether object (None, a logger name or a `logging.Logger`) -> the key its records carry
+/// in their `logger` field. Registers the logger with `tether._logging`, whose `sync_log_level` then
+/// includes its level in the Rust-side filter. TypeError/ValueError for anything else.
+pub fn logger_key(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Option<std::sync::Arc<str>>> {
+    let Some(logger) = logger.filter(|l| !l.is_none()) else { return Ok(None) };
+    let key: String = py.import("tether._logging")?.call_method1("register_logger", (logger,))?.extract()?;
+    Ok(Some(key.into()))
+}
+
 /// Emit a record through the bridge (tests use it to check the path end to end).
 #[pyfunction]
 pub fn _emit_test_log(level: &str, message: &str, retry_count: i64) -> PyResult<()> {
@@ -96,6 +107,8 @@ enum Value {
 #[derive(Default)]
 struct Collect {
     message: String,
+    /// Routing key of the object's own logger (the `logger` field), not an `extra` field.
+    logger: Option<String>,
     fields: Vec<(&'static str, Value)>,
 }
 
@@ -115,6 +128,8 @@ impl Visit for Collect {
     fn record_str(&mut self, f: &Field, v: &str) {
         if f.name() == "message" {
             self.message.push_str(v);
+        } else if f.name() == "logger" {
+            self.logger = Some(v.to_string());
         } else {
             self.fields.push((f.name(), Value::S(v.to_string())));
         }
@@ -177,12 +192,14 @@ impl<S: Subscriber> Layer<S> for PyLogLayer {
         let meta = event.metadata();
         let mut c = Collect::default();
         event.record(&mut c);
-        let logger_name = meta.target().replace("::", ".");
         let level = python_level(meta.level());
         // never initialise or touch a finalising interpreter for a log line
         let _ = super::with_python(|py| {
             let r: PyResult<()> = (|| {
-                let logger = py.import("logging")?.call_method1("getLogger", (logger_name.as_str(),))?;
+                let logger = match c.logger.take() {
+                    Some(key) => py.import("tether._logging")?.call_method1("logger_for", (key,))?,
+                    None => py.import("logging")?.call_method1("getLogger", (meta.target().replace("::", "."),))?,
+                };
                 if !logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
                     return Ok(());
                 }

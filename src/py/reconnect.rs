@@ -1,40 +1,46 @@
-//! `tether.Reconnector`: the core reconnect loop driving a Python coroutine factory.
+//! `tether.Reconnector`: the retry state machine (`crate::retry_state`) driven from Python.
+//!
+//! Two forms share one state machine and one reporting path (`crate::reconnect::report`):
+//! * step-wise, for loops that mix policy and connection body: `failed(exc)` / `backoff(exc)` /
+//!   `connected()` / `closed()` / `attempt`;
+//! * `run(connect)`: the coroutine `tether._reconnect.run`, built from the same steps on the caller's
+//!   event loop, so `connect()` runs as a plain asyncio task (no thread hop, cancellation is asyncio's).
+//!
+//! Every call happens on the event loop thread; the state lock is never held while logging or
+//! emitting (a logging handler may call back into the Reconnector).
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use tokio::sync::broadcast;
 
-use crate::reconnect::{self as core, Attempt, Config, Event, Events};
+use crate::reconnect::{report, Config, Event, Events};
 use crate::redact::redact_url;
+use crate::retry_state::{Decision, RetryState};
 
-use super::backoff::{count, non_negative_seconds, PyBackoff};
-use super::bridge::await_py;
+use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::errors::tether_error;
 use super::events::EventStream;
 
-#[derive(Default)]
-struct RunState {
-    current: Option<Attempt>,
+struct Inner {
+    st: RetryState,
     running: bool,
-    finished_runs: u32,
+    /// A step-wise episode is under way (something happened since the last give-up).
+    stepping: bool,
+    /// Episodes (runs, step-wise give-ups) that ended; `events()` after one returns an ended stream.
+    ended: u32,
 }
 
 #[pyclass(name = "Reconnector", module = "tether._native", frozen)]
 pub struct PyReconnector {
     cfg: Config,
     fatal: Py<PyTuple>,
-    events: broadcast::Sender<Event>,
-    state: Arc<Mutex<RunState>>,
-}
-
-/// A failed attempt: the Python error, plus whether tether itself decided it cannot be retried.
-pub struct PyFail {
-    pub err: PyErr,
-    pub force_fatal: bool,
+    tx: broadcast::Sender<Event>,
+    events: Events,
+    inner: Mutex<Inner>,
 }
 
 /// Exception classes from `fatal=`: a class or a tuple of classes, each a BaseException subclass.
@@ -58,11 +64,6 @@ pub fn fatal_tuple<'py>(py: Python<'py>, fatal: Option<&Bound<'py, PyAny>>) -> P
     PyTuple::new(py, items)
 }
 
-/// BaseExceptions that are not Exceptions (CancelledError, KeyboardInterrupt, SystemExit) always propagate.
-pub fn is_control_flow(py: Python<'_>, err: &PyErr) -> bool {
-    !err.is_instance_of::<pyo3::exceptions::PyException>(py)
-}
-
 pub fn describe(py: Python<'_>, err: &PyErr) -> String {
     let ty = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
     let msg = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
@@ -70,192 +71,277 @@ pub fn describe(py: Python<'_>, err: &PyErr) -> String {
     redact_url(&text)
 }
 
-/// Turn the core's give-up into the Python exception to raise.
-pub fn gave_up_error(py: Python<'_>, g: core::GaveUp<PyFail>) -> PyErr {
-    let message = g.message();
-    let last = g.last_error.err;
-    // Control flow (cancellation, interrupts) and tether's own usage errors propagate unwrapped.
-    if g.last_error.force_fatal || is_control_flow(py, &last) {
-        return last;
+/// An optional argument that was given and is not None.
+fn given<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
+    v.filter(|v| !v.is_none()).cloned()
+}
+
+fn now() -> Instant {
+    Instant::now()
+}
+
+impl PyReconnector {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-    let kwargs = PyDict::new(py);
-    let _ = kwargs.set_item("attempts", g.attempts);
-    let _ = kwargs.set_item("last_error", last.value(py));
-    let _ = kwargs.set_item("elapsed", g.elapsed.as_secs_f64());
-    let _ = kwargs.set_item("reason", g.reason.as_str());
-    let _ = kwargs.set_item("name", g.name.as_str());
-    let err = tether_error(py, "GaveUp", &message, Some(&kwargs));
-    err.set_cause(py, Some(last));
-    err
-}
 
-struct RunGuard {
-    state: Arc<Mutex<RunState>>,
-    events: broadcast::Sender<Event>,
-}
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.running = false;
-            st.current = None;
-            st.finished_runs += 1;
+    /// The step-wise methods that schedule retries belong to whoever drives the loop.
+    fn check_not_running(&self, what: &str) -> PyResult<()> {
+        if self.lock().running {
+            return Err(PyRuntimeError::new_err(format!(
+                "Reconnector {:?}: {what}() cannot be used while run() is driving the loop",
+                self.cfg.name
+            )));
         }
-        let _ = self.events.send(Event::Closed);
+        Ok(())
+    }
+
+    /// One failure through the state machine: report it, return the delay or raise `tether.GaveUp`.
+    fn fail(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        let exc = match exc {
+            None => None,
+            Some(e) if e.is_none() => None,
+            Some(e) if e.is_instance_of::<pyo3::exceptions::PyBaseException>() => Some(e.clone()),
+            Some(e) => {
+                return Err(PyTypeError::new_err(format!(
+                    "exc must be an exception or None, not {}",
+                    e.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                )))
+            }
+        };
+        let fatal = match &exc {
+            Some(e) => e.is_instance(self.fatal.bind(py))?,
+            None => false,
+        };
+        let text = match &exc {
+            Some(e) => describe(py, &PyErr::from_value(e.clone())),
+            None => "unspecified error".to_string(),
+        };
+        let (decision, end_episode) = {
+            let mut inner = self.lock();
+            let d = inner.st.failed(now(), fatal);
+            let gave_up = matches!(d, Decision::GiveUp { .. });
+            let end = gave_up && !inner.running;
+            inner.stepping = !inner.running && !gave_up;
+            if end {
+                inner.ended += 1;
+            }
+            (d, end)
+        };
+        report::failure(&self.cfg, &self.events, &decision, &text);
+        match decision {
+            Decision::Retry { delay, .. } => Ok(delay.as_secs_f64()),
+            Decision::GiveUp { reason, attempts, elapsed, .. } => {
+                if end_episode {
+                    self.events.emit(Event::Closed);
+                }
+                let g = crate::reconnect::GaveUp {
+                    name: self.cfg.name.clone(),
+                    attempts,
+                    elapsed,
+                    reason,
+                    last_error: (),
+                    last_error_text: text,
+                };
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("attempts", attempts)?;
+                kwargs.set_item("last_error", exc.as_ref())?;
+                kwargs.set_item("elapsed", elapsed.as_secs_f64())?;
+                kwargs.set_item("reason", reason.as_str())?;
+                kwargs.set_item("name", self.cfg.name.as_str())?;
+                let err = tether_error(py, "GaveUp", &g.message(), Some(&kwargs));
+                err.set_cause(py, exc.map(PyErr::from_value));
+                Err(err)
+            }
+        }
     }
 }
 
 #[pymethods]
 impl PyReconnector {
     #[new]
-    #[pyo3(signature = (policy=None, *, stable_after=None, quiet_attempts=None, fatal=None, name="connection", attempt_timeout=None))]
+    #[pyo3(signature = (policy=None, *, stable_after=None, quiet_attempts=None, quiet_jitter=None, fatal=None,
+                        name="reconnector", logger=None, attempt_timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         policy: Option<&Bound<'_, PyAny>>,
         stable_after: Option<&Bound<'_, PyAny>>,
         quiet_attempts: Option<&Bound<'_, PyAny>>,
+        quiet_jitter: Option<&Bound<'_, PyAny>>,
         fatal: Option<&Bound<'_, PyAny>>,
         name: &str,
+        logger: Option<&Bound<'_, PyAny>>,
         attempt_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let policy = match policy {
-            None => PyBackoff { inner: Default::default() },
-            Some(p) if p.is_none() => PyBackoff { inner: Default::default() },
-            Some(p) => PyBackoff::from_any(p)?,
+        let d = Config::default();
+        let policy = match given(policy) {
+            None => d.policy.clone(),
+            Some(p) => PyBackoff::from_any(&p)?.inner,
         };
-        let stable_after = match stable_after {
-            Some(v) if !v.is_none() => non_negative_seconds("stable_after", v)?,
-            _ => 10.0,
+        let secs = |name: &str, v: Option<&Bound<'_, PyAny>>, dflt: Duration| -> PyResult<Duration> {
+            Ok(match given(v) {
+                Some(v) => Duration::from_secs_f64(non_negative_seconds(name, &v)?),
+                None => dflt,
+            })
         };
-        let quiet_attempts = match quiet_attempts {
-            Some(v) if !v.is_none() => count("quiet_attempts", v)?,
-            _ => 1,
-        };
-        super::logging::sync(py);
         if name.is_empty() {
             return Err(super::errors::value_error("name must not be empty"));
         }
-        let (events, _) = broadcast::channel(4096);
-        Ok(PyReconnector {
-            cfg: Config {
-                name: redact_url(name),
-                policy: policy.inner,
-                stable_after: Duration::from_secs_f64(stable_after),
-                quiet_attempts,
-                attempt_timeout: match attempt_timeout {
-                    Some(v) if !v.is_none() => {
-                        Some(Duration::from_secs_f64(super::backoff::positive_seconds("attempt_timeout", v)?))
-                    }
-                    _ => None,
-                },
-                ..Config::default()
+        let cfg = Config {
+            name: redact_url(name),
+            policy,
+            stable_after: secs("stable_after", stable_after, d.stable_after)?,
+            quiet_attempts: match given(quiet_attempts) {
+                Some(v) => count("quiet_attempts", &v)?,
+                None => d.quiet_attempts,
             },
-            fatal: fatal_tuple(py, fatal)?.unbind(),
-            events,
-            state: Arc::new(Mutex::new(RunState::default())),
+            quiet_jitter: secs("quiet_jitter", quiet_jitter, d.quiet_jitter)?,
+            attempt_timeout: match given(attempt_timeout) {
+                Some(v) => Some(Duration::from_secs_f64(positive_seconds("attempt_timeout", &v)?)),
+                None => d.attempt_timeout,
+            },
+            logger: super::logging::logger_key(py, logger)?,
+            ..d
+        };
+        let fatal = fatal_tuple(py, fatal)?.unbind();
+        super::logging::sync(py);
+        let (tx, _) = broadcast::channel(4096);
+        Ok(PyReconnector {
+            events: Events::new(tx.clone()),
+            tx,
+            fatal,
+            inner: Mutex::new(Inner { st: RetryState::new(&cfg), running: false, stepping: false, ended: 0 }),
+            cfg,
         })
     }
 
     /// Run `connect()` until it returns; retry failures per the policy. Returns what `connect` returned.
-    fn run<'py>(&self, py: Python<'py>, connect: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn run<'py>(slf: &Bound<'py, Self>, connect: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         if !connect.is_callable() {
             return Err(PyTypeError::new_err("connect must be an async callable (a coroutine function)"));
         }
-        {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.running {
-                return Err(PyRuntimeError::new_err(format!("Reconnector {:?} is already running", self.cfg.name)));
-            }
-            st.running = true;
-        }
-        super::logging::sync(py);
-        let guard = RunGuard { state: self.state.clone(), events: self.events.clone() };
-        let locals = super::runtime::get_current_locals(py)?;
-        let connect = connect.unbind();
-        let fatal = self.fatal.clone_ref(py);
-        let cfg = self.cfg.clone();
-        let events = Events::new(self.events.clone());
-        let state = self.state.clone();
-        super::runtime::future_into_py(py, async move {
-            let _guard = guard;
-            let res = core::run(
-                &cfg,
-                &events,
-                |attempt: Attempt| {
-                    state.lock().unwrap_or_else(|p| p.into_inner()).current = Some(attempt);
-                    let started = Python::attach(|py| -> Result<_, PyFail> {
-                        let aw = connect.call0(py).map_err(|err| PyFail { err, force_fatal: false })?;
-                        let aw = aw.into_bound(py);
-                        let awaitable = py
-                            .import("inspect")
-                            .and_then(|m| m.call_method1("isawaitable", (&aw,)))
-                            .and_then(|b| b.is_truthy())
-                            .unwrap_or(false);
-                        if !awaitable {
-                            return Err(PyFail {
-                                err: PyTypeError::new_err(format!(
-                                    "connect must return an awaitable; it returned {}",
-                                    aw.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-                                )),
-                                force_fatal: true,
-                            });
-                        }
-                        await_py(py, &locals, aw).map_err(|err| PyFail { err, force_fatal: true })
-                    });
-                    async move {
-                        match started {
-                            Ok(fut) => fut.await.map_err(|err| PyFail { err, force_fatal: false }),
-                            Err(e) => Err(e),
-                        }
-                    }
-                },
-                |f: &PyFail| {
-                    f.force_fatal
-                        || Python::attach(|py| {
-                            is_control_flow(py, &f.err) || f.err.value(py).is_instance(fatal.bind(py)).unwrap_or(false)
-                        })
-                },
-                |f: &PyFail| Python::attach(|py| describe(py, &f.err)),
-                |n, t| PyFail {
-                    err: Python::attach(|py| {
-                        let kw = PyDict::new(py);
-                        let _ = kw.set_item("timeout", t.as_secs_f64());
-                        let _ = kw.set_item("what", "attempt");
-                        tether_error(py, "TimeoutError", &format!(
-                            "attempt {n} made no progress within {:.1}s (connect() did not call connected()); abandoned", t.as_secs_f64()), Some(&kw))
-                    }),
-                    force_fatal: false,
-                },
-            )
-            .await;
-            match res {
-                Ok(v) => Ok(v),
-                Err(g) => Err(Python::attach(|py| gave_up_error(py, g))),
-            }
-        })
+        slf.py().import("tether._reconnect")?.getattr("run")?.call1((slf, connect))
     }
 
-    /// Call from inside `connect` once the handshake succeeded; the stability clock starts now.
-    /// Returns False when no attempt is running.
-    fn connected(&self) -> bool {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &st.current {
-            Some(a) => {
-                a.connected();
-                true
+    /// An attempt, or a live connection, failed with `exc`: the seconds to wait before the next attempt.
+    #[pyo3(signature = (exc=None))]
+    fn failed(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
+        self.check_not_running("failed")?;
+        self.fail(py, exc)
+    }
+
+    /// `await r.backoff(exc)` = `await asyncio.sleep(r.failed(exc))`.
+    #[pyo3(signature = (exc=None))]
+    fn backoff<'py>(&self, py: Python<'py>, exc: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        self.check_not_running("backoff")?;
+        let delay = self.fail(py, exc)?;
+        py.import("asyncio")?.call_method1("sleep", (delay,))
+    }
+
+    /// The current attempt succeeded: the stability clock starts now. False if it was already marked.
+    fn connected(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let me = slf.get();
+        let up = {
+            let mut inner = me.lock();
+            let up = inner.st.connected(now());
+            if up.is_some() && !inner.running {
+                inner.stepping = true;
             }
-            None => false,
+            up
+        };
+        let Some(up) = up else { return Ok(false) };
+        report::up(&me.cfg, &me.events, &up);
+        // Report the recovery once the link is stable, if it still is then. Without a running loop
+        // (a synchronous caller) the next step reports it instead.
+        let asyncio = slf.py().import("asyncio")?;
+        if let Ok(lp) = asyncio.call_method0("get_running_loop") {
+            // a hair late rather than early: the loop's clock and Instant may differ by their resolution
+            let wait = me.cfg.stable_after.as_secs_f64() + 0.001;
+            lp.call_method1("call_later", (wait, slf.getattr("_settle")?))?;
+        }
+        Ok(true)
+    }
+
+    /// The connected period ended without an error (peer or application closed). No log of its own;
+    /// reports `ConnectionLost("closed")`. The next `failed()` counts the retry from here.
+    fn closed(&self) {
+        let was_up = self.lock().st.closed(now());
+        if was_up {
+            report::closed(&self.events);
         }
     }
 
-    /// `async for ev in r.events()`: events of the current (or next) run; ends when that run ends.
+    /// Retries since the last stable connection (0 = none).
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.lock().st.attempt(now())
+    }
+
+    /// `async for ev in r.events()`: events of the current (or next) run or step-wise episode; ends
+    /// when that run returns or the episode gives up.
     fn events(&self) -> EventStream {
-        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !st.running && st.finished_runs > 0 {
+        let inner = self.lock();
+        if !inner.running && !inner.stepping && inner.ended > 0 {
             return EventStream::ended();
         }
-        EventStream::new(self.events.subscribe())
+        EventStream::new(self.tx.subscribe())
+    }
+
+    fn _settle(&self) {
+        let settled = self.lock().st.settle(now());
+        if let Some(s) = settled {
+            report::settled(&self.cfg, &s);
+        }
+    }
+
+    // ---- the steps `tether._reconnect.run` drives ----
+
+    fn _begin_run(&self, py: Python<'_>) -> PyResult<()> {
+        {
+            let mut inner = self.lock();
+            if inner.running {
+                return Err(PyRuntimeError::new_err(format!("Reconnector {:?} is already running", self.cfg.name)));
+            }
+            inner.running = true;
+            inner.stepping = false;
+            inner.st = RetryState::new(&self.cfg);
+        }
+        super::logging::sync(py);
+        Ok(())
+    }
+
+    fn _end_run(&self) {
+        {
+            let mut inner = self.lock();
+            inner.running = false;
+            inner.ended += 1;
+        }
+        self.events.emit(Event::Closed);
+    }
+
+    /// Begin an attempt: (its number, its attempt_timeout in seconds or None).
+    fn _start(&self) -> (u32, Option<f64>) {
+        let s = self.lock().st.start(now());
+        report::started(&self.events, &s);
+        (s.number, self.cfg.attempt_timeout.map(|t| t.as_secs_f64()))
+    }
+
+    /// Whether attempt `number` is still in flight without having called `connected()`.
+    fn _stalled(&self, number: u32) -> bool {
+        self.lock().st.stalled(number)
+    }
+
+    fn _failed(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<f64> {
+        self.fail(py, Some(exc))
+    }
+
+    /// A cancelled `connect()` did not finish within the grace period: say so, it is no longer awaited.
+    fn _abandoned(&self, number: u32, grace: f64) {
+        let (name, logger) = (self.cfg.name.as_str(), self.cfg.logger.as_deref());
+        tracing::warn!(target: "tether::reconnect", logger, name, attempt = number, grace_s = grace,
+            "connect() of {name} (attempt {number}) did not finish within {grace}s of being cancelled; \
+             it is no longer awaited");
     }
 
     #[getter]
@@ -275,16 +361,25 @@ impl PyReconnector {
         self.cfg.quiet_attempts
     }
     #[getter]
+    fn quiet_jitter(&self) -> f64 {
+        self.cfg.quiet_jitter.as_secs_f64()
+    }
+    #[getter]
+    fn attempt_timeout(&self) -> Option<f64> {
+        self.cfg.attempt_timeout.map(|t| t.as_secs_f64())
+    }
+    #[getter]
     fn running(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).running
+        self.lock().running
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "Reconnector(name={:?}, stable_after={}, quiet_attempts={})",
+            "Reconnector(name={:?}, stable_after={}, quiet_attempts={}, quiet_jitter={})",
             self.cfg.name,
             self.cfg.stable_after.as_secs_f64(),
-            self.cfg.quiet_attempts
+            self.cfg.quiet_attempts,
+            self.cfg.quiet_jitter.as_secs_f64()
         )
     }
 }

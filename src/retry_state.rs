@@ -1,0 +1,616 @@
+//! The retry policy of a reconnect loop as a pure state machine: no I/O, no clock, no sleeping.
+//!
+//! Inputs are what happened and when (`start`, `connected`, `closed`, `failed`, `settle`, each with an
+//! `Instant` supplied by the driver); outputs are decisions (the delay before the next attempt, the
+//! level to log it at, the ladder rung, or giving up). `reconnect::run` drives it for the native
+//! WebSocket and the Python binding drives it for `Reconnector.run()` and the step-wise form, so every
+//! rule below lives here once and is unit-tested without sockets or sleeps:
+//!
+//! * only time spent connected counts towards `stable_after` (a failed attempt never does, however
+//!   long it took); once connected that long, the retry counter and the backoff sequence reset;
+//! * the first `quiet_attempts` retries of an outage wait `uniform(0, quiet_jitter)` (so a fleet dropped
+//!   together does not return in one burst) and are logged at DEBUG; backed-off retries log WARNING;
+//! * a recovery is logged at INFO once, when the link has been stable after an outage that logged a
+//!   WARNING; handshakes of a link that keeps flapping stay at DEBUG;
+//! * fatal errors are never retried; `max_attempts` and `deadline` of the policy bound each outage.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backoff::{Delays, Rng};
+use crate::reconnect::{Config, GiveUpReason};
+
+/// Severity of the record the driver should log for a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// An attempt begins: its number within the outage, its ladder rung and its progress deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Started {
+    pub number: u32,
+    pub strategy: Arc<str>,
+    /// `attempt_timeout` after the start: the attempt must be connected by then or be abandoned.
+    pub deadline: Option<Instant>,
+}
+
+/// The current attempt connected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Up {
+    pub number: u32,
+    /// Set when this ends a gap after a loss or failures: (downtime since the outage began, attempts).
+    pub reconnected: Option<(Duration, u32)>,
+    /// Retries counted so far in this outage (reset only once the link is stable).
+    pub retries: u32,
+    /// When the link counts as stable if it stays up: call `settle` then.
+    pub stable_at: Instant,
+}
+
+/// The link stayed up `stable_after`: the outage is over and the counters were reset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// INFO when the outage logged a WARNING (a recovery worth reporting), DEBUG otherwise.
+    pub level: Level,
+    pub downtime: Duration,
+    pub attempts: u32,
+}
+
+/// What a failure leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Retry {
+        /// An established connection was lost (rather than an attempt failing).
+        lost: bool,
+        /// The loss was already reported by `closed()`.
+        loss_reported: bool,
+        /// 1-based retry number within the outage (`retry_count` in logs).
+        retry: u32,
+        delay: Duration,
+        strategy: Arc<str>,
+        /// A quiet retry (one of the first `quiet_attempts`): logged at DEBUG; otherwise WARNING.
+        quiet: bool,
+        level: Level,
+    },
+    GiveUp {
+        lost: bool,
+        loss_reported: bool,
+        reason: GiveUpReason,
+        attempts: u32,
+        elapsed: Duration,
+    },
+}
+
+impl Decision {
+    /// Whether the failure ended an established connection, and whether `closed()` already said so.
+    pub fn loss(&self) -> (bool, bool) {
+        match self {
+            Decision::Retry { lost, loss_reported, .. } | Decision::GiveUp { lost, loss_reported, .. } => {
+                (*lost, *loss_reported)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Link {
+    /// Nothing in flight: before the first attempt, or waiting for a retry scheduled to begin at `next`.
+    Down { next: Option<Instant> },
+    Attempting { number: u32, started: Instant },
+    Up { number: u32, since: Instant },
+    /// `closed()` ended the connected period at `at`; the loss is reported, not yet retried.
+    Closed { at: Instant },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Outage {
+    started: Instant,
+    warned: bool,
+}
+
+/// One reconnect loop's retry state. Create one per loop (per `run`).
+#[derive(Debug, Clone)]
+pub struct RetryState {
+    cfg: Config,
+    delays: Delays,
+    rng: Rng,
+    retries: u32,
+    outage: Option<Outage>,
+    link: Link,
+    /// Rung of the next attempt; "connect" until the first failure.
+    strategy: Arc<str>,
+    /// When the first ever attempt began (bounds the elapsed time of a fatal first attempt).
+    first_start: Option<Instant>,
+}
+
+/// Salt so the quiet-jitter stream of a seeded policy differs from its backoff-delay stream.
+const QUIET_SALT: u64 = 0x5155_4945_545f_4a49;
+
+impl RetryState {
+    pub fn new(cfg: &Config) -> Self {
+        RetryState {
+            delays: cfg.policy.delays_unbounded(),
+            rng: Rng::new(cfg.policy.seed.map(|s| s ^ QUIET_SALT)),
+            cfg: cfg.clone(),
+            retries: 0,
+            outage: None,
+            link: Link::Down { next: None },
+            strategy: Arc::from("connect"),
+            first_start: None,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Retries since the last stable connection (0 = none), as of `now`.
+    pub fn attempt(&self, now: Instant) -> u32 {
+        if self.stable(now) {
+            0
+        } else {
+            self.retries
+        }
+    }
+
+    /// Whether attempt `number` is still in flight without having connected (its deadline applies).
+    pub fn stalled(&self, number: u32) -> bool {
+        matches!(self.link, Link::Attempting { number: n, .. } if n == number)
+    }
+
+    /// Whether the link is up.
+    pub fn is_up(&self) -> bool {
+        matches!(self.link, Link::Up { .. })
+    }
+
+    fn stable(&self, now: Instant) -> bool {
+        matches!(self.link, Link::Up { since, .. } if now.saturating_duration_since(since) >= self.cfg.stable_after)
+    }
+
+    /// An attempt begins now.
+    pub fn start(&mut self, now: Instant) -> Started {
+        if let Link::Up { .. } = self.link {
+            self.closed(now);
+        }
+        self.first_start.get_or_insert(now);
+        let number = self.retries + 1;
+        self.link = Link::Attempting { number, started: now };
+        Started {
+            number,
+            strategy: self.strategy.clone(),
+            deadline: self.cfg.attempt_timeout.map(|t| now + t),
+        }
+    }
+
+    /// The current attempt connected at `now`. None if the link was already up. Without a prior
+    /// `start` (the step-wise form) the attempt is implied.
+    pub fn connected(&mut self, now: Instant) -> Option<Up> {
+        let number = match self.link {
+            Link::Up { .. } => return None,
+            Link::Attempting { number, .. } => number,
+            Link::Down { .. } | Link::Closed { .. } => self.retries + 1,
+        };
+        self.first_start.get_or_insert(now);
+        self.link = Link::Up { number, since: now };
+        let reconnected = self.outage.map(|o| (now.saturating_duration_since(o.started), number));
+        Some(Up { number, reconnected, retries: self.retries, stable_at: now + self.cfg.stable_after })
+    }
+
+    /// If the link has now been up for `stable_after`, end the outage: reset the retry counter and the
+    /// backoff sequence. Returns what to report when there was an outage (or retries) to end.
+    pub fn settle(&mut self, now: Instant) -> Option<Settled> {
+        let Link::Up { number, since } = self.link else { return None };
+        if !self.stable(now) {
+            return None;
+        }
+        let outage = self.outage.take();
+        self.retries = 0;
+        self.delays = self.cfg.policy.delays_unbounded();
+        let o = outage?;
+        Some(Settled {
+            level: if o.warned { Level::Info } else { Level::Debug },
+            downtime: since.saturating_duration_since(o.started),
+            attempts: number,
+        })
+    }
+
+    /// The connected period ended at `now` without an error (peer or application closed). Returns
+    /// true when the link was up (so the driver reports the loss). The counter is not advanced: only
+    /// `failed` schedules a retry.
+    pub fn closed(&mut self, now: Instant) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        self.settle(now);
+        self.outage.get_or_insert(Outage { started: now, warned: false });
+        self.link = Link::Closed { at: now };
+        true
+    }
+
+    /// The current attempt failed, or the live connection was lost, at `now`.
+    pub fn failed(&mut self, now: Instant, fatal: bool) -> Decision {
+        self.settle(now);
+        let (lost, loss_reported, began) = match self.link {
+            Link::Up { .. } => (true, false, now),
+            Link::Closed { at } => (true, true, at),
+            Link::Attempting { started, .. } => (false, false, started),
+            Link::Down { next } => (false, false, next.unwrap_or(now).min(now)),
+        };
+        self.first_start.get_or_insert(began);
+        let outage = *self.outage.get_or_insert(Outage { started: began, warned: false });
+        let elapsed = now.saturating_duration_since(outage.started);
+        self.link = Link::Down { next: None };
+
+        if fatal {
+            let attempts = self.retries + 1;
+            return self.give_up(lost, loss_reported, GiveUpReason::Fatal, attempts, elapsed);
+        }
+        self.retries += 1;
+        let retry = self.retries;
+        if self.cfg.policy.max_attempts.is_some_and(|max| retry > max) {
+            return self.give_up(lost, loss_reported, GiveUpReason::Attempts, retry, elapsed);
+        }
+        let quiet = retry <= self.cfg.quiet_attempts;
+        let delay = if quiet {
+            Duration::from_secs_f64(self.rng.uniform(0.0, self.cfg.quiet_jitter.as_secs_f64()))
+        } else {
+            match self.delays.next() {
+                Some(d) => d,
+                None => return self.give_up(lost, loss_reported, GiveUpReason::Deadline, retry, elapsed),
+            }
+        };
+        if self.cfg.policy.deadline_duration().is_some_and(|deadline| elapsed + delay >= deadline) {
+            return self.give_up(lost, loss_reported, GiveUpReason::Deadline, retry, elapsed);
+        }
+        if !quiet {
+            if let Some(o) = self.outage.as_mut() {
+                o.warned = true;
+            }
+        }
+        self.strategy = self.cfg.strategy_for(retry);
+        self.link = Link::Down { next: Some(now + delay) };
+        Decision::Retry {
+            lost,
+            loss_reported,
+            retry,
+            delay,
+            strategy: self.strategy.clone(),
+            quiet,
+            level: if quiet { Level::Debug } else { Level::Warn },
+        }
+    }
+
+    /// Giving up ends the episode: the state is back to new, so a step-wise user may start over.
+    fn give_up(
+        &mut self,
+        lost: bool,
+        loss_reported: bool,
+        reason: GiveUpReason,
+        attempts: u32,
+        elapsed: Duration,
+    ) -> Decision {
+        *self = RetryState::new(&self.cfg);
+        Decision::GiveUp { lost, loss_reported, reason, attempts, elapsed }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::{Backoff, Jitter};
+
+    fn cfg(max_attempts: Option<u32>) -> Config {
+        Config {
+            name: "test".into(),
+            policy: Backoff {
+                initial: 1.0,
+                factor: 2.0,
+                max_delay: 8.0,
+                jitter: Jitter::None,
+                max_attempts,
+                ..Default::default()
+            },
+            stable_after: Duration::from_secs(10),
+            quiet_attempts: 1,
+            quiet_jitter: Duration::ZERO,
+            ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
+            ..Config::default()
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    fn delay(d: &Decision) -> f64 {
+        match d {
+            Decision::Retry { delay, .. } => delay.as_secs_f64(),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_attempt_never_counts_as_stable() {
+        // issue 12.1: handshakes that time out after 10 s (>= stable_after) are not a stable link
+        let mut st = RetryState::new(&Config { policy: Backoff { deadline: Some(60.0), ..cfg(None).policy }, ..cfg(None) });
+        let t0 = Instant::now();
+        let mut t = t0;
+        let mut delays = vec![];
+        loop {
+            st.start(t);
+            t += secs(10.0); // open_timeout
+            match st.failed(t, false) {
+                d @ Decision::Retry { .. } => {
+                    delays.push(delay(&d));
+                    t += secs(delay(&d));
+                }
+                Decision::GiveUp { reason, attempts, elapsed, lost, .. } => {
+                    assert_eq!(reason, GiveUpReason::Deadline);
+                    assert!(!lost);
+                    assert!(elapsed <= secs(60.0), "{elapsed:?}");
+                    assert_eq!(attempts as usize, delays.len() + 1);
+                    break;
+                }
+            }
+        }
+        assert_eq!(delays, [0.0, 1.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn only_time_connected_counts_towards_stability() {
+        let mut st = RetryState::new(&cfg(Some(1)));
+        let t0 = Instant::now();
+        st.start(t0);
+        // 9 s of handshake, then 2 s up: 11 s of attempt but only 2 s connected
+        st.connected(t0 + secs(9.0)).unwrap();
+        assert!(matches!(st.failed(t0 + secs(11.0), false), Decision::Retry { retry: 1, lost: true, .. }));
+        st.start(t0 + secs(11.0));
+        st.connected(t0 + secs(11.5)).unwrap();
+        // up 9.9 s: still not stable, so the second loss exceeds max_attempts=1
+        let d = st.failed(t0 + secs(21.4), false);
+        assert!(matches!(d, Decision::GiveUp { reason: GiveUpReason::Attempts, attempts: 2, lost: true, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_stable_connection_resets_the_counter_and_the_backoff() {
+        let mut st = RetryState::new(&cfg(Some(1)));
+        let t0 = Instant::now();
+        let mut t = t0;
+        for _ in 0..5 {
+            st.start(t);
+            st.connected(t).unwrap();
+            assert_eq!(st.attempt(t + secs(5.0)), st.retries);
+            assert_eq!(st.attempt(t + secs(10.0)), 0);
+            t += secs(11.0);
+            let d = st.failed(t, false);
+            assert!(matches!(d, Decision::Retry { retry: 1, quiet: true, .. }), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn flapping_escalates_with_the_ladder_and_gives_up() {
+        let mut st = RetryState::new(&cfg(Some(4)));
+        let t0 = Instant::now();
+        let mut t = t0;
+        let mut got = vec![];
+        let mut reconnects = vec![];
+        loop {
+            let s = st.start(t);
+            let up = st.connected(t).unwrap();
+            reconnects.push(up.reconnected.map(|(_, n)| n));
+            assert_eq!(s.number, up.number);
+            t += secs(0.05); // accepted, then dropped
+            assert_eq!(st.settle(t), None, "a flap is never stable");
+            match st.failed(t, false) {
+                Decision::Retry { delay, strategy, level, quiet, .. } => {
+                    got.push((delay.as_secs_f64(), strategy.to_string(), level, quiet));
+                    t += delay;
+                }
+                Decision::GiveUp { reason, attempts, .. } => {
+                    assert_eq!((reason, attempts), (GiveUpReason::Attempts, 5));
+                    break;
+                }
+            }
+        }
+        let r = |d: f64, s: &str, l| (d, s.to_string(), l, l == Level::Debug);
+        assert_eq!(
+            got,
+            [
+                r(0.0, "resume", Level::Debug),
+                r(1.0, "restart", Level::Warn),
+                r(2.0, "restart", Level::Warn),
+                r(4.0, "restart", Level::Warn)
+            ]
+        );
+        assert_eq!(reconnects, [None, Some(2), Some(3), Some(4), Some(5)]);
+    }
+
+    #[test]
+    fn recovery_is_info_once_stable_after_a_warned_outage() {
+        let mut st = RetryState::new(&cfg(None));
+        let t0 = Instant::now();
+        st.start(t0);
+        st.connected(t0).unwrap();
+        // lost after 30 s, then two failed attempts (the second one backed off: WARNING)
+        let mut t = t0 + secs(30.0);
+        assert_eq!(delay(&st.failed(t, false)), 0.0);
+        st.start(t);
+        assert_eq!(delay(&st.failed(t, false)), 1.0);
+        t += secs(1.0);
+        st.start(t);
+        let up = st.connected(t + secs(0.5)).unwrap();
+        assert_eq!(up.reconnected, Some((secs(1.5), 3)));
+        assert_eq!(up.stable_at, t + secs(10.5));
+        assert_eq!(st.settle(t + secs(10.4)), None);
+        let s = st.settle(up.stable_at).unwrap();
+        assert_eq!(s, Settled { level: Level::Info, downtime: secs(1.5), attempts: 3 });
+        assert_eq!(st.settle(up.stable_at + secs(1.0)), None, "reported once");
+        assert_eq!(st.attempt(up.stable_at), 0);
+        // a blip that heals on the quiet retry settles at DEBUG
+        let t = up.stable_at + secs(5.0);
+        st.failed(t, false);
+        st.start(t);
+        let up = st.connected(t).unwrap();
+        assert_eq!(st.settle(up.stable_at).unwrap().level, Level::Debug);
+    }
+
+    #[test]
+    fn quiet_attempts_and_zero_quiet_attempts() {
+        let mut c = cfg(None);
+        c.quiet_attempts = 2;
+        let mut st = RetryState::new(&c);
+        let t = Instant::now();
+        let levels: Vec<Level> = (0..4)
+            .map(|_| match st.failed(t, false) {
+                Decision::Retry { level, .. } => level,
+                d => panic!("{d:?}"),
+            })
+            .collect();
+        assert_eq!(levels, [Level::Debug, Level::Debug, Level::Warn, Level::Warn]);
+        c.quiet_attempts = 0;
+        let mut st = RetryState::new(&c);
+        assert_eq!(delay(&st.failed(t, false)), 1.0);
+    }
+
+    #[test]
+    fn deadline_bounds_an_outage_from_its_first_failure() {
+        let mut c = cfg(None);
+        c.policy.deadline = Some(5.0);
+        let mut st = RetryState::new(&c);
+        let t0 = Instant::now();
+        let mut t = t0;
+        let mut n = 0;
+        let d = loop {
+            st.start(t);
+            n += 1;
+            match st.failed(t, false) {
+                Decision::Retry { delay, .. } => t += delay,
+                g => break g,
+            }
+        };
+        // 0 + 1 + 2 = 3 s slept; the next delay (4 s) would cross 5 s
+        assert_eq!(d, Decision::GiveUp {
+            lost: false,
+            loss_reported: false,
+            reason: GiveUpReason::Deadline,
+            attempts: 4,
+            elapsed: secs(3.0)
+        });
+        assert_eq!(n, 4);
+        // giving up resets: the next episode starts from scratch
+        assert_eq!(st.start(t).number, 1);
+    }
+
+    #[test]
+    fn fatal_is_never_retried() {
+        let mut st = RetryState::new(&cfg(None));
+        let t0 = Instant::now();
+        st.start(t0);
+        let d = st.failed(t0 + secs(2.0), true);
+        assert_eq!(d, Decision::GiveUp {
+            lost: false,
+            loss_reported: false,
+            reason: GiveUpReason::Fatal,
+            attempts: 1,
+            elapsed: secs(2.0)
+        });
+    }
+
+    #[test]
+    fn attempts_follow_the_ladder_and_the_first_is_connect() {
+        let mut st = RetryState::new(&cfg(None));
+        let t = Instant::now();
+        assert_eq!(&*st.start(t).strategy, "connect");
+        assert!(st.stalled(1));
+        st.failed(t, false);
+        assert!(!st.stalled(1));
+        assert_eq!(&*st.start(t).strategy, "resume");
+        st.failed(t, false);
+        let s = st.start(t);
+        assert_eq!((s.number, &*s.strategy), (3, "restart"));
+        assert_eq!(s.deadline, None);
+    }
+
+    #[test]
+    fn attempt_deadline_comes_from_attempt_timeout() {
+        let mut c = cfg(None);
+        c.attempt_timeout = Some(secs(0.3));
+        let mut st = RetryState::new(&c);
+        let t = Instant::now();
+        assert_eq!(st.start(t).deadline, Some(t + secs(0.3)));
+        st.connected(t + secs(0.1));
+        assert!(!st.stalled(1), "a connected attempt is past its deadline's reach");
+    }
+
+    #[test]
+    fn closed_reports_the_loss_once_and_a_later_failure_paces_the_retry() {
+        let mut st = RetryState::new(&cfg(None));
+        let t0 = Instant::now();
+        assert!(!st.closed(t0), "nothing to close");
+        st.connected(t0).unwrap();
+        assert!(st.closed(t0 + secs(3.0)));
+        assert!(!st.closed(t0 + secs(3.0)));
+        let d = st.failed(t0 + secs(4.0), false);
+        assert!(matches!(d, Decision::Retry { lost: true, loss_reported: true, retry: 1, .. }), "{d:?}");
+        // the outage began when the connection closed
+        let up = st.connected(t0 + secs(5.0)).unwrap();
+        assert_eq!(up.reconnected, Some((secs(2.0), 2)));
+    }
+
+    #[test]
+    fn step_wise_failures_without_start_are_counted() {
+        let mut st = RetryState::new(&cfg(Some(2)));
+        let t = Instant::now();
+        assert!(matches!(st.failed(t, false), Decision::Retry { retry: 1, lost: false, .. }));
+        assert_eq!(st.attempt(t), 1);
+        assert!(matches!(st.failed(t, false), Decision::Retry { retry: 2, .. }));
+        assert!(matches!(st.failed(t, false), Decision::GiveUp { reason: GiveUpReason::Attempts, attempts: 3, .. }));
+        assert_eq!(st.attempt(t), 0);
+    }
+
+    #[test]
+    fn quiet_retries_spread_a_herd() {
+        // issue 11.5: 1,000 clients dropped together; with the default window no 100 ms slice holds
+        // more than 300 first retries and all are back within 2 s.
+        let default = Config::default();
+        let window = default.quiet_jitter;
+        assert!(window > Duration::ZERO);
+        let t0 = Instant::now();
+        let drop_at = t0 + secs(60.0);
+        let mut at: Vec<f64> = (0..1000u64)
+            .map(|i| {
+                let mut c = default.clone();
+                c.policy.seed = Some(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 17);
+                let mut st = RetryState::new(&c);
+                st.start(t0);
+                st.connected(t0).unwrap();
+                match st.failed(drop_at, false) {
+                    Decision::Retry { delay, quiet, level, .. } => {
+                        assert!(quiet && level == Level::Debug, "the first retry stays below WARNING");
+                        delay.as_secs_f64()
+                    }
+                    d => panic!("{d:?}"),
+                }
+            })
+            .collect();
+        at.sort_by(f64::total_cmp);
+        assert!(at[999] < 2.0, "all back within 2 s, last at {}", at[999]);
+        // densest 100 ms window, sliding over every arrival
+        let densest = (0..at.len()).map(|i| at[i..].iter().take_while(|&&x| x < at[i] + 0.1).count()).max().unwrap();
+        assert!(densest <= 300, "densest 100 ms window holds {densest}");
+        assert!(at[0] >= 0.0 && at[999] <= window.as_secs_f64());
+    }
+
+    #[test]
+    fn a_seeded_policy_makes_the_quiet_jitter_reproducible() {
+        let mut c = Config::default();
+        c.policy.seed = Some(7);
+        let first = |c: &Config| delay(&RetryState::new(c).failed(Instant::now(), false));
+        assert_eq!(first(&c), first(&c));
+        c.quiet_jitter = Duration::ZERO;
+        assert_eq!(first(&c), 0.0);
+    }
+}
