@@ -68,11 +68,13 @@ impl Timer {
         self.base.elapsed().as_nanos() as u64
     }
 
-    /// Record activity. Re-arms after an alarm (waking the monitor only then).
+    /// Record activity. Re-arms after an alarm or a pause (waking the monitor only then: it does not
+    /// watch a paused timer, so it must learn of the new deadline).
     #[inline]
     pub fn beat(&self) {
+        let was_paused = self.last.load(Ordering::Relaxed) == PAUSED;
         self.last.store(self.now_ns(), Ordering::Relaxed);
-        if self.fired.load(Ordering::Relaxed) {
+        if was_paused || self.fired.load(Ordering::Relaxed) {
             self.rearm();
         }
     }
@@ -412,6 +414,19 @@ mod tests {
         audio.beat();
         assert!(!audio.has_fired());
         let a = next_alarm(&mut rx).await;
+        assert_eq!(a.name, "audio");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn beat_after_pause_rearms() {
+        let wd = Watchdog::new("t");
+        let mut rx = wd.subscribe();
+        let t = wd.liveness("audio", Duration::from_secs(1));
+        t.pause();
+        tokio::time::sleep(Duration::from_secs(5)).await; // the monitor now sleeps with no deadline
+        assert!(rx.try_recv().is_err());
+        t.beat();
+        let a = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.expect("alarm after the beat").unwrap();
         assert_eq!(a.name, "audio");
     }
 

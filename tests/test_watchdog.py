@@ -252,3 +252,15 @@ async def test_connection_feeds_its_watchdog_and_forwards_alarms():
         await c.aclose()
         assert wd.state[0] == "closed"
         wd.close()
+
+
+async def test_pause_then_beat_rearms():
+    wd = tether.Watchdog()
+    alarms = wd.alarms()
+    mic = wd.liveness("mic", 0.1)
+    mic.pause()
+    await asyncio.sleep(0.3)  # the monitor has nothing to watch and sleeps
+    mic.beat()  # unmuted: silence from now on must alarm again
+    a = await next_alarm(alarms, timeout=5)
+    assert a.name == "mic"
+    wd.close()

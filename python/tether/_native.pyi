@@ -317,7 +317,9 @@ class WorkerProc:
     def is_alive(self) -> bool: ...
     @property
     def stderr_tail(self) -> str: ...
-    async def request(self, data: bytes | str, *, timeout: float | None = None) -> bytes: ...
+    async def request(self, data: bytes | str, *, timeout: float | None = None) -> bytes:
+        """A request that does not complete (timeout, cancellation) kills the worker: it is never
+        handed out again, since its late reply would answer the next request."""
 
 class PoolEventStream(AsyncIterator[Any]):
     async def __anext__(self) -> Any: ...
@@ -325,11 +327,16 @@ class PoolEventStream(AsyncIterator[Any]):
     async def wait(self) -> None: ...
 
 class ProcPool:
-    """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable returning any object
-    (optional ``is_alive()``; disposed with ``aclose()``/``close()``/``kill()``); or ``command``: argv of
-    a child that sends the ready frame (``tether.worker``). ``acquire`` retries only when every spawn in
-    flight has settled without a process; after ``acquire_attempts`` such rounds it raises
-    ``PoolExhausted`` (``.failures``, ``.attempts``). ``timeout`` bounds the acquire (``TimeoutError``)."""
+    """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a
+    plain function is a TypeError) returning any object, alive per ``liveness(proc)`` if given, else
+    its ``is_alive()``, else ``returncode is None``; disposed with ``aclose()``/``close()``, else
+    ``kill()`` then ``await wait()``. A spawn that raises ``X from cause`` reports both. Or ``command``:
+    argv of a child that sends the ready frame (``tether.worker``); such children die with this process
+    (``PR_SET_PDEATHSIG`` on Linux, and at interpreter exit). Each spawn made while acquirers wait is
+    made for one of them; its failure is a failed attempt of that acquirer only; after
+    ``acquire_attempts`` failed attempts it raises ``PoolExhausted`` (``.failures``: its own spawns'
+    causes, ``.attempts``). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
+    of a process this pool did not lend (or twice) raise ValueError."""
 
     def __init__(
         self,
@@ -343,10 +350,16 @@ class ProcPool:
         respawn: Backoff | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        liveness: Callable[[Any], bool] | None = None,
     ) -> None: ...
     def start(self) -> None: ...
     async def acquire(self, timeout: float | None = None) -> Any: ...
+    async def warm(self, n: int | None = None, timeout: float | None = None) -> None:
+        """Until ``n`` (default num_idle; a lower idle target is raised to ``n``) processes are idle.
+        Raises PoolExhausted once ``acquire_attempts`` spawns failed in a row, or TimeoutError."""
     def release(self, proc: Any, *, kill: bool = False) -> None: ...
+    def detach(self, proc: Any) -> None:
+        """``proc`` leaves the pool for good (not killed, no longer counted); the pool refills."""
     def set_target_idle(self, n: int) -> None: ...
     async def aclose(self) -> None: ...
     @property

@@ -10,7 +10,8 @@ only after that. ``serve(handler)`` answers each request frame with ``handler(fr
     worker.serve(lambda req: model.run(req))
 
 ``python -m tether.worker`` is an echo worker (``--fail`` exits at once, ``--hang`` never becomes
-ready, ``--die-after N`` exits after N requests): handy for tests and demos.
+ready, ``--die-after N`` exits after N requests, ``--delay S`` waits S seconds before each reply):
+handy for tests and demos.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ MAX_FRAME = 64 * 1024 * 1024
 
 
 def write_frame(out: BinaryIO, data: bytes) -> None:
-    out.write(struct.pack(">I", len(data)))
-    out.write(data)
+    # one write: a reader never sees the length without the payload
+    out.write(struct.pack(">I", len(data)) + data)
     out.flush()
 
 
@@ -69,7 +70,13 @@ def main(argv: list[str]) -> int:
     die_after = None
     if "--die-after" in argv:
         die_after = int(argv[argv.index("--die-after") + 1])
-    serve(lambda req: req, max_requests=die_after)
+    delay = float(argv[argv.index("--delay") + 1]) if "--delay" in argv else 0.0
+
+    def echo(req: bytes) -> bytes:
+        time.sleep(delay)
+        return req
+
+    serve(echo, max_requests=die_after)
     return 0
 
 

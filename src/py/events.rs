@@ -56,12 +56,35 @@ impl<T: Clone + Send + 'static> Buffered<T> {
         self.ended.store(true, Ordering::SeqCst);
     }
 
-    /// Next buffered item; Err(()) once the stream ended and the buffer is empty.
+    /// Next item, taken from the buffer or else straight from the channel when no `wait()` holds it;
+    /// Err(()) once the stream ended and nothing is left.
     pub fn pop(&self) -> Result<Option<T>, ()> {
-        match self.buffer.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
-            Some(x) => Ok(Some(x)),
-            None if self.ended.load(Ordering::SeqCst) => Err(()),
-            None => Ok(None),
+        if let Some(x) = self.buffer.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            return Ok(Some(x));
+        }
+        if self.ended.load(Ordering::SeqCst) {
+            return Err(());
+        }
+        // a pending `wait()` owns the receiver and will buffer the next item itself
+        let Ok(mut guard) = self.rx.try_lock() else { return Ok(None) };
+        loop {
+            let Some(r) = guard.as_mut() else {
+                self.ended.store(true, Ordering::SeqCst);
+                return Err(());
+            };
+            match r.try_recv() {
+                Ok(x) if (self.is_end)(&x) => {}
+                Ok(x) => return Ok(Some(x)),
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(target: "tether::events", dropped = n, "{} consumer fell behind; {n} were dropped", self.what);
+                    continue;
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {}
+            }
+            *guard = None;
+            self.ended.store(true, Ordering::SeqCst);
+            return Err(());
         }
     }
 

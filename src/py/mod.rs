@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod backoff;
 mod bridge;
+mod callables;
 mod chaos;
 mod connection;
 mod errors;
@@ -72,6 +73,8 @@ pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
 fn _at_exit(py: Python<'_>) {
     use std::sync::atomic::Ordering::SeqCst;
     PYTHON_ALIVE.store(false, SeqCst);
+    // pools nobody closed: their children must not outlive the program
+    crate::procpool::kill_children_at_exit();
     py.detach(|| {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while ATTACHING.load(SeqCst) > 0 && std::time::Instant::now() < end {

@@ -12,7 +12,8 @@ use pyo3_async_runtimes::TaskLocals;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::procpool::{
-    AcquireError, BoxFuture, NativeProc, NativeSpawner, Pool, PoolConfig, PoolEvent, Proc, ProcHandle, Spawner,
+    AcquireError, BoxFuture, NativeProc, NativeSpawner, NotLent, Pool, PoolConfig, PoolEvent, Proc, ProcHandle,
+    RequestError, Spawner,
 };
 
 use super::backoff::{count, positive_seconds, PyBackoff};
@@ -21,45 +22,78 @@ use super::errors::{tether_error, value_error};
 use super::events::Buffered;
 use super::reconnect::describe;
 
+/// `what (caused by X: msg)`: spawners re-raise with `from real_error` when a framework swallowed
+/// the real error, so the chain is part of the failure cause.
+fn describe_chain(py: Python<'_>, e: &PyErr) -> String {
+    let mut text = describe(py, e);
+    let mut cur = e.value(py).clone().into_any();
+    for _ in 0..3 {
+        let next = match cur.getattr("__cause__") {
+            Ok(c) if !c.is_none() => c,
+            _ => match (cur.getattr("__context__"), cur.getattr("__suppress_context__")) {
+                (Ok(c), Ok(s)) if !c.is_none() && !s.is_truthy().unwrap_or(false) => c,
+                _ => break,
+            },
+        };
+        text.push_str(&format!(" (caused by {})", describe(py, &PyErr::from_value(next.clone()))));
+        cur = next;
+    }
+    text
+}
+
 /// A process made by the user's `spawn()` coroutine: any Python object.
 struct PyProc {
     obj: Py<PyAny>,
     label: String,
     locals: TaskLocals,
+    liveness: Option<Arc<Py<PyAny>>>,
+}
+
+fn isawaitable(py: Python<'_>, o: &Bound<'_, PyAny>) -> bool {
+    py.import("inspect")
+        .and_then(|m| m.call_method1("isawaitable", (o,)))
+        .and_then(|b| b.is_truthy())
+        .unwrap_or(false)
 }
 
 impl ProcHandle for PyProc {
-    /// `obj.is_alive()` if it has one (sync), else assumed alive.
+    /// The pool's `liveness(obj)` if given; else `obj.is_alive()` (or attribute); else
+    /// `obj.returncode is None` (asyncio and subprocess processes); else assumed alive. A check that
+    /// raises means dead.
     fn is_alive(&self) -> bool {
         super::with_python(|py| {
             let o = self.obj.bind(py);
+            if let Some(f) = &self.liveness {
+                return f.bind(py).call1((o,)).and_then(|r| r.is_truthy()).unwrap_or(false);
+            }
             match o.getattr("is_alive") {
                 Ok(f) if f.is_callable() => f.call0().and_then(|r| r.is_truthy()).unwrap_or(false),
                 Ok(v) => v.is_truthy().unwrap_or(false),
-                Err(_) => true,
+                Err(_) => o.getattr("returncode").map(|r| r.is_none()).unwrap_or(true),
             }
         })
         .unwrap_or(false)
     }
 
-    /// `await obj.aclose()` if it has one, else `obj.close()` / `obj.kill()`; bounded to 5 s.
+    /// `await obj.aclose()` if it has one, else `obj.close()`, else `obj.kill()` then
+    /// `await obj.wait()` (so an asyncio subprocess is reaped on its loop); bounded to 5 s.
     fn dispose(&self) -> BoxFuture<()> {
         let fut = super::with_python(|py| -> Option<_> {
             let o = self.obj.bind(py);
-            for name in ["aclose", "close", "kill"] {
-                if let Ok(f) = o.getattr(name) {
-                    if f.is_callable() {
-                        let r = f.call0().ok()?;
-                        let awaitable = py
-                            .import("inspect")
-                            .and_then(|m| m.call_method1("isawaitable", (&r,)))
-                            .and_then(|b| b.is_truthy())
-                            .unwrap_or(false);
-                        return if awaitable { await_py(py, &self.locals, r).ok() } else { None };
-                    }
-                }
+            let callable = |name: &str| o.getattr(name).ok().filter(|f| f.is_callable());
+            let r = if let Some(f) = callable("aclose").or_else(|| callable("close")) {
+                f.call0().ok()?
+            } else if let Some(kill) = callable("kill") {
+                let _ = kill.call0(); // ProcessLookupError: it exited already; reap it all the same
+                callable("wait")?.call0().ok()?
+            } else {
+                return None;
+            };
+            if isawaitable(py, &r) {
+                await_py(py, &self.locals, r).ok()
+            } else {
+                None
             }
-            None
         })
         .flatten();
         Box::pin(async move {
@@ -80,33 +114,38 @@ impl ProcHandle for PyProc {
 struct PySpawner {
     spawn: Py<PyAny>,
     locals: OnceLock<TaskLocals>,
+    liveness: Option<Arc<Py<PyAny>>>,
 }
 
 impl Spawner for PySpawner {
-    fn spawn(&self) -> BoxFuture<Result<Proc, String>> {
+    fn spawn(&self, limit: Duration) -> BoxFuture<Result<Proc, String>> {
         let Some(locals) = self.locals.get().cloned() else {
             return Box::pin(async { Err("the pool was not started inside an event loop".to_string()) });
         };
         let started = super::with_python(|py| -> Result<_, String> {
-            let aw = self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe(py, &e)))?.into_bound(py);
-            let ok = py
-                .import("inspect")
-                .and_then(|m| m.call_method1("isawaitable", (&aw,)))
-                .and_then(|b| b.is_truthy())
-                .unwrap_or(false);
-            if !ok {
+            let aw =
+                self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe_chain(py, &e)))?.into_bound(py);
+            if !isawaitable(py, &aw) {
                 return Err("spawn must be an async callable returning the process object".into());
             }
             await_py(py, &locals, aw).map_err(|e| format!("could not schedule spawn(): {e}"))
         })
         .unwrap_or_else(|| Err("the Python interpreter is shutting down".to_string()));
+        let liveness = self.liveness.clone();
         Box::pin(async move {
-            let obj = match started?.await {
-                Ok(o) => o,
-                Err(e) => {
+            // dropping the awaited spawn cancels the Python task
+            let obj = match tokio::time::timeout(limit, started?).await {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
                     return Err(format!(
                         "spawn() raised {}",
-                        super::with_python(|py| describe(py, &e)).unwrap_or_default()
+                        super::with_python(|py| describe_chain(py, &e)).unwrap_or_default()
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "spawn() did not finish within {:.1}s (initialize_timeout); it was cancelled",
+                        limit.as_secs_f64()
                     ))
                 }
             };
@@ -114,7 +153,7 @@ impl Spawner for PySpawner {
                 obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into())
             })
             .unwrap_or_else(|| "process".into());
-            Ok(Arc::new(PyProc { obj, label, locals }) as Proc)
+            Ok(Arc::new(PyProc { obj, label, locals, liveness }) as Proc)
         })
     }
 }
@@ -170,28 +209,57 @@ impl PyWorkerProc {
         };
         let proc = self.proc.clone();
         super::runtime::future_into_py(py, async move {
-            let native = proc.as_any().downcast_ref::<NativeProc>().expect("native");
-            let r = match limit {
-                Some(l) => tokio::time::timeout(l, native.request(&data)).await.map_err(|_| {
-                    Python::attach(|py| {
-                        let kw = PyDict::new(py);
-                        let _ = kw.set_item("timeout", l.as_secs_f64());
-                        tether_error(
-                            py,
-                            "TimeoutError",
-                            &format!("worker pid {} did not answer within {:.1}s", native.pid(), l.as_secs_f64()),
-                            Some(&kw),
-                        )
-                    })
-                })?,
-                None => native.request(&data).await,
-            };
-            let reply = r.map_err(|e| Python::attach(|py| tether_error(py, "TetherError", &e, None)))?;
-            Python::attach(|py| Ok(PyBytes::new(py, &reply).unbind()))
+            let native = proc.as_any().downcast_ref::<NativeProc>().expect("a WorkerProc wraps a NativeProc");
+            Ok(Reply(native.request(&data, limit).await))
         })
     }
     fn __repr__(&self) -> String {
         format!("WorkerProc(pid={}, alive={})", self.pid(), self.proc.is_alive())
+    }
+}
+
+/// A request's outcome, turned into bytes or an exception when delivered to the event loop.
+struct Reply(Result<Vec<u8>, RequestError>);
+
+impl<'py> IntoPyObject<'py> for Reply {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.0 {
+            Ok(b) => Ok(PyBytes::new(py, &b).into_any()),
+            Err(RequestError::TimedOut { pid, timeout }) => {
+                let kw = PyDict::new(py);
+                kw.set_item("timeout", timeout.as_secs_f64())?;
+                let msg = format!(
+                    "worker pid {pid} did not answer within {:.1}s; it was killed (a late reply would answer the next request)",
+                    timeout.as_secs_f64()
+                );
+                Err(tether_error(py, "TimeoutError", &msg, Some(&kw)))
+            }
+            Err(RequestError::Failed(e)) => Err(tether_error(py, "TetherError", &e, None)),
+        }
+    }
+}
+
+/// An acquire's (or warm's) outcome, turned into the lent object or an exception on delivery.
+struct Lend {
+    outcome: Result<Option<Proc>, AcquireError>,
+    out: Lent,
+}
+
+impl<'py> IntoPyObject<'py> for Lend {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.outcome {
+            Ok(Some(p)) => Ok(lend(py, &self.out, p)?.into_bound(py)),
+            Ok(None) => Ok(py.None().into_bound(py)),
+            Err(e) => Err(acquire_error(py, &e)),
+        }
     }
 }
 
@@ -221,8 +289,25 @@ super::events::buffered_stream!(
 pub struct PyProcPool {
     pool: Pool,
     py_spawner: Option<Arc<PySpawner>>,
-    /// Python-spawned processes handed out, by object identity, so `release` finds their handle.
-    out: Mutex<HashMap<usize, Proc>>,
+    out: Lent,
+}
+
+/// Python-spawned processes handed out, by object identity, so `release` finds their handle.
+type Lent = Arc<Mutex<HashMap<usize, Proc>>>;
+
+/// The Python object for a lent process (remembered for `release`/`detach`).
+fn lend(py: Python<'_>, out: &Lent, p: Proc) -> PyResult<Py<PyAny>> {
+    if let Some(pp) = p.as_any().downcast_ref::<PyProc>() {
+        let obj = pp.obj.clone_ref(py);
+        out.lock().unwrap_or_else(|e| e.into_inner()).insert(obj.as_ptr() as usize, p);
+        Ok(obj)
+    } else {
+        Ok(Py::new(py, PyWorkerProc { proc: p })?.into_any())
+    }
+}
+
+fn not_lent(what: &str) -> PyErr {
+    value_error(format!("{what}: {NotLent}"))
 }
 
 fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
@@ -239,20 +324,30 @@ fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
             let _ = kw.set_item("what", "ProcPool.acquire");
             tether_error(py, "TimeoutError", &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
         }
-        AcquireError::Closed => tether_error(py, "PoolExhausted", "ProcPool.acquire: the pool is closed", None),
+        AcquireError::WarmFailed { attempts, failures, .. } => {
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("attempts", *attempts);
+            let _ = kw.set_item("failures", failures.clone());
+            tether_error(py, "PoolExhausted", &format!("ProcPool.warm: {}", e.message()), Some(&kw))
+        }
+        AcquireError::Closed => tether_error(py, "PoolExhausted", "ProcPool: the pool is closed", None),
     }
 }
 
 impl PyProcPool {
-    /// The Python object for a lent process (remembered for `release`).
-    fn lend(&self, py: Python<'_>, p: Proc) -> PyResult<Py<PyAny>> {
-        if let Some(pp) = p.as_any().downcast_ref::<PyProc>() {
-            let obj = pp.obj.clone_ref(py);
-            self.out.lock().unwrap_or_else(|e| e.into_inner()).insert(obj.as_ptr() as usize, p);
-            Ok(obj)
-        } else {
-            Ok(Py::new(py, PyWorkerProc { proc: p })?.into_any())
+    /// The pool's handle for a process it lent, taken out of `out` for Python-spawned ones.
+    fn handle(&self, proc: &Bound<'_, PyAny>, what: &str) -> PyResult<Proc> {
+        if let Ok(w) = proc.cast::<PyWorkerProc>() {
+            return Ok(w.get().proc.clone());
         }
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).remove(&(proc.as_ptr() as usize)).ok_or_else(|| not_lent(what))
+    }
+}
+
+fn opt_seconds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    match v {
+        Some(t) if !t.is_none() => Ok(Some(Duration::from_secs_f64(positive_seconds(name, t)?))),
+        _ => Ok(None),
     }
 }
 
@@ -260,7 +355,7 @@ impl PyProcPool {
 impl PyProcPool {
     #[new]
     #[pyo3(signature = (spawn=None, command=None, *, num_idle=None, max_concurrent_spawns=None, initialize_timeout=None,
-        acquire_attempts=None, respawn=None, env=None, cwd=None))]
+        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -273,6 +368,7 @@ impl PyProcPool {
         respawn: Option<&Bound<'_, PyAny>>,
         env: Option<&Bound<'_, PyDict>>,
         cwd: Option<String>,
+        liveness: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         super::logging::sync(py);
         let spawn = spawn.filter(|s| !s.is_none());
@@ -314,13 +410,22 @@ impl PyProcPool {
                 return Err(PyTypeError::new_err("ProcPool needs spawn=<async callable> or command=[argv...]"))
             }
             (Some(s), None) => {
-                if !s.is_callable() {
-                    return Err(PyTypeError::new_err("spawn must be an async callable"));
-                }
-                let ps = Arc::new(PySpawner { spawn: s.unbind(), locals: OnceLock::new() });
+                super::callables::require_async(py, "spawn", &s)?;
+                let liveness = match liveness.filter(|l| !l.is_none()) {
+                    Some(l) if !l.is_callable() => {
+                        return Err(PyTypeError::new_err("liveness must be a callable(proc) -> bool"))
+                    }
+                    l => l.map(|l| Arc::new(l.unbind())),
+                };
+                let ps = Arc::new(PySpawner { spawn: s.unbind(), locals: OnceLock::new(), liveness });
                 (ps.clone(), Some(ps))
             }
             (None, Some(c)) => {
+                if liveness.is_some_and(|l| !l.is_none()) {
+                    return Err(PyTypeError::new_err(
+                        "liveness= is for spawn= pools; command= workers are checked natively",
+                    ));
+                }
                 if c.is_instance_of::<PyString>() {
                     return Err(PyTypeError::new_err(
                         "command must be a list of arguments, e.g. [sys.executable, \"-m\", \"tether.worker\"]",
@@ -342,7 +447,7 @@ impl PyProcPool {
                 (Arc::new(NativeSpawner { argv, env, cwd: cwd.map(Into::into) }), None)
             }
         };
-        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Mutex::new(HashMap::new()) })
+        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())) })
     }
 
     /// Start prewarming (call inside a running event loop when using spawn=).
@@ -362,47 +467,58 @@ impl PyProcPool {
 
     /// A warm process (a `WorkerProc` for command= pools, your object for spawn= pools).
     #[pyo3(signature = (timeout=None))]
-    fn acquire<'py>(slf: Bound<'py, Self>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        let t = match timeout {
-            Some(t) if !t.is_none() => Some(Duration::from_secs_f64(positive_seconds("timeout", t)?)),
-            _ => None,
-        };
-        slf.get().start(py)?;
+    fn acquire<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let t = opt_seconds("timeout", timeout)?;
+        self.start(py)?;
         // fast path: a warm process is idle: hand it over without a trip through the runtime
-        if let Some(p) = slf.get().pool.try_acquire() {
-            let obj = slf.get().lend(py, p)?;
+        if let Some(p) = self.pool.try_acquire() {
+            let obj = lend(py, &self.out, p)?;
             let fut = py.import("asyncio")?.call_method0("get_running_loop")?.call_method0("create_future")?;
             fut.call_method1("set_result", (obj,))?;
             return Ok(fut);
         }
-        let this = slf.unbind();
+        let (pool, out) = (self.pool.clone(), self.out.clone());
         super::runtime::future_into_py(py, async move {
-            let pool = Python::attach(|py| this.bind(py).get().pool.clone());
-            let res = pool.acquire(t).await;
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
-                let me = this.bind(py).get();
-                match res {
-                    Err(e) => Err(acquire_error(py, &e)),
-                    Ok(p) => me.lend(py, p),
-                }
-            })
+            Ok(Lend { outcome: pool.acquire(t).await.map(Some), out })
+        })
+    }
+
+    /// Wait until `n` processes (default num_idle; the idle target is raised to `n` if lower) are
+    /// idle. Raises PoolExhausted naming the spawn failures, or tether.TimeoutError.
+    #[pyo3(signature = (n=None, timeout=None))]
+    fn warm<'py>(
+        &self,
+        py: Python<'py>,
+        n: Option<&Bound<'py, PyAny>>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = match n {
+            Some(n) if !n.is_none() => Some(count("n", n)? as usize),
+            _ => None,
+        };
+        let t = opt_seconds("timeout", timeout)?;
+        self.start(py)?;
+        let (pool, out) = (self.pool.clone(), self.out.clone());
+        super::runtime::future_into_py(py, async move {
+            Ok(Lend { outcome: pool.warm(n, t).await.map(|()| None), out })
         })
     }
 
     /// Return a process: kept warm if alive and wanted (and kill is False), else killed and reaped.
+    /// ValueError if this pool did not lend it (or it was released or detached already).
     #[pyo3(signature = (proc, *, kill=false))]
     fn release(&self, proc: &Bound<'_, PyAny>, kill: bool) -> PyResult<()> {
-        let handle = if let Ok(w) = proc.cast::<PyWorkerProc>() {
-            w.get().proc.clone()
-        } else {
-            self.out.lock().unwrap_or_else(|e| e.into_inner()).remove(&(proc.as_ptr() as usize)).ok_or_else(|| {
-                value_error("release: this process was not acquired from this pool (or was released already)")
-            })?
-        };
+        let handle = self.handle(proc, "release")?;
         let _guard = super::runtime::get().enter();
-        self.pool.release(handle, kill);
-        Ok(())
+        self.pool.release(handle, kill).map_err(|_| not_lent("release"))
+    }
+
+    /// The process leaves the pool for good: not killed, no longer counted; the pool refills to its
+    /// target. ValueError if this pool did not lend it.
+    fn detach(&self, proc: &Bound<'_, PyAny>) -> PyResult<()> {
+        let handle = self.handle(proc, "detach")?;
+        let _guard = super::runtime::get().enter();
+        self.pool.detach(&handle).map_err(|_| not_lent("detach"))
     }
 
     fn set_target_idle(&self, n: &Bound<'_, PyAny>) -> PyResult<()> {

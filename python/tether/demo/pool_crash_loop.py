@@ -24,8 +24,14 @@ async def run(tl):
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        head = await proc.stdout.read(9)
+        try:
+            # the frame may arrive in pieces: read all 9 bytes, not whatever the first read returns
+            head = await proc.stdout.readexactly(9)
+        except asyncio.IncompleteReadError:
+            head = b""
         if head != b"\x00\x00\x00\x05ready":
+            if proc.returncode is None:
+                proc.kill()
             await proc.wait()
             raise RuntimeError(f"child exited with {proc.returncode} during initialization")
         return proc

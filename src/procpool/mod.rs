@@ -1,0 +1,813 @@
+//! A prewarmed process pool whose `acquire` never hangs (seed 004).
+//!
+//! * A maintainer task keeps `idle + in-flight spawns` at `target_idle` plus the number of waiting
+//!   acquirers, never more than `max_concurrent_spawns` initializing at once, and after a failed spawn
+//!   waits the `respawn` backoff before the next one (a crash-looping child cannot spin the CPU).
+//! * Each spawn started while acquirers wait is made *for* one of them (oldest first): its process is
+//!   kept for that waiter, and its failure counts as a failed attempt of that waiter only (or the
+//!   waiter adopts a spawn in flight that nobody owns). After `acquire_attempts` failed attempts the
+//!   acquire raises `Exhausted` with the causes of its own spawns. An optional timeout bounds it all.
+//! * `acquire` takes a process under the pool lock, in the same poll that returns it, so a cancelled
+//!   acquire never consumes-and-drops one. Dead idle processes are evicted, not handed out. Idle
+//!   processes never exceed `target_idle` plus the acquirers still waiting.
+//! * `initialize_timeout` bounds each spawn (the spawner enforces it so it can report the stderr tail;
+//!   the pool drops a spawn that overruns it by more than a grace period).
+//! * Every process leaves through `dispose` (kill + reap for native children): on release with kill,
+//!   eviction, shrink, close, and spawns that finish after close; or through `detach`, for good.
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Notify};
+use tokio::time::Instant;
+
+use crate::backoff::{Backoff, Delays};
+
+const LOG: &str = "tether::procpool";
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A process (or any worker) the pool hands out.
+pub trait ProcHandle: Send + Sync + 'static {
+    /// Cheap liveness check before hand-out.
+    fn is_alive(&self) -> bool;
+    /// Stop and reap it (bounded).
+    fn dispose(&self) -> BoxFuture<()>;
+    fn describe(&self) -> String;
+    fn as_any(&self) -> &dyn Any;
+    /// No longer the pool's (detached): stop whatever would end it with the pool.
+    fn detached(&self) {}
+}
+
+pub type Proc = Arc<dyn ProcHandle>;
+
+impl std::fmt::Debug for dyn ProcHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+pub trait Spawner: Send + Sync + 'static {
+    /// Start and initialize one process within `limit`; `Err` carries the cause (stderr tail included
+    /// for children).
+    fn spawn(&self, limit: Duration) -> BoxFuture<Result<Proc, String>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub num_idle: usize,
+    pub max_concurrent_spawns: usize,
+    pub initialize_timeout: Duration,
+    pub acquire_attempts: u32,
+    pub respawn: Backoff,
+    /// Consecutive spawn failures after which `healthy` turns false.
+    pub unhealthy_after: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            num_idle: 1,
+            max_concurrent_spawns: 1,
+            initialize_timeout: Duration::from_secs(10),
+            acquire_attempts: 3,
+            respawn: Backoff { initial: 0.1, factor: 2.0, max_delay: 10.0, ..Default::default() },
+            unhealthy_after: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolEvent {
+    Spawned { proc: String, took: Duration },
+    SpawnFailed { cause: String, consecutive: u32, retry_in: Duration },
+    Evicted { proc: String, reason: String },
+    Exhausted { attempts: u32, failures: Vec<String> },
+    Health { healthy: bool },
+    Closed,
+}
+
+/// `release`/`detach` of a process this pool has not lent (or no longer lends).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("this process was not acquired from this pool (or was released or detached already)")]
+pub struct NotLent;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcquireError {
+    /// Every acquire attempt ended with all spawns failed.
+    Exhausted {
+        attempts: u32,
+        failures: Vec<String>,
+    },
+    TimedOut {
+        timeout: Duration,
+        failures: Vec<String>,
+    },
+    /// `warm` stopped: this many spawns failed in a row since it began.
+    WarmFailed {
+        wanted: usize,
+        idle: usize,
+        attempts: u32,
+        failures: Vec<String>,
+    },
+    Closed,
+}
+
+impl AcquireError {
+    pub fn message(&self) -> String {
+        /// Identical causes (pids aside) are grouped: "3x <cause>".
+        fn causes(f: &[String]) -> String {
+            if f.is_empty() {
+                return "no spawn failed; none finished in time".into();
+            }
+            fn norm(c: &str) -> String {
+                let mut out = String::with_capacity(c.len());
+                let mut it = c.split("(pid ").peekable();
+                if let Some(first) = it.next() {
+                    out.push_str(first);
+                }
+                for rest in it {
+                    out.push_str("(pid N");
+                    out.push_str(rest.trim_start_matches(|ch: char| ch.is_ascii_digit()));
+                }
+                out
+            }
+            let mut groups: Vec<(String, usize, &String)> = Vec::new();
+            for c in f {
+                let n = norm(c);
+                match groups.iter_mut().find(|(k, _, _)| *k == n) {
+                    Some(g) => g.1 += 1,
+                    None => groups.push((n, 1, c)),
+                }
+            }
+            groups
+                .iter()
+                .map(|(_, n, c)| if *n > 1 { format!("{n}x {c}") } else { (*c).clone() })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        match self {
+            AcquireError::Exhausted { attempts, failures } => format!(
+                "no process after {attempts} acquire attempt{}: every spawn failed: {}",
+                if *attempts == 1 { "" } else { "s" },
+                causes(failures)
+            ),
+            AcquireError::TimedOut { timeout, failures } => {
+                format!("no process within {:.1}s: {}", timeout.as_secs_f64(), causes(failures))
+            }
+            AcquireError::WarmFailed { wanted, idle, attempts, failures } => format!(
+                "warm-up stopped at {idle} of {wanted} idle processes after {attempts} spawn failure{} in a row: {}",
+                if *attempts == 1 { "" } else { "s" },
+                causes(failures)
+            ),
+            AcquireError::Closed => "the pool is closed".into(),
+        }
+    }
+}
+
+mod native;
+#[cfg(test)]
+mod tests;
+
+pub use native::{
+    kill_children_at_exit, read_frame, write_frame, NativeProc, NativeSpawner, RequestError, MAX_FRAME, READY,
+};
+
+/// How long past `initialize_timeout` the pool waits for a spawner to enforce it itself (and report
+/// why) before dropping the spawn.
+const SPAWN_GRACE: Duration = Duration::from_secs(3);
+/// Failure causes kept for timeouts and warm-up errors.
+const RECENT_FAILURES: usize = 64;
+
+fn key(p: &Proc) -> usize {
+    Arc::as_ptr(p) as *const () as usize
+}
+
+/// One acquire in progress.
+struct Waiter {
+    id: u64,
+    /// The spawn in flight made for this waiter.
+    spawn: Option<u64>,
+    /// The process a spawn made for this waiter produced, kept for it.
+    ready: Option<Proc>,
+    /// Causes of this waiter's failed spawns: one per failed attempt.
+    failures: Vec<String>,
+}
+
+struct State {
+    idle: VecDeque<Proc>,
+    /// Handed out and not yet released: disposed by `close` too, so nothing outlives the pool.
+    lent: HashMap<usize, Proc>,
+    in_flight: usize,
+    /// Spawn id -> the waiter it was made for (None: for the idle target, or its waiter left).
+    owners: HashMap<u64, Option<u64>>,
+    waiters: Vec<Waiter>,
+    next_waiter: u64,
+    target_idle: usize,
+    closed: bool,
+    consecutive_failures: u32,
+    healthy: bool,
+    /// The most recent failure causes; `failure_total` counts them all.
+    failures: VecDeque<String>,
+    failure_total: u64,
+    next_spawn_at: Option<Instant>,
+    delays: Delays,
+    spawns: u64,
+}
+
+impl State {
+    fn waiter(&mut self, id: u64) -> Option<&mut Waiter> {
+        self.waiters.iter_mut().find(|w| w.id == id)
+    }
+    /// Waiters that still need a process.
+    fn wanting(&self) -> usize {
+        self.waiters.iter().filter(|w| w.ready.is_none()).count()
+    }
+    /// Whether a process nobody is waiting for is kept idle.
+    fn room_for_idle(&self) -> bool {
+        !self.closed && self.idle.len() < self.target_idle + self.wanting()
+    }
+    /// The failures recorded since `total` was read (at most the ones kept), oldest first.
+    fn failures_since(&self, total: u64, at_most: usize) -> Vec<String> {
+        let n = ((self.failure_total - total) as usize).min(self.failures.len()).min(at_most);
+        self.failures.iter().skip(self.failures.len() - n).cloned().collect()
+    }
+    /// A spawn settled: forget its owner; returns the waiter (still waiting) it was made for.
+    fn settle(&mut self, spawn: u64) -> Option<u64> {
+        let owner = self.owners.remove(&spawn).flatten()?;
+        let w = self.waiter(owner)?;
+        w.spawn = None;
+        Some(owner)
+    }
+}
+
+struct Inner {
+    cfg: PoolConfig,
+    spawner: Arc<dyn Spawner>,
+    state: Mutex<State>,
+    changed: Notify,
+    wake_maintainer: Notify,
+    events: broadcast::Sender<PoolEvent>,
+    started: AtomicBool,
+    /// The runtime the pool was started on: disposals are spawned there from any thread.
+    handle: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// In-flight spawn tasks, aborted by `close` (dropping a spawn kills its child).
+    spawn_tasks: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn emit(&self, ev: PoolEvent) {
+        let _ = self.events.send(ev);
+    }
+    /// A process just taken from `idle` (or kept for a waiter): lend it if alive, else evict it.
+    /// Never called under the lock.
+    fn check_out(&self, p: Proc) -> Option<Proc> {
+        if p.is_alive() {
+            self.lock().lent.insert(key(&p), p.clone());
+            self.wake_maintainer.notify_one(); // replace what was taken
+            return Some(p);
+        }
+        let what = p.describe();
+        self.emit(PoolEvent::Evicted { proc: what.clone(), reason: "died while idle".into() });
+        tracing::info!(target: LOG, proc = %what, "evicted {what}: it died while idle");
+        self.dispose(p, "died while idle");
+        self.wake_maintainer.notify_one();
+        None
+    }
+
+    fn dispose(&self, p: Proc, reason: &str) {
+        let what = p.describe();
+        tracing::debug!(target: LOG, proc = %what, reason, "disposing {what}: {reason}");
+        let fut = async move { p.dispose().await };
+        match self.handle.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) {
+            Some(h) => {
+                h.spawn(fut);
+            }
+            // never started and called outside a runtime: nothing async can run, dispose inline
+            None => drop(futures_util::FutureExt::now_or_never(fut)),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+/// Unregisters an acquire however it ends; a process kept for it goes idle (if wanted) or away.
+struct Waiting<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let leftover = {
+            let mut st = self.inner.lock();
+            let Some(i) = st.waiters.iter().position(|w| w.id == self.id) else { return };
+            let w = st.waiters.remove(i);
+            if let Some(s) = w.spawn {
+                st.owners.insert(s, None);
+            }
+            match w.ready {
+                Some(p) if st.room_for_idle() => {
+                    st.idle.push_back(p);
+                    None
+                }
+                other => other,
+            }
+        };
+        if let Some(p) = leftover {
+            self.inner.dispose(p, "its acquirer left and the pool has enough idle processes");
+        }
+        self.inner.changed.notify_waiters();
+        self.inner.wake_maintainer.notify_one();
+    }
+}
+
+enum Step {
+    Take(Proc),
+    Exhausted(Vec<String>),
+    Wait,
+}
+
+impl Pool {
+    pub fn new(cfg: PoolConfig, spawner: Arc<dyn Spawner>) -> Pool {
+        let (events, _) = broadcast::channel(1024);
+        let delays = cfg.respawn.delays_unbounded();
+        Pool {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    idle: VecDeque::new(),
+                    lent: HashMap::new(),
+                    in_flight: 0,
+                    owners: HashMap::new(),
+                    waiters: Vec::new(),
+                    next_waiter: 0,
+                    target_idle: cfg.num_idle,
+                    closed: false,
+                    consecutive_failures: 0,
+                    healthy: true,
+                    failures: VecDeque::new(),
+                    failure_total: 0,
+                    next_spawn_at: None,
+                    delays,
+                    spawns: 0,
+                }),
+                cfg,
+                spawner,
+                changed: Notify::new(),
+                wake_maintainer: Notify::new(),
+                events,
+                started: AtomicBool::new(false),
+                spawn_tasks: Mutex::new(HashMap::new()),
+                handle: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Start prewarming (idempotent). Must run inside a tokio runtime.
+    pub fn start(&self) {
+        if !self.inner.started.swap(true, Ordering::SeqCst) {
+            let h = tokio::runtime::Handle::current();
+            let _ = self.inner.handle.set(h.clone());
+            h.spawn(maintain(self.inner.clone()));
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<PoolEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.inner.lock().healthy
+    }
+
+    pub fn idle(&self) -> usize {
+        self.inner.lock().idle.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().in_flight
+    }
+
+    pub fn spawns(&self) -> u64 {
+        self.inner.lock().spawns
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
+    }
+
+    pub fn target_idle(&self) -> usize {
+        self.inner.lock().target_idle
+    }
+
+    pub fn set_target_idle(&self, n: usize) {
+        let extra: Vec<Proc> = {
+            let mut st = self.inner.lock();
+            st.target_idle = n;
+            let keep = n.min(st.idle.len());
+            st.idle.drain(keep..).collect()
+        };
+        for p in extra {
+            self.inner.dispose(p, "target_idle lowered");
+        }
+        self.inner.wake_maintainer.notify_one();
+    }
+
+    /// Take a live idle process now, if there is one (dead ones found on the way are evicted).
+    pub fn try_acquire(&self) -> Option<Proc> {
+        let inner = &*self.inner;
+        loop {
+            let p = {
+                let mut st = inner.lock();
+                if st.closed {
+                    return None;
+                }
+                st.idle.pop_front()?
+            };
+            if let Some(p) = inner.check_out(p) {
+                return Some(p);
+            }
+        }
+    }
+
+    /// Take a warm process, waiting for spawns as needed; see the module docs for the semantics.
+    pub async fn acquire(&self, timeout: Option<Duration>) -> Result<Proc, AcquireError> {
+        self.start();
+        let inner = &*self.inner;
+        let (id, since) = {
+            let mut st = inner.lock();
+            let id = st.next_waiter;
+            st.next_waiter += 1;
+            st.waiters.push(Waiter { id, spawn: None, ready: None, failures: Vec::new() });
+            (id, st.failure_total)
+        };
+        let _waiting = Waiting { inner, id };
+        inner.wake_maintainer.notify_one();
+        let attempts = inner.cfg.acquire_attempts as usize;
+        let body = async {
+            let mut failed_seen = 0;
+            loop {
+                let n = inner.changed.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                loop {
+                    let step = {
+                        let mut st = inner.lock();
+                        if st.closed {
+                            return Err(AcquireError::Closed);
+                        }
+                        let w = st.waiter(id).expect("registered until this acquire ends");
+                        if let Some(p) = w.ready.take() {
+                            Step::Take(p)
+                        } else if w.failures.len() >= attempts {
+                            Step::Exhausted(std::mem::take(&mut w.failures))
+                        } else {
+                            if w.failures.len() > failed_seen {
+                                failed_seen = w.failures.len();
+                                tracing::debug!(target: LOG, attempt = failed_seen,
+                                    "acquire attempt {failed_seen} failed: its spawn failed; retrying");
+                            }
+                            st.idle.pop_front().map_or(Step::Wait, Step::Take)
+                        }
+                    };
+                    match step {
+                        Step::Take(p) => match inner.check_out(p) {
+                            Some(p) => return Ok(p),
+                            None => continue,
+                        },
+                        Step::Exhausted(failures) => {
+                            return Err(AcquireError::Exhausted { attempts: failures.len() as u32, failures })
+                        }
+                        Step::Wait => break,
+                    }
+                }
+                n.await;
+            }
+        };
+        let res = match timeout {
+            Some(t) => match tokio::time::timeout(t, body).await {
+                Ok(r) => r,
+                Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: inner.lock().failures_since(since, 5) }),
+            },
+            None => body.await,
+        };
+        if let Err(e) = &res {
+            if let AcquireError::Exhausted { attempts, failures } = e {
+                inner.emit(PoolEvent::Exhausted { attempts: *attempts, failures: failures.clone() });
+            }
+            tracing::error!(target: LOG, "acquire failed: {}", e.message());
+        }
+        res
+    }
+
+    /// Wait until `n` processes (default: the idle target, which is raised to `n` if lower) are idle.
+    /// Fails once `acquire_attempts` spawns failed in a row since it began, or at `timeout`.
+    pub async fn warm(&self, n: Option<usize>, timeout: Option<Duration>) -> Result<(), AcquireError> {
+        self.start();
+        let inner = &*self.inner;
+        let (wanted, since) = {
+            let mut st = inner.lock();
+            let wanted = n.unwrap_or(st.target_idle);
+            st.target_idle = st.target_idle.max(wanted);
+            (wanted, st.failure_total)
+        };
+        inner.wake_maintainer.notify_one();
+        let body = async {
+            loop {
+                let n = inner.changed.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                {
+                    let st = inner.lock();
+                    if st.closed {
+                        return Err(AcquireError::Closed);
+                    }
+                    if st.idle.len() >= wanted {
+                        return Ok(());
+                    }
+                    let in_row = (st.consecutive_failures as u64).min(st.failure_total - since) as u32;
+                    if in_row >= inner.cfg.acquire_attempts {
+                        return Err(AcquireError::WarmFailed {
+                            wanted,
+                            idle: st.idle.len(),
+                            attempts: in_row,
+                            failures: st.failures_since(st.failure_total - in_row as u64, in_row as usize),
+                        });
+                    }
+                }
+                n.await;
+            }
+        };
+        let res = match timeout {
+            Some(t) => match tokio::time::timeout(t, body).await {
+                Ok(r) => r,
+                Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: inner.lock().failures_since(since, 5) }),
+            },
+            None => body.await,
+        };
+        if let Err(e) = &res {
+            tracing::error!(target: LOG, "warm-up failed: {}", e.message());
+        }
+        res
+    }
+
+    /// Give a process back: kept warm if alive and the pool wants it, else disposed. After `close`,
+    /// releasing is a no-op (close disposed it).
+    pub fn release(&self, p: Proc, kill: bool) -> Result<(), NotLent> {
+        let alive = !kill && p.is_alive();
+        let keep = {
+            let mut st = self.inner.lock();
+            if st.lent.remove(&key(&p)).is_none() {
+                return if st.closed { Ok(()) } else { Err(NotLent) };
+            }
+            if alive && st.room_for_idle() {
+                st.idle.push_back(p.clone());
+                true
+            } else {
+                false
+            }
+        };
+        if keep {
+            self.inner.changed.notify_waiters();
+        } else {
+            self.inner.dispose(p, if kill { "released with kill" } else { "released" });
+            self.inner.wake_maintainer.notify_one();
+        }
+        Ok(())
+    }
+
+    /// A lent process leaves the pool for good: not killed, no longer counted or closed with the pool.
+    pub fn detach(&self, p: &Proc) -> Result<(), NotLent> {
+        if self.inner.lock().lent.remove(&key(p)).is_none() {
+            return Err(NotLent);
+        }
+        p.detached();
+        tracing::debug!(target: LOG, proc = %p.describe(), "detached {}", p.describe());
+        self.inner.wake_maintainer.notify_one();
+        Ok(())
+    }
+
+    /// Close: fail waiters, abort in-flight spawns (their children are killed), kill and reap idle
+    /// and lent processes. Bounded: a few seconds at most, whatever `initialize_timeout` is.
+    pub async fn close(&self) {
+        let all: Vec<Proc> = {
+            let mut st = self.inner.lock();
+            st.closed = true;
+            let mut all: Vec<Proc> = st.idle.drain(..).collect();
+            all.extend(st.lent.drain().map(|(_, p)| p));
+            all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
+            all
+        };
+        let tasks: Vec<_> =
+            self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
+        for t in tasks {
+            t.abort();
+        }
+        self.inner.changed.notify_waiters();
+        self.inner.wake_maintainer.notify_one();
+        let mut disposals = Vec::new();
+        for p in all {
+            disposals.push(tokio::spawn(async move { p.dispose().await }));
+        }
+        let bound = Duration::from_secs(6);
+        let _ = tokio::time::timeout(bound, async {
+            for d in disposals {
+                let _ = d.await;
+            }
+            loop {
+                let n = self.inner.changed.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if self.inner.lock().in_flight == 0 {
+                    return;
+                }
+                n.await;
+            }
+        })
+        .await;
+        self.inner.emit(PoolEvent::Closed);
+    }
+}
+
+async fn maintain(inner: Arc<Inner>) {
+    loop {
+        let woken = inner.wake_maintainer.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let mut sleep_until: Option<Instant> = None;
+        let mut started = Vec::new();
+        {
+            let mut st = inner.lock();
+            if st.closed {
+                return;
+            }
+            let want = (st.target_idle + st.wanting()).saturating_sub(st.idle.len() + st.in_flight);
+            let room = inner.cfg.max_concurrent_spawns.saturating_sub(st.in_flight);
+            match st.next_spawn_at {
+                Some(at) if at > Instant::now() && want > 0 => sleep_until = Some(at),
+                _ => {
+                    for _ in 0..want.min(room) {
+                        let id = SPAWN_IDS.fetch_add(1, Ordering::Relaxed);
+                        // made for the oldest waiter that has neither a process nor a spawn of its own
+                        let owner = st.waiters.iter_mut().find(|w| w.spawn.is_none() && w.ready.is_none()).map(|w| {
+                            w.spawn = Some(id);
+                            w.id
+                        });
+                        st.owners.insert(id, owner);
+                        st.in_flight += 1;
+                        st.spawns += 1;
+                        started.push(id);
+                    }
+                }
+            }
+        }
+        for id in started {
+            let guard = InFlight { inner: inner.clone(), id, armed: true };
+            let h = tokio::spawn(spawn_one(guard));
+            inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(id, h.abort_handle());
+        }
+        match sleep_until {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = woken => {}
+                }
+            }
+            None => woken.await,
+        }
+    }
+}
+
+static SPAWN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Owns one unit of `in_flight`: an aborted spawn (pool closed) gives it back on drop.
+struct InFlight {
+    inner: Arc<Inner>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        if self.armed {
+            let mut st = self.inner.lock();
+            st.in_flight -= 1;
+            st.settle(self.id);
+            drop(st);
+            self.inner.changed.notify_waiters();
+        }
+    }
+}
+
+async fn spawn_one(mut guard: InFlight) {
+    let inner = guard.inner.clone();
+    let t0 = Instant::now();
+    let limit = inner.cfg.initialize_timeout;
+    let outcome = match tokio::time::timeout(limit + SPAWN_GRACE, inner.spawner.spawn(limit)).await {
+        Ok(r) => r,
+        // dropping the spawn future kills a native child (kill_on_drop) and tokio reaps it
+        Err(_) => {
+            Err(format!("initialization did not finish within {:.1}s; the process was killed", limit.as_secs_f64()))
+        }
+    };
+    let mut events = Vec::new();
+    let mut to_dispose = None;
+    {
+        let mut st = inner.lock();
+        st.in_flight -= 1;
+        guard.armed = false;
+        let owner = st.settle(guard.id);
+        match outcome {
+            Ok(p) => {
+                let was_healthy = st.healthy;
+                st.consecutive_failures = 0;
+                st.healthy = true;
+                st.next_spawn_at = None;
+                st.delays = inner.cfg.respawn.delays_unbounded();
+                events.push(PoolEvent::Spawned { proc: p.describe(), took: t0.elapsed() });
+                if !was_healthy {
+                    events.push(PoolEvent::Health { healthy: true });
+                }
+                if st.closed {
+                    to_dispose = Some((p, "spawned after close"));
+                } else if let Some(w) = owner.and_then(|o| st.waiter(o)) {
+                    w.ready = Some(p);
+                } else if st.room_for_idle() {
+                    st.idle.push_back(p);
+                } else {
+                    to_dispose = Some((p, "not needed: its acquirer left and the pool has enough idle processes"));
+                }
+            }
+            Err(cause) => {
+                st.consecutive_failures += 1;
+                st.failure_total += 1;
+                st.failures.push_back(cause.clone());
+                if st.failures.len() > RECENT_FAILURES {
+                    st.failures.pop_front();
+                }
+                if let Some(o) = owner {
+                    // a spawn in flight that nobody owns serves this waiter before it loses an attempt
+                    let orphan = st.owners.iter_mut().find(|(_, w)| w.is_none()).map(|(s, w)| {
+                        *w = Some(o);
+                        *s
+                    });
+                    if let Some(w) = st.waiter(o) {
+                        match orphan {
+                            Some(s) => w.spawn = Some(s),
+                            None => w.failures.push(cause.clone()),
+                        }
+                    }
+                }
+                let retry_in = st.delays.next().unwrap_or(Duration::from_secs_f64(inner.cfg.respawn.max_delay));
+                st.next_spawn_at = Some(Instant::now() + retry_in);
+                events.push(PoolEvent::SpawnFailed { cause, consecutive: st.consecutive_failures, retry_in });
+                if st.healthy && st.consecutive_failures >= inner.cfg.unhealthy_after {
+                    st.healthy = false;
+                    events.push(PoolEvent::Health { healthy: false });
+                }
+            }
+        }
+    }
+    // log and notify after releasing the lock
+    for ev in events {
+        match &ev {
+            // a crash loop must not flood the logs: the first failures, then every 10th
+            PoolEvent::SpawnFailed { cause, consecutive, retry_in } if *consecutive <= 3 || consecutive % 10 == 0 => {
+                tracing::warn!(target: LOG,
+                consecutive = *consecutive, retry_in_s = retry_in.as_secs_f64(), error = %cause,
+                "spawn failed ({consecutive} in a row{}): {cause}; next spawn in {:.2}s",
+                if *consecutive > 3 { ", only every 10th is logged" } else { "" }, retry_in.as_secs_f64())
+            }
+            PoolEvent::SpawnFailed { cause, consecutive, .. } => {
+                tracing::debug!(target: LOG, consecutive = *consecutive, error = %cause,
+                "spawn failed ({consecutive} in a row): {cause}")
+            }
+            PoolEvent::Spawned { proc, took } => {
+                tracing::debug!(target: LOG, proc = %proc, took_ms = took.as_secs_f64() * 1000.0, "spawned {proc}")
+            }
+            PoolEvent::Health { healthy: false } => {
+                tracing::error!(target: LOG, "pool unhealthy: it cannot produce processes")
+            }
+            PoolEvent::Health { healthy: true } => tracing::info!(target: LOG, "pool healthy again"),
+            _ => {}
+        }
+        inner.emit(ev);
+    }
+    if let Some((p, why)) = to_dispose {
+        inner.dispose(p, why);
+    }
+    inner.changed.notify_waiters();
+    inner.wake_maintainer.notify_one();
+}

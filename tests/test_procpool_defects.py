@@ -1,0 +1,264 @@
+"""ProcPool defects of issue 13, items 1-5, with real subprocesses."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import tether
+
+WORKER = [sys.executable, "-m", "tether.worker"]
+FAST = tether.Backoff(0.05, 2, max_delay=0.5, jitter="none")
+
+
+def running(pid):
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def all_gone(pids, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not any(running(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# 1 ------------------------------------------------------------------------------------------------
+
+
+async def test_double_release_of_a_worker_raises():
+    pool = tether.ProcPool(command=WORKER, num_idle=1, initialize_timeout=20)
+    p = await pool.acquire(timeout=30)
+    pool.release(p)
+    with pytest.raises(ValueError, match="not acquired from this pool"):
+        pool.release(p)
+    a = await pool.acquire(timeout=30)
+    b = await pool.acquire(timeout=30)
+    assert a.pid != b.pid  # the same pid is never lent twice
+    pool.release(a, kill=True)
+    pool.release(b, kill=True)
+    await pool.aclose()
+
+
+async def test_release_of_a_worker_into_another_pool_raises():
+    mine = tether.ProcPool(command=WORKER, num_idle=0, initialize_timeout=20)
+    other = tether.ProcPool(command=WORKER, num_idle=0, initialize_timeout=20)
+    p = await mine.acquire(timeout=30)
+    with pytest.raises(ValueError):
+        other.release(p)
+    await other.aclose()
+    assert p.is_alive() and await p.request(b"x", timeout=10) == b"x"  # other's aclose did not kill it
+    mine.release(p, kill=True)
+    await mine.aclose()
+
+
+# 2 ------------------------------------------------------------------------------------------------
+
+CHILD_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, os, sys, time
+    import tether
+
+    def children():
+        out = set()
+        for t in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{t}/children") as f:
+                out |= {int(x) for x in f.read().split()}
+        return out
+
+    async def main():
+        pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
+                               max_concurrent_spawns=2, initialize_timeout=30)
+        await pool.warm(timeout=60)
+        await pool.acquire(timeout=60)  # one lent, one or two idle
+        print(" ".join(str(p) for p in sorted(children())), flush=True)
+        if sys.argv[1] == "hang":
+            time.sleep(3600)
+        # normal exit: no release, no aclose
+
+    asyncio.run(main())
+    """
+)
+
+
+def _start(mode):
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD_SCRIPT, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_children_die_when_the_program_exits_without_aclose():
+    proc = _start("exit")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    pids = [int(p) for p in out.split()]
+    assert len(pids) >= 2
+    assert all_gone(pids), [p for p in pids if running(p)]
+
+
+def test_children_die_when_the_parent_is_sigkilled():
+    proc = _start("hang")
+    try:
+        line = proc.stdout.readline()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) >= 2, proc.stderr.read() if proc.poll() is not None else line
+        assert all(running(p) for p in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert all_gone(pids), [p for p in pids if running(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+# 3 ------------------------------------------------------------------------------------------------
+
+
+async def test_a_spawn_failure_costs_an_attempt_only_of_its_own_waiter():
+    n = 0
+
+    async def spawn():
+        nonlocal n
+        n += 1
+        await asyncio.sleep(0.01)
+        if n % 2 == 1:
+            raise RuntimeError(f"spawn {n} failed")
+        return object()
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0, acquire_attempts=3, respawn=tether.Backoff(0.01, jitter="none"))
+    got = await asyncio.gather(*(pool.acquire(timeout=60) for _ in range(10)), return_exceptions=True)
+    failed = [g for g in got if isinstance(g, BaseException)]
+    assert failed == []
+    assert len({id(g) for g in got}) == 10
+    await pool.aclose()
+
+
+# 4 ------------------------------------------------------------------------------------------------
+
+
+async def test_a_timed_out_request_kills_the_worker():
+    pool = tether.ProcPool(command=[*WORKER, "--delay", "0.5"], num_idle=0, initialize_timeout=20)
+    p = await pool.acquire(timeout=30)
+    with pytest.raises(tether.TimeoutError, match="killed"):
+        await p.request(b"one", timeout=0.1)
+    # the late reply to "one" must never answer "two"
+    with pytest.raises(tether.TetherError):
+        await p.request(b"two", timeout=5)
+    assert not p.is_alive()
+    pid = p.pid
+    pool.release(p)
+    q = await pool.acquire(timeout=30)
+    assert q.pid != pid
+    assert await q.request(b"three", timeout=10) == b"three"
+    pool.release(q, kill=True)
+    await pool.aclose()
+
+
+async def test_a_cancelled_request_kills_the_worker():
+    pool = tether.ProcPool(command=[*WORKER, "--delay", "0.5"], num_idle=1, initialize_timeout=20)
+    p = await pool.acquire(timeout=30)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(p.request(b"one"), 0.1)
+    for _ in range(250):
+        if not p.is_alive():
+            break
+        await asyncio.sleep(0.02)
+    assert not p.is_alive()
+    pool.release(p)  # back to the pool: disposed, never handed out again
+    q = await pool.acquire(timeout=30)
+    assert q.pid != p.pid and await q.request(b"two", timeout=10) == b"two"
+    await pool.aclose()
+
+
+# 5 ------------------------------------------------------------------------------------------------
+
+
+async def test_text_instead_of_the_ready_frame_is_named_with_the_stderr_tail():
+    script = (
+        "import sys, time; sys.stderr.write('config loaded\\n'); sys.stderr.flush(); "
+        "print('hello, I am the worker', flush=True); time.sleep(60)"
+    )
+    pool = tether.ProcPool(command=[sys.executable, "-c", script], num_idle=0, acquire_attempts=1, initialize_timeout=20)
+    with pytest.raises(tether.PoolExhausted) as info:
+        await pool.acquire(timeout=30)
+    text = str(info.value)
+    assert "hello, I am the worker" in text and "instead of the ready frame" in text, text
+    assert "config loaded" in text and "SIGKILL" not in text and "signal" not in text, text
+    await pool.aclose()
+
+
+async def test_initialize_timeout_kill_reports_the_stderr_tail():
+    script = "import sys, time; print('loading model weights', file=sys.stderr, flush=True); time.sleep(60)"
+    pool = tether.ProcPool(command=[sys.executable, "-c", script], num_idle=0, acquire_attempts=1, initialize_timeout=1)
+    with pytest.raises(tether.PoolExhausted) as info:
+        await pool.acquire(timeout=30)
+    assert "within 1.0s" in str(info.value) and "loading model weights" in str(info.value), str(info.value)
+    await pool.aclose()
+
+
+async def test_an_acquire_error_lists_only_failures_since_it_started():
+    phase = "early"
+
+    async def spawn():
+        raise RuntimeError(f"{phase} failure")
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, acquire_attempts=2, respawn=FAST)
+    events = pool.events()
+    pool.start()
+    seen = 0
+    while seen < 3:
+        e = await asyncio.wait_for(events.__anext__(), 10)
+        seen += type(e).__name__ == "SpawnFailed"
+    phase = "late"
+    with pytest.raises(tether.PoolExhausted) as info:
+        await pool.acquire(timeout=60)
+    assert info.value.failures and all("late" in f for f in info.value.failures), info.value.failures
+    with pytest.raises(tether.TimeoutError) as timed_out:
+        phase = "later"
+        await pool.acquire(timeout=0.01)
+    assert "early" not in str(timed_out.value) and "late failure" not in str(timed_out.value)
+    await pool.aclose()
+
+
+async def test_idle_never_exceeds_num_idle_after_cancelled_waiters():
+    made = []
+
+    class Proc:
+        closed = False
+
+        async def aclose(self):
+            self.closed = True
+
+    async def spawn():
+        await asyncio.sleep(0.3)
+        p = Proc()
+        made.append(p)
+        return p
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, max_concurrent_spawns=4)
+    waiters = [asyncio.ensure_future(pool.acquire()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    for _ in range(150):
+        if len(made) >= 4 and pool.stats()["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert pool.stats()["idle"] <= 1
+    assert len([p for p in made if not p.closed]) == pool.stats()["idle"]  # the rest were disposed
+    await pool.aclose()
