@@ -55,7 +55,6 @@ def make_pool_class(base: type, *, respawn: Backoff | None, acquire_timeout: flo
                 acquire_attempts=3,
                 respawn=respawn or default_respawn(),
                 liveness=self._t_alive,
-                logger=log,
             )
 
         # -- public surface used by AgentServer ------------------------------------------------------
