@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_sfu import FakeSfu  # noqa: E402
+from fake_sfu import FakeSfu
 
-from tether.testing import ChaosProxy  # noqa: E402
+from tether.testing import ChaosProxy
 
 # detection bounds used with tether: health check every 0.3 s, lost after 0.6 s without a reply
 HEALTH = {"health_interval": 0.3, "health_timeout": 0.6}

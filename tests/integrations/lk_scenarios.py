@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_livekit import FakeControlPlane  # noqa: E402
+from fake_livekit import FakeControlPlane
 
 SPAWN_LOG_ENV = "TETHER_TEST_SPAWN_LOG"
 
@@ -32,6 +32,13 @@ def failing_setup(proc) -> None:
 def counting_setup(proc) -> None:
     with open(os.environ[SPAWN_LOG_ENV], "a") as f:
         f.write(f"{time.time()}\n")
+
+
+def read_spawns(path: str) -> list[float]:
+    with open(path) as f:
+        spawns = [float(x) for x in f.read().split()]
+    os.unlink(path)
+    return spawns
 
 
 async def entrypoint(ctx) -> None:  # never reached in these scenarios
@@ -126,7 +133,9 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
     root = logging.getLogger()
     root.addHandler(h)
     try:
-        async with FakeControlPlane(server_kw.pop("mode", "healthy"), recycle_after=server_kw.pop("recycle_after", 2.0)) as cp:
+        async with FakeControlPlane(
+            server_kw.pop("mode", "healthy"), recycle_after=server_kw.pop("recycle_after", 2.0)
+        ) as cp:
             kw = dict(num_idle_processes=1, setup_fnc=setup, initialize_process_timeout=10.0)
             kw.update(server_kw)
             server = make_server(cp.url, **kw)
@@ -154,9 +163,7 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
             elapsed = time.monotonic() - t0
     finally:
         root.removeHandler(h)
-    with open(spawn_log.name) as f:
-        spawns = [float(x) for x in f.read().split()]
-    os.unlink(spawn_log.name)
+    spawns = read_spawns(spawn_log.name)
     tracebacks = sum(1 for r in h.records if r.exc_info and r.exc_info[0] is not None)
     return {
         "registered_after": None if registered_after is None else round(registered_after, 2),

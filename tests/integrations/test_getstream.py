@@ -15,12 +15,12 @@ import pytest
 
 pytest.importorskip("getstream.video.rtc.signaling", reason="getstream[webrtc] is not installed")
 
-from fake_sfu import FakeSfu  # noqa: E402
-from getstream.video.rtc import connection_utils, signaling  # noqa: E402
-from gs_scenarios import HEALTH, run  # noqa: E402
+from fake_sfu import FakeSfu
+from getstream.video.rtc import connection_utils, signaling
+from gs_scenarios import HEALTH, run
 
-import tether  # noqa: E402
-from tether.integrations import getstream  # noqa: E402
+import tether
+from tether.integrations import getstream
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -105,7 +105,10 @@ async def test_connect_is_bounded(chaos_proxy):
             with pytest.raises(signaling.SignalingError):
                 await asyncio.wait_for(
                     connection_utils.connect_websocket(
-                        token="t", ws_url=proxy.url(path="/ws"), session_id="s", options=connection_utils.ConnectionOptions()
+                        token="t",
+                        ws_url=proxy.url(path="/ws"),
+                        session_id="s",
+                        options=connection_utils.ConnectionOptions(),
                     ),
                     30,
                 )
@@ -188,10 +191,13 @@ def test_older_getstream(fault):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["client"].startswith("tether.integrations.getstream"), r
     assert r["fast_reconnect"] == [False, True] and r["running"] and r["thread_errors"] == [], r
-    assert OLD.name.removeprefix("getstream-") == subprocess.run(
-        [sys.executable, "-c", "from importlib.metadata import version; print(version('getstream'))"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
+    assert (
+        OLD.name.removeprefix("getstream-")
+        == subprocess.run(
+            [sys.executable, "-c", "from importlib.metadata import version; print(version('getstream'))"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
+    )

@@ -46,7 +46,9 @@ def make_pool_class(base: type, *, respawn: Backoff | None, acquire_timeout: flo
             self._t_tasks: set[asyncio.Task] = set()
             self._t_started = False
             init_timeout = float(opts["initialize_timeout"])
-            self._t_acquire_timeout = acquire_timeout if acquire_timeout is not None else 3 * (init_timeout + _START_MARGIN)
+            self._t_acquire_timeout = (
+                acquire_timeout if acquire_timeout is not None else 3 * (init_timeout + _START_MARGIN)
+            )
             self._t_pool = ProcPool(
                 spawn=self._t_spawn,
                 num_idle=self._t_num_idle,
@@ -102,7 +104,9 @@ def make_pool_class(base: type, *, respawn: Backoff | None, acquire_timeout: flo
                 except Exception:
                     self._t_track(proc.aclose())
                     if attempt == _LAUNCH_ATTEMPTS:
-                        log.error("failed to launch job on process after %d attempts", attempt, extra={"job_id": info.job.id})
+                        log.error(
+                            "failed to launch job on process after %d attempts", attempt, extra={"job_id": info.job.id}
+                        )
                         raise
                     log.warning(
                         "failed to launch job on process, retrying with a new process",
@@ -114,7 +118,10 @@ def make_pool_class(base: type, *, respawn: Backoff | None, acquire_timeout: flo
 
         def set_target_idle_processes(self, num_idle_processes: int) -> None:
             super().set_target_idle_processes(num_idle_processes)
-            self._t_pool.set_target_idle(max(0, min(int(num_idle_processes), self._t_num_idle)))
+            # livekit's load task lowers the target under load to stop spawning, not to kill warm
+            # processes (tether's pool shrinks by disposing idle ones): never go below those idle now
+            wanted = max(0, min(int(num_idle_processes), self._t_num_idle))
+            self._t_pool.set_target_idle(max(wanted, int(self._t_pool.stats().get("idle", 0))))
 
         # -- spawning -----------------------------------------------------------------------------------
         def _t_new_executor(self) -> Any:

@@ -159,7 +159,9 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 self.first_message = event
             else:
                 self.rejoins += 1
-                log.info("signaling rejoined the SFU (fast_reconnect, attempt %d)", hs.attempt, extra={"attempt": hs.attempt})
+                log.info(
+                    "signaling rejoined the SFU (fast_reconnect, attempt %d)", hs.attempt, extra={"attempt": hs.attempt}
+                )
                 self._t_dispatch(event)
             self.last_health_check_time = time.time()
 

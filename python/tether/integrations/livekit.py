@@ -138,7 +138,9 @@ def install(
     if problem is not None and not (allow_untested and "not installed" not in problem):
         for part, wanted in (("control_plane", control_plane), ("proc_pool", proc_pool)):
             if wanted and part not in _integration.report().patched:
-                _integration.refuse(part, problem + ("" if "not installed" in problem else "; pass allow_untested=True to try"))
+                _integration.refuse(
+                    part, problem + ("" if "not installed" in problem else "; pass allow_untested=True to try")
+                )
         return _integration.report()
 
     from livekit.agents import worker as lk_worker
@@ -431,7 +433,9 @@ class RoomWatch:
         except Exception as e:
             self._log.warning("room %s: disconnect did not complete: %s", getattr(self.room, "name", "?"), e)
         else:
-            self._log.info("room %s disconnected after %.2fs", getattr(self.room, "name", "?"), time.monotonic() - started)
+            self._log.info(
+                "room %s disconnected after %.2fs", getattr(self.room, "name", "?"), time.monotonic() - started
+            )
 
     async def wait_disconnected(self) -> None:
         """Wait for the disconnect an alarm started (returns at once if none did)."""
