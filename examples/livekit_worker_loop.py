@@ -1,12 +1,16 @@
-"""Seed 000 rewritten on tether.Reconnector: livekit-agents' Worker._run control-plane loop.
+"""Seed 000 rewritten on tether.Reconnector: livekit-agents' Worker control-plane loop, step-wise.
 
 The original loop reset `retry_count` the moment a connection succeeded, so every drop of the
 long-lived control-plane WebSocket logged "failed to connect to livekit, retrying in 0s" at WARNING,
-and an accept-then-drop server hot-looped at 0 s. With Reconnector:
+and an accept-then-drop server hot-looped at 0 s. The loop keeps its shape (connect, register, run the
+socket; on any error, back off); only the policy lines change:
 
-* the first immediate reconnect after a blip logs at DEBUG (no alert for self-healing churn);
-* backed-off retries log WARNING, giving up logs ERROR and raises tether.GaveUp;
-* the counter resets only after the connection stayed up `stable_after` seconds.
+* `r.connected()` once registration is acknowledged: the counter resets only after the connection then
+  stayed up `stable_after` seconds, so a server that accepts and drops escalates instead of hot-looping;
+* `await r.backoff(e)` instead of the hand-written delay and `logger.warning`: the first retry after a
+  blip waits a short random spread and logs at DEBUG, backed-off retries log WARNING, recovery after an
+  outage logs INFO once stable, giving up logs ERROR and raises tether.GaveUp;
+* `logger="worker"`: the records stay under the framework's logger, so its filters keep working.
 
 Run it (uses the `websockets` client against tether's embedded SignalServer):
     .venv/bin/python examples/livekit_worker_loop.py
@@ -31,29 +35,36 @@ log = logging.getLogger("worker")
 class Worker:
     def __init__(self, url: str, max_retry: int = 16, stable_after: float = 10.0) -> None:
         self._url = url
+        self._closed = False
         self._reconnector = tether.Reconnector(
             tether.Backoff(initial=0.5, factor=2.0, max_delay=10.0, jitter="equal", max_attempts=max_retry),
             stable_after=stable_after,
             name="livekit",
+            logger=log,
         )
         self.jobs_seen = 0
 
-    async def _session(self) -> None:
-        """One control-plane connection lifetime (was: ws_connect + _run_ws)."""
-        async with websockets.connect(self._url, open_timeout=10, ping_interval=5, ping_timeout=5) as ws:
-            self._reconnector.connected()  # handshake done: start the stability clock
-            await ws.send('{"register": "worker"}')
-            async for _msg in ws:
-                self.jobs_seen += 1
-        # the server closed the socket: that is a loss, let the reconnector decide
-        raise ConnectionError("control-plane WebSocket closed by the server")
-
     async def run(self) -> None:
-        try:
-            await self._reconnector.run(self._session)
-        except tether.GaveUp as e:
-            log.error("worker stopping: %s", e)
-            raise
+        """The control-plane loop (was: Worker._connection_task)."""
+        while not self._closed:
+            try:
+                async with websockets.connect(self._url, open_timeout=10, ping_interval=5, ping_timeout=5) as ws:
+                    await ws.send('{"register": "worker"}')
+                    self._reconnector.connected()  # registered: start the stability clock
+                    async for _msg in ws:
+                        self.jobs_seen += 1
+                raise ConnectionError("worker connection closed unexpectedly")
+            except Exception as e:
+                if self._closed:
+                    break
+                try:
+                    await self._reconnector.backoff(e)
+                except tether.GaveUp as g:
+                    log.error("worker stopping: %s", g)
+                    raise
+
+    def close(self) -> None:
+        self._closed = True
 
 
 async def main() -> None:
@@ -68,12 +79,12 @@ async def main() -> None:
 
         print("\n-- a blip: the server drops us once; expect DEBUG only")
         srv.drop()
-        await asyncio.sleep(1.5)  # let the new connection become stable (counter resets)
+        await asyncio.sleep(2)  # let the new connection become stable (counter resets)
 
-        print("\n-- an outage: the server refuses for a while; expect WARNINGs, then INFO on recovery")
+        print("\n-- an outage: the server refuses for a while; expect WARNINGs, then INFO once stable")
         srv.refuse(503, times=2)
         srv.drop()
-        await asyncio.sleep(4)
+        await asyncio.sleep(5)
 
         print("\n-- a dead server: give-up at ERROR with tether.GaveUp")
         srv.listening(False)

@@ -1,5 +1,5 @@
-//! The generic reconnect loop shared by `tether.Reconnector` (Python coroutines) and `tether.connect`
-//! (the native WebSocket).
+//! The native reconnect loop behind `tether.connect` (the WebSocket), and the events and log records
+//! of every reconnect loop (`tether.Reconnector` drives the same state machine from Python).
 //!
 //! One call of the `connect` closure is one *attempt*: it returns when the connection ends. `Ok` means
 //! the caller is done (the loop returns it); `Err` means the attempt failed or the live connection was
@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::retry_state::{Decision, Level, RetryState, Settled, Started, Up};
 
+/// Everything a loop reports, in order. Strings are already redacted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Connecting {
@@ -229,7 +230,8 @@ where
 {
     let mut st = RetryState::new(cfg);
     loop {
-        let started = st.start(Instant::now().into_std());
+        let begun = Instant::now();
+        let started = st.start(begun.into_std());
         report::started(events, &started);
         let (attempt, mut connected_rx) = Attempt::new_detached(started.number, started.strategy.clone());
         let deadline = started.deadline.map(Instant::from_std);
@@ -245,7 +247,8 @@ where
                 tokio::select! {
                     biased;
                     _ = sleep_until_some(deadline), if !connected => {
-                        break Err(stalled(started.number, cfg.attempt_timeout.unwrap_or_default()));
+                        let limit = deadline.map(|d| d.saturating_duration_since(begun)).unwrap_or_default();
+                        break Err(stalled(started.number, limit));
                     }
                     at = &mut connected_rx, if listening => {
                         listening = false;
@@ -373,11 +376,15 @@ pub mod report {
         match d {
             Decision::Retry { retry, delay, strategy, quiet, .. } => {
                 events.emit(Event::Reconnecting { attempt: retry + 1, delay: *delay, strategy: strategy.clone() });
-                let what = if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
+                let what =
+                    if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
                 let (retry, secs) = (*retry, delay.as_secs_f64());
                 if *quiet {
-                    let when =
-                        if delay.is_zero() { "retrying immediately".to_string() } else { format!("retrying in {secs:.2}s") };
+                    let when = if delay.is_zero() {
+                        "retrying immediately".to_string()
+                    } else {
+                        format!("retrying in {secs:.2}s")
+                    };
                     tracing::debug!(target: TARGET, logger, name, retry_count = retry, max_retry = max_field,
                         error = %text, delay_s = secs, strategy = &**strategy,
                         "{what}: {text}; {when} (quiet retry {retry}, {strategy})");

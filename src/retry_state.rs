@@ -34,7 +34,8 @@ pub enum Level {
 pub struct Started {
     pub number: u32,
     pub strategy: Arc<str>,
-    /// `attempt_timeout` after the start: the attempt must be connected by then or be abandoned.
+    /// The attempt must be connected by then or be abandoned: `attempt_timeout` after its start, or the
+    /// end of the policy's `deadline` for the outage if that comes first.
     pub deadline: Option<Instant>,
 }
 
@@ -98,11 +99,21 @@ impl Decision {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Link {
     /// Nothing in flight: before the first attempt, or waiting for a retry scheduled to begin at `next`.
-    Down { next: Option<Instant> },
-    Attempting { number: u32, started: Instant },
-    Up { number: u32, since: Instant },
+    Down {
+        next: Option<Instant>,
+    },
+    Attempting {
+        number: u32,
+        started: Instant,
+    },
+    Up {
+        number: u32,
+        since: Instant,
+    },
     /// `closed()` ended the connected period at `at`; the loss is reported, not yet retried.
-    Closed { at: Instant },
+    Closed {
+        at: Instant,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,11 +189,15 @@ impl RetryState {
         self.first_start.get_or_insert(now);
         let number = self.retries + 1;
         self.link = Link::Attempting { number, started: now };
-        Started {
-            number,
-            strategy: self.strategy.clone(),
-            deadline: self.cfg.attempt_timeout.map(|t| now + t),
-        }
+        // an attempt may not outlive the outage's deadline (an outage that has not begun yet would
+        // begin now, if this attempt fails)
+        let outage_end = self.cfg.policy.deadline_duration().map(|d| self.outage.map_or(now, |o| o.started) + d);
+        let attempt_end = self.cfg.attempt_timeout.map(|t| now + t);
+        let deadline = match (outage_end, attempt_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Started { number, strategy: self.strategy.clone(), deadline }
     }
 
     /// The current attempt connected at `now`. None if the link was already up. Without a prior
@@ -335,7 +350,8 @@ mod tests {
     #[test]
     fn a_failed_attempt_never_counts_as_stable() {
         // issue 12.1: handshakes that time out after 10 s (>= stable_after) are not a stable link
-        let mut st = RetryState::new(&Config { policy: Backoff { deadline: Some(60.0), ..cfg(None).policy }, ..cfg(None) });
+        let mut st =
+            RetryState::new(&Config { policy: Backoff { deadline: Some(60.0), ..cfg(None).policy }, ..cfg(None) });
         let t0 = Instant::now();
         let mut t = t0;
         let mut delays = vec![];
@@ -357,6 +373,24 @@ mod tests {
             }
         }
         assert_eq!(delays, [0.0, 1.0, 2.0, 4.0]);
+    }
+
+    #[test]
+    fn an_attempt_is_cut_at_the_outage_deadline() {
+        // the give-up comes by the deadline, not one open_timeout later
+        let mut c = cfg(None);
+        c.policy.deadline = Some(25.0);
+        c.attempt_timeout = Some(secs(10.0));
+        let mut st = RetryState::new(&c);
+        let t0 = Instant::now();
+        assert_eq!(st.start(t0).deadline, Some(t0 + secs(10.0)));
+        st.failed(t0 + secs(10.0), false); // quiet: 0 s
+        assert_eq!(st.start(t0 + secs(10.0)).deadline, Some(t0 + secs(20.0)));
+        st.failed(t0 + secs(20.0), false); // 1 s
+        let s = st.start(t0 + secs(21.0));
+        assert_eq!(s.deadline, Some(t0 + secs(25.0)), "cut at the outage deadline");
+        let d = st.failed(t0 + secs(25.0), false);
+        assert!(matches!(d, Decision::GiveUp { reason: GiveUpReason::Deadline, attempts: 3, .. }), "{d:?}");
     }
 
     #[test]
@@ -492,13 +526,16 @@ mod tests {
             }
         };
         // 0 + 1 + 2 = 3 s slept; the next delay (4 s) would cross 5 s
-        assert_eq!(d, Decision::GiveUp {
-            lost: false,
-            loss_reported: false,
-            reason: GiveUpReason::Deadline,
-            attempts: 4,
-            elapsed: secs(3.0)
-        });
+        assert_eq!(
+            d,
+            Decision::GiveUp {
+                lost: false,
+                loss_reported: false,
+                reason: GiveUpReason::Deadline,
+                attempts: 4,
+                elapsed: secs(3.0)
+            }
+        );
         assert_eq!(n, 4);
         // giving up resets: the next episode starts from scratch
         assert_eq!(st.start(t).number, 1);
@@ -510,13 +547,16 @@ mod tests {
         let t0 = Instant::now();
         st.start(t0);
         let d = st.failed(t0 + secs(2.0), true);
-        assert_eq!(d, Decision::GiveUp {
-            lost: false,
-            loss_reported: false,
-            reason: GiveUpReason::Fatal,
-            attempts: 1,
-            elapsed: secs(2.0)
-        });
+        assert_eq!(
+            d,
+            Decision::GiveUp {
+                lost: false,
+                loss_reported: false,
+                reason: GiveUpReason::Fatal,
+                attempts: 1,
+                elapsed: secs(2.0)
+            }
+        );
     }
 
     #[test]

@@ -258,7 +258,7 @@ async def test_cancellation_waits_for_cleanup_only_within_its_bound(monkeypatch,
     warn = [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.WARNING]
     assert len(warn) == 1 and "did not finish within 0.3s of being cancelled" in warn[0].getMessage()
     release.set()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)  # let the stubborn attempt finish
 
 
 async def test_cancel_during_backoff_sleep():
@@ -445,7 +445,7 @@ async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs
             try:
                 assert await reader.readline() == b"hello\n"
                 r.connected()
-                handshakes.append(time.monotonic())
+                handshakes.append(time.time())  # same clock as LogRecord.created
                 if len(handshakes) <= flaps:
                     await reader.read()
                     raise ConnectionError("dropped by the server")
@@ -473,6 +473,43 @@ async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs
     assert sum(isinstance(e, ev.Reconnected) for e in got) == flaps
     # every flap's handshake was logged below INFO
     assert sum("reconnected to flappy (attempt" in x.getMessage() for x in recs if x.levelno == logging.DEBUG) == flaps
+
+
+async def test_tether_connect_flapping_logs_recovery_once_stable(tether_logs):
+    """Issue 12.13 through tether.connect against the `websockets` server: it accepts the first handshakes
+    and closes them at once, then keeps the connection; INFO comes once, after stable_after."""
+    from websockets.asyncio.server import serve
+
+    flaps = 3
+    handshakes = []
+    hold = asyncio.Event()
+
+    async def handler(ws):
+        handshakes.append(time.time())  # same clock as LogRecord.created
+        if len(handshakes) > flaps:
+            await hold.wait()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        c = await tether.connect(
+            f"ws://127.0.0.1:{port}/",
+            policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"),
+            stable_after=0.5,
+            ping_interval=5,
+        )
+        info = []
+        for _ in range(200):
+            info = [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO]
+            if info:
+                break
+            await asyncio.sleep(0.05)
+        hold.set()
+        await c.aclose()
+    recs = records(tether_logs, "tether.reconnect")
+    assert len(info) == 1, [(x.levelname, x.getMessage()) for x in recs]
+    assert info[0].created >= handshakes[-1] + 0.5 - 0.05
+    assert [x for x in recs if x.levelno == logging.INFO] == info
+    assert len(handshakes) == flaps + 1
 
 
 async def test_a_healthy_server_logs_nothing_at_warning_or_info(tether_logs):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from ._watchdog import Alarm
@@ -64,33 +65,60 @@ class EventStream(AsyncIterator[Event]):
     async def wait(self) -> None: ...
 
 class Reconnector:
-    """Generic reconnect loop over an async callable.
+    """Retry policy for a connection loop, as ``run(connect)`` or step by step. One state machine decides.
 
-    ``connect()`` is one connection lifetime: it returns when the caller is done (``run`` returns its
-    value) or raises when the attempt failed or the connection was lost (``run`` retries). Call
-    ``r.connected()`` from inside ``connect`` once the handshake succeeded; the retry counter resets only
-    after a connection stayed up ``stable_after`` seconds (if never marked, the attempt's duration counts).
-    The first ``quiet_attempts`` retries of an outage are immediate and logged at DEBUG; backed-off
-    retries log WARNING; giving up logs ERROR and raises ``tether.GaveUp`` (``.attempts``, ``.last_error``,
-    ``.reason``, ``.elapsed``), chained from the last error. Exceptions in ``fatal`` are not retried.
-    ``attempt_timeout``: an attempt that has not called ``connected()`` within it is cancelled and counts
-    as a failure (``tether.TimeoutError``), so a stalled attempt escalates instead of hanging.
-    Cancelling ``run`` cancels the running ``connect`` coroutine.
+    Only time spent connected counts: the retry counter (``attempt``) and the backoff sequence reset once
+    a connection stayed up ``stable_after`` seconds after ``connected()`` was called; an attempt that
+    never called ``connected()`` never counts, however long it took. The first ``quiet_attempts`` retries
+    of an outage wait ``uniform(0, quiet_jitter)`` seconds (a fleet dropped together comes back spread
+    over that window; 0 retries immediately) and log at DEBUG; backed-off retries log WARNING with
+    ``retry_count``/``max_retry``/``error``/``delay_s``/``strategy`` in ``extra``; recovery logs INFO once,
+    when the link has been stable after an outage that logged a WARNING (a flapping link's handshakes stay
+    at DEBUG). Giving up logs ERROR and raises ``tether.GaveUp`` (``.attempts``, ``.last_error``,
+    ``.reason``, ``.elapsed``) chained from the last error. Exceptions in ``fatal`` are not retried.
+    ``logger``: a logger name or ``logging.Logger`` that receives this object's records instead of
+    ``tether.reconnect`` (same ``extra`` fields; its level joins the Rust-side filter).
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         policy: Backoff | None = None,
         *,
         stable_after: float = 10.0,
         quiet_attempts: int = 1,
+        quiet_jitter: float = 0.5,
         fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
-        name: str = "connection",
+        name: str = "reconnector",
+        logger: str | logging.Logger | None = None,
         attempt_timeout: float | None = None,
-    ) -> None: ...
-    async def run(self, connect: Callable[[], Awaitable[T]]) -> T: ...
-    def connected(self) -> bool: ...
-    def events(self) -> EventStream: ...
+    ) -> Reconnector: ...
+    def run(self, connect: Callable[[], Awaitable[T]]) -> Coroutine[Any, Any, T]:
+        """``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each
+        call is one attempt, raising means it failed or the connection was lost. Call ``r.connected()``
+        inside once the handshake succeeded. ``attempt_timeout``: an attempt that has not called
+        ``connected()`` within it is cancelled at that moment and counts as a failure
+        (``tether.TimeoutError``). Cancelling ``run`` cancels ``connect`` and returns once it has
+        finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5 s later, then it is
+        abandoned with a WARNING). RuntimeError if already running; TypeError if connect is not callable.
+        """
+    def failed(self, exc: BaseException | None = None) -> float:
+        """Step-wise: an attempt, or a live connection, failed with ``exc``; returns the seconds to wait
+        before the next attempt and logs the retry. Raises ``tether.GaveUp`` (``__cause__`` = exc) when
+        ``exc`` is fatal or the policy's attempts/deadline are exhausted; the state then starts over.
+        RuntimeError while ``run()`` is running."""
+    def backoff(self, exc: BaseException | None = None) -> Coroutine[Any, Any, None]:
+        """``await r.backoff(exc)`` = ``await asyncio.sleep(r.failed(exc))``; cancellable."""
+    def connected(self) -> bool:
+        """This attempt succeeded: the stability clock starts. False if it was already marked."""
+    def closed(self) -> None:
+        """The connected period ended without an error; reports ``ConnectionLost("closed")``, logs
+        nothing. A ``failed()`` after it counts as the loss of that connection."""
+    @property
+    def attempt(self) -> int:
+        """Retries since the last stable connection (0 = none)."""
+    def events(self) -> EventStream:
+        """Events of the current (or next) run or step-wise episode (the step-wise form has no
+        ``Connecting``); ends when ``run`` returns or the episode gives up."""
     @property
     def name(self) -> str: ...
     @property
@@ -99,6 +127,10 @@ class Reconnector:
     def stable_after(self) -> float: ...
     @property
     def quiet_attempts(self) -> int: ...
+    @property
+    def quiet_jitter(self) -> float: ...
+    @property
+    def attempt_timeout(self) -> float | None: ...
     @property
     def running(self) -> bool: ...
 

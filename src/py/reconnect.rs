@@ -325,11 +325,12 @@ impl PyReconnector {
         self.events.emit(Event::Closed);
     }
 
-    /// Begin an attempt: (its number, its attempt_timeout in seconds or None).
+    /// Begin an attempt: (its number, seconds it has to connect or None).
     fn _start(&self) -> (u32, Option<f64>) {
-        let s = self.lock().st.start(now());
+        let begun = now();
+        let s = self.lock().st.start(begun);
         report::started(&self.events, &s);
-        (s.number, self.cfg.attempt_timeout.map(|t| t.as_secs_f64()))
+        (s.number, s.deadline.map(|d| d.saturating_duration_since(begun).as_secs_f64()))
     }
 
     /// Whether attempt `number` is still in flight without having called `connected()`.
