@@ -602,14 +602,10 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     tokio::pin!(run);
     // A close request while no connection is live ends the loop at once; a live session closes itself.
     let idle_close = async {
-        loop {
-            shared.wait_close().await;
-            if !shared.live.load(Ordering::SeqCst) {
-                return;
-            }
+        shared.wait_close().await;
+        if shared.live.load(Ordering::SeqCst) {
             // live: the session handles the close; give it its bound, then stop anyway
             tokio::time::sleep(shared.cfg.close_timeout).await;
-            return;
         }
     };
     let outcome = tokio::select! {
@@ -1004,9 +1000,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         r = &mut heartbeat => r,
         _ = shared.wait_close() => Ok(()),
     };
-    if let Err(e) = lost {
-        return Err(e);
-    }
+    lost?;
     // Closing on request: the writer flushes what was accepted and sends a close frame; then wait for
     // the peer's close (the reader ends). All of it within close_timeout.
     shared.set_state(State::Closing);

@@ -145,6 +145,19 @@ impl Handshake {
     }
 }
 
+async fn write<S>(sink: &mut S, m: Message, done: oneshot::Sender<Result<(), String>>) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    if let Err(e) = sink.send(m).await {
+        let e = WsError::retry(format!("write error during on_connect: {e}"));
+        let _ = done.send(Err(e.text.clone()));
+        return Err(e);
+    }
+    let _ = done.send(Ok(()));
+    Ok(())
+}
+
 /// Run `hook` on a fresh socket, bounded by `limit` as a whole. Returns the messages read for the hook
 /// but not taken by it: they belong to the application, ahead of anything read later.
 pub async fn run_on_connect<S, R>(
@@ -175,15 +188,16 @@ where
             let wanted = ch.waiting.load(Ordering::SeqCst) > 0 && ch.lock_in().is_empty();
             tokio::select! {
                 biased;
-                r = &mut run => return r,
-                Some((m, done)) = requests.recv() => {
-                    if let Err(e) = sink.send(m).await {
-                        let e = WsError::retry(format!("write error during on_connect: {e}"));
-                        let _ = done.send(Err(e.text.clone()));
-                        return Err(e);
+                r = &mut run => {
+                    if r.is_ok() {
+                        // sends the hook started but did not await still go out before the application's
+                        while let Ok((m, done)) = requests.try_recv() {
+                            write(sink, m, done).await?;
+                        }
                     }
-                    let _ = done.send(Ok(()));
+                    return r;
                 }
+                Some((m, done)) = requests.recv() => write(sink, m, done).await?,
                 m = stream.next(), if wanted => match m {
                     None => return Err(WsError::retry("connection closed by the peer during on_connect (EOF)")),
                     Some(Err(e)) => return Err(WsError::retry(format!("read error during on_connect: {e}"))),
@@ -240,6 +254,16 @@ mod tests {
         }
     }
 
+    /// Starts its send and returns without awaiting it.
+    struct FireAndForget;
+
+    impl OnConnect for FireAndForget {
+        fn run(&self, hs: Handshake) -> BoxFuture<Result<(), WsError>> {
+            let started = hs.start_send(Message::text("register"));
+            Box::pin(async move { started.map(drop).map_err(WsError::retry) })
+        }
+    }
+
     struct Hang;
 
     impl OnConnect for Hang {
@@ -276,6 +300,20 @@ mod tests {
         // "app" was never read: it stays on the stream for the application
         assert!(left.is_empty());
         assert_eq!(stream.next().await.unwrap().unwrap(), Message::text("app"));
+    }
+
+    #[tokio::test]
+    async fn sends_started_by_the_hook_go_out_before_it_counts_as_done() {
+        let written = Arc::new(Mutex::new(vec![]));
+        let w = written.clone();
+        let mut sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
+            w.lock().unwrap().push(m);
+            async { Ok::<_, tungstenite::Error>(()) }
+        }));
+        let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
+        let hook = OnConnectHook(Arc::new(FireAndForget));
+        run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
+        assert_eq!(*written.lock().unwrap(), vec![Message::text("register")]);
     }
 
     #[tokio::test(start_paused = true)]

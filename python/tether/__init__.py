@@ -10,8 +10,8 @@ import atexit as _atexit
 
 from . import _native, events
 from ._connect import Connection, connect
-from ._hooks import Handshake
 from ._errors import ConnectionClosed, GaveUp, NotReady, PoolExhausted, SendBufferFull, TetherError, TimeoutError
+from ._hooks import Handshake
 from ._logging import sync_log_level
 from ._native import Backoff, Heartbeat, Reconnector, redact
 from ._procpool import ProcPool, WorkerProc

@@ -144,7 +144,9 @@ def connect(
     ``hs.reconnect`` describe the attempt. Its whole run is bounded by ``open_timeout``. Returning makes
     the attempt connected (Connected/Reconnected, the ``stable_after`` clock starts, queued messages
     flush); raising fails the attempt: retried on the ladder, or given up at once (``GaveUp``) if the
-    exception is an instance of a type in ``fatal``.
+    exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
+    connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
+    ``first_message_timeout`` counts from the end of the hook.
 
     ``heartbeat=tether.Heartbeat(message, interval, is_reply=None, timeout=None)``: for protocols whose
     liveness is in-band; see ``tether.Heartbeat``. A missing reply is a loss ("heartbeat timeout").

@@ -30,7 +30,8 @@ class Handshake:
 
     @property
     def attempt(self) -> int:
-        """1 for the first connect, then the attempt number within the current outage."""
+        """As in the Connecting/Reconnecting events: 1 for the first connect, 2 for the first retry of
+        an outage, and so on (back to 2 after a connection that stayed up for ``stable_after``)."""
         return self._c.attempt
 
     @property

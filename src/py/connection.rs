@@ -285,7 +285,7 @@ impl PyConnection {
         if send_buffer == 0 {
             return Err(value_error("send_buffer must be at least 1"));
         }
-        let shown = name.map(|n| redact_url(n)).unwrap_or_else(|| redact_url(&url));
+        let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
         let hook_loop = LoopSlot::default();
         let cfg = WsConfig {
             url: url.clone(),

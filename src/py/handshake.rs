@@ -15,7 +15,7 @@ use crate::ws_handshake::{BoxFuture, Handshake, OnConnect, OnConnectHook};
 
 use super::bridge::await_py;
 use super::errors::tether_error;
-use super::reconnect::{describe, fatal_tuple, is_control_flow};
+use super::reconnect::{describe, fatal_tuple};
 use super::signal_server::{message_from_py, message_to_py};
 
 /// The event loop of the task that started the connection; hooks run there.
@@ -123,8 +123,9 @@ impl OnConnect for PyOnConnect {
             let Err(e) = started?.await else { return Ok(()) };
             let err = super::with_python(|py| {
                 let text = format!("on_connect raised {}", describe(py, &e));
-                // CancelledError & co. mean the loop is going away: no point retrying
-                if is_control_flow(py, &e) || e.value(py).is_instance(hook.fatal.bind(py)).unwrap_or(false) {
+                // CancelledError, KeyboardInterrupt & co. (not Exceptions) mean the loop is going away
+                let control_flow = !e.is_instance_of::<pyo3::exceptions::PyException>(py);
+                if control_flow || e.value(py).is_instance(hook.fatal.bind(py)).unwrap_or(false) {
                     WsError::fatal(text)
                 } else {
                     WsError::retry(text)
