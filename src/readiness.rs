@@ -200,6 +200,10 @@ impl Gate {
 
         loop {
             attempt += 1;
+            if attempt > 1 {
+                // marks made during (or after) a failed attempt belong to it, not to this one
+                *job.reached.lock().unwrap_or_else(|p| p.into_inner()) = vec![None; spec.stages.len()];
+            }
             let start = Instant::now();
             let not_ready =
                 |stage: &str, reached: Vec<(String, Duration)>, message: String, cause: Option<E>| NotReady {
@@ -284,7 +288,6 @@ impl Gate {
                 if let Some(d) = delays.next() {
                     tracing::warn!(target: LOG, job_id, stage = &**stage, attempt, delay_ms = d.as_secs_f64() * 1000.0,
                         "{why}; re-dispatching in {}", ms(d));
-                    *job.reached.lock().unwrap_or_else(|p| p.into_inner()) = vec![None; spec.stages.len()];
                     tokio::time::sleep(d).await;
                     continue;
                 }
@@ -315,6 +318,32 @@ mod tests {
             },
             redispatch,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn marks_of_a_failed_attempt_do_not_carry_over() {
+        let gate = Arc::new(Gate::new());
+        let g = gate.clone();
+        let res = gate
+            .dispatch(
+                "j1",
+                &spec(false),
+                |attempt| {
+                    let g = g.clone();
+                    async move {
+                        if attempt == 1 {
+                            g.mark("j1", "ready").unwrap(); // then the dispatch call fails
+                            return Err("boom");
+                        }
+                        Ok(())
+                    }
+                },
+                |e: &&str| e.to_string(),
+            )
+            .await;
+        let nr = res.expect_err("the retry reached nothing of its own");
+        assert_eq!(nr.stage, "joined");
+        assert_eq!(nr.attempts, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,7 +21,8 @@ def summary(stdout: str) -> dict[str, str]:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("run", range(RUNS))
 def test_demo_passes_every_time(run):
-    env = {**os.environ, "PYTHONWARNINGS": "default::ResourceWarning"}
+    # unbuffered stdio (common in containers) makes every write a syscall: frames arrive in pieces
+    env = {**os.environ, "PYTHONWARNINGS": "default::ResourceWarning", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "tether", "demo"], capture_output=True, text=True, timeout=300, env=env
     )

@@ -1,7 +1,6 @@
 """ProcPool defects of issue 13, items 1-5, with real subprocesses."""
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -80,8 +79,8 @@ CHILD_SCRIPT = textwrap.dedent(
     async def main():
         pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
                                max_concurrent_spawns=2, initialize_timeout=30)
-        await pool.warm(timeout=60)
-        await pool.acquire(timeout=60)  # one lent, one or two idle
+        await pool.acquire(timeout=60)  # one lent
+        pool.release(await pool.acquire(timeout=60))  # one idle
         print(" ".join(str(p) for p in sorted(children())), flush=True)
         if sys.argv[1] == "hang":
             time.sleep(3600)
@@ -191,7 +190,9 @@ async def test_text_instead_of_the_ready_frame_is_named_with_the_stderr_tail():
         "import sys, time; sys.stderr.write('config loaded\\n'); sys.stderr.flush(); "
         "print('hello, I am the worker', flush=True); time.sleep(60)"
     )
-    pool = tether.ProcPool(command=[sys.executable, "-c", script], num_idle=0, acquire_attempts=1, initialize_timeout=20)
+    pool = tether.ProcPool(
+        command=[sys.executable, "-c", script], num_idle=0, acquire_attempts=1, initialize_timeout=20
+    )
     with pytest.raises(tether.PoolExhausted) as info:
         await pool.acquire(timeout=30)
     text = str(info.value)

@@ -196,8 +196,28 @@ async def test_bad_inputs(kwargs, exc):
         await gate.dispatch(args.pop("job_id"), args.pop("dispatch"), **args)
 
 
-async def test_sync_dispatch_is_a_type_error():
+async def test_sync_dispatch_is_a_type_error_at_once():
     gate = tether.ReadinessGate()
+    called = []
+
+    def dispatch(job_id, attempt):
+        called.append(attempt)
+
+    t0 = time.monotonic()
+    for d in (dispatch, lambda job_id, attempt: None):
+        with pytest.raises(TypeError, match="async"):
+            await gate.dispatch("j", d)  # default policy: would retry 4 times over 1.4 s
+    assert time.monotonic() - t0 < 1.0 and called == [] and gate.pending() == []
+
+
+async def test_marks_made_during_a_failed_dispatch_attempt_do_not_carry_over():
+    gate = tether.ReadinessGate()
+
+    async def dispatch(job_id, attempt):
+        if attempt == 1:
+            gate.mark(job_id, "ready")  # the agent said ready, then the dispatch call failed
+            raise ConnectionError("dispatch RPC failed")
+
     with pytest.raises(tether.NotReady) as info:
-        await gate.dispatch("j", lambda job_id, attempt: None, policy=tether.Backoff(0.01, max_attempts=0))
-    assert isinstance(info.value.__cause__, TypeError)
+        await gate.dispatch("j", dispatch, timeouts={"joined": 0.3, "ready": 0.3}, policy=tether.Backoff(0.01))
+    assert info.value.stage == "joined" and info.value.attempts == 2

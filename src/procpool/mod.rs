@@ -67,6 +67,9 @@ pub struct PoolConfig {
     pub respawn: Backoff,
     /// Consecutive spawn failures after which `healthy` turns false.
     pub unhealthy_after: u32,
+    /// Python logger the pool's records go to (a key registered by the bindings); None: the module's
+    /// `tether.procpool`. Every record carries it as the `logger` field.
+    pub logger: Option<Arc<str>>,
 }
 
 impl Default for PoolConfig {
@@ -78,6 +81,7 @@ impl Default for PoolConfig {
             acquire_attempts: 3,
             respawn: Backoff { initial: 0.1, factor: 2.0, max_delay: 10.0, ..Default::default() },
             unhealthy_after: 2,
+            logger: None,
         }
     }
 }
@@ -277,7 +281,7 @@ impl Inner {
         }
         let what = p.describe();
         self.emit(PoolEvent::Evicted { proc: what.clone(), reason: "died while idle".into() });
-        tracing::info!(target: LOG, proc = %what, "evicted {what}: it died while idle");
+        tracing::info!(target: LOG, logger = self.cfg.logger.as_deref(), proc = %what, "evicted {what}: it died while idle");
         self.dispose(p, "died while idle");
         self.wake_maintainer.notify_one();
         None
@@ -285,7 +289,7 @@ impl Inner {
 
     fn dispose(&self, p: Proc, reason: &str) {
         let what = p.describe();
-        tracing::debug!(target: LOG, proc = %what, reason, "disposing {what}: {reason}");
+        tracing::debug!(target: LOG, logger = self.cfg.logger.as_deref(), proc = %what, reason, "disposing {what}: {reason}");
         let fut = async move { p.dispose().await };
         match self.handle.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) {
             Some(h) => {
@@ -475,7 +479,7 @@ impl Pool {
                         } else {
                             if w.failures.len() > failed_seen {
                                 failed_seen = w.failures.len();
-                                tracing::debug!(target: LOG, attempt = failed_seen,
+                                tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), attempt = failed_seen,
                                     "acquire attempt {failed_seen} failed: its spawn failed; retrying");
                             }
                             st.idle.pop_front().map_or(Step::Wait, Step::Take)
@@ -506,7 +510,7 @@ impl Pool {
             if let AcquireError::Exhausted { attempts, failures } = e {
                 inner.emit(PoolEvent::Exhausted { attempts: *attempts, failures: failures.clone() });
             }
-            tracing::error!(target: LOG, "acquire failed: {}", e.message());
+            tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "acquire failed: {}", e.message());
         }
         res
     }
@@ -557,7 +561,7 @@ impl Pool {
             None => body.await,
         };
         if let Err(e) = &res {
-            tracing::error!(target: LOG, "warm-up failed: {}", e.message());
+            tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "warm-up failed: {}", e.message());
         }
         res
     }
@@ -593,7 +597,7 @@ impl Pool {
             return Err(NotLent);
         }
         p.detached();
-        tracing::debug!(target: LOG, proc = %p.describe(), "detached {}", p.describe());
+        tracing::debug!(target: LOG, logger = self.inner.cfg.logger.as_deref(), proc = %p.describe(), "detached {}", p.describe());
         self.inner.wake_maintainer.notify_one();
         Ok(())
     }
@@ -785,22 +789,24 @@ async fn spawn_one(mut guard: InFlight) {
         match &ev {
             // a crash loop must not flood the logs: the first failures, then every 10th
             PoolEvent::SpawnFailed { cause, consecutive, retry_in } if *consecutive <= 3 || consecutive % 10 == 0 => {
-                tracing::warn!(target: LOG,
+                tracing::warn!(target: LOG, logger = inner.cfg.logger.as_deref(),
                 consecutive = *consecutive, retry_in_s = retry_in.as_secs_f64(), error = %cause,
                 "spawn failed ({consecutive} in a row{}): {cause}; next spawn in {:.2}s",
                 if *consecutive > 3 { ", only every 10th is logged" } else { "" }, retry_in.as_secs_f64())
             }
             PoolEvent::SpawnFailed { cause, consecutive, .. } => {
-                tracing::debug!(target: LOG, consecutive = *consecutive, error = %cause,
+                tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), consecutive = *consecutive, error = %cause,
                 "spawn failed ({consecutive} in a row): {cause}")
             }
             PoolEvent::Spawned { proc, took } => {
-                tracing::debug!(target: LOG, proc = %proc, took_ms = took.as_secs_f64() * 1000.0, "spawned {proc}")
+                tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), proc = %proc, took_ms = took.as_secs_f64() * 1000.0, "spawned {proc}")
             }
             PoolEvent::Health { healthy: false } => {
-                tracing::error!(target: LOG, "pool unhealthy: it cannot produce processes")
+                tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "pool unhealthy: it cannot produce processes")
             }
-            PoolEvent::Health { healthy: true } => tracing::info!(target: LOG, "pool healthy again"),
+            PoolEvent::Health { healthy: true } => {
+                tracing::info!(target: LOG, logger = inner.cfg.logger.as_deref(), "pool healthy again")
+            }
             _ => {}
         }
         inner.emit(ev);

@@ -207,8 +207,6 @@ impl Drop for InRequest<'_> {
             if let Some(c) = self.proc.child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
                 let _ = c.start_kill();
             }
-            tracing::info!(target: super::LOG, pid = self.proc.pid,
-                "worker pid {} killed: a request to it did not complete, so its replies are out of step", self.proc.pid);
         }
     }
 }
@@ -275,8 +273,9 @@ impl NativeProc {
             r = exchange => r,
             _ = until(deadline) => return Err(timed_out()),
         };
-        let reply =
-            r.map_err(|e| RequestError::Failed(with_tail(format!("worker pid {} failed the request: {e}", self.pid), &self.stderr)))?;
+        let reply = r.map_err(|e| {
+            RequestError::Failed(with_tail(format!("worker pid {} failed the request: {e}", self.pid), &self.stderr))
+        })?;
         guard.done = true;
         Ok(reply)
     }

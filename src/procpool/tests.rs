@@ -69,6 +69,7 @@ fn cfg(attempts: u32, concurrent: usize) -> PoolConfig {
         acquire_attempts: attempts,
         respawn: Backoff { initial: 0.1, factor: 2.0, max_delay: 1.0, jitter: Jitter::None, ..Default::default() },
         unhealthy_after: 2,
+        logger: None,
     }
 }
 
@@ -92,8 +93,7 @@ async fn all_spawns_fail_raises_exhausted_naming_causes() {
 #[tokio::test(start_paused = true)]
 async fn peers_in_flight_do_not_burn_an_attempt() {
     // two concurrent spawns: one fails fast, the other succeeds later: one attempt is enough
-    let sp =
-        Scripted::new(vec![Some(Err("boom".into())), Some(Ok(Duration::from_secs(2)))], Some(Err("late".into())));
+    let sp = Scripted::new(vec![Some(Err("boom".into())), Some(Ok(Duration::from_secs(2)))], Some(Err("late".into())));
     let mut c = cfg(1, 2);
     c.num_idle = 1; // with one waiter, the maintainer wants 2
     let pool = Pool::new(c, sp.clone());
@@ -110,11 +110,7 @@ async fn hung_initialization_times_out_and_is_retried() {
     assert_eq!(p.describe(), "fake#1");
     // a spawner that ignores its limit: 5 s init timeout + the grace left to spawners, then 0.1 s
     // respawn backoff + 10 ms init
-    assert!(
-        t0.elapsed() >= Duration::from_millis(8100) && t0.elapsed() < Duration::from_secs(9),
-        "{:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_millis(8100) && t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
 }
 
 #[tokio::test(start_paused = true)]
@@ -166,7 +162,8 @@ async fn cancelled_acquire_leaks_nothing_and_timeout_is_bounded() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_spawn_costs_an_attempt_only_of_the_waiter_it_was_made_for() {
     // every other spawn fails; 10 acquirers with 3 attempts each are all served
-    let script = (0..40).map(|i| Some(if i % 2 == 0 { Err(format!("fail {i}")) } else { Ok(Duration::from_millis(10)) }));
+    let script =
+        (0..40).map(|i| Some(if i % 2 == 0 { Err(format!("fail {i}")) } else { Ok(Duration::from_millis(10)) }));
     let sp = Scripted::new(script.collect(), Some(Ok(Duration::from_millis(10))));
     let pool = Pool::new(cfg(3, 1), sp.clone());
     let tasks: Vec<_> = (0..10)

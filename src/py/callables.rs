@@ -12,9 +12,8 @@ pub fn require_async(py: Python<'_>, what: &str, f: &Bound<'_, PyAny>) -> PyResu
         return Err(refuse());
     }
     let inspect = py.import("inspect")?;
-    let is_coro_fn = |o: &Bound<'_, PyAny>| -> PyResult<bool> {
-        inspect.call_method1("iscoroutinefunction", (o,))?.is_truthy()
-    };
+    let is_coro_fn =
+        |o: &Bound<'_, PyAny>| -> PyResult<bool> { inspect.call_method1("iscoroutinefunction", (o,))?.is_truthy() };
     if is_coro_fn(f)? {
         return Ok(());
     }

@@ -50,10 +50,7 @@ struct PyProc {
 }
 
 fn isawaitable(py: Python<'_>, o: &Bound<'_, PyAny>) -> bool {
-    py.import("inspect")
-        .and_then(|m| m.call_method1("isawaitable", (o,)))
-        .and_then(|b| b.is_truthy())
-        .unwrap_or(false)
+    py.import("inspect").and_then(|m| m.call_method1("isawaitable", (o,))).and_then(|b| b.is_truthy()).unwrap_or(false)
 }
 
 impl ProcHandle for PyProc {
@@ -340,7 +337,11 @@ impl PyProcPool {
         if let Ok(w) = proc.cast::<PyWorkerProc>() {
             return Ok(w.get().proc.clone());
         }
-        self.out.lock().unwrap_or_else(|e| e.into_inner()).remove(&(proc.as_ptr() as usize)).ok_or_else(|| not_lent(what))
+        self.out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(proc.as_ptr() as usize))
+            .ok_or_else(|| not_lent(what))
     }
 }
 
@@ -397,6 +398,8 @@ impl PyProcPool {
                 _ => Backoff { jitter: Jitter::Equal, ..d.respawn.clone() },
             },
             unhealthy_after: d.unhealthy_after,
+            // `logger=` is wired once the logging bridge routes a record's `logger` field
+            logger: None,
         };
         if cfg.max_concurrent_spawns == 0 {
             return Err(value_error("max_concurrent_spawns must be at least 1"));
@@ -478,9 +481,7 @@ impl PyProcPool {
             return Ok(fut);
         }
         let (pool, out) = (self.pool.clone(), self.out.clone());
-        super::runtime::future_into_py(py, async move {
-            Ok(Lend { outcome: pool.acquire(t).await.map(Some), out })
-        })
+        super::runtime::future_into_py(py, async move { Ok(Lend { outcome: pool.acquire(t).await.map(Some), out }) })
     }
 
     /// Wait until `n` processes (default num_idle; the idle target is raised to `n` if lower) are
@@ -499,9 +500,10 @@ impl PyProcPool {
         let t = opt_seconds("timeout", timeout)?;
         self.start(py)?;
         let (pool, out) = (self.pool.clone(), self.out.clone());
-        super::runtime::future_into_py(py, async move {
-            Ok(Lend { outcome: pool.warm(n, t).await.map(|()| None), out })
-        })
+        super::runtime::future_into_py(
+            py,
+            async move { Ok(Lend { outcome: pool.warm(n, t).await.map(|()| None), out }) },
+        )
     }
 
     /// Return a process: kept warm if alive and wanted (and kill is False), else killed and reaped.

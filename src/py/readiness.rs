@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::backoff::{Backoff, Jitter};
-use crate::readiness::{Gate, Mark, Spec};
+use crate::readiness::{Gate, Mark, NotReady, Spec};
 
 use super::backoff::{positive_seconds, PyBackoff};
 use super::bridge::await_py;
@@ -66,6 +66,50 @@ fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult
     Ok(vec![t; stages.len()])
 }
 
+/// A dispatch's outcome, turned into the timings dict or `NotReady` when delivered to the loop.
+struct Outcome(Result<Vec<(String, Duration)>, NotReady<PyErr>>);
+
+impl<'py> IntoPyObject<'py> for Outcome {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.0 {
+            Ok(timings) => {
+                let d = PyDict::new(py);
+                for (s, t) in timings {
+                    d.set_item(s, t.as_secs_f64())?;
+                }
+                Ok(d.into_any())
+            }
+            Err(nr) => {
+                // cancellation and interrupts inside dispatch propagate as they are
+                if let Some(c) = &nr.cause {
+                    if !c.is_instance_of::<pyo3::exceptions::PyException>(py) {
+                        return Err(c.clone_ref(py));
+                    }
+                }
+                let kw = PyDict::new(py);
+                kw.set_item("job_id", nr.job_id.as_str())?;
+                kw.set_item("stage", nr.stage.as_str())?;
+                kw.set_item("elapsed", nr.elapsed.as_secs_f64())?;
+                let reached = PyDict::new(py);
+                for (s, t) in &nr.reached {
+                    reached.set_item(s, t.as_secs_f64())?;
+                }
+                kw.set_item("reached", reached)?;
+                kw.set_item("attempts", nr.attempts)?;
+                let err = tether_error(py, "NotReady", &nr.message, Some(&kw));
+                if let Some(c) = nr.cause {
+                    err.set_cause(py, Some(c));
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl PyReadinessGate {
     #[new]
@@ -93,9 +137,7 @@ impl PyReadinessGate {
         if job_id.is_empty() {
             return Err(value_error("job_id must not be empty"));
         }
-        if !dispatch.is_callable() {
-            return Err(PyTypeError::new_err("dispatch must be an async callable (job_id, attempt) -> None"));
-        }
+        super::callables::require_async(py, "dispatch (an async callable (job_id, attempt) -> None)", &dispatch)?;
         let stages = parse_stages(stages)?;
         let timeouts = parse_timeouts(timeouts, &stages)?;
         let policy = match policy {
@@ -120,7 +162,7 @@ impl PyReadinessGate {
                     &job_id,
                     &spec,
                     |attempt| {
-                        let started = Python::attach(|py| -> PyResult<_> {
+                        let started = super::with_python(|py| -> PyResult<_> {
                             let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
                             let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
                             if !ok {
@@ -129,7 +171,8 @@ impl PyReadinessGate {
                                 ));
                             }
                             await_py(py, &locals, aw)
-                        });
+                        })
+                        .unwrap_or_else(|| Err(PyRuntimeError::new_err("the Python interpreter is shutting down")));
                         async move {
                             match started {
                                 Ok(f) => f.await.map(|_| ()),
@@ -137,41 +180,10 @@ impl PyReadinessGate {
                             }
                         }
                     },
-                    |e: &PyErr| Python::attach(|py| describe(py, e)),
+                    |e: &PyErr| super::with_python(|py| describe(py, e)).unwrap_or_default(),
                 )
                 .await;
-            Python::attach(|py| match res {
-                Ok(timings) => {
-                    let d = PyDict::new(py);
-                    for (s, t) in timings {
-                        d.set_item(s, t.as_secs_f64())?;
-                    }
-                    Ok(d.unbind())
-                }
-                Err(nr) => {
-                    // cancellation and interrupts inside dispatch propagate as they are
-                    if let Some(c) = &nr.cause {
-                        if !c.is_instance_of::<pyo3::exceptions::PyException>(py) {
-                            return Err(c.clone_ref(py));
-                        }
-                    }
-                    let kw = PyDict::new(py);
-                    kw.set_item("job_id", nr.job_id.as_str())?;
-                    kw.set_item("stage", nr.stage.as_str())?;
-                    kw.set_item("elapsed", nr.elapsed.as_secs_f64())?;
-                    let reached = PyDict::new(py);
-                    for (s, t) in &nr.reached {
-                        reached.set_item(s, t.as_secs_f64())?;
-                    }
-                    kw.set_item("reached", reached)?;
-                    kw.set_item("attempts", nr.attempts)?;
-                    let err = tether_error(py, "NotReady", &nr.message, Some(&kw));
-                    if let Some(c) = nr.cause {
-                        err.set_cause(py, Some(c));
-                    }
-                    Err(err)
-                }
-            })
+            Ok(Outcome(res))
         })
     }
 
