@@ -64,11 +64,6 @@ pub fn fatal_tuple<'py>(py: Python<'py>, fatal: Option<&Bound<'py, PyAny>>) -> P
     PyTuple::new(py, items)
 }
 
-/// KeyboardInterrupt, SystemExit, CancelledError...: never retried, never swallowed.
-pub fn is_control_flow(py: Python<'_>, err: &PyErr) -> bool {
-    !err.is_instance_of::<pyo3::exceptions::PyException>(py)
-}
-
 pub fn describe(py: Python<'_>, err: &PyErr) -> String {
     let ty = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
     let msg = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
