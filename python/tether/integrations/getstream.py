@@ -170,6 +170,10 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 raise signaling_error("Cannot reconnect a closed WebSocket client")
             from .. import Heartbeat
 
+            if self._t_conn is not None:  # connect() again: the previous socket goes first
+                self._t_conn.close()
+                if self._t_reader is not None:
+                    self._t_reader.cancel()
             self.first_message = None
             self._t_join_error = None
             self._t_conn = tether_connect(
