@@ -26,7 +26,6 @@ pub enum Level {
     Debug,
     Info,
     Warn,
-    Error,
 }
 
 /// An attempt begins: its number within the outage, its ladder rung and its progress deadline.
@@ -133,8 +132,6 @@ pub struct RetryState {
     link: Link,
     /// Rung of the next attempt; "connect" until the first failure.
     strategy: Arc<str>,
-    /// When the first ever attempt began (bounds the elapsed time of a fatal first attempt).
-    first_start: Option<Instant>,
 }
 
 /// Salt so the quiet-jitter stream of a seeded policy differs from its backoff-delay stream.
@@ -150,12 +147,7 @@ impl RetryState {
             outage: None,
             link: Link::Down { next: None },
             strategy: Arc::from("connect"),
-            first_start: None,
         }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.cfg
     }
 
     /// Retries since the last stable connection (0 = none), as of `now`.
@@ -186,7 +178,6 @@ impl RetryState {
         if let Link::Up { .. } = self.link {
             self.closed(now);
         }
-        self.first_start.get_or_insert(now);
         let number = self.retries + 1;
         self.link = Link::Attempting { number, started: now };
         // an attempt may not outlive the outage's deadline (an outage that has not begun yet would
@@ -208,7 +199,6 @@ impl RetryState {
             Link::Attempting { number, .. } => number,
             Link::Down { .. } | Link::Closed { .. } => self.retries + 1,
         };
-        self.first_start.get_or_insert(now);
         self.link = Link::Up { number, since: now };
         let reconnected = self.outage.map(|o| (now.saturating_duration_since(o.started), number));
         Some(Up { number, reconnected, retries: self.retries, stable_at: now + self.cfg.stable_after })
@@ -254,7 +244,6 @@ impl RetryState {
             Link::Attempting { started, .. } => (false, false, started),
             Link::Down { next } => (false, false, next.unwrap_or(now).min(now)),
         };
-        self.first_start.get_or_insert(began);
         let outage = *self.outage.get_or_insert(Outage { started: began, warned: false });
         let elapsed = now.saturating_duration_since(outage.started);
         self.link = Link::Down { next: None };

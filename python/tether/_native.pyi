@@ -86,7 +86,7 @@ class Reconnector:
         *,
         stable_after: float = 10.0,
         quiet_attempts: int = 1,
-        quiet_jitter: float = 0.5,
+        quiet_jitter: float = 1.0,
         fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
         name: str = "reconnector",
         logger: str | logging.Logger | None = None,

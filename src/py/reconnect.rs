@@ -9,7 +9,7 @@
 //! Every call happens on the event loop thread; the state lock is never held while logging or
 //! emitting (a logging handler may call back into the Reconnector).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -34,12 +34,16 @@ struct Inner {
     ended: u32,
 }
 
+/// Retry policy for a connection loop: `await r.run(connect)`, or step by step with `r.failed(exc)` /
+/// `await r.backoff(exc)` / `r.connected()` / `r.closed()` / `r.attempt`. Only time connected counts
+/// towards `stable_after`; quiet retries wait uniform(0, quiet_jitter) and log at DEBUG, backed-off
+/// ones at WARNING; giving up raises `tether.GaveUp`. `logger=` routes this object's records.
 #[pyclass(name = "Reconnector", module = "tether._native", frozen)]
 pub struct PyReconnector {
     cfg: Config,
     fatal: Py<PyTuple>,
-    tx: broadcast::Sender<Event>,
-    events: Events,
+    /// Created by the first `events()`: until someone listens, events cost nothing (not even the buffer).
+    tx: OnceLock<broadcast::Sender<Event>>,
     inner: Mutex<Inner>,
 }
 
@@ -80,7 +84,15 @@ fn now() -> Instant {
     Instant::now()
 }
 
+/// Events a listener may fall behind by before it loses some (it is told how many).
+const EVENTS_CAPACITY: usize = 1024;
+
 impl PyReconnector {
+    /// The sink for this object's events: nowhere until `events()` was called once.
+    fn sink(&self) -> Events {
+        self.tx.get().map_or_else(Events::none, |tx| Events::new(tx.clone()))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -128,12 +140,12 @@ impl PyReconnector {
             }
             (d, end)
         };
-        report::failure(&self.cfg, &self.events, &decision, &text);
+        report::failure(&self.cfg, &self.sink(), &decision, &text);
         match decision {
             Decision::Retry { delay, .. } => Ok(delay.as_secs_f64()),
             Decision::GiveUp { reason, attempts, elapsed, .. } => {
                 if end_episode {
-                    self.events.emit(Event::Closed);
+                    self.sink().emit(Event::Closed);
                 }
                 let g = crate::reconnect::GaveUp {
                     name: self.cfg.name.clone(),
@@ -206,10 +218,8 @@ impl PyReconnector {
         };
         let fatal = fatal_tuple(py, fatal)?.unbind();
         super::logging::sync(py);
-        let (tx, _) = broadcast::channel(4096);
         Ok(PyReconnector {
-            events: Events::new(tx.clone()),
-            tx,
+            tx: OnceLock::new(),
             fatal,
             inner: Mutex::new(Inner { st: RetryState::new(&cfg), running: false, stepping: false, ended: 0 }),
             cfg,
@@ -251,7 +261,7 @@ impl PyReconnector {
             up
         };
         let Some(up) = up else { return Ok(false) };
-        report::up(&me.cfg, &me.events, &up);
+        report::up(&me.cfg, &me.sink(), &up);
         // Report the recovery once the link is stable, if it still is then. Without a running loop
         // (a synchronous caller) the next step reports it instead.
         let asyncio = slf.py().import("asyncio")?;
@@ -268,7 +278,7 @@ impl PyReconnector {
     fn closed(&self) {
         let was_up = self.lock().st.closed(now());
         if was_up {
-            report::closed(&self.events);
+            report::closed(&self.sink());
         }
     }
 
@@ -285,7 +295,7 @@ impl PyReconnector {
         if !inner.running && !inner.stepping && inner.ended > 0 {
             return EventStream::ended();
         }
-        EventStream::new(self.tx.subscribe())
+        EventStream::new(self.tx.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
     }
 
     fn _settle(&self) {
@@ -317,14 +327,14 @@ impl PyReconnector {
             inner.running = false;
             inner.ended += 1;
         }
-        self.events.emit(Event::Closed);
+        self.sink().emit(Event::Closed);
     }
 
     /// Begin an attempt: (its number, seconds it has to connect or None).
     fn _start(&self) -> (u32, Option<f64>) {
         let begun = now();
         let s = self.lock().st.start(begun);
-        report::started(&self.events, &s);
+        report::started(&self.sink(), &s);
         (s.number, s.deadline.map(|d| d.saturating_duration_since(begun).as_secs_f64()))
     }
 
