@@ -83,6 +83,10 @@ async def until(cond, timeout=10.0, what="condition"):
         await asyncio.sleep(0.01)
 
 
+async def opened(conn):
+    return await conn
+
+
 async def collect(conn, into):
     async for e in conn.events():
         into.append(e)
@@ -92,6 +96,8 @@ async def test_hook_runs_before_queued_messages_on_connect_and_after_a_drop():
     seen = []
     states = []
     handles = []
+    in_hook = asyncio.Event()
+    go_on = asyncio.Event()
 
     async def on_connect(hs):
         seen.append((hs.attempt, hs.strategy, hs.reconnect))
@@ -100,21 +106,28 @@ async def test_hook_runs_before_queued_messages_on_connect_and_after_a_drop():
         # a recv cancelled while waiting consumes nothing
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(hs.recv(), 0.05)
-        # a queued message that slipped out before the hook would reach the server first
-        await asyncio.sleep(0.2)
+        in_hook.set()
+        # a message queued meanwhile that slipped out before the hook would reach the server first
+        await go_on.wait()
         await hs.send(f"join reconnect={hs.reconnect}")
         assert await hs.recv() == "joined"
 
     got = []
     async with JoinServer() as srv:
         c = tether.connect(srv.url, on_connect=on_connect, policy=policy(), **FAST)
-        first = asyncio.ensure_future(c.send("queued-before-connect"))
+        starting = asyncio.ensure_future(opened(c))
+        await asyncio.wait_for(in_hook.wait(), 10)
+        first = asyncio.ensure_future(c.send("queued-during-hook"))
+        await asyncio.sleep(0.2)
+        go_on.set()
+        await asyncio.wait_for(starting, 10)
         async with c:
             watcher = asyncio.ensure_future(collect(c, got))
             await asyncio.wait_for(first, 10)
             # the hook took "joined"; the application gets the rest, in order
             assert await asyncio.wait_for(c.recv(), 10) == "welcome"
-            assert srv.conns[0][:2] == ["join reconnect=False", "queued-before-connect"]
+            await until(lambda: len(srv.conns[0]) >= 2, what="the queued message")
+            assert srv.conns[0][:2] == ["join reconnect=False", "queued-during-hook"]
 
             srv.drop()
             await until(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
@@ -146,7 +159,7 @@ async def test_hook_that_raises_is_retried_then_gives_up():
     async with JoinServer() as srv:
         c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=2), **FAST)
         with pytest.raises(tether.GaveUp) as ei:
-            await asyncio.wait_for(c._start(), 20)
+            await asyncio.wait_for(opened(c), 20)
         await c.aclose()
     assert calls == [1, 2, 3]
     assert len(srv.conns) == 3
@@ -170,7 +183,7 @@ async def test_fatal_hook_error_gives_up_at_once():
     async with JoinServer() as srv:
         c = tether.connect(srv.url, on_connect=on_connect, fatal=(Rejected,), policy=policy(max_attempts=5), **FAST)
         with pytest.raises(tether.GaveUp) as ei:
-            await asyncio.wait_for(c._start(), 20)
+            await asyncio.wait_for(opened(c), 20)
         await c.aclose()
     assert calls == [1]
     assert ei.value.reason == "fatal error"
@@ -181,7 +194,7 @@ async def test_sync_on_connect_is_a_usage_error_not_retried():
     async with JoinServer() as srv:
         c = tether.connect(srv.url, on_connect=lambda hs: None, policy=policy(max_attempts=5), **FAST)
         with pytest.raises(tether.GaveUp, match="on_connect must be an async function"):
-            await asyncio.wait_for(c._start(), 20)
+            await asyncio.wait_for(opened(c), 20)
         await c.aclose()
     assert len(srv.conns) == 1
 
@@ -201,7 +214,7 @@ async def test_hanging_hook_is_cut_at_open_timeout_and_cancelled():
         c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=1), **kw)
         t0 = time.monotonic()
         with pytest.raises(tether.GaveUp, match="on_connect did not finish within open_timeout"):
-            await asyncio.wait_for(c._start(), 20)
+            await asyncio.wait_for(opened(c), 20)
         elapsed = time.monotonic() - t0
         await c.aclose()
         await until(lambda: len(cancelled) == 2, what="hook tasks cancelled")
@@ -220,7 +233,7 @@ async def test_hook_task_cancelled_from_python_gives_up_at_once():
     async with JoinServer() as srv:
         c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=5), **FAST)
         with pytest.raises(tether.GaveUp, match="on_connect raised CancelledError") as ei:
-            await asyncio.wait_for(c._start(), 20)
+            await asyncio.wait_for(opened(c), 20)
         await c.aclose()
     assert calls == [1]
     assert ei.value.reason == "fatal error"
@@ -250,7 +263,7 @@ async def test_stability_clock_starts_after_the_hook():
         d = asyncio.ensure_future(dropper())
         c = tether.connect(srv.url, on_connect=on_connect, stable_after=1.0, policy=policy(max_attempts=2), **FAST)
         watcher = asyncio.ensure_future(collect(c, got))
-        await asyncio.wait_for(c._start(), 20)
+        await asyncio.wait_for(opened(c), 20)
         await until(lambda: any(isinstance(e, ev.GaveUp) for e in got), timeout=20, what="GaveUp")
         d.cancel()
         await c.aclose()

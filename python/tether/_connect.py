@@ -145,7 +145,7 @@ def connect(
     the attempt connected (Connected/Reconnected, the ``stable_after`` clock starts, queued messages
     flush); raising fails the attempt: retried on the ladder, or given up at once (``GaveUp``) if the
     exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
-    connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
+    connection's own ``send`` and ``recv`` make progress only after the hook returned.
     ``first_message_timeout`` counts from the end of the hook.
 
     ``heartbeat=tether.Heartbeat(message, interval, is_reply=None, timeout=None)``: for protocols whose
