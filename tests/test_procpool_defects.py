@@ -76,11 +76,23 @@ CHILD_SCRIPT = textwrap.dedent(
                 out |= {int(x) for x in f.read().split()}
         return out
 
+    async def spawn():
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(600)",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
     async def main():
-        pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
-                               max_concurrent_spawns=2, initialize_timeout=30)
+        if sys.argv[1] == "spawn":
+            pool = tether.ProcPool(spawn=spawn, num_idle=2, max_concurrent_spawns=2)
+        else:
+            pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
+                                   max_concurrent_spawns=2, initialize_timeout=30)
         await pool.acquire(timeout=60)  # one lent
         pool.release(await pool.acquire(timeout=60))  # one idle
+        for _ in range(600):  # let the refill finish: a spawn still inside user code is not the pool's yet
+            if pool.stats()["in_flight"] == 0 and pool.stats()["idle"] == 2:
+                break
+            await asyncio.sleep(0.05)
         print(" ".join(str(p) for p in sorted(children())), flush=True)
         if sys.argv[1] == "hang":
             time.sleep(3600)
@@ -97,8 +109,9 @@ def _start(mode):
     )
 
 
-def test_children_die_when_the_program_exits_without_aclose():
-    proc = _start("exit")
+@pytest.mark.parametrize("mode", ["exit", "spawn"])
+def test_children_die_when_the_program_exits_without_aclose(mode):
+    proc = _start(mode)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     pids = [int(p) for p in out.split()]
@@ -263,3 +276,26 @@ async def test_idle_never_exceeds_num_idle_after_cancelled_waiters():
     assert pool.stats()["idle"] <= 1
     assert len([p for p in made if not p.closed]) == pool.stats()["idle"]  # the rest were disposed
     await pool.aclose()
+
+
+# a pool whose event loop is gone ------------------------------------------------------------------
+
+
+def test_a_pool_left_open_when_its_loop_closes_stops_spawning():
+    async def spawn():
+        raise OSError("cannot fork")
+
+    async def main():
+        pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.02, max_delay=0.05, jitter="none"))
+        pool.start()
+        await asyncio.sleep(0.2)
+        return pool  # never closed
+
+    pool = asyncio.run(main())
+    end = time.monotonic() + 10
+    while not pool.stats()["closed"] and time.monotonic() < end:
+        time.sleep(0.05)
+    assert pool.stats()["closed"]
+    spawns = pool.stats()["spawns"]
+    time.sleep(0.5)
+    assert pool.stats()["spawns"] == spawns  # not retrying forever in the background

@@ -186,3 +186,23 @@ def test_async_callables_of_every_shape_are_accepted():
 
     for s in (spawn, functools.partial(spawn, 2), Spawner()):
         tether.ProcPool(spawn=s)
+
+
+async def test_popen_objects_are_judged_by_poll():
+    import subprocess
+
+    async def spawn():
+        return await asyncio.to_thread(subprocess.Popen, [sys.executable, "-c", "import time; time.sleep(60)"])
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1)
+    await pool.warm(timeout=30)
+    first = await pool.acquire(timeout=30)
+    pool.release(first)
+    first.kill()
+    await asyncio.to_thread(first.wait)
+    first.returncode = None  # as if nobody had polled it yet
+    p = await pool.acquire(timeout=30)
+    assert p is not first
+    pool.release(p, kill=True)
+    await pool.aclose()
+    await asyncio.to_thread(p.wait, 10)

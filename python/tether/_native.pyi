@@ -360,15 +360,17 @@ class PoolEventStream(AsyncIterator[Any]):
 
 class ProcPool:
     """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a
-    plain function is a TypeError) returning any object, alive per ``liveness(proc)`` if given, else
-    its ``is_alive()``, else ``returncode is None``; disposed with ``aclose()``/``close()``, else
-    ``kill()`` then ``await wait()``. A spawn that raises ``X from cause`` reports both. Or ``command``:
-    argv of a child that sends the ready frame (``tether.worker``); such children die with this process
-    (``PR_SET_PDEATHSIG`` on Linux, and at interpreter exit). Each spawn made while acquirers wait is
-    made for one of them; its failure is a failed attempt of that acquirer only; after
-    ``acquire_attempts`` failed attempts it raises ``PoolExhausted`` (``.failures``: its own spawns'
-    causes, ``.attempts``). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
-    of a process this pool did not lend (or twice) raise ValueError."""
+    plain function is a TypeError) returning any object, alive per ``liveness(proc)`` if given (called
+    from a tether thread, with the GIL: keep it quick and non-blocking), else its ``is_alive()``, else
+    ``poll() is None``, else ``returncode is None``; disposed with ``aclose()``/``close()``, else
+    ``kill()`` then ``await wait()``. A spawn that raises ``X from cause`` reports both. Or
+    ``command``: argv of a child that sends the ready frame (``tether.worker``); such children die with
+    this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what
+    they own (``kill()`` for spawn= objects). Each spawn made while acquirers wait is made for one of
+    them; its failure is a failed attempt of that acquirer only; after ``acquire_attempts`` failed
+    attempts it raises ``PoolExhausted`` (``.failures``: its own spawns' causes, ``.attempts``).
+    ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool
+    did not lend (or twice) raise ValueError. A request that does not complete kills its worker."""
 
     def __init__(
         self,
@@ -391,7 +393,8 @@ class ProcPool:
         Raises PoolExhausted once ``acquire_attempts`` spawns failed in a row, or TimeoutError."""
     def release(self, proc: Any, *, kill: bool = False) -> None: ...
     def detach(self, proc: Any) -> None:
-        """``proc`` leaves the pool for good (not killed, no longer counted); the pool refills."""
+        """``proc`` leaves the pool for good (not killed by the pool, no longer counted); the pool
+        refills. A native worker still dies with this process."""
     def set_target_idle(self, n: int) -> None: ...
     async def aclose(self) -> None: ...
     @property
@@ -409,7 +412,9 @@ class ReadinessGate:
     (the first from the start of the dispatch call, which it also bounds). A raising dispatch call is
     retried with ``policy`` (default Backoff(0.2, 2, jitter="none", max_attempts=3): 200/400/800 ms);
     a stage timeout raises ``tether.NotReady`` (or re-dispatches when ``redispatch=True``). Returns
-    {stage: seconds since the dispatch call started}. Stage timeouts default to 10 s each."""
+    {stage: seconds since the dispatch call started}. Stage timeouts default to 10 s each. A plain
+    (non-async) ``dispatch`` is a TypeError at once; marks made during a failed attempt are cleared
+    before the retry."""
 
     def __init__(self) -> None: ...
     async def dispatch(

@@ -42,6 +42,8 @@ pub trait ProcHandle: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
     /// No longer the pool's (detached): stop whatever would end it with the pool.
     fn detached(&self) {}
+    /// The program is exiting: stop it now, synchronously, without waiting for it.
+    fn kill_now(&self) {}
 }
 
 pub type Proc = Arc<dyn ProcHandle>;
@@ -56,6 +58,11 @@ pub trait Spawner: Send + Sync + 'static {
     /// Start and initialize one process within `limit`; `Err` carries the cause (stderr tail included
     /// for children).
     fn spawn(&self, limit: Duration) -> BoxFuture<Result<Proc, String>>;
+    /// True once no spawn can ever succeed again (e.g. its event loop is closed): the pool then
+    /// closes itself instead of retrying forever. Asked after a failed spawn.
+    fn gone(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,9 +185,26 @@ mod native;
 #[cfg(test)]
 mod tests;
 
-pub use native::{
-    kill_children_at_exit, read_frame, write_frame, NativeProc, NativeSpawner, RequestError, MAX_FRAME, READY,
-};
+pub use native::{read_frame, write_frame, NativeProc, NativeSpawner, RequestError, MAX_FRAME, READY};
+
+/// Every pool not yet dropped, for `kill_all_at_exit`.
+static POOLS: Mutex<Vec<std::sync::Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// The program is exiting and pools nobody closed still own processes: close them and kill every
+/// process they own (idle, lent, kept for a waiter) and every native child still initializing.
+/// Synchronous and bounded; detached processes are left alone.
+pub fn kill_all_at_exit() {
+    let pools: Vec<Arc<Inner>> = std::mem::take(&mut *POOLS.lock().unwrap_or_else(|p| p.into_inner()))
+        .iter()
+        .filter_map(|w| w.upgrade())
+        .collect();
+    for inner in pools {
+        for p in inner.shut() {
+            p.kill_now();
+        }
+    }
+    native::kill_children_at_exit();
+}
 
 /// How long past `initialize_timeout` the pool waits for a spawner to enforce it itself (and report
 /// why) before dropping the spawn.
@@ -287,6 +311,16 @@ impl Inner {
         None
     }
 
+    /// Mark closed; returns every process the pool owns (idle, lent, kept for a waiter).
+    fn shut(&self) -> Vec<Proc> {
+        let mut st = self.lock();
+        st.closed = true;
+        let mut all: Vec<Proc> = st.idle.drain(..).collect();
+        all.extend(st.lent.drain().map(|(_, p)| p));
+        all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
+        all
+    }
+
     fn dispose(&self, p: Proc, reason: &str) {
         let what = p.describe();
         tracing::debug!(target: LOG, logger = self.cfg.logger.as_deref(), proc = %what, reason, "disposing {what}: {reason}");
@@ -347,7 +381,7 @@ impl Pool {
     pub fn new(cfg: PoolConfig, spawner: Arc<dyn Spawner>) -> Pool {
         let (events, _) = broadcast::channel(1024);
         let delays = cfg.respawn.delays_unbounded();
-        Pool {
+        let pool = Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     idle: VecDeque::new(),
@@ -375,7 +409,12 @@ impl Pool {
                 spawn_tasks: Mutex::new(HashMap::new()),
                 handle: std::sync::OnceLock::new(),
             }),
-        }
+        };
+        let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|w| w.strong_count() > 0);
+        pools.push(Arc::downgrade(&pool.inner));
+        drop(pools);
+        pool
     }
 
     /// Start prewarming (idempotent). Must run inside a tokio runtime.
@@ -605,14 +644,7 @@ impl Pool {
     /// Close: fail waiters, abort in-flight spawns (their children are killed), kill and reap idle
     /// and lent processes. Bounded: a few seconds at most, whatever `initialize_timeout` is.
     pub async fn close(&self) {
-        let all: Vec<Proc> = {
-            let mut st = self.inner.lock();
-            st.closed = true;
-            let mut all: Vec<Proc> = st.idle.drain(..).collect();
-            all.extend(st.lent.drain().map(|(_, p)| p));
-            all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
-            all
-        };
+        let all = self.inner.shut();
         let tasks: Vec<_> =
             self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, h)| h).collect();
         for t in tasks {
@@ -726,6 +758,7 @@ async fn spawn_one(mut guard: InFlight) {
             Err(format!("initialization did not finish within {:.1}s; the process was killed", limit.as_secs_f64()))
         }
     };
+    let failed = outcome.is_err();
     let mut events = Vec::new();
     let mut to_dispose = None;
     {
@@ -813,6 +846,15 @@ async fn spawn_one(mut guard: InFlight) {
     }
     if let Some((p, why)) = to_dispose {
         inner.dispose(p, why);
+    }
+    // asked outside the lock: the spawner may need the GIL, which a thread holding it may wait on us for
+    if failed && !inner.lock().closed && inner.spawner.gone() {
+        tracing::warn!(target: LOG, logger = inner.cfg.logger.as_deref(),
+            "closing the pool: its spawner can no longer run (event loop closed) and it was not closed");
+        for p in inner.shut() {
+            inner.dispose(p, "the pool's spawner is gone");
+        }
+        inner.emit(PoolEvent::Closed);
     }
     inner.changed.notify_waiters();
     inner.wake_maintainer.notify_one();

@@ -139,9 +139,9 @@ impl Drop for Registered {
     }
 }
 
-/// SIGKILL every child a pool still owns (idle, lent, initializing). Called at interpreter exit,
-/// when no pool can be closed any more; detached children are left alone.
-pub fn kill_children_at_exit() {
+/// SIGKILL every child a pool still owns (idle, lent, initializing); detached children are left
+/// alone.
+pub(super) fn kill_children_at_exit() {
     let pids: Vec<u32> = std::mem::take(&mut *children()).into_iter().collect();
     for pid in pids {
         // SAFETY: kill(2) on a pid this process started and has not reaped (a registered pid is
@@ -310,6 +310,11 @@ impl ProcHandle for NativeProc {
     }
     fn detached(&self) {
         self.registered.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+    fn kill_now(&self) {
+        if let Some(c) = self.child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = c.start_kill();
+        }
     }
 }
 

@@ -72,9 +72,10 @@ pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
 #[pyfunction]
 fn _at_exit(py: Python<'_>) {
     use std::sync::atomic::Ordering::SeqCst;
+    // pools nobody closed: their processes must not outlive the program (before the gate closes:
+    // killing a Python-spawned process calls its kill())
+    crate::procpool::kill_all_at_exit();
     PYTHON_ALIVE.store(false, SeqCst);
-    // pools nobody closed: their children must not outlive the program
-    crate::procpool::kill_children_at_exit();
     py.detach(|| {
         let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while ATTACHING.load(SeqCst) > 0 && std::time::Instant::now() < end {

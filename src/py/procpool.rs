@@ -55,8 +55,8 @@ fn isawaitable(py: Python<'_>, o: &Bound<'_, PyAny>) -> bool {
 
 impl ProcHandle for PyProc {
     /// The pool's `liveness(obj)` if given; else `obj.is_alive()` (or attribute); else
-    /// `obj.returncode is None` (asyncio and subprocess processes); else assumed alive. A check that
-    /// raises means dead.
+    /// `obj.poll() is None` (subprocess.Popen); else `obj.returncode is None` (asyncio processes); else
+    /// assumed alive. A check that raises means dead.
     fn is_alive(&self) -> bool {
         super::with_python(|py| {
             let o = self.obj.bind(py);
@@ -66,7 +66,11 @@ impl ProcHandle for PyProc {
             match o.getattr("is_alive") {
                 Ok(f) if f.is_callable() => f.call0().and_then(|r| r.is_truthy()).unwrap_or(false),
                 Ok(v) => v.is_truthy().unwrap_or(false),
-                Err(_) => o.getattr("returncode").map(|r| r.is_none()).unwrap_or(true),
+                // subprocess.Popen learns of its exit only when polled
+                Err(_) => match o.getattr("poll") {
+                    Ok(poll) if poll.is_callable() => poll.call0().map(|r| r.is_none()).unwrap_or(false),
+                    _ => o.getattr("returncode").map(|r| r.is_none()).unwrap_or(true),
+                },
             }
         })
         .unwrap_or(false)
@@ -100,6 +104,17 @@ impl ProcHandle for PyProc {
         })
     }
 
+    /// `obj.kill()` if it has one (asyncio and subprocess processes, multiprocessing.Process).
+    fn kill_now(&self) {
+        super::with_python(|py| {
+            if let Ok(kill) = self.obj.bind(py).getattr("kill") {
+                if kill.is_callable() {
+                    let _ = kill.call0();
+                }
+            }
+        });
+    }
+
     fn describe(&self) -> String {
         self.label.clone()
     }
@@ -120,6 +135,9 @@ impl Spawner for PySpawner {
             return Box::pin(async { Err("the pool was not started inside an event loop".to_string()) });
         };
         let started = super::with_python(|py| -> Result<_, String> {
+            if locals.event_loop(py).call_method0("is_closed").and_then(|c| c.is_truthy()).unwrap_or(false) {
+                return Err("the event loop the pool was started on is closed".into());
+            }
             let aw =
                 self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe_chain(py, &e)))?.into_bound(py);
             if !isawaitable(py, &aw) {
@@ -152,6 +170,15 @@ impl Spawner for PySpawner {
             .unwrap_or_else(|| "process".into());
             Ok(Arc::new(PyProc { obj, label, locals, liveness }) as Proc)
         })
+    }
+
+    /// The event loop the pool was started on is closed: no spawn can be scheduled any more.
+    fn gone(&self) -> bool {
+        let Some(locals) = self.locals.get() else { return false };
+        super::with_python(|py| {
+            locals.event_loop(py).call_method0("is_closed").and_then(|c| c.is_truthy()).unwrap_or(false)
+        })
+        .unwrap_or(true)
     }
 }
 
