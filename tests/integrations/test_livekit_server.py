@@ -152,3 +152,41 @@ def test_install_is_idempotent_and_import_is_lazy():
         assert isinstance(livekit.install(), tether.integrations.InstallReport)
     finally:
         livekit.uninstall()
+
+
+async def test_lower_idle_target_keeps_warm_processes(installed):
+    import asyncio
+    import multiprocessing
+
+    from livekit.agents import JobExecutorType
+    from lk_scenarios import entrypoint
+
+    pool = lk_proc_pool.ProcPool(
+        initialize_process_fnc=lambda proc: None,
+        job_entrypoint_fnc=entrypoint,
+        session_end_fnc=None,
+        simulation_end_fnc=None,
+        num_idle_processes=1,
+        initialize_timeout=10.0,
+        close_timeout=5.0,
+        session_end_timeout=5.0,
+        inference_executor=None,
+        job_executor_type=JobExecutorType.THREAD,
+        mp_ctx=multiprocessing.get_context("spawn"),
+        memory_warn_mb=0,
+        memory_limit_mb=0,
+        http_proxy=None,
+        loop=asyncio.get_running_loop(),
+    )
+    closed = []
+    pool.on("process_closed", closed.append)
+    try:
+        await asyncio.wait_for(pool.start(), 30)
+        assert len(pool.processes) == 1
+        # livekit's load task lowers the target under load: no new spawns, but the warm one stays
+        pool.set_target_idle_processes(0)
+        await asyncio.sleep(1.0)
+        assert closed == [] and len(pool.processes) == 1
+    finally:
+        await asyncio.wait_for(pool.aclose(), 30)
+    assert len(closed) == 1

@@ -43,13 +43,14 @@ _CLIENT_METHODS = ("connect", "close", "on_event", "on_wildcard", "emit", "remov
 
 
 class _Settings:
-    __slots__ = ("connect_timeout", "health_interval", "health_timeout", "policy", "stable_after")
+    __slots__ = ("attempt_timeout", "connect_timeout", "health_interval", "health_timeout", "policy", "stable_after")
 
-    def __init__(self, policy, health_interval, health_timeout, connect_timeout, stable_after) -> None:
+    def __init__(self, policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after) -> None:
         self.policy = policy
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.connect_timeout = connect_timeout
+        self.attempt_timeout = attempt_timeout
         self.stable_after = stable_after
 
 
@@ -59,6 +60,7 @@ def install(
     health_interval: float = 5.0,
     health_timeout: float | None = None,
     connect_timeout: float = 15.0,
+    attempt_timeout: float = 5.0,
     stable_after: float = 10.0,
     allow_untested: bool = False,
 ) -> InstallReport:
@@ -67,7 +69,8 @@ def install(
     ``policy``: reconnect policy of the signaling socket (default: immediate first retry, then 0.25 s
     doubling to 5 s, equal jitter, for 30 s — the SFU's own disconnection timeout). A health check is
     sent every ``health_interval`` seconds; no ``health_check_response`` within ``health_timeout``
-    (default: the interval) declares the link lost. ``connect_timeout`` bounds ``connect()``.
+    (default: the interval) declares the link lost. ``connect_timeout`` bounds ``connect()``;
+    ``attempt_timeout`` bounds each (re)connect attempt: WebSocket handshake plus rejoin.
     Returns an ``InstallReport``; a refused part logs a WARNING naming what is missing.
     """
     problem = version_problem("getstream", TESTED_VERSIONS)
@@ -90,7 +93,7 @@ def install(
         fields = events_pb2.JoinRequest.DESCRIPTOR.fields_by_name
         if "fast_reconnect" not in fields:
             missing.append("JoinRequest.fast_reconnect")
-    settings = _Settings(policy, health_interval, health_timeout, connect_timeout, stable_after)
+    settings = _Settings(policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after)
 
     def patch(p) -> None:
         client = _make_client_class(base, signaling.SignalingError, events_pb2, settings)
@@ -187,7 +190,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                     timeout=settings.health_timeout,
                 ),
                 stable_after=settings.stable_after,
-                open_timeout=settings.connect_timeout,
+                open_timeout=min(settings.attempt_timeout, settings.connect_timeout),
                 fatal=(signaling_error,),
                 name="getstream SFU signaling",
             )
