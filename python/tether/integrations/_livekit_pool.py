@@ -8,6 +8,7 @@ processes are spawned, respawned with backoff, evicted and handed out by a ``tet
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 import weakref
@@ -26,15 +27,16 @@ def default_respawn() -> Backoff:
     return Backoff(initial=0.5, factor=2.0, max_delay=10.0, jitter="equal")
 
 
-def make_pool_class(base: type, *, respawn: Backoff | None, acquire_timeout: float | None) -> type:
-    from livekit.agents.ipc import job_proc_executor, job_thread_executor
-    from livekit.agents.ipc import proc_pool as lk_proc_pool
-    from livekit.agents.job import JobExecutorType
+def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: float | None) -> type:
+    job_proc_executor = importlib.import_module("livekit.agents.ipc.job_proc_executor")
+    job_thread_executor = importlib.import_module("livekit.agents.ipc.job_thread_executor")
+    lk_proc_pool = importlib.import_module("livekit.agents.ipc.proc_pool")
+    JobExecutorType = importlib.import_module("livekit.agents.job").JobExecutorType
 
     max_spawns = lk_proc_pool.MAX_CONCURRENT_INITIALIZATIONS
     log = logging.getLogger(LOGGER_NAME)
 
-    class TetherProcPool(base):
+    class TetherProcPool(base):  # type: ignore[misc]
         """livekit's ProcPool with its processes managed by ``tether.ProcPool``."""
 
         def __init__(self, **opts: Any) -> None:
@@ -42,8 +44,8 @@ def make_pool_class(base: type, *, respawn: Backoff | None, acquire_timeout: flo
             self._t_opts = opts
             self._t_num_idle = max(0, int(opts["num_idle_processes"]))
             self._t_executors: list[Any] = []
-            self._t_dead: weakref.WeakSet = weakref.WeakSet()
-            self._t_tasks: set[asyncio.Task] = set()
+            self._t_dead: weakref.WeakSet[Any] = weakref.WeakSet()
+            self._t_tasks: set[asyncio.Task[Any]] = set()
             self._t_started = False
             init_timeout = float(opts["initialize_timeout"])
             self._t_acquire_timeout = (

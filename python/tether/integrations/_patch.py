@@ -14,6 +14,7 @@ import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 log = logging.getLogger("tether.integrations")
 
@@ -83,7 +84,7 @@ def missing_instance_attrs(cls: type, names: Iterable[str]) -> list[str]:
     return [f"{cls.__qualname__}().{n}" for n in names if n not in seen]
 
 
-def missing_params(func: Callable, names: Iterable[str]) -> list[str]:
+def missing_params(func: Callable[..., Any], names: Iterable[str]) -> list[str]:
     """Keyword parameters that ``func`` no longer accepts."""
     import inspect
 

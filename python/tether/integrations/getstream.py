@@ -22,15 +22,19 @@ Part ``signaling`` replaces ``getstream.video.rtc.signaling.WebSocketClient`` (a
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+from .._connect import Connection
 from .._connect import connect as tether_connect
 from .._errors import GaveUp, TetherError
+from .._hooks import Handshake
 from .._native import Backoff
 from .._watchdog import bounded
-from ._patch import InstallReport, Integration, missing_attrs, missing_params, version_problem
+from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_params, version_problem
 
 #: getstream versions this integration was tested with: >= first, < second.
 TESTED_VERSIONS = ("3.3", "7.0")
@@ -45,7 +49,15 @@ _CLIENT_METHODS = ("connect", "close", "on_event", "on_wildcard", "emit", "remov
 class _Settings:
     __slots__ = ("attempt_timeout", "connect_timeout", "health_interval", "health_timeout", "policy", "stable_after")
 
-    def __init__(self, policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after) -> None:
+    def __init__(
+        self,
+        policy: Backoff | None,
+        health_interval: float,
+        health_timeout: float | None,
+        connect_timeout: float,
+        attempt_timeout: float,
+        stable_after: float,
+    ) -> None:
         self.policy = policy
         self.health_interval = health_interval
         self.health_timeout = health_timeout
@@ -80,8 +92,9 @@ def install(
             _integration.refuse("signaling", problem + hint)
         return _integration.report()
 
-    from getstream.video.rtc import connection_utils, signaling
-    from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2
+    connection_utils = importlib.import_module("getstream.video.rtc.connection_utils")
+    signaling = importlib.import_module("getstream.video.rtc.signaling")
+    events_pb2 = importlib.import_module("getstream.video.rtc.pb.stream.video.sfu.event.events_pb2")
 
     base = getattr(signaling, "WebSocketClient", None)
     missing = missing_attrs(signaling, ("WebSocketClient", "SignalingError"))
@@ -95,7 +108,7 @@ def install(
             missing.append("JoinRequest.fast_reconnect")
     settings = _Settings(policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after)
 
-    def patch(p) -> None:
+    def patch(p: Patches) -> None:
         client = _make_client_class(base, signaling.SignalingError, events_pb2, settings)
         p.set(signaling, "WebSocketClient", client)
         if connection_utils.WebSocketClient is base:
@@ -114,7 +127,7 @@ def _default_policy() -> Backoff:
     return Backoff(initial=0.25, factor=2.0, max_delay=5.0, jitter="equal", deadline=30.0)
 
 
-def _make_client_class(base: type, signaling_error: type, events_pb2: Any, settings: _Settings) -> type:
+def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, settings: _Settings) -> type:
     log = logging.getLogger(LOGGER_NAME)
     health_request = events_pb2.SfuRequest(health_check_request=events_pb2.HealthCheckRequest()).SerializeToString()
 
@@ -125,24 +138,39 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
 
     def is_health_reply(raw: bytes | str) -> bool:
         try:
-            return parse(raw).HasField("health_check_response")
+            return bool(parse(raw).HasField("health_check_response"))
         except Exception:
             return False
 
-    class WebSocketClient(base):
+    class WebSocketClient(base):  # type: ignore[misc]
         """getstream's signaling client on ``tether.connect`` (tether.integrations.getstream)."""
 
-        def __init__(self, url, join_request, main_loop, tracer=None, sfu_id_fn=None) -> None:
+        # set by the base class
+        url: str
+        join_request: Any
+        first_message: Any
+        closed: bool
+        running: bool
+        last_health_check_time: float
+
+        def __init__(
+            self,
+            url: str,
+            join_request: Any,
+            main_loop: asyncio.AbstractEventLoop,
+            tracer: Any = None,
+            sfu_id_fn: Callable[[], str | None] | None = None,
+        ) -> None:
             super().__init__(url, join_request, main_loop, tracer=tracer, sfu_id_fn=sfu_id_fn)
-            self._t_conn = None
-            self._t_reader: asyncio.Task | None = None
+            self._t_conn: Connection | None = None
+            self._t_reader: asyncio.Task[None] | None = None
             self._t_lost_sent = False
             self._t_call_ended = False
-            self._t_join_error = None
+            self._t_join_error: BaseException | None = None
             self.rejoins = 0
 
         # -- connecting ---------------------------------------------------------------------------------
-        async def _t_on_connect(self, hs) -> None:
+        async def _t_on_connect(self, hs: Handshake) -> None:
             request = events_pb2.JoinRequest()
             request.CopyFrom(self.join_request)
             if hs.reconnect:
@@ -168,7 +196,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 self._t_dispatch(event)
             self.last_health_check_time = time.time()
 
-        async def connect(self):
+        async def connect(self) -> Any:
             if self.closed:
                 raise signaling_error("Cannot reconnect a closed WebSocket client")
             from .. import Heartbeat
@@ -179,7 +207,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                     self._t_reader.cancel()
             self.first_message = None
             self._t_join_error = None
-            self._t_conn = tether_connect(
+            conn = self._t_conn = tether_connect(
                 self.url,
                 policy=settings.policy or _default_policy(),
                 on_connect=self._t_on_connect,
@@ -195,9 +223,9 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 name="getstream SFU signaling",
             )
             try:
-                await bounded(self._t_conn, settings.connect_timeout, what="SFU signaling connect")
+                await bounded(conn, settings.connect_timeout, what="SFU signaling connect")
             except BaseException as e:
-                conn, self._t_conn = self._t_conn, None
+                self._t_conn = None
                 conn.close()
                 if isinstance(e, GaveUp) and self._t_join_error is not None:
                     raise self._t_join_error from e
@@ -205,11 +233,11 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                     raise signaling_error(f"Connection failed: {e}") from e
                 raise
             self.running = True
-            self._t_reader = asyncio.ensure_future(self._t_read(self._t_conn))
+            self._t_reader = asyncio.ensure_future(self._t_read(conn))
             return self.first_message
 
         # -- receiving ----------------------------------------------------------------------------------
-        async def _t_read(self, conn) -> None:
+        async def _t_read(self, conn: Connection) -> None:
             reason = "closed"
             try:
                 async for raw in conn:
@@ -254,7 +282,7 @@ def _make_client_class(base: type, signaling_error: type, events_pb2: Any, setti
                 remove_wildcards()
 
         @property
-        def connection(self):
+        def connection(self) -> Connection | None:
             """The underlying ``tether.Connection`` (None before ``connect()`` / after ``close()``)."""
             return self._t_conn
 

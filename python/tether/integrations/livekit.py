@@ -21,14 +21,15 @@ Parts (each checked and refused on its own, see ``InstallReport``):
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._errors import GaveUp
-from .._native import Backoff, Reconnector, Watchdog
+from .._native import Backoff, Liveness, Reconnector, Watchdog
 from .._watchdog import Alarm, bounded
 from ._patch import (
     InstallReport,
@@ -143,9 +144,10 @@ def install(
                 )
         return _integration.report()
 
-    from livekit.agents import worker as lk_worker
-    from livekit.agents.ipc import job_proc_executor, job_thread_executor
-    from livekit.agents.ipc import proc_pool as lk_proc_pool
+    lk_worker = importlib.import_module("livekit.agents.worker")
+    job_proc_executor = importlib.import_module("livekit.agents.ipc.job_proc_executor")
+    job_thread_executor = importlib.import_module("livekit.agents.ipc.job_thread_executor")
+    lk_proc_pool = importlib.import_module("livekit.agents.ipc.proc_pool")
 
     if control_plane:
         server_cls = getattr(lk_worker, "AgentServer", None)
@@ -203,7 +205,9 @@ def uninstall() -> None:
 class _ControlPlaneSettings:
     __slots__ = ("policy", "register_timeout", "stable_after")
 
-    def __init__(self, policy, stable_after: float, register_timeout: float) -> None:
+    def __init__(
+        self, policy: Backoff | Callable[[int], Backoff] | None, stable_after: float, register_timeout: float
+    ) -> None:
         if policy is not None and not isinstance(policy, Backoff) and not callable(policy):
             raise TypeError("policy must be a tether.Backoff or a callable(max_retry) -> Backoff")
         self.policy = policy
@@ -215,10 +219,11 @@ class _ControlPlaneSettings:
             return _default_policy(max_retry)
         if isinstance(self.policy, Backoff):
             return self.policy
-        return self.policy(max_retry)
+        policy: Backoff = self.policy(max_retry)
+        return policy
 
 
-def _make_connection_task(settings: _ControlPlaneSettings, lk_worker: Any):
+def _make_connection_task(settings: _ControlPlaneSettings, lk_worker: Any) -> Callable[[Any], Awaitable[None]]:
     from urllib.parse import urljoin, urlparse
 
     agent, models, api = lk_worker.agent, lk_worker.models, lk_worker.api
@@ -229,7 +234,7 @@ def _make_connection_task(settings: _ControlPlaneSettings, lk_worker: Any):
         scheme = parse.scheme.replace("http", "ws", 1) if parse.scheme.startswith("http") else parse.scheme
         return urljoin(f"{scheme}://{parse.netloc}{parse.path}".rstrip("/") + "/", "agent")
 
-    def register_request(server: Any) -> bytes:
+    def register_request(server: Any) -> Any:
         perms = server._permissions
         req = agent.WorkerMessage()
         req.register.type = server._server_type.value
@@ -249,7 +254,7 @@ def _make_connection_task(settings: _ControlPlaneSettings, lk_worker: Any):
         req.register.version = lk_worker.__version__
         return req.SerializeToString()
 
-    async def open_and_register(server: Any, sockets: list) -> Any:
+    async def open_and_register(server: Any, sockets: list[Any]) -> Any:
         token = api.AccessToken(server._api_key, server._api_secret).with_grants(api.VideoGrants(agent=True)).to_jwt()
         params = {"worker_token": server._worker_token} if server._worker_token else {}
         ws = await server._http_session.ws_connect(
@@ -277,7 +282,7 @@ def _make_connection_task(settings: _ControlPlaneSettings, lk_worker: Any):
             logger=lk_logger,
         )
         while not self._closed:
-            sockets: list = []
+            sockets: list[Any] = []
             try:
                 self._connecting = True
                 ws, registered = await bounded(
@@ -327,7 +332,7 @@ class RoomWatch:
         disconnect: bool,
         disconnect_timeout: float,
     ) -> None:
-        from livekit import rtc
+        rtc = importlib.import_module("livekit.rtc")
 
         self._rtc = rtc
         self.room = room
@@ -335,16 +340,16 @@ class RoomWatch:
         self._on_alarm = on_alarm
         self._disconnect = disconnect
         self._disconnect_timeout = disconnect_timeout
-        self._tasks: set[asyncio.Task] = set()
-        self._disconnecting: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._disconnecting: asyncio.Task[Any] | None = None
         self._log = logging.getLogger(LOGGER_NAME)
         self._wd = Watchdog("livekit room", on_alarm=self._alarm)
         self._wd.dwell("reconnecting", reconnecting_timeout)
         # armed only while a remote audio track is subscribed and the room is connected
         self._audio_timeout = audio_timeout
-        self._audio = None
+        self._audio: Liveness | None = None
         self._audio_tracks: set[str] = set()
-        self._handlers: list[tuple[str, Callable]] = [
+        self._handlers: list[tuple[str, Callable[..., None]]] = [
             ("connection_state_changed", self._on_state),
             ("reconnecting", lambda *_: self._on_state(rtc.ConnectionState.CONN_RECONNECTING)),
             ("reconnected", lambda *_: self._on_state(rtc.ConnectionState.CONN_CONNECTED)),
@@ -359,11 +364,12 @@ class RoomWatch:
     # -- room events ----------------------------------------------------------------------------------
     def _state_name(self, state: int) -> str:
         cs = self._rtc.ConnectionState
-        return {
+        names: dict[int, str] = {
             cs.CONN_CONNECTED: "connected",
             cs.CONN_RECONNECTING: "reconnecting",
             cs.CONN_DISCONNECTED: "disconnected",
-        }.get(state, str(state))
+        }
+        return names.get(state, str(state))
 
     def _on_state(self, state: int) -> None:
         name = self._state_name(state)
@@ -373,11 +379,11 @@ class RoomWatch:
 
     def _on_track_subscribed(self, track: Any, publication: Any, participant: Any) -> None:
         if getattr(track, "kind", None) == self._rtc.TrackKind.KIND_AUDIO:
-            self._audio_tracks.add(getattr(publication, "sid", None) or getattr(track, "sid", ""))
+            self._audio_tracks.add(str(getattr(publication, "sid", None) or getattr(track, "sid", "")))
             self._arm_audio()
 
     def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any) -> None:
-        self._audio_tracks.discard(getattr(publication, "sid", None) or getattr(track, "sid", ""))
+        self._audio_tracks.discard(str(getattr(publication, "sid", None) or getattr(track, "sid", "")))
         self._arm_audio()
 
     def _arm_audio(self) -> None:
@@ -420,8 +426,8 @@ class RoomWatch:
         if self._disconnect and self._disconnecting is None:
             self._disconnecting = self._spawn(self._bounded_disconnect())
 
-    def _spawn(self, aw) -> asyncio.Task:
-        task = asyncio.ensure_future(aw)
+    def _spawn(self, aw: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(aw)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
