@@ -7,8 +7,11 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 INTEG_STAMP := $(VENV)/.integrations-stamp
-# the older getstream the integration is also tested with, installed aside (tests/integrations)
+# installed aside (tests/integrations run them in subprocesses): the older getstream the integration
+# is also tested with, and pipecat-ai with only what its websocket_service imports (its full dependency
+# set pins protobuf<7 and pulls numba/onnxruntime)
 GETSTREAM_OLD := 3.3.1
+PIPECAT := 1.14.0
 SOURCES := $(shell find src python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
 .PHONY: demo test test-rust test-python build bench clean venv
@@ -45,6 +48,8 @@ $(INTEG_STAMP): $(STAMP) pyproject.toml
 		|| echo "integration test packages not installed: their tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$(GETSTREAM_OLD) "getstream==$(GETSTREAM_OLD)" \
 		|| echo "getstream $(GETSTREAM_OLD) not installed: its test will skip"
+	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \
+		loguru wait_for2 loudness soxr sentencex || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
 	touch $@
 
 bench: build

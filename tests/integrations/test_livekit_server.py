@@ -142,8 +142,9 @@ def test_install_is_idempotent_and_import_is_lazy():
     import sys
 
     code = (
-        "import sys, tether, tether.integrations, tether.integrations.livekit, tether.integrations.getstream\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('livekit', 'getstream')]\n"
+        "import sys, tether, tether.integrations\n"
+        "import tether.integrations.livekit, tether.integrations.getstream, tether.integrations.pipecat\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('livekit', 'getstream', 'pipecat')]\n"
         "assert not bad, bad\n"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
