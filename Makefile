@@ -6,6 +6,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
+INTEG_STAMP := $(VENV)/.integrations-stamp
+# installed aside (tests/integrations run them in subprocesses): the older getstream the integration
+# is also tested with, and pipecat-ai with only what its websocket_service imports (its full dependency
+# set pins protobuf<7 and pulls numba/onnxruntime)
+GETSTREAM_OLD := 3.3.1
+PIPECAT := 1.14.0
 SOURCES := $(shell find src python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
 .PHONY: demo test test-rust test-python lint build wheel bench clean venv
@@ -28,7 +34,7 @@ lint: build
 test-rust:
 	cargo test --locked
 
-test-python: build
+test-python: build $(INTEG_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 build: $(BUILD_STAMP)
@@ -55,6 +61,17 @@ wheel: $(STAMP)
 	$(VENV)/bin/auditwheel show dist/*manylinux*.whl
 
 # QUICK=1 for a smoke run; ROUNDS, LIBS, HERD pass through (benches/README.md)
+# the real frameworks of the integration tests (pins: the integrations-test extra of pyproject.toml);
+# a package that cannot be installed makes its tests skip with the reason instead of failing the build
+$(INTEG_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -q $$(sed -n 's/^integrations-test = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",') \
+		|| echo "integration test packages not installed: their tests will skip"
+	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$(GETSTREAM_OLD) "getstream==$(GETSTREAM_OLD)" \
+		|| echo "getstream $(GETSTREAM_OLD) not installed: its test will skip"
+	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \
+		loguru wait_for2 loudness soxr sentencex || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
+	touch $@
+
 bench: build
 	$(PIP) install -q -r benches/requirements.txt
 	$(PY) benches/run_all.py

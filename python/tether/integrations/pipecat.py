@@ -1,0 +1,158 @@
+"""pipecat websocket services on tether: one call before building the pipeline.
+
+    from tether.integrations import pipecat
+    pipecat.install()
+
+Part ``websocket_service`` replaces the receive loop of ``pipecat.services.websocket_service.
+WebsocketService`` (every websocket STT/TTS/LLM service) with one on a step-wise ``tether.Reconnector``:
+
+* the first reconnect after a drop is quick (jittered, DEBUG), then backed off with ``policy``
+  instead of pipecat's fixed 4 s minimum wait logged at WARNING every time;
+* a connection counts as recovered only once it stayed up ``stable_after`` seconds, so a server that
+  accepts and drops still runs out of attempts (what ``QuickFailureTracker`` was for), but a flapping
+  network no longer kills the service after 3 short connections: it gets the policy's whole budget;
+* giving up reports the error as permanent (``force_treat_as_permanent=True``) like pipecat does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._errors import GaveUp
+from .._native import Backoff, Reconnector
+from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_instance_attrs, version_problem
+
+#: pipecat-ai versions this integration was tested with: >= first, < second.
+TESTED_VERSIONS = ("1.14", "1.15")
+
+_integration = Integration("pipecat", "pipecat-ai", TESTED_VERSIONS)
+_METHODS = (
+    "_receive_task_handler",
+    "_connect_websocket",
+    "_disconnect_websocket",
+    "_verify_connection",
+    "_receive_messages",
+    "_is_service_usable",
+)
+_ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time")
+
+
+def _default_policy() -> Backoff:
+    return Backoff(initial=0.5, factor=2.0, max_delay=10.0, jitter="equal", max_attempts=8, deadline=120.0)
+
+
+def install(
+    *,
+    policy: Backoff | None = None,
+    stable_after: float = 5.0,
+    quiet_jitter: float = 0.1,
+    allow_untested: bool = False,
+) -> InstallReport:
+    """Patch pipecat's ``WebsocketService`` receive loop (idempotent; undo with ``uninstall()``).
+
+    ``policy``: reconnect policy per service (default: 0.5 s doubling to 10 s, equal jitter, 8 retries,
+    2 minutes per outage). ``stable_after``: seconds a connection must stay up to end an outage
+    (pipecat's ``QuickFailureTracker`` used 5 s). ``quiet_jitter``: the first retry of an outage waits
+    ``uniform(0, quiet_jitter)`` seconds (short: a voice pipeline is deaf meanwhile). Records go to the ``tether.reconnect`` logger
+    (pipecat itself logs with loguru). Returns an ``InstallReport``.
+    """
+    problem = version_problem("pipecat-ai", TESTED_VERSIONS)
+    if problem is not None and not (allow_untested and "not installed" not in problem):
+        if "websocket_service" not in _integration.report().patched:
+            hint = "" if "not installed" in problem else "; pass allow_untested=True to try"
+            _integration.refuse("websocket_service", problem + hint)
+        return _integration.report()
+
+    ws_module = importlib.import_module("pipecat.services.websocket_service")
+    frames = importlib.import_module("pipecat.frames.frames")
+    service = getattr(ws_module, "WebsocketService", None)
+    missing = missing_attrs(ws_module, ("WebsocketService", "ConnectionClosedOK"))
+    missing += missing_attrs(frames, ("ErrorFrame",))
+    if service is not None:
+        missing += missing_attrs(service, _METHODS) + missing_instance_attrs(service, _ATTRS)
+
+    def patch(p: Patches) -> None:
+        handler = _make_receive_loop(
+            policy or _default_policy(), stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame
+        )
+        p.set(service, "_receive_task_handler", handler)
+
+    _integration.apply("websocket_service", missing, patch)
+    return _integration.report()
+
+
+def uninstall() -> None:
+    """Undo ``install()``."""
+    _integration.uninstall()
+
+
+def _make_receive_loop(
+    policy: Backoff, stable_after: float, quiet_jitter: float, closed_ok: type[BaseException], error_frame: Any
+) -> Callable[[Any, Any], Awaitable[None]]:
+    reconnectors: weakref.WeakKeyDictionary[Any, Reconnector] = weakref.WeakKeyDictionary()
+
+    def reconnector_for(service: Any) -> Reconnector:
+        r = reconnectors.get(service)
+        if r is None:
+            r = reconnectors[service] = Reconnector(
+                policy, stable_after=stable_after, quiet_jitter=quiet_jitter, name=str(service)
+            )
+        return r
+
+    async def reopen(service: Any) -> None:
+        await service._disconnect_websocket()
+        await service._connect_websocket()
+        if not await service._verify_connection():
+            raise ConnectionError(f"{service} websocket reconnection failed verification")
+
+    async def recover(service: Any, r: Reconnector, message: str, report_error: Any, error: BaseException) -> bool:
+        """True once reconnected; False when the loop must end (closing, not retrying, gave up)."""
+        if service._disconnecting:
+            return False
+        if not service._reconnect_on_error:
+            await report_error(error_frame(message, exception=error))
+            return False
+        while True:
+            try:
+                delay = r.failed(error)
+            except GaveUp as gave_up:
+                await report_error(
+                    error_frame(f"{service} gave up reconnecting: {gave_up}", exception=error),
+                    force_treat_as_permanent=True,
+                )
+                return False
+            await asyncio.sleep(delay)
+            if service._disconnecting or not service._is_service_usable:
+                return False
+            try:
+                await reopen(service)
+                return True
+            except Exception as e:
+                error = e
+
+    async def _receive_task_handler(self: Any, report_error: Any) -> None:
+        r = reconnector_for(self)
+        while True:
+            self._last_connect_time = time.monotonic()
+            r.connected()
+            try:
+                await self._receive_messages()
+                error: BaseException = ConnectionError(f"{self} connection closed by server")
+            except closed_ok:
+                r.closed()
+                return  # a normal close (1000) is not retried, as in pipecat
+            except Exception as e:
+                error = e
+            if not await recover(self, r, f"{self} connection lost: {error}", report_error, error):
+                return
+
+    _receive_task_handler.__qualname__ = "WebsocketService._receive_task_handler"
+    return _receive_task_handler
+
+
+__all__ = ["TESTED_VERSIONS", "InstallReport", "install", "uninstall"]

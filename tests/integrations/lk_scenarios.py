@@ -1,0 +1,198 @@
+"""livekit-agents reproductions (seeds 000 and 004) with the real `AgentServer.run()` against the fake
+control plane. Used in-process by the tests, and as a script to measure the before/after table:
+
+    python tests/integrations/lk_scenarios.py accept_drop|prewarm_fails|end_to_end|healthy [--tether]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fake_livekit import FakeControlPlane
+
+SPAWN_LOG_ENV = "TETHER_TEST_SPAWN_LOG"
+
+
+def failing_setup(proc) -> None:
+    """A prewarm (setup_fnc) that always fails, as with a missing model file or env var (seed 004)."""
+    with open(os.environ[SPAWN_LOG_ENV], "a") as f:
+        f.write(f"{time.time()}\n")
+    raise RuntimeError("prewarm failed: model file /models/vad.onnx not found")
+
+
+def counting_setup(proc) -> None:
+    with open(os.environ[SPAWN_LOG_ENV], "a") as f:
+        f.write(f"{time.time()}\n")
+
+
+def read_spawns(path: str) -> list[float]:
+    with open(path) as f:
+        spawns = [float(x) for x in f.read().split()]
+    os.unlink(path)
+    return spawns
+
+
+async def entrypoint(ctx) -> None:  # never reached in these scenarios
+    await asyncio.sleep(0)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def at(self, level: int, prefix: str = "") -> list[logging.LogRecord]:
+        return [r for r in self.records if r.levelno == level and r.name.startswith(prefix)]
+
+
+def make_server(url: str, **kw):
+    from livekit.agents import AgentServer, JobExecutorType
+
+    opts = dict(
+        ws_url=url,
+        api_key="devkey",
+        api_secret="secret-" * 6,
+        num_idle_processes=0,
+        port=0,
+        job_executor_type=JobExecutorType.PROCESS,
+    )
+    opts.update(kw)
+    server = AgentServer(**opts)
+    server.rtc_session()(entrypoint)
+    return server
+
+
+async def run_server(server, seconds: float):
+    """Run `server.run()` for up to `seconds`; returns (elapsed, outcome) where outcome is "running" or
+    the exception run() ended with."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task = asyncio.ensure_future(server.run())
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    elapsed = loop.time() - started
+    outcome = task.exception() if done else "running"
+    await asyncio.wait_for(server.aclose(), 60)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+    return elapsed, outcome
+
+
+async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recycle_after: float = 2.0) -> dict:
+    """Seed 000: the control plane accepts and drops (or recycles) the worker socket."""
+    h = Records()
+    lg = logging.getLogger("livekit.agents")
+    lg.addHandler(h)
+    old_level = lg.level
+    lg.setLevel(logging.DEBUG)
+    cpu = time.process_time()
+    try:
+        async with FakeControlPlane(mode, recycle_after=recycle_after) as cp:
+            server = make_server(cp.url, max_retry=max_retry)
+            elapsed, outcome = await run_server(server, seconds)
+    finally:
+        lg.removeHandler(h)
+        lg.setLevel(old_level)
+    retries = [r for r in h.records if "failed to connect to livekit" in r.getMessage() and r.levelno < logging.ERROR]
+    retries += [r for r in h.records if "connection to livekit lost" in r.getMessage() and r.levelno < logging.ERROR]
+    retries.sort(key=lambda r: r.created)
+    return {
+        "mode": mode,
+        "seconds": round(elapsed, 2),
+        "connections": len(cp.connections),
+        "registrations": len(cp.registrations),
+        "retry_levels": [r.levelname for r in retries],
+        "retry_loggers": sorted({r.name for r in retries}),
+        "warnings": len(h.at(logging.WARNING)),
+        "errors": [r.getMessage() for r in h.at(logging.ERROR)],
+        "outcome": outcome if isinstance(outcome, str) else f"{type(outcome).__name__}: {outcome}",
+        "cause": type(outcome.__cause__).__name__ if isinstance(outcome, BaseException) and outcome.__cause__ else None,
+        "cpu_seconds": round(time.process_time() - cpu, 2),
+    }
+
+
+async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float = 10.0, **server_kw) -> dict:
+    """Seed 004: every prewarm fails. Times registration and a job launch, counts spawns (and those in
+    the `watch` seconds after the job gave up: a hot respawn loop shows there)."""
+    spawn_log = tempfile.NamedTemporaryFile(prefix="tether-spawns-", delete=False)
+    spawn_log.close()
+    os.environ[SPAWN_LOG_ENV] = spawn_log.name
+    h = Records()
+    root = logging.getLogger()
+    root.addHandler(h)
+    try:
+        async with FakeControlPlane(
+            server_kw.pop("mode", "healthy"), recycle_after=server_kw.pop("recycle_after", 2.0)
+        ) as cp:
+            kw = dict(num_idle_processes=1, setup_fnc=setup, initialize_process_timeout=10.0)
+            kw.update(server_kw)
+            server = make_server(cp.url, **kw)
+            loop = asyncio.get_running_loop()
+            t0 = time.monotonic()
+            run_task = asyncio.ensure_future(server.run())
+            while not cp.registrations and not run_task.done() and time.monotonic() - t0 < 60:
+                await asyncio.sleep(0.01)
+            registered_after = cp.registrations[0] - t0 if cp.registrations else None
+            job_started = loop.time()
+            job_error = None
+            try:
+                await asyncio.wait_for(server.simulate_job("room", fake_job=True), job_budget)
+            except BaseException as e:
+                job_error = e
+            job_took = loop.time() - job_started
+            # spawn rate after the job gave up: a hot respawn loop shows here
+            rate_from = time.time()
+            await asyncio.sleep(watch)
+            rate_window = time.time() - rate_from
+            await asyncio.wait_for(server.aclose(), 60)
+            if not run_task.done():
+                run_task.cancel()
+            await asyncio.wait({run_task}, timeout=10)
+            elapsed = time.monotonic() - t0
+    finally:
+        root.removeHandler(h)
+    spawns = read_spawns(spawn_log.name)
+    tracebacks = sum(1 for r in h.records if r.exc_info and r.exc_info[0] is not None)
+    return {
+        "registered_after": None if registered_after is None else round(registered_after, 2),
+        "job_took": round(job_took, 2),
+        "job_error": None if job_error is None else f"{type(job_error).__name__}: {job_error}",
+        "job_error_type": None if job_error is None else type(job_error).__name__,
+        "spawns": len(spawns),
+        "seconds": round(elapsed, 2),
+        "spawns_after_job": sum(1 for t in spawns if t >= rate_from),
+        "rate_window": round(rate_window, 2),
+        "tracebacks": tracebacks,
+        "control_plane_connections": len(cp.connections),
+        "warnings": [r.getMessage()[:200] for r in h.records if r.levelno == logging.WARNING],
+    }
+
+
+SCENARIOS = {
+    "accept_drop": lambda: control_plane("accept_drop", 10.0),
+    "max_retry": lambda: control_plane("accept_drop", 30.0, max_retry=3),
+    "prewarm_fails": lambda: prewarm(),
+    "end_to_end": lambda: prewarm(mode="recycle", recycle_after=2.0, job_budget=20.0, watch=5.0),
+    "healthy": lambda: prewarm(setup=counting_setup, job_budget=30.0, watch=3.0),
+}
+
+if __name__ == "__main__":
+    if "--tether" in sys.argv:
+        from tether.integrations import livekit
+
+        livekit.install()
+    result = asyncio.run(SCENARIOS[sys.argv[1]]())
+    result.pop("warnings", None) if "--warnings" not in sys.argv else None
+    print(json.dumps(result))

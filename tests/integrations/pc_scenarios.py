@@ -1,0 +1,180 @@
+"""pipecat WebsocketService reconnect scenarios, run as a script (pipecat is installed aside, see the
+Makefile): `python pc_scenarios.py blip|outage|accept_drop [--tether]` prints one JSON line.
+
+The service is a minimal real `WebsocketService` subclass (connect / receive / disconnect through
+pipecat's own `_websocket_connect`) driven by pipecat's receive loop against a `websockets` server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+
+import websockets
+
+RECORDS: list[tuple[str, str]] = []  # (level, message) from loguru (pipecat) and logging (tether)
+
+
+class Server:
+    """mode "healthy" keeps connections open; "accept_drop" closes each at once."""
+
+    def __init__(self) -> None:
+        self.mode = "healthy"
+        self.connections: list[float] = []
+        self.port = 0
+        self._server = None
+        self._sockets: set = set()
+
+    async def start(self) -> None:
+        self._server = await websockets.serve(
+            self._handle, "127.0.0.1", self.port, logger=logging.getLogger("tests.pc_server")
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for ws in list(self._sockets):
+            ws.transport.abort()
+        self._server.close()
+        await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    def abort_all(self) -> None:
+        for ws in list(self._sockets):
+            ws.transport.abort()
+
+    async def _handle(self, ws) -> None:
+        self.connections.append(time.monotonic())
+        self._sockets.add(ws)
+        try:
+            if self.mode == "accept_drop":
+                await ws.close(1008, "invalid API key")
+                return
+            async for _ in ws:
+                pass
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._sockets.discard(ws)
+
+
+def make_service(url: str):
+    from pipecat.services.websocket_service import WebsocketService
+
+    class EchoService(WebsocketService):
+        def __init__(self) -> None:
+            super().__init__()
+            self.received = 0
+
+        def __str__(self) -> str:
+            return "EchoService#0"
+
+        async def _connect_websocket(self) -> None:
+            self._websocket = await self._websocket_connect(url)
+
+        async def _disconnect_websocket(self) -> None:
+            if self._websocket is not None:
+                await self._websocket.close()
+                self._websocket = None
+
+        async def _receive_messages(self) -> None:
+            async for _ in self._websocket:
+                self.received += 1
+
+    return EchoService()
+
+
+async def run(scenario: str) -> dict:
+    server = Server()
+    await server.start()
+    service = make_service(f"ws://127.0.0.1:{server.port}")
+    errors: list[tuple[str, bool]] = []
+
+    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
+        errors.append((frame.error, force_treat_as_permanent))
+
+    await service._connect()
+    await service._connect_websocket()
+    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    recovered_after = None
+    if scenario == "blip":  # one TCP abort, the server stays up
+        server.abort_all()
+    elif scenario == "outage":  # the provider is unreachable for 12 s
+        await server.stop()
+        await asyncio.sleep(12)
+        await server.start()
+    elif scenario == "accept_drop":  # every new connection is refused after the handshake
+        server.mode = "accept_drop"
+        server.abort_all()
+    end = time.monotonic() + (60 if scenario == "accept_drop" else 20)
+    while time.monotonic() < end and not loop_task.done():
+        if recovered_after is None and scenario != "accept_drop" and len(server.connections) > 1 and server._sockets:
+            recovered_after = server.connections[-1] - t0
+            break
+        await asyncio.sleep(0.01)
+    ended = loop_task.done()
+    ended_after = time.monotonic() - t0 if ended else None
+    service._disconnecting = True
+    loop_task.cancel()
+    await asyncio.wait({loop_task}, timeout=5)
+    await service._disconnect_websocket()
+    await server.stop()
+    return {
+        "scenario": scenario,
+        "connections": len(server.connections),
+        "recovered_after": None if recovered_after is None else round(recovered_after, 3),
+        "loop_ended": ended,
+        "ended_after": None if ended_after is None else round(ended_after, 2),
+        "permanent_error": any(p for _, p in errors),
+        "errors": [e for e, _ in errors],
+        "levels": sorted({level for level, _ in RECORDS}),
+        "warnings_or_worse": sum(1 for level, _ in RECORDS if level in ("WARNING", "ERROR")),
+    }
+
+
+def capture_logs() -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(lambda m: RECORDS.append((m.record["level"].name, m.record["message"])), level="DEBUG")
+
+    class ToRecords(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            RECORDS.append((record.levelname, record.getMessage()))
+
+    tether_log = logging.getLogger("tether")
+    tether_log.addHandler(ToRecords())
+    tether_log.setLevel(logging.DEBUG)
+
+
+def drift() -> dict:
+    """A renamed private method: install() must refuse and leave pipecat untouched."""
+    from pipecat.services.websocket_service import WebsocketService
+
+    from tether.integrations import pipecat
+
+    original = WebsocketService._receive_task_handler
+    del WebsocketService._verify_connection
+    report = pipecat.install()
+    return {
+        "patched": list(report.patched),
+        "refused": report.refused,
+        "untouched": WebsocketService._receive_task_handler is original,
+        "warnings": [m for level, m in RECORDS if level == "WARNING"],
+    }
+
+
+if __name__ == "__main__":
+    capture_logs()
+    if sys.argv[1] == "drift":
+        print(json.dumps(drift()))
+        sys.exit(0)
+    if "--tether" in sys.argv:
+        from tether.integrations import pipecat
+
+        report = pipecat.install()
+        assert report.patched == ("websocket_service",), report
+    print(json.dumps(asyncio.run(run(sys.argv[1]))))

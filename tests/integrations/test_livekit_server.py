@@ -1,0 +1,193 @@
+"""tether.integrations.livekit with the real livekit-agents `AgentServer.run()` against a fake control
+plane (`websockets` server) on loopback: seed 000 (control-plane reconnects) and seed 004 (prewarm)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+pytest.importorskip("livekit.agents", reason="livekit-agents is not installed")
+
+from livekit.agents import worker as lk_worker
+from livekit.agents.ipc import job_proc_executor
+from livekit.agents.ipc import proc_pool as lk_proc_pool
+from lk_scenarios import control_plane, counting_setup, prewarm
+
+import tether
+from tether.integrations import livekit
+
+ORIGINAL_TASK = lk_worker.AgentServer._connection_task
+ORIGINAL_POOL = lk_proc_pool.ProcPool
+
+
+@pytest.fixture
+def installed():
+    report = livekit.install(stable_after=1.0)
+    assert report.patched == ("control_plane", "proc_pool"), report
+    yield report
+    livekit.uninstall()
+    assert lk_worker.AgentServer._connection_task is ORIGINAL_TASK and lk_proc_pool.ProcPool is ORIGINAL_POOL
+
+
+async def test_as_shipped_accept_drop_hot_loops_at_warning():
+    r = await control_plane("accept_drop", 1.5, max_retry=3)
+    assert r["connections"] > 30, r  # ~14,000 in 10 s on a quiet machine
+    assert set(r["retry_levels"]) == {"WARNING"} and r["outcome"] == "running", r  # max_retry=3 never fails
+
+
+async def test_accept_drop_backs_off_quiet_first_then_warning(installed):
+    r = await control_plane("accept_drop", 6.0)
+    # delays: quiet retry, then >= 0.5, 1, 2, 4 s: at most 5 connections in 6 s however slow the box
+    assert 2 <= r["connections"] <= 5, r
+    assert r["retry_levels"][0] == "DEBUG" and set(r["retry_levels"][1:]) == {"WARNING"}, r
+    assert r["retry_loggers"] == ["livekit.agents"], r
+    assert r["outcome"] == "running"
+
+
+async def test_max_retry_is_honoured(installed):
+    r = await control_plane("accept_drop", 60.0, max_retry=2)
+    assert r["connections"] == 3, r  # the first attempt and 2 retries
+    assert r["outcome"].startswith("RuntimeError: failed to connect to livekit after 3 attempts"), r
+    assert r["cause"] == "GaveUp"
+    assert any("gave up on livekit" in m for m in r["errors"]), r
+
+
+async def test_counter_resets_only_after_registration_plus_stable_after(installed):
+    # registered, then dropped after 0.2 s: never stable (stable_after=1 s), so max_retry=2 runs out
+    r = await control_plane("recycle", 60.0, max_retry=2, recycle_after=0.2)
+    assert r["registrations"] == 3 and r["outcome"].startswith("RuntimeError"), r
+    # dropped after 1.5 s: each connection was stable, every drop starts a fresh outage (quiet retry)
+    r = await control_plane("recycle", 5.0, max_retry=1, recycle_after=1.5)
+    assert r["outcome"] == "running" and r["registrations"] >= 2, r
+    assert "WARNING" not in r["retry_levels"], r
+
+
+async def test_healthy_server_logs_no_warning(installed):
+    r = await prewarm(setup=counting_setup, job_budget=60.0, watch=1.0)
+    assert r["registered_after"] is not None
+    assert r["job_error"] is None, r
+    # livekit's own event-loop lag monitor may warn on a loaded box; nothing else may
+    assert [w for w in r["warnings"] if not w.startswith("event loop blocked")] == [], r
+
+
+async def test_prewarm_failure_raises_pool_exhausted_with_the_real_cause(installed):
+    r = await prewarm(job_budget=120.0, watch=4.0)
+    assert r["job_error_type"] == "PoolExhausted", r
+    assert "prewarm failed: model file /models/vad.onnx not found" in r["job_error"], r
+    assert r["registered_after"] is not None and r["control_plane_connections"] == 1, r
+    # respawn backoff (0.5 s doubling to 10 s): no hot loop, whatever the speed of the box
+    assert r["spawns"] <= 2 + r["seconds"] / 1.5, r
+    assert r["spawns_after_job"] <= 2, r
+
+
+def test_missing_private_name_refuses_that_part_only(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    monkeypatch.delattr(lk_worker.AgentServer, "_run_ws")
+    report = livekit.install()
+    try:
+        assert report.patched == ("proc_pool",)
+        assert "AgentServer._run_ws" in report.refused["control_plane"]
+        assert lk_worker.AgentServer._connection_task is ORIGINAL_TASK  # untouched
+        assert any(
+            "not patching control_plane" in r.getMessage() and "AgentServer._run_ws" in r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING
+        )
+    finally:
+        livekit.uninstall()
+
+
+def test_changed_constructor_refuses_the_pool(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+
+    class Renamed(job_proc_executor.ProcJobExecutor):
+        def __init__(self, *, initialize_process_fnc, job_entrypoint_fnc): ...
+
+    monkeypatch.setattr(job_proc_executor, "ProcJobExecutor", Renamed)
+    report = livekit.install()
+    try:
+        assert report.patched == ("control_plane",)
+        assert "mp_ctx=" in report.refused["proc_pool"], report
+        assert lk_proc_pool.ProcPool is ORIGINAL_POOL
+    finally:
+        livekit.uninstall()
+
+
+def test_renamed_instance_attribute_refuses(monkeypatch):
+    monkeypatch.setattr(livekit, "_SERVER_ATTRS", (*livekit._SERVER_ATTRS, "_renamed_retry_budget"))
+    report = livekit.install(proc_pool=False)
+    try:
+        assert report.patched == ()
+        assert "AgentServer()._renamed_retry_budget" in report.refused["control_plane"]
+    finally:
+        livekit.uninstall()
+
+
+def test_untested_version_is_refused_unless_allowed(monkeypatch):
+    from tether.integrations import _patch
+
+    monkeypatch.setattr(_patch, "installed_version", lambda dist: "1.9.0")
+    try:
+        report = livekit.install()
+        assert report.patched == () and "outside the tested range" in report.refused["control_plane"]
+        report = livekit.install(allow_untested=True)
+        assert report.patched == ("control_plane", "proc_pool")
+    finally:
+        livekit.uninstall()
+
+
+def test_install_is_idempotent_and_import_is_lazy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tether, tether.integrations\n"
+        "import tether.integrations.livekit, tether.integrations.getstream, tether.integrations.pipecat\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('livekit', 'getstream', 'pipecat')]\n"
+        "assert not bad, bad\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    try:
+        assert livekit.install() == livekit.install()
+        assert isinstance(livekit.install(), tether.integrations.InstallReport)
+    finally:
+        livekit.uninstall()
+
+
+async def test_lower_idle_target_keeps_warm_processes(installed):
+    import asyncio
+    import multiprocessing
+
+    from livekit.agents import JobExecutorType
+    from lk_scenarios import entrypoint
+
+    pool = lk_proc_pool.ProcPool(
+        initialize_process_fnc=lambda proc: None,
+        job_entrypoint_fnc=entrypoint,
+        session_end_fnc=None,
+        simulation_end_fnc=None,
+        num_idle_processes=1,
+        initialize_timeout=10.0,
+        close_timeout=5.0,
+        session_end_timeout=5.0,
+        inference_executor=None,
+        job_executor_type=JobExecutorType.THREAD,
+        mp_ctx=multiprocessing.get_context("spawn"),
+        memory_warn_mb=0,
+        memory_limit_mb=0,
+        http_proxy=None,
+        loop=asyncio.get_running_loop(),
+    )
+    closed = []
+    pool.on("process_closed", closed.append)
+    try:
+        await asyncio.wait_for(pool.start(), 30)
+        assert len(pool.processes) == 1
+        # livekit's load task lowers the target under load: no new spawns, but the warm one stays
+        pool.set_target_idle_processes(0)
+        await asyncio.sleep(1.0)
+        assert closed == [] and len(pool.processes) == 1
+    finally:
+        await asyncio.wait_for(pool.aclose(), 30)
+    assert len(closed) == 1
