@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,8 @@ def connect(
     on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
     heartbeat: Heartbeat | None = None,
     fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
+    quiet_jitter: float | None = None,
+    logger: str | logging.Logger | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -167,6 +170,11 @@ def connect(
     exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
     connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
     ``first_message_timeout`` counts from the end of the hook.
+
+    ``quiet_jitter``: the first ``quiet_attempts`` retries wait uniform(0, quiet_jitter) seconds (None:
+    the Reconnector's default), so a fleet that lost the same server does not come back in one burst.
+    ``logger``: a logger name or ``logging.Logger`` that receives this connection's records (same
+    ``extra`` fields) instead of ``tether.*``.
 
     ``heartbeat=tether.Heartbeat(message, interval, is_reply=None, timeout=None)``: for protocols whose
     liveness is in-band; see ``tether.Heartbeat``. A missing reply is a loss ("heartbeat timeout").
@@ -224,6 +232,8 @@ def connect(
             on_connect=on_connect,
             heartbeat=heartbeat,
             fatal=fatal,
+            quiet_jitter=quiet_jitter,
+            logger=logger,
         )
     )
 

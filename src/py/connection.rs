@@ -340,7 +340,7 @@ impl PyConnection {
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
         max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
-        on_connect=None, heartbeat=None, fatal=None))]
+        on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -368,7 +368,10 @@ impl PyConnection {
         on_connect: Option<&Bound<'_, PyAny>>,
         heartbeat: Option<&Bound<'_, PyAny>>,
         fatal: Option<&Bound<'_, PyAny>>,
+        quiet_jitter: Option<&Bound<'_, PyAny>>,
+        logger: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
         let watchdog = match watchdog {
             Some(w) if !w.is_none() => Some(
@@ -440,8 +443,13 @@ impl PyConnection {
                     Some(v) if !v.is_none() => count("quiet_attempts", v)?,
                     _ => d.reconnect.quiet_attempts,
                 },
+                quiet_jitter: match quiet_jitter {
+                    Some(v) if !v.is_none() => Duration::from_secs_f64(non_negative_seconds("quiet_jitter", v)?),
+                    _ => d.reconnect.quiet_jitter,
+                },
                 ladder: parse_ladder(ladder)?,
                 attempt_timeout: None,
+                logger,
                 ..Config::default()
             },
             watchdog,
@@ -456,7 +464,14 @@ impl PyConnection {
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false), hook_loop, closing: Default::default() })
+        Ok(PyConnection {
+            client,
+            target,
+            name: shown,
+            started: AtomicBool::new(false),
+            hook_loop,
+            closing: Default::default(),
+        })
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.

@@ -383,7 +383,7 @@ fn opt_seconds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Dura
 impl PyProcPool {
     #[new]
     #[pyo3(signature = (spawn=None, command=None, *, num_idle=None, max_concurrent_spawns=None, initialize_timeout=None,
-        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None))]
+        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None, logger=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -397,7 +397,9 @@ impl PyProcPool {
         env: Option<&Bound<'_, PyDict>>,
         cwd: Option<String>,
         liveness: Option<Bound<'_, PyAny>>,
+        logger: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
         let spawn = spawn.filter(|s| !s.is_none());
         let command = command.filter(|c| !c.is_none());
@@ -425,8 +427,7 @@ impl PyProcPool {
                 _ => Backoff { jitter: Jitter::Equal, ..d.respawn.clone() },
             },
             unhealthy_after: d.unhealthy_after,
-            // `logger=` is wired once the logging bridge routes a record's `logger` field
-            logger: None,
+            logger,
         };
         if cfg.max_concurrent_spawns == 0 {
             return Err(value_error("max_concurrent_spawns must be at least 1"));

@@ -113,9 +113,11 @@ impl<'py> IntoPyObject<'py> for Outcome {
 #[pymethods]
 impl PyReadinessGate {
     #[new]
-    fn new(py: Python<'_>) -> Self {
+    #[pyo3(signature = (*, logger=None))]
+    fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
-        PyReadinessGate { gate: Arc::new(Gate::new()) }
+        Ok(PyReadinessGate { gate: Arc::new(Gate::with_logger(logger)) })
     }
 
     /// Dispatch `job_id` with `await dispatch(job_id, attempt)` and wait until every stage is marked.
