@@ -18,7 +18,7 @@ use crate::ws_tls::TrustSource;
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
-use super::errors::{tether_error, value_error};
+use super::errors::{value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, LoopSlot};
 use super::heartbeat::heartbeat_config;
@@ -158,20 +158,20 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
         Terminal::Closed => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("code", 1000);
-            tether_error(py, "ConnectionClosed", &format!("connection to {name} is closed"), Some(&kw))
+            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed"), Some(&kw))
         }
         Terminal::GaveUp { message, attempts, elapsed, reason, last } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("code", last.close_code);
             let _ = kw.set_item("reason", last.text.as_str());
-            let last_err = tether_error(py, "ConnectionClosed", &last.text, Some(&kw));
+            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&kw));
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
             let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
             let _ = kw.set_item("reason", reason.as_str());
             let _ = kw.set_item("name", name);
-            let e = tether_error(py, "GaveUp", message, Some(&kw));
+            let e = GAVE_UP.err(py, message, Some(&kw));
             e.set_cause(py, Some(last_err));
             e
         }
@@ -186,7 +186,7 @@ fn in_python(f: impl for<'py> FnOnce(Python<'py>) -> PyErr) -> PyErr {
 fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
     match e {
         SendError::Ended(t) => terminal_error(py, t, name),
-        SendError::Full(n) => tether_error(py, "SendBufferFull", &format!(
+        SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
             "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
             cfg.send_buffer), None),
         SendError::TooBig { size, max } => value_error(format!(
@@ -210,7 +210,7 @@ fn rejected(py: Python<'_>, f: &Failure, name: &str, note: &str) -> PyErr {
     let _ = kw.set_item("code", code);
     let _ = kw.set_item("losses", losses);
     let text = redact_url(&format!("send to {name} failed{note}: {}", f.message()));
-    tether_error(py, "SendFailed", &text, Some(&kw))
+    SEND_FAILED.err(py, &text, Some(&kw))
 }
 
 /// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a

@@ -14,7 +14,7 @@ use crate::ws::WsError;
 use crate::ws_handshake::{BoxFuture, Handshake, OnConnect, OnConnectHook};
 
 use super::bridge::await_py;
-use super::errors::tether_error;
+use super::errors::CONNECTION_CLOSED;
 use super::reconnect::{describe, fatal_tuple};
 use super::signal_server::{message_from_py, message_to_py};
 
@@ -51,7 +51,7 @@ pub struct PyHandshakeChannel {
 }
 
 fn closed(py: Python<'_>, text: &str) -> PyErr {
-    tether_error(py, "ConnectionClosed", text, None)
+    CONNECTION_CLOSED.err(py, text, None)
 }
 
 #[pymethods]

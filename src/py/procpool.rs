@@ -18,7 +18,7 @@ use crate::procpool::{
 
 use super::backoff::{count, positive_seconds, PyBackoff};
 use super::bridge::await_py;
-use super::errors::{tether_error, value_error};
+use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
 use super::events::Buffered;
 use super::reconnect::describe;
 
@@ -260,9 +260,9 @@ impl<'py> IntoPyObject<'py> for Reply {
                     "worker pid {pid} did not answer within {:.1}s; it was killed (a late reply would answer the next request)",
                     timeout.as_secs_f64()
                 );
-                Err(tether_error(py, "TimeoutError", &msg, Some(&kw)))
+                Err(TIMEOUT_ERROR.err(py, &msg, Some(&kw)))
             }
-            Err(RequestError::Failed(e)) => Err(tether_error(py, "TetherError", &e, None)),
+            Err(RequestError::Failed(e)) => Err(TETHER_ERROR.err(py, &e, None)),
         }
     }
 }
@@ -340,21 +340,21 @@ fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("failures", failures.clone());
-            tether_error(py, "PoolExhausted", &e.message(), Some(&kw))
+            POOL_EXHAUSTED.err(py, &e.message(), Some(&kw))
         }
         AcquireError::TimedOut { timeout, .. } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("timeout", timeout.as_secs_f64());
             let _ = kw.set_item("what", "ProcPool.acquire");
-            tether_error(py, "TimeoutError", &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
+            TIMEOUT_ERROR.err(py, &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
         }
         AcquireError::WarmFailed { attempts, failures, .. } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("failures", failures.clone());
-            tether_error(py, "PoolExhausted", &format!("ProcPool.warm: {}", e.message()), Some(&kw))
+            POOL_EXHAUSTED.err(py, &format!("ProcPool.warm: {}", e.message()), Some(&kw))
         }
-        AcquireError::Closed => tether_error(py, "PoolExhausted", "ProcPool: the pool is closed", None),
+        AcquireError::Closed => POOL_EXHAUSTED.err(py, "ProcPool: the pool is closed", None),
     }
 }
 

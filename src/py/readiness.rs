@@ -12,7 +12,7 @@ use crate::readiness::{Gate, Mark, NotReady, Spec};
 
 use super::backoff::{positive_seconds, PyBackoff};
 use super::bridge::await_py;
-use super::errors::{tether_error, value_error};
+use super::errors::{value_error, NOT_READY};
 use super::reconnect::describe;
 
 const DEFAULT_STAGE_TIMEOUT: f64 = 10.0;
@@ -100,7 +100,7 @@ impl<'py> IntoPyObject<'py> for Outcome {
                 }
                 kw.set_item("reached", reached)?;
                 kw.set_item("attempts", nr.attempts)?;
-                let err = tether_error(py, "NotReady", &nr.message, Some(&kw));
+                let err = NOT_READY.err(py, &nr.message, Some(&kw));
                 if let Some(c) = nr.cause {
                     err.set_cause(py, Some(c));
                 }

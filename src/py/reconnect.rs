@@ -22,7 +22,7 @@ use crate::redact::redact_url;
 use crate::retry_state::{Decision, RetryState};
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
-use super::errors::tether_error;
+use super::errors::GAVE_UP;
 use super::events::EventStream;
 
 struct Inner {
@@ -161,7 +161,7 @@ impl PyReconnector {
                 kwargs.set_item("elapsed", elapsed.as_secs_f64())?;
                 kwargs.set_item("reason", reason.as_str())?;
                 kwargs.set_item("name", self.cfg.name.as_str())?;
-                let err = tether_error(py, "GaveUp", &g.message(), Some(&kwargs));
+                let err = GAVE_UP.err(py, &g.message(), Some(&kwargs));
                 err.set_cause(py, exc.map(PyErr::from_value));
                 Err(err)
             }
