@@ -178,9 +178,43 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
     }
 }
 
-/// Build an exception from a tokio thread through the gate; at interpreter shutdown a plain one.
-fn in_python(f: impl for<'py> FnOnce(Python<'py>) -> PyErr) -> PyErr {
-    super::with_python(f).unwrap_or_else(|| PyRuntimeError::new_err("the Python interpreter is shutting down"))
+/// How `start()` ended, turned into None or the terminal error on the event loop thread.
+struct Started {
+    outcome: Result<(), Terminal>,
+    name: String,
+}
+
+impl<'py> IntoPyObject<'py> for Started {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.outcome {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(t) => Err(terminal_error(py, &t, &self.name)),
+        }
+    }
+}
+
+/// How a `send()` or `flush()` ended, turned into None or the exception on the event loop thread.
+struct Delivered {
+    outcome: Result<(), SendError>,
+    name: String,
+    client: Arc<WsClient>,
+}
+
+impl<'py> IntoPyObject<'py> for Delivered {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.outcome {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(e) => Err(send_error(py, &e, &self.name, self.client.config())),
+        }
+    }
 }
 
 fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
@@ -450,7 +484,6 @@ impl PyConnection {
                 ladder: parse_ladder(ladder)?,
                 attempt_timeout: None,
                 logger,
-                ..Config::default()
             },
             watchdog,
             tls: match ssl {
@@ -488,7 +521,7 @@ impl PyConnection {
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             client.start();
-            client.wait_connected().await.map_err(|t| in_python(|py| terminal_error(py, &t, &name)))
+            Ok(Started { outcome: client.wait_connected().await, name })
         })
     }
 
@@ -526,7 +559,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+            Ok(Delivered { outcome: r, name, client })
         })
     }
 
@@ -541,7 +574,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+            Ok(Delivered { outcome: r, name, client })
         })
     }
 

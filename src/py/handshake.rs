@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3_async_runtimes::TaskLocals;
@@ -54,6 +54,22 @@ fn closed(py: Python<'_>, text: &str) -> PyErr {
     CONNECTION_CLOSED.err(py, text, None)
 }
 
+/// How a handshake `send()` ended, turned into None or `ConnectionClosed` on the event loop thread.
+struct Written(Result<(), String>);
+
+impl<'py> IntoPyObject<'py> for Written {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.0 {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(e) => Err(closed(py, &e)),
+        }
+    }
+}
+
 #[pymethods]
 impl PyHandshakeChannel {
     #[getter]
@@ -75,8 +91,7 @@ impl PyHandshakeChannel {
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let rx = self.hs.start_send(message_from_py(data)?).map_err(|e| closed(py, &e))?;
         super::runtime::future_into_py(py, async move {
-            let r = rx.await.unwrap_or_else(|_| Err("the on_connect handshake is over".into()));
-            r.map_err(|e| super::with_python(|py| closed(py, &e)).unwrap_or_else(|| PyRuntimeError::new_err(e)))
+            Ok(Written(rx.await.unwrap_or_else(|_| Err("the on_connect handshake is over".into()))))
         })
     }
 
