@@ -18,12 +18,12 @@ use crate::ws_tls::TrustSource;
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::bridge::await_py;
+use super::convert::describe;
+use super::convert::{message_from_py, message_to_py};
 use super::errors::{value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, LoopSlot};
 use super::heartbeat::heartbeat_config;
-use super::reconnect::describe;
-use super::signal_server::{message_from_py, message_to_py};
 
 /// Calls the user's `url_for(strategy, attempt)` (sync or async) for every attempt.
 struct PyTarget {

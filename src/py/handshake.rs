@@ -14,9 +14,10 @@ use crate::ws::WsError;
 use crate::ws_handshake::{BoxFuture, Handshake, OnConnect, OnConnectHook};
 
 use super::bridge::await_py;
+use super::convert::describe;
+use super::convert::{message_from_py, message_to_py};
 use super::errors::CONNECTION_CLOSED;
-use super::reconnect::{describe, fatal_tuple};
-use super::signal_server::{message_from_py, message_to_py};
+use super::reconnect::fatal_tuple;
 
 /// The event loop of the task that started the connection; hooks run there.
 pub type LoopSlot = Arc<OnceLock<TaskLocals>>;

@@ -9,6 +9,7 @@ mod callables;
 mod chaos;
 mod completer;
 mod connection;
+mod convert;
 mod errors;
 mod events;
 mod handshake;
@@ -40,8 +41,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     handshake::register(m)?;
     heartbeat::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
-    m.add_function(wrap_pyfunction!(logging::_log_level_rank, m)?)?;
-    m.add_function(wrap_pyfunction!(logging::_emit_test_log, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;
     m.add_function(wrap_pyfunction!(_at_exit, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -18,28 +18,9 @@ use crate::procpool::{
 
 use super::backoff::{count, positive_seconds, PyBackoff};
 use super::bridge::await_py;
+use super::convert::describe_chain;
 use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
 use super::events::Buffered;
-use super::reconnect::describe;
-
-/// `what (caused by X: msg)`: spawners re-raise with `from real_error` when a framework swallowed
-/// the real error, so the chain is part of the failure cause.
-fn describe_chain(py: Python<'_>, e: &PyErr) -> String {
-    let mut text = describe(py, e);
-    let mut cur = e.value(py).clone().into_any();
-    for _ in 0..3 {
-        let next = match cur.getattr("__cause__") {
-            Ok(c) if !c.is_none() => c,
-            _ => match (cur.getattr("__context__"), cur.getattr("__suppress_context__")) {
-                (Ok(c), Ok(s)) if !c.is_none() && !s.is_truthy().unwrap_or(false) => c,
-                _ => break,
-            },
-        };
-        text.push_str(&format!(" (caused by {})", describe(py, &PyErr::from_value(next.clone()))));
-        cur = next;
-    }
-    text
-}
 
 /// A process made by the user's `spawn()` coroutine: any Python object.
 struct PyProc {

@@ -12,8 +12,8 @@ use crate::readiness::{Gate, Mark, NotReady, Spec};
 
 use super::backoff::{positive_seconds, PyBackoff};
 use super::bridge::await_py;
+use super::convert::describe;
 use super::errors::{value_error, NOT_READY};
-use super::reconnect::describe;
 
 const DEFAULT_STAGE_TIMEOUT: f64 = 10.0;
 

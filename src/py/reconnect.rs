@@ -22,6 +22,7 @@ use crate::redact::redact_url;
 use crate::retry_state::{Decision, RetryState};
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
+use super::convert::describe;
 use super::errors::GAVE_UP;
 use super::events::EventStream;
 
@@ -66,13 +67,6 @@ pub fn fatal_tuple<'py>(py: Python<'py>, fatal: Option<&Bound<'py, PyAny>>) -> P
         }
     }
     PyTuple::new(py, items)
-}
-
-pub fn describe(py: Python<'_>, err: &PyErr) -> String {
-    let ty = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
-    let msg = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
-    let text = if msg.is_empty() { ty } else { format!("{ty}: {msg}") };
-    redact_url(&text)
 }
 
 /// An optional argument that was given and is not None.

@@ -3,14 +3,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
-use tokio_tungstenite::tungstenite::Message;
+use pyo3::types::PyDict;
 
 use crate::testing::signal_server::SignalServer;
 
 use super::backoff::{non_negative_seconds, positive_seconds};
+use super::convert::{message_from_py, message_to_py};
 use super::errors::value_error;
 
 #[pyclass(name = "SignalServer", module = "tether._native", frozen)]
@@ -18,35 +18,6 @@ pub struct PySignalServer {
     host: String,
     port: u16,
     inner: Arc<Mutex<Option<Arc<SignalServer>>>>,
-}
-
-pub fn message_to_py(py: Python<'_>, m: &Message) -> Py<PyAny> {
-    match m {
-        Message::Text(t) => PyString::new(py, t.as_str()).into_any().unbind(),
-        Message::Binary(b) => PyBytes::new(py, b).into_any().unbind(),
-        other => PyString::new(py, &format!("{other:?}")).into_any().unbind(),
-    }
-}
-
-/// str -> text frame, bytes-like -> binary frame; TypeError otherwise.
-pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
-    if let Ok(s) = data.cast::<PyString>() {
-        return Ok(Message::text(s.to_str()?.to_string()));
-    }
-    if let Ok(b) = data.cast::<PyBytes>() {
-        return Ok(Message::binary(b.as_bytes().to_vec()));
-    }
-    if data.is_instance_of::<pyo3::types::PyByteArray>()
-        || data.hasattr("__buffer__").unwrap_or(false)
-        || data.get_type().name().map(|n| n == "memoryview").unwrap_or(false)
-    {
-        let b: Vec<u8> = data.py().import("builtins")?.getattr("bytes")?.call1((data,))?.extract()?;
-        return Ok(Message::binary(b));
-    }
-    Err(PyTypeError::new_err(format!(
-        "data must be str (text frame) or bytes-like (binary frame), not {}",
-        data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-    )))
 }
 
 impl PySignalServer {
