@@ -31,6 +31,26 @@ pub struct Spec {
     pub redispatch: bool,
 }
 
+impl Spec {
+    /// Stages when none are given: the dispatch call returned, the agent joined, its entrypoint ran.
+    pub const DEFAULT_STAGES: [&'static str; 3] = ["dispatched", "joined", "ready"];
+    /// Deadline of a stage when none is given.
+    pub const DEFAULT_STAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Retries of a raising dispatch call when no policy is given: 200/400/800 ms, three attempts.
+    pub fn default_policy() -> Backoff {
+        Backoff {
+            initial: 0.2,
+            factor: 2.0,
+            max_delay: 7.0,
+            jitter: crate::backoff::Jitter::None,
+            max_attempts: Some(3),
+            deadline: None,
+            seed: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Job {
     stages: Vec<Arc<str>>,

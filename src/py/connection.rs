@@ -319,9 +319,9 @@ fn codes(name: &str, v: Option<&Bound<'_, PyAny>>, default: &[u16]) -> PyResult<
     }
 }
 
-fn parse_ladder(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Arc<str>, u32)>> {
+fn parse_ladder(v: Option<&Bound<'_, PyAny>>, default: &[(Arc<str>, u32)]) -> PyResult<Vec<(Arc<str>, u32)>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)]);
+        return Ok(default.to_vec());
     };
     if v.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(
@@ -481,7 +481,7 @@ impl PyConnection {
                     Some(v) if !v.is_none() => Duration::from_secs_f64(non_negative_seconds("quiet_jitter", v)?),
                     _ => d.reconnect.quiet_jitter,
                 },
-                ladder: parse_ladder(ladder)?,
+                ladder: parse_ladder(ladder, &d.reconnect.ladder)?,
                 attempt_timeout: None,
                 logger,
             },
@@ -505,6 +505,38 @@ impl PyConnection {
             hook_loop,
             closing: Default::default(),
         })
+    }
+
+    /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).
+    #[staticmethod]
+    fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+        let d = WsConfig::default();
+        // a rung of one attempt is written as its bare name, as in `ladder=("resume", "restart")`
+        let ladder = d
+            .reconnect
+            .ladder
+            .iter()
+            .map(|(name, n)| match n {
+                1 => Ok(PyString::new(py, name).into_any()),
+                n => Ok((&**name, *n).into_pyobject(py)?.into_any()),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let out = PyDict::new(py);
+        out.set_item("ping_interval", d.ping_interval.as_secs_f64())?;
+        out.set_item("ping_timeout", d.ping_timeout.as_secs_f64())?;
+        out.set_item("open_timeout", d.open_timeout.as_secs_f64())?;
+        out.set_item("close_timeout", d.close_timeout.as_secs_f64())?;
+        out.set_item("ladder", PyTuple::new(py, ladder)?)?;
+        out.set_item("stable_after", d.reconnect.stable_after.as_secs_f64())?;
+        out.set_item("send_buffer", d.send_buffer)?;
+        out.set_item("quiet_attempts", d.reconnect.quiet_attempts)?;
+        out.set_item("quiet_jitter", d.reconnect.quiet_jitter.as_secs_f64())?;
+        out.set_item("fatal_close_codes", PyTuple::new(py, &d.fatal_close_codes)?)?;
+        out.set_item("fatal_http_statuses", PyTuple::new(py, &d.fatal_http_statuses)?)?;
+        out.set_item("max_message_size", d.max_message_size)?;
+        out.set_item("read_buffer_size", d.read_buffer_size)?;
+        out.set_item("write_buffer_size", d.write_buffer_size)?;
+        Ok(out)
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.

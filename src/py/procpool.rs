@@ -10,7 +10,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 
-use crate::backoff::{Backoff, Jitter};
 use crate::procpool::{
     AcquireError, BoxFuture, NativeProc, NativeSpawner, NotLent, Pool, PoolConfig, PoolEvent, Proc, ProcHandle,
     RequestError, Spawner,
@@ -405,7 +404,7 @@ impl PyProcPool {
             acquire_attempts: opt_count("acquire_attempts", acquire_attempts, d.acquire_attempts)?,
             respawn: match respawn {
                 Some(r) if !r.is_none() => PyBackoff::from_any(r)?.inner,
-                _ => Backoff { jitter: Jitter::Equal, ..d.respawn.clone() },
+                _ => d.respawn.clone(),
             },
             unhealthy_after: d.unhealthy_after,
             logger,

@@ -7,15 +7,12 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::backoff::{Backoff, Jitter};
 use crate::readiness::{Gate, Mark, NotReady, Spec};
 
 use super::backoff::{positive_seconds, PyBackoff};
 use super::bridge::await_py;
 use super::convert::describe;
 use super::errors::{value_error, NOT_READY};
-
-const DEFAULT_STAGE_TIMEOUT: f64 = 10.0;
 
 #[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
 pub struct PyReadinessGate {
@@ -24,7 +21,7 @@ pub struct PyReadinessGate {
 
 fn parse_stages(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(vec!["dispatched".into(), "joined".into(), "ready".into()]);
+        return Ok(Spec::DEFAULT_STAGES.iter().map(|&s| s.into()).collect());
     };
     if v.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err("stages must be a sequence of stage names, not a str"));
@@ -47,7 +44,7 @@ fn parse_stages(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
 }
 
 fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult<Vec<Duration>> {
-    let mut out = vec![Duration::from_secs_f64(DEFAULT_STAGE_TIMEOUT); stages.len()];
+    let mut out = vec![Spec::DEFAULT_STAGE_TIMEOUT; stages.len()];
     let Some(v) = v.filter(|v| !v.is_none()) else { return Ok(out) };
     if let Ok(d) = v.cast::<PyDict>() {
         for (k, t) in d.iter() {
@@ -144,15 +141,7 @@ impl PyReadinessGate {
         let timeouts = parse_timeouts(timeouts, &stages)?;
         let policy = match policy {
             Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
-            _ => Backoff {
-                initial: 0.2,
-                factor: 2.0,
-                max_delay: 7.0,
-                jitter: Jitter::None,
-                max_attempts: Some(3),
-                deadline: None,
-                seed: None,
-            },
+            _ => Spec::default_policy(),
         };
         let spec = Spec { stages, timeouts, policy, redispatch };
         let locals = super::runtime::get_current_locals(py)?;
