@@ -181,6 +181,11 @@ impl Watchdog {
         Watchdog { inner }
     }
 
+    /// The `logger=` key its records carry.
+    pub fn logger(&self) -> Option<Arc<str>> {
+        self.inner.logger.clone()
+    }
+
     /// Alarms from now on; the stream ends when the watchdog is closed.
     pub fn subscribe(&self) -> broadcast::Receiver<Alarm> {
         match &*self.inner.alarms.lock().unwrap_or_else(|p| p.into_inner()) {

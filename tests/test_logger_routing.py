@@ -148,3 +148,16 @@ def test_procpool_logger_argument_is_checked():
 
     with pytest.raises(TypeError):
         tether.ProcPool(spawn=spawn, logger=42)
+
+
+def test_event_stream_lag_warning_goes_to_the_objects_logger(routed):
+    """The "consumer fell behind" warning of an object's event stream is one of its records too."""
+    framework, own = routed
+    r = tether.Reconnector(tether.Backoff(0.01, jitter="none"), name="lagging", logger="livekit.agents")
+    stream = r.events()
+    for _ in range(1100):  # more than the stream buffers
+        r.failed(OSError("refused"))
+    assert stream.try_next() is not None
+    only_framework(framework, own)
+    lag = [x for x in framework if "fell behind" in x.getMessage()]
+    assert len(lag) == 1 and lag[0].levelno == logging.WARNING and lag[0].dropped > 0

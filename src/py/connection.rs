@@ -632,7 +632,7 @@ impl PyConnection {
         if self.client.terminal().is_some() {
             return EventStream::ended();
         }
-        EventStream::new(self.client.subscribe())
+        EventStream::new(self.client.subscribe(), self.client.config().reconnect.logger.clone())
     }
 
     #[getter]

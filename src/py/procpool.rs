@@ -294,6 +294,8 @@ pub struct PyProcPool {
     pool: Pool,
     py_spawner: Option<Arc<PySpawner>>,
     out: Lent,
+    /// `logger=` key, for the records of its event streams.
+    logger: Option<Arc<str>>,
 }
 
 /// Python-spawned processes handed out, by object identity, so `release` finds their handle.
@@ -458,7 +460,8 @@ impl PyProcPool {
                 (Arc::new(NativeSpawner { argv, env, cwd: cwd.map(Into::into) }), None)
             }
         };
-        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())) })
+        let logger = cfg.logger.clone();
+        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())), logger })
     }
 
     /// Start prewarming (call inside a running event loop when using spawn=).
@@ -565,7 +568,12 @@ impl PyProcPool {
 
     fn events(&self) -> PoolEventStream {
         let s = PoolEventStream {
-            inner: Buffered::new(self.pool.subscribe(), |e| matches!(e, PoolEvent::Closed), "ProcPool events"),
+            inner: Buffered::new(
+                self.pool.subscribe(),
+                |e| matches!(e, PoolEvent::Closed),
+                "ProcPool events",
+                self.logger.clone(),
+            ),
         };
         if self.pool.is_closed() {
             s.inner.end_now();

@@ -289,7 +289,8 @@ impl PyReconnector {
         if !inner.running && !inner.stepping && inner.ended > 0 {
             return EventStream::ended();
         }
-        EventStream::new(self.tx.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
+        let rx = self.tx.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe();
+        EventStream::new(rx, self.cfg.logger.clone())
     }
 
     fn _settle(&self) {

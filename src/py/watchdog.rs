@@ -135,7 +135,9 @@ impl PyWatchdog {
 
     /// `async for alarm in wd.alarms()` (also `async for alarm in wd`): ends when the watchdog closes.
     fn alarms(&self) -> AlarmStream {
-        let s = AlarmStream { inner: Buffered::new(self.inner.subscribe(), |_| false, "Watchdog alarms") };
+        let s = AlarmStream {
+            inner: Buffered::new(self.inner.subscribe(), |_| false, "Watchdog alarms", self.inner.logger()),
+        };
         if self.inner.is_closed() {
             s.inner.end_now();
         }
