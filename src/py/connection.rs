@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -16,7 +15,8 @@ use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Termin
 use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
-use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::count;
 use super::bridge::await_py;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
@@ -291,34 +291,6 @@ fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
     ))
 }
 
-/// A positive byte count, or the default when None/absent.
-fn bytes(name: &str, v: Option<&Bound<'_, PyAny>>, default: usize) -> PyResult<usize> {
-    let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(default);
-    };
-    match v.extract::<u64>() {
-        Ok(n) if n > 0 && n <= usize::MAX as u64 => Ok(n as usize),
-        _ => Err(value_error(format!("{name} must be a positive number of bytes"))),
-    }
-}
-
-fn opt_positive(name: &str, v: Option<&Bound<'_, PyAny>>, default: Option<f64>) -> PyResult<Option<f64>> {
-    match v {
-        Some(v) if !v.is_none() => positive_seconds(name, v).map(Some),
-        _ => Ok(default),
-    }
-}
-
-fn codes(name: &str, v: Option<&Bound<'_, PyAny>>, default: &[u16]) -> PyResult<Vec<u16>> {
-    match v {
-        Some(v) if !v.is_none() => v
-            .try_iter()
-            .and_then(|it| it.map(|x| x?.extract::<u16>()).collect::<PyResult<Vec<u16>>>())
-            .map_err(|_| PyTypeError::new_err(format!("{name} must be an iterable of ints"))),
-        _ => Ok(default.to_vec()),
-    }
-}
-
 fn parse_ladder(v: Option<&Bound<'_, PyAny>>, default: &[(Arc<str>, u32)]) -> PyResult<Vec<(Arc<str>, u32)>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
         return Ok(default.to_vec());
@@ -419,10 +391,7 @@ impl PyConnection {
         let url: String = url.extract().map_err(|_| PyTypeError::new_err("url must be a str"))?;
         check_url(&url)?;
         let d = WsConfig::default();
-        let policy = match policy {
-            Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
-            _ => d.reconnect.policy.clone(),
-        };
+        let policy = Arg::new("policy", policy).policy(&d.reconnect.policy)?;
         let url_for = match url_for {
             Some(f) if !f.is_none() => {
                 if !f.is_callable() {
@@ -432,17 +401,10 @@ impl PyConnection {
             }
             _ => None,
         };
-        let secs = |v: Option<f64>, dflt: Duration| v.map(Duration::from_secs_f64).unwrap_or(dflt);
-        let send_buffer = match send_buffer {
-            Some(v) if !v.is_none() => count("send_buffer", v)? as usize,
-            _ => d.send_buffer,
-        };
-        if send_buffer == 0 {
-            return Err(value_error("send_buffer must be at least 1"));
-        }
-        let max_message_size = bytes("max_message_size", max_message_size, d.max_message_size)?;
-        let read_buffer_size = bytes("read_buffer_size", read_buffer_size, d.read_buffer_size)?;
-        let write_buffer_size = bytes("write_buffer_size", write_buffer_size, d.write_buffer_size)?;
+        let send_buffer = Arg::new("send_buffer", send_buffer).at_least_one(d.send_buffer as u32)? as usize;
+        let max_message_size = Arg::new("max_message_size", max_message_size).bytes(d.max_message_size)?;
+        let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
+        let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
         let hook_loop = LoopSlot::default();
         let cfg = WsConfig {
@@ -451,12 +413,11 @@ impl PyConnection {
                 Some(h) => parse_headers(h)?,
                 None => vec![],
             },
-            ping_interval: secs(opt_positive("ping_interval", ping_interval, None)?, d.ping_interval),
-            ping_timeout: secs(opt_positive("ping_timeout", ping_timeout, None)?, d.ping_timeout),
-            open_timeout: secs(opt_positive("open_timeout", open_timeout, None)?, d.open_timeout),
-            close_timeout: secs(opt_positive("close_timeout", close_timeout, None)?, d.close_timeout),
-            first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?
-                .map(Duration::from_secs_f64),
+            ping_interval: Arg::new("ping_interval", ping_interval).seconds(d.ping_interval)?,
+            ping_timeout: Arg::new("ping_timeout", ping_timeout).seconds(d.ping_timeout)?,
+            open_timeout: Arg::new("open_timeout", open_timeout).seconds(d.open_timeout)?,
+            close_timeout: Arg::new("close_timeout", close_timeout).seconds(d.close_timeout)?,
+            first_message_timeout: Arg::new("first_message_timeout", first_message_timeout).opt_seconds()?,
             send_buffer,
             max_message_size,
             read_buffer_size,
@@ -464,23 +425,14 @@ impl PyConnection {
             poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
-            fatal_close_codes: codes("fatal_close_codes", fatal_close_codes, &d.fatal_close_codes)?,
-            fatal_http_statuses: codes("fatal_http_statuses", fatal_http_statuses, &d.fatal_http_statuses)?,
+            fatal_close_codes: Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?,
+            fatal_http_statuses: Arg::new("fatal_http_statuses", fatal_http_statuses).codes(&d.fatal_http_statuses)?,
             reconnect: Config {
                 name: shown.clone(),
                 policy,
-                stable_after: match stable_after {
-                    Some(v) if !v.is_none() => Duration::from_secs_f64(non_negative_seconds("stable_after", v)?),
-                    _ => d.reconnect.stable_after,
-                },
-                quiet_attempts: match quiet_attempts {
-                    Some(v) if !v.is_none() => count("quiet_attempts", v)?,
-                    _ => d.reconnect.quiet_attempts,
-                },
-                quiet_jitter: match quiet_jitter {
-                    Some(v) if !v.is_none() => Duration::from_secs_f64(non_negative_seconds("quiet_jitter", v)?),
-                    _ => d.reconnect.quiet_jitter,
-                },
+                stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.reconnect.stable_after)?,
+                quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.reconnect.quiet_attempts)?,
+                quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.reconnect.quiet_jitter)?,
                 ladder: parse_ladder(ladder, &d.reconnect.ladder)?,
                 attempt_timeout: None,
                 logger,

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+mod args;
 mod backoff;
 mod bridge;
 mod callables;

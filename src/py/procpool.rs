@@ -15,7 +15,8 @@ use crate::procpool::{
     RequestError, Spawner,
 };
 
-use super::backoff::{count, positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::{count, positive_seconds};
 use super::bridge::await_py;
 use super::convert::describe_chain;
 use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
@@ -354,13 +355,6 @@ impl PyProcPool {
     }
 }
 
-fn opt_seconds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    match v {
-        Some(t) if !t.is_none() => Ok(Some(Duration::from_secs_f64(positive_seconds(name, t)?))),
-        _ => Ok(None),
-    }
-}
-
 #[pymethods]
 impl PyProcPool {
     #[new]
@@ -386,37 +380,16 @@ impl PyProcPool {
         let spawn = spawn.filter(|s| !s.is_none());
         let command = command.filter(|c| !c.is_none());
         let d = PoolConfig::default();
-        let opt_count = |name: &str, v: Option<&Bound<'_, PyAny>>, dflt: u32| -> PyResult<u32> {
-            match v {
-                Some(v) if !v.is_none() => count(name, v),
-                _ => Ok(dflt),
-            }
-        };
         let cfg = PoolConfig {
-            num_idle: opt_count("num_idle", num_idle, d.num_idle as u32)? as usize,
-            max_concurrent_spawns: opt_count(
-                "max_concurrent_spawns",
-                max_concurrent_spawns,
-                d.max_concurrent_spawns as u32,
-            )? as usize,
-            initialize_timeout: match initialize_timeout {
-                Some(v) if !v.is_none() => Duration::from_secs_f64(positive_seconds("initialize_timeout", v)?),
-                _ => d.initialize_timeout,
-            },
-            acquire_attempts: opt_count("acquire_attempts", acquire_attempts, d.acquire_attempts)?,
-            respawn: match respawn {
-                Some(r) if !r.is_none() => PyBackoff::from_any(r)?.inner,
-                _ => d.respawn.clone(),
-            },
+            num_idle: Arg::new("num_idle", num_idle).count(d.num_idle as u32)? as usize,
+            max_concurrent_spawns: Arg::new("max_concurrent_spawns", max_concurrent_spawns)
+                .at_least_one(d.max_concurrent_spawns as u32)? as usize,
+            initialize_timeout: Arg::new("initialize_timeout", initialize_timeout).seconds(d.initialize_timeout)?,
+            acquire_attempts: Arg::new("acquire_attempts", acquire_attempts).at_least_one(d.acquire_attempts)?,
+            respawn: Arg::new("respawn", respawn).policy(&d.respawn)?,
             unhealthy_after: d.unhealthy_after,
             logger,
         };
-        if cfg.max_concurrent_spawns == 0 {
-            return Err(value_error("max_concurrent_spawns must be at least 1"));
-        }
-        if cfg.acquire_attempts == 0 {
-            return Err(value_error("acquire_attempts must be at least 1"));
-        }
         let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
             (Some(_), Some(_)) => return Err(PyTypeError::new_err("give either spawn= or command=, not both")),
             (None, None) => {
@@ -482,7 +455,7 @@ impl PyProcPool {
     /// A warm process (a `WorkerProc` for command= pools, your object for spawn= pools).
     #[pyo3(signature = (timeout=None))]
     fn acquire<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let t = opt_seconds("timeout", timeout)?;
+        let t = Arg::new("timeout", timeout).opt_seconds()?;
         self.start(py)?;
         // fast path: a warm process is idle: hand it over without a trip through the runtime
         if let Some(p) = self.pool.try_acquire() {
@@ -508,7 +481,7 @@ impl PyProcPool {
             Some(n) if !n.is_none() => Some(count("n", n)? as usize),
             _ => None,
         };
-        let t = opt_seconds("timeout", timeout)?;
+        let t = Arg::new("timeout", timeout).opt_seconds()?;
         self.start(py)?;
         let (pool, out) = (self.pool.clone(), self.out.clone());
         super::runtime::future_into_py(

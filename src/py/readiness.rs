@@ -9,7 +9,8 @@ use pyo3::types::{PyDict, PyString};
 
 use crate::readiness::{Gate, Mark, NotReady, Spec};
 
-use super::backoff::{positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::positive_seconds;
 use super::bridge::await_py;
 use super::convert::describe;
 use super::errors::{value_error, NOT_READY};
@@ -139,10 +140,7 @@ impl PyReadinessGate {
         super::callables::require_async(py, "dispatch (an async callable (job_id, attempt) -> None)", &dispatch)?;
         let stages = parse_stages(stages)?;
         let timeouts = parse_timeouts(timeouts, &stages)?;
-        let policy = match policy {
-            Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
-            _ => Spec::default_policy(),
-        };
+        let policy = Arg::new("policy", policy).policy(&Spec::default_policy())?;
         let spec = Spec { stages, timeouts, policy, redispatch };
         let locals = super::runtime::get_current_locals(py)?;
         let gate = self.gate.clone();

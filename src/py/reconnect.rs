@@ -10,7 +10,7 @@
 //! emitting (a logging handler may call back into the Reconnector).
 
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -21,7 +21,8 @@ use crate::reconnect::{report, Config, Event, Events};
 use crate::redact::redact_url;
 use crate::retry_state::{Decision, RetryState};
 
-use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::PyBackoff;
 use super::convert::describe;
 use super::errors::GAVE_UP;
 use super::events::EventStream;
@@ -67,11 +68,6 @@ pub fn fatal_tuple<'py>(py: Python<'py>, fatal: Option<&Bound<'py, PyAny>>) -> P
         }
     }
     PyTuple::new(py, items)
-}
-
-/// An optional argument that was given and is not None.
-fn given<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
-    v.filter(|v| !v.is_none()).cloned()
 }
 
 fn now() -> Instant {
@@ -181,32 +177,17 @@ impl PyReconnector {
         attempt_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let d = Config::default();
-        let policy = match given(policy) {
-            None => d.policy.clone(),
-            Some(p) => PyBackoff::from_any(&p)?.inner,
-        };
-        let secs = |name: &str, v: Option<&Bound<'_, PyAny>>, dflt: Duration| -> PyResult<Duration> {
-            Ok(match given(v) {
-                Some(v) => Duration::from_secs_f64(non_negative_seconds(name, &v)?),
-                None => dflt,
-            })
-        };
+        let policy = Arg::new("policy", policy).policy(&d.policy)?;
         if name.is_empty() {
             return Err(super::errors::value_error("name must not be empty"));
         }
         let cfg = Config {
             name: redact_url(name),
             policy,
-            stable_after: secs("stable_after", stable_after, d.stable_after)?,
-            quiet_attempts: match given(quiet_attempts) {
-                Some(v) => count("quiet_attempts", &v)?,
-                None => d.quiet_attempts,
-            },
-            quiet_jitter: secs("quiet_jitter", quiet_jitter, d.quiet_jitter)?,
-            attempt_timeout: match given(attempt_timeout) {
-                Some(v) => Some(Duration::from_secs_f64(positive_seconds("attempt_timeout", &v)?)),
-                None => d.attempt_timeout,
-            },
+            stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.stable_after)?,
+            quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.quiet_attempts)?,
+            quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.quiet_jitter)?,
+            attempt_timeout: Arg::new("attempt_timeout", attempt_timeout).opt_seconds()?.or(d.attempt_timeout),
             logger: super::logging::logger_key(py, logger)?,
             ..d
         };
