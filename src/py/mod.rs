@@ -21,6 +21,7 @@ mod procpool;
 mod readiness;
 mod reconnect;
 pub(crate) mod runtime;
+mod served;
 mod signal_server;
 pub(crate) mod watchdog;
 
