@@ -31,6 +31,26 @@ pub struct Spec {
     pub redispatch: bool,
 }
 
+impl Spec {
+    /// Stages when none are given: the dispatch call returned, the agent joined, its entrypoint ran.
+    pub const DEFAULT_STAGES: [&'static str; 3] = ["dispatched", "joined", "ready"];
+    /// Deadline of a stage when none is given.
+    pub const DEFAULT_STAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Retries of a raising dispatch call when no policy is given: 200/400/800 ms, three attempts.
+    pub fn default_policy() -> Backoff {
+        Backoff {
+            initial: 0.2,
+            factor: 2.0,
+            max_delay: 7.0,
+            jitter: crate::backoff::Jitter::None,
+            max_attempts: Some(3),
+            deadline: None,
+            seed: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Job {
     stages: Vec<Arc<str>>,
@@ -76,6 +96,9 @@ pub struct NotReady<E> {
 pub struct Gate {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     unknown_marks: AtomicU64,
+    /// Python logger the gate's records go to (a key registered by the bindings); None: the module's
+    /// `tether.readiness`. Every record carries it as the `logger` field.
+    logger: Option<Arc<str>>,
 }
 
 fn ms(d: Duration) -> String {
@@ -117,12 +140,17 @@ impl Gate {
         Gate::default()
     }
 
+    /// A gate whose records go to the Python logger registered under `logger`.
+    pub fn with_logger(logger: Option<Arc<str>>) -> Gate {
+        Gate { logger, ..Gate::default() }
+    }
+
     /// Record that `job_id` reached `stage`.
     pub fn mark(&self, job_id: &str, stage: &str) -> Result<Mark, UnknownStage> {
         let job = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(job_id).cloned();
         let Some(job) = job else {
             self.unknown_marks.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(target: LOG, job_id, stage, "mark for unknown or finished job {job_id:?} ({stage}) ignored");
+            tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, stage, "mark for unknown or finished job {job_id:?} ({stage}) ignored");
             return Ok(Mark::UnknownJob);
         };
         let Some(idx) = job.stages.iter().position(|s| &**s == stage) else {
@@ -145,7 +173,7 @@ impl Gate {
         };
         if advanced {
             job.notify.notify_waiters();
-            tracing::debug!(target: LOG, job_id, stage, "job {job_id:?} reached {stage:?}");
+            tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, stage, "job {job_id:?} reached {stage:?}");
             Ok(Mark::Advanced)
         } else {
             Ok(Mark::Duplicate)
@@ -189,7 +217,7 @@ impl Gate {
         {
             let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
             if jobs.contains_key(job_id) {
-                tracing::warn!(target: LOG, job_id, "job {job_id:?} is already being dispatched; the newer dispatch replaces it");
+                tracing::warn!(target: LOG, logger = self.logger.as_deref(), job_id, "job {job_id:?} is already being dispatched; the newer dispatch replaces it");
             }
             jobs.insert(job_id.to_string(), job.clone());
         }
@@ -229,7 +257,7 @@ impl Gate {
             if let Some((why, cause)) = failure {
                 match delays.next() {
                     Some(d) => {
-                        tracing::warn!(target: LOG, job_id, stage = %first, attempt, delay_ms = d.as_secs_f64() * 1000.0,
+                        tracing::warn!(target: LOG, logger = self.logger.as_deref(), job_id, stage = %first, attempt, delay_ms = d.as_secs_f64() * 1000.0,
                             "job {job_id:?}: {why}; retrying dispatch in {}", ms(d));
                         tokio::time::sleep(d).await;
                         continue;
@@ -239,7 +267,7 @@ impl Gate {
                             "job {job_id:?} was never {first}: {why} (after {attempt} attempt{})",
                             if attempt == 1 { "" } else { "s" }
                         );
-                        tracing::error!(target: LOG, job_id, stage = %first, attempts = attempt, "{message}");
+                        tracing::error!(target: LOG, logger = self.logger.as_deref(), job_id, stage = %first, attempts = attempt, "{message}");
                         return Err(not_ready(&first, vec![], message, cause));
                     }
                 }
@@ -273,7 +301,7 @@ impl Gate {
                 .filter_map(|(at, s)| at.map(|t| (s.to_string(), t.saturating_duration_since(start))))
                 .collect();
             let Some((idx, _prev_at)) = stuck else {
-                tracing::debug!(target: LOG, job_id, attempts = attempt, "job {job_id:?} ready after {}", ms(start.elapsed()));
+                tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, attempts = attempt, "job {job_id:?} ready after {}", ms(start.elapsed()));
                 return Ok(reached);
             };
             let stage = &spec.stages[idx];
@@ -286,14 +314,14 @@ impl Gate {
             );
             if spec.redispatch {
                 if let Some(d) = delays.next() {
-                    tracing::warn!(target: LOG, job_id, stage = &**stage, attempt, delay_ms = d.as_secs_f64() * 1000.0,
+                    tracing::warn!(target: LOG, logger = self.logger.as_deref(), job_id, stage = &**stage, attempt, delay_ms = d.as_secs_f64() * 1000.0,
                         "{why}; re-dispatching in {}", ms(d));
                     tokio::time::sleep(d).await;
                     continue;
                 }
             }
             let message = if attempt > 1 { format!("{why} (after {attempt} dispatch attempts)") } else { why };
-            tracing::error!(target: LOG, job_id, stage = &**stage, attempts = attempt, elapsed_ms = start.elapsed().as_secs_f64() * 1000.0, "{message}");
+            tracing::error!(target: LOG, logger = self.logger.as_deref(), job_id, stage = &**stage, attempts = attempt, elapsed_ms = start.elapsed().as_secs_f64() * 1000.0, "{message}");
             return Err(not_ready(stage, reached, message, None));
         }
     }

@@ -149,6 +149,9 @@ struct Inner {
     /// Taken (dropped) on close, which ends every subscriber's stream after the buffered alarms.
     alarms: Mutex<Option<broadcast::Sender<Alarm>>>,
     name: String,
+    /// Python logger the alarms are logged to (a key registered by the bindings); None: the module's
+    /// `tether.watchdog`. Every record carries it as the `logger` field.
+    logger: Option<Arc<str>>,
 }
 
 /// A watchdog. Dropping it (or `close()`) stops its monitor task.
@@ -160,10 +163,10 @@ pub struct Watchdog {
 impl Watchdog {
     /// Create and start the monitor on the current tokio runtime.
     pub fn new(name: &str) -> Watchdog {
-        Self::new_on(name, &tokio::runtime::Handle::current())
+        Self::new_on(name, None, &tokio::runtime::Handle::current())
     }
 
-    pub fn new_on(name: &str, rt: &tokio::runtime::Handle) -> Watchdog {
+    pub fn new_on(name: &str, logger: Option<Arc<str>>, rt: &tokio::runtime::Handle) -> Watchdog {
         let (alarms, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             state: Mutex::new(StateTrack::default()),
@@ -172,9 +175,15 @@ impl Watchdog {
             closed: AtomicBool::new(false),
             alarms: Mutex::new(Some(alarms)),
             name: name.to_string(),
+            logger,
         });
         rt.spawn(monitor(Arc::downgrade(&inner)));
         Watchdog { inner }
+    }
+
+    /// The `logger=` key its records carry.
+    pub fn logger(&self) -> Option<Arc<str>> {
+        self.inner.logger.clone()
     }
 
     /// Alarms from now on; the stream ends when the watchdog is closed.
@@ -258,7 +267,7 @@ fn secs(d: Duration) -> String {
 }
 
 fn fire(inner: &Inner, alarm: Alarm) {
-    tracing::warn!(target: "tether::watchdog", watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
+    tracing::warn!(target: "tether::watchdog", logger = inner.logger.as_deref(), watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
         elapsed_s = alarm.elapsed.as_secs_f64(), limit_s = alarm.limit.as_secs_f64(), "{}", alarm.message);
     let tx = inner.alarms.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(tx) = tx {

@@ -524,7 +524,7 @@ impl WsClient {
                 let bound = self.shared.cfg.close_timeout + Duration::from_millis(200);
                 if tokio::time::timeout(bound, &mut t).await.is_err() {
                     t.abort();
-                    tracing::warn!(target: LOG, "close did not finish within {:.1}s; connection aborted", bound.as_secs_f64());
+                    tracing::warn!(target: LOG, logger = self.shared.cfg.reconnect.logger.as_deref(), "close did not finish within {:.1}s; connection aborted", bound.as_secs_f64());
                     finish(&self.shared, Err(None));
                 }
             }
@@ -581,7 +581,7 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     shared.set_state(if matches!(term, Terminal::Closed) { State::Closed } else { State::Failed });
     let (pending, silent) = shared.lock_proto().finish();
     if silent > 0 {
-        tracing::warn!(target: LOG, unconfirmed = silent as u64,
+        tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), unconfirmed = silent as u64,
             "{silent} sent message(s) were never confirmed by the peer before the connection ended (flush() reports this)");
     }
     for tx in pending {
@@ -691,7 +691,7 @@ pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
 /// (e.g. a keepalive idle time above its maximum) leaves only the ping deadline, which still works.
 fn set_socket_options(tcp: &TcpStream, cfg: &WsConfig) {
     if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(target: LOG, error = %e, "could not set TCP_NODELAY: {e}");
+        tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), error = %e, "could not set TCP_NODELAY: {e}");
     }
     let sock = socket2::SockRef::from(tcp);
     let ka = socket2::TcpKeepalive::new()
@@ -700,12 +700,12 @@ fn set_socket_options(tcp: &TcpStream, cfg: &WsConfig) {
     #[cfg(any(target_os = "linux", target_os = "macos"))]
     let ka = ka.with_retries(3);
     if let Err(e) = sock.set_tcp_keepalive(&ka) {
-        tracing::debug!(target: LOG, error = %e,
+        tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), error = %e,
             "could not enable TCP keepalive (idle {:.0}s): {e}; relying on the ping deadline", cfg.ping_interval.as_secs_f64());
     }
     #[cfg(target_os = "linux")]
     if let Err(e) = sock.set_tcp_user_timeout(Some(cfg.ping_interval + cfg.ping_timeout)) {
-        tracing::debug!(target: LOG, error = %e,
+        tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), error = %e,
             "could not set TCP_USER_TIMEOUT ({:.0}s): {e}; relying on the ping deadline",
             (cfg.ping_interval + cfg.ping_timeout).as_secs_f64());
     }
@@ -803,7 +803,7 @@ async fn open(
     } else {
         Connector::Plain
     };
-    tracing::debug!(target: LOG, url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
+    tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
     match tokio::time::timeout_at(
         deadline,
         tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config(cfg)), Some(connector)),
@@ -878,10 +878,10 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             (lost, p.pending())
         };
         for f in failures {
-            tracing::warn!(target: LOG, error = %e.text, "a message was removed from the send queue: {}", f.message());
+            tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, "a message was removed from the send queue: {}", f.message());
         }
         resolve(waiters);
-        tracing::debug!(target: LOG, error = %e.text, pending = resend as u64,
+        tracing::debug!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, pending = resend as u64,
             "connection lost: {}; {resend} accepted message(s) not yet confirmed will be (re-)sent after the reconnect", e.text);
     }
     result
@@ -1151,7 +1151,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     close_by = Some(Instant::now() + cfg.close_timeout);
                 }
                 _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if close_by.is_some() => {
-                    tracing::debug!(target: LOG, "the peer did not complete the close handshake within close_timeout ({:.3}s)",
+                    tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), "the peer did not complete the close handshake within close_timeout ({:.3}s)",
                         cfg.close_timeout.as_secs_f64());
                     break Ok(());
                 }

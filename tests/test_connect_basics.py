@@ -2,6 +2,7 @@
 server): port validation, use before start, send queued at call time, socket option failures logged."""
 
 import asyncio
+import inspect
 import logging
 
 import pytest
@@ -68,3 +69,15 @@ async def test_keepalive_setup_error_is_logged_at_debug_with_reason(echo_server,
     assert logged, [r.getMessage() for r in records(tether_logs)]
     assert logged[0].levelno == logging.DEBUG
     assert "Invalid argument" in logged[0].getMessage(), logged[0].getMessage()
+
+
+def test_connect_defaults_come_from_the_rust_configuration():
+    """One source for each default: tether.connect's signature shows the Rust configuration's values,
+    and quiet_jitter is the Reconnector's."""
+    defaults = tether._native.Connection.defaults()
+    params = inspect.signature(tether.connect).parameters
+    for name, value in defaults.items():
+        if params[name].default is not None:
+            assert params[name].default == value, name
+    assert defaults["quiet_jitter"] == tether.Reconnector().quiet_jitter
+    assert defaults["ladder"] == ("resume", "restart")

@@ -1,3 +1,4 @@
+import asyncio
 import logging
 import subprocess
 import sys
@@ -5,26 +6,43 @@ import sys
 import pytest
 
 import tether
-from tether import _native
 
 
-def test_records_reach_python_logging_with_extra(tether_logs):
-    _native._emit_test_log("warning", "hello from rust", 3)
-    recs = [r for r in tether_logs.records if r.name == "tether.test"]
+async def test_records_reach_python_logging_with_extra(tether_logs):
+    """A real record (a Watchdog alarm) reaches its tether.* logger with its fields as ``extra`` and the
+    Rust file and line as its origin."""
+    wd = tether.Watchdog("room")
+    alarms = wd.alarms()
+    wd.dwell("reconnecting", 0.05)
+    wd.set_state("reconnecting")
+    await asyncio.wait_for(alarms.__anext__(), 10)
+    wd.close()
+    recs = [r for r in tether_logs.records if r.name == "tether.watchdog"]
     assert len(recs) == 1
-    assert recs[0].levelno == logging.WARNING and recs[0].getMessage() == "hello from rust"
-    assert recs[0].retry_count == 3
+    rec = recs[0]
+    assert rec.levelno == logging.WARNING and "reconnecting" in rec.getMessage()
+    assert rec.watchdog == "room" and rec.kind == "dwell" and rec.key == "reconnecting"
+    assert rec.limit_s == 0.05 and rec.elapsed_s >= 0.05
+    assert rec.pathname.endswith("watchdog.rs") and rec.lineno > 0
 
 
 def test_rust_side_filter_follows_logger_level(caplog):
+    """Records below the synced threshold are dropped in Rust: a logger lowered without a sync gets
+    nothing, although Python would accept the record; after ``sync_log_level()`` it does."""
     caplog.set_level(logging.WARNING, logger="tether")
-    tether.sync_log_level()
-    assert _native._log_level_rank() == 2  # warn
-    _native._emit_test_log("debug", "dropped in rust", 1)
-    assert not [r for r in caplog.records if r.name.startswith("tether")]
-    caplog.set_level(logging.DEBUG, logger="tether.reconnect")
-    assert tether.sync_log_level() == logging.DEBUG
-    assert _native._log_level_rank() == 4
+    r = tether.Reconnector(tether.Backoff(0.05, jitter="none"), quiet_attempts=5, quiet_jitter=0, name="f")
+    assert tether.sync_log_level() == logging.WARNING
+    caplog.set_level(logging.DEBUG, logger="tether.reconnect")  # not synced yet
+    try:
+        r.failed(OSError("a"))  # a quiet retry: DEBUG
+        assert not [x for x in caplog.records if x.name.startswith("tether")]
+        assert tether.sync_log_level() == logging.DEBUG
+        r.failed(OSError("b"))
+        recs = [x for x in caplog.records if x.name == "tether.reconnect"]
+        assert [(x.levelno, x.retry_count) for x in recs] == [(logging.DEBUG, 2)]
+    finally:
+        logging.getLogger("tether.reconnect").setLevel(logging.NOTSET)
+        tether.sync_log_level()
 
 
 def test_import_starts_no_threads():
@@ -62,7 +80,7 @@ def test_logger_name_routes_an_objects_records_there(caplog):
     caplog.set_level(logging.DEBUG, logger="livekit.agents")
     try:
         r = tether.Reconnector(tether.Backoff(0.05, jitter="none"), name="livekit", logger="livekit.agents")
-        assert _native._log_level_rank() == 4  # the framework logger's DEBUG is in the Rust-side filter
+        assert tether.sync_log_level() == logging.DEBUG  # the framework logger's DEBUG is in the Rust-side filter
         r.failed(OSError("refused"))
         r.failed(OSError("refused"))
         recs = [x for x in caplog.records if x.name == "livekit.agents"]
@@ -101,7 +119,6 @@ def test_logger_object_and_rust_side_filter():
     try:
         r = tether.Reconnector(tether.Backoff(0.05, jitter="none"), name="obj", logger=lg)
         assert tether.sync_log_level() == logging.WARNING
-        assert _native._log_level_rank() == 2  # DEBUG records are dropped before reaching Python
         r.failed(OSError("a"))  # quiet: DEBUG, filtered in Rust
         r.failed(OSError("b"))  # WARNING
         assert [x.levelno for x in handler.records] == [logging.WARNING]

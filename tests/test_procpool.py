@@ -279,8 +279,11 @@ async def test_aclose_fails_waiters_and_kills_idle():
     ],
 )
 def test_bad_inputs(kwargs, exc):
-    with pytest.raises(exc):
+    with pytest.raises(exc) as info:
         tether.ProcPool(**kwargs)
+    bad = [k for k in kwargs if k not in ("command", "spawn")]
+    if bad:  # the error names the argument it is about
+        assert bad[0] in str(info.value)
 
 
 async def test_release_of_a_foreign_object():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     import ssl as _ssl
 
     SSLChoice = str | os.PathLike[str] | _ssl.SSLContext | Sequence[str | os.PathLike[str] | _ssl.SSLContext]
+# the defaults shown in this signature are the Rust configuration's (their one source)
+_DEFAULTS: dict[str, Any] = _native.Connection.defaults()
+
 UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
 
 
@@ -125,19 +129,19 @@ def connect(
     url: str,
     *,
     policy: Backoff | None = None,
-    ping_interval: float = 5.0,
-    ping_timeout: float = 5.0,
-    open_timeout: float = 10.0,
-    close_timeout: float = 2.0,
-    ladder: Sequence[str | tuple[str, int]] = ("resume", "restart"),
+    ping_interval: float = _DEFAULTS["ping_interval"],
+    ping_timeout: float = _DEFAULTS["ping_timeout"],
+    open_timeout: float = _DEFAULTS["open_timeout"],
+    close_timeout: float = _DEFAULTS["close_timeout"],
+    ladder: Sequence[str | tuple[str, int]] = _DEFAULTS["ladder"],
     url_for: UrlFor | None = None,
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    stable_after: float = 10.0,
-    send_buffer: int = 1024,
+    stable_after: float = _DEFAULTS["stable_after"],
+    send_buffer: int = _DEFAULTS["send_buffer"],
     first_message_timeout: float | None = None,
-    quiet_attempts: int = 1,
-    fatal_close_codes: Iterable[int] = (1008,),
-    fatal_http_statuses: Iterable[int] = (401, 403),
+    quiet_attempts: int = _DEFAULTS["quiet_attempts"],
+    fatal_close_codes: Iterable[int] = _DEFAULTS["fatal_close_codes"],
+    fatal_http_statuses: Iterable[int] = _DEFAULTS["fatal_http_statuses"],
     name: str | None = None,
     watchdog: Watchdog | None = None,
     max_message_size: int | None = None,
@@ -147,6 +151,8 @@ def connect(
     on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
     heartbeat: Heartbeat | None = None,
     fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
+    quiet_jitter: float = _DEFAULTS["quiet_jitter"],
+    logger: str | logging.Logger | None = None,
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -167,6 +173,11 @@ def connect(
     exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
     connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
     ``first_message_timeout`` counts from the end of the hook.
+
+    ``quiet_jitter``: the first ``quiet_attempts`` retries wait uniform(0, quiet_jitter) seconds, so a
+    fleet that lost the same server does not come back in one burst.
+    ``logger``: a logger name or ``logging.Logger`` that receives this connection's records (same
+    ``extra`` fields) instead of ``tether.*``.
 
     ``heartbeat=tether.Heartbeat(message, interval, is_reply=None, timeout=None)``: for protocols whose
     liveness is in-band; see ``tether.Heartbeat``. A missing reply is a loss ("heartbeat timeout").
@@ -224,6 +235,8 @@ def connect(
             on_connect=on_connect,
             heartbeat=heartbeat,
             fatal=fatal,
+            quiet_jitter=quiet_jitter,
+            logger=logger,
         )
     )
 

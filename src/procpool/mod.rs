@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, Delays};
+use crate::backoff::{Backoff, Delays, Jitter};
 
 const LOG: &str = "tether::procpool";
 
@@ -86,7 +86,14 @@ impl Default for PoolConfig {
             max_concurrent_spawns: 1,
             initialize_timeout: Duration::from_secs(10),
             acquire_attempts: 3,
-            respawn: Backoff { initial: 0.1, factor: 2.0, max_delay: 10.0, ..Default::default() },
+            // equal jitter: a crash loop never respawns at once, yet a fleet's pools do not align
+            respawn: Backoff {
+                initial: 0.1,
+                factor: 2.0,
+                max_delay: 10.0,
+                jitter: Jitter::Equal,
+                ..Default::default()
+            },
             unhealthy_after: 2,
             logger: None,
         }

@@ -61,18 +61,6 @@ pub fn count(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u32> {
     Ok(n as u32)
 }
 
-impl PyBackoff {
-    /// Accept a `tether.Backoff` (TypeError for anything else).
-    pub fn from_any(v: &Bound<'_, PyAny>) -> PyResult<Self> {
-        v.cast::<PyBackoff>().map(|b| b.get().clone()).map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(format!(
-                "policy must be a tether.Backoff, not {}",
-                v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-            ))
-        })
-    }
-}
-
 #[pymethods]
 impl PyBackoff {
     #[new]

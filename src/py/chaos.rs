@@ -1,6 +1,5 @@
 //! `tether.testing.ChaosProxy` bindings.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -10,12 +9,35 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use crate::testing::chaos::{ChaosProxy, Which};
 
 use super::errors::value_error;
+use super::served::{Served, Server};
 
 #[pyclass(name = "ChaosProxy", module = "tether._native", frozen)]
 pub struct PyChaosProxy {
     upstream: String,
     listen: String,
-    inner: Arc<Mutex<Option<Arc<ChaosProxy>>>>,
+    served: Served<ChaosProxy>,
+}
+
+impl Server for ChaosProxy {
+    const NAME: &'static str = "ChaosProxy";
+    const HOW_TO_START: &'static str = "`async with ChaosProxy(...)` or `await proxy.start()`";
+
+    fn shutdown(&self) {
+        ChaosProxy::shutdown(self)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("accepted", s.accepted),
+            ("active", s.active),
+            ("bytes_up", s.bytes_up),
+            ("bytes_down", s.bytes_down),
+            ("resets", s.resets),
+            ("closes", s.closes),
+            ("upstream_failures", s.upstream_failures),
+        ]
+    }
 }
 
 /// "host:port" or (host, port) -> "host:port"; ValueError/TypeError otherwise.
@@ -46,12 +68,8 @@ fn which(direction: &str) -> PyResult<Which> {
 }
 
 impl PyChaosProxy {
-    fn get(&self) -> PyResult<Arc<ChaosProxy>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
-            PyRuntimeError::new_err(
-                "ChaosProxy is not running; use `async with ChaosProxy(...)` or `await proxy.start()`",
-            )
-        })
+    fn get(&self) -> PyResult<std::sync::Arc<ChaosProxy>> {
+        self.served.get()
     }
 }
 
@@ -64,32 +82,21 @@ impl PyChaosProxy {
             Some(l) if !l.is_none() => address("listen", l)?,
             _ => "127.0.0.1:0".to_string(),
         };
-        Ok(PyChaosProxy { upstream: address("upstream", upstream)?, listen, inner: Arc::new(Mutex::new(None)) })
+        Ok(PyChaosProxy { upstream: address("upstream", upstream)?, listen, served: Served::new() })
     }
 
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (inner, listen, upstream) = (self.inner.clone(), self.listen.clone(), self.upstream.clone());
-        super::runtime::future_into_py(py, async move {
-            if inner.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                return Ok(());
-            }
-            let p = ChaosProxy::start(&listen, &upstream)
+        let (listen, upstream) = (self.listen.clone(), self.upstream.clone());
+        self.served.start(py, || async move {
+            ChaosProxy::start(&listen, &upstream)
                 .await
-                .map_err(|e| PyRuntimeError::new_err(format!("ChaosProxy could not listen on {listen}: {e}")))?;
-            *inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(p));
-            Ok(())
+                .map_err(|e| PyRuntimeError::new_err(format!("ChaosProxy could not listen on {listen}: {e}")))
         })
     }
 
     /// Stop accepting and reset every connection.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let p = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
-        super::runtime::future_into_py(py, async move {
-            if let Some(p) = p {
-                p.shutdown();
-            }
-            Ok(())
-        })
+        self.served.aclose(py)
     }
 
     #[getter]
@@ -148,19 +155,10 @@ impl PyChaosProxy {
         Ok(self.get()?.close())
     }
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.get()?.stats();
-        let d = PyDict::new(py);
-        d.set_item("accepted", s.accepted)?;
-        d.set_item("active", s.active)?;
-        d.set_item("bytes_up", s.bytes_up)?;
-        d.set_item("bytes_down", s.bytes_down)?;
-        d.set_item("resets", s.resets)?;
-        d.set_item("closes", s.closes)?;
-        d.set_item("upstream_failures", s.upstream_failures)?;
-        Ok(d)
+        self.served.stats(py)
     }
     fn __repr__(&self) -> String {
-        match self.inner.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        match self.served.current() {
             Some(p) => format!("ChaosProxy({} -> {})", p.addr(), self.upstream),
             None => format!("ChaosProxy(-> {}, not running)", self.upstream),
         }

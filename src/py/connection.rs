@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -16,14 +15,15 @@ use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Termin
 use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
-use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::count;
 use super::bridge::await_py;
-use super::errors::{tether_error, value_error};
+use super::convert::describe;
+use super::convert::{message_from_py, message_to_py};
+use super::errors::{value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, LoopSlot};
 use super::heartbeat::heartbeat_config;
-use super::reconnect::describe;
-use super::signal_server::{message_from_py, message_to_py};
 
 /// Calls the user's `url_for(strategy, attempt)` (sync or async) for every attempt.
 struct PyTarget {
@@ -158,35 +158,69 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
         Terminal::Closed => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("code", 1000);
-            tether_error(py, "ConnectionClosed", &format!("connection to {name} is closed"), Some(&kw))
+            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed"), Some(&kw))
         }
         Terminal::GaveUp { message, attempts, elapsed, reason, last } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("code", last.close_code);
             let _ = kw.set_item("reason", last.text.as_str());
-            let last_err = tether_error(py, "ConnectionClosed", &last.text, Some(&kw));
+            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&kw));
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
             let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
             let _ = kw.set_item("reason", reason.as_str());
             let _ = kw.set_item("name", name);
-            let e = tether_error(py, "GaveUp", message, Some(&kw));
+            let e = GAVE_UP.err(py, message, Some(&kw));
             e.set_cause(py, Some(last_err));
             e
         }
     }
 }
 
-/// Build an exception from a tokio thread through the gate; at interpreter shutdown a plain one.
-fn in_python(f: impl for<'py> FnOnce(Python<'py>) -> PyErr) -> PyErr {
-    super::with_python(f).unwrap_or_else(|| PyRuntimeError::new_err("the Python interpreter is shutting down"))
+/// How `start()` ended, turned into None or the terminal error on the event loop thread.
+struct Started {
+    outcome: Result<(), Terminal>,
+    name: String,
+}
+
+impl<'py> IntoPyObject<'py> for Started {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.outcome {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(t) => Err(terminal_error(py, &t, &self.name)),
+        }
+    }
+}
+
+/// How a `send()` or `flush()` ended, turned into None or the exception on the event loop thread.
+struct Delivered {
+    outcome: Result<(), SendError>,
+    name: String,
+    client: Arc<WsClient>,
+}
+
+impl<'py> IntoPyObject<'py> for Delivered {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.outcome {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(e) => Err(send_error(py, &e, &self.name, self.client.config())),
+        }
+    }
 }
 
 fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
     match e {
         SendError::Ended(t) => terminal_error(py, t, name),
-        SendError::Full(n) => tether_error(py, "SendBufferFull", &format!(
+        SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
             "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
             cfg.send_buffer), None),
         SendError::TooBig { size, max } => value_error(format!(
@@ -210,7 +244,7 @@ fn rejected(py: Python<'_>, f: &Failure, name: &str, note: &str) -> PyErr {
     let _ = kw.set_item("code", code);
     let _ = kw.set_item("losses", losses);
     let text = redact_url(&format!("send to {name} failed{note}: {}", f.message()));
-    tether_error(py, "SendFailed", &text, Some(&kw))
+    SEND_FAILED.err(py, &text, Some(&kw))
 }
 
 /// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a
@@ -257,37 +291,9 @@ fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
     ))
 }
 
-/// A positive byte count, or the default when None/absent.
-fn bytes(name: &str, v: Option<&Bound<'_, PyAny>>, default: usize) -> PyResult<usize> {
+fn parse_ladder(v: Option<&Bound<'_, PyAny>>, default: &[(Arc<str>, u32)]) -> PyResult<Vec<(Arc<str>, u32)>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(default);
-    };
-    match v.extract::<u64>() {
-        Ok(n) if n > 0 && n <= usize::MAX as u64 => Ok(n as usize),
-        _ => Err(value_error(format!("{name} must be a positive number of bytes"))),
-    }
-}
-
-fn opt_positive(name: &str, v: Option<&Bound<'_, PyAny>>, default: Option<f64>) -> PyResult<Option<f64>> {
-    match v {
-        Some(v) if !v.is_none() => positive_seconds(name, v).map(Some),
-        _ => Ok(default),
-    }
-}
-
-fn codes(name: &str, v: Option<&Bound<'_, PyAny>>, default: &[u16]) -> PyResult<Vec<u16>> {
-    match v {
-        Some(v) if !v.is_none() => v
-            .try_iter()
-            .and_then(|it| it.map(|x| x?.extract::<u16>()).collect::<PyResult<Vec<u16>>>())
-            .map_err(|_| PyTypeError::new_err(format!("{name} must be an iterable of ints"))),
-        _ => Ok(default.to_vec()),
-    }
-}
-
-fn parse_ladder(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(Arc<str>, u32)>> {
-    let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)]);
+        return Ok(default.to_vec());
     };
     if v.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err(
@@ -340,7 +346,7 @@ impl PyConnection {
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
         max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
-        on_connect=None, heartbeat=None, fatal=None))]
+        on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -368,7 +374,10 @@ impl PyConnection {
         on_connect: Option<&Bound<'_, PyAny>>,
         heartbeat: Option<&Bound<'_, PyAny>>,
         fatal: Option<&Bound<'_, PyAny>>,
+        quiet_jitter: Option<&Bound<'_, PyAny>>,
+        logger: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
         let watchdog = match watchdog {
             Some(w) if !w.is_none() => Some(
@@ -382,10 +391,7 @@ impl PyConnection {
         let url: String = url.extract().map_err(|_| PyTypeError::new_err("url must be a str"))?;
         check_url(&url)?;
         let d = WsConfig::default();
-        let policy = match policy {
-            Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
-            _ => d.reconnect.policy.clone(),
-        };
+        let policy = Arg::new("policy", policy).policy(&d.reconnect.policy)?;
         let url_for = match url_for {
             Some(f) if !f.is_none() => {
                 if !f.is_callable() {
@@ -395,17 +401,10 @@ impl PyConnection {
             }
             _ => None,
         };
-        let secs = |v: Option<f64>, dflt: Duration| v.map(Duration::from_secs_f64).unwrap_or(dflt);
-        let send_buffer = match send_buffer {
-            Some(v) if !v.is_none() => count("send_buffer", v)? as usize,
-            _ => d.send_buffer,
-        };
-        if send_buffer == 0 {
-            return Err(value_error("send_buffer must be at least 1"));
-        }
-        let max_message_size = bytes("max_message_size", max_message_size, d.max_message_size)?;
-        let read_buffer_size = bytes("read_buffer_size", read_buffer_size, d.read_buffer_size)?;
-        let write_buffer_size = bytes("write_buffer_size", write_buffer_size, d.write_buffer_size)?;
+        let send_buffer = Arg::new("send_buffer", send_buffer).at_least_one(d.send_buffer as u32)? as usize;
+        let max_message_size = Arg::new("max_message_size", max_message_size).bytes(d.max_message_size)?;
+        let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
+        let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
         let hook_loop = LoopSlot::default();
         let cfg = WsConfig {
@@ -414,12 +413,11 @@ impl PyConnection {
                 Some(h) => parse_headers(h)?,
                 None => vec![],
             },
-            ping_interval: secs(opt_positive("ping_interval", ping_interval, None)?, d.ping_interval),
-            ping_timeout: secs(opt_positive("ping_timeout", ping_timeout, None)?, d.ping_timeout),
-            open_timeout: secs(opt_positive("open_timeout", open_timeout, None)?, d.open_timeout),
-            close_timeout: secs(opt_positive("close_timeout", close_timeout, None)?, d.close_timeout),
-            first_message_timeout: opt_positive("first_message_timeout", first_message_timeout, None)?
-                .map(Duration::from_secs_f64),
+            ping_interval: Arg::new("ping_interval", ping_interval).seconds(d.ping_interval)?,
+            ping_timeout: Arg::new("ping_timeout", ping_timeout).seconds(d.ping_timeout)?,
+            open_timeout: Arg::new("open_timeout", open_timeout).seconds(d.open_timeout)?,
+            close_timeout: Arg::new("close_timeout", close_timeout).seconds(d.close_timeout)?,
+            first_message_timeout: Arg::new("first_message_timeout", first_message_timeout).opt_seconds()?,
             send_buffer,
             max_message_size,
             read_buffer_size,
@@ -427,22 +425,17 @@ impl PyConnection {
             poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
-            fatal_close_codes: codes("fatal_close_codes", fatal_close_codes, &d.fatal_close_codes)?,
-            fatal_http_statuses: codes("fatal_http_statuses", fatal_http_statuses, &d.fatal_http_statuses)?,
+            fatal_close_codes: Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?,
+            fatal_http_statuses: Arg::new("fatal_http_statuses", fatal_http_statuses).codes(&d.fatal_http_statuses)?,
             reconnect: Config {
                 name: shown.clone(),
                 policy,
-                stable_after: match stable_after {
-                    Some(v) if !v.is_none() => Duration::from_secs_f64(non_negative_seconds("stable_after", v)?),
-                    _ => d.reconnect.stable_after,
-                },
-                quiet_attempts: match quiet_attempts {
-                    Some(v) if !v.is_none() => count("quiet_attempts", v)?,
-                    _ => d.reconnect.quiet_attempts,
-                },
-                ladder: parse_ladder(ladder)?,
+                stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.reconnect.stable_after)?,
+                quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.reconnect.quiet_attempts)?,
+                quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.reconnect.quiet_jitter)?,
+                ladder: parse_ladder(ladder, &d.reconnect.ladder)?,
                 attempt_timeout: None,
-                ..Config::default()
+                logger,
             },
             watchdog,
             tls: match ssl {
@@ -456,7 +449,46 @@ impl PyConnection {
         };
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false), hook_loop, closing: Default::default() })
+        Ok(PyConnection {
+            client,
+            target,
+            name: shown,
+            started: AtomicBool::new(false),
+            hook_loop,
+            closing: Default::default(),
+        })
+    }
+
+    /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).
+    #[staticmethod]
+    fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+        let d = WsConfig::default();
+        // a rung of one attempt is written as its bare name, as in `ladder=("resume", "restart")`
+        let ladder = d
+            .reconnect
+            .ladder
+            .iter()
+            .map(|(name, n)| match n {
+                1 => Ok(PyString::new(py, name).into_any()),
+                n => Ok((&**name, *n).into_pyobject(py)?.into_any()),
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let out = PyDict::new(py);
+        out.set_item("ping_interval", d.ping_interval.as_secs_f64())?;
+        out.set_item("ping_timeout", d.ping_timeout.as_secs_f64())?;
+        out.set_item("open_timeout", d.open_timeout.as_secs_f64())?;
+        out.set_item("close_timeout", d.close_timeout.as_secs_f64())?;
+        out.set_item("ladder", PyTuple::new(py, ladder)?)?;
+        out.set_item("stable_after", d.reconnect.stable_after.as_secs_f64())?;
+        out.set_item("send_buffer", d.send_buffer)?;
+        out.set_item("quiet_attempts", d.reconnect.quiet_attempts)?;
+        out.set_item("quiet_jitter", d.reconnect.quiet_jitter.as_secs_f64())?;
+        out.set_item("fatal_close_codes", PyTuple::new(py, &d.fatal_close_codes)?)?;
+        out.set_item("fatal_http_statuses", PyTuple::new(py, &d.fatal_http_statuses)?)?;
+        out.set_item("max_message_size", d.max_message_size)?;
+        out.set_item("read_buffer_size", d.read_buffer_size)?;
+        out.set_item("write_buffer_size", d.write_buffer_size)?;
+        Ok(out)
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
@@ -473,7 +505,7 @@ impl PyConnection {
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
             client.start();
-            client.wait_connected().await.map_err(|t| in_python(|py| terminal_error(py, &t, &name)))
+            Ok(Started { outcome: client.wait_connected().await, name })
         })
     }
 
@@ -511,7 +543,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+            Ok(Delivered { outcome: r, name, client })
         })
     }
 
@@ -526,7 +558,7 @@ impl PyConnection {
                 Ok(r) => r,
                 Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
             };
-            r.map_err(|e| in_python(|py| send_error(py, &e, &name, client.config())))
+            Ok(Delivered { outcome: r, name, client })
         })
     }
 
@@ -552,7 +584,7 @@ impl PyConnection {
         if self.client.terminal().is_some() {
             return EventStream::ended();
         }
-        EventStream::new(self.client.subscribe())
+        EventStream::new(self.client.subscribe(), self.client.config().reconnect.logger.clone())
     }
 
     #[getter]

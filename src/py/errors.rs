@@ -1,19 +1,40 @@
 //! Raising the Python exception hierarchy (defined in `tether/_errors.py`) from Rust.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
-/// Build `tether.<class_name>(message, **kwargs)` as a `PyErr`.
-pub fn tether_error(py: Python<'_>, class_name: &str, message: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyErr {
-    let made = (|| -> PyResult<Bound<'_, PyAny>> {
-        let cls = py.import("tether._errors")?.getattr(class_name)?;
-        cls.call((message,), kwargs)
-    })();
-    match made {
-        Ok(exc) => PyErr::from_value(exc),
-        Err(e) => e,
+/// A class of `tether._errors`, imported on first use and cached. Not `pyo3::import_exception!`: its
+/// type object panics when the import fails (e.g. while the interpreter tears modules down), and a
+/// panic must not cross the FFI; here a failed import becomes the raised error instead.
+pub struct ErrorClass {
+    name: &'static str,
+    class: PyOnceLock<Py<PyType>>,
+}
+
+impl ErrorClass {
+    const fn new(name: &'static str) -> Self {
+        ErrorClass { name, class: PyOnceLock::new() }
+    }
+
+    /// `tether.<Class>(message, **kwargs)` as a `PyErr`.
+    pub fn err(&self, py: Python<'_>, message: &str, kwargs: Option<&Bound<'_, PyDict>>) -> PyErr {
+        let made = self.class.import(py, "tether._errors", self.name).and_then(|cls| cls.call((message,), kwargs));
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(e) => e,
+        }
     }
 }
+
+pub static TETHER_ERROR: ErrorClass = ErrorClass::new("TetherError");
+pub static GAVE_UP: ErrorClass = ErrorClass::new("GaveUp");
+pub static POOL_EXHAUSTED: ErrorClass = ErrorClass::new("PoolExhausted");
+pub static NOT_READY: ErrorClass = ErrorClass::new("NotReady");
+pub static CONNECTION_CLOSED: ErrorClass = ErrorClass::new("ConnectionClosed");
+pub static SEND_BUFFER_FULL: ErrorClass = ErrorClass::new("SendBufferFull");
+pub static SEND_FAILED: ErrorClass = ErrorClass::new("SendFailed");
+pub static TIMEOUT_ERROR: ErrorClass = ErrorClass::new("TimeoutError");
 
 pub fn value_error(msg: impl Into<String>) -> PyErr {
     pyo3::exceptions::PyValueError::new_err(msg.into())

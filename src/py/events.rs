@@ -39,16 +39,24 @@ pub struct Buffered<T> {
     ended: Arc<AtomicBool>,
     is_end: fn(&T) -> bool,
     what: &'static str,
+    /// The `logger=` key of the object the stream belongs to: its "fell behind" warning goes there.
+    logger: Option<Arc<str>>,
 }
 
 impl<T: Clone + Send + 'static> Buffered<T> {
-    pub fn new(rx: broadcast::Receiver<T>, is_end: fn(&T) -> bool, what: &'static str) -> Self {
+    pub fn new(
+        rx: broadcast::Receiver<T>,
+        is_end: fn(&T) -> bool,
+        what: &'static str,
+        logger: Option<Arc<str>>,
+    ) -> Self {
         Buffered {
             rx: Arc::new(Mutex::new(Some(rx))),
             buffer: Arc::new(std::sync::Mutex::new(VecDeque::new())),
             ended: Arc::new(AtomicBool::new(false)),
             is_end,
             what,
+            logger,
         }
     }
 
@@ -77,7 +85,8 @@ impl<T: Clone + Send + 'static> Buffered<T> {
                 Ok(x) => return Ok(Some(x)),
                 Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    tracing::warn!(target: "tether::events", dropped = n, "{} consumer fell behind; {n} were dropped", self.what);
+                    tracing::warn!(target: "tether::events", logger = self.logger.as_deref(), dropped = n,
+                        "{} consumer fell behind; {n} were dropped", self.what);
                     continue;
                 }
                 Err(broadcast::error::TryRecvError::Closed) => {}
@@ -90,8 +99,8 @@ impl<T: Clone + Send + 'static> Buffered<T> {
 
     /// Resolves once `pop` has something to return.
     pub fn wait(&self) -> impl std::future::Future<Output = PyResult<()>> + Send + 'static {
-        let (rx, buffer, ended, is_end, what) =
-            (self.rx.clone(), self.buffer.clone(), self.ended.clone(), self.is_end, self.what);
+        let (rx, buffer, ended, is_end, what, logger) =
+            (self.rx.clone(), self.buffer.clone(), self.ended.clone(), self.is_end, self.what, self.logger.clone());
         async move {
             if !buffer.lock().unwrap_or_else(|p| p.into_inner()).is_empty() || ended.load(Ordering::SeqCst) {
                 return Ok(());
@@ -109,7 +118,8 @@ impl<T: Clone + Send + 'static> Buffered<T> {
                         return Ok(());
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(target: "tether::events", dropped = n, "{what} consumer fell behind; {n} were dropped");
+                        tracing::warn!(target: "tether::events", logger = logger.as_deref(), dropped = n,
+                            "{what} consumer fell behind; {n} were dropped");
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => {}
@@ -174,12 +184,12 @@ buffered_stream!(
 );
 
 impl EventStream {
-    pub fn new(rx: broadcast::Receiver<Event>) -> Self {
-        EventStream { inner: Buffered::new(rx, |e| matches!(e, Event::Closed), "events()") }
+    pub fn new(rx: broadcast::Receiver<Event>, logger: Option<Arc<str>>) -> Self {
+        EventStream { inner: Buffered::new(rx, |e| matches!(e, Event::Closed), "events()", logger) }
     }
 
     pub fn ended() -> Self {
-        let s = EventStream::new(broadcast::channel(1).1);
+        let s = EventStream::new(broadcast::channel(1).1, None);
         s.inner.end_now();
         s
     }

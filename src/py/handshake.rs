@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use pyo3_async_runtimes::TaskLocals;
@@ -14,9 +14,10 @@ use crate::ws::WsError;
 use crate::ws_handshake::{BoxFuture, Handshake, OnConnect, OnConnectHook};
 
 use super::bridge::await_py;
-use super::errors::tether_error;
-use super::reconnect::{describe, fatal_tuple};
-use super::signal_server::{message_from_py, message_to_py};
+use super::convert::describe;
+use super::convert::{message_from_py, message_to_py};
+use super::errors::CONNECTION_CLOSED;
+use super::reconnect::fatal_tuple;
 
 /// The event loop of the task that started the connection; hooks run there.
 pub type LoopSlot = Arc<OnceLock<TaskLocals>>;
@@ -51,7 +52,23 @@ pub struct PyHandshakeChannel {
 }
 
 fn closed(py: Python<'_>, text: &str) -> PyErr {
-    tether_error(py, "ConnectionClosed", text, None)
+    CONNECTION_CLOSED.err(py, text, None)
+}
+
+/// How a handshake `send()` ended, turned into None or `ConnectionClosed` on the event loop thread.
+struct Written(Result<(), String>);
+
+impl<'py> IntoPyObject<'py> for Written {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.0 {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(e) => Err(closed(py, &e)),
+        }
+    }
 }
 
 #[pymethods]
@@ -75,8 +92,7 @@ impl PyHandshakeChannel {
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let rx = self.hs.start_send(message_from_py(data)?).map_err(|e| closed(py, &e))?;
         super::runtime::future_into_py(py, async move {
-            let r = rx.await.unwrap_or_else(|_| Err("the on_connect handshake is over".into()));
-            r.map_err(|e| super::with_python(|py| closed(py, &e)).unwrap_or_else(|| PyRuntimeError::new_err(e)))
+            Ok(Written(rx.await.unwrap_or_else(|_| Err("the on_connect handshake is over".into()))))
         })
     }
 

@@ -14,9 +14,9 @@ use crate::ws_handshake::BoxFuture;
 use crate::ws_heartbeat::{HeartbeatConfig, HeartbeatSource};
 
 use super::backoff::positive_seconds;
+use super::convert::describe;
+use super::convert::{message_from_py, message_to_py};
 use super::handshake::{on_loop, LoopSlot};
-use super::reconnect::describe;
-use super::signal_server::{message_from_py, message_to_py};
 
 /// An application-level heartbeat for `tether.connect(heartbeat=...)`.
 #[pyclass(name = "Heartbeat", module = "tether._native", frozen)]

@@ -61,11 +61,6 @@ pub fn _set_log_level(py_level: i64) {
     }
 }
 
-#[pyfunction]
-pub fn _log_level_rank() -> u8 {
-    MAX_LEVEL.load(Ordering::Relaxed)
-}
-
 /// Re-read the `tether` loggers' levels (Python side) into the Rust filter. Errors are ignored: a broken
 /// logging configuration must not stop a connection from being created.
 pub fn sync(py: Python<'_>) {
@@ -81,19 +76,6 @@ pub fn logger_key(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult
     let Some(logger) = logger.filter(|l| !l.is_none()) else { return Ok(None) };
     let key: String = py.import("tether._logging")?.call_method1("register_logger", (logger,))?.extract()?;
     Ok(Some(key.into()))
-}
-
-/// Emit a record through the bridge (tests use it to check the path end to end).
-#[pyfunction]
-pub fn _emit_test_log(level: &str, message: &str, retry_count: i64) -> PyResult<()> {
-    match level {
-        "debug" => tracing::debug!(target: "tether::test", retry_count, "{message}"),
-        "info" => tracing::info!(target: "tether::test", retry_count, "{message}"),
-        "warning" => tracing::warn!(target: "tether::test", retry_count, "{message}"),
-        "error" => tracing::error!(target: "tether::test", retry_count, "{message}"),
-        other => return Err(pyo3::exceptions::PyValueError::new_err(format!("unknown level {other:?}"))),
-    }
-    Ok(())
 }
 
 enum Value {

@@ -10,36 +10,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 
-use crate::backoff::{Backoff, Jitter};
 use crate::procpool::{
     AcquireError, BoxFuture, NativeProc, NativeSpawner, NotLent, Pool, PoolConfig, PoolEvent, Proc, ProcHandle,
     RequestError, Spawner,
 };
 
-use super::backoff::{count, positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::{count, positive_seconds};
 use super::bridge::await_py;
-use super::errors::{tether_error, value_error};
+use super::convert::describe_chain;
+use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
 use super::events::Buffered;
-use super::reconnect::describe;
-
-/// `what (caused by X: msg)`: spawners re-raise with `from real_error` when a framework swallowed
-/// the real error, so the chain is part of the failure cause.
-fn describe_chain(py: Python<'_>, e: &PyErr) -> String {
-    let mut text = describe(py, e);
-    let mut cur = e.value(py).clone().into_any();
-    for _ in 0..3 {
-        let next = match cur.getattr("__cause__") {
-            Ok(c) if !c.is_none() => c,
-            _ => match (cur.getattr("__context__"), cur.getattr("__suppress_context__")) {
-                (Ok(c), Ok(s)) if !c.is_none() && !s.is_truthy().unwrap_or(false) => c,
-                _ => break,
-            },
-        };
-        text.push_str(&format!(" (caused by {})", describe(py, &PyErr::from_value(next.clone()))));
-        cur = next;
-    }
-    text
-}
 
 /// A process made by the user's `spawn()` coroutine: any Python object.
 struct PyProc {
@@ -260,9 +241,9 @@ impl<'py> IntoPyObject<'py> for Reply {
                     "worker pid {pid} did not answer within {:.1}s; it was killed (a late reply would answer the next request)",
                     timeout.as_secs_f64()
                 );
-                Err(tether_error(py, "TimeoutError", &msg, Some(&kw)))
+                Err(TIMEOUT_ERROR.err(py, &msg, Some(&kw)))
             }
-            Err(RequestError::Failed(e)) => Err(tether_error(py, "TetherError", &e, None)),
+            Err(RequestError::Failed(e)) => Err(TETHER_ERROR.err(py, &e, None)),
         }
     }
 }
@@ -314,6 +295,8 @@ pub struct PyProcPool {
     pool: Pool,
     py_spawner: Option<Arc<PySpawner>>,
     out: Lent,
+    /// `logger=` key, for the records of its event streams.
+    logger: Option<Arc<str>>,
 }
 
 /// Python-spawned processes handed out, by object identity, so `release` finds their handle.
@@ -340,21 +323,21 @@ fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("failures", failures.clone());
-            tether_error(py, "PoolExhausted", &e.message(), Some(&kw))
+            POOL_EXHAUSTED.err(py, &e.message(), Some(&kw))
         }
         AcquireError::TimedOut { timeout, .. } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("timeout", timeout.as_secs_f64());
             let _ = kw.set_item("what", "ProcPool.acquire");
-            tether_error(py, "TimeoutError", &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
+            TIMEOUT_ERROR.err(py, &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
         }
         AcquireError::WarmFailed { attempts, failures, .. } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("failures", failures.clone());
-            tether_error(py, "PoolExhausted", &format!("ProcPool.warm: {}", e.message()), Some(&kw))
+            POOL_EXHAUSTED.err(py, &format!("ProcPool.warm: {}", e.message()), Some(&kw))
         }
-        AcquireError::Closed => tether_error(py, "PoolExhausted", "ProcPool: the pool is closed", None),
+        AcquireError::Closed => POOL_EXHAUSTED.err(py, "ProcPool: the pool is closed", None),
     }
 }
 
@@ -372,18 +355,11 @@ impl PyProcPool {
     }
 }
 
-fn opt_seconds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    match v {
-        Some(t) if !t.is_none() => Ok(Some(Duration::from_secs_f64(positive_seconds(name, t)?))),
-        _ => Ok(None),
-    }
-}
-
 #[pymethods]
 impl PyProcPool {
     #[new]
     #[pyo3(signature = (spawn=None, command=None, *, num_idle=None, max_concurrent_spawns=None, initialize_timeout=None,
-        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None))]
+        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None, logger=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -397,43 +373,23 @@ impl PyProcPool {
         env: Option<&Bound<'_, PyDict>>,
         cwd: Option<String>,
         liveness: Option<Bound<'_, PyAny>>,
+        logger: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
         let spawn = spawn.filter(|s| !s.is_none());
         let command = command.filter(|c| !c.is_none());
         let d = PoolConfig::default();
-        let opt_count = |name: &str, v: Option<&Bound<'_, PyAny>>, dflt: u32| -> PyResult<u32> {
-            match v {
-                Some(v) if !v.is_none() => count(name, v),
-                _ => Ok(dflt),
-            }
-        };
         let cfg = PoolConfig {
-            num_idle: opt_count("num_idle", num_idle, d.num_idle as u32)? as usize,
-            max_concurrent_spawns: opt_count(
-                "max_concurrent_spawns",
-                max_concurrent_spawns,
-                d.max_concurrent_spawns as u32,
-            )? as usize,
-            initialize_timeout: match initialize_timeout {
-                Some(v) if !v.is_none() => Duration::from_secs_f64(positive_seconds("initialize_timeout", v)?),
-                _ => d.initialize_timeout,
-            },
-            acquire_attempts: opt_count("acquire_attempts", acquire_attempts, d.acquire_attempts)?,
-            respawn: match respawn {
-                Some(r) if !r.is_none() => PyBackoff::from_any(r)?.inner,
-                _ => Backoff { jitter: Jitter::Equal, ..d.respawn.clone() },
-            },
+            num_idle: Arg::new("num_idle", num_idle).count(d.num_idle as u32)? as usize,
+            max_concurrent_spawns: Arg::new("max_concurrent_spawns", max_concurrent_spawns)
+                .at_least_one(d.max_concurrent_spawns as u32)? as usize,
+            initialize_timeout: Arg::new("initialize_timeout", initialize_timeout).seconds(d.initialize_timeout)?,
+            acquire_attempts: Arg::new("acquire_attempts", acquire_attempts).at_least_one(d.acquire_attempts)?,
+            respawn: Arg::new("respawn", respawn).policy(&d.respawn)?,
             unhealthy_after: d.unhealthy_after,
-            // `logger=` is wired once the logging bridge routes a record's `logger` field
-            logger: None,
+            logger,
         };
-        if cfg.max_concurrent_spawns == 0 {
-            return Err(value_error("max_concurrent_spawns must be at least 1"));
-        }
-        if cfg.acquire_attempts == 0 {
-            return Err(value_error("acquire_attempts must be at least 1"));
-        }
         let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
             (Some(_), Some(_)) => return Err(PyTypeError::new_err("give either spawn= or command=, not both")),
             (None, None) => {
@@ -477,7 +433,8 @@ impl PyProcPool {
                 (Arc::new(NativeSpawner { argv, env, cwd: cwd.map(Into::into) }), None)
             }
         };
-        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())) })
+        let logger = cfg.logger.clone();
+        Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())), logger })
     }
 
     /// Start prewarming (call inside a running event loop when using spawn=).
@@ -498,7 +455,7 @@ impl PyProcPool {
     /// A warm process (a `WorkerProc` for command= pools, your object for spawn= pools).
     #[pyo3(signature = (timeout=None))]
     fn acquire<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let t = opt_seconds("timeout", timeout)?;
+        let t = Arg::new("timeout", timeout).opt_seconds()?;
         self.start(py)?;
         // fast path: a warm process is idle: hand it over without a trip through the runtime
         if let Some(p) = self.pool.try_acquire() {
@@ -524,7 +481,7 @@ impl PyProcPool {
             Some(n) if !n.is_none() => Some(count("n", n)? as usize),
             _ => None,
         };
-        let t = opt_seconds("timeout", timeout)?;
+        let t = Arg::new("timeout", timeout).opt_seconds()?;
         self.start(py)?;
         let (pool, out) = (self.pool.clone(), self.out.clone());
         super::runtime::future_into_py(
@@ -584,7 +541,12 @@ impl PyProcPool {
 
     fn events(&self) -> PoolEventStream {
         let s = PoolEventStream {
-            inner: Buffered::new(self.pool.subscribe(), |e| matches!(e, PoolEvent::Closed), "ProcPool events"),
+            inner: Buffered::new(
+                self.pool.subscribe(),
+                |e| matches!(e, PoolEvent::Closed),
+                "ProcPool events",
+                self.logger.clone(),
+            ),
         };
         if self.pool.is_closed() {
             s.inner.end_now();

@@ -7,15 +7,13 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::backoff::{Backoff, Jitter};
 use crate::readiness::{Gate, Mark, NotReady, Spec};
 
-use super::backoff::{positive_seconds, PyBackoff};
+use super::args::Arg;
+use super::backoff::positive_seconds;
 use super::bridge::await_py;
-use super::errors::{tether_error, value_error};
-use super::reconnect::describe;
-
-const DEFAULT_STAGE_TIMEOUT: f64 = 10.0;
+use super::convert::describe;
+use super::errors::{value_error, NOT_READY};
 
 #[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
 pub struct PyReadinessGate {
@@ -24,7 +22,7 @@ pub struct PyReadinessGate {
 
 fn parse_stages(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(vec!["dispatched".into(), "joined".into(), "ready".into()]);
+        return Ok(Spec::DEFAULT_STAGES.iter().map(|&s| s.into()).collect());
     };
     if v.is_instance_of::<PyString>() {
         return Err(PyTypeError::new_err("stages must be a sequence of stage names, not a str"));
@@ -47,7 +45,7 @@ fn parse_stages(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
 }
 
 fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult<Vec<Duration>> {
-    let mut out = vec![Duration::from_secs_f64(DEFAULT_STAGE_TIMEOUT); stages.len()];
+    let mut out = vec![Spec::DEFAULT_STAGE_TIMEOUT; stages.len()];
     let Some(v) = v.filter(|v| !v.is_none()) else { return Ok(out) };
     if let Ok(d) = v.cast::<PyDict>() {
         for (k, t) in d.iter() {
@@ -100,7 +98,7 @@ impl<'py> IntoPyObject<'py> for Outcome {
                 }
                 kw.set_item("reached", reached)?;
                 kw.set_item("attempts", nr.attempts)?;
-                let err = tether_error(py, "NotReady", &nr.message, Some(&kw));
+                let err = NOT_READY.err(py, &nr.message, Some(&kw));
                 if let Some(c) = nr.cause {
                     err.set_cause(py, Some(c));
                 }
@@ -113,9 +111,11 @@ impl<'py> IntoPyObject<'py> for Outcome {
 #[pymethods]
 impl PyReadinessGate {
     #[new]
-    fn new(py: Python<'_>) -> Self {
+    #[pyo3(signature = (*, logger=None))]
+    fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
-        PyReadinessGate { gate: Arc::new(Gate::new()) }
+        Ok(PyReadinessGate { gate: Arc::new(Gate::with_logger(logger)) })
     }
 
     /// Dispatch `job_id` with `await dispatch(job_id, attempt)` and wait until every stage is marked.
@@ -140,18 +140,7 @@ impl PyReadinessGate {
         super::callables::require_async(py, "dispatch (an async callable (job_id, attempt) -> None)", &dispatch)?;
         let stages = parse_stages(stages)?;
         let timeouts = parse_timeouts(timeouts, &stages)?;
-        let policy = match policy {
-            Some(p) if !p.is_none() => PyBackoff::from_any(p)?.inner,
-            _ => Backoff {
-                initial: 0.2,
-                factor: 2.0,
-                max_delay: 7.0,
-                jitter: Jitter::None,
-                max_attempts: Some(3),
-                deadline: None,
-                seed: None,
-            },
-        };
+        let policy = Arg::new("policy", policy).policy(&Spec::default_policy())?;
         let spec = Spec { stages, timeouts, policy, redispatch };
         let locals = super::runtime::get_current_locals(py)?;
         let gate = self.gate.clone();

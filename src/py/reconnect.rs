@@ -10,7 +10,7 @@
 //! emitting (a logging handler may call back into the Reconnector).
 
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
@@ -21,8 +21,10 @@ use crate::reconnect::{report, Config, Event, Events};
 use crate::redact::redact_url;
 use crate::retry_state::{Decision, RetryState};
 
-use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
-use super::errors::tether_error;
+use super::args::Arg;
+use super::backoff::PyBackoff;
+use super::convert::describe;
+use super::errors::GAVE_UP;
 use super::events::EventStream;
 
 struct Inner {
@@ -66,18 +68,6 @@ pub fn fatal_tuple<'py>(py: Python<'py>, fatal: Option<&Bound<'py, PyAny>>) -> P
         }
     }
     PyTuple::new(py, items)
-}
-
-pub fn describe(py: Python<'_>, err: &PyErr) -> String {
-    let ty = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
-    let msg = err.value(py).str().map(|s| s.to_string()).unwrap_or_default();
-    let text = if msg.is_empty() { ty } else { format!("{ty}: {msg}") };
-    redact_url(&text)
-}
-
-/// An optional argument that was given and is not None.
-fn given<'py>(v: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
-    v.filter(|v| !v.is_none()).cloned()
 }
 
 fn now() -> Instant {
@@ -161,7 +151,7 @@ impl PyReconnector {
                 kwargs.set_item("elapsed", elapsed.as_secs_f64())?;
                 kwargs.set_item("reason", reason.as_str())?;
                 kwargs.set_item("name", self.cfg.name.as_str())?;
-                let err = tether_error(py, "GaveUp", &g.message(), Some(&kwargs));
+                let err = GAVE_UP.err(py, &g.message(), Some(&kwargs));
                 err.set_cause(py, exc.map(PyErr::from_value));
                 Err(err)
             }
@@ -187,32 +177,17 @@ impl PyReconnector {
         attempt_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let d = Config::default();
-        let policy = match given(policy) {
-            None => d.policy.clone(),
-            Some(p) => PyBackoff::from_any(&p)?.inner,
-        };
-        let secs = |name: &str, v: Option<&Bound<'_, PyAny>>, dflt: Duration| -> PyResult<Duration> {
-            Ok(match given(v) {
-                Some(v) => Duration::from_secs_f64(non_negative_seconds(name, &v)?),
-                None => dflt,
-            })
-        };
+        let policy = Arg::new("policy", policy).policy(&d.policy)?;
         if name.is_empty() {
             return Err(super::errors::value_error("name must not be empty"));
         }
         let cfg = Config {
             name: redact_url(name),
             policy,
-            stable_after: secs("stable_after", stable_after, d.stable_after)?,
-            quiet_attempts: match given(quiet_attempts) {
-                Some(v) => count("quiet_attempts", &v)?,
-                None => d.quiet_attempts,
-            },
-            quiet_jitter: secs("quiet_jitter", quiet_jitter, d.quiet_jitter)?,
-            attempt_timeout: match given(attempt_timeout) {
-                Some(v) => Some(Duration::from_secs_f64(positive_seconds("attempt_timeout", &v)?)),
-                None => d.attempt_timeout,
-            },
+            stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.stable_after)?,
+            quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.quiet_attempts)?,
+            quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.quiet_jitter)?,
+            attempt_timeout: Arg::new("attempt_timeout", attempt_timeout).opt_seconds()?.or(d.attempt_timeout),
             logger: super::logging::logger_key(py, logger)?,
             ..d
         };
@@ -295,7 +270,8 @@ impl PyReconnector {
         if !inner.running && !inner.stepping && inner.ended > 0 {
             return EventStream::ended();
         }
-        EventStream::new(self.tx.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe())
+        let rx = self.tx.get_or_init(|| broadcast::channel(EVENTS_CAPACITY).0).subscribe();
+        EventStream::new(rx, self.cfg.logger.clone())
     }
 
     fn _settle(&self) {

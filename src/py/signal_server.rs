@@ -1,61 +1,51 @@
 //! `tether.testing.SignalServer` bindings: the embedded WebSocket server with scripted misbehaviour.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
-use tokio_tungstenite::tungstenite::Message;
+use pyo3::types::PyDict;
 
 use crate::testing::signal_server::SignalServer;
 
 use super::backoff::{non_negative_seconds, positive_seconds};
+use super::convert::{message_from_py, message_to_py};
 use super::errors::value_error;
+use super::served::{Served, Server};
 
 #[pyclass(name = "SignalServer", module = "tether._native", frozen)]
 pub struct PySignalServer {
     host: String,
     port: u16,
-    inner: Arc<Mutex<Option<Arc<SignalServer>>>>,
+    served: Served<SignalServer>,
 }
 
-pub fn message_to_py(py: Python<'_>, m: &Message) -> Py<PyAny> {
-    match m {
-        Message::Text(t) => PyString::new(py, t.as_str()).into_any().unbind(),
-        Message::Binary(b) => PyBytes::new(py, b).into_any().unbind(),
-        other => PyString::new(py, &format!("{other:?}")).into_any().unbind(),
-    }
-}
+impl Server for SignalServer {
+    const NAME: &'static str = "SignalServer";
+    const HOW_TO_START: &'static str = "`async with SignalServer()` or `await server.start()`";
 
-/// str -> text frame, bytes-like -> binary frame; TypeError otherwise.
-pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
-    if let Ok(s) = data.cast::<PyString>() {
-        return Ok(Message::text(s.to_str()?.to_string()));
+    fn shutdown(&self) {
+        SignalServer::shutdown(self)
     }
-    if let Ok(b) = data.cast::<PyBytes>() {
-        return Ok(Message::binary(b.as_bytes().to_vec()));
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![
+            ("tcp_accepts", s.tcp_accepts),
+            ("handshakes", s.handshakes),
+            ("refused", s.refused),
+            ("active", s.active),
+            ("messages_in", s.messages_in),
+            ("messages_out", s.messages_out),
+            ("pings", s.pings),
+        ]
     }
-    if data.is_instance_of::<pyo3::types::PyByteArray>()
-        || data.hasattr("__buffer__").unwrap_or(false)
-        || data.get_type().name().map(|n| n == "memoryview").unwrap_or(false)
-    {
-        let b: Vec<u8> = data.py().import("builtins")?.getattr("bytes")?.call1((data,))?.extract()?;
-        return Ok(Message::binary(b));
-    }
-    Err(PyTypeError::new_err(format!(
-        "data must be str (text frame) or bytes-like (binary frame), not {}",
-        data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-    )))
 }
 
 impl PySignalServer {
     fn get(&self) -> PyResult<Arc<SignalServer>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
-            PyRuntimeError::new_err(
-                "SignalServer is not running; use `async with SignalServer()` or `await server.start()`",
-            )
-        })
+        self.served.get()
     }
 }
 
@@ -64,34 +54,22 @@ impl PySignalServer {
     #[new]
     #[pyo3(signature = (host="127.0.0.1", port=0))]
     fn new(host: &str, port: u16) -> Self {
-        PySignalServer { host: host.to_string(), port, inner: Arc::new(Mutex::new(None)) }
+        PySignalServer { host: host.to_string(), port, served: Served::new() }
     }
 
     /// Bind and start serving (idempotent).
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
         let (host, port) = (self.host.clone(), self.port);
-        super::runtime::future_into_py(py, async move {
-            if inner.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                return Ok(());
-            }
-            let srv = SignalServer::start(&host, port)
+        self.served.start(py, move || async move {
+            SignalServer::start(&host, port)
                 .await
-                .map_err(|e| PyRuntimeError::new_err(format!("SignalServer could not bind {host}:{port}: {e}")))?;
-            *inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(srv));
-            Ok(())
+                .map_err(|e| PyRuntimeError::new_err(format!("SignalServer could not bind {host}:{port}: {e}")))
         })
     }
 
     /// Stop accepting and drop every connection.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let srv = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
-        super::runtime::future_into_py(py, async move {
-            if let Some(s) = srv {
-                s.shutdown();
-            }
-            Ok(())
-        })
+        self.served.aclose(py)
     }
 
     #[getter]
@@ -184,16 +162,7 @@ impl PySignalServer {
         Ok(self.get()?.flood(count, size))
     }
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.get()?.stats();
-        let d = PyDict::new(py);
-        d.set_item("tcp_accepts", s.tcp_accepts)?;
-        d.set_item("handshakes", s.handshakes)?;
-        d.set_item("refused", s.refused)?;
-        d.set_item("active", s.active)?;
-        d.set_item("messages_in", s.messages_in)?;
-        d.set_item("messages_out", s.messages_out)?;
-        d.set_item("pings", s.pings)?;
-        Ok(d)
+        self.served.stats(py)
     }
     /// Request targets (path + query) of every handshake, in order (not redacted: a test server).
     fn requests(&self) -> PyResult<Vec<String>> {
@@ -235,7 +204,7 @@ impl PySignalServer {
     }
 
     fn __repr__(&self) -> String {
-        match self.inner.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        match self.served.current() {
             Some(s) => format!("SignalServer(url={:?})", s.url()),
             None => format!("SignalServer(host={:?}, port={}, not running)", self.host, self.port),
         }

@@ -53,11 +53,17 @@ impl PyWatchdog {
 impl PyWatchdog {
     /// `on_alarm(alarm)` (optional) is called on the event loop that created the watchdog.
     #[new]
-    #[pyo3(signature = (name="watchdog", *, on_alarm=None))]
-    fn new(py: Python<'_>, name: &str, on_alarm: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (name="watchdog", *, on_alarm=None, logger=None))]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        on_alarm: Option<Bound<'_, PyAny>>,
+        logger: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
         let rt = super::runtime::get();
-        let inner = Arc::new(Watchdog::new_on(name, rt.handle()));
+        let inner = Arc::new(Watchdog::new_on(name, logger, rt.handle()));
         if let Some(cb) = on_alarm.filter(|c| !c.is_none()) {
             if !cb.is_callable() {
                 return Err(PyTypeError::new_err("on_alarm must be callable"));
@@ -129,7 +135,9 @@ impl PyWatchdog {
 
     /// `async for alarm in wd.alarms()` (also `async for alarm in wd`): ends when the watchdog closes.
     fn alarms(&self) -> AlarmStream {
-        let s = AlarmStream { inner: Buffered::new(self.inner.subscribe(), |_| false, "Watchdog alarms") };
+        let s = AlarmStream {
+            inner: Buffered::new(self.inner.subscribe(), |_| false, "Watchdog alarms", self.inner.logger()),
+        };
         if self.inner.is_closed() {
             s.inner.end_now();
         }

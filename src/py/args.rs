@@ -1,0 +1,85 @@
+//! Optional constructor arguments. `Arg::new("name", value)` wraps what Python passed; each parser
+//! validates it (naming the argument in its TypeError/ValueError) or, for None or absent, returns the
+//! default it is given: the Rust configuration's `Default`, the one source of every default.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+
+use crate::backoff::Backoff;
+
+use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
+use super::errors::value_error;
+
+pub struct Arg<'a, 'py> {
+    name: &'static str,
+    value: Option<&'a Bound<'py, PyAny>>,
+}
+
+impl<'a, 'py> Arg<'a, 'py> {
+    pub fn new(name: &'static str, value: Option<&'a Bound<'py, PyAny>>) -> Self {
+        Arg { name, value: value.filter(|v| !v.is_none()) }
+    }
+
+    /// Positive, finite seconds.
+    pub fn seconds(&self, default: Duration) -> PyResult<Duration> {
+        Ok(self.opt_seconds()?.unwrap_or(default))
+    }
+
+    /// Positive, finite seconds, or None when not given.
+    pub fn opt_seconds(&self) -> PyResult<Option<Duration>> {
+        self.value.map(|v| positive_seconds(self.name, v).map(Duration::from_secs_f64)).transpose()
+    }
+
+    /// Finite seconds, zero allowed.
+    pub fn seconds_or_zero(&self, default: Duration) -> PyResult<Duration> {
+        match self.value {
+            Some(v) => Ok(Duration::from_secs_f64(non_negative_seconds(self.name, v)?)),
+            None => Ok(default),
+        }
+    }
+
+    /// An int in [0, 1_000_000].
+    pub fn count(&self, default: u32) -> PyResult<u32> {
+        self.value.map_or(Ok(default), |v| count(self.name, v))
+    }
+
+    /// An int in [1, 1_000_000].
+    pub fn at_least_one(&self, default: u32) -> PyResult<u32> {
+        let n = self.count(default)?;
+        if n == 0 {
+            return Err(value_error(format!("{} must be at least 1", self.name)));
+        }
+        Ok(n)
+    }
+
+    /// A positive number of bytes.
+    pub fn bytes(&self, default: usize) -> PyResult<usize> {
+        let Some(v) = self.value else { return Ok(default) };
+        match v.extract::<u64>() {
+            Ok(n) if n > 0 && n <= usize::MAX as u64 => Ok(n as usize),
+            _ => Err(value_error(format!("{} must be a positive number of bytes", self.name))),
+        }
+    }
+
+    /// A `tether.Backoff`.
+    pub fn policy(&self, default: &Backoff) -> PyResult<Backoff> {
+        let Some(v) = self.value else { return Ok(default.clone()) };
+        v.cast::<PyBackoff>().map(|b| b.get().inner.clone()).map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{} must be a tether.Backoff, not {}",
+                self.name,
+                v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })
+    }
+
+    /// An iterable of ints in [0, 65535] (close codes, HTTP statuses).
+    pub fn codes(&self, default: &[u16]) -> PyResult<Vec<u16>> {
+        let Some(v) = self.value else { return Ok(default.to_vec()) };
+        v.try_iter()
+            .and_then(|it| it.map(|x| x?.extract::<u16>()).collect::<PyResult<Vec<u16>>>())
+            .map_err(|_| PyTypeError::new_err(format!("{} must be an iterable of ints", self.name)))
+    }
+}
