@@ -221,6 +221,7 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
                 open_timeout=min(settings.attempt_timeout, settings.connect_timeout),
                 fatal=(signaling_error,),
                 name="getstream SFU signaling",
+                logger=LOGGER_NAME,
             )
             try:
                 await bounded(conn, settings.connect_timeout, what="SFU signaling connect")
