@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, final
+
+from typing_extensions import Self
 
 from ._watchdog import Alarm
 from .events import Event
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 __version__: str
 
 # ----------------------------------------------------------------------------------------------------
 # Backoff (issue 2)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class Backoff:
     """Retry delay policy. ``max_attempts`` counts retries: ``delays()`` yields one delay per retry.
 
@@ -25,16 +28,16 @@ class Backoff:
     ``seed`` makes the jitter reproducible. ValueError/TypeError on nonsense.
     """
 
-    def __init__(
-        self,
-        initial: float = 0.3,
-        factor: float = 2.0,
-        max_delay: float = 7.0,
+    def __new__(
+        cls,
+        initial: float | None = None,  # 0.3
+        factor: float | None = None,  # 2.0
+        max_delay: float | None = None,  # 7.0
         jitter: Literal["full", "equal", "decorrelated", "none"] = "full",
         max_attempts: int | None = None,
         deadline: float | None = None,
         seed: int | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def delays(self) -> Iterator[float]: ...
     @property
     def initial(self) -> float: ...
@@ -51,6 +54,7 @@ class Backoff:
     @property
     def seed(self) -> int | None: ...
 
+@final
 class DelayIter(Iterator[float]):
     def __next__(self) -> float: ...
 
@@ -58,12 +62,14 @@ class DelayIter(Iterator[float]):
 # Reconnector (issue 2)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class EventStream(AsyncIterator[Event]):
     """Cancellation-safe: an iteration cancelled while waiting loses no event."""
     async def __anext__(self) -> Event: ...
     def try_next(self) -> Event | None: ...
     async def wait(self) -> None: ...
 
+@final
 class Reconnector:
     """Retry policy for a connection loop, as ``run(connect)`` or step by step. One state machine decides.
 
@@ -84,15 +90,15 @@ class Reconnector:
         cls,
         policy: Backoff | None = None,
         *,
-        stable_after: float = 10.0,
-        quiet_attempts: int = 1,
-        quiet_jitter: float = 1.0,
-        fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
+        stable_after: float | None = None,  # 10.0
+        quiet_attempts: int | None = None,  # 1
+        quiet_jitter: float | None = None,  # 1.0
+        fatal: type[BaseException] | tuple[type[BaseException], ...] | None = None,  # ()
         name: str = "reconnector",
         logger: str | logging.Logger | None = None,
         attempt_timeout: float | None = None,
     ) -> Reconnector: ...
-    def run(self, connect: Callable[[], Awaitable[T]]) -> Coroutine[Any, Any, T]:
+    def run(self, connect: Callable[[], Awaitable[_T]]) -> Coroutine[Any, Any, _T]:
         """``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each
         call is one attempt, raising means it failed or the connection was lost. Call ``r.connected()``
         inside once the handshake succeeded. ``attempt_timeout``: an attempt that has not called
@@ -142,11 +148,12 @@ def _set_log_level(py_level: int) -> None: ...
 # Connection / tether.connect (issue 3)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class Connection:
     """Native side of ``tether.connect`` (use the ``tether.Connection`` wrapper returned by ``connect``)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         url: str,
         *,
         policy: Backoff | None = None,
@@ -174,7 +181,7 @@ class Connection:
         fatal: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         quiet_jitter: float | None = None,
         logger: str | logging.Logger | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @staticmethod
     def defaults() -> dict[str, Any]: ...
     async def start(self) -> None: ...
@@ -193,6 +200,7 @@ class Connection:
     def name(self) -> str: ...
     def stats(self) -> dict[str, Any]: ...
 
+@final
 class HandshakeChannel:
     """Native side of ``tether.Handshake`` (the wrapper handed to ``on_connect``); valid during the hook."""
 
@@ -206,6 +214,7 @@ class HandshakeChannel:
     def try_recv(self) -> str | bytes | None: ...
     async def wait_readable(self) -> None: ...
 
+@final
 class Heartbeat:
     """In-band heartbeat for ``tether.connect(heartbeat=...)``.
 
@@ -219,13 +228,13 @@ class Heartbeat:
     inbound buffer is full, a missing reply is not a loss (replies cannot be read).
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         message: str | bytes | bytearray | memoryview | Callable[[], str | bytes],
         interval: float,
         is_reply: Callable[[str | bytes], object] | None = None,
         timeout: float | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def message(self) -> str | bytes | bytearray | memoryview | Callable[[], str | bytes]: ...
     @property
@@ -239,10 +248,11 @@ class Heartbeat:
 # SignalServer (issue 3)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class SignalServer:
     """Native side of ``tether.testing.SignalServer``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None: ...
+    def __new__(cls, host: str = "127.0.0.1", port: int = 0) -> Self: ...
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
     @property
@@ -276,11 +286,12 @@ def _at_exit() -> None: ...
 # ChaosProxy (issue 4)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class ChaosProxy:
     """Native side of ``tether.testing.ChaosProxy``: a TCP proxy with toxics, per direction
     ("up" = client -> upstream, "down", "both")."""
 
-    def __init__(self, upstream: str | tuple[str, int], *, listen: str | tuple[str, int] | None = None) -> None: ...
+    def __new__(cls, upstream: str | tuple[str, int], *, listen: str | tuple[str, int] | None = None) -> Self: ...
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
     @property
@@ -303,6 +314,7 @@ class ChaosProxy:
 # Watchdog, Liveness, bounded (issue 5)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class Liveness:
     """A liveness (or progress) deadline. ``beat()`` costs one clock read and one atomic store."""
 
@@ -318,24 +330,26 @@ class Liveness:
     @property
     def alarmed(self) -> bool: ...
 
+@final
 class AlarmStream(AsyncIterator[Alarm]):
     async def __anext__(self) -> Alarm: ...
     def try_next(self) -> Alarm | None: ...
     async def wait(self) -> None: ...
 
+@final
 class Watchdog:
     """Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via
     ``async for alarm in wd`` / ``wd.alarms()``, the optional ``on_alarm`` callback (run on the loop that
     created the watchdog) and WARNING logs on ``tether.watchdog``. One alarm per entry into a state /
     per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from creation."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str = "watchdog",
         *,
         on_alarm: Callable[[Alarm], object] | None = None,
         logger: str | logging.Logger | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def dwell(self, state: str, timeout: float) -> None: ...
     def set_state(self, state: str) -> None: ...
     @property
@@ -353,6 +367,7 @@ class Watchdog:
 # ProcPool (issue 6)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class WorkerProc:
     """A native worker from a ``command=[...]`` pool (frames over stdin/stdout, see ``tether.worker``)."""
 
@@ -367,11 +382,13 @@ class WorkerProc:
         """A request that does not complete (timeout, cancellation) kills the worker: it is never
         handed out again, since its late reply would answer the next request."""
 
+@final
 class PoolEventStream(AsyncIterator[Any]):
     async def __anext__(self) -> Any: ...
     def try_next(self) -> Any: ...
     async def wait(self) -> None: ...
 
+@final
 class ProcPool:
     """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a
     plain function is a TypeError) returning any object, alive per ``liveness(proc)`` if given (called
@@ -386,21 +403,21 @@ class ProcPool:
     ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool
     did not lend (or twice) raise ValueError. A request that does not complete kills its worker."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         spawn: Callable[[], Awaitable[Any]] | None = None,
         command: Sequence[str] | None = None,
         *,
-        num_idle: int = 1,
-        max_concurrent_spawns: int = 1,
-        initialize_timeout: float = 10.0,
-        acquire_attempts: int = 3,
+        num_idle: int | None = None,  # 1
+        max_concurrent_spawns: int | None = None,  # 1
+        initialize_timeout: float | None = None,  # 10.0
+        acquire_attempts: int | None = None,  # 3
         respawn: Backoff | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         liveness: Callable[[Any], bool] | None = None,
         logger: str | logging.Logger | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     def start(self) -> None: ...
     async def acquire(self, timeout: float | None = None) -> Any: ...
     async def warm(self, n: int | None = None, timeout: float | None = None) -> None:
@@ -421,6 +438,7 @@ class ProcPool:
 # ReadinessGate (issue 7)
 # ----------------------------------------------------------------------------------------------------
 
+@final
 class ReadinessGate:
     """Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first
     stage. Each further stage must be ``mark``ed within its timeout, measured from the previous stage
@@ -431,13 +449,13 @@ class ReadinessGate:
     (non-async) ``dispatch`` is a TypeError at once; marks made during a failed attempt are cleared
     before the retry."""
 
-    def __init__(self, *, logger: str | logging.Logger | None = None) -> None: ...
+    def __new__(cls, *, logger: str | logging.Logger | None = None) -> Self: ...
     async def dispatch(
         self,
         job_id: str,
         dispatch: Callable[[str, int], Awaitable[object]],
         *,
-        stages: Sequence[str] = ("dispatched", "joined", "ready"),
+        stages: Sequence[str] | None = None,  # ("dispatched", "joined", "ready")
         timeouts: float | Mapping[str, float] | None = None,
         policy: Backoff | None = None,
         redispatch: bool = False,

@@ -33,7 +33,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<backoff::DelayIter>()?;
     m.add_class::<reconnect::PyReconnector>()?;
     m.add_class::<events::EventStream>()?;
-    m.add_class::<bridge::TaskSlot>()?;
     watchdog::register(m)?;
     procpool::register(m)?;
     readiness::register(m)?;
