@@ -275,7 +275,7 @@ impl RetryState {
             match self.delays.next() {
                 // A backed-off retry that would begin at or after the deadline is not made: that attempt
                 // would be cut at once, so sleeping until then would only delay the give-up.
-                Some(d) if left.is_none_or(|l| d < l) => d,
+                Some(d) if left.map_or(true, |l| d < l) => d,
                 _ => return self.give_up(lost, loss_reported, GiveUpReason::Deadline, retry, elapsed),
             }
         };
