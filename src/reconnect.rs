@@ -419,12 +419,14 @@ pub mod report {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backoff::Jitter;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn cfg(max_attempts: Option<u32>) -> Config {
+    /// The policy of the unit tests here and in `retry_state`: no jitter, delays 1, 2, 4, 8 s, one
+    /// quiet retry at once, a two-rung ladder.
+    pub(crate) fn cfg(max_attempts: Option<u32>) -> Config {
         Config {
             name: "test".into(),
             policy: Backoff {

@@ -155,16 +155,70 @@ async def test_fatal_is_not_retried():
     assert "SECRET123" not in str(info.value) and "access_token=REDACTED" in str(info.value)
 
 
-async def test_deadline_gives_up_in_time():
-    async def connect():
-        raise OSError("refused")
+class DroppingServer:
+    """A raw asyncio server that closes every connection as soon as it is accepted; counts accepts."""
 
-    r = tether.Reconnector(tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", deadline=0.5))
-    t0 = time.monotonic()
-    with pytest.raises(tether.GaveUp) as info:
-        await r.run(connect)
-    assert time.monotonic() - t0 < 2.0
-    assert info.value.reason == "deadline exceeded"
+    def __init__(self):
+        self.accepts = 0
+
+    async def __aenter__(self):
+        def handle(reader, writer):
+            self.accepts += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+# A deadline shorter than the default 1 s quiet window. With seed=1 the first quiet draw is above 0.5 s:
+# before review item 24 that gave up on the first failure ("after 1 attempt over 0.0s").
+SHORT_DEADLINE = dict(initial=0.05, factor=2, max_delay=0.1, jitter="none", deadline=0.5, seed=1)
+
+
+def assert_gave_up_at_the_deadline(g, accepts):
+    """More than one attempt, and the give-up no earlier than the last backoff delay (0.1 s) before the
+    deadline: a retry that would begin at or after it is not made."""
+    assert g.reason == "deadline exceeded", g
+    assert g.attempts > 1 and accepts == g.attempts, (g, accepts)
+    assert 0.5 - 0.1 - 0.01 <= g.elapsed <= 0.5, g.elapsed
+
+
+async def test_a_short_deadline_spreads_the_quiet_retry_within_it():
+    async with DroppingServer() as srv:
+
+        async def connect():
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            try:
+                if not await reader.readline():
+                    raise ConnectionError("closed by the server before the greeting")
+            finally:
+                writer.close()
+
+        r = tether.Reconnector(tether.Backoff(**SHORT_DEADLINE), name="short")
+        assert r.quiet_jitter > 0.5
+        t0 = time.monotonic()
+        with pytest.raises(tether.GaveUp) as info:
+            await asyncio.wait_for(r.run(connect), 20)
+        assert time.monotonic() - t0 < 0.5 + 2.0
+    assert_gave_up_at_the_deadline(info.value, srv.accepts)
+
+
+async def test_tether_connect_a_short_deadline_spreads_the_quiet_retry_within_it():
+    """The same through tether.connect (the native loop): every WebSocket handshake is cut by the server."""
+    async with DroppingServer() as srv:
+        t0 = time.monotonic()
+        with pytest.raises(tether.GaveUp) as info:
+            await asyncio.wait_for(
+                tether.connect(f"ws://127.0.0.1:{srv.port}/", open_timeout=2, policy=tether.Backoff(**SHORT_DEADLINE)),
+                20,
+            )
+        assert time.monotonic() - t0 < 0.5 + 2.0
+    assert_gave_up_at_the_deadline(info.value, srv.accepts)
 
 
 async def test_events_in_order():
@@ -375,7 +429,10 @@ async def test_black_holed_handshake_escalates_and_gives_up_by_the_deadline(teth
     """Issue 12.1: a handshake that times out after longer than stable_after is not a stable connection
     (as with tether.connect's defaults open_timeout=10, stable_after=10, scaled down here)."""
     r = tether.Reconnector(
-        tether.Backoff(0.1, 2, max_delay=0.4, jitter="none", deadline=3.0), stable_after=0.5, name="blackholed"
+        tether.Backoff(0.1, 2, max_delay=0.4, jitter="none", deadline=3.0),
+        stable_after=0.5,
+        quiet_jitter=0,  # a random quiet delay would leave time for fewer backed-off retries
+        name="blackholed",
     )
     async with BlackHole() as hole:
 
@@ -413,6 +470,7 @@ async def test_tether_connect_black_holed_handshake_gives_up_by_the_deadline(tet
                     f"ws://127.0.0.1:{hole.port}/",
                     open_timeout=0.5,
                     stable_after=0.5,
+                    quiet_jitter=0,
                     policy=tether.Backoff(0.1, 2, max_delay=0.4, jitter="none", deadline=3.0),
                 ),
                 20,

@@ -24,7 +24,8 @@ class Backoff:
 
     initial/max_delay/deadline are seconds (finite, 0..86400; deadline > 0); factor >= 1;
     jitter: "full" uniform(0, d) | "equal" d/2 + uniform(0, d/2) | "decorrelated" uniform(initial, 3*prev)
-    | "none". ``deadline`` caps the sum of delays and, in loops, the wall-clock length of an outage.
+    | "none". ``deadline`` caps the sum of delays and, in loops, the wall-clock length of an outage (a
+    retry whose delay would reach the deadline is not made: the loop gives up at that failure).
     ``seed`` makes the jitter reproducible. ValueError/TypeError on nonsense.
     """
 
@@ -77,7 +78,8 @@ class Reconnector:
     a connection stayed up ``stable_after`` seconds after ``connected()`` was called; an attempt that
     never called ``connected()`` never counts, however long it took. The first ``quiet_attempts`` retries
     of an outage wait ``uniform(0, quiet_jitter)`` seconds (a fleet dropped together comes back spread
-    over that window; 0 retries immediately) and log at DEBUG; backed-off retries log WARNING with
+    over that window, shrunk to the time left before the policy's ``deadline``; 0 retries immediately)
+    and log at DEBUG; backed-off retries log WARNING with
     ``retry_count``/``max_retry``/``error``/``delay_s``/``strategy`` in ``extra``; recovery logs INFO once,
     when the link has been stable after an outage that logged a WARNING (a flapping link's handshakes stay
     at DEBUG). Giving up logs ERROR and raises ``tether.GaveUp`` (``.attempts``, ``.last_error``,

@@ -318,6 +318,21 @@ impl Inner {
         None
     }
 
+    /// `acquire`/`warm` bounded by their `timeout`: at expiry the error names the spawn failures seen
+    /// since the wait began (`since` = `failure_total` then).
+    async fn within<T>(
+        &self,
+        timeout: Option<Duration>,
+        since: u64,
+        body: impl Future<Output = Result<T, AcquireError>>,
+    ) -> Result<T, AcquireError> {
+        let Some(t) = timeout else { return body.await };
+        match tokio::time::timeout(t, body).await {
+            Ok(r) => r,
+            Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: self.lock().failures_since(since, 5) }),
+        }
+    }
+
     /// Mark closed; returns every process the pool owns (idle, lent, kept for a waiter).
     fn shut(&self) -> Vec<Proc> {
         let mut st = self.lock();
@@ -545,13 +560,7 @@ impl Pool {
                 n.await;
             }
         };
-        let res = match timeout {
-            Some(t) => match tokio::time::timeout(t, body).await {
-                Ok(r) => r,
-                Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: inner.lock().failures_since(since, 5) }),
-            },
-            None => body.await,
-        };
+        let res = inner.within(timeout, since, body).await;
         if let Err(e) = &res {
             if let AcquireError::Exhausted { attempts, failures } = e {
                 inner.emit(PoolEvent::Exhausted { attempts: *attempts, failures: failures.clone() });
@@ -599,13 +608,7 @@ impl Pool {
                 n.await;
             }
         };
-        let res = match timeout {
-            Some(t) => match tokio::time::timeout(t, body).await {
-                Ok(r) => r,
-                Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: inner.lock().failures_since(since, 5) }),
-            },
-            None => body.await,
-        };
+        let res = inner.within(timeout, since, body).await;
         if let Err(e) = &res {
             tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "warm-up failed: {}", e.message());
         }
