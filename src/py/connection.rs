@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, Waiter, WsClient, WsConfig, WsError};
 use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
@@ -337,6 +337,20 @@ impl PyConnection {
             self.name
         )))
     }
+
+    /// The awaitable of a send or flush: already done when there is nothing to wait for (no tokio
+    /// round trip), else resolved by the waiter; the outcome becomes None or the exception on the loop.
+    fn delivered<'py>(&self, py: Python<'py>, waiter: Option<Waiter>) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        super::runtime::future_into_py(py, async move {
+            let outcome = match waiter {
+                None => Ok(()),
+                Some(rx) => rx.await.unwrap_or_else(|_| Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed)))),
+            };
+            Ok(Delivered { outcome, name, client })
+        })
+    }
 }
 
 #[pymethods]
@@ -422,6 +436,7 @@ impl PyConnection {
             max_message_size,
             read_buffer_size,
             write_buffer_size,
+            write_high_water: d.write_high_water,
             poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
@@ -530,36 +545,21 @@ impl PyConnection {
         })
     }
 
-    /// Queue `data` (str -> text, bytes-like -> binary); resolves once it was written to the socket.
+    /// Queue `data` (str -> text, bytes-like -> binary); resolves at once while the bytes not yet
+    /// written stay under the write high-water mark, else once it was written to the socket.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let rx = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
-        let client = self.client.clone();
-        let name = self.name.clone();
-        super::runtime::future_into_py(py, async move {
-            let r = match rx.await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
-            };
-            Ok(Delivered { outcome: r, name, client })
-        })
+        let waiter = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        self.delivered(py, waiter)
     }
 
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
-        let rx = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
-        let client = self.client.clone();
-        let name = self.name.clone();
-        super::runtime::future_into_py(py, async move {
-            let r = match rx.await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
-            };
-            Ok(Delivered { outcome: r, name, client })
-        })
+        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        self.delivered(py, Some(waiter))
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
