@@ -10,9 +10,10 @@
 //!   first server message by `first_message_timeout`, the outage by the policy's budgets, close by
 //!   `close_timeout`.
 //! * Sends are queued (bounded by `send_buffer`) and written in order. A send resolves at once while
-//!   the bytes queued and not yet written stay under `write_high_water` (flow control as in asyncio's
-//!   transports: no round trip to the writer per send); above it, once its message was written. A
-//!   flush resolves once the peer confirmed everything before it. Unconfirmed messages are re-sent after a
+//!   the bytes queued and not yet written stay under `write_high_water` and less than half of
+//!   `send_buffer` is unconfirmed (flow control as in asyncio's transports: no round trip to the
+//!   writer per send); above the first mark, once its message was written; above the second, once a
+//!   quarter at most is unconfirmed. A flush resolves once the peer confirmed everything before it. Unconfirmed messages are re-sent after a
 //!   reconnect (at-least-once), except those failed by the poison rule.
 
 use std::collections::VecDeque;
@@ -254,6 +255,16 @@ type Done = oneshot::Sender<Result<(), SendError>>;
 /// The receiving end of `Done`.
 pub type Waiter = oneshot::Receiver<Result<(), SendError>>;
 
+/// What a queued send still waits for (flow control, as in asyncio's transports).
+pub enum Queued {
+    /// Nothing: it was queued under both marks.
+    Done,
+    /// Its message written: the bytes not yet written were above `write_high_water`.
+    Written(Waiter),
+    /// `WsClient::room`: half of `send_buffer` or more was unconfirmed.
+    Confirmed,
+}
+
 fn resolve(outcomes: Vec<(Done, Outcome)>) {
     for (tx, o) in outcomes {
         let _ = tx.send(match o {
@@ -289,6 +300,9 @@ struct Shared {
     outbound_ready: Notify,
     /// Set while the writer has nothing to write: a send notifies only then (once per batch at most).
     writer_idle: AtomicBool,
+    /// Sends waiting in `room`: a pong notifies only when there are some.
+    room_waiters: AtomicUsize,
+    room: Notify,
     /// Wakes the timer task: the ping deadlines changed (a ping was written, the reader resumed).
     timers_changed: Notify,
     state: AtomicU8,
@@ -369,6 +383,8 @@ impl WsClient {
                 proto: Mutex::new(Protocol::new(proto_cfg, nonce())),
                 outbound_ready: Notify::new(),
                 writer_idle: AtomicBool::new(false),
+                room_waiters: AtomicUsize::new(0),
+                room: Notify::new(),
                 timers_changed: Notify::new(),
                 state: AtomicU8::new(State::Idle as u8),
                 terminal: OnceLock::new(),
@@ -495,19 +511,50 @@ impl WsClient {
         Ok(rx)
     }
 
-    /// Queue `msg`, waiting (see `enqueue`) only above the write high-water mark.
+    /// Queue `msg`, waiting (see `enqueue`) only above a mark.
     pub async fn send(&self, msg: Message) -> Result<(), SendError> {
-        match self.enqueue(msg)? {
-            None => Ok(()),
-            Some(rx) => rx.await.unwrap_or_else(|_| Err(SendError::Ended(self.terminal().unwrap_or(Terminal::Closed)))),
+        let queued = self.enqueue(msg)?;
+        self.sent(queued).await
+    }
+
+    /// Wait for what `enqueue` said a send waits for.
+    pub async fn sent(&self, queued: Queued) -> Result<(), SendError> {
+        match queued {
+            Queued::Done => Ok(()),
+            Queued::Written(rx) => rx.await.unwrap_or_else(|_| Err(self.ended())),
+            Queued::Confirmed => self.room().await,
         }
     }
 
-    /// Queue `msg` now (order = call order). None: queued under `write_high_water`, nothing to wait
-    /// for; else the receiver resolves once it was written to the socket. Either way it stays queued
-    /// until the peer confirmed it (re-sent after a reconnect). Fails at once when the connection
-    /// ended, the message is bigger than `max_message_size` or `send_buffer` messages are pending.
-    pub fn enqueue(&self, msg: Message) -> Result<Option<Waiter>, SendError> {
+    /// Why a send or flush whose waiter was dropped will never resolve.
+    pub fn ended(&self) -> SendError {
+        SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))
+    }
+
+    /// Resolves once at most a quarter of `send_buffer` is unconfirmed, so a sender that awaits each
+    /// send never meets `SendBufferFull` while pongs lag; fails when the connection ended.
+    async fn room(&self) -> Result<(), SendError> {
+        // announced before the check, so the reader notifies
+        let _waiting = Waiting::new(&self.shared.room_waiters);
+        loop {
+            let n = self.shared.room.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if let Some(t) = self.shared.terminal.get() {
+                return Err(SendError::Ended(t.clone()));
+            }
+            if self.shared.lock_proto().pending() <= self.shared.cfg.send_buffer / 4 {
+                return Ok(());
+            }
+            n.await;
+        }
+    }
+
+    /// Queue `msg` now (order = call order); what its send still waits for (`Queued`). Either way it
+    /// stays queued until the peer confirmed it (re-sent after a reconnect). Fails at once when the
+    /// connection ended, the message is bigger than `max_message_size` or `send_buffer` messages are
+    /// pending.
+    pub fn enqueue(&self, msg: Message) -> Result<Queued, SendError> {
         let pushed = {
             let mut proto = self.shared.lock_proto();
             // checked under the lock: `finish` fails the queue under this lock when the connection ends
@@ -517,14 +564,17 @@ impl WsClient {
             if self.shared.close_requested.load(Ordering::SeqCst) {
                 return Err(SendError::Ended(Terminal::Closed));
             }
-            if proto.unwritten_bytes() + size_of(&msg) <= self.shared.cfg.write_high_water {
-                proto.push_untracked(msg).map(|()| None)
-            } else {
+            let cfg = &self.shared.cfg;
+            if proto.unwritten_bytes() + size_of(&msg) > cfg.write_high_water {
                 let (tx, rx) = oneshot::channel();
-                proto.push(msg, tx).map(|()| Some(rx)).map_err(|(e, _)| e)
+                proto.push(msg, tx).map(|()| Queued::Written(rx)).map_err(|(e, _)| e)
+            } else if proto.pending() >= cfg.send_buffer / 2 {
+                proto.push_untracked(msg).map(|()| Queued::Confirmed)
+            } else {
+                proto.push_untracked(msg).map(|()| Queued::Done)
             }
         };
-        let rx = pushed.map_err(|e| match e {
+        let queued = pushed.map_err(|e| match e {
             PushError::Full(n) => SendError::Full(n),
             PushError::TooBig { size, max } => SendError::TooBig { size, max },
         })?;
@@ -532,7 +582,7 @@ impl WsClient {
         if self.shared.writer_idle.swap(false, Ordering::SeqCst) {
             self.shared.outbound_ready.notify_one();
         }
-        Ok(rx)
+        Ok(queued)
     }
 
     /// Close: flush queued sends, send a close frame, wait for the peer, all within `close_timeout`;
@@ -611,6 +661,7 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     }
     shared.live.store(false, Ordering::SeqCst);
     shared.inbound_ready.notify_waiters();
+    shared.room.notify_waiters();
     if let Some(tx) = shared.events.get() {
         let _ = tx.send(Event::Closed);
     }
@@ -1061,6 +1112,9 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 Message::Pong(p) => {
                     let resolved = shared.lock_proto().on_pong(&p, Instant::now().into_std());
                     resolve(resolved);
+                    if shared.room_waiters.load(Ordering::SeqCst) > 0 {
+                        shared.room.notify_waiters();
+                    }
                 }
                 Message::Close(f) => {
                     return match shared.lock_proto().on_close_frame() {

@@ -560,6 +560,25 @@ mod tests {
     }
 
     #[test]
+    fn unwritten_bytes_count_until_written_and_again_after_a_loss() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(cfg(), NONCE);
+        p.connected(t0);
+        p.push_untracked(Message::text("abc")).unwrap();
+        p.push(Message::text("de"), 1).unwrap();
+        assert_eq!(p.unwritten_bytes(), 5);
+        assert!(matches!(p.next_write(t0, usize::MAX), Write::Batch(b, _) if b.len() == 2));
+        p.push_untracked(Message::text("f")).unwrap();
+        assert_eq!(p.unwritten_bytes(), 6, "the batch being written still counts");
+        assert_eq!(p.written(), vec![(1, Outcome::Sent)], "only the tracked send resolves");
+        assert_eq!(p.unwritten_bytes(), 1);
+        p.lost(None, "gone");
+        assert_eq!(p.unwritten_bytes(), 6, "unconfirmed messages go back to the queue");
+        p.finish();
+        assert_eq!(p.unwritten_bytes(), 0);
+    }
+
+    #[test]
     fn a_pong_echoing_the_ping_confirms_everything_written_before_it() {
         let (mut p, t0) = proto();
         for i in 0..3 {

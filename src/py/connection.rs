@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, Waiter, WsClient, WsConfig, WsError};
+use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
 use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
@@ -339,15 +339,16 @@ impl PyConnection {
     }
 
     /// The awaitable of a send or flush: already done when there is nothing to wait for (no tokio
-    /// round trip), else resolved by the waiter; the outcome becomes None or the exception on the loop.
-    fn delivered<'py>(&self, py: Python<'py>, waiter: Option<Waiter>) -> PyResult<Bound<'py, PyAny>> {
+    /// round trip); the outcome becomes None or the exception on the loop.
+    fn delivered<'py>(
+        &self,
+        py: Python<'py>,
+        outcome: impl std::future::Future<Output = Result<(), SendError>> + Send + 'static,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         let name = self.name.clone();
         super::runtime::future_into_py(py, async move {
-            let outcome = match waiter {
-                None => Ok(()),
-                Some(rx) => rx.await.unwrap_or_else(|_| Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed)))),
-            };
+            let outcome = outcome.await;
             Ok(Delivered { outcome, name, client })
         })
     }
@@ -551,15 +552,17 @@ impl PyConnection {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let waiter = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
-        self.delivered(py, waiter)
+        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let client = self.client.clone();
+        self.delivered(py, async move { client.sent(queued).await })
     }
 
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
         let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
-        self.delivered(py, Some(waiter))
+        let client = self.client.clone();
+        self.delivered(py, async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) })
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
