@@ -68,8 +68,14 @@ class Connection:
         return self
 
     async def __anext__(self) -> str | bytes:
+        # recv() inlined: one coroutine per message instead of two
+        n = self._n
         try:
-            return await self.recv()
+            while True:
+                m = n.try_recv()
+                if m is not None:
+                    return m
+                await n.wait_readable()
         except ConnectionClosed:
             raise StopAsyncIteration from None
 
