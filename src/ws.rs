@@ -97,7 +97,7 @@ impl Default for WsConfig {
             first_message_timeout: None,
             send_buffer: 1024,
             max_message_size: 16 << 20,
-            read_buffer_size: 8 << 10,
+            read_buffer_size: 4 << 10,
             write_buffer_size: 16 << 10,
             write_high_water: 64 << 10,
             poison_after: 3,

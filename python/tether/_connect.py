@@ -199,7 +199,7 @@ def connect(
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
 
-    ``read_buffer_size`` (default 8 KiB): the per-connection read buffer (it grows for a bigger
+    ``read_buffer_size`` (default 4 KiB): the per-connection read buffer (it grows for a bigger
     message); ``write_buffer_size`` (default 16 KiB): written frames are buffered up to this size before
     a write system call. Larger values trade memory per connection for fewer system calls in floods.
 
