@@ -9,8 +9,11 @@
 //! * Every step is bounded: URL minting + TCP connect + TLS + WebSocket handshake by `open_timeout`, the
 //!   first server message by `first_message_timeout`, the outage by the policy's budgets, close by
 //!   `close_timeout`.
-//! * Sends are queued (bounded by `send_buffer`) and written in order; a send resolves once written,
-//!   a flush once the peer confirmed everything before it. Unconfirmed messages are re-sent after a
+//! * Sends are queued (bounded by `send_buffer`) and written in order. A send resolves at once while
+//!   the bytes queued and not yet written stay under `write_high_water` and less than half of
+//!   `send_buffer` is unconfirmed (flow control as in asyncio's transports: no round trip to the
+//!   writer per send); above the first mark, once its message was written; above the second, once a
+//!   quarter at most is unconfirmed. A flush resolves once the peer confirmed everything before it. Unconfirmed messages are re-sent after a
 //!   reconnect (at-least-once), except those failed by the poison rule.
 
 use std::collections::VecDeque;
@@ -59,6 +62,8 @@ pub struct WsConfig {
     /// of written frames buffered before a write (a flush writes them anyway).
     pub read_buffer_size: usize,
     pub write_buffer_size: usize,
+    /// Payload bytes queued and not yet written above which `send` waits until its message is written.
+    pub write_high_water: usize,
     /// A message in flight at this many consecutive connection losses is failed, not re-sent.
     pub poison_after: u32,
     /// Inbound messages, and bytes, buffered before the reader pauses (pong deadlines are suspended
@@ -92,8 +97,9 @@ impl Default for WsConfig {
             first_message_timeout: None,
             send_buffer: 1024,
             max_message_size: 16 << 20,
-            read_buffer_size: 8 << 10,
+            read_buffer_size: 4 << 10,
             write_buffer_size: 16 << 10,
+            write_high_water: 64 << 10,
             poison_after: 3,
             recv_buffer: 65_536,
             recv_buffer_bytes: 64 << 20,
@@ -246,6 +252,18 @@ pub struct Stats {
 
 /// Resolves a send (Ok once written) or a flush (Ok once confirmed), or says why it never will.
 type Done = oneshot::Sender<Result<(), SendError>>;
+/// The receiving end of `Done`.
+pub type Waiter = oneshot::Receiver<Result<(), SendError>>;
+
+/// What a queued send still waits for (flow control, as in asyncio's transports).
+pub enum Queued {
+    /// Nothing: it was queued under both marks.
+    Done,
+    /// Its message written: the bytes not yet written were above `write_high_water`.
+    Written(Waiter),
+    /// `WsClient::room`: half of `send_buffer` or more was unconfirmed.
+    Confirmed,
+}
 
 fn resolve(outcomes: Vec<(Done, Outcome)>) {
     for (tx, o) in outcomes {
@@ -268,6 +286,8 @@ enum Ctrl {
 struct Shared {
     cfg: WsConfig,
     inbound: Mutex<VecDeque<Message>>,
+    /// `inbound`'s length and payload bytes, read without its lock (the reader checks them per message).
+    inbound_len: AtomicUsize,
     inbound_bytes: AtomicUsize,
     /// Tasks waiting in `readable`: the reader notifies only when there are some.
     inbound_waiters: AtomicUsize,
@@ -278,6 +298,11 @@ struct Shared {
     proto: Mutex<Protocol<Done>>,
     /// Wakes the writer: a message was queued, a ping is due, a close was requested.
     outbound_ready: Notify,
+    /// Set while the writer has nothing to write: a send notifies only then (once per batch at most).
+    writer_idle: AtomicBool,
+    /// Sends waiting in `room`: a pong notifies only when there are some.
+    room_waiters: AtomicUsize,
+    room: Notify,
     /// Wakes the timer task: the ping deadlines changed (a ping was written, the reader resumed).
     timers_changed: Notify,
     state: AtomicU8,
@@ -349,6 +374,7 @@ impl WsClient {
             shared: Arc::new(Shared {
                 cfg,
                 inbound: Mutex::new(VecDeque::new()),
+                inbound_len: AtomicUsize::new(0),
                 inbound_bytes: AtomicUsize::new(0),
                 inbound_waiters: AtomicUsize::new(0),
                 inbound_ready: Notify::new(),
@@ -356,6 +382,9 @@ impl WsClient {
                 reader_paused: AtomicBool::new(false),
                 proto: Mutex::new(Protocol::new(proto_cfg, nonce())),
                 outbound_ready: Notify::new(),
+                writer_idle: AtomicBool::new(false),
+                room_waiters: AtomicUsize::new(0),
+                room: Notify::new(),
                 timers_changed: Notify::new(),
                 state: AtomicU8::new(State::Idle as u8),
                 terminal: OnceLock::new(),
@@ -420,6 +449,7 @@ impl WsClient {
         let (m, len) = {
             let mut q = self.shared.lock_in();
             let m = q.pop_front();
+            self.shared.inbound_len.store(q.len(), Ordering::SeqCst);
             (m, q.len())
         };
         match m {
@@ -449,7 +479,7 @@ impl WsClient {
             let n = self.shared.inbound_ready.notified();
             tokio::pin!(n);
             n.as_mut().enable();
-            if !self.shared.lock_in().is_empty() || self.shared.terminal.get().is_some() {
+            if self.shared.inbound_len.load(Ordering::SeqCst) > 0 || self.shared.terminal.get().is_some() {
                 return;
             }
             n.await;
@@ -467,7 +497,7 @@ impl WsClient {
 
     /// Resolves once every message accepted before the call was confirmed by the peer (after a
     /// reconnect if needed); fails with the ones that were removed from the queue meanwhile.
-    pub fn flush(&self) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
+    pub fn flush(&self) -> Result<Waiter, SendError> {
         let (tx, rx) = oneshot::channel();
         let resolved = {
             let mut proto = self.shared.lock_proto();
@@ -481,21 +511,51 @@ impl WsClient {
         Ok(rx)
     }
 
-    /// Queue `msg` and wait until it was written (after a reconnect if needed).
+    /// Queue `msg`, waiting (see `enqueue`) only above a mark.
     pub async fn send(&self, msg: Message) -> Result<(), SendError> {
-        let rx = self.enqueue(msg)?;
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))),
+        let queued = self.enqueue(msg)?;
+        self.sent(queued).await
+    }
+
+    /// Wait for what `enqueue` said a send waits for.
+    pub async fn sent(&self, queued: Queued) -> Result<(), SendError> {
+        match queued {
+            Queued::Done => Ok(()),
+            Queued::Written(rx) => rx.await.unwrap_or_else(|_| Err(self.ended())),
+            Queued::Confirmed => self.room().await,
         }
     }
 
-    /// Queue `msg` now (order = call order); the receiver resolves once it was written to the socket.
-    /// Fails at once when the connection ended, the message is bigger than `max_message_size` or
-    /// `send_buffer` messages are already pending.
-    pub fn enqueue(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), SendError>>, SendError> {
-        let (tx, rx) = oneshot::channel();
-        {
+    /// Why a send or flush whose waiter was dropped will never resolve.
+    pub fn ended(&self) -> SendError {
+        SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))
+    }
+
+    /// Resolves once at most a quarter of `send_buffer` is unconfirmed, so a sender that awaits each
+    /// send never meets `SendBufferFull` while pongs lag; fails when the connection ended.
+    async fn room(&self) -> Result<(), SendError> {
+        // announced before the check, so the reader notifies
+        let _waiting = Waiting::new(&self.shared.room_waiters);
+        loop {
+            let n = self.shared.room.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if let Some(t) = self.shared.terminal.get() {
+                return Err(SendError::Ended(t.clone()));
+            }
+            if self.shared.lock_proto().pending() <= self.shared.cfg.send_buffer / 4 {
+                return Ok(());
+            }
+            n.await;
+        }
+    }
+
+    /// Queue `msg` now (order = call order); what its send still waits for (`Queued`). Either way it
+    /// stays queued until the peer confirmed it (re-sent after a reconnect). Fails at once when the
+    /// connection ended, the message is bigger than `max_message_size` or `send_buffer` messages are
+    /// pending.
+    pub fn enqueue(&self, msg: Message) -> Result<Queued, SendError> {
+        let pushed = {
             let mut proto = self.shared.lock_proto();
             // checked under the lock: `finish` fails the queue under this lock when the connection ends
             if let Some(t) = self.shared.terminal.get() {
@@ -504,13 +564,25 @@ impl WsClient {
             if self.shared.close_requested.load(Ordering::SeqCst) {
                 return Err(SendError::Ended(Terminal::Closed));
             }
-            proto.push(msg, tx).map_err(|(e, _)| match e {
-                PushError::Full(n) => SendError::Full(n),
-                PushError::TooBig { size, max } => SendError::TooBig { size, max },
-            })?;
+            let cfg = &self.shared.cfg;
+            if proto.unwritten_bytes() + size_of(&msg) > cfg.write_high_water {
+                let (tx, rx) = oneshot::channel();
+                proto.push(msg, tx).map(|()| Queued::Written(rx)).map_err(|(e, _)| e)
+            } else if proto.pending() >= cfg.send_buffer / 2 {
+                proto.push_untracked(msg).map(|()| Queued::Confirmed)
+            } else {
+                proto.push_untracked(msg).map(|()| Queued::Done)
+            }
+        };
+        let queued = pushed.map_err(|e| match e {
+            PushError::Full(n) => SendError::Full(n),
+            PushError::TooBig { size, max } => SendError::TooBig { size, max },
+        })?;
+        // a busy writer takes the message with its next batch: wake it only when it is parked
+        if self.shared.writer_idle.swap(false, Ordering::SeqCst) {
+            self.shared.outbound_ready.notify_one();
         }
-        self.shared.outbound_ready.notify_one();
-        Ok(rx)
+        Ok(queued)
     }
 
     /// Close: flush queued sends, send a close frame, wait for the peer, all within `close_timeout`;
@@ -551,7 +623,7 @@ impl WsClient {
             pings_sent: c.pings_sent.load(Ordering::Relaxed),
             last_rtt,
             send_queue,
-            recv_queue: self.shared.lock_in().len(),
+            recv_queue: self.shared.inbound_len.load(Ordering::SeqCst),
             last_loss: self.shared.last_loss.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             connected_for: if self.shared.live.load(Ordering::SeqCst) {
                 self.shared.connected_at.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
@@ -589,6 +661,7 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     }
     shared.live.store(false, Ordering::SeqCst);
     shared.inbound_ready.notify_waiters();
+    shared.room.notify_waiters();
     if let Some(tx) = shared.events.get() {
         let _ = tx.send(Event::Closed);
     }
@@ -931,7 +1004,11 @@ fn push_inbound_all(shared: &Shared, batch: &mut Vec<Message>) {
     shared.counters.messages_in.fetch_add(batch.len() as u64, Ordering::Relaxed);
     shared.counters.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
     shared.inbound_bytes.fetch_add(bytes, Ordering::SeqCst);
-    shared.lock_in().extend(batch.drain(..));
+    {
+        let mut q = shared.lock_in();
+        q.extend(batch.drain(..));
+        shared.inbound_len.store(q.len(), Ordering::SeqCst);
+    }
     if shared.inbound_waiters.load(Ordering::SeqCst) > 0 {
         shared.inbound_ready.notify_waiters();
     }
@@ -970,7 +1047,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
 
     // counting the burst not handed over yet, so the bounds hold to within one message
     let full = |burst: usize, burst_bytes: usize| {
-        shared.lock_in().len() + burst >= cfg.recv_buffer
+        shared.inbound_len.load(Ordering::SeqCst) + burst >= cfg.recv_buffer
             || shared.inbound_bytes.load(Ordering::SeqCst) + burst_bytes >= cfg.recv_buffer_bytes
     };
     let reader = async {
@@ -1035,6 +1112,9 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 Message::Pong(p) => {
                     let resolved = shared.lock_proto().on_pong(&p, Instant::now().into_std());
                     resolve(resolved);
+                    if shared.room_waiters.load(Ordering::SeqCst) > 0 {
+                        shared.room.notify_waiters();
+                    }
                 }
                 Message::Close(f) => {
                     return match shared.lock_proto().on_close_frame() {
@@ -1064,7 +1144,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     }
                 }
             }
-            let step = shared.lock_proto().next_write(Instant::now().into_std(), 64);
+            // the whole queue in one batch: one flush and one ping confirm it
+            let step = shared.lock_proto().next_write(Instant::now().into_std(), usize::MAX);
             match step {
                 Write::Batch(batch, ping) => {
                     let (n, bytes) = (batch.len() as u64, batch.iter().map(size_of).sum::<usize>() as u64);
@@ -1091,6 +1172,10 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     sink.send(Message::Close(Some(frame))).await.map_err(wr)?;
                 }
                 Write::Idle => {
+                    if !shared.writer_idle.swap(true, Ordering::SeqCst) {
+                        // look once more with the flag up: a send queued before it did not notify
+                        continue;
+                    }
                     tokio::select! {
                         _ = shared.outbound_ready.notified() => {}
                         c = ctrl_rx.recv() => match c {

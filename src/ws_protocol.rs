@@ -2,8 +2,9 @@
 //! without a clock (sans-I/O, like websockets' `protocol.py`): the tokio session in `ws.rs` feeds it
 //! what happened and the current `Instant`, and writes what it asks for.
 //!
-//! * Delivery: every accepted message gets a sequence number when it is handed to the socket; its send
-//!   resolves once it was written (`Outcome::Sent`). A ping follows every batch; its payload (this
+//! * Delivery: every accepted message gets a sequence number when it is handed to the socket. A send
+//!   queued while `unwritten_bytes` is under the session's high-water mark resolved at once
+//!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping follows every batch; its payload (this
 //!   connection's nonce + a ping id) names the last sequence number written before it. A pong that
 //!   echoes it confirms every message up to there, because frames are ordered on the connection: the
 //!   peer's WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
@@ -141,6 +142,9 @@ pub struct Protocol<D> {
     queue: VecDeque<Entry<D>>,
     unacked: VecDeque<(u64, Entry<D>)>,
     accepted: u64,
+    /// See `unwritten_bytes`; `writing_bytes` of them were handed to the writer in the current batch.
+    unwritten_bytes: usize,
+    writing_bytes: usize,
     /// (everything accepted up to this number, waiter)
     flushes: Vec<(u64, D)>,
     /// Failures of messages whose send had already resolved: reported by the next flush covering them.
@@ -175,6 +179,8 @@ impl<D> Protocol<D> {
             queue: VecDeque::new(),
             unacked: VecDeque::new(),
             accepted: 0,
+            unwritten_bytes: 0,
+            writing_bytes: 0,
             flushes: vec![],
             unreported: vec![],
             pings: VecDeque::new(),
@@ -193,19 +199,45 @@ impl<D> Protocol<D> {
         &self.cfg
     }
 
-    /// Accept a message for delivery (order = call order).
+    /// Accept a message for delivery (order = call order); `done` resolves once it was written.
     pub fn push(&mut self, msg: Message, done: D) -> Result<(), (PushError, D)> {
-        let size = size_of(&msg);
+        let size = match self.admit(&msg) {
+            Ok(size) => size,
+            Err(e) => return Err((e, done)),
+        };
+        self.queue_entry(msg, size, Some(done));
+        Ok(())
+    }
+
+    /// Accept a message whose send already resolved (it was queued under the write high-water mark): a
+    /// failure is reported by the next flush covering it.
+    pub fn push_untracked(&mut self, msg: Message) -> Result<(), PushError> {
+        let size = self.admit(&msg)?;
+        self.queue_entry(msg, size, None);
+        Ok(())
+    }
+
+    fn admit(&self, msg: &Message) -> Result<usize, PushError> {
+        let size = size_of(msg);
         if size > self.cfg.max_message_size {
-            return Err((PushError::TooBig { size, max: self.cfg.max_message_size }, done));
+            return Err(PushError::TooBig { size, max: self.cfg.max_message_size });
         }
         let pending = self.pending();
         if pending >= self.cfg.send_buffer {
-            return Err((PushError::Full(pending), done));
+            return Err(PushError::Full(pending));
         }
+        Ok(size)
+    }
+
+    fn queue_entry(&mut self, msg: Message, size: usize, done: Option<D>) {
         self.accepted += 1;
-        self.queue.push_back(Entry { msg, size, strikes: 0, n: self.accepted, done: Some(done) });
-        Ok(())
+        self.unwritten_bytes += size;
+        self.queue.push_back(Entry { msg, size, strikes: 0, n: self.accepted, done });
+    }
+
+    /// Payload bytes accepted and not yet written to the socket (the batch being written included).
+    pub fn unwritten_bytes(&self) -> usize {
+        self.unwritten_bytes
     }
 
     /// Wait until everything accepted so far is confirmed (or failed): resolves at once when nothing is
@@ -247,6 +279,7 @@ impl<D> Protocol<D> {
 
     /// The writer flushed everything handed to it to the socket: those sends resolve.
     pub fn written(&mut self) -> Vec<(D, Outcome)> {
+        self.unwritten_bytes -= std::mem::take(&mut self.writing_bytes);
         self.unacked.iter_mut().filter_map(|(_, e)| e.done.take()).map(|d| (d, Outcome::Sent)).collect()
     }
 
@@ -297,6 +330,7 @@ impl<D> Protocol<D> {
             let n = self.queue.len().min(max_batch.max(1));
             let mut batch = Vec::with_capacity(n);
             for e in self.queue.drain(..n) {
+                self.writing_bytes += e.size;
                 batch.push(e.msg.clone());
                 self.unacked.push_back((self.next_seq, e));
                 self.next_seq += 1;
@@ -452,6 +486,8 @@ impl<D> Protocol<D> {
         }
         keep.extend(self.queue.drain(..));
         self.queue = keep;
+        self.unwritten_bytes = self.queue.iter().map(|e| e.size).sum();
+        self.writing_bytes = 0;
         self.pings.clear();
         self.next_ping_at = None;
         self.ping_due_since = None;
@@ -467,6 +503,7 @@ impl<D> Protocol<D> {
     /// how many written messages were never confirmed and had no waiter left to tell.
     pub fn finish(&mut self) -> (Vec<D>, usize) {
         self.closing = Closing::Done;
+        (self.unwritten_bytes, self.writing_bytes) = (0, 0);
         let mut out = vec![];
         let mut silent = self.unreported.len();
         for e in self.unacked.drain(..).map(|(_, e)| e).chain(self.queue.drain(..)) {
@@ -520,6 +557,25 @@ mod tests {
 
     fn s(t0: Instant, secs: f64) -> Instant {
         t0 + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn unwritten_bytes_count_until_written_and_again_after_a_loss() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(cfg(), NONCE);
+        p.connected(t0);
+        p.push_untracked(Message::text("abc")).unwrap();
+        p.push(Message::text("de"), 1).unwrap();
+        assert_eq!(p.unwritten_bytes(), 5);
+        assert!(matches!(p.next_write(t0, usize::MAX), Write::Batch(b, _) if b.len() == 2));
+        p.push_untracked(Message::text("f")).unwrap();
+        assert_eq!(p.unwritten_bytes(), 6, "the batch being written still counts");
+        assert_eq!(p.written(), vec![(1, Outcome::Sent)], "only the tracked send resolves");
+        assert_eq!(p.unwritten_bytes(), 1);
+        p.lost(None, "gone");
+        assert_eq!(p.unwritten_bytes(), 6, "unconfirmed messages go back to the queue");
+        p.finish();
+        assert_eq!(p.unwritten_bytes(), 0);
     }
 
     #[test]

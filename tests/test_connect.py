@@ -175,21 +175,61 @@ async def test_sends_during_outage_delivered_in_order(server):
         server.drop()
         while c.state == "connected":
             await asyncio.sleep(0.005)
-        sends = [asyncio.ensure_future(c.send(f"m{i}")) for i in range(20)]
+        for i in range(20):
+            await c.send(f"m{i}")  # queued under the write high-water mark: resolves at once
+        flushed = asyncio.ensure_future(c.flush())
         await asyncio.sleep(0.3)
-        assert not any(s.done() for s in sends), "nothing can be confirmed while the server is down"
+        assert not flushed.done(), "nothing can be confirmed while the server is down"
         assert c.stats()["send_queue"] == 20
         server.listening(True)
-        await asyncio.wait_for(asyncio.gather(*sends), 10)
+        await asyncio.wait_for(flushed, 10)
         got = [await c.recv() for _ in range(20)]
     assert got == [f"m{i}" for i in range(20)]
+
+
+async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(server):
+    async with tether.connect(server.url, policy=policy(max_delay=0.05), **FAST) as c:
+        server.listening(False)
+        server.drop()
+        while c.state == "connected":
+            await asyncio.sleep(0.005)
+        first = c.send(b"a" * 40_000)
+        assert first.done(), "under the 64 KiB write high-water mark send() is done when it returns"
+        await first
+        second = asyncio.ensure_future(c.send(b"b" * 40_000))
+        await asyncio.sleep(0.3)
+        assert not second.done(), "above the high-water mark send() waits until its message is written"
+        server.listening(True)
+        await asyncio.wait_for(second, 10)
+        await asyncio.wait_for(c.flush(), 10)
+        got = [await asyncio.wait_for(c.recv(), 10) for _ in range(2)]
+    assert got == [b"a" * 40_000, b"b" * 40_000]
+
+
+async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(server):
+    async with tether.connect(server.url, policy=policy(max_delay=0.05), send_buffer=8, **FAST) as c:
+        server.listening(False)
+        server.drop()
+        while c.state == "connected":
+            await asyncio.sleep(0.005)
+        for i in range(4):
+            assert c.send(f"m{i}").done()
+        waiting = asyncio.ensure_future(c.send("m4"))  # a sender awaiting each send never meets SendBufferFull
+        await asyncio.sleep(0.3)
+        assert not waiting.done(), "with half of send_buffer unconfirmed send() waits for confirmations"
+        server.listening(True)
+        await asyncio.wait_for(waiting, 10)
+        got = [await asyncio.wait_for(c.recv(), 10) for _ in range(5)]
+    assert got == [f"m{i}" for i in range(5)]
 
 
 async def test_pending_sends_raise_when_giving_up(server):
     c = await tether.connect(server.url, policy=policy(max_attempts=3), **FAST)
     server.listening(False)
     server.drop()
-    sent = c.send("never")  # may still be written to the dead socket: send() resolves when written
+    while c.state == "connected":  # the drop is asynchronous: a message sent before it could be confirmed
+        await asyncio.sleep(0.005)
+    sent = c.send("never")  # queued: resolves at once; flush() reports the give-up
     with pytest.raises(tether.GaveUp) as info:
         await asyncio.wait_for(c.flush(), 10)
     assert info.value.attempts == 4

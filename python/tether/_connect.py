@@ -68,8 +68,14 @@ class Connection:
         return self
 
     async def __anext__(self) -> str | bytes:
+        # recv() inlined: one coroutine per message instead of two
+        n = self._n
         try:
-            return await self.recv()
+            while True:
+                m = n.try_recv()
+                if m is not None:
+                    return m
+                await n.wait_readable()
         except ConnectionClosed:
             raise StopAsyncIteration from None
 
@@ -88,11 +94,15 @@ class Connection:
 
     def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
         """Queue ``data`` now, at call time (so messages go out in call order, and ``SendBufferFull`` or
-        ``ValueError`` for a message over ``max_message_size`` is raised by the call itself); the returned
-        awaitable resolves once the message was written to the socket, as in websockets. During an outage
-        it waits in the bounded send buffer and is written, in order, after the reconnect; if the
-        connection is closed or gives up first, the awaitable raises. ``await conn.flush()`` tells when
-        the server has it."""
+        ``ValueError`` for a message over ``max_message_size`` is raised by the call itself). The returned
+        awaitable is already done when the message is queued for the wire, as in websockets: while less
+        than 64 KiB of queued messages is not yet written and less than half of ``send_buffer`` is
+        unconfirmed (no thread round trip per send). Above the first mark it resolves once the message
+        was written to the socket; above the second, once at most a quarter of ``send_buffer`` is
+        unconfirmed: a sender that awaits each send never meets ``SendBufferFull``. During an outage
+        messages wait in the bounded send buffer and are written, in order, after the reconnect; a
+        send after close or give-up raises. ``await conn.flush()`` tells when the server has them and
+        raises ``SendFailed`` for any that failed."""
         return self._n.send(data)
 
     def flush(self) -> Awaitable[None]:
@@ -189,7 +199,7 @@ def connect(
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
 
-    ``read_buffer_size`` (default 8 KiB): the per-connection read buffer (it grows for a bigger
+    ``read_buffer_size`` (default 4 KiB): the per-connection read buffer (it grows for a bigger
     message); ``write_buffer_size`` (default 16 KiB): written frames are buffered up to this size before
     a write system call. Larger values trade memory per connection for fewer system calls in floods.
 
@@ -201,13 +211,14 @@ def connect(
     them. Certificates are always verified; TLS is done by rustls, so only the trust anchors of a context
     are used. Bad choices raise ``ValueError`` here.
 
-    Delivery: ``await conn.send(x)`` resolves once ``x`` was written to the socket; ``await conn.flush()``
-    once everything sent before it was confirmed: the server's WebSocket layer read it (not that its
-    application handled it). Across a loss delivery is at-least-once: unconfirmed messages are re-sent
-    first after the reconnect. A message the server refuses is not retried forever: a close 1009
-    (message too big) removes the largest unconfirmed message, and so does being in flight at 3
-    consecutive losses; ``send()`` (if not resolved yet) or the next ``flush()`` raises
-    ``tether.SendFailed`` for it, and later messages go on.
+    Delivery: ``await conn.send(x)`` resolves once ``x`` is queued for the wire (flow control: it waits
+    only while 64 KiB or more is queued and not yet written, or half of ``send_buffer`` is unconfirmed);
+    ``await conn.flush()`` once everything sent before it was confirmed: the server's WebSocket layer
+    read it (not that its application handled it). Across a loss delivery is at-least-once:
+    unconfirmed messages are re-sent first after the reconnect. A message the server refuses is not
+    retried forever: a close 1009 (message too big) removes the largest unconfirmed message, and so
+    does being in flight at 3 consecutive losses; ``send()`` (if not resolved yet) or the next
+    ``flush()`` raises ``tether.SendFailed`` for it, and later messages go on.
     """
     return Connection(
         _native.Connection(

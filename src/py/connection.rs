@@ -337,6 +337,21 @@ impl PyConnection {
             self.name
         )))
     }
+
+    /// The awaitable of a send or flush: already done when there is nothing to wait for (no tokio
+    /// round trip); the outcome becomes None or the exception on the loop.
+    fn delivered<'py>(
+        &self,
+        py: Python<'py>,
+        outcome: impl std::future::Future<Output = Result<(), SendError>> + Send + 'static,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = self.client.clone();
+        let name = self.name.clone();
+        super::runtime::future_into_py(py, async move {
+            let outcome = outcome.await;
+            Ok(Delivered { outcome, name, client })
+        })
+    }
 }
 
 #[pymethods]
@@ -422,6 +437,7 @@ impl PyConnection {
             max_message_size,
             read_buffer_size,
             write_buffer_size,
+            write_high_water: d.write_high_water,
             poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
@@ -530,36 +546,23 @@ impl PyConnection {
         })
     }
 
-    /// Queue `data` (str -> text, bytes-like -> binary); resolves once it was written to the socket.
+    /// Queue `data` (str -> text, bytes-like -> binary); resolves at once while the bytes not yet
+    /// written stay under the write high-water mark, else once it was written to the socket.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let rx = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
-        let name = self.name.clone();
-        super::runtime::future_into_py(py, async move {
-            let r = match rx.await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
-            };
-            Ok(Delivered { outcome: r, name, client })
-        })
+        self.delivered(py, async move { client.sent(queued).await })
     }
 
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
-        let rx = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
-        let name = self.name.clone();
-        super::runtime::future_into_py(py, async move {
-            let r = match rx.await {
-                Ok(r) => r,
-                Err(_) => Err(SendError::Ended(client.terminal().unwrap_or(Terminal::Closed))),
-            };
-            Ok(Delivered { outcome: r, name, client })
-        })
+        self.delivered(py, async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) })
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
