@@ -830,8 +830,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             strategy: attempt.strategy.clone(),
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
-        let unread =
-            run_on_connect(hook, info, cfg.open_timeout, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
+        let limits = (cfg.open_timeout, cfg.close_timeout);
+        let unread = run_on_connect(hook, info, limits, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
         for m in unread {
             push_inbound(&shared, m);
         }
@@ -858,8 +858,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64()))
         })?;
         if peer_closed {
-            // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
-            let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+            answer_close(&mut sink, cfg.close_timeout).await;
         }
         push_inbound(&shared, first?);
     }
@@ -901,6 +900,15 @@ type Sink = futures_util::stream::SplitSink<
 >;
 type Stream =
     futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>;
+
+/// RFC 6455 §5.5.1: answer the peer's close frame. tungstenite queued the reply when it read the frame;
+/// it leaves with this flush, bounded by `close_timeout` (a peer that stopped reading gets no answer).
+pub(crate) async fn answer_close<S>(sink: &mut S, close_timeout: Duration)
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
+}
 
 fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
     match frame {
@@ -966,7 +974,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
     let beats = HeartbeatWatch::default();
     // set when the peer started the close: tungstenite queued the reply, which must be flushed
-    let answer_close = AtomicBool::new(false);
+    let peer_closed = AtomicBool::new(false);
 
     // counting the burst not handed over yet, so the bounds hold to within one message
     let full = |burst: usize, burst_bytes: usize| {
@@ -1040,7 +1048,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     return match shared.lock_proto().on_close_frame() {
                         PeerClose::Complete => Ok(()),
                         PeerClose::Answer => {
-                            answer_close.store(true, Ordering::SeqCst);
+                            peer_closed.store(true, Ordering::SeqCst);
                             Err(close_error(f, cfg))
                         }
                     }
@@ -1158,9 +1166,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
             }
         }
     };
-    if answer_close.load(Ordering::SeqCst) {
-        // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
-        let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+    if peer_closed.load(Ordering::SeqCst) {
+        answer_close(sink, cfg.close_timeout).await;
     }
     if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
         // a loss during the close handshake: the close is what the user asked for

@@ -18,7 +18,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message};
 
-use crate::ws::WsError;
+use crate::ws::{answer_close, WsError};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -158,12 +158,13 @@ where
     Ok(())
 }
 
-/// Run `hook` on a fresh socket, bounded by `limit` as a whole. Returns the messages read for the hook
-/// but not taken by it: they belong to the application, ahead of anything read later.
+/// Run `hook` on a fresh socket, bounded by `limit` (open_timeout) as a whole; a close frame from the
+/// peer is answered within `close_timeout`. Returns the messages read for the hook but not taken by it:
+/// they belong to the application, ahead of anything read later.
 pub async fn run_on_connect<S, R>(
     hook: &OnConnectHook,
     info: HandshakeInfo,
-    limit: Duration,
+    (limit, close_timeout): (Duration, Duration),
     sink: &mut S,
     stream: &mut R,
     close_error: impl Fn(Option<CloseFrame>) -> WsError,
@@ -210,7 +211,10 @@ where
                         .flush()
                         .await
                         .map_err(|e| WsError::retry(format!("write error during on_connect: {e}")))?,
-                    Some(Ok(Message::Close(f))) => return Err(close_error(f)),
+                    Some(Ok(Message::Close(f))) => {
+                        answer_close(sink, close_timeout).await;
+                        return Err(close_error(f));
+                    }
                     Some(Ok(_)) => {}
                 },
                 _ = ch.wake_session.notified() => {}
@@ -295,7 +299,7 @@ mod tests {
         let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
         let hook = OnConnectHook(Arc::new(Join));
         let left =
-            run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
+            run_on_connect(&hook, info(), (Duration::from_secs(5), Duration::from_secs(1)), &mut sink, &mut stream, close_error).await.unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("join reconnect=true")]);
         // "app" was never read: it stays on the stream for the application
         assert!(left.is_empty());
@@ -312,7 +316,7 @@ mod tests {
         }));
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(FireAndForget));
-        run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
+        run_on_connect(&hook, info(), (Duration::from_secs(5), Duration::from_secs(1)), &mut sink, &mut stream, close_error).await.unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("register")]);
     }
 
@@ -321,7 +325,7 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(Hang));
-        let err = run_on_connect(&hook, info(), Duration::from_secs(3), &mut sink, &mut stream, close_error)
+        let err = run_on_connect(&hook, info(), (Duration::from_secs(3), Duration::from_secs(1)), &mut sink, &mut stream, close_error)
             .await
             .unwrap_err();
         assert!(err.text.contains("did not finish within open_timeout (3s)"), "{}", err.text);
@@ -333,7 +337,7 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::iter(vec![Ok(Message::Close(None))]);
         let hook = OnConnectHook(Arc::new(Join));
-        let err = run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error)
+        let err = run_on_connect(&hook, info(), (Duration::from_secs(5), Duration::from_secs(1)), &mut sink, &mut stream, close_error)
             .await
             .unwrap_err();
         assert_eq!(err.text, "closed");

@@ -359,3 +359,22 @@ def test_close_after_the_loop_stopped_does_not_raise():
     while c.state != "closed" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert c.state == "closed"
+
+
+async def test_a_close_from_the_server_during_on_connect_is_answered():
+    codes = []
+
+    async def handler(ws):
+        await ws.close(4000, "not now")
+        codes.append(ws.close_code)
+
+    async def on_connect(hs):
+        await hs.recv()
+
+    async with serve(handler, "127.0.0.1", 0, close_timeout=5) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        c = tether.connect(f"ws://127.0.0.1:{port}/", on_connect=on_connect, policy=policy(max_attempts=1), **FAST)
+        with pytest.raises(tether.GaveUp, match="4000"):
+            await asyncio.wait_for(c._start(), 10)
+    # the server's own record: it received our close frame echoing its code (1006 = no answer)
+    assert codes and set(codes) == {4000}, codes
