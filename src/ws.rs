@@ -1149,7 +1149,9 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 r = &mut reader => break r,
                 r = &mut writer => break r,
                 r = &mut pinger => break r,
-                r = &mut heartbeat => break r,
+                // disarmed once closing: a heartbeat written after our close frame would fail the writer
+                // and cut the close handshake short
+                r = &mut heartbeat, if close_by.is_none() => break r,
                 _ = shared.wait_close(), if close_by.is_none() => {
                     // Closing on request: the writer flushes what was accepted, a ping and the close
                     // frame; the reader confirms and ends at the peer's close. All within close_timeout.

@@ -378,3 +378,33 @@ async def test_a_close_from_the_server_during_on_connect_is_answered():
             await asyncio.wait_for(c._start(), 10)
     # the server's own record: it received our close frame echoing its code (1006 = no answer)
     assert codes and set(codes) == {4000}, codes
+
+
+async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
+    from tether.testing import ChaosProxy
+
+    codes = []
+
+    async def echo(ws):
+        try:
+            async for m in ws:
+                await ws.send(m)
+        except Exception:
+            pass
+        codes.append(ws.close_code)
+
+    async with serve(echo, "127.0.0.1", 0, close_timeout=5) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        async with ChaosProxy(f"127.0.0.1:{port}") as proxy:
+            hb = tether.Heartbeat("hb", 0.05, timeout=5.0)
+            opts = dict(FAST, ping_interval=5.0, ping_timeout=5.0, close_timeout=5.0)
+            c = await tether.connect(f"ws://{proxy.address}/", heartbeat=hb, policy=policy(), **opts)
+            proxy.latency(300)
+            await asyncio.sleep(1.0)  # a heartbeat goes out, and is answered, every round trip (0.6 s)
+            with caplog.at_level("WARNING", logger="tether"):
+                # "last" is confirmed by the pong to the ping behind it, a round trip after the close started
+                await asyncio.wait_for(c.send("last"), 10)
+                await asyncio.wait_for(c.aclose(), 10)
+            await until(lambda: codes, what="the server's end of the connection")
+    assert codes == [1000], codes
+    assert not [r for r in caplog.records if "never confirmed" in r.getMessage()]
