@@ -824,6 +824,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let cfg = &shared.cfg;
     let ws = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
+    // a message read during on_connect but not taken by the hook is the first message
+    let mut first_seen = false;
     if let Some(hook) = &cfg.on_connect {
         let info = HandshakeInfo {
             attempt: attempt.number,
@@ -831,13 +833,12 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
         let limits = (cfg.open_timeout, cfg.close_timeout);
-        let unread = run_on_connect(hook, info, limits, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
-        for m in unread {
-            push_inbound(&shared, m);
-        }
+        let mut unread = run_on_connect(hook, info, limits, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
+        first_seen = !unread.is_empty();
+        push_inbound_all(&shared, &mut unread);
     }
 
-    if let Some(fm) = cfg.first_message_timeout {
+    if let Some(fm) = cfg.first_message_timeout.filter(|_| !first_seen) {
         let mut peer_closed = false;
         let first = tokio::time::timeout(fm, async {
             loop {

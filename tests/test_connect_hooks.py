@@ -408,3 +408,33 @@ async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
             await until(lambda: codes, what="the server's end of the connection")
     assert codes == [1000], codes
     assert not [r for r in caplog.records if "never confirmed" in r.getMessage()]
+
+
+async def test_a_message_the_hook_read_but_did_not_take_is_the_first_message():
+    said = asyncio.Event()
+
+    async def hello(ws):
+        await ws.send("hello")
+        said.set()
+        await ws.wait_closed()
+
+    async def on_connect(hs):
+        await said.wait()  # the server runs on this loop: let it write before the loop is blocked
+        reading = asyncio.ensure_future(hs.recv())
+        await asyncio.sleep(0)  # the recv waits: the session reads "hello" for it
+        time.sleep(0.5)  # keep the loop from running the recv until it is cancelled
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+
+    async with serve(hello, "127.0.0.1", 0) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        c = tether.connect(
+            f"ws://127.0.0.1:{port}/",
+            on_connect=on_connect,
+            first_message_timeout=0.5,
+            policy=policy(max_attempts=1),
+            **FAST,
+        )
+        async with c:
+            assert await asyncio.wait_for(c.recv(), 10) == "hello"
