@@ -319,6 +319,16 @@ def test_heartbeat_validates_its_arguments():
         tether.Heartbeat("hb", 0)
     with pytest.raises(TypeError):
         tether.Heartbeat("hb", 1.0, is_reply="pong")
+    async def async_reply(m):
+        return True
+
+    async def async_message():
+        return "hb"
+
+    with pytest.raises(TypeError, match="is_reply must be a plain function, not an async one"):
+        tether.Heartbeat("hb", 1.0, is_reply=async_reply)
+    with pytest.raises(TypeError, match="message factory must be a plain function, not an async one"):
+        tether.Heartbeat(async_message, 1.0)
     hb = tether.Heartbeat(b"hb", 2.0)
     assert hb.timeout == 2.0 and hb.is_reply is None and hb.message == b"hb"
     with pytest.raises(TypeError):
@@ -438,3 +448,17 @@ async def test_a_message_the_hook_read_but_did_not_take_is_the_first_message():
         )
         async with c:
             assert await asyncio.wait_for(c.recv(), 10) == "hello"
+
+
+async def test_an_is_reply_that_returns_an_awaitable_gives_up_naming_it():
+    async def check(m):
+        return False
+
+    # a plain callable returning a coroutine: truthy, so without the check every message would be a reply
+    hb = tether.Heartbeat("hb", 0.1, is_reply=lambda m: check(m), timeout=0.5)
+    async with JoinServer() as srv:
+        c = await tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST)
+        with pytest.raises(tether.GaveUp, match="is_reply raised TypeError: is_reply must return its result"):
+            while True:  # the replies are delivered, then the connection ends
+                await asyncio.wait_for(c.recv(), 10)
+        await c.aclose()

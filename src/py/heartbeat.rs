@@ -39,6 +39,7 @@ impl PyHeartbeat {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let fixed = if message.is_callable() {
+            refuse_async(message, "the heartbeat message factory")?;
             None
         } else {
             Some(message_from_py(message).map_err(|_| {
@@ -57,6 +58,7 @@ impl PyHeartbeat {
                 if !f.is_callable() {
                     return Err(PyTypeError::new_err("is_reply must be a callable (message) -> bool, or None"));
                 }
+                refuse_async(f, "is_reply")?;
                 Some(f.clone().unbind())
             }
             _ => None,
@@ -95,6 +97,17 @@ impl PyHeartbeat {
             self.timeout
         )
     }
+}
+
+/// Both run synchronously on the event loop, once per heartbeat or batch: a coroutine returned by an
+/// async function would be truthy (every message a reply) or not a message. Refused here; one returned
+/// by a plain callable is refused when it is called (`_hooks`).
+fn refuse_async(f: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    let is_async = f.py().import("inspect")?.getattr("iscoroutinefunction")?.call1((f,))?.is_truthy()?;
+    if is_async {
+        return Err(PyTypeError::new_err(format!("{what} must be a plain function, not an async one")));
+    }
+    Ok(())
 }
 
 struct PySource {
