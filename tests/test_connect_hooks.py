@@ -458,7 +458,11 @@ async def test_an_is_reply_that_returns_an_awaitable_gives_up_naming_it():
     hb = tether.Heartbeat("hb", 0.1, is_reply=lambda m: check(m), timeout=0.5)
     async with JoinServer() as srv:
         c = await tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST)
-        with pytest.raises(tether.GaveUp, match="is_reply raised TypeError: is_reply must return its result"):
+
+        async def drain():
             while True:  # the replies are delivered, then the connection ends
-                await asyncio.wait_for(c.recv(), 10)
+                await c.recv()
+
+        with pytest.raises(tether.GaveUp, match="is_reply raised TypeError: is_reply must return its result"):
+            await asyncio.wait_for(drain(), 10)
         await c.aclose()
