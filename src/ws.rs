@@ -992,6 +992,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 burst_bytes = 0;
                 shared.reader_paused.store(true, Ordering::SeqCst);
                 shared.lock_proto().pause();
+                beats.pause();
                 let n = shared.inbound_space.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
@@ -1000,6 +1001,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 }
                 shared.reader_paused.store(false, Ordering::SeqCst);
                 shared.lock_proto().resume(Instant::now().into_std());
+                beats.resume();
                 shared.timers_changed.notify_one();
                 continue;
             }
@@ -1135,12 +1137,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         }
     };
 
-    let heartbeat = ws_heartbeat::run(
-        cfg.heartbeat.as_ref(),
-        &beats,
-        |m| ctrl_tx.send(Ctrl::Send(m)).is_ok(),
-        || shared.reader_paused.load(Ordering::SeqCst),
-    );
+    let heartbeat = ws_heartbeat::run(cfg.heartbeat.as_ref(), &beats, |m| ctrl_tx.send(Ctrl::Send(m)).is_ok());
 
     let outcome = {
         tokio::pin!(reader, writer, pinger, heartbeat);
