@@ -14,6 +14,7 @@
 //!   reconnect (at-least-once), except those failed by the poison rule.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -43,7 +44,7 @@ const LOG: &str = "tether::ws";
 /// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
 const EVENTS_CAPACITY: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WsConfig {
     pub url: String,
     pub headers: Vec<(String, String)>,
@@ -80,6 +81,38 @@ pub struct WsConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// The URL and header values may carry credentials: redacted, like everything tether shows.
+fn redacted_headers(headers: &[(String, String)]) -> Vec<(&str, String)> {
+    headers.iter().map(|(k, v)| (k.as_str(), crate::redact::redact_header(k, v))).collect()
+}
+
+impl fmt::Debug for WsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &redacted_headers(&self.headers))
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("open_timeout", &self.open_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("first_message_timeout", &self.first_message_timeout)
+            .field("send_buffer", &self.send_buffer)
+            .field("max_message_size", &self.max_message_size)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("write_buffer_size", &self.write_buffer_size)
+            .field("poison_after", &self.poison_after)
+            .field("recv_buffer", &self.recv_buffer)
+            .field("recv_buffer_bytes", &self.recv_buffer_bytes)
+            .field("fatal_close_codes", &self.fatal_close_codes)
+            .field("fatal_http_statuses", &self.fatal_http_statuses)
+            .field("reconnect", &self.reconnect)
+            .field("on_connect", &self.on_connect)
+            .field("heartbeat", &self.heartbeat)
+            .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
@@ -112,10 +145,19 @@ impl Default for WsConfig {
 }
 
 /// Where to connect for one attempt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     pub headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &redacted_headers(&self.headers))
+            .finish()
+    }
 }
 
 pub type TargetFuture = Pin<Box<dyn Future<Output = Result<Target, WsError>> + Send>>;
@@ -1280,6 +1322,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.state(), State::Failed);
+    }
+
+    #[test]
+    fn debug_output_redacts_the_url_and_secret_headers() {
+        let headers = vec![("Authorization".to_string(), "Bearer SECRET1".to_string())];
+        let url = "wss://h/ws?access_token=SECRET2".to_string();
+        let cfg = WsConfig { url: url.clone(), headers: headers.clone(), ..Default::default() };
+        for shown in [format!("{cfg:?}"), format!("{:?}", Target { url, headers })] {
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(shown.contains("wss://h/ws"), "{shown}");
+        }
     }
 
     #[tokio::test]

@@ -329,6 +329,8 @@ def test_heartbeat_validates_its_arguments():
         tether.Heartbeat("hb", 1.0, is_reply=async_reply)
     with pytest.raises(TypeError, match="message factory must be a plain function, not an async one"):
         tether.Heartbeat(async_message, 1.0)
+    shown = repr(tether.Heartbeat('{"type": "health", "token": "SECRET"}', 1.0))
+    assert "SECRET" not in shown and "<text, 37 bytes>" in shown, shown
     hb = tether.Heartbeat(b"hb", 2.0)
     assert hb.timeout == 2.0 and hb.is_reply is None and hb.message == b"hb"
     with pytest.raises(TypeError):

@@ -88,7 +88,12 @@ impl PyHeartbeat {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let message = self.message.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+        // the payload may carry a session token: shown by kind only
+        let message = match &self.fixed {
+            Some(Message::Text(t)) => format!("<text, {} bytes>", t.len()),
+            Some(m) => format!("<binary, {} bytes>", m.len()),
+            None => self.message.bind(py).repr().map(|r| r.to_string()).unwrap_or_default(),
+        };
         let is_reply = self.is_reply.as_ref().map(|f| f.bind(py).repr().map(|r| r.to_string()).unwrap_or_default());
         format!(
             "Heartbeat(message={message}, interval={}, is_reply={}, timeout={})",
