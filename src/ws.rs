@@ -301,9 +301,9 @@ fn resolve(outcomes: Vec<(Done, Outcome)>) {
 }
 
 enum Ctrl {
-    /// tungstenite queued a reply (pong to a ping) that must go out now.
     /// An in-band heartbeat: written at once, outside the delivery queue.
     Send(Message),
+    /// tungstenite queued a reply (pong to a ping) that must go out now.
     Flush,
 }
 
@@ -910,7 +910,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     shared.lock_proto().connected(Instant::now().into_std());
     shared.live.store(true, Ordering::SeqCst);
     attempt.connected();
-    // a close requested during the handshake is honoured now that we can close gracefully
+    // from here on a close request is a graceful close by the pump (one that came earlier, while `live`
+    // was false, made the supervisor drop this attempt without a close frame: see `idle_close`)
     let result = pump(&shared, &mut sink, &mut stream).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
