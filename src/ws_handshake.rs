@@ -298,8 +298,16 @@ mod tests {
         }));
         let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
         let hook = OnConnectHook(Arc::new(Join));
-        let left =
-            run_on_connect(&hook, info(), (Duration::from_secs(5), Duration::from_secs(1)), &mut sink, &mut stream, close_error).await.unwrap();
+        let left = run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("join reconnect=true")]);
         // "app" was never read: it stays on the stream for the application
         assert!(left.is_empty());
@@ -316,7 +324,16 @@ mod tests {
         }));
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(FireAndForget));
-        run_on_connect(&hook, info(), (Duration::from_secs(5), Duration::from_secs(1)), &mut sink, &mut stream, close_error).await.unwrap();
+        run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("register")]);
     }
 
@@ -325,9 +342,16 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(Hang));
-        let err = run_on_connect(&hook, info(), (Duration::from_secs(3), Duration::from_secs(1)), &mut sink, &mut stream, close_error)
-            .await
-            .unwrap_err();
+        let err = run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(3), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap_err();
         assert!(err.text.contains("did not finish within open_timeout (3s)"), "{}", err.text);
         assert!(!err.fatal);
     }
@@ -337,9 +361,16 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::iter(vec![Ok(Message::Close(None))]);
         let hook = OnConnectHook(Arc::new(Join));
-        let err = run_on_connect(&hook, info(), (Duration::from_secs(5), Duration::from_secs(1)), &mut sink, &mut stream, close_error)
-            .await
-            .unwrap_err();
+        let err = run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.text, "closed");
     }
 }

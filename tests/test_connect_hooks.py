@@ -468,3 +468,19 @@ async def test_an_is_reply_that_returns_an_awaitable_gives_up_naming_it():
         with pytest.raises(tether.GaveUp, match="is_reply raised TypeError: is_reply must return its result"):
             await asyncio.wait_for(drain(), 10)
         await c.aclose()
+
+
+async def test_a_sync_url_for_runs_on_the_event_loop_thread():
+    import threading
+
+    threads = []
+
+    async with JoinServer() as srv:
+
+        def url_for(strategy, attempt):
+            threads.append(threading.get_ident())
+            return srv.url
+
+        async with tether.connect(srv.url, url_for=url_for, policy=policy(), **FAST):
+            pass
+    assert threads == [threading.get_ident()], threads

@@ -1,5 +1,6 @@
 """``tether.connect`` hooks: the ``Handshake`` handed to ``on_connect``, and the helpers the native
-session schedules on the connection's event loop (the hook itself, heartbeat factory and predicate)."""
+session schedules on the connection's event loop (the hook itself, ``url_for``, heartbeat factory and
+predicate)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ async def _run_on_connect(hook: Callable[[Handshake], Awaitable[Any]], channel: 
     if not inspect.isawaitable(result):
         raise OnConnectMisuse(f"on_connect must be an async function; it returned {type(result).__name__}")
     await result
+
+
+async def _url_for(url_for: Callable[[str, int], Any], strategy: str, attempt: int) -> Any:
+    result = url_for(strategy, attempt)
+    return await result if inspect.isawaitable(result) else result
 
 
 def _sync_result(result: Any, what: str) -> Any:
