@@ -115,8 +115,7 @@ impl TargetProvider for PyTarget {
                     return Err(WsError::retry(format!("url_for raised {text}")));
                 }
             };
-            super::with_python(|py| parse_target(obj.bind(py)))
-                .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
+            super::try_with_python(WsError::fatal, |py| parse_target(obj.bind(py)))
         })
     }
 }

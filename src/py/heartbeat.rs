@@ -138,7 +138,7 @@ impl HeartbeatSource for PySource {
         });
         Box::pin(async move {
             let obj = started?.await.map_err(|e| raised("message factory", &e))?;
-            super::with_python(|py| {
+            super::try_with_python(WsError::fatal, |py| {
                 message_from_py(obj.bind(py)).map_err(|e| {
                     WsError::fatal(format!(
                         "heartbeat message factory returned an unusable message: {}",
@@ -146,7 +146,6 @@ impl HeartbeatSource for PySource {
                     ))
                 })
             })
-            .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
         })
     }
 
@@ -162,8 +161,7 @@ impl HeartbeatSource for PySource {
         });
         Box::pin(async move {
             let obj = started?.await.map_err(|e| raised("is_reply", &e))?;
-            super::with_python(|py| obj.bind(py).is_truthy().map_err(|e| raised("is_reply", &e)))
-                .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
+            super::try_with_python(WsError::fatal, |py| obj.bind(py).is_truthy().map_err(|e| raised("is_reply", &e)))
         })
     }
 }
