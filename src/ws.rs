@@ -39,6 +39,7 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write};
+use crate::ws_wait::{self, Waiting};
 
 const LOG: &str = "tether::ws";
 /// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
@@ -359,15 +360,7 @@ impl Shared {
         self.proto.lock().unwrap_or_else(|p| p.into_inner())
     }
     async fn wait_close(&self) {
-        loop {
-            let n = self.close_notify.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if self.close_requested.load(Ordering::SeqCst) {
-                return;
-            }
-            n.await;
-        }
+        ws_wait::until(&self.close_notify, || self.close_requested.load(Ordering::SeqCst)).await
     }
 }
 
@@ -487,15 +480,8 @@ impl WsClient {
     pub async fn readable(&self) {
         // announced before the check, so the reader notifies (see `push_inbound_all`)
         let _waiting = Waiting::new(&self.shared.inbound_waiters);
-        loop {
-            let n = self.shared.inbound_ready.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if !self.shared.lock_in().is_empty() || self.shared.terminal.get().is_some() {
-                return;
-            }
-            n.await;
-        }
+        let s = &self.shared;
+        ws_wait::until(&s.inbound_ready, || !s.lock_in().is_empty() || s.terminal.get().is_some()).await
     }
 
     pub async fn recv(&self) -> Result<Message, Terminal> {
@@ -986,22 +972,6 @@ fn push_inbound_all(shared: &Shared, batch: &mut Vec<Message>) {
     shared.lock_in().extend(batch.drain(..));
     if shared.inbound_waiters.load(Ordering::SeqCst) > 0 {
         shared.inbound_ready.notify_waiters();
-    }
-}
-
-/// Counts a task waiting in `readable` for as long as it waits (cancellation included).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

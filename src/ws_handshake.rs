@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message};
 
 use crate::ws::{answer_close, WsError};
+use crate::ws_wait::{self, Waiting};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -77,15 +78,6 @@ pub struct Handshake {
     ch: Arc<Channel>,
 }
 
-/// Counts a waiting `readable` call for as long as it waits (also when it is cancelled).
-struct Waiting<'a>(&'a Channel);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl Handshake {
     /// Queue `msg` for the socket now (so writes keep call order); the receiver resolves once written.
     pub fn start_send(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), String>>, String> {
@@ -117,18 +109,10 @@ impl Handshake {
     /// Resolves once `try_recv` has something to return. Consumes nothing, so cancelling it loses no
     /// message; while it waits, the session reads the socket.
     pub async fn readable(&self) {
-        self.ch.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.ch);
+        let _waiting = Waiting::new(&self.ch.waiting);
         self.ch.wake_session.notify_one();
-        loop {
-            let n = self.ch.readable.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if !self.ch.lock_in().is_empty() || self.ch.ended().is_some() {
-                return;
-            }
-            n.await;
-        }
+        let ch = &self.ch;
+        ws_wait::until(&ch.readable, || !ch.lock_in().is_empty() || ch.ended().is_some()).await
     }
 
     pub async fn recv(&self) -> Result<Message, String> {
