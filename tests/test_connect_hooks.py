@@ -319,6 +319,7 @@ def test_heartbeat_validates_its_arguments():
         tether.Heartbeat("hb", 0)
     with pytest.raises(TypeError):
         tether.Heartbeat("hb", 1.0, is_reply="pong")
+
     async def async_reply(m):
         return True
 
@@ -434,7 +435,7 @@ async def test_a_message_the_hook_read_but_did_not_take_is_the_first_message():
         await said.wait()  # the server runs on this loop: let it write before the loop is blocked
         reading = asyncio.ensure_future(hs.recv())
         await asyncio.sleep(0)  # the recv waits: the session reads "hello" for it
-        time.sleep(0.5)  # keep the loop from running the recv until it is cancelled
+        time.sleep(0.5)  # noqa: ASYNC251 (blocks the loop on purpose: the recv must not run before its cancel)
         reading.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reading
