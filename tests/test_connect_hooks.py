@@ -424,21 +424,13 @@ async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
 
 
 async def test_a_message_the_hook_read_but_did_not_take_is_the_first_message():
-    said = asyncio.Event()
-
     async def hello(ws):
         await ws.send("hello")
-        said.set()
         await ws.wait_closed()
 
     async def on_connect(hs):
-        await said.wait()  # the server runs on this loop: let it write before the loop is blocked
-        reading = asyncio.ensure_future(hs.recv())
-        await asyncio.sleep(0)  # the recv waits: the session reads "hello" for it
-        time.sleep(0.5)  # noqa: ASYNC251 (blocks the loop on purpose: the recv must not run before its cancel)
-        reading.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await reading
+        # returns once the session read a message for the hook, and leaves it there
+        await hs._c.wait_readable()
 
     async with serve(hello, "127.0.0.1", 0) as srv:
         port = srv.sockets[0].getsockname()[1]
@@ -485,3 +477,23 @@ async def test_a_sync_url_for_runs_on_the_event_loop_thread():
         async with tether.connect(srv.url, url_for=url_for, policy=policy(), **FAST):
             pass
     assert threads == [threading.get_ident()], threads
+
+
+async def test_an_is_reply_that_blocks_the_loop_is_a_heartbeat_timeout():
+    blocked = []
+
+    def is_reply(m):
+        if not blocked:
+            blocked.append(m)
+            time.sleep(2.0)  # a stalled event loop: what the bound is for
+        return isinstance(m, str) and m.startswith("hb-ack")
+
+    hb = tether.Heartbeat("hb", 0.2, is_reply=is_reply, timeout=0.5)
+    got = []
+    async with JoinServer() as srv:
+        async with tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST) as c:
+            watcher = asyncio.ensure_future(collect(c, got))
+            await until(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
+            lost = [e for e in got if isinstance(e, ev.ConnectionLost)]
+            assert "heartbeat timeout: is_reply did not return within 0.500s" in lost[0].reason, lost[0].reason
+            watcher.cancel()
