@@ -28,6 +28,7 @@ pub mod ws_handshake;
 pub mod ws_heartbeat;
 pub mod ws_protocol;
 pub mod ws_tls;
+mod ws_wait;
 
 #[cfg(feature = "python")]
 mod py;

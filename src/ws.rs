@@ -17,6 +17,7 @@
 //!   reconnect (at-least-once), except those failed by the poison rule.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -41,12 +42,13 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write};
+use crate::ws_wait::{self, Waiting};
 
 const LOG: &str = "tether::ws";
 /// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
 const EVENTS_CAPACITY: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WsConfig {
     pub url: String,
     pub headers: Vec<(String, String)>,
@@ -85,6 +87,38 @@ pub struct WsConfig {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// The URL and header values may carry credentials: redacted, like everything tether shows.
+fn redacted_headers(headers: &[(String, String)]) -> Vec<(&str, String)> {
+    headers.iter().map(|(k, v)| (k.as_str(), crate::redact::redact_header(k, v))).collect()
+}
+
+impl fmt::Debug for WsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &redacted_headers(&self.headers))
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("open_timeout", &self.open_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("first_message_timeout", &self.first_message_timeout)
+            .field("send_buffer", &self.send_buffer)
+            .field("max_message_size", &self.max_message_size)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("write_buffer_size", &self.write_buffer_size)
+            .field("poison_after", &self.poison_after)
+            .field("recv_buffer", &self.recv_buffer)
+            .field("recv_buffer_bytes", &self.recv_buffer_bytes)
+            .field("fatal_close_codes", &self.fatal_close_codes)
+            .field("fatal_http_statuses", &self.fatal_http_statuses)
+            .field("reconnect", &self.reconnect)
+            .field("on_connect", &self.on_connect)
+            .field("heartbeat", &self.heartbeat)
+            .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
@@ -118,10 +152,19 @@ impl Default for WsConfig {
 }
 
 /// Where to connect for one attempt.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     pub headers: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &redact_url(&self.url))
+            .field("headers", &redacted_headers(&self.headers))
+            .finish()
+    }
 }
 
 pub type TargetFuture = Pin<Box<dyn Future<Output = Result<Target, WsError>> + Send>>;
@@ -277,9 +320,9 @@ fn resolve(outcomes: Vec<(Done, Outcome)>) {
 }
 
 enum Ctrl {
-    /// tungstenite queued a reply (pong to a ping) that must go out now.
     /// An in-band heartbeat: written at once, outside the delivery queue.
     Send(Message),
+    /// tungstenite queued a reply (pong to a ping) that must go out now.
     Flush,
 }
 
@@ -342,15 +385,7 @@ impl Shared {
         self.proto.lock().unwrap_or_else(|p| p.into_inner())
     }
     async fn wait_close(&self) {
-        loop {
-            let n = self.close_notify.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if self.close_requested.load(Ordering::SeqCst) {
-                return;
-            }
-            n.await;
-        }
+        ws_wait::until(&self.close_notify, || self.close_requested.load(Ordering::SeqCst)).await
     }
 }
 
@@ -475,15 +510,9 @@ impl WsClient {
     pub async fn readable(&self) {
         // announced before the check, so the reader notifies (see `push_inbound_all`)
         let _waiting = Waiting::new(&self.shared.inbound_waiters);
-        loop {
-            let n = self.shared.inbound_ready.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if self.shared.inbound_len.load(Ordering::SeqCst) > 0 || self.shared.terminal.get().is_some() {
-                return;
-            }
-            n.await;
-        }
+        let s = &self.shared;
+        ws_wait::until(&s.inbound_ready, || s.inbound_len.load(Ordering::SeqCst) > 0 || s.terminal.get().is_some())
+            .await
     }
 
     pub async fn recv(&self) -> Result<Message, Terminal> {
@@ -897,20 +926,21 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     let cfg = &shared.cfg;
     let ws = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
+    // a message read during on_connect but not taken by the hook is the first message
+    let mut first_seen = false;
     if let Some(hook) = &cfg.on_connect {
         let info = HandshakeInfo {
             attempt: attempt.number,
             strategy: attempt.strategy.clone(),
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
-        let unread =
-            run_on_connect(hook, info, cfg.open_timeout, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
-        for m in unread {
-            push_inbound(&shared, m);
-        }
+        let limits = (cfg.open_timeout, cfg.close_timeout);
+        let mut unread = run_on_connect(hook, info, limits, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
+        first_seen = !unread.is_empty();
+        push_inbound_all(&shared, &mut unread);
     }
 
-    if let Some(fm) = cfg.first_message_timeout {
+    if let Some(fm) = cfg.first_message_timeout.filter(|_| !first_seen) {
         let mut peer_closed = false;
         let first = tokio::time::timeout(fm, async {
             loop {
@@ -931,8 +961,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             WsError::retry(format!("no first message within first_message_timeout ({}s)", fm.as_secs_f64()))
         })?;
         if peer_closed {
-            // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
-            let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+            answer_close(&mut sink, cfg.close_timeout).await;
         }
         push_inbound(&shared, first?);
     }
@@ -941,7 +970,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     shared.lock_proto().connected(Instant::now().into_std());
     shared.live.store(true, Ordering::SeqCst);
     attempt.connected();
-    // a close requested during the handshake is honoured now that we can close gracefully
+    // from here on a close request is a graceful close by the pump (one that came earlier, while `live`
+    // was false, made the supervisor drop this attempt without a close frame: see `idle_close`)
     let result = pump(&shared, &mut sink, &mut stream).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
@@ -974,6 +1004,15 @@ type Sink = futures_util::stream::SplitSink<
 >;
 type Stream =
     futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>;
+
+/// RFC 6455 §5.5.1: answer the peer's close frame. tungstenite queued the reply when it read the frame;
+/// it leaves with this flush, bounded by `close_timeout` (a peer that stopped reading gets no answer).
+pub(crate) async fn answer_close<S>(sink: &mut S, close_timeout: Duration)
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
+}
 
 fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
     match frame {
@@ -1014,22 +1053,6 @@ fn push_inbound_all(shared: &Shared, batch: &mut Vec<Message>) {
     }
 }
 
-/// Counts a task waiting in `readable` for as long as it waits (cancellation included).
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Messages taken from the socket in one burst before they are handed over (the byte cap keeps a burst
 /// of big messages from overshooting the inbound buffer's bound by much).
 const BURST_MESSAGES: usize = 256;
@@ -1043,7 +1066,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
     let beats = HeartbeatWatch::default();
     // set when the peer started the close: tungstenite queued the reply, which must be flushed
-    let answer_close = AtomicBool::new(false);
+    let peer_closed = AtomicBool::new(false);
 
     // counting the burst not handed over yet, so the bounds hold to within one message
     let full = |burst: usize, burst_bytes: usize| {
@@ -1060,6 +1083,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 burst_bytes = 0;
                 shared.reader_paused.store(true, Ordering::SeqCst);
                 shared.lock_proto().pause();
+                beats.pause();
                 let n = shared.inbound_space.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
@@ -1068,6 +1092,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 }
                 shared.reader_paused.store(false, Ordering::SeqCst);
                 shared.lock_proto().resume(Instant::now().into_std());
+                beats.resume();
                 shared.timers_changed.notify_one();
                 continue;
             }
@@ -1120,7 +1145,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     return match shared.lock_proto().on_close_frame() {
                         PeerClose::Complete => Ok(()),
                         PeerClose::Answer => {
-                            answer_close.store(true, Ordering::SeqCst);
+                            peer_closed.store(true, Ordering::SeqCst);
                             Err(close_error(f, cfg))
                         }
                     }
@@ -1211,12 +1236,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         }
     };
 
-    let heartbeat = ws_heartbeat::run(
-        cfg.heartbeat.as_ref(),
-        &beats,
-        |m| ctrl_tx.send(Ctrl::Send(m)).is_ok(),
-        || shared.reader_paused.load(Ordering::SeqCst),
-    );
+    let heartbeat = ws_heartbeat::run(cfg.heartbeat.as_ref(), &beats, |m| ctrl_tx.send(Ctrl::Send(m)).is_ok());
 
     let outcome = {
         tokio::pin!(reader, writer, pinger, heartbeat);
@@ -1226,7 +1246,9 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 r = &mut reader => break r,
                 r = &mut writer => break r,
                 r = &mut pinger => break r,
-                r = &mut heartbeat => break r,
+                // disarmed once closing: a heartbeat written after our close frame would fail the writer
+                // and cut the close handshake short
+                r = &mut heartbeat, if close_by.is_none() => break r,
                 _ = shared.wait_close(), if close_by.is_none() => {
                     // Closing on request: the writer flushes what was accepted, a ping and the close
                     // frame; the reader confirms and ends at the peer's close. All within close_timeout.
@@ -1243,9 +1265,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
             }
         }
     };
-    if answer_close.load(Ordering::SeqCst) {
-        // RFC 6455 §5.5.1: answer the peer's close frame (tungstenite queued the reply)
-        let _ = tokio::time::timeout(cfg.close_timeout, sink.flush()).await;
+    if peer_closed.load(Ordering::SeqCst) {
+        answer_close(sink, cfg.close_timeout).await;
     }
     if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
         // a loss during the close handshake: the close is what the user asked for
@@ -1358,6 +1379,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.state(), State::Failed);
+    }
+
+    #[test]
+    fn debug_output_redacts_the_url_and_secret_headers() {
+        let headers = vec![("Authorization".to_string(), "Bearer SECRET1".to_string())];
+        let url = "wss://h/ws?access_token=SECRET2".to_string();
+        let cfg = WsConfig { url: url.clone(), headers: headers.clone(), ..Default::default() };
+        for shown in [format!("{cfg:?}"), format!("{:?}", Target { url, headers })] {
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(shown.contains("wss://h/ws"), "{shown}");
+        }
     }
 
     #[tokio::test]

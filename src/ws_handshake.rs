@@ -18,7 +18,8 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message};
 
-use crate::ws::WsError;
+use crate::ws::{answer_close, WsError};
+use crate::ws_wait::{self, Waiting};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -77,15 +78,6 @@ pub struct Handshake {
     ch: Arc<Channel>,
 }
 
-/// Counts a waiting `readable` call for as long as it waits (also when it is cancelled).
-struct Waiting<'a>(&'a Channel);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl Handshake {
     /// Queue `msg` for the socket now (so writes keep call order); the receiver resolves once written.
     pub fn start_send(&self, msg: Message) -> Result<oneshot::Receiver<Result<(), String>>, String> {
@@ -117,18 +109,10 @@ impl Handshake {
     /// Resolves once `try_recv` has something to return. Consumes nothing, so cancelling it loses no
     /// message; while it waits, the session reads the socket.
     pub async fn readable(&self) {
-        self.ch.waiting.fetch_add(1, Ordering::SeqCst);
-        let _waiting = Waiting(&self.ch);
+        let _waiting = Waiting::new(&self.ch.waiting);
         self.ch.wake_session.notify_one();
-        loop {
-            let n = self.ch.readable.notified();
-            tokio::pin!(n);
-            n.as_mut().enable();
-            if !self.ch.lock_in().is_empty() || self.ch.ended().is_some() {
-                return;
-            }
-            n.await;
-        }
+        let ch = &self.ch;
+        ws_wait::until(&ch.readable, || !ch.lock_in().is_empty() || ch.ended().is_some()).await
     }
 
     pub async fn recv(&self) -> Result<Message, String> {
@@ -158,12 +142,13 @@ where
     Ok(())
 }
 
-/// Run `hook` on a fresh socket, bounded by `limit` as a whole. Returns the messages read for the hook
-/// but not taken by it: they belong to the application, ahead of anything read later.
+/// Run `hook` on a fresh socket, bounded by `limit` (open_timeout) as a whole; a close frame from the
+/// peer is answered within `close_timeout`. Returns the messages read for the hook but not taken by it:
+/// they belong to the application, ahead of anything read later.
 pub async fn run_on_connect<S, R>(
     hook: &OnConnectHook,
     info: HandshakeInfo,
-    limit: Duration,
+    (limit, close_timeout): (Duration, Duration),
     sink: &mut S,
     stream: &mut R,
     close_error: impl Fn(Option<CloseFrame>) -> WsError,
@@ -210,7 +195,10 @@ where
                         .flush()
                         .await
                         .map_err(|e| WsError::retry(format!("write error during on_connect: {e}")))?,
-                    Some(Ok(Message::Close(f))) => return Err(close_error(f)),
+                    Some(Ok(Message::Close(f))) => {
+                        answer_close(sink, close_timeout).await;
+                        return Err(close_error(f));
+                    }
                     Some(Ok(_)) => {}
                 },
                 _ = ch.wake_session.notified() => {}
@@ -294,8 +282,16 @@ mod tests {
         }));
         let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
         let hook = OnConnectHook(Arc::new(Join));
-        let left =
-            run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
+        let left = run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("join reconnect=true")]);
         // "app" was never read: it stays on the stream for the application
         assert!(left.is_empty());
@@ -312,7 +308,16 @@ mod tests {
         }));
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(FireAndForget));
-        run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error).await.unwrap();
+        run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("register")]);
     }
 
@@ -321,9 +326,16 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(Hang));
-        let err = run_on_connect(&hook, info(), Duration::from_secs(3), &mut sink, &mut stream, close_error)
-            .await
-            .unwrap_err();
+        let err = run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(3), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap_err();
         assert!(err.text.contains("did not finish within open_timeout (3s)"), "{}", err.text);
         assert!(!err.fatal);
     }
@@ -333,9 +345,16 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::iter(vec![Ok(Message::Close(None))]);
         let hook = OnConnectHook(Arc::new(Join));
-        let err = run_on_connect(&hook, info(), Duration::from_secs(5), &mut sink, &mut stream, close_error)
-            .await
-            .unwrap_err();
+        let err = run_on_connect(
+            &hook,
+            info(),
+            (Duration::from_secs(5), Duration::from_secs(1)),
+            &mut sink,
+            &mut stream,
+            close_error,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.text, "closed");
     }
 }

@@ -10,7 +10,8 @@
 //! never again once the reply was seen. Replies are still delivered to the application.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,7 +54,13 @@ pub struct HeartbeatWatch {
     keep: AtomicBool,
     seen: AtomicBool,
     candidates: Mutex<Vec<Message>>,
+    /// Wakes the heartbeat: a message arrived, or the reader resumed.
     arrived: Notify,
+    /// The reader is paused (the application is not reading and the inbound buffer is full): replies
+    /// cannot be read, so the reply deadline does not run.
+    paused: AtomicBool,
+    /// Resumes so far: a resume restarts the reply deadline (replies could not be read before it).
+    resumes: AtomicU64,
 }
 
 impl HeartbeatWatch {
@@ -67,6 +74,18 @@ impl HeartbeatWatch {
         } else {
             self.seen.store(true, Ordering::Release);
         }
+        self.arrived.notify_one();
+    }
+
+    /// Called by the reader when it stops reading.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the reader when it reads again.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumes.fetch_add(1, Ordering::SeqCst);
         self.arrived.notify_one();
     }
 
@@ -87,21 +106,20 @@ impl HeartbeatWatch {
 }
 
 /// The heartbeat of one live connection: never returns `Ok`; `Err` when a reply is missing (or the
-/// source failed). `send` hands a heartbeat to the writer (false: the writer is gone). `reader_paused`:
-/// while the reader is paused (the application is not reading and the inbound buffer is full) replies
-/// cannot be seen, so a missing one does not count as a loss.
+/// source failed). `send` hands a heartbeat to the writer (false: the writer is gone). While the reader
+/// is paused (see [`HeartbeatWatch::pause`]) replies cannot be seen, so the reply deadline waits, and
+/// restarts at the resume.
 pub async fn run(
     cfg: Option<&HeartbeatConfig>,
     watch: &HeartbeatWatch,
     send: impl Fn(Message) -> bool,
-    reader_paused: impl Fn() -> bool,
 ) -> Result<(), WsError> {
     let Some(cfg) = cfg else { return std::future::pending().await };
     let predicate = cfg.source.has_predicate();
     let mut next = Instant::now() + cfg.interval;
     loop {
         tokio::time::sleep_until(next).await;
-        let msg = cfg.source.message().await?;
+        let msg = bounded(cfg, "the heartbeat message factory", cfg.source.message()).await?;
         // armed before the write: the reply cannot arrive earlier
         watch.arm(predicate);
         let sent = Instant::now();
@@ -110,7 +128,7 @@ pub async fn run(
         }
         let answered = wait_reply(cfg, watch, predicate, sent + cfg.timeout).await;
         watch.disarm();
-        if !answered? && !reader_paused() {
+        if !answered? {
             return Err(WsError::retry(format!(
                 "heartbeat timeout: no reply within {:.3}s (heartbeat interval {:.3}s)",
                 cfg.timeout.as_secs_f64(),
@@ -121,20 +139,47 @@ pub async fn run(
     }
 }
 
-/// Whether a reply arrived by `deadline`. A predicate call in progress at the deadline is waited for:
+/// A call into the source, bounded by the heartbeat timeout: a blocked or stopped event loop must not
+/// stall liveness silently.
+async fn bounded<T>(
+    cfg: &HeartbeatConfig,
+    what: &str,
+    call: impl Future<Output = Result<T, WsError>>,
+) -> Result<T, WsError> {
+    tokio::time::timeout(cfg.timeout, call).await.unwrap_or_else(|_| {
+        Err(WsError::retry(format!(
+            "heartbeat timeout: {what} did not return within {:.3}s (is the event loop blocked?)",
+            cfg.timeout.as_secs_f64()
+        )))
+    })
+}
+
+/// Whether a reply arrived by `deadline` (which waits while the reader is paused and restarts when it
+/// resumes). A predicate call in progress at the deadline is waited for, within the heartbeat timeout:
 /// it judges messages that arrived in time.
 async fn wait_reply(
     cfg: &HeartbeatConfig,
     watch: &HeartbeatWatch,
     predicate: bool,
-    deadline: Instant,
+    mut deadline: Instant,
 ) -> Result<bool, WsError> {
+    let mut resumes = watch.resumes.load(Ordering::SeqCst);
     loop {
-        let expired = tokio::select! {
+        let paused = watch.paused.load(Ordering::SeqCst);
+        let mut expired = tokio::select! {
             biased;
             _ = watch.arrived.notified() => false,
-            _ = tokio::time::sleep_until(deadline) => true,
+            _ = tokio::time::sleep_until(deadline), if !paused => true,
         };
+        let now_resumes = watch.resumes.load(Ordering::SeqCst);
+        if now_resumes != resumes {
+            resumes = now_resumes;
+            deadline = Instant::now() + cfg.timeout;
+            expired = false;
+        }
+        if watch.paused.load(Ordering::SeqCst) {
+            expired = false;
+        }
         if expired {
             watch.disarm();
         }
@@ -144,7 +189,7 @@ async fn wait_reply(
             }
         } else {
             let batch = watch.take();
-            if !batch.is_empty() && cfg.source.is_reply(batch).await? {
+            if !batch.is_empty() && bounded(cfg, "is_reply", cfg.source.is_reply(batch)).await? {
                 return Ok(true);
             }
         }
@@ -192,7 +237,7 @@ mod tests {
         watch.on_inbound(&Message::text("pong"));
         assert!(watch.take().is_empty());
         let t0 = Instant::now();
-        let err = run(Some(&cfg), &watch, |_| true, || false).await.unwrap_err();
+        let err = run(Some(&cfg), &watch, |_| true).await.unwrap_err();
         assert!(err.text.starts_with("heartbeat timeout"), "{}", err.text);
         assert_eq!(t0.elapsed(), Duration::from_secs(2));
     }
@@ -218,7 +263,7 @@ mod tests {
             true
         };
         let t0 = Instant::now();
-        let err = run(Some(&cfg), &watch, send, || false).await.unwrap_err();
+        let err = run(Some(&cfg), &watch, send).await.unwrap_err();
         assert!(err.text.starts_with("heartbeat timeout"), "{}", err.text);
         assert_eq!(answered.load(Ordering::SeqCst), 4);
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
@@ -234,7 +279,7 @@ mod tests {
             w.on_inbound(&Message::text("anything"));
             true
         };
-        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send, || false)).await;
+        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send)).await;
         assert!(r.is_err(), "still alive after 30 s");
         assert_eq!(src.batches.load(Ordering::SeqCst), 0);
     }
@@ -243,7 +288,81 @@ mod tests {
     async fn paused_reader_is_not_a_loss() {
         let (cfg, _) = cfg(true);
         let watch = HeartbeatWatch::default();
-        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, |_| true, || true)).await;
+        watch.pause();
+        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, |_| true)).await;
         assert!(r.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reply_deadline_restarts_when_the_reader_resumes() {
+        let (cfg, _) = cfg(true);
+        let watch = Arc::new(HeartbeatWatch::default());
+        let w = watch.clone();
+        let sent = AtomicUsize::new(0);
+        // first heartbeat out at 1.0 s; reader paused 1.5..1.9 s; the reply, held meanwhile, read at 2.5 s
+        let send = move |_m: Message| {
+            if sent.fetch_add(1, Ordering::SeqCst) > 0 {
+                return true;
+            }
+            let w = w.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                w.pause();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                w.resume();
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                w.on_inbound(&Message::text("pong"));
+            });
+            true
+        };
+        let t0 = Instant::now();
+        let err = run(Some(&cfg), &watch, send).await.unwrap_err();
+        // the first heartbeat was answered; the second (at 2.5 s) never is: lost at 3.5 s
+        assert!(err.text.starts_with("heartbeat timeout: no reply"), "{}", err.text);
+        assert_eq!(t0.elapsed(), Duration::from_millis(3500));
+    }
+
+    struct Stuck {
+        factory: bool,
+    }
+
+    impl HeartbeatSource for Stuck {
+        fn message(&self) -> BoxFuture<Result<Message, WsError>> {
+            if self.factory {
+                return Box::pin(std::future::pending());
+            }
+            Box::pin(async { Ok(Message::text("hb")) })
+        }
+        fn has_predicate(&self) -> bool {
+            true
+        }
+        fn is_reply(&self, _batch: Vec<Message>) -> BoxFuture<Result<bool, WsError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_factory_or_predicate_is_a_heartbeat_timeout() {
+        for (factory, what) in [(true, "the heartbeat message factory"), (false, "is_reply")] {
+            let cfg = HeartbeatConfig {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(2),
+                source: Arc::new(Stuck { factory }),
+            };
+            let watch = Arc::new(HeartbeatWatch::default());
+            let w = watch.clone();
+            let send = move |_m: Message| {
+                w.on_inbound(&Message::text("pong"));
+                true
+            };
+            let err = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send))
+                .await
+                .expect("stalled")
+                .unwrap_err();
+            assert_eq!(
+                err.text,
+                format!("heartbeat timeout: {what} did not return within 2.000s (is the event loop blocked?)")
+            );
+        }
     }
 }

@@ -319,6 +319,19 @@ def test_heartbeat_validates_its_arguments():
         tether.Heartbeat("hb", 0)
     with pytest.raises(TypeError):
         tether.Heartbeat("hb", 1.0, is_reply="pong")
+
+    async def async_reply(m):
+        return True
+
+    async def async_message():
+        return "hb"
+
+    with pytest.raises(TypeError, match="is_reply must be a plain function, not an async one"):
+        tether.Heartbeat("hb", 1.0, is_reply=async_reply)
+    with pytest.raises(TypeError, match="message factory must be a plain function, not an async one"):
+        tether.Heartbeat(async_message, 1.0)
+    shown = repr(tether.Heartbeat('{"type": "health", "token": "SECRET"}', 1.0))
+    assert "SECRET" not in shown and "<text, 37 bytes>" in shown, shown
     hb = tether.Heartbeat(b"hb", 2.0)
     assert hb.timeout == 2.0 and hb.is_reply is None and hb.message == b"hb"
     with pytest.raises(TypeError):
@@ -359,3 +372,128 @@ def test_close_after_the_loop_stopped_does_not_raise():
     while c.state != "closed" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert c.state == "closed"
+
+
+async def test_a_close_from_the_server_during_on_connect_is_answered():
+    codes = []
+
+    async def handler(ws):
+        await ws.close(4000, "not now")
+        codes.append(ws.close_code)
+
+    async def on_connect(hs):
+        await hs.recv()
+
+    async with serve(handler, "127.0.0.1", 0, close_timeout=5) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        c = tether.connect(f"ws://127.0.0.1:{port}/", on_connect=on_connect, policy=policy(max_attempts=1), **FAST)
+        with pytest.raises(tether.GaveUp, match="4000"):
+            await asyncio.wait_for(c._start(), 10)
+    # the server's own record: it received our close frame echoing its code (1006 = no answer)
+    assert codes and set(codes) == {4000}, codes
+
+
+async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
+    from tether.testing import ChaosProxy
+
+    codes = []
+
+    async def echo(ws):
+        try:
+            async for m in ws:
+                await ws.send(m)
+        except Exception:
+            pass
+        codes.append(ws.close_code)
+
+    async with serve(echo, "127.0.0.1", 0, close_timeout=5) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        async with ChaosProxy(f"127.0.0.1:{port}") as proxy:
+            hb = tether.Heartbeat("hb", 0.05, timeout=5.0)
+            opts = dict(FAST, ping_interval=5.0, ping_timeout=5.0, close_timeout=5.0)
+            c = await tether.connect(f"ws://{proxy.address}/", heartbeat=hb, policy=policy(), **opts)
+            proxy.latency(300)
+            await asyncio.sleep(1.0)  # a heartbeat goes out, and is answered, every round trip (0.6 s)
+            with caplog.at_level("WARNING", logger="tether"):
+                # "last" is confirmed by the pong to the ping behind it, a round trip after the close started
+                await asyncio.wait_for(c.send("last"), 10)
+                await asyncio.wait_for(c.aclose(), 10)
+            await until(lambda: codes, what="the server's end of the connection")
+    assert codes == [1000], codes
+    assert not [r for r in caplog.records if "never confirmed" in r.getMessage()]
+
+
+async def test_a_message_the_hook_read_but_did_not_take_is_the_first_message():
+    async def hello(ws):
+        await ws.send("hello")
+        await ws.wait_closed()
+
+    async def on_connect(hs):
+        # returns once the session read a message for the hook, and leaves it there
+        await hs._c.wait_readable()
+
+    async with serve(hello, "127.0.0.1", 0) as srv:
+        port = srv.sockets[0].getsockname()[1]
+        c = tether.connect(
+            f"ws://127.0.0.1:{port}/",
+            on_connect=on_connect,
+            first_message_timeout=0.5,
+            policy=policy(max_attempts=1),
+            **FAST,
+        )
+        async with c:
+            assert await asyncio.wait_for(c.recv(), 10) == "hello"
+
+
+async def test_an_is_reply_that_returns_an_awaitable_gives_up_naming_it():
+    async def check(m):
+        return False
+
+    # a plain callable returning a coroutine: truthy, so without the check every message would be a reply
+    hb = tether.Heartbeat("hb", 0.1, is_reply=lambda m: check(m), timeout=0.5)
+    async with JoinServer() as srv:
+        c = await tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST)
+
+        async def drain():
+            while True:  # the replies are delivered, then the connection ends
+                await c.recv()
+
+        with pytest.raises(tether.GaveUp, match="is_reply raised TypeError: is_reply must return its result"):
+            await asyncio.wait_for(drain(), 10)
+        await c.aclose()
+
+
+async def test_a_sync_url_for_runs_on_the_event_loop_thread():
+    import threading
+
+    threads = []
+
+    async with JoinServer() as srv:
+
+        def url_for(strategy, attempt):
+            threads.append(threading.get_ident())
+            return srv.url
+
+        async with tether.connect(srv.url, url_for=url_for, policy=policy(), **FAST):
+            pass
+    assert threads == [threading.get_ident()], threads
+
+
+async def test_an_is_reply_that_blocks_the_loop_is_a_heartbeat_timeout():
+    blocked = []
+
+    def is_reply(m):
+        if not blocked:
+            blocked.append(m)
+            time.sleep(2.0)  # a stalled event loop: what the bound is for
+        return isinstance(m, str) and m.startswith("hb-ack")
+
+    hb = tether.Heartbeat("hb", 0.2, is_reply=is_reply, timeout=0.5)
+    got = []
+    async with JoinServer() as srv:
+        async with tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST) as c:
+            watcher = asyncio.ensure_future(collect(c, got))
+            await until(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
+            lost = [e for e in got if isinstance(e, ev.ConnectionLost)]
+            assert "heartbeat timeout: is_reply did not return within 0.500s" in lost[0].reason, lost[0].reason
+            watcher.cancel()

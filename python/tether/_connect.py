@@ -166,8 +166,8 @@ def connect(
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
-    ``url_for(strategy, attempt)`` (sync or async) may return a fresh URL, or ``(url, headers)``, for every
-    attempt: ``strategy`` is "connect" for the first connection, then the ``ladder`` rung in force
+    ``url_for(strategy, attempt)`` (sync or async, called on the event loop of the first await) may return a
+    fresh URL, or ``(url, headers)``, for every attempt: ``strategy`` is "connect" for the first connection, then the ``ladder`` rung in force
     (each rung gets one attempt, or ``(name, attempts)``; the last rung takes the rest).
 
     ``watchdog``: a ``tether.Watchdog`` fed with the connection's states ("connecting", "connected",

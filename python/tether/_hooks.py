@@ -1,5 +1,6 @@
 """``tether.connect`` hooks: the ``Handshake`` handed to ``on_connect``, and the helpers the native
-session schedules on the connection's event loop (the hook itself, heartbeat factory and predicate)."""
+session schedules on the connection's event loop (the hook itself, ``url_for``, heartbeat factory and
+predicate)."""
 
 from __future__ import annotations
 
@@ -68,12 +69,26 @@ async def _run_on_connect(hook: Callable[[Handshake], Awaitable[Any]], channel: 
     await result
 
 
+async def _url_for(url_for: Callable[[str, int], Any], strategy: str, attempt: int) -> Any:
+    result = url_for(strategy, attempt)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _sync_result(result: Any, what: str) -> Any:
+    # an awaitable is truthy and not a message: it would silently disable the heartbeat
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError(f"{what} must return its result, not an awaitable ({type(result).__name__})")
+    return result
+
+
 async def _call(f: Callable[[], Any]) -> Any:
-    return f()
+    return _sync_result(f(), "the heartbeat message factory")
 
 
 async def _any_reply(is_reply: Callable[[str | bytes], Any], batch: Sequence[str | bytes]) -> bool:
-    return any(is_reply(m) for m in batch)
+    return any(_sync_result(is_reply(m), "is_reply") for m in batch)
 
 
 __all__ = ["Handshake"]

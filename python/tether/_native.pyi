@@ -225,8 +225,9 @@ class Heartbeat:
     ``interval``) after a heartbeat went out, the connection is lost ("heartbeat timeout") and reconnects.
     A reply is an inbound message for which ``is_reply(msg)`` is true; any inbound message when ``is_reply``
     is None. ``is_reply`` runs on the event loop, only on messages received while a heartbeat is
-    unanswered, in batches; replies are still delivered to the application. A factory or predicate that
-    raises ends the connection (``GaveUp``, not retried). While the application is not reading and the
+    unanswered, in batches; replies are still delivered to the application. Both must be plain functions
+    (an async one is a TypeError). A factory or predicate that raises, or returns an awaitable, ends the
+    connection (``GaveUp``, not retried). While the application is not reading and the
     inbound buffer is full, a missing reply is not a loss (replies cannot be read).
     """
 

@@ -1,12 +1,11 @@
 //! `tether.connect` bindings: the supervised WebSocket.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
-use pyo3_async_runtimes::TaskLocals;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
@@ -17,19 +16,19 @@ use crate::ws_tls::TrustSource;
 
 use super::args::Arg;
 use super::backoff::count;
-use super::bridge::await_py;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
 use super::errors::{value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
 use super::events::EventStream;
-use super::handshake::{on_connect_hook, LoopSlot};
+use super::handshake::{on_connect_hook, on_loop, LoopSlot};
 use super::heartbeat::heartbeat_config;
 
 /// Calls the user's `url_for(strategy, attempt)` (sync or async) for every attempt.
 struct PyTarget {
     base: Target,
     url_for: Option<Py<PyAny>>,
-    locals: OnceLock<TaskLocals>,
+    /// The loop `url_for`, `on_connect` and the heartbeat's callables run on (that of `start()`).
+    locals: LoopSlot,
 }
 
 fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
@@ -97,45 +96,26 @@ impl TargetProvider for PyTarget {
             let t = self.base.clone();
             return Box::pin(async move { Ok(t) });
         };
-        if !super::python_alive() {
-            return Box::pin(async { Err(WsError::fatal("the Python interpreter is shutting down")) });
-        }
-        let Some(locals) = self.locals.get() else {
-            return Box::pin(async { Err(WsError::fatal("url_for called before the connection was started")) });
-        };
-        let started =
-            super::with_python(|py| -> Result<Result<Target, _>, WsError> {
-                let r = f
-                    .call1(py, (strategy, attempt))
-                    .map_err(|e| WsError::retry(format!("url_for raised {}", describe(py, &e))))?;
-                let r = r.into_bound(py);
-                let awaitable = py
-                    .import("inspect")
-                    .and_then(|m| m.call_method1("isawaitable", (&r,)))
-                    .and_then(|b| b.is_truthy())
-                    .unwrap_or(false);
-                if awaitable {
-                    Ok(Err(await_py(py, locals, r)
-                        .map_err(|e| WsError::fatal(format!("could not schedule url_for: {e}")))?))
-                } else {
-                    Ok(Ok(parse_target(&r)?))
-                }
-            });
-        let gone = || WsError::fatal("the Python interpreter is shutting down");
+        // called on the event loop, like the other hooks: a sync url_for must not hold a tokio worker
+        let started = on_loop(&self.locals, "url_for", "_url_for", |py| {
+            PyTuple::new(
+                py,
+                [
+                    f.clone_ref(py),
+                    strategy.into_pyobject(py)?.into_any().unbind(),
+                    attempt.into_pyobject(py)?.into_any().unbind(),
+                ],
+            )
+        });
         Box::pin(async move {
-            match started.ok_or_else(gone)?? {
-                Ok(t) => Ok(t),
-                Err(fut) => {
-                    let obj = match fut.await {
-                        Ok(o) => o,
-                        Err(e) => {
-                            let text = super::with_python(|py| describe(py, &e)).unwrap_or_default();
-                            return Err(WsError::retry(format!("url_for raised {text}")));
-                        }
-                    };
-                    super::with_python(|py| parse_target(obj.bind(py))).ok_or_else(gone)?
+            let obj = match started?.await {
+                Ok(o) => o,
+                Err(e) => {
+                    let text = super::with_python(|py| describe(py, &e)).unwrap_or_default();
+                    return Err(WsError::retry(format!("url_for raised {text}")));
                 }
-            }
+            };
+            super::try_with_python(WsError::fatal, |py| parse_target(obj.bind(py)))
         })
     }
 }
@@ -145,8 +125,6 @@ pub struct PyConnection {
     client: Arc<WsClient>,
     target: Arc<PyTarget>,
     name: String,
-    /// The loop `on_connect` and the heartbeat's callables run on (that of `start()`).
-    hook_loop: LoopSlot,
     /// One close shared by `close()` and `aclose()`, however often and concurrently they are called.
     closing: Arc<tokio::sync::OnceCell<()>>,
     /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
@@ -421,7 +399,7 @@ impl PyConnection {
         let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
         let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
-        let hook_loop = LoopSlot::default();
+        let loop_slot = LoopSlot::default();
         let cfg = WsConfig {
             url: url.clone(),
             headers: match headers {
@@ -460,19 +438,12 @@ impl PyConnection {
                 ),
                 _ => None,
             },
-            on_connect: on_connect_hook(py, on_connect, fatal, &hook_loop)?,
-            heartbeat: heartbeat_config(py, heartbeat, &hook_loop)?,
+            on_connect: on_connect_hook(py, on_connect, fatal, &loop_slot)?,
+            heartbeat: heartbeat_config(py, heartbeat, &loop_slot)?,
         };
-        let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: OnceLock::new() });
+        let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: loop_slot });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection {
-            client,
-            target,
-            name: shown,
-            started: AtomicBool::new(false),
-            hook_loop,
-            closing: Default::default(),
-        })
+        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false), closing: Default::default() })
     }
 
     /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).
@@ -513,9 +484,6 @@ impl PyConnection {
         self.started.store(true, Ordering::SeqCst);
         if self.target.locals.get().is_none() {
             let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
-        }
-        if self.hook_loop.get().is_none() {
-            let _ = self.hook_loop.set(super::runtime::get_current_locals(py)?);
         }
         let client = self.client.clone();
         let name = self.name.clone();

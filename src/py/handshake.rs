@@ -23,7 +23,7 @@ use super::reconnect::fatal_tuple;
 pub type LoopSlot = Arc<OnceLock<TaskLocals>>;
 
 fn interpreter_gone() -> WsError {
-    WsError::fatal("the Python interpreter is shutting down")
+    WsError::fatal(super::SHUTTING_DOWN)
 }
 
 /// Schedule `tether._hooks.<helper>(*args)` on the connection's event loop; the returned future awaits

@@ -39,6 +39,7 @@ impl PyHeartbeat {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let fixed = if message.is_callable() {
+            refuse_async(message, "the heartbeat message factory")?;
             None
         } else {
             Some(message_from_py(message).map_err(|_| {
@@ -57,6 +58,7 @@ impl PyHeartbeat {
                 if !f.is_callable() {
                     return Err(PyTypeError::new_err("is_reply must be a callable (message) -> bool, or None"));
                 }
+                refuse_async(f, "is_reply")?;
                 Some(f.clone().unbind())
             }
             _ => None,
@@ -86,7 +88,12 @@ impl PyHeartbeat {
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
-        let message = self.message.bind(py).repr().map(|r| r.to_string()).unwrap_or_default();
+        // the payload may carry a session token: shown by kind only
+        let message = match &self.fixed {
+            Some(Message::Text(t)) => format!("<text, {} bytes>", t.len()),
+            Some(m) => format!("<binary, {} bytes>", m.len()),
+            None => self.message.bind(py).repr().map(|r| r.to_string()).unwrap_or_default(),
+        };
         let is_reply = self.is_reply.as_ref().map(|f| f.bind(py).repr().map(|r| r.to_string()).unwrap_or_default());
         format!(
             "Heartbeat(message={message}, interval={}, is_reply={}, timeout={})",
@@ -95,6 +102,17 @@ impl PyHeartbeat {
             self.timeout
         )
     }
+}
+
+/// Both run synchronously on the event loop, once per heartbeat or batch: a coroutine returned by an
+/// async function would be truthy (every message a reply) or not a message. Refused here; one returned
+/// by a plain callable is refused when it is called (`_hooks`).
+fn refuse_async(f: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    let is_async = f.py().import("inspect")?.getattr("iscoroutinefunction")?.call1((f,))?.is_truthy()?;
+    if is_async {
+        return Err(PyTypeError::new_err(format!("{what} must be a plain function, not an async one")));
+    }
+    Ok(())
 }
 
 struct PySource {
@@ -120,7 +138,7 @@ impl HeartbeatSource for PySource {
         });
         Box::pin(async move {
             let obj = started?.await.map_err(|e| raised("message factory", &e))?;
-            super::with_python(|py| {
+            super::try_with_python(WsError::fatal, |py| {
                 message_from_py(obj.bind(py)).map_err(|e| {
                     WsError::fatal(format!(
                         "heartbeat message factory returned an unusable message: {}",
@@ -128,7 +146,6 @@ impl HeartbeatSource for PySource {
                     ))
                 })
             })
-            .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
         })
     }
 
@@ -144,8 +161,7 @@ impl HeartbeatSource for PySource {
         });
         Box::pin(async move {
             let obj = started?.await.map_err(|e| raised("is_reply", &e))?;
-            super::with_python(|py| obj.bind(py).is_truthy().map_err(|e| raised("is_reply", &e)))
-                .unwrap_or_else(|| Err(WsError::fatal("the Python interpreter is shutting down")))
+            super::try_with_python(WsError::fatal, |py| obj.bind(py).is_truthy().map_err(|e| raised("is_reply", &e)))
         })
     }
 }

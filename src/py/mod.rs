@@ -71,6 +71,17 @@ pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     r
 }
 
+/// `with_python` for a call that returns a `Result`: the interpreter shutting down is an error too, made
+/// by `gone` from the one text that says so.
+pub fn try_with_python<R, E>(
+    gone: impl FnOnce(&'static str) -> E,
+    f: impl for<'py> FnOnce(Python<'py>) -> Result<R, E>,
+) -> Result<R, E> {
+    with_python(f).unwrap_or_else(|| Err(gone(SHUTTING_DOWN)))
+}
+
+pub const SHUTTING_DOWN: &str = "the Python interpreter is shutting down";
+
 /// Registered with `atexit` by the package: close the gate, then let the attaches in progress finish
 /// (with the GIL released so they can), for at most two seconds.
 #[pyfunction]

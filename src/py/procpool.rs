@@ -115,7 +115,7 @@ impl Spawner for PySpawner {
         let Some(locals) = self.locals.get().cloned() else {
             return Box::pin(async { Err("the pool was not started inside an event loop".to_string()) });
         };
-        let started = super::with_python(|py| -> Result<_, String> {
+        let started = super::try_with_python(String::from, |py| -> Result<_, String> {
             if locals.event_loop(py).call_method0("is_closed").and_then(|c| c.is_truthy()).unwrap_or(false) {
                 return Err("the event loop the pool was started on is closed".into());
             }
@@ -125,8 +125,7 @@ impl Spawner for PySpawner {
                 return Err("spawn must be an async callable returning the process object".into());
             }
             await_py(py, &locals, aw).map_err(|e| format!("could not schedule spawn(): {e}"))
-        })
-        .unwrap_or_else(|| Err("the Python interpreter is shutting down".to_string()));
+        });
         let liveness = self.liveness.clone();
         Box::pin(async move {
             // dropping the awaited spawn cancels the Python task

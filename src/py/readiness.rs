@@ -151,7 +151,7 @@ impl PyReadinessGate {
                     &job_id,
                     &spec,
                     |attempt| {
-                        let started = super::with_python(|py| -> PyResult<_> {
+                        let started = super::try_with_python(PyRuntimeError::new_err, |py| -> PyResult<_> {
                             let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
                             let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
                             if !ok {
@@ -160,8 +160,7 @@ impl PyReadinessGate {
                                 ));
                             }
                             await_py(py, &locals, aw)
-                        })
-                        .unwrap_or_else(|| Err(PyRuntimeError::new_err("the Python interpreter is shutting down")));
+                        });
                         async move {
                             match started {
                                 Ok(f) => f.await.map(|_| ()),
