@@ -272,14 +272,20 @@ mod tests {
         futures_util::sink::drain().sink_map_err(|e: std::convert::Infallible| -> tungstenite::Error { match e {} })
     }
 
-    #[tokio::test]
-    async fn hook_writes_first_and_takes_only_what_it_reads() {
+    /// A sink that keeps what is written to it, for asserting the order of writes.
+    fn recording_sink() -> (impl Sink<Message, Error = tungstenite::Error> + Unpin, Arc<Mutex<Vec<Message>>>) {
         let written = Arc::new(Mutex::new(vec![]));
         let w = written.clone();
-        let mut sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
+        let sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
             w.lock().unwrap().push(m);
             async { Ok::<_, tungstenite::Error>(()) }
         }));
+        (sink, written)
+    }
+
+    #[tokio::test]
+    async fn hook_writes_first_and_takes_only_what_it_reads() {
+        let (mut sink, written) = recording_sink();
         let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
         let hook = OnConnectHook(Arc::new(Join));
         let left = run_on_connect(
@@ -300,12 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn sends_started_by_the_hook_go_out_before_it_counts_as_done() {
-        let written = Arc::new(Mutex::new(vec![]));
-        let w = written.clone();
-        let mut sink = Box::pin(futures_util::sink::unfold((), move |(), m: Message| {
-            w.lock().unwrap().push(m);
-            async { Ok::<_, tungstenite::Error>(()) }
-        }));
+        let (mut sink, written) = recording_sink();
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
         let hook = OnConnectHook(Arc::new(FireAndForget));
         run_on_connect(
