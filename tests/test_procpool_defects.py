@@ -69,12 +69,21 @@ CHILD_SCRIPT = textwrap.dedent(
     import asyncio, os, sys, time
     import tether
 
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[1].split()[0] != "Z"
+        except OSError:
+            return False
+
     def children():
+        # a surplus idle process the pool disposed of is killed and reaped in the background:
+        # it is no longer the pool's, so it is not one of the pids the parent's death must take along
         out = set()
         for t in os.listdir("/proc/self/task"):
             with open(f"/proc/self/task/{t}/children") as f:
                 out |= {int(x) for x in f.read().split()}
-        return out
+        return {p for p in out if alive(p)}
 
     async def spawn():
         return await asyncio.create_subprocess_exec(
@@ -87,12 +96,14 @@ CHILD_SCRIPT = textwrap.dedent(
         else:
             pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=2,
                                    max_concurrent_spawns=2, initialize_timeout=30)
-        await pool.acquire(timeout=60)  # one lent
-        pool.release(await pool.acquire(timeout=60))  # one idle
+        lent = await pool.acquire(timeout=60)
+        pool.release(await pool.acquire(timeout=60))  # back to idle
         for _ in range(600):  # let the refill finish: a spawn still inside user code is not the pool's yet
-            if pool.stats()["in_flight"] == 0 and pool.stats()["idle"] == 2:
+            st = pool.stats()
+            if st["in_flight"] == 0 and st["idle"] == 2 and len(children()) == 3:
                 break
             await asyncio.sleep(0.05)
+        assert lent.pid in children()
         print(" ".join(str(p) for p in sorted(children())), flush=True)
         if sys.argv[1] == "hang":
             time.sleep(3600)
