@@ -41,7 +41,9 @@ use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
-use crate::ws_protocol::{size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write};
+use crate::ws_protocol::{
+    size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
+};
 use crate::ws_wait::{self, Waiting};
 
 const LOG: &str = "tether::ws";
@@ -404,6 +406,7 @@ impl WsClient {
             send_buffer: cfg.send_buffer,
             max_message_size: cfg.max_message_size,
             poison_after: cfg.poison_after,
+            confirm_delay: CONFIRM_DELAY,
         };
         Arc::new(WsClient {
             shared: Arc::new(Shared {
@@ -528,15 +531,19 @@ impl WsClient {
     /// reconnect if needed); fails with the ones that were removed from the queue meanwhile.
     pub fn flush(&self) -> Result<Waiter, SendError> {
         let (tx, rx) = oneshot::channel();
-        let resolved = {
+        let (resolved, ping_due) = {
             let mut proto = self.shared.lock_proto();
             // under the lock, as in `enqueue`: `finish` fails every waiter under it
             if let Some(t) = self.shared.terminal.get() {
                 return Err(SendError::Ended(t.clone()));
             }
-            proto.flush(tx)
+            (proto.flush(tx, Instant::now().into_std()), proto.ping_due())
         };
         resolve(resolved);
+        // the confirming ping goes out now rather than after `confirm_delay`
+        if ping_due && self.shared.writer_idle.swap(false, Ordering::SeqCst) {
+            self.shared.outbound_ready.notify_one();
+        }
         Ok(rx)
     }
 
@@ -1169,7 +1176,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     }
                 }
             }
-            // the whole queue in one batch: one flush and one ping confirm it
+            // the whole queue in one batch: one flush, and at most one ping confirms it
             let step = shared.lock_proto().next_write(Instant::now().into_std(), usize::MAX);
             match step {
                 Write::Batch(batch, ping) => {
@@ -1177,14 +1184,17 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     for m in batch {
                         sink.feed(m).await.map_err(wr)?;
                     }
-                    // the ping right behind the batch confirms it
-                    sink.feed(Message::Ping(ping)).await.map_err(wr)?;
+                    // a ping right behind the batch confirms it; without one, the pinger schedules it
+                    let pinged = ping.is_some();
+                    if let Some(ping) = ping {
+                        sink.feed(Message::Ping(ping)).await.map_err(wr)?;
+                    }
                     sink.flush().await.map_err(wr)?;
                     let sent = shared.lock_proto().written();
                     resolve(sent);
                     shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-                    shared.counters.pings_sent.fetch_add(1, Ordering::Relaxed);
+                    shared.counters.pings_sent.fetch_add(u64::from(pinged), Ordering::Relaxed);
                     shared.timers_changed.notify_one();
                 }
                 Write::Ping(ping) => {
@@ -1317,6 +1327,8 @@ mod tests {
         c.wait_connected().await.unwrap();
         c.send(Message::text("a")).await.unwrap();
         assert_eq!(recv_text(&c).await, "a");
+        // confirmed, so the reconnect does not send it again (at-least-once re-sends the unconfirmed)
+        c.flush().unwrap().await.unwrap().unwrap();
         srv.drop_all();
         // sends during the outage are delivered after the reconnect, in order
         for i in 0..5 {

@@ -4,8 +4,13 @@
 //!
 //! * Delivery: every accepted message gets a sequence number when it is handed to the socket. A send
 //!   queued while `unwritten_bytes` is under the session's high-water mark resolved at once
-//!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping follows every batch; its payload (this
-//!   connection's nonce + a ping id) names the last sequence number written before it. A pong that
+//!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping confirms what was written before it; its
+//!   payload (this connection's nonce + a ping id) names the last sequence number written before it. It
+//!   follows a batch at once, unless a ping went out less than `confirm_delay` ago: then it waits
+//!   until `confirm_delay` after that one (at most one confirming ping per `confirm_delay`, like TCP's
+//!   delayed ACK), so a paced sender does not pay a round trip per message while a lone request is
+//!   confirmed as fast as before. Never deferred when a flush waits, when an eighth of `send_buffer`
+//!   is pending, or when closing. A pong that
 //!   echoes it confirms every message up to there, because frames are ordered on the connection: the
 //!   peer's WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
 //!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
@@ -39,7 +44,13 @@ pub struct ProtocolConfig {
     pub max_message_size: usize,
     /// A message in flight at this many consecutive losses is failed, not re-sent.
     pub poison_after: u32,
+    /// Confirming pings are at least this far apart (zero: a ping behind every batch).
+    pub confirm_delay: Duration,
 }
+
+/// `ProtocolConfig::confirm_delay` of every connection: a paced sender (one message per 1-20 ms, the
+/// signaling pattern) gets one confirming round trip per few messages instead of one each.
+pub const CONFIRM_DELAY: Duration = Duration::from_millis(10);
 
 /// Why a send will never be delivered.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,11 +88,11 @@ pub enum PushError {
 /// What the writer should do next.
 #[derive(Debug, PartialEq)]
 pub enum Write {
-    /// Write these messages, then the ping (it confirms them).
-    Batch(Vec<Message>, Bytes),
+    /// Write these messages, then the ping if any (it confirms them and every earlier write).
+    Batch(Vec<Message>, Option<Bytes>),
     /// Write a ping.
     Ping(Bytes),
-    /// Everything accepted was written (and a ping follows it): write the close frame.
+    /// Everything accepted was written and a ping covers it: write the close frame.
     Close,
     /// Nothing to do until something is pushed, a ping is due or a close is requested.
     Idle,
@@ -152,8 +163,12 @@ pub struct Protocol<D> {
     pings: VecDeque<Ping>,
     next_ping_id: u64,
     next_ping_at: Option<Instant>,
-    /// A periodic ping is due and not yet written (since when).
+    /// A ping (periodic, or confirming) is due and not yet written (since when).
     ping_due_since: Option<Instant>,
+    /// When the last ping was written on this connection.
+    last_ping_at: Option<Instant>,
+    /// Messages were written that no ping covers yet: a ping is due `confirm_delay` after the last.
+    uncovered: bool,
     paused: bool,
     foreign_pongs: u64,
     last_rtt: Option<Duration>,
@@ -187,6 +202,8 @@ impl<D> Protocol<D> {
             next_ping_id: 1,
             next_ping_at: None,
             ping_due_since: None,
+            last_ping_at: None,
+            uncovered: false,
             paused: false,
             foreign_pongs: 0,
             last_rtt: None,
@@ -241,9 +258,13 @@ impl<D> Protocol<D> {
     }
 
     /// Wait until everything accepted so far is confirmed (or failed): resolves at once when nothing is
-    /// pending, else through a later call's outcomes.
-    pub fn flush(&mut self, waiter: D) -> Vec<(D, Outcome)> {
+    /// pending, else through a later call's outcomes. Written messages no ping covers yet make a ping
+    /// due now (see `ping_due`).
+    pub fn flush(&mut self, waiter: D, now: Instant) -> Vec<(D, Outcome)> {
         self.flushes.push((self.accepted, waiter));
+        if self.uncovered && self.ping_due_since.is_none() {
+            self.ping_due_since = Some(now);
+        }
         self.settle_flushes()
     }
 
@@ -305,6 +326,7 @@ impl<D> Protocol<D> {
         self.pings.clear();
         self.next_ping_at = Some(now + self.cfg.ping_interval);
         self.ping_due_since = None;
+        (self.last_ping_at, self.uncovered) = (None, false);
         self.paused = false;
         self.peer_closed = false;
         self.foreign_pongs = 0;
@@ -335,9 +357,13 @@ impl<D> Protocol<D> {
                 self.unacked.push_back((self.next_seq, e));
                 self.next_seq += 1;
             }
-            return Write::Batch(batch, self.ping(now));
+            if self.confirm_now(now) {
+                return Write::Batch(batch, Some(self.ping(now)));
+            }
+            self.uncovered = true;
+            return Write::Batch(batch, None);
         }
-        if self.ping_due_since.is_some() {
+        if self.ping_due_since.is_some() || (self.uncovered && self.confirm_now(now)) {
             return Write::Ping(self.ping(now));
         }
         if self.closing == Closing::Requested {
@@ -347,11 +373,27 @@ impl<D> Protocol<D> {
         Write::Idle
     }
 
+    /// Whether what was written must be confirmed by a ping right away.
+    fn confirm_now(&self, now: Instant) -> bool {
+        self.cfg.confirm_delay.is_zero()
+            || self.ping_due_since.is_some()
+            || !self.flushes.is_empty()
+            || self.closing != Closing::Open
+            || self.pending() >= (self.cfg.send_buffer / 8).max(1)
+            || self.confirm_at().map_or(true, |at| now >= at)
+    }
+
+    /// When a deferred confirming ping is due: `confirm_delay` after the last ping.
+    fn confirm_at(&self) -> Option<Instant> {
+        self.last_ping_at.map(|t| t + self.cfg.confirm_delay)
+    }
+
     fn ping(&mut self, now: Instant) -> Bytes {
         let id = self.next_ping_id;
         self.next_ping_id += 1;
         self.pings.push_back(Ping { id, covers: self.next_seq - 1, sent: now, deadline: now + self.cfg.ping_timeout });
         self.ping_due_since = None;
+        (self.last_ping_at, self.uncovered) = (Some(now), false);
         self.next_ping_at = Some(now + self.cfg.ping_interval);
         let mut p = Vec::with_capacity(16);
         p.extend_from_slice(&self.nonce.to_be_bytes());
@@ -406,6 +448,10 @@ impl<D> Protocol<D> {
                 self.ping_due_since = Some(now);
             }
         }
+        let confirm_at = self.confirm_at().filter(|_| self.uncovered);
+        if confirm_at.is_some_and(|at| now >= at) && self.ping_due_since.is_none() {
+            self.ping_due_since = Some(now);
+        }
         if !self.paused {
             let timeout = self.cfg.ping_timeout.as_secs_f64();
             if let Some(p) = self.pings.front() {
@@ -433,6 +479,8 @@ impl<D> Protocol<D> {
         let mut wake = self.next_ping_at.unwrap_or(now + self.cfg.ping_interval);
         if let Some(since) = self.ping_due_since {
             wake = since + self.cfg.ping_timeout;
+        } else if let Some(at) = confirm_at {
+            wake = wake.min(at);
         }
         if !self.paused {
             if let Some(p) = self.pings.front() {
@@ -491,6 +539,7 @@ impl<D> Protocol<D> {
         self.pings.clear();
         self.next_ping_at = None;
         self.ping_due_since = None;
+        (self.last_ping_at, self.uncovered) = (None, false);
         self.paused = false;
         if self.closing == Closing::Sent {
             self.closing = Closing::Requested;
@@ -534,6 +583,7 @@ mod tests {
             send_buffer: 8,
             max_message_size: 100,
             poison_after: 3,
+            confirm_delay: Duration::ZERO,
         }
     }
 
@@ -546,7 +596,7 @@ mod tests {
 
     fn batch(p: &mut Protocol<u32>, now: Instant) -> (Vec<Message>, Bytes) {
         match p.next_write(now, 64) {
-            Write::Batch(m, ping) => (m, ping),
+            Write::Batch(m, Some(ping)) => (m, ping),
             other => panic!("expected a batch, got {other:?}"),
         }
     }
@@ -601,10 +651,10 @@ mod tests {
     fn sends_resolve_when_written_and_flush_when_confirmed() {
         let (mut p, t0) = proto();
         // nothing pending: a flush resolves at once
-        assert_eq!(p.flush(100), vec![(100, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.flush(100, t0), vec![(100, Outcome::Flushed(vec![]))]);
         p.push(Message::text("a"), 1).unwrap();
         p.push(Message::text("b"), 2).unwrap();
-        assert!(p.flush(101).is_empty());
+        assert!(p.flush(101, t0).is_empty());
         p.push(Message::text("c"), 3).unwrap();
         let (_, ping) = batch(&mut p, t0);
         assert_eq!(p.written(), vec![(1, Outcome::Sent), (2, Outcome::Sent), (3, Outcome::Sent)]);
@@ -624,14 +674,14 @@ mod tests {
         let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "");
         assert!(waiters.is_empty() && all.len() == 1);
         p.push(Message::text("later"), 2).unwrap();
-        assert!(p.flush(9).is_empty());
+        assert!(p.flush(9, t0).is_empty());
         p.connected(t0);
         let (_, ping) = batch(&mut p, t0);
         let out = p.on_pong(&ping, t0);
         assert_eq!(out[0], (2, Outcome::Sent));
         assert!(matches!(&out[1], (9, Outcome::Flushed(f)) if matches!(f[..], [Failure::TooBig { size: 50, .. }])));
         // reported once
-        assert_eq!(p.flush(10), vec![(10, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.flush(10, t0), vec![(10, Outcome::Flushed(vec![]))]);
     }
 
     #[test]
@@ -646,7 +696,7 @@ mod tests {
         p.push(Message::text("a"), 1).unwrap();
         let _ = batch(&mut p, t0);
         let _ = p.written();
-        assert!(p.flush(7).is_empty());
+        assert!(p.flush(7, t0).is_empty());
         // the flush waiter hears about it, so nothing is silent
         assert_eq!(p.finish(), (vec![7], 0));
     }
@@ -843,5 +893,117 @@ mod tests {
         let (msgs, _) = batch(&mut p, t0);
         assert_eq!(msgs, vec![Message::text("a")]);
         assert_eq!(p.next_write(t0, 64), Write::Close);
+    }
+
+    fn delayed() -> (Protocol<u32>, Instant) {
+        let t0 = Instant::now();
+        let cfg = ProtocolConfig { send_buffer: 64, confirm_delay: Duration::from_millis(10), ..cfg() };
+        let mut p = Protocol::new(cfg, NONCE);
+        p.connected(t0);
+        (p, t0)
+    }
+
+    fn pinged(p: &mut Protocol<u32>, now: Instant) -> Bytes {
+        match p.next_write(now, 64) {
+            Write::Batch(_, Some(ping)) => ping,
+            other => panic!("expected a batch and its ping, got {other:?}"),
+        }
+    }
+
+    fn unpinged(p: &mut Protocol<u32>, now: Instant) -> Vec<Message> {
+        match p.next_write(now, 64) {
+            Write::Batch(m, None) => m,
+            other => panic!("expected a batch without a ping, got {other:?}"),
+        }
+    }
+
+    fn ping_of(w: Write) -> Bytes {
+        match w {
+            Write::Ping(b) => b,
+            other => panic!("expected a ping, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lone_send_is_confirmed_at_once_and_a_paced_stream_once_per_confirm_delay() {
+        let (mut p, t0) = delayed();
+        p.push(Message::text("a"), 1).unwrap();
+        let ping = pinged(&mut p, t0);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.001))), vec![1]);
+        // within confirm_delay of that ping: deferred to 10 ms after it, one ping for both
+        p.push(Message::text("b"), 2).unwrap();
+        assert_eq!(unpinged(&mut p, s(t0, 0.002)).len(), 1);
+        assert_eq!(p.next_write(s(t0, 0.002), 64), Write::Idle);
+        assert_eq!(p.poll(s(t0, 0.002)), Ok(s(t0, 0.010)), "the pinger wakes when the confirmation is due");
+        p.push(Message::text("c"), 3).unwrap();
+        assert_eq!(unpinged(&mut p, s(t0, 0.006)).len(), 1);
+        assert!(p.poll(s(t0, 0.010)).is_ok());
+        assert!(p.ping_due());
+        let ping = ping_of(p.next_write(s(t0, 0.010), 64));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.011))), vec![2, 3]);
+        assert_eq!(p.poll(s(t0, 0.011)), Ok(s(t0, 5.010)), "nothing left to confirm: the periodic ping");
+        // a batch written confirm_delay after the last ping carries its own
+        p.push(Message::text("d"), 4).unwrap();
+        let ping = pinged(&mut p, s(t0, 0.020));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.021))), vec![4]);
+    }
+
+    #[test]
+    fn a_flush_makes_the_confirming_ping_due_at_once() {
+        let (mut p, t0) = delayed();
+        p.push_untracked(Message::text("a")).unwrap();
+        let _ = pinged(&mut p, t0);
+        p.push_untracked(Message::text("b")).unwrap();
+        let _ = unpinged(&mut p, t0);
+        assert!(p.flush(7, s(t0, 0.001)).is_empty());
+        assert!(p.ping_due());
+        let ping = ping_of(p.next_write(s(t0, 0.001), 64));
+        assert_eq!(p.on_pong(&ping, s(t0, 0.002)), vec![(7, Outcome::Flushed(vec![]))]);
+        // a batch written while a flush waits carries its ping
+        p.push_untracked(Message::text("c")).unwrap();
+        assert!(p.flush(8, s(t0, 0.003)).is_empty());
+        let ping = pinged(&mut p, s(t0, 0.003));
+        assert_eq!(p.on_pong(&ping, s(t0, 0.004)), vec![(8, Outcome::Flushed(vec![]))]);
+    }
+
+    #[test]
+    fn an_eighth_of_send_buffer_pending_is_confirmed_at_once() {
+        let (mut p, t0) = delayed();
+        p.push(Message::text("x"), 0).unwrap();
+        let _ = pinged(&mut p, t0);
+        for i in 1..7 {
+            p.push(Message::text("x"), i).unwrap();
+        }
+        assert_eq!(unpinged(&mut p, t0).len(), 6);
+        p.push(Message::text("x"), 7).unwrap();
+        let ping = pinged(&mut p, t0);
+        assert_eq!(ids(p.on_pong(&ping, t0)), (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_requested_close_confirms_unconfirmed_writes_before_the_close_frame() {
+        let (mut p, t0) = delayed();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = pinged(&mut p, t0);
+        p.push(Message::text("b"), 2).unwrap();
+        let _ = unpinged(&mut p, t0);
+        p.request_close();
+        let ping = ping_of(p.next_write(t0, 64));
+        assert_eq!(p.next_write(t0, 64), Write::Close);
+        assert_eq!(ids(p.on_pong(&ping, t0)), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_loss_before_the_confirming_ping_resends_with_a_ping_at_once() {
+        let (mut p, t0) = delayed();
+        p.push(Message::text("a"), 1).unwrap();
+        let _ = pinged(&mut p, t0);
+        p.push(Message::text("b"), 2).unwrap();
+        let _ = unpinged(&mut p, t0);
+        assert!(p.lost(None, "EOF").0.is_empty());
+        p.connected(s(t0, 0.001));
+        assert_eq!(p.poll(s(t0, 0.001)), Ok(s(t0, 5.001)), "no confirmation is due on the new connection yet");
+        let ping = pinged(&mut p, s(t0, 0.001));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.002))), vec![1, 2]);
     }
 }

@@ -31,9 +31,12 @@ pub fn get() -> &'static TokioRuntime {
             return rt;
         }
     }
+    // One worker: it serves one asyncio loop's connections, and a second only added wake-ups (a task
+    // woken from the loop thread also woke the idle worker to steal it): paced-stream CPU per message
+    // 106 -> 80 us, flood and echo unchanged (`make bench`, issue 11).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("tether-rt")
         .build()
         .expect("tether: cannot start the tokio runtime");
