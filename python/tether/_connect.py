@@ -214,8 +214,9 @@ def connect(
     Delivery: ``await conn.send(x)`` resolves once ``x`` is queued for the wire (flow control: it waits
     only while 64 KiB or more is queued and not yet written, or half of ``send_buffer`` is unconfirmed);
     ``await conn.flush()`` once everything sent before it was confirmed: the server's WebSocket layer
-    read it (not that its application handled it). Across a loss delivery is at-least-once:
-    unconfirmed messages are re-sent first after the reconnect. A message the server refuses is not
+    read it (not that its application handled it). A lone send is confirmed by a ping right behind it;
+    a stream of sends shares one confirming ping per 10 ms, and ``flush()`` pings at once. Across a
+    loss delivery is at-least-once: unconfirmed messages are re-sent first after the reconnect. A message the server refuses is not
     retried forever: a close 1009 (message too big) removes the largest unconfirmed message, and so
     does being in flight at 3 consecutive losses; ``send()`` (if not resolved yet) or the next
     ``flush()`` raises ``tether.SendFailed`` for it, and later messages go on.

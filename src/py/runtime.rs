@@ -22,9 +22,39 @@ use super::parked::Parked;
 
 static RUNTIME: Mutex<Option<(u32, &'static TokioRuntime)>> = Mutex::new(None);
 
+/// This process's id. glibc makes every `getpid()` a system call, and each awaitable asked up to
+/// three times (is this still the process the runtime and the loop's completer were made in?); cached
+/// and forgotten in a forked child instead.
+#[cfg(target_os = "linux")]
+pub fn pid() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    unsafe extern "C" fn forget() {
+        PID.store(0, Relaxed);
+    }
+    let cached = PID.load(Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: registers a handler that only does an atomic store, which is async-signal-safe as a
+    // handler run in the child of fork() must be.
+    AT_FORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(forget));
+    });
+    let pid = std::process::id();
+    PID.store(pid, Relaxed);
+    pid
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn pid() -> u32 {
+    std::process::id()
+}
+
 /// The runtime of this process, built on first use (again after a fork).
 pub fn get() -> &'static TokioRuntime {
-    let pid = std::process::id();
+    let pid = pid();
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((owner, rt)) = *slot {
         if owner == pid {
