@@ -343,7 +343,10 @@ class RoomWatch:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._disconnecting: asyncio.Task[Any] | None = None
         self._log = logging.getLogger(LOGGER_NAME)
-        self._wd = Watchdog("livekit room", on_alarm=self._alarm)
+        # the watchdog's own WARNING is the alarm's one log line, under the framework's logger
+        self._wd = Watchdog(
+            f"livekit room {getattr(room, 'name', '') or '?'}", on_alarm=self._alarm, logger=LOGGER_NAME
+        )
         self._wd.dwell("reconnecting", reconnecting_timeout)
         # armed only while a remote audio track is subscribed and the room is connected
         self._audio_timeout = audio_timeout
@@ -412,13 +415,10 @@ class RoomWatch:
     # -- alarms ---------------------------------------------------------------------------------------
     def _alarm(self, alarm: Alarm) -> None:
         self.alarms.append(alarm)
-        self._log.warning(
-            "room %s: %s; %s",
-            getattr(self.room, "name", "?"),
-            alarm.message,
-            "disconnecting it so the job can be dispatched again" if self._disconnect else "alarm only",
-            extra={"alarm": alarm.kind, "state": alarm.name, "elapsed": alarm.elapsed, "limit": alarm.limit},
-        )
+        if self._disconnect and self._disconnecting is None:
+            self._log.info(
+                "room %s: disconnecting it so the job can be dispatched again", getattr(self.room, "name", "?")
+            )
         if self._on_alarm is not None:
             result = self._on_alarm(alarm)
             if inspect.isawaitable(result):
@@ -477,7 +477,8 @@ def watch_room(
     * liveness alarm when, while connected with a remote audio track subscribed, no remote audio frame
       arrived for ``audio_timeout`` seconds (feed it with ``watch.audio(stream)`` or ``audio_frame()``;
       ``None`` disables it);
-    * on an alarm: a WARNING on ``livekit.agents``, ``on_alarm(alarm)`` (sync or async), then, with
+    * on an alarm: one WARNING on ``livekit.agents`` (the watchdog's, naming the room, the state or
+      track and how long), ``on_alarm(alarm)`` (sync or async), then, with
       ``disconnect=True``, ``room.disconnect()`` bounded by ``disconnect_timeout`` (it can hang in the
       wedged state) so the job ends and the framework can dispatch it again.
     Call from the event loop the room runs on.
