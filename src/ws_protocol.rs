@@ -4,15 +4,15 @@
 //!
 //! * Delivery: every accepted message gets a sequence number when it is handed to the socket. A send
 //!   queued while `unwritten_bytes` is under the session's high-water mark resolved at once
-//!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping confirms what was written before it; its
-//!   payload (this connection's nonce + a ping id) names the last sequence number written before it. It
-//!   follows a batch at once, unless a ping went out less than `confirm_delay` ago: then it waits
-//!   until `confirm_delay` after that one (at most one confirming ping per `confirm_delay`, like TCP's
-//!   delayed ACK), so a paced sender does not pay a round trip per message while a lone request is
-//!   confirmed as fast as before. Never deferred when a flush waits, when an eighth of `send_buffer`
-//!   is pending, or when closing. A pong that
-//!   echoes it confirms every message up to there, because frames are ordered on the connection: the
-//!   peer's WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
+//!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping
+//!   confirms what was written before it: its payload (this connection's nonce + a ping id) names the
+//!   last sequence number written before it. It follows a batch at once, unless a ping went out less
+//!   than `confirm_delay` ago: then it waits until `confirm_delay` after that one (at most one
+//!   confirming ping per `confirm_delay`, like TCP's delayed ACK), so a paced sender does not pay a
+//!   round trip per message while a lone request is confirmed as fast as before. Never deferred when a
+//!   flush waits, when an eighth of `send_buffer` is pending, or when closing. A pong that echoes it
+//!   confirms every message up to there, because frames are ordered on the connection: the peer's
+//!   WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
 //!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
 //!   pings (unsolicited, empty, another client's) confirm nothing.
 //! * Liveness: a ping every `ping_interval`; a ping not echoed within `ping_timeout`, or one that could

@@ -22,9 +22,9 @@ use super::parked::Parked;
 
 static RUNTIME: Mutex<Option<(u32, &'static TokioRuntime)>> = Mutex::new(None);
 
-/// This process's id. glibc makes every `getpid()` a system call, and each awaitable asked up to
-/// three times (is this still the process the runtime and the loop's completer were made in?); cached
-/// and forgotten in a forked child instead.
+/// This process's id. glibc makes every `getpid()` a system call, and each awaitable asks twice (is
+/// this still the process the runtime and the loop's completer were made in?); cached, and forgotten in
+/// a forked child.
 #[cfg(target_os = "linux")]
 pub fn pid() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
