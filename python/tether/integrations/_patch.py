@@ -154,6 +154,18 @@ class Integration:
             extra={"framework": self.framework, "part": part, "reason": reason},
         )
 
+    def version_refused(self, parts: Iterable[str], allow_untested: bool) -> bool:
+        """Whether the installed version stops ``install()``: a missing package always does, an untested
+        version unless ``allow_untested``. Then each of ``parts`` not patched yet is refused, saying why."""
+        problem = version_problem(self.dist, self.tested)
+        if problem is None or (allow_untested and "not installed" not in problem):
+            return False
+        hint = "" if "not installed" in problem else "; pass allow_untested=True to try"
+        for part in parts:
+            if part not in self._parts:
+                self.refuse(part, problem + hint)
+        return True
+
     def apply(self, part: str, missing: list[str], patch: Callable[[Patches], None]) -> None:
         """Patch ``part`` with ``patch(patches)`` unless a name it needs is ``missing``."""
         if part in self._parts:

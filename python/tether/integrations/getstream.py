@@ -34,7 +34,7 @@ from .._errors import GaveUp, TetherError
 from .._hooks import Handshake
 from .._native import Backoff
 from .._watchdog import bounded
-from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_params, version_problem
+from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_params
 
 #: getstream versions this integration was tested with: >= first, < second.
 TESTED_VERSIONS = ("3.3", "7.0")
@@ -85,11 +85,7 @@ def install(
     ``attempt_timeout`` bounds each (re)connect attempt: WebSocket handshake plus rejoin.
     Returns an ``InstallReport``; a refused part logs a WARNING naming what is missing.
     """
-    problem = version_problem("getstream", TESTED_VERSIONS)
-    if problem is not None and not (allow_untested and "not installed" not in problem):
-        if "signaling" not in _integration.report().patched:
-            hint = "" if "not installed" in problem else "; pass allow_untested=True to try"
-            _integration.refuse("signaling", problem + hint)
+    if _integration.version_refused(("signaling",), allow_untested):
         return _integration.report()
 
     connection_utils = importlib.import_module("getstream.video.rtc.connection_utils")

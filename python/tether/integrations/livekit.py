@@ -38,7 +38,6 @@ from ._patch import (
     missing_attrs,
     missing_instance_attrs,
     missing_params,
-    version_problem,
 )
 
 T = TypeVar("T")
@@ -135,13 +134,8 @@ def install(
     ``acquire_timeout``: bound on waiting for a process for a job (default: 3 x initialize_timeout).
     Returns an ``InstallReport`` naming the parts patched and refused (refusals also log a WARNING).
     """
-    problem = version_problem("livekit-agents", TESTED_VERSIONS)
-    if problem is not None and not (allow_untested and "not installed" not in problem):
-        for part, wanted in (("control_plane", control_plane), ("proc_pool", proc_pool)):
-            if wanted and part not in _integration.report().patched:
-                _integration.refuse(
-                    part, problem + ("" if "not installed" in problem else "; pass allow_untested=True to try")
-                )
+    wanted = [part for part, on in (("control_plane", control_plane), ("proc_pool", proc_pool)) if on]
+    if _integration.version_refused(wanted, allow_untested):
         return _integration.report()
 
     lk_worker = importlib.import_module("livekit.agents.worker")

@@ -25,7 +25,7 @@ from typing import Any
 
 from .._errors import GaveUp
 from .._native import Backoff, Reconnector
-from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_instance_attrs, version_problem
+from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_instance_attrs
 
 #: pipecat-ai versions this integration was tested with: >= first, < second.
 TESTED_VERSIONS = ("1.14", "1.15")
@@ -61,11 +61,7 @@ def install(
     ``uniform(0, quiet_jitter)`` seconds (short: a voice pipeline is deaf meanwhile). Records go to the ``tether.reconnect`` logger
     (pipecat itself logs with loguru). Returns an ``InstallReport``.
     """
-    problem = version_problem("pipecat-ai", TESTED_VERSIONS)
-    if problem is not None and not (allow_untested and "not installed" not in problem):
-        if "websocket_service" not in _integration.report().patched:
-            hint = "" if "not installed" in problem else "; pass allow_untested=True to try"
-            _integration.refuse("websocket_service", problem + hint)
+    if _integration.version_refused(("websocket_service",), allow_untested):
         return _integration.report()
 
     ws_module = importlib.import_module("pipecat.services.websocket_service")
