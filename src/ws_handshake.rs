@@ -260,12 +260,21 @@ mod tests {
         }
     }
 
-    fn info() -> HandshakeInfo {
-        HandshakeInfo { attempt: 1, strategy: Arc::from("connect"), reconnect: true }
-    }
-
-    fn close_error(_: Option<CloseFrame>) -> WsError {
-        WsError::retry("closed")
+    /// `hook` run as the handshake of a reconnect, bounded by `open_timeout` seconds; a close frame
+    /// from the peer fails it with "closed".
+    async fn run_hook<S, R>(
+        hook: impl OnConnect + 'static,
+        open_timeout: u64,
+        sink: &mut S,
+        stream: &mut R,
+    ) -> Result<Vec<Message>, WsError>
+    where
+        S: Sink<Message, Error = tungstenite::Error> + Unpin,
+        R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        let info = HandshakeInfo { attempt: 1, strategy: Arc::from("connect"), reconnect: true };
+        let limits = (Duration::from_secs(open_timeout), Duration::from_secs(1));
+        run_on_connect(&OnConnectHook(Arc::new(hook)), info, limits, sink, stream, |_| WsError::retry("closed")).await
     }
 
     fn null_sink() -> impl Sink<Message, Error = tungstenite::Error> + Unpin {
@@ -287,17 +296,7 @@ mod tests {
     async fn hook_writes_first_and_takes_only_what_it_reads() {
         let (mut sink, written) = recording_sink();
         let mut stream = stream::iter(vec![Ok(Message::text("joined")), Ok(Message::text("app"))]);
-        let hook = OnConnectHook(Arc::new(Join));
-        let left = run_on_connect(
-            &hook,
-            info(),
-            (Duration::from_secs(5), Duration::from_secs(1)),
-            &mut sink,
-            &mut stream,
-            close_error,
-        )
-        .await
-        .unwrap();
+        let left = run_hook(Join, 5, &mut sink, &mut stream).await.unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("join reconnect=true")]);
         // "app" was never read: it stays on the stream for the application
         assert!(left.is_empty());
@@ -308,17 +307,7 @@ mod tests {
     async fn sends_started_by_the_hook_go_out_before_it_counts_as_done() {
         let (mut sink, written) = recording_sink();
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
-        let hook = OnConnectHook(Arc::new(FireAndForget));
-        run_on_connect(
-            &hook,
-            info(),
-            (Duration::from_secs(5), Duration::from_secs(1)),
-            &mut sink,
-            &mut stream,
-            close_error,
-        )
-        .await
-        .unwrap();
+        run_hook(FireAndForget, 5, &mut sink, &mut stream).await.unwrap();
         assert_eq!(*written.lock().unwrap(), vec![Message::text("register")]);
     }
 
@@ -326,17 +315,7 @@ mod tests {
     async fn hanging_hook_is_cut_at_the_limit() {
         let mut sink = null_sink();
         let mut stream = stream::pending::<Result<Message, tungstenite::Error>>();
-        let hook = OnConnectHook(Arc::new(Hang));
-        let err = run_on_connect(
-            &hook,
-            info(),
-            (Duration::from_secs(3), Duration::from_secs(1)),
-            &mut sink,
-            &mut stream,
-            close_error,
-        )
-        .await
-        .unwrap_err();
+        let err = run_hook(Hang, 3, &mut sink, &mut stream).await.unwrap_err();
         assert!(err.text.contains("did not finish within open_timeout (3s)"), "{}", err.text);
         assert!(!err.fatal);
     }
@@ -345,17 +324,7 @@ mod tests {
     async fn peer_close_during_the_hook_fails_the_attempt() {
         let mut sink = null_sink();
         let mut stream = stream::iter(vec![Ok(Message::Close(None))]);
-        let hook = OnConnectHook(Arc::new(Join));
-        let err = run_on_connect(
-            &hook,
-            info(),
-            (Duration::from_secs(5), Duration::from_secs(1)),
-            &mut sink,
-            &mut stream,
-            close_error,
-        )
-        .await
-        .unwrap_err();
+        let err = run_hook(Join, 5, &mut sink, &mut stream).await.unwrap_err();
         assert_eq!(err.text, "closed");
     }
 }
