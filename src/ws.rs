@@ -343,7 +343,8 @@ struct Shared {
     proto: Mutex<Protocol<Done>>,
     /// Wakes the writer: a message was queued, a ping is due, a close was requested.
     outbound_ready: Notify,
-    /// Set while the writer has nothing to write: a send notifies only then (once per batch at most).
+    /// Set while the writer is parked with nothing to write; whoever takes it wakes the writer
+    /// (`wake_writer`), so a burst of sends, pings and a close request costs one wake-up.
     writer_idle: AtomicBool,
     /// Sends waiting in `room`: a pong notifies only when there are some.
     room_waiters: AtomicUsize,
@@ -376,6 +377,13 @@ impl Shared {
     }
     fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::SeqCst))
+    }
+    /// Work for the writer: wake it only when it is parked (a busy one takes it with its next batch,
+    /// so a burst of sends costs one wake-up).
+    fn wake_writer(&self) {
+        if self.writer_idle.swap(false, Ordering::SeqCst) {
+            self.outbound_ready.notify_one();
+        }
     }
     fn lock_in(&self) -> std::sync::MutexGuard<'_, VecDeque<Message>> {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner())
@@ -541,8 +549,8 @@ impl WsClient {
         };
         resolve(resolved);
         // the confirming ping goes out now rather than after `confirm_delay`
-        if ping_due && self.shared.writer_idle.swap(false, Ordering::SeqCst) {
-            self.shared.outbound_ready.notify_one();
+        if ping_due {
+            self.shared.wake_writer();
         }
         Ok(rx)
     }
@@ -614,10 +622,7 @@ impl WsClient {
             PushError::Full(n) => SendError::Full(n),
             PushError::TooBig { size, max } => SendError::TooBig { size, max },
         })?;
-        // a busy writer takes the message with its next batch: wake it only when it is parked
-        if self.shared.writer_idle.swap(false, Ordering::SeqCst) {
-            self.shared.outbound_ready.notify_one();
-        }
+        self.shared.wake_writer();
         Ok(queued)
     }
 
@@ -1237,7 +1242,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 (wake, p.ping_due())
             };
             if due {
-                shared.outbound_ready.notify_one();
+                shared.wake_writer();
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(Instant::from_std(wake)) => {}
@@ -1264,7 +1269,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     // frame; the reader confirms and ends at the peer's close. All within close_timeout.
                     shared.set_state(State::Closing);
                     shared.lock_proto().request_close();
-                    shared.outbound_ready.notify_one();
+                    shared.wake_writer();
                     close_by = Some(Instant::now() + cfg.close_timeout);
                 }
                 _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if close_by.is_some() => {
