@@ -31,6 +31,7 @@ use futures_util::FutureExt;
 use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
 use super::completer::{self, Completer};
@@ -103,7 +104,13 @@ enum State {
     Created(Pin<Box<dyn Body>>),
     /// A step is under way (the state is taken out while it calls into Python).
     Stepping,
+    /// Driven by `send`/`__next__` (a task): the future its last step yielded.
     Waiting(Waiting),
+    /// `await` took the first step, which was ready: the next step returns this.
+    Ready(Py<PyAny>),
+    /// `await` took the first step, which was pending: the awaiting coroutine waits on this future
+    /// through its own iterator.
+    HandedOver(Py<PyAny>),
     Done,
 }
 
@@ -203,18 +210,28 @@ impl NativeCoroutine {
                     return Err(e);
                 }
             },
-            State::Waiting(w) => match w.fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()) {
-                Ok(true) => {
+            // a task resumes its coroutine once the future it waits on is done: its result, or the
+            // exception it carries
+            State::Waiting(w) => match w.fut.bind(py).call_method0(intern!(py, "result")) {
+                Ok(v) => {
                     self.put(State::Done);
-                    // its result, or the exception it carries
-                    return finished(py, w.fut.bind(py).call_method0(intern!(py, "result"))?.unbind());
+                    return finished(py, v.unbind());
                 }
-                Ok(false) => w,
+                Err(e) if e.is_instance(py, &invalid_state(py)?) => w, // not done yet: wait on
                 Err(e) => {
-                    self.put(State::Waiting(w));
+                    self.put(State::Done);
                     return Err(e);
                 }
             },
+            State::Ready(v) => {
+                self.put(State::Done);
+                return finished(py, v);
+            }
+            State::HandedOver(fut) => {
+                let busy = awaited_elsewhere(py, &fut);
+                self.put(State::HandedOver(fut));
+                return Err(busy);
+            }
             State::Done => {
                 self.put(State::Done);
                 return Err(reused());
@@ -231,11 +248,31 @@ impl NativeCoroutine {
     /// End it: drop the Rust future, or abort its work and cancel the future its task waits on.
     fn stop(&self, py: Python<'_>) {
         let previous = std::mem::replace(&mut *self.lock(), State::Done);
-        if let State::Waiting(w) = previous {
-            w.parked.cancel();
-            // its done-callback forgets it in the completer
-            let _ = w.fut.bind(py).call_method0(intern!(py, "cancel"));
+        match previous {
+            State::Waiting(w) => {
+                w.parked.cancel();
+                // its done-callback forgets it in the completer
+                let _ = w.fut.bind(py).call_method0(intern!(py, "cancel"));
+            }
+            // the completer's done-callback stops the Rust work
+            State::HandedOver(fut) => {
+                let _ = fut.bind(py).call_method0(intern!(py, "cancel"));
+            }
+            _ => {}
         }
+    }
+}
+
+fn invalid_state(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static INVALID_STATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    INVALID_STATE.import(py, "asyncio", "InvalidStateError").cloned()
+}
+
+/// Stepping a coroutine whose `await` handed its future over: as a coroutine says when awaited twice.
+fn awaited_elsewhere(py: Python<'_>, fut: &Py<PyAny>) -> PyErr {
+    match fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()) {
+        Ok(false) => PyRuntimeError::new_err("coroutine is being awaited already"),
+        _ => reused(),
     }
 }
 
@@ -273,15 +310,44 @@ fn thrown(
 
 #[pymethods]
 impl NativeCoroutine {
-    fn __await__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
-        match &*slf.get().lock() {
-            State::Created(_) => {}
-            State::Done => return Err(reused()),
-            State::Stepping | State::Waiting(_) => {
-                return Err(PyRuntimeError::new_err("coroutine is being awaited already"))
+    /// `await` takes the first step here. Pending, the awaiting coroutine gets the future's own
+    /// iterator: its result comes back without a `StopIteration` made for it, and cancelling the
+    /// awaiting task cancels the future, whose done-callback stops the Rust work.
+    fn __await__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        match me.take()? {
+            State::Created(body) => match body.first(py) {
+                Ok(First::Ready(v)) => {
+                    me.put(State::Ready(v));
+                    Ok(slf.into_any())
+                }
+                Ok(First::Pending(w)) => {
+                    // `iter(future)` is its `__await__`, without the method lookup
+                    let it = w.fut.bind(py).try_iter().map(Bound::into_any);
+                    me.put(State::HandedOver(w.fut));
+                    it
+                }
+                Err(e) => {
+                    me.put(State::Done);
+                    Err(e)
+                }
+            },
+            State::HandedOver(fut) => {
+                let busy = awaited_elsewhere(py, &fut);
+                me.put(State::HandedOver(fut));
+                Err(busy)
             }
+            state @ (State::Waiting(_) | State::Ready(_)) => {
+                me.put(state);
+                Err(PyRuntimeError::new_err("coroutine is being awaited already"))
+            }
+            State::Done => {
+                me.put(State::Done);
+                Err(reused())
+            }
+            State::Stepping => unreachable!("take() refuses a coroutine that is stepping"),
         }
-        Ok(slf)
     }
 
     /// What `await` and a task call for each step (`send(None)` without the method call).

@@ -44,9 +44,25 @@ pub fn pid() -> u32 {
     std::process::id()
 }
 
+thread_local! {
+    /// The runtime this thread last asked for, and its process: every awaitable's first step asks.
+    static LAST: std::cell::Cell<Option<(u32, &'static TokioRuntime)>> = const { std::cell::Cell::new(None) };
+}
+
 /// The runtime of this process, built on first use (again after a fork).
 pub fn get() -> &'static TokioRuntime {
     let pid = pid();
+    if let Some((owner, rt)) = LAST.get() {
+        if owner == pid {
+            return rt;
+        }
+    }
+    let rt = shared(pid);
+    LAST.set(Some((pid, rt)));
+    rt
+}
+
+fn shared(pid: u32) -> &'static TokioRuntime {
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((owner, rt)) = *slot {
         if owner == pid {
