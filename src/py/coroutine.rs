@@ -10,11 +10,12 @@
 //! What runs when:
 //! - the call does only what its method documents as immediate (`send()` queues its message there, so
 //!   messages go out in call order whatever thread calls);
-//! - the first step polls the Rust future once, in tokio's context. Ready (a buffered message, a free
-//!   slot, a send under the write mark): the result is returned right there, without an asyncio future
-//!   or a look at the loop. Pending: the future goes to the loop's completer (`completer`, `parked`)
-//!   and an asyncio future for its result is yielded to the task, as `await future` does; the step
-//!   after that future completed returns its result;
+//! - the first step (`await` takes it in `__await__`, a task in `send`/`__next__`) polls the Rust
+//!   future once, in tokio's context. Ready (a buffered message, a free slot, a send under the write
+//!   mark): the result is returned right there, without an asyncio future or a look at the loop.
+//!   Pending: the future goes to the loop's completer (`completer`, `parked`), which completes an
+//!   asyncio future with its result; `await` gets that future's own iterator, a task gets the future
+//!   yielded as `await future` yields it, and its next step returns the result;
 //! - `throw()` (how a task delivers its cancellation), `close()`, or dropping it while it waits, drop
 //!   the Rust future or abort its tokio task;
 //! - never stepped, nothing ran: dropping it drops the Rust future, with the "was never awaited"
