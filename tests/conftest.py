@@ -17,3 +17,14 @@ def tether_logs(caplog):
 
 def records(caplog, logger_prefix="tether"):
     return [r for r in caplog.records if r.name.startswith(logger_prefix)]
+
+
+def returns_at_once(aw) -> bool:
+    """Whether awaiting the native coroutine ``aw`` returns at its first step, with no waiting (it is
+    used up either way: closed if it would wait)."""
+    try:
+        aw.send(None)
+    except StopIteration:
+        return True
+    aw.close()
+    return False

@@ -1,6 +1,7 @@
 """How results reach asyncio: batched on the loop thread, no thread per pending awaitable, fork- and
 exit-safe. The native SignalServer's ``wait_for`` is the probe: it stays pending until the server sees
-a TCP connection from a client none of tether wrote (asyncio.open_connection)."""
+a TCP connection from a client none of tether wrote (asyncio.open_connection). Its awaitable is a
+coroutine: it waits (and so is pending) from its first step, taken here by a task."""
 
 import asyncio
 import os
@@ -30,7 +31,8 @@ async def test_20000_pending_awaitables_complete_without_new_threads():
     try:
         await asyncio.wait_for(srv.wait_for(0, key="tcp_accepts"), 10)  # runtime and completer are up
         before = threads()
-        pending = [srv.wait_for(1, timeout=60, key="tcp_accepts") for _ in range(20_000)]
+        pending = [asyncio.ensure_future(srv.wait_for(1, timeout=60, key="tcp_accepts")) for _ in range(20_000)]
+        await asyncio.sleep(0)  # every task took its first step: 20,000 Rust futures wait
         assert not any(f.done() for f in pending)
         await knock(srv)  # completes all 20,000 from tokio's threads
         results = await asyncio.wait_for(asyncio.gather(*pending), 60)
@@ -41,12 +43,23 @@ async def test_20000_pending_awaitables_complete_without_new_threads():
         await srv.aclose()
 
 
-async def test_an_already_resolvable_awaitable_is_returned_done():
+async def test_an_already_resolvable_awaitable_returns_at_its_first_step_without_a_loop():
+    import threading
+
     srv = _native.SignalServer()
     await srv.start()
     try:
-        fut = srv.wait_for(0, key="handshakes")  # true on the first poll
-        assert fut.done() and fut.result() is True
+        got = []
+
+        def first_step():  # on a thread with no event loop: a ready result needs none
+            with pytest.raises(StopIteration) as stop:
+                srv.wait_for(0, key="handshakes").send(None)  # true on the first poll
+            got.append(stop.value.value)
+
+        t = threading.Thread(target=first_step)
+        t.start()
+        t.join(30)
+        assert got == [True]
     finally:
         await srv.aclose()
 
@@ -55,10 +68,11 @@ async def test_cancelling_a_pending_awaitable_leaves_the_others_working():
     srv = _native.SignalServer()
     await srv.start()
     try:
-        futs = [srv.wait_for(1, timeout=60, key="tcp_accepts") for _ in range(100)]
+        futs = [asyncio.ensure_future(srv.wait_for(1, timeout=60, key="tcp_accepts")) for _ in range(100)]
+        await asyncio.sleep(0)  # all pending
         for f in futs[::2]:
             f.cancel()
-        await asyncio.sleep(0)  # the done-callbacks abort the Rust side
+        await asyncio.sleep(0)  # the cancellations abort the Rust side
         await knock(srv)
         assert await asyncio.wait_for(asyncio.gather(*futs[1::2]), 30) == [True] * 50
         assert all(f.cancelled() for f in futs[::2])
@@ -74,7 +88,10 @@ async def test_timer_completions_racing_cancellations_lose_nothing():
     await srv.start()
     try:
         # each resolves to False when its tokio timer fires; a third are cancelled while in flight
-        futs = [srv.wait_for(10**9, timeout=rng.uniform(0.001, 0.05), key="tcp_accepts") for _ in range(5000)]
+        futs = [
+            asyncio.ensure_future(srv.wait_for(10**9, timeout=rng.uniform(0.001, 0.05), key="tcp_accepts"))
+            for _ in range(5000)
+        ]
         doomed = set(rng.sample(range(len(futs)), len(futs) // 3))
         for step in range(5):
             await asyncio.sleep(0.01)
@@ -102,7 +119,8 @@ async def test_awaitables_on_loops_in_two_threads_complete_on_their_own_loop():
             await srv.start()
             try:
                 me = threading.get_ident()
-                futs = [srv.wait_for(1, timeout=30, key="tcp_accepts") for _ in range(200)]
+                futs = [asyncio.ensure_future(srv.wait_for(1, timeout=30, key="tcp_accepts")) for _ in range(200)]
+                await asyncio.sleep(0)  # all pending
                 seen = []
                 for f in futs:
                     f.add_done_callback(lambda _: seen.append(threading.get_ident()))
@@ -138,7 +156,8 @@ def test_a_loop_without_add_reader_still_gets_its_results():
         srv = _native.SignalServer()
         await srv.start()
         try:
-            futs = [srv.wait_for(1, timeout=30, key="tcp_accepts") for _ in range(500)]
+            futs = [asyncio.ensure_future(srv.wait_for(1, timeout=30, key="tcp_accepts")) for _ in range(500)]
+            await asyncio.sleep(0)  # all pending
             _, w = await asyncio.open_connection(srv.host, srv.port)
             w.close()
             return await asyncio.wait_for(asyncio.gather(*futs), 30)
@@ -159,8 +178,9 @@ def test_uvloop_gets_its_results():
         srv = _native.SignalServer()
         await srv.start()
         try:
-            assert srv.wait_for(0, key="handshakes").done()
-            futs = [srv.wait_for(1, timeout=30, key="tcp_accepts") for _ in range(500)]
+            assert await srv.wait_for(0, key="handshakes")
+            futs = [asyncio.ensure_future(srv.wait_for(1, timeout=30, key="tcp_accepts")) for _ in range(500)]
+            await asyncio.sleep(0)  # all pending
             for f in futs[::2]:
                 f.cancel()
             await knock(srv)
@@ -184,7 +204,8 @@ def test_loops_are_not_kept_alive_after_use():
         await srv.start()
         try:
             assert await srv.wait_for(0, key="handshakes")
-            futs = [srv.wait_for(1, timeout=30, key="tcp_accepts") for _ in range(10)]
+            futs = [asyncio.ensure_future(srv.wait_for(1, timeout=30, key="tcp_accepts")) for _ in range(10)]
+            await asyncio.sleep(0)
             _, w = await asyncio.open_connection(srv.host, srv.port)
             w.close()
             assert await asyncio.wait_for(asyncio.gather(*futs), 30) == [True] * 10
@@ -215,7 +236,8 @@ PROBE = """
         srv = _native.SignalServer()
         await srv.start()
         try:
-            futs = [srv.wait_for(1, timeout=20, key="tcp_accepts") for _ in range(n)]
+            futs = [asyncio.ensure_future(srv.wait_for(1, timeout=20, key="tcp_accepts")) for _ in range(n)]
+            await asyncio.sleep(0)  # all pending
             _, w = await asyncio.open_connection(srv.host, srv.port)
             w.close()
             assert await asyncio.wait_for(asyncio.gather(*futs), 20) == [True] * n
@@ -255,7 +277,8 @@ def test_results_in_flight_at_interpreter_exit_are_dropped_quietly():
     async def leave():
         srv = _native.SignalServer()
         await srv.start()
-        futs = [srv.wait_for(1, timeout=20, key="tcp_accepts") for _ in range(5000)]
+        futs = [asyncio.ensure_future(srv.wait_for(1, timeout=20, key="tcp_accepts")) for _ in range(5000)]
+        await asyncio.sleep(0)  # all pending
         _, w = await asyncio.open_connection(srv.host, srv.port)
         w.close()  # tokio completes 5,000 futures while the interpreter shuts down
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tether
-from conftest import records
+from conftest import records, returns_at_once
 from tether import events as ev
 from tether.testing import SignalServer
 
@@ -194,8 +194,7 @@ async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(ser
         while c.state == "connected":
             await asyncio.sleep(0.005)
         first = c.send(b"a" * 40_000)
-        assert first.done(), "under the 64 KiB write high-water mark send() is done when it returns"
-        await first
+        assert returns_at_once(first), "under the 64 KiB write high-water mark await send() returns at once"
         second = asyncio.ensure_future(c.send(b"b" * 40_000))
         await asyncio.sleep(0.3)
         assert not second.done(), "above the high-water mark send() waits until its message is written"
@@ -213,7 +212,7 @@ async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(server):
         while c.state == "connected":
             await asyncio.sleep(0.005)
         for i in range(4):
-            assert c.send(f"m{i}").done()
+            assert returns_at_once(c.send(f"m{i}"))
         waiting = asyncio.ensure_future(c.send("m4"))  # a sender awaiting each send never meets SendBufferFull
         await asyncio.sleep(0.3)
         assert not waiting.done(), "with half of send_buffer unconfirmed send() waits for confirmations"

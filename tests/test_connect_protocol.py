@@ -242,7 +242,7 @@ async def test_pongs_that_do_not_echo_our_ping_confirm_nothing_and_are_detected(
     conn = await tether.connect(f"ws://127.0.0.1:{pong_faker}/", policy=policy(max_attempts=1), **FAST)
     watcher = asyncio.ensure_future(watch(conn, got))
     conn.send("never read by the server")
-    confirmed = conn.flush()
+    confirmed = asyncio.ensure_future(conn.flush())
     lost = await wait_for_event(got, ev.ConnectionLost, timeout=10)
     assert "ping timeout" in lost.reason and "did not echo" in lost.reason, lost.reason
     assert not confirmed.done() or confirmed.exception() is not None
@@ -300,7 +300,7 @@ async def test_send_resolves_when_written_and_flush_when_confirmed(pong_gate):
     fast = dict(FAST, ping_timeout=5.0)  # the held pongs must not end the connection
     async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
         await asyncio.wait_for(conn.send("a"), 5)  # written, not confirmed: the server holds its pongs
-        confirmed = conn.flush()
+        confirmed = asyncio.ensure_future(conn.flush())
         await asyncio.sleep(0.3)
         assert not confirmed.done()
         assert conn.stats()["send_queue"] == 1

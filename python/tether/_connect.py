@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _native
@@ -92,20 +92,23 @@ class Connection:
                 return m
             await n.wait_readable()
 
-    def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]:
-        """Queue ``data`` now, at call time (so messages go out in call order, and ``SendBufferFull`` or
-        ``ValueError`` for a message over ``max_message_size`` is raised by the call itself). The returned
-        awaitable is already done when the message is queued for the wire, as in websockets: while less
+    def send(self, data: str | bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:
+        """Queue ``data`` now, at call time (so messages go out in call order, also when called from
+        another thread, and ``SendBufferFull`` or ``ValueError`` for a message over ``max_message_size`` is
+        raised by the call itself). Returns a coroutine: ``await`` it, or hand it to
+        ``asyncio.create_task`` or, from a thread without a loop, ``asyncio.run_coroutine_threadsafe``.
+        Awaiting it returns at once while the message is queued for the wire, as in websockets: while less
         than 64 KiB of queued messages is not yet written and less than half of ``send_buffer`` is
-        unconfirmed (no thread round trip per send). Above the first mark it resolves once the message
+        unconfirmed (no thread round trip per send). Above the first mark it returns once the message
         was written to the socket; above the second, once at most a quarter of ``send_buffer`` is
-        unconfirmed: a sender that awaits each send never meets ``SendBufferFull``. During an outage
-        messages wait in the bounded send buffer and are written, in order, after the reconnect; a
-        send after close or give-up raises. ``await conn.flush()`` tells when the server has them and
-        raises ``SendFailed`` for any that failed."""
+        unconfirmed: a sender that awaits each send never meets ``SendBufferFull``. Unlike websockets'
+        ``send``, a send left unawaited still goes out (with no "never awaited" warning): awaiting it is
+        flow control. During an outage messages wait in the bounded send buffer and are written, in
+        order, after the reconnect; a send after close or give-up raises. ``await conn.flush()`` tells
+        when the server has them and raises ``SendFailed`` for any that failed."""
         return self._n.send(data)
 
-    def flush(self) -> Awaitable[None]:
+    def flush(self) -> Coroutine[Any, Any, None]:
         """Resolves once every message sent before this call was confirmed by the server's WebSocket
         layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
         Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or in flight

@@ -4,6 +4,7 @@ predicate)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -77,7 +78,7 @@ async def _url_for(url_for: Callable[[str, int], Any], strategy: str, attempt: i
 def _sync_result(result: Any, what: str) -> Any:
     # an awaitable is truthy and not a message: it would silently disable the heartbeat
     if inspect.isawaitable(result):
-        if inspect.iscoroutine(result):
+        if asyncio.iscoroutine(result):
             result.close()
         raise TypeError(f"{what} must return its result, not an awaitable ({type(result).__name__})")
     return result

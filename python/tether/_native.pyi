@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar, final
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from types import TracebackType
+from typing import Any, Literal, TypeVar, final, overload
 
 from typing_extensions import Self
 
@@ -12,7 +23,38 @@ from ._watchdog import Alarm
 from .events import Event
 
 _T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 __version__: str
+
+# ----------------------------------------------------------------------------------------------------
+# The awaitable of every native async method
+# ----------------------------------------------------------------------------------------------------
+
+@final
+class NativeCoroutine(Coroutine[Any, Any, _T_co]):
+    """What the native ``async def`` methods below return: a coroutine (``asyncio.iscoroutine`` is true,
+    registered with ``collections.abc.Coroutine``), so ``await``, ``asyncio.create_task``, ``gather``,
+    ``wait_for``, ``TaskGroup`` and ``asyncio.run_coroutine_threadsafe`` from another thread all take it.
+
+    The call does only what its method documents as immediate (``send()`` queues its message); the rest
+    runs from the first step, on the event loop whose task drives it, so one made on a thread without a
+    loop works once a loop runs it. A result that is there at the first step is returned without an
+    asyncio future. Cancelling the task (``throw``) or ``close()`` stops the Rust work. Awaiting it twice
+    raises ``RuntimeError`` as a coroutine does; dropping it unawaited warns "was never awaited", except
+    for ``send()``, whose message was queued by the call."""
+
+    __name__: str
+    __qualname__: str
+    def send(self, value: None, /) -> Any: ...
+    @overload
+    def throw(
+        self, typ: type[BaseException], val: BaseException | object = None, tb: TracebackType | None = None, /
+    ) -> Any: ...
+    @overload
+    def throw(self, typ: BaseException, val: None = None, tb: TracebackType | None = None, /) -> Any: ...
+    def close(self) -> None: ...
+    def __await__(self) -> Generator[Any, None, _T_co]: ...
+    def __next__(self) -> Any: ...
 
 # ----------------------------------------------------------------------------------------------------
 # Backoff (issue 2)
@@ -189,8 +231,8 @@ class Connection:
     async def start(self) -> None: ...
     def try_recv(self) -> str | bytes | None: ...
     async def wait_readable(self) -> None: ...
-    def send(self, data: str | bytes | bytearray | memoryview) -> Awaitable[None]: ...
-    def flush(self) -> Awaitable[None]: ...
+    async def send(self, data: str | bytes | bytearray | memoryview) -> None: ...
+    async def flush(self) -> None: ...
     async def aclose(self) -> None: ...
     def close(self) -> None: ...
     def events(self) -> EventStream: ...

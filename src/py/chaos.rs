@@ -87,7 +87,7 @@ impl PyChaosProxy {
 
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (listen, upstream) = (self.listen.clone(), self.upstream.clone());
-        self.served.start(py, || async move {
+        self.served.start(py, "ChaosProxy.start", || async move {
             ChaosProxy::start(&listen, &upstream)
                 .await
                 .map_err(|e| PyRuntimeError::new_err(format!("ChaosProxy could not listen on {listen}: {e}")))
@@ -96,7 +96,7 @@ impl PyChaosProxy {
 
     /// Stop accepting and reset every connection.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.served.aclose(py)
+        self.served.aclose(py, "ChaosProxy.aclose")
     }
 
     #[getter]

@@ -20,7 +20,6 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::IntoPyObjectExt;
 use pyo3_async_runtimes::err::RustPanic;
-use tokio::runtime::Runtime as TokioRuntime;
 
 use super::parked::Parked;
 
@@ -29,7 +28,6 @@ pub type Job = Box<dyn for<'py> FnOnce(Python<'py>, &Completer) + Send>;
 
 pub struct Completer {
     pid: u32,
-    runtime: &'static TokioRuntime,
     queue: Mutex<Vec<Job>>,
     /// Futures waiting for a result, by address (unique while held here); only touched on the loop thread.
     pending: Mutex<HashMap<usize, Waiting>>,
@@ -58,11 +56,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Completer {
-    /// The tokio runtime of the process this completer belongs to.
-    pub fn runtime(&self) -> &'static TokioRuntime {
-        self.runtime
-    }
-
     /// `fut` (polled once, pending, its waker `parked`) completes `py_fut` through this queue;
     /// cancelling `py_fut` stops it.
     pub fn watch<F, T>(self: &Arc<Self>, py_fut: &Bound<'_, PyAny>, parked: Arc<Parked>, fut: F) -> PyResult<()>
@@ -168,13 +161,25 @@ impl Completer {
     }
 }
 
+/// `value` as the result of an awaitable: `()` (nothing to return) is None, as for a coroutine that
+/// returns nothing, rather than the empty tuple it converts to.
+pub fn to_py<T>(py: Python<'_>, value: T) -> PyResult<Py<PyAny>>
+where
+    T: for<'py> IntoPyObject<'py> + 'static,
+{
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<()>() {
+        return Ok(py.None());
+    }
+    value.into_py_any(py)
+}
+
 /// Set `result` (converted here, on the loop thread) or its exception on the asyncio future `fut`.
 pub fn complete<T>(fut: &Bound<'_, PyAny>, result: PyResult<T>)
 where
-    T: for<'py> IntoPyObject<'py>,
+    T: for<'py> IntoPyObject<'py> + 'static,
 {
     let py = fut.py();
-    let value = result.and_then(|v| v.into_py_any(py));
+    let value = result.and_then(|v| to_py(py, v));
     let set = match value {
         Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,)),
         Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),)),
@@ -273,11 +278,9 @@ fn lookup_or_create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> 
 }
 
 fn create(py: Python<'_>, event_loop: &Bound<'_, PyAny>, pid: u32) -> PyResult<Arc<Completer>> {
-    let runtime = super::runtime::get();
     let new = |wake| -> PyResult<Arc<Completer>> {
         let c = Arc::new(Completer {
             pid,
-            runtime,
             queue: Mutex::new(Vec::new()),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),

@@ -316,19 +316,18 @@ impl PyConnection {
         )))
     }
 
-    /// The awaitable of a send or flush: already done when there is nothing to wait for (no tokio
-    /// round trip); the outcome becomes None or the exception on the loop.
-    fn delivered<'py>(
+    /// The outcome of a send or flush, None or the exception once converted on the loop: returned at
+    /// the first step when there is nothing to wait for (no tokio round trip).
+    fn delivered(
         &self,
-        py: Python<'py>,
         outcome: impl std::future::Future<Output = Result<(), SendError>> + Send + 'static,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> impl std::future::Future<Output = PyResult<Delivered>> + Send + 'static {
         let client = self.client.clone();
         let name = self.name.clone();
-        super::runtime::future_into_py(py, async move {
+        async move {
             let outcome = outcome.await;
             Ok(Delivered { outcome, name, client })
-        })
+        }
     }
 }
 
@@ -482,14 +481,17 @@ impl PyConnection {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
         self.started.store(true, Ordering::SeqCst);
-        if self.target.locals.get().is_none() {
-            let _ = self.target.locals.set(super::runtime::get_current_locals(py)?);
-        }
-        let client = self.client.clone();
-        let name = self.name.clone();
-        super::runtime::future_into_py(py, async move {
-            client.start();
-            Ok(Started { outcome: client.wait_connected().await, name })
+        let (client, name, locals) = (self.client.clone(), self.name.clone(), self.target.locals.clone());
+        // the hooks' loop is the one that drives this, known at its first step (not at the call, which
+        // may come from another thread)
+        super::coroutine::deferred(py, "Connection.start", move |py| {
+            if locals.get().is_none() {
+                let _ = locals.set(super::runtime::get_current_locals(py)?);
+            }
+            Ok(async move {
+                client.start();
+                Ok(Started { outcome: client.wait_connected().await, name })
+            })
         })
     }
 
@@ -508,7 +510,7 @@ impl PyConnection {
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("recv")?;
         let client = self.client.clone();
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, "Connection.wait_readable", async move {
             client.readable().await;
             Ok(())
         })
@@ -522,7 +524,7 @@ impl PyConnection {
         // enqueued here, synchronously, so messages go out in call order
         let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
-        self.delivered(py, async move { client.sent(queued).await })
+        super::coroutine::done_at_call(py, "Connection.send", self.delivered(async move { client.sent(queued).await }))
     }
 
     /// Resolves once everything sent before the call was confirmed by the peer.
@@ -530,13 +532,14 @@ impl PyConnection {
         self.check_started("flush")?;
         let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
         let client = self.client.clone();
-        self.delivered(py, async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) })
+        let outcome = self.delivered(async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) });
+        super::coroutine::coroutine(py, "Connection.flush", outcome)
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (client, closing) = (self.client.clone(), self.closing.clone());
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, "Connection.aclose", async move {
             closing.get_or_init(|| client.close()).await;
             Ok(())
         })

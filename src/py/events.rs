@@ -168,7 +168,7 @@ macro_rules! buffered_stream {
 
             /// Resolves once `try_next` has something to return.
             fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                $crate::py::runtime::future_into_py(py, self.inner.wait())
+                $crate::py::coroutine::coroutine(py, concat!(stringify!($name), ".wait"), self.inner.wait())
             }
         }
     };

@@ -91,7 +91,7 @@ impl PyHandshakeChannel {
     /// Write `data` (str -> text, bytes-like -> binary) now; resolves once the socket accepted it.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let rx = self.hs.start_send(message_from_py(data)?).map_err(|e| closed(py, &e))?;
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::done_at_call(py, "HandshakeChannel.send", async move {
             Ok(Written(rx.await.unwrap_or_else(|_| Err("the on_connect handshake is over".into()))))
         })
     }
@@ -107,7 +107,7 @@ impl PyHandshakeChannel {
     /// Resolves once `try_recv` has something to return; the socket is read only meanwhile.
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let hs = self.hs.clone();
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, "HandshakeChannel.wait_readable", async move {
             hs.readable().await;
             Ok(())
         })

@@ -11,6 +11,7 @@ mod chaos;
 mod completer;
 mod connection;
 mod convert;
+mod coroutine;
 mod errors;
 mod events;
 mod handshake;
@@ -29,6 +30,7 @@ pub(crate) mod watchdog;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
 
+    coroutine::register(m)?;
     m.add_class::<backoff::PyBackoff>()?;
     m.add_class::<backoff::DelayIter>()?;
     m.add_class::<reconnect::PyReconnector>()?;

@@ -212,7 +212,7 @@ impl PyWorkerProc {
             _ => None,
         };
         let proc = self.proc.clone();
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, "WorkerProc.request", async move {
             let native = proc.as_any().downcast_ref::<NativeProc>().expect("a WorkerProc wraps a NativeProc");
             Ok(Reply(native.request(&data, limit).await))
         })
@@ -340,6 +340,21 @@ fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
     }
 }
 
+/// Start prewarming; a spawn= pool's spawns run on the calling (running) loop.
+fn start(py: Python<'_>, pool: &Pool, spawner: Option<&PySpawner>) -> PyResult<()> {
+    if let Some(ps) = spawner {
+        if ps.locals.get().is_none() {
+            let locals = super::runtime::get_current_locals(py).map_err(|_| {
+                PyTypeError::new_err("ProcPool(spawn=...).start() must be called inside a running event loop")
+            })?;
+            let _ = ps.locals.set(locals);
+        }
+    }
+    let _guard = super::runtime::get().enter();
+    pool.start();
+    Ok(())
+}
+
 impl PyProcPool {
     /// The pool's handle for a process it lent, taken out of `out` for Python-spawned ones.
     fn handle(&self, proc: &Bound<'_, PyAny>, what: &str) -> PyResult<Proc> {
@@ -438,33 +453,27 @@ impl PyProcPool {
 
     /// Start prewarming (call inside a running event loop when using spawn=).
     fn start(&self, py: Python<'_>) -> PyResult<()> {
-        if let Some(ps) = &self.py_spawner {
-            if ps.locals.get().is_none() {
-                let locals = super::runtime::get_current_locals(py).map_err(|_| {
-                    PyTypeError::new_err("ProcPool(spawn=...).start() must be called inside a running event loop")
-                })?;
-                let _ = ps.locals.set(locals);
-            }
-        }
-        let _guard = super::runtime::get().enter();
-        self.pool.start();
-        Ok(())
+        start(py, &self.pool, self.py_spawner.as_deref())
     }
 
     /// A warm process (a `WorkerProc` for command= pools, your object for spawn= pools).
     #[pyo3(signature = (timeout=None))]
     fn acquire<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         let t = Arg::new("timeout", timeout).opt_seconds()?;
-        self.start(py)?;
-        // fast path: a warm process is idle: hand it over without a trip through the runtime
-        if let Some(p) = self.pool.try_acquire() {
-            let obj = lend(py, &self.out, p)?;
-            let fut = py.import("asyncio")?.call_method0("get_running_loop")?.call_method0("create_future")?;
-            fut.call_method1("set_result", (obj,))?;
-            return Ok(fut);
-        }
-        let (pool, out) = (self.pool.clone(), self.out.clone());
-        super::runtime::future_into_py(py, async move { Ok(Lend { outcome: pool.acquire(t).await.map(Some), out }) })
+        let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
+        // at the first step, on the loop that drives it: an acquire never awaited lends nothing
+        super::coroutine::deferred(py, "ProcPool.acquire", move |py| {
+            start(py, &pool, spawner.as_deref())?;
+            // a warm process is idle: handed over at this step, without a trip through the runtime
+            let idle = pool.try_acquire();
+            Ok(async move {
+                let outcome = match idle {
+                    Some(p) => Ok(Some(p)),
+                    None => pool.acquire(t).await.map(Some),
+                };
+                Ok(Lend { outcome, out })
+            })
+        })
     }
 
     /// Wait until `n` processes (default num_idle; the idle target is raised to `n` if lower) are
@@ -481,12 +490,11 @@ impl PyProcPool {
             _ => None,
         };
         let t = Arg::new("timeout", timeout).opt_seconds()?;
-        self.start(py)?;
-        let (pool, out) = (self.pool.clone(), self.out.clone());
-        super::runtime::future_into_py(
-            py,
-            async move { Ok(Lend { outcome: pool.warm(n, t).await.map(|()| None), out }) },
-        )
+        let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
+        super::coroutine::deferred(py, "ProcPool.warm", move |py| {
+            start(py, &pool, spawner.as_deref())?;
+            Ok(async move { Ok(Lend { outcome: pool.warm(n, t).await.map(|()| None), out }) })
+        })
     }
 
     /// Return a process: kept warm if alive and wanted (and kill is False), else killed and reaped.
@@ -516,7 +524,7 @@ impl PyProcPool {
     /// Close (bounded): waiters fail, idle processes are killed and reaped, in-flight spawns settle.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let pool = self.pool.clone();
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, "ProcPool.aclose", async move {
             pool.close().await;
             Ok(())
         })

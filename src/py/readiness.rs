@@ -142,36 +142,39 @@ impl PyReadinessGate {
         let timeouts = parse_timeouts(timeouts, &stages)?;
         let policy = Arg::new("policy", policy).policy(&Spec::default_policy())?;
         let spec = Spec { stages, timeouts, policy, redispatch };
-        let locals = super::runtime::get_current_locals(py)?;
         let gate = self.gate.clone();
         let dispatch = dispatch.unbind();
-        super::runtime::future_into_py(py, async move {
-            let res = gate
-                .dispatch(
-                    &job_id,
-                    &spec,
-                    |attempt| {
-                        let started = super::try_with_python(PyRuntimeError::new_err, |py| -> PyResult<_> {
-                            let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
-                            let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
-                            if !ok {
-                                return Err(PyTypeError::new_err(
-                                    "dispatch must return an awaitable (use an async def)",
-                                ));
+        // `dispatch` runs on the loop that drives this, known at its first step
+        super::coroutine::deferred(py, "ReadinessGate.dispatch", move |py| {
+            let locals = super::runtime::get_current_locals(py)?;
+            Ok(async move {
+                let res = gate
+                    .dispatch(
+                        &job_id,
+                        &spec,
+                        |attempt| {
+                            let started = super::try_with_python(PyRuntimeError::new_err, |py| -> PyResult<_> {
+                                let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
+                                let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
+                                if !ok {
+                                    return Err(PyTypeError::new_err(
+                                        "dispatch must return an awaitable (use an async def)",
+                                    ));
+                                }
+                                await_py(py, &locals, aw)
+                            });
+                            async move {
+                                match started {
+                                    Ok(f) => f.await.map(|_| ()),
+                                    Err(e) => Err(e),
+                                }
                             }
-                            await_py(py, &locals, aw)
-                        });
-                        async move {
-                            match started {
-                                Ok(f) => f.await.map(|_| ()),
-                                Err(e) => Err(e),
-                            }
-                        }
-                    },
-                    |e: &PyErr| super::with_python(|py| describe(py, e)).unwrap_or_default(),
-                )
-                .await;
-            Ok(Outcome(res))
+                        },
+                        |e: &PyErr| super::with_python(|py| describe(py, e)).unwrap_or_default(),
+                    )
+                    .await;
+                Ok(Outcome(res))
+            })
         })
     }
 

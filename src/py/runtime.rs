@@ -6,19 +6,11 @@
 //! and rebuilt lazily in a child; the parent's copy is leaked there (dropping it would try to join
 //! threads that do not exist). Nothing is built at import: the first awaitable builds it.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
 
-use futures_util::FutureExt;
-use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3_async_runtimes::TaskLocals;
 use tokio::runtime::Runtime as TokioRuntime;
-
-use super::completer;
-use super::parked::Parked;
 
 static RUNTIME: Mutex<Option<(u32, &'static TokioRuntime)>> = Mutex::new(None);
 
@@ -52,9 +44,25 @@ pub fn pid() -> u32 {
     std::process::id()
 }
 
+thread_local! {
+    /// The runtime this thread last asked for, and its process: every awaitable's first step asks.
+    static LAST: std::cell::Cell<Option<(u32, &'static TokioRuntime)>> = const { std::cell::Cell::new(None) };
+}
+
 /// The runtime of this process, built on first use (again after a fork).
 pub fn get() -> &'static TokioRuntime {
     let pid = pid();
+    if let Some((owner, rt)) = LAST.get() {
+        if owner == pid {
+            return rt;
+        }
+    }
+    let rt = shared(pid);
+    LAST.set(Some((pid, rt)));
+    rt
+}
+
+fn shared(pid: u32) -> &'static TokioRuntime {
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((owner, rt)) = *slot {
         if owner == pid {
@@ -73,34 +81,6 @@ pub fn get() -> &'static TokioRuntime {
     let rt: &'static TokioRuntime = Box::leak(Box::new(rt));
     *slot = Some((pid, rt));
     rt
-}
-
-/// An awaitable for `fut`, completed on the calling loop's thread (see `completer`); cancelling it
-/// drops `fut`. The first poll happens right here: a future ready at once (a buffered message, a free
-/// slot) is returned already done, and a pending one reaches tokio only when woken (see `parked`).
-pub fn future_into_py<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
-where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'py> IntoPyObject<'py> + Send + 'static,
-{
-    let (event_loop, completer) = completer::for_running_loop(py)?;
-    let py_fut = event_loop.call_method0(intern!(py, "create_future"))?;
-    let parked = Parked::new(completer.runtime());
-    let waker = Waker::from(parked.clone());
-    let mut fut = Box::pin(AssertUnwindSafe(fut).catch_unwind());
-    let first = {
-        // tokio timers and spawns need the runtime's context even off its threads
-        let _rt = completer.runtime().enter();
-        fut.as_mut().poll(&mut Context::from_waker(&waker))
-    };
-    match first {
-        Poll::Ready(r) => completer::complete(&py_fut, r.unwrap_or_else(|p| Err(completer::panicked(p)))),
-        Poll::Pending => {
-            let fut = fut.map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
-            completer.watch(&py_fut, parked, fut)?
-        }
-    }
-    Ok(py_fut)
 }
 
 /// The running event loop and contextvars of the calling task.

@@ -38,14 +38,14 @@ impl<T: Server> Served<T> {
             .ok_or_else(|| PyRuntimeError::new_err(format!("{} is not running; use {}", T::NAME, T::HOW_TO_START)))
     }
 
-    /// Start with `start()` unless running already.
-    pub fn start<'py, F, Fut>(&self, py: Python<'py>, start: F) -> PyResult<Bound<'py, PyAny>>
+    /// Start with `start()` unless running already; `name` is the coroutine's (`Class.start`).
+    pub fn start<'py, F, Fut>(&self, py: Python<'py>, name: &'static str, start: F) -> PyResult<Bound<'py, PyAny>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = PyResult<T>> + Send + 'static,
     {
         let slot = self.slot.clone();
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, name, async move {
             if slot.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                 return Ok(());
             }
@@ -56,9 +56,9 @@ impl<T: Server> Served<T> {
     }
 
     /// Shut the server down (if running); it is not running afterwards.
-    pub fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    pub fn aclose<'py>(&self, py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
         let server = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, name, async move {
             if let Some(s) = server {
                 s.shutdown();
             }

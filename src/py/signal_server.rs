@@ -60,7 +60,7 @@ impl PySignalServer {
     /// Bind and start serving (idempotent).
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (host, port) = (self.host.clone(), self.port);
-        self.served.start(py, move || async move {
+        self.served.start(py, "SignalServer.start", move || async move {
             SignalServer::start(&host, port)
                 .await
                 .map_err(|e| PyRuntimeError::new_err(format!("SignalServer could not bind {host}:{port}: {e}")))
@@ -69,7 +69,7 @@ impl PySignalServer {
 
     /// Stop accepting and drop every connection.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.served.aclose(py)
+        self.served.aclose(py, "SignalServer.aclose")
     }
 
     #[getter]
@@ -189,7 +189,7 @@ impl PySignalServer {
         if !["active", "handshakes", "tcp_accepts", "refused", "messages_in", "pings"].contains(&key.as_str()) {
             return Err(value_error(format!("unknown key {key:?}")));
         }
-        super::runtime::future_into_py(py, async move {
+        super::coroutine::coroutine(py, "SignalServer.wait_for", async move {
             Ok(srv
                 .wait_until(Duration::from_secs_f64(t), move |s| match key.as_str() {
                     "active" => s.active == n,

@@ -1,0 +1,440 @@
+//! The awaitable every native async method returns: a coroutine, as far as asyncio can tell.
+//!
+//! `asyncio.create_task`, `gather`, `wait_for`, `TaskGroup` and, from an audio or callback thread,
+//! `asyncio.run_coroutine_threadsafe` take a coroutine (`asyncio.iscoroutine`); the last one runs it on
+//! a loop the calling thread does not have. An asyncio future made at the call is not a coroutine, and
+//! cannot be made on a thread without a running loop. So this type speaks the coroutine protocol
+//! (`send`, `throw`, `close`, `__await__`, `__next__`), is registered with `collections.abc.Coroutine`,
+//! and meets an event loop only at its first step, on the thread of the loop whose task drives it.
+//!
+//! What runs when:
+//! - the call does only what its method documents as immediate (`send()` queues its message there, so
+//!   messages go out in call order whatever thread calls);
+//! - the first step (`await` takes it in `__await__`, a task in `send`/`__next__`) polls the Rust
+//!   future once, in tokio's context. Ready (a buffered message, a free slot, a send under the write
+//!   mark): the result is returned right there, without an asyncio future or a look at the loop.
+//!   Pending: the future goes to the loop's completer (`completer`, `parked`), which completes an
+//!   asyncio future with its result; `await` gets that future's own iterator, a task gets the future
+//!   yielded as `await future` yields it, and its next step returns the result;
+//! - `throw()` (how a task delivers its cancellation), `close()`, or dropping it while it waits, drop
+//!   the Rust future or abort its tokio task;
+//! - never stepped, nothing ran: dropping it drops the Rust future, with the "was never awaited"
+//!   RuntimeWarning of a Python coroutine. Not for a `send()`: its call queued the message, awaiting it
+//!   only waits for room in the queue, so a send left unawaited is not a mistake.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::FutureExt;
+use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyTuple, PyType};
+
+use super::completer::{self, Completer};
+use super::parked::Parked;
+
+/// The Rust work of a coroutine that was not stepped yet.
+trait Body: Send {
+    /// The first step, on the thread of the loop that drives the coroutine.
+    fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First>;
+}
+
+enum First {
+    Ready(Py<PyAny>),
+    Pending(Waiting),
+}
+
+/// A pending first poll: the loop's completer completes `fut`; `parked` stops the Rust future.
+struct Waiting {
+    fut: Py<PyAny>,
+    parked: Arc<Parked>,
+    completer: Arc<Completer>,
+}
+
+impl<F, T> Body for F
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    fn first(mut self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        let runtime = super::runtime::get();
+        let parked = Parked::new(runtime);
+        let waker = Waker::from(parked.clone());
+        let polled = {
+            // tokio timers and spawns need the runtime's context even off its threads
+            let _rt = runtime.enter();
+            catch_unwind(AssertUnwindSafe(|| self.as_mut().poll(&mut Context::from_waker(&waker))))
+        };
+        match polled {
+            Err(panic) => Err(completer::panicked(panic)),
+            Ok(Poll::Ready(r)) => Ok(First::Ready(completer::to_py(py, r?)?)),
+            Ok(Poll::Pending) => {
+                let (event_loop, completer) = completer::for_running_loop(py)?;
+                let fut = event_loop.call_method0(intern!(py, "create_future"))?;
+                let rest =
+                    AssertUnwindSafe(self).catch_unwind().map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
+                completer.watch(&fut, parked.clone(), rest)?;
+                Ok(First::Pending(Waiting { fut: fut.unbind(), parked, completer }))
+            }
+        }
+    }
+}
+
+/// A body whose Rust future is made at the first step, on the loop's thread, by `setup`: for work that
+/// needs that loop (a pool started on it) or must not begin unless awaited (a process lent).
+struct Deferred<G>(G);
+
+impl<G, F, T> Body for Deferred<G>
+where
+    G: FnOnce(Python<'_>) -> PyResult<F> + Send + Unpin + 'static,
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        let fut = (Pin::into_inner(self).0)(py)?;
+        Box::pin(fut).first(py)
+    }
+}
+
+enum State {
+    Created(Pin<Box<dyn Body>>),
+    /// A step is under way (the state is taken out while it calls into Python).
+    Stepping,
+    /// Driven by `send`/`__next__` (a task): the future its last step yielded.
+    Waiting(Waiting),
+    /// `await` took the first step, which was ready: the next step returns this.
+    Ready(Py<PyAny>),
+    /// `await` took the first step, which was pending: the awaiting coroutine waits on this future
+    /// through its own iterator.
+    HandedOver(Py<PyAny>),
+    Done,
+}
+
+/// A coroutine over a Rust future; see the module documentation.
+#[pyclass(module = "tether._native", frozen)]
+pub struct NativeCoroutine {
+    state: Mutex<State>,
+    /// `Class.method`, as a coroutine's `__qualname__`.
+    name: &'static str,
+    /// The call already did what was asked (a send queued its message): never awaiting it is no mistake.
+    done_at_call: bool,
+}
+
+/// A coroutine that polls `fut` at its first step; it warns if dropped without being awaited.
+pub fn coroutine<'py, F, T>(py: Python<'py>, name: &'static str, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    make(py, name, Box::pin(fut), false)
+}
+
+/// A coroutine over the rest of a call that already did its work (a send queued its message): its
+/// result only reports when that work got further, so it is not warned about when left unawaited.
+pub fn done_at_call<'py, F, T>(py: Python<'py>, name: &'static str, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    make(py, name, Box::pin(fut), true)
+}
+
+/// A coroutine whose Rust future `setup` makes at the first step, on the driving loop's thread.
+pub fn deferred<'py, G, F, T>(py: Python<'py>, name: &'static str, setup: G) -> PyResult<Bound<'py, PyAny>>
+where
+    G: FnOnce(Python<'_>) -> PyResult<F> + Send + Unpin + 'static,
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    make(py, name, Box::pin(Deferred(setup)), false)
+}
+
+fn make<'py>(
+    py: Python<'py>,
+    name: &'static str,
+    body: Pin<Box<dyn Body>>,
+    done_at_call: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let c = NativeCoroutine { state: Mutex::new(State::Created(body)), name, done_at_call };
+    Ok(Bound::new(py, c)?.into_any())
+}
+
+fn reused() -> PyErr {
+    PyRuntimeError::new_err("cannot reuse already awaited coroutine")
+}
+
+/// The end of a step that returned `value`: `__next__`'s "exhausted" for None (no exception made),
+/// else `StopIteration(value)`.
+fn finished(py: Python<'_>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    if value.is_none(py) {
+        Ok(None)
+    } else {
+        Err(PyStopIteration::new_err((value,)))
+    }
+}
+
+impl NativeCoroutine {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take the state for a step; the lock is not held while the step calls into Python.
+    fn take(&self) -> PyResult<State> {
+        let mut st = self.lock();
+        if matches!(*st, State::Stepping) {
+            return Err(PyValueError::new_err("coroutine already executing"));
+        }
+        Ok(std::mem::replace(&mut *st, State::Stepping))
+    }
+
+    fn put(&self, state: State) {
+        *self.lock() = state;
+    }
+
+    /// One step: `Some(future)` to wait on (yielded to the task), `None` when it returned None,
+    /// `Err(StopIteration(value))` when it returned a value, `Err(e)` when it raised.
+    fn step(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let waiting = match self.take()? {
+            State::Created(body) => match body.first(py) {
+                Ok(First::Ready(v)) => {
+                    self.put(State::Done);
+                    return finished(py, v);
+                }
+                Ok(First::Pending(w)) => w,
+                Err(e) => {
+                    self.put(State::Done);
+                    return Err(e);
+                }
+            },
+            // a task resumes its coroutine once the future it waits on is done: its result, or the
+            // exception it carries
+            State::Waiting(w) => match w.fut.bind(py).call_method0(intern!(py, "result")) {
+                Ok(v) => {
+                    self.put(State::Done);
+                    return finished(py, v.unbind());
+                }
+                Err(e) if e.is_instance(py, &invalid_state(py)?) => w, // not done yet: wait on
+                Err(e) => {
+                    self.put(State::Done);
+                    return Err(e);
+                }
+            },
+            State::Ready(v) => {
+                self.put(State::Done);
+                return finished(py, v);
+            }
+            State::HandedOver(fut) => {
+                let busy = awaited_elsewhere(py, &fut);
+                self.put(State::HandedOver(fut));
+                return Err(busy);
+            }
+            State::Done => {
+                self.put(State::Done);
+                return Err(reused());
+            }
+            State::Stepping => unreachable!("take() refuses a coroutine that is stepping"),
+        };
+        let fut = waiting.fut.clone_ref(py);
+        self.put(State::Waiting(waiting));
+        // what `await future` sets before yielding it: tells the task to wait for this future
+        fut.bind(py).setattr(intern!(py, "_asyncio_future_blocking"), true)?;
+        Ok(Some(fut))
+    }
+
+    /// End it: drop the Rust future, or abort its work and cancel the future its task waits on.
+    fn stop(&self, py: Python<'_>) {
+        let previous = std::mem::replace(&mut *self.lock(), State::Done);
+        match previous {
+            State::Waiting(w) => {
+                w.parked.cancel();
+                // its done-callback forgets it in the completer
+                let _ = w.fut.bind(py).call_method0(intern!(py, "cancel"));
+            }
+            // the completer's done-callback stops the Rust work
+            State::HandedOver(fut) => {
+                let _ = fut.bind(py).call_method0(intern!(py, "cancel"));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn invalid_state(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    static INVALID_STATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    INVALID_STATE.import(py, "asyncio", "InvalidStateError").cloned()
+}
+
+/// Stepping a coroutine whose `await` handed its future over: as a coroutine says when awaited twice.
+fn awaited_elsewhere(py: Python<'_>, fut: &Py<PyAny>) -> PyErr {
+    match fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()) {
+        Ok(false) => PyRuntimeError::new_err("coroutine is being awaited already"),
+        _ => reused(),
+    }
+}
+
+/// The exception `throw(typ, val, tb)` raises, as a generator's `throw` builds it.
+fn thrown(
+    py: Python<'_>,
+    typ: &Bound<'_, PyAny>,
+    val: Option<&Bound<'_, PyAny>>,
+    tb: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyErr> {
+    let val = val.filter(|v| !v.is_none());
+    let exc = if typ.is_instance_of::<PyBaseException>() {
+        if val.is_some() {
+            return Err(PyTypeError::new_err("instance exception may not have a separate value"));
+        }
+        typ.clone()
+    } else if typ.cast::<PyType>().is_ok_and(|t| t.is_subclass_of::<PyBaseException>().unwrap_or(false)) {
+        match val {
+            Some(v) if v.is_instance(typ)? => v.clone(),
+            Some(v) if v.is_instance_of::<PyTuple>() => typ.call1(v.cast::<PyTuple>()?)?,
+            Some(v) => typ.call1((v,))?,
+            None => typ.call0()?,
+        }
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "exceptions must be classes or instances deriving from BaseException, not {}",
+            typ.get_type().name()?
+        )));
+    };
+    if let Some(tb) = tb.filter(|t| !t.is_none()) {
+        exc.call_method1(intern!(py, "with_traceback"), (tb,))?;
+    }
+    Ok(PyErr::from_value(exc))
+}
+
+#[pymethods]
+impl NativeCoroutine {
+    /// `await` takes the first step here. Pending, the awaiting coroutine gets the future's own
+    /// iterator: its result comes back without a `StopIteration` made for it, and cancelling the
+    /// awaiting task cancels the future, whose done-callback stops the Rust work.
+    fn __await__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, PyAny>> {
+        let py = slf.py();
+        let me = slf.get();
+        match me.take()? {
+            State::Created(body) => match body.first(py) {
+                Ok(First::Ready(v)) => {
+                    me.put(State::Ready(v));
+                    Ok(slf.into_any())
+                }
+                Ok(First::Pending(w)) => {
+                    // `iter(future)` is its `__await__`, without the method lookup
+                    let it = w.fut.bind(py).try_iter().map(Bound::into_any);
+                    me.put(State::HandedOver(w.fut));
+                    it
+                }
+                Err(e) => {
+                    me.put(State::Done);
+                    Err(e)
+                }
+            },
+            State::HandedOver(fut) => {
+                let busy = awaited_elsewhere(py, &fut);
+                me.put(State::HandedOver(fut));
+                Err(busy)
+            }
+            state @ (State::Waiting(_) | State::Ready(_)) => {
+                me.put(state);
+                Err(PyRuntimeError::new_err("coroutine is being awaited already"))
+            }
+            State::Done => {
+                me.put(State::Done);
+                Err(reused())
+            }
+            State::Stepping => unreachable!("take() refuses a coroutine that is stepping"),
+        }
+    }
+
+    /// What `await` and a task call for each step (`send(None)` without the method call).
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.step(py)
+    }
+
+    #[pyo3(signature = (value, /))]
+    fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if !value.is_none() && matches!(*self.lock(), State::Created(_)) {
+            return Err(PyTypeError::new_err("can't send non-None value to a just-started coroutine"));
+        }
+        self.step(py)?.ok_or_else(|| PyStopIteration::new_err(()))
+    }
+
+    /// Raise the exception here, where the coroutine waits: its Rust work stops first.
+    #[pyo3(signature = (typ, val=None, tb=None, /))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let exc = thrown(py, typ, val, tb)?;
+        self.stop(py);
+        Err(exc)
+    }
+
+    fn close(&self, py: Python<'_>) {
+        self.stop(py);
+    }
+
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        self.name
+    }
+
+    #[getter]
+    fn __name__(&self) -> &'static str {
+        self.name.rsplit('.').next().unwrap_or(self.name)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        format!("<native coroutine object {} at {:#x}>", slf.get().name, slf.as_ptr() as usize)
+    }
+}
+
+impl Drop for NativeCoroutine {
+    fn drop(&mut self) {
+        let state = std::mem::replace(self.state.get_mut().unwrap_or_else(|p| p.into_inner()), State::Done);
+        match state {
+            // its task went away without it (a coroutine driven by hand, then dropped)
+            State::Waiting(w) => {
+                w.parked.cancel();
+                let fut = w.fut;
+                w.completer.push(Box::new(move |py, _| {
+                    let _ = fut.bind(py).call_method0(intern!(py, "cancel"));
+                }));
+            }
+            State::Created(body) if !self.done_at_call && super::python_alive() => {
+                drop(body);
+                // SAFETY: a pyclass's Rust value is dropped by its type's tp_dealloc, which runs with
+                // the GIL held.
+                let py = unsafe { Python::assume_attached() };
+                // as a Python coroutine's finalizer does: the exception being raised, if any, is kept
+                let raised = PyErr::take(py);
+                let text = std::ffi::CString::new(format!("coroutine '{}' was never awaited", self.name));
+                let warning = py.get_type::<PyRuntimeWarning>();
+                if let Err(e) = PyErr::warn(py, warning.as_any(), &text.unwrap_or_default(), 1) {
+                    e.write_unraisable(py, None);
+                }
+                if let Some(e) = raised {
+                    e.restore(py);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeCoroutine>()?;
+    let py = m.py();
+    // what `asyncio.iscoroutine` (create_task, run_coroutine_threadsafe, gather, ...) checks
+    let abc = py.import("collections.abc")?.getattr("Coroutine")?;
+    abc.call_method1("register", (py.get_type::<NativeCoroutine>(),))?;
+    Ok(())
+}
