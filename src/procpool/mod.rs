@@ -1,12 +1,20 @@
 //! A prewarmed process pool whose `acquire` never hangs (seed 004).
 //!
 //! * A maintainer task keeps `idle + in-flight spawns` at `target_idle` plus the number of waiting
-//!   acquirers, never more than `max_concurrent_spawns` initializing at once, and after a failed spawn
-//!   waits the `respawn` backoff before the next one (a crash-looping child cannot spin the CPU).
-//! * Each spawn started while acquirers wait is made *for* one of them (oldest first): its process is
-//!   kept for that waiter, and its failure counts as a failed attempt of that waiter only (or the
-//!   waiter adopts a spawn in flight that nobody owns). After `acquire_attempts` failed attempts the
-//!   acquire raises `Exhausted` with the causes of its own spawns. An optional timeout bounds it all.
+//!   acquirers, never more than `max_concurrent_spawns` initializing at once (one while the pool is
+//!   unhealthy), and after a failed spawn waits the `respawn` backoff before the next one (a
+//!   crash-looping child cannot spin the CPU).
+//! * A waiter's spawn goes ahead of idle-target spawns: each spawn started while acquirers wait is made
+//!   *for* one of them (oldest first), and an acquirer arriving while a spawn for the idle target is in
+//!   flight takes that spawn over. Its process is kept for that waiter, and while the pool is healthy
+//!   its failure counts as a failed attempt of that waiter only (or the waiter adopts a spawn in flight
+//!   that nobody owns), so peers still starting never burn an attempt. After `acquire_attempts` failed
+//!   attempts the acquire raises `Exhausted` with the causes of its own spawns.
+//! * The pool is unhealthy after `unhealthy_after` spawn failures in a row (until a spawn succeeds).
+//!   Then the next spawn failure, whoever it was made for, ends every waiting acquire with
+//!   `Unhealthy` naming the failures seen since it began: the setup is known to fail, so waiting for
+//!   further spawns (each a growing backoff away) would only delay the same error. An optional timeout
+//!   bounds it all.
 //! * `acquire` takes a process under the pool lock, in the same poll that returns it, so a cancelled
 //!   acquire never consumes-and-drops one. Dead idle processes are evicted, not handed out. Idle
 //!   processes never exceed `target_idle` plus the acquirers still waiting.
@@ -122,6 +130,13 @@ pub enum AcquireError {
         attempts: u32,
         failures: Vec<String>,
     },
+    /// A spawn failed while the pool was unhealthy (`in_row` failures since its last success):
+    /// `failures` are the ones of that run since the acquire began, the last one included.
+    Unhealthy {
+        attempts: u32,
+        in_row: u32,
+        failures: Vec<String>,
+    },
     TimedOut {
         timeout: Duration,
         failures: Vec<String>,
@@ -173,6 +188,10 @@ impl AcquireError {
             AcquireError::Exhausted { attempts, failures } => format!(
                 "no process after {attempts} acquire attempt{}: every spawn failed: {}",
                 if *attempts == 1 { "" } else { "s" },
+                causes(failures)
+            ),
+            AcquireError::Unhealthy { in_row, failures, .. } => format!(
+                "no process: the pool is unhealthy ({in_row} spawn failures in a row, the last while this acquire waited): {}",
                 causes(failures)
             ),
             AcquireError::TimedOut { timeout, failures } => {
@@ -232,6 +251,10 @@ struct Waiter {
     ready: Option<Proc>,
     /// Causes of this waiter's failed spawns: one per failed attempt.
     failures: Vec<String>,
+    /// `failure_total` when this acquire began: the failures it may name are the later ones.
+    since: u64,
+    /// Set when a spawn failed while the pool was already unhealthy: the acquire ends with it.
+    given_up: Option<AcquireError>,
 }
 
 struct State {
@@ -396,6 +419,7 @@ impl Drop for Waiting<'_> {
 enum Step {
     Take(Proc),
     Exhausted(Vec<String>),
+    GiveUp(AcquireError),
     Wait,
 }
 
@@ -514,8 +538,15 @@ impl Pool {
             let mut st = inner.lock();
             let id = st.next_waiter;
             st.next_waiter += 1;
-            st.waiters.push(Waiter { id, spawn: None, ready: None, failures: Vec::new() });
-            (id, st.failure_total)
+            // a spawn already in flight for the idle target is this waiter's now (oldest first): the
+            // idle target's next spawn comes after it, and its failure is one of this waiter's attempts
+            let spawn = st.owners.iter().filter(|(_, o)| o.is_none()).map(|(s, _)| *s).min();
+            if let Some(s) = spawn {
+                st.owners.insert(s, Some(id));
+            }
+            let since = st.failure_total;
+            st.waiters.push(Waiter { id, spawn, ready: None, failures: Vec::new(), since, given_up: None });
+            (id, since)
         };
         let _waiting = Waiting { inner, id };
         inner.wake_maintainer.notify_one();
@@ -537,6 +568,8 @@ impl Pool {
                             Step::Take(p)
                         } else if w.failures.len() >= attempts {
                             Step::Exhausted(std::mem::take(&mut w.failures))
+                        } else if let Some(e) = w.given_up.take() {
+                            Step::GiveUp(e)
                         } else {
                             if w.failures.len() > failed_seen {
                                 failed_seen = w.failures.len();
@@ -554,6 +587,7 @@ impl Pool {
                         Step::Exhausted(failures) => {
                             return Err(AcquireError::Exhausted { attempts: failures.len() as u32, failures })
                         }
+                        Step::GiveUp(e) => return Err(e),
                         Step::Wait => break,
                     }
                 }
@@ -562,7 +596,9 @@ impl Pool {
         };
         let res = inner.within(timeout, since, body).await;
         if let Err(e) = &res {
-            if let AcquireError::Exhausted { attempts, failures } = e {
+            if let AcquireError::Exhausted { attempts, failures } | AcquireError::Unhealthy { attempts, failures, .. } =
+                e
+            {
                 inner.emit(PoolEvent::Exhausted { attempts: *attempts, failures: failures.clone() });
             }
             tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "acquire failed: {}", e.message());
@@ -699,7 +735,10 @@ async fn maintain(inner: Arc<Inner>) {
                 return;
             }
             let want = (st.target_idle + st.wanting()).saturating_sub(st.idle.len() + st.in_flight);
-            let room = inner.cfg.max_concurrent_spawns.saturating_sub(st.in_flight);
+            // while every spawn fails, one at a time: each would fail the same way, so more at once
+            // would only multiply the wasted setups (a success lifts the limit)
+            let slots = if st.healthy { inner.cfg.max_concurrent_spawns } else { 1 };
+            let room = slots.saturating_sub(st.in_flight);
             match st.next_spawn_at {
                 Some(at) if at > Instant::now() && want > 0 => sleep_until = Some(at),
                 _ => {
@@ -798,6 +837,7 @@ async fn spawn_one(mut guard: InFlight) {
                 }
             }
             Err(cause) => {
+                let was_healthy = st.healthy;
                 st.consecutive_failures += 1;
                 st.failure_total += 1;
                 st.failures.push_back(cause.clone());
@@ -823,6 +863,23 @@ async fn spawn_one(mut guard: InFlight) {
                 if st.healthy && st.consecutive_failures >= inner.cfg.unhealthy_after {
                     st.healthy = false;
                     events.push(PoolEvent::Health { healthy: false });
+                }
+                if !was_healthy {
+                    // The pool already knew setup keeps failing and one more spawn failed, whoever it was
+                    // made for: no acquire waits for spawns of its own (each a backoff away) to learn it.
+                    let (in_row, total) = (st.consecutive_failures, st.failure_total);
+                    let ended: Vec<(u64, u64)> = st
+                        .waiters
+                        .iter()
+                        .filter(|w| w.ready.is_none() && w.given_up.is_none())
+                        .map(|w| (w.id, (in_row as u64).min(total - w.since)))
+                        .collect();
+                    for (id, n) in ended {
+                        let failures = st.failures_since(total - n, n as usize);
+                        if let Some(w) = st.waiter(id) {
+                            w.given_up = Some(AcquireError::Unhealthy { attempts: n as u32, in_row, failures });
+                        }
+                    }
                 }
             }
         }
