@@ -1,5 +1,6 @@
 use super::*;
 use crate::backoff::Jitter;
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicU32;
 
 struct Fake {
@@ -30,6 +31,8 @@ struct Scripted {
     default: Option<Result<Duration, String>>,
     calls: AtomicU32,
     disposed: Arc<AtomicU32>,
+    /// Every process it made, for tests that change one behind the pool's back.
+    made: Arc<Mutex<Vec<Arc<Fake>>>>,
     /// How long a failing spawn runs before it fails (a setup that raises after loading for a while).
     fails_after: Duration,
 }
@@ -48,6 +51,7 @@ impl Scripted {
             default,
             calls: AtomicU32::new(0),
             disposed: Arc::new(AtomicU32::new(0)),
+            made: Arc::new(Mutex::new(Vec::new())),
             fails_after,
         })
     }
@@ -58,6 +62,7 @@ impl Spawner for Scripted {
         let id = self.calls.fetch_add(1, Ordering::SeqCst);
         let step = self.script.lock().unwrap().pop_front().unwrap_or_else(|| self.default.clone());
         let disposed = self.disposed.clone();
+        let made = self.made.clone();
         let fails_after = self.fails_after;
         Box::pin(async move {
             match step {
@@ -68,7 +73,9 @@ impl Spawner for Scripted {
                 }
                 Some(Ok(d)) => {
                     tokio::time::sleep(d).await;
-                    Ok(Arc::new(Fake { alive: AtomicBool::new(true), disposed, id }) as Proc)
+                    let p = Arc::new(Fake { alive: AtomicBool::new(true), disposed, id });
+                    made.lock().unwrap().push(p.clone());
+                    Ok(p as Proc)
                 }
             }
         })
@@ -152,11 +159,7 @@ async fn dead_idle_process_is_evicted_not_handed_out() {
     pool.start();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(pool.idle(), 1);
-    {
-        let st = pool.inner.lock();
-        let f = st.idle[0].as_any().downcast_ref::<Fake>().unwrap();
-        f.alive.store(false, Ordering::SeqCst);
-    }
+    sp.made.lock().unwrap()[0].alive.store(false, Ordering::SeqCst); // the idle one dies
     let p = pool.acquire(None).await.unwrap();
     assert_eq!(p.describe(), "fake#1");
     assert_eq!(sp.disposed.load(Ordering::SeqCst), 1);
@@ -168,7 +171,7 @@ async fn cancelled_acquire_leaks_nothing_and_timeout_is_bounded() {
     let pool = Pool::new(cfg(3, 1), sp.clone());
     let r = pool.acquire(Some(Duration::from_secs(1))).await;
     assert!(matches!(r, Err(AcquireError::TimedOut { .. })));
-    assert_eq!(pool.inner.lock().waiters.len(), 0);
+    assert_eq!(pool.inner.lock().pool.waiting(), 0);
     let p = tokio::time::timeout(Duration::from_secs(60), pool.acquire(None)).await.unwrap().unwrap();
     pool.release(p, true).unwrap();
     pool.close().await;
