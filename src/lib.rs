@@ -11,11 +11,13 @@
 //! * [`ws_handshake`], [`ws_heartbeat`]: the WebSocket's application-level handshake hook and heartbeat.
 //! * [`watchdog`]: dwell, progress and liveness deadlines; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
+//! * [`pool_state`]: that pool's allocation rules as a pure state machine (no I/O, no clock).
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
 //! * [`redact`]: secrets never reach logs.
 //! * [`testing`]: embedded signal server and chaos proxy.
 
 pub mod backoff;
+pub mod pool_state;
 pub mod procpool;
 pub mod readiness;
 pub mod reconnect;

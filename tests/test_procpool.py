@@ -52,6 +52,57 @@ async def test_all_spawns_fail_raises_pool_exhausted_quickly_with_causes():
     await pool.aclose()
 
 
+async def until(predicate, timeout=30.0):
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_unhealthy_pool_fails_an_acquire_at_the_next_spawn_failure_whoever_it_was_for():
+    # A setup that always fails and two idle processes wanted: once the pool is unhealthy, the next
+    # failure ends a waiting acquire, even when it is a spawn started for the idle target before the
+    # acquire arrived; it does not wait for spawns of its own, each a backoff away.
+    gate = asyncio.Semaphore(0)
+    started = 0
+
+    async def spawn():
+        nonlocal started
+        started += 1
+        await gate.acquire()
+        raise RuntimeError("prewarm failed: model file /models/vad.onnx not found")
+
+    pool = tether.ProcPool(
+        spawn=spawn,
+        num_idle=2,
+        max_concurrent_spawns=2,
+        acquire_attempts=3,
+        respawn=tether.Backoff(0.01, jitter="none"),
+    )
+    pool.start()
+    await until(lambda: started == 2)
+    gate.release()
+    gate.release()
+    await until(lambda: not pool.healthy and started >= 3)  # the next spawn for the idle target is in flight
+    acquire = asyncio.ensure_future(pool.acquire(timeout=60))
+    # let spawns fail one by one: the first ends the acquire (a second only if the first failure came
+    # before the acquire had registered); a pool waiting for 3 attempts of its own needs 3 or 4
+    failed = 0
+    while not acquire.done() and failed < 2:
+        n = started
+        gate.release()
+        failed += 1
+        await until(lambda n=n: acquire.done() or started > n)
+    assert acquire.done(), f"acquire still waiting after {failed} spawn failures in an unhealthy pool"
+    with pytest.raises(tether.PoolExhausted) as info:
+        await acquire
+    e = info.value
+    assert e.attempts == 1 and len(e.failures) == 1, (e.attempts, e.failures)
+    assert "prewarm failed: model file /models/vad.onnx not found" in str(e), str(e)
+    assert "unhealthy" in str(e), str(e)
+    await pool.aclose()
+
+
 async def test_some_spawns_fail_acquire_still_succeeds():
     n = 0
 

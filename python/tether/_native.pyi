@@ -443,9 +443,12 @@ class ProcPool:
     ``command``: argv of a child that sends the ready frame (``tether.worker``); such children die with
     this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what
     they own (``kill()`` for spawn= objects). Each spawn made while acquirers wait is made for one of
-    them; its failure is a failed attempt of that acquirer only; after ``acquire_attempts`` failed
-    attempts it raises ``PoolExhausted`` (``.failures``: its own spawns' causes, ``.attempts``).
-    ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool
+    them (an acquirer also takes over a spawn for the idle target still starting when it arrives); its
+    failure is a failed attempt of that acquirer only; after ``acquire_attempts`` failed attempts it
+    raises ``PoolExhausted`` (``.failures``: its own spawns' causes, ``.attempts``). Once the pool is
+    unhealthy (2 spawn failures in a row since the last success; spawns then run one at a time), the
+    next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
+    (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool
     did not lend (or twice) raise ValueError. A request that does not complete kills its worker."""
 
     def __new__(

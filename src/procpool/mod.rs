@@ -1,22 +1,21 @@
-//! A prewarmed process pool whose `acquire` never hangs (seed 004).
+//! A prewarmed process pool whose `acquire` never hangs.
 //!
-//! * A maintainer task keeps `idle + in-flight spawns` at `target_idle` plus the number of waiting
-//!   acquirers, never more than `max_concurrent_spawns` initializing at once, and after a failed spawn
-//!   waits the `respawn` backoff before the next one (a crash-looping child cannot spin the CPU).
-//! * Each spawn started while acquirers wait is made *for* one of them (oldest first): its process is
-//!   kept for that waiter, and its failure counts as a failed attempt of that waiter only (or the
-//!   waiter adopts a spawn in flight that nobody owns). After `acquire_attempts` failed attempts the
-//!   acquire raises `Exhausted` with the causes of its own spawns. An optional timeout bounds it all.
-//! * `acquire` takes a process under the pool lock, in the same poll that returns it, so a cancelled
-//!   acquire never consumes-and-drops one. Dead idle processes are evicted, not handed out. Idle
-//!   processes never exceed `target_idle` plus the acquirers still waiting.
-//! * `initialize_timeout` bounds each spawn (the spawner enforces it so it can report the stderr tail;
-//!   the pool drops a spawn that overruns it by more than a grace period).
+//! The allocation rules (sizing, whom a spawn is for, what counts as an attempt, health, the order of
+//! spawns, the respawn backoff) are the pure state machine [`crate::pool_state`]; this module drives it:
+//!
+//! * A maintainer task starts the spawns the machine asks for and sleeps until its next deadline (the
+//!   end of a respawn backoff) or until something changes. Each spawn runs in its own task, bounded by
+//!   `initialize_timeout` (the spawner enforces it so it can report the stderr tail; the pool drops a
+//!   spawn that overruns it by more than a grace period), and reports its outcome to the machine.
+//! * `acquire` registers with the machine and asks it, at every change, what it gets: a process (taken
+//!   under the pool lock, in the same poll that returns it, so a cancelled acquire never
+//!   consumes-and-drops one), or the error that ends it. Dead idle processes are evicted, not handed
+//!   out. An optional timeout bounds it all.
 //! * Every process leaves through `dispose` (kill + reap for native children): on release with kill,
 //!   eviction, shrink, close, and spawns that finish after close; or through `detach`, for good.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +25,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, Delays, Jitter};
+use crate::backoff::{Backoff, Jitter};
+use crate::pool_state::{PoolState, SpawnId, Turn, WaiterId, Warmth};
 
 const LOG: &str = "tether::procpool";
 
@@ -122,6 +122,13 @@ pub enum AcquireError {
         attempts: u32,
         failures: Vec<String>,
     },
+    /// A spawn failed while the pool was unhealthy (`in_row` failures since its last success):
+    /// `failures` are the ones of that run since the acquire began, the last one included.
+    Unhealthy {
+        attempts: u32,
+        in_row: u32,
+        failures: Vec<String>,
+    },
     TimedOut {
         timeout: Duration,
         failures: Vec<String>,
@@ -175,6 +182,10 @@ impl AcquireError {
                 if *attempts == 1 { "" } else { "s" },
                 causes(failures)
             ),
+            AcquireError::Unhealthy { in_row, failures, .. } => format!(
+                "no process: the pool is unhealthy ({in_row} spawn failures in a row, the last while this acquire waited): {}",
+                causes(failures)
+            ),
             AcquireError::TimedOut { timeout, failures } => {
                 format!("no process within {:.1}s: {}", timeout.as_secs_f64(), causes(failures))
             }
@@ -216,75 +227,21 @@ pub fn kill_all_at_exit() {
 /// How long past `initialize_timeout` the pool waits for a spawner to enforce it itself (and report
 /// why) before dropping the spawn.
 const SPAWN_GRACE: Duration = Duration::from_secs(3);
-/// Failure causes kept for timeouts and warm-up errors.
-const RECENT_FAILURES: usize = 64;
-
 fn key(p: &Proc) -> usize {
     Arc::as_ptr(p) as *const () as usize
 }
 
-/// One acquire in progress.
-struct Waiter {
-    id: u64,
-    /// The spawn in flight made for this waiter.
-    spawn: Option<u64>,
-    /// The process a spawn made for this waiter produced, kept for it.
-    ready: Option<Proc>,
-    /// Causes of this waiter's failed spawns: one per failed attempt.
-    failures: Vec<String>,
-}
-
-struct State {
-    idle: VecDeque<Proc>,
+/// The pool's state: the allocation rules' machine, and the processes it lent.
+struct Shared {
+    pool: PoolState<Proc>,
     /// Handed out and not yet released: disposed by `close` too, so nothing outlives the pool.
     lent: HashMap<usize, Proc>,
-    in_flight: usize,
-    /// Spawn id -> the waiter it was made for (None: for the idle target, or its waiter left).
-    owners: HashMap<u64, Option<u64>>,
-    waiters: Vec<Waiter>,
-    next_waiter: u64,
-    target_idle: usize,
-    closed: bool,
-    consecutive_failures: u32,
-    healthy: bool,
-    /// The most recent failure causes; `failure_total` counts them all.
-    failures: VecDeque<String>,
-    failure_total: u64,
-    next_spawn_at: Option<Instant>,
-    delays: Delays,
-    spawns: u64,
-}
-
-impl State {
-    fn waiter(&mut self, id: u64) -> Option<&mut Waiter> {
-        self.waiters.iter_mut().find(|w| w.id == id)
-    }
-    /// Waiters that still need a process.
-    fn wanting(&self) -> usize {
-        self.waiters.iter().filter(|w| w.ready.is_none()).count()
-    }
-    /// Whether a process nobody is waiting for is kept idle.
-    fn room_for_idle(&self) -> bool {
-        !self.closed && self.idle.len() < self.target_idle + self.wanting()
-    }
-    /// The failures recorded since `total` was read (at most the ones kept), oldest first.
-    fn failures_since(&self, total: u64, at_most: usize) -> Vec<String> {
-        let n = ((self.failure_total - total) as usize).min(self.failures.len()).min(at_most);
-        self.failures.iter().skip(self.failures.len() - n).cloned().collect()
-    }
-    /// A spawn settled: forget its owner; returns the waiter (still waiting) it was made for.
-    fn settle(&mut self, spawn: u64) -> Option<u64> {
-        let owner = self.owners.remove(&spawn).flatten()?;
-        let w = self.waiter(owner)?;
-        w.spawn = None;
-        Some(owner)
-    }
 }
 
 struct Inner {
     cfg: PoolConfig,
     spawner: Arc<dyn Spawner>,
-    state: Mutex<State>,
+    state: Mutex<Shared>,
     changed: Notify,
     wake_maintainer: Notify,
     events: broadcast::Sender<PoolEvent>,
@@ -292,11 +249,16 @@ struct Inner {
     /// The runtime the pool was started on: disposals are spawned there from any thread.
     handle: std::sync::OnceLock<tokio::runtime::Handle>,
     /// In-flight spawn tasks, aborted by `close` (dropping a spawn kills its child).
-    spawn_tasks: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    spawn_tasks: Mutex<HashMap<SpawnId, tokio::task::AbortHandle>>,
+}
+
+/// The machine's clock: tokio's (paused in tests), as the `std` instants the machine takes.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn emit(&self, ev: PoolEvent) {
@@ -319,7 +281,7 @@ impl Inner {
     }
 
     /// `acquire`/`warm` bounded by their `timeout`: at expiry the error names the spawn failures seen
-    /// since the wait began (`since` = `failure_total` then).
+    /// since the wait began (`since` = the failure total then).
     async fn within<T>(
         &self,
         timeout: Option<Duration>,
@@ -329,17 +291,15 @@ impl Inner {
         let Some(t) = timeout else { return body.await };
         match tokio::time::timeout(t, body).await {
             Ok(r) => r,
-            Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: self.lock().failures_since(since, 5) }),
+            Err(_) => Err(AcquireError::TimedOut { timeout: t, failures: self.lock().pool.failures_since(since, 5) }),
         }
     }
 
     /// Mark closed; returns every process the pool owns (idle, lent, kept for a waiter).
     fn shut(&self) -> Vec<Proc> {
-        let mut st = self.lock();
-        st.closed = true;
-        let mut all: Vec<Proc> = st.idle.drain(..).collect();
-        all.extend(st.lent.drain().map(|(_, p)| p));
-        all.extend(st.waiters.iter_mut().filter_map(|w| w.ready.take()));
+        let mut sh = self.lock();
+        let mut all = sh.pool.close();
+        all.extend(sh.lent.drain().map(|(_, p)| p));
         all
     }
 
@@ -365,26 +325,12 @@ pub struct Pool {
 /// Unregisters an acquire however it ends; a process kept for it goes idle (if wanted) or away.
 struct Waiting<'a> {
     inner: &'a Inner,
-    id: u64,
+    id: WaiterId,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let leftover = {
-            let mut st = self.inner.lock();
-            let Some(i) = st.waiters.iter().position(|w| w.id == self.id) else { return };
-            let w = st.waiters.remove(i);
-            if let Some(s) = w.spawn {
-                st.owners.insert(s, None);
-            }
-            match w.ready {
-                Some(p) if st.room_for_idle() => {
-                    st.idle.push_back(p);
-                    None
-                }
-                other => other,
-            }
-        };
+        let leftover = self.inner.lock().pool.remove_waiter(self.id);
         if let Some(p) = leftover {
             self.inner.dispose(p, "its acquirer left and the pool has enough idle processes");
         }
@@ -393,35 +339,12 @@ impl Drop for Waiting<'_> {
     }
 }
 
-enum Step {
-    Take(Proc),
-    Exhausted(Vec<String>),
-    Wait,
-}
-
 impl Pool {
     pub fn new(cfg: PoolConfig, spawner: Arc<dyn Spawner>) -> Pool {
         let (events, _) = broadcast::channel(1024);
-        let delays = cfg.respawn.delays_unbounded();
         let pool = Pool {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    idle: VecDeque::new(),
-                    lent: HashMap::new(),
-                    in_flight: 0,
-                    owners: HashMap::new(),
-                    waiters: Vec::new(),
-                    next_waiter: 0,
-                    target_idle: cfg.num_idle,
-                    closed: false,
-                    consecutive_failures: 0,
-                    healthy: true,
-                    failures: VecDeque::new(),
-                    failure_total: 0,
-                    next_spawn_at: None,
-                    delays,
-                    spawns: 0,
-                }),
+                state: Mutex::new(Shared { pool: PoolState::new(&cfg), lent: HashMap::new() }),
                 cfg,
                 spawner,
                 changed: Notify::new(),
@@ -453,36 +376,31 @@ impl Pool {
     }
 
     pub fn healthy(&self) -> bool {
-        self.inner.lock().healthy
+        self.inner.lock().pool.healthy()
     }
 
     pub fn idle(&self) -> usize {
-        self.inner.lock().idle.len()
+        self.inner.lock().pool.idle()
     }
 
     pub fn in_flight(&self) -> usize {
-        self.inner.lock().in_flight
+        self.inner.lock().pool.in_flight()
     }
 
     pub fn spawns(&self) -> u64 {
-        self.inner.lock().spawns
+        self.inner.lock().pool.spawns()
     }
 
     pub fn is_closed(&self) -> bool {
-        self.inner.lock().closed
+        self.inner.lock().pool.is_closed()
     }
 
     pub fn target_idle(&self) -> usize {
-        self.inner.lock().target_idle
+        self.inner.lock().pool.target_idle()
     }
 
     pub fn set_target_idle(&self, n: usize) {
-        let extra: Vec<Proc> = {
-            let mut st = self.inner.lock();
-            st.target_idle = n;
-            let keep = n.min(st.idle.len());
-            st.idle.drain(keep..).collect()
-        };
+        let extra = self.inner.lock().pool.set_target_idle(n);
         for p in extra {
             self.inner.dispose(p, "target_idle lowered");
         }
@@ -493,13 +411,7 @@ impl Pool {
     pub fn try_acquire(&self) -> Option<Proc> {
         let inner = &*self.inner;
         loop {
-            let p = {
-                let mut st = inner.lock();
-                if st.closed {
-                    return None;
-                }
-                st.idle.pop_front()?
-            };
+            let p = inner.lock().pool.take_idle()?;
             if let Some(p) = inner.check_out(p) {
                 return Some(p);
             }
@@ -511,15 +423,12 @@ impl Pool {
         self.start();
         let inner = &*self.inner;
         let (id, since) = {
-            let mut st = inner.lock();
-            let id = st.next_waiter;
-            st.next_waiter += 1;
-            st.waiters.push(Waiter { id, spawn: None, ready: None, failures: Vec::new() });
-            (id, st.failure_total)
+            let mut sh = inner.lock();
+            let since = sh.pool.failure_total();
+            (sh.pool.add_waiter(), since)
         };
         let _waiting = Waiting { inner, id };
         inner.wake_maintainer.notify_one();
-        let attempts = inner.cfg.acquire_attempts as usize;
         let body = async {
             let mut failed_seen = 0;
             loop {
@@ -527,34 +436,21 @@ impl Pool {
                 tokio::pin!(n);
                 n.as_mut().enable();
                 loop {
-                    let step = {
-                        let mut st = inner.lock();
-                        if st.closed {
-                            return Err(AcquireError::Closed);
-                        }
-                        let w = st.waiter(id).expect("registered until this acquire ends");
-                        if let Some(p) = w.ready.take() {
-                            Step::Take(p)
-                        } else if w.failures.len() >= attempts {
-                            Step::Exhausted(std::mem::take(&mut w.failures))
-                        } else {
-                            if w.failures.len() > failed_seen {
-                                failed_seen = w.failures.len();
-                                tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), attempt = failed_seen,
-                                    "acquire attempt {failed_seen} failed: its spawn failed; retrying");
-                            }
-                            st.idle.pop_front().map_or(Step::Wait, Step::Take)
-                        }
-                    };
-                    match step {
-                        Step::Take(p) => match inner.check_out(p) {
+                    let turn = inner.lock().pool.poll_waiter(id);
+                    match turn {
+                        Turn::Take(p) => match inner.check_out(p) {
                             Some(p) => return Ok(p),
                             None => continue,
                         },
-                        Step::Exhausted(failures) => {
-                            return Err(AcquireError::Exhausted { attempts: failures.len() as u32, failures })
+                        Turn::Failed(e) => return Err(e),
+                        Turn::Wait { failed_attempts } => {
+                            if failed_attempts > failed_seen {
+                                failed_seen = failed_attempts;
+                                tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), attempt = failed_seen,
+                                    "acquire attempt {failed_seen} failed: its spawn failed; retrying");
+                            }
+                            break;
                         }
-                        Step::Wait => break,
                     }
                 }
                 n.await;
@@ -562,7 +458,9 @@ impl Pool {
         };
         let res = inner.within(timeout, since, body).await;
         if let Err(e) = &res {
-            if let AcquireError::Exhausted { attempts, failures } = e {
+            if let AcquireError::Exhausted { attempts, failures } | AcquireError::Unhealthy { attempts, failures, .. } =
+                e
+            {
                 inner.emit(PoolEvent::Exhausted { attempts: *attempts, failures: failures.clone() });
             }
             tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "acquire failed: {}", e.message());
@@ -576,10 +474,9 @@ impl Pool {
         self.start();
         let inner = &*self.inner;
         let (wanted, since) = {
-            let mut st = inner.lock();
-            let wanted = n.unwrap_or(st.target_idle);
-            st.target_idle = st.target_idle.max(wanted);
-            (wanted, st.failure_total)
+            let mut sh = inner.lock();
+            let since = sh.pool.failure_total();
+            (sh.pool.warm(n), since)
         };
         inner.wake_maintainer.notify_one();
         let body = async {
@@ -587,23 +484,10 @@ impl Pool {
                 let n = inner.changed.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
-                {
-                    let st = inner.lock();
-                    if st.closed {
-                        return Err(AcquireError::Closed);
-                    }
-                    if st.idle.len() >= wanted {
-                        return Ok(());
-                    }
-                    let in_row = (st.consecutive_failures as u64).min(st.failure_total - since) as u32;
-                    if in_row >= inner.cfg.acquire_attempts {
-                        return Err(AcquireError::WarmFailed {
-                            wanted,
-                            idle: st.idle.len(),
-                            attempts: in_row,
-                            failures: st.failures_since(st.failure_total - in_row as u64, in_row as usize),
-                        });
-                    }
+                match inner.lock().pool.warmth(wanted, since) {
+                    Warmth::Warm => return Ok(()),
+                    Warmth::Failed(e) => return Err(e),
+                    Warmth::Wait => {}
                 }
                 n.await;
             }
@@ -619,19 +503,14 @@ impl Pool {
     /// releasing is a no-op (close disposed it).
     pub fn release(&self, p: Proc, kill: bool) -> Result<(), NotLent> {
         let alive = !kill && p.is_alive();
-        let keep = {
-            let mut st = self.inner.lock();
-            if st.lent.remove(&key(&p)).is_none() {
-                return if st.closed { Ok(()) } else { Err(NotLent) };
+        let kept = {
+            let mut sh = self.inner.lock();
+            if sh.lent.remove(&key(&p)).is_none() {
+                return if sh.pool.is_closed() { Ok(()) } else { Err(NotLent) };
             }
-            if alive && st.room_for_idle() {
-                st.idle.push_back(p.clone());
-                true
-            } else {
-                false
-            }
+            alive && sh.pool.give_back(p.clone()).is_none()
         };
-        if keep {
+        if kept {
             self.inner.changed.notify_waiters();
         } else {
             self.inner.dispose(p, if kill { "released with kill" } else { "released" });
@@ -675,7 +554,7 @@ impl Pool {
                 let n = self.inner.changed.notified();
                 tokio::pin!(n);
                 n.as_mut().enable();
-                if self.inner.lock().in_flight == 0 {
+                if self.inner.lock().pool.in_flight() == 0 {
                     return;
                 }
                 n.await;
@@ -686,47 +565,29 @@ impl Pool {
     }
 }
 
+/// The maintainer: starts the spawns the machine asks for, and sleeps until its next deadline (the end
+/// of a respawn backoff) or until something changes.
 async fn maintain(inner: Arc<Inner>) {
     loop {
         let woken = inner.wake_maintainer.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        let mut sleep_until: Option<Instant> = None;
-        let mut started = Vec::new();
-        {
-            let mut st = inner.lock();
-            if st.closed {
+        let (starts, deadline) = {
+            let mut sh = inner.lock();
+            if sh.pool.is_closed() {
                 return;
             }
-            let want = (st.target_idle + st.wanting()).saturating_sub(st.idle.len() + st.in_flight);
-            let room = inner.cfg.max_concurrent_spawns.saturating_sub(st.in_flight);
-            match st.next_spawn_at {
-                Some(at) if at > Instant::now() && want > 0 => sleep_until = Some(at),
-                _ => {
-                    for _ in 0..want.min(room) {
-                        let id = SPAWN_IDS.fetch_add(1, Ordering::Relaxed);
-                        // made for the oldest waiter that has neither a process nor a spawn of its own
-                        let owner = st.waiters.iter_mut().find(|w| w.spawn.is_none() && w.ready.is_none()).map(|w| {
-                            w.spawn = Some(id);
-                            w.id
-                        });
-                        st.owners.insert(id, owner);
-                        st.in_flight += 1;
-                        st.spawns += 1;
-                        started.push(id);
-                    }
-                }
-            }
-        }
-        for id in started {
-            let guard = InFlight { inner: inner.clone(), id, armed: true };
+            (sh.pool.poll_spawns(now()), sh.pool.poll_timeout())
+        };
+        for s in starts {
+            let guard = InFlight { inner: inner.clone(), id: s.id, armed: true };
             let h = tokio::spawn(spawn_one(guard));
-            inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(id, h.abort_handle());
+            inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(s.id, h.abort_handle());
         }
-        match sleep_until {
+        match deadline {
             Some(at) => {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
+                    _ = tokio::time::sleep_until(Instant::from_std(at)) => {}
                     _ = woken => {}
                 }
             }
@@ -735,12 +596,10 @@ async fn maintain(inner: Arc<Inner>) {
     }
 }
 
-static SPAWN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Owns one unit of `in_flight`: an aborted spawn (pool closed) gives it back on drop.
+/// Owns one spawn in flight: an aborted spawn (pool closed) stops counting on drop.
 struct InFlight {
     inner: Arc<Inner>,
-    id: u64,
+    id: SpawnId,
     armed: bool,
 }
 
@@ -748,10 +607,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.inner.spawn_tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         if self.armed {
-            let mut st = self.inner.lock();
-            st.in_flight -= 1;
-            st.settle(self.id);
-            drop(st);
+            self.inner.lock().pool.spawn_dropped(self.id);
             self.inner.changed.notify_waiters();
         }
     }
@@ -759,7 +615,6 @@ impl Drop for InFlight {
 
 async fn spawn_one(mut guard: InFlight) {
     let inner = guard.inner.clone();
-    let t0 = Instant::now();
     let limit = inner.cfg.initialize_timeout;
     let outcome = match tokio::time::timeout(limit + SPAWN_GRACE, inner.spawner.spawn(limit)).await {
         Ok(r) => r,
@@ -772,56 +627,22 @@ async fn spawn_one(mut guard: InFlight) {
     let mut events = Vec::new();
     let mut to_dispose = None;
     {
-        let mut st = inner.lock();
-        st.in_flight -= 1;
+        let mut sh = inner.lock();
         guard.armed = false;
-        let owner = st.settle(guard.id);
         match outcome {
             Ok(p) => {
-                let was_healthy = st.healthy;
-                st.consecutive_failures = 0;
-                st.healthy = true;
-                st.next_spawn_at = None;
-                st.delays = inner.cfg.respawn.delays_unbounded();
-                events.push(PoolEvent::Spawned { proc: p.describe(), took: t0.elapsed() });
-                if !was_healthy {
+                let proc = p.describe();
+                let s = sh.pool.spawn_succeeded(guard.id, p, now());
+                events.push(PoolEvent::Spawned { proc, took: s.took });
+                if s.recovered {
                     events.push(PoolEvent::Health { healthy: true });
                 }
-                if st.closed {
-                    to_dispose = Some((p, "spawned after close"));
-                } else if let Some(w) = owner.and_then(|o| st.waiter(o)) {
-                    w.ready = Some(p);
-                } else if st.room_for_idle() {
-                    st.idle.push_back(p);
-                } else {
-                    to_dispose = Some((p, "not needed: its acquirer left and the pool has enough idle processes"));
-                }
+                to_dispose = s.surplus;
             }
             Err(cause) => {
-                st.consecutive_failures += 1;
-                st.failure_total += 1;
-                st.failures.push_back(cause.clone());
-                if st.failures.len() > RECENT_FAILURES {
-                    st.failures.pop_front();
-                }
-                if let Some(o) = owner {
-                    // a spawn in flight that nobody owns serves this waiter before it loses an attempt
-                    let orphan = st.owners.iter_mut().find(|(_, w)| w.is_none()).map(|(s, w)| {
-                        *w = Some(o);
-                        *s
-                    });
-                    if let Some(w) = st.waiter(o) {
-                        match orphan {
-                            Some(s) => w.spawn = Some(s),
-                            None => w.failures.push(cause.clone()),
-                        }
-                    }
-                }
-                let retry_in = st.delays.next().unwrap_or(Duration::from_secs_f64(inner.cfg.respawn.max_delay));
-                st.next_spawn_at = Some(Instant::now() + retry_in);
-                events.push(PoolEvent::SpawnFailed { cause, consecutive: st.consecutive_failures, retry_in });
-                if st.healthy && st.consecutive_failures >= inner.cfg.unhealthy_after {
-                    st.healthy = false;
+                let f = sh.pool.spawn_failed(guard.id, cause.clone(), now());
+                events.push(PoolEvent::SpawnFailed { cause, consecutive: f.consecutive, retry_in: f.retry_in });
+                if f.turned_unhealthy {
                     events.push(PoolEvent::Health { healthy: false });
                 }
             }
@@ -858,7 +679,7 @@ async fn spawn_one(mut guard: InFlight) {
         inner.dispose(p, why);
     }
     // asked outside the lock: the spawner may need the GIL, which a thread holding it may wait on us for
-    if failed && !inner.lock().closed && inner.spawner.gone() {
+    if failed && !inner.lock().pool.is_closed() && inner.spawner.gone() {
         tracing::warn!(target: LOG, logger = inner.cfg.logger.as_deref(),
             "closing the pool: its spawner can no longer run (event loop closed) and it was not closed");
         for p in inner.shut() {

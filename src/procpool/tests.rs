@@ -1,5 +1,6 @@
 use super::*;
 use crate::backoff::Jitter;
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicU32;
 
 struct Fake {
@@ -30,15 +31,28 @@ struct Scripted {
     default: Option<Result<Duration, String>>,
     calls: AtomicU32,
     disposed: Arc<AtomicU32>,
+    /// Every process it made, for tests that change one behind the pool's back.
+    made: Arc<Mutex<Vec<Arc<Fake>>>>,
+    /// How long a failing spawn runs before it fails (a setup that raises after loading for a while).
+    fails_after: Duration,
 }
 
 impl Scripted {
     fn new(script: Vec<Option<Result<Duration, String>>>, default: Option<Result<Duration, String>>) -> Arc<Self> {
+        Self::failing_after(script, default, Duration::ZERO)
+    }
+    fn failing_after(
+        script: Vec<Option<Result<Duration, String>>>,
+        default: Option<Result<Duration, String>>,
+        fails_after: Duration,
+    ) -> Arc<Self> {
         Arc::new(Scripted {
             script: Mutex::new(script.into()),
             default,
             calls: AtomicU32::new(0),
             disposed: Arc::new(AtomicU32::new(0)),
+            made: Arc::new(Mutex::new(Vec::new())),
+            fails_after,
         })
     }
 }
@@ -48,13 +62,20 @@ impl Spawner for Scripted {
         let id = self.calls.fetch_add(1, Ordering::SeqCst);
         let step = self.script.lock().unwrap().pop_front().unwrap_or_else(|| self.default.clone());
         let disposed = self.disposed.clone();
+        let made = self.made.clone();
+        let fails_after = self.fails_after;
         Box::pin(async move {
             match step {
                 None => std::future::pending().await,
-                Some(Err(e)) => Err(e),
+                Some(Err(e)) => {
+                    tokio::time::sleep(fails_after).await;
+                    Err(e)
+                }
                 Some(Ok(d)) => {
                     tokio::time::sleep(d).await;
-                    Ok(Arc::new(Fake { alive: AtomicBool::new(true), disposed, id }) as Proc)
+                    let p = Arc::new(Fake { alive: AtomicBool::new(true), disposed, id });
+                    made.lock().unwrap().push(p.clone());
+                    Ok(p as Proc)
                 }
             }
         })
@@ -92,8 +113,10 @@ async fn all_spawns_fail_raises_exhausted_naming_causes() {
 
 #[tokio::test(start_paused = true)]
 async fn peers_in_flight_do_not_burn_an_attempt() {
-    // two concurrent spawns: one fails fast, the other succeeds later: one attempt is enough
-    let sp = Scripted::new(vec![Some(Err("boom".into())), Some(Ok(Duration::from_secs(2)))], Some(Err("late".into())));
+    // two concurrent spawns: one fails fast, the other succeeds later: one attempt is enough (the
+    // spawns after them never finish, so the pool stays healthy: an unhealthy one fails the acquire at
+    // the next failure)
+    let sp = Scripted::new(vec![Some(Err("boom".into())), Some(Ok(Duration::from_secs(2)))], None);
     let mut c = cfg(1, 2);
     c.num_idle = 1; // with one waiter, the maintainer wants 2
     let pool = Pool::new(c, sp.clone());
@@ -136,11 +159,7 @@ async fn dead_idle_process_is_evicted_not_handed_out() {
     pool.start();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(pool.idle(), 1);
-    {
-        let st = pool.inner.lock();
-        let f = st.idle[0].as_any().downcast_ref::<Fake>().unwrap();
-        f.alive.store(false, Ordering::SeqCst);
-    }
+    sp.made.lock().unwrap()[0].alive.store(false, Ordering::SeqCst); // the idle one dies
     let p = pool.acquire(None).await.unwrap();
     assert_eq!(p.describe(), "fake#1");
     assert_eq!(sp.disposed.load(Ordering::SeqCst), 1);
@@ -152,7 +171,7 @@ async fn cancelled_acquire_leaks_nothing_and_timeout_is_bounded() {
     let pool = Pool::new(cfg(3, 1), sp.clone());
     let r = pool.acquire(Some(Duration::from_secs(1))).await;
     assert!(matches!(r, Err(AcquireError::TimedOut { .. })));
-    assert_eq!(pool.inner.lock().waiters.len(), 0);
+    assert_eq!(pool.inner.lock().pool.waiting(), 0);
     let p = tokio::time::timeout(Duration::from_secs(60), pool.acquire(None)).await.unwrap().unwrap();
     pool.release(p, true).unwrap();
     pool.close().await;
@@ -239,4 +258,80 @@ async fn warm_waits_for_n_idle_or_names_the_failures() {
     let err = pool.warm(None, Some(Duration::from_secs(60))).await.unwrap_err();
     assert!(matches!(&err, AcquireError::WarmFailed { wanted: 2, idle: 0, attempts: 2, .. }), "{err:?}");
     assert!(err.message().contains("2x ImportError: x"), "{}", err.message());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_pool_fails_an_acquire_at_the_next_failure_whoever_it_was_for() {
+    // every setup fails after 1 s; two idle processes wanted through one spawn slot
+    let sp = Scripted::failing_after(vec![], Some(Err("prewarm failed: no model".into())), Duration::from_secs(1));
+    let mut c = cfg(3, 1);
+    c.num_idle = 2;
+    let pool = Pool::new(c, sp.clone());
+    pool.start();
+    // 1 s, 0.1 s backoff, 1 s: unhealthy at 2.1 s; the third spawn (for the idle target) starts at 2.3 s
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!pool.healthy());
+    assert_eq!(sp.calls.load(Ordering::SeqCst), 3);
+    let t0 = Instant::now();
+    let err = pool.acquire(None).await.unwrap_err();
+    // that spawn's failure at 3.3 s ends the acquire: no spawn of its own, no backoff waited
+    assert_eq!(t0.elapsed(), Duration::from_millis(800));
+    assert_eq!(sp.calls.load(Ordering::SeqCst), 3);
+    match &err {
+        AcquireError::Unhealthy { attempts: 1, in_row: 3, failures } => {
+            assert_eq!(failures, &["prewarm failed: no model".to_string()])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.message().contains("unhealthy (3 spawn failures in a row"), "{}", err.message());
+
+    // arriving during the backoff, an acquire ends with the next spawn's failure, its own
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    assert!(matches!(pool.acquire(None).await, Err(AcquireError::Unhealthy { attempts: 1, in_row: 4, .. })));
+    assert_eq!(sp.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(t0.elapsed(), Duration::from_millis(1300), "the rest of the 0.4 s backoff, then 1 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_takes_over_the_idle_target_spawn_in_flight() {
+    // one spawn slot, busy with a spawn for the idle target when the acquire arrives: that spawn is
+    // the waiter's now, so with one attempt its failure ends the acquire instead of queueing a second
+    let sp = Scripted::failing_after(
+        vec![Some(Err("boom".into()))],
+        Some(Ok(Duration::from_secs(1))),
+        Duration::from_secs(1),
+    );
+    let mut c = cfg(1, 1);
+    c.num_idle = 2;
+    let pool = Pool::new(c, sp.clone());
+    pool.start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let err = pool.acquire(None).await.unwrap_err();
+    assert_eq!(err, AcquireError::Exhausted { attempts: 1, failures: vec!["boom".into()] });
+    assert!(pool.healthy(), "one failure: still healthy");
+    // a spawn in flight when a waiter arrives serves it: its process goes to the waiter
+    tokio::time::sleep(Duration::from_millis(500)).await; // the next spawn began at 1.1 s
+    let t0 = Instant::now();
+    let p = pool.acquire(None).await.unwrap();
+    assert_eq!(p.describe(), "fake#1");
+    assert_eq!(t0.elapsed(), Duration::from_millis(600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_pool_spawns_one_at_a_time() {
+    // four slots, every spawn fails after 1 s: the first four run together, then one at a time
+    let sp = Scripted::failing_after(vec![], Some(Err("exit 1".into())), Duration::from_secs(1));
+    let mut c = cfg(3, 4);
+    c.num_idle = 4;
+    let pool = Pool::new(c, sp.clone());
+    pool.start();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.in_flight(), 4);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(pool.healthy() || pool.in_flight() <= 1, "{} in flight while unhealthy", pool.in_flight());
+    }
+    // 4, then backoffs of 0.8 (the last of the four failures' delays), 1, 1, ... s plus 1 s each
+    assert!(sp.calls.load(Ordering::SeqCst) <= 4 + 5, "{}", sp.calls.load(Ordering::SeqCst));
 }

@@ -318,7 +318,7 @@ fn not_lent(what: &str) -> PyErr {
 
 fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
     match e {
-        AcquireError::Exhausted { attempts, failures } => {
+        AcquireError::Exhausted { attempts, failures } | AcquireError::Unhealthy { attempts, failures, .. } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("failures", failures.clone());

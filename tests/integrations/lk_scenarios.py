@@ -140,12 +140,12 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
             kw.update(server_kw)
             server = make_server(cp.url, **kw)
             loop = asyncio.get_running_loop()
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             run_task = asyncio.ensure_future(server.run())
             while not cp.registrations and not run_task.done() and time.monotonic() - t0 < 60:
                 await asyncio.sleep(0.01)
             registered_after = cp.registrations[0] - t0 if cp.registrations else None
-            job_started = loop.time()
+            job_started, job_at = loop.time(), time.monotonic() - t0
             job_error = None
             try:
                 await asyncio.wait_for(server.simulate_job("room", fake_job=True), job_budget)
@@ -173,6 +173,10 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
         "spawns": len(spawns),
         "seconds": round(elapsed, 2),
         "spawns_after_job": sum(1 for t in spawns if t >= rate_from),
+        # when each spawn ran the setup, from the start of run() (the rate over any window follows)
+        "spawned_at": [round(t - wall0, 1) for t in spawns],
+        "spawns_during_job": sum(1 for t in spawns if job_at <= t - wall0 <= job_at + job_took),
+        "job_at": round(job_at, 2),
         "rate_window": round(rate_window, 2),
         "tracebacks": tracebacks,
         "control_plane_connections": len(cp.connections),
@@ -183,7 +187,8 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
 SCENARIOS = {
     "accept_drop": lambda: control_plane("accept_drop", 10.0),
     "max_retry": lambda: control_plane("accept_drop", 30.0, max_retry=3),
-    "prewarm_fails": lambda: prewarm(),
+    # two idle processes, as a deployment warms them (the pool is unhealthy before the job arrives)
+    "prewarm_fails": lambda: prewarm(num_idle_processes=2),
     "end_to_end": lambda: prewarm(mode="recycle", recycle_after=2.0, job_budget=20.0, watch=5.0),
     "healthy": lambda: prewarm(setup=counting_setup, job_budget=30.0, watch=3.0),
 }

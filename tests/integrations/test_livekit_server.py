@@ -81,6 +81,21 @@ async def test_prewarm_failure_raises_pool_exhausted_with_the_real_cause(install
     assert r["spawns_after_job"] <= 2, r
 
 
+async def test_prewarm_failure_with_two_idle_processes_fails_the_job_at_the_next_spawn_failure(installed):
+    # two idle processes through livekit's forkserver: the pool is unhealthy before the job comes, so
+    # launch_job fails with the next spawn failure instead of waiting for three spawns of its own
+    r = await prewarm(num_idle_processes=2, job_budget=120.0, watch=4.0)
+    assert r["job_error_type"] == "PoolExhausted", r
+    assert "prewarm failed: model file /models/vad.onnx not found" in r["job_error"], r
+    # the one spawn in flight when the job came, or the next (a spawn's setup may also run just after
+    # the job ends); three or more means the job waited for spawns of its own
+    assert r["spawns_during_job"] <= 2, r
+    assert "unhealthy" in r["job_error"], r
+    # backoff (0.5 s doubling to 10 s) and one spawn at a time once unhealthy: the two first spawns,
+    # then at most one every 2 s, however slow the box
+    assert r["spawns"] <= 2 + r["seconds"] / 2, r
+
+
 def test_missing_private_name_refuses_that_part_only(monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="tether.integrations")
     monkeypatch.delattr(lk_worker.AgentServer, "_run_ws")
