@@ -345,3 +345,37 @@ async def test_release_of_a_foreign_object():
     with pytest.raises(ValueError):
         pool.release(object())
     await pool.aclose()
+
+
+@pytest.mark.parametrize("driven_by", ["await", "task"])
+async def test_an_acquire_cancelled_after_its_process_arrived_gives_the_process_back(driven_by):
+    """wait_for's timeout can fire in the loop iteration after the acquire's result arrived and before
+    the task resumed: the task is cancelled with the process already handed over. That process must go
+    back to the pool, not stay lent to nobody (a leaked child and slot)."""
+    pool = tether.ProcPool(command=WORKER, num_idle=0, initialize_timeout=20)
+    pool.start()
+    loop = asyncio.get_running_loop()
+
+    async def take():
+        return await pool.acquire(timeout=30)
+
+    task = asyncio.create_task(take() if driven_by == "await" else pool.acquire(timeout=30))
+    await asyncio.sleep(0)  # the acquire's first step: nothing idle, a spawn starts for it
+
+    def hold_the_loop_until_lent():
+        # the spawn finishes on tether's thread while the loop is held, so the result is delivered in
+        # the next iteration; the cancel scheduled from there runs after that delivery and before the
+        # task's wake-up (both callbacks of the iteration after it, the cancel first)
+        end = time.monotonic() + 30
+        while pool.stats()["lent"] == 0 and time.monotonic() < end:
+            time.sleep(0.005)
+        loop.call_soon(loop.call_soon, task.cancel)
+
+    loop.call_soon(hold_the_loop_until_lent)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    end = time.monotonic() + 10
+    while pool.stats()["lent"] and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+    assert pool.stats()["lent"] == 0, pool.stats()
+    await pool.aclose()

@@ -387,6 +387,11 @@ impl Pool {
         self.inner.lock().pool.in_flight()
     }
 
+    /// Processes lent and not yet released or detached.
+    pub fn lent(&self) -> usize {
+        self.inner.lock().lent.len()
+    }
+
     pub fn spawns(&self) -> u64 {
         self.inner.lock().pool.spawns()
     }

@@ -115,6 +115,9 @@ enum State {
     Done,
 }
 
+/// Turns the Rust future's result into what the caller gets, when the caller resumes.
+pub type Finish = fn(Python<'_>, Bound<'_, PyAny>) -> PyResult<Py<PyAny>>;
+
 /// A coroutine over a Rust future; see the module documentation.
 #[pyclass(module = "tether._native", frozen)]
 pub struct NativeCoroutine {
@@ -123,6 +126,11 @@ pub struct NativeCoroutine {
     name: &'static str,
     /// The call already did what was asked (a send queued its message): never awaiting it is no mistake.
     done_at_call: bool,
+    /// Set for a result that must not be lost between its arrival and the caller's resumption (a
+    /// lent process): the result stays an owned handover object until `finish` runs at that resumption,
+    /// so a task cancelled in between drops the handover, which gives it back. Such a coroutine never
+    /// hands its future over to `await` (the future would give the caller the handover itself).
+    finish: Option<Finish>,
 }
 
 /// A coroutine that polls `fut` at its first step; it warns if dropped without being awaited.
@@ -131,7 +139,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    make(py, name, Box::pin(fut), false)
+    make(py, name, Box::pin(fut), false, None)
 }
 
 /// A coroutine over the rest of a call that already did its work (a send queued its message): its
@@ -141,7 +149,7 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    make(py, name, Box::pin(fut), true)
+    make(py, name, Box::pin(fut), true, None)
 }
 
 /// A coroutine whose Rust future `setup` makes at the first step, on the driving loop's thread.
@@ -151,7 +159,22 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    make(py, name, Box::pin(Deferred(setup)), false)
+    make(py, name, Box::pin(Deferred(setup)), false, None)
+}
+
+/// `deferred`, whose result goes through `finish` when the caller resumes (see `NativeCoroutine::finish`).
+pub fn deferred_handover<'py, G, F, T>(
+    py: Python<'py>,
+    name: &'static str,
+    finish: Finish,
+    setup: G,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    G: FnOnce(Python<'_>) -> PyResult<F> + Send + Unpin + 'static,
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    make(py, name, Box::pin(Deferred(setup)), false, Some(finish))
 }
 
 fn make<'py>(
@@ -159,8 +182,9 @@ fn make<'py>(
     name: &'static str,
     body: Pin<Box<dyn Body>>,
     done_at_call: bool,
+    finish: Option<Finish>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let c = NativeCoroutine { state: Mutex::new(State::Created(body)), name, done_at_call };
+    let c = NativeCoroutine { state: Mutex::new(State::Created(body)), name, done_at_call, finish };
     Ok(Bound::new(py, c)?.into_any())
 }
 
@@ -196,6 +220,14 @@ impl NativeCoroutine {
         *self.lock() = state;
     }
 
+    /// The end of a step that produced `value`, through `finish` if set.
+    fn finished(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        match self.finish {
+            Some(finish) => finished(py, finish(py, value.into_bound(py))?),
+            None => finished(py, value),
+        }
+    }
+
     /// One step: `Some(future)` to wait on (yielded to the task), `None` when it returned None,
     /// `Err(StopIteration(value))` when it returned a value, `Err(e)` when it raised.
     fn step(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
@@ -203,7 +235,7 @@ impl NativeCoroutine {
             State::Created(body) => match body.first(py) {
                 Ok(First::Ready(v)) => {
                     self.put(State::Done);
-                    return finished(py, v);
+                    return self.finished(py, v);
                 }
                 Ok(First::Pending(w)) => w,
                 Err(e) => {
@@ -216,7 +248,7 @@ impl NativeCoroutine {
             State::Waiting(w) => match w.fut.bind(py).call_method0(intern!(py, "result")) {
                 Ok(v) => {
                     self.put(State::Done);
-                    return finished(py, v.unbind());
+                    return self.finished(py, v.unbind());
                 }
                 Err(e) if e.is_instance(py, &invalid_state(py)?) => w, // not done yet: wait on
                 Err(e) => {
@@ -226,7 +258,7 @@ impl NativeCoroutine {
             },
             State::Ready(v) => {
                 self.put(State::Done);
-                return finished(py, v);
+                return self.finished(py, v);
             }
             State::HandedOver(fut) => {
                 let busy = awaited_elsewhere(py, &fut);
@@ -321,6 +353,11 @@ impl NativeCoroutine {
             State::Created(body) => match body.first(py) {
                 Ok(First::Ready(v)) => {
                     me.put(State::Ready(v));
+                    Ok(slf.into_any())
+                }
+                Ok(First::Pending(w)) if me.finish.is_some() => {
+                    // the awaiting coroutine steps this one, whose resumption runs `finish`
+                    me.put(State::Waiting(w));
                     Ok(slf.into_any())
                 }
                 Ok(First::Pending(w)) => {

@@ -247,10 +247,20 @@ impl<'py> IntoPyObject<'py> for Reply {
     }
 }
 
-/// An acquire's (or warm's) outcome, turned into the lent object or an exception on delivery.
+/// An acquire's (or warm's) outcome, turned into a `Handover` of the lent process or an exception on
+/// delivery. Dropped undelivered (its awaitable was cancelled as it finished), the process goes back.
 struct Lend {
     outcome: Result<Option<Proc>, AcquireError>,
+    pool: Pool,
     out: Lent,
+}
+
+impl Drop for Lend {
+    fn drop(&mut self) {
+        if let Ok(Some(p)) = std::mem::replace(&mut self.outcome, Ok(None)) {
+            give_back(&self.pool, p);
+        }
+    }
 }
 
 impl<'py> IntoPyObject<'py> for Lend {
@@ -258,12 +268,48 @@ impl<'py> IntoPyObject<'py> for Lend {
     type Output = Bound<'py, PyAny>;
     type Error = PyErr;
 
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.outcome {
-            Ok(Some(p)) => Ok(lend(py, &self.out, p)?.into_bound(py)),
+    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match std::mem::replace(&mut self.outcome, Ok(None)) {
+            Ok(Some(p)) => {
+                let h = Handover { proc: Mutex::new(Some(p)), pool: self.pool.clone(), out: self.out.clone() };
+                Ok(Bound::new(py, h)?.into_any())
+            }
             Ok(None) => Ok(py.None().into_bound(py)),
             Err(e) => Err(acquire_error(py, &e)),
         }
+    }
+}
+
+/// A lent process between its delivery and the acquiring task's resumption, when `hand_over` makes it
+/// the caller's object. A task cancelled in between (a timeout firing that very loop iteration) drops
+/// it: the process goes back to the pool instead of staying lent to nobody.
+#[pyclass(module = "tether._native", frozen)]
+struct Handover {
+    proc: Mutex<Option<Proc>>,
+    pool: Pool,
+    out: Lent,
+}
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            give_back(&self.pool, p);
+        }
+    }
+}
+
+fn give_back(pool: &Pool, p: Proc) {
+    let _guard = super::runtime::get().enter();
+    let _ = pool.release(p, false);
+}
+
+/// `ProcPool.acquire`'s `Finish`: the handover becomes the caller's object.
+fn hand_over(py: Python<'_>, v: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let Ok(h) = v.cast::<Handover>() else { return Ok(v.unbind()) };
+    let h = h.get();
+    match h.proc.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(p) => lend(py, &h.out, p),
+        None => Ok(py.None()),
     }
 }
 
@@ -462,7 +508,7 @@ impl PyProcPool {
         let t = Arg::new("timeout", timeout).opt_seconds()?;
         let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
         // at the first step, on the loop that drives it: an acquire never awaited lends nothing
-        super::coroutine::deferred(py, "ProcPool.acquire", move |py| {
+        super::coroutine::deferred_handover(py, "ProcPool.acquire", hand_over, move |py| {
             start(py, &pool, spawner.as_deref())?;
             // a warm process is idle: handed over at this step, without a trip through the runtime
             let idle = pool.try_acquire();
@@ -471,7 +517,7 @@ impl PyProcPool {
                     Some(p) => Ok(Some(p)),
                     None => pool.acquire(t).await.map(Some),
                 };
-                Ok(Lend { outcome, out })
+                Ok(Lend { outcome, pool, out })
             })
         })
     }
@@ -493,7 +539,10 @@ impl PyProcPool {
         let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
         super::coroutine::deferred(py, "ProcPool.warm", move |py| {
             start(py, &pool, spawner.as_deref())?;
-            Ok(async move { Ok(Lend { outcome: pool.warm(n, t).await.map(|()| None), out }) })
+            Ok(async move {
+                let outcome = pool.warm(n, t).await.map(|()| None);
+                Ok(Lend { outcome, pool, out })
+            })
         })
     }
 
@@ -540,6 +589,7 @@ impl PyProcPool {
         let d = PyDict::new(py);
         d.set_item("idle", self.pool.idle())?;
         d.set_item("in_flight", self.pool.in_flight())?;
+        d.set_item("lent", self.pool.lent())?;
         d.set_item("spawns", self.pool.spawns())?;
         d.set_item("healthy", self.pool.healthy())?;
         d.set_item("closed", self.pool.is_closed())?;
