@@ -42,7 +42,7 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{
-    size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
+    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
 };
 use crate::ws_wait::{self, Waiting};
 
@@ -251,9 +251,9 @@ pub enum SendError {
         max: usize,
     },
     /// Removed from the queue by the poison rule (see `ws_protocol`); never re-sent.
-    Rejected(Failure),
-    /// A flush: these messages sent before it failed (each was removed from the queue).
-    FlushFailed(Vec<Failure>),
+    Rejected(Failed),
+    /// A flush: these messages sent before it failed (each was removed from the queue), in send order.
+    FlushFailed(Vec<Failed>),
     Ended(Terminal),
 }
 
@@ -993,7 +993,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             (lost, p.pending())
         };
         for f in failures {
-            tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, "a message was removed from the send queue: {}", f.message());
+            tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, seq = f.seq,
+                "message #{} was removed from the send queue: {}", f.seq, f.why.message());
         }
         resolve(waiters);
         tracing::debug!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, pending = resend as u64,
@@ -1147,8 +1148,15 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     let _ = ctrl_tx.send(Ctrl::Flush);
                 }
                 Message::Pong(p) => {
-                    let resolved = shared.lock_proto().on_pong(&p, Instant::now().into_std());
+                    let (resolved, more) = {
+                        let mut proto = shared.lock_proto();
+                        (proto.on_pong(&p, Instant::now().into_std()), proto.can_write())
+                    };
                     resolve(resolved);
+                    // the confirmation may have opened the window of a re-send (see ws_protocol)
+                    if more {
+                        shared.wake_writer();
+                    }
                     if shared.room_waiters.load(Ordering::SeqCst) > 0 {
                         shared.room.notify_waiters();
                     }
@@ -1181,25 +1189,26 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     }
                 }
             }
-            // the whole queue in one batch: one flush, and at most one ping confirms it
-            let step = shared.lock_proto().next_write(Instant::now().into_std(), usize::MAX);
+            // the whole queue (or what the window lets out) in one batch, with its pings: one flush
+            let step = shared.lock_proto().next_write(Instant::now().into_std());
             match step {
-                Write::Batch(batch, ping) => {
-                    let (n, bytes) = (batch.len() as u64, batch.iter().map(size_of).sum::<usize>() as u64);
-                    for m in batch {
+                Write::Batch(frames) => {
+                    let (mut n, mut bytes, mut pings) = (0u64, 0u64, 0u64);
+                    for m in frames {
+                        if matches!(m, Message::Ping(_)) {
+                            pings += 1;
+                        } else {
+                            n += 1;
+                            bytes += size_of(&m) as u64;
+                        }
                         sink.feed(m).await.map_err(wr)?;
-                    }
-                    // a ping right behind the batch confirms it; without one, the pinger schedules it
-                    let pinged = ping.is_some();
-                    if let Some(ping) = ping {
-                        sink.feed(Message::Ping(ping)).await.map_err(wr)?;
                     }
                     sink.flush().await.map_err(wr)?;
                     let sent = shared.lock_proto().written();
                     resolve(sent);
                     shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-                    shared.counters.pings_sent.fetch_add(u64::from(pinged), Ordering::Relaxed);
+                    shared.counters.pings_sent.fetch_add(pings, Ordering::Relaxed);
                     shared.timers_changed.notify_one();
                 }
                 Write::Ping(ping) => {
