@@ -195,7 +195,8 @@ def connect(
 
     ``max_message_size``: the largest message, in bytes of payload, either way (default 16 MiB). A bigger
     ``send()`` raises ``ValueError`` at once; a bigger inbound message (or frame) is a loss, reported as
-    such, and the connection reconnects. Received messages wait in a buffer bounded by count and by bytes
+    such: tether closes with 1009 (as it closes with 1002 on a protocol error and 1007 on invalid UTF-8),
+    and the connection reconnects. Received messages wait in a buffer bounded by count and by bytes
     (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
