@@ -73,3 +73,28 @@ async def test_close_1009_fails_that_one_message_while_the_server_also_flaps():
     assert "1009" in str(e) and big not in str(e)
     assert {f"m{i}" for i in range(n) if i != n // 2} <= set(srv.record.received)
     assert srv.record.too_big == 1, srv.record.too_big
+
+
+async def test_a_flush_names_every_message_it_fails_and_they_can_be_re_sent():
+    big_bytes, big_text = b"\x01" * 3000, "T" * 2000
+    async with FlappingServer(max_size=1000, crash_after=None) as srv:
+        conn = tether.connect(srv.url, policy=tether.Backoff(0.005, 2.0, max_delay=0.05, jitter="none"), quiet_jitter=0)
+        async with conn:
+            for m in ["ok0", big_bytes, "ok1", big_text, "ok2"]:
+                await conn.send(m)
+            with pytest.raises(tether.SendFailed) as ei:
+                await asyncio.wait_for(conn.flush(), 30)
+            e = ei.value
+            # every failed message, in send order, with its number and reason; the text names no payload
+            assert e.messages == [big_bytes, big_text]
+            assert [(f.seq, f.code, f.losses) for f in e.failures] == [(2, 1009, None), (4, 1009, None)]
+            assert all(isinstance(f, tether.FailedMessage) and "1009" in f.reason for f in e.failures)
+            assert "2 messages" in str(e) and "#2" in str(e) and "#4" in str(e), str(e)
+            assert "TTTT" not in str(e) and "TTTT" not in repr(e)
+            # the README's recipe: send a too-big message again in parts
+            for f in e.failures:
+                for i in range(0, len(f.message), 1000):
+                    await conn.send(f.message[i : i + 1000])
+            await asyncio.wait_for(conn.flush(), 30)
+    assert srv.record.received.count("ok1") >= 1 and srv.record.received[-1] == big_text[1000:]
+    assert b"".join(m for m in srv.record.received if isinstance(m, bytes)) == big_bytes
