@@ -389,8 +389,8 @@ impl<D> Protocol<D> {
             let n = self.queue.len().min(room);
             let every = self.eighth();
             let mut frames = Vec::with_capacity(n + n / every + 1);
-            let batch: Vec<Entry<D>> = self.queue.drain(..n).collect();
-            for (i, e) in batch.into_iter().enumerate() {
+            for i in 0..n {
+                let Some(e) = self.queue.pop_front() else { break };
                 self.writing_bytes += e.size;
                 frames.push(e.msg.clone());
                 self.unacked.push_back((self.next_seq, e));
