@@ -42,7 +42,7 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{
-    size_of, Failure, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
+    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
 };
 use crate::ws_wait::{self, Waiting};
 
@@ -251,9 +251,9 @@ pub enum SendError {
         max: usize,
     },
     /// Removed from the queue by the poison rule (see `ws_protocol`); never re-sent.
-    Rejected(Failure),
-    /// A flush: these messages sent before it failed (each was removed from the queue).
-    FlushFailed(Vec<Failure>),
+    Rejected(Failed),
+    /// A flush: these messages sent before it failed (each was removed from the queue), in send order.
+    FlushFailed(Vec<Failed>),
     Ended(Terminal),
 }
 
@@ -993,7 +993,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             (lost, p.pending())
         };
         for f in failures {
-            tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, "a message was removed from the send queue: {}", f.message());
+            tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, seq = f.seq,
+                "message #{} was removed from the send queue: {}", f.seq, f.why.message());
         }
         resolve(waiters);
         tracing::debug!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, pending = resend as u64,
@@ -1028,6 +1029,13 @@ where
 
 fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
     match frame {
+        // tungstenite hands a close frame whose code is not allowed on the wire (RFC 6455 §7.4: under
+        // 1000, 1004-1006, 1014-2999, 5000 and up) over as this one, which it also sends back; the code
+        // the server sent is not passed on, so the text cannot name it
+        Some(f) if f.code == CloseCode::Protocol && f.reason.as_str() == "Protocol violation" => WsError::retry(
+            "server closed the connection with an invalid close code (one RFC 6455 §7.4 does not allow on the \
+             wire, such as 999, 1005 or 5000); tether answered 1002 (protocol error)",
+        ),
         Some(f) => {
             let code = u16::from(f.code);
             let mut e =
@@ -1037,6 +1045,47 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
             e
         }
         None => WsError::retry("server closed the connection without a status code"),
+    }
+}
+
+/// A TCP FIN, or reset, where a close frame was due.
+const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
+const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
+
+/// What a read error says: the loss to report and, when the peer broke the protocol, the close frame to
+/// fail the connection with (RFC 6455 §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big).
+fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFrame>) {
+    use tungstenite::error::ProtocolError;
+    let fail = |code: CloseCode, why: &'static str, text: String| {
+        (WsError::retry(text), Some(CloseFrame { code, reason: why.into() }))
+    };
+    match e {
+        // tungstenite's word for an EOF before any close frame
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            (WsError::retry(CLOSED_WITHOUT_CLOSE_FRAME), None)
+        }
+        tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => {
+            (WsError::retry(RESET_WITHOUT_CLOSE_FRAME), None)
+        }
+        tungstenite::Error::Capacity(c) => fail(
+            CloseCode::Size,
+            "message too big",
+            format!(
+                "the server sent a message over max_message_size ({} bytes): {c}; tether closed the connection with 1009",
+                cfg.max_message_size
+            ),
+        ),
+        tungstenite::Error::Utf8(u) => fail(
+            CloseCode::Invalid,
+            "invalid UTF-8",
+            format!("the server sent text that is not valid UTF-8 ({u}); tether closed the connection with 1007"),
+        ),
+        tungstenite::Error::Protocol(p) => fail(
+            CloseCode::Protocol,
+            "protocol error",
+            format!("the server broke the WebSocket protocol ({p}); tether closed the connection with 1002"),
+        ),
+        other => (WsError::retry(format!("read error: {other}")), None),
     }
 }
 
@@ -1079,6 +1128,8 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     let beats = HeartbeatWatch::default();
     // set when the peer started the close: tungstenite queued the reply, which must be flushed
     let peer_closed = AtomicBool::new(false);
+    // set when the peer broke the protocol: the close frame that says how, written before the drop
+    let failing: OnceLock<CloseFrame> = OnceLock::new();
 
     // counting the burst not handed over yet, so the bounds hold to within one message
     let full = |burst: usize, burst_bytes: usize| {
@@ -1123,14 +1174,14 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                 burst_bytes = 0;
             }
             let msg = match next {
-                None => return Err(WsError::retry("connection closed by the peer without a close frame (EOF)")),
-                Some(Err(tungstenite::Error::Capacity(e))) => {
-                    return Err(WsError::retry(format!(
-                        "the peer sent a message over max_message_size ({} bytes): {e}",
-                        cfg.max_message_size
-                    )))
+                None => return Err(WsError::retry(CLOSED_WITHOUT_CLOSE_FRAME)),
+                Some(Err(e)) => {
+                    let (err, answer) = read_error(e, cfg);
+                    if let Some(frame) = answer {
+                        let _ = failing.set(frame);
+                    }
+                    return Err(err);
                 }
-                Some(Err(e)) => return Err(WsError::retry(format!("read error: {e}"))),
                 Some(Ok(m)) => m,
             };
             match msg {
@@ -1147,8 +1198,15 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     let _ = ctrl_tx.send(Ctrl::Flush);
                 }
                 Message::Pong(p) => {
-                    let resolved = shared.lock_proto().on_pong(&p, Instant::now().into_std());
+                    let (resolved, more) = {
+                        let mut proto = shared.lock_proto();
+                        (proto.on_pong(&p, Instant::now().into_std()), proto.can_write())
+                    };
                     resolve(resolved);
+                    // the confirmation may have opened the window of a re-send (see ws_protocol)
+                    if more {
+                        shared.wake_writer();
+                    }
                     if shared.room_waiters.load(Ordering::SeqCst) > 0 {
                         shared.room.notify_waiters();
                     }
@@ -1168,7 +1226,12 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     };
 
     let writer = async {
-        let wr = |e: tungstenite::Error| WsError::retry(format!("write error: {e}"));
+        let wr = |e: tungstenite::Error| match e {
+            tungstenite::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => {
+                WsError::retry(RESET_WITHOUT_CLOSE_FRAME)
+            }
+            e => WsError::retry(format!("write error: {e}")),
+        };
         let mut pending_ctrl: Option<Ctrl> = None;
         loop {
             // control frames first: one that woke us, then any others queued
@@ -1181,25 +1244,26 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     }
                 }
             }
-            // the whole queue in one batch: one flush, and at most one ping confirms it
-            let step = shared.lock_proto().next_write(Instant::now().into_std(), usize::MAX);
+            // the whole queue (or what the window lets out) in one batch, with its pings: one flush
+            let step = shared.lock_proto().next_write(Instant::now().into_std());
             match step {
-                Write::Batch(batch, ping) => {
-                    let (n, bytes) = (batch.len() as u64, batch.iter().map(size_of).sum::<usize>() as u64);
-                    for m in batch {
+                Write::Batch(frames) => {
+                    let (mut n, mut bytes, mut pings) = (0u64, 0u64, 0u64);
+                    for m in frames {
+                        if matches!(m, Message::Ping(_)) {
+                            pings += 1;
+                        } else {
+                            n += 1;
+                            bytes += size_of(&m) as u64;
+                        }
                         sink.feed(m).await.map_err(wr)?;
-                    }
-                    // a ping right behind the batch confirms it; without one, the pinger schedules it
-                    let pinged = ping.is_some();
-                    if let Some(ping) = ping {
-                        sink.feed(Message::Ping(ping)).await.map_err(wr)?;
                     }
                     sink.flush().await.map_err(wr)?;
                     let sent = shared.lock_proto().written();
                     resolve(sent);
                     shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-                    shared.counters.pings_sent.fetch_add(u64::from(pinged), Ordering::Relaxed);
+                    shared.counters.pings_sent.fetch_add(pings, Ordering::Relaxed);
                     shared.timers_changed.notify_one();
                 }
                 Write::Ping(ping) => {
@@ -1282,6 +1346,11 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
     };
     if peer_closed.load(Ordering::SeqCst) {
         answer_close(sink, cfg.close_timeout).await;
+    }
+    if let Some(frame) = failing.into_inner() {
+        // RFC 6455 §7.1.7: fail the connection with the close code that says why, then drop it (the
+        // peer's answer is not awaited); a peer that does not read cannot hold this past close_timeout
+        let _ = tokio::time::timeout(cfg.close_timeout, sink.send(Message::Close(Some(frame)))).await;
     }
     if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
         // a loss during the close handshake: the close is what the user asked for
@@ -1407,6 +1476,35 @@ mod tests {
             assert!(!shown.contains("SECRET"), "{shown}");
             assert!(shown.contains("wss://h/ws"), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_peer_that_breaks_the_protocol_is_answered_with_the_close_code_that_says_how() {
+        use tungstenite::error::{CapacityError, ProtocolError};
+        let cfg = WsConfig::default();
+        let answer = |e| read_error(e, &cfg).1.map(|f| u16::from(f.code));
+        assert_eq!(answer(tungstenite::Error::Protocol(ProtocolError::NonZeroReservedBits)), Some(1002));
+        assert_eq!(answer(tungstenite::Error::Protocol(ProtocolError::MaskedFrameFromServer)), Some(1002));
+        assert_eq!(answer(tungstenite::Error::Utf8("invalid utf-8 sequence".into())), Some(1007));
+        let big = CapacityError::MessageTooLong { size: 2000, max_size: 1000 };
+        assert_eq!(answer(tungstenite::Error::Capacity(big)), Some(1009));
+        // the connection is gone: nothing to answer, and the loss says what happened on the wire
+        let fin = read_error(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake), &cfg);
+        assert_eq!((fin.0.text.as_str(), fin.1), (CLOSED_WITHOUT_CLOSE_FRAME, None));
+        let rst = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let (e, frame) = read_error(tungstenite::Error::Io(rst), &cfg);
+        assert!(e.text.contains("TCP RST") && frame.is_none(), "{}", e.text);
+    }
+
+    #[test]
+    fn an_invalid_close_code_is_not_reported_as_the_1002_sent_back() {
+        let cfg = WsConfig { fatal_close_codes: vec![1002], ..Default::default() };
+        // what tungstenite hands over for a close code not allowed on the wire
+        let replaced = CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() };
+        let e = close_error(Some(replaced), &cfg);
+        assert!(e.text.contains("invalid close code") && e.close_code.is_none() && !e.fatal, "{e:?}");
+        let own = close_error(Some(CloseFrame { code: CloseCode::Library(4001), reason: "go away".into() }), &cfg);
+        assert_eq!((own.text.as_str(), own.close_code), ("server closed the connection: 4001 go away", Some(4001)));
     }
 
     #[tokio::test]

@@ -10,8 +10,10 @@
 //!   than `confirm_delay` ago: then it waits until `confirm_delay` after that one (at most one
 //!   confirming ping per `confirm_delay`, like TCP's delayed ACK), so a paced sender does not pay a
 //!   round trip per message while a lone request is confirmed as fast as before. Never deferred when a
-//!   flush waits, when an eighth of `send_buffer` is pending, or when closing. A pong that echoes it
-//!   confirms every message up to there, because frames are ordered on the connection: the peer's
+//!   flush waits, when an eighth of `send_buffer` is pending, or when closing. A long batch (a backlog
+//!   re-sent after a reconnect, a burst) also carries a ping after every eighth of `send_buffer`, so a
+//!   connection that dies halfway through it still confirms what the peer read. A pong that echoes a
+//!   ping confirms every message up to there, because frames are ordered on the connection: the peer's
 //!   WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
 //!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
 //!   pings (unsolicited, empty, another client's) confirm nothing.
@@ -20,8 +22,20 @@
 //!   the payload is detected, not waited on. While the reader is paused (the application is not reading)
 //!   pongs cannot be read: the deadlines stop and restart from the resume.
 //! * Loss: unconfirmed messages go back to the head of the queue, in order, and are re-sent on the next
-//!   connection (at-least-once). A close 1009 (message too big) fails the largest unconfirmed message at
-//!   once; a message in flight at `poison_after` consecutive losses is failed instead of re-sent again.
+//!   connection (at-least-once). A server that crashes at random points must not get innocent messages
+//!   failed, while a message that kills the server every time it reads it (a poison message) must not
+//!   be re-sent forever. So a loss blames at most one message, the oldest unconfirmed one, and only when
+//!   the lost connection confirmed nothing (had it confirmed anything, the peer read past that, and the
+//!   crash point is unknown). After a loss with messages in flight, the backlog is re-sent from a window
+//!   of one message in flight (with its ping: nothing else is written until its pong), growing by what
+//!   each pong confirms (TCP's slow start: it doubles per round trip) until it reaches an eighth of
+//!   `send_buffer`, when it is lifted. So a connection that confirmed nothing after a loss had one
+//!   message on the wire, and a message blamed at `poison_after` consecutive losses died alone on the
+//!   wire at least `poison_after - 1` times: it is failed instead of re-sent. Its confirmation ends the
+//!   suspicion (confirmations are in order, so the oldest unconfirmed message is the first one
+//!   confirmed). A close 1009 (message too big) fails the largest unconfirmed message at once and
+//!   blames no other.
+//!   Every failure names its message (acceptance number and payload), so the application can re-send it.
 //! * Close: a requested close writes what was accepted, a ping, then the close frame; the reader keeps
 //!   running meanwhile, so pongs still confirm. A close frame from the peer is answered (the session
 //!   flushes tungstenite's automatic reply) and ends the connection with its code.
@@ -62,19 +76,29 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Why the message was removed from the send queue (the caller says that it was).
     pub fn message(&self) -> String {
         match self {
             Failure::TooBig { size, reason } => format!(
-                "the server closed the connection with 1009 (message too big{}) after this {size}-byte message; \
-                 it was removed from the send queue and will not be re-sent",
+                "the server closed the connection with 1009 (message too big{}) after this {size}-byte message",
                 if reason.is_empty() { String::new() } else { format!(": {reason}") }
             ),
             Failure::Poisoned { size, losses, last } => format!(
-                "this {size}-byte message was in flight at {losses} consecutive connection losses (last: {last}); \
-                 it was removed from the send queue and will not be re-sent"
+                "this {size}-byte message was the oldest unconfirmed one at {losses} consecutive connection losses \
+                 that confirmed nothing, re-sent alone after the first (last: {last})"
             ),
         }
     }
+}
+
+/// A message that will never be delivered: which one, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    /// Its acceptance number: the `seq`-th message this connection accepted, counting from 1.
+    pub seq: u64,
+    /// The message itself, so the application can re-send it.
+    pub msg: Message,
+    pub why: Failure,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,8 +112,9 @@ pub enum PushError {
 /// What the writer should do next.
 #[derive(Debug, PartialEq)]
 pub enum Write {
-    /// Write these messages, then the ping if any (it confirms them and every earlier write).
-    Batch(Vec<Message>, Option<Bytes>),
+    /// Write these frames in order, then flush: messages, and the pings that confirm them (a ping
+    /// confirms every message written before it).
+    Batch(Vec<Message>),
     /// Write a ping.
     Ping(Bytes),
     /// Everything accepted was written and a ping covers it: write the close frame.
@@ -133,9 +158,10 @@ pub enum Outcome {
     /// A send: written to the socket.
     Sent,
     /// A send that failed before it resolved.
-    Failed(Failure),
-    /// A flush: everything accepted before it was confirmed, except these (failed, never re-sent).
-    Flushed(Vec<Failure>),
+    Failed(Failed),
+    /// A flush: everything accepted before it was confirmed, except these (failed, never re-sent), in
+    /// acceptance order.
+    Flushed(Vec<Failed>),
 }
 
 struct Ping {
@@ -159,7 +185,12 @@ pub struct Protocol<D> {
     /// (everything accepted up to this number, waiter)
     flushes: Vec<(u64, D)>,
     /// Failures of messages whose send had already resolved: reported by the next flush covering them.
-    unreported: Vec<(u64, Failure)>,
+    unreported: Vec<Failed>,
+    /// The current connection confirmed at least one message.
+    progress: bool,
+    /// Messages allowed in flight (written, unconfirmed) while a backlog is re-sent after a loss (see the
+    /// module's Loss rule); None: no limit.
+    window: Option<usize>,
     pings: VecDeque<Ping>,
     next_ping_id: u64,
     next_ping_at: Option<Instant>,
@@ -198,6 +229,8 @@ impl<D> Protocol<D> {
             writing_bytes: 0,
             flushes: vec![],
             unreported: vec![],
+            progress: false,
+            window: None,
             pings: VecDeque::new(),
             next_ping_id: 1,
             next_ping_at: None,
@@ -283,18 +316,20 @@ impl<D> Protocol<D> {
                 continue;
             }
             let (_, w) = self.flushes.remove(i);
-            let (mine, rest): (Vec<_>, Vec<_>) = self.unreported.drain(..).partition(|(n, _)| *n <= upto);
+            let (mut mine, rest): (Vec<_>, Vec<_>) = self.unreported.drain(..).partition(|f| f.seq <= upto);
             self.unreported = rest;
-            out.push((w, Outcome::Flushed(mine.into_iter().map(|(_, f)| f).collect())));
+            mine.sort_by_key(|f| f.seq);
+            out.push((w, Outcome::Flushed(mine)));
         }
         out
     }
 
-    fn fail(&mut self, e: Entry<D>, f: Failure, out: &mut Vec<(D, Outcome)>, all: &mut Vec<Failure>) {
+    fn fail(&mut self, e: Entry<D>, why: Failure, out: &mut Vec<(D, Outcome)>, all: &mut Vec<Failed>) {
+        let f = Failed { seq: e.n, msg: e.msg, why };
         all.push(f.clone());
         match e.done {
             Some(d) => out.push((d, Outcome::Failed(f))),
-            None => self.unreported.push((e.n, f)),
+            None => self.unreported.push(f),
         }
     }
 
@@ -330,6 +365,7 @@ impl<D> Protocol<D> {
         self.paused = false;
         self.peer_closed = false;
         self.foreign_pongs = 0;
+        self.progress = false;
         if self.closing == Closing::Sent {
             self.closing = Closing::Requested;
         }
@@ -344,33 +380,52 @@ impl<D> Protocol<D> {
 
     /// The next thing to write. Messages are handed over (and numbered) here, so a loss while they
     /// are being written counts them as in flight.
-    pub fn next_write(&mut self, now: Instant, max_batch: usize) -> Write {
+    pub fn next_write(&mut self, now: Instant) -> Write {
         if matches!(self.closing, Closing::Sent | Closing::Done) || self.peer_closed {
             return Write::Idle;
         }
-        if !self.queue.is_empty() {
-            let n = self.queue.len().min(max_batch.max(1));
-            let mut batch = Vec::with_capacity(n);
-            for e in self.queue.drain(..n) {
+        let room = self.window.map_or(usize::MAX, |w| w.saturating_sub(self.unacked.len()));
+        if !self.queue.is_empty() && room > 0 {
+            let n = self.queue.len().min(room);
+            let every = self.eighth();
+            let mut frames = Vec::with_capacity(n + n / every + 1);
+            for i in 0..n {
+                let Some(e) = self.queue.pop_front() else { break };
                 self.writing_bytes += e.size;
-                batch.push(e.msg.clone());
+                frames.push(e.msg.clone());
                 self.unacked.push_back((self.next_seq, e));
                 self.next_seq += 1;
+                if (i + 1) % every == 0 && i + 1 < n {
+                    frames.push(Message::Ping(self.ping(now)));
+                }
             }
             if self.confirm_now(now) {
-                return Write::Batch(batch, Some(self.ping(now)));
+                frames.push(Message::Ping(self.ping(now)));
+            } else {
+                self.uncovered = true;
             }
-            self.uncovered = true;
-            return Write::Batch(batch, None);
+            return Write::Batch(frames);
         }
         if self.ping_due_since.is_some() || (self.uncovered && self.confirm_now(now)) {
             return Write::Ping(self.ping(now));
         }
-        if self.closing == Closing::Requested {
+        if self.closing == Closing::Requested && self.queue.is_empty() {
             self.closing = Closing::Sent;
             return Write::Close;
         }
         Write::Idle
+    }
+
+    /// Whether `next_write` has messages to hand over (some are queued and the window lets them out):
+    /// a pong that opened the window must wake the writer.
+    pub fn can_write(&self) -> bool {
+        !self.queue.is_empty() && self.window.map_or(true, |w| self.unacked.len() < w)
+    }
+
+    /// An eighth of `send_buffer`: confirm at once from this many pending messages, ping at least this
+    /// often inside a long batch, lift the window from this size.
+    fn eighth(&self) -> usize {
+        (self.cfg.send_buffer / 8).max(1)
     }
 
     /// Whether what was written must be confirmed by a ping right away.
@@ -379,7 +434,8 @@ impl<D> Protocol<D> {
             || self.ping_due_since.is_some()
             || !self.flushes.is_empty()
             || self.closing != Closing::Open
-            || self.pending() >= (self.cfg.send_buffer / 8).max(1)
+            || self.window.is_some()
+            || self.pending() >= self.eighth()
             || self.confirm_at().map_or(true, |at| now >= at)
     }
 
@@ -415,6 +471,11 @@ impl<D> Protocol<D> {
         let ping = self.pings.drain(..=i).next_back().expect("position is in range");
         self.last_rtt = Some(now.saturating_duration_since(ping.sent).max(Duration::from_micros(1)));
         let n = self.unacked.iter().take_while(|(s, _)| *s <= ping.covers).count();
+        if n > 0 {
+            self.progress = true;
+            // slow start: the window grows by what was confirmed (doubles per round trip)
+            self.window = self.window.map(|w| w + n).filter(|&w| w < self.eighth());
+        }
         let mut out: Vec<(D, Outcome)> =
             self.unacked.drain(..n).filter_map(|(_, e)| e.done).map(|d| (d, Outcome::Sent)).collect();
         out.extend(self.settle_flushes());
@@ -507,10 +568,14 @@ impl<D> Protocol<D> {
     }
 
     /// The connection was lost (`code`: the peer's close code, if it sent one). Unconfirmed messages
-    /// go back to the head of the queue, except those failed by the poison rule: returned here as the
-    /// waiters to resolve, and every such failure (for the log).
-    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failure>) {
+    /// go back to the head of the queue, except one failed by the poison rule (see the module's Loss
+    /// rule): returned here as the waiters to resolve, and every such failure (for the log).
+    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failed>) {
         let (mut failed, mut all) = (vec![], vec![]);
+        if !self.unacked.is_empty() {
+            // the backlog is re-sent one message at a time first, so a later strike names its message
+            self.window = Some(1);
+        }
         if code == Some(MESSAGE_TOO_BIG) {
             // the peer read up to the message it could not take; the largest in flight is the one
             let largest = self.unacked.iter().enumerate().max_by_key(|(i, (_, e))| (e.size, usize::MAX - i));
@@ -520,18 +585,19 @@ impl<D> Protocol<D> {
                     self.fail(e, f, &mut failed, &mut all);
                 }
             }
-        }
-        let mut keep = VecDeque::with_capacity(self.unacked.len() + self.queue.len());
-        let unacked: Vec<_> = self.unacked.drain(..).collect();
-        for (_, mut e) in unacked {
-            e.strikes += 1;
-            if e.strikes >= self.cfg.poison_after {
-                let f = Failure::Poisoned { size: e.size, losses: e.strikes, last: reason.to_string() };
-                self.fail(e, f, &mut failed, &mut all);
-            } else {
-                keep.push_back(e);
+        } else if !self.progress {
+            let condemned = self.unacked.front_mut().is_some_and(|(_, head)| {
+                head.strikes += 1;
+                head.strikes >= self.cfg.poison_after
+            });
+            if condemned {
+                if let Some((_, e)) = self.unacked.pop_front() {
+                    let f = Failure::Poisoned { size: e.size, losses: e.strikes, last: reason.to_string() };
+                    self.fail(e, f, &mut failed, &mut all);
+                }
             }
         }
+        let mut keep: VecDeque<Entry<D>> = self.unacked.drain(..).map(|(_, e)| e).collect();
         keep.extend(self.queue.drain(..));
         self.queue = keep;
         self.unwritten_bytes = self.queue.iter().map(|e| e.size).sum();
@@ -594,11 +660,25 @@ mod tests {
         (p, t0)
     }
 
-    fn batch(p: &mut Protocol<u32>, now: Instant) -> (Vec<Message>, Bytes) {
-        match p.next_write(now, 64) {
-            Write::Batch(m, Some(ping)) => (m, ping),
-            other => panic!("expected a batch, got {other:?}"),
+    /// A batch's messages and the pings inside it, in order.
+    fn frames(w: Write) -> (Vec<Message>, Vec<Bytes>) {
+        let Write::Batch(frames) = w else { panic!("expected a batch, got {w:?}") };
+        let (mut msgs, mut pings) = (vec![], vec![]);
+        for f in frames {
+            match f {
+                Message::Ping(b) => pings.push(b),
+                m => msgs.push(m),
+            }
         }
+        (msgs, pings)
+    }
+
+    /// A batch that ends with its confirming ping: its messages and that ping.
+    fn batch(p: &mut Protocol<u32>, now: Instant) -> (Vec<Message>, Bytes) {
+        let w = p.next_write(now);
+        assert!(matches!(&w, Write::Batch(f) if matches!(f.last(), Some(Message::Ping(_)))), "{w:?}");
+        let (msgs, mut pings) = frames(w);
+        (msgs, pings.pop().expect("a ping"))
     }
 
     fn ids(v: Vec<(u32, Outcome)>) -> Vec<u32> {
@@ -617,7 +697,7 @@ mod tests {
         p.push_untracked(Message::text("abc")).unwrap();
         p.push(Message::text("de"), 1).unwrap();
         assert_eq!(p.unwritten_bytes(), 5);
-        assert!(matches!(p.next_write(t0, usize::MAX), Write::Batch(b, _) if b.len() == 2));
+        assert_eq!(frames(p.next_write(t0)).0.len(), 2);
         p.push_untracked(Message::text("f")).unwrap();
         assert_eq!(p.unwritten_bytes(), 6, "the batch being written still counts");
         assert_eq!(p.written(), vec![(1, Outcome::Sent)], "only the tracked send resolves");
@@ -679,7 +759,8 @@ mod tests {
         let (_, ping) = batch(&mut p, t0);
         let out = p.on_pong(&ping, t0);
         assert_eq!(out[0], (2, Outcome::Sent));
-        assert!(matches!(&out[1], (9, Outcome::Flushed(f)) if matches!(f[..], [Failure::TooBig { size: 50, .. }])));
+        assert!(matches!(&out[1], (9, Outcome::Flushed(f))
+            if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, msg }] if size_of(msg) == 50)));
         // reported once
         assert_eq!(p.flush(10, t0), vec![(10, Outcome::Flushed(vec![]))]);
     }
@@ -736,11 +817,11 @@ mod tests {
     #[test]
     fn periodic_pings_and_the_silent_peer() {
         let (mut p, t0) = proto();
-        assert_eq!(p.next_write(t0, 64), Write::Idle);
+        assert_eq!(p.next_write(t0), Write::Idle);
         assert_eq!(p.poll(t0), Ok(s(t0, 5.0)));
         assert_eq!(p.poll(s(t0, 5.0)), Ok(s(t0, 10.0)));
         assert!(p.ping_due());
-        let ping = match p.next_write(s(t0, 5.0), 64) {
+        let ping = match p.next_write(s(t0, 5.0)) {
             Write::Ping(b) => b,
             other => panic!("{other:?}"),
         };
@@ -749,7 +830,7 @@ mod tests {
         assert!(p.on_pong(&ping, s(t0, 6.0)).is_empty());
         // next ping at 10; not echoed by 15: lost
         assert!(p.poll(s(t0, 10.0)).is_ok());
-        let _ = p.next_write(s(t0, 10.0), 64);
+        let _ = p.next_write(s(t0, 10.0));
         assert!(p.poll(s(t0, 14.9)).is_ok());
         assert!(p.poll(s(t0, 15.0)).unwrap_err().contains("no answer to a ping"));
     }
@@ -772,7 +853,7 @@ mod tests {
         assert!(p.poll(s(t0, 60.0)).is_ok());
         // pings keep going out while paused (the kernel's TCP_USER_TIMEOUT watches them)
         assert!(p.ping_due());
-        assert!(matches!(p.next_write(s(t0, 60.0), 64), Write::Ping(_)));
+        assert!(matches!(p.next_write(s(t0, 60.0)), Write::Ping(_)));
         p.resume(s(t0, 100.0));
         assert!(p.poll(s(t0, 104.9)).is_ok());
         assert!(p.poll(s(t0, 105.0)).is_err());
@@ -802,9 +883,13 @@ mod tests {
         p.push(Message::text("c"), 3).unwrap();
         assert!(p.lost(None, "EOF").0.is_empty());
         p.connected(s(t0, 1.0));
+        // one message in flight first, then the window doubles
         let (msgs, ping) = batch(&mut p, s(t0, 1.0));
-        assert_eq!(msgs, vec![Message::text("a"), Message::text("b"), Message::text("c")]);
-        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.1))), vec![1, 2, 3]);
+        assert_eq!(msgs, vec![Message::text("a")]);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.1))), vec![1]);
+        let (msgs, ping) = batch(&mut p, s(t0, 1.1));
+        assert_eq!(msgs, vec![Message::text("b"), Message::text("c")]);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.2))), vec![2, 3]);
     }
 
     #[test]
@@ -818,40 +903,255 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, 2);
-        let f = Failure::TooBig { size: 90, reason: "too big".into() };
-        assert!(f.message().contains("1009"));
-        assert_eq!(failed[0].1, Outcome::Failed(f));
+        let why = Failure::TooBig { size: 90, reason: "too big".into() };
+        assert!(why.message().contains("1009"));
+        assert_eq!(failed[0].1, Outcome::Failed(Failed { seq: 2, msg: Message::binary(vec![7u8; 90]), why }));
+        // no other message is blamed: the rest is re-sent, in order
         p.connected(s(t0, 1.0));
-        let (msgs, _) = batch(&mut p, s(t0, 1.0));
-        assert_eq!(msgs, vec![Message::text("small"), Message::text("after")]);
+        let (msgs, ping) = batch(&mut p, s(t0, 1.0));
+        assert_eq!(msgs, vec![Message::text("small")]);
+        let _ = p.on_pong(&ping, s(t0, 1.0));
+        assert_eq!(batch(&mut p, s(t0, 1.0)).0, vec![Message::text("after")]);
     }
 
     #[test]
-    fn a_message_in_flight_at_n_consecutive_losses_is_failed() {
+    fn a_message_alone_in_flight_at_n_consecutive_losses_that_confirmed_nothing_is_failed() {
         let (mut p, t0) = proto();
         p.push(Message::text("poison"), 1).unwrap();
         for round in 1..=3u32 {
             p.connected(t0);
-            let _ = batch(&mut p, t0);
+            let (msgs, _) = batch(&mut p, t0);
+            assert_eq!(msgs, vec![Message::text("poison")], "round {round}");
             if round == 2 {
-                // queued but never written at a loss: no strike for this one
+                // queued but never written at a loss (the window holds it back): no strike for this one
                 p.push(Message::text("late"), 2).unwrap();
+                assert_eq!(p.next_write(t0), Write::Idle);
             }
-            let (failed, _) = p.lost(Some(1011), "server error");
+            let (failed, all) = p.lost(Some(1011), "server error");
             if round < 3 {
-                assert!(failed.is_empty(), "round {round}");
+                assert!(failed.is_empty() && all.is_empty(), "round {round}");
             } else {
-                assert_eq!(failed.len(), 1);
-                assert_eq!(failed[0].0, 1);
+                assert_eq!(ids(failed.clone()), vec![1]);
                 assert!(
-                    matches!(&failed[0].1, Outcome::Failed(Failure::Poisoned { losses: 3, .. })),
+                    matches!(&failed[0].1, Outcome::Failed(Failed { seq: 1, why: Failure::Poisoned { losses: 3, .. }, msg })
+                        if *msg == Message::text("poison")),
                     "{:?}",
                     failed[0].1
                 );
+                assert_eq!(all.len(), 1);
             }
         }
-        // "late" was in flight at two losses only: it is still queued
+        // "late" was never in flight: still queued, and sent next
         assert_eq!(p.pending(), 1);
+        p.connected(t0);
+        assert_eq!(batch(&mut p, t0).0, vec![Message::text("late")]);
+    }
+
+    /// send_buffer 64: a ping after every 8 messages of a long batch, the window lifted at 8.
+    fn big() -> (Protocol<u32>, Instant) {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(ProtocolConfig { send_buffer: 64, max_message_size: 1000, ..cfg() }, NONCE);
+        p.connected(t0);
+        (p, t0)
+    }
+
+    fn texts(range: std::ops::Range<u32>) -> Vec<Message> {
+        range.map(|i| Message::text(format!("m{i}"))).collect()
+    }
+
+    fn push_texts(p: &mut Protocol<u32>, range: std::ops::Range<u32>) {
+        for m in texts(range) {
+            p.push_untracked(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_long_batch_carries_a_ping_after_every_eighth_of_send_buffer() {
+        let (mut p, t0) = big();
+        push_texts(&mut p, 0..20);
+        let Write::Batch(frames) = p.next_write(t0) else { panic!("a batch") };
+        let pings: Vec<usize> = (0..frames.len()).filter(|&i| matches!(frames[i], Message::Ping(_))).collect();
+        assert_eq!((frames.len(), pings), (23, vec![8, 17, 22]));
+        // the peer read up to the first inner ping and died: its pong confirms the first 8 only
+        let Message::Ping(first) = &frames[8] else { unreachable!() };
+        let _ = p.on_pong(first, t0);
+        assert_eq!(p.pending(), 12);
+    }
+
+    #[test]
+    fn a_loss_blames_nobody_when_the_connection_confirmed_something() {
+        let (mut p, t0) = big();
+        push_texts(&mut p, 0..40);
+        let _ = p.next_write(t0);
+        for round in 0..4u32 {
+            // the same kind of loss every time, after the peer confirmed one message: never a strike
+            let (failed, all) = p.lost(Some(1011), "crash");
+            assert!(failed.is_empty() && all.is_empty(), "round {round}");
+            p.connected(t0);
+            let (msgs, ping) = batch(&mut p, t0);
+            assert_eq!(msgs, texts(round..round + 1), "after a loss the backlog starts with one message");
+            let _ = p.on_pong(&ping, t0);
+            let (msgs, _) = batch(&mut p, t0);
+            assert_eq!(msgs, texts(round + 1..round + 3), "the window doubled");
+        }
+        assert_eq!(p.pending(), 36);
+    }
+
+    #[test]
+    fn a_loss_that_confirmed_nothing_blames_the_oldest_message_only_and_re_sends_it_alone() {
+        let (mut p, t0) = big();
+        push_texts(&mut p, 0..30);
+        let _ = p.next_write(t0);
+        assert!(p.lost(None, "reset").1.is_empty());
+        p.connected(t0);
+        let (msgs, ping) = batch(&mut p, t0);
+        assert_eq!(msgs, texts(0..1));
+        assert!(!p.can_write());
+        assert_eq!(p.next_write(t0), Write::Idle, "nothing more until m0 is confirmed");
+        assert!(p.on_pong(&ping, t0).is_empty());
+        // slow start: what may be in flight grows by what each pong confirmed, until an eighth of send_buffer
+        let mut sizes = vec![];
+        let mut next = 1;
+        while next < 30 {
+            assert!(p.can_write());
+            let (msgs, ping) = batch(&mut p, t0);
+            assert_eq!(msgs, texts(next..next + msgs.len() as u32));
+            next += msgs.len() as u32;
+            sizes.push(msgs.len());
+            let _ = p.on_pong(&ping, t0);
+        }
+        assert_eq!(sizes, vec![2, 4, 23]);
+        assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn a_confirmation_clears_the_strikes() {
+        let (mut p, t0) = big();
+        push_texts(&mut p, 0..3);
+        for _ in 0..2 {
+            let _ = batch(&mut p, t0);
+            assert!(p.lost(None, "reset").1.is_empty());
+            p.connected(t0);
+        }
+        // m0 has two strikes; it is confirmed, m1 and m2 go out, and the connection dies: no strike
+        let (_, ping) = batch(&mut p, t0);
+        let _ = p.on_pong(&ping, t0);
+        assert_eq!(batch(&mut p, t0).0, texts(1..3));
+        assert!(p.lost(None, "reset").1.is_empty());
+        // m1 is blamed from zero: failed at its third strike, not its first
+        for strike in 1..=3 {
+            p.connected(t0);
+            assert_eq!(batch(&mut p, t0).0, texts(1..2));
+            let (_, all) = p.lost(None, "reset");
+            assert_eq!(all.len(), usize::from(strike == 3), "strike {strike}");
+        }
+    }
+
+    /// One connection to a peer that reads frames in order, answers every ping it reads at once, and
+    /// dies after reading `budget` frames or on reading `poison`: what the protocol failed at the loss.
+    fn crashing_peer(
+        p: &mut Protocol<u32>,
+        now: Instant,
+        budget: usize,
+        poison: &str,
+        read: &mut Vec<Message>,
+    ) -> Vec<Failed> {
+        p.connected(now);
+        let mut frames_read = 0;
+        while let Write::Batch(frames) = p.next_write(now) {
+            for f in frames {
+                if frames_read == budget || f == Message::text(poison) {
+                    return p.lost(Some(1011), "crash").1;
+                }
+                frames_read += 1;
+                match f {
+                    Message::Ping(b) => {
+                        let _ = p.on_pong(&b, now);
+                    }
+                    m => read.push(m),
+                }
+            }
+        }
+        p.lost(Some(1011), "crash").1
+    }
+
+    /// 10..=250, from a fixed linear congruential sequence.
+    fn budgets() -> impl Iterator<Item = usize> {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        std::iter::repeat_with(move || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            10 + (x >> 33) as usize % 241
+        })
+    }
+
+    #[test]
+    fn a_peer_crashing_every_10_to_250_frames_gets_every_message_and_fails_none() {
+        for send_buffer in [64, 1024] {
+            let t0 = Instant::now();
+            let mut p: Protocol<u32> =
+                Protocol::new(ProtocolConfig { send_buffer, max_message_size: 1000, ..cfg() }, NONCE);
+            let (mut read, mut losses, mut next) = (vec![], 0, 0);
+            let mut budget = budgets();
+            while next < 5000 || p.pending() > 0 {
+                while next < 5000 && p.pending() < send_buffer {
+                    p.push_untracked(Message::text(format!("m{next}"))).unwrap();
+                    next += 1;
+                }
+                let failed = crashing_peer(&mut p, t0, budget.next().unwrap_or(10), "", &mut read);
+                assert!(
+                    failed.is_empty(),
+                    "send_buffer {send_buffer}: {} innocent message(s) failed, first {:?}",
+                    failed.len(),
+                    failed.first()
+                );
+                losses += 1;
+            }
+            for i in 0..5000 {
+                assert!(read.contains(&Message::text(format!("m{i}"))), "m{i} never read");
+            }
+            assert!(losses > 30, "{losses}");
+        }
+    }
+
+    #[test]
+    fn a_poison_message_in_a_backlog_is_failed_and_nothing_else() {
+        let (mut p, t0) = big();
+        push_texts(&mut p, 0..60);
+        let (mut read, mut failed, mut losses) = (vec![], vec![], 0);
+        while p.pending() > 0 {
+            failed.extend(crashing_peer(&mut p, t0, usize::MAX, "m30", &mut read));
+            losses += 1;
+            assert!(losses < 20, "{failed:?}");
+        }
+        assert!(
+            matches!(&failed[..], [Failed { seq: 31, why: Failure::Poisoned { losses: 3, .. }, msg }] if *msg == Message::text("m30")),
+            "{failed:?}"
+        );
+        for m in texts(0..60).into_iter().filter(|m| *m != Message::text("m30")) {
+            assert!(read.contains(&m), "{m:?} never read");
+        }
+    }
+
+    #[test]
+    fn a_flush_reports_every_failure_in_send_order_with_its_message() {
+        let (mut p, t0) = proto();
+        let (a, c) = (Message::binary(vec![1u8; 50]), Message::binary(vec![3u8; 90]));
+        p.push_untracked(a.clone()).unwrap();
+        p.push_untracked(Message::text("ok")).unwrap();
+        p.push_untracked(c.clone()).unwrap();
+        assert!(p.flush(7, t0).is_empty());
+        // rejected with 1009 twice: the 90-byte message (#3) first, then, re-sent alone, the 50-byte one (#1)
+        for _ in 0..2 {
+            let _ = batch(&mut p, t0);
+            assert_eq!(p.lost(Some(MESSAGE_TOO_BIG), "").1.len(), 1);
+            p.connected(t0);
+        }
+        let (msgs, ping) = batch(&mut p, t0);
+        assert_eq!(msgs, vec![Message::text("ok")]);
+        let out = p.on_pong(&ping, t0);
+        let [(7, Outcome::Flushed(f))] = &out[..] else { panic!("{out:?}") };
+        let named: Vec<(u64, &Message)> = f.iter().map(|f| (f.seq, &f.msg)).collect();
+        assert_eq!(named, vec![(1, &a), (3, &c)]);
     }
 
     #[test]
@@ -861,8 +1161,8 @@ mod tests {
         p.request_close();
         let (msgs, ping) = batch(&mut p, t0);
         assert_eq!(msgs.len(), 1);
-        assert_eq!(p.next_write(t0, 64), Write::Close);
-        assert_eq!(p.next_write(t0, 64), Write::Idle);
+        assert_eq!(p.next_write(t0), Write::Close);
+        assert_eq!(p.next_write(t0), Write::Idle);
         // the reader still runs while closing: the pong confirms the send
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.01))), vec![1]);
         assert_eq!(p.on_close_frame(), PeerClose::Complete);
@@ -877,7 +1177,7 @@ mod tests {
         p.push(Message::text("a"), 1).unwrap();
         let _ = batch(&mut p, t0);
         assert_eq!(p.on_close_frame(), PeerClose::Answer);
-        assert_eq!(p.next_write(t0, 64), Write::Idle);
+        assert_eq!(p.next_write(t0), Write::Idle);
         assert_eq!(p.finish(), (vec![1], 0));
     }
 
@@ -887,12 +1187,12 @@ mod tests {
         p.push(Message::text("a"), 1).unwrap();
         p.request_close();
         let _ = batch(&mut p, t0);
-        assert_eq!(p.next_write(t0, 64), Write::Close);
+        assert_eq!(p.next_write(t0), Write::Close);
         assert!(p.lost(None, "EOF").0.is_empty());
         p.connected(t0);
         let (msgs, _) = batch(&mut p, t0);
         assert_eq!(msgs, vec![Message::text("a")]);
-        assert_eq!(p.next_write(t0, 64), Write::Close);
+        assert_eq!(p.next_write(t0), Write::Close);
     }
 
     fn delayed() -> (Protocol<u32>, Instant) {
@@ -904,17 +1204,13 @@ mod tests {
     }
 
     fn pinged(p: &mut Protocol<u32>, now: Instant) -> Bytes {
-        match p.next_write(now, 64) {
-            Write::Batch(_, Some(ping)) => ping,
-            other => panic!("expected a batch and its ping, got {other:?}"),
-        }
+        batch(p, now).1
     }
 
     fn unpinged(p: &mut Protocol<u32>, now: Instant) -> Vec<Message> {
-        match p.next_write(now, 64) {
-            Write::Batch(m, None) => m,
-            other => panic!("expected a batch without a ping, got {other:?}"),
-        }
+        let (msgs, pings) = frames(p.next_write(now));
+        assert!(pings.is_empty(), "expected a batch without a ping");
+        msgs
     }
 
     fn ping_of(w: Write) -> Bytes {
@@ -933,13 +1229,13 @@ mod tests {
         // within confirm_delay of that ping: deferred to 10 ms after it, one ping for both
         p.push(Message::text("b"), 2).unwrap();
         assert_eq!(unpinged(&mut p, s(t0, 0.002)).len(), 1);
-        assert_eq!(p.next_write(s(t0, 0.002), 64), Write::Idle);
+        assert_eq!(p.next_write(s(t0, 0.002)), Write::Idle);
         assert_eq!(p.poll(s(t0, 0.002)), Ok(s(t0, 0.010)), "the pinger wakes when the confirmation is due");
         p.push(Message::text("c"), 3).unwrap();
         assert_eq!(unpinged(&mut p, s(t0, 0.006)).len(), 1);
         assert!(p.poll(s(t0, 0.010)).is_ok());
         assert!(p.ping_due());
-        let ping = ping_of(p.next_write(s(t0, 0.010), 64));
+        let ping = ping_of(p.next_write(s(t0, 0.010)));
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.011))), vec![2, 3]);
         assert_eq!(p.poll(s(t0, 0.011)), Ok(s(t0, 5.010)), "nothing left to confirm: the periodic ping");
         // a batch written confirm_delay after the last ping carries its own
@@ -957,7 +1253,7 @@ mod tests {
         let _ = unpinged(&mut p, t0);
         assert!(p.flush(7, s(t0, 0.001)).is_empty());
         assert!(p.ping_due());
-        let ping = ping_of(p.next_write(s(t0, 0.001), 64));
+        let ping = ping_of(p.next_write(s(t0, 0.001)));
         assert_eq!(p.on_pong(&ping, s(t0, 0.002)), vec![(7, Outcome::Flushed(vec![]))]);
         // a batch written while a flush waits carries its ping
         p.push_untracked(Message::text("c")).unwrap();
@@ -988,8 +1284,8 @@ mod tests {
         p.push(Message::text("b"), 2).unwrap();
         let _ = unpinged(&mut p, t0);
         p.request_close();
-        let ping = ping_of(p.next_write(t0, 64));
-        assert_eq!(p.next_write(t0, 64), Write::Close);
+        let ping = ping_of(p.next_write(t0));
+        assert_eq!(p.next_write(t0), Write::Close);
         assert_eq!(ids(p.on_pong(&ping, t0)), vec![1, 2]);
     }
 
@@ -1004,6 +1300,8 @@ mod tests {
         p.connected(s(t0, 0.001));
         assert_eq!(p.poll(s(t0, 0.001)), Ok(s(t0, 5.001)), "no confirmation is due on the new connection yet");
         let ping = pinged(&mut p, s(t0, 0.001));
-        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.002))), vec![1, 2]);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.002))), vec![1]);
+        let ping = pinged(&mut p, s(t0, 0.002));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.003))), vec![2]);
     }
 }

@@ -12,6 +12,7 @@ from . import _native, events
 from ._connect import Connection, add_redacted_names, connect
 from ._errors import (
     ConnectionClosed,
+    FailedMessage,
     GaveUp,
     NotReady,
     PoolExhausted,
@@ -43,6 +44,7 @@ __all__ = [
     "Backoff",
     "Connection",
     "ConnectionClosed",
+    "FailedMessage",
     "GaveUp",
     "Handshake",
     "Heartbeat",

@@ -111,8 +111,9 @@ class Connection:
     def flush(self) -> Coroutine[Any, Any, None]:
         """Resolves once every message sent before this call was confirmed by the server's WebSocket
         layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
-        Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or in flight
-        at 3 consecutive losses), and the connection's error if it closed or gave up first."""
+        Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or the oldest
+        unconfirmed message at 3 consecutive losses that confirmed nothing), naming each (``.messages``,
+        ``.failures``), and the connection's error if it closed or gave up first."""
         return self._n.flush()
 
     # -- observation --------------------------------------------------------------------------------
@@ -197,7 +198,8 @@ def connect(
 
     ``max_message_size``: the largest message, in bytes of payload, either way (default 16 MiB). A bigger
     ``send()`` raises ``ValueError`` at once; a bigger inbound message (or frame) is a loss, reported as
-    such, and the connection reconnects. Received messages wait in a buffer bounded by count and by bytes
+    such: tether closes with 1009 (as it closes with 1002 on a protocol error and 1007 on invalid UTF-8),
+    and the connection reconnects. Received messages wait in a buffer bounded by count and by bytes
     (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
@@ -219,10 +221,14 @@ def connect(
     ``await conn.flush()`` once everything sent before it was confirmed: the server's WebSocket layer
     read it (not that its application handled it). A lone send is confirmed by a ping right behind it;
     a stream of sends shares one confirming ping per 10 ms, and ``flush()`` pings at once. Across a
-    loss delivery is at-least-once: unconfirmed messages are re-sent first after the reconnect. A message the server refuses is not
-    retried forever: a close 1009 (message too big) removes the largest unconfirmed message, and so
-    does being in flight at 3 consecutive losses; ``send()`` (if not resolved yet) or the next
-    ``flush()`` raises ``tether.SendFailed`` for it, and later messages go on.
+    loss delivery is at-least-once: unconfirmed messages are re-sent first after the reconnect, from one
+    message in flight that doubles with each confirmation; a long burst carries a confirming ping after
+    every eighth of ``send_buffer``. A message the server refuses is not retried forever: a close 1009
+    (message too big) removes the largest unconfirmed message, and so does being the oldest unconfirmed
+    message at 3 consecutive losses that confirmed nothing (it was re-sent alone after the first);
+    ``send()`` (if not resolved yet) or the next ``flush()`` raises ``tether.SendFailed`` naming it
+    (``.messages``, ``.failures``), and later messages go on. A server that crashes at random points
+    fails no message.
     """
     return Connection(
         _native.Connection(

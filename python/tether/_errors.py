@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 
 class TetherError(Exception):
@@ -79,13 +79,45 @@ class SendBufferFull(TetherError):
     """``Connection.send`` was called while ``send_buffer`` messages were already waiting for delivery."""
 
 
-class SendFailed(TetherError):
-    """A message was removed from the send queue and will not be re-sent: the server closed with 1009
-    (message too big; ``code`` = 1009) after it, or it was in flight at ``losses`` consecutive connection
-    losses. ``size`` is its payload size in bytes."""
+class FailedMessage(NamedTuple):
+    """One message that was removed from the send queue and will not be re-sent (an item of
+    ``SendFailed.failures``)."""
 
-    def __init__(self, message: str, *, size: int = 0, code: int | None = None, losses: int | None = None) -> None:
+    seq: int
+    """Its number: the ``seq``-th message the connection accepted (every ``send()`` that did not raise), from 1."""
+    message: str | bytes
+    """The payload as sent: ``str`` for a text message, ``bytes`` for a binary one."""
+    reason: str
+    """Why it failed."""
+    code: int | None = None
+    """1009 when the server closed with "message too big" after it."""
+    losses: int | None = None
+    """The consecutive connection losses it was blamed for (the poison rule)."""
+
+
+class SendFailed(TetherError):
+    """Messages were removed from the send queue and will not be re-sent: the server closed with 1009
+    (message too big) after one, or one was the oldest unconfirmed message at 3 consecutive connection
+    losses that confirmed nothing (re-sent alone after the first), so the server likely dies reading it.
+
+    ``messages``: every failed message's payload (``str`` or ``bytes``, as sent), in send order, to re-send
+    what should go again; ``failures``: one ``FailedMessage`` per message, same order (``seq``, ``message``,
+    ``reason``, ``code``, ``losses``). ``size``, ``code`` and ``losses`` are those of the first. A ``send()``
+    that fails before it resolved names its own message; ``flush()`` names every message sent before it
+    that failed after its ``send()`` resolved."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        size: int = 0,
+        code: int | None = None,
+        losses: int | None = None,
+        failures: Iterable[FailedMessage] = (),
+    ) -> None:
         super().__init__(message)
+        self.failures = list(failures)
+        self.messages = [f.message for f in self.failures]
         self.size = size
         self.code = code
         self.losses = losses
@@ -102,6 +134,7 @@ class TimeoutError(TetherError, builtins.TimeoutError):
 
 __all__ = [
     "ConnectionClosed",
+    "FailedMessage",
     "GaveUp",
     "NotReady",
     "PoolExhausted",

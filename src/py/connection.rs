@@ -11,14 +11,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::reconnect::Config;
 use crate::redact::redact_url;
 use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
-use crate::ws_protocol::{Failure, MESSAGE_TOO_BIG};
+use crate::ws_protocol::{Failed, Failure, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
 use super::args::Arg;
 use super::backoff::count;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
-use super::errors::{value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
+use super::errors::{failed_message, value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, on_loop, LoopSlot};
 use super::heartbeat::heartbeat_config;
@@ -204,25 +204,61 @@ fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyEr
         SendError::TooBig { size, max } => value_error(format!(
             "message of {size} bytes is larger than max_message_size ({max} bytes) of the connection to {name}"
         )),
-        SendError::Rejected(f) => rejected(py, f, name, ""),
-        SendError::FlushFailed(fs) => {
-            let more = if fs.len() > 1 { format!(" ({} messages sent before flush() failed; the first)", fs.len()) } else { String::new() };
-            rejected(py, &fs[0], name, &more)
-        }
+        SendError::Rejected(f) => send_failed(py, std::slice::from_ref(f), name),
+        SendError::FlushFailed(fs) => send_failed(py, fs, name),
     }
 }
 
-fn rejected(py: Python<'_>, f: &Failure, name: &str, note: &str) -> PyErr {
+/// Failures listed in a `SendFailed`'s text; `.failures` and `.messages` carry every one.
+const LISTED: usize = 3;
+
+/// `tether.SendFailed` naming every failed message: `.failures` (seq, payload, reason, code, losses) and
+/// `.messages` (the payloads), in send order. The text shows reasons, never payloads.
+fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
+    let Some(first) = fs.first() else {
+        return SEND_FAILED.err(py, &format!("send to {name} failed"), None);
+    };
+    let items = fs.iter().map(|f| {
+        let (code, losses) = code_and_losses(&f.why);
+        failed_message(py, f.seq, message_to_py(py, &f.msg), &f.why.message(), code, losses)
+    });
+    let failures = match items.collect::<PyResult<Vec<_>>>() {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let shown: Vec<String> = fs.iter().take(LISTED).map(|f| format!("#{}: {}", f.seq, f.why.message())).collect();
+    let text = if fs.len() == 1 {
+        format!(
+            "send to {name} failed: message {}; it was removed from the send queue and will not be re-sent",
+            shown[0]
+        )
+    } else {
+        let more = fs.len().saturating_sub(LISTED);
+        format!(
+            "{} messages sent to {name} before flush() were removed from the send queue and will not be re-sent \
+             (.messages has them in send order): {}{}",
+            fs.len(),
+            shown.join("; "),
+            if more > 0 { format!("; and {more} more") } else { String::new() }
+        )
+    };
     let kw = PyDict::new(py);
-    let (size, code, losses) = match f {
-        Failure::TooBig { size, .. } => (*size, Some(MESSAGE_TOO_BIG), None),
-        Failure::Poisoned { size, losses, .. } => (*size, None, Some(*losses)),
+    let (code, losses) = code_and_losses(&first.why);
+    let size = match &first.why {
+        Failure::TooBig { size, .. } | Failure::Poisoned { size, .. } => *size,
     };
     let _ = kw.set_item("size", size);
     let _ = kw.set_item("code", code);
     let _ = kw.set_item("losses", losses);
-    let text = redact_url(&format!("send to {name} failed{note}: {}", f.message()));
-    SEND_FAILED.err(py, &text, Some(&kw))
+    let _ = kw.set_item("failures", failures);
+    SEND_FAILED.err(py, &redact_url(&text), Some(&kw))
+}
+
+fn code_and_losses(why: &Failure) -> (Option<u16>, Option<u32>) {
+    match why {
+        Failure::TooBig { .. } => (Some(MESSAGE_TOO_BIG), None),
+        Failure::Poisoned { losses, .. } => (None, Some(*losses)),
+    }
 }
 
 /// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a

@@ -36,6 +36,19 @@ pub static SEND_BUFFER_FULL: ErrorClass = ErrorClass::new("SendBufferFull");
 pub static SEND_FAILED: ErrorClass = ErrorClass::new("SendFailed");
 pub static TIMEOUT_ERROR: ErrorClass = ErrorClass::new("TimeoutError");
 
+/// `tether.FailedMessage(seq, message, reason, code, losses)`: one item of `SendFailed.failures`.
+pub fn failed_message<'py>(
+    py: Python<'py>,
+    seq: u64,
+    message: Py<PyAny>,
+    reason: &str,
+    code: Option<u16>,
+    losses: Option<u32>,
+) -> PyResult<Bound<'py, PyAny>> {
+    static CLASS: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    CLASS.import(py, "tether._errors", "FailedMessage")?.call1((seq, message, reason, code, losses))
+}
+
 pub fn value_error(msg: impl Into<String>) -> PyErr {
     pyo3::exceptions::PyValueError::new_err(msg.into())
 }
