@@ -128,7 +128,8 @@ class Reconnector:
         """Retries since the last stable connection (0 = none)."""
     def events(self) -> EventStream:
         """Events of the current (or next) run or step-wise episode (the step-wise form has no
-        ``Connecting``); ends when ``run`` returns or the episode gives up."""
+        ``Connecting``), from this call on (it subscribes now, not at the first ``__anext__``); ends
+        when ``run`` returns or the episode gives up."""
     @property
     def name(self) -> str: ...
     @property
