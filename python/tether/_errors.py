@@ -72,7 +72,9 @@ class ConnectionClosed(TetherError):
     the last failure: ``code`` is the server's close code, ``http_status`` the HTTP status with which
     the server refused the WebSocket handshake (e.g. 404), None when neither applies."""
 
-    def __init__(self, message: str, *, code: int | None = None, reason: str = "", http_status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: int | None = None, reason: str = "", http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason

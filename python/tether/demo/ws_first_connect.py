@@ -17,7 +17,8 @@ TITLE = "first connect to a wrong URL (404) or a down server: GaveUp at once / b
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 async def run(tl):
