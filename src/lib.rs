@@ -29,6 +29,7 @@ pub mod ws;
 pub mod ws_handshake;
 pub mod ws_heartbeat;
 pub mod ws_protocol;
+pub mod ws_redirect;
 pub mod ws_tls;
 mod ws_wait;
 

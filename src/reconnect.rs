@@ -63,6 +63,8 @@ pub enum GiveUpReason {
     Fatal,
     Attempts,
     Deadline,
+    /// The first connection was not made within `Config::connect_timeout`.
+    ConnectTimeout,
 }
 
 impl GiveUpReason {
@@ -71,6 +73,7 @@ impl GiveUpReason {
             GiveUpReason::Fatal => "fatal error",
             GiveUpReason::Attempts => "attempt budget exhausted",
             GiveUpReason::Deadline => "deadline exceeded",
+            GiveUpReason::ConnectTimeout => "connect_timeout exceeded",
         }
     }
 }
@@ -112,6 +115,11 @@ pub struct Config {
     /// Progress deadline per attempt: an attempt that has not called `connected()` within this is
     /// abandoned (counted as a failure, so the ladder escalates) instead of hanging.
     pub attempt_timeout: Option<Duration>,
+    /// Bounds the outage before the first connection ever (the first `connect`, all its attempts and
+    /// backoff), on top of the policy's `deadline`: a client started against a server that is down or
+    /// wrong gets an answer instead of waiting forever, while a connection that once worked keeps
+    /// retrying as the policy says. None: only the policy bounds it.
+    pub connect_timeout: Option<Duration>,
     /// Quiet retries wait `uniform(0, quiet_jitter)`: clients dropped together (a server restart, a
     /// load balancer recycling) come back spread over this window instead of in one burst.
     pub quiet_jitter: Duration,
@@ -135,6 +143,7 @@ impl Default for Config {
             quiet_attempts: 1,
             ladder: vec![(Arc::from("reconnect"), 1)],
             attempt_timeout: None,
+            connect_timeout: None,
             quiet_jitter: DEFAULT_QUIET_JITTER,
             logger: None,
         }

@@ -16,6 +16,9 @@
 //!   a deadline the quiet window shrinks to the time left (a random spread never ends an outage), while
 //!   a backed-off retry that would begin at or after the deadline is not made: the outage gives up at
 //!   that failure, since an attempt begun at the deadline would be cut at once.
+//! * until the link has been up once, `connect_timeout` bounds the outage too (whichever of it and the
+//!   policy's `deadline` ends first), with the same rules: a first connect that cannot succeed ends in
+//!   a give-up instead of retrying forever, while later outages are bounded by the policy alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +138,8 @@ pub struct RetryState {
     link: Link,
     /// Rung of the next attempt; "connect" until the first failure.
     strategy: Arc<str>,
+    /// The link has been up at least once (so `connect_timeout` no longer applies).
+    ever_up: bool,
 }
 
 /// Salt so the quiet-jitter stream of a seeded policy differs from its backoff-delay stream.
@@ -150,6 +155,18 @@ impl RetryState {
             outage: None,
             link: Link::Down { next: None },
             strategy: Arc::from("connect"),
+            ever_up: false,
+        }
+    }
+
+    /// How long the current outage may last, and the give-up reason when it runs out: before the first
+    /// connection the earlier of `connect_timeout` and the policy's deadline, afterwards the deadline.
+    fn outage_limit(&self) -> Option<(Duration, GiveUpReason)> {
+        let policy = self.cfg.policy.deadline_duration().map(|d| (d, GiveUpReason::Deadline));
+        let first = self.cfg.connect_timeout.filter(|_| !self.ever_up).map(|d| (d, GiveUpReason::ConnectTimeout));
+        match (policy, first) {
+            (Some(p), Some(f)) => Some(if f.0 < p.0 { f } else { p }),
+            (p, f) => p.or(f),
         }
     }
 
@@ -185,7 +202,7 @@ impl RetryState {
         self.link = Link::Attempting { number, started: now };
         // an attempt may not outlive the outage's deadline (an outage that has not begun yet would
         // begin now, if this attempt fails)
-        let outage_end = self.cfg.policy.deadline_duration().map(|d| self.outage.map_or(now, |o| o.started) + d);
+        let outage_end = self.outage_limit().map(|(d, _)| self.outage.map_or(now, |o| o.started) + d);
         let attempt_end = self.cfg.attempt_timeout.map(|t| now + t);
         let deadline = match (outage_end, attempt_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -203,6 +220,7 @@ impl RetryState {
             Link::Down { .. } | Link::Closed { .. } => self.retries + 1,
         };
         self.link = Link::Up { number, since: now };
+        self.ever_up = true;
         let reconnected = self.outage.map(|o| (now.saturating_duration_since(o.started), number));
         Some(Up { number, reconnected, retries: self.retries, stable_at: now + self.cfg.stable_after })
     }
@@ -261,9 +279,11 @@ impl RetryState {
             return self.give_up(lost, loss_reported, GiveUpReason::Attempts, retry, elapsed);
         }
         // time left before the outage's deadline; at zero no attempt could run (`start` would cut it at once)
-        let left = self.cfg.policy.deadline_duration().map(|d| d.saturating_sub(elapsed));
+        let limit = self.outage_limit();
+        let ran_out = limit.map_or(GiveUpReason::Deadline, |(_, why)| why);
+        let left = limit.map(|(d, _)| d.saturating_sub(elapsed));
         if left.is_some_and(|l| l.is_zero()) {
-            return self.give_up(lost, loss_reported, GiveUpReason::Deadline, retry, elapsed);
+            return self.give_up(lost, loss_reported, ran_out, retry, elapsed);
         }
         let quiet = retry <= self.cfg.quiet_attempts;
         let delay = if quiet {
@@ -276,7 +296,7 @@ impl RetryState {
                 // A backed-off retry that would begin at or after the deadline is not made: that attempt
                 // would be cut at once, so sleeping until then would only delay the give-up.
                 Some(d) if left.map_or(true, |l| d < l) => d,
-                _ => return self.give_up(lost, loss_reported, GiveUpReason::Deadline, retry, elapsed),
+                _ => return self.give_up(lost, loss_reported, ran_out, retry, elapsed),
             }
         };
         if !quiet {
@@ -372,6 +392,59 @@ mod tests {
         assert_eq!(s.deadline, Some(t0 + secs(25.0)), "cut at the outage deadline");
         let d = st.failed(t0 + secs(25.0), false);
         assert!(matches!(d, Decision::GiveUp { reason: GiveUpReason::Deadline, attempts: 3, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn connect_timeout_bounds_only_the_outage_before_the_first_connection() {
+        let mut c = cfg(None);
+        c.connect_timeout = Some(secs(6.0));
+        let mut st = RetryState::new(&c);
+        let t0 = Instant::now();
+        // a server that refuses at once: 0 (quiet) + 1 + 2 s of backoff, then 4 s would cross 6 s
+        let mut t = t0;
+        let mut attempts = 0;
+        let gave_up = loop {
+            let s = st.start(t);
+            attempts += 1;
+            assert_eq!(s.deadline, Some(t0 + secs(6.0)), "every first-connect attempt is cut at connect_timeout");
+            match st.failed(t, false) {
+                d @ Decision::Retry { .. } => t += secs(delay(&d)),
+                g => break g,
+            }
+        };
+        assert!(
+            matches!(gave_up, Decision::GiveUp { reason: GiveUpReason::ConnectTimeout, lost: false, .. }),
+            "{gave_up:?}"
+        );
+        assert_eq!(attempts, 4);
+
+        // once connected, an outage is the policy's alone: it retries past connect_timeout
+        let mut st = RetryState::new(&c);
+        st.start(t0);
+        st.connected(t0).unwrap();
+        let mut t = t0 + secs(1.0);
+        for _ in 0..6 {
+            let d = st.failed(t, false);
+            t += secs(delay(&d));
+            assert_eq!(st.start(t).deadline, None);
+        }
+        assert!(t > t0 + secs(20.0));
+    }
+
+    #[test]
+    fn the_earlier_of_connect_timeout_and_the_policy_deadline_applies() {
+        let mut c = cfg(None);
+        c.connect_timeout = Some(secs(20.0));
+        c.policy.deadline = Some(2.5);
+        let mut st = RetryState::new(&c);
+        let t0 = Instant::now();
+        assert_eq!(st.start(t0).deadline, Some(t0 + secs(2.5)));
+        st.failed(t0, false); // quiet, 0 s
+        st.start(t0);
+        st.failed(t0, false); // 1 s
+        st.start(t0 + secs(1.0));
+        let d = st.failed(t0 + secs(1.0), false); // 2 s would cross 2.5 s
+        assert!(matches!(d, Decision::GiveUp { reason: GiveUpReason::Deadline, .. }), "{d:?}");
     }
 
     #[test]

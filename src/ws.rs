@@ -44,6 +44,7 @@ use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{
     size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
 };
+use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
 
 const LOG: &str = "tether::ws";
@@ -75,6 +76,9 @@ pub struct WsConfig {
     pub recv_buffer: usize,
     pub recv_buffer_bytes: usize,
     pub fatal_close_codes: Vec<u16>,
+    /// A close frame from the server with one of these codes ends the connection as closed (`recv`
+    /// and `async for` end, state "closed"): not retried, and not a give-up.
+    pub final_close_codes: Vec<u16>,
     pub fatal_http_statuses: Vec<u16>,
     pub reconnect: reconnect::Config,
     /// Fed with the connection's states ("connecting", "connected", "reconnecting", "closed",
@@ -112,6 +116,7 @@ impl fmt::Debug for WsConfig {
             .field("recv_buffer", &self.recv_buffer)
             .field("recv_buffer_bytes", &self.recv_buffer_bytes)
             .field("fatal_close_codes", &self.fatal_close_codes)
+            .field("final_close_codes", &self.final_close_codes)
             .field("fatal_http_statuses", &self.fatal_http_statuses)
             .field("reconnect", &self.reconnect)
             .field("on_connect", &self.on_connect)
@@ -120,6 +125,11 @@ impl fmt::Debug for WsConfig {
             .finish_non_exhaustive()
     }
 }
+
+/// Default bound of the first connect (`reconnect::Config::connect_timeout`): long enough for a server
+/// that is restarting or a slow network (three `open_timeout`s), short enough that a client pointed at
+/// a server that is down, or a URL that is wrong, is told so.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for WsConfig {
     fn default() -> Self {
@@ -140,9 +150,13 @@ impl Default for WsConfig {
             recv_buffer: 65_536,
             recv_buffer_bytes: 64 << 20,
             fatal_close_codes: vec![1008],
+            // A signaling client is meant to stay connected: load balancers, proxies and servers being
+            // redeployed close with 1000 or 1001 to recycle a connection, so no code ends it by default.
+            final_close_codes: vec![],
             fatal_http_statuses: vec![401, 403],
             reconnect: reconnect::Config {
                 ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
+                connect_timeout: Some(DEFAULT_CONNECT_TIMEOUT),
                 ..Default::default()
             },
             watchdog: None,
@@ -191,13 +205,21 @@ impl TargetProvider for StaticTarget {
 pub struct WsError {
     pub text: String,
     pub fatal: bool,
+    /// The server closed with a code of `final_close_codes`: the connection ends as closed.
+    pub final_close: bool,
     pub close_code: Option<u16>,
     pub http_status: Option<u16>,
 }
 
 impl WsError {
     pub fn retry(text: impl AsRef<str>) -> Self {
-        WsError { text: redact_url(text.as_ref()), fatal: false, close_code: None, http_status: None }
+        WsError {
+            text: redact_url(text.as_ref()),
+            fatal: false,
+            final_close: false,
+            close_code: None,
+            http_status: None,
+        }
     }
     pub fn fatal(text: impl AsRef<str>) -> Self {
         WsError { fatal: true, ..WsError::retry(text) }
@@ -262,6 +284,8 @@ pub enum SendError {
 pub enum Terminal {
     /// `close()` was called.
     Closed,
+    /// The server closed with a code of `final_close_codes`; `text` says which (redacted).
+    PeerClosed { code: u16, text: String },
     /// The reconnect loop gave up.
     GaveUp { message: String, attempts: u32, elapsed: Duration, reason: GiveUpReason, last: WsError },
 }
@@ -480,11 +504,14 @@ impl WsClient {
             let n = self.shared.state_change.notified();
             tokio::pin!(n);
             n.as_mut().enable();
-            if let Some(t) = self.shared.terminal.get() {
-                return Err(t.clone());
-            }
-            if self.shared.counters.connects.load(Ordering::SeqCst) > 0 {
-                return Ok(());
+            let connected = self.shared.counters.connects.load(Ordering::SeqCst) > 0;
+            match self.shared.terminal.get() {
+                // it connected, and the server has already ended it with a final code: what it sent
+                // before is there to read, and reading then ends cleanly
+                Some(Terminal::PeerClosed { .. }) if connected => return Ok(()),
+                Some(t) => return Err(t.clone()),
+                None if connected => return Ok(()),
+                None => {}
             }
             n.await;
         }
@@ -691,7 +718,8 @@ fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     };
     let _ = shared.terminal.set(term.clone());
     let term = shared.terminal.get().cloned().unwrap_or(term);
-    shared.set_state(if matches!(term, Terminal::Closed) { State::Closed } else { State::Failed });
+    let closed = matches!(term, Terminal::Closed | Terminal::PeerClosed { .. });
+    shared.set_state(if closed { State::Closed } else { State::Failed });
     let (pending, silent) = shared.lock_proto().finish();
     if silent > 0 {
         tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), unconfirmed = silent as u64,
@@ -745,7 +773,14 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     let run = reconnect::run(
         &cfg.reconnect,
         &events,
-        |attempt| session(shared.clone(), provider.clone(), attempt),
+        // Ok(Some(close)): the server closed with a final code, which ends the loop like a close on request
+        |attempt| {
+            session(shared.clone(), provider.clone(), attempt).map(|r| match r {
+                Ok(()) => Ok(None),
+                Err(e) if e.final_close => Ok(Some(e)),
+                Err(e) => Err(e),
+            })
+        },
         |e: &WsError| e.fatal,
         |e: &WsError| e.text.clone(),
         |n, t| WsError::retry(format!("attempt {n} made no progress within {:.1}s", t.as_secs_f64())),
@@ -761,10 +796,16 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     };
     let outcome = tokio::select! {
         r = &mut run => r,
-        _ = idle_close => Ok(()),
+        _ = idle_close => Ok(None),
     };
     let outcome = match outcome {
-        Ok(()) => Ok(()),
+        Ok(None) => Ok(()),
+        Ok(Some(close)) => {
+            tracing::info!(target: LOG, logger = cfg.reconnect.logger.as_deref(), error = %close.text,
+                "{}: {} is in final_close_codes, so the connection ends here (no reconnect)", close.text,
+                close.close_code.unwrap_or_default());
+            Err(Some(Terminal::PeerClosed { code: close.close_code.unwrap_or_default(), text: close.text }))
+        }
         Err(g) => {
             let message = g.message();
             Err(Some(Terminal::GaveUp {
@@ -791,6 +832,8 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
 pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
     // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    // userinfo (`user:password@`) may hold colons too
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
     let host_end = authority.rfind(']').unwrap_or(0);
     match authority[host_end..].rfind(':').map(|i| &authority[host_end + i + 1..]) {
         None | Some("") => Ok(if uri.scheme_str() == Some("wss") { 443 } else { 80 }),
@@ -834,7 +877,26 @@ fn ws_config(cfg: &WsConfig) -> tungstenite::protocol::WebSocketConfig {
         .write_buffer_size(cfg.write_buffer_size)
 }
 
-fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
+/// HTTP statuses worth retrying even before the first connection: the server is there but busy or
+/// failing for now (a deploy's 502/503, a rate limit). Any other non-101 answer means the URL is not a
+/// WebSocket endpoint (404, a 200 page) and retrying will not change it.
+fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
+/// An answer that retrying will not change fails a first connect at once (the application is told the
+/// URL is wrong instead of waiting on retries); once a connection has succeeded the URL is known to be
+/// right, so the same answer is a passing fault and the policy retries it.
+fn not_retried_first(mut e: WsError, first: bool) -> WsError {
+    if first && !e.fatal {
+        e.fatal = true;
+        e.text.push_str(" (a first connect does not retry this answer)");
+    }
+    e
+}
+
+/// Why a handshake failed; `first`: no connection has succeeded yet.
+fn handshake_error(e: tungstenite::Error, cfg: &WsConfig, first: bool) -> WsError {
     match e {
         tungstenite::Error::Http(resp) => {
             let status = resp.status().as_u16();
@@ -844,7 +906,11 @@ fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
             ));
             err.http_status = Some(status);
             err.fatal = cfg.fatal_http_statuses.contains(&status);
-            err
+            if retryable_status(status) {
+                err
+            } else {
+                not_retried_first(err, first)
+            }
         }
         tungstenite::Error::Url(u) => WsError::fatal(format!("invalid URL: {u}")),
         tungstenite::Error::Tls(t) => {
@@ -864,27 +930,86 @@ fn handshake_error(e: tungstenite::Error, cfg: &WsConfig) -> WsError {
             Some(t) => WsError::retry(format!("TLS handshake failed: {t}")),
             None => WsError::retry(format!("handshake failed: IO error: {e}")),
         },
+        // the server hung up before answering: a restart, an overloaded accept queue
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HandshakeIncomplete) => {
+            WsError::retry("handshake failed: the server closed the connection before answering")
+        }
+        // an answer that is not a WebSocket upgrade: a wrong Sec-WebSocket-Accept, no Upgrade header,
+        // a subprotocol not asked for, a response that is not HTTP
+        other @ (tungstenite::Error::Protocol(_)
+        | tungstenite::Error::Capacity(_)
+        | tungstenite::Error::HttpFormat(_)
+        | tungstenite::Error::Utf8(_)) => not_retried_first(
+            WsError::retry(format!("handshake failed: the answer is not a WebSocket upgrade: {other}")),
+            first,
+        ),
         other => WsError::retry(format!("handshake failed: {other}")),
     }
 }
 
-async fn open(
-    shared: &Shared,
-    provider: &Arc<dyn TargetProvider>,
-    attempt: &Attempt,
-) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>, WsError> {
+/// The `Location` of a redirect answer (without one, or unreadable, it is not a redirect to follow).
+fn location(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<&str> {
+    resp.headers().get("location").and_then(|l| l.to_str().ok())
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// What one HTTP exchange of the opening handshake gave.
+enum Answer {
+    Open(Box<WsStream>),
+    Redirect { status: u16, location: String },
+}
+
+/// Open the WebSocket of one attempt: the target's URL, then each redirect (see `ws_redirect`), all
+/// within `open_timeout`.
+async fn open(shared: &Shared, provider: &Arc<dyn TargetProvider>, attempt: &Attempt) -> Result<WsStream, WsError> {
     let cfg = &shared.cfg;
     let deadline = Instant::now() + cfg.open_timeout;
     let bound = cfg.open_timeout.as_secs_f64();
     let target = tokio::time::timeout_at(deadline, provider.target(&attempt.strategy, attempt.number))
         .await
         .map_err(|_| WsError::retry(format!("url_for did not return within open_timeout ({bound}s)")))??;
-    let mut request = target
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| WsError::fatal(format!("invalid URL {}: {e}", target.url)))?;
-    for (k, v) in cfg.headers.iter().chain(target.headers.iter()) {
+    let first = shared.counters.connects.load(Ordering::SeqCst) == 0;
+    let mut url = target.url;
+    let mut headers: Vec<(String, String)> = cfg.headers.iter().chain(target.headers.iter()).cloned().collect();
+    let mut redirects = 0;
+    loop {
+        let (status, location) = match exchange(cfg, &url, &headers, deadline, attempt, first).await? {
+            Answer::Open(ws) => return Ok(*ws),
+            Answer::Redirect { status, location } => (status, location),
+        };
+        let refused = |why: String| {
+            let mut e = WsError::retry(format!("HTTP {status} redirect not followed: {why}"));
+            e.http_status = Some(status);
+            not_retried_first(e, first)
+        };
+        if redirects == ws_redirect::MAX_REDIRECTS {
+            return Err(refused(format!("more than {} redirects", ws_redirect::MAX_REDIRECTS)));
+        }
+        let hop = ws_redirect::follow(&url, &location).map_err(refused)?;
+        redirects += 1;
+        let before = headers.len();
+        ws_redirect::headers_for(&hop, &mut headers);
+        let dropped = before - headers.len();
+        tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), http_status = status, redirects = redirects as u64,
+            "HTTP {status} redirect from {} to {}{}", redact_url(&url), redact_url(&hop.url),
+            if dropped > 0 { format!(" (another origin: {dropped} credential header(s) not forwarded)") } else { String::new() });
+        url = hop.url;
+    }
+}
+
+/// One HTTP exchange of the opening handshake: TCP (and TLS) to `url`, the upgrade request, its answer.
+async fn exchange(
+    cfg: &WsConfig,
+    url: &str,
+    headers: &[(String, String)],
+    deadline: Instant,
+    attempt: &Attempt,
+    first: bool,
+) -> Result<Answer, WsError> {
+    let bound = cfg.open_timeout.as_secs_f64();
+    let mut request = url.into_client_request().map_err(|e| WsError::fatal(format!("invalid URL {url}: {e}")))?;
+    for (k, v) in headers {
         let name =
             HeaderName::from_bytes(k.as_bytes()).map_err(|_| WsError::fatal(format!("invalid header name {k:?}")))?;
         let value = HeaderValue::from_str(v).map_err(|_| WsError::fatal(format!("invalid value for header {k:?}")))?;
@@ -894,15 +1019,10 @@ async fn open(
     let tls = match uri.scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
-        other => {
-            return Err(WsError::fatal(format!(
-                "unsupported URL scheme {other:?} in {}; use ws:// or wss://",
-                target.url
-            )))
-        }
+        other => return Err(WsError::fatal(format!("unsupported URL scheme {other:?} in {url}; use ws:// or wss://"))),
     };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
-    let shown = redact_url(&target.url);
+    let shown = redact_url(url);
     let port = port_of(&uri).map_err(|e| WsError::fatal(format!("{e} in {shown}")))?;
     let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect((host.as_str(), port))).await {
         Err(_) => {
@@ -925,8 +1045,14 @@ async fn open(
     .await
     {
         Err(_) => Err(WsError::retry(format!("WebSocket handshake with {shown} timed out (open_timeout {bound}s)"))),
-        Ok(Err(e)) => Err(handshake_error(e, cfg)),
-        Ok(Ok((ws, _resp))) => Ok(ws),
+        Ok(Err(tungstenite::Error::Http(resp)))
+            if ws_redirect::is_redirect(resp.status().as_u16()) && location(&resp).is_some() =>
+        {
+            let location = location(&resp).unwrap_or_default().to_string();
+            Ok(Answer::Redirect { status: resp.status().as_u16(), location })
+        }
+        Ok(Err(e)) => Err(handshake_error(e, cfg, first)),
+        Ok(Ok((ws, _resp))) => Ok(Answer::Open(Box::new(ws))),
     }
 }
 
@@ -1042,6 +1168,7 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
                 WsError::retry(format!("server closed the connection: {code} {}", f.reason.as_str()).trim_end());
             e.close_code = Some(code);
             e.fatal = cfg.fatal_close_codes.contains(&code);
+            e.final_close = cfg.final_close_codes.contains(&code);
             e
         }
         None => WsError::retry("server closed the connection without a status code"),
@@ -1464,6 +1591,49 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert_eq!(c.state(), State::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_not_found_ends_a_first_connect_but_is_retried_once_connected() {
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        srv.refuse(404, None);
+        let c = client(srv.url(), |_| {});
+        c.start();
+        match c.wait_connected().await.unwrap_err() {
+            Terminal::GaveUp { reason, last, attempts, .. } => {
+                assert_eq!((reason, attempts, last.http_status), (GiveUpReason::Fatal, 1, Some(404)));
+                assert!(last.text.contains("first connect"), "{}", last.text);
+            }
+            other => panic!("{other:?}"),
+        }
+        srv.behave();
+        let c = client(srv.url(), |_| {});
+        c.start();
+        c.wait_connected().await.unwrap();
+        srv.refuse(404, Some(2));
+        srv.drop_all();
+        c.send(Message::text("after")).await.unwrap();
+        assert_eq!(recv_text(&c).await, "after");
+        assert_eq!(c.stats().connects, 2);
+        c.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_connect_to_a_down_server_gives_up_by_the_default_connect_timeout() {
+        let url = "ws://127.0.0.1:1/".to_string();
+        let cfg = WsConfig { url: url.clone(), ..Default::default() };
+        let c = WsClient::new(cfg, Arc::new(StaticTarget(Target { url, headers: vec![] })));
+        let t0 = Instant::now();
+        c.start();
+        match c.wait_connected().await.unwrap_err() {
+            Terminal::GaveUp { reason, elapsed, .. } => {
+                assert_eq!(reason, GiveUpReason::ConnectTimeout);
+                assert!(elapsed <= DEFAULT_CONNECT_TIMEOUT, "{elapsed:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(t0.elapsed() <= DEFAULT_CONNECT_TIMEOUT, "{:?}", t0.elapsed());
         assert_eq!(c.state(), State::Failed);
     }
 

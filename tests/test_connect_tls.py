@@ -108,3 +108,35 @@ async def test_system_store_honours_ssl_cert_file(wss_url, pki):
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()[-2000:]
     assert out.decode().strip() == "sys"
+
+
+async def never_reached(ws):
+    await ws.close()
+
+
+def redirect_to(location):
+    """A `process_request` hook that answers every handshake with a 302 to `location`."""
+
+    def process_request(connection, request):
+        response = connection.respond(302, "")
+        response.headers["Location"] = location
+        return response
+
+    return process_request
+
+
+async def test_a_redirect_from_ws_up_to_wss_is_followed(wss_url, pki):
+    async with websockets.serve(never_reached, "127.0.0.1", 0, process_request=redirect_to(wss_url)) as plain:
+        url = f"ws://127.0.0.1:{plain.sockets[0].getsockname()[1]}/"
+        assert await echo_once(url, ssl=str(pki / "ca.pem")) == "over tls"
+
+
+async def test_a_redirect_from_wss_down_to_ws_is_refused(pki):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki / "srv.pem", pki / "srv.key")
+    down = redirect_to("ws://127.0.0.1:9/plain")
+    async with websockets.serve(never_reached, "127.0.0.1", 0, ssl=ctx, process_request=down) as srv:
+        url = f"wss://127.0.0.1:{srv.sockets[0].getsockname()[1]}/"
+        with pytest.raises(tether.GaveUp, match="from wss:// down to ws://") as info:
+            await asyncio.wait_for(echo_once(url, ssl=str(pki / "ca.pem")), 20)
+    assert info.value.attempts == 1 and info.value.last_error.http_status == 302

@@ -26,8 +26,9 @@ class Connection:
     """A WebSocket that reconnects by itself. Use ``async with tether.connect(url) as conn`` or
     ``conn = await tether.connect(url)``; iterate messages with ``async for msg in conn``.
 
-    Iteration ends when the connection is closed with ``aclose()``; it raises ``tether.GaveUp`` when the
-    reconnect budget is exhausted (after the messages already received were delivered).
+    Iteration ends when the connection is closed with ``aclose()`` or by the server with a code of
+    ``final_close_codes``; it raises ``tether.GaveUp`` when the reconnect budget is exhausted (after the
+    messages already received were delivered).
     """
 
     __slots__ = ("_n",)
@@ -119,7 +120,14 @@ class Connection:
     # -- observation --------------------------------------------------------------------------------
     def events(self) -> _native.EventStream:
         """``async for ev in conn.events()``: Connecting, Connected, ConnectionLost, Reconnecting,
-        Reconnected, GaveUp (see ``tether.events``); ends when the connection ends."""
+        Reconnected, GaveUp (see ``tether.events``); ends when the connection ends.
+
+        The stream subscribes when ``events()`` is called, not at its first ``__anext__``: it delivers
+        every event emitted after the call returned, in order, and nothing from before. So call it before
+        whatever may cause the event you want to see. A watcher task whose body calls ``conn.events()``
+        has not subscribed until the task first runs, which may be after a loss; pass it the stream
+        instead: ``asyncio.ensure_future(watch(conn.events()))``. ``conn.state`` and
+        ``conn.stats()["last_loss"]``, read after the call, tell where the connection stood."""
         return self._n.events()
 
     @property
@@ -167,6 +175,8 @@ def connect(
     fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
     quiet_jitter: float = _DEFAULTS["quiet_jitter"],
     logger: str | logging.Logger | None = None,
+    final_close_codes: Iterable[int] = _DEFAULTS["final_close_codes"],
+    connect_timeout: float | None = _DEFAULTS["connect_timeout"],
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -187,6 +197,31 @@ def connect(
     exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
     connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
     ``first_message_timeout`` counts from the end of the hook.
+
+    First connect: ``await tether.connect(...)`` (or ``async with``) returns once connected or raises
+    ``tether.GaveUp`` (``conn.state`` "failed"), by ``connect_timeout`` (default 30 s) at the latest: all
+    attempts and backoff of the first connect count, and ``last_error`` is the last attempt's failure.
+    An answer that retrying will not change raises at once, within ``open_timeout`` (one attempt,
+    reason "fatal error"): an HTTP status other than 101, 408, 429 and 5xx (a 404, a 200 page), a
+    redirect that cannot be followed, or an answer that is not a WebSocket upgrade (a wrong
+    ``Sec-WebSocket-Accept``); ``e.last_error.http_status`` holds the status. Once a connection has
+    succeeded the URL is known to be right: outages are bounded by ``policy`` alone (no bound by
+    default; a signaling client keeps trying) and such answers are retried like any failure (except
+    ``fatal_http_statuses``). ``connect_timeout=None`` leaves the first connect to ``policy`` as well.
+
+    Redirects: a 301, 302, 303, 307 or 308 (or 300) answer with a ``Location`` to a ws:// or wss:// URL
+    is followed, at most 10 times per attempt, all within ``open_timeout``, never from wss:// down to
+    ws://. A redirect to another origin (scheme, host and port) does not carry credentials: the
+    ``Authorization``, ``Proxy-Authorization`` and ``Cookie`` headers, API-key headers and names given to
+    ``add_redacted_names`` are not sent there, and the URL's userinfo never moves to another host. URLs
+    in the redirect's log record are redacted. Every reconnect starts again from ``url`` (or ``url_for``).
+
+    ``final_close_codes``: a close frame from the server with one of these codes ends the connection
+    cleanly, as ``aclose()`` would: ``async for`` ends, ``recv()`` raises ``ConnectionClosed`` with that
+    ``code``, ``conn.state`` is "closed", no reconnect. None by default: load balancers, proxies and
+    redeploys close with 1000 or 1001 to recycle a connection, and a signaling client then reconnects;
+    ``final_close_codes=(1000,)`` ends ``async for`` on a normal closure as in websockets.
+    ``fatal_close_codes`` (default 1008) raise ``GaveUp`` instead; a code may not be in both.
 
     ``quiet_jitter``: the first ``quiet_attempts`` retries wait uniform(0, quiet_jitter) seconds, so a
     fleet that lost the same server does not come back in one burst.
@@ -258,6 +293,8 @@ def connect(
             fatal=fatal,
             quiet_jitter=quiet_jitter,
             logger=logger,
+            final_close_codes=final_close_codes,
+            connect_timeout=connect_timeout,
         )
     )
 

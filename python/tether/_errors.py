@@ -67,12 +67,18 @@ class NotReady(TetherError):
 
 
 class ConnectionClosed(TetherError):
-    """The connection is closed (by ``aclose`` or after giving up); ``code``/``reason`` when known."""
+    """The connection is closed (by ``aclose``, by the server with a code of ``final_close_codes``, or
+    after giving up); ``code``/``reason`` when known. As the ``last_error`` of a ``GaveUp``, it describes
+    the last failure: ``code`` is the server's close code, ``http_status`` the HTTP status with which
+    the server refused the WebSocket handshake (e.g. 404), None when neither applies."""
 
-    def __init__(self, message: str, *, code: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, code: int | None = None, reason: str = "", http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
+        self.http_status = http_status
 
 
 class SendBufferFull(TetherError):

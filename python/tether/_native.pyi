@@ -107,7 +107,9 @@ class DelayIter(Iterator[float]):
 
 @final
 class EventStream(AsyncIterator[Event]):
-    """Cancellation-safe: an iteration cancelled while waiting loses no event."""
+    """The events emitted after the ``events()`` call that made it returned (it subscribes at that call,
+    not at the first ``__anext__``), in order; none from before. Cancellation-safe: an iteration
+    cancelled while waiting loses no event."""
     async def __anext__(self) -> Event: ...
     def try_next(self) -> Event | None: ...
     async def wait(self) -> None: ...
@@ -168,7 +170,8 @@ class Reconnector:
         """Retries since the last stable connection (0 = none)."""
     def events(self) -> EventStream:
         """Events of the current (or next) run or step-wise episode (the step-wise form has no
-        ``Connecting``); ends when ``run`` returns or the episode gives up."""
+        ``Connecting``), from this call on (it subscribes now, not at the first ``__anext__``); ends
+        when ``run`` returns or the episode gives up."""
     @property
     def name(self) -> str: ...
     @property
@@ -225,7 +228,11 @@ class Connection:
         fatal: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         quiet_jitter: float | None = None,
         logger: str | logging.Logger | None = None,
-    ) -> Self: ...
+        final_close_codes: Iterable[int] | None = None,
+        connect_timeout: float | None = ...,
+    ) -> Self:
+        """Every argument left out (or None) takes its default, except ``connect_timeout``: left out it
+        is 30 s, None lifts the bound of the first connect (``policy`` alone bounds it)."""
     @staticmethod
     def defaults() -> dict[str, Any]: ...
     async def start(self) -> None: ...
@@ -235,7 +242,8 @@ class Connection:
     async def flush(self) -> None: ...
     async def aclose(self) -> None: ...
     def close(self) -> None: ...
-    def events(self) -> EventStream: ...
+    def events(self) -> EventStream:
+        """Subscribes now: the stream delivers every event emitted after this call returned."""
     @property
     def state(self) -> Literal["idle", "connecting", "connected", "reconnecting", "closing", "closed", "failed"]: ...
     @property

@@ -83,3 +83,12 @@ impl<'a, 'py> Arg<'a, 'py> {
             .map_err(|_| PyTypeError::new_err(format!("{} must be an iterable of ints", self.name)))
     }
 }
+
+/// A bound whose None means "no bound" (so its default, when not given, comes from the signature):
+/// positive, finite seconds or None.
+pub fn bound_or_none(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Option<Duration>> {
+    if v.is_none() {
+        return Ok(None);
+    }
+    positive_seconds(name, v).map(|s| Some(Duration::from_secs_f64(s)))
+}

@@ -10,11 +10,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError};
+use crate::ws::{
+    port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError,
+    DEFAULT_CONNECT_TIMEOUT,
+};
 use crate::ws_protocol::{Failed, Failure, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
-use super::args::Arg;
+use super::args::{bound_or_none, Arg};
 use super::backoff::count;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
@@ -138,10 +141,17 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
             let _ = kw.set_item("code", 1000);
             CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed"), Some(&kw))
         }
+        Terminal::PeerClosed { code, text } => {
+            let kw = PyDict::new(py);
+            let _ = kw.set_item("code", *code);
+            let _ = kw.set_item("reason", text.as_str());
+            CONNECTION_CLOSED.err(py, &format!("connection to {name} ended: {text} (final_close_codes)"), Some(&kw))
+        }
         Terminal::GaveUp { message, attempts, elapsed, reason, last } => {
             let kw = PyDict::new(py);
             let _ = kw.set_item("code", last.close_code);
             let _ = kw.set_item("reason", last.text.as_str());
+            let _ = kw.set_item("http_status", last.http_status);
             let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&kw));
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
@@ -338,6 +348,11 @@ fn parse_ladder(v: Option<&Bound<'_, PyAny>>, default: &[(Arc<str>, u32)]) -> Py
     Ok(out)
 }
 
+/// `connect_timeout=`: None (not the default, which the signature supplies) lifts the bound.
+fn connect_timeout_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<std::time::Duration>> {
+    bound_or_none("connect_timeout", v)
+}
+
 impl PyConnection {
     /// Before the connection was awaited or entered nothing would ever deliver a message or confirm a
     /// send: fail at once instead of waiting forever. A closed connection raises its terminal error.
@@ -374,7 +389,8 @@ impl PyConnection {
         ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
         max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
-        on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None))]
+        on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None, final_close_codes=None,
+        connect_timeout=Some(DEFAULT_CONNECT_TIMEOUT)))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -404,6 +420,8 @@ impl PyConnection {
         fatal: Option<&Bound<'_, PyAny>>,
         quiet_jitter: Option<&Bound<'_, PyAny>>,
         logger: Option<&Bound<'_, PyAny>>,
+        final_close_codes: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = connect_timeout_arg)] connect_timeout: Option<std::time::Duration>,
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
@@ -434,6 +452,13 @@ impl PyConnection {
         let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
         let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
+        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?;
+        let final_close_codes = Arg::new("final_close_codes", final_close_codes).codes(&d.final_close_codes)?;
+        if let Some(both) = final_close_codes.iter().find(|c| fatal_close_codes.contains(c)) {
+            return Err(value_error(format!(
+                "close code {both} is in both fatal_close_codes (give up: GaveUp) and final_close_codes (end cleanly)"
+            )));
+        }
         let loop_slot = LoopSlot::default();
         let cfg = WsConfig {
             url: url.clone(),
@@ -454,7 +479,8 @@ impl PyConnection {
             poison_after: d.poison_after,
             recv_buffer: d.recv_buffer,
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
-            fatal_close_codes: Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?,
+            fatal_close_codes,
+            final_close_codes,
             fatal_http_statuses: Arg::new("fatal_http_statuses", fatal_http_statuses).codes(&d.fatal_http_statuses)?,
             reconnect: Config {
                 name: shown.clone(),
@@ -464,6 +490,7 @@ impl PyConnection {
                 quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.reconnect.quiet_jitter)?,
                 ladder: parse_ladder(ladder, &d.reconnect.ladder)?,
                 attempt_timeout: None,
+                connect_timeout,
                 logger,
             },
             watchdog,
@@ -506,6 +533,8 @@ impl PyConnection {
         out.set_item("quiet_attempts", d.reconnect.quiet_attempts)?;
         out.set_item("quiet_jitter", d.reconnect.quiet_jitter.as_secs_f64())?;
         out.set_item("fatal_close_codes", PyTuple::new(py, &d.fatal_close_codes)?)?;
+        out.set_item("final_close_codes", PyTuple::new(py, &d.final_close_codes)?)?;
+        out.set_item("connect_timeout", d.reconnect.connect_timeout.map(|t| t.as_secs_f64()))?;
         out.set_item("fatal_http_statuses", PyTuple::new(py, &d.fatal_http_statuses)?)?;
         out.set_item("max_message_size", d.max_message_size)?;
         out.set_item("read_buffer_size", d.read_buffer_size)?;

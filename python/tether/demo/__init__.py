@@ -25,6 +25,7 @@ ORDER = [
     "ws_ping_timeout",
     "ws_send_during_outage",
     "ws_fatal",
+    "ws_first_connect",
     "ws_token_refresh",
     "chaos_wifi_switch",
     "stall_resume",

@@ -21,17 +21,22 @@ class Timeline:
     detected_at: float | None = None
     recovered_at: float | None = None
     notes: list[str] = field(default_factory=list)
+    # every mark as (kind, text), in order: scenarios check their title's claims against it
+    marks: list[tuple[str, str]] = field(default_factory=list)
 
     def _ms(self, at: float) -> float:
         return (at - self.t0) * 1000.0
 
     def mark(self, kind: str, text: str = "") -> float:
         now = time.monotonic()
+        self.marks.append((kind, text))
         print(f"  [{self._ms(now):9.1f} ms] {kind:<12} {text}", file=self.out, flush=True)
         return now
 
     def fault(self, text: str) -> None:
-        self.fault_at = self.mark("FAULT", text)
+        at = self.mark("FAULT", text)
+        if self.fault_at is None:  # the summary times the first fault's detection
+            self.fault_at = at
 
     def detected(self, text: str) -> None:
         at = self.mark("DETECTED", text)
@@ -46,6 +51,10 @@ class Timeline:
     def note(self, text: str) -> None:
         self.notes.append(text)
         self.mark("note", text)
+
+    def seen(self, kind: str, contains: str = "") -> int:
+        """How many marks of `kind` whose text contains `contains`."""
+        return sum(1 for k, t in self.marks if k == kind and contains in t)
 
     def summary(self) -> dict[str, Any]:
         def rel(a):

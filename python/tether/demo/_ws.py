@@ -13,10 +13,12 @@ def describe(e) -> str:
 
 def watch(source, tl) -> asyncio.Task[None]:
     """Put every event of `source.events()` on the timeline; losses count as detection, reconnects as
-    recovery."""
+    recovery. Subscribes here, before the task runs: a task that called `events()` itself would see
+    only what happens after its first run, which may come after the fault."""
+    stream = source.events()
 
     async def run():
-        async for e in source.events():
+        async for e in stream:
             if isinstance(e, ev.ConnectionLost):
                 tl.detected(f"ConnectionLost {e.reason}")
             elif isinstance(e, ev.Reconnected):

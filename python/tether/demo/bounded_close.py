@@ -9,7 +9,7 @@ import time
 
 import tether
 
-TITLE = "disconnect() that never returns: bounded() returns within its bound"
+TITLE = "disconnect() that never returns: bounded() frees the caller at its 0.5 s bound"
 
 
 class WedgedRoom:

@@ -1,13 +1,28 @@
 """Seed 000: a server that accepts and immediately drops. The loop must escalate, not hot-loop,
-log the first immediate retry below WARNING, back off with WARNING, and give up with ERROR."""
+log the first immediate retry below WARNING, back off with WARNING, and give up with ERROR.
+
+The Reconnector logs to its own logger here (`logger=`), shown on the timeline at every level, so the
+DEBUG record of the quiet first retry is visible next to the WARNINGs and the ERROR."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import tether
 
+from ._ws import describe
+
 TITLE = "accept-then-drop server: escalating backoff, DEBUG -> WARNING -> ERROR, GaveUp"
+
+
+class _ToTimeline(logging.Handler):
+    def __init__(self, tl):
+        super().__init__(logging.DEBUG)
+        self.tl = tl
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.tl.mark(f"log {record.levelname}", record.getMessage())
 
 
 async def run(tl):
@@ -20,13 +35,24 @@ async def run(tl):
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    log = logging.getLogger("tether_demo.flapping")
+    handler = _ToTimeline(tl)
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    # no jitter, and a first retry at once: the delays are 0, 50, 100, 200 ms
     r = tether.Reconnector(
-        tether.Backoff(0.05, 2, max_delay=0.4, jitter="equal", max_attempts=4), stable_after=5, name=f"flapper:{port}"
+        tether.Backoff(0.05, 2, max_delay=0.4, jitter="none", max_attempts=4),
+        stable_after=5,
+        quiet_jitter=0,
+        name=f"flapper:{port}",
+        logger=log,
     )
+    events = r.events()  # subscribed before the run starts: nothing is missed
 
     async def watch():
-        async for ev in r.events():
-            tl.mark(type(ev).__name__, " ".join(f"{k}={getattr(ev, k)!r}" for k in ev.__dataclass_fields__))
+        async for ev in events:
+            tl.mark(type(ev).__name__, describe(ev))
 
     watcher = asyncio.ensure_future(watch())
 
@@ -49,5 +75,9 @@ async def run(tl):
     finally:
         server.close()
         await asyncio.wait_for(watcher, 5)
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+        log.propagate = True
+        tether.sync_log_level()
     assert accepts == 5, accepts
     tl.note(f"{accepts} connections over the episode, no hot loop")
