@@ -47,6 +47,12 @@ use crate::ws_protocol::{
 use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
 
+pub mod frame;
+pub mod tls;
+pub mod upgrade;
+
+pub use upgrade::port_of;
+
 const LOG: &str = "tether::ws";
 /// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
 const EVENTS_CAPACITY: usize = 64;
@@ -825,22 +831,6 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     }
     if let Some(f) = forward {
         f.abort();
-    }
-}
-
-/// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
-pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
-    // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
-    // userinfo (`user:password@`) may hold colons too
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let host_end = authority.rfind(']').unwrap_or(0);
-    match authority[host_end..].rfind(':').map(|i| &authority[host_end + i + 1..]) {
-        None | Some("") => Ok(if uri.scheme_str() == Some("wss") { 443 } else { 80 }),
-        Some(p) => match p.parse::<u32>() {
-            Ok(n @ 1..=65535) => Ok(n as u16),
-            _ => Err(format!("port {p} is outside 1..65535")),
-        },
     }
 }
 
