@@ -48,8 +48,10 @@ use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
 
 pub mod frame;
+pub mod heartbeat;
 pub mod tls;
 pub mod upgrade;
+pub mod wire;
 
 pub use upgrade::port_of;
 
@@ -834,13 +836,17 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     }
 }
 
-/// The kernel backs up the ping deadline (keepalive, TCP_USER_TIMEOUT); an option the kernel refuses
-/// (e.g. a keepalive idle time above its maximum) leaves only the ping deadline, which still works.
-fn set_socket_options(tcp: &TcpStream, cfg: &WsConfig) {
+/// TCP_NODELAY, then the kernel's liveness options (`set_socket_options`).
+fn set_nodelay_and_options(tcp: &TcpStream, cfg: &WsConfig) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), error = %e, "could not set TCP_NODELAY: {e}");
     }
-    let sock = socket2::SockRef::from(tcp);
+    set_socket_options(socket2::SockRef::from(tcp), cfg);
+}
+
+/// The kernel backs up the ping deadline (keepalive, TCP_USER_TIMEOUT); an option the kernel refuses
+/// (e.g. a keepalive idle time above its maximum) leaves only the ping deadline, which still works.
+pub(crate) fn set_socket_options(sock: socket2::SockRef<'_>, cfg: &WsConfig) {
     let ka = socket2::TcpKeepalive::new()
         .with_time(cfg.ping_interval.max(Duration::from_secs(1)))
         .with_interval((cfg.ping_timeout / 3).max(Duration::from_secs(1)));
@@ -870,14 +876,14 @@ fn ws_config(cfg: &WsConfig) -> tungstenite::protocol::WebSocketConfig {
 /// HTTP statuses worth retrying even before the first connection: the server is there but busy or
 /// failing for now (a deploy's 502/503, a rate limit). Any other non-101 answer means the URL is not a
 /// WebSocket endpoint (404, a 200 page) and retrying will not change it.
-fn retryable_status(status: u16) -> bool {
+pub(crate) fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500..=599)
 }
 
 /// An answer that retrying will not change fails a first connect at once (the application is told the
 /// URL is wrong instead of waiting on retries); once a connection has succeeded the URL is known to be
 /// right, so the same answer is a passing fault and the policy retries it.
-fn not_retried_first(mut e: WsError, first: bool) -> WsError {
+pub(crate) fn not_retried_first(mut e: WsError, first: bool) -> WsError {
     if first && !e.fatal {
         e.fatal = true;
         e.text.push_str(" (a first connect does not retry this answer)");
@@ -1021,7 +1027,7 @@ async fn exchange(
         Ok(Err(e)) => return Err(WsError::retry(format!("TCP connect to {host}:{port} failed: {e}"))),
         Ok(Ok(t)) => t,
     };
-    set_socket_options(&tcp, cfg);
+    set_nodelay_and_options(&tcp, cfg);
     let connector = if tls {
         Connector::Rustls(cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config))
     } else {

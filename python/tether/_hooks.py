@@ -89,6 +89,10 @@ async def _call(f: Callable[[], Any]) -> Any:
 
 
 async def _any_reply(is_reply: Callable[[str | bytes], Any], batch: Sequence[str | bytes]) -> bool:
+    return _reply_in(is_reply, batch)
+
+
+def _reply_in(is_reply: Callable[[str | bytes], Any], batch: Sequence[str | bytes]) -> bool:
     return any(_sync_result(is_reply(m), "is_reply") for m in batch)
 
 

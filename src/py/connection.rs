@@ -67,7 +67,7 @@ fn check_url(url: &str) -> PyResult<()> {
 }
 
 /// What url_for returned: "url" or ("url", headers).
-fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
+pub(crate) fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
     let bad = || {
         WsError::fatal(format!(
             "url_for must return a URL str or (url, headers), got {}",
@@ -123,15 +123,23 @@ impl TargetProvider for PyTarget {
     }
 }
 
+/// The two front ends while the event-loop one replaces the tokio one: `TETHER_FRONT=loop` selects it.
+enum Front {
+    Tokio {
+        client: Arc<WsClient>,
+        target: Arc<PyTarget>,
+        /// One close shared by `close()` and `aclose()`, however often and concurrently they are called.
+        closing: Arc<tokio::sync::OnceCell<()>>,
+        /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
+        started: AtomicBool,
+    },
+    Loop(Arc<super::ws::Conn>),
+}
+
 #[pyclass(name = "Connection", module = "tether._native", frozen)]
 pub struct PyConnection {
-    client: Arc<WsClient>,
-    target: Arc<PyTarget>,
+    front: Front,
     name: String,
-    /// One close shared by `close()` and `aclose()`, however often and concurrently they are called.
-    closing: Arc<tokio::sync::OnceCell<()>>,
-    /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
-    started: AtomicBool,
 }
 
 pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
@@ -205,7 +213,7 @@ impl<'py> IntoPyObject<'py> for Delivered {
     }
 }
 
-fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
+pub(crate) fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
     match e {
         SendError::Ended(t) => terminal_error(py, t, name),
         SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
@@ -354,10 +362,28 @@ fn connect_timeout_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<std::time::Durat
 }
 
 impl PyConnection {
+    fn config(&self) -> &WsConfig {
+        match &self.front {
+            Front::Tokio { client, .. } => client.config(),
+            Front::Loop(c) => &c.cfg,
+        }
+    }
+
+    fn terminal(&self) -> Option<Terminal> {
+        match &self.front {
+            Front::Tokio { client, .. } => client.terminal(),
+            Front::Loop(c) => c.terminal(),
+        }
+    }
+
     /// Before the connection was awaited or entered nothing would ever deliver a message or confirm a
     /// send: fail at once instead of waiting forever. A closed connection raises its terminal error.
     fn check_started(&self, what: &str) -> PyResult<()> {
-        if self.started.load(Ordering::SeqCst) || self.client.terminal().is_some() {
+        let started = match &self.front {
+            Front::Tokio { started, .. } => started.load(Ordering::SeqCst),
+            Front::Loop(c) => c.was_started(),
+        };
+        if started || self.terminal().is_some() {
             return Ok(());
         }
         Err(PyRuntimeError::new_err(format!(
@@ -371,9 +397,10 @@ impl PyConnection {
     /// the first step when there is nothing to wait for (no tokio round trip).
     fn delivered(
         &self,
+        client: &Arc<WsClient>,
         outcome: impl std::future::Future<Output = Result<(), SendError>> + Send + 'static,
     ) -> impl std::future::Future<Output = PyResult<Delivered>> + Send + 'static {
-        let client = self.client.clone();
+        let client = client.clone();
         let name = self.name.clone();
         async move {
             let outcome = outcome.await;
@@ -503,9 +530,22 @@ impl PyConnection {
             on_connect: on_connect_hook(py, on_connect, fatal, &loop_slot)?,
             heartbeat: heartbeat_config(py, heartbeat, &loop_slot)?,
         };
+        if std::env::var("TETHER_FRONT").is_ok_and(|f| f == "loop") {
+            let hooks = super::ws::Hooks {
+                url_for,
+                on_connect: super::handshake::on_connect_spec(py, on_connect, fatal)?,
+                heartbeat: super::heartbeat::beat_spec(py, heartbeat)?,
+            };
+            let cfg = WsConfig { on_connect: None, heartbeat: None, ..cfg };
+            return Ok(PyConnection {
+                front: Front::Loop(super::ws::Conn::new(cfg, shown.clone(), hooks)),
+                name: shown,
+            });
+        }
         let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: loop_slot });
         let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false), closing: Default::default() })
+        let front = Front::Tokio { client, target, started: AtomicBool::new(false), closing: Default::default() };
+        Ok(PyConnection { front, name: shown })
     }
 
     /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).
@@ -545,8 +585,16 @@ impl PyConnection {
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
-        self.started.store(true, Ordering::SeqCst);
-        let (client, name, locals) = (self.client.clone(), self.name.clone(), self.target.locals.clone());
+        let (client, target, started) = match &self.front {
+            Front::Loop(c) => {
+                let c = c.clone();
+                // the first step, on the loop that drives it, starts the connection there
+                return super::coroutine::deferred_coroutine(py, "Connection.start", move |py| c.begin(py));
+            }
+            Front::Tokio { client, target, started, .. } => (client, target, started),
+        };
+        started.store(true, Ordering::SeqCst);
+        let (client, name, locals) = (client.clone(), self.name.clone(), target.locals.clone());
         // the hooks' loop is the one that drives this, known at its first step (not at the call, which
         // may come from another thread)
         super::coroutine::deferred(py, "Connection.start", move |py| {
@@ -563,22 +611,27 @@ impl PyConnection {
     /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.check_started("recv")?;
-        match self.client.try_recv() {
-            Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
-            Ok(None) => Ok(None),
-            Err(t) => Err(terminal_error(py, &t, &self.name)),
-        }
+        let got = match &self.front {
+            Front::Tokio { client, .. } => client.try_recv().map(|m| m.map(|m| message_to_py(py, &m))),
+            Front::Loop(c) => c.try_recv(py),
+        };
+        got.map_err(|t| terminal_error(py, &t, &self.name))
     }
 
     /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.
     /// It consumes nothing, so cancelling it never loses a message.
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("recv")?;
-        let client = self.client.clone();
-        super::coroutine::coroutine(py, "Connection.wait_readable", async move {
-            client.readable().await;
-            Ok(())
-        })
+        match &self.front {
+            Front::Loop(c) => c.wait_readable(py),
+            Front::Tokio { client, .. } => {
+                let client = client.clone();
+                super::coroutine::coroutine(py, "Connection.wait_readable", async move {
+                    client.readable().await;
+                    Ok(())
+                })
+            }
+        }
     }
 
     /// Queue `data` (str -> text, bytes-like -> binary); resolves at once while the bytes not yet
@@ -586,54 +639,85 @@ impl PyConnection {
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
+        let client = match &self.front {
+            Front::Loop(c) => return c.send(py, msg),
+            Front::Tokio { client, .. } => client,
+        };
         // enqueued here, synchronously, so messages go out in call order
-        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
-        let client = self.client.clone();
-        super::coroutine::done_at_call(py, "Connection.send", self.delivered(async move { client.sent(queued).await }))
+        let queued = client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, client.config()))?;
+        let c = client.clone();
+        super::coroutine::done_at_call(
+            py,
+            "Connection.send",
+            self.delivered(client, async move { c.sent(queued).await }),
+        )
     }
 
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
-        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
-        let client = self.client.clone();
-        let outcome = self.delivered(async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) });
+        let client = match &self.front {
+            Front::Loop(c) => return c.flush(py),
+            Front::Tokio { client, .. } => client,
+        };
+        let waiter = client.flush().map_err(|e| send_error(py, &e, &self.name, client.config()))?;
+        let c = client.clone();
+        let outcome = self.delivered(client, async move { waiter.await.unwrap_or_else(|_| Err(c.ended())) });
         super::coroutine::coroutine(py, "Connection.flush", outcome)
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (client, closing) = (self.client.clone(), self.closing.clone());
-        super::coroutine::coroutine(py, "Connection.aclose", async move {
-            closing.get_or_init(|| client.close()).await;
-            Ok(())
-        })
+        match &self.front {
+            Front::Loop(c) => {
+                let c = c.clone();
+                super::coroutine::deferred_coroutine(py, "Connection.aclose", move |py| c.aclose(py))
+            }
+            Front::Tokio { client, closing, .. } => {
+                let (client, closing) = (client.clone(), closing.clone());
+                super::coroutine::coroutine(py, "Connection.aclose", async move {
+                    closing.get_or_init(|| client.close()).await;
+                    Ok(())
+                })
+            }
+        }
     }
 
     /// Schedule the bounded close and return at once: usable from sync code, twice, or after the event
-    /// loop stopped (the close runs on tether's runtime, not on the loop).
-    fn close(&self) {
-        let (client, closing) = (self.client.clone(), self.closing.clone());
-        super::runtime::get().spawn(async move {
-            closing.get_or_init(|| client.close()).await;
-        });
+    /// loop stopped.
+    fn close(&self, py: Python<'_>) {
+        match &self.front {
+            Front::Loop(c) => c.close(py),
+            Front::Tokio { client, closing, .. } => {
+                let (client, closing) = (client.clone(), closing.clone());
+                super::runtime::get().spawn(async move {
+                    closing.get_or_init(|| client.close()).await;
+                });
+            }
+        }
     }
 
-    fn events(&self) -> EventStream {
-        if self.client.terminal().is_some() {
+    fn events(&self, py: Python<'_>) -> EventStream {
+        if self.terminal().is_some() {
             return EventStream::ended();
         }
-        EventStream::new(self.client.subscribe(), self.client.config().reconnect.logger.clone())
+        match &self.front {
+            Front::Tokio { client, .. } => EventStream::new(client.subscribe(), self.config().reconnect.logger.clone()),
+            Front::Loop(c) => EventStream::on_loop(c.subscribe(py)),
+        }
     }
 
     #[getter]
     fn state(&self) -> &'static str {
-        self.client.state().as_str()
+        match &self.front {
+            Front::Tokio { client, .. } => client.state().as_str(),
+            Front::Loop(c) => c.state().as_str(),
+        }
     }
 
     #[getter]
     fn url(&self) -> String {
-        redact_url(&self.client.config().url)
+        redact_url(&self.config().url)
     }
 
     #[getter]
@@ -642,7 +726,10 @@ impl PyConnection {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.client.stats();
+        let s = match &self.front {
+            Front::Tokio { client, .. } => client.stats(),
+            Front::Loop(c) => c.stats(py),
+        };
         let d = PyDict::new(py);
         d.set_item("state", s.state.as_str())?;
         d.set_item("messages_in", s.messages_in)?;
@@ -662,7 +749,7 @@ impl PyConnection {
     }
 
     fn __repr__(&self) -> String {
-        format!("Connection(url={:?}, state={:?})", self.url(), self.client.state().as_str())
+        format!("Connection(url={:?}, state={:?})", self.url(), self.state())
     }
 }
 

@@ -49,11 +49,12 @@ enum First {
     Pending(Waiting),
 }
 
-/// A pending first poll: the loop's completer completes `fut`; `parked` stops the Rust future.
+/// A pending first step: `fut` is completed later, on the loop thread.
 struct Waiting {
     fut: Py<PyAny>,
-    parked: Arc<Parked>,
-    completer: Arc<Completer>,
+    /// For a Rust future: the loop's completer completes `fut`, and `Parked` stops the future. None for
+    /// a result the loop thread itself sets (`Slot`): cancelling `fut` is all there is to stop.
+    tokio: Option<(Arc<Parked>, Arc<Completer>)>,
 }
 
 impl<F, T> Body for F
@@ -79,9 +80,117 @@ where
                 let rest =
                     AssertUnwindSafe(self).catch_unwind().map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
                 completer.watch(&fut, parked.clone(), rest)?;
-                Ok(First::Pending(Waiting { fut: fut.unbind(), parked, completer }))
+                Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: Some((parked, completer)) }))
             }
         }
+    }
+}
+
+/// A body whose result is known at the call (a send queued under both marks): no future, no tokio.
+struct Resolved(PyResult<Py<PyAny>>);
+
+impl Body for Resolved {
+    fn first(self: Pin<Box<Self>>, _py: Python<'_>) -> PyResult<First> {
+        Pin::into_inner(self).0.map(First::Ready)
+    }
+}
+
+/// A body waiting for a result the loop thread sets on a `Slot` (no tokio involved).
+struct OnSlot(Arc<Slot>);
+
+impl Body for OnSlot {
+    fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        let slot = &self.0;
+        if let Some(r) = slot.take() {
+            return r.map(First::Ready);
+        }
+        let fut = super::completer::running_loop(py)?.call_method0(intern!(py, "create_future"))?;
+        match slot.wait_on(&fut) {
+            Some(r) => r.map(First::Ready),
+            None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None })),
+        }
+    }
+}
+
+/// A result set on the loop thread, awaited through a coroutine whose first step found it missing.
+/// Shared by the coroutine and whoever will set it (the connection keeps it in a list of waiters).
+#[derive(Default)]
+pub struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    /// The coroutine's first step found nothing and waits on this asyncio future.
+    Waiting(Py<PyAny>),
+    Set(PyResult<Py<PyAny>>),
+    Done,
+}
+
+impl Slot {
+    pub fn new() -> Arc<Slot> {
+        Arc::new(Slot::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The result, if set (taken: a coroutine is awaited once).
+    fn take(&self) -> Option<PyResult<Py<PyAny>>> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut *st, SlotState::Done) {
+            SlotState::Set(r) => Some(r),
+            other => {
+                *st = other;
+                None
+            }
+        }
+    }
+
+    /// Wait on `fut` for the result, unless it was set meanwhile (then returned).
+    fn wait_on(&self, fut: &Bound<'_, PyAny>) -> Option<PyResult<Py<PyAny>>> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut *st, SlotState::Done) {
+            SlotState::Set(r) => Some(r),
+            _ => {
+                *st = SlotState::Waiting(fut.clone().unbind());
+                None
+            }
+        }
+    }
+
+    /// Whether nothing waits on it any more: set already, or its future was cancelled.
+    pub fn abandoned(&self, py: Python<'_>) -> bool {
+        match &*self.lock() {
+            SlotState::Waiting(f) => {
+                f.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true)
+            }
+            SlotState::Empty => false,
+            SlotState::Set(_) | SlotState::Done => true,
+        }
+    }
+
+    /// Set the result (the first one counts): completes the future of a coroutine waiting on it, or
+    /// is returned by its first step. Call on the loop thread, holding no lock a Python call could need.
+    pub fn set(&self, py: Python<'_>, result: PyResult<Py<PyAny>>) {
+        let fut = {
+            let mut st = self.lock();
+            match std::mem::replace(&mut *st, SlotState::Done) {
+                SlotState::Empty => {
+                    *st = SlotState::Set(result);
+                    return;
+                }
+                SlotState::Waiting(f) => f,
+                other => {
+                    *st = other;
+                    return;
+                }
+            }
+        };
+        completer::complete(fut.bind(py), result);
     }
 }
 
@@ -150,6 +259,60 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     make(py, name, Box::pin(fut), true, None)
+}
+
+/// A coroutine that returns (or raises) `result` at its first step: for a call whose work is done.
+pub fn resolved<'py>(
+    py: Python<'py>,
+    name: &'static str,
+    done_at_call: bool,
+    result: PyResult<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    make(py, name, Box::pin(Resolved(result)), done_at_call, None)
+}
+
+/// A coroutine that returns what the loop thread sets on `slot` (see `Slot`).
+pub fn on_slot<'py>(
+    py: Python<'py>,
+    name: &'static str,
+    done_at_call: bool,
+    slot: Arc<Slot>,
+) -> PyResult<Bound<'py, PyAny>> {
+    make(py, name, Box::pin(OnSlot(slot)), done_at_call, None)
+}
+
+/// A body whose first step, on the driving loop's thread, makes the coroutine that does the work (a
+/// connection that starts on that loop): that coroutine's first step is taken at once.
+struct DeferredCoroutine<G>(G);
+
+impl<G> Body for DeferredCoroutine<G>
+where
+    G: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + Unpin + 'static,
+{
+    fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        let inner = (Pin::into_inner(self).0)(py)?;
+        let inner = inner.cast_into::<NativeCoroutine>().map_err(PyErr::from)?;
+        let inner = inner.get();
+        match inner.take()? {
+            State::Created(body) => {
+                inner.put(State::Done);
+                body.first(py)
+            }
+            other => {
+                inner.put(other);
+                Err(reused())
+            }
+        }
+    }
+}
+
+/// A coroutine whose first step runs `setup` on the driving loop's thread; `setup` returns the native
+/// coroutine that does the work, stepped in its place.
+pub fn deferred_coroutine<'py, G>(py: Python<'py>, name: &'static str, setup: G) -> PyResult<Bound<'py, PyAny>>
+where
+    G: for<'a> FnOnce(Python<'a>) -> PyResult<Bound<'a, PyAny>> + Send + Unpin + 'static,
+{
+    make(py, name, Box::pin(DeferredCoroutine(setup)), false, None)
 }
 
 /// A coroutine whose Rust future `setup` makes at the first step, on the driving loop's thread.
@@ -283,7 +446,9 @@ impl NativeCoroutine {
         let previous = std::mem::replace(&mut *self.lock(), State::Done);
         match previous {
             State::Waiting(w) => {
-                w.parked.cancel();
+                if let Some((parked, _)) = &w.tokio {
+                    parked.cancel();
+                }
                 // its done-callback forgets it in the completer
                 let _ = w.fut.bind(py).call_method0(intern!(py, "cancel"));
             }
@@ -439,10 +604,9 @@ impl Drop for NativeCoroutine {
         let state = std::mem::replace(self.state.get_mut().unwrap_or_else(|p| p.into_inner()), State::Done);
         match state {
             // its task went away without it (a coroutine driven by hand, then dropped)
-            State::Waiting(w) => {
-                w.parked.cancel();
-                let fut = w.fut;
-                w.completer.push(Box::new(move |py, _| {
+            State::Waiting(Waiting { fut, tokio: Some((parked, completer)) }) => {
+                parked.cancel();
+                completer.push(Box::new(move |py, _| {
                     let _ = fut.bind(py).call_method0(intern!(py, "cancel"));
                 }));
             }

@@ -159,6 +159,21 @@ pub fn on_connect_hook(
     fatal: Option<&Bound<'_, PyAny>>,
     locals: &LoopSlot,
 ) -> PyResult<Option<OnConnectHook>> {
+    let Some(spec) = on_connect_spec(py, on_connect, fatal)? else { return Ok(None) };
+    Ok(Some(OnConnectHook(Arc::new(PyOnConnect(Arc::new(Hook {
+        hook: spec.hook,
+        fatal: spec.fatal,
+        locals: locals.clone(),
+    }))))))
+}
+
+/// `on_connect=` and `fatal=`, checked: the hook and the exception types that give up at once (plus
+/// tether's own misuse error).
+pub fn on_connect_spec(
+    py: Python<'_>,
+    on_connect: Option<&Bound<'_, PyAny>>,
+    fatal: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<super::ws::OnConnectSpec>> {
     let fatal = fatal_tuple(py, fatal)?;
     let Some(f) = on_connect.filter(|f| !f.is_none()) else { return Ok(None) };
     if !f.is_callable() {
@@ -166,11 +181,7 @@ pub fn on_connect_hook(
     }
     let misuse = py.import("tether._hooks")?.getattr("OnConnectMisuse")?;
     let fatal = PyTuple::new(py, fatal.iter().chain([misuse]).collect::<Vec<_>>())?;
-    Ok(Some(OnConnectHook(Arc::new(PyOnConnect(Arc::new(Hook {
-        hook: f.clone().unbind(),
-        fatal: fatal.unbind(),
-        locals: locals.clone(),
-    }))))))
+    Ok(Some(super::ws::OnConnectSpec { hook: f.clone().unbind(), fatal: fatal.unbind() }))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -186,6 +186,19 @@ pub fn heartbeat_config(
     }))
 }
 
+/// `heartbeat=` for a loop-thread connection: its callables are called there directly.
+pub fn beat_spec(py: Python<'_>, heartbeat: Option<&Bound<'_, PyAny>>) -> PyResult<Option<super::ws::BeatSpec>> {
+    let Some(hb) = heartbeat.filter(|h| !h.is_none()) else { return Ok(None) };
+    let hb = hb.cast::<PyHeartbeat>().map_err(|_| PyTypeError::new_err("heartbeat must be a tether.Heartbeat"))?.get();
+    Ok(Some(super::ws::BeatSpec {
+        interval: Duration::from_secs_f64(hb.interval),
+        timeout: Duration::from_secs_f64(hb.timeout),
+        fixed: hb.fixed.clone(),
+        factory: hb.message.clone_ref(py),
+        is_reply: hb.is_reply.as_ref().map(|f| f.clone_ref(py)),
+    }))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyHeartbeat>()
 }

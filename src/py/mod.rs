@@ -25,6 +25,7 @@ pub(crate) mod runtime;
 mod served;
 mod signal_server;
 pub(crate) mod watchdog;
+mod ws;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {

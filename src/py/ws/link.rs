@@ -1,0 +1,778 @@
+//! One TCP connection of a loop-thread WebSocket: the asyncio protocol (`WireProtocol`, given to
+//! `loop.create_connection`), what the server sends (the upgrade answer, messages, control frames,
+//! violations, the end), and what is written (batches of the delivery core, pongs, close frames).
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::ws::frame::{self, Inbound, Violation};
+use crate::ws::upgrade::{Endpoint, Refusal};
+use crate::ws::wire::{WireError, WireEvent};
+use crate::ws::{not_retried_first, WsError};
+use crate::ws_protocol::{PeerClose, Write};
+use crate::ws_redirect;
+
+use super::session::{follow, peer_close, refused_status};
+use super::{Conn, Fx, Inner, Phase, Res, LOG};
+
+/// A TCP FIN, or reset, where a close frame was due.
+const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
+const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
+
+pub(crate) struct Link {
+    pub id: u64,
+    /// Set by `connection_made`.
+    pub transport: Option<Py<PyAny>>,
+    pub wire: crate::ws::wire::Wire,
+    pub accept: String,
+    pub ep: Endpoint,
+    /// The transport asked us to stop writing (its buffer is above its high-water mark).
+    pub paused_writing: bool,
+}
+
+impl Link {
+    pub(super) fn new(id: u64, wire: crate::ws::wire::Wire, accept: String, ep: Endpoint) -> Link {
+        Link { id, transport: None, wire, accept, ep, paused_writing: false }
+    }
+}
+
+/// How to leave a TCP connection.
+pub(crate) enum Goodbye {
+    /// Drop it now, without flushing (the peer is gone, or a bound passed).
+    Abort,
+    /// Flush what is written, then close.
+    Close,
+    /// Send this close frame first (failing the connection, or answering the server's close; None:
+    /// without a body), then close; aborted if it has not closed within close_timeout.
+    Frame(Option<(u16, String)>),
+}
+
+/// How the server ended the TCP connection.
+pub(super) enum End {
+    Eof,
+    Reset,
+    Error(String),
+}
+
+impl Conn {
+    /// Leave the current TCP connection (later callbacks of it are ignored).
+    pub(super) fn drop_link(&self, py: Python<'_>, st: &mut Inner, fx: &mut Fx, goodbye: Goodbye) {
+        let Some(mut link) = st.link.take() else { return };
+        let Some(transport) = link.transport.take() else {
+            return; // still connecting: the task is cancelled with the attempt
+        };
+        match goodbye {
+            Goodbye::Abort => fx.closes.push((transport, true)),
+            Goodbye::Close => {
+                let mut out = Vec::new();
+                link.wire.close_tls(&mut out);
+                self.goodbye(py, st, fx, link.id, transport, out);
+            }
+            Goodbye::Frame(frame) => {
+                let mut out = Vec::new();
+                let body = frame.map(|(code, reason)| frame::close_payload(code, &reason)).unwrap_or_default();
+                let _ = link.wire.frame(frame::OP_CLOSE, &body, &mut out);
+                link.wire.close_tls(&mut out);
+                self.goodbye(py, st, fx, link.id, transport, out);
+            }
+        }
+    }
+
+    /// Write `last`, close, and abort if still open at close_timeout (a peer that does not read).
+    fn goodbye(&self, py: Python<'_>, st: &mut Inner, fx: &mut Fx, id: u64, transport: Py<PyAny>, last: Vec<u8>) {
+        if !last.is_empty() {
+            fx.writes.push((transport.clone_ref(py), PyBytes::new(py, &last).unbind()));
+        }
+        st.draining.push((id, transport.clone_ref(py), Instant::now() + self.cfg.close_timeout));
+        fx.closes.push((transport, false));
+    }
+
+    /// Write what the delivery core hands over (batches with their pings, a ping, the close frame),
+    /// while the connection is live and the transport accepts writes.
+    pub(super) fn pump(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, now: Instant) {
+        if st.phase != Phase::Live {
+            return;
+        }
+        let Inner { link, proto, out, .. } = st;
+        let Some(link) = link.as_mut() else { return };
+        if link.paused_writing || link.transport.is_none() {
+            return;
+        }
+        let (mut n, mut bytes, mut pings) = (0u64, 0u64, 0u64);
+        let mut failed = None;
+        loop {
+            let r = match proto.next_write(now) {
+                Write::Batch(frames) => {
+                    let mut r = Ok(());
+                    for m in frames {
+                        use tokio_tungstenite::tungstenite::Message;
+                        r = match &m {
+                            Message::Text(t) => {
+                                n += 1;
+                                bytes += t.len() as u64;
+                                link.wire.frame(frame::OP_TEXT, t.as_bytes(), out)
+                            }
+                            Message::Binary(b) => {
+                                n += 1;
+                                bytes += b.len() as u64;
+                                link.wire.frame(frame::OP_BINARY, b, out)
+                            }
+                            Message::Ping(p) => {
+                                pings += 1;
+                                link.wire.frame(frame::OP_PING, p, out)
+                            }
+                            _ => Ok(()),
+                        };
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    fx.outcomes(proto.written());
+                    r
+                }
+                Write::Ping(p) => {
+                    pings += 1;
+                    link.wire.frame(frame::OP_PING, &p, out)
+                }
+                Write::Close => link.wire.frame(frame::OP_CLOSE, &frame::close_payload(frame::CLOSE_NORMAL, ""), out),
+                Write::Idle => break,
+            };
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        st.messages_out += n;
+        st.bytes_out += bytes;
+        st.pings_sent += pings;
+        self.flush_out(py, st, fx, now);
+        if let Some(e) = failed {
+            self.end_attempt(py, st, fx, WsError::retry(format!("TLS error: {}", e.text)), Goodbye::Abort);
+        }
+    }
+
+    /// Hand the bytes framed so far to the transport.
+    pub(super) fn flush_out(&self, py: Python<'_>, st: &mut Inner, fx: &mut Fx, now: Instant) {
+        if st.out.is_empty() {
+            return;
+        }
+        if let Some(t) = st.link.as_ref().and_then(|l| l.transport.as_ref()) {
+            fx.writes.push((t.clone_ref(py), PyBytes::new(py, &st.out).unbind()));
+            st.last_write = Some(now);
+        }
+        st.out.clear();
+        if st.out.capacity() > self.cfg.write_buffer_size {
+            st.out = Vec::new();
+        }
+    }
+
+    pub(super) fn on_made(self: &Arc<Self>, py: Python<'_>, id: u64, transport: &Bound<'_, PyAny>) {
+        let current = {
+            let mut st = self.lock(py);
+            let connecting = st.phase == Phase::Connecting;
+            match st.link.as_mut() {
+                Some(l) if l.id == id && connecting => {
+                    l.transport = Some(transport.clone().unbind());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !current {
+            close_transport(py, transport, true);
+            return;
+        }
+        tune_socket(transport, &self.cfg);
+        self.with(py, |c, st, fx| {
+            st.phase = Phase::Upgrading;
+            if let Some(a) = st.attempt.as_mut() {
+                a.task = None;
+            }
+            let Some(link) = st.link.as_mut() else { return };
+            let mut out = std::mem::take(&mut st.out);
+            let r = link.wire.take_outgoing(&mut out);
+            st.out = out;
+            match r {
+                Ok(()) => c.flush_out(py, st, fx, Instant::now()),
+                Err(e) => c.end_attempt(py, st, fx, tls_failed(e), Goodbye::Abort),
+            }
+        });
+    }
+
+    pub(super) fn on_tcp_failed(self: &Arc<Self>, py: Python<'_>, id: u64, why: String) {
+        self.with(py, |c, st, fx| {
+            let Some(link) = st.link.as_ref().filter(|l| l.id == id && l.transport.is_none()) else { return };
+            let text = format!("TCP connect to {}:{} failed: {why}", link.ep.host, link.ep.port);
+            c.end_attempt(py, st, fx, WsError::retry(text), Goodbye::Abort);
+        });
+    }
+
+    pub(super) fn on_data(self: &Arc<Self>, py: Python<'_>, id: u64, data: &[u8]) {
+        self.with(py, |c, st, fx| {
+            if st.link.as_ref().is_some_and(|l| l.id == id && l.transport.is_some()) {
+                c.feed(py, st, fx, Some(data));
+            }
+        });
+    }
+
+    /// What the server sent (`None`: go on with what a pause kept), routed by the phase.
+    pub(super) fn feed(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, data: Option<&[u8]>) {
+        let now = Instant::now();
+        let Some(mut link) = st.link.take() else { return };
+        let accept = link.accept.clone();
+        let mut pongs: Vec<Vec<u8>> = Vec::new();
+        let mut refused: Option<Refusal> = None;
+        let mut close: Option<Option<(u16, String)>> = None;
+        let mut full = false;
+        let mut on = |ev: WireEvent<'_>| -> ControlFlow<()> {
+            match ev {
+                WireEvent::Answer(a) => match a.check(&accept) {
+                    Ok(()) => {
+                        self.upgraded(py, st, fx, now);
+                        ControlFlow::Continue(())
+                    }
+                    Err(r) => {
+                        refused = Some(r);
+                        ControlFlow::Break(())
+                    }
+                },
+                WireEvent::Frame(Inbound::Text(t)) => {
+                    let size = t.len();
+                    self.message(py, st, fx, now, PyString::new(py, t).into_any().unbind(), size, &mut full)
+                }
+                WireEvent::Frame(Inbound::Binary(b)) => {
+                    let size = b.len();
+                    self.message(py, st, fx, now, PyBytes::new(py, b).into_any().unbind(), size, &mut full)
+                }
+                WireEvent::Frame(Inbound::Ping(p)) => {
+                    pongs.push(p.to_vec());
+                    ControlFlow::Continue(())
+                }
+                WireEvent::Frame(Inbound::Pong(p)) => {
+                    if st.phase == Phase::Live {
+                        let done = st.proto.on_pong(p, now);
+                        fx.outcomes(done);
+                        if !st.room.is_empty() && st.proto.pending() <= self.cfg.send_buffer / 4 {
+                            for slot in st.room.drain(..) {
+                                fx.resolve.push((slot, Res::Ok));
+                            }
+                        }
+                    }
+                    ControlFlow::Continue(())
+                }
+                WireEvent::Frame(Inbound::Close(f)) => {
+                    close = Some(f.map(|(c, r)| (c, r.to_string())));
+                    ControlFlow::Break(())
+                }
+            }
+        };
+        let fed = match data {
+            Some(d) => link.wire.receive(d, &mut on),
+            None => link.wire.resume(&mut on),
+        };
+        // pongs and TLS records leave before anything that ends the connection
+        let mut out = std::mem::take(&mut st.out);
+        for p in &pongs {
+            let _ = link.wire.frame(frame::OP_PONG, p, &mut out);
+        }
+        let _ = link.wire.take_outgoing(&mut out);
+        st.out = out;
+        let transport = link.transport.as_ref().map(|t| t.clone_ref(py));
+        st.link = Some(link);
+        self.flush_out(py, st, fx, now);
+
+        if let Err(e) = fed {
+            return self.wire_failed(py, st, fx, e);
+        }
+        if let Some(r) = refused {
+            return self.refused(py, st, fx, r);
+        }
+        if let Some(f) = close {
+            return self.closed_by_peer(py, st, fx, f);
+        }
+        if full && !st.reader_paused {
+            st.reader_paused = true;
+            st.proto.pause();
+            if let Some(hb) = st.hb.as_mut() {
+                hb.pause();
+            }
+            if let Some(t) = transport {
+                fx.reading.push((t, true));
+            }
+        }
+        if !st.inbound.is_empty() && st.phase == Phase::Live {
+            for slot in st.readable.drain(..) {
+                fx.resolve.push((slot, Res::Ok));
+            }
+        }
+        if let Some(hs) = st.hs.as_mut().filter(|hs| !hs.queue.is_empty()) {
+            for slot in hs.readable.drain(..) {
+                fx.resolve.push((slot, Res::Ok));
+            }
+        }
+        if !st.hb_candidates.is_empty() {
+            let batch = std::mem::take(&mut st.hb_candidates);
+            fx.later(move |py, c| super::hooks::check_replies(py, c, batch));
+        }
+        if st.phase == Phase::Live && st.proto.can_write() {
+            self.pump(py, st, fx, now);
+        }
+    }
+
+    /// A data message, routed by the phase; `Break` once the inbound buffer is full.
+    #[allow(clippy::too_many_arguments)]
+    fn message(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        st: &mut Inner,
+        fx: &mut Fx,
+        now: Instant,
+        m: Py<PyAny>,
+        size: usize,
+        full: &mut bool,
+    ) -> ControlFlow<()> {
+        match st.phase {
+            Phase::Hook => {
+                if let Some(hs) = st.hs.as_mut() {
+                    hs.queue.push_back((m, size));
+                }
+                return ControlFlow::Continue(());
+            }
+            Phase::FirstMessage => {
+                if let Some(a) = st.attempt.as_mut() {
+                    a.first_seen = true;
+                }
+                self.push_inbound(py, st, m, size, now);
+                self.connected(py, st, fx, now);
+            }
+            Phase::Live => self.push_inbound(py, st, m, size, now),
+            _ => return ControlFlow::Continue(()),
+        }
+        // counting the message just added, so the bounds hold to within one message
+        if st.inbound.len() >= self.cfg.recv_buffer || st.inbound_bytes >= self.cfg.recv_buffer_bytes {
+            *full = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn push_inbound(&self, py: Python<'_>, st: &mut Inner, m: Py<PyAny>, size: usize, now: Instant) {
+        st.messages_in += 1;
+        st.bytes_in += size as u64;
+        st.inbound_bytes += size;
+        if let Some(hb) = st.hb.as_mut().filter(|h| h.awaiting_reply()) {
+            match &self.hooks.heartbeat {
+                Some(b) if b.is_reply.is_some() => st.hb_candidates.push(m.clone_ref(py)),
+                _ => hb.answered(now),
+            }
+        }
+        st.inbound.push_back((m, size));
+    }
+
+    fn refused(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, r: Refusal) {
+        let Some(a) = st.attempt.as_mut() else { return };
+        let first = a.first;
+        let err = match r {
+            Refusal::Status { status, location: Some(loc), .. } if ws_redirect::is_redirect(status) => {
+                let from = a.url.clone();
+                match follow(a, status, &loc) {
+                    Ok(dropped) => {
+                        let (to, redirects) = (a.url.clone(), a.redirects);
+                        fx.later(move |_, c| {
+                            tracing::debug!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), http_status = status,
+                                redirects = redirects as u64, "HTTP {status} redirect from {} to {}{}", crate::redact::redact_url(&from),
+                                crate::redact::redact_url(&to),
+                                if dropped > 0 { format!(" (another origin: {dropped} credential header(s) not forwarded)") } else { String::new() });
+                        });
+                        self.drop_link(py, st, fx, Goodbye::Abort);
+                        return self.connect_link(py, st, fx);
+                    }
+                    Err(e) => e,
+                }
+            }
+            Refusal::Status { status, .. } => refused_status(status, &self.cfg, first),
+            Refusal::NotUpgrade(why) => not_retried_first(
+                WsError::retry(format!("handshake failed: the answer is not a WebSocket upgrade: {why}")),
+                first,
+            ),
+        };
+        self.end_attempt(py, st, fx, err, Goodbye::Abort);
+    }
+
+    fn wire_failed(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, e: WireError) {
+        let first = st.attempt.as_ref().map_or(true, |a| a.first);
+        let (err, goodbye) = match e {
+            WireError::Tls(t) => (tls_failed(t), Goodbye::Close),
+            WireError::NotHttp(why) => (
+                not_retried_first(
+                    WsError::retry(format!("handshake failed: the answer is not a WebSocket upgrade: {why}")),
+                    first,
+                ),
+                Goodbye::Abort,
+            ),
+            WireError::Violation(v) => {
+                let text = match &v {
+                    Violation::TooBig { size, .. } => format!(
+                        "the server sent a message over max_message_size ({} bytes): {size} bytes; tether closed the connection with 1009",
+                        self.cfg.max_message_size
+                    ),
+                    Violation::InvalidUtf8 => {
+                        "the server sent text that is not valid UTF-8; tether closed the connection with 1007".into()
+                    }
+                    Violation::Protocol(p) => {
+                        format!("the server broke the WebSocket protocol ({p}); tether closed the connection with 1002")
+                    }
+                    Violation::InvalidCloseCode(code) => format!(
+                        "server closed the connection with an invalid close code ({code}, which RFC 6455 §7.4 does not \
+                         allow on the wire); tether answered 1002 (protocol error)"
+                    ),
+                };
+                (WsError::retry(text), Goodbye::Frame(Some((v.code(), v.reason().to_string()))))
+            }
+        };
+        self.end_attempt(py, st, fx, err, goodbye);
+    }
+
+    /// The server's close frame: the reply to ours, or its own close, answered with the same code
+    /// (RFC 6455 §5.5.1; an empty close frame with an empty one).
+    fn closed_by_peer(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, f: Option<(u16, String)>) {
+        let err = peer_close(f.as_ref().map(|(c, r)| (*c, r.as_str())), &self.cfg);
+        if st.phase == Phase::Live && st.proto.on_close_frame() == PeerClose::Complete {
+            self.drop_link(py, st, fx, Goodbye::Close);
+            return self.finish(py, st, fx, crate::ws::Terminal::Closed);
+        }
+        self.end_attempt(py, st, fx, err, Goodbye::Frame(f));
+    }
+
+    pub(super) fn on_end(self: &Arc<Self>, py: Python<'_>, id: u64, end: End) {
+        self.with(py, |c, st, fx| {
+            if !st.link.as_ref().is_some_and(|l| l.id == id && l.transport.is_some()) {
+                st.draining.retain(|d| d.0 != id);
+                return;
+            }
+            let text = match (st.phase, &end) {
+                (Phase::Upgrading, End::Eof) => {
+                    "handshake failed: the server closed the connection before answering".into()
+                }
+                (Phase::Upgrading, End::Reset) => "handshake failed: IO error: Connection reset by peer".into(),
+                (Phase::Upgrading, End::Error(e)) => format!("handshake failed: IO error: {e}"),
+                (Phase::Hook, End::Eof) => "connection closed by the peer during on_connect (EOF)".into(),
+                (Phase::Hook, End::Reset) => format!("read error during on_connect: {RESET_WITHOUT_CLOSE_FRAME}"),
+                (Phase::Hook, End::Error(e)) => format!("read error during on_connect: {e}"),
+                (Phase::FirstMessage, End::Eof) => "connection closed before the first message".into(),
+                (Phase::FirstMessage, End::Reset) => {
+                    format!("read error before the first message: {RESET_WITHOUT_CLOSE_FRAME}")
+                }
+                (Phase::FirstMessage, End::Error(e)) => format!("read error before the first message: {e}"),
+                (_, End::Eof) => CLOSED_WITHOUT_CLOSE_FRAME.into(),
+                (_, End::Reset) => RESET_WITHOUT_CLOSE_FRAME.into(),
+                (_, End::Error(e)) => format!("read error: {e}"),
+            };
+            c.end_attempt(py, st, fx, WsError::retry(text), Goodbye::Abort);
+        });
+    }
+
+    pub(super) fn on_writing(self: &Arc<Self>, py: Python<'_>, id: u64, paused: bool) {
+        self.with(py, |c, st, fx| {
+            let Some(link) = st.link.as_mut().filter(|l| l.id == id) else { return };
+            link.paused_writing = paused;
+            if !paused {
+                c.pump(py, st, fx, Instant::now());
+            }
+        });
+    }
+}
+
+fn tls_failed(e: crate::ws::tls::TlsError) -> WsError {
+    WsError { fatal: e.certificate, ..WsError::retry(format!("TLS handshake failed: {}", e.text)) }
+}
+
+/// The reader reads again once the application took half of the inbound buffer.
+pub(super) fn resume_reading(py: Python<'_>, conn: &Arc<Conn>) {
+    if !conn.on_loop_thread() {
+        if let (Some(el), Ok(cb)) = (conn.event_loop(py), Py::new(py, Resume { conn: Arc::downgrade(conn) })) {
+            let _ = el.call_method1("call_soon_threadsafe", (cb,));
+        }
+        return;
+    }
+    conn.with(py, |c, st, fx| {
+        if !st.reader_paused {
+            return;
+        }
+        let now = Instant::now();
+        st.reader_paused = false;
+        st.proto.resume(now);
+        if let Some(hb) = st.hb.as_mut() {
+            hb.resume(now);
+        }
+        if let Some(t) = st.link.as_ref().and_then(|l| l.transport.as_ref()) {
+            fx.reading.push((t.clone_ref(py), false));
+        }
+        // frames kept when the buffer filled come first
+        c.feed(py, st, fx, None);
+    });
+}
+
+/// Close or abort a transport; on a loop that is closed already, shut its socket down directly so the
+/// peer sees the end (the socket object closes its descriptor when it is collected).
+pub(super) fn close_transport(py: Python<'_>, transport: &Bound<'_, PyAny>, abort: bool) {
+    let method = if abort { pyo3::intern!(py, "abort") } else { pyo3::intern!(py, "close") };
+    if transport.call_method0(method).is_ok() {
+        return;
+    }
+    #[cfg(unix)]
+    if let Some(fd) = socket_fd(transport) {
+        // SAFETY: shutdown(2) on a descriptor the socket object still owns; it does not release it
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn socket_fd(transport: &Bound<'_, PyAny>) -> Option<i32> {
+    let sock = transport.call_method1("get_extra_info", ("socket",)).ok()?;
+    let fd: i32 = sock.call_method0("fileno").ok()?.extract().ok()?;
+    (fd >= 0).then_some(fd)
+}
+
+/// TCP keepalive and TCP_USER_TIMEOUT back up the ping deadline in the kernel (asyncio already set
+/// TCP_NODELAY); an option the kernel refuses leaves only the ping deadline, which still works.
+fn tune_socket(transport: &Bound<'_, PyAny>, cfg: &crate::ws::WsConfig) {
+    #[cfg(unix)]
+    if let Some(fd) = socket_fd(transport) {
+        // SAFETY: the transport owns the socket and keeps it open while this runs
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        crate::ws::set_socket_options(socket2::SockRef::from(&fd), cfg);
+    }
+    #[cfg(not(unix))]
+    let _ = (transport, cfg);
+}
+
+/// `loop.create_connection(protocol, host, port)` as a task; its failure ends the attempt.
+pub(super) fn open_tcp(py: Python<'_>, conn: &Arc<Conn>, id: u64, host: String, port: u16) {
+    let started = (|| -> PyResult<Bound<'_, PyAny>> {
+        let el = conn.event_loop(py).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no event loop"))?;
+        let protocol = Py::new(py, WireProtocol { conn: Arc::downgrade(conn), id })?;
+        let coro = el.call_method1("create_connection", (protocol, host, port))?;
+        let task = el.call_method1("create_task", (coro,))?;
+        task.call_method1("add_done_callback", (Py::new(py, TcpDone { conn: Arc::downgrade(conn), id })?,))?;
+        Ok(task)
+    })();
+    match started {
+        Ok(task) => {
+            let mut st = conn.lock(py);
+            let current = st.link.as_ref().is_some_and(|l| l.id == id);
+            match st.attempt.as_mut() {
+                Some(a) if current => a.task = Some(task.unbind()),
+                _ => {
+                    drop(st);
+                    let _ = task.call_method0("cancel");
+                }
+            }
+        }
+        Err(e) => conn.on_tcp_failed(py, id, super::super::convert::describe(py, &e)),
+    }
+}
+
+/// An `OSError` as the operating system says it ("Connection refused (os error 111)"), else as Python.
+fn os_error_text(py: Python<'_>, exc: &Bound<'_, PyAny>) -> String {
+    let errno = exc.getattr("errno").ok().and_then(|e| e.extract::<i32>().ok());
+    match errno {
+        Some(n) if n > 0 => std::io::Error::from_raw_os_error(n).to_string(),
+        _ => super::super::convert::describe(py, &PyErr::from_value(exc.clone())),
+    }
+}
+
+/// The asyncio protocol of one TCP connection. It is its own factory: `create_connection` calls it.
+#[pyclass(module = "tether._native", frozen)]
+pub(super) struct WireProtocol {
+    conn: Weak<Conn>,
+    id: u64,
+}
+
+#[pymethods]
+impl WireProtocol {
+    fn __call__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn connection_made(&self, py: Python<'_>, transport: &Bound<'_, PyAny>) {
+        match self.conn.upgrade() {
+            Some(c) => c.on_made(py, self.id, transport),
+            None => close_transport(py, transport, true),
+        }
+    }
+
+    fn data_received(&self, py: Python<'_>, data: &[u8]) {
+        if let Some(c) = self.conn.upgrade() {
+            c.on_data(py, self.id, data);
+        }
+    }
+
+    /// False: the transport closes itself.
+    fn eof_received(&self, py: Python<'_>) -> bool {
+        if let Some(c) = self.conn.upgrade() {
+            c.on_end(py, self.id, End::Eof);
+        }
+        false
+    }
+
+    #[pyo3(signature = (exc=None))]
+    fn connection_lost(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) {
+        let Some(c) = self.conn.upgrade() else { return };
+        let end = match exc {
+            None => End::Eof,
+            Some(e) if e.is_instance_of::<pyo3::exceptions::PyConnectionResetError>() => End::Reset,
+            Some(e) => End::Error(os_error_text(py, e)),
+        };
+        c.on_end(py, self.id, end);
+    }
+
+    fn pause_writing(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.on_writing(py, self.id, true);
+        }
+    }
+
+    fn resume_writing(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.on_writing(py, self.id, false);
+        }
+    }
+}
+
+/// Done-callback of the `create_connection` task: a failure ends the attempt (success is
+/// `connection_made`).
+#[pyclass(module = "tether._native", frozen)]
+struct TcpDone {
+    conn: Weak<Conn>,
+    id: u64,
+}
+
+#[pymethods]
+impl TcpDone {
+    fn __call__(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(c) = self.conn.upgrade() else { return Ok(()) };
+        if task.call_method0("cancelled")?.is_truthy()? {
+            return Ok(());
+        }
+        let exc = task.call_method0("exception")?;
+        if !exc.is_none() {
+            c.on_tcp_failed(py, self.id, os_error_text(py, &exc));
+        }
+        Ok(())
+    }
+}
+
+/// `call_soon(_threadsafe)` target: the batch of sends made during one loop iteration.
+#[pyclass(module = "tether._native", frozen)]
+struct Uncork {
+    conn: Weak<Conn>,
+}
+
+#[pymethods]
+impl Uncork {
+    fn __call__(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.uncork(py);
+        }
+    }
+}
+
+pub(super) fn schedule_uncork(py: Python<'_>, conn: &Arc<Conn>) {
+    let Some(el) = conn.event_loop(py) else { return };
+    let scheduled =
+        Py::new(py, Uncork { conn: Arc::downgrade(conn) }).and_then(|cb| el.call_method1("call_soon", (cb,)));
+    if scheduled.is_err() {
+        // the loop is gone: nothing will be written on it
+        conn.lock(py).corked = false;
+    }
+}
+
+/// Effects made on another thread, run by the loop; then what was queued meanwhile is written.
+#[pyclass(module = "tether._native", frozen)]
+struct HandOver {
+    conn: Weak<Conn>,
+    fx: std::sync::Mutex<Option<Fx>>,
+}
+
+#[pymethods]
+impl HandOver {
+    fn __call__(&self, py: Python<'_>) {
+        let Some(c) = self.conn.upgrade() else { return };
+        let first = self.fx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let more = {
+            let mut st = c.lock(py);
+            st.handing_over = false;
+            std::mem::take(&mut st.handed)
+        };
+        for fx in first.into_iter().chain(more) {
+            c.run(py, fx);
+        }
+        c.uncork(py);
+    }
+}
+
+pub(super) fn hand_over(py: Python<'_>, conn: &Arc<Conn>, mut fx: Fx) {
+    fx.uncork = None;
+    let cb = Py::new(py, HandOver { conn: Arc::downgrade(conn), fx: std::sync::Mutex::new(Some(fx)) });
+    let scheduled = match (conn.event_loop(py), cb) {
+        (Some(el), Ok(cb)) => el.call_method1("call_soon_threadsafe", (cb,)).is_ok(),
+        _ => false,
+    };
+    if !scheduled {
+        // the loop is gone: the next call on it (close) finds the state as it is
+        conn.lock(py).handing_over = false;
+    }
+}
+
+/// A watchdog alarm, emitted on the connection's loop.
+#[pyclass(module = "tether._native", frozen)]
+pub(super) struct Emit {
+    pub conn: Weak<Conn>,
+    pub ev: crate::reconnect::Event,
+}
+
+#[pymethods]
+impl Emit {
+    fn __call__(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.emit(py, &self.ev);
+        }
+    }
+}
+
+/// `close()` from another thread, run on the loop.
+#[pyclass(module = "tether._native", frozen)]
+pub(super) struct CloseSoon {
+    pub conn: Weak<Conn>,
+}
+
+#[pymethods]
+impl CloseSoon {
+    fn __call__(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.with(py, |c, st, fx| c.request_close(py, st, fx, Instant::now()));
+        }
+    }
+}
+
+/// The reader resumes on the loop, after a `try_recv` from another thread made room.
+#[pyclass(module = "tether._native", frozen)]
+struct Resume {
+    conn: Weak<Conn>,
+}
+
+#[pymethods]
+impl Resume {
+    fn __call__(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            resume_reading(py, &c);
+        }
+    }
+}
