@@ -96,7 +96,14 @@ impl Body for Resolved {
 }
 
 /// A body waiting for a result the loop thread sets on a `Slot` (no tokio involved).
-struct OnSlot(Arc<Slot>);
+struct OnSlot(Arc<Slot>, Option<LoopHint>);
+
+/// The loop a slot's owner runs on: the first step on its thread makes the future there without
+/// asking asyncio for the running loop (a `getpid` system call each time).
+pub struct LoopHint {
+    pub event_loop: Py<PyAny>,
+    pub thread: std::thread::ThreadId,
+}
 
 impl Body for OnSlot {
     fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
@@ -104,7 +111,11 @@ impl Body for OnSlot {
         if let Some(r) = slot.take() {
             return r.map(First::Ready);
         }
-        let fut = super::completer::running_loop(py)?.call_method0(intern!(py, "create_future"))?;
+        let event_loop = match &self.1 {
+            Some(h) if h.thread == std::thread::current().id() => h.event_loop.bind(py).clone(),
+            _ => super::completer::running_loop(py)?,
+        };
+        let fut = event_loop.call_method0(intern!(py, "create_future"))?;
         match slot.wait_on(&fut) {
             Some(r) => r.map(First::Ready),
             None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None })),
@@ -271,14 +282,16 @@ pub fn resolved<'py>(
     make(py, name, Box::pin(Resolved(result)), done_at_call, None)
 }
 
-/// A coroutine that returns what the loop thread sets on `slot` (see `Slot`).
+/// A coroutine that returns what the loop thread sets on `slot` (see `Slot`); `hint`: the loop it is
+/// set on, when known.
 pub fn on_slot<'py>(
     py: Python<'py>,
     name: &'static str,
     done_at_call: bool,
     slot: Arc<Slot>,
+    hint: Option<LoopHint>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    make(py, name, Box::pin(OnSlot(slot)), done_at_call, None)
+    make(py, name, Box::pin(OnSlot(slot, hint)), done_at_call, None)
 }
 
 /// A body whose first step, on the driving loop's thread, makes the coroutine that does the work (a

@@ -218,7 +218,7 @@ impl EventStream {
             Source::Tokio(b) => super::coroutine::coroutine(py, "EventStream.wait", b.wait()),
             Source::Loop(sub) => match sub.waiter() {
                 None => super::coroutine::resolved(py, "EventStream.wait", false, Ok(py.None())),
-                Some(slot) => super::coroutine::on_slot(py, "EventStream.wait", false, slot),
+                Some(slot) => super::coroutine::on_slot(py, "EventStream.wait", false, slot, None),
             },
         }
     }

@@ -169,9 +169,19 @@ fn on_connect_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: PyResult<P
         if st.phase != Phase::Hook || !st.hs.as_ref().is_some_and(|hs| hs.id == id) {
             return;
         }
-        match failed {
-            None => c.after_hook(py, st, fx, Instant::now()),
-            Some(e) => c.end_attempt(py, st, fx, e, Goodbye::Abort),
+        let pending = st.hs.as_mut().and_then(|hs| hs.pending_end.take());
+        match (failed, pending) {
+            (None, None) => c.after_hook(py, st, fx, Instant::now()),
+            // connected, with what the hook left queued; then the end the server had sent behind it
+            (None, Some((err, goodbye))) => {
+                c.after_hook(py, st, fx, Instant::now());
+                if st.phase == Phase::Live {
+                    c.end_attempt(py, st, fx, err, goodbye);
+                } else {
+                    c.end_read(py, st, fx, err, goodbye);
+                }
+            }
+            (Some(e), _) => c.end_attempt(py, st, fx, e, Goodbye::Abort),
         }
     });
 }
@@ -262,19 +272,23 @@ impl LoopHandshake {
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let name = "HandshakeChannel.wait_readable";
         let Ok(conn) = self.conn() else { return coroutine::resolved(py, name, false, Ok(py.None())) };
-        let slot = {
-            let mut st = conn.lock(py);
-            match st.hs.as_mut().filter(|hs| hs.id == self.id) {
-                Some(hs) if hs.queue.is_empty() && hs.ended.is_none() => {
-                    let slot = Slot::new();
-                    hs.readable.push(slot.clone());
-                    Some(slot)
-                }
-                _ => None,
+        let id = self.id;
+        let slot = conn.with(py, |c, st, fx| {
+            let hs = st.hs.as_mut().filter(|hs| hs.id == id)?;
+            if !hs.queue.is_empty() || hs.ended.is_some() {
+                return None;
             }
-        };
+            if let Some((err, goodbye)) = hs.pending_end.take() {
+                // it took every message read before the end: now it meets the end
+                c.end_attempt(py, st, fx, err, goodbye);
+                return None;
+            }
+            let slot = Slot::new();
+            hs.readable.push(slot.clone());
+            Some(slot)
+        });
         match slot {
-            Some(slot) => coroutine::on_slot(py, name, false, slot),
+            Some(slot) => coroutine::on_slot(py, name, false, slot, conn.hint(py)),
             None => coroutine::resolved(py, name, false, Ok(py.None())),
         }
     }

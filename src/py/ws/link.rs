@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyString};
 
 use crate::ws::frame::{self, Inbound, Violation};
 use crate::ws::upgrade::{Endpoint, Refusal};
@@ -32,11 +32,16 @@ pub(crate) struct Link {
     pub ep: Endpoint,
     /// The transport asked us to stop writing (its buffer is above its high-water mark).
     pub paused_writing: bool,
+    /// The socket's descriptor, written to directly while the transport holds nothing (see `write`).
+    pub fd: Option<i32>,
+    /// Bytes went through `transport.write` that it may still hold: until it says it holds none, the
+    /// next bytes go the same way (behind them).
+    pub buffered: bool,
 }
 
 impl Link {
     pub(super) fn new(id: u64, wire: crate::ws::wire::Wire, accept: String, ep: Endpoint) -> Link {
-        Link { id, transport: None, wire, accept, ep, paused_writing: false }
+        Link { id, transport: None, wire, accept, ep, paused_writing: false, fd: None, buffered: false }
     }
 }
 
@@ -85,7 +90,8 @@ impl Conn {
     /// Write `last`, close, and abort if still open at close_timeout (a peer that does not read).
     fn goodbye(&self, py: Python<'_>, st: &mut Inner, fx: &mut Fx, id: u64, transport: Py<PyAny>, last: Vec<u8>) {
         if !last.is_empty() {
-            fx.writes.push((transport.clone_ref(py), PyBytes::new(py, &last).unbind()));
+            // through the transport: its close() flushes what it holds first
+            fx.writes.push(Outgoing { id, transport: transport.clone_ref(py), fd: None, data: last });
         }
         st.draining.push((id, transport.clone_ref(py), Instant::now() + self.cfg.close_timeout));
         fx.closes.push((transport, false));
@@ -160,14 +166,12 @@ impl Conn {
         if st.out.is_empty() {
             return;
         }
-        if let Some(t) = st.link.as_ref().and_then(|l| l.transport.as_ref()) {
-            fx.writes.push((t.clone_ref(py), PyBytes::new(py, &st.out).unbind()));
-            st.last_write = Some(now);
-        }
-        st.out.clear();
-        if st.out.capacity() > self.cfg.write_buffer_size {
-            st.out = Vec::new();
-        }
+        let Some(link) = st.link.as_ref() else { return st.out.clear() };
+        let Some(t) = link.transport.as_ref() else { return st.out.clear() };
+        let data = std::mem::take(&mut st.out);
+        let fd = link.fd.filter(|_| !link.buffered);
+        fx.writes.push(Outgoing { id: link.id, transport: t.clone_ref(py), fd, data });
+        st.last_write = Some(now);
     }
 
     pub(super) fn on_made(self: &Arc<Self>, py: Python<'_>, id: u64, transport: &Bound<'_, PyAny>) {
@@ -186,9 +190,12 @@ impl Conn {
             close_transport(py, transport, true);
             return;
         }
-        tune_socket(transport, &self.cfg);
+        let fd = tune_socket(transport, &self.cfg);
         self.with(py, |c, st, fx| {
             st.phase = Phase::Upgrading;
+            if let Some(l) = st.link.as_mut() {
+                l.fd = fd;
+            }
             if let Some(a) = st.attempt.as_mut() {
                 a.task = None;
             }
@@ -285,6 +292,17 @@ impl Conn {
         st.link = Some(link);
         self.flush_out(py, st, fx, now);
 
+        // what was read before the end is there to take
+        if !st.inbound.is_empty() {
+            for slot in st.readable.drain(..) {
+                fx.resolve.push((slot, Res::Ok));
+            }
+        }
+        if let Some(hs) = st.hs.as_mut().filter(|hs| !hs.queue.is_empty()) {
+            for slot in hs.readable.drain(..) {
+                fx.resolve.push((slot, Res::Ok));
+            }
+        }
         if let Err(e) = fed {
             return self.wire_failed(py, st, fx, e);
         }
@@ -302,16 +320,6 @@ impl Conn {
             }
             if let Some(t) = transport {
                 fx.reading.push((t, true));
-            }
-        }
-        if !st.inbound.is_empty() && st.phase == Phase::Live {
-            for slot in st.readable.drain(..) {
-                fx.resolve.push((slot, Res::Ok));
-            }
-        }
-        if let Some(hs) = st.hs.as_mut().filter(|hs| !hs.queue.is_empty()) {
-            for slot in hs.readable.drain(..) {
-                fx.resolve.push((slot, Res::Ok));
             }
         }
         if !st.hb_candidates.is_empty() {
@@ -434,7 +442,7 @@ impl Conn {
                 (WsError::retry(text), Goodbye::Frame(Some((v.code(), v.reason().to_string()))))
             }
         };
-        self.end_attempt(py, st, fx, err, goodbye);
+        self.end_read(py, st, fx, err, goodbye);
     }
 
     /// The server's close frame: the reply to ours, or its own close, answered with the same code
@@ -445,7 +453,29 @@ impl Conn {
             self.drop_link(py, st, fx, Goodbye::Close);
             return self.finish(py, st, fx, crate::ws::Terminal::Closed);
         }
-        self.end_attempt(py, st, fx, err, Goodbye::Frame(f));
+        self.end_read(py, st, fx, err, Goodbye::Frame(f));
+    }
+
+    /// The server ended what can be read (a close frame, a violation, EOF): the attempt ends, except
+    /// while on_connect has messages still to take. The hook reads them first, as it would from the
+    /// socket, and the end comes at its next wait for a message, or after it returned.
+    pub(super) fn end_read(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        st: &mut Inner,
+        fx: &mut Fx,
+        err: WsError,
+        goodbye: Goodbye,
+    ) {
+        if st.phase == Phase::Hook {
+            if let Some(hs) = st.hs.as_mut().filter(|hs| !hs.queue.is_empty()) {
+                if hs.pending_end.is_none() {
+                    hs.pending_end = Some((err, goodbye));
+                }
+                return;
+            }
+        }
+        self.end_attempt(py, st, fx, err, goodbye);
     }
 
     pub(super) fn on_end(self: &Arc<Self>, py: Python<'_>, id: u64, end: End) {
@@ -472,7 +502,7 @@ impl Conn {
                 (_, End::Reset) => RESET_WITHOUT_CLOSE_FRAME.into(),
                 (_, End::Error(e)) => format!("read error: {e}"),
             };
-            c.end_attempt(py, st, fx, WsError::retry(text), Goodbye::Abort);
+            c.end_read(py, st, fx, WsError::retry(text), Goodbye::Abort);
         });
     }
 
@@ -541,23 +571,102 @@ fn socket_fd(transport: &Bound<'_, PyAny>) -> Option<i32> {
 }
 
 /// TCP keepalive and TCP_USER_TIMEOUT back up the ping deadline in the kernel (asyncio already set
-/// TCP_NODELAY); an option the kernel refuses leaves only the ping deadline, which still works.
-fn tune_socket(transport: &Bound<'_, PyAny>, cfg: &crate::ws::WsConfig) {
+/// TCP_NODELAY); an option the kernel refuses leaves only the ping deadline, which still works. Returns
+/// the socket's descriptor.
+fn tune_socket(transport: &Bound<'_, PyAny>, cfg: &crate::ws::WsConfig) -> Option<i32> {
     #[cfg(unix)]
-    if let Some(fd) = socket_fd(transport) {
+    {
+        let raw = socket_fd(transport)?;
         // SAFETY: the transport owns the socket and keeps it open while this runs
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
         crate::ws::set_socket_options(socket2::SockRef::from(&fd), cfg);
+        Some(raw)
     }
     #[cfg(not(unix))]
-    let _ = (transport, cfg);
+    {
+        let _ = (transport, cfg);
+        None
+    }
+}
+
+/// Bytes for the transport of link `id`; `fd`: the socket may be written directly.
+pub(crate) struct Outgoing {
+    id: u64,
+    transport: Py<PyAny>,
+    fd: Option<i32>,
+    data: Vec<u8>,
+}
+
+/// Write bytes for a link. While the transport holds nothing, they go straight to the socket, as
+/// asyncio's own `write` does first, without its Python layer (a system call from Rust instead of
+/// two Python calls); what the socket does not take, and everything while the transport still holds
+/// something, goes through `transport.write`, which keeps the order, buffers and applies flow control.
+pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) {
+    let Outgoing { id, transport, fd, data } = w;
+    let t = transport.bind(py);
+    let mut rest: &[u8] = &data;
+    #[cfg(unix)]
+    if let Some(fd) = fd {
+        match send_now(fd, rest) {
+            Some(n) if n == rest.len() => return,
+            Some(n) => rest = &rest[n..],
+            None => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = fd;
+    if let Err(e) = t.call_method1(pyo3::intern!(py, "write"), (PyBytes::new(py, rest),)) {
+        // a transport closed under us: its connection_lost says what happened
+        tracing::debug!(target: LOG, logger = conn.cfg.reconnect.logger.as_deref(), "write refused: {e}");
+        return;
+    }
+    // the transport holds bytes from now on, until it says it holds none
+    let held =
+        t.call_method0(pyo3::intern!(py, "get_write_buffer_size")).and_then(|n| n.extract::<usize>()).unwrap_or(1);
+    if let Some(l) = conn.lock(py).link.as_mut().filter(|l| l.id == id) {
+        l.buffered = held > 0;
+    }
+}
+
+/// One non-blocking `send(2)`: the bytes the socket took, or None when it took none (it would block,
+/// or failed: the transport then finds the failure and reports it).
+#[cfg(unix)]
+fn send_now(fd: i32, data: &[u8]) -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    #[cfg(not(target_os = "linux"))]
+    let flags = libc::MSG_DONTWAIT;
+    loop {
+        // SAFETY: `data` is valid for its length; `fd` is the transport's open socket (the caller holds
+        // the transport, which closes it only on the loop thread, after this returns)
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), flags) };
+        if n >= 0 {
+            return Some(n as usize);
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
 }
 
 /// `loop.create_connection(protocol, host, port)` as a task; its failure ends the attempt.
 pub(super) fn open_tcp(py: Python<'_>, conn: &Arc<Conn>, id: u64, host: String, port: u16) {
     let started = (|| -> PyResult<Bound<'_, PyAny>> {
         let el = conn.event_loop(py).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no event loop"))?;
-        let protocol = Py::new(py, WireProtocol { conn: Arc::downgrade(conn), id })?;
+        let native = Bound::new(py, WireProtocol { conn: Arc::downgrade(conn), id })?;
+        let protocol = wire_class(py)?.call0()?;
+        for name in [
+            "connection_made",
+            "get_buffer",
+            "buffer_updated",
+            "eof_received",
+            "connection_lost",
+            "pause_writing",
+            "resume_writing",
+        ] {
+            protocol.setattr(name, native.getattr(name)?)?;
+        }
+        let protocol = Py::new(py, Factory(protocol.unbind()))?;
         let coro = el.call_method1("create_connection", (protocol, host, port))?;
         let task = el.call_method1("create_task", (coro,))?;
         task.call_method1("add_done_callback", (Py::new(py, TcpDone { conn: Arc::downgrade(conn), id })?,))?;
@@ -579,6 +688,11 @@ pub(super) fn open_tcp(py: Python<'_>, conn: &Arc<Conn>, id: u64, host: String, 
     }
 }
 
+fn wire_class(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    static WIRE: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    WIRE.import(py, "tether._wire", "Wire")
+}
+
 /// An `OSError` as the operating system says it ("Connection refused (os error 111)"), else as Python.
 fn os_error_text(py: Python<'_>, exc: &Bound<'_, PyAny>) -> String {
     let errno = exc.getattr("errno").ok().and_then(|e| e.extract::<i32>().ok());
@@ -588,7 +702,27 @@ fn os_error_text(py: Python<'_>, exc: &Bound<'_, PyAny>) -> String {
     }
 }
 
-/// The asyncio protocol of one TCP connection. It is its own factory: `create_connection` calls it.
+/// Bytes read per call into the shared buffer: a flood is read in few system calls.
+const READ_SIZE: usize = 256 << 10;
+
+thread_local! {
+    static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn read_buffer(py: Python<'_>) -> PyResult<Py<PyByteArray>> {
+    READ_BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        if let Some(buf) = b.as_ref() {
+            return Ok(buf.clone_ref(py));
+        }
+        let buf = PyByteArray::new_with(py, READ_SIZE, |_| Ok(()))?.unbind();
+        *b = Some(buf.clone_ref(py));
+        Ok(buf)
+    })
+}
+
+/// The native side of the asyncio protocol of one TCP connection: its methods are installed on a
+/// `tether._wire.Wire` (a `BufferedProtocol`, so the transport reads into `get_buffer`).
 #[pyclass(module = "tether._native", frozen)]
 pub(super) struct WireProtocol {
     conn: Weak<Conn>,
@@ -597,10 +731,6 @@ pub(super) struct WireProtocol {
 
 #[pymethods]
 impl WireProtocol {
-    fn __call__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-
     fn connection_made(&self, py: Python<'_>, transport: &Bound<'_, PyAny>) {
         match self.conn.upgrade() {
             Some(c) => c.on_made(py, self.id, transport),
@@ -608,10 +738,21 @@ impl WireProtocol {
         }
     }
 
-    fn data_received(&self, py: Python<'_>, data: &[u8]) {
-        if let Some(c) = self.conn.upgrade() {
-            c.on_data(py, self.id, data);
-        }
+    /// Where the transport reads to: one buffer per loop thread, shared by its connections (each
+    /// read is handled before the next one is made).
+    fn get_buffer(&self, py: Python<'_>, _sizehint: isize) -> PyResult<Py<PyByteArray>> {
+        read_buffer(py)
+    }
+
+    fn buffer_updated(&self, py: Python<'_>, nbytes: usize) -> PyResult<()> {
+        let Some(c) = self.conn.upgrade() else { return Ok(()) };
+        let buf = read_buffer(py)?;
+        let buf = buf.bind(py);
+        // SAFETY: the buffer is this thread's and only the transport's read writes to it, which
+        // happens before this call, not during it; nothing resizes it
+        let data = unsafe { buf.as_bytes() };
+        c.on_data(py, self.id, &data[..nbytes.min(data.len())]);
+        Ok(())
     }
 
     /// False: the transport closes itself.
@@ -643,6 +784,17 @@ impl WireProtocol {
         if let Some(c) = self.conn.upgrade() {
             c.on_writing(py, self.id, false);
         }
+    }
+}
+
+/// The protocol factory `create_connection` calls: the protocol made for this connection.
+#[pyclass(module = "tether._native", frozen)]
+struct Factory(Py<PyAny>);
+
+#[pymethods]
+impl Factory {
+    fn __call__(&self, py: Python<'_>) -> Py<PyAny> {
+        self.0.clone_ref(py)
     }
 }
 

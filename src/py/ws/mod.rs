@@ -32,13 +32,12 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
-use pyo3::types::PyBytes;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::reconnect::{Event, Events};
 use crate::retry_state::RetryState;
 use crate::ws::heartbeat::HeartbeatClock;
-use crate::ws::{SendError, State, Stats, Terminal, WsConfig};
+use crate::ws::{SendError, State, Stats, Terminal, WsConfig, WsError};
 use crate::ws_protocol::{size_of, Outcome, Protocol, ProtocolConfig, PushError, CONFIRM_DELAY};
 
 use super::coroutine::{self, Slot};
@@ -52,7 +51,7 @@ const EVENTS_CAPACITY: usize = 64;
 /// A send within this long of the previous write joins a batch written when the loop next runs
 /// (once per loop iteration, or once `write_buffer_size` bytes wait), instead of a write of its own:
 /// a burst of sends costs one system call, while a lone or paced send goes out at once.
-const BURST_WINDOW: Duration = Duration::from_micros(50);
+const BURST_WINDOW: Duration = Duration::from_micros(10);
 
 /// The event loop the connection runs on, and the contextvars its hooks run in.
 pub(super) struct EventLoop {
@@ -77,7 +76,7 @@ type Later = Box<dyn FnOnce(Python<'_>, &Arc<Conn>) + Send>;
 #[derive(Default)]
 pub(super) struct Fx {
     /// Bytes for a transport, in order.
-    writes: Vec<(Py<PyAny>, Py<PyBytes>)>,
+    writes: Vec<link::Outgoing>,
     /// Transports to close (true: abort, without flushing).
     closes: Vec<(Py<PyAny>, bool)>,
     reading: Vec<(Py<PyAny>, bool)>,
@@ -171,6 +170,9 @@ pub(super) struct HsState {
     pub readable: Vec<Arc<Slot>>,
     /// Why the handshake is over; every later call fails with it.
     pub ended: Option<String>,
+    /// The server ended the connection behind the messages still queued: applied once the hook took
+    /// them and waits for more, or returned (see `Conn::end_read`).
+    pub pending_end: Option<(WsError, link::Goodbye)>,
 }
 
 pub(super) struct Inner {
@@ -418,6 +420,11 @@ impl Conn {
         self.el.get().is_some_and(|el| el.thread == std::thread::current().id())
     }
 
+    /// The loop its waiters are set on (see `LoopHint`).
+    pub(super) fn hint(&self, py: Python<'_>) -> Option<coroutine::LoopHint> {
+        self.el.get().map(|el| coroutine::LoopHint { event_loop: el.obj.clone_ref(py), thread: el.thread })
+    }
+
     pub(super) fn event_loop<'py>(&self, py: Python<'py>) -> Option<&Bound<'py, PyAny>> {
         self.el.get().map(|el| el.obj.bind(py))
     }
@@ -429,11 +436,8 @@ impl Conn {
     /// Run the effects of an entry point (the lock is released).
     pub(super) fn run(self: &Arc<Self>, py: Python<'_>, fx: Fx) {
         let Fx { writes, closes, reading, resolve, later, timer, uncork } = fx;
-        for (transport, data) in writes {
-            if let Err(e) = transport.bind(py).call_method1(pyo3::intern!(py, "write"), (data,)) {
-                // a transport closed under us: its connection_lost says what happened
-                tracing::debug!(target: LOG, logger = self.cfg.reconnect.logger.as_deref(), "write refused: {e}");
-            }
+        for w in writes {
+            link::write(py, self, w);
         }
         for (transport, paused) in reading {
             let method = if paused { pyo3::intern!(py, "pause_reading") } else { pyo3::intern!(py, "resume_reading") };
@@ -528,7 +532,7 @@ impl Conn {
         });
         match queued {
             Ok(None) => coroutine::resolved(py, "Connection.send", true, Ok(py.None())),
-            Ok(Some(slot)) => coroutine::on_slot(py, "Connection.send", true, slot),
+            Ok(Some(slot)) => coroutine::on_slot(py, "Connection.send", true, slot, self.hint(py)),
             Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg)),
         }
     }
@@ -582,7 +586,7 @@ impl Conn {
             Ok(())
         });
         match r {
-            Ok(()) => coroutine::on_slot(py, "Connection.flush", false, slot),
+            Ok(()) => coroutine::on_slot(py, "Connection.flush", false, slot, self.hint(py)),
             Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg)),
         }
     }
@@ -624,7 +628,7 @@ impl Conn {
         };
         match slot {
             None => coroutine::resolved(py, "Connection.wait_readable", false, Ok(py.None())),
-            Some(slot) => coroutine::on_slot(py, "Connection.wait_readable", false, slot),
+            Some(slot) => coroutine::on_slot(py, "Connection.wait_readable", false, slot, self.hint(py)),
         }
     }
 

@@ -14,6 +14,7 @@ use crate::retry_state::Decision;
 use crate::ws::upgrade::{self, Endpoint};
 use crate::ws::wire::Wire;
 use crate::ws::{not_retried_first, SendError, State, Terminal, WsError};
+use crate::ws_protocol::CONFIRM_DELAY;
 use crate::ws_redirect;
 
 use super::coroutine::{self, Slot};
@@ -58,7 +59,7 @@ impl Conn {
             Some(slot)
         });
         match slot {
-            Some(slot) => coroutine::on_slot(py, "Connection.start", false, slot),
+            Some(slot) => coroutine::on_slot(py, "Connection.start", false, slot, self.hint(py)),
             None => coroutine::resolved(py, "Connection.start", false, self.start_result(py)),
         }
     }
@@ -396,11 +397,12 @@ impl Conn {
             f.abort();
         }
         if st.draining.is_empty() {
-            if let Some(h) = st.timer.stop() {
-                fx.later(move |py, _| {
+            let handles = st.timer.stop();
+            fx.later(move |py, _| {
+                for h in handles {
                     let _ = h.bind(py).call_method0("cancel");
-                });
-            }
+                }
+            });
         }
         fx.later(move |py, c| {
             if silent > 0 {
@@ -450,7 +452,7 @@ impl Conn {
             Some(slot)
         });
         match slot {
-            Some(slot) => coroutine::on_slot(py, "Connection.aclose", false, slot),
+            Some(slot) => coroutine::on_slot(py, "Connection.aclose", false, slot, self.hint(py)),
             None => {
                 if self.terminal.get().is_none() {
                     self.close(py);
@@ -524,7 +526,8 @@ impl Conn {
         }
         let drain = st.draining.iter().map(|d| d.2).min();
         let at = [wake, drain, st.close_hard_by].into_iter().flatten().min();
-        st.timer.want(at, now, fx);
+        let busy = st.last_write.is_some_and(|t| now.saturating_duration_since(t) < CONFIRM_DELAY);
+        st.timer.want(at, now, busy.then_some(CONFIRM_DELAY), fx);
     }
 
     /// What is due in the current phase; when to look next.

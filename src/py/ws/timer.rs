@@ -1,7 +1,12 @@
-//! One `loop.call_later` timer per connection, armed for the earliest deadline of its cores (timers
-//! as data: each core says when it next needs a look). Re-armed lazily: a later deadline leaves the
-//! armed timer alone (it fires early, the cores are asked again and it is armed anew), so a stream of
-//! sends that pushes the confirmation deadline on costs no timer handle each.
+//! `loop.call_later` timers of a connection, armed for the earliest deadline of its cores (timers as
+//! data: each core says when it next needs a look).
+//!
+//! Re-armed lazily: a later deadline leaves an armed timer alone (it fires early, the cores are asked
+//! again and a timer is armed anew). An earlier deadline gets a timer of its own while the later one
+//! stays armed, rather than cancelling it: asyncio keeps a cancelled timer in its heap until it would
+//! have fired, and a heap full of them makes every `asyncio.sleep` of the application compare more
+//! (a paced sender re-arms the 10 ms confirmation after each 5 s ping deadline). A few at most are
+//! armed at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,55 +15,62 @@ use pyo3::prelude::*;
 
 use super::{Conn, Fx};
 
+/// Timers armed at once, at most: beyond, the latest is cancelled.
+const ARMED: usize = 3;
+
 #[derive(Default)]
 pub(crate) struct Timer {
-    /// The armed timer: when it fires, its sequence number, and its handle once `call_later` returned.
-    armed: Option<(Instant, u64)>,
-    handle: Option<Py<PyAny>>,
+    /// Armed timers: when each fires, its sequence number, and its handle once `call_later` returned.
+    armed: Vec<(Instant, u64, Option<Py<PyAny>>)>,
     seq: u64,
 }
 
 impl Timer {
-    /// Make sure the timer fires by `at` (None: nothing to wait for).
-    pub(crate) fn want(&mut self, at: Option<Instant>, now: Instant, fx: &mut Fx) {
+    /// Make sure a timer fires by `at` (None: nothing to wait for). While the connection writes
+    /// (`busy`), a timer is never armed further than `busy_horizon` ahead: the next confirmation is
+    /// likely due by then, and one timer armed every horizon costs less than a far one left in the
+    /// heap under each near one.
+    pub(crate) fn want(&mut self, at: Option<Instant>, now: Instant, busy_horizon: Option<Duration>, fx: &mut Fx) {
         let Some(at) = at else { return };
-        if self.armed.is_some_and(|(when, _)| when <= at) {
+        let at = busy_horizon.map_or(at, |h| at.min(now + h));
+        if self.armed.iter().any(|(when, _, _)| *when <= at) {
             return;
         }
         self.seq += 1;
-        self.armed = Some((at, self.seq));
+        let replaced = if self.armed.len() >= ARMED {
+            // the latest goes: `at` is earlier than every armed one
+            let i = self.armed.iter().enumerate().max_by_key(|(_, a)| a.0).map(|(i, _)| i).unwrap_or(0);
+            self.armed.swap_remove(i).2
+        } else {
+            None
+        };
+        self.armed.push((at, self.seq, None));
         // whole milliseconds, rounded up: a loop whose clock counts milliseconds (uvloop) must not
         // fire it before `at`, and a timer that fires early only re-arms
         let micros = at.saturating_duration_since(now).as_micros() as u64;
         let delay = Duration::from_millis(micros.div_ceil(1000));
-        fx.timer = Some((self.seq, delay, self.handle.take()));
+        fx.timer = Some((self.seq, delay, replaced));
     }
 
-    /// The timer `seq` fired: whether it is the armed one (an older one was replaced).
-    pub(crate) fn fired(&mut self, seq: u64) -> bool {
-        if self.armed.is_some_and(|(_, s)| s == seq) {
-            self.armed = None;
-            self.handle = None;
-            true
-        } else {
-            false
-        }
+    /// The timer `seq` fired: it is armed no more.
+    pub(crate) fn fired(&mut self, seq: u64) {
+        self.armed.retain(|a| a.1 != seq);
     }
 
+    /// Keep `handle` as the handle of timer `seq`, or return it to cancel (disarmed meanwhile).
     fn armed_handle(&mut self, seq: u64, handle: Py<PyAny>) -> Option<Py<PyAny>> {
-        if self.armed.is_some_and(|(_, s)| s == seq) {
-            self.handle = Some(handle);
-            None
-        } else {
-            // replaced or fired meanwhile
-            Some(handle)
+        match self.armed.iter_mut().find(|a| a.1 == seq) {
+            Some(a) => {
+                a.2 = Some(handle);
+                None
+            }
+            None => Some(handle),
         }
     }
 
-    /// Disarm (the connection ended); the handle to cancel.
-    pub(crate) fn stop(&mut self) -> Option<Py<PyAny>> {
-        self.armed = None;
-        self.handle.take()
+    /// Disarm all (the connection ended); the handles to cancel.
+    pub(crate) fn stop(&mut self) -> Vec<Py<PyAny>> {
+        self.armed.drain(..).filter_map(|a| a.2).collect()
     }
 }
 
