@@ -1,4 +1,4 @@
-"""livekit-agents' job process pool on ``tether.ProcPool`` (seed 004); see ``livekit.install``.
+"""livekit-agents' job process pool on ``tether.ProcPool``; see ``livekit.install``.
 
 The subclass keeps livekit's public pool surface (constructor, events, ``processes``, ``launch_job``,
 ``set_target_idle_processes``, ``start``/``aclose``) and uses none of the base class's private state:
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import time
 import weakref
@@ -21,6 +22,39 @@ LOGGER_NAME = "livekit.agents"
 _LAUNCH_ATTEMPTS = 3
 # livekit's initialize() has its own timeout; tether's bound also covers starting the process
 _START_MARGIN = 10.0
+
+
+# what livekit's own pool passes its executors beyond its constructor's arguments (same in 1.5 to 2.0)
+EXECUTOR_DEFAULTS = {"ping_interval": 2.5, "high_ping_threshold": 0.5, "ping_timeout": 60}
+
+
+def executor_kwargs(cls: Any, pool_opts: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``cls``'s constructor, from the pool's own (the executors of a release take what
+    its pool takes: ``simulation_end_fnc`` exists from 1.6 on) and livekit's fixed ping settings."""
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    for name, param in params.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in pool_opts:
+            kwargs[name] = pool_opts[name]
+        elif name in EXECUTOR_DEFAULTS:
+            kwargs[name] = EXECUTOR_DEFAULTS[name]
+    return kwargs
+
+
+def unknown_executor_params(cls: Any, pool_params: set[str]) -> list[str]:
+    """Required constructor parameters of ``cls`` that neither the pool nor livekit's defaults supply."""
+    params = inspect.signature(cls.__init__).parameters
+    return [
+        f"{cls.__qualname__}({name}=)"
+        for name, param in params.items()
+        if name != "self"
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        and param.default is param.empty
+        and name not in pool_params
+        and name not in EXECUTOR_DEFAULTS
+    ]
 
 
 def default_respawn() -> Backoff:
@@ -128,33 +162,14 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
 
         # -- spawning -----------------------------------------------------------------------------------
         def _t_new_executor(self) -> Any:
-            o = self._t_opts
-            common = dict(
-                initialize_process_fnc=o["initialize_process_fnc"],
-                job_entrypoint_fnc=o["job_entrypoint_fnc"],
-                session_end_fnc=o["session_end_fnc"],
-                simulation_end_fnc=o["simulation_end_fnc"],
-                initialize_timeout=o["initialize_timeout"],
-                close_timeout=o["close_timeout"],
-                session_end_timeout=o["session_end_timeout"],
-                inference_executor=o["inference_executor"],
-                http_proxy=o["http_proxy"],
-                loop=o["loop"],
-                high_ping_threshold=0.5,
-                ping_interval=2.5,
-            )
-            kind = o["job_executor_type"]
+            kind = self._t_opts["job_executor_type"]
             if kind == JobExecutorType.THREAD:
-                return job_thread_executor.ThreadJobExecutor(**common)
-            if kind == JobExecutorType.PROCESS:
-                return job_proc_executor.ProcJobExecutor(
-                    **common,
-                    mp_ctx=o["mp_ctx"],
-                    ping_timeout=60,
-                    memory_warn_mb=o["memory_warn_mb"],
-                    memory_limit_mb=o["memory_limit_mb"],
-                )
-            raise ValueError(f"unsupported job executor: {kind}")
+                cls = job_thread_executor.ThreadJobExecutor
+            elif kind == JobExecutorType.PROCESS:
+                cls = job_proc_executor.ProcJobExecutor
+            else:
+                raise ValueError(f"unsupported job executor: {kind}")
+            return cls(**executor_kwargs(cls, self._t_opts))
 
         async def _t_spawn(self) -> Any:
             proc = self._t_new_executor()
