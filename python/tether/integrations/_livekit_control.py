@@ -17,10 +17,13 @@ three decisions it gets wrong, each at a seam of the shipped code rather than in
 The seams depend on the inside of the loop (it sleeps with ``asyncio.sleep`` in its ``except``, logs one
 WARNING there), so its code fingerprint must be the one read (1.5.17 to 1.8.9: unchanged).
 
-2.x (the loop is the native ``_core.Worker``, which resets its retry counter never, so a worker whose
+2.x (the loop is the native ``_core.Worker``, which never resets its retry counter, so a worker whose
 socket is recycled dies after ``max_retry`` recycles): the shipped ``_connection_task`` runs whole, and
 is started again when the native worker gave up after a registration that lasted ``stable_after``. A
-worker that never registered ends as shipped: its own ``max_retry`` was spent.
+worker that never registered ends as shipped: its own ``max_retry`` was spent. The native worker's
+retries inside one run are its own (0, 2, 4 ... s, no jitter); only its first retry's WARNING is
+lowered, through the record's fields. Its ERROR when a run gives up stays: the record says nothing of
+the restart that follows.
 """
 
 from __future__ import annotations
@@ -216,6 +219,31 @@ def patch_v1(p: Any, server_cls: Any, lk_worker: types.ModuleType, settings: Set
 # ----------------------------------------------------------------------------------------------------
 
 
+# where the native worker's records come from (a ``pathname`` of the records it logs through Python)
+NATIVE_WORKER_SOURCE = "lk-agents-worker/src/worker.rs"
+
+
+class _QuietFirstNativeRetry(logging.Filter):
+    """The native worker logs its first, immediate retry ("retrying in 0s") at WARNING like the 1.x loop;
+    its records carry ``retry_count``/``max_retry`` fields, so the first one is logged at DEBUG instead
+    (dropped when ``livekit.agents`` is not enabled for DEBUG). Backed-off retries stay WARNING."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.WARNING
+            and str(getattr(record, "retry_count", "")) == "1"
+            and hasattr(record, "max_retry")
+            and record.pathname.replace("\\", "/").endswith(NATIVE_WORKER_SOURCE)
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self._logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
 def patch_v2(p: Any, server_cls: Any, settings: Settings) -> None:
     async def connection_task(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         server = args[0]
@@ -253,4 +281,7 @@ def patch_v2(p: Any, server_cls: Any, settings: Settings) -> None:
         finally:
             server.off("worker_registered", registered)
 
+    lk_logger = logging.getLogger(LOGGER_NAME)
+    quiet = _QuietFirstNativeRetry(lk_logger)
+    p.call(lambda: lk_logger.addFilter(quiet), lambda: lk_logger.removeFilter(quiet))
     p.wrap(server_cls, "_connection_task", connection_task)

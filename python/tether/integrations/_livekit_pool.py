@@ -17,6 +17,7 @@ from typing import Any
 
 from .._errors import PoolExhausted, TimeoutError
 from .._native import Backoff, ProcPool
+from .._watchdog import bounded
 
 LOGGER_NAME = "livekit.agents"
 _LAUNCH_ATTEMPTS = 3
@@ -79,6 +80,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
             self._t_num_idle = max(0, int(opts["num_idle_processes"]))
             self._t_executors: list[Any] = []
             self._t_dead: weakref.WeakSet[Any] = weakref.WeakSet()
+            self._t_ready: weakref.WeakSet[Any] = weakref.WeakSet()
             self._t_tasks: set[asyncio.Task[Any]] = set()
             self._t_started = False
             init_timeout = float(opts["initialize_timeout"])
@@ -125,7 +127,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 return
             self._t_started = False
             await self._t_pool.aclose()
-            await asyncio.gather(*(p.aclose() for p in list(self._t_executors)), return_exceptions=True)
+            await asyncio.gather(*(self._t_close(p) for p in list(self._t_executors)), return_exceptions=True)
             if self._t_tasks:
                 await asyncio.gather(*self._t_tasks, return_exceptions=True)
 
@@ -139,7 +141,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 try:
                     await proc.launch_job(info)
                 except Exception:
-                    self._t_track(proc.aclose())
+                    self._t_track(self._t_close(proc))
                     if attempt == _LAUNCH_ATTEMPTS:
                         log.error(
                             "failed to launch job on process after %d attempts", attempt, extra={"job_id": info.job.id}
@@ -184,13 +186,29 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 self._t_executors.remove(proc)
                 self._t_track(self._t_close_failed(proc))
                 raise
+            self._t_ready.add(proc)
             self.emit("process_ready", proc)
             self._t_track(self._t_monitor(proc))
             return proc
 
+        async def _t_close(self, proc: Any) -> None:
+            """``proc.aclose()``, bounded. A process that never initialized is killed: it cannot ack a
+            graceful shutdown, and livekit 1.5's ``aclose()`` then waits for that ack forever."""
+            bound = float(self._t_opts["close_timeout"]) + _START_MARGIN
+            kill = getattr(proc, "kill", None)
+            if proc not in self._t_ready and kill is not None and getattr(proc, "started", False):
+                await bounded(kill(), bound, what="job process kill")
+                return
+            try:
+                await bounded(proc.aclose(), bound, what="job process close")
+            except TimeoutError:
+                kill = getattr(proc, "kill", None)
+                if kill is not None:
+                    await bounded(kill(), _START_MARGIN, what="job process kill")
+
         async def _t_close_failed(self, proc: Any) -> None:
             try:
-                await proc.aclose()
+                await self._t_close(proc)
             finally:
                 self.emit("process_closed", proc)
 
