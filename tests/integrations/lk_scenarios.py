@@ -26,7 +26,7 @@ SPAWN_LOG_ENV = "TETHER_TEST_SPAWN_LOG"
 
 
 def failing_setup(proc) -> None:
-    """A prewarm (setup_fnc) that always fails, as with a missing model file or env var (seed 004)."""
+    """A prewarm (setup_fnc) that always fails, as with a missing model file or env var."""
     with open(os.environ[SPAWN_LOG_ENV], "a") as f:
         f.write(f"{time.time()}\n")
     raise RuntimeError("prewarm failed: model file /models/vad.onnx not found")
@@ -108,7 +108,7 @@ async def run_server(server, seconds: float):
 
 
 async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recycle_after: float = 2.0) -> dict:
-    """Seed 000: the control plane accepts and drops (or recycles) the worker socket."""
+    """The control plane accepts and drops (or recycles) the worker socket."""
     h = Records()
     lg = logging.getLogger("livekit.agents")
     lg.addHandler(h)
@@ -141,7 +141,7 @@ async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recyc
 
 
 async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float = 10.0, **server_kw) -> dict:
-    """Seed 004: every prewarm fails. Times registration and a job launch, counts spawns (and those in
+    """Every prewarm fails. Times registration and a job launch, counts spawns (and those in
     the `watch` seconds after the job gave up: a hot respawn loop shows there)."""
     log_path = spawn_log()
     read_spawns(log_path)
@@ -206,6 +206,7 @@ SCENARIOS = {
     "healthy": lambda: prewarm(setup=counting_setup, job_budget=30.0, watch=3.0),
 }
 
+
 async def suite() -> dict:
     """The scenarios that tell a working integration on any release, with `install()` as a user calls it."""
     from importlib.metadata import version
@@ -220,9 +221,9 @@ async def suite() -> dict:
     }
     if out["version"].startswith("1."):
         out["accept_drop"] = await control_plane("accept_drop", 6.0)
-        out["max_retry"] = await control_plane("accept_drop", 60.0, max_retry=2)
     else:
         out["recycle"] = await control_plane("recycle", 30.0, max_retry=3, recycle_after=2.0)
+    out["max_retry"] = await control_plane("accept_drop", 60.0, max_retry=2)
     out["prewarm_fails"] = await prewarm(job_budget=120.0, watch=4.0)
     out["healthy"] = await prewarm(setup=counting_setup, job_budget=60.0, watch=1.0)
     return out

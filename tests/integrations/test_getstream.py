@@ -1,4 +1,4 @@
-"""tether.integrations.getstream against the real getstream package (seed 003), on loopback with a fake SFU
+"""tether.integrations.getstream against the real getstream package, on loopback with a fake SFU
 (`websockets` server) behind tether's ChaosProxy."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """tether.integrations.livekit with the real livekit-agents `AgentServer.run()` against a fake control
-plane (`websockets` server) on loopback: seed 000 (control-plane reconnects) and seed 004 (prewarm)."""
+plane (`websockets` server) on loopback: control-plane reconnects and failing prewarm."""
 
 from __future__ import annotations
 
@@ -75,6 +75,18 @@ async def test_counter_resets_only_after_registration_plus_stable_after(installe
     r = await control_plane("recycle", 5.0, max_retry=1, recycle_after=1.5)
     assert r["outcome"] == "running" and r["registrations"] >= 2, r
     assert "WARNING" not in r["retry_levels"], r
+
+
+async def test_unanswered_registration_is_bounded():
+    # as shipped the loop waits for the register response as long as the socket stays open
+    livekit.install(register_timeout=0.5, proc_pool=False)
+    try:
+        r = await control_plane("silent", 60.0, max_retry=2)
+    finally:
+        livekit.uninstall()
+    assert r["connections"] == 3 and r["registrations"] == 0, r
+    assert r["outcome"].startswith("RuntimeError: failed to connect to livekit after 3 attempts"), r
+    assert r["seconds"] < 30, r
 
 
 async def test_healthy_server_logs_no_warning(installed):

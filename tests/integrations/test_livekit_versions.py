@@ -65,16 +65,20 @@ def test_release(suites, name):
         # as shipped thousands of connections at 0 s; with tether: quiet retry, then >= 0.5, 1, 2, 4 s
         assert 2 <= a["connections"] <= 5, a
         assert a["retry_levels"][0] == "DEBUG" and set(a["retry_levels"][1:]) == {"WARNING"}, a
-        m = r["max_retry"]
-        assert m["connections"] == 3 and any("gave up on livekit" in e for e in m["errors"]), m
-        # from 1.6 run() ends with the loop's error; 1.5's run() goes on (its health check answers 503)
-        assert m["outcome"].startswith("RuntimeError: failed to connect to livekit") or name.startswith("1.5."), m
     else:
         c = r["recycle"]
         # as shipped the native worker dies after max_retry + 1 registrations (~14 s); supervised it
         # is started again after each run that registered and lasted stable_after
         assert c["outcome"] == "running" and c["registrations"] >= 6, c
         assert c["retry_levels"][0] == "DEBUG", c
+    m = r["max_retry"]
+    # the first attempt and max_retry=2 retries, then the shipped error (2.x: a worker that never
+    # registered is not started again, its native loop spent the budget)
+    assert m["connections"] == 3, m
+    # from 1.6 run() ends with the loop's error; 1.5's run() goes on (its health check answers 503)
+    assert m["outcome"].startswith("RuntimeError:") or name.startswith("1.5."), m
+    if name.startswith("1."):
+        assert any("gave up on livekit" in e for e in m["errors"]), m
     p = r["prewarm_fails"]
     assert p["job_error_type"] == "PoolExhausted", p
     assert "prewarm failed: model file /models/vad.onnx not found" in p["job_error"], p

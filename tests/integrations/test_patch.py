@@ -9,8 +9,6 @@ import sys
 import types
 from importlib.metadata import version
 
-import pytest
-
 from tether.integrations._patch import (
     Checks,
     Integration,
@@ -107,9 +105,13 @@ def test_refusal_kinds_are_data(caplog):
     assert report.refused["client"].kind is RefusalKind.MISSING_NAMES and "Client.close" in report.refused["client"]
     assert report.refused["absent"].kind is RefusalKind.MISSING_NAMES
     assert [r.kind for r in caplog.records if r.levelno == logging.WARNING] == ["missing_names", "missing_names"]
-    assert Integration("fake", "no-such-dist-xyz").install([Part("a", "no-such-dist-xyz>=1", lambda c: None)]).refused[
-        "a"
-    ].kind is RefusalKind.NOT_INSTALLED
+    assert (
+        Integration("fake", "no-such-dist-xyz")
+        .install([Part("a", "no-such-dist-xyz>=1", lambda c: None)])
+        .refused["a"]
+        .kind
+        is RefusalKind.NOT_INSTALLED
+    )
 
 
 def test_allow_untested_never_raises(monkeypatch):
@@ -144,7 +146,9 @@ def test_variants_the_one_in_range_is_used():
         return prepare
 
     i = Integration("fake", "pytest")
-    report = i.install([Part("client", "pytest<1", variant("old")), Part("client", f"pytest>={PYTEST}", variant("new"))])
+    report = i.install(
+        [Part("client", "pytest<1", variant("old")), Part("client", f"pytest>={PYTEST}", variant("new"))]
+    )
     assert report.patched == ("client",) and used == ["new"]
     assert fw  # the module is not touched by these variants
 

@@ -86,7 +86,8 @@ class _Watch:
         if getattr(p, "kind", None) != self._rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
             return False
         # workers before lk.agent.name existed do not set it; any agent matches then
-        return p.attributes.get(ATTRIBUTE_AGENT_NAME, self.agent_name) == self.agent_name
+        name: str = p.attributes.get(ATTRIBUTE_AGENT_NAME, self.agent_name)
+        return name == self.agent_name
 
     def _on_participant(self, p: Any) -> None:
         if not self.active or not isinstance(p, self._rtc.RemoteParticipant) or not self._is_agent(p):

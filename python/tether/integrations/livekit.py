@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from .._native import Backoff
 from ._livekit_control import Settings, patch_v1, patch_v2
@@ -176,7 +177,7 @@ def _prepare_proc_pool(respawn: Backoff | None, acquire_timeout: float | None, c
     return patch
 
 
-def _pool_params(pool_cls: type) -> list[str]:
+def _pool_params(pool_cls: Any) -> list[str]:
     import inspect
 
     return list(inspect.signature(pool_cls.__init__).parameters)

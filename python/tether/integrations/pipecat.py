@@ -65,7 +65,9 @@ def install(
     (pipecat itself logs with loguru). Returns an ``InstallReport``.
     """
     prepare = functools.partial(_prepare, policy or _default_policy(), stable_after, quiet_jitter)
-    return _integration.install([Part("websocket_service", WEBSOCKET_SERVICE_REQUIREMENT, prepare)], allow_untested=allow_untested)
+    return _integration.install(
+        [Part("websocket_service", WEBSOCKET_SERVICE_REQUIREMENT, prepare)], allow_untested=allow_untested
+    )
 
 
 def instrumentation_dependencies() -> tuple[str, ...]:
@@ -94,7 +96,9 @@ def _prepare(policy: Backoff, stable_after: float, quiet_jitter: float, c: Check
     c.fingerprint(service._receive_task_handler, _RECEIVE_LOOP_FINGERPRINTS)
 
     def patch(p: Patches) -> None:
-        handler = _make_receive_loop(policy, stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame)
+        handler = _make_receive_loop(
+            policy, stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame
+        )
         p.set(service, "_receive_task_handler", handler)
 
     return patch
