@@ -2,7 +2,7 @@
 `AgentServer.run()` against the fake control plane. Used in-process by the tests, and as a script to
 measure the before/after table (another release: PYTHONPATH=../../.venv/livekit-agents-VERSION):
 
-    python tests/integrations/lk_scenarios.py accept_drop|max_retry|recycle|prewarm_fails|end_to_end|healthy [--tether]
+    python tests/integrations/lk_scenarios.py accept_drop|max_retry|recycle|silent|prewarm_fails|end_to_end|healthy [--tether]
     python tests/integrations/lk_scenarios.py suite   # what test_livekit_versions asserts, with tether
 """
 
@@ -201,6 +201,8 @@ SCENARIOS = {
     "max_retry": lambda: control_plane("accept_drop", 30.0, max_retry=3),
     # the socket is registered, then recycled every 2 s (a load balancer's idle timeout)
     "recycle": lambda: control_plane("recycle", 30.0, max_retry=3, recycle_after=2.0),
+    # the control plane accepts the socket and never answers the registration
+    "silent": lambda: control_plane("silent", 60.0, max_retry=3),
     "prewarm_fails": lambda: prewarm(),
     "end_to_end": lambda: prewarm(mode="recycle", recycle_after=2.0, job_budget=20.0, watch=5.0),
     "healthy": lambda: prewarm(setup=counting_setup, job_budget=30.0, watch=3.0),
