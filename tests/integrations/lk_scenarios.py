@@ -37,16 +37,20 @@ def counting_setup(proc) -> None:
         f.write(f"{time.time()}\n")
 
 
+_spawn_log: str | None = None
+
+
 def spawn_log() -> str:
-    """One file per test process, named in the environment before the first job process starts:
+    """One file per test process (not the one a parent process named in the environment: the suites of
+    several releases run at once), named in the environment before the first job process starts:
     livekit's process context (forkserver) keeps the environment it started with."""
-    path = os.environ.get(SPAWN_LOG_ENV)
-    if path is None or not os.path.exists(path):
+    global _spawn_log
+    if _spawn_log is None:
         fd, path = tempfile.mkstemp(prefix="tether-spawns-")
         os.close(fd)
-        os.environ[SPAWN_LOG_ENV] = path
+        os.environ[SPAWN_LOG_ENV] = _spawn_log = path
         atexit.register(lambda: os.path.exists(path) and os.unlink(path))
-    return path
+    return _spawn_log
 
 
 def read_spawns(path: str) -> list[float]:
