@@ -1,4 +1,4 @@
-"""tether.integrations.getstream against the real getstream package (seed 003), on loopback with a fake SFU
+"""tether.integrations.getstream against the real getstream package, on loopback with a fake SFU
 (`websockets` server) behind tether's ChaosProxy."""
 
 from __future__ import annotations
@@ -158,6 +158,31 @@ def test_untested_version_is_refused(monkeypatch, caplog):
         assert signaling.WebSocketClient is ORIGINAL
     finally:
         getstream.uninstall()
+
+
+def test_allow_untested_refuses_a_release_without_the_modules(monkeypatch, caplog):
+    """getstream 7 has no Python signaling module: trying it anyway is a refusal, never an exception."""
+    from tether.integrations import _patch
+    from tether.integrations._patch import RefusalKind
+
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    monkeypatch.setattr(_patch, "installed_version", lambda dist: "7.0.0")
+    monkeypatch.setitem(sys.modules, "getstream.video.rtc.connection_utils", None)
+    report = getstream.install()
+    assert report.refused["signaling"].kind is RefusalKind.UNTESTED_VERSION
+    report = getstream.install(allow_untested=True)
+    try:
+        assert report.patched == () and report.refused["signaling"].kind is RefusalKind.MISSING_NAMES
+        assert "getstream.video.rtc.connection_utils" in report.refused["signaling"]
+        assert "outside the tested range >=3.3,<7" in report.refused["signaling"]
+        assert signaling.WebSocketClient is ORIGINAL
+        assert sum("not patching signaling" in r.getMessage() for r in caplog.records) == 2
+    finally:
+        getstream.uninstall()
+
+
+def test_declared_range():
+    assert getstream.instrumentation_dependencies() == ("getstream>=3.3,<7",)
 
 
 def test_install_is_idempotent_and_undoable():
