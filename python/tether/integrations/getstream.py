@@ -1,4 +1,5 @@
-"""getstream (3.x–6.x) SFU signaling on ``tether.connect``: one call before joining a call.
+"""getstream SFU signaling (3.x–6.x) on ``tether.connect``, or (7.x) a watch on every call: one call
+before joining a call.
 
     from tether.integrations import getstream
     getstream.install()
@@ -34,6 +35,8 @@ from .._errors import GaveUp, TetherError
 from .._hooks import Handshake
 from .._native import Backoff
 from .._watchdog import bounded
+from . import _getstream_call
+from ._getstream_call import CallWatch, watch_call
 from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_params
 
 #: getstream versions this integration was tested with: >= first, < second.
@@ -84,7 +87,14 @@ def install(
     (default: the interval) declares the link lost. ``connect_timeout`` bounds ``connect()``;
     ``attempt_timeout`` bounds each (re)connect attempt: WebSocket handshake plus rejoin.
     Returns an ``InstallReport``; a refused part logs a WARNING naming what is missing.
+
+    getstream 7 has no Python signaling: there ``install()`` installs part ``call_watch`` instead (a
+    ``CallWatch`` on every ``ConnectionManager``, see ``watch_call``); the signaling settings do not apply.
     """
+    # -- getstream >= 7: the call part (tether.integrations._getstream_call) --------------------------
+    if _getstream_call.handles_installed_version():
+        return _getstream_call.install(allow_untested=allow_untested)
+    # -- getstream 3.3 to 6.x: the signaling part -------------------------------------------------------
     if _integration.version_refused(("signaling",), allow_untested):
         return _integration.report()
 
@@ -117,6 +127,7 @@ def install(
 def uninstall() -> None:
     """Undo ``install()`` for clients created afterwards."""
     _integration.uninstall()
+    _getstream_call.uninstall()
 
 
 def _default_policy() -> Backoff:
@@ -288,4 +299,4 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
     return WebSocketClient
 
 
-__all__ = ["TESTED_VERSIONS", "InstallReport", "install", "uninstall"]
+__all__ = ["TESTED_VERSIONS", "CallWatch", "InstallReport", "install", "uninstall", "watch_call"]
