@@ -11,7 +11,9 @@ The client's join, as the `getstream` crate 0.2 runs it:
    `tether.testing.ChaosProxy` in between;
 3. SFU WebSocket `/ws`: `SfuRequest(join_request)` -> `SfuEvent(join_response)` with the call state, then
    `health_check_request` -> `health_check_response` every 5 s, `leave_call_request` on leave;
-4. Twirp `POST /twirp/stream.video.sfu.signal.SignalServer/{Method}`: every RPC gets its empty response.
+4. Twirp `POST /twirp/stream.video.sfu.signal.SignalServer/{Method}`: `SetPublisher` (publishing a track)
+   gets an SDP answer (aiortc's, without candidates), every other RPC its empty response; `publishes`
+   records (monotonic time, session id, track types) per `SetPublisher`.
 
 The call has one remote participant, ``alice``, publishing audio. While ``speaking`` the SFU sends her
 `audio_level_changed` every `level_interval` seconds, as the real SFU does while someone talks. There is
@@ -33,8 +35,24 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2
 from getstream.video.rtc.pb.stream.video.sfu.models import models_pb2
+from getstream.video.rtc.pb.stream.video.sfu.signal_rpc import signal_pb2
 
 ALICE = ("alice", "alice-session")
+
+
+async def _answer(offer_sdp: str) -> str:
+    """An SDP answer to the client's publisher offer, made by aiortc, without ICE candidates: the fake
+    takes no media, so no packet is sent anywhere."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection()
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        # not set as the local description: that would start ICE
+        sdp = (await pc.createAnswer()).sdp
+    finally:
+        await pc.close()
+    return "".join(line + "\r\n" for line in sdp.splitlines() if not line.startswith("a=candidate"))
 
 
 class FakeStream:
@@ -47,6 +65,7 @@ class FakeStream:
         self.health_checks = 0
         self.leaves = 0
         self.rpcs: list[str] = []
+        self.publishes: list[tuple[float, str, list[int]]] = []  # (monotonic time, session id, track types)
         self.coordinator_auth: list[dict[str, Any]] = []
         self._sfu_sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -141,16 +160,25 @@ class FakeStream:
 
     # -- SFU ------------------------------------------------------------------------------------------------
     async def _twirp(self, request: web.Request) -> web.Response:
-        self.rpcs.append(request.match_info["method"])
-        await request.read()
-        return web.Response(body=b"", content_type="application/protobuf")
+        method = request.match_info["method"]
+        self.rpcs.append(method)
+        body = await request.read()
+        reply = b""
+        if method == "SetPublisher":
+            offer = signal_pb2.SetPublisherRequest()
+            offer.ParseFromString(body)
+            self.publishes.append((time.monotonic(), offer.session_id, [t.track_type for t in offer.tracks]))
+            answer = signal_pb2.SetPublisherResponse(session_id=offer.session_id, sdp=await _answer(offer.sdp))
+            reply = answer.SerializeToString()
+        return web.Response(body=reply, content_type="application/protobuf")
 
-    async def _sfu_ws(self, request: web.Request) -> web.WebSocketResponse:
+    async def _sfu_ws(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         try:
             await ws.prepare(request)
         except ConnectionError:
-            return ws  # a join held by a black hole whose client gave up before the heal
+            # a join that a black hole held until the heal, and whose client gave up before it
+            return web.Response(status=499)
         self._sfu_sockets.add(ws)
         levels: asyncio.Task[None] | None = None
         try:
@@ -176,6 +204,10 @@ class FakeStream:
             alice.track_lookup_prefix = "alice-prefix"
             alice.published_tracks.append(models_pb2.TRACK_TYPE_AUDIO)
             state.participant_count.total = 2
+            option = response.publish_options.add()
+            option.track_type, option.id, option.bitrate = models_pb2.TRACK_TYPE_AUDIO, 1, 32000
+            option.codec.name, option.codec.payload_type, option.codec.clock_rate = "opus", 111, 48000
+            option.codec.fmtp = "minptime=10;useinbandfec=1"
             await ws.send_bytes(reply.SerializeToString())
             levels = asyncio.ensure_future(self._send_levels(ws))
             async for msg in ws:

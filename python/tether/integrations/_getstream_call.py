@@ -291,6 +291,7 @@ class CallWatch:
             task.cancel()
         if event_tasks:
             await asyncio.wait(event_tasks, timeout=self._s.leave_timeout)
+        manager._event_tasks = []  # a later leave() gathers them
         reconnector = Reconnector(
             self._s.policy or _default_policy(),
             attempt_timeout=self._s.join_timeout,
@@ -305,14 +306,7 @@ class CallWatch:
         try:
             await reconnector.run(attempt)
         except GaveUp as e:
-            self.gave_up = e
-            self._log.error(
-                "call %s: could not join it again in %.1fs: %s",
-                self._cid,
-                time.monotonic() - started,
-                redact(str(e)),
-                extra={"call_cid": self._cid},
-            )
+            self.gave_up = e  # the reconnector logged it (ERROR, under the manager's logger)
             return
         finally:
             self._recovery = None

@@ -93,7 +93,14 @@ def install(
     """
     # -- getstream >= 7: the call part (tether.integrations._getstream_call) --------------------------
     if _getstream_call.handles_installed_version():
-        return _getstream_call.install(allow_untested=allow_untested)
+        report = _getstream_call.install(allow_untested=allow_untested)
+        if report.patched:
+            return report
+        # nothing fits this version: say so for the signaling part too (its modules are gone since 7)
+        low, high = TESTED_VERSIONS
+        _integration.refuse("signaling", f"getstream {report.version} is outside the tested range >={low},<{high}")
+        refused = {**_integration.report().refused, **report.refused}
+        return InstallReport(report.framework, report.version, (), refused)
     # -- getstream 3.3 to 6.x: the signaling part -------------------------------------------------------
     if _integration.version_refused(("signaling",), allow_untested):
         return _integration.report()
