@@ -13,7 +13,9 @@ The client's join, as the `getstream` crate 0.2 runs it:
    `health_check_request` -> `health_check_response` every 5 s, `leave_call_request` on leave;
 4. Twirp `POST /twirp/stream.video.sfu.signal.SignalServer/{Method}`: `SetPublisher` (publishing a track)
    gets an SDP answer (aiortc's, without candidates), every other RPC its empty response; `publishes`
-   records (monotonic time, session id, track types) per `SetPublisher`.
+   records (monotonic time, session id, track types) per `SetPublisher`. With no candidates, ICE never
+   completes: about 30 s after a track is published, 7.0's publisher peer connection fails and 7.0
+   rejoins by itself, so runs that publish stay shorter than that.
 
 The call has one remote participant, ``alice``, publishing audio. While ``speaking`` the SFU sends her
 `audio_level_changed` every `level_interval` seconds, as the real SFU does while someone talks. There is
@@ -242,10 +244,22 @@ class FakeStream:
                 if self.speaking:
                     await ws.send_bytes(payload)
 
+    async def mute_alice(self) -> None:
+        """Alice mutes: her audio track is unpublished and she stops speaking."""
+        self.speaking = False
+        event = events_pb2.SfuEvent()
+        event.track_unpublished.user_id, event.track_unpublished.session_id = ALICE
+        event.track_unpublished.type = models_pb2.TRACK_TYPE_AUDIO
+        event.track_unpublished.cause = models_pb2.TRACK_UNPUBLISH_REASON_USER_MUTED
+        await self._broadcast(event)
+
     async def end_call(self) -> None:
         """The SFU ends the call (`call_ended`)."""
         event = events_pb2.SfuEvent()
         event.call_ended.reason = models_pb2.CALL_ENDED_REASON_ENDED
+        await self._broadcast(event)
+
+    async def _broadcast(self, event: events_pb2.SfuEvent) -> None:
         for ws in list(self._sfu_sockets):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.send_bytes(event.SerializeToString())

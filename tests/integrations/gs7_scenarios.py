@@ -9,12 +9,14 @@ prints one JSON line. Scenarios:
 * `reset`: the SFU connection is reset (TCP RST) once: 7.0 reconnects by itself;
 * `stuck`: a reset, then a black hole: 7.0's own reconnect has no deadline and stays RECONNECTING;
 * `ended`: the SFU ends the call;
+* `muted`: the remote participant unpublishes her audio and goes quiet (no alarm is due);
 * `giveup`: a black hole that does not heal;
 * `install`: install/uninstall and the refusals, without a call.
 
 `--tether` runs `tether.integrations.getstream.install()` with its defaults; `--fast` (for the tests)
 attaches the watch with short deadlines instead. The call is joined by getstream's own
-`ConnectionManager` (`getstream.video.rtc.join`), which publishes a local audio track (`add_tracks`).
+`ConnectionManager` (`getstream.video.rtc.join`); with `--publish` it publishes a local audio track
+(`add_tracks`), whose peer connection fails about 30 s later on the fake (see fake_stream7.py).
 7.0's manager passes the coordinator's `base_url` to `getstream_rtc.Client` but not its WebSocket URL
 (`ws_url`), which defaults to Stream's production host; `point_sdk_at` hands the fake coordinator's to the
 real `getstream_rtc.Client` the same way, as a keyword argument.
@@ -91,27 +93,28 @@ class Call:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    async def join(self, *, fast: bool) -> None:
+    async def join(self, *, fast: bool, publish: bool) -> None:
         from getstream.video.rtc.audio_track import AudioStreamTrack
 
         if fast:
             tether_getstream.watch_call(self.manager, **FAST)  # type: ignore[arg-type]
         await asyncio.wait_for(self.manager.connect(), 30)
         self.waiting = asyncio.ensure_future(self.manager.wait())
-        await asyncio.wait_for(self.manager.add_tracks(audio=AudioStreamTrack(sample_rate=48000, channels=1)), 15)
+        if publish:
+            track = AudioStreamTrack(sample_rate=48000, channels=1)
+            await asyncio.wait_for(self.manager.add_tracks(audio=track), 15)
 
-    def report(self, fault_at: float, heal_at: float | None, joins_before: int) -> dict[str, Any]:
+    def report(self, fault_at: float, heal_at: float | None, joins_before: int, records: Records) -> dict[str, Any]:
         watch = tether_getstream.CallWatch.of(self.manager)
-        alarms = (
-            [] if watch is None else [(a.kind, a.name, round(t - self.t0 - fault_at, 2)) for a, t in watch.alarm_times]
-        )
+        alarms = [] if watch is None else [[a.kind, a.name] for a in watch.alarms]
+        alarm_at = [round(t - self.t0 - fault_at, 2) for t in records.alarm_logged]
         after = [(round(t - fault_at, 2), s) for t, s in self.states if t > fault_at]
         away = next((t for t, s in after if s != "JOINED"), None)
         new_joins = [t - self.t0 for t, _, _ in self.fake.joins[joins_before:]]
         end = heal_at if heal_at is not None else fault_at
         return {
             "watched": watch is not None,
-            "detected": alarms[0][2] if alarms else away,
+            "detected": alarm_at[0] if alarm_at else away,
             "alarms": alarms,
             "states_after_fault": after,
             "sfu_joins": [strategy for _, strategy, _ in self.fake.joins],
@@ -143,6 +146,7 @@ class Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.messages: list[str] = []
+        self.alarm_logged: list[float] = []
         for name in ("tether", "getstream.video.rtc.connection_manager"):
             logging.getLogger(name).addHandler(self)
             logging.getLogger(name).setLevel(logging.DEBUG)
@@ -150,13 +154,17 @@ class Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(f"{record.getMessage()} {record.__dict__}")
+        if record.levelno == logging.WARNING and record.getMessage().startswith("getstream call "):
+            self.alarm_logged.append(time.monotonic())  # the watchdog's alarm line
 
     def secrets(self) -> list[str]:
         # the API secret, the SFU token of the fake's credentials, and JWTs (the user token)
         return [m for m in self.messages if API_SECRET in m or "fake-sfu-token" in m or "eyJ" in m]
 
 
-async def scenario(name: str, *, fast: bool, hole: float, settle: float, lead: float = 2.0) -> dict[str, Any]:
+async def scenario(
+    name: str, *, fast: bool, publish: bool, hole: float, settle: float, lead: float = 2.0
+) -> dict[str, Any]:
     from getstream.video import rtc
 
     records = Records()
@@ -168,7 +176,7 @@ async def scenario(name: str, *, fast: bool, hole: float, settle: float, lead: f
             fake.sfu_address = (proxy.host, proxy.port)
             point_sdk_at(fake)
             call = Call(fake, await rtc.join(new_call(fake), "agent"))
-            await call.join(fast=fast)
+            await call.join(fast=fast, publish=publish)
             await asyncio.sleep(lead)
             fault_at, heal_at, joins_before = call.now(), None, len(fake.joins)
             if name == "blackhole":
@@ -186,10 +194,12 @@ async def scenario(name: str, *, fast: bool, hole: float, settle: float, lead: f
                 proxy.heal()
             elif name == "ended":
                 await fake.end_call()
+            elif name == "muted":
+                await fake.mute_alice()
             elif name == "giveup":
                 proxy.blackhole()
             await asyncio.sleep(settle)
-            result = {"scenario": name, "hole": hole, **call.report(fault_at, heal_at, joins_before)}
+            result = {"scenario": name, "hole": hole, **call.report(fault_at, heal_at, joins_before, records)}
             await call.leave(result)
             result["log_records"] = len(records.messages)
             result["secrets_in_logs"] = records.secrets()
@@ -246,9 +256,10 @@ def install_checks() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["blackhole", "reset", "stuck", "ended", "giveup", "install"])
+    parser.add_argument("scenario", choices=["blackhole", "reset", "stuck", "ended", "muted", "giveup", "install"])
     parser.add_argument("--tether", action="store_true", help="install() with its defaults")
     parser.add_argument("--fast", action="store_true", help="install(), and watch with short deadlines")
+    parser.add_argument("--publish", action="store_true", help="publish a local audio track (runs under 30 s)")
     parser.add_argument("--hole", type=float, default=25.0)
     parser.add_argument("--settle", type=float, default=12.0)
     args = parser.parse_args()
@@ -260,7 +271,9 @@ def main() -> None:
         report = tether_getstream.install()
         assert report.patched == ("call_watch",), report
     started = time.monotonic()
-    result = asyncio.run(scenario(args.scenario, fast=args.fast, hole=args.hole, settle=args.settle))
+    result = asyncio.run(
+        scenario(args.scenario, fast=args.fast, publish=args.publish, hole=args.hole, settle=args.settle)
+    )
     result["tether"] = bool(args.tether or args.fast)
     result["took"] = round(time.monotonic() - started, 1)
     print(json.dumps(result))

@@ -65,10 +65,11 @@ def test_as_shipped_a_black_hole_goes_unnoticed():
 
 @needs_gs7
 def test_black_hole_is_detected_and_the_call_joined_again():
-    r = scenario("blackhole", "--fast", "--hole", "6", "--settle", "6")
-    assert [a[:2] for a in r["alarms"]] == [["liveness", "remote media"]], r
+    r = scenario("blackhole", "--fast", "--publish", "--hole", "6", "--settle", "6")
+    assert r["alarms"] == [["liveness", "remote media"]], r
     assert r["detected"] < 6
-    assert r["rejoins"] == 1 and r["state"] == "JOINED" and r["sfu_joins"] == [0, 0]  # a new session
+    # a new session (a join cut short during the black hole can reach the SFU at the heal too)
+    assert r["rejoins"] == 1 and r["state"] == "JOINED" and r["sfu_joins"][:2] == [0, 0]
     assert r["rejoined"] is not None and not r["joined_during_fault"]
     assert r["levels_after"] > 0  # events reach the application again
     assert r["publishes_after_fault"] == 1  # the audio track added before is published again
@@ -82,7 +83,7 @@ def test_stuck_reconnecting_alarms_and_joins_again():
     # a reset makes 7.0 reconnect; the black hole holds its reconnect, which has no deadline
     r = scenario("stuck", "--fast", "--hole", "6", "--settle", "6")
     assert r["states_after_fault"][0][1] == "RECONNECTING"
-    assert [a[:2] for a in r["alarms"]] == [["dwell", "reconnecting"]], r
+    assert r["alarms"] == [["dwell", "reconnecting"]], r
     assert r["rejoins"] == 1 and r["state"] == "JOINED" and r["levels_after"] > 0
     assert not r["wait_returned"]
 
@@ -101,6 +102,14 @@ def test_the_end_of_the_call_ends_the_watch():
     assert not r["watched"] and r["alarms"] == []
     assert r["call_ended"] == 1 and r["wait_returned"] and r["state"] == "LEFT"
     assert r["sfu_joins"] == [0]  # not joined again
+
+
+@needs_gs7
+def test_a_muted_remote_participant_is_not_a_dead_call():
+    # nothing arrives after her track is unpublished, for longer than the media deadline
+    r = scenario("muted", "--fast", "--settle", "5")
+    assert r["alarms"] == [] and r["rejoins"] == 0 and r["sfu_joins"] == [0]
+    assert r["state"] == "JOINED" and not r["wait_returned"]
 
 
 @needs_gs7

@@ -102,6 +102,15 @@ _SFU_EVENTS = (
 # A RECONNECTING_FAILED call stays there until it is left: alarm at once.
 _FAILED_DWELL = 0.1
 
+# Defaults of watch_call() and install(), in seconds. Remote audio comes every 20 ms (every 400 ms in
+# DTX silence), so 10 s without it or any SFU event is a dead call; 7.0's own reconnect retries within
+# 5 s, so 15 s in RECONNECTING is stuck. A join in flight when the link heals completes then; a join
+# bounded to 10 s and retried within the policy's 4 s keeps the rejoin close to the heal.
+RECONNECTING_TIMEOUT = 15.0
+MEDIA_TIMEOUT = 10.0
+JOIN_TIMEOUT = 10.0
+LEAVE_TIMEOUT = 5.0
+
 
 def _default_policy() -> Backoff:
     # 7.0's own REJOIN waits 250 ms to 5 s; a call is worth two minutes of retrying before giving up
@@ -121,12 +130,12 @@ class _Settings:
 
     def __init__(
         self,
-        reconnecting_timeout: float = 15.0,
-        media_timeout: float | None = 10.0,
+        reconnecting_timeout: float = RECONNECTING_TIMEOUT,
+        media_timeout: float | None = MEDIA_TIMEOUT,
         rejoin: bool = True,
         policy: Backoff | None = None,
-        join_timeout: float = 10.0,
-        leave_timeout: float = 5.0,
+        join_timeout: float = JOIN_TIMEOUT,
+        leave_timeout: float = LEAVE_TIMEOUT,
         on_alarm: Callable[[Alarm], object] | None = None,
     ) -> None:
         self.reconnecting_timeout = reconnecting_timeout
@@ -158,7 +167,6 @@ class CallWatch:
         cs = rtc.CallingState
         self.manager = manager
         self.alarms: list[Alarm] = []
-        self.alarm_times: list[tuple[Alarm, float]] = []
         self.rejoins = 0
         self.gave_up: GaveUp | None = None
         self._s = settings
@@ -259,7 +267,6 @@ class CallWatch:
         if self._closed:
             return
         self.alarms.append(alarm)
-        self.alarm_times.append((alarm, time.monotonic()))
         if self._s.on_alarm is not None:
             result = self._s.on_alarm(alarm)
             if inspect.isawaitable(result):
@@ -276,8 +283,14 @@ class CallWatch:
 
     # -- leave and rejoin -----------------------------------------------------------------------------
     async def _rejoin(self) -> None:
+        try:
+            await self._leave_dead_call()
+            await self._join_again()
+        finally:
+            self._recovery = None
+
+    async def _leave_dead_call(self) -> None:
         manager = self.manager
-        started = time.monotonic()
         event_tasks = list(manager._event_tasks)
         try:
             await bounded(_original(type(manager).leave)(manager), self._s.leave_timeout, what="leave()")
@@ -292,6 +305,10 @@ class CallWatch:
         if event_tasks:
             await asyncio.wait(event_tasks, timeout=self._s.leave_timeout)
         manager._event_tasks = []  # a later leave() gathers them
+
+    async def _join_again(self) -> None:
+        manager = self.manager
+        started = time.monotonic()
         reconnector = Reconnector(
             self._s.policy or _default_policy(),
             attempt_timeout=self._s.join_timeout,
@@ -308,11 +325,9 @@ class CallWatch:
         except GaveUp as e:
             self.gave_up = e  # the reconnector logged it (ERROR, under the manager's logger)
             return
-        finally:
-            self._recovery = None
         self.rejoins += 1
         self._log.info(
-            "call %s joined again %.2fs after the alarm",
+            "call %s joined again after %.2fs",
             self._cid,
             time.monotonic() - started,
             extra={"call_cid": self._cid, "rejoins": self.rejoins},
@@ -390,12 +405,12 @@ class CallWatch:
 def watch_call(
     manager: Any,
     *,
-    reconnecting_timeout: float = 15.0,
-    media_timeout: float | None = 10.0,
+    reconnecting_timeout: float = RECONNECTING_TIMEOUT,
+    media_timeout: float | None = MEDIA_TIMEOUT,
     rejoin: bool = True,
     policy: Backoff | None = None,
-    join_timeout: float = 10.0,
-    leave_timeout: float = 5.0,
+    join_timeout: float = JOIN_TIMEOUT,
+    leave_timeout: float = LEAVE_TIMEOUT,
     on_alarm: Callable[[Alarm], object] | None = None,
 ) -> CallWatch:
     """Watch a getstream 7 ``ConnectionManager`` for stuck-reconnecting and ghost calls.

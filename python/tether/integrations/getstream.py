@@ -1,8 +1,11 @@
-"""getstream SFU signaling (3.x–6.x) on ``tether.connect``, or (7.x) a watch on every call: one call
+"""getstream SFU signaling (3.x–6.x) on ``tether.connect``, or (7.0) a watch on every call: one call
 before joining a call.
 
     from tether.integrations import getstream
     getstream.install()
+
+On getstream 7, whose signaling is in Rust, ``install()`` installs part ``call_watch`` instead
+(``tether.integrations._getstream_call``: ``watch_call``, ``CallWatch``).
 
 Part ``signaling`` replaces ``getstream.video.rtc.signaling.WebSocketClient`` (and the name
 ``connection_utils`` uses) with a drop-in subclass whose socket is a ``tether.connect`` connection
