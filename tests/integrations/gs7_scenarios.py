@@ -250,6 +250,12 @@ def install_checks() -> dict[str, Any]:
     finally:
         participants.ParticipantsState._replace_participants = replace
         tether_getstream.uninstall()
+    try:
+        tether_getstream.watch_call(object())
+    except TypeError as e:
+        out["watch_call_bad_input"] = str(e)
+    finally:
+        tether_getstream.uninstall()
     out["warnings"] = [r.getMessage() for r in records if r.levelno == logging.WARNING]
     return out
 

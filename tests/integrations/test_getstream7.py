@@ -52,6 +52,7 @@ def test_install_wraps_undoes_and_refuses_with_a_warning():
     # each refusal is one WARNING; with nothing patched the signaling part (gone since 7) says so too
     assert sum("not patching call_watch" in w for w in r["warnings"]) == 2, r["warnings"]
     assert "signaling" in r["untested"]["refused"] and "signaling" in r["missing_name"]["refused"]
+    assert "ConnectionManager, not object" in r["watch_call_bad_input"]
 
 
 @needs_gs7

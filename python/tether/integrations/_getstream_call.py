@@ -434,6 +434,9 @@ def watch_call(
         report = install()
         if PART not in report.patched:
             raise RuntimeError(f"tether cannot watch this getstream call: {report.refused.get(PART)}")
+    manager_class = importlib.import_module("getstream.video.rtc.connection_manager").ConnectionManager
+    if not isinstance(manager, manager_class):
+        raise TypeError(f"watch_call() takes a getstream ConnectionManager, not {type(manager).__name__}")
     previous = CallWatch.of(manager)
     if previous is not None:
         previous.close()
@@ -493,7 +496,12 @@ def _wrappers(manager_class: Any) -> dict[str, Callable[..., Any]]:
     async def connect(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = await connect_(self, *args, **kwargs)
         if CallWatch.of(self) is None:
-            CallWatch(self, _settings)
+            try:
+                CallWatch(self, _settings)
+            except Exception as e:  # the call is joined: a watch that cannot start must not undo that
+                logging.getLogger("tether.integrations").warning(
+                    "tether.integrations.getstream: not watching this call: %s", redact(str(e))
+                )
         return result
 
     @functools.wraps(leave_)
