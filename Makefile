@@ -11,6 +11,10 @@ INTEG_STAMP := $(VENV)/.integrations-stamp
 # is also tested with, and pipecat-ai with only what its websocket_service imports (its full dependency
 # set pins protobuf<7 and pulls numba/onnxruntime)
 GETSTREAM_OLD := 3.3.1
+# getstream 7 (signaling in Rust, getstream-rtc) for the call part; its other dependencies are the ones
+# getstream[webrtc] 6.x already brought into the venv
+GETSTREAM_NEW := 7.0.0
+GETSTREAM_RTC := 0.1.0
 PIPECAT := 1.14.0
 # one livekit-agents release per supported minor besides the venv's (tests/integrations/
 # test_livekit_versions.py); 2.0 imports a few packages 1.x does not depend on
@@ -72,6 +76,8 @@ $(INTEG_STAMP): $(STAMP) pyproject.toml Makefile
 		|| echo "integration test packages not installed: their tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$(GETSTREAM_OLD) "getstream==$(GETSTREAM_OLD)" \
 		|| echo "getstream $(GETSTREAM_OLD) not installed: its test will skip"
+	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream7-$(GETSTREAM_NEW) "getstream==$(GETSTREAM_NEW)" \
+		"getstream-rtc==$(GETSTREAM_RTC)" || echo "getstream $(GETSTREAM_NEW) not installed: its tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \
 		loguru wait_for2 loudness soxr sentencex || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
 	for v in $(LIVEKIT_OLD); do \

@@ -246,21 +246,28 @@ class Patches:
 
 @dataclass(frozen=True)
 class Part:
-    """One independently patched piece of an integration, for the releases in ``requirement``."""
+    """One independently patched piece of an integration, for the releases in ``requirement``.
+
+    ``line``, when set, is the wider span of releases the part is about at all (a specifier such as
+    ``"<7"``): on a release outside it the part is not considered, neither patched nor refused. getstream
+    7 moved signaling into Rust, so its signaling part has nothing to say there, and the part for 7.x
+    has nothing to say on 6.x; each release line hears only of its own part."""
 
     name: str
     requirement: str
     prepare: Callable[[Checks], PatchFn | None]
+    line: str = ""
 
     def supports(self, version: str) -> bool:
         from packaging.requirements import Requirement
-        from packaging.version import InvalidVersion, Version
 
-        try:
-            # pre-releases count: livekit-agents 2.0 ships as 2.0.0b1 and must match ">=2.0.0b1,<3"
-            return Requirement(self.requirement).specifier.contains(Version(version), prereleases=True)
-        except InvalidVersion:
-            return False
+        return _contains(Requirement(self.requirement).specifier, version)
+
+    def concerns(self, version: str) -> bool:
+        """Whether ``version`` is in the part's release line."""
+        from packaging.specifiers import SpecifierSet
+
+        return not self.line or _contains(SpecifierSet(self.line), version)
 
     @property
     def specifier(self) -> str:
@@ -268,6 +275,16 @@ class Part:
         from packaging.requirements import Requirement
 
         return self.requirement[len(Requirement(self.requirement).name) :].strip()
+
+
+def _contains(spec: Any, version: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        # pre-releases count: livekit-agents 2.0 ships as 2.0.0b1 and must match ">=2.0.0b1,<3"
+        return bool(spec.contains(Version(version), prereleases=True))
+    except InvalidVersion:
+        return False
 
 
 class Integration:
@@ -321,9 +338,12 @@ class Integration:
                 self.refuse(name, RefusalKind.NOT_INSTALLED, f"{self.dist} is not installed")
                 continue
             try:
+                options = [p for p in options if p.concerns(version)]
                 fitting = [p for p in options if p.supports(version)]
             except ImportError as e:  # packaging, declared by every integration extra
                 self.refuse(name, RefusalKind.FAILED, f"cannot check the version ({e}); pip install packaging")
+                continue
+            if not options:
                 continue
             ranges = " or ".join(p.specifier for p in options)
             if not fitting and not allow_untested:

@@ -1,7 +1,11 @@
-"""getstream (3.x–6.x) SFU signaling on ``tether.connect``: one call before joining a call.
+"""getstream: SFU signaling on ``tether.connect`` (3.3 to 6.x), or a watch on every call (7.0, whose
+signaling is in Rust): one call before joining a call.
 
     from tether.integrations import getstream
     getstream.install()
+
+On getstream 7, ``install()`` patches part ``call_watch`` instead (``tether.integrations._getstream_call``:
+``watch_call``, ``CallWatch``); the signaling settings below do not apply there.
 
 Part ``signaling`` replaces ``getstream.video.rtc.signaling.WebSocketClient`` (and the name
 ``connection_utils`` uses) with a drop-in subclass whose socket is a ``tether.connect`` connection:
@@ -33,13 +37,15 @@ from .._errors import GaveUp, TetherError
 from .._hooks import Handshake
 from .._native import Backoff
 from .._watchdog import bounded
+from ._getstream_call import CallWatch, call_watch_part, watch_call
 from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
 LOGGER_NAME = "getstream.video.rtc.signaling"
 
 #: the releases the signaling part was tested with (3.3.1 and 6.1.1 run in ``make test``); getstream 7
-#: moved signaling into a Rust extension, which this part cannot reach
+#: moved signaling into a Rust extension, which this part cannot reach: its release line ends there
 SIGNALING_REQUIREMENT = "getstream>=3.3,<7"
+SIGNALING_LINE = "<7"
 
 _integration = Integration("getstream", "getstream")
 _CLIENT_PARAMS = ("url", "join_request", "main_loop", "tracer", "sfu_id_fn")
@@ -91,8 +97,15 @@ def install(
 
 
 def _parts(settings: _Settings) -> list[Part]:
-    # a part for getstream >= 7 (its signaling is native) goes beside this one, with its own range
-    return [Part("signaling", SIGNALING_REQUIREMENT, functools.partial(_prepare_signaling, settings))]
+    return [
+        Part("signaling", SIGNALING_REQUIREMENT, functools.partial(_prepare_signaling, settings), line=SIGNALING_LINE),
+        call_watch_part(),
+    ]
+
+
+def installed_parts() -> tuple[str, ...]:
+    """The parts ``install()`` patched and ``uninstall()`` has not undone."""
+    return _integration.report().patched
 
 
 def instrumentation_dependencies() -> tuple[str, ...]:
@@ -303,4 +316,13 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
     return WebSocketClient
 
 
-__all__ = ["SIGNALING_REQUIREMENT", "InstallReport", "install", "instrumentation_dependencies", "uninstall"]
+__all__ = [
+    "SIGNALING_REQUIREMENT",
+    "CallWatch",
+    "InstallReport",
+    "install",
+    "installed_parts",
+    "instrumentation_dependencies",
+    "uninstall",
+    "watch_call",
+]
