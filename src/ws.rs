@@ -1072,14 +1072,15 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             strategy: attempt.strategy.clone(),
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
-        let limits = (cfg.open_timeout, cfg.close_timeout);
-        let mut unread = run_on_connect(hook, info, limits, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
+        let mut unread = run_on_connect(hook, info, cfg, &mut sink, &mut stream).await?;
         first_seen = !unread.is_empty();
         push_inbound_all(&shared, &mut unread);
     }
 
     if let Some(fm) = cfg.first_message_timeout.filter(|_| !first_seen) {
         let mut peer_closed = false;
+        // the close frame that fails the connection, written after the wait (see `read_error`)
+        let mut failing = None;
         let first = tokio::time::timeout(fm, async {
             loop {
                 match stream.next().await {
@@ -1089,8 +1090,12 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
                         return Err(close_error(f, cfg));
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(WsError::retry(format!("read error before the first message: {e}"))),
-                    None => return Err(WsError::retry("connection closed before the first message")),
+                    Some(Err(e)) => {
+                        let (err, answer) = read_error(e, cfg);
+                        failing = answer;
+                        return Err(err);
+                    }
+                    None => return Err(WsError::retry(CLOSED_WITHOUT_CLOSE_FRAME)),
                 }
             }
         })
@@ -1100,6 +1105,9 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         })?;
         if peer_closed {
             answer_close(&mut sink, cfg.close_timeout).await;
+        }
+        if let Some(frame) = failing {
+            fail_connection(&mut sink, frame, cfg.close_timeout).await;
         }
         push_inbound(&shared, first?);
     }
@@ -1153,7 +1161,8 @@ where
     let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
 }
 
-fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
+/// What a close frame from the server says, on every read path.
+pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
     match frame {
         // tungstenite hands a close frame whose code is not allowed on the wire (RFC 6455 §7.4: under
         // 1000, 1004-1006, 1014-2999, 5000 and up) over as this one, which it also sends back; the code
@@ -1176,12 +1185,14 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
 }
 
 /// A TCP FIN, or reset, where a close frame was due.
-const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
+pub(crate) const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
 const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
 
-/// What a read error says: the loss to report and, when the peer broke the protocol, the close frame to
-/// fail the connection with (RFC 6455 §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big).
-fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFrame>) {
+/// What a read error says, on every read path (the `on_connect` hook's, the first message's, the pump's):
+/// the loss to report and, when the peer broke the protocol, the close frame to fail the connection with
+/// (RFC 6455 §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big), written by `fail_connection`.
+/// The end of the stream is `CLOSED_WITHOUT_CLOSE_FRAME` on every path too.
+pub(crate) fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFrame>) {
     use tungstenite::error::ProtocolError;
     let fail = |code: CloseCode, why: &'static str, text: String| {
         (WsError::retry(text), Some(CloseFrame { code, reason: why.into() }))
@@ -1214,6 +1225,15 @@ fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFr
         ),
         other => (WsError::retry(format!("read error: {other}")), None),
     }
+}
+
+/// RFC 6455 §7.1.7: fail the connection with the close code that says why, then drop it (the peer's
+/// answer is not awaited); a peer that does not read cannot hold this past `close_timeout`.
+pub(crate) async fn fail_connection<S>(sink: &mut S, frame: CloseFrame, close_timeout: Duration)
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(close_timeout, sink.send(Message::Close(Some(frame)))).await;
 }
 
 fn push_inbound(shared: &Shared, m: Message) {
@@ -1475,9 +1495,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         answer_close(sink, cfg.close_timeout).await;
     }
     if let Some(frame) = failing.into_inner() {
-        // RFC 6455 §7.1.7: fail the connection with the close code that says why, then drop it (the
-        // peer's answer is not awaited); a peer that does not read cannot hold this past close_timeout
-        let _ = tokio::time::timeout(cfg.close_timeout, sink.send(Message::Close(Some(frame)))).await;
+        fail_connection(sink, frame, cfg.close_timeout).await;
     }
     if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
         // a loss during the close handshake: the close is what the user asked for
