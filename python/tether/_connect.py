@@ -28,7 +28,9 @@ class Connection:
 
     Iteration ends when the connection is closed with ``aclose()`` or by the server with a code of
     ``final_close_codes``; it raises ``tether.GaveUp`` when the reconnect budget is exhausted (after the
-    messages already received were delivered).
+    messages already received were delivered). Once the connection ended, every call raises its error
+    (``GaveUp``, or ``ConnectionClosed``), which names what it never delivered: ``.messages`` (sent, never
+    confirmed, in send order) and ``.failures``; after ``async for`` ended, ``await conn.flush()`` raises it.
     """
 
     __slots__ = ("_n",)
@@ -55,7 +57,12 @@ class Connection:
         await self._n.aclose()
 
     async def aclose(self) -> None:
-        """Close within ``close_timeout``: flush accepted sends, close frame, wait for the peer's close."""
+        """Close within ``close_timeout``: write every accepted send and a confirming ping, then the close
+        frame, and wait for the peer's close. Never raises. On a live connection whose server answers,
+        everything sent is confirmed when it returns; what is not (the server did not answer within
+        ``close_timeout``, or the connection was down) is logged as a WARNING and named by the
+        ``ConnectionClosed`` every later call raises (``.messages``, ``.failures``): ``await conn.flush()``
+        after ``aclose()`` tells. To act on a failure before closing, ``await conn.flush()`` first."""
         await self._n.aclose()
 
     def close(self) -> None:
@@ -114,7 +121,9 @@ class Connection:
         layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
         Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or the oldest
         unconfirmed message at 3 consecutive losses that confirmed nothing), naming each (``.messages``,
-        ``.failures``), and the connection's error if it closed or gave up first."""
+        ``.failures``), and the connection's error if it closed or gave up first (also when called
+        afterwards): ``GaveUp`` or ``ConnectionClosed``, whose ``.messages`` are the messages never
+        confirmed and ``.failures`` those failed that no flush reported."""
         return self._n.flush()
 
     # -- observation --------------------------------------------------------------------------------
@@ -263,7 +272,9 @@ def connect(
     message at 3 consecutive losses that confirmed nothing (it was re-sent alone after the first);
     ``send()`` (if not resolved yet) or the next ``flush()`` raises ``tether.SendFailed`` naming it
     (``.messages``, ``.failures``), and later messages go on. A server that crashes at random points
-    fails no message.
+    fails no message. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
+    its error names every message never confirmed (``.messages``, in send order) and every failure not
+    reported yet (``.failures``), from whichever call raises it.
     """
     return Connection(
         _native.Connection(

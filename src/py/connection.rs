@@ -14,7 +14,7 @@ use crate::ws::{
     port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError,
     DEFAULT_CONNECT_TIMEOUT,
 };
-use crate::ws_protocol::{Failed, Failure, MESSAGE_TOO_BIG};
+use crate::ws_protocol::{Failed, Failure, Undelivered, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
 use super::args::{bound_or_none, Arg};
@@ -134,35 +134,79 @@ pub struct PyConnection {
     started: AtomicBool,
 }
 
+/// The error of a connection that ended for good. Every one of them (whichever call raises it) carries
+/// what the connection never delivered: `.messages` (never confirmed, in send order, to re-send on
+/// another connection) and `.failures` (`FailedMessage`s no flush reported), and says how many in its
+/// text.
 pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
+    let kw = match undelivered_kwargs(py, t.undelivered()) {
+        Ok(kw) => kw,
+        Err(e) => return e,
+    };
+    let left = undelivered_text(t.undelivered());
     match t {
-        Terminal::Closed => {
-            let kw = PyDict::new(py);
+        Terminal::Closed { .. } => {
             let _ = kw.set_item("code", 1000);
-            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed"), Some(&kw))
+            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed{left}"), Some(&kw))
         }
-        Terminal::PeerClosed { code, text } => {
-            let kw = PyDict::new(py);
+        Terminal::PeerClosed { code, text, .. } => {
             let _ = kw.set_item("code", *code);
             let _ = kw.set_item("reason", text.as_str());
-            CONNECTION_CLOSED.err(py, &format!("connection to {name} ended: {text} (final_close_codes)"), Some(&kw))
+            CONNECTION_CLOSED.err(
+                py,
+                &format!("connection to {name} ended: {text} (final_close_codes){left}"),
+                Some(&kw),
+            )
         }
-        Terminal::GaveUp { message, attempts, elapsed, reason, last } => {
-            let kw = PyDict::new(py);
-            let _ = kw.set_item("code", last.close_code);
-            let _ = kw.set_item("reason", last.text.as_str());
-            let _ = kw.set_item("http_status", last.http_status);
-            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&kw));
-            let kw = PyDict::new(py);
+        Terminal::GaveUp { message, attempts, elapsed, reason, last, .. } => {
+            // the last attempt's failure: what the server did, not what the connection left undelivered
+            let last_kw = PyDict::new(py);
+            let _ = last_kw.set_item("code", last.close_code);
+            let _ = last_kw.set_item("reason", last.text.as_str());
+            let _ = last_kw.set_item("http_status", last.http_status);
+            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&last_kw));
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
             let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
             let _ = kw.set_item("reason", reason.as_str());
             let _ = kw.set_item("name", name);
-            let e = GAVE_UP.err(py, message, Some(&kw));
+            let e = GAVE_UP.err(py, &format!("{message}{left}"), Some(&kw));
             e.set_cause(py, Some(last_err));
             e
         }
+    }
+}
+
+/// `messages=` and `failures=` of a terminal error.
+fn undelivered_kwargs<'py>(py: Python<'py>, u: &Undelivered) -> PyResult<Bound<'py, PyDict>> {
+    let kw = PyDict::new(py);
+    let messages: Vec<Py<PyAny>> = u.unconfirmed.iter().map(|(_, m)| message_to_py(py, m)).collect();
+    kw.set_item("messages", messages)?;
+    kw.set_item("failures", failed_messages(py, &u.failures)?)?;
+    Ok(kw)
+}
+
+/// What a terminal error's text says about `.messages` and `.failures` (counts and numbers, never payloads).
+fn undelivered_text(u: &Undelivered) -> String {
+    let (n, f) = (u.unconfirmed.len(), u.failures.len());
+    let mut parts = vec![];
+    if n > 0 {
+        let (first, last) = (u.unconfirmed[0].0, u.unconfirmed[n - 1].0);
+        let which = if n == 1 { format!("#{first}") } else { format!("#{first}..#{last}") };
+        parts.push(format!("{n} sent message(s) never confirmed by the server ({which}; .messages)"));
+    }
+    if f > 0 {
+        let shown: Vec<String> = u.failures.iter().take(LISTED).map(|f| format!("#{}", f.seq)).collect();
+        parts.push(format!(
+            "{f} failed and not reported by a flush ({}{}; .failures)",
+            shown.join(", "),
+            if f > LISTED { ", ..." } else { "" }
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; not delivered: {}", parts.join(", "))
     }
 }
 
@@ -228,11 +272,7 @@ fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
     let Some(first) = fs.first() else {
         return SEND_FAILED.err(py, &format!("send to {name} failed"), None);
     };
-    let items = fs.iter().map(|f| {
-        let (code, losses) = code_and_losses(&f.why);
-        failed_message(py, f.seq, message_to_py(py, &f.msg), &f.why.message(), code, losses)
-    });
-    let failures = match items.collect::<PyResult<Vec<_>>>() {
+    let failures = match failed_messages(py, fs) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -262,6 +302,16 @@ fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
     let _ = kw.set_item("losses", losses);
     let _ = kw.set_item("failures", failures);
     SEND_FAILED.err(py, &redact_url(&text), Some(&kw))
+}
+
+/// One `tether.FailedMessage` per failure, in the given order.
+fn failed_messages<'py>(py: Python<'py>, fs: &[Failed]) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    fs.iter()
+        .map(|f| {
+            let (code, losses) = code_and_losses(&f.why);
+            failed_message(py, f.seq, message_to_py(py, &f.msg), &f.why.message(), code, losses)
+        })
+        .collect()
 }
 
 fn code_and_losses(why: &Failure) -> (Option<u16>, Option<u32>) {
