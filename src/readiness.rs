@@ -1,4 +1,4 @@
-//! Dispatch readiness (seed 002): "participant joined" is not "agent ready".
+//! Dispatch readiness: "participant joined" is not "agent ready".
 //!
 //! `Gate::dispatch` registers the job, calls the dispatch closure (its successful return marks the
 //! first stage), then waits, event-driven, for each further stage to be marked within its deadline

@@ -626,7 +626,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stalled_attempt_is_abandoned_and_the_ladder_escalates() {
-        // seed 001: "resuming connection... attempt 0" then silence. Here: resume hangs, restart works.
+        // the stuck resume: "resuming connection... attempt 0" then silence. Here: resume hangs, restart works.
         let mut c = cfg(None);
         c.attempt_timeout = Some(Duration::from_secs(2));
         let (tx, mut rx) = broadcast::channel(64);
@@ -685,7 +685,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unmarked_attempts_never_count_as_stable() {
-        // issue 12.1: a 20 s attempt that never connected is not a stable connection
+        // a 20 s attempt that never connected is not a stable connection
         let n = AtomicU32::new(0);
         let res: Result<(), GaveUp<&str>> = run(
             &cfg(Some(1)),
@@ -709,7 +709,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_attempt_is_cancelled_at_its_deadline_not_after_the_backoff() {
-        // issue 13.7: the attempt's future must be dropped at attempt_timeout, before the retry sleep
+        // the attempt's future must be dropped at attempt_timeout, before the retry sleep
         struct DropAt(Arc<Mutex<Vec<Duration>>>, Instant);
         impl Drop for DropAt {
             fn drop(&mut self) {

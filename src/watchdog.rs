@@ -1,4 +1,4 @@
-//! Stall detection (seed 001): dwell deadlines per state, progress deadlines, liveness keys.
+//! Stall detection (stuck reconnecting, the ghost room, waits that never return): dwell deadlines per state, progress deadlines, liveness keys.
 //!
 //! * **dwell**: `dwell("reconnecting", 20s)` + `set_state("reconnecting")` -> an alarm if the state is
 //!   still current 20 s later (stuck-in-reconnecting). Once per entry into the state.

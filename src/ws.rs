@@ -1,5 +1,5 @@
-//! The supervised signaling WebSocket (seeds 003, 001): a tokio-tungstenite client driven by the
-//! generic reconnect loop. This file is the I/O shell: the delivery, liveness, close-handshake and
+//! The supervised signaling WebSocket, which must notice a dead link and come back by itself: a
+//! tokio-tungstenite client driven by the generic reconnect loop. This file is the I/O shell: the delivery, liveness, close-handshake and
 //! poison rules live in the sans-I/O `ws_protocol`, which the session below feeds and obeys.
 //!
 //! * Loss detection: close frame, read/write error or EOF after the handshake, and the ping rule of

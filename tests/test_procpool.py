@@ -1,4 +1,4 @@
-"""tether.ProcPool with real subprocesses (seed 004): acquire never hangs, nothing leaks."""
+"""tether.ProcPool with real subprocesses: acquire never hangs, nothing leaks."""
 
 import asyncio
 import os

@@ -27,7 +27,7 @@ async def test_happy_path_returns_stage_timings():
 
 
 async def test_joined_but_never_ready_names_the_stuck_stage():
-    """Seed 002: the agent participant joins, but the entrypoint never runs."""
+    """The agent participant joins, but the entrypoint never runs."""
     gate = tether.ReadinessGate()
 
     async def dispatch(job_id, attempt):

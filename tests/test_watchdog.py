@@ -136,7 +136,7 @@ async def test_bounded_does_not_wait_for_a_task_that_swallows_cancellation():
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
-                pass  # the wedge in seed 001: aclose() that never returns
+                pass  # the wedge: aclose() that never returns
 
     t0 = time.monotonic()
     with pytest.raises(tether.TimeoutError):
@@ -207,7 +207,7 @@ def test_on_alarm_needs_a_loop():
 
 
 async def test_reconnector_abandons_a_stalled_attempt_and_escalates():
-    """Seed 001: resume attempt 0 goes silent; the attempt deadline abandons it, the next attempt runs."""
+    """Resume attempt 0 goes silent; the attempt deadline abandons it, the next attempt runs."""
     calls = []
 
     r = tether.Reconnector(tether.Backoff(0.01, jitter="none"), attempt_timeout=0.2, name="rtc")

@@ -1,4 +1,4 @@
-"""Process-pool acquisition that never hangs (seed 004): ``ProcPool`` and its events."""
+"""Process-pool acquisition that never hangs, even when every spawn fails: ``ProcPool`` and its events."""
 
 from __future__ import annotations
 

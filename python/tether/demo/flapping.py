@@ -1,4 +1,4 @@
-"""Seed 000: a server that accepts and immediately drops. The loop must escalate, not hot-loop,
+"""A server that accepts and immediately drops. The loop must escalate, not hot-loop,
 log the first immediate retry below WARNING, back off with WARNING, and give up with ERROR.
 
 The Reconnector logs to its own logger here (`logger=`), shown on the timeline at every level, so the

@@ -1,4 +1,4 @@
-"""Seed 001, variant B (ghost room): the connection reads "connected" but no media frames arrive.
+"""The ghost room: the connection reads "connected" but no media frames arrive.
 A Watchdog liveness key beaten per frame raises an alarm after the silence limit, naming the key."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Seed 004: every worker process fails to initialize (a broken prewarm, a missing env var, an
+"""Every worker process fails to initialize (a broken prewarm, a missing env var, an
 ImportError). launch_job used to hang forever on the warm queue. acquire raises PoolExhausted within
 its attempt budget, naming each failure's cause with the child's stderr."""
 
