@@ -21,7 +21,9 @@ use super::args::{bound_or_none, Arg};
 use super::backoff::count;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
-use super::errors::{failed_message, value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
+use super::errors::{
+    failed_message, value_error, CONNECTION_CLOSED, CONNECT_FAILED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED,
+};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, on_loop, LoopSlot};
 use super::heartbeat::heartbeat_config;
@@ -60,7 +62,8 @@ fn check_url(url: &str) -> PyResult<()> {
     match req.uri().scheme_str() {
         Some("ws") | Some("wss") => {}
         other => {
-            return Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url))))
+            let got = other.map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
+            return Err(value_error(format!("URL scheme must be ws or wss, got {got} in {}", redact_url(url))));
         }
     }
     port_of(req.uri()).map(|_| ()).map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))
@@ -134,7 +137,9 @@ pub struct PyConnection {
     started: AtomicBool,
 }
 
-pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
+/// The exception for how the connection ended. `opened`: it was established at least once; a give-up
+/// of one that never was names its last failure `ConnectFailed` (a refused connect is no "closed").
+pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) -> PyErr {
     match t {
         Terminal::Closed => {
             let kw = PyDict::new(py);
@@ -152,7 +157,8 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
             let _ = kw.set_item("code", last.close_code);
             let _ = kw.set_item("reason", last.text.as_str());
             let _ = kw.set_item("http_status", last.http_status);
-            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&kw));
+            let class = if opened { &CONNECTION_CLOSED } else { &CONNECT_FAILED };
+            let last_err = class.err(py, &last.text, Some(&kw));
             let kw = PyDict::new(py);
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
@@ -170,6 +176,12 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
 struct Started {
     outcome: Result<(), Terminal>,
     name: String,
+    opened: bool,
+}
+
+/// Whether the connection was ever established (its give-up then reports a `ConnectionClosed`).
+fn opened(client: &WsClient) -> bool {
+    client.stats().connects > 0
 }
 
 impl<'py> IntoPyObject<'py> for Started {
@@ -180,7 +192,7 @@ impl<'py> IntoPyObject<'py> for Started {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.outcome {
             Ok(()) => Ok(py.None().into_bound(py)),
-            Err(t) => Err(terminal_error(py, &t, &self.name)),
+            Err(t) => Err(terminal_error(py, &t, &self.name, self.opened)),
         }
     }
 }
@@ -200,14 +212,15 @@ impl<'py> IntoPyObject<'py> for Delivered {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.outcome {
             Ok(()) => Ok(py.None().into_bound(py)),
-            Err(e) => Err(send_error(py, &e, &self.name, self.client.config())),
+            Err(e) => Err(send_error(py, &e, &self.name, &self.client)),
         }
     }
 }
 
-fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
+fn send_error(py: Python<'_>, e: &SendError, name: &str, client: &WsClient) -> PyErr {
+    let cfg = client.config();
     match e {
-        SendError::Ended(t) => terminal_error(py, t, name),
+        SendError::Ended(t) => terminal_error(py, t, name, opened(client)),
         SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
             "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
             cfg.send_buffer), None),
@@ -555,7 +568,8 @@ impl PyConnection {
             }
             Ok(async move {
                 client.start();
-                Ok(Started { outcome: client.wait_connected().await, name })
+                let outcome = client.wait_connected().await;
+                Ok(Started { outcome, name, opened: opened(&client) })
             })
         })
     }
@@ -566,7 +580,7 @@ impl PyConnection {
         match self.client.try_recv() {
             Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
             Ok(None) => Ok(None),
-            Err(t) => Err(terminal_error(py, &t, &self.name)),
+            Err(t) => Err(terminal_error(py, &t, &self.name, opened(&self.client))),
         }
     }
 
@@ -587,7 +601,7 @@ impl PyConnection {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, &self.client))?;
         let client = self.client.clone();
         super::coroutine::done_at_call(py, "Connection.send", self.delivered(async move { client.sent(queued).await }))
     }
@@ -595,7 +609,7 @@ impl PyConnection {
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
-        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, &self.client))?;
         let client = self.client.clone();
         let outcome = self.delivered(async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) });
         super::coroutine::coroutine(py, "Connection.flush", outcome)
