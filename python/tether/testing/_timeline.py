@@ -15,6 +15,7 @@ import time
 from typing import Any, TextIO
 
 from .. import _native
+from ._timeline_html import Section, page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +175,6 @@ class Timeline:
 
     def html(self) -> str:
         """A self-contained HTML page of this timeline."""
-        from ._timeline_html import Section, page
-
         self._drain()
         return page(self.title, [Section(self.title, "", None, self)])
 

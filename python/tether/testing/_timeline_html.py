@@ -79,7 +79,8 @@ def _ticks(span: float) -> list[float]:
 
 @dataclass
 class _Canvas:
-    """The SVG of one section, built bottom-up: rows are added, then labels are laid out in tiers."""
+    """The SVG of one section: its rows are drawn into ``parts``; the labels of the lines across are
+    collected and laid out in tiers once every line is known."""
 
     span: float
     parts: list[str] = field(default_factory=list)
