@@ -1073,7 +1073,10 @@ async fn exchange(
     let tls = match uri.scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
-        other => return Err(WsError::fatal(format!("unsupported URL scheme {other:?} in {url}; use ws:// or wss://"))),
+        other => {
+            let got = other.map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
+            return Err(WsError::fatal(format!("unsupported URL scheme {got} in {url}; use ws:// or wss://")));
+        }
     };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
     let shown = redact_url(url);

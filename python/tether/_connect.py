@@ -149,7 +149,14 @@ class Connection:
         """The configured URL with secrets redacted."""
         return self._n.url
 
+    @property
+    def name(self) -> str:
+        """How the connection appears in logs and errors: ``name=``, or else its redacted URL."""
+        return self._n.name
+
     def stats(self) -> dict[str, Any]:
+        """Counters and state: ``state``, ``connects``, ``reconnects``, ``losses``, ``last_loss``, messages and
+        bytes each way, ``send_queue`` (accepted, not yet confirmed), ..."""
         return self._n.stats()
 
     def __repr__(self) -> str:
@@ -175,10 +182,10 @@ def connect(
     fatal_http_statuses: Iterable[int] = _DEFAULTS["fatal_http_statuses"],
     name: str | None = None,
     watchdog: Watchdog | None = None,
-    max_message_size: int | None = None,
+    max_message_size: int = _DEFAULTS["max_message_size"],
     ssl: SSLChoice | None = None,
-    read_buffer_size: int | None = None,
-    write_buffer_size: int | None = None,
+    read_buffer_size: int = _DEFAULTS["read_buffer_size"],
+    write_buffer_size: int = _DEFAULTS["write_buffer_size"],
     on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
     heartbeat: Heartbeat | None = None,
     fatal: type[BaseException] | tuple[type[BaseException], ...] = (),

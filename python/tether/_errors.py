@@ -108,6 +108,15 @@ class ConnectionClosed(TetherError):
         self.failures = list(failures)
 
 
+class ConnectFailed(ConnectionClosed):
+    """The connection never opened: every attempt of its first connect failed before it was established
+    (a refused or timed-out TCP connect, a DNS or TLS failure, an HTTP answer other than 101, an
+    ``on_connect`` that raised). It is the ``last_error`` of the ``GaveUp`` that ends such a first
+    connect, and says what the last attempt met; a connection that had opened reports its end as a plain
+    ``ConnectionClosed``. A subclass of ``ConnectionClosed``, so ``except ConnectionClosed`` and
+    ``.http_status`` work for both."""
+
+
 class SendBufferFull(TetherError):
     """``Connection.send`` was called while ``send_buffer`` messages were already waiting for delivery."""
 
@@ -166,6 +175,7 @@ class TimeoutError(TetherError, builtins.TimeoutError):
 
 
 __all__ = [
+    "ConnectFailed",
     "ConnectionClosed",
     "FailedMessage",
     "GaveUp",

@@ -21,7 +21,9 @@ use super::args::{bound_or_none, Arg};
 use super::backoff::count;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
-use super::errors::{failed_message, value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
+use super::errors::{
+    failed_message, value_error, CONNECTION_CLOSED, CONNECT_FAILED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED,
+};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, on_loop, LoopSlot};
 use super::heartbeat::heartbeat_config;
@@ -60,7 +62,8 @@ fn check_url(url: &str) -> PyResult<()> {
     match req.uri().scheme_str() {
         Some("ws") | Some("wss") => {}
         other => {
-            return Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url))))
+            let got = other.map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
+            return Err(value_error(format!("URL scheme must be ws or wss, got {got} in {}", redact_url(url))));
         }
     }
     port_of(req.uri()).map(|_| ()).map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))
@@ -137,8 +140,9 @@ pub struct PyConnection {
 /// The error of a connection that ended for good. Every one of them (whichever call raises it) carries
 /// what the connection never delivered: `.messages` (never confirmed, in send order, to re-send on
 /// another connection) and `.failures` (`FailedMessage`s no flush reported), and says how many in its
-/// text.
-pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
+/// text. `opened`: it was established at least once; a give-up of one that never was names its last
+/// failure `ConnectFailed` (a refused connect is no "closed").
+pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) -> PyErr {
     let kw = match undelivered_kwargs(py, t.undelivered()) {
         Ok(kw) => kw,
         Err(e) => return e,
@@ -164,7 +168,8 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
             let _ = last_kw.set_item("code", last.close_code);
             let _ = last_kw.set_item("reason", last.text.as_str());
             let _ = last_kw.set_item("http_status", last.http_status);
-            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&last_kw));
+            let class = if opened { &CONNECTION_CLOSED } else { &CONNECT_FAILED };
+            let last_err = class.err(py, &last.text, Some(&last_kw));
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
             let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
@@ -214,6 +219,12 @@ fn undelivered_text(u: &Undelivered) -> String {
 struct Started {
     outcome: Result<(), Terminal>,
     name: String,
+    opened: bool,
+}
+
+/// Whether the connection was ever established (its give-up then reports a `ConnectionClosed`).
+fn opened(client: &WsClient) -> bool {
+    client.stats().connects > 0
 }
 
 impl<'py> IntoPyObject<'py> for Started {
@@ -224,7 +235,7 @@ impl<'py> IntoPyObject<'py> for Started {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.outcome {
             Ok(()) => Ok(py.None().into_bound(py)),
-            Err(t) => Err(terminal_error(py, &t, &self.name)),
+            Err(t) => Err(terminal_error(py, &t, &self.name, self.opened)),
         }
     }
 }
@@ -244,14 +255,15 @@ impl<'py> IntoPyObject<'py> for Delivered {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.outcome {
             Ok(()) => Ok(py.None().into_bound(py)),
-            Err(e) => Err(send_error(py, &e, &self.name, self.client.config())),
+            Err(e) => Err(send_error(py, &e, &self.name, &self.client)),
         }
     }
 }
 
-fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
+fn send_error(py: Python<'_>, e: &SendError, name: &str, client: &WsClient) -> PyErr {
+    let cfg = client.config();
     match e {
-        SendError::Ended(t) => terminal_error(py, t, name),
+        SendError::Ended(t) => terminal_error(py, t, name, opened(client)),
         SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
             "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
             cfg.send_buffer), None),
@@ -605,7 +617,8 @@ impl PyConnection {
             }
             Ok(async move {
                 client.start();
-                Ok(Started { outcome: client.wait_connected().await, name })
+                let outcome = client.wait_connected().await;
+                Ok(Started { outcome, name, opened: opened(&client) })
             })
         })
     }
@@ -616,7 +629,7 @@ impl PyConnection {
         match self.client.try_recv() {
             Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
             Ok(None) => Ok(None),
-            Err(t) => Err(terminal_error(py, &t, &self.name)),
+            Err(t) => Err(terminal_error(py, &t, &self.name, opened(&self.client))),
         }
     }
 
@@ -637,7 +650,7 @@ impl PyConnection {
         let msg = message_from_py(data)?;
         self.check_started("send")?;
         // enqueued here, synchronously, so messages go out in call order
-        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, &self.client))?;
         let client = self.client.clone();
         super::coroutine::done_at_call(py, "Connection.send", self.delivered(async move { client.sent(queued).await }))
     }
@@ -645,7 +658,7 @@ impl PyConnection {
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
-        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, self.client.config()))?;
+        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, &self.client))?;
         let client = self.client.clone();
         let outcome = self.delivered(async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) });
         super::coroutine::coroutine(py, "Connection.flush", outcome)

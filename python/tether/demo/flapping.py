@@ -11,8 +11,6 @@ import logging
 
 import tether
 
-from ._ws import describe
-
 TITLE = "accept-then-drop server: escalating backoff, DEBUG -> WARNING -> ERROR, GaveUp"
 
 
@@ -48,13 +46,7 @@ async def run(tl):
         name=f"flapper:{port}",
         logger=log,
     )
-    events = r.events()  # subscribed before the run starts: nothing is missed
-
-    async def watch():
-        async for ev in events:
-            tl.mark(type(ev).__name__, describe(ev))
-
-    watcher = asyncio.ensure_future(watch())
+    watcher = tl.watch(r, lane="reconnector")  # subscribed before the run starts: nothing is missed
 
     async def connect():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -20,6 +20,7 @@ async def run(tl):
         initialize_timeout=10,
         respawn=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"),
     )
+    w = tl.watch(pool, lane="pool")
     tl.fault("the worker module cannot be imported: every child exits during initialization")
     try:
         await pool.acquire(timeout=30)
@@ -31,3 +32,4 @@ async def run(tl):
     finally:
         tl.note(f"healthy={pool.healthy}, spawns so far: {pool.stats()['spawns']}")
         await pool.aclose()
+        await w

@@ -46,7 +46,7 @@ class RoomWatch:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._disconnecting: asyncio.Task[Any] | None = None
         self._log = logging.getLogger(LOGGER_NAME)
-        # the watchdog's own WARNING is the alarm's one log line, under the framework's logger
+        # with on_alarm the watchdog leaves the report to this handler: _alarm logs the one WARNING
         self._wd = Watchdog(
             f"livekit room {getattr(room, 'name', '') or '?'}", on_alarm=self._alarm, logger=LOGGER_NAME
         )
@@ -118,6 +118,7 @@ class RoomWatch:
     # -- alarms ---------------------------------------------------------------------------------------
     def _alarm(self, alarm: Alarm) -> None:
         self.alarms.append(alarm)
+        self._log.warning("%s", alarm.message)
         if self._disconnect and self._disconnecting is None:
             self._log.info(
                 "room %s: disconnecting it so the job can be dispatched again", getattr(self.room, "name", "?")
