@@ -11,7 +11,15 @@ INTEG_STAMP := $(VENV)/.integrations-stamp
 # is also tested with, and pipecat-ai with only what its websocket_service imports (its full dependency
 # set pins protobuf<7 and pulls numba/onnxruntime)
 GETSTREAM_OLD := 3.3.1
+# getstream 7 (signaling in Rust, getstream-rtc) for the call part; its other dependencies are the ones
+# getstream[webrtc] 6.x already brought into the venv
+GETSTREAM_NEW := 7.0.0
+GETSTREAM_RTC := 0.1.0
 PIPECAT := 1.14.0
+# one livekit-agents release per supported minor besides the venv's (tests/integrations/
+# test_livekit_versions.py); 2.0 imports a few packages 1.x does not depend on
+LIVEKIT_OLD := 1.5.17 1.6.10 1.7.1 2.0.0b1
+LIVEKIT_2_EXTRA := starlette wsproto a2a-sdk>=1.1.2,<2 culsans aiologic wrapt google-api-core json-rpc
 SOURCES := $(shell find src python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
 .PHONY: demo test test-rust test-python lint build wheel bench clean venv
@@ -63,13 +71,20 @@ wheel: $(STAMP)
 # QUICK=1 for a smoke run; ROUNDS, LIBS, HERD pass through (benches/README.md)
 # the real frameworks of the integration tests (pins: the integrations-test extra of pyproject.toml);
 # a package that cannot be installed makes its tests skip with the reason instead of failing the build
-$(INTEG_STAMP): $(STAMP) pyproject.toml
+$(INTEG_STAMP): $(STAMP) pyproject.toml Makefile
 	$(PIP) install -q $$(sed -n 's/^integrations-test = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",') \
 		|| echo "integration test packages not installed: their tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$(GETSTREAM_OLD) "getstream==$(GETSTREAM_OLD)" \
 		|| echo "getstream $(GETSTREAM_OLD) not installed: its test will skip"
+	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream7-$(GETSTREAM_NEW) "getstream==$(GETSTREAM_NEW)" \
+		"getstream-rtc==$(GETSTREAM_RTC)" || echo "getstream $(GETSTREAM_NEW) not installed: its tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \
 		loguru wait_for2 loudness soxr sentencex || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
+	for v in $(LIVEKIT_OLD); do \
+		$(PIP) install -q --upgrade --no-deps --target $(VENV)/livekit-agents-$$v "livekit-agents==$$v" \
+			$$(case $$v in 2.*) echo '$(LIVEKIT_2_EXTRA)';; esac) \
+			|| { rm -rf $(VENV)/livekit-agents-$$v; echo "livekit-agents $$v not installed: its test will skip"; }; \
+	done
 	touch $@
 
 bench: build

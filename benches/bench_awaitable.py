@@ -1,6 +1,6 @@
 """What one tether awaitable costs next to a plain asyncio future, and threads with 20,000 pending.
 
-Issue 11, item 1 (goal: ≤ 3x a plain asyncio future; threads constant). Baseline: `loop.create_future()`
+Goal: ≤ 3x a plain asyncio future; threads constant. Baseline: `loop.create_future()`
 resolved by `loop.call_soon(fut.set_result, None)` and awaited. Probe: the native SignalServer's
 `wait_for`, which stays pending until the server sees a TCP connection:
 - resolvable: `wait_for(0, key="handshakes")` holds on the first poll (no tokio thread involved);

@@ -1,4 +1,4 @@
-"""tether.connect figures of issue 12 and issue 11 item 4, default settings:
+"""tether.connect figures with default settings:
 
 * aclose() right after a send that is not yet confirmed (against the `websockets` server): how long the
   close takes, whether a flush() issued before it resolved, and the close code the server recorded;

@@ -1,4 +1,4 @@
-"""tether.connect hooks benchmarks (issue 10), on loopback.
+"""tether.connect hooks benchmarks, on loopback.
 
 1. Connect latency with an `on_connect` hook (one hop to the event loop, and a join round trip) against
    the `websockets` server, vs no hook.

@@ -1,4 +1,4 @@
-"""Liveness.beat() cost (issue 5): it is called per audio/video frame, so it must be cheap.
+"""Liveness.beat() cost: it is called per audio/video frame, so it must be cheap.
 
 Compares `Liveness.beat()` with a pure-Python timestamp store (`d[key] = time.monotonic()`, what a
 hand-written ghost-room detector does). Goal: <= 150 ns per call.

@@ -1,10 +1,10 @@
-"""tether against the pure-Python and Cython WebSocket clients it should replace (issue 11).
+"""tether against the pure-Python and Cython WebSocket clients it should replace.
 
 One server process (benches/_server.py, written with picows, that none of the clients wrote) runs on loopback
 for the whole run. Every measurement runs in a fresh client process (benches/_client.py), every client with its
 library's default settings. Each workload is repeated ROUNDS times; in each round the clients run in a rotated
 order, and the tether/peer ratio is taken within the round. The summary gives min / median / max over the
-rounds and checks each goal of issue 11 on the median ratio.
+rounds and checks each goal on the median ratio.
 
 Environment: QUICK=1 (small sizes, a smoke run), ROUNDS=n (default 3), LIBS=tether,websockets,...
 (default: all four), HERD=n (clients in the herd test, default 1000), SERVER=websockets (the same server

@@ -1,4 +1,4 @@
-"""ProcPool benchmarks (issue 6).
+"""ProcPool benchmarks.
 
 1. Warm acquire latency: a process is idle; time `await pool.acquire()` (+ release back to idle).
    Goal: p50 <= 50 us.

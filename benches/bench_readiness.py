@@ -1,6 +1,6 @@
 """ReadinessGate: mark -> wake latency and 1,000-job throughput.
 
-Anchor (seed 002): the hand-written gate polled every 100 ms and then slept a fixed 300 ms grace
+Anchor: the hand-written gate a backend wrote before polled every 100 ms and then slept a fixed 300 ms grace
 period, so "ready" was acted on 300-400 ms after it happened (and still raced). Here a mark wakes the
 waiting dispatch directly; the ratio printed is anchor / measured.
 """

@@ -1,4 +1,4 @@
-"""tether.connect benchmarks (issue 3), all on loopback against the embedded SignalServer.
+"""tether.connect benchmarks, all on loopback against the embedded SignalServer.
 
 1. Message throughput into asyncio: the server floods N binary messages; the client consumes them with
    `async for`. tether vs the pure-Python `websockets` client on the same server. Goal: >= 2x.

@@ -1,4 +1,4 @@
-"""Seed 002 fixed: the backend waits for the agent's explicit "ready", not for "participant joined".
+"""The backend waits for the agent's explicit "ready", not for "participant joined".
 
 A backend and an agent talk through a room (tether's embedded SignalServer in relay mode, standing in
 for LiveKit's data channel). The agent signals "joined" when it enters the room and "ready" only after

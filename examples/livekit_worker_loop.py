@@ -1,4 +1,4 @@
-"""Seed 000 rewritten on tether.Reconnector: livekit-agents' Worker control-plane loop, step-wise.
+"""Rewritten on tether.Reconnector: livekit-agents' Worker control-plane loop, step-wise.
 
 The original loop reset `retry_count` the moment a connection succeeded, so every drop of the
 long-lived control-plane WebSocket logged "failed to connect to livekit, retrying in 0s" at WARNING,

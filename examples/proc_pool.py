@@ -1,4 +1,4 @@
-"""Seed 004 on tether.ProcPool: a livekit-like job launcher whose acquire never hangs.
+"""On tether.ProcPool: a livekit-like job launcher whose acquire never hangs.
 
 The pool prewarms job processes (`python -m tether.worker`-style children that load their models, then
 signal ready). launch_job acquires a warm one, runs the job over length-prefixed frames, and gives it

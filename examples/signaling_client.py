@@ -1,4 +1,4 @@
-"""Seed 003: a signaling client on tether.connect instead of a WebSocket that just stops on loss.
+"""A signaling client on tether.connect instead of a WebSocket that just stops on loss.
 
 * loss on close, error after handshake or ping timeout is reported once (ConnectionLost) and repaired;
 * the ladder tries "resume" first (url_for mints a resume URL), then "restart" with a fresh token;

@@ -14,6 +14,7 @@
 //! * [`pool_state`]: that pool's allocation rules as a pure state machine (no I/O, no clock).
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
 //! * [`redact`]: secrets never reach logs.
+//! * [`wording`]: counts in messages ("1 attempt", "2 attempts").
 //! * [`testing`]: embedded signal server and chaos proxy.
 
 pub mod backoff;
@@ -25,6 +26,7 @@ pub mod redact;
 pub mod retry_state;
 pub mod testing;
 pub mod watchdog;
+pub mod wording;
 pub mod ws;
 pub mod ws_handshake;
 pub mod ws_heartbeat;

@@ -1,4 +1,4 @@
-//! Dispatch readiness (seed 002): "participant joined" is not "agent ready".
+//! Dispatch readiness: "participant joined" is not "agent ready".
 //!
 //! `Gate::dispatch` registers the job, calls the dispatch closure (its successful return marks the
 //! first stage), then waits, event-driven, for each further stage to be marked within its deadline
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
+use crate::wording::count;
 
 const LOG: &str = "tether::readiness";
 
@@ -263,11 +264,11 @@ impl Gate {
                         continue;
                     }
                     None => {
-                        let message = format!(
-                            "job {job_id:?} was never {first}: {why} (after {attempt} attempt{})",
-                            if attempt == 1 { "" } else { "s" }
-                        );
-                        tracing::error!(target: LOG, logger = self.logger.as_deref(), job_id, stage = %first, attempts = attempt, "{message}");
+                        let message =
+                            format!("job {job_id:?} was never {first}: {why} (after {})", count(attempt, "attempt"));
+                        // NotReady is this failure's report: the caller awaits it, so a log record at
+                        // WARNING or above would print the same failure twice
+                        tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, stage = %first, attempts = attempt, "{message}");
                         return Err(not_ready(&first, vec![], message, cause));
                     }
                 }
@@ -321,7 +322,8 @@ impl Gate {
                 }
             }
             let message = if attempt > 1 { format!("{why} (after {attempt} dispatch attempts)") } else { why };
-            tracing::error!(target: LOG, logger = self.logger.as_deref(), job_id, stage = &**stage, attempts = attempt, elapsed_ms = start.elapsed().as_secs_f64() * 1000.0, "{message}");
+            // reported by the NotReady the caller awaits, as above
+            tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, stage = &**stage, attempts = attempt, elapsed_ms = start.elapsed().as_secs_f64() * 1000.0, "{message}");
             return Err(not_ready(stage, reached, message, None));
         }
     }

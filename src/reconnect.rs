@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::backoff::Backoff;
 use crate::retry_state::{Decision, Level, RetryState, Settled, Started, Up};
+use crate::wording::count;
 
 /// Everything a loop reports, in order. Strings are already redacted.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,20 +92,36 @@ pub struct GaveUp<E> {
 
 impl<E> GaveUp<E> {
     pub fn message(&self) -> String {
-        format!(
-            "gave up on {} after {} attempt{} over {:.1}s ({}): {}",
-            self.name,
-            self.attempts,
-            if self.attempts == 1 { "" } else { "s" },
-            self.elapsed.as_secs_f64(),
-            self.reason.as_str(),
-            self.last_error_text
-        )
+        gave_up_text(&self.name, self.attempts, self.elapsed, self.reason, &self.last_error_text)
+    }
+}
+
+/// The one wording of a give-up, for the exception and the ERROR record alike.
+fn gave_up_text(name: &str, attempts: u32, elapsed: Duration, reason: GiveUpReason, error: &str) -> String {
+    format!(
+        "gave up{} after {} over {:.1}s ({}): {error}",
+        target("on", name),
+        count(attempts, "attempt"),
+        elapsed.as_secs_f64(),
+        reason.as_str()
+    )
+}
+
+/// " to {name}" (with `prep`) for a named loop; nothing for an unnamed one (an empty name), whose
+/// messages then name no target: a placeholder such as "reconnector" reads like a host in "failed to
+/// connect to reconnector".
+pub fn target(prep: &str, name: &str) -> String {
+    if name.is_empty() {
+        String::new()
+    } else {
+        format!(" {prep} {name}")
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What the loop connects to, as its messages name it ("failed to connect to {name}"); empty: the
+    /// messages name no target ("failed to connect").
     pub name: String,
     pub policy: Backoff,
     pub stable_after: Duration,
@@ -137,7 +154,7 @@ pub const DEFAULT_QUIET_JITTER: Duration = Duration::from_millis(1000);
 impl Default for Config {
     fn default() -> Self {
         Config {
-            name: "connection".into(),
+            name: String::new(),
             policy: Backoff::default(),
             stable_after: Duration::from_secs(10),
             quiet_attempts: 1,
@@ -346,30 +363,30 @@ pub mod report {
     }
 
     pub fn up(cfg: &Config, events: &Events, up: &Up) {
-        let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
+        let (name, logger, to) = (cfg.name.as_str(), cfg.logger.as_deref(), target("to", &cfg.name));
         events.emit(Event::Connected { attempt: up.number });
         let Some((downtime, attempts)) = up.reconnected else {
-            tracing::debug!(target: TARGET, logger, name, "connected to {name}");
+            tracing::debug!(target: TARGET, logger, name, "connected{to}");
             return;
         };
         events.emit(Event::Reconnected { downtime, attempts });
         let secs = downtime.as_secs_f64();
         // INFO waits for stability (`settled`): a link that keeps flapping must not log recovery.
         tracing::debug!(target: TARGET, logger, name, retry_count = up.retries, downtime_s = secs,
-            "reconnected to {name} (attempt {attempts}, down for {secs:.3}s); stable after {:.1}s up",
+            "reconnected{to} (attempt {attempts}, down for {secs:.3}s); stable after {:.1}s up",
             cfg.stable_after.as_secs_f64());
     }
 
     pub fn settled(cfg: &Config, s: &Settled) {
-        let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
+        let (name, logger, to) = (cfg.name.as_str(), cfg.logger.as_deref(), target("to", &cfg.name));
         let secs = s.downtime.as_secs_f64();
         let attempts = s.attempts;
         match s.level {
             Level::Info => tracing::info!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
-                "reconnected to {name} after {attempts} attempts (down for {secs:.2}s), stable for {:.1}s",
-                cfg.stable_after.as_secs_f64()),
+                "reconnected{to} after {} (down for {secs:.2}s), stable for {:.1}s",
+                count(attempts, "attempt"), cfg.stable_after.as_secs_f64()),
             _ => tracing::debug!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
-                "connection to {name} stable again (attempt {attempts}, down for {secs:.3}s)"),
+                "connection{to} stable again (attempt {attempts}, down for {secs:.3}s)"),
         }
     }
 
@@ -388,8 +405,8 @@ pub mod report {
         match d {
             Decision::Retry { retry, delay, strategy, quiet, level, .. } => {
                 events.emit(Event::Reconnecting { attempt: retry + 1, delay: *delay, strategy: strategy.clone() });
-                let what =
-                    if lost { format!("connection to {name} lost") } else { format!("failed to connect to {name}") };
+                let to = target("to", name);
+                let what = if lost { format!("connection{to} lost") } else { format!("failed to connect{to}") };
                 let (retry, secs) = (*retry, delay.as_secs_f64());
                 let when = if delay.is_zero() {
                     "retrying immediately".to_string()
@@ -413,14 +430,13 @@ pub mod report {
             }
             Decision::GiveUp { reason: GiveUpReason::Fatal, attempts, .. } => {
                 tracing::error!(target: TARGET, logger, name, retry_count = attempts - 1, max_retry = max_field,
-                    error = %text, "gave up on {name}: fatal error, not retried: {text}");
+                    error = %text, "gave up{}: fatal error, not retried: {text}", target("on", name));
                 events.emit(Event::GaveUp { error: text.to_string(), attempts: *attempts });
             }
             Decision::GiveUp { reason, attempts, elapsed, .. } => {
                 let secs = elapsed.as_secs_f64();
                 tracing::error!(target: TARGET, logger, name, retry_count = attempts, max_retry = max_field,
-                    error = %text, elapsed_s = secs,
-                    "gave up on {name} after {attempts} attempts over {secs:.1}s ({}): {text}", reason.as_str());
+                    error = %text, elapsed_s = secs, "{}", gave_up_text(name, *attempts, *elapsed, *reason, text));
                 events.emit(Event::GaveUp { error: text.to_string(), attempts: *attempts });
             }
         }
@@ -626,7 +642,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stalled_attempt_is_abandoned_and_the_ladder_escalates() {
-        // seed 001: "resuming connection... attempt 0" then silence. Here: resume hangs, restart works.
+        // the stuck resume: "resuming connection... attempt 0" then silence. Here: resume hangs, restart works.
         let mut c = cfg(None);
         c.attempt_timeout = Some(Duration::from_secs(2));
         let (tx, mut rx) = broadcast::channel(64);
@@ -685,7 +701,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unmarked_attempts_never_count_as_stable() {
-        // issue 12.1: a 20 s attempt that never connected is not a stable connection
+        // a 20 s attempt that never connected is not a stable connection
         let n = AtomicU32::new(0);
         let res: Result<(), GaveUp<&str>> = run(
             &cfg(Some(1)),
@@ -709,7 +725,7 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_attempt_is_cancelled_at_its_deadline_not_after_the_backoff() {
-        // issue 13.7: the attempt's future must be dropped at attempt_timeout, before the retry sleep
+        // the attempt's future must be dropped at attempt_timeout, before the retry sleep
         struct DropAt(Arc<Mutex<Vec<Duration>>>, Instant);
         impl Drop for DropAt {
             fn drop(&mut self) {

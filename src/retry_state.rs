@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_failed_attempt_never_counts_as_stable() {
-        // issue 12.1: handshakes that time out after 10 s (>= stable_after) are not a stable link
+        // handshakes that time out after 10 s (>= stable_after) are not a stable link
         let mut st =
             RetryState::new(&Config { policy: Backoff { deadline: Some(60.0), ..cfg(None).policy }, ..cfg(None) });
         let t0 = Instant::now();
@@ -716,7 +716,7 @@ mod tests {
 
     #[test]
     fn quiet_retries_spread_a_herd() {
-        // issue 11.5: 1,000 clients dropped together; with the default window no 100 ms slice holds
+        // 1,000 clients dropped together; with the default window no 100 ms slice holds
         // more than 300 first retries and all are back within 2 s.
         let default = Config::default();
         let window = default.quiet_jitter;

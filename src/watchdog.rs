@@ -1,4 +1,4 @@
-//! Stall detection (seed 001): dwell deadlines per state, progress deadlines, liveness keys.
+//! Stall detection (stuck reconnecting, the ghost room, waits that never return): dwell deadlines per state, progress deadlines, liveness keys.
 //!
 //! * **dwell**: `dwell("reconnecting", 20s)` + `set_state("reconnecting")` -> an alarm if the state is
 //!   still current 20 s later (stuck-in-reconnecting). Once per entry into the state.
@@ -152,6 +152,8 @@ struct Inner {
     /// Python logger the alarms are logged to (a key registered by the bindings); None: the module's
     /// `tether.watchdog`. Every record carries it as the `logger` field.
     logger: Option<Arc<str>>,
+    /// An application handler reports the alarms (see `handled_elsewhere`): the record is DEBUG.
+    handled: AtomicBool,
 }
 
 /// A watchdog. Dropping it (or `close()`) stops its monitor task.
@@ -176,6 +178,7 @@ impl Watchdog {
             alarms: Mutex::new(Some(alarms)),
             name: name.to_string(),
             logger,
+            handled: AtomicBool::new(false),
         });
         rt.spawn(monitor(Arc::downgrade(&inner)));
         Watchdog { inner }
@@ -184,6 +187,13 @@ impl Watchdog {
     /// The `logger=` key its records carry.
     pub fn logger(&self) -> Option<Arc<str>> {
         self.inner.logger.clone()
+    }
+
+    /// Each alarm is reported once: by a handler the application gave (the bindings' `on_alarm`), as a
+    /// custom exception handler replaces asyncio's default report, or else by a WARNING record. Once
+    /// this is called the record is DEBUG, so an alarm the handler prints or logs is not printed twice.
+    pub fn handled_elsewhere(&self) {
+        self.inner.handled.store(true, Ordering::SeqCst);
     }
 
     /// Alarms from now on; the stream ends when the watchdog is closed.
@@ -267,8 +277,15 @@ fn secs(d: Duration) -> String {
 }
 
 fn fire(inner: &Inner, alarm: Alarm) {
-    tracing::warn!(target: "tether::watchdog", logger = inner.logger.as_deref(), watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
-        elapsed_s = alarm.elapsed.as_secs_f64(), limit_s = alarm.limit.as_secs_f64(), "{}", alarm.message);
+    let (logger, elapsed_s, limit_s) =
+        (inner.logger.as_deref(), alarm.elapsed.as_secs_f64(), alarm.limit.as_secs_f64());
+    if inner.handled.load(Ordering::SeqCst) {
+        tracing::debug!(target: "tether::watchdog", logger, watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
+            elapsed_s, limit_s, "{}", alarm.message);
+    } else {
+        tracing::warn!(target: "tether::watchdog", logger, watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
+            elapsed_s, limit_s, "{}", alarm.message);
+    }
     let tx = inner.alarms.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(tx) = tx {
         let _ = tx.send(alarm);

@@ -1,5 +1,5 @@
-//! The supervised signaling WebSocket (seeds 003, 001): a tokio-tungstenite client driven by the
-//! generic reconnect loop. This file is the I/O shell: the delivery, liveness, close-handshake and
+//! The supervised signaling WebSocket, which must notice a dead link and come back by itself: a
+//! tokio-tungstenite client driven by the generic reconnect loop. This file is the I/O shell: the delivery, liveness, close-handshake and
 //! poison rules live in the sans-I/O `ws_protocol`, which the session below feeds and obeys.
 //!
 //! * Loss detection: close frame, read/write error or EOF after the handshake, and the ping rule of
@@ -42,7 +42,7 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{
-    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Write, CONFIRM_DELAY,
+    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Undelivered, Write, CONFIRM_DELAY,
 };
 use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
@@ -287,15 +287,47 @@ pub enum SendError {
     Ended(Terminal),
 }
 
-/// How a connection ended for good.
+/// How a connection ended for good, with what it never delivered (`ws_protocol::Undelivered`): every
+/// error that reports the end carries the same lists, since no other waiter is left to name them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Terminal {
     /// `close()` was called.
-    Closed,
+    Closed { undelivered: Arc<Undelivered> },
     /// The server closed with a code of `final_close_codes`; `text` says which (redacted).
-    PeerClosed { code: u16, text: String },
+    PeerClosed { code: u16, text: String, undelivered: Arc<Undelivered> },
     /// The reconnect loop gave up.
-    GaveUp { message: String, attempts: u32, elapsed: Duration, reason: GiveUpReason, last: WsError },
+    GaveUp {
+        message: String,
+        attempts: u32,
+        elapsed: Duration,
+        reason: GiveUpReason,
+        last: WsError,
+        undelivered: Arc<Undelivered>,
+    },
+}
+
+impl Terminal {
+    /// Closed on request, with nothing undelivered (yet: see `finish`).
+    pub fn closed() -> Terminal {
+        Terminal::Closed { undelivered: Arc::default() }
+    }
+
+    pub fn undelivered(&self) -> &Undelivered {
+        match self {
+            Terminal::Closed { undelivered }
+            | Terminal::PeerClosed { undelivered, .. }
+            | Terminal::GaveUp { undelivered, .. } => undelivered,
+        }
+    }
+
+    pub(crate) fn with_undelivered(mut self, u: Undelivered) -> Terminal {
+        match &mut self {
+            Terminal::Closed { undelivered }
+            | Terminal::PeerClosed { undelivered, .. }
+            | Terminal::GaveUp { undelivered, .. } => *undelivered = Arc::new(u),
+        }
+        self
+    }
 }
 
 #[derive(Debug, Default)]
@@ -607,7 +639,7 @@ impl WsClient {
 
     /// Why a send or flush whose waiter was dropped will never resolve.
     pub fn ended(&self) -> SendError {
-        SendError::Ended(self.terminal().unwrap_or(Terminal::Closed))
+        SendError::Ended(self.terminal().unwrap_or_else(Terminal::closed))
     }
 
     /// Resolves once at most a quarter of `send_buffer` is unconfirmed, so a sender that awaits each
@@ -641,7 +673,7 @@ impl WsClient {
                 return Err(SendError::Ended(t.clone()));
             }
             if self.shared.close_requested.load(Ordering::SeqCst) {
-                return Err(SendError::Ended(Terminal::Closed));
+                return Err(SendError::Ended(Terminal::closed()));
             }
             let cfg = &self.shared.cfg;
             if proto.unwritten_bytes() + size_of(&msg) > cfg.write_high_water {
@@ -718,20 +750,37 @@ impl Drop for WsClient {
     }
 }
 
-/// Record the terminal outcome (once), fail every queued send, wake every waiter.
+/// Record the terminal outcome (once) with what was never delivered, fail every queued send, wake every
+/// waiter.
 fn finish(shared: &Shared, outcome: Result<(), Option<Terminal>>) {
     let term = match outcome {
-        Ok(()) | Err(None) => Terminal::Closed,
+        Ok(()) | Err(None) => Terminal::closed(),
         Err(Some(t)) => t,
     };
-    let _ = shared.terminal.set(term.clone());
-    let term = shared.terminal.get().cloned().unwrap_or(term);
-    let closed = matches!(term, Terminal::Closed | Terminal::PeerClosed { .. });
+    let (term, pending, first) = {
+        // under the send queue's lock, under which `enqueue` and `flush` check the terminal: nothing is
+        // accepted after the list of what was never delivered was made
+        let mut proto = shared.lock_proto();
+        let (pending, undelivered) = proto.finish();
+        let first = shared.terminal.set(term.with_undelivered(undelivered)).is_ok();
+        (shared.terminal.get().cloned().unwrap_or_else(Terminal::closed), pending, first)
+    };
+    let closed = matches!(term, Terminal::Closed { .. } | Terminal::PeerClosed { .. });
     shared.set_state(if closed { State::Closed } else { State::Failed });
-    let (pending, silent) = shared.lock_proto().finish();
-    if silent > 0 {
-        tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), unconfirmed = silent as u64,
-            "{silent} sent message(s) were never confirmed by the peer before the connection ended (flush() reports this)");
+    let u = term.undelivered();
+    if first && !u.is_empty() {
+        let (unconfirmed, failed) = (u.unconfirmed.len(), u.failures.len());
+        let mut what = vec![];
+        if unconfirmed > 0 {
+            what.push(format!("{unconfirmed} sent message(s) were never confirmed by the peer"));
+        }
+        if failed > 0 {
+            what.push(format!("{failed} failed with no flush() reporting it"));
+        }
+        tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), unconfirmed = unconfirmed as u64,
+            failed = failed as u64,
+            "{} when the connection ended; the error it raises from now on names them (.messages, .failures)",
+            what.join(" and "));
     }
     for tx in pending {
         let _ = tx.send(Err(SendError::Ended(term.clone())));
@@ -812,7 +861,11 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
             tracing::info!(target: LOG, logger = cfg.reconnect.logger.as_deref(), error = %close.text,
                 "{}: {} is in final_close_codes, so the connection ends here (no reconnect)", close.text,
                 close.close_code.unwrap_or_default());
-            Err(Some(Terminal::PeerClosed { code: close.close_code.unwrap_or_default(), text: close.text }))
+            Err(Some(Terminal::PeerClosed {
+                code: close.close_code.unwrap_or_default(),
+                text: close.text,
+                undelivered: Arc::default(),
+            }))
         }
         Err(g) => {
             let message = g.message();
@@ -822,6 +875,7 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
                 elapsed: g.elapsed,
                 reason: g.reason,
                 last: g.last_error,
+                undelivered: Arc::default(),
             }))
         }
     };
@@ -1015,7 +1069,10 @@ async fn exchange(
     let tls = match uri.scheme_str() {
         Some("wss") => true,
         Some("ws") => false,
-        other => return Err(WsError::fatal(format!("unsupported URL scheme {other:?} in {url}; use ws:// or wss://"))),
+        other => {
+            let got = other.map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
+            return Err(WsError::fatal(format!("unsupported URL scheme {got} in {url}; use ws:// or wss://")));
+        }
     };
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
     let shown = redact_url(url);
@@ -1068,14 +1125,15 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             strategy: attempt.strategy.clone(),
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
-        let limits = (cfg.open_timeout, cfg.close_timeout);
-        let mut unread = run_on_connect(hook, info, limits, &mut sink, &mut stream, |f| close_error(f, cfg)).await?;
+        let mut unread = run_on_connect(hook, info, cfg, &mut sink, &mut stream).await?;
         first_seen = !unread.is_empty();
         push_inbound_all(&shared, &mut unread);
     }
 
     if let Some(fm) = cfg.first_message_timeout.filter(|_| !first_seen) {
         let mut peer_closed = false;
+        // the close frame that fails the connection, written after the wait (see `read_error`)
+        let mut failing = None;
         let first = tokio::time::timeout(fm, async {
             loop {
                 match stream.next().await {
@@ -1085,8 +1143,12 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
                         return Err(close_error(f, cfg));
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(WsError::retry(format!("read error before the first message: {e}"))),
-                    None => return Err(WsError::retry("connection closed before the first message")),
+                    Some(Err(e)) => {
+                        let (err, answer) = read_error(e, cfg);
+                        failing = answer;
+                        return Err(err);
+                    }
+                    None => return Err(WsError::retry(CLOSED_WITHOUT_CLOSE_FRAME)),
                 }
             }
         })
@@ -1096,6 +1158,9 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         })?;
         if peer_closed {
             answer_close(&mut sink, cfg.close_timeout).await;
+        }
+        if let Some(frame) = failing {
+            fail_connection(&mut sink, frame, cfg.close_timeout).await;
         }
         push_inbound(&shared, first?);
     }
@@ -1149,7 +1214,8 @@ where
     let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
 }
 
-fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
+/// What a close frame from the server says, on every read path.
+pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
     match frame {
         // tungstenite hands a close frame whose code is not allowed on the wire (RFC 6455 §7.4: under
         // 1000, 1004-1006, 1014-2999, 5000 and up) over as this one, which it also sends back; the code
@@ -1172,12 +1238,14 @@ fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
 }
 
 /// A TCP FIN, or reset, where a close frame was due.
-const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
+pub(crate) const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
 const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
 
-/// What a read error says: the loss to report and, when the peer broke the protocol, the close frame to
-/// fail the connection with (RFC 6455 §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big).
-fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFrame>) {
+/// What a read error says, on every read path (the `on_connect` hook's, the first message's, the pump's):
+/// the loss to report and, when the peer broke the protocol, the close frame to fail the connection with
+/// (RFC 6455 §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big), written by `fail_connection`.
+/// The end of the stream is `CLOSED_WITHOUT_CLOSE_FRAME` on every path too.
+pub(crate) fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFrame>) {
     use tungstenite::error::ProtocolError;
     let fail = |code: CloseCode, why: &'static str, text: String| {
         (WsError::retry(text), Some(CloseFrame { code, reason: why.into() }))
@@ -1210,6 +1278,15 @@ fn read_error(e: tungstenite::Error, cfg: &WsConfig) -> (WsError, Option<CloseFr
         ),
         other => (WsError::retry(format!("read error: {other}")), None),
     }
+}
+
+/// RFC 6455 §7.1.7: fail the connection with the close code that says why, then drop it (the peer's
+/// answer is not awaited); a peer that does not read cannot hold this past `close_timeout`.
+pub(crate) async fn fail_connection<S>(sink: &mut S, frame: CloseFrame, close_timeout: Duration)
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let _ = tokio::time::timeout(close_timeout, sink.send(Message::Close(Some(frame)))).await;
 }
 
 fn push_inbound(shared: &Shared, m: Message) {
@@ -1471,9 +1548,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         answer_close(sink, cfg.close_timeout).await;
     }
     if let Some(frame) = failing.into_inner() {
-        // RFC 6455 §7.1.7: fail the connection with the close code that says why, then drop it (the
-        // peer's answer is not awaited); a peer that does not read cannot hold this past close_timeout
-        let _ = tokio::time::timeout(cfg.close_timeout, sink.send(Message::Close(Some(frame)))).await;
+        fail_connection(sink, frame, cfg.close_timeout).await;
     }
     if shared.close_requested.load(Ordering::SeqCst) && outcome.is_err() {
         // a loss during the close handshake: the close is what the user asked for
@@ -1544,7 +1619,7 @@ mod tests {
         assert_eq!(lost, 1);
         c.close().await;
         assert_eq!(c.state(), State::Closed);
-        assert!(matches!(c.send(Message::text("late")).await, Err(SendError::Ended(Terminal::Closed))));
+        assert!(matches!(c.send(Message::text("late")).await, Err(SendError::Ended(Terminal::Closed { .. }))));
     }
 
     #[tokio::test]

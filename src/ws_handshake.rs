@@ -12,13 +12,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_tungstenite::tungstenite::{self, protocol::CloseFrame, Message};
+use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::ws::{answer_close, WsError};
+use crate::ws::{
+    answer_close, close_error, fail_connection, read_error, WsConfig, WsError, CLOSED_WITHOUT_CLOSE_FRAME,
+};
 use crate::ws_wait::{self, Waiting};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -142,16 +143,17 @@ where
     Ok(())
 }
 
-/// Run `hook` on a fresh socket, bounded by `limit` (open_timeout) as a whole; a close frame from the
-/// peer is answered within `close_timeout`. Returns the messages read for the hook but not taken by it:
-/// they belong to the application, ahead of anything read later.
+/// Run `hook` on a fresh socket, bounded by `open_timeout` as a whole. What ends a read is reported as the
+/// session's reads report it: a close frame from the peer is answered, and a peer that breaks the
+/// protocol gets the close code that says how (1002, 1007, 1009), each within `close_timeout` (after
+/// the hook's bound, so a slow peer cannot turn a protocol error into a timeout). Returns the messages
+/// read for the hook but not taken by it: they belong to the application, ahead of anything read later.
 pub async fn run_on_connect<S, R>(
     hook: &OnConnectHook,
     info: HandshakeInfo,
-    (limit, close_timeout): (Duration, Duration),
+    cfg: &WsConfig,
     sink: &mut S,
     stream: &mut R,
-    close_error: impl Fn(Option<CloseFrame>) -> WsError,
 ) -> Result<Vec<Message>, WsError>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
@@ -167,6 +169,9 @@ where
         outbound: tx,
     });
     let run = hook.0.run(Handshake { info, ch: ch.clone() });
+    let (limit, close_timeout) = (cfg.open_timeout, cfg.close_timeout);
+    // the close frame that fails the connection, written once the hook is over
+    let mut failing = None;
     let serve = async {
         tokio::pin!(run);
         loop {
@@ -184,8 +189,12 @@ where
                 }
                 Some((m, done)) = requests.recv() => write(sink, m, done).await?,
                 m = stream.next(), if wanted => match m {
-                    None => return Err(WsError::retry("connection closed by the peer during on_connect (EOF)")),
-                    Some(Err(e)) => return Err(WsError::retry(format!("read error during on_connect: {e}"))),
+                    None => return Err(WsError::retry(CLOSED_WITHOUT_CLOSE_FRAME)),
+                    Some(Err(e)) => {
+                        let (err, answer) = read_error(e, cfg);
+                        failing = answer;
+                        return Err(err);
+                    }
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
                         ch.lock_in().push_back(m);
                         ch.readable.notify_waiters();
@@ -197,7 +206,7 @@ where
                         .map_err(|e| WsError::retry(format!("write error during on_connect: {e}")))?,
                     Some(Ok(Message::Close(f))) => {
                         answer_close(sink, close_timeout).await;
-                        return Err(close_error(f));
+                        return Err(close_error(f, cfg));
                     }
                     Some(Ok(_)) => {}
                 },
@@ -209,6 +218,9 @@ where
     let outcome = tokio::time::timeout(limit, serve).await.unwrap_or_else(|_| {
         Err(WsError::retry(format!("on_connect did not finish within open_timeout ({}s)", limit.as_secs_f64())))
     });
+    if let Some(frame) = failing {
+        fail_connection(sink, frame, close_timeout).await;
+    }
     let why = match &outcome {
         Ok(()) => "the on_connect handshake is over".to_string(),
         Err(e) => format!("on_connect failed: {}", e.text),
@@ -224,6 +236,7 @@ where
 mod tests {
     use super::*;
     use futures_util::stream;
+    use std::time::Duration;
 
     /// Replies to "join" with the next message read; fails on anything else.
     struct Join;
@@ -260,8 +273,7 @@ mod tests {
         }
     }
 
-    /// `hook` run as the handshake of a reconnect, bounded by `open_timeout` seconds; a close frame
-    /// from the peer fails it with "closed".
+    /// `hook` run as the handshake of a reconnect, bounded by `open_timeout` seconds.
     async fn run_hook<S, R>(
         hook: impl OnConnect + 'static,
         open_timeout: u64,
@@ -273,8 +285,12 @@ mod tests {
         R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
         let info = HandshakeInfo { attempt: 1, strategy: Arc::from("connect"), reconnect: true };
-        let limits = (Duration::from_secs(open_timeout), Duration::from_secs(1));
-        run_on_connect(&OnConnectHook(Arc::new(hook)), info, limits, sink, stream, |_| WsError::retry("closed")).await
+        let cfg = WsConfig {
+            open_timeout: Duration::from_secs(open_timeout),
+            close_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        run_on_connect(&OnConnectHook(Arc::new(hook)), info, &cfg, sink, stream).await
     }
 
     fn null_sink() -> impl Sink<Message, Error = tungstenite::Error> + Unpin {
@@ -325,6 +341,34 @@ mod tests {
         let mut sink = null_sink();
         let mut stream = stream::iter(vec![Ok(Message::Close(None))]);
         let err = run_hook(Join, 5, &mut sink, &mut stream).await.unwrap_err();
-        assert_eq!(err.text, "closed");
+        assert_eq!(err.text, "server closed the connection without a status code");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_breaks_the_protocol_during_the_hook_gets_the_close_code_that_says_how() {
+        use tungstenite::error::ProtocolError;
+        use tungstenite::protocol::frame::coding::CloseCode;
+        let cases = [
+            (tungstenite::Error::Protocol(ProtocolError::NonZeroReservedBits), CloseCode::Protocol, "1002"),
+            (tungstenite::Error::Utf8("invalid utf-8 sequence".into()), CloseCode::Invalid, "1007"),
+        ];
+        for (e, code, said) in cases {
+            let (mut sink, written) = recording_sink();
+            let mut stream = stream::iter(vec![Err(e)]);
+            let err = run_hook(Join, 5, &mut sink, &mut stream).await.unwrap_err();
+            assert!(err.text.contains(said), "{}", err.text);
+            let written = written.lock().unwrap().clone();
+            // the hook's own "join" went out first; then the close frame, and nothing after it
+            assert!(matches!(&written[..], [_, Message::Close(Some(f))] if f.code == code), "{written:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_stream_during_the_hook_is_reported_as_the_session_reports_it() {
+        let (mut sink, written) = recording_sink();
+        let mut stream = stream::iter(Vec::<Result<Message, tungstenite::Error>>::new());
+        let err = run_hook(Join, 5, &mut sink, &mut stream).await.unwrap_err();
+        assert_eq!(err.text, CLOSED_WITHOUT_CLOSE_FRAME);
+        assert_eq!(written.lock().unwrap().len(), 1, "no close frame on a connection already gone");
     }
 }

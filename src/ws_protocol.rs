@@ -36,6 +36,8 @@
 //!   confirmed). A close 1009 (message too big) fails the largest unconfirmed message at once and
 //!   blames no other.
 //!   Every failure names its message (acceptance number and payload), so the application can re-send it.
+//! * End: a connection that ends for good (given up, closed by a final close code, or closed) names what
+//!   it never delivered (`finish`): every message never confirmed, and every failure no flush reported.
 //! * Close: a requested close writes what was accepted, a ping, then the close frame; the reader keeps
 //!   running meanwhile, so pongs still confirm. A close frame from the peer is answered (the session
 //!   flushes tungstenite's automatic reply) and ends the connection with its code.
@@ -99,6 +101,24 @@ pub struct Failed {
     /// The message itself, so the application can re-send it.
     pub msg: Message,
     pub why: Failure,
+}
+
+/// What a connection that ended for good never delivered, so the application can re-send it or act on it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Undelivered {
+    /// Every message accepted and never confirmed by the peer (its send resolved or not), in send order,
+    /// with its acceptance number. The peer may have read some of them: they are the at-least-once
+    /// re-send of a connection that will not come back.
+    pub unconfirmed: Vec<(u64, Message)>,
+    /// Messages failed after their send resolved that no flush reported, in send order (never also in
+    /// `unconfirmed`).
+    pub failures: Vec<Failed>,
+}
+
+impl Undelivered {
+    pub fn is_empty(&self) -> bool {
+        self.unconfirmed.is_empty() && self.failures.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -615,24 +635,21 @@ impl<D> Protocol<D> {
     }
 
     /// The connection ended for good: every waiter still pending (sends not yet written, flushes), and
-    /// how many written messages were never confirmed and had no waiter left to tell.
-    pub fn finish(&mut self) -> (Vec<D>, usize) {
+    /// what was never delivered. Nothing else will tell the application about those messages (the
+    /// waiters of resolved sends are gone, and no flush will ever resolve), so all of them are named.
+    pub fn finish(&mut self) -> (Vec<D>, Undelivered) {
         self.closing = Closing::Done;
         (self.unwritten_bytes, self.writing_bytes) = (0, 0);
-        let mut out = vec![];
-        let mut silent = self.unreported.len();
+        let mut waiters = vec![];
+        let mut unconfirmed = Vec::with_capacity(self.pending());
         for e in self.unacked.drain(..).map(|(_, e)| e).chain(self.queue.drain(..)) {
-            match e.done {
-                Some(d) => out.push(d),
-                None => silent += 1,
-            }
+            waiters.extend(e.done);
+            unconfirmed.push((e.n, e.msg));
         }
-        if !self.flushes.is_empty() {
-            silent = 0; // a pending flush reports them
-        }
-        out.extend(self.flushes.drain(..).map(|(_, w)| w));
-        self.unreported.clear();
-        (out, silent)
+        waiters.extend(self.flushes.drain(..).map(|(_, w)| w));
+        let mut failures = std::mem::take(&mut self.unreported);
+        failures.sort_by_key(|f| f.seq);
+        (waiters, Undelivered { unconfirmed, failures })
     }
 }
 
@@ -765,21 +782,52 @@ mod tests {
         assert_eq!(p.flush(10, t0), vec![(10, Outcome::Flushed(vec![]))]);
     }
 
+    /// (acceptance number, message) of every unconfirmed message `finish` named.
+    fn unconfirmed(u: &Undelivered) -> Vec<(u64, &str)> {
+        u.unconfirmed.iter().map(|(n, m)| (*n, m.to_text().unwrap_or("?"))).collect()
+    }
+
     #[test]
-    fn ending_fails_pending_waiters_and_counts_unconfirmed_writes() {
+    fn ending_fails_pending_waiters_and_names_every_unconfirmed_message() {
         let (mut p, t0) = proto();
         p.push(Message::text("a"), 1).unwrap();
         let _ = batch(&mut p, t0);
         let _ = p.written();
         p.push(Message::text("b"), 2).unwrap();
-        assert_eq!(p.finish(), (vec![2], 1));
+        // "a" resolved (written) and "b" did not: both are named, in send order
+        let (waiters, u) = p.finish();
+        assert_eq!((waiters, unconfirmed(&u)), (vec![2], vec![(1, "a"), (2, "b")]));
         let (mut p, t0) = proto();
         p.push(Message::text("a"), 1).unwrap();
         let _ = batch(&mut p, t0);
         let _ = p.written();
         assert!(p.flush(7, t0).is_empty());
-        // the flush waiter hears about it, so nothing is silent
-        assert_eq!(p.finish(), (vec![7], 0));
+        // the flush waiter ends too, and the terminal error it gets names "a"
+        let (waiters, u) = p.finish();
+        assert_eq!((waiters, unconfirmed(&u)), (vec![7], vec![(1, "a")]));
+    }
+
+    #[test]
+    fn ending_names_failures_no_flush_reported_and_never_confirmed_messages_once_each() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::text("ok")).unwrap();
+        p.push_untracked(Message::binary(vec![0u8; 60])).unwrap();
+        p.push_untracked(Message::text("c")).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        // the peer confirmed nothing and closed with 1009: the 60-byte message fails, the others stay
+        assert_eq!(p.lost(Some(MESSAGE_TOO_BIG), "").1.len(), 1);
+        assert!(p.on_pong(&ping, t0).is_empty(), "a pong of the lost connection confirms nothing");
+        p.connected(t0);
+        let (msgs, ping) = batch(&mut p, t0);
+        assert_eq!(msgs, vec![Message::text("ok")], "re-sent alone after the loss");
+        let _ = p.on_pong(&ping, t0);
+        let _ = batch(&mut p, t0);
+        p.push_untracked(Message::text("d")).unwrap();
+        let (waiters, u) = p.finish();
+        assert!(waiters.is_empty());
+        assert_eq!(unconfirmed(&u), vec![(3, "c"), (4, "d")], "confirmed \"ok\" is not named");
+        assert!(matches!(&u.failures[..], [Failed { seq: 2, why: Failure::TooBig { size: 60, .. }, .. }]), "{u:?}");
+        assert_eq!(p.finish(), (vec![], Undelivered::default()), "named once");
     }
 
     #[test]
@@ -1166,7 +1214,7 @@ mod tests {
         // the reader still runs while closing: the pong confirms the send
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.01))), vec![1]);
         assert_eq!(p.on_close_frame(), PeerClose::Complete);
-        assert_eq!(p.finish(), (vec![], 0));
+        assert_eq!(p.finish(), (vec![], Undelivered::default()));
         // no ping deadline while the close handshake runs (close_timeout bounds it)
         assert!(p.poll(s(t0, 100.0)).is_ok());
     }
@@ -1178,7 +1226,8 @@ mod tests {
         let _ = batch(&mut p, t0);
         assert_eq!(p.on_close_frame(), PeerClose::Answer);
         assert_eq!(p.next_write(t0), Write::Idle);
-        assert_eq!(p.finish(), (vec![1], 0));
+        let (waiters, u) = p.finish();
+        assert_eq!((waiters, unconfirmed(&u)), (vec![1], vec![(1, "a")]));
     }
 
     #[test]

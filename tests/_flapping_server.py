@@ -11,8 +11,10 @@ each data message it read, answers each ping it read with a pong, and then crash
 
 Frames that arrive after the crash point are never recorded and never answered, also when they came in the
 same read as the last recorded one. The listening socket stays up, so every reconnect lands on a fresh
-"process" on the same port. `poison` (a substring) makes a connection close 1011 whenever it reads a message
-containing it; `max_size` makes it close 1009 for a bigger message, as `websockets` does.
+"process" on the same port, unless `connections` is set: then the server stops listening once it accepted
+that many, so every later connect is refused (a server that went away for good). `poison` (a substring)
+makes a connection close 1011 whenever it reads a message containing it; `max_size` makes it close 1009
+for a bigger message, as `websockets` does.
 """
 
 from __future__ import annotations
@@ -92,8 +94,12 @@ class FlappingServer:
         modes: tuple[str, ...] = CRASH_MODES,
         poison: str | None = None,
         max_size: int | None = None,
+        connections: int | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.connections = connections
+        self._accepted = 0
+        self._url = ""
         self.crash_after = crash_after
         self.modes = modes
         self.poison = poison
@@ -104,11 +110,11 @@ class FlappingServer:
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
+        return self._url
 
     async def __aenter__(self) -> FlappingServer:
         self._server = await asyncio.start_server(self._spawn, "127.0.0.1", 0)
+        self._url = f"ws://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -119,6 +125,11 @@ class FlappingServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _spawn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._accepted += 1
+        if self._accepted == self.connections:
+            # the last one: connections already accepted go on, new ones are refused
+            assert self._server is not None
+            self._server.close()
         t = asyncio.ensure_future(self._serve(reader, writer))
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)

@@ -1,4 +1,8 @@
 import logging
+import re
+from collections import defaultdict
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +32,67 @@ def returns_at_once(aw) -> bool:
         return True
     aw.close()
     return False
+
+
+# At the end of a run, one line per framework release the integration tests ran against (or skipped), so
+# a run says which releases it proved: the venv's own and those installed aside in .venv/ by the Makefile.
+VENV = Path(__file__).parent.parent / ".venv"
+
+_outcomes: dict[str, list[str]] = defaultdict(list)
+
+
+def _venv_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _aside(prefix: str) -> str:
+    found = sorted(VENV.glob(f"{prefix}-*"))
+    return found[0].name.removeprefix(f"{prefix}-") if found else "not installed"
+
+
+def _release(nodeid: str) -> str | None:
+    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
+    if name == "test_livekit_versions.py":
+        m = re.search(r"\[(.+)\]", nodeid)
+        return f"livekit-agents {m.group(1)}" if m else None
+    if name in ("test_livekit_server.py", "test_livekit_room.py", "test_livekit_dispatch.py"):
+        return f"livekit-agents {_venv_version('livekit-agents')}"
+    if name == "test_getstream.py":
+        if "test_older_getstream" in nodeid:
+            return f"getstream {_aside('getstream')}"
+        return f"getstream {_venv_version('getstream')}"
+    if name == "test_getstream7.py":
+        # two of its tests check the refusal in this venv's older getstream; the rest run 7.x aside
+        if "refuses_other_versions" in nodeid or "names_why_it_cannot_watch" in nodeid:
+            return f"getstream {_venv_version('getstream')}"
+        return f"getstream {_aside('getstream7')}"
+    if name == "test_pipecat.py":
+        return f"pipecat-ai {_aside('pipecat')}"
+    return None
+
+
+def pytest_runtest_logreport(report):  # type: ignore[no-untyped-def]
+    release = _release(report.nodeid)
+    if release is None or (report.when != "call" and not (report.skipped or report.failed)):
+        return
+    _outcomes[release].append(report.outcome)
+
+
+def pytest_terminal_summary(terminalreporter):  # type: ignore[no-untyped-def]
+    if not _outcomes:
+        return
+    lines = []
+    for release, outcomes in sorted(_outcomes.items()):
+        if "failed" in outcomes:
+            verdict = f"FAILED ({outcomes.count('failed')} of {len(outcomes)})"
+        elif all(o == "skipped" for o in outcomes):
+            verdict = "skipped"
+        else:
+            verdict = f"ran ({outcomes.count('passed')} passed, {outcomes.count('skipped')} skipped)"
+        lines.append(f"  {release}: {verdict}")
+    terminalreporter.write_line("framework releases the integration tests ran against:")
+    for line in lines:
+        terminalreporter.write_line(line)

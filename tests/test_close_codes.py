@@ -141,3 +141,55 @@ async def test_a_bare_fin_is_closed_without_a_close_frame():
         reason = await first_loss(srv.url)
     assert srv.replies == [None], srv.replies
     assert "closed without a close frame" in reason and "reset" not in reason.lower(), reason
+
+
+# The same misbehaviour met by the reads that come before the connection counts as connected: the
+# `on_connect` hook's and those waiting for the first message. Every read path answers with the close code
+# and reports what the server did in the same words.
+BAD = [
+    (b"\x83\x00", 1002, "protocol"),
+    (b"\x81\x02\xff\xfe", 1007, "UTF-8"),
+    (b"\x82\x7e\x07\xd0" + b"x" * 2000, 1009, "max_message_size"),
+    (None, None, "closed without a close frame (TCP FIN)"),
+]
+BAD_IDS = ["protocol", "utf8", "oversize", "fin"]
+
+
+async def join(hs: tether.Handshake) -> None:
+    await hs.send("join")
+    await hs.recv()
+
+
+async def first_attempt_error(url: str, **kw) -> str:
+    """What the first (and only) attempt of a first connect failed with."""
+    with pytest.raises(tether.GaveUp) as ei:
+        await asyncio.wait_for(
+            tether.connect(url, policy=tether.Backoff(max_attempts=0), max_message_size=1000, **FAST, **kw), 10
+        )
+    return ei.value.last_error.reason
+
+
+async def replies(srv: Misbehaving) -> list:
+    deadline = time.monotonic() + 10
+    while not srv.replies:
+        assert time.monotonic() < deadline, "the server never saw the connection end"
+        await asyncio.sleep(0.01)
+    return srv.replies
+
+
+@pytest.mark.parametrize(("bad", "sent_back", "said"), BAD, ids=BAD_IDS)
+async def test_the_on_connect_hooks_reads_answer_with_the_close_code(bad, sent_back, said):
+    async with Misbehaving(bad) as srv:
+        reason = await first_attempt_error(srv.url, on_connect=join)
+        assert await replies(srv) == [sent_back]
+    assert said in reason, reason
+    assert sent_back is None or str(sent_back) in reason, reason
+
+
+@pytest.mark.parametrize(("bad", "sent_back", "said"), BAD, ids=BAD_IDS)
+async def test_the_wait_for_the_first_message_answers_with_the_close_code(bad, sent_back, said):
+    async with Misbehaving(bad) as srv:
+        reason = await first_attempt_error(srv.url, first_message_timeout=5)
+        assert await replies(srv) == [sent_back]
+    assert said in reason, reason
+    assert sent_back is None or str(sent_back) in reason, reason

@@ -1,5 +1,5 @@
 """max_message_size both ways, the inbound buffer bounded by bytes, and black-hole detection while the
-reader is paused because the application does not read (issue 12 item 8)."""
+reader is paused because the application does not read."""
 
 import asyncio
 import subprocess

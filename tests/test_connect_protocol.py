@@ -1,5 +1,5 @@
 """Delivery, liveness and the close handshake against servers tether did not write (the `websockets`
-server and raw asyncio servers): issue 12 items 2, 3, 4 and 5."""
+server and raw asyncio servers): close with unconfirmed sends, closes started by the server, close 1009, poison."""
 
 import asyncio
 import base64

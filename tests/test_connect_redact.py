@@ -1,4 +1,4 @@
-"""No secret reaches an exception, event, repr or log record: the names of issue 12 item 9, their
+"""No secret reaches an exception, event, repr or log record: token, key, signature and cookie names, their
 percent-encoded forms, and names the application registers with ``tether.add_redacted_names``."""
 
 import asyncio

@@ -1,5 +1,5 @@
 """`ssl=`: a private CA as a bundle path, an ssl.SSLContext, or the system store (SSL_CERT_FILE), against
-a `websockets` TLS server with a certificate from a CA made here (issue 12 item 12)."""
+a `websockets` TLS server with a certificate from a CA made here."""
 
 import asyncio
 import os

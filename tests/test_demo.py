@@ -167,6 +167,19 @@ CLAIMS: dict[str, Callable[[Marks], None]] = {
 }
 
 
+def test_the_running_order_names_only_scenarios_that_exist():
+    import pkgutil
+
+    import tether.demo
+
+    present = {m.name for m in pkgutil.iter_modules(tether.demo.__path__) if not m.name.startswith("_")}
+    assert [n for n in tether.demo.ORDER if n not in present] == [], "ORDER names scenarios that do not exist"
+    listed = subprocess.run(
+        [sys.executable, "-m", "tether", "demo", "--list"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    assert sorted(listed) == sorted(present)
+
+
 @pytest.fixture
 def busy_core(request):
     """One CPU core kept busy by a spinning process for the test, when the parameter asks for it."""

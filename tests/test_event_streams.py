@@ -1,5 +1,5 @@
-"""`try_next()` on every native event stream returns an event as soon as one is queued (issue 13
-item 8), without an `__anext__`/`wait()` having pulled it first."""
+"""`try_next()` on every native event stream returns an event as soon as one is queued, without an
+`__anext__`/`wait()` having pulled it first."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""tether.ProcPool with real subprocesses (seed 004): acquire never hangs, nothing leaks."""
+"""tether.ProcPool with real subprocesses: acquire never hangs, nothing leaks."""
 
 import asyncio
 import os
@@ -379,3 +379,18 @@ async def test_an_acquire_cancelled_after_its_process_arrived_gives_the_process_
         await asyncio.sleep(0.02)
     assert pool.stats()["lent"] == 0, pool.stats()
     await pool.aclose()
+
+
+async def test_pool_exhausted_is_reported_once_by_the_exception(tether_logs):
+    pool = tether.ProcPool(
+        command=[sys.executable, "-m", "tether.worker", "--fail"],
+        acquire_attempts=1,
+        respawn=tether.Backoff(0.01, jitter="none"),
+    )
+    try:
+        with pytest.raises(tether.PoolExhausted) as info:
+            await pool.acquire(timeout=30)
+    finally:
+        await pool.aclose()
+    same = [r for r in tether_logs.records if str(info.value) in r.getMessage()]
+    assert [r.levelname for r in same] == ["DEBUG"], [(r.levelname, r.getMessage()) for r in same]

@@ -1,4 +1,4 @@
-"""ProcPool defects of issue 13, items 1-5, with real subprocesses."""
+"""ProcPool defects found in review (foreign release, orphaned children, peers burning attempts, lost causes, surplus idle), with real subprocesses."""
 
 import asyncio
 import signal

@@ -1,4 +1,4 @@
-"""ProcPool hooks for frameworks (issue 10): warm(), detach(), liveness=, spawn failure causes."""
+"""ProcPool hooks for frameworks: warm(), detach(), liveness=, spawn failure causes."""
 
 import asyncio
 import os

@@ -27,7 +27,7 @@ async def test_happy_path_returns_stage_timings():
 
 
 async def test_joined_but_never_ready_names_the_stuck_stage():
-    """Seed 002: the agent participant joins, but the entrypoint never runs."""
+    """The agent participant joins, but the entrypoint never runs."""
     gate = tether.ReadinessGate()
 
     async def dispatch(job_id, attempt):
@@ -221,3 +221,15 @@ async def test_marks_made_during_a_failed_dispatch_attempt_do_not_carry_over():
     with pytest.raises(tether.NotReady) as info:
         await gate.dispatch("j", dispatch, timeouts={"joined": 0.3, "ready": 0.3}, policy=tether.Backoff(0.01))
     assert info.value.stage == "joined" and info.value.attempts == 2
+
+
+async def test_not_ready_is_reported_once_by_the_exception(tether_logs):
+    gate = tether.ReadinessGate()
+
+    async def dispatch(job_id, attempt):
+        asyncio.get_running_loop().call_later(0.01, gate.mark, job_id, "joined")
+
+    with pytest.raises(tether.NotReady) as info:
+        await gate.dispatch("job-once", dispatch, timeouts={"ready": 0.1})
+    same = [r for r in tether_logs.records if str(info.value) in r.getMessage()]
+    assert [r.levelname for r in same] == ["DEBUG"], [(r.levelname, r.getMessage()) for r in same]

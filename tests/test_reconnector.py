@@ -90,7 +90,7 @@ async def test_accept_then_drop_escalates_and_gives_up(tether_logs):
 
 
 async def test_single_blip_never_warns(tether_logs):
-    """Seed 000: a drop after a stable connection that heals on the immediate retry logs below WARNING."""
+    """A drop after a stable connection that heals on the immediate retry logs below WARNING."""
     r = tether.Reconnector(tether.Backoff(0.05, jitter="none"), stable_after=0.2, name="control-plane")
     async with FlappingServer(hold=0.3) as srv:
         calls = 0
@@ -176,7 +176,7 @@ class DroppingServer:
 
 
 # A deadline shorter than the default 1 s quiet window. With seed=1 the first quiet draw is above 0.5 s:
-# before review item 24 that gave up on the first failure ("after 1 attempt over 0.0s").
+# a quiet retry that ended the outage at once gave up on the first failure ("after 1 attempt over 0.0s").
 SHORT_DEADLINE = dict(initial=0.05, factor=2, max_delay=0.1, jitter="none", deadline=0.5, seed=1)
 
 
@@ -261,7 +261,7 @@ async def test_events_in_order():
 
 
 async def test_cancellation_cancels_the_inner_coroutine():
-    """Issue 13.9: when the cancelled run() returns, connect() has seen CancelledError and finished its
+    """When the cancelled run() returns, connect() has seen CancelledError and finished its
     cleanup (here an awaited one), and the Reconnector is no longer running."""
     cleaned_up = asyncio.Event()
     started = asyncio.Event()
@@ -377,7 +377,7 @@ async def test_keyboard_interrupt_like_errors_propagate_unwrapped():
 
 
 async def test_stalled_attempt_is_cancelled_at_attempt_timeout_not_after_the_backoff():
-    """Issue 13.7: the attempt is cancelled attempt_timeout after it started; the backoff comes after."""
+    """The attempt is cancelled attempt_timeout after it started; the backoff comes after."""
     starts, cancels = [], []
 
     async def connect():
@@ -426,7 +426,7 @@ class BlackHole:
 
 
 async def test_black_holed_handshake_escalates_and_gives_up_by_the_deadline(tether_logs):
-    """Issue 12.1: a handshake that times out after longer than stable_after is not a stable connection
+    """A handshake that times out after longer than stable_after is not a stable connection
     (as with tether.connect's defaults open_timeout=10, stable_after=10, scaled down here)."""
     r = tether.Reconnector(
         tether.Backoff(0.1, 2, max_delay=0.4, jitter="none", deadline=3.0),
@@ -482,7 +482,7 @@ async def test_tether_connect_black_holed_handshake_gives_up_by_the_deadline(tet
 
 
 async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs):
-    """Issue 12.13: accept-then-drop handshakes report Reconnected each time but log recovery at INFO only
+    """Accept-then-drop handshakes report Reconnected each time but log recovery at INFO only
     once the link has stayed up stable_after, after an outage that logged WARNING."""
     flaps = 4
     stop = asyncio.Event()
@@ -534,7 +534,7 @@ async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs
 
 
 async def test_tether_connect_flapping_logs_recovery_once_stable(tether_logs):
-    """Issue 12.13 through tether.connect against the `websockets` server: it accepts the first handshakes
+    """The same through tether.connect against the `websockets` server: it accepts the first handshakes
     and closes them at once, then keeps the connection; INFO comes once, after stable_after."""
     from websockets.asyncio.server import serve
 
@@ -588,7 +588,7 @@ async def test_a_healthy_server_logs_nothing_at_warning_or_info(tether_logs):
     assert all(x.levelno < logging.INFO for x in records(tether_logs))
 
 
-# ---- the step-wise form (issue 10) -----------------------------------------------------------------
+# ---- the step-wise form, for framework loops -----------------------------------------------------------------
 
 
 def test_step_wise_failed_escalates_then_gives_up(tether_logs):
@@ -726,7 +726,7 @@ async def test_step_wise_loop_against_a_flapping_server(tether_logs):
 
 
 def test_quiet_retries_spread_a_fleet():
-    """Issue 11.5: 1,000 default Reconnectors dropped together retry spread over quiet_jitter."""
+    """1,000 default Reconnectors dropped together retry spread over quiet_jitter."""
     fleet = [tether.Reconnector(stable_after=0) for _ in range(1000)]
     for r in fleet:
         r.connected()

@@ -136,7 +136,7 @@ async def test_bounded_does_not_wait_for_a_task_that_swallows_cancellation():
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
-                pass  # the wedge in seed 001: aclose() that never returns
+                pass  # the wedge: aclose() that never returns
 
     t0 = time.monotonic()
     with pytest.raises(tether.TimeoutError):
@@ -207,7 +207,7 @@ def test_on_alarm_needs_a_loop():
 
 
 async def test_reconnector_abandons_a_stalled_attempt_and_escalates():
-    """Seed 001: resume attempt 0 goes silent; the attempt deadline abandons it, the next attempt runs."""
+    """Resume attempt 0 goes silent; the attempt deadline abandons it, the next attempt runs."""
     calls = []
 
     r = tether.Reconnector(tether.Backoff(0.01, jitter="none"), attempt_timeout=0.2, name="rtc")
@@ -264,3 +264,34 @@ async def test_pause_then_beat_rearms():
     a = await next_alarm(alarms, timeout=5)
     assert a.name == "mic"
     wd.close()
+
+
+async def test_an_alarm_without_a_handler_is_reported_by_one_warning(tether_logs):
+    wd = tether.Watchdog("room")
+    alarms = wd.alarms()  # a stream delivers alarms but does not take over their report
+    wd.liveness("audio", 0.1)
+    a = await next_alarm(alarms)
+    wd.close()
+    lines = [r for r in tether_logs.records if a.message in r.getMessage() and r.levelno >= logging.WARNING]
+    assert [(r.name, r.levelname) for r in lines] == [("tether.watchdog", "WARNING")]
+
+
+async def test_an_alarm_handled_by_on_alarm_is_not_logged_again(tether_logs):
+    got = []
+    done = asyncio.Event()
+
+    def report(alarm):  # the application's report, e.g. its own log line
+        got.append(alarm)
+        done.set()
+
+    wd = tether.Watchdog("room", on_alarm=report)
+    wd.dwell("reconnecting", 0.1)
+    wd.set_state("reconnecting")
+    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.sleep(0.05)
+    wd.close()
+    assert len(got) == 1
+    loud = [r for r in tether_logs.records if r.name == "tether.watchdog" and r.levelno >= logging.WARNING]
+    assert loud == [], [r.getMessage() for r in loud]
+    quiet = [r for r in tether_logs.records if r.name == "tether.watchdog" and got[0].message in r.getMessage()]
+    assert [r.levelname for r in quiet] == ["DEBUG"]  # still there for whoever debugs

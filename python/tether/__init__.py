@@ -11,6 +11,7 @@ import atexit as _atexit
 from . import _native, events
 from ._connect import Connection, add_redacted_names, connect
 from ._errors import (
+    ConnectFailed,
     ConnectionClosed,
     FailedMessage,
     GaveUp,
@@ -42,6 +43,7 @@ _atexit.register(_native._at_exit)
 __all__ = [
     "Alarm",
     "Backoff",
+    "ConnectFailed",
     "Connection",
     "ConnectionClosed",
     "FailedMessage",

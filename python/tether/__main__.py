@@ -1,4 +1,4 @@
-"""``python -m tether demo [scenario ...]`` and ``python -m tether proxy --upstream HOST:PORT``."""
+"""``python -m tether demo [scenario ...] [--html PATH]`` and ``python -m tether proxy --upstream HOST:PORT``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--list", action="store_true", help="list scenarios and exit")
     d.add_argument("-v", "--verbose", action="store_true", help="show DEBUG records too")
     d.add_argument("--timeout", type=float, default=60.0, help="per-scenario bound in seconds")
-    px = sub.add_parser("proxy", help="a chaos proxy in front of your own server (reproduce a Wi-Fi switch)")
+    d.add_argument(
+        "--html", metavar="PATH", help="also write the run as a timeline page (one self-contained HTML file)"
+    )
+    from .testing._proxy_cli import commands_help
+
+    px = sub.add_parser(
+        "proxy",
+        help="a chaos proxy in front of your own server (reproduce a Wi-Fi switch)",
+        description="A chaos proxy in front of your own server, driven by commands on stdin or a control port.",
+        epilog=commands_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     px.add_argument("--upstream", required=True, help="HOST:PORT to forward to")
     px.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on (default 127.0.0.1:0)")
     px.add_argument("--control", default=None, help="HOST:PORT for the line-based control interface")
@@ -47,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(demo.discover()))
             return 0
         demo.setup_logging(args.verbose)
-        return _run_bounded(demo.main(args.scenarios or None, args.timeout))
+        return _run_bounded(demo.main(args.scenarios or None, args.timeout, args.html))
     if args.cmd == "proxy":
         from .testing import _proxy_cli
 

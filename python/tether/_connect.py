@@ -28,7 +28,9 @@ class Connection:
 
     Iteration ends when the connection is closed with ``aclose()`` or by the server with a code of
     ``final_close_codes``; it raises ``tether.GaveUp`` when the reconnect budget is exhausted (after the
-    messages already received were delivered).
+    messages already received were delivered). Once the connection ended, every call raises its error
+    (``GaveUp``, or ``ConnectionClosed``), which names what it never delivered: ``.messages`` (sent, never
+    confirmed, in send order) and ``.failures``; after ``async for`` ended, ``await conn.flush()`` raises it.
     """
 
     __slots__ = ("_n",)
@@ -55,7 +57,12 @@ class Connection:
         await self._n.aclose()
 
     async def aclose(self) -> None:
-        """Close within ``close_timeout``: flush accepted sends, close frame, wait for the peer's close."""
+        """Close within ``close_timeout``: write every accepted send and a confirming ping, then the close
+        frame, and wait for the peer's close. Never raises. On a live connection whose server answers,
+        everything sent is confirmed when it returns; what is not (the server did not answer within
+        ``close_timeout``, or the connection was down) is logged as a WARNING and named by the
+        ``ConnectionClosed`` every later call raises (``.messages``, ``.failures``): ``await conn.flush()``
+        after ``aclose()`` tells. To act on a failure before closing, ``await conn.flush()`` first."""
         await self._n.aclose()
 
     def close(self) -> None:
@@ -114,7 +121,9 @@ class Connection:
         layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
         Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or the oldest
         unconfirmed message at 3 consecutive losses that confirmed nothing), naming each (``.messages``,
-        ``.failures``), and the connection's error if it closed or gave up first."""
+        ``.failures``), and the connection's error if it closed or gave up first (also when called
+        afterwards): ``GaveUp`` or ``ConnectionClosed``, whose ``.messages`` are the messages never
+        confirmed and ``.failures`` those failed that no flush reported."""
         return self._n.flush()
 
     # -- observation --------------------------------------------------------------------------------
@@ -140,7 +149,14 @@ class Connection:
         """The configured URL with secrets redacted."""
         return self._n.url
 
+    @property
+    def name(self) -> str:
+        """How the connection appears in logs and errors: ``name=``, or else its redacted URL."""
+        return self._n.name
+
     def stats(self) -> dict[str, Any]:
+        """Counters and state: ``state``, ``connects``, ``reconnects``, ``losses``, ``last_loss``, messages and
+        bytes each way, ``send_queue`` (accepted, not yet confirmed), ..."""
         return self._n.stats()
 
     def __repr__(self) -> str:
@@ -166,10 +182,10 @@ def connect(
     fatal_http_statuses: Iterable[int] = _DEFAULTS["fatal_http_statuses"],
     name: str | None = None,
     watchdog: Watchdog | None = None,
-    max_message_size: int | None = None,
+    max_message_size: int = _DEFAULTS["max_message_size"],
     ssl: SSLChoice | None = None,
-    read_buffer_size: int | None = None,
-    write_buffer_size: int | None = None,
+    read_buffer_size: int = _DEFAULTS["read_buffer_size"],
+    write_buffer_size: int = _DEFAULTS["write_buffer_size"],
     on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
     heartbeat: Heartbeat | None = None,
     fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
@@ -263,7 +279,9 @@ def connect(
     message at 3 consecutive losses that confirmed nothing (it was re-sent alone after the first);
     ``send()`` (if not resolved yet) or the next ``flush()`` raises ``tether.SendFailed`` naming it
     (``.messages``, ``.failures``), and later messages go on. A server that crashes at random points
-    fails no message.
+    fails no message. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
+    its error names every message never confirmed (``.messages``, in send order) and every failure not
+    reported yet (``.failures``), from whichever call raises it.
     """
     return Connection(
         _native.Connection(

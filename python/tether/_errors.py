@@ -15,7 +15,16 @@ class GaveUp(TetherError):
     """A retry loop stopped: fatal error, attempt budget or deadline exhausted.
 
     ``attempts`` is the number of attempts made in the final outage, ``last_error`` the exception (or
-    message) of the last one, ``reason`` one of "fatal error", "attempt budget exhausted", "deadline exceeded".
+    message) of the last one, ``reason`` one of "fatal error", "attempt budget exhausted", "deadline exceeded",
+    "connect_timeout exceeded".
+
+    Raised by a ``tether.connect`` connection, it also says what the connection never delivered, the same
+    lists from every call that raises it (``send``, ``flush``, ``recv``, ``async for``): ``messages``, the
+    payloads of every message it accepted that the server never confirmed, in send order (the server may
+    have read some of them: re-send them on a new connection if at-least-once suits them), and
+    ``failures``, a ``FailedMessage`` for every message that failed (close 1009, the poison rule) that no
+    ``flush()`` reported yet. A message is in one list at most; every message sent and in neither was
+    confirmed or raised ``SendFailed`` already.
     """
 
     def __init__(
@@ -27,6 +36,8 @@ class GaveUp(TetherError):
         elapsed: float = 0.0,
         reason: str = "",
         name: str = "",
+        messages: Iterable[str | bytes] = (),
+        failures: Iterable[FailedMessage] = (),
     ) -> None:
         super().__init__(message)
         self.attempts = attempts
@@ -34,6 +45,8 @@ class GaveUp(TetherError):
         self.elapsed = elapsed
         self.reason = reason
         self.name = name
+        self.messages = list(messages)
+        self.failures = list(failures)
 
 
 class PoolExhausted(TetherError):
@@ -70,15 +83,38 @@ class ConnectionClosed(TetherError):
     """The connection is closed (by ``aclose``, by the server with a code of ``final_close_codes``, or
     after giving up); ``code``/``reason`` when known. As the ``last_error`` of a ``GaveUp``, it describes
     the last failure: ``code`` is the server's close code, ``http_status`` the HTTP status with which
-    the server refused the WebSocket handshake (e.g. 404), None when neither applies."""
+    the server refused the WebSocket handshake (e.g. 404), None when neither applies.
+
+    Raised by a connection that ended, ``messages`` and ``failures`` say what it never delivered, as for
+    ``GaveUp``: after a final close code, and after ``aclose()`` when its ``close_timeout`` ran out before
+    the server confirmed everything (or it closed during an outage). Empty on a ``GaveUp``'s
+    ``last_error``."""
 
     def __init__(
-        self, message: str, *, code: int | None = None, reason: str = "", http_status: int | None = None
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        reason: str = "",
+        http_status: int | None = None,
+        messages: Iterable[str | bytes] = (),
+        failures: Iterable[FailedMessage] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.http_status = http_status
+        self.messages = list(messages)
+        self.failures = list(failures)
+
+
+class ConnectFailed(ConnectionClosed):
+    """The connection never opened: every attempt of its first connect failed before it was established
+    (a refused or timed-out TCP connect, a DNS or TLS failure, an HTTP answer other than 101, an
+    ``on_connect`` that raised). It is the ``last_error`` of the ``GaveUp`` that ends such a first
+    connect, and says what the last attempt met; a connection that had opened reports its end as a plain
+    ``ConnectionClosed``. A subclass of ``ConnectionClosed``, so ``except ConnectionClosed`` and
+    ``.http_status`` work for both."""
 
 
 class SendBufferFull(TetherError):
@@ -139,6 +175,7 @@ class TimeoutError(TetherError, builtins.TimeoutError):
 
 
 __all__ = [
+    "ConnectFailed",
     "ConnectionClosed",
     "FailedMessage",
     "GaveUp",

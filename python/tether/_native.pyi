@@ -32,16 +32,15 @@ __version__: str
 
 @final
 class NativeCoroutine(Coroutine[Any, Any, _T_co]):
-    """What the native ``async def`` methods below return: a coroutine (``asyncio.iscoroutine`` is true,
-    registered with ``collections.abc.Coroutine``), so ``await``, ``asyncio.create_task``, ``gather``,
-    ``wait_for``, ``TaskGroup`` and ``asyncio.run_coroutine_threadsafe`` from another thread all take it.
+    """What the native ``async def`` methods return: a coroutine (``asyncio.iscoroutine`` is true, registered with
+    ``collections.abc.Coroutine``), so ``await``, ``asyncio.create_task``, ``gather``, ``wait_for``, ``TaskGroup``
+    and ``asyncio.run_coroutine_threadsafe`` from another thread all take it.
 
-    The call does only what its method documents as immediate (``send()`` queues its message); the rest
-    runs from the first step, on the event loop whose task drives it, so one made on a thread without a
-    loop works once a loop runs it. A result that is there at the first step is returned without an
-    asyncio future. Cancelling the task (``throw``) or ``close()`` stops the Rust work. Awaiting it twice
-    raises ``RuntimeError`` as a coroutine does; dropping it unawaited warns "was never awaited", except
-    for ``send()``, whose message was queued by the call."""
+    The call does only what its method documents as immediate (``send()`` queues its message); the rest runs from
+    the first step, on the event loop whose task drives it, so one made on a thread without a loop works once a loop
+    runs it. A result that is there at the first step is returned without an asyncio future. Cancelling the task
+    (``throw``) or ``close()`` stops the Rust work. Awaiting it twice raises ``RuntimeError`` as a coroutine does;
+    dropping it unawaited warns "was never awaited", except for ``send()``, whose message was queued by the call."""
 
     __name__: str
     __qualname__: str
@@ -57,25 +56,25 @@ class NativeCoroutine(Coroutine[Any, Any, _T_co]):
     def __next__(self) -> Any: ...
 
 # ----------------------------------------------------------------------------------------------------
-# Backoff (issue 2)
+# Backoff
 # ----------------------------------------------------------------------------------------------------
 
 @final
 class Backoff:
     """Retry delay policy. ``max_attempts`` counts retries: ``delays()`` yields one delay per retry.
 
-    initial/max_delay/deadline are seconds (finite, 0..86400; deadline > 0); factor >= 1;
-    jitter: "full" uniform(0, d) | "equal" d/2 + uniform(0, d/2) | "decorrelated" uniform(initial, 3*prev)
-    | "none". ``deadline`` caps the sum of delays and, in loops, the wall-clock length of an outage (a
-    retry whose delay would reach the deadline is not made: the loop gives up at that failure).
-    ``seed`` makes the jitter reproducible. ValueError/TypeError on nonsense.
-    """
+    initial/max_delay/deadline are seconds (finite, 0..86400; deadline > 0); factor >= 1; jitter: "full" uniform(0,
+    d) | "equal" d/2 + uniform(0, d/2) | "decorrelated" uniform(initial, 3*prev) | "none". ``deadline`` caps the sum
+    of delays and, in loops, the wall-clock length of an outage (a retry whose delay would reach the deadline is not
+    made: the loop gives up at that failure). ``seed`` makes the jitter reproducible. ValueError/TypeError on
+    nonsense. Every argument left out, or None, takes the default shown by ``help()``; ``max_delay`` is never below
+    an ``initial`` given larger."""
 
     def __new__(
         cls,
-        initial: float | None = None,  # 0.3
-        factor: float | None = None,  # 2.0
-        max_delay: float | None = None,  # 7.0
+        initial: float | None = 0.3,
+        factor: float | None = 2.0,
+        max_delay: float | None = 7.0,
         jitter: Literal["full", "equal", "decorrelated", "none"] = "full",
         max_attempts: int | None = None,
         deadline: float | None = None,
@@ -102,14 +101,14 @@ class DelayIter(Iterator[float]):
     def __next__(self) -> float: ...
 
 # ----------------------------------------------------------------------------------------------------
-# Reconnector (issue 2)
+# Reconnector
 # ----------------------------------------------------------------------------------------------------
 
 @final
 class EventStream(AsyncIterator[Event]):
-    """The events emitted after the ``events()`` call that made it returned (it subscribes at that call,
-    not at the first ``__anext__``), in order; none from before. Cancellation-safe: an iteration
-    cancelled while waiting loses no event."""
+    """The events emitted after the ``events()`` call that made it returned (it subscribes at that call, not at the
+    first ``__anext__``), in order; none from before. Cancellation-safe: an iteration cancelled while waiting loses
+    no event."""
     async def __anext__(self) -> Event: ...
     def try_next(self) -> Event | None: ...
     async def wait(self) -> None: ...
@@ -118,62 +117,60 @@ class EventStream(AsyncIterator[Event]):
 class Reconnector:
     """Retry policy for a connection loop, as ``run(connect)`` or step by step. One state machine decides.
 
-    Only time spent connected counts: the retry counter (``attempt``) and the backoff sequence reset once
-    a connection stayed up ``stable_after`` seconds after ``connected()`` was called; an attempt that
-    never called ``connected()`` never counts, however long it took. The first ``quiet_attempts`` retries
-    of an outage wait ``uniform(0, quiet_jitter)`` seconds (a fleet dropped together comes back spread
-    over that window, shrunk to the time left before the policy's ``deadline``; 0 retries immediately)
-    and log at DEBUG; backed-off retries log WARNING with
-    ``retry_count``/``max_retry``/``error``/``delay_s``/``strategy`` in ``extra``; recovery logs INFO once,
-    when the link has been stable after an outage that logged a WARNING (a flapping link's handshakes stay
-    at DEBUG). Giving up logs ERROR and raises ``tether.GaveUp`` (``.attempts``, ``.last_error``,
-    ``.reason``, ``.elapsed``) chained from the last error. Exceptions in ``fatal`` are not retried.
+    Only time spent connected counts: the retry counter (``attempt``) and the backoff sequence reset once a
+    connection stayed up ``stable_after`` seconds after ``connected()`` was called; an attempt that never called
+    ``connected()`` never counts, however long it took. The first ``quiet_attempts`` retries of an outage wait
+    ``uniform(0, quiet_jitter)`` seconds (a fleet dropped together comes back spread over that window, shrunk to the
+    time left before the policy's ``deadline``; 0 retries immediately) and log at DEBUG; backed-off retries log
+    WARNING with ``retry_count``/``max_retry``/``error``/``delay_s``/``strategy`` in ``extra``; recovery logs INFO
+    once, when the link has been stable after an outage that logged a WARNING (a flapping link's handshakes stay at
+    DEBUG). Giving up logs ERROR and raises ``tether.GaveUp`` (``.attempts``, ``.last_error``, ``.reason``,
+    ``.elapsed``) chained from the last error. Exceptions in ``fatal`` are not retried. ``name`` is what the loop
+    connects to, as its messages name it ("failed to connect to {name}"); unnamed (None), they name no target.
     ``logger``: a logger name or ``logging.Logger`` that receives this object's records instead of
-    ``tether.reconnect`` (same ``extra`` fields; its level joins the Rust-side filter).
-    """
+    ``tether.reconnect`` (same ``extra`` fields; its level joins the Rust-side filter)."""
 
     def __new__(
         cls,
-        policy: Backoff | None = None,
+        policy: Backoff | None = ...,  # Backoff()
         *,
-        stable_after: float | None = None,  # 10.0
-        quiet_attempts: int | None = None,  # 1
-        quiet_jitter: float | None = None,  # 1.0
-        fatal: type[BaseException] | tuple[type[BaseException], ...] | None = None,  # ()
-        name: str = "reconnector",
+        stable_after: float | None = 10.0,
+        quiet_attempts: int | None = 1,
+        quiet_jitter: float | None = 1.0,
+        fatal: type[BaseException] | tuple[type[BaseException], ...] | None = (),
+        name: str | None = None,
         logger: str | logging.Logger | None = None,
         attempt_timeout: float | None = None,
     ) -> Reconnector: ...
     def run(self, connect: Callable[[], Awaitable[_T]]) -> Coroutine[Any, Any, _T]:
-        """``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each
-        call is one attempt, raising means it failed or the connection was lost. Call ``r.connected()``
-        inside once the handshake succeeded. ``attempt_timeout``: an attempt that has not called
-        ``connected()`` within it is cancelled at that moment and counts as a failure
-        (``tether.TimeoutError``). Cancelling ``run`` cancels ``connect`` and returns once it has
-        finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5 s later, then it is
-        abandoned with a WARNING). RuntimeError if already running; TypeError if connect is not callable.
-        """
+        """``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each call is one
+        attempt, raising means it failed or the connection was lost. Call ``r.connected()`` inside once the
+        handshake succeeded. ``attempt_timeout``: an attempt that has not called ``connected()`` within it is
+        cancelled at that moment and counts as a failure (``tether.TimeoutError``). Cancelling ``run`` cancels
+        ``connect`` and returns once it has finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5
+        s later, then it is abandoned with a WARNING). RuntimeError if already running; TypeError if connect is
+        not callable."""
     def failed(self, exc: BaseException | None = None) -> float:
-        """Step-wise: an attempt, or a live connection, failed with ``exc``; returns the seconds to wait
-        before the next attempt and logs the retry. Raises ``tether.GaveUp`` (``__cause__`` = exc) when
-        ``exc`` is fatal or the policy's attempts/deadline are exhausted; the state then starts over.
-        RuntimeError while ``run()`` is running."""
+        """Step-wise: an attempt, or a live connection, failed with ``exc``; returns the seconds to wait before the
+        next attempt and logs the retry. Raises ``tether.GaveUp`` (``__cause__`` = exc) when ``exc`` is fatal or
+        the policy's attempts/deadline are exhausted; the state then starts over. RuntimeError while ``run()``
+        is running."""
     def backoff(self, exc: BaseException | None = None) -> Coroutine[Any, Any, None]:
         """``await r.backoff(exc)`` = ``await asyncio.sleep(r.failed(exc))``; cancellable."""
     def connected(self) -> bool:
         """This attempt succeeded: the stability clock starts. False if it was already marked."""
     def closed(self) -> None:
-        """The connected period ended without an error; reports ``ConnectionLost("closed")``, logs
-        nothing. A ``failed()`` after it counts as the loss of that connection."""
+        """The connected period ended without an error; reports ``ConnectionLost("closed")``, logs nothing. A
+        ``failed()`` after it counts as the loss of that connection."""
     @property
     def attempt(self) -> int:
         """Retries since the last stable connection (0 = none)."""
     def events(self) -> EventStream:
-        """Events of the current (or next) run or step-wise episode (the step-wise form has no
-        ``Connecting``), from this call on (it subscribes now, not at the first ``__anext__``); ends
-        when ``run`` returns or the episode gives up."""
+        """Events of the current (or next) run or step-wise episode (the step-wise form has no ``Connecting``),
+        from this call on (it subscribes now, not at the first ``__anext__``); ends when ``run`` returns or the
+        episode gives up."""
     @property
-    def name(self) -> str: ...
+    def name(self) -> str | None: ...
     @property
     def policy(self) -> Backoff: ...
     @property
@@ -192,7 +189,7 @@ def add_redacted_names(*names: str) -> None: ...
 def _set_log_level(py_level: int) -> None: ...
 
 # ----------------------------------------------------------------------------------------------------
-# Connection / tether.connect (issue 3)
+# Connection / tether.connect
 # ----------------------------------------------------------------------------------------------------
 
 @final
@@ -239,8 +236,11 @@ class Connection:
     def try_recv(self) -> str | bytes | None: ...
     async def wait_readable(self) -> None: ...
     async def send(self, data: str | bytes | bytearray | memoryview) -> None: ...
-    async def flush(self) -> None: ...
-    async def aclose(self) -> None: ...
+    async def flush(self) -> None:
+        """Once the connection ended, raises its ``GaveUp``/``ConnectionClosed``, whose ``messages`` and
+        ``failures`` name what it never delivered (the same lists from every call that raises it)."""
+    async def aclose(self) -> None:
+        """Never raises; what the close could not get confirmed is named by the error raised afterwards."""
     def close(self) -> None: ...
     def events(self) -> EventStream:
         """Subscribes now: the stream delivers every event emitted after this call returned."""
@@ -270,16 +270,14 @@ class HandshakeChannel:
 class Heartbeat:
     """In-band heartbeat for ``tether.connect(heartbeat=...)``.
 
-    ``message`` (str, bytes-like, or a zero-argument callable returning one, called on the event loop) is
-    sent every ``interval`` seconds while connected. When no reply arrives within ``timeout`` (default:
-    ``interval``) after a heartbeat went out, the connection is lost ("heartbeat timeout") and reconnects.
-    A reply is an inbound message for which ``is_reply(msg)`` is true; any inbound message when ``is_reply``
-    is None. ``is_reply`` runs on the event loop, only on messages received while a heartbeat is
-    unanswered, in batches; replies are still delivered to the application. Both must be plain functions
-    (an async one is a TypeError). A factory or predicate that raises, or returns an awaitable, ends the
-    connection (``GaveUp``, not retried). While the application is not reading and the
-    inbound buffer is full, a missing reply is not a loss (replies cannot be read).
-    """
+    ``message`` (str, bytes-like, or a zero-argument callable returning one, called on the event loop) is sent every
+    ``interval`` seconds while connected. When no reply arrives within ``timeout`` (default: ``interval``) after a
+    heartbeat went out, the connection is lost ("heartbeat timeout") and reconnects. A reply is an inbound message
+    for which ``is_reply(msg)`` is true; any inbound message when ``is_reply`` is None. ``is_reply`` runs on the
+    event loop, only on messages received while a heartbeat is unanswered, in batches; replies are still delivered
+    to the application. Both must be plain functions (an async one is a TypeError). A factory or predicate that
+    raises, or returns an awaitable, ends the connection (``GaveUp``, not retried). While the application is not
+    reading and the inbound buffer is full, a missing reply is not a loss (replies cannot be read)."""
 
     def __new__(
         cls,
@@ -298,7 +296,7 @@ class Heartbeat:
     def timeout(self) -> float: ...
 
 # ----------------------------------------------------------------------------------------------------
-# SignalServer (issue 3)
+# SignalServer
 # ----------------------------------------------------------------------------------------------------
 
 @final
@@ -336,7 +334,7 @@ class SignalServer:
 def _at_exit() -> None: ...
 
 # ----------------------------------------------------------------------------------------------------
-# ChaosProxy (issue 4)
+# ChaosProxy
 # ----------------------------------------------------------------------------------------------------
 
 @final
@@ -364,12 +362,13 @@ class ChaosProxy:
     def stats(self) -> dict[str, int]: ...
 
 # ----------------------------------------------------------------------------------------------------
-# Watchdog, Liveness, bounded (issue 5)
+# Watchdog, Liveness, bounded
 # ----------------------------------------------------------------------------------------------------
 
 @final
 class Liveness:
-    """A liveness (or progress) deadline. ``beat()`` costs one clock read and one atomic store."""
+    """A liveness (or progress) deadline: ``beat()`` on every frame (one clock read and one atomic store); silence past
+    its ``timeout`` raises an alarm."""
 
     def beat(self) -> None: ...
     def touch(self) -> None: ...
@@ -391,10 +390,14 @@ class AlarmStream(AsyncIterator[Alarm]):
 
 @final
 class Watchdog:
-    """Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via
-    ``async for alarm in wd`` / ``wd.alarms()``, the optional ``on_alarm`` callback (run on the loop that
-    created the watchdog) and WARNING logs on ``tether.watchdog``. One alarm per entry into a state /
-    per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from creation."""
+    """Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via ``async for alarm in
+    wd`` / ``wd.alarms()`` and the optional ``on_alarm`` callback (run on the loop that created the watchdog). One
+    alarm per entry into a state / per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed
+    from creation.
+
+    Each alarm is reported once: without ``on_alarm``, by a WARNING record on ``tether.watchdog`` (or ``logger``);
+    with ``on_alarm``, by that callback, which replaces the WARNING as a custom exception handler replaces asyncio's
+    default report (the record is then DEBUG). Streams (``alarms()``) deliver every alarm either way."""
 
     def __new__(
         cls,
@@ -417,7 +420,7 @@ class Watchdog:
     def closed(self) -> bool: ...
 
 # ----------------------------------------------------------------------------------------------------
-# ProcPool (issue 6)
+# ProcPool
 # ----------------------------------------------------------------------------------------------------
 
 @final
@@ -432,8 +435,9 @@ class WorkerProc:
     @property
     def stderr_tail(self) -> str: ...
     async def request(self, data: bytes | str, *, timeout: float | None = None) -> bytes:
-        """A request that does not complete (timeout, cancellation) kills the worker: it is never
-        handed out again, since its late reply would answer the next request."""
+        """Send one frame and await the reply frame, within ``timeout`` seconds if given (``tether.TimeoutError``).
+        A request that does not complete (timeout, cancellation) kills the worker: it is never handed out again,
+        since its late reply would answer the next request."""
 
 @final
 class PoolEventStream(AsyncIterator[Any]):
@@ -443,32 +447,33 @@ class PoolEventStream(AsyncIterator[Any]):
 
 @final
 class ProcPool:
-    """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a
-    plain function is a TypeError) returning any object, alive per ``liveness(proc)`` if given (called
-    from a tether thread, with the GIL: keep it quick and non-blocking), else its ``is_alive()``, else
-    ``poll() is None``, else ``returncode is None``; disposed with ``aclose()``/``close()``, else
-    ``kill()`` then ``await wait()``. A spawn that raises ``X from cause`` reports both. Or
-    ``command``: argv of a child that sends the ready frame (``tether.worker``); such children die with
-    this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what
-    they own (``kill()`` for spawn= objects). Each spawn made while acquirers wait is made for one of
-    them (an acquirer also takes over a spawn for the idle target still starting when it arrives); its
-    failure is a failed attempt of that acquirer only; after ``acquire_attempts`` failed attempts it
-    raises ``PoolExhausted`` (``.failures``: its own spawns' causes, ``.attempts``). Once the pool is
-    unhealthy (2 spawn failures in a row since the last success; spawns then run one at a time), the
-    next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
-    (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool
-    did not lend (or twice) raise ValueError. A request that does not complete kills its worker."""
+    """A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a plain function is
+    a TypeError) returning any object, alive per ``liveness(proc)`` if given (called from a tether thread, with the
+    GIL: keep it quick and non-blocking), else its ``is_alive()``, else ``poll() is None``, else ``returncode is
+    None``; disposed with ``aclose()``/``close()``, else ``kill()`` then ``await wait()``. A spawn that raises ``X
+    from cause`` reports both. Or ``command``: argv of a child that sends the ready frame (``tether.worker``); such
+    children die with this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill
+    what they own (``kill()`` for spawn= objects).
+
+    Each spawn made while acquirers wait is made for one of them (an acquirer also takes over a spawn for the idle
+    target still starting when it arrives); its failure is a failed attempt of that acquirer only; after
+    ``acquire_attempts`` failed attempts it raises ``PoolExhausted`` (``.failures``: its own spawns' causes,
+    ``.attempts``). Once the pool is unhealthy (2 spawn failures in a row since the last success; spawns then run
+    one at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting
+    acquire (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``).
+    ``release``/``detach`` of a process this pool did not lend (or twice) raise ValueError. A request that does not
+    complete kills its worker."""
 
     def __new__(
         cls,
         spawn: Callable[[], Awaitable[Any]] | None = None,
         command: Sequence[str] | None = None,
         *,
-        num_idle: int | None = None,  # 1
-        max_concurrent_spawns: int | None = None,  # 1
-        initialize_timeout: float | None = None,  # 10.0
-        acquire_attempts: int | None = None,  # 3
-        respawn: Backoff | None = None,
+        num_idle: int | None = 1,
+        max_concurrent_spawns: int | None = 1,
+        initialize_timeout: float | None = 10.0,
+        acquire_attempts: int | None = 3,
+        respawn: Backoff | None = ...,  # Backoff(0.1, 2.0, max_delay=10.0, jitter="equal")
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         liveness: Callable[[Any], bool] | None = None,
@@ -477,12 +482,12 @@ class ProcPool:
     def start(self) -> None: ...
     async def acquire(self, timeout: float | None = None) -> Any: ...
     async def warm(self, n: int | None = None, timeout: float | None = None) -> None:
-        """Until ``n`` (default num_idle; a lower idle target is raised to ``n``) processes are idle.
-        Raises PoolExhausted once ``acquire_attempts`` spawns failed in a row, or TimeoutError."""
+        """Until ``n`` (default num_idle; a lower idle target is raised to ``n``) processes are idle. Raises
+        PoolExhausted once ``acquire_attempts`` spawns failed in a row, or TimeoutError."""
     def release(self, proc: Any, *, kill: bool = False) -> None: ...
     def detach(self, proc: Any) -> None:
-        """``proc`` leaves the pool for good (not killed by the pool, no longer counted); the pool
-        refills. A native worker still dies with this process."""
+        """``proc`` leaves the pool for good (not killed by the pool, no longer counted); the pool refills. A
+        native worker still dies with this process."""
     def set_target_idle(self, n: int) -> None: ...
     async def aclose(self) -> None: ...
     @property
@@ -491,19 +496,19 @@ class ProcPool:
     def events(self) -> PoolEventStream: ...
 
 # ----------------------------------------------------------------------------------------------------
-# ReadinessGate (issue 7)
+# ReadinessGate
 # ----------------------------------------------------------------------------------------------------
 
 @final
 class ReadinessGate:
-    """Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first
-    stage. Each further stage must be ``mark``ed within its timeout, measured from the previous stage
-    (the first from the start of the dispatch call, which it also bounds). A raising dispatch call is
-    retried with ``policy`` (default Backoff(0.2, 2, jitter="none", max_attempts=3): 200/400/800 ms);
-    a stage timeout raises ``tether.NotReady`` (or re-dispatches when ``redispatch=True``). Returns
-    {stage: seconds since the dispatch call started}. Stage timeouts default to 10 s each. A plain
-    (non-async) ``dispatch`` is a TypeError at once; marks made during a failed attempt are cleared
-    before the retry."""
+    """Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first stage. Each
+    further stage must be ``mark``ed within its timeout, measured from the previous stage (the first from the start
+    of the dispatch call, which it also bounds). A raising dispatch call is retried with ``policy`` (default
+    Backoff(0.2, 2, jitter="none", max_attempts=3): 200/400/800 ms); a stage timeout raises ``tether.NotReady`` (or
+    re-dispatches when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages
+    default to ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a
+    TypeError at once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the
+    failure's one report (its log record is DEBUG); retries log WARNING."""
 
     def __new__(cls, *, logger: str | logging.Logger | None = None) -> Self: ...
     async def dispatch(

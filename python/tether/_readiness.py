@@ -1,4 +1,4 @@
-"""Dispatch readiness (seed 002): ``ReadinessGate``. "Participant joined" is not "agent ready"."""
+"""Dispatch readiness: ``ReadinessGate``. "Participant joined" is not "agent ready"."""
 
 from ._native import ReadinessGate
 

@@ -1,4 +1,4 @@
-"""Stall detection (seed 001): ``Watchdog`` (dwell, progress, liveness) and ``bounded`` awaits."""
+"""Stall detection (stuck reconnecting, ghost rooms, waits that never return): ``Watchdog`` (dwell, progress, liveness) and ``bounded`` awaits."""
 
 from __future__ import annotations
 

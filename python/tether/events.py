@@ -8,12 +8,17 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Connecting:
+    """Attempt number ``attempt`` (from 1, counting the outage's retries) starts, on the ladder rung
+    ``strategy`` ("connect" for the first connection ever)."""
+
     attempt: int
     strategy: str
 
 
 @dataclass(frozen=True, slots=True)
 class Connected:
+    """Attempt number ``attempt`` succeeded (for ``tether.connect``: the handshake and ``on_connect``)."""
+
     attempt: int
 
 
@@ -26,6 +31,8 @@ class ConnectionLost:
 
 @dataclass(frozen=True, slots=True)
 class Reconnecting:
+    """Attempt number ``attempt`` will start after ``delay`` seconds (the backoff), on the rung ``strategy``."""
+
     attempt: int
     delay: float
     strategy: str
@@ -33,12 +40,17 @@ class Reconnecting:
 
 @dataclass(frozen=True, slots=True)
 class Reconnected:
+    """Connected again after a loss: ``downtime`` seconds since the loss, in ``attempts`` attempts."""
+
     downtime: float
     attempts: int
 
 
 @dataclass(frozen=True, slots=True)
 class GaveUp:
+    """The loop stopped retrying after ``attempts`` attempts; ``error`` is the last failure (redacted). The
+    awaiting call raises the exception ``tether.GaveUp``."""
+
     error: str
     attempts: int
 

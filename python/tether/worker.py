@@ -26,12 +26,14 @@ MAX_FRAME = 64 * 1024 * 1024
 
 
 def write_frame(out: BinaryIO, data: bytes) -> None:
+    """Write one frame (length, then ``data``) to ``out`` and flush it."""
     # one write: a reader never sees the length without the payload
     out.write(struct.pack(">I", len(data)) + data)
     out.flush()
 
 
 def read_frame(inp: BinaryIO) -> bytes | None:
+    """Read one frame from ``inp``; None at the end of input. ValueError for a frame over 64 MiB."""
     head = inp.read(4)
     if len(head) < 4:
         return None
@@ -43,6 +45,7 @@ def read_frame(inp: BinaryIO) -> bytes | None:
 
 
 def ready(out: BinaryIO | None = None) -> None:
+    """Tell the pool this child finished initializing (the ``b"ready"`` frame, on stdout by default)."""
     write_frame(out or sys.stdout.buffer, b"ready")
 
 
@@ -61,6 +64,7 @@ def serve(handler: Callable[[bytes], bytes], *, signal_ready: bool = True, max_r
 
 
 def main(argv: list[str]) -> int:
+    """``python -m tether.worker [--fail | --hang | --die-after N | --delay S]``: the echo worker."""
     if "--fail" in argv:
         print("worker: failing on purpose (ImportError: no module named 'agent_plugins')", file=sys.stderr, flush=True)
         return 3

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, Jitter};
 use crate::pool_state::{PoolState, SpawnId, Turn, WaiterId, Warmth};
+use crate::wording::count;
 
 const LOG: &str = "tether::procpool";
 
@@ -178,20 +179,22 @@ impl AcquireError {
         }
         match self {
             AcquireError::Exhausted { attempts, failures } => format!(
-                "no process after {attempts} acquire attempt{}: every spawn failed: {}",
-                if *attempts == 1 { "" } else { "s" },
+                "no process after {}: every spawn failed: {}",
+                count(*attempts, "acquire attempt"),
                 causes(failures)
             ),
             AcquireError::Unhealthy { in_row, failures, .. } => format!(
-                "no process: the pool is unhealthy ({in_row} spawn failures in a row, the last while this acquire waited): {}",
+                "no process: the pool is unhealthy ({} in a row, the last while this acquire waited): {}",
+                count(*in_row, "spawn failure"),
                 causes(failures)
             ),
             AcquireError::TimedOut { timeout, failures } => {
                 format!("no process within {:.1}s: {}", timeout.as_secs_f64(), causes(failures))
             }
             AcquireError::WarmFailed { wanted, idle, attempts, failures } => format!(
-                "warm-up stopped at {idle} of {wanted} idle processes after {attempts} spawn failure{} in a row: {}",
-                if *attempts == 1 { "" } else { "s" },
+                "warm-up stopped at {idle} of {} after {} in a row: {}",
+                count(*wanted, "idle process"),
+                count(*attempts, "spawn failure"),
                 causes(failures)
             ),
             AcquireError::Closed => "the pool is closed".into(),
@@ -468,7 +471,9 @@ impl Pool {
             {
                 inner.emit(PoolEvent::Exhausted { attempts: *attempts, failures: failures.clone() });
             }
-            tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "acquire failed: {}", e.message());
+            // PoolExhausted (or the timeout) is this failure's report: the caller awaits it, so a record at
+            // WARNING or above would print the same failure twice
+            tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), "acquire failed: {}", e.message());
         }
         res
     }
@@ -499,7 +504,8 @@ impl Pool {
         };
         let res = inner.within(timeout, since, body).await;
         if let Err(e) = &res {
-            tracing::error!(target: LOG, logger = inner.cfg.logger.as_deref(), "warm-up failed: {}", e.message());
+            // reported by the error warm() raises, as above
+            tracing::debug!(target: LOG, logger = inner.cfg.logger.as_deref(), "warm-up failed: {}", e.message());
         }
         res
     }

@@ -7,6 +7,14 @@ use crate::backoff::{Backoff, Delays, Jitter};
 
 use super::errors::value_error;
 
+/// Retry delay policy. ``max_attempts`` counts retries: ``delays()`` yields one delay per retry.
+///
+/// initial/max_delay/deadline are seconds (finite, 0..86400; deadline > 0); factor >= 1; jitter: "full" uniform(0, d)
+/// | "equal" d/2 + uniform(0, d/2) | "decorrelated" uniform(initial, 3*prev) | "none". ``deadline`` caps the sum of
+/// delays and, in loops, the wall-clock length of an outage (a retry whose delay would reach the deadline is not
+/// made: the loop gives up at that failure). ``seed`` makes the jitter reproducible. ValueError/TypeError on
+/// nonsense. Every argument left out, or None, takes the default shown by ``help()``; ``max_delay`` is never below an
+/// ``initial`` given larger.
 #[pyclass(name = "Backoff", module = "tether._native", frozen)]
 #[derive(Clone)]
 pub struct PyBackoff {
@@ -106,35 +114,63 @@ impl PyBackoff {
         Ok(PyBackoff { inner: b })
     }
 
+    /// The constructor's signature with the defaults that take effect (`Backoff::default()`), for
+    /// `help()`; the binding's own takes None for each, so that None also means "the default".
+    #[classattr]
+    #[pyo3(name = "__signature__")]
+    fn signature(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        use super::signature::Kind::PositionalOrKeyword as P;
+        let d = Backoff::default();
+        super::signature::signature(
+            py,
+            vec![
+                ("initial", P, d.initial.into_pyobject(py)?.into_any()),
+                ("factor", P, d.factor.into_pyobject(py)?.into_any()),
+                ("max_delay", P, d.max_delay.into_pyobject(py)?.into_any()),
+                ("jitter", P, d.jitter.as_str().into_pyobject(py)?.into_any()),
+                ("max_attempts", P, d.max_attempts.into_pyobject(py)?.into_any()),
+                ("deadline", P, d.deadline.into_pyobject(py)?.into_any()),
+                ("seed", P, d.seed.into_pyobject(py)?.into_any()),
+            ],
+        )
+    }
+
     /// A fresh iterator of delays (seconds, as floats) for one retry episode.
     fn delays(&self) -> DelayIter {
         DelayIter { it: std::sync::Mutex::new(self.inner.delays()) }
     }
 
+    /// The first delay, in seconds, before jitter.
     #[getter]
     fn initial(&self) -> f64 {
         self.inner.initial
     }
+    /// How much each delay grows over the one before (at least 1).
     #[getter]
     fn factor(&self) -> f64 {
         self.inner.factor
     }
+    /// The largest delay, in seconds, before jitter.
     #[getter]
     fn max_delay(&self) -> f64 {
         self.inner.max_delay
     }
+    /// "full", "equal", "decorrelated" or "none".
     #[getter]
     fn jitter(&self) -> &'static str {
         self.inner.jitter.as_str()
     }
+    /// Retries allowed in one outage; None: no limit.
     #[getter]
     fn max_attempts(&self) -> Option<u32> {
         self.inner.max_attempts
     }
+    /// Seconds one outage may last (and its delays add up to); None: no limit.
     #[getter]
     fn deadline(&self) -> Option<f64> {
         self.inner.deadline
     }
+    /// The seed of the jitter; None: a random one.
     #[getter]
     fn seed(&self) -> Option<u64> {
         self.inner.seed
@@ -159,6 +195,7 @@ impl PyBackoff {
     }
 }
 
+/// The delays of one retry episode, in seconds (``Backoff.delays()``).
 #[pyclass(module = "tether._native")]
 pub struct DelayIter {
     it: std::sync::Mutex<Delays>,

@@ -14,14 +14,16 @@ use crate::ws::{
     port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError,
     DEFAULT_CONNECT_TIMEOUT,
 };
-use crate::ws_protocol::{Failed, Failure, MESSAGE_TOO_BIG};
+use crate::ws_protocol::{Failed, Failure, Undelivered, MESSAGE_TOO_BIG};
 use crate::ws_tls::TrustSource;
 
 use super::args::{bound_or_none, Arg};
 use super::backoff::count;
 use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
-use super::errors::{failed_message, value_error, CONNECTION_CLOSED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED};
+use super::errors::{
+    failed_message, value_error, CONNECTION_CLOSED, CONNECT_FAILED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED,
+};
 use super::events::EventStream;
 use super::handshake::{on_connect_hook, on_loop, LoopSlot};
 use super::heartbeat::heartbeat_config;
@@ -60,7 +62,8 @@ fn check_url(url: &str) -> PyResult<()> {
     match req.uri().scheme_str() {
         Some("ws") | Some("wss") => {}
         other => {
-            return Err(value_error(format!("URL scheme must be ws or wss, got {other:?} in {}", redact_url(url))))
+            let got = other.map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
+            return Err(value_error(format!("URL scheme must be ws or wss, got {got} in {}", redact_url(url))));
         }
     }
     port_of(req.uri()).map(|_| ()).map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))
@@ -142,35 +145,81 @@ pub struct PyConnection {
     name: String,
 }
 
-pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
+/// The error of a connection that ended for good. Every one of them (whichever call raises it) carries
+/// what the connection never delivered: `.messages` (never confirmed, in send order, to re-send on
+/// another connection) and `.failures` (`FailedMessage`s no flush reported), and says how many in its
+/// text. `opened`: it was established at least once; a give-up of one that never was names its last
+/// failure `ConnectFailed` (a refused connect is no "closed").
+pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) -> PyErr {
+    let kw = match undelivered_kwargs(py, t.undelivered()) {
+        Ok(kw) => kw,
+        Err(e) => return e,
+    };
+    let left = undelivered_text(t.undelivered());
     match t {
-        Terminal::Closed => {
-            let kw = PyDict::new(py);
+        Terminal::Closed { .. } => {
             let _ = kw.set_item("code", 1000);
-            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed"), Some(&kw))
+            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed{left}"), Some(&kw))
         }
-        Terminal::PeerClosed { code, text } => {
-            let kw = PyDict::new(py);
+        Terminal::PeerClosed { code, text, .. } => {
             let _ = kw.set_item("code", *code);
             let _ = kw.set_item("reason", text.as_str());
-            CONNECTION_CLOSED.err(py, &format!("connection to {name} ended: {text} (final_close_codes)"), Some(&kw))
+            CONNECTION_CLOSED.err(
+                py,
+                &format!("connection to {name} ended: {text} (final_close_codes){left}"),
+                Some(&kw),
+            )
         }
-        Terminal::GaveUp { message, attempts, elapsed, reason, last } => {
-            let kw = PyDict::new(py);
-            let _ = kw.set_item("code", last.close_code);
-            let _ = kw.set_item("reason", last.text.as_str());
-            let _ = kw.set_item("http_status", last.http_status);
-            let last_err = CONNECTION_CLOSED.err(py, &last.text, Some(&kw));
-            let kw = PyDict::new(py);
+        Terminal::GaveUp { message, attempts, elapsed, reason, last, .. } => {
+            // the last attempt's failure: what the server did, not what the connection left undelivered
+            let last_kw = PyDict::new(py);
+            let _ = last_kw.set_item("code", last.close_code);
+            let _ = last_kw.set_item("reason", last.text.as_str());
+            let _ = last_kw.set_item("http_status", last.http_status);
+            let class = if opened { &CONNECTION_CLOSED } else { &CONNECT_FAILED };
+            let last_err = class.err(py, &last.text, Some(&last_kw));
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
             let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
             let _ = kw.set_item("reason", reason.as_str());
             let _ = kw.set_item("name", name);
-            let e = GAVE_UP.err(py, message, Some(&kw));
+            let e = GAVE_UP.err(py, &format!("{message}{left}"), Some(&kw));
             e.set_cause(py, Some(last_err));
             e
         }
+    }
+}
+
+/// `messages=` and `failures=` of a terminal error.
+fn undelivered_kwargs<'py>(py: Python<'py>, u: &Undelivered) -> PyResult<Bound<'py, PyDict>> {
+    let kw = PyDict::new(py);
+    let messages: Vec<Py<PyAny>> = u.unconfirmed.iter().map(|(_, m)| message_to_py(py, m)).collect();
+    kw.set_item("messages", messages)?;
+    kw.set_item("failures", failed_messages(py, &u.failures)?)?;
+    Ok(kw)
+}
+
+/// What a terminal error's text says about `.messages` and `.failures` (counts and numbers, never payloads).
+fn undelivered_text(u: &Undelivered) -> String {
+    let (n, f) = (u.unconfirmed.len(), u.failures.len());
+    let mut parts = vec![];
+    if n > 0 {
+        let (first, last) = (u.unconfirmed[0].0, u.unconfirmed[n - 1].0);
+        let which = if n == 1 { format!("#{first}") } else { format!("#{first}..#{last}") };
+        parts.push(format!("{n} sent message(s) never confirmed by the server ({which}; .messages)"));
+    }
+    if f > 0 {
+        let shown: Vec<String> = u.failures.iter().take(LISTED).map(|f| format!("#{}", f.seq)).collect();
+        parts.push(format!(
+            "{f} failed and not reported by a flush ({}{}; .failures)",
+            shown.join(", "),
+            if f > LISTED { ", ..." } else { "" }
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("; not delivered: {}", parts.join(", "))
     }
 }
 
@@ -178,6 +227,12 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str) -> PyErr {
 struct Started {
     outcome: Result<(), Terminal>,
     name: String,
+    opened: bool,
+}
+
+/// Whether the connection was ever established (its give-up then reports a `ConnectionClosed`).
+fn opened(client: &WsClient) -> bool {
+    client.stats().connects > 0
 }
 
 impl<'py> IntoPyObject<'py> for Started {
@@ -188,7 +243,7 @@ impl<'py> IntoPyObject<'py> for Started {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.outcome {
             Ok(()) => Ok(py.None().into_bound(py)),
-            Err(t) => Err(terminal_error(py, &t, &self.name)),
+            Err(t) => Err(terminal_error(py, &t, &self.name, self.opened)),
         }
     }
 }
@@ -208,14 +263,14 @@ impl<'py> IntoPyObject<'py> for Delivered {
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.outcome {
             Ok(()) => Ok(py.None().into_bound(py)),
-            Err(e) => Err(send_error(py, &e, &self.name, self.client.config())),
+            Err(e) => Err(send_error(py, &e, &self.name, self.client.config(), opened(&self.client))),
         }
     }
 }
 
-pub(crate) fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig) -> PyErr {
+pub(crate) fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig, opened: bool) -> PyErr {
     match e {
-        SendError::Ended(t) => terminal_error(py, t, name),
+        SendError::Ended(t) => terminal_error(py, t, name, opened),
         SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
             "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
             cfg.send_buffer), None),
@@ -236,11 +291,7 @@ fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
     let Some(first) = fs.first() else {
         return SEND_FAILED.err(py, &format!("send to {name} failed"), None);
     };
-    let items = fs.iter().map(|f| {
-        let (code, losses) = code_and_losses(&f.why);
-        failed_message(py, f.seq, message_to_py(py, &f.msg), &f.why.message(), code, losses)
-    });
-    let failures = match items.collect::<PyResult<Vec<_>>>() {
+    let failures = match failed_messages(py, fs) {
         Ok(v) => v,
         Err(e) => return e,
     };
@@ -270,6 +321,16 @@ fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
     let _ = kw.set_item("losses", losses);
     let _ = kw.set_item("failures", failures);
     SEND_FAILED.err(py, &redact_url(&text), Some(&kw))
+}
+
+/// One `tether.FailedMessage` per failure, in the given order.
+fn failed_messages<'py>(py: Python<'py>, fs: &[Failed]) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    fs.iter()
+        .map(|f| {
+            let (code, losses) = code_and_losses(&f.why);
+            failed_message(py, f.seq, message_to_py(py, &f.msg), &f.why.message(), code, losses)
+        })
+        .collect()
 }
 
 fn code_and_losses(why: &Failure) -> (Option<u16>, Option<u32>) {
@@ -366,6 +427,14 @@ impl PyConnection {
         match &self.front {
             Front::Tokio { client, .. } => client.config(),
             Front::Loop(c) => &c.cfg,
+        }
+    }
+
+    /// Whether it was established at least once (see `terminal_error`).
+    fn opened(&self) -> bool {
+        match &self.front {
+            Front::Tokio { client, .. } => opened(client),
+            Front::Loop(c) => c.connects() > 0,
         }
     }
 
@@ -603,7 +672,8 @@ impl PyConnection {
             }
             Ok(async move {
                 client.start();
-                Ok(Started { outcome: client.wait_connected().await, name })
+                let outcome = client.wait_connected().await;
+                Ok(Started { outcome, name, opened: opened(&client) })
             })
         })
     }
@@ -615,7 +685,7 @@ impl PyConnection {
             Front::Tokio { client, .. } => client.try_recv().map(|m| m.map(|m| message_to_py(py, &m))),
             Front::Loop(c) => c.try_recv(py),
         };
-        got.map_err(|t| terminal_error(py, &t, &self.name))
+        got.map_err(|t| terminal_error(py, &t, &self.name, self.opened()))
     }
 
     /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.
@@ -644,7 +714,8 @@ impl PyConnection {
             Front::Tokio { client, .. } => client,
         };
         // enqueued here, synchronously, so messages go out in call order
-        let queued = client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, client.config()))?;
+        let queued =
+            client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, client.config(), opened(client)))?;
         let c = client.clone();
         super::coroutine::done_at_call(
             py,
@@ -660,7 +731,7 @@ impl PyConnection {
             Front::Loop(c) => return c.flush(py),
             Front::Tokio { client, .. } => client,
         };
-        let waiter = client.flush().map_err(|e| send_error(py, &e, &self.name, client.config()))?;
+        let waiter = client.flush().map_err(|e| send_error(py, &e, &self.name, client.config(), opened(client)))?;
         let c = client.clone();
         let outcome = self.delivered(client, async move { waiter.await.unwrap_or_else(|_| Err(c.ended())) });
         super::coroutine::coroutine(py, "Connection.flush", outcome)

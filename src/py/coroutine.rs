@@ -238,7 +238,15 @@ enum State {
 /// Turns the Rust future's result into what the caller gets, when the caller resumes.
 pub type Finish = fn(Python<'_>, Bound<'_, PyAny>) -> PyResult<Py<PyAny>>;
 
-/// A coroutine over a Rust future; see the module documentation.
+/// What the native ``async def`` methods return: a coroutine (``asyncio.iscoroutine`` is true, registered with
+/// ``collections.abc.Coroutine``), so ``await``, ``asyncio.create_task``, ``gather``, ``wait_for``, ``TaskGroup`` and
+/// ``asyncio.run_coroutine_threadsafe`` from another thread all take it.
+///
+/// The call does only what its method documents as immediate (``send()`` queues its message); the rest runs from the
+/// first step, on the event loop whose task drives it, so one made on a thread without a loop works once a loop runs
+/// it. A result that is there at the first step is returned without an asyncio future. Cancelling the task
+/// (``throw``) or ``close()`` stops the Rust work. Awaiting it twice raises ``RuntimeError`` as a coroutine does;
+/// dropping it unawaited warns "was never awaited", except for ``send()``, whose message was queued by the call.
 #[pyclass(module = "tether._native", frozen)]
 pub struct NativeCoroutine {
     state: Mutex<State>,
@@ -571,6 +579,7 @@ impl NativeCoroutine {
         self.step(py)
     }
 
+    /// Take the next step, as a coroutine's ``send`` does (``value`` must be None before the first step).
     #[pyo3(signature = (value, /))]
     fn send(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if !value.is_none() && matches!(*self.lock(), State::Created(_)) {
@@ -593,6 +602,7 @@ impl NativeCoroutine {
         Err(exc)
     }
 
+    /// Stop it where it waits: its Rust work stops, as after ``throw``, without raising here.
     fn close(&self, py: Python<'_>) {
         self.stop(py);
     }

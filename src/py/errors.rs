@@ -32,6 +32,7 @@ pub static GAVE_UP: ErrorClass = ErrorClass::new("GaveUp");
 pub static POOL_EXHAUSTED: ErrorClass = ErrorClass::new("PoolExhausted");
 pub static NOT_READY: ErrorClass = ErrorClass::new("NotReady");
 pub static CONNECTION_CLOSED: ErrorClass = ErrorClass::new("ConnectionClosed");
+pub static CONNECT_FAILED: ErrorClass = ErrorClass::new("ConnectFailed");
 pub static SEND_BUFFER_FULL: ErrorClass = ErrorClass::new("SendBufferFull");
 pub static SEND_FAILED: ErrorClass = ErrorClass::new("SendFailed");
 pub static TIMEOUT_ERROR: ErrorClass = ErrorClass::new("TimeoutError");

@@ -175,8 +175,9 @@ macro_rules! buffered_stream {
 }
 pub(crate) use buffered_stream;
 
-/// `async for ev in x.events()`: ends after `Closed` (not yielded) or when the source is gone.
-/// Cancellation-safe: an iteration cancelled while waiting loses no event.
+/// The events emitted after the ``events()`` call that made it returned (it subscribes at that call, not at the
+/// first ``__anext__``), in order; none from before. Cancellation-safe: an iteration cancelled while waiting
+/// loses no event.
 #[pyclass(module = "tether._native")]
 pub struct EventStream {
     source: Source,

@@ -18,7 +18,16 @@ use super::convert::describe;
 use super::convert::{message_from_py, message_to_py};
 use super::handshake::{on_loop, LoopSlot};
 
-/// An application-level heartbeat for `tether.connect(heartbeat=...)`.
+/// In-band heartbeat for ``tether.connect(heartbeat=...)``.
+///
+/// ``message`` (str, bytes-like, or a zero-argument callable returning one, called on the event loop) is sent every
+/// ``interval`` seconds while connected. When no reply arrives within ``timeout`` (default: ``interval``) after a
+/// heartbeat went out, the connection is lost ("heartbeat timeout") and reconnects. A reply is an inbound message for
+/// which ``is_reply(msg)`` is true; any inbound message when ``is_reply`` is None. ``is_reply`` runs on the event
+/// loop, only on messages received while a heartbeat is unanswered, in batches; replies are still delivered to the
+/// application. Both must be plain functions (an async one is a TypeError). A factory or predicate that raises, or
+/// returns an awaitable, ends the connection (``GaveUp``, not retried). While the application is not reading and the
+/// inbound buffer is full, a missing reply is not a loss (replies cannot be read).
 #[pyclass(name = "Heartbeat", module = "tether._native", frozen)]
 pub struct PyHeartbeat {
     message: Py<PyAny>,
@@ -66,16 +75,19 @@ impl PyHeartbeat {
         Ok(PyHeartbeat { message: message.clone().unbind(), fixed, interval, is_reply, timeout })
     }
 
+    /// What is sent every ``interval``: the message, or its factory.
     #[getter]
     fn message(&self, py: Python<'_>) -> Py<PyAny> {
         self.message.clone_ref(py)
     }
 
+    /// Seconds between heartbeats.
     #[getter]
     fn interval(&self) -> f64 {
         self.interval
     }
 
+    /// The predicate that recognises a reply; None: any inbound message is one.
     #[getter]
     fn is_reply(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.is_reply.as_ref().map(|f| f.clone_ref(py))

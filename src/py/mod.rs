@@ -24,6 +24,7 @@ mod reconnect;
 pub(crate) mod runtime;
 mod served;
 mod signal_server;
+mod signature;
 pub(crate) mod watchdog;
 mod ws;
 

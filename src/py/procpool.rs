@@ -16,7 +16,7 @@ use crate::procpool::{
 };
 
 use super::args::Arg;
-use super::backoff::{count, positive_seconds};
+use super::backoff::{count, positive_seconds, PyBackoff};
 use super::bridge::await_py;
 use super::convert::describe_chain;
 use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
@@ -162,7 +162,7 @@ impl Spawner for PySpawner {
     }
 }
 
-/// A native worker process handed out by a `command=[...]` pool.
+/// A native worker from a ``command=[...]`` pool (frames over stdin/stdout, see ``tether.worker``).
 #[pyclass(name = "WorkerProc", module = "tether._native", frozen)]
 pub struct PyWorkerProc {
     proc: Proc,
@@ -176,6 +176,7 @@ impl PyWorkerProc {
 
 #[pymethods]
 impl PyWorkerProc {
+    /// The child's process id.
     #[getter]
     fn pid(&self) -> u32 {
         self.native().pid()
@@ -185,14 +186,18 @@ impl PyWorkerProc {
     fn returncode(&self) -> Option<i32> {
         self.native().returncode()
     }
+    /// True while the child runs.
     fn is_alive(&self) -> bool {
         self.proc.is_alive()
     }
+    /// The end of what the child wrote to stderr (failure messages quote it).
     #[getter]
     fn stderr_tail(&self) -> String {
         self.native().stderr_tail()
     }
-    /// Send one frame, await the reply frame; bounded by `timeout` (tether.TimeoutError).
+    /// Send one frame and await the reply frame, within ``timeout`` seconds if given (``tether.TimeoutError``). A
+    /// request that does not complete (timeout, cancellation) kills the worker: it is never handed out again, since
+    /// its late reply would answer the next request.
     #[pyo3(signature = (data, *, timeout=None))]
     fn request<'py>(
         &self,
@@ -335,6 +340,22 @@ super::events::buffered_stream!(
     event_to_py
 );
 
+/// A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a plain function is a
+/// TypeError) returning any object, alive per ``liveness(proc)`` if given (called from a tether thread, with the GIL:
+/// keep it quick and non-blocking), else its ``is_alive()``, else ``poll() is None``, else ``returncode is None``;
+/// disposed with ``aclose()``/``close()``, else ``kill()`` then ``await wait()``. A spawn that raises ``X from
+/// cause`` reports both. Or ``command``: argv of a child that sends the ready frame (``tether.worker``); such
+/// children die with this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what
+/// they own (``kill()`` for spawn= objects).
+///
+/// Each spawn made while acquirers wait is made for one of them (an acquirer also takes over a spawn for the idle
+/// target still starting when it arrives); its failure is a failed attempt of that acquirer only; after
+/// ``acquire_attempts`` failed attempts it raises ``PoolExhausted`` (``.failures``: its own spawns' causes,
+/// ``.attempts``). Once the pool is unhealthy (2 spawn failures in a row since the last success; spawns then run one
+/// at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
+/// (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
+/// of a process this pool did not lend (or twice) raise ValueError. A request that does not complete kills its
+/// worker.
 #[pyclass(name = "ProcPool", module = "tether._native", frozen)]
 pub struct PyProcPool {
     pool: Pool,
@@ -497,6 +518,32 @@ impl PyProcPool {
         Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())), logger })
     }
 
+    /// The constructor's signature with the defaults that take effect (`PoolConfig::default()`), for
+    /// `help()`; the binding's own takes None for each, so that None also means "the default".
+    #[classattr]
+    #[pyo3(name = "__signature__")]
+    fn signature(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        use super::signature::Kind::{KeywordOnly as K, PositionalOrKeyword as P};
+        let d = PoolConfig::default();
+        let none = || py.None().into_bound(py);
+        super::signature::signature(
+            py,
+            vec![
+                ("spawn", P, none()),
+                ("command", P, none()),
+                ("num_idle", K, d.num_idle.into_pyobject(py)?.into_any()),
+                ("max_concurrent_spawns", K, d.max_concurrent_spawns.into_pyobject(py)?.into_any()),
+                ("initialize_timeout", K, d.initialize_timeout.as_secs_f64().into_pyobject(py)?.into_any()),
+                ("acquire_attempts", K, d.acquire_attempts.into_pyobject(py)?.into_any()),
+                ("respawn", K, PyBackoff { inner: d.respawn.clone() }.into_pyobject(py)?.into_any()),
+                ("env", K, none()),
+                ("cwd", K, none()),
+                ("liveness", K, none()),
+                ("logger", K, none()),
+            ],
+        )
+    }
+
     /// Start prewarming (call inside a running event loop when using spawn=).
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         start(py, &self.pool, self.py_spawner.as_deref())
@@ -522,8 +569,8 @@ impl PyProcPool {
         })
     }
 
-    /// Wait until `n` processes (default num_idle; the idle target is raised to `n` if lower) are
-    /// idle. Raises PoolExhausted naming the spawn failures, or tether.TimeoutError.
+    /// Until ``n`` (default num_idle; a lower idle target is raised to ``n``) processes are idle. Raises
+    /// PoolExhausted once ``acquire_attempts`` spawns failed in a row, or TimeoutError.
     #[pyo3(signature = (n=None, timeout=None))]
     fn warm<'py>(
         &self,
@@ -555,14 +602,15 @@ impl PyProcPool {
         self.pool.release(handle, kill).map_err(|_| not_lent("release"))
     }
 
-    /// The process leaves the pool for good: not killed, no longer counted; the pool refills to its
-    /// target. ValueError if this pool did not lend it.
+    /// ``proc`` leaves the pool for good (not killed by the pool, no longer counted); the pool refills. A native
+    /// worker still dies with this process.
     fn detach(&self, proc: &Bound<'_, PyAny>) -> PyResult<()> {
         let handle = self.handle(proc, "detach")?;
         let _guard = super::runtime::get().enter();
         self.pool.detach(&handle).map_err(|_| not_lent("detach"))
     }
 
+    /// Keep ``n`` processes idle from now on; idle ones beyond it are disposed of.
     fn set_target_idle(&self, n: &Bound<'_, PyAny>) -> PyResult<()> {
         let n = count("n", n)? as usize;
         let _guard = super::runtime::get().enter();
@@ -585,6 +633,7 @@ impl PyProcPool {
         self.pool.healthy()
     }
 
+    /// ``idle``, ``in_flight`` (spawns under way), ``lent``, ``spawns`` (so far), ``healthy`` and ``closed``.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("idle", self.pool.idle())?;
@@ -596,6 +645,8 @@ impl PyProcPool {
         Ok(d)
     }
 
+    /// ``async for ev in pool.events()``: ``Spawned``, ``SpawnFailed``, ``Evicted``, ``Exhausted``, ``HealthChanged``
+    /// (``tether._procpool``) from this call on; ends when the pool closes.
     fn events(&self) -> PoolEventStream {
         let s = PoolEventStream {
             inner: Buffered::new(

@@ -15,6 +15,14 @@ use super::bridge::await_py;
 use super::convert::describe;
 use super::errors::{value_error, NOT_READY};
 
+/// Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first stage. Each
+/// further stage must be ``mark``ed within its timeout, measured from the previous stage (the first from the start of
+/// the dispatch call, which it also bounds). A raising dispatch call is retried with ``policy`` (default Backoff(0.2,
+/// 2, jitter="none", max_attempts=3): 200/400/800 ms); a stage timeout raises ``tether.NotReady`` (or re-dispatches
+/// when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages default to
+/// ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a TypeError at
+/// once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the failure's one report
+/// (its log record is DEBUG); retries log WARNING.
 #[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
 pub struct PyReadinessGate {
     gate: Arc<Gate>,
@@ -203,6 +211,7 @@ impl PyReadinessGate {
         Ok(Some(d))
     }
 
+    /// Marks for jobs unknown or already finished, which were ignored (a count, for diagnosis).
     #[getter]
     fn unknown_marks(&self) -> u64 {
         self.gate.unknown_marks()

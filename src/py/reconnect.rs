@@ -36,10 +36,20 @@ struct Inner {
     ended: u32,
 }
 
-/// Retry policy for a connection loop: `await r.run(connect)`, or step by step with `r.failed(exc)` /
-/// `await r.backoff(exc)` / `r.connected()` / `r.closed()` / `r.attempt`. Only time connected counts
-/// towards `stable_after`; quiet retries wait uniform(0, quiet_jitter) and log at DEBUG, backed-off
-/// ones at WARNING; giving up raises `tether.GaveUp`. `logger=` routes this object's records.
+/// Retry policy for a connection loop, as ``run(connect)`` or step by step. One state machine decides.
+///
+/// Only time spent connected counts: the retry counter (``attempt``) and the backoff sequence reset once a connection
+/// stayed up ``stable_after`` seconds after ``connected()`` was called; an attempt that never called ``connected()``
+/// never counts, however long it took. The first ``quiet_attempts`` retries of an outage wait ``uniform(0,
+/// quiet_jitter)`` seconds (a fleet dropped together comes back spread over that window, shrunk to the time left
+/// before the policy's ``deadline``; 0 retries immediately) and log at DEBUG; backed-off retries log WARNING with
+/// ``retry_count``/``max_retry``/``error``/``delay_s``/``strategy`` in ``extra``; recovery logs INFO once, when the
+/// link has been stable after an outage that logged a WARNING (a flapping link's handshakes stay at DEBUG). Giving up
+/// logs ERROR and raises ``tether.GaveUp`` (``.attempts``, ``.last_error``, ``.reason``, ``.elapsed``) chained from
+/// the last error. Exceptions in ``fatal`` are not retried. ``name`` is what the loop connects to, as its messages
+/// name it ("failed to connect to {name}"); unnamed (None), they name no target. ``logger``: a logger name or
+/// ``logging.Logger`` that receives this object's records instead of ``tether.reconnect`` (same ``extra`` fields; its
+/// level joins the Rust-side filter).
 #[pyclass(name = "Reconnector", module = "tether._native", frozen)]
 pub struct PyReconnector {
     cfg: Config,
@@ -83,6 +93,11 @@ impl PyReconnector {
         self.tx.get().map_or_else(Events::none, |tx| Events::new(tx.clone()))
     }
 
+    /// " 'name'" in messages about this object, nothing when it is unnamed.
+    fn shown(&self) -> String {
+        self.name().map(|n| format!(" {n:?}")).unwrap_or_default()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -91,8 +106,8 @@ impl PyReconnector {
     fn check_not_running(&self, what: &str) -> PyResult<()> {
         if self.lock().running {
             return Err(PyRuntimeError::new_err(format!(
-                "Reconnector {:?}: {what}() cannot be used while run() is driving the loop",
-                self.cfg.name
+                "Reconnector{}: {what}() cannot be used while run() is driving the loop",
+                self.shown()
             )));
         }
         Ok(())
@@ -163,7 +178,7 @@ impl PyReconnector {
 impl PyReconnector {
     #[new]
     #[pyo3(signature = (policy=None, *, stable_after=None, quiet_attempts=None, quiet_jitter=None, fatal=None,
-                        name="reconnector", logger=None, attempt_timeout=None))]
+                        name=None, logger=None, attempt_timeout=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -172,17 +187,18 @@ impl PyReconnector {
         quiet_attempts: Option<&Bound<'_, PyAny>>,
         quiet_jitter: Option<&Bound<'_, PyAny>>,
         fatal: Option<&Bound<'_, PyAny>>,
-        name: &str,
+        name: Option<&str>,
         logger: Option<&Bound<'_, PyAny>>,
         attempt_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let d = Config::default();
         let policy = Arg::new("policy", policy).policy(&d.policy)?;
-        if name.is_empty() {
-            return Err(super::errors::value_error("name must not be empty"));
+        if name == Some("") {
+            return Err(super::errors::value_error("name must not be empty (None leaves it unnamed)"));
         }
         let cfg = Config {
-            name: redact_url(name),
+            // unnamed (None): the messages name no target
+            name: name.map(redact_url).unwrap_or_default(),
             policy,
             stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.stable_after)?,
             quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.quiet_attempts)?,
@@ -201,7 +217,35 @@ impl PyReconnector {
         })
     }
 
-    /// Run `connect()` until it returns; retry failures per the policy. Returns what `connect` returned.
+    /// The constructor's signature with the defaults that take effect (`Config::default()`), for
+    /// `help()`; the binding's own takes None for each, so that None also means "the default".
+    #[classattr]
+    #[pyo3(name = "__signature__")]
+    fn signature(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        use super::signature::Kind::{KeywordOnly as K, PositionalOrKeyword as P};
+        let d = Config::default();
+        let secs = |t: std::time::Duration| t.as_secs_f64().into_pyobject(py).map(|o| o.into_any());
+        super::signature::signature(
+            py,
+            vec![
+                ("policy", P, PyBackoff { inner: d.policy.clone() }.into_pyobject(py)?.into_any()),
+                ("stable_after", K, secs(d.stable_after)?),
+                ("quiet_attempts", K, d.quiet_attempts.into_pyobject(py)?.into_any()),
+                ("quiet_jitter", K, secs(d.quiet_jitter)?),
+                ("fatal", K, fatal_tuple(py, None)?.into_any()),
+                ("name", K, py.None().into_bound(py)),
+                ("logger", K, py.None().into_bound(py)),
+                ("attempt_timeout", K, d.attempt_timeout.map(|t| t.as_secs_f64()).into_pyobject(py)?.into_any()),
+            ],
+        )
+    }
+
+    /// ``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each call is one
+    /// attempt, raising means it failed or the connection was lost. Call ``r.connected()`` inside once the handshake
+    /// succeeded. ``attempt_timeout``: an attempt that has not called ``connected()`` within it is cancelled at that
+    /// moment and counts as a failure (``tether.TimeoutError``). Cancelling ``run`` cancels ``connect`` and returns
+    /// once it has finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5 s later, then it is abandoned
+    /// with a WARNING). RuntimeError if already running; TypeError if connect is not callable.
     fn run<'py>(slf: &Bound<'py, Self>, connect: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         if !connect.is_callable() {
             return Err(PyTypeError::new_err("connect must be an async callable (a coroutine function)"));
@@ -209,14 +253,16 @@ impl PyReconnector {
         slf.py().import("tether._reconnect")?.getattr("run")?.call1((slf, connect))
     }
 
-    /// An attempt, or a live connection, failed with `exc`: the seconds to wait before the next attempt.
+    /// Step-wise: an attempt, or a live connection, failed with ``exc``; returns the seconds to wait before the next
+    /// attempt and logs the retry. Raises ``tether.GaveUp`` (``__cause__`` = exc) when ``exc`` is fatal or the
+    /// policy's attempts/deadline are exhausted; the state then starts over. RuntimeError while ``run()`` is running.
     #[pyo3(signature = (exc=None))]
     fn failed(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
         self.check_not_running("failed")?;
         self.fail(py, exc)
     }
 
-    /// `await r.backoff(exc)` = `await asyncio.sleep(r.failed(exc))`.
+    /// ``await r.backoff(exc)`` = ``await asyncio.sleep(r.failed(exc))``; cancellable.
     #[pyo3(signature = (exc=None))]
     fn backoff<'py>(&self, py: Python<'py>, exc: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         self.check_not_running("backoff")?;
@@ -224,7 +270,7 @@ impl PyReconnector {
         py.import("asyncio")?.call_method1("sleep", (delay,))
     }
 
-    /// The current attempt succeeded: the stability clock starts now. False if it was already marked.
+    /// This attempt succeeded: the stability clock starts. False if it was already marked.
     fn connected(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let me = slf.get();
         let up = {
@@ -248,8 +294,8 @@ impl PyReconnector {
         Ok(true)
     }
 
-    /// The connected period ended without an error (peer or application closed). No log of its own;
-    /// reports `ConnectionLost("closed")`. The next `failed()` counts the retry from here.
+    /// The connected period ended without an error; reports ``ConnectionLost("closed")``, logs nothing. A
+    /// ``failed()`` after it counts as the loss of that connection.
     fn closed(&self) {
         let was_up = self.lock().st.closed(now());
         if was_up {
@@ -263,8 +309,9 @@ impl PyReconnector {
         self.lock().st.attempt(now())
     }
 
-    /// `async for ev in r.events()`: events of the current (or next) run or step-wise episode; ends
-    /// when that run returns or the episode gives up.
+    /// Events of the current (or next) run or step-wise episode (the step-wise form has no ``Connecting``), from this
+    /// call on (it subscribes now, not at the first ``__anext__``); ends when ``run`` returns or the episode gives
+    /// up.
     fn events(&self) -> EventStream {
         let inner = self.lock();
         if !inner.running && !inner.stepping && inner.ended > 0 {
@@ -287,7 +334,7 @@ impl PyReconnector {
         {
             let mut inner = self.lock();
             if inner.running {
-                return Err(PyRuntimeError::new_err(format!("Reconnector {:?} is already running", self.cfg.name)));
+                return Err(PyRuntimeError::new_err(format!("Reconnector{} is already running", self.shown())));
             }
             inner.running = true;
             inner.stepping = false;
@@ -326,35 +373,43 @@ impl PyReconnector {
     /// A cancelled `connect()` did not finish within the grace period: say so, it is no longer awaited.
     fn _abandoned(&self, number: u32, grace: f64) {
         let (name, logger) = (self.cfg.name.as_str(), self.cfg.logger.as_deref());
+        let of = crate::reconnect::target("of", name);
         tracing::warn!(target: "tether::reconnect", logger, name, attempt = number, grace_s = grace,
-            "connect() of {name} (attempt {number}) did not finish within {grace}s of being cancelled; \
+            "connect(){of} (attempt {number}) did not finish within {grace}s of being cancelled; \
              it is no longer awaited");
     }
 
+    /// What the loop connects to, as its messages name it (redacted); None when unnamed.
     #[getter]
-    fn name(&self) -> &str {
-        &self.cfg.name
+    fn name(&self) -> Option<&str> {
+        Some(self.cfg.name.as_str()).filter(|n| !n.is_empty())
     }
+    /// The retry policy.
     #[getter]
     fn policy(&self) -> PyBackoff {
         PyBackoff { inner: self.cfg.policy.clone() }
     }
+    /// Seconds a connection stays up after ``connected()`` before the retry counter resets.
     #[getter]
     fn stable_after(&self) -> f64 {
         self.cfg.stable_after.as_secs_f64()
     }
+    /// Retries per outage that wait ``uniform(0, quiet_jitter)`` and log at DEBUG.
     #[getter]
     fn quiet_attempts(&self) -> u32 {
         self.cfg.quiet_attempts
     }
+    /// The window, in seconds, of the quiet retries' random wait.
     #[getter]
     fn quiet_jitter(&self) -> f64 {
         self.cfg.quiet_jitter.as_secs_f64()
     }
+    /// Seconds an attempt has to reach ``connected()``; None: no bound.
     #[getter]
     fn attempt_timeout(&self) -> Option<f64> {
         self.cfg.attempt_timeout.map(|t| t.as_secs_f64())
     }
+    /// True while ``run()`` drives the loop.
     #[getter]
     fn running(&self) -> bool {
         self.lock().running
@@ -362,8 +417,8 @@ impl PyReconnector {
 
     fn __repr__(&self) -> String {
         format!(
-            "Reconnector(name={:?}, stable_after={}, quiet_attempts={}, quiet_jitter={})",
-            self.cfg.name,
+            "Reconnector(name={}, stable_after={}, quiet_attempts={}, quiet_jitter={})",
+            self.name().map_or_else(|| "None".to_string(), |n| format!("{n:?}")),
             self.cfg.stable_after.as_secs_f64(),
             self.cfg.quiet_attempts,
             self.cfg.quiet_jitter.as_secs_f64()

@@ -71,7 +71,7 @@ fn shared(pid: u32) -> &'static TokioRuntime {
     }
     // One worker: it serves one asyncio loop's connections, and a second only added wake-ups (a task
     // woken from the loop thread also woke the idle worker to steal it): paced-stream CPU per message
-    // 106 -> 80 us, flood and echo unchanged (`make bench`, issue 11).
+    // 106 -> 80 us, flood and echo unchanged (`make bench`).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(1)

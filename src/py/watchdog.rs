@@ -18,12 +18,21 @@ pub fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
         .unbind())
 }
 
+/// Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via ``async for alarm in
+/// wd`` / ``wd.alarms()`` and the optional ``on_alarm`` callback (run on the loop that created the watchdog). One
+/// alarm per entry into a state / per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from
+/// creation.
+///
+/// Each alarm is reported once: without ``on_alarm``, by a WARNING record on ``tether.watchdog`` (or ``logger``);
+/// with ``on_alarm``, by that callback, which replaces the WARNING as a custom exception handler replaces asyncio's
+/// default report (the record is then DEBUG). Streams (``alarms()``) deliver every alarm either way.
 #[pyclass(name = "Watchdog", module = "tether._native", frozen)]
 pub struct PyWatchdog {
     inner: Arc<Watchdog>,
 }
 
-/// A liveness (or progress) deadline: `beat()` on every frame; silence past the timeout alarms.
+/// A liveness (or progress) deadline: ``beat()`` on every frame (one clock read and one atomic store); silence past
+/// its ``timeout`` raises an alarm.
 #[pyclass(name = "Liveness", module = "tether._native", frozen)]
 pub struct PyLiveness {
     timer: Arc<Timer>,
@@ -76,6 +85,7 @@ impl PyWatchdog {
                 })?
                 .unbind();
             let cb = cb.unbind();
+            inner.handled_elsewhere();
             let mut rx = inner.subscribe();
             rt.spawn(async move {
                 while let Ok(alarm) = rx.recv().await {
@@ -100,6 +110,8 @@ impl PyWatchdog {
         Ok(())
     }
 
+    /// Enter ``state`` (re-entering the current state restarts its clock); its ``dwell`` limit, if any, counts from
+    /// now.
     fn set_state(&self, state: &str) -> PyResult<()> {
         check_name("state", state)?;
         self.inner.set_state(state);
@@ -148,10 +160,12 @@ impl PyWatchdog {
         self.alarms()
     }
 
+    /// Stop watching (idempotent): alarm streams end after the alarms already raised.
     fn close(&self) {
         self.inner.close();
     }
 
+    /// True once ``close()`` was called.
     #[getter]
     fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -178,10 +192,12 @@ impl PyLiveness {
     fn pause(&self) {
         self.timer.pause();
     }
+    /// The key it was created with; its alarms name it.
     #[getter]
     fn key(&self) -> &str {
         self.timer.key()
     }
+    /// Seconds of silence that raise an alarm.
     #[getter]
     fn timeout(&self) -> f64 {
         self.timer.limit().as_secs_f64()
@@ -198,10 +214,10 @@ impl PyLiveness {
     }
     fn __repr__(&self) -> String {
         format!(
-            "Liveness(key={:?}, timeout={}, idle={:?})",
+            "Liveness(key={:?}, timeout={}, idle={})",
             self.timer.key(),
             self.timer.limit().as_secs_f64(),
-            self.idle()
+            self.idle().map_or_else(|| "None".to_string(), |s| s.to_string())
         )
     }
 }

@@ -3,8 +3,9 @@ registration (RegisterWorkerRequest -> RegisterWorkerResponse), with scripted mi
 
 mode:
   "healthy"         register and keep the socket open
-  "accept_drop"     accept the WebSocket, then close it at once (seed 000: the load balancer drops it)
+  "accept_drop"     accept the WebSocket, then close it at once (a load balancer that drops it)
   "recycle"         register, then close the socket after `recycle_after` seconds
+  "silent"          accept the WebSocket, never answer the registration (a wedged control plane)
 """
 
 from __future__ import annotations
@@ -42,6 +43,13 @@ class FakeControlPlane:
         self.connections.append(time.monotonic())
         if self.mode == "accept_drop":
             await ws.close()
+            return
+        if self.mode == "silent":
+            try:
+                async for _ in ws:
+                    pass
+            except websockets.ConnectionClosed:
+                pass
             return
         try:
             first = await asyncio.wait_for(ws.recv(), 5)

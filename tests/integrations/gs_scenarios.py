@@ -1,4 +1,4 @@
-"""getstream signaling fault scenarios (seed 003), run in-process by the tests and, for other getstream
+"""getstream signaling fault scenarios (TCP abort, black hole), run in-process by the tests and, for other getstream
 versions, as a script: `python gs_scenarios.py reset|blackhole [--tether]` prints one JSON line.
 
 The client is made by getstream's own `connect_websocket` against the fake SFU behind a ChaosProxy.

@@ -1,12 +1,15 @@
-"""livekit-agents reproductions (seeds 000 and 004) with the real `AgentServer.run()` against the fake
-control plane. Used in-process by the tests, and as a script to measure the before/after table:
+"""livekit-agents reproductions (control-plane reconnects, prewarm failures) with the real
+`AgentServer.run()` against the fake control plane. Used in-process by the tests, and as a script to
+measure the before/after table (another release: PYTHONPATH=../../.venv/livekit-agents-VERSION):
 
-    python tests/integrations/lk_scenarios.py accept_drop|prewarm_fails|end_to_end|healthy [--tether]
+    python tests/integrations/lk_scenarios.py accept_drop|max_retry|recycle|silent|prewarm_fails|end_to_end|healthy [--tether]
+    python tests/integrations/lk_scenarios.py suite   # what test_livekit_versions asserts, with tether
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
@@ -23,7 +26,7 @@ SPAWN_LOG_ENV = "TETHER_TEST_SPAWN_LOG"
 
 
 def failing_setup(proc) -> None:
-    """A prewarm (setup_fnc) that always fails, as with a missing model file or env var (seed 004)."""
+    """A prewarm (setup_fnc) that always fails, as with a missing model file or env var."""
     with open(os.environ[SPAWN_LOG_ENV], "a") as f:
         f.write(f"{time.time()}\n")
     raise RuntimeError("prewarm failed: model file /models/vad.onnx not found")
@@ -34,10 +37,28 @@ def counting_setup(proc) -> None:
         f.write(f"{time.time()}\n")
 
 
+_spawn_log: str | None = None
+
+
+def spawn_log() -> str:
+    """One file per test process (not the one a parent process named in the environment: the suites of
+    several releases run at once), named in the environment before the first job process starts:
+    livekit's process context (forkserver) keeps the environment it started with."""
+    global _spawn_log
+    if _spawn_log is None:
+        fd, path = tempfile.mkstemp(prefix="tether-spawns-")
+        os.close(fd)
+        os.environ[SPAWN_LOG_ENV] = _spawn_log = path
+        atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    return _spawn_log
+
+
 def read_spawns(path: str) -> list[float]:
-    with open(path) as f:
+    """The spawns logged since the last call (the file is emptied)."""
+    with open(path, "r+") as f:
         spawns = [float(x) for x in f.read().split()]
-    os.unlink(path)
+        f.seek(0)
+        f.truncate()
     return spawns
 
 
@@ -91,7 +112,7 @@ async def run_server(server, seconds: float):
 
 
 async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recycle_after: float = 2.0) -> dict:
-    """Seed 000: the control plane accepts and drops (or recycles) the worker socket."""
+    """The control plane accepts and drops (or recycles) the worker socket."""
     h = Records()
     lg = logging.getLogger("livekit.agents")
     lg.addHandler(h)
@@ -124,11 +145,10 @@ async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recyc
 
 
 async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float = 10.0, **server_kw) -> dict:
-    """Seed 004: every prewarm fails. Times registration and a job launch, counts spawns (and those in
+    """Every prewarm fails. Times registration and a job launch, counts spawns (and those in
     the `watch` seconds after the job gave up: a hot respawn loop shows there)."""
-    spawn_log = tempfile.NamedTemporaryFile(prefix="tether-spawns-", delete=False)
-    spawn_log.close()
-    os.environ[SPAWN_LOG_ENV] = spawn_log.name
+    log_path = spawn_log()
+    read_spawns(log_path)
     h = Records()
     root = logging.getLogger()
     root.addHandler(h)
@@ -163,7 +183,7 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
             elapsed = time.monotonic() - t0
     finally:
         root.removeHandler(h)
-    spawns = read_spawns(spawn_log.name)
+    spawns = read_spawns(log_path)
     tracebacks = sum(1 for r in h.records if r.exc_info and r.exc_info[0] is not None)
     return {
         "registered_after": None if registered_after is None else round(registered_after, 2),
@@ -189,11 +209,41 @@ SCENARIOS = {
     "max_retry": lambda: control_plane("accept_drop", 30.0, max_retry=3),
     # two idle processes, as a deployment warms them (the pool is unhealthy before the job arrives)
     "prewarm_fails": lambda: prewarm(num_idle_processes=2),
+    # the socket is registered, then recycled every 2 s (a load balancer's idle timeout)
+    "recycle": lambda: control_plane("recycle", 30.0, max_retry=3, recycle_after=2.0),
+    # the control plane accepts the socket and never answers the registration
+    "silent": lambda: control_plane("silent", 60.0, max_retry=3),
     "end_to_end": lambda: prewarm(mode="recycle", recycle_after=2.0, job_budget=20.0, watch=5.0),
     "healthy": lambda: prewarm(setup=counting_setup, job_budget=30.0, watch=3.0),
 }
 
+
+async def suite() -> dict:
+    """The scenarios that tell a working integration on any release, with `install()` as a user calls it."""
+    from importlib.metadata import version
+
+    from tether.integrations import livekit
+
+    report = livekit.install()
+    out: dict = {
+        "version": version("livekit-agents"),
+        "patched": list(report.patched),
+        "refused": {part: [r.kind.value, str(r)] for part, r in report.refused.items()},
+    }
+    if out["version"].startswith("1."):
+        out["accept_drop"] = await control_plane("accept_drop", 6.0)
+    else:
+        out["recycle"] = await control_plane("recycle", 30.0, max_retry=3, recycle_after=2.0)
+    out["max_retry"] = await control_plane("accept_drop", 60.0, max_retry=2)
+    out["prewarm_fails"] = await prewarm(job_budget=120.0, watch=4.0)
+    out["healthy"] = await prewarm(setup=counting_setup, job_budget=60.0, watch=1.0)
+    return out
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "suite":
+        print(json.dumps(asyncio.run(suite())))
+        sys.exit(0)
     if "--tether" in sys.argv:
         from tether.integrations import livekit
 

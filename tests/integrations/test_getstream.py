@@ -1,4 +1,4 @@
-"""tether.integrations.getstream against the real getstream package (seed 003), on loopback with a fake SFU
+"""tether.integrations.getstream against the real getstream package, on loopback with a fake SFU
 (`websockets` server) behind tether's ChaosProxy."""
 
 from __future__ import annotations
@@ -154,10 +154,38 @@ def test_untested_version_is_refused(monkeypatch, caplog):
     monkeypatch.setattr(_patch, "installed_version", lambda dist: "99.0.0")
     report = getstream.install()
     try:
-        assert report.patched == () and "outside the tested range" in report.refused["signaling"]
+        # 99 is in the call part's release line (7 and up), outside its tested range
+        assert report.patched == () and "outside the tested range" in report.refused["call_watch"]
+        assert "signaling" not in report.refused  # signaling's line ends at 7
         assert signaling.WebSocketClient is ORIGINAL
     finally:
         getstream.uninstall()
+
+
+def test_allow_untested_refuses_a_release_without_the_modules(monkeypatch, caplog):
+    """A release whose modules are not what a part needs: trying it anyway is a refusal, never an exception."""
+    from tether.integrations import _patch
+    from tether.integrations._patch import RefusalKind
+
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    monkeypatch.setattr(_patch, "installed_version", lambda dist: "7.2.0")
+    monkeypatch.setitem(sys.modules, "getstream_rtc", None)
+    report = getstream.install()
+    assert report.refused["call_watch"].kind is RefusalKind.UNTESTED_VERSION
+    report = getstream.install(allow_untested=True)
+    try:
+        assert report.patched == () and report.refused["call_watch"].kind is RefusalKind.MISSING_NAMES
+        assert "getstream_rtc" in report.refused["call_watch"]
+        assert "outside the tested range >=7.0,<7.1" in report.refused["call_watch"]
+        assert signaling.WebSocketClient is ORIGINAL
+        assert sum("not patching call_watch" in r.getMessage() for r in caplog.records) == 2
+        assert not any("signaling" in r.getMessage() for r in caplog.records)
+    finally:
+        getstream.uninstall()
+
+
+def test_declared_range():
+    assert getstream.instrumentation_dependencies() == ("getstream>=3.3,<7", "getstream>=7.0,<7.1")
 
 
 def test_install_is_idempotent_and_undoable():

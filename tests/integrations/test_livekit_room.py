@@ -1,4 +1,4 @@
-"""watch_room (seed 001) on a real livekit.rtc.Room, driven by emitting the events the Room emits."""
+"""watch_room on a real livekit.rtc.Room, driven by emitting the events the Room emits."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ async def test_stuck_reconnecting_raises_dwell_alarm_and_disconnects_bounded(cap
     hang = asyncio.Event()
     calls = []
 
-    async def wedged_disconnect(**_):  # seed 001: room.disconnect() never returns in the wedge
+    async def wedged_disconnect(**_):  # room.disconnect() never returns in the wedged state
         calls.append(1)
         await hang.wait()
 

@@ -1,8 +1,9 @@
 """tether.integrations.livekit with the real livekit-agents `AgentServer.run()` against a fake control
-plane (`websockets` server) on loopback: seed 000 (control-plane reconnects) and seed 004 (prewarm)."""
+plane (`websockets` server) on loopback: control-plane reconnects and failing prewarm."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -16,18 +17,31 @@ from lk_scenarios import control_plane, counting_setup, prewarm
 
 import tether
 from tether.integrations import livekit
+from tether.integrations._patch import RefusalKind
 
 ORIGINAL_TASK = lk_worker.AgentServer._connection_task
 ORIGINAL_POOL = lk_proc_pool.ProcPool
+LK_LOGGER = logging.getLogger("livekit.agents")
+
+
+def untouched() -> bool:
+    return (
+        lk_worker.AgentServer._connection_task is ORIGINAL_TASK
+        and lk_proc_pool.ProcPool is ORIGINAL_POOL
+        and lk_worker.asyncio is asyncio
+        and LK_LOGGER.filters == []
+    )
 
 
 @pytest.fixture
 def installed():
     report = livekit.install(stable_after=1.0)
     assert report.patched == ("control_plane", "proc_pool"), report
+    # wrapped, not replaced: the shipped loop is still what runs
+    assert lk_worker.AgentServer._connection_task.__wrapped__ is ORIGINAL_TASK
     yield report
     livekit.uninstall()
-    assert lk_worker.AgentServer._connection_task is ORIGINAL_TASK and lk_proc_pool.ProcPool is ORIGINAL_POOL
+    assert untouched()
 
 
 async def test_as_shipped_accept_drop_hot_loops_at_warning():
@@ -63,6 +77,18 @@ async def test_counter_resets_only_after_registration_plus_stable_after(installe
     assert "WARNING" not in r["retry_levels"], r
 
 
+async def test_unanswered_registration_is_bounded():
+    # as shipped the loop waits for the register response as long as the socket stays open
+    livekit.install(register_timeout=0.5, proc_pool=False)
+    try:
+        r = await control_plane("silent", 60.0, max_retry=2)
+    finally:
+        livekit.uninstall()
+    assert r["connections"] == 3 and r["registrations"] == 0, r
+    assert r["outcome"].startswith("RuntimeError: failed to connect to livekit after 3 attempts"), r
+    assert r["seconds"] < 30, r
+
+
 async def test_healthy_server_logs_no_warning(installed):
     r = await prewarm(setup=counting_setup, job_budget=60.0, watch=1.0)
     assert r["registered_after"] is not None
@@ -96,16 +122,22 @@ async def test_prewarm_failure_with_two_idle_processes_fails_the_job_at_the_next
     assert r["spawns"] <= 2 + r["seconds"] / 2, r
 
 
-def test_missing_private_name_refuses_that_part_only(monkeypatch, caplog):
+def test_changed_loop_code_refuses_that_part_only(monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="tether.integrations")
-    monkeypatch.delattr(lk_worker.AgentServer, "_run_ws")
+
+    async def _connection_task(self):  # an upstream change that keeps every name the part checks
+        self._max_retry = max(self._max_retry, 1)
+        return await ORIGINAL_TASK(self)
+
+    monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", _connection_task)
     report = livekit.install()
     try:
         assert report.patched == ("proc_pool",)
-        assert "AgentServer._run_ws" in report.refused["control_plane"]
-        assert lk_worker.AgentServer._connection_task is ORIGINAL_TASK  # untouched
+        assert report.refused["control_plane"].kind is RefusalKind.CHANGED_CODE, report
+        assert "code fingerprint" in report.refused["control_plane"]
+        assert lk_worker.AgentServer._connection_task is _connection_task and lk_worker.asyncio is asyncio
         assert any(
-            "not patching control_plane" in r.getMessage() and "AgentServer._run_ws" in r.getMessage()
+            "not patching control_plane" in r.getMessage() and "fingerprint" in r.getMessage()
             for r in caplog.records
             if r.levelno == logging.WARNING
         )
@@ -117,24 +149,27 @@ def test_changed_constructor_refuses_the_pool(monkeypatch, caplog):
     caplog.set_level(logging.WARNING, logger="tether.integrations")
 
     class Renamed(job_proc_executor.ProcJobExecutor):
-        def __init__(self, *, initialize_process_fnc, job_entrypoint_fnc): ...
+        # a required argument that neither livekit's pool nor its defaults supply
+        def __init__(self, *, initialize_process_fnc, job_entrypoint_fnc, mp_ctx_factory): ...
 
     monkeypatch.setattr(job_proc_executor, "ProcJobExecutor", Renamed)
     report = livekit.install()
     try:
         assert report.patched == ("control_plane",)
-        assert "mp_ctx=" in report.refused["proc_pool"], report
+        assert "mp_ctx_factory=" in report.refused["proc_pool"], report
+        assert report.refused["proc_pool"].kind is RefusalKind.MISSING_NAMES
         assert lk_proc_pool.ProcPool is ORIGINAL_POOL
     finally:
         livekit.uninstall()
 
 
 def test_renamed_instance_attribute_refuses(monkeypatch):
-    monkeypatch.setattr(livekit, "_SERVER_ATTRS", (*livekit._SERVER_ATTRS, "_renamed_retry_budget"))
+    monkeypatch.setattr(livekit, "_SERVER_ATTRS_1X", (*livekit._SERVER_ATTRS_1X, "_renamed_retry_budget"))
     report = livekit.install(proc_pool=False)
     try:
         assert report.patched == ()
         assert "AgentServer()._renamed_retry_budget" in report.refused["control_plane"]
+        assert report.refused["control_plane"].kind is RefusalKind.MISSING_NAMES
     finally:
         livekit.uninstall()
 
@@ -142,14 +177,39 @@ def test_renamed_instance_attribute_refuses(monkeypatch):
 def test_untested_version_is_refused_unless_allowed(monkeypatch):
     from tether.integrations import _patch
 
-    monkeypatch.setattr(_patch, "installed_version", lambda dist: "1.9.0")
+    monkeypatch.setattr(_patch, "installed_version", lambda dist: "3.0.0")
     try:
         report = livekit.install()
-        assert report.patched == () and "outside the tested range" in report.refused["control_plane"]
+        assert report.patched == () and report.refused["control_plane"].kind is RefusalKind.UNTESTED_VERSION
+        assert "outside the tested range >=1.5,<1.9 or >=2.0.0b1,<3" in report.refused["control_plane"]
+        assert report.refused["proc_pool"].kind is RefusalKind.UNTESTED_VERSION and untouched()
+        # tried anyway: the 1.x loop's code is the one read, so it fits
         report = livekit.install(allow_untested=True)
         assert report.patched == ("control_plane", "proc_pool")
     finally:
         livekit.uninstall()
+
+
+def test_each_variant_checks_its_own_names(monkeypatch):
+    from tether.integrations import _patch
+
+    # a release that says 2.x but has the 1.x loop: the 2.x variant needs the native worker
+    monkeypatch.setattr(_patch, "installed_version", lambda dist: "2.0.0b1")
+    try:
+        report = livekit.install()
+        assert report.patched == ("proc_pool",)
+        assert report.refused["control_plane"].kind is RefusalKind.MISSING_NAMES
+        assert "livekit.agents.worker._core" in report.refused["control_plane"]
+    finally:
+        livekit.uninstall()
+
+
+def test_declared_ranges():
+    assert livekit.instrumentation_dependencies() == (
+        "livekit-agents>=1.5,<1.9",
+        "livekit-agents>=2.0.0b1,<3",
+        "livekit-agents>=1.5,<3",
+    )
 
 
 def test_install_is_idempotent_and_import_is_lazy():

@@ -1,32 +1,21 @@
-"""Shared bits for the WebSocket demo scenarios."""
+"""Shared bits for the demo scenarios: a source's events on the timeline, and waiting for a condition."""
 
 from __future__ import annotations
 
 import asyncio
 
-from .. import events as ev
+from ..testing._timeline import describe
+
+__all__ = ["describe", "until", "watch"]
 
 
-def describe(e) -> str:
-    return " ".join(f"{k}={getattr(e, k)!r}" for k in e.__dataclass_fields__)
-
-
-def watch(source, tl) -> asyncio.Task[None]:
+def watch(source, tl, lane=None) -> asyncio.Task[None]:
     """Put every event of `source.events()` on the timeline; losses count as detection, reconnects as
     recovery. Subscribes here, before the task runs: a task that called `events()` itself would see
     only what happens after its first run, which may come after the fault."""
-    stream = source.events()
-
-    async def run():
-        async for e in stream:
-            if isinstance(e, ev.ConnectionLost):
-                tl.detected(f"ConnectionLost {e.reason}")
-            elif isinstance(e, ev.Reconnected):
-                tl.recovered(f"Reconnected after {e.downtime * 1000:.2f} ms (attempt {e.attempts})")
-            else:
-                tl.mark(type(e).__name__, describe(e))
-
-    return asyncio.ensure_future(run())
+    task: asyncio.Task[None] = tl.watch(source, lane=lane)
+    tl.outcome_lanes.add(tl.lanes[-1])  # before the task first runs: no event is recorded yet
+    return task
 
 
 async def until(pred, timeout=10.0, step=0.002):

@@ -1,4 +1,4 @@
-"""Seed 001: `await session.aclose()` / `await room.disconnect()` never returned during the wedge.
+"""`await session.aclose()` / `await room.disconnect()` can wait forever on a wedged connection.
 tether.bounded returns within its bound, cancels the inner call, and does not wait for a call that
 swallows the cancellation."""
 

@@ -1,4 +1,4 @@
-"""Seed 001's trigger: a Wi-Fi network switch. The path goes silent (no FIN, no RST), reconnect
+"""A Wi-Fi network switch, the usual trigger of a stuck agent. The path goes silent (no FIN, no RST), reconnect
 attempts vanish into the same hole, then the network comes back. Through a ChaosProxy black hole:
 detection by the ping deadline, bounded attempts while the hole lasts, recovery right after heal."""
 

@@ -1,4 +1,4 @@
-"""Seed 000: a server that accepts and immediately drops. The loop must escalate, not hot-loop,
+"""A server that accepts and immediately drops. The loop must escalate, not hot-loop,
 log the first immediate retry below WARNING, back off with WARNING, and give up with ERROR.
 
 The Reconnector logs to its own logger here (`logger=`), shown on the timeline at every level, so the
@@ -10,8 +10,6 @@ import asyncio
 import logging
 
 import tether
-
-from ._ws import describe
 
 TITLE = "accept-then-drop server: escalating backoff, DEBUG -> WARNING -> ERROR, GaveUp"
 
@@ -48,13 +46,7 @@ async def run(tl):
         name=f"flapper:{port}",
         logger=log,
     )
-    events = r.events()  # subscribed before the run starts: nothing is missed
-
-    async def watch():
-        async for ev in events:
-            tl.mark(type(ev).__name__, describe(ev))
-
-    watcher = asyncio.ensure_future(watch())
+    watcher = tl.watch(r, lane="reconnector")  # subscribed before the run starts: nothing is missed
 
     async def connect():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

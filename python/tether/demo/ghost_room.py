@@ -1,4 +1,4 @@
-"""Seed 001, variant B (ghost room): the connection reads "connected" but no media frames arrive.
+"""The ghost room: the connection reads "connected" but no media frames arrive.
 A Watchdog liveness key beaten per frame raises an alarm after the silence limit, naming the key."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ async def run(tl):
         srv.echo(False)
         wd = tether.Watchdog("room")
         async with tether.connect(srv.url, ping_interval=1, ping_timeout=1, name="media") as conn:
+            w = tl.watch(conn)  # stays "connected" throughout: only the liveness key sees the silence
             audio = wd.liveness("audio:remote-participant", 0.3)  # production: 5-10 s
             frames = 0
 
@@ -45,3 +46,4 @@ async def run(tl):
             tl.recovered("frames flowing again, liveness re-armed")
             consumer.cancel()
         wd.close()
+        await w

@@ -7,7 +7,8 @@ import asyncio
 import sys
 
 import tether
-from tether._procpool import HealthChanged, Spawned, SpawnFailed
+
+from ._ws import watch
 
 TITLE = "crash loop: paced respawns, healthy flips false, recovers when the child is fixed"
 
@@ -38,18 +39,7 @@ async def run(tl):
         return proc
 
     pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.1, 2, max_delay=0.4, jitter="none"))
-    events = pool.events()
-
-    async def watch():
-        async for e in events:
-            if isinstance(e, SpawnFailed):
-                tl.mark("SpawnFailed", f"#{e.consecutive}, next in {e.retry_in * 1000:.0f} ms")
-            elif isinstance(e, HealthChanged):
-                (tl.detected if not e.healthy else tl.recovered)(f"healthy={e.healthy}")
-            elif isinstance(e, Spawned):
-                tl.mark("Spawned", e.proc)
-
-    w = asyncio.ensure_future(watch())
+    w = watch(pool, tl, lane="pool")  # healthy=False is the detection, healthy=True the recovery
     tl.fault("the child crashes at start-up, every time")
     pool.start()
     await asyncio.sleep(1.5)

@@ -1,4 +1,4 @@
-"""Seed 004: every worker process fails to initialize (a broken prewarm, a missing env var, an
+"""Every worker process fails to initialize (a broken prewarm, a missing env var, an
 ImportError). launch_job used to hang forever on the warm queue. acquire raises PoolExhausted within
 its attempt budget, naming each failure's cause with the child's stderr."""
 
@@ -20,6 +20,7 @@ async def run(tl):
         initialize_timeout=10,
         respawn=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"),
     )
+    w = tl.watch(pool, lane="pool")
     tl.fault("the worker module cannot be imported: every child exits during initialization")
     try:
         await pool.acquire(timeout=30)
@@ -31,3 +32,4 @@ async def run(tl):
     finally:
         tl.note(f"healthy={pool.healthy}, spawns so far: {pool.stats()['spawns']}")
         await pool.aclose()
+        await w

@@ -1,4 +1,4 @@
-"""Seed 002: the backend dispatched an agent and saw it join the room, but the agent's entrypoint never
+"""The backend dispatched an agent and saw it join the room, but the agent's entrypoint never
 ran; the flow was sent into the void. With staged readiness the backend waits for the agent's explicit
 "ready" (sent over the room after its entrypoint started) and gets NotReady naming the stuck stage."""
 

@@ -1,4 +1,4 @@
-"""Seed 001, variant A: after a ping timeout the "resume" attempt stalls (handshake never completes).
+"""Stuck reconnecting: after a ping timeout the "resume" attempt stalls (handshake never completes).
 Without a progress deadline the SDK sat silent ~65 s. Here the attempt is abandoned at open_timeout
 and the ladder escalates to "restart"; a Watchdog dwell alarm fires if reconnecting lasts too long."""
 

@@ -13,10 +13,13 @@ async def run(tl):
     async with SignalServer() as srv:
         srv.refuse(401)
         tl.fault("server rejects the (expired) token with HTTP 401")
+        conn = tether.connect(f"{srv.url}rtc?access_token=eyJ.SECRET.sig", name=None)
+        w = tl.watch(conn, lane="signal")
         try:
-            await tether.connect(f"{srv.url}rtc?access_token=eyJ.SECRET.sig", name=None)
+            await conn
         except tether.GaveUp as e:
             tl.detected(f"GaveUp: {e}")
             assert "SECRET" not in str(e) and e.attempts == 1
         else:
             raise AssertionError("expected GaveUp")
+        await w

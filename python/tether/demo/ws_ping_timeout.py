@@ -1,4 +1,4 @@
-"""Seed 001: the server stops answering (a frozen edge node: socket open, no pongs). tether's ping
+"""The server stops answering (a frozen edge node: socket open, no pongs). tether's ping
 check declares the loss within ping_interval + ping_timeout, then climbs the strategy ladder: the
 "resume" attempt is refused, "restart" (with a freshly minted token from url_for) succeeds."""
 

@@ -1,4 +1,4 @@
-"""Seed 003: the signaling WebSocket drops without a close frame (TCP reset between agent and SFU).
+"""The signaling WebSocket drops without a close frame (TCP reset between agent and SFU).
 tether detects it at once, reports it once, reconnects immediately and quietly, and the session goes on.
 
 A single client here, so `quiet_jitter=0`: the first retry starts at once. The default (1 s) spreads a

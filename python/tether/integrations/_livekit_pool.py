@@ -1,4 +1,4 @@
-"""livekit-agents' job process pool on ``tether.ProcPool`` (seed 004); see ``livekit.install``.
+"""livekit-agents' job process pool on ``tether.ProcPool``; see ``livekit.install``.
 
 The subclass keeps livekit's public pool surface (constructor, events, ``processes``, ``launch_job``,
 ``set_target_idle_processes``, ``start``/``aclose``) and uses none of the base class's private state:
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import logging
 import time
 import weakref
@@ -16,11 +17,45 @@ from typing import Any
 
 from .._errors import PoolExhausted, TimeoutError
 from .._native import Backoff, ProcPool
+from .._watchdog import bounded
 
 LOGGER_NAME = "livekit.agents"
 _LAUNCH_ATTEMPTS = 3
 # livekit's initialize() has its own timeout; tether's bound also covers starting the process
 _START_MARGIN = 10.0
+
+
+# what livekit's own pool passes its executors beyond its constructor's arguments (same in 1.5 to 2.0)
+EXECUTOR_DEFAULTS = {"ping_interval": 2.5, "high_ping_threshold": 0.5, "ping_timeout": 60}
+
+
+def executor_kwargs(cls: Any, pool_opts: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of ``cls``'s constructor, from the pool's own (the executors of a release take what
+    its pool takes: ``simulation_end_fnc`` exists from 1.6 on) and livekit's fixed ping settings."""
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {}
+    for name, param in params.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in pool_opts:
+            kwargs[name] = pool_opts[name]
+        elif name in EXECUTOR_DEFAULTS:
+            kwargs[name] = EXECUTOR_DEFAULTS[name]
+    return kwargs
+
+
+def unknown_executor_params(cls: Any, pool_params: set[str]) -> list[str]:
+    """Required constructor parameters of ``cls`` that neither the pool nor livekit's defaults supply."""
+    params = inspect.signature(cls.__init__).parameters
+    return [
+        f"{cls.__qualname__}({name}=)"
+        for name, param in params.items()
+        if name != "self"
+        and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        and param.default is param.empty
+        and name not in pool_params
+        and name not in EXECUTOR_DEFAULTS
+    ]
 
 
 def default_respawn() -> Backoff:
@@ -45,6 +80,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
             self._t_num_idle = max(0, int(opts["num_idle_processes"]))
             self._t_executors: list[Any] = []
             self._t_dead: weakref.WeakSet[Any] = weakref.WeakSet()
+            self._t_ready: weakref.WeakSet[Any] = weakref.WeakSet()
             self._t_tasks: set[asyncio.Task[Any]] = set()
             self._t_started = False
             init_timeout = float(opts["initialize_timeout"])
@@ -91,7 +127,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 return
             self._t_started = False
             await self._t_pool.aclose()
-            await asyncio.gather(*(p.aclose() for p in list(self._t_executors)), return_exceptions=True)
+            await asyncio.gather(*(self._t_close(p) for p in list(self._t_executors)), return_exceptions=True)
             if self._t_tasks:
                 await asyncio.gather(*self._t_tasks, return_exceptions=True)
 
@@ -105,7 +141,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 try:
                     await proc.launch_job(info)
                 except Exception:
-                    self._t_track(proc.aclose())
+                    self._t_track(self._t_close(proc))
                     if attempt == _LAUNCH_ATTEMPTS:
                         log.error(
                             "failed to launch job on process after %d attempts", attempt, extra={"job_id": info.job.id}
@@ -128,33 +164,14 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
 
         # -- spawning -----------------------------------------------------------------------------------
         def _t_new_executor(self) -> Any:
-            o = self._t_opts
-            common = dict(
-                initialize_process_fnc=o["initialize_process_fnc"],
-                job_entrypoint_fnc=o["job_entrypoint_fnc"],
-                session_end_fnc=o["session_end_fnc"],
-                simulation_end_fnc=o["simulation_end_fnc"],
-                initialize_timeout=o["initialize_timeout"],
-                close_timeout=o["close_timeout"],
-                session_end_timeout=o["session_end_timeout"],
-                inference_executor=o["inference_executor"],
-                http_proxy=o["http_proxy"],
-                loop=o["loop"],
-                high_ping_threshold=0.5,
-                ping_interval=2.5,
-            )
-            kind = o["job_executor_type"]
+            kind = self._t_opts["job_executor_type"]
             if kind == JobExecutorType.THREAD:
-                return job_thread_executor.ThreadJobExecutor(**common)
-            if kind == JobExecutorType.PROCESS:
-                return job_proc_executor.ProcJobExecutor(
-                    **common,
-                    mp_ctx=o["mp_ctx"],
-                    ping_timeout=60,
-                    memory_warn_mb=o["memory_warn_mb"],
-                    memory_limit_mb=o["memory_limit_mb"],
-                )
-            raise ValueError(f"unsupported job executor: {kind}")
+                cls = job_thread_executor.ThreadJobExecutor
+            elif kind == JobExecutorType.PROCESS:
+                cls = job_proc_executor.ProcJobExecutor
+            else:
+                raise ValueError(f"unsupported job executor: {kind}")
+            return cls(**executor_kwargs(cls, self._t_opts))
 
         async def _t_spawn(self) -> Any:
             proc = self._t_new_executor()
@@ -169,13 +186,29 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 self._t_executors.remove(proc)
                 self._t_track(self._t_close_failed(proc))
                 raise
+            self._t_ready.add(proc)
             self.emit("process_ready", proc)
             self._t_track(self._t_monitor(proc))
             return proc
 
+        async def _t_close(self, proc: Any) -> None:
+            """``proc.aclose()``, bounded. A process that never initialized is killed: it cannot ack a
+            graceful shutdown, and livekit 1.5's ``aclose()`` then waits for that ack forever."""
+            bound = float(self._t_opts["close_timeout"]) + _START_MARGIN
+            kill = getattr(proc, "kill", None)
+            if proc not in self._t_ready and kill is not None and getattr(proc, "started", False):
+                await bounded(kill(), bound, what="job process kill")
+                return
+            try:
+                await bounded(proc.aclose(), bound, what="job process close")
+            except TimeoutError:
+                kill = getattr(proc, "kill", None)
+                if kill is not None:
+                    await bounded(kill(), _START_MARGIN, what="job process kill")
+
         async def _t_close_failed(self, proc: Any) -> None:
             try:
-                await proc.aclose()
+                await self._t_close(proc)
             finally:
                 self.emit("process_closed", proc)
 

@@ -1,11 +1,14 @@
-"""getstream (3.x–6.x) SFU signaling on ``tether.connect``: one call before joining a call.
+"""getstream: SFU signaling on ``tether.connect`` (3.3 to 6.x), or a watch on every call (7.0, whose
+signaling is in Rust): one call before joining a call.
 
     from tether.integrations import getstream
     getstream.install()
 
+On getstream 7, ``install()`` patches part ``call_watch`` instead (``tether.integrations._getstream_call``:
+``watch_call``, ``CallWatch``); the signaling settings below do not apply there.
+
 Part ``signaling`` replaces ``getstream.video.rtc.signaling.WebSocketClient`` (and the name
-``connection_utils`` uses) with a drop-in subclass whose socket is a ``tether.connect`` connection
-(seed 003):
+``connection_utils`` uses) with a drop-in subclass whose socket is a ``tether.connect`` connection:
 
 * every reconnect re-sends the ``JoinRequest`` with ``fast_reconnect=True`` from the ``on_connect``
   hook and counts as connected only once the SFU answered with a ``JoinResponse`` (a rejoin); the
@@ -22,7 +25,7 @@ Part ``signaling`` replaces ``getstream.video.rtc.signaling.WebSocketClient`` (a
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -34,14 +37,17 @@ from .._errors import GaveUp, TetherError
 from .._hooks import Handshake
 from .._native import Backoff
 from .._watchdog import bounded
-from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_params
-
-#: getstream versions this integration was tested with: >= first, < second.
-TESTED_VERSIONS = ("3.3", "7.0")
+from ._getstream_call import CallWatch, call_watch_part, watch_call
+from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
 LOGGER_NAME = "getstream.video.rtc.signaling"
 
-_integration = Integration("getstream", "getstream", TESTED_VERSIONS)
+#: the releases the signaling part was tested with (3.3.1 and 6.1.1 run in ``make test``); getstream 7
+#: moved signaling into a Rust extension, which this part cannot reach: its release line ends there
+SIGNALING_REQUIREMENT = "getstream>=3.3,<7"
+SIGNALING_LINE = "<7"
+
+_integration = Integration("getstream", "getstream")
 _CLIENT_PARAMS = ("url", "join_request", "main_loop", "tracer", "sfu_id_fn")
 _CLIENT_METHODS = ("connect", "close", "on_event", "on_wildcard", "emit", "remove_all_listeners")
 
@@ -51,12 +57,12 @@ class _Settings:
 
     def __init__(
         self,
-        policy: Backoff | None,
-        health_interval: float,
-        health_timeout: float | None,
-        connect_timeout: float,
-        attempt_timeout: float,
-        stable_after: float,
+        policy: Backoff | None = None,
+        health_interval: float = 5.0,
+        health_timeout: float | None = None,
+        connect_timeout: float = 15.0,
+        attempt_timeout: float = 5.0,
+        stable_after: float = 10.0,
     ) -> None:
         self.policy = policy
         self.health_interval = health_interval
@@ -83,40 +89,62 @@ def install(
     sent every ``health_interval`` seconds; no ``health_check_response`` within ``health_timeout``
     (default: the interval) declares the link lost. ``connect_timeout`` bounds ``connect()``;
     ``attempt_timeout`` bounds each (re)connect attempt: WebSocket handshake plus rejoin.
-    Returns an ``InstallReport``; a refused part logs a WARNING naming what is missing.
+    ``allow_untested``: try the parts on a release outside their ranges (a part that does not fit is
+    still refused, with a WARNING). Returns an ``InstallReport``.
     """
-    if _integration.version_refused(("signaling",), allow_untested):
-        return _integration.report()
-
-    connection_utils = importlib.import_module("getstream.video.rtc.connection_utils")
-    signaling = importlib.import_module("getstream.video.rtc.signaling")
-    events_pb2 = importlib.import_module("getstream.video.rtc.pb.stream.video.sfu.event.events_pb2")
-
-    base = getattr(signaling, "WebSocketClient", None)
-    missing = missing_attrs(signaling, ("WebSocketClient", "SignalingError"))
-    missing += missing_attrs(connection_utils, ("WebSocketClient",))
-    missing += missing_attrs(events_pb2, ("SfuRequest", "SfuEvent", "HealthCheckRequest", "JoinRequest"))
-    if base is not None:
-        missing += missing_params(base.__init__, _CLIENT_PARAMS) + missing_attrs(base, _CLIENT_METHODS)
-    if not missing:
-        fields = events_pb2.JoinRequest.DESCRIPTOR.fields_by_name
-        if "fast_reconnect" not in fields:
-            missing.append("JoinRequest.fast_reconnect")
     settings = _Settings(policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after)
+    return _integration.install(_parts(settings), allow_untested=allow_untested)
 
-    def patch(p: Patches) -> None:
-        client = _make_client_class(base, signaling.SignalingError, events_pb2, settings)
-        p.set(signaling, "WebSocketClient", client)
-        if connection_utils.WebSocketClient is base:
-            p.set(connection_utils, "WebSocketClient", client)
 
-    _integration.apply("signaling", missing, patch)
-    return _integration.report()
+def _parts(settings: _Settings) -> list[Part]:
+    return [
+        Part("signaling", SIGNALING_REQUIREMENT, functools.partial(_prepare_signaling, settings), line=SIGNALING_LINE),
+        call_watch_part(),
+    ]
+
+
+def installed_parts() -> tuple[str, ...]:
+    """The parts ``install()`` patched and ``uninstall()`` has not undone."""
+    return _integration.report().patched
+
+
+def instrumentation_dependencies() -> tuple[str, ...]:
+    """The getstream releases each part was tested with, as requirement specifiers."""
+    return Integration.instrumentation_dependencies(_parts(_Settings()))
 
 
 def uninstall() -> None:
     """Undo ``install()`` for clients created afterwards."""
     _integration.uninstall()
+
+
+def _prepare_signaling(settings: _Settings, c: Checks) -> PatchFn | None:
+    connection_utils = c.module("getstream.video.rtc.connection_utils")
+    signaling = c.module("getstream.video.rtc.signaling")
+    events_pb2 = c.module("getstream.video.rtc.pb.stream.video.sfu.event.events_pb2")
+    if connection_utils is None or signaling is None or events_pb2 is None:
+        return None
+    base = c.attr(signaling, "WebSocketClient")
+    c.attrs(signaling, ("SignalingError",))
+    c.attrs(connection_utils, ("WebSocketClient",))
+    c.attrs(events_pb2, ("SfuRequest", "SfuEvent", "HealthCheckRequest", "JoinRequest"))
+    if base is not None:
+        c.params(base.__init__, _CLIENT_PARAMS)
+        c.attrs(base, _CLIENT_METHODS)
+    if not c:
+        return None
+    if "fast_reconnect" not in events_pb2.JoinRequest.DESCRIPTOR.fields_by_name:
+        c.missing.append("JoinRequest.fast_reconnect")
+        return None
+
+    def patch(p: Patches) -> None:
+        # the class replaces the framework's: its socket is a tether.connect connection
+        client = _make_client_class(base, signaling.SignalingError, events_pb2, settings)
+        p.set(signaling, "WebSocketClient", client)
+        if connection_utils.WebSocketClient is base:
+            p.set(connection_utils, "WebSocketClient", client)
+
+    return patch
 
 
 def _default_policy() -> Backoff:
@@ -288,4 +316,13 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
     return WebSocketClient
 
 
-__all__ = ["TESTED_VERSIONS", "InstallReport", "install", "uninstall"]
+__all__ = [
+    "SIGNALING_REQUIREMENT",
+    "CallWatch",
+    "InstallReport",
+    "install",
+    "installed_parts",
+    "instrumentation_dependencies",
+    "uninstall",
+    "watch_call",
+]

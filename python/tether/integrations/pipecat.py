@@ -17,7 +17,7 @@ WebsocketService`` (every websocket STT/TTS/LLM service) with one on a step-wise
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -25,12 +25,12 @@ from typing import Any
 
 from .._errors import GaveUp
 from .._native import Backoff, Reconnector
-from ._patch import InstallReport, Integration, Patches, missing_attrs, missing_instance_attrs
+from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
-#: pipecat-ai versions this integration was tested with: >= first, < second.
-TESTED_VERSIONS = ("1.14", "1.15")
+#: the releases the part was tested with (1.14.0 runs in ``make test``)
+WEBSOCKET_SERVICE_REQUIREMENT = "pipecat-ai>=1.14,<1.15"
 
-_integration = Integration("pipecat", "pipecat-ai", TESTED_VERSIONS)
+_integration = Integration("pipecat", "pipecat-ai")
 _METHODS = (
     "_receive_task_handler",
     "_connect_websocket",
@@ -40,6 +40,9 @@ _METHODS = (
     "_is_service_usable",
 )
 _ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time")
+# the receive loop is replaced, not wrapped (pipecat has no seam between its retries): the code read
+# (pipecat-ai 1.14.0), so that a change inside it refuses the part
+_RECEIVE_LOOP_FINGERPRINTS = ("10b4d788fb2f8c3b",)
 
 
 def _default_policy() -> Backoff:
@@ -61,30 +64,44 @@ def install(
     ``uniform(0, quiet_jitter)`` seconds (short: a voice pipeline is deaf meanwhile). Records go to the ``tether.reconnect`` logger
     (pipecat itself logs with loguru). Returns an ``InstallReport``.
     """
-    if _integration.version_refused(("websocket_service",), allow_untested):
-        return _integration.report()
+    prepare = functools.partial(_prepare, policy or _default_policy(), stable_after, quiet_jitter)
+    return _integration.install(
+        [Part("websocket_service", WEBSOCKET_SERVICE_REQUIREMENT, prepare)], allow_untested=allow_untested
+    )
 
-    ws_module = importlib.import_module("pipecat.services.websocket_service")
-    frames = importlib.import_module("pipecat.frames.frames")
-    service = getattr(ws_module, "WebsocketService", None)
-    missing = missing_attrs(ws_module, ("WebsocketService", "ConnectionClosedOK"))
-    missing += missing_attrs(frames, ("ErrorFrame",))
-    if service is not None:
-        missing += missing_attrs(service, _METHODS) + missing_instance_attrs(service, _ATTRS)
 
-    def patch(p: Patches) -> None:
-        handler = _make_receive_loop(
-            policy or _default_policy(), stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame
-        )
-        p.set(service, "_receive_task_handler", handler)
-
-    _integration.apply("websocket_service", missing, patch)
-    return _integration.report()
+def instrumentation_dependencies() -> tuple[str, ...]:
+    """The pipecat-ai releases the part was tested with, as requirement specifiers."""
+    return (WEBSOCKET_SERVICE_REQUIREMENT,)
 
 
 def uninstall() -> None:
     """Undo ``install()``."""
     _integration.uninstall()
+
+
+def _prepare(policy: Backoff, stable_after: float, quiet_jitter: float, c: Checks) -> PatchFn | None:
+    ws_module = c.module("pipecat.services.websocket_service")
+    frames = c.module("pipecat.frames.frames")
+    if ws_module is None or frames is None:
+        return None
+    service = c.attr(ws_module, "WebsocketService")
+    c.attrs(ws_module, ("ConnectionClosedOK",))
+    c.attrs(frames, ("ErrorFrame",))
+    if service is not None:
+        c.attrs(service, _METHODS)
+        c.instance_attrs(service, _ATTRS)
+    if not c:
+        return None
+    c.fingerprint(service._receive_task_handler, _RECEIVE_LOOP_FINGERPRINTS)
+
+    def patch(p: Patches) -> None:
+        handler = _make_receive_loop(
+            policy, stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame
+        )
+        p.set(service, "_receive_task_handler", handler)
+
+    return patch
 
 
 def _make_receive_loop(
@@ -151,4 +168,4 @@ def _make_receive_loop(
     return _receive_task_handler
 
 
-__all__ = ["TESTED_VERSIONS", "InstallReport", "install", "uninstall"]
+__all__ = ["WEBSOCKET_SERVICE_REQUIREMENT", "InstallReport", "install", "instrumentation_dependencies", "uninstall"]

@@ -25,10 +25,12 @@ class _NativeServer(Generic[N]):
     _n: N
 
     async def start(self) -> Self:
+        """Start listening; returns self."""
         await self._n.start()
         return self
 
     async def aclose(self) -> None:
+        """Stop listening and close every connection."""
         await self._n.aclose()
 
     async def __aenter__(self) -> Self:
@@ -39,13 +41,16 @@ class _NativeServer(Generic[N]):
 
     @property
     def host(self) -> str:
+        """The address it listens on."""
         return self._n.host
 
     @property
     def port(self) -> int:
+        """The port it listens on."""
         return self._n.port
 
     def stats(self) -> dict[str, int]:
+        """Counters (connections accepted, active, ...)."""
         return self._n.stats()
 
     def __repr__(self) -> str:

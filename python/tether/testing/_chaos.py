@@ -23,10 +23,12 @@ class ChaosProxy(_NativeServer[_native.ChaosProxy]):
 
     @property
     def address(self) -> str:
+        """``host:port`` the proxy listens on."""
         return self._n.address
 
     @property
     def upstream(self) -> str:
+        """``host:port`` it forwards to."""
         return self._n.upstream
 
     def url(self, scheme: str = "ws", path: str = "/") -> str:
@@ -34,19 +36,25 @@ class ChaosProxy(_NativeServer[_native.ChaosProxy]):
         return f"{scheme}://{self.address}{path}"
 
     def blackhole(self, direction: str = "both") -> None:
+        """Stop forwarding in ``direction`` without FIN or RST; held bytes go through after ``heal()``."""
         self._n.blackhole(direction)
 
     def latency(self, ms: float, direction: str = "both") -> None:
+        """Delay what flows in ``direction`` by ``ms`` milliseconds."""
         self._n.latency(ms, direction)
 
     def bandwidth(self, bytes_per_sec: int | None, direction: str = "both") -> None:
+        """Throttle ``direction`` to ``bytes_per_sec`` (None: no limit)."""
         self._n.bandwidth(bytes_per_sec, direction)
 
     def heal(self) -> None:
+        """Clear every toxic: black holes, latency and bandwidth limits."""
         self._n.heal()
 
     def reset(self) -> int:
+        """Reset (RST) every proxied connection; returns how many."""
         return self._n.reset()
 
     def close(self) -> int:
+        """Close (FIN) every proxied connection; returns how many."""
         return self._n.close()

@@ -2,10 +2,7 @@
 
 Puts a ChaosProxy in front of your own server so you can reproduce a Wi-Fi switch (``blackhole``, then
 ``heal``), an edge reset, latency or a slow link against it. Commands, one per line, on stdin and on
-the optional TCP control port:
-
-    blackhole [up|down|both]   reset   close   latency MS [dir]   bandwidth BPS|off [dir]
-    heal   stats   help   quit
+the optional TCP control port: see ``COMMANDS`` (``--help`` lists them).
 """
 
 from __future__ import annotations
@@ -18,7 +15,29 @@ import threading
 
 from ._chaos import ChaosProxy
 
-HELP = "commands: blackhole [up|down|both] | reset | close | latency MS [dir] | bandwidth BPS|off [dir] | heal | stats | quit"
+# The commands read from stdin and the control port: one list for `--help`, the `help` command and the
+# line printed at start-up, so none of them can miss one.
+COMMANDS = (
+    ("blackhole [up|down|both]", "stop forwarding, no FIN, no RST (a Wi-Fi switch); held bytes flow after heal"),
+    ("reset", "reset (RST) every connection"),
+    ("close", "close (FIN) every connection"),
+    ("latency MS [up|down|both]", "delay the traffic by MS milliseconds"),
+    ("bandwidth BPS|off [up|down|both]", "throttle to BPS bytes per second, or stop throttling"),
+    ("heal", "clear every fault"),
+    ("stats", "print the proxy's counters"),
+    ("help", "list the commands"),
+    ("quit", "stop the proxy (also: exit)"),
+)
+HELP = "commands: " + " | ".join(c for c, _ in COMMANDS)
+
+
+def commands_help() -> str:
+    """The commands with what each does, for ``python -m tether proxy --help``."""
+    width = max(len(c) for c, _ in COMMANDS)
+    lines = [f"  {c:<{width}}  {what}" for c, what in COMMANDS]
+    return "commands, one per line on stdin or on the --control port (direction: both unless given):\n" + "\n".join(
+        lines
+    )
 
 
 def execute(proxy: ChaosProxy, line: str) -> tuple[str, bool]:

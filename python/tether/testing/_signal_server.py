@@ -21,30 +21,39 @@ class SignalServer(_NativeServer[_native.SignalServer]):
 
     @property
     def url(self) -> str:
+        """``ws://host:port/`` of the running server."""
         return self._n.url
 
     def drop(self) -> int:
+        """Drop every connection without a close frame; returns how many."""
         return self._n.drop()
 
     def close(self, code: int = 1000, reason: str = "") -> int:
+        """Close every connection with a close frame (``code``, ``reason``); returns how many."""
         return self._n.close(code, reason)
 
     def freeze(self) -> None:
+        """Stop reading every connection: no pongs, no echoes, sockets stay open (a frozen edge node)."""
         self._n.freeze()
 
     def unfreeze(self) -> None:
+        """Read again after ``freeze()``."""
         self._n.unfreeze()
 
     def refuse(self, status: int = 503, times: int | None = None) -> None:
+        """Answer the next ``times`` handshakes (None: all) with HTTP ``status``."""
         self._n.refuse(status, times)
 
     def behave(self) -> None:
+        """Undo every misbehaviour."""
         self._n.behave()
 
     def slow_handshake(self, seconds: float) -> None:
+        """Hold each new handshake for ``seconds`` before answering it."""
         self._n.slow_handshake(seconds)
 
     def accept_then_drop(self, enabled: bool = True) -> None:
+        """Complete each handshake, then drop the connection at once (a flapping server)."""
         self._n.accept_then_drop(enabled)
 
     def relay(self, enabled: bool = True) -> None:
@@ -56,21 +65,27 @@ class SignalServer(_NativeServer[_native.SignalServer]):
         self._n.greet(data)
 
     def echo(self, enabled: bool = True) -> None:
+        """Echo each message back to its sender (on by default)."""
         self._n.echo(enabled)
 
     def listening(self, on: bool) -> None:
+        """``False``: reset new connections (a server that is down); ``True``: accept them again."""
         self._n.listening(on)
 
     def push(self, data: str | bytes) -> int:
+        """Send ``data`` to every client; returns how many got it."""
         return self._n.push(data)
 
     def flood(self, count: int, size: int) -> int:
+        """Send ``count`` binary messages of ``size`` bytes to every client; returns how many clients."""
         return self._n.flood(count, size)
 
     def requests(self) -> list[str]:
+        """The path and query of every handshake so far, in order."""
         return self._n.requests()
 
     def received(self) -> list[str | bytes]:
+        """Every message received from clients so far, in order."""
         return self._n.received()
 
     async def wait_for(self, n: int = 1, timeout: float = 10.0, key: str = "active") -> bool:

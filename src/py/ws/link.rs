@@ -451,7 +451,7 @@ impl Conn {
         let err = peer_close(f.as_ref().map(|(c, r)| (*c, r.as_str())), &self.cfg);
         if st.phase == Phase::Live && st.proto.on_close_frame() == PeerClose::Complete {
             self.drop_link(py, st, fx, Goodbye::Close);
-            return self.finish(py, st, fx, crate::ws::Terminal::Closed);
+            return self.finish(py, st, fx, crate::ws::Terminal::closed());
         }
         self.end_read(py, st, fx, err, Goodbye::Frame(f));
     }
@@ -490,14 +490,7 @@ impl Conn {
                 }
                 (Phase::Upgrading, End::Reset) => "handshake failed: IO error: Connection reset by peer".into(),
                 (Phase::Upgrading, End::Error(e)) => format!("handshake failed: IO error: {e}"),
-                (Phase::Hook, End::Eof) => "connection closed by the peer during on_connect (EOF)".into(),
-                (Phase::Hook, End::Reset) => format!("read error during on_connect: {RESET_WITHOUT_CLOSE_FRAME}"),
-                (Phase::Hook, End::Error(e)) => format!("read error during on_connect: {e}"),
-                (Phase::FirstMessage, End::Eof) => "connection closed before the first message".into(),
-                (Phase::FirstMessage, End::Reset) => {
-                    format!("read error before the first message: {RESET_WITHOUT_CLOSE_FRAME}")
-                }
-                (Phase::FirstMessage, End::Error(e)) => format!("read error before the first message: {e}"),
+                // the same words on every read after the upgrade (on_connect's, the first message's)
                 (_, End::Eof) => CLOSED_WITHOUT_CLOSE_FRAME.into(),
                 (_, End::Reset) => RESET_WITHOUT_CLOSE_FRAME.into(),
                 (_, End::Error(e)) => format!("read error: {e}"),

@@ -239,6 +239,7 @@ pub struct Conn {
     report: OnceLock<Events>,
     el: OnceLock<EventLoop>,
     started: AtomicBool,
+    opened: AtomicBool,
 }
 
 /// A per-connection random value that tells its pings from any other's (not a secret).
@@ -310,6 +311,7 @@ impl Conn {
             report: OnceLock::new(),
             el: OnceLock::new(),
             started: AtomicBool::new(false),
+            opened: AtomicBool::new(false),
         })
     }
 
@@ -348,6 +350,12 @@ impl Conn {
 
     pub fn connects(&self) -> u64 {
         self.connects.load(Ordering::SeqCst)
+    }
+
+    /// Whether it was established at least once: a give-up then reports the last failure as a
+    /// `ConnectionClosed`, else as a `ConnectFailed` (set when it connects, before the reports).
+    pub fn opened(&self) -> bool {
+        self.opened.load(Ordering::SeqCst)
     }
 
     /// A new `events()` subscription: every event from now on (an ended one once the connection ended).
@@ -449,10 +457,10 @@ impl Conn {
         for (slot, res) in resolve {
             let r = match res {
                 Res::Ok => Ok(py.None()),
-                Res::Send(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg)),
+                Res::Send(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg, self.opened())),
                 Res::Ended => {
-                    let t = self.terminal().unwrap_or(Terminal::Closed);
-                    Err(super::connection::terminal_error(py, &t, &self.name))
+                    let t = self.terminal().unwrap_or_else(Terminal::closed);
+                    Err(super::connection::terminal_error(py, &t, &self.name, self.opened()))
                 }
                 Res::HsClosed(text) => Err(super::errors::CONNECTION_CLOSED.err(py, &text, None)),
             };
@@ -508,10 +516,10 @@ impl Conn {
         let on_loop = self.on_loop_thread();
         let queued = self.with(py, |c, st, fx| -> Result<Option<Arc<Slot>>, SendError> {
             if c.terminal.get().is_some() {
-                return Err(SendError::Ended(c.terminal().unwrap_or(Terminal::Closed)));
+                return Err(SendError::Ended(c.terminal().unwrap_or_else(Terminal::closed)));
             }
             if st.close_requested {
-                return Err(SendError::Ended(Terminal::Closed));
+                return Err(SendError::Ended(Terminal::closed()));
             }
             let size = size_of(&msg);
             let wait = if st.proto.unwritten_bytes() + size > c.cfg.write_high_water {
@@ -533,7 +541,7 @@ impl Conn {
         match queued {
             Ok(None) => coroutine::resolved(py, "Connection.send", true, Ok(py.None())),
             Ok(Some(slot)) => coroutine::on_slot(py, "Connection.send", true, slot, self.hint(py)),
-            Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg)),
+            Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg, self.opened())),
         }
     }
 
@@ -575,7 +583,7 @@ impl Conn {
         let slot = Slot::new();
         let r = self.with(py, |c, st, fx| {
             if c.terminal.get().is_some() {
-                return Err(SendError::Ended(c.terminal().unwrap_or(Terminal::Closed)));
+                return Err(SendError::Ended(c.terminal().unwrap_or_else(Terminal::closed)));
             }
             let done = st.proto.flush(slot.clone(), Instant::now());
             fx.outcomes(done);
@@ -587,7 +595,7 @@ impl Conn {
         });
         match r {
             Ok(()) => coroutine::on_slot(py, "Connection.flush", false, slot, self.hint(py)),
-            Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg)),
+            Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg, self.opened())),
         }
     }
 

@@ -69,7 +69,7 @@ impl Conn {
     fn start_result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         match self.terminal.get() {
             Some(Terminal::PeerClosed { .. }) | None if self.connects() > 0 => Ok(py.None()),
-            Some(t) => Err(super::super::connection::terminal_error(py, t, &self.name)),
+            Some(t) => Err(super::super::connection::terminal_error(py, t, &self.name, self.opened())),
             None => Ok(py.None()),
         }
     }
@@ -249,6 +249,7 @@ impl Conn {
         st.phase = Phase::Live;
         st.live = true;
         st.connected_once = true;
+        self.opened.store(true, std::sync::atomic::Ordering::SeqCst);
         st.connected_at = Some(now);
         st.proto.connected(now);
         if let Some(a) = st.attempt.as_mut() {
@@ -295,7 +296,7 @@ impl Conn {
         st.reader_paused = false;
         if st.close_requested {
             // the close is what the user asked for, whatever ended it
-            return self.finish(py, st, fx, Terminal::Closed);
+            return self.finish(py, st, fx, Terminal::closed());
         }
         if was_live {
             let (waiters, failures) = st.proto.lost(err.close_code, &err.text);
@@ -319,7 +320,12 @@ impl Conn {
                 tracing::info!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), error = %text,
                     "{text}: {code} is in final_close_codes, so the connection ends here (no reconnect)");
             });
-            return self.finish(py, st, fx, Terminal::PeerClosed { code, text: err.text });
+            return self.finish(
+                py,
+                st,
+                fx,
+                Terminal::PeerClosed { code, text: err.text, undelivered: Default::default() },
+            );
         }
         let decision = st.retry.failed(now, err.fatal);
         {
@@ -340,7 +346,14 @@ impl Conn {
                     last_error_text: err.text.clone(),
                     last_error: err,
                 };
-                let term = Terminal::GaveUp { message: g.message(), attempts, elapsed, reason, last: g.last_error };
+                let term = Terminal::GaveUp {
+                    message: g.message(),
+                    attempts,
+                    elapsed,
+                    reason,
+                    last: g.last_error,
+                    undelivered: Default::default(),
+                };
                 self.finish(py, st, fx, term);
             }
         }
@@ -367,8 +380,12 @@ impl Conn {
         if self.terminal.get().is_some() {
             return;
         }
+        // under the lock under which `send` and `flush` check the terminal: nothing is accepted after
+        // the list of what was never delivered was made
+        let (pending, undelivered) = st.proto.finish();
+        let term = term.with_undelivered(undelivered);
         let _ = self.terminal.set(term.clone());
-        let closed = matches!(term, Terminal::Closed | Terminal::PeerClosed { .. });
+        let closed = matches!(term, Terminal::Closed { .. } | Terminal::PeerClosed { .. });
         self.set_state(if closed { State::Closed } else { State::Failed });
         st.phase = Phase::Done;
         self.drop_link(py, st, fx, Goodbye::Close);
@@ -379,7 +396,6 @@ impl Conn {
         st.settle_at = None;
         st.close_by = None;
         st.close_hard_by = None;
-        let (pending, silent) = st.proto.finish();
         for slot in pending {
             fx.resolve.push((slot, Res::Send(SendError::Ended(term.clone()))));
         }
@@ -404,10 +420,20 @@ impl Conn {
                 }
             });
         }
+        let (unconfirmed, failed) = (term.undelivered().unconfirmed.len(), term.undelivered().failures.len());
         fx.later(move |py, c| {
-            if silent > 0 {
-                tracing::warn!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), unconfirmed = silent as u64,
-                    "{silent} sent message(s) were never confirmed by the peer before the connection ended (flush() reports this)");
+            if unconfirmed + failed > 0 {
+                let mut what = vec![];
+                if unconfirmed > 0 {
+                    what.push(format!("{unconfirmed} sent message(s) were never confirmed by the peer"));
+                }
+                if failed > 0 {
+                    what.push(format!("{failed} failed with no flush() reporting it"));
+                }
+                tracing::warn!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), unconfirmed = unconfirmed as u64,
+                    failed = failed as u64,
+                    "{} when the connection ended; the error it raises from now on names them (.messages, .failures)",
+                    what.join(" and "));
             }
             c.emit(py, &Event::Closed);
         });
@@ -431,7 +457,7 @@ impl Conn {
             }
             _ => {
                 self.drop_link(py, st, fx, Goodbye::Abort);
-                self.finish(py, st, fx, Terminal::Closed);
+                self.finish(py, st, fx, Terminal::closed());
             }
         }
     }
@@ -487,7 +513,7 @@ impl Conn {
         self.with(py, |c, st, fx| {
             st.close_requested = true;
             c.drop_link(py, st, fx, Goodbye::Abort);
-            c.finish(py, st, fx, Terminal::Closed);
+            c.finish(py, st, fx, Terminal::closed());
         });
     }
 
@@ -513,7 +539,7 @@ impl Conn {
                     "close did not finish within {:.1}s; connection aborted", bound.as_secs_f64());
             });
             self.drop_link(py, st, fx, Goodbye::Abort);
-            self.finish(py, st, fx, Terminal::Closed);
+            self.finish(py, st, fx, Terminal::closed());
         }
         let mut wake: Option<Instant> = None;
         // a decision may start the next phase at once: look again, a few times at most
@@ -593,7 +619,7 @@ impl Conn {
                         c.cfg.close_timeout.as_secs_f64());
                 });
                 self.drop_link(py, st, fx, Goodbye::Abort);
-                self.finish(py, st, fx, Terminal::Closed);
+                self.finish(py, st, fx, Terminal::closed());
                 return None;
             }
         }

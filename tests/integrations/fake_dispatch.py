@@ -1,0 +1,68 @@
+"""A fake LiveKit AgentDispatch service: the Twirp endpoint `livekit-api` calls
+(POST /twirp/livekit.AgentDispatchService/<Method>, protobuf bodies), on loopback, with scripted failures.
+
+`fail_first=N` answers the first N CreateDispatch calls with a Twirp "unavailable" error (HTTP 503);
+`on_create(dispatch)` runs after each successful CreateDispatch (a test makes the agent join from it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from aiohttp import web
+from livekit.protocol import agent_dispatch
+
+
+class FakeDispatchService:
+    def __init__(self, *, fail_first: int = 0, on_create: Callable[[object], None] | None = None) -> None:
+        self.fail_first = fail_first
+        self.on_create = on_create
+        self.created: list[agent_dispatch.CreateAgentDispatchRequest] = []
+        self.deleted: list[str] = []
+        self.calls = 0
+        self.auth: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> FakeDispatchService:
+        app = web.Application()
+        app.router.add_post("/twirp/livekit.AgentDispatchService/{method}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        self.auth.append(request.headers.get("Authorization", ""))
+        method = request.match_info["method"]
+        body = await request.read()
+        if method == "CreateDispatch":
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                error = {"code": "unavailable", "msg": "dispatch service restarting"}
+                return web.Response(status=503, text=json.dumps(error), content_type="application/json")
+            req = agent_dispatch.CreateAgentDispatchRequest()
+            req.ParseFromString(body)
+            self.created.append(req)
+            out = agent_dispatch.AgentDispatch(
+                id=f"AD_{len(self.created)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata
+            )
+            if self.on_create is not None:
+                self.on_create(out)
+        elif method == "DeleteDispatch":
+            req_del = agent_dispatch.DeleteAgentDispatchRequest()
+            req_del.ParseFromString(body)
+            self.deleted.append(req_del.dispatch_id)
+            out = agent_dispatch.AgentDispatch(id=req_del.dispatch_id, room=req_del.room)
+        else:
+            return web.Response(status=404, text=json.dumps({"code": "not_found", "msg": method}))
+        return web.Response(body=out.SerializeToString(), content_type="application/protobuf")
