@@ -28,12 +28,6 @@ pub mod testing;
 pub mod watchdog;
 pub mod wording;
 pub mod ws;
-pub mod ws_handshake;
-pub mod ws_heartbeat;
-pub mod ws_protocol;
-pub mod ws_redirect;
-pub mod ws_tls;
-mod ws_wait;
 
 #[cfg(feature = "python")]
 mod py;

@@ -1,4 +1,4 @@
-"""``tether.connect``: a supervised, reconnecting signaling WebSocket (native, tokio-tungstenite)."""
+"""``tether.connect``: a supervised, reconnecting signaling WebSocket (native, on the event loop's thread)."""
 
 from __future__ import annotations
 

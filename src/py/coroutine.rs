@@ -270,16 +270,6 @@ where
     make(py, name, Box::pin(fut), false, None)
 }
 
-/// A coroutine over the rest of a call that already did its work (a send queued its message): its
-/// result only reports when that work got further, so it is not warned about when left unawaited.
-pub fn done_at_call<'py, F, T>(py: Python<'py>, name: &'static str, fut: F) -> PyResult<Bound<'py, PyAny>>
-where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
-{
-    make(py, name, Box::pin(fut), true, None)
-}
-
 /// A coroutine that returns (or raises) `result` at its first step: for a call whose work is done.
 pub fn resolved<'py>(
     py: Python<'py>,

@@ -14,7 +14,6 @@ mod convert;
 mod coroutine;
 mod errors;
 mod events;
-mod handshake;
 mod heartbeat;
 pub(crate) mod logging;
 mod parked;
@@ -43,7 +42,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chaos::register(m)?;
     signal_server::register(m)?;
     connection::register(m)?;
-    handshake::register(m)?;
+    ws::register(m)?;
     heartbeat::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;

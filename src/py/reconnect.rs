@@ -17,8 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use tokio::sync::broadcast;
 
-use crate::reconnect::{report, Config, Event, Events};
+use crate::reconnect::{report, Event, Events};
 use crate::redact::redact_url;
+use crate::retry_state::{target, Config};
 use crate::retry_state::{Decision, RetryState};
 
 use super::args::Arg;
@@ -152,7 +153,7 @@ impl PyReconnector {
                 if end_episode {
                     self.sink().emit(Event::Closed);
                 }
-                let g = crate::reconnect::GaveUp {
+                let g = crate::retry_state::GaveUp {
                     name: self.cfg.name.clone(),
                     attempts,
                     elapsed,
@@ -373,7 +374,7 @@ impl PyReconnector {
     /// A cancelled `connect()` did not finish within the grace period: say so, it is no longer awaited.
     fn _abandoned(&self, number: u32, grace: f64) {
         let (name, logger) = (self.cfg.name.as_str(), self.cfg.logger.as_deref());
-        let of = crate::reconnect::target("of", name);
+        let of = target("of", name);
         tracing::warn!(target: "tether::reconnect", logger, name, attempt = number, grace_s = grace,
             "connect(){of} (attempt {number}) did not finish within {grace}s of being cancelled; \
              it is no longer awaited");

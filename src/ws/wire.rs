@@ -38,7 +38,8 @@ enum Stage {
 }
 
 pub struct Wire {
-    tls: Option<TlsSession>,
+    /// Boxed: a rustls connection is large, and most connections are plain.
+    tls: Option<Box<TlsSession>>,
     stage: Stage,
     max_message_size: usize,
     keep: usize,
@@ -58,7 +59,7 @@ impl Wire {
         keep: usize,
     ) -> Result<Wire, TlsError> {
         let tls = match tls {
-            Some((cfg, host)) => Some(TlsSession::new(cfg, host)?),
+            Some((cfg, host)) => Some(Box::new(TlsSession::new(cfg, host)?)),
             None => None,
         };
         Ok(Wire {
@@ -77,7 +78,7 @@ impl Wire {
 
     /// Whether the TLS handshake is still under way (never for a plain connection).
     pub fn tls_handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(TlsSession::is_handshaking)
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
     }
 
     /// Bytes to write now (the upgrade request, TLS handshake records), appended to `out`.

@@ -7,13 +7,12 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use crate::watchdog::Watchdog;
+use crate::ws::frame;
+use crate::ws::protocol::Message;
+use crate::ws::WsError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::ws::frame;
-use crate::ws::WsError;
-use crate::ws_handshake::HandshakeInfo;
 
 use super::super::convert::{describe, message_from_py};
 use super::coroutine::{self, Slot};
@@ -25,6 +24,39 @@ pub(crate) struct Hooks {
     pub url_for: Option<Py<PyAny>>,
     pub on_connect: Option<OnConnectSpec>,
     pub heartbeat: Option<BeatSpec>,
+    /// Fed with the connection's states ("connecting", "connected", "reconnecting", "closing",
+    /// "closed", "failed"); its alarms are forwarded into the connection's events.
+    pub watchdog: Option<Arc<Watchdog>>,
+}
+
+/// What the hook is told about the attempt it runs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandshakeInfo {
+    /// 1 for the first connect, then the attempt number within the current outage.
+    pub attempt: u32,
+    /// "connect" for the first connect, then the ladder rung of this attempt.
+    pub strategy: Arc<str>,
+    /// The connection was connected before (the application may resume its session).
+    pub reconnect: bool,
+}
+
+/// `on_connect=` and `fatal=`, checked: the hook and the exception types that give up at once (plus
+/// tether's own misuse error).
+pub(crate) fn on_connect_spec(
+    py: Python<'_>,
+    on_connect: Option<&Bound<'_, PyAny>>,
+    fatal: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<OnConnectSpec>> {
+    let fatal = super::super::reconnect::fatal_tuple(py, fatal)?;
+    let Some(f) = on_connect.filter(|f| !f.is_none()) else { return Ok(None) };
+    if !f.is_callable() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "on_connect must be an async function taking a tether.Handshake",
+        ));
+    }
+    let misuse = py.import("tether._hooks")?.getattr("OnConnectMisuse")?;
+    let fatal = PyTuple::new(py, fatal.iter().chain([misuse]).collect::<Vec<_>>())?;
+    Ok(Some(OnConnectSpec { hook: f.clone().unbind(), fatal: fatal.unbind() }))
 }
 
 pub(crate) struct OnConnectSpec {
@@ -146,7 +178,7 @@ fn url_for_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: PyResult<Py<P
             return; // the attempt ended meanwhile
         }
         match target {
-            Ok(t) => c.target(py, st, fx, t.url, t.headers),
+            Ok((url, headers)) => c.target(py, st, fx, url, headers),
             Err(e) => c.end_attempt(py, st, fx, e, Goodbye::Abort),
         }
     });
@@ -234,9 +266,9 @@ impl LoopHandshake {
                 return Err(e.clone());
             }
             let (op, payload): (u8, &[u8]) = match &msg {
-                Message::Text(t) => (frame::OP_TEXT, t.as_bytes()),
+                Message::Text(t) => (frame::OP_TEXT, t),
                 Message::Binary(b) => (frame::OP_BINARY, b),
-                _ => return Ok(()),
+                Message::Ping(_) => return Ok(()),
             };
             let Some(link) = st.link.as_mut() else { return Err("the on_connect handshake is over".into()) };
             let mut out = std::mem::take(&mut st.out);
@@ -315,9 +347,9 @@ impl Conn {
 
     fn write_heartbeat(&self, py: Python<'_>, st: &mut Inner, fx: &mut Fx, m: &Message) {
         let (op, payload): (u8, &[u8]) = match m {
-            Message::Text(t) => (frame::OP_TEXT, t.as_bytes()),
+            Message::Text(t) => (frame::OP_TEXT, t),
             Message::Binary(b) => (frame::OP_BINARY, b),
-            _ => return,
+            Message::Ping(_) => return,
         };
         let Some(link) = st.link.as_mut() else { return };
         let mut out = std::mem::take(&mut st.out);

@@ -9,19 +9,18 @@ use std::time::Instant;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 
-use crate::ws::frame::{self, Inbound, Violation};
+use crate::ws::error::{
+    not_an_upgrade, peer_close, refused_status, violation, CLOSED_WITHOUT_CLOSE_FRAME, RESET_WITHOUT_CLOSE_FRAME,
+};
+use crate::ws::frame::{self, Inbound};
+use crate::ws::protocol::{Message, PeerClose, Write};
+use crate::ws::redirect;
 use crate::ws::upgrade::{Endpoint, Refusal};
 use crate::ws::wire::{WireError, WireEvent};
-use crate::ws::{not_retried_first, WsError};
-use crate::ws_protocol::{PeerClose, Write};
-use crate::ws_redirect;
+use crate::ws::WsError;
 
-use super::session::{follow, peer_close, refused_status};
+use super::session::follow;
 use super::{Conn, Fx, Inner, Phase, Res, LOG};
-
-/// A TCP FIN, or reset, where a close frame was due.
-const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
-const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
 
 pub(crate) struct Link {
     pub id: u64,
@@ -115,12 +114,11 @@ impl Conn {
                 Write::Batch(frames) => {
                     let mut r = Ok(());
                     for m in frames {
-                        use tokio_tungstenite::tungstenite::Message;
                         r = match &m {
                             Message::Text(t) => {
                                 n += 1;
                                 bytes += t.len() as u64;
-                                link.wire.frame(frame::OP_TEXT, t.as_bytes(), out)
+                                link.wire.frame(frame::OP_TEXT, t, out)
                             }
                             Message::Binary(b) => {
                                 n += 1;
@@ -131,7 +129,6 @@ impl Conn {
                                 pings += 1;
                                 link.wire.frame(frame::OP_PING, p, out)
                             }
-                            _ => Ok(()),
                         };
                         if r.is_err() {
                             break;
@@ -385,7 +382,7 @@ impl Conn {
         let Some(a) = st.attempt.as_mut() else { return };
         let first = a.first;
         let err = match r {
-            Refusal::Status { status, location: Some(loc), .. } if ws_redirect::is_redirect(status) => {
+            Refusal::Status { status, location: Some(loc), .. } if redirect::is_redirect(status) => {
                 let from = a.url.clone();
                 match follow(a, status, &loc) {
                     Ok(dropped) => {
@@ -403,10 +400,7 @@ impl Conn {
                 }
             }
             Refusal::Status { status, .. } => refused_status(status, &self.cfg, first),
-            Refusal::NotUpgrade(why) => not_retried_first(
-                WsError::retry(format!("handshake failed: the answer is not a WebSocket upgrade: {why}")),
-                first,
-            ),
+            Refusal::NotUpgrade(why) => not_an_upgrade(&why, first),
         };
         self.end_attempt(py, st, fx, err, Goodbye::Abort);
     }
@@ -415,31 +409,9 @@ impl Conn {
         let first = st.attempt.as_ref().map_or(true, |a| a.first);
         let (err, goodbye) = match e {
             WireError::Tls(t) => (tls_failed(t), Goodbye::Close),
-            WireError::NotHttp(why) => (
-                not_retried_first(
-                    WsError::retry(format!("handshake failed: the answer is not a WebSocket upgrade: {why}")),
-                    first,
-                ),
-                Goodbye::Abort,
-            ),
+            WireError::NotHttp(why) => (not_an_upgrade(&why, first), Goodbye::Abort),
             WireError::Violation(v) => {
-                let text = match &v {
-                    Violation::TooBig { size, .. } => format!(
-                        "the server sent a message over max_message_size ({} bytes): {size} bytes; tether closed the connection with 1009",
-                        self.cfg.max_message_size
-                    ),
-                    Violation::InvalidUtf8 => {
-                        "the server sent text that is not valid UTF-8; tether closed the connection with 1007".into()
-                    }
-                    Violation::Protocol(p) => {
-                        format!("the server broke the WebSocket protocol ({p}); tether closed the connection with 1002")
-                    }
-                    Violation::InvalidCloseCode(code) => format!(
-                        "server closed the connection with an invalid close code ({code}, which RFC 6455 §7.4 does not \
-                         allow on the wire); tether answered 1002 (protocol error)"
-                    ),
-                };
-                (WsError::retry(text), Goodbye::Frame(Some((v.code(), v.reason().to_string()))))
+                (violation(&v, &self.cfg), Goodbye::Frame(Some((v.code(), v.reason().to_string()))))
             }
         };
         self.end_read(py, st, fx, err, goodbye);
@@ -572,7 +544,7 @@ fn tune_socket(transport: &Bound<'_, PyAny>, cfg: &crate::ws::WsConfig) -> Optio
         let raw = socket_fd(transport)?;
         // SAFETY: the transport owns the socket and keeps it open while this runs
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
-        crate::ws::set_socket_options(socket2::SockRef::from(&fd), cfg);
+        crate::ws::socket::set_socket_options(socket2::SockRef::from(&fd), cfg);
         Some(raw)
     }
     #[cfg(not(unix))]

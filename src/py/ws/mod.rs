@@ -1,6 +1,6 @@
 //! `tether.connect` on the event loop's own thread. The WebSocket's bytes go through an asyncio
 //! `Protocol` implemented here ([`link::Link`]): `data_received` feeds the sans-I/O wire (TLS, the
-//! upgrade answer, frames: `crate::ws::wire`) and the delivery/liveness core (`crate::ws_protocol`),
+//! upgrade answer, frames: `crate::ws::wire`) and the delivery/liveness core (`crate::ws::protocol`),
 //! frames leave through `transport.write`, and every deadline (pings, open/close bounds, backoff,
 //! heartbeats) is one `loop.call_later` timer re-armed from the cores' next deadline ([`timer`]).
 //! Nothing in the data path crosses a thread: a message read is a Python object in the inbound buffer
@@ -20,6 +20,7 @@
 //! from another thread (a `send` from an audio thread) updates the state under the same lock and hands
 //! the write to the loop with one `call_soon_threadsafe`.
 
+mod exceptions;
 mod hooks;
 mod link;
 mod session;
@@ -32,18 +33,23 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::reconnect::{Event, Events};
 use crate::retry_state::RetryState;
 use crate::ws::heartbeat::HeartbeatClock;
+use crate::ws::protocol::{size_of, Message, Outcome, Protocol, ProtocolConfig, PushError, CONFIRM_DELAY};
 use crate::ws::{SendError, State, Stats, Terminal, WsConfig, WsError};
-use crate::ws_protocol::{size_of, Outcome, Protocol, ProtocolConfig, PushError, CONFIRM_DELAY};
 
 use super::coroutine::{self, Slot};
 use super::events::LoopSub;
 
-pub(crate) use hooks::{BeatSpec, Hooks, OnConnectSpec};
+pub(crate) use exceptions::terminal_error;
+pub(crate) use hooks::{on_connect_spec, BeatSpec, Hooks};
+
+/// The classes of the module a connection hands to Python.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<hooks::LoopHandshake>()
+}
 
 const LOG: &str = "tether::ws";
 /// Events a slow `events()` consumer may fall behind by before it misses some (and a warning says so).
@@ -179,8 +185,8 @@ pub(super) struct Inner {
     pub proto: Protocol<Arc<Slot>>,
     pub retry: RetryState,
     pub phase: Phase,
-    pub attempt: Option<Attempt>,
-    pub link: Option<link::Link>,
+    pub attempt: Option<Box<Attempt>>,
+    pub link: Option<Box<link::Link>>,
     pub next_id: u64,
     /// Transports closed after a goodbye frame, aborted if still open at their deadline.
     pub draining: Vec<(u64, Py<PyAny>, Instant)>,
@@ -191,7 +197,7 @@ pub(super) struct Inner {
     pub room: Vec<Arc<Slot>>,
     pub started: Vec<Arc<Slot>>,
     pub closed: Vec<Arc<Slot>>,
-    pub hs: Option<HsState>,
+    pub hs: Option<Box<HsState>>,
     pub close_requested: bool,
     /// A live close waits for the peer's close frame until then.
     pub close_by: Option<Instant>,
@@ -334,7 +340,7 @@ impl Conn {
     pub(super) fn set_state(&self, s: State) {
         let old = self.state.swap(s as u8, Ordering::SeqCst);
         if old != s as u8 {
-            if let Some(wd) = &self.cfg.watchdog {
+            if let Some(wd) = &self.hooks.watchdog {
                 wd.set_state(s.as_str());
             }
         }
@@ -457,10 +463,10 @@ impl Conn {
         for (slot, res) in resolve {
             let r = match res {
                 Res::Ok => Ok(py.None()),
-                Res::Send(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg, self.opened())),
+                Res::Send(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
                 Res::Ended => {
                     let t = self.terminal().unwrap_or_else(Terminal::closed);
-                    Err(super::connection::terminal_error(py, &t, &self.name, self.opened()))
+                    Err(terminal_error(py, &t, &self.name, self.opened()))
                 }
                 Res::HsClosed(text) => Err(super::errors::CONNECTION_CLOSED.err(py, &text, None)),
             };
@@ -541,7 +547,7 @@ impl Conn {
         match queued {
             Ok(None) => coroutine::resolved(py, "Connection.send", true, Ok(py.None())),
             Ok(Some(slot)) => coroutine::on_slot(py, "Connection.send", true, slot, self.hint(py)),
-            Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg, self.opened())),
+            Err(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
         }
     }
 
@@ -595,7 +601,7 @@ impl Conn {
         });
         match r {
             Ok(()) => coroutine::on_slot(py, "Connection.flush", false, slot, self.hint(py)),
-            Err(e) => Err(super::connection::send_error(py, &e, &self.name, &self.cfg, self.opened())),
+            Err(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
         }
     }
 

@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::reconnect::{report, Event, GaveUp};
+use crate::reconnect::{report, Event};
 use crate::redact::redact_url;
 use crate::retry_state::Decision;
+use crate::retry_state::GaveUp;
+use crate::ws::error::not_retried_first;
+use crate::ws::protocol::CONFIRM_DELAY;
+use crate::ws::redirect;
 use crate::ws::upgrade::{self, Endpoint};
 use crate::ws::wire::Wire;
-use crate::ws::{not_retried_first, SendError, State, Terminal, WsError};
-use crate::ws_protocol::CONFIRM_DELAY;
-use crate::ws_redirect;
+use crate::ws::{SendError, State, Terminal, WsError};
 
 use super::coroutine::{self, Slot};
 use super::link::{Goodbye, Link};
@@ -69,7 +71,7 @@ impl Conn {
     fn start_result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         match self.terminal.get() {
             Some(Terminal::PeerClosed { .. }) | None if self.connects() > 0 => Ok(py.None()),
-            Some(t) => Err(super::super::connection::terminal_error(py, t, &self.name, self.opened())),
+            Some(t) => Err(super::terminal_error(py, t, &self.name, self.opened())),
             None => Ok(py.None()),
         }
     }
@@ -77,7 +79,7 @@ impl Conn {
     /// The watchdog's alarms become connection events: its monitor runs on tether's runtime, so each
     /// alarm is handed to the connection's loop.
     fn forward_alarms(&self, py: Python<'_>, st: &mut Inner) {
-        let (Some(wd), Some(el)) = (&self.cfg.watchdog, self.event_loop(py)) else { return };
+        let (Some(wd), Some(el)) = (&self.hooks.watchdog, self.event_loop(py)) else { return };
         let mut rx = wd.subscribe();
         let (me, el) = (self.me.clone(), el.clone().unbind());
         st.watchdog_forward = Some(super::super::runtime::get().spawn(async move {
@@ -112,7 +114,7 @@ impl Conn {
             fx.later(move |_, c| report::started(c.report(), &started));
         }
         st.retry_at = None;
-        st.attempt = Some(Attempt {
+        st.attempt = Some(Box::new(Attempt {
             number: started.number,
             strategy: started.strategy.clone(),
             stall_at: started.deadline,
@@ -126,7 +128,7 @@ impl Conn {
             first: !st.connected_once,
             task: None,
             first_seen: false,
-        });
+        }));
         if self.hooks.url_for.is_some() {
             st.phase = Phase::Target;
             let id = Self::new_id(st);
@@ -170,7 +172,7 @@ impl Conn {
             }
         };
         let request = upgrade::request(&ep, &a.headers, rand::random());
-        let tls = ep.tls.then(|| self.cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config));
+        let tls = ep.tls.then(|| self.cfg.tls.clone().unwrap_or_else(crate::ws::tls::default_config));
         let wire = match Wire::new(
             tls.map(|c| (c, ep.host.as_str())),
             &request,
@@ -188,7 +190,7 @@ impl Conn {
         let (strategy, number) = (a.strategy.clone(), a.number);
         let id = Self::new_id(st);
         let (host, port) = (ep.host.clone(), ep.port);
-        st.link = Some(Link::new(id, wire, request.accept, ep));
+        st.link = Some(Box::new(Link::new(id, wire, request.accept, ep)));
         st.phase = Phase::Connecting;
         fx.later(move |py, c| {
             tracing::debug!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*strategy,
@@ -202,10 +204,10 @@ impl Conn {
         if self.hooks.on_connect.is_some() {
             st.phase = Phase::Hook;
             let id = Self::new_id(st);
-            st.hs = Some(super::HsState { id, ..Default::default() });
+            st.hs = Some(Box::new(super::HsState { id, ..Default::default() }));
             let Some(a) = st.attempt.as_mut() else { return };
             a.hook_by = Some(now + self.cfg.open_timeout);
-            let info = crate::ws_handshake::HandshakeInfo {
+            let info = super::hooks::HandshakeInfo {
                 attempt: a.number,
                 strategy: a.strategy.clone(),
                 reconnect: st.connected_once,
@@ -663,33 +665,6 @@ impl Conn {
     }
 }
 
-/// The text of a close frame from the server, and what it means for the connection.
-pub(super) fn peer_close(frame: Option<(u16, &str)>, cfg: &crate::ws::WsConfig) -> WsError {
-    match frame {
-        Some((code, reason)) => {
-            let mut e = WsError::retry(format!("server closed the connection: {code} {reason}").trim_end());
-            e.close_code = Some(code);
-            e.fatal = cfg.fatal_close_codes.contains(&code);
-            e.final_close = cfg.final_close_codes.contains(&code);
-            e
-        }
-        None => WsError::retry("server closed the connection without a status code"),
-    }
-}
-
-/// Why an answer other than 101 ends the attempt; `first`: no connection has succeeded yet.
-pub(super) fn refused_status(status: u16, cfg: &crate::ws::WsConfig, first: bool) -> WsError {
-    let reason = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    let mut err = WsError::retry(format!("handshake rejected with HTTP {status} {reason}"));
-    err.http_status = Some(status);
-    err.fatal = cfg.fatal_http_statuses.contains(&status);
-    if crate::ws::retryable_status(status) {
-        err
-    } else {
-        not_retried_first(err, first)
-    }
-}
-
 /// A redirect answer: follow it within the attempt, or end the attempt saying why not.
 pub(super) fn follow(a: &mut Attempt, status: u16, location: &str) -> Result<usize, WsError> {
     let refused = |why: String| {
@@ -697,13 +672,13 @@ pub(super) fn follow(a: &mut Attempt, status: u16, location: &str) -> Result<usi
         e.http_status = Some(status);
         not_retried_first(e, a.first)
     };
-    if a.redirects == ws_redirect::MAX_REDIRECTS {
-        return Err(refused(format!("more than {} redirects", ws_redirect::MAX_REDIRECTS)));
+    if a.redirects == redirect::MAX_REDIRECTS {
+        return Err(refused(format!("more than {} redirects", redirect::MAX_REDIRECTS)));
     }
-    let hop = ws_redirect::follow(&a.url, location).map_err(refused)?;
+    let hop = redirect::follow(&a.url, location).map_err(refused)?;
     a.redirects += 1;
     let before = a.headers.len();
-    ws_redirect::headers_for(&hop, &mut a.headers);
+    redirect::headers_for(&hop, &mut a.headers);
     a.url = hop.url;
     Ok(before - a.headers.len())
 }

@@ -1,6 +1,6 @@
 //! The delivery, liveness, close-handshake and poison rules of `tether.connect`, without I/O and
-//! without a clock (sans-I/O, like websockets' `protocol.py`): the tokio session in `ws.rs` feeds it
-//! what happened and the current `Instant`, and writes what it asks for.
+//! without a clock (sans-I/O, like websockets' `protocol.py`): the front end feeds it what happened and
+//! the current `Instant`, and writes what it asks for.
 //!
 //! * Delivery: every accepted message gets a sequence number when it is handed to the socket. A send
 //!   queued while `unwritten_bytes` is under the session's high-water mark resolved at once
@@ -45,7 +45,34 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use bytes::Bytes;
+
+/// A message for the peer, and the pings the protocol writes among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// UTF-8 (checked where it is made).
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+}
+
+impl Message {
+    pub fn text(s: impl Into<String>) -> Message {
+        Message::Text(Bytes::from(s.into()))
+    }
+
+    pub fn binary(b: impl Into<Bytes>) -> Message {
+        Message::Binary(b.into())
+    }
+
+    /// The text of a text message.
+    pub fn to_text(&self) -> Option<&str> {
+        match self {
+            Message::Text(t) => std::str::from_utf8(t).ok(),
+            _ => None,
+        }
+    }
+}
 
 /// Close code a server sends for a message bigger than it accepts (RFC 6455 §7.4.1).
 pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -229,9 +256,8 @@ pub struct Protocol<D> {
 
 pub fn size_of(m: &Message) -> usize {
     match m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
+        Message::Text(b) | Message::Binary(b) => b.len(),
+        Message::Ping(_) => 0,
     }
 }
 
