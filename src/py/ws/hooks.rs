@@ -16,8 +16,7 @@ use pyo3::types::{PyList, PyTuple};
 
 use super::super::convert::{describe, message_from_py};
 use super::coroutine::{self, Slot};
-use super::link::Goodbye;
-use super::{Conn, Fx, Inner, Phase};
+use super::{Conn, Fx, Goodbye, Inner, Phase};
 
 /// The Python side of a connection's options.
 pub(crate) struct Hooks {
@@ -99,35 +98,42 @@ fn adopt(py: Python<'_>, conn: &Arc<Conn>, id: u64, task: Py<PyAny>, current: im
     let _ = id;
 }
 
-pub(super) fn start_url_for(py: Python<'_>, conn: &Arc<Conn>, id: u64, strategy: &str, attempt: u32) {
-    let Some(f) = &conn.hooks.url_for else { return };
-    let started = (|| -> PyResult<Py<PyAny>> {
-        let coro = py.import("tether._hooks")?.getattr("_url_for")?.call1((f, strategy, attempt))?;
-        let done = Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::UrlFor })?;
-        spawn(py, conn, coro, done.into_any())
-    })();
-    match started {
-        Ok(task) => adopt(py, conn, id, task, |st| st.phase == Phase::Target && st.next_id == id),
-        Err(e) => {
-            let err = WsError::fatal(format!("could not schedule url_for on the event loop: {}", describe(py, &e)));
-            conn.with(py, |c, st, fx| c.end_attempt(py, st, fx, err, Goodbye::Abort));
+impl Conn {
+    pub(super) fn start_url_for(self: &Arc<Self>, py: Python<'_>, id: u64, strategy: &str, attempt: u32) {
+        let conn = self;
+        let Some(f) = &conn.hooks.url_for else { return };
+        let started = (|| -> PyResult<Py<PyAny>> {
+            let coro = py.import("tether._hooks")?.getattr("_url_for")?.call1((f, strategy, attempt))?;
+            let done = Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::UrlFor })?;
+            spawn(py, conn, coro, done.into_any())
+        })();
+        match started {
+            Ok(task) => adopt(py, conn, id, task, |st| st.phase == Phase::Target && st.next_id == id),
+            Err(e) => {
+                let err = WsError::fatal(format!("could not schedule url_for on the event loop: {}", describe(py, &e)));
+                conn.with(py, |c, st, fx| c.end_attempt(py, st, fx, err, Goodbye::Abort));
+            }
         }
     }
 }
 
-pub(super) fn start_on_connect(py: Python<'_>, conn: &Arc<Conn>, id: u64, info: HandshakeInfo) {
-    let Some(spec) = &conn.hooks.on_connect else { return };
-    let started = (|| -> PyResult<Py<PyAny>> {
-        let channel = Py::new(py, LoopHandshake { conn: Arc::downgrade(conn), id, info })?;
-        let coro = py.import("tether._hooks")?.getattr("_run_on_connect")?.call1((&spec.hook, channel))?;
-        let done = Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::OnConnect })?;
-        spawn(py, conn, coro, done.into_any())
-    })();
-    match started {
-        Ok(task) => adopt(py, conn, id, task, |st| st.hs.as_ref().is_some_and(|hs| hs.id == id)),
-        Err(e) => {
-            let err = WsError::fatal(format!("could not schedule on_connect on the event loop: {}", describe(py, &e)));
-            conn.with(py, |c, st, fx| c.end_attempt(py, st, fx, err, Goodbye::Abort));
+impl Conn {
+    pub(super) fn start_on_connect(self: &Arc<Self>, py: Python<'_>, id: u64, info: HandshakeInfo) {
+        let conn = self;
+        let Some(spec) = &conn.hooks.on_connect else { return };
+        let started = (|| -> PyResult<Py<PyAny>> {
+            let channel = Py::new(py, LoopHandshake { conn: Arc::downgrade(conn), id, info })?;
+            let coro = py.import("tether._hooks")?.getattr("_run_on_connect")?.call1((&spec.hook, channel))?;
+            let done = Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::OnConnect })?;
+            spawn(py, conn, coro, done.into_any())
+        })();
+        match started {
+            Ok(task) => adopt(py, conn, id, task, |st| st.hs.as_ref().is_some_and(|hs| hs.id == id)),
+            Err(e) => {
+                let err =
+                    WsError::fatal(format!("could not schedule on_connect on the event loop: {}", describe(py, &e)));
+                conn.with(py, |c, st, fx| c.end_attempt(py, st, fx, err, Goodbye::Abort));
+            }
         }
     }
 }
@@ -398,30 +404,33 @@ fn heartbeat_from_factory(py: Python<'_>, conn: &Arc<Conn>, id: Option<u64>) {
     });
 }
 
-/// `is_reply` over the messages received since the heartbeat went out.
-pub(super) fn check_replies(py: Python<'_>, conn: &Arc<Conn>, batch: Vec<Py<PyAny>>) {
-    let Some(spec) = &conn.hooks.heartbeat else { return };
-    let Some(is_reply) = &spec.is_reply else { return };
-    let answered = timed(spec, "is_reply", || {
-        let batch = PyList::new(py, batch).map_err(|e| WsError::fatal(describe(py, &e)))?;
-        py.import("tether._hooks")
-            .and_then(|h| h.getattr("_reply_in"))
-            .and_then(|f| f.call1((is_reply, batch)))
-            .and_then(|r| r.is_truthy())
-            .map_err(|e| WsError::fatal(format!("heartbeat is_reply raised {}", describe(py, &e))))
-    });
-    conn.with(py, |c, st, fx| {
-        if st.phase != Phase::Live {
-            return;
-        }
-        match answered {
-            Ok(true) => {
-                if let Some(hb) = st.hb.as_mut() {
-                    hb.answered(Instant::now());
-                }
+impl Conn {
+    /// `is_reply` over the messages received since the heartbeat went out.
+    pub(super) fn check_replies(self: &Arc<Self>, py: Python<'_>, batch: Vec<Py<PyAny>>) {
+        let conn = self;
+        let Some(spec) = &conn.hooks.heartbeat else { return };
+        let Some(is_reply) = &spec.is_reply else { return };
+        let answered = timed(spec, "is_reply", || {
+            let batch = PyList::new(py, batch).map_err(|e| WsError::fatal(describe(py, &e)))?;
+            py.import("tether._hooks")
+                .and_then(|h| h.getattr("_reply_in"))
+                .and_then(|f| f.call1((is_reply, batch)))
+                .and_then(|r| r.is_truthy())
+                .map_err(|e| WsError::fatal(format!("heartbeat is_reply raised {}", describe(py, &e))))
+        });
+        conn.with(py, |c, st, fx| {
+            if st.phase != Phase::Live {
+                return;
             }
-            Ok(false) => {}
-            Err(e) => c.end_attempt(py, st, fx, e, Goodbye::Abort),
-        }
-    });
+            match answered {
+                Ok(true) => {
+                    if let Some(hb) = st.hb.as_mut() {
+                        hb.answered(Instant::now());
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => c.end_attempt(py, st, fx, e, Goodbye::Abort),
+            }
+        });
+    }
 }

@@ -15,45 +15,11 @@ use crate::ws::error::{
 use crate::ws::frame::{self, Inbound};
 use crate::ws::protocol::{Message, PeerClose, Write};
 use crate::ws::redirect;
-use crate::ws::upgrade::{Endpoint, Refusal};
+use crate::ws::upgrade::Refusal;
 use crate::ws::wire::{WireError, WireEvent};
 use crate::ws::WsError;
 
-use super::session::follow;
-use super::{Conn, Fx, Inner, Phase, Res, LOG};
-
-pub(crate) struct Link {
-    pub id: u64,
-    /// Set by `connection_made`.
-    pub transport: Option<Py<PyAny>>,
-    pub wire: crate::ws::wire::Wire,
-    pub accept: String,
-    pub ep: Endpoint,
-    /// The transport asked us to stop writing (its buffer is above its high-water mark).
-    pub paused_writing: bool,
-    /// The socket's descriptor, written to directly while the transport holds nothing (see `write`).
-    pub fd: Option<i32>,
-    /// Bytes went through `transport.write` that it may still hold: until it says it holds none, the
-    /// next bytes go the same way (behind them).
-    pub buffered: bool,
-}
-
-impl Link {
-    pub(super) fn new(id: u64, wire: crate::ws::wire::Wire, accept: String, ep: Endpoint) -> Link {
-        Link { id, transport: None, wire, accept, ep, paused_writing: false, fd: None, buffered: false }
-    }
-}
-
-/// How to leave a TCP connection.
-pub(crate) enum Goodbye {
-    /// Drop it now, without flushing (the peer is gone, or a bound passed).
-    Abort,
-    /// Flush what is written, then close.
-    Close,
-    /// Send this close frame first (failing the connection, or answering the server's close; None:
-    /// without a body), then close; aborted if it has not closed within close_timeout.
-    Frame(Option<(u16, String)>),
-}
+use super::{Conn, Fx, Goodbye, Inner, Phase, Res, LOG};
 
 /// How the server ended the TCP connection.
 pub(super) enum End {
@@ -321,7 +287,7 @@ impl Conn {
         }
         if !st.hb_candidates.is_empty() {
             let batch = std::mem::take(&mut st.hb_candidates);
-            fx.later(move |py, c| super::hooks::check_replies(py, c, batch));
+            fx.later(move |py, c| c.check_replies(py, batch));
         }
         if st.phase == Phase::Live && st.proto.can_write() {
             self.pump(py, st, fx, now);
@@ -384,7 +350,7 @@ impl Conn {
         let err = match r {
             Refusal::Status { status, location: Some(loc), .. } if redirect::is_redirect(status) => {
                 let from = a.url.clone();
-                match follow(a, status, &loc) {
+                match a.follow(status, &loc) {
                     Ok(dropped) => {
                         let (to, redirects) = (a.url.clone(), a.redirects);
                         fx.later(move |_, c| {
@@ -614,42 +580,45 @@ fn send_now(fd: i32, data: &[u8]) -> Option<usize> {
     }
 }
 
-/// `loop.create_connection(protocol, host, port)` as a task; its failure ends the attempt.
-pub(super) fn open_tcp(py: Python<'_>, conn: &Arc<Conn>, id: u64, host: String, port: u16) {
-    let started = (|| -> PyResult<Bound<'_, PyAny>> {
-        let el = conn.event_loop(py).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no event loop"))?;
-        let native = Bound::new(py, WireProtocol { conn: Arc::downgrade(conn), id })?;
-        let protocol = wire_class(py)?.call0()?;
-        for name in [
-            "connection_made",
-            "get_buffer",
-            "buffer_updated",
-            "eof_received",
-            "connection_lost",
-            "pause_writing",
-            "resume_writing",
-        ] {
-            protocol.setattr(name, native.getattr(name)?)?;
-        }
-        let protocol = Py::new(py, Factory(protocol.unbind()))?;
-        let coro = el.call_method1("create_connection", (protocol, host, port))?;
-        let task = el.call_method1("create_task", (coro,))?;
-        task.call_method1("add_done_callback", (Py::new(py, TcpDone { conn: Arc::downgrade(conn), id })?,))?;
-        Ok(task)
-    })();
-    match started {
-        Ok(task) => {
-            let mut st = conn.lock(py);
-            let current = st.link.as_ref().is_some_and(|l| l.id == id);
-            match st.attempt.as_mut() {
-                Some(a) if current => a.task = Some(task.unbind()),
-                _ => {
-                    drop(st);
-                    let _ = task.call_method0("cancel");
+impl Conn {
+    /// `loop.create_connection(protocol, host, port)` as a task; its failure ends the attempt.
+    pub(super) fn open_tcp(self: &Arc<Self>, py: Python<'_>, id: u64, host: String, port: u16) {
+        let conn = self;
+        let started = (|| -> PyResult<Bound<'_, PyAny>> {
+            let el = conn.event_loop(py).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no event loop"))?;
+            let native = Bound::new(py, WireProtocol { conn: Arc::downgrade(conn), id })?;
+            let protocol = wire_class(py)?.call0()?;
+            for name in [
+                "connection_made",
+                "get_buffer",
+                "buffer_updated",
+                "eof_received",
+                "connection_lost",
+                "pause_writing",
+                "resume_writing",
+            ] {
+                protocol.setattr(name, native.getattr(name)?)?;
+            }
+            let protocol = Py::new(py, Factory(protocol.unbind()))?;
+            let coro = el.call_method1("create_connection", (protocol, host, port))?;
+            let task = el.call_method1("create_task", (coro,))?;
+            task.call_method1("add_done_callback", (Py::new(py, TcpDone { conn: Arc::downgrade(conn), id })?,))?;
+            Ok(task)
+        })();
+        match started {
+            Ok(task) => {
+                let mut st = conn.lock(py);
+                let current = st.link.as_ref().is_some_and(|l| l.id == id);
+                match st.attempt.as_mut() {
+                    Some(a) if current => a.task = Some(task.unbind()),
+                    _ => {
+                        drop(st);
+                        let _ = task.call_method0("cancel");
+                    }
                 }
             }
+            Err(e) => conn.on_tcp_failed(py, id, super::super::convert::describe(py, &e)),
         }
-        Err(e) => conn.on_tcp_failed(py, id, super::super::convert::describe(py, &e)),
     }
 }
 
@@ -845,37 +814,6 @@ pub(super) fn hand_over(py: Python<'_>, conn: &Arc<Conn>, mut fx: Fx) {
     if !scheduled {
         // the loop is gone: the next call on it (close) finds the state as it is
         conn.lock(py).handing_over = false;
-    }
-}
-
-/// A watchdog alarm, emitted on the connection's loop.
-#[pyclass(module = "tether._native", frozen)]
-pub(super) struct Emit {
-    pub conn: Weak<Conn>,
-    pub ev: crate::reconnect::Event,
-}
-
-#[pymethods]
-impl Emit {
-    fn __call__(&self, py: Python<'_>) {
-        if let Some(c) = self.conn.upgrade() {
-            c.emit(py, &self.ev);
-        }
-    }
-}
-
-/// `close()` from another thread, run on the loop.
-#[pyclass(module = "tether._native", frozen)]
-pub(super) struct CloseSoon {
-    pub conn: Weak<Conn>,
-}
-
-#[pymethods]
-impl CloseSoon {
-    fn __call__(&self, py: Python<'_>) {
-        if let Some(c) = self.conn.upgrade() {
-            c.with(py, |c, st, fx| c.request_close(py, st, fx, Instant::now()));
-        }
     }
 }
 

@@ -37,7 +37,9 @@ use pyo3::sync::MutexExt;
 use crate::reconnect::{Event, Events};
 use crate::retry_state::RetryState;
 use crate::ws::heartbeat::HeartbeatClock;
-use crate::ws::protocol::{size_of, Message, Outcome, Protocol, ProtocolConfig, PushError, CONFIRM_DELAY};
+use crate::ws::protocol::{size_of, Message, Outcome, Protocol, ProtocolConfig, CONFIRM_DELAY};
+use crate::ws::upgrade::Endpoint;
+use crate::ws::wire::Wire;
 use crate::ws::{SendError, State, Stats, Terminal, WsConfig, WsError};
 
 use super::coroutine::{self, Slot};
@@ -144,6 +146,40 @@ pub(super) enum Phase {
     Done,
 }
 
+/// One TCP connection of the current attempt (its protocol and wire events: `link`).
+pub(crate) struct Link {
+    pub id: u64,
+    /// Set by `connection_made`.
+    pub transport: Option<Py<PyAny>>,
+    pub wire: Wire,
+    pub accept: String,
+    pub ep: Endpoint,
+    /// The transport asked us to stop writing (its buffer is above its high-water mark).
+    pub paused_writing: bool,
+    /// The socket's descriptor, written to directly while the transport holds nothing (see `write`).
+    pub fd: Option<i32>,
+    /// Bytes went through `transport.write` that it may still hold: until it says it holds none, the
+    /// next bytes go the same way (behind them).
+    pub buffered: bool,
+}
+
+impl Link {
+    pub(super) fn new(id: u64, wire: Wire, accept: String, ep: Endpoint) -> Link {
+        Link { id, transport: None, wire, accept, ep, paused_writing: false, fd: None, buffered: false }
+    }
+}
+
+/// How to leave a TCP connection.
+pub(crate) enum Goodbye {
+    /// Drop it now, without flushing (the peer is gone, or a bound passed).
+    Abort,
+    /// Flush what is written, then close.
+    Close,
+    /// Send this close frame first (failing the connection, or answering the server's close; None:
+    /// without a body), then close; aborted if it has not closed within close_timeout.
+    Frame(Option<(u16, String)>),
+}
+
 /// The current attempt's bounds and where it connects.
 pub(super) struct Attempt {
     pub number: u32,
@@ -168,6 +204,27 @@ pub(super) struct Attempt {
     pub first_seen: bool,
 }
 
+impl Attempt {
+    /// A redirect answer: follow it within the attempt, or end the attempt saying why not.
+    pub(super) fn follow(&mut self, status: u16, location: &str) -> Result<usize, WsError> {
+        let a = self;
+        let refused = |why: String| {
+            let mut e = WsError::retry(format!("HTTP {status} redirect not followed: {why}"));
+            e.http_status = Some(status);
+            crate::ws::error::not_retried_first(e, a.first)
+        };
+        if a.redirects == crate::ws::redirect::MAX_REDIRECTS {
+            return Err(refused(format!("more than {} redirects", crate::ws::redirect::MAX_REDIRECTS)));
+        }
+        let hop = crate::ws::redirect::follow(&a.url, location).map_err(refused)?;
+        a.redirects += 1;
+        let before = a.headers.len();
+        crate::ws::redirect::headers_for(&hop, &mut a.headers);
+        a.url = hop.url;
+        Ok(before - a.headers.len())
+    }
+}
+
 /// The on_connect hook's view of the socket.
 #[derive(Default)]
 pub(super) struct HsState {
@@ -178,7 +235,7 @@ pub(super) struct HsState {
     pub ended: Option<String>,
     /// The server ended the connection behind the messages still queued: applied once the hook took
     /// them and waits for more, or returned (see `Conn::end_read`).
-    pub pending_end: Option<(WsError, link::Goodbye)>,
+    pub pending_end: Option<(WsError, Goodbye)>,
 }
 
 pub(super) struct Inner {
@@ -186,7 +243,7 @@ pub(super) struct Inner {
     pub retry: RetryState,
     pub phase: Phase,
     pub attempt: Option<Box<Attempt>>,
-    pub link: Option<Box<link::Link>>,
+    pub link: Option<Box<Link>>,
     pub next_id: u64,
     /// Transports closed after a goodbye frame, aborted if still open at their deadline.
     pub draining: Vec<(u64, Py<PyAny>, Instant)>,
@@ -676,15 +733,6 @@ fn prune(py: Python<'_>, slots: &mut Vec<Arc<Slot>>) {
     }
 }
 
-impl From<PushError> for SendError {
-    fn from(e: PushError) -> Self {
-        match e {
-            PushError::Full(n) => SendError::Full(n),
-            PushError::TooBig { size, max } => SendError::TooBig { size, max },
-        }
-    }
-}
-
 impl Drop for Conn {
     fn drop(&mut self) {
         // the application let go of a connection it did not close: its socket goes with it
@@ -710,5 +758,36 @@ impl Drop for Conn {
                 }
             }
         });
+    }
+}
+
+/// A watchdog alarm, emitted on the connection's loop.
+#[pyclass(module = "tether._native", frozen)]
+pub(super) struct Emit {
+    pub conn: Weak<Conn>,
+    pub ev: crate::reconnect::Event,
+}
+
+#[pymethods]
+impl Emit {
+    fn __call__(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.emit(py, &self.ev);
+        }
+    }
+}
+
+/// `close()` from another thread, run on the loop.
+#[pyclass(module = "tether._native", frozen)]
+pub(super) struct CloseSoon {
+    pub conn: Weak<Conn>,
+}
+
+#[pymethods]
+impl CloseSoon {
+    fn __call__(&self, py: Python<'_>) {
+        if let Some(c) = self.conn.upgrade() {
+            c.with(py, |c, st, fx| c.request_close(py, st, fx, Instant::now()));
+        }
     }
 }

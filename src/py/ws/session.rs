@@ -12,16 +12,14 @@ use crate::reconnect::{report, Event};
 use crate::redact::redact_url;
 use crate::retry_state::Decision;
 use crate::retry_state::GaveUp;
-use crate::ws::error::not_retried_first;
 use crate::ws::protocol::CONFIRM_DELAY;
-use crate::ws::redirect;
 use crate::ws::upgrade::{self, Endpoint};
 use crate::ws::wire::Wire;
 use crate::ws::{SendError, State, Terminal, WsError};
 
 use super::coroutine::{self, Slot};
-use super::link::{Goodbye, Link};
-use super::{Attempt, Conn, EventLoop, Fx, Inner, Phase, Res, LOG};
+use super::hooks::HandshakeInfo;
+use super::{Attempt, Conn, EventLoop, Fx, Goodbye, Inner, Link, Phase, Res, LOG};
 
 /// Bound on a close whatever happens: close_timeout plus this, then the socket is aborted.
 const CLOSE_SLACK: Duration = Duration::from_millis(200);
@@ -92,7 +90,7 @@ impl Conn {
                     message: a.message,
                 };
                 let handed = super::super::with_python(|py| {
-                    let cb = Py::new(py, super::link::Emit { conn: me.clone(), ev })?;
+                    let cb = Py::new(py, super::Emit { conn: me.clone(), ev })?;
                     el.bind(py).call_method1("call_soon_threadsafe", (cb,)).map(drop)
                 });
                 if !matches!(handed, Some(Ok(()))) {
@@ -133,7 +131,7 @@ impl Conn {
             st.phase = Phase::Target;
             let id = Self::new_id(st);
             let (strategy, number) = (started.strategy, started.number);
-            fx.later(move |py, c| super::hooks::start_url_for(py, c, id, &strategy, number));
+            fx.later(move |py, c| c.start_url_for(py, id, &strategy, number));
         } else {
             self.connect_link(py, st, fx);
         }
@@ -195,7 +193,7 @@ impl Conn {
         fx.later(move |py, c| {
             tracing::debug!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*strategy,
                 attempt = number, "opening WebSocket to {shown}");
-            super::link::open_tcp(py, c, id, host, port);
+            c.open_tcp(py, id, host, port);
         });
     }
 
@@ -207,12 +205,8 @@ impl Conn {
             st.hs = Some(Box::new(super::HsState { id, ..Default::default() }));
             let Some(a) = st.attempt.as_mut() else { return };
             a.hook_by = Some(now + self.cfg.open_timeout);
-            let info = super::hooks::HandshakeInfo {
-                attempt: a.number,
-                strategy: a.strategy.clone(),
-                reconnect: st.connected_once,
-            };
-            fx.later(move |py, c| super::hooks::start_on_connect(py, c, id, info));
+            let info = HandshakeInfo { attempt: a.number, strategy: a.strategy.clone(), reconnect: st.connected_once };
+            fx.later(move |py, c| c.start_on_connect(py, id, info));
         } else {
             self.after_hook(py, st, fx, now);
         }
@@ -503,7 +497,7 @@ impl Conn {
             .map(|el| el.call_method0("is_running").and_then(|r| r.is_truthy()).unwrap_or(false))
             .unwrap_or(false);
         if running {
-            let cb = Py::new(py, super::link::CloseSoon { conn: Arc::downgrade(self) });
+            let cb = Py::new(py, super::CloseSoon { conn: Arc::downgrade(self) });
             let scheduled = cb.and_then(|cb| {
                 self.event_loop(py).map_or(Ok(()), |el| el.call_method1("call_soon_threadsafe", (cb,)).map(drop))
             });
@@ -663,22 +657,4 @@ impl Conn {
         let hb = st.hb.as_ref().and_then(|h| h.deadline());
         [Some(wake), st.close_by, st.settle_at, hb].into_iter().flatten().min()
     }
-}
-
-/// A redirect answer: follow it within the attempt, or end the attempt saying why not.
-pub(super) fn follow(a: &mut Attempt, status: u16, location: &str) -> Result<usize, WsError> {
-    let refused = |why: String| {
-        let mut e = WsError::retry(format!("HTTP {status} redirect not followed: {why}"));
-        e.http_status = Some(status);
-        not_retried_first(e, a.first)
-    };
-    if a.redirects == redirect::MAX_REDIRECTS {
-        return Err(refused(format!("more than {} redirects", redirect::MAX_REDIRECTS)));
-    }
-    let hop = redirect::follow(&a.url, location).map_err(refused)?;
-    a.redirects += 1;
-    let before = a.headers.len();
-    redirect::headers_for(&hop, &mut a.headers);
-    a.url = hop.url;
-    Ok(before - a.headers.len())
 }

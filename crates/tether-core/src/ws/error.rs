@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::frame::Violation;
-use super::protocol::{Failed, Undelivered};
+use super::protocol::{Failed, PushError, Undelivered};
 use super::WsConfig;
 use crate::redact::redact_url;
 use crate::retry_state::GiveUpReason;
@@ -54,6 +54,15 @@ pub enum SendError {
     /// A flush: these messages sent before it failed (each was removed from the queue), in send order.
     FlushFailed(Vec<Failed>),
     Ended(Terminal),
+}
+
+impl From<PushError> for SendError {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Full(n) => SendError::Full(n),
+            PushError::TooBig { size, max } => SendError::TooBig { size, max },
+        }
+    }
 }
 
 /// How a connection ended for good, with what it never delivered (`protocol::Undelivered`): every
@@ -109,7 +118,7 @@ fn retryable_status(status: u16) -> bool {
 /// An answer that retrying will not change fails a first connect at once (the application is told the
 /// URL is wrong instead of waiting on retries); once a connection has succeeded the URL is known to be
 /// right, so the same answer is a passing fault and the policy retries it.
-pub(crate) fn not_retried_first(mut e: WsError, first: bool) -> WsError {
+pub fn not_retried_first(mut e: WsError, first: bool) -> WsError {
     if first && !e.fatal {
         e.fatal = true;
         e.text.push_str(" (a first connect does not retry this answer)");

@@ -64,7 +64,7 @@ impl<E> GaveUp<E> {
 }
 
 /// The one wording of a give-up, for the exception and the ERROR record alike.
-pub(crate) fn gave_up_text(name: &str, attempts: u32, elapsed: Duration, reason: GiveUpReason, error: &str) -> String {
+pub fn gave_up_text(name: &str, attempts: u32, elapsed: Duration, reason: GiveUpReason, error: &str) -> String {
     format!(
         "gave up{} after {} over {:.1}s ({}): {error}",
         target("on", name),
