@@ -14,9 +14,11 @@
 //! * [`pool_state`]: that pool's allocation rules as a pure state machine (no I/O, no clock).
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
 //! * [`redact`]: secrets never reach logs.
+//! * [`metrics`]: what the objects above count for `tether.metrics` (OpenTelemetry), read at collection.
 //! * [`testing`]: embedded signal server and chaos proxy.
 
 pub mod backoff;
+pub mod metrics;
 pub mod pool_state;
 pub mod procpool;
 pub mod readiness;

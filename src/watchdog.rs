@@ -152,6 +152,8 @@ struct Inner {
     /// Python logger the alarms are logged to (a key registered by the bindings); None: the module's
     /// `tether.watchdog`. Every record carries it as the `logger` field.
     logger: Option<Arc<str>>,
+    /// Set when the watchdog is measured (`tether.metrics`): its alarms are counted by kind.
+    metrics: Option<crate::metrics::Labels>,
 }
 
 /// A watchdog. Dropping it (or `close()`) stops its monitor task.
@@ -176,6 +178,7 @@ impl Watchdog {
             alarms: Mutex::new(Some(alarms)),
             name: name.to_string(),
             logger,
+            metrics: crate::metrics::labels(&[("name", name)]),
         });
         rt.spawn(monitor(Arc::downgrade(&inner)));
         Watchdog { inner }
@@ -267,6 +270,14 @@ fn secs(d: Duration) -> String {
 }
 
 fn fire(inner: &Inner, alarm: Alarm) {
+    if let Some(labels) = &inner.metrics {
+        crate::metrics::count(
+            labels,
+            crate::metrics::Instrument::Alarms,
+            Some(("kind", alarm.kind.as_str().into())),
+            1,
+        );
+    }
     tracing::warn!(target: "tether::watchdog", logger = inner.logger.as_deref(), watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
         elapsed_s = alarm.elapsed.as_secs_f64(), limit_s = alarm.limit.as_secs_f64(), "{}", alarm.message);
     let tx = inner.alarms.lock().unwrap_or_else(|p| p.into_inner()).clone();
