@@ -360,9 +360,6 @@ const FAILED_BY_TETHER: &str = "tether closed the connection with 10";
 /// loop uses too (it is never idle once used, nor closing).
 pub const STATES: [&str; 7] = ["idle", "connecting", "connected", "reconnecting", "closing", "closed", "failed"];
 
-/// The states of `tether.pool.processes`.
-pub const POOL_STATES: [&str; 3] = ["idle", "in_use", "starting"];
-
 /// An attribute value: a `&'static str` of a closed set, or a name given by the application.
 pub type Value = Cow<'static, str>;
 
@@ -517,7 +514,8 @@ pub fn record(labels: &Labels, instrument: Instrument, extra: Option<(&'static s
 /// A live object's gauges, read at each collection. It must not call into this module while
 /// observing (the registry is not locked meanwhile, but an object's own locks may be).
 pub trait Source: Send + Sync {
-    fn observe(&self, out: &mut Gauges);
+    /// Add the object's values of `instrument` (an up-down counter) to `out`, if it has any.
+    fn observe(&self, instrument: Instrument, out: &mut Gauges);
 }
 
 /// Register a live object's gauges; it stops reporting once dropped.
@@ -567,7 +565,7 @@ pub fn read(instrument: Instrument) -> Vec<(Attributes, f64)> {
             });
             let mut g = Gauges::default();
             for s in sources {
-                s.observe(&mut g);
+                s.observe(instrument, &mut g);
             }
             g.values.into_iter().filter(|(k, _)| k.instrument == instrument).map(|(k, v)| (k.attributes(), v)).collect()
         }
@@ -704,9 +702,11 @@ impl Loop {
 }
 
 impl Source for Loop {
-    fn observe(&self, out: &mut Gauges) {
-        let current = STATES[usize::from(self.state.load(Ordering::Relaxed))];
-        out.states(&self.labels, Instrument::Connections, &STATES, current);
+    fn observe(&self, instrument: Instrument, out: &mut Gauges) {
+        if instrument == Instrument::Connections {
+            let current = STATES[usize::from(self.state.load(Ordering::Relaxed))];
+            out.states(&self.labels, instrument, &STATES, current);
+        }
     }
 }
 

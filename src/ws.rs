@@ -892,11 +892,14 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
 /// accepted that the peer has not confirmed yet. Its counters come from the reconnect loop's reports,
 /// the protocol's losses and the `on_connect` hook.
 impl crate::metrics::Source for Shared {
-    fn observe(&self, out: &mut crate::metrics::Gauges) {
+    fn observe(&self, instrument: crate::metrics::Instrument, out: &mut crate::metrics::Gauges) {
         use crate::metrics::{Instrument, STATES};
         let Some(m) = &self.cfg.reconnect.metrics else { return };
-        out.states(m.labels(), Instrument::Connections, &STATES, self.state().as_str());
-        out.add(m.labels(), Instrument::SendsUnconfirmed, None, self.lock_proto().pending() as f64);
+        match instrument {
+            Instrument::Connections => out.states(m.labels(), instrument, &STATES, self.state().as_str()),
+            Instrument::SendsUnconfirmed => out.add(m.labels(), instrument, None, self.lock_proto().pending() as f64),
+            _ => {}
+        }
     }
 }
 

@@ -127,6 +127,39 @@ async def test_a_drop_and_a_reconnect_against_a_websockets_server(otel):
         assert otel.value("tether.connection.count", **name, state="closed") == 1
 
 
+async def test_many_connections_flapping_at_once_add_up_in_their_series(otel):
+    peers = set()
+
+    async def echo(ws):
+        peers.add(ws)
+        try:
+            async for m in ws:
+                await ws.send(m)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            peers.discard(ws)
+
+    n, drops = 30, 3
+    async with websockets.serve(echo, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        conns = [tether.connect(url, name="many-test", quiet_jitter=0.2) for _ in range(n)]
+        await asyncio.gather(*conns)
+        for _ in range(drops):
+            streams = [c.events() for c in conns]
+            for ws in list(peers):
+                ws.transport.abort()  # the server dies: no close frame
+            await asyncio.gather(*(next_event(s, ev.Reconnected, timeout=30) for s in streams))
+        name = {"name": "many-test", "server.address": "127.0.0.1"}
+        assert otel.value("tether.connection.connects", **name) == n * (drops + 1)
+        losses = [v for a, v in otel.collect()["tether.connection.losses"] if a["name"] == "many-test"]
+        assert sum(losses) == n * drops, losses
+        assert otel.value("tether.connection.count", **name, state="connected") == n
+        assert otel.value("tether.connection.downtime", **name).count == n * drops
+        await asyncio.gather(*(c.aclose() for c in conns))
+    assert otel.value("tether.connection.count", **name, state="closed") == n
+
+
 async def test_a_black_hole_is_counted_with_its_detection_time(otel, chaos_proxy, signal_server):
     p = await chaos_proxy(("127.0.0.1", signal_server.port))
     interval, timeout = 0.2, 0.3

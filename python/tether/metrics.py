@@ -6,12 +6,11 @@ readiness gates (``pip install 'tether[otel]'``)::
     tether.metrics.enable()  # the global MeterProvider (set it up first, e.g. with the OpenTelemetry SDK)
     tether.metrics.enable(meter_provider=provider)  # or a provider of your own
 
-Objects created after ``enable()`` are measured; an object created before it is not (it pays nothing
-for metrics, not even a check per event). Every instrument's name starts with ``tether.``; the README
-lists them. Counting happens in tether's native core when something happens (a connect, a loss, a
-spawn, an alarm), never per message; a reader's collection reads the totals and gauges and hands over
-the histogram values recorded since the last one, so a collection costs a few microseconds per series
-and nothing runs between collections.
+Objects created after ``enable()`` are measured; an object created before it is not (where it would
+count, it finds it has no metrics and goes on). Every instrument's name starts with ``tether.``; the
+README lists them. Counting happens in tether's native core when something happens (a connect, a loss,
+a spawn, an alarm), never per message; a reader's collection reads the totals and gauges and hands over
+the histogram values recorded since the last one. Nothing of tether's runs between collections.
 
 This module imports nothing from OpenTelemetry until ``enable()`` is called, and importing ``tether``
 never imports it.

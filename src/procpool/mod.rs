@@ -597,17 +597,24 @@ impl Pool {
 
 /// A measured pool's gauges (`tether.metrics`): its processes by state and its health.
 impl crate::metrics::Source for Inner {
-    fn observe(&self, out: &mut crate::metrics::Gauges) {
+    fn observe(&self, instrument: crate::metrics::Instrument, out: &mut crate::metrics::Gauges) {
         use crate::metrics::Instrument;
         let Some(labels) = &self.metrics else { return };
-        let (idle, lent, starting, healthy) = {
-            let sh = self.lock();
-            (sh.pool.idle(), sh.lent.len(), sh.pool.in_flight(), sh.pool.healthy())
-        };
-        for (state, n) in [("idle", idle), ("in_use", lent), ("starting", starting)] {
-            out.add(labels, Instrument::PoolProcesses, Some(("state", state.into())), n as f64);
+        match instrument {
+            Instrument::PoolProcesses => {
+                let (idle, lent, starting) = {
+                    let sh = self.lock();
+                    (sh.pool.idle(), sh.lent.len(), sh.pool.in_flight())
+                };
+                for (state, n) in [("idle", idle), ("in_use", lent), ("starting", starting)] {
+                    out.add(labels, instrument, Some(("state", state.into())), n as f64);
+                }
+            }
+            Instrument::PoolHealthy => {
+                out.add(labels, instrument, None, f64::from(u8::from(self.lock().pool.healthy())))
+            }
+            _ => {}
         }
-        out.add(labels, Instrument::PoolHealthy, None, f64::from(u8::from(healthy)));
     }
 }
 

@@ -72,6 +72,8 @@ class Bridge:
         self._runs += 1
 
     def run_ended(self) -> None:
+        if self._runs == 0:  # uninstalled while the worker ran: already detached
+            return
         self._runs -= 1
         if self._runs == 0 and self._binding is not None:
             metrics._detach(self._binding)
