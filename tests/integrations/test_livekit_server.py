@@ -134,7 +134,7 @@ def test_changed_loop_code_refuses_that_part_only(monkeypatch, caplog):
     monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", _connection_task)
     report = livekit.install()
     try:
-        assert report.patched == ("proc_pool",)
+        assert report.patched == ("proc_pool", "metrics")
         assert report.refused["control_plane"].kind is RefusalKind.CHANGED_CODE, report
         assert "code fingerprint" in report.refused["control_plane"]
         assert lk_worker.AgentServer._connection_task is _connection_task and lk_worker.asyncio is asyncio
