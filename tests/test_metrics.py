@@ -90,6 +90,38 @@ def test_enable_without_the_api_says_what_to_install():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_the_global_provider_set_after_enable_is_used_once():
+    code = """
+import time
+import tether
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+tether.metrics.enable()  # before the application set its provider
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+tether.metrics.enable()  # and again after: one binding, so nothing is recorded twice
+wd = tether.Watchdog("global-test")
+wd.liveness("k", 0.01)
+r = tether.Reconnector(name="global-test", quiet_jitter=0)
+r.connected()
+r.failed(ConnectionResetError("reset"))
+r.connected()
+time.sleep(0.3)
+found = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for p in m.data.data_points:
+                if p.attributes.get("name") == "global-test":
+                    found[m.name] = getattr(p, "value", None) if hasattr(p, "value") else p.count
+assert found.get("tether.watchdog.alarms") == 1, found
+assert found.get("tether.connection.downtime") == 1, found
+assert found.get("tether.connection.connects") == 2, found
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 async def test_a_drop_and_a_reconnect_against_a_websockets_server(otel):
     peers = []
 

@@ -34,9 +34,10 @@ class _Binding:
     """tether's instruments on one MeterProvider, created once (an SDK does not take a second set of
     callbacks for an instrument it has) and switched on and off by ``active``."""
 
-    def __init__(self, provider: MeterProvider) -> None:
+    def __init__(self, key: object, provider: MeterProvider) -> None:
         from opentelemetry.metrics import Observation
 
+        self.key = key
         self.provider = provider
         self.enabled_by_user = False
         self.bridges = 0
@@ -88,11 +89,16 @@ def _drain() -> None:
             b.histograms[name].record(value, attributes)
 
 
-def _binding(provider: MeterProvider) -> _Binding:
+# the key of the global provider: get_meter_provider() returns a proxy until the application sets one,
+# then the provider itself; the proxy's instruments follow it there, so one binding serves both
+_GLOBAL = object()
+
+
+def _binding(key: object, provider: Callable[[], MeterProvider]) -> _Binding:
     for b in _bindings:
-        if b.provider is provider:
+        if b.key is key:
             return b
-    b = _Binding(provider)
+    b = _Binding(key, provider())
     _bindings.append(b)
     return b
 
@@ -101,22 +107,17 @@ def _refresh() -> None:
     _native._metrics_attach(any(b.active for b in _bindings))
 
 
-def _default_provider(meter_provider: MeterProvider | None) -> MeterProvider:
+def enable(meter_provider: MeterProvider | None = None) -> None:
+    """Report tether's metrics through ``meter_provider`` (default: OpenTelemetry's global provider, also
+    when it is set later with ``set_meter_provider``). Idempotent; several providers may be enabled at
+    once. Objects created from now on are measured. Raises ``ImportError`` without ``tether[otel]``."""
     try:
         from opentelemetry import metrics as otel_metrics
     except ImportError as e:
         raise ImportError(_INSTALL_HINT) from e
-    return meter_provider if meter_provider is not None else otel_metrics.get_meter_provider()
-
-
-def enable(meter_provider: MeterProvider | None = None) -> None:
-    """Report tether's metrics through ``meter_provider`` (default: OpenTelemetry's global provider,
-    as ``opentelemetry.metrics.get_meter_provider()`` returns it; one set later through
-    ``set_meter_provider`` is used too). Idempotent; several providers may be enabled at once.
-    Objects created from now on are measured. Raises ``ImportError`` without ``tether[otel]``."""
-    provider = _default_provider(meter_provider)
+    key = _GLOBAL if meter_provider is None else meter_provider
     with _lock:
-        _binding(provider).enabled_by_user = True
+        _binding(key, lambda: meter_provider or otel_metrics.get_meter_provider()).enabled_by_user = True
         _refresh()
 
 
@@ -145,7 +146,7 @@ def instruments() -> Sequence[tuple[str, str, str, str, Sequence[str]]]:
 def _attach(provider: Any) -> _Binding:
     """For integrations: report through ``provider`` until ``_detach``, independently of ``enable()``."""
     with _lock:
-        b = _binding(provider)
+        b = _binding(provider, lambda: provider)
         b.bridges += 1
         _refresh()
         return b
