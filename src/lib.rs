@@ -15,9 +15,11 @@
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
 //! * [`redact`]: secrets never reach logs.
 //! * [`wording`]: counts in messages ("1 attempt", "2 attempts").
+//! * [`metrics`]: what the objects above count for `tether.metrics` (OpenTelemetry), read at collection.
 //! * [`testing`]: embedded signal server and chaos proxy.
 
 pub mod backoff;
+pub mod metrics;
 pub mod pool_state;
 pub mod procpool;
 pub mod readiness;

@@ -143,6 +143,8 @@ pub struct Config {
     /// Python logger this object's records go to (a key registered by the bindings); None: the
     /// module's `tether.*` logger. Every record carries it as the `logger` field.
     pub logger: Option<Arc<str>>,
+    /// Where the loop's reports are counted (`tether.metrics`); None: not measured.
+    pub metrics: Option<Arc<crate::metrics::Loop>>,
 }
 
 /// Default `quiet_jitter`. 1,000 clients dropped at once come back ~100 per 100 ms, all within ~1.1 s
@@ -163,6 +165,7 @@ impl Default for Config {
             connect_timeout: None,
             quiet_jitter: DEFAULT_QUIET_JITTER,
             logger: None,
+            metrics: None,
         }
     }
 }
@@ -261,7 +264,7 @@ where
     loop {
         let begun = Instant::now();
         let started = st.start(begun.into_std());
-        report::started(events, &started);
+        report::started(cfg, events, &started);
         let (attempt, mut connected_rx) = Attempt::new_detached(started.number, started.strategy.clone());
         let deadline = started.deadline.map(Instant::from_std);
         let mut settle_at: Option<Instant> = None;
@@ -345,8 +348,8 @@ fn on_up(cfg: &Config, events: &Events, st: &mut RetryState, at: Instant) -> Opt
     Some(Instant::from_std(up.stable_at))
 }
 
-/// Events and log records for the state machine's outputs: one wording for every driver (the native
-/// loop above and the Python step-wise form). Records carry `name`, `retry_count`, `max_retry`,
+/// Events, log records and metrics for the state machine's outputs: one wording for every driver (the
+/// native loop above and the Python step-wise form). Records carry `name`, `retry_count`, `max_retry`,
 /// `error`, `delay_s`, `strategy`, `downtime_s` as structured fields, and `logger` when the object
 /// routes its records to its own Python logger.
 pub mod report {
@@ -358,12 +361,18 @@ pub mod report {
         cfg.policy.max_attempts.map(i64::from).unwrap_or(-1)
     }
 
-    pub fn started(events: &Events, s: &Started) {
+    pub fn started(cfg: &Config, events: &Events, s: &Started) {
+        if let Some(m) = &cfg.metrics {
+            m.attempt_started();
+        }
         events.emit(Event::Connecting { attempt: s.number, strategy: s.strategy.clone() });
     }
 
     pub fn up(cfg: &Config, events: &Events, up: &Up) {
         let (name, logger, to) = (cfg.name.as_str(), cfg.logger.as_deref(), target("to", &cfg.name));
+        if let Some(m) = &cfg.metrics {
+            m.up();
+        }
         events.emit(Event::Connected { attempt: up.number });
         let Some((downtime, attempts)) = up.reconnected else {
             tracing::debug!(target: TARGET, logger, name, "connected{to}");
@@ -391,13 +400,25 @@ pub mod report {
     }
 
     /// `closed()` of the step-wise form: the connected period ended without an error.
-    pub fn closed(events: &Events) {
+    pub fn closed(cfg: &Config, events: &Events) {
+        if let Some(m) = &cfg.metrics {
+            m.lost("closed");
+        }
         events.emit(Event::ConnectionLost { reason: "closed".into() });
     }
 
     pub fn failure(cfg: &Config, events: &Events, d: &Decision, text: &str) {
         let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
         let (lost, loss_reported) = d.loss();
+        if let Some(m) = &cfg.metrics {
+            if lost && !loss_reported {
+                m.lost(text);
+            }
+            match d {
+                Decision::Retry { strategy, .. } => m.retry(strategy),
+                Decision::GiveUp { .. } => m.gave_up(),
+            }
+        }
         if lost && !loss_reported {
             events.emit(Event::ConnectionLost { reason: text.to_string() });
         }
@@ -794,5 +815,64 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(reconnects, [2, 3, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_measured_loop_counts_what_it_reports() {
+        use crate::metrics::{self, tests::total, Instrument};
+        let _attached = metrics::tests::attached_async().await;
+        let mut c = cfg(Some(3));
+        c.metrics = metrics::labels(&[("name", "loop-metrics")]).map(metrics::Loop::new);
+        let n = AtomicU32::new(0);
+        let res: Result<(), GaveUp<&str>> = run(
+            &c,
+            &Events::none(),
+            |a: Attempt| {
+                let k = n.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if k == 1 {
+                        return Err("ConnectionRefusedError: refused"); // an attempt that fails: no loss
+                    }
+                    a.connected();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(if k == 0 { "ping timeout: no answer" } else { "server closed the connection: 1012" })
+                }
+            },
+            |_| false,
+            |e| e.to_string(),
+            |_, _| "stalled",
+        )
+        .await;
+        assert_eq!(res.unwrap_err().attempts, 4);
+        let name = ("name", "loop-metrics");
+        assert_eq!(total(Instrument::Connects, name), 3.0);
+        assert_eq!(total(Instrument::GiveUps, name), 1.0);
+        let series = |i| -> Vec<(String, f64)> {
+            metrics::read(i)
+                .into_iter()
+                .filter(|(a, _)| a.contains(&("name", "loop-metrics".into())))
+                .map(|(a, v)| (a.last().unwrap().1.clone(), v))
+                .collect()
+        };
+        assert_eq!(series(Instrument::Losses), [("close_frame".into(), 2.0), ("ping_timeout".into(), 1.0)]);
+        assert_eq!(series(Instrument::Retries), [("restart".into(), 2.0), ("resume".into(), 1.0)]);
+        let mut hist: Vec<(Instrument, f64)> = metrics::drain()
+            .into_iter()
+            .filter(|(_, a, _)| a.contains(&("name", "loop-metrics".into())))
+            .map(|(i, _, v)| (i, v))
+            .collect();
+        hist.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        // three handshakes (instant here); two gaps: the quiet retry (0 s), a failed attempt and a 1 s
+        // backoff; then the 2 s backoff after the second loss
+        assert_eq!(
+            hist,
+            [
+                (Instrument::Downtime, 1.0),
+                (Instrument::Downtime, 2.0),
+                (Instrument::Handshake, 0.0),
+                (Instrument::Handshake, 0.0),
+                (Instrument::Handshake, 0.0)
+            ]
+        );
     }
 }

@@ -471,8 +471,10 @@ impl WsClient {
             max_message_size: cfg.max_message_size,
             poison_after: cfg.poison_after,
             confirm_delay: CONFIRM_DELAY,
+            metrics: cfg.reconnect.metrics.clone(),
         };
-        Arc::new(WsClient {
+        let measured = cfg.reconnect.metrics.is_some();
+        let client = Arc::new(WsClient {
             shared: Arc::new(Shared {
                 cfg,
                 inbound: Mutex::new(VecDeque::new()),
@@ -501,7 +503,11 @@ impl WsClient {
             }),
             provider,
             task: Mutex::new(None),
-        })
+        });
+        if measured {
+            crate::metrics::observe(Arc::downgrade(&client.shared) as std::sync::Weak<dyn crate::metrics::Source>);
+        }
+        client
     }
 
     /// Start the supervisor (idempotent). Must be called inside a tokio runtime.
@@ -882,6 +888,21 @@ async fn supervise(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>) {
     }
 }
 
+/// A measured connection's gauges (`tether.metrics`), read at collection: its state, and what it
+/// accepted that the peer has not confirmed yet. Its counters come from the reconnect loop's reports,
+/// the protocol's losses and the `on_connect` hook.
+impl crate::metrics::Source for Shared {
+    fn observe(&self, instrument: crate::metrics::Instrument, out: &mut crate::metrics::Gauges) {
+        use crate::metrics::{Instrument, STATES};
+        let Some(m) = &self.cfg.reconnect.metrics else { return };
+        match instrument {
+            Instrument::Connections => out.states(m.labels(), instrument, &STATES, self.state().as_str()),
+            Instrument::SendsUnconfirmed => out.add(m.labels(), instrument, None, self.lock_proto().pending() as f64),
+            _ => {}
+        }
+    }
+}
+
 /// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
 pub fn port_of(uri: &tungstenite::http::Uri) -> Result<u16, String> {
     // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
@@ -1243,7 +1264,7 @@ pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError 
 
 /// A TCP FIN, or reset, where a close frame was due.
 pub(crate) const CLOSED_WITHOUT_CLOSE_FRAME: &str = "server closed without a close frame (TCP FIN)";
-const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
+pub(crate) const RESET_WITHOUT_CLOSE_FRAME: &str = "server reset the connection (TCP RST) without a close frame";
 
 /// What a read error says, on every read path (the `on_connect` hook's, the first message's, the pump's):
 /// the loss to report and, when the peer broke the protocol, the close frame to fail the connection with
@@ -1519,7 +1540,12 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
         }
     };
 
-    let heartbeat = ws_heartbeat::run(cfg.heartbeat.as_ref(), &beats, |m| ctrl_tx.send(Ctrl::Send(m)).is_ok());
+    let heartbeat = ws_heartbeat::run(
+        cfg.heartbeat.as_ref(),
+        &beats,
+        |m| ctrl_tx.send(Ctrl::Send(m)).is_ok(),
+        cfg.reconnect.metrics.as_deref(),
+    );
 
     let outcome = {
         tokio::pin!(reader, writer, pinger, heartbeat);

@@ -148,6 +148,7 @@ where
 /// protocol gets the close code that says how (1002, 1007, 1009), each within `close_timeout` (after
 /// the hook's bound, so a slow peer cannot turn a protocol error into a timeout). Returns the messages
 /// read for the hook but not taken by it: they belong to the application, ahead of anything read later.
+/// A measured connection records how long a successful hook took.
 pub async fn run_on_connect<S, R>(
     hook: &OnConnectHook,
     info: HandshakeInfo,
@@ -168,6 +169,7 @@ where
         wake_session: Notify::new(),
         outbound: tx,
     });
+    let began = tokio::time::Instant::now();
     let run = hook.0.run(Handshake { info, ch: ch.clone() });
     let (limit, close_timeout) = (cfg.open_timeout, cfg.close_timeout);
     // the close frame that fails the connection, written once the hook is over
@@ -218,6 +220,10 @@ where
     let outcome = tokio::time::timeout(limit, serve).await.unwrap_or_else(|_| {
         Err(WsError::retry(format!("on_connect did not finish within open_timeout ({}s)", limit.as_secs_f64())))
     });
+    // the hook's own time, before a failing close frame is written
+    if let (Ok(()), Some(m)) = (&outcome, &cfg.reconnect.metrics) {
+        m.on_connect(began.elapsed());
+    }
     if let Some(frame) = failing {
         fail_connection(sink, frame, close_timeout).await;
     }

@@ -105,18 +105,25 @@ impl HeartbeatWatch {
     }
 }
 
+/// How the reason of a loss by a missing heartbeat reply begins (the metrics tell it from other losses
+/// by it).
+pub const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout:";
+
 /// The heartbeat of one live connection: never returns `Ok`; `Err` when a reply is missing (or the
 /// source failed). `send` hands a heartbeat to the writer (false: the writer is gone). While the reader
 /// is paused (see [`HeartbeatWatch::pause`]) replies cannot be seen, so the reply deadline waits, and
-/// restarts at the resume.
+/// restarts at the resume. A measured connection (`metrics`) records, at a missing reply, how long the
+/// peer's application had been silent: since the last reply, or since the connection started.
 pub async fn run(
     cfg: Option<&HeartbeatConfig>,
     watch: &HeartbeatWatch,
     send: impl Fn(Message) -> bool,
+    metrics: Option<&crate::metrics::Loop>,
 ) -> Result<(), WsError> {
     let Some(cfg) = cfg else { return std::future::pending().await };
     let predicate = cfg.source.has_predicate();
     let mut next = Instant::now() + cfg.interval;
+    let mut last_reply = Instant::now();
     loop {
         tokio::time::sleep_until(next).await;
         let msg = bounded(cfg, "the heartbeat message factory", cfg.source.message()).await?;
@@ -129,12 +136,16 @@ pub async fn run(
         let answered = wait_reply(cfg, watch, predicate, sent + cfg.timeout).await;
         watch.disarm();
         if !answered? {
+            if let Some(m) = metrics {
+                m.detected(crate::metrics::LossKind::HeartbeatTimeout, last_reply.elapsed());
+            }
             return Err(WsError::retry(format!(
-                "heartbeat timeout: no reply within {:.3}s (heartbeat interval {:.3}s)",
+                "{HEARTBEAT_TIMEOUT} no reply within {:.3}s (heartbeat interval {:.3}s)",
                 cfg.timeout.as_secs_f64(),
                 cfg.interval.as_secs_f64()
             )));
         }
+        last_reply = Instant::now();
         next = (sent + cfg.interval).max(Instant::now());
     }
 }
@@ -148,7 +159,7 @@ async fn bounded<T>(
 ) -> Result<T, WsError> {
     tokio::time::timeout(cfg.timeout, call).await.unwrap_or_else(|_| {
         Err(WsError::retry(format!(
-            "heartbeat timeout: {what} did not return within {:.3}s (is the event loop blocked?)",
+            "{HEARTBEAT_TIMEOUT} {what} did not return within {:.3}s (is the event loop blocked?)",
             cfg.timeout.as_secs_f64()
         )))
     })
@@ -237,7 +248,7 @@ mod tests {
         watch.on_inbound(&Message::text("pong"));
         assert!(watch.take().is_empty());
         let t0 = Instant::now();
-        let err = run(Some(&cfg), &watch, |_| true).await.unwrap_err();
+        let err = run(Some(&cfg), &watch, |_| true, None).await.unwrap_err();
         assert!(err.text.starts_with("heartbeat timeout"), "{}", err.text);
         assert_eq!(t0.elapsed(), Duration::from_secs(2));
     }
@@ -263,7 +274,7 @@ mod tests {
             true
         };
         let t0 = Instant::now();
-        let err = run(Some(&cfg), &watch, send).await.unwrap_err();
+        let err = run(Some(&cfg), &watch, send, None).await.unwrap_err();
         assert!(err.text.starts_with("heartbeat timeout"), "{}", err.text);
         assert_eq!(answered.load(Ordering::SeqCst), 4);
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
@@ -279,7 +290,7 @@ mod tests {
             w.on_inbound(&Message::text("anything"));
             true
         };
-        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send)).await;
+        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send, None)).await;
         assert!(r.is_err(), "still alive after 30 s");
         assert_eq!(src.batches.load(Ordering::SeqCst), 0);
     }
@@ -289,7 +300,7 @@ mod tests {
         let (cfg, _) = cfg(true);
         let watch = HeartbeatWatch::default();
         watch.pause();
-        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, |_| true)).await;
+        let r = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, |_| true, None)).await;
         assert!(r.is_err());
     }
 
@@ -316,10 +327,20 @@ mod tests {
             true
         };
         let t0 = Instant::now();
-        let err = run(Some(&cfg), &watch, send).await.unwrap_err();
+        let _attached = crate::metrics::tests::attached_async().await;
+        let m = crate::metrics::Loop::new(crate::metrics::labels(&[("name", "heartbeat-metrics")]).unwrap());
+        let err = run(Some(&cfg), &watch, send, Some(&m)).await.unwrap_err();
         // the first heartbeat was answered; the second (at 2.5 s) never is: lost at 3.5 s
         assert!(err.text.starts_with("heartbeat timeout: no reply"), "{}", err.text);
+        assert_eq!(crate::metrics::LossKind::classify(&err.text), crate::metrics::LossKind::HeartbeatTimeout);
         assert_eq!(t0.elapsed(), Duration::from_millis(3500));
+        // silent since the reply read at 2.5 s
+        let silences: Vec<f64> = crate::metrics::drain()
+            .into_iter()
+            .filter(|(_, a, _)| a.contains(&("name", "heartbeat-metrics".into())))
+            .map(|(_, _, v)| v)
+            .collect();
+        assert_eq!(silences, [1.0]);
     }
 
     struct Stuck {
@@ -355,7 +376,7 @@ mod tests {
                 w.on_inbound(&Message::text("pong"));
                 true
             };
-            let err = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send))
+            let err = tokio::time::timeout(Duration::from_secs(30), run(Some(&cfg), &watch, send, None))
                 .await
                 .expect("stalled")
                 .unwrap_err();

@@ -41,14 +41,21 @@
 //! * Close: a requested close writes what was accepted, a ping, then the close frame; the reader keeps
 //!   running meanwhile, so pongs still confirm. A close frame from the peer is answered (the session
 //!   flushes tungstenite's automatic reply) and ends the connection with its code.
+//! * Metrics (when the connection is measured): a loss counts the messages it puts back for re-sending
+//!   and those it fails; a ping timeout records how long the peer had been silent, from the last pong
+//!   that echoed one of our pings (or the connection's start) to the deadline that declared the loss.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 /// Close code a server sends for a message bigger than it accepts (RFC 6455 §7.4.1).
 pub const MESSAGE_TOO_BIG: u16 = 1009;
+
+/// How the reason of a loss by the ping rule begins (the metrics tell it from other losses by it).
+pub const PING_TIMEOUT: &str = "ping timeout:";
 
 #[derive(Debug, Clone)]
 pub struct ProtocolConfig {
@@ -62,6 +69,8 @@ pub struct ProtocolConfig {
     pub poison_after: u32,
     /// Confirming pings are at least this far apart (zero: a ping behind every batch).
     pub confirm_delay: Duration,
+    /// Where losses are counted (`tether.metrics`); None: not measured.
+    pub metrics: Option<Arc<crate::metrics::Loop>>,
 }
 
 /// `ProtocolConfig::confirm_delay` of every connection: a paced sender (one message per 1-20 ms, the
@@ -223,6 +232,10 @@ pub struct Protocol<D> {
     paused: bool,
     foreign_pongs: u64,
     last_rtt: Option<Duration>,
+    /// The last sign of life the ping rule saw: a pong echoing one of our pings, or the connection's start.
+    last_life: Option<Instant>,
+    /// Set when the ping rule declared the connection lost: the peer's silence until then.
+    silence: Option<Duration>,
     closing: Closing,
     peer_closed: bool,
 }
@@ -260,6 +273,8 @@ impl<D> Protocol<D> {
             paused: false,
             foreign_pongs: 0,
             last_rtt: None,
+            last_life: None,
+            silence: None,
             closing: Closing::Open,
             peer_closed: false,
         }
@@ -386,6 +401,7 @@ impl<D> Protocol<D> {
         self.peer_closed = false;
         self.foreign_pongs = 0;
         self.progress = false;
+        (self.last_life, self.silence) = (Some(now), None);
         if self.closing == Closing::Sent {
             self.closing = Closing::Requested;
         }
@@ -490,6 +506,7 @@ impl<D> Protocol<D> {
         // frames are ordered: this pong also answers every earlier ping
         let ping = self.pings.drain(..=i).next_back().expect("position is in range");
         self.last_rtt = Some(now.saturating_duration_since(ping.sent).max(Duration::from_micros(1)));
+        self.last_life = Some(now);
         let n = self.unacked.iter().take_while(|(s, _)| *s <= ping.covers).count();
         if n > 0 {
             self.progress = true;
@@ -537,7 +554,8 @@ impl<D> Protocol<D> {
             let timeout = self.cfg.ping_timeout.as_secs_f64();
             if let Some(p) = self.pings.front() {
                 if now >= p.deadline {
-                    let mut text = format!("ping timeout: no answer to a ping within ping_timeout ({timeout:.3}s)");
+                    self.silence = Some(now.saturating_duration_since(self.last_life.unwrap_or(now)));
+                    let mut text = format!("{PING_TIMEOUT} no answer to a ping within ping_timeout ({timeout:.3}s)");
                     if self.foreign_pongs > 0 {
                         text.push_str(&format!(
                             "; {} pong(s) that did not echo a ping of this connection were ignored \
@@ -550,8 +568,9 @@ impl<D> Protocol<D> {
             }
             if let Some(since) = self.ping_due_since {
                 if now >= since + self.cfg.ping_timeout {
+                    self.silence = Some(now.saturating_duration_since(self.last_life.unwrap_or(now)));
                     return Err(format!(
-                        "ping timeout: a ping could not be written within ping_timeout ({timeout:.3}s); \
+                        "{PING_TIMEOUT} a ping could not be written within ping_timeout ({timeout:.3}s); \
                          the peer is not reading"
                     ));
                 }
@@ -617,6 +636,13 @@ impl<D> Protocol<D> {
                 }
             }
         }
+        if let Some(m) = &self.cfg.metrics {
+            if let Some(silence) = self.silence.take() {
+                m.detected(crate::metrics::LossKind::PingTimeout, silence);
+            }
+            m.resent(self.unacked.len());
+            m.failed_sends(all.len());
+        }
         let mut keep: VecDeque<Entry<D>> = self.unacked.drain(..).map(|(_, e)| e).collect();
         keep.extend(self.queue.drain(..));
         self.queue = keep;
@@ -667,6 +693,7 @@ mod tests {
             max_message_size: 100,
             poison_after: 3,
             confirm_delay: Duration::ZERO,
+            metrics: None,
         }
     }
 
@@ -1352,5 +1379,41 @@ mod tests {
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.002))), vec![1]);
         let ping = pinged(&mut p, s(t0, 0.002));
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.003))), vec![2]);
+    }
+
+    #[test]
+    fn a_measured_loss_counts_what_it_resends_and_fails_and_the_silence_before_a_ping_timeout() {
+        use crate::metrics::{self, tests::total, Instrument, LossKind};
+        let _attached = metrics::tests::attached();
+        let m = metrics::Loop::new(metrics::labels(&[("name", "proto-metrics")]).unwrap());
+        let t0 = Instant::now();
+        let mut p = Protocol::new(ProtocolConfig { metrics: Some(m), ..cfg() }, NONCE);
+        p.connected(t0);
+        p.push(Message::text("a"), 1).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.0))), vec![1]);
+        // two more are written, and the peer goes silent: the ping behind them is never echoed
+        p.push(Message::text("b"), 2).unwrap();
+        p.push(Message::text("c"), 3).unwrap();
+        batch(&mut p, s(t0, 2.0));
+        let reason = p.poll(s(t0, 7.0)).unwrap_err();
+        assert_eq!(LossKind::classify(&reason), LossKind::PingTimeout, "{reason}");
+        p.lost(None, &reason);
+        assert_eq!(total(Instrument::SendsResent, ("name", "proto-metrics")), 2.0);
+        let silences: Vec<_> = metrics::drain()
+            .into_iter()
+            .filter(|(i, a, _)| *i == Instrument::Detection && a.contains(&("name", "proto-metrics".into())))
+            .map(|(_, a, v)| (a.last().cloned(), v))
+            .collect();
+        // from the pong at 1 s to the deadline at 7 s
+        assert_eq!(silences, [(Some(("reason", "ping_timeout".to_string())), 6.0)]);
+        // after the loss one message goes out alone; a close 1009 fails it (the largest in flight):
+        // counted as failed, not as re-sent
+        p.connected(s(t0, 8.0));
+        assert_eq!(batch(&mut p, s(t0, 8.0)).0.len(), 1);
+        p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        assert_eq!(total(Instrument::SendsFailed, ("name", "proto-metrics")), 1.0);
+        assert_eq!(total(Instrument::SendsResent, ("name", "proto-metrics")), 2.0);
+        assert!(metrics::drain().iter().all(|(i, _, _)| *i != Instrument::Detection), "no deadline, no silence");
     }
 }

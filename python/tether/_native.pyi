@@ -333,6 +333,12 @@ class SignalServer:
 
 def _at_exit() -> None: ...
 
+# the registry behind tether.metrics (see that module)
+def _metrics_attach(on: bool) -> None: ...
+def _metrics_instruments() -> list[tuple[str, str, str, str, list[str], list[float]]]: ...
+def _metrics_read(name: str) -> list[tuple[dict[str, str], float]]: ...
+def _metrics_drain() -> list[tuple[str, dict[str, str], float]]: ...
+
 # ----------------------------------------------------------------------------------------------------
 # ChaosProxy
 # ----------------------------------------------------------------------------------------------------
@@ -478,7 +484,9 @@ class ProcPool:
         cwd: str | None = None,
         liveness: Callable[[Any], bool] | None = None,
         logger: str | logging.Logger | None = None,
-    ) -> Self: ...
+        name: str = "procpool",
+    ) -> Self:
+        """``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``)."""
     def start(self) -> None: ...
     async def acquire(self, timeout: float | None = None) -> Any: ...
     async def warm(self, n: int | None = None, timeout: float | None = None) -> None:
@@ -510,7 +518,8 @@ class ReadinessGate:
     TypeError at once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the
     failure's one report (its log record is DEBUG); retries log WARNING."""
 
-    def __new__(cls, *, logger: str | logging.Logger | None = None) -> Self: ...
+    def __new__(cls, *, logger: str | logging.Logger | None = None, name: str = "readiness") -> Self:
+        """``name``: the ``name`` attribute of the gate's metrics (``tether.metrics``)."""
     async def dispatch(
         self,
         job_id: str,

@@ -28,6 +28,14 @@ use super::events::EventStream;
 use super::handshake::{on_connect_hook, on_loop, LoopSlot};
 use super::heartbeat::heartbeat_config;
 
+/// The connection's metrics when an exporter is attached (`tether.metrics`): its `name=` (bounded,
+/// unlike the URL it defaults to in logs) and the host it connects to.
+fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>> {
+    let name = name.map(redact_url).unwrap_or_else(|| Config::default().name);
+    crate::metrics::labels(&[("name", &name), ("server.address", &crate::metrics::server_address(url))])
+        .map(crate::metrics::Loop::new)
+}
+
 /// Calls the user's `url_for(strategy, attempt)` (sync or async) for every attempt.
 struct PyTarget {
     base: Target,
@@ -554,6 +562,7 @@ impl PyConnection {
                 attempt_timeout: None,
                 connect_timeout,
                 logger,
+                metrics: metrics_of(name, &url),
             },
             watchdog,
             tls: match ssl {

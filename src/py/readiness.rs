@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::readiness::{Gate, Mark, NotReady, Spec};
+use crate::redact::redact_url;
 
 use super::args::Arg;
 use super::backoff::positive_seconds;
@@ -119,11 +120,11 @@ impl<'py> IntoPyObject<'py> for Outcome {
 #[pymethods]
 impl PyReadinessGate {
     #[new]
-    #[pyo3(signature = (*, logger=None))]
-    fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (*, logger=None, name="readiness"))]
+    fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
-        Ok(PyReadinessGate { gate: Arc::new(Gate::with_logger(logger)) })
+        Ok(PyReadinessGate { gate: Arc::new(Gate::named(&redact_url(name), logger)) })
     }
 
     /// Dispatch `job_id` with `await dispatch(job_id, attempt)` and wait until every stage is marked.

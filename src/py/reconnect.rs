@@ -9,7 +9,7 @@
 //! Every call happens on the event loop thread; the state lock is never held while logging or
 //! emitting (a logging handler may call back into the Reconnector).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -205,8 +205,15 @@ impl PyReconnector {
             quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.quiet_jitter)?,
             attempt_timeout: Arg::new("attempt_timeout", attempt_timeout).opt_seconds()?.or(d.attempt_timeout),
             logger: super::logging::logger_key(py, logger)?,
+            // an unnamed loop is measured under "reconnector": a metric series needs a name
+            metrics: crate::metrics::labels(&[("name", &redact_url(name.unwrap_or("reconnector")))])
+                .map(crate::metrics::Loop::new),
             ..d
         };
+        if let Some(m) = &cfg.metrics {
+            // its state is the one its reports keep (a connection reports its own)
+            crate::metrics::observe(Arc::downgrade(m) as std::sync::Weak<dyn crate::metrics::Source>);
+        }
         let fatal = fatal_tuple(py, fatal)?.unbind();
         super::logging::sync(py);
         Ok(PyReconnector {
@@ -299,7 +306,7 @@ impl PyReconnector {
     fn closed(&self) {
         let was_up = self.lock().st.closed(now());
         if was_up {
-            report::closed(&self.sink());
+            report::closed(&self.cfg, &self.sink());
         }
     }
 
@@ -350,6 +357,9 @@ impl PyReconnector {
             inner.running = false;
             inner.ended += 1;
         }
+        if let Some(m) = &self.cfg.metrics {
+            m.ended();
+        }
         self.sink().emit(Event::Closed);
     }
 
@@ -357,7 +367,7 @@ impl PyReconnector {
     fn _start(&self) -> (u32, Option<f64>) {
         let begun = now();
         let s = self.lock().st.start(begun);
-        report::started(&self.sink(), &s);
+        report::started(&self.cfg, &self.sink(), &s);
         (s.number, s.deadline.map(|d| d.saturating_duration_since(begun).as_secs_f64()))
     }
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lk_scenarios import check_scrape
 
 HERE = Path(__file__).parent
 ASIDE = sorted((HERE.parent.parent / ".venv").glob("livekit-agents-*"))
@@ -59,7 +60,10 @@ def test_release(suites, name):
     r = result(suites, name)
     assert r["version"] == name, r["version"]
     # every part fits its declared range: nothing refused on a supported release
-    assert r["patched"] == ["control_plane", "proc_pool"] and r["refused"] == {}, r
+    assert r["patched"] == ["control_plane", "proc_pool", "metrics"] and r["refused"] == {}, r
+    # tether's series in the worker's /metrics, next to livekit's (2.x: the native worker reconnects by
+    # itself, so tether sees the registrations, not the losses in between)
+    check_scrape(r["metrics"], reconnects=name.startswith("1."))
     if name.startswith("1."):
         a = r["accept_drop"]
         # as shipped thousands of connections at 0 s; with tether: quiet retry, then >= 0.5, 1, 2, 4 s
