@@ -468,7 +468,7 @@ class ProcPool:
     one at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting
     acquire (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``).
     ``release``/``detach`` of a process this pool did not lend (or twice) raise ValueError. A request that does not
-    complete kills its worker."""
+    complete kills its worker. ``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``)."""
 
     def __new__(
         cls,
@@ -485,8 +485,7 @@ class ProcPool:
         liveness: Callable[[Any], bool] | None = None,
         logger: str | logging.Logger | None = None,
         name: str = "procpool",
-    ) -> Self:
-        """``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``)."""
+    ) -> Self: ...
     def start(self) -> None: ...
     async def acquire(self, timeout: float | None = None) -> Any: ...
     async def warm(self, n: int | None = None, timeout: float | None = None) -> None:
@@ -516,10 +515,10 @@ class ReadinessGate:
     re-dispatches when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages
     default to ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a
     TypeError at once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the
-    failure's one report (its log record is DEBUG); retries log WARNING."""
+    failure's one report (its log record is DEBUG); retries log WARNING. ``name``: the ``name`` attribute of the
+    gate's metrics (``tether.metrics``)."""
 
-    def __new__(cls, *, logger: str | logging.Logger | None = None, name: str = "readiness") -> Self:
-        """``name``: the ``name`` attribute of the gate's metrics (``tether.metrics``)."""
+    def __new__(cls, *, logger: str | logging.Logger | None = None, name: str = "readiness") -> Self: ...
     async def dispatch(
         self,
         job_id: str,

@@ -355,7 +355,7 @@ super::events::buffered_stream!(
 /// at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
 /// (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
 /// of a process this pool did not lend (or twice) raise ValueError. A request that does not complete kills its
-/// worker.
+/// worker. ``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``).
 #[pyclass(name = "ProcPool", module = "tether._native", frozen)]
 pub struct PyProcPool {
     pool: Pool,

@@ -23,7 +23,8 @@ use super::errors::{value_error, NOT_READY};
 /// when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages default to
 /// ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a TypeError at
 /// once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the failure's one report
-/// (its log record is DEBUG); retries log WARNING.
+/// (its log record is DEBUG); retries log WARNING. ``name``: the ``name`` attribute of the gate's metrics
+/// (``tether.metrics``).
 #[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
 pub struct PyReadinessGate {
     gate: Arc<Gate>,
