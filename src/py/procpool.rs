@@ -440,7 +440,7 @@ impl PyProcPool {
 impl PyProcPool {
     #[new]
     #[pyo3(signature = (spawn=None, command=None, *, num_idle=None, max_concurrent_spawns=None, initialize_timeout=None,
-        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None, logger=None, name="procpool"))]
+        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None, logger=None, name=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -455,7 +455,7 @@ impl PyProcPool {
         cwd: Option<String>,
         liveness: Option<Bound<'_, PyAny>>,
         logger: Option<&Bound<'_, PyAny>>,
-        name: &str,
+        name: Option<&str>,
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
@@ -471,7 +471,7 @@ impl PyProcPool {
             respawn: Arg::new("respawn", respawn).policy(&d.respawn)?,
             unhealthy_after: d.unhealthy_after,
             logger,
-            name: crate::redact::redact_url(name),
+            name: name.map_or(d.name, crate::redact::redact_url),
         };
         let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
             (Some(_), Some(_)) => return Err(PyTypeError::new_err("give either spawn= or command=, not both")),
@@ -542,6 +542,7 @@ impl PyProcPool {
                 ("cwd", K, none()),
                 ("liveness", K, none()),
                 ("logger", K, none()),
+                ("name", K, d.name.into_pyobject(py)?.into_any()),
             ],
         )
     }
