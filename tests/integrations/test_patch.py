@@ -352,3 +352,59 @@ def test_fingerprint_is_the_same_on_every_cpython():
         )
         assert out.returncode == 0, (exe, out.stderr[-2000:])
         assert json.loads(out.stdout) == here, exe
+
+
+GETSTREAM_RELEASES = ["6.9.0", "7.0.0rc1", "7.0.0b2", "7.0.0.dev1", "7.0.0", "7.0.1", "7.1.0rc1", "7.1.0", "8.0.0"]
+
+
+def test_getstream_release_lines_meet_without_a_gap():
+    """A pre-release of 7.0.0 is neither "<7" nor ">=7": each release line must hear of it."""
+    from tether.integrations._getstream_call import CALL_WATCH_LINE, CALL_WATCH_REQUIREMENT
+    from tether.integrations.getstream import SIGNALING_LINE, SIGNALING_REQUIREMENT
+
+    signaling = Part("signaling", SIGNALING_REQUIREMENT, lambda c: None, line=SIGNALING_LINE)
+    call_watch = Part("call_watch", CALL_WATCH_REQUIREMENT, lambda c: None, line=CALL_WATCH_LINE)
+    for v in GETSTREAM_RELEASES:
+        assert [p.name for p in (signaling, call_watch) if p.concerns(v)] == [
+            "signaling" if v == "6.9.0" else "call_watch"
+        ], v
+
+
+@pytest.mark.parametrize("release", GETSTREAM_RELEASES)
+def test_getstream_install_on_any_release_patches_or_warns(monkeypatch, caplog, release):
+    """Never a silent no-op: on every release install() patches a part or refuses one with a WARNING."""
+    from tether.integrations import _patch, getstream
+
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    monkeypatch.setattr(_patch, "installed_version", lambda dist: release)
+    tried: list[str] = []
+
+    def prepare_as(name: str):
+        return lambda c: lambda p: tried.append(name)
+
+    parts = [
+        Part(p.name, p.requirement, prepare_as(p.name), line=p.line) for p in getstream._parts(getstream._Settings())
+    ]
+    report = Integration("getstream", "getstream").install(parts)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert report.patched or (report.refused and warnings), (release, report)
+    if release in ("7.0.0rc1", "7.0.0b2", "7.0.0.dev1", "7.1.0rc1", "7.1.0", "8.0.0"):
+        assert report.refused["call_watch"].kind is RefusalKind.UNTESTED_VERSION, report
+        assert tried == [] and len(warnings) == 1, (report, warnings)
+
+
+def test_a_version_no_part_concerns_is_refused_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    i = Integration("fake", "pytest")
+    # release lines that leave the installed version out (a gap between two lines)
+    report = i.install(
+        [
+            Part("old", "pytest<1", lambda c: lambda p: None, line=f"<{PYTEST}"),
+            Part("new", "pytest>=1000", lambda c: lambda p: None, line=f">{PYTEST}"),
+        ],
+        allow_untested=True,
+    )
+    assert report.patched == () and set(report.refused) == {"old", "new"}, report
+    assert {r.kind for r in report.refused.values()} == {RefusalKind.UNTESTED_VERSION}
+    assert "no part of this integration" in report.refused["old"], report
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2

@@ -49,7 +49,7 @@ PART = "call_watch"
 
 #: the releases the call part was tested with (7.0.0 runs in ``make test``); its release line is 7 and up
 CALL_WATCH_REQUIREMENT = "getstream>=7.0,<7.1"
-CALL_WATCH_LINE = ">=7"
+CALL_WATCH_LINE = ">=7.0.0.dev0"  # from the first pre-release of 7, where the signaling part's line ends
 
 LOGGER_NAME = "getstream.video.rtc.connection_manager"
 

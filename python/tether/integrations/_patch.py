@@ -320,9 +320,11 @@ class Part:
     """One independently patched piece of an integration, for the releases in ``requirement``.
 
     ``line``, when set, is the wider span of releases the part is about at all (a specifier such as
-    ``"<7"``): on a release outside it the part is not considered, neither patched nor refused. getstream
-    7 moved signaling into Rust, so its signaling part has nothing to say there, and the part for 7.x
-    has nothing to say on 6.x; each release line hears only of its own part."""
+    ``"<7.0.0.dev0"``): on a release outside it the part is not considered, neither patched nor refused.
+    getstream 7 moved signaling into Rust, so its signaling part has nothing to say there, and the part
+    for 7.x has nothing to say on 6.x; each release line hears only of its own part. Lines that meet
+    are written at ``X.dev0``, the first release of all of X's pre-releases: ``<7`` and ``>=7`` would both
+    leave out 7.0.0rc1. A release that no part's line holds refuses every part (``Integration.install``)."""
 
     name: str
     requirement: str
@@ -402,11 +404,24 @@ class Integration:
         variants: dict[str, list[Part]] = {}
         for part in parts:
             variants.setdefault(part.name, []).append(part)
+        try:
+            in_line = version is not None and any(p.concerns(version) for p in parts)
+        except ImportError:
+            in_line = True  # refused below, part by part, for the missing packaging
         for name, options in variants.items():
             if name in self._parts:
                 continue
             if version is None:
                 self.refuse(name, RefusalKind.NOT_INSTALLED, f"{self.dist} is not installed")
+                continue
+            if not in_line:
+                # a gap between release lines would otherwise patch nothing and say nothing
+                lines = ", ".join(f"{p.name} {p.line}" for p in parts if p.line)
+                self.refuse(
+                    name,
+                    RefusalKind.UNTESTED_VERSION,
+                    f"no part of this integration is for {self.dist} {version} (release lines: {lines})",
+                )
                 continue
             try:
                 options = [p for p in options if p.concerns(version)]
@@ -415,7 +430,7 @@ class Integration:
                 self.refuse(name, RefusalKind.FAILED, f"cannot check the version ({e}); pip install packaging")
                 continue
             if not options:
-                continue
+                continue  # another part's release line holds this version
             ranges = " or ".join(p.specifier for p in options)
             if not fitting and not allow_untested:
                 self.refuse(

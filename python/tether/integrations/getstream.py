@@ -45,7 +45,8 @@ LOGGER_NAME = "getstream.video.rtc.signaling"
 #: the releases the signaling part was tested with (3.3.1 and 6.1.1 run in ``make test``); getstream 7
 #: moved signaling into a Rust extension, which this part cannot reach: its release line ends there
 SIGNALING_REQUIREMENT = "getstream>=3.3,<7"
-SIGNALING_LINE = "<7"
+# up to the first pre-release of 7 (``<7`` would leave 7.0.0rc1 to neither line)
+SIGNALING_LINE = "<7.0.0.dev0"
 
 _integration = Integration("getstream", "getstream")
 _CLIENT_PARAMS = ("url", "join_request", "main_loop", "tracer", "sfu_id_fn")
