@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 from aiohttp import web
@@ -19,6 +20,7 @@ class FakeDispatchService:
         self.fail_first = fail_first
         self.on_create = on_create
         self.created: list[agent_dispatch.CreateAgentDispatchRequest] = []
+        self.created_at: list[float] = []  # time.monotonic() of each successful CreateDispatch
         self.deleted: list[str] = []
         self.calls = 0
         self.auth: list[str] = []
@@ -53,6 +55,7 @@ class FakeDispatchService:
             req = agent_dispatch.CreateAgentDispatchRequest()
             req.ParseFromString(body)
             self.created.append(req)
+            self.created_at.append(time.monotonic())
             out = agent_dispatch.AgentDispatch(
                 id=f"AD_{len(self.created)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata
             )

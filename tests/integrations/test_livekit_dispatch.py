@@ -151,3 +151,22 @@ async def test_no_agent_at_all_names_the_joined_stage():
     assert info.value.stage == "joined", info.value
     # the first dispatch and max_attempts=2 re-dispatches, each after deleting the one before
     assert len(svc.created) == 3 and svc.deleted == ["AD_1", "AD_2"]
+
+
+async def test_default_policy_is_the_documented_one():
+    """The docstrings say how many dispatches and how far apart; a run with no agent does that many."""
+    from tether.integrations._livekit_dispatch import default_policy
+
+    delays = list(default_policy().delays())
+    spacing = ", ".join(f"{d:g}" for d in delays[:-1]) + f" and {delays[-1]:g} s"
+    for doc in (livekit.dispatch_ready.__doc__, default_policy.__doc__):
+        text = " ".join((doc or "").split())
+        assert f"up to {1 + len(delays)} dispatch calls" in text and spacing in text, (spacing, text)
+    room = rtc.Room()
+    async with FakeDispatchService() as svc:
+        with pytest.raises(tether.NotReady):
+            await run(room, svc, timeouts={"dispatched": 5, "joined": 0.2, "ready": 5})
+    assert len(svc.created) == 1 + len(delays)
+    # each re-dispatch comes after the stage's 0.2 s and the policy's delay
+    gaps = [b - a for a, b in zip(svc.created_at, svc.created_at[1:], strict=False)]
+    assert all(gap >= 0.2 + delay - 0.02 for gap, delay in zip(gaps, delays, strict=True)), (gaps, delays)

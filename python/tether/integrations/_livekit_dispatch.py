@@ -44,7 +44,8 @@ class Dispatched:
 
 
 def default_policy() -> Backoff:
-    """Dispatch-call retries and re-dispatches: 3 attempts, 0.2 s then 0.4 s apart."""
+    """Dispatch-call retries and re-dispatches, one budget for both: up to 4 dispatch calls, the 3 retries
+    after 0.2, 0.4 and 0.8 s (``max_attempts`` counts retries; the ``ReadinessGate`` default)."""
     return Backoff(0.2, 2.0, jitter="none", max_attempts=3)
 
 
@@ -134,7 +135,8 @@ async def dispatch_ready(
     * ``ready``: its ``lk.agent.state`` attribute left ``initializing`` (the ``AgentSession`` runs).
 
     A failed dispatch call is retried, and with ``redispatch=True`` a stage that timed out deletes that
-    dispatch and dispatches again, within ``policy`` (default: 3 attempts, 0.2 s then 0.4 s apart).
+    dispatch and dispatches again, within ``policy`` (``max_attempts`` counts the retries; default: up to 4
+    dispatch calls, the retries after 0.2, 0.4 and 0.8 s).
     Raises ``tether.NotReady`` naming the stage that did not come and the elapsed times.
     """
     lk_api = importlib.import_module("livekit.api")
