@@ -383,7 +383,8 @@ def test_getstream_install_on_any_release_patches_or_warns(monkeypatch, caplog, 
         return lambda c: lambda p: tried.append(name)
 
     parts = [
-        Part(p.name, p.requirement, prepare_as(p.name), line=p.line) for p in getstream._parts(getstream._Settings())
+        Part(p.name, p.requirement, prepare_as(p.name), line=p.line)
+        for p in getstream._parts(getstream._Settings(), getstream._CallSettings())
     ]
     report = Integration("getstream", "getstream").install(parts)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
