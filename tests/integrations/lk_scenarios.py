@@ -111,8 +111,29 @@ async def run_server(server, seconds: float):
     return elapsed, outcome
 
 
+INSTRUMENTED_RUNS: list[float] = []
+
+
+def instrument_connection_task() -> None:
+    """Another library's wrapper of the connection task, applied before tether's (as an OpenTelemetry or
+    Sentry integration would): tether must call through it, every run."""
+    import functools
+
+    from livekit.agents import worker
+
+    original = worker.AgentServer._connection_task
+
+    @functools.wraps(original)
+    async def instrumented(*args, **kwargs):
+        INSTRUMENTED_RUNS.append(time.monotonic())
+        return await original(*args, **kwargs)
+
+    worker.AgentServer._connection_task = instrumented
+
+
 async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recycle_after: float = 2.0) -> dict:
     """The control plane accepts and drops (or recycles) the worker socket."""
+    INSTRUMENTED_RUNS.clear()
     h = Records()
     lg = logging.getLogger("livekit.agents")
     lg.addHandler(h)
@@ -141,6 +162,7 @@ async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recyc
         "outcome": outcome if isinstance(outcome, str) else f"{type(outcome).__name__}: {outcome}",
         "cause": type(outcome.__cause__).__name__ if isinstance(outcome, BaseException) and outcome.__cause__ else None,
         "cpu_seconds": round(time.process_time() - cpu, 2),
+        "instrumented_runs": len(INSTRUMENTED_RUNS),
     }
 
 
@@ -306,11 +328,13 @@ SCENARIOS = {
 
 
 async def suite() -> dict:
-    """The scenarios that tell a working integration on any release, with `install()` as a user calls it."""
+    """The scenarios that tell a working integration on any release, with `install()` as a user calls it
+    (after another library wrapped the connection task)."""
     from importlib.metadata import version
 
     from tether.integrations import livekit
 
+    instrument_connection_task()
     report = livekit.install()
     out: dict = {
         "version": version("livekit-agents"),

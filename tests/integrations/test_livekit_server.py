@@ -4,7 +4,10 @@ plane (`websockets` server) on loopback: control-plane reconnects and failing pr
 from __future__ import annotations
 
 import asyncio
+import inspect
+import linecache
 import logging
+import textwrap
 
 import pytest
 
@@ -143,6 +146,54 @@ def test_changed_loop_code_refuses_that_part_only(monkeypatch, caplog):
             for r in caplog.records
             if r.levelno == logging.WARNING
         )
+    finally:
+        livekit.uninstall()
+
+
+def edited_loop(edit=lambda source: source):
+    """livekit's own loop compiled from its source with ``edit`` applied, in the worker's namespace (as an
+    upstream release that changed only that would ship it)."""
+    source = textwrap.dedent(inspect.getsource(inspect.unwrap(ORIGINAL_TASK)))
+    edited = edit(source)
+    filename = f"<livekit worker.py edited {id(edited)}>"
+    linecache.cache[filename] = (len(edited), None, edited.splitlines(keepends=True), filename)
+    ns = dict(vars(lk_worker))
+    exec(compile(edited, filename, "exec"), ns)
+    return edited != source, ns["_connection_task"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # the counter resets only after registration (the upstream fix of the hot loop)
+        lambda s: s.replace("            retry_count = 0\n\n", "", 1).replace(
+            "self._handle_register(msg.register)\n",
+            "self._handle_register(msg.register)\n            retry_count = 0\n",
+        ),
+        lambda s: s.replace("min(retry_count * 2, 10)", "min(retry_count * 2, 60)"),
+        lambda s: s.replace("retry_count >= self._max_retry", "retry_count > self._max_retry"),
+    ],
+    ids=["reset-after-registration", "max-delay", "comparison"],
+)
+def test_loop_edited_inside_keeping_its_names_is_refused(monkeypatch, edit):
+    changed, task = edited_loop(edit)
+    assert changed
+    monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", task)
+    report = livekit.install(proc_pool=False)
+    try:
+        assert report.patched == () and report.refused["control_plane"].kind is RefusalKind.CHANGED_CODE, report
+        assert lk_worker.AgentServer._connection_task is task
+    finally:
+        livekit.uninstall()
+
+
+def test_loop_recompiled_unchanged_is_patched(monkeypatch):
+    # the refusals above come from the edits, not from compiling the loop anew
+    changed, task = edited_loop()
+    assert not changed
+    monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", task)
+    try:
+        assert livekit.install(proc_pool=False).patched == ("control_plane",)
     finally:
         livekit.uninstall()
 

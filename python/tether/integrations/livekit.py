@@ -48,7 +48,7 @@ METRICS = "livekit-agents>=1.5,<3"
 _integration = Integration("livekit", "livekit-agents")
 
 # The 1.x connection loop's code as read, 1.5.17 to 1.8.9 (the seams in _livekit_control rely on it).
-_CONNECTION_TASK_1X = ("5f1d45daac14c48d",)
+_CONNECTION_TASK_1X = ("269a9a5739abc3c2",)
 # What the 1.x loop reads from an AgentServer (set in __init__/run, checked in the bytecode).
 _SERVER_ATTRS_1X = ("_closed", "_connecting", "_connection_failed", "_http_session", "_max_retry")
 _SERVER_ATTRS_2X = ("_closed", "_connection_failed", "_max_retry")
