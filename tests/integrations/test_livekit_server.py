@@ -179,7 +179,7 @@ def test_loop_edited_inside_keeping_its_names_is_refused(monkeypatch, edit):
     changed, task = edited_loop(edit)
     assert changed
     monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", task)
-    report = livekit.install(proc_pool=False)
+    report = livekit.install(proc_pool=False, metrics=False)
     try:
         assert report.patched == () and report.refused["control_plane"].kind is RefusalKind.CHANGED_CODE, report
         assert lk_worker.AgentServer._connection_task is task
@@ -193,7 +193,7 @@ def test_loop_recompiled_unchanged_is_patched(monkeypatch):
     assert not changed
     monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", task)
     try:
-        assert livekit.install(proc_pool=False).patched == ("control_plane",)
+        assert livekit.install(proc_pool=False, metrics=False).patched == ("control_plane",)
     finally:
         livekit.uninstall()
 
