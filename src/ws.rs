@@ -42,7 +42,8 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{
-    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Undelivered, Write, CONFIRM_DELAY,
+    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Ticket, Undelivered, Write,
+    CONFIRM_DELAY,
 };
 use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
@@ -366,14 +367,92 @@ pub enum Queued {
     Confirmed,
 }
 
-fn resolve(outcomes: Vec<(Done, Outcome)>) {
+/// Hand each waiter its outcome. A failure whose waiter is gone (its caller stopped waiting) is given back
+/// (`give_back`), so the next flush or the end reports it.
+fn resolve(shared: &Shared, outcomes: Vec<(Done, Outcome)>) {
+    let mut orphaned = vec![];
     for (tx, o) in outcomes {
-        let _ = tx.send(match o {
+        let sent = tx.send(match o {
             Outcome::Sent => Ok(()),
             Outcome::Failed(f) => Err(SendError::Rejected(f)),
             Outcome::Flushed(f) if f.is_empty() => Ok(()),
             Outcome::Flushed(f) => Err(SendError::FlushFailed(f)),
         });
+        if let Err(Err(e)) = sent {
+            orphaned.push(e);
+        }
+    }
+    give_back(shared, orphaned);
+}
+
+/// Failures that reached no caller (its send or flush was cancelled in between): back to the send queue's
+/// unreported failures, for the next flush or the terminal error; once the connection has ended (its
+/// error already made), logged instead, so they are never dropped silently.
+fn give_back(shared: &Shared, errors: impl IntoIterator<Item = SendError>) {
+    let failures: Vec<Failed> = errors
+        .into_iter()
+        .flat_map(|e| match e {
+            SendError::Rejected(f) => vec![f],
+            SendError::FlushFailed(fs) => fs,
+            _ => vec![],
+        })
+        .collect();
+    if failures.is_empty() {
+        return;
+    }
+    let late = {
+        let mut proto = shared.lock_proto();
+        // under the lock `finish` makes the terminal error under
+        if shared.terminal.get().is_some() {
+            failures
+        } else {
+            proto.restore(failures);
+            return;
+        }
+    };
+    for f in late {
+        tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), seq = f.seq,
+            "message #{} was removed from the send queue ({}) and the flush that was to report it was cancelled \
+             as the connection ended", f.seq, f.why.message());
+    }
+}
+
+/// A flush's outcome (see `WsClient::flush`). Dropped before it resolved (its caller was cancelled), it is
+/// withdrawn from the send queue, and what it would have reported goes to the next flush or the end.
+pub struct Flushing {
+    rx: Waiter,
+    ticket: Ticket,
+    shared: Arc<Shared>,
+    resolved: bool,
+}
+
+impl Future for Flushing {
+    type Output = Result<(), SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let r = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.resolved = true;
+        std::task::Poll::Ready(r.unwrap_or_else(|_| Err(ended(&self.shared))))
+    }
+}
+
+impl Drop for Flushing {
+    fn drop(&mut self) {
+        if self.resolved {
+            return;
+        }
+        let (waiter, outcome) = {
+            let mut proto = self.shared.lock_proto();
+            match proto.cancel_flush(self.ticket) {
+                Some(w) => (Some(w), None),
+                // it settled: its outcome is in the channel, or on its way (then `resolve` gives it back)
+                None => (None, self.rx.try_recv().ok()),
+            }
+        };
+        drop(waiter);
+        if let Some(Err(e)) = outcome {
+            give_back(&self.shared, [e]);
+        }
     }
 }
 
@@ -596,22 +675,29 @@ impl WsClient {
 
     /// Resolves once every message accepted before the call was confirmed by the peer (after a
     /// reconnect if needed); fails with the ones that were removed from the queue meanwhile.
-    pub fn flush(&self) -> Result<Waiter, SendError> {
+    pub fn flush(&self) -> Result<Flushing, SendError> {
         let (tx, rx) = oneshot::channel();
-        let (resolved, ping_due) = {
+        let (ticket, resolved, ping_due) = {
             let mut proto = self.shared.lock_proto();
             // under the lock, as in `enqueue`: `finish` fails every waiter under it
             if let Some(t) = self.shared.terminal.get() {
                 return Err(SendError::Ended(t.clone()));
             }
-            (proto.flush(tx, Instant::now().into_std()), proto.ping_due())
+            let (ticket, resolved) = proto.flush(tx, Instant::now().into_std());
+            (ticket, resolved, proto.ping_due())
         };
-        resolve(resolved);
+        resolve(&self.shared, resolved);
         // the confirming ping goes out now rather than after `confirm_delay`
         if ping_due {
             self.shared.wake_writer();
         }
-        Ok(rx)
+        Ok(Flushing { rx, ticket, shared: self.shared.clone(), resolved: false })
+    }
+
+    /// Failures of a send or flush outcome its caller never got (it was cancelled after the outcome
+    /// arrived): the next flush or the end reports them.
+    pub fn give_back(&self, e: SendError) {
+        give_back(&self.shared, [e]);
     }
 
     /// Queue `msg`, waiting (see `enqueue`) only above a mark.
@@ -631,7 +717,7 @@ impl WsClient {
 
     /// Why a send or flush whose waiter was dropped will never resolve.
     pub fn ended(&self) -> SendError {
-        SendError::Ended(self.terminal().unwrap_or_else(Terminal::closed))
+        ended(&self.shared)
     }
 
     /// Resolves once at most a quarter of `send_buffer` is unconfirmed, so a sender that awaits each
@@ -740,6 +826,10 @@ impl Drop for WsClient {
             t.abort();
         }
     }
+}
+
+fn ended(shared: &Shared) -> SendError {
+    SendError::Ended(shared.terminal.get().cloned().unwrap_or_else(Terminal::closed))
 }
 
 /// Record the terminal outcome (once) with what was never delivered, fail every queued send, wake every
@@ -1187,7 +1277,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, seq = f.seq,
                 "message #{} was removed from the send queue: {}", f.seq, f.why.message());
         }
-        resolve(waiters);
+        resolve(&shared, waiters);
         tracing::debug!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, pending = resend as u64,
             "connection lost: {}; {resend} accepted message(s) not yet confirmed will be (re-)sent after the reconnect", e.text);
     }
@@ -1406,7 +1496,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                         let mut proto = shared.lock_proto();
                         (proto.on_pong(&p, Instant::now().into_std()), proto.can_write())
                     };
-                    resolve(resolved);
+                    resolve(shared, resolved);
                     // the confirmation may have opened the window of a re-send (see ws_protocol)
                     if more {
                         shared.wake_writer();
@@ -1464,7 +1554,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     }
                     sink.flush().await.map_err(wr)?;
                     let sent = shared.lock_proto().written();
-                    resolve(sent);
+                    resolve(shared, sent);
                     shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
                     shared.counters.pings_sent.fetch_add(pings, Ordering::Relaxed);
@@ -1604,7 +1694,7 @@ mod tests {
         c.send(Message::text("a")).await.unwrap();
         assert_eq!(recv_text(&c).await, "a");
         // confirmed, so the reconnect does not send it again (at-least-once re-sends the unconfirmed)
-        c.flush().unwrap().await.unwrap().unwrap();
+        c.flush().unwrap().await.unwrap();
         srv.drop_all();
         // sends during the outage are delivered after the reconnect, in order
         for i in 0..5 {

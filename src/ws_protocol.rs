@@ -15,7 +15,10 @@
 //!   connection that dies halfway through it still confirms what the peer read. A pong that echoes a
 //!   ping confirms every message up to there, because frames are ordered on the connection: the peer's
 //!   WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
-//!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
+//!   accepted before it is confirmed, and reports those that failed. A flush whose caller stopped
+//!   waiting is withdrawn (`cancel_flush`): the failures it would have reported stay for the next flush
+//!   or the end, and the flushes still waiting are only the live ones, settled oldest first. Failures
+//!   handed to a waiter that was gone by then come back (`restore`). Pongs that do not echo one of our
 //!   pings (unsolicited, empty, another client's) confirm nothing.
 //! * Liveness: a ping every `ping_interval`; a ping not echoed within `ping_timeout`, or one that could
 //!   not even be written within `ping_timeout`, is a loss. So a peer that answers pings without echoing
@@ -184,6 +187,17 @@ pub enum Outcome {
     Flushed(Vec<Failed>),
 }
 
+/// A flush waiting for every message accepted up to `upto`.
+struct Flush<D> {
+    ticket: Ticket,
+    upto: u64,
+    waiter: D,
+}
+
+/// Names a waiting flush, to withdraw it (`Protocol::cancel_flush`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
 struct Ping {
     id: u64,
     /// Sequence number of the last message written before this ping.
@@ -202,8 +216,9 @@ pub struct Protocol<D> {
     /// See `unwritten_bytes`; `writing_bytes` of them were handed to the writer in the current batch.
     unwritten_bytes: usize,
     writing_bytes: usize,
-    /// (everything accepted up to this number, waiter)
-    flushes: Vec<(u64, D)>,
+    /// In ticket order; `upto` never decreases along it, so the flushes that settle are a prefix.
+    flushes: VecDeque<Flush<D>>,
+    next_ticket: u64,
     /// Failures of messages whose send had already resolved: reported by the next flush covering them.
     unreported: Vec<Failed>,
     /// The current connection confirmed at least one message.
@@ -247,7 +262,8 @@ impl<D> Protocol<D> {
             accepted: 0,
             unwritten_bytes: 0,
             writing_bytes: 0,
-            flushes: vec![],
+            flushes: VecDeque::new(),
+            next_ticket: 0,
             unreported: vec![],
             progress: false,
             window: None,
@@ -312,13 +328,29 @@ impl<D> Protocol<D> {
 
     /// Wait until everything accepted so far is confirmed (or failed): resolves at once when nothing is
     /// pending, else through a later call's outcomes. Written messages no ping covers yet make a ping
-    /// due now (see `ping_due`).
-    pub fn flush(&mut self, waiter: D, now: Instant) -> Vec<(D, Outcome)> {
-        self.flushes.push((self.accepted, waiter));
+    /// due now (see `ping_due`). The ticket withdraws it (`cancel_flush`).
+    pub fn flush(&mut self, waiter: D, now: Instant) -> (Ticket, Vec<(D, Outcome)>) {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.flushes.push_back(Flush { ticket, upto: self.accepted, waiter });
         if self.uncovered && self.ping_due_since.is_none() {
             self.ping_due_since = Some(now);
         }
-        self.settle_flushes()
+        (ticket, self.settle_flushes())
+    }
+
+    /// Withdraw a flush nobody waits on any more (its caller was cancelled): returns its waiter if it was
+    /// still waiting. The failures it would have reported stay for the next flush covering them, or the
+    /// end (`finish`). None: it already settled, and its outcome went to its waiter (see `restore`).
+    pub fn cancel_flush(&mut self, ticket: Ticket) -> Option<D> {
+        let i = self.flushes.binary_search_by_key(&ticket, |f| f.ticket).ok()?;
+        self.flushes.remove(i).map(|f| f.waiter)
+    }
+
+    /// Failures handed to a waiter that was gone (a flush or send whose caller stopped waiting meanwhile):
+    /// reported again, by the next flush covering them or by `finish`.
+    pub fn restore(&mut self, failures: Vec<Failed>) {
+        self.unreported.extend(failures);
     }
 
     fn oldest_pending(&self) -> Option<u64> {
@@ -328,18 +360,19 @@ impl<D> Protocol<D> {
     fn settle_flushes(&mut self) -> Vec<(D, Outcome)> {
         let oldest = self.oldest_pending();
         let mut out = vec![];
-        let mut i = 0;
-        while i < self.flushes.len() {
-            let upto = self.flushes[i].0;
-            if oldest.is_some_and(|n| n <= upto) {
-                i += 1;
-                continue;
+        while let Some(f) = self.flushes.pop_front() {
+            if oldest.is_some_and(|n| n <= f.upto) {
+                self.flushes.push_front(f);
+                break;
             }
-            let (_, w) = self.flushes.remove(i);
-            let (mut mine, rest): (Vec<_>, Vec<_>) = self.unreported.drain(..).partition(|f| f.seq <= upto);
-            self.unreported = rest;
-            mine.sort_by_key(|f| f.seq);
-            out.push((w, Outcome::Flushed(mine)));
+            let mut mine = vec![];
+            if !self.unreported.is_empty() {
+                let rest;
+                (mine, rest) = self.unreported.drain(..).partition(|u| u.seq <= f.upto);
+                self.unreported = rest;
+                mine.sort_by_key(|u| u.seq);
+            }
+            out.push((f.waiter, Outcome::Flushed(mine)));
         }
         out
     }
@@ -646,7 +679,7 @@ impl<D> Protocol<D> {
             waiters.extend(e.done);
             unconfirmed.push((e.n, e.msg));
         }
-        waiters.extend(self.flushes.drain(..).map(|(_, w)| w));
+        waiters.extend(self.flushes.drain(..).map(|f| f.waiter));
         let mut failures = std::mem::take(&mut self.unreported);
         failures.sort_by_key(|f| f.seq);
         (waiters, Undelivered { unconfirmed, failures })
@@ -748,10 +781,10 @@ mod tests {
     fn sends_resolve_when_written_and_flush_when_confirmed() {
         let (mut p, t0) = proto();
         // nothing pending: a flush resolves at once
-        assert_eq!(p.flush(100, t0), vec![(100, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.flush(100, t0).1, vec![(100, Outcome::Flushed(vec![]))]);
         p.push(Message::text("a"), 1).unwrap();
         p.push(Message::text("b"), 2).unwrap();
-        assert!(p.flush(101, t0).is_empty());
+        assert!(p.flush(101, t0).1.is_empty());
         p.push(Message::text("c"), 3).unwrap();
         let (_, ping) = batch(&mut p, t0);
         assert_eq!(p.written(), vec![(1, Outcome::Sent), (2, Outcome::Sent), (3, Outcome::Sent)]);
@@ -771,7 +804,7 @@ mod tests {
         let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "");
         assert!(waiters.is_empty() && all.len() == 1);
         p.push(Message::text("later"), 2).unwrap();
-        assert!(p.flush(9, t0).is_empty());
+        assert!(p.flush(9, t0).1.is_empty());
         p.connected(t0);
         let (_, ping) = batch(&mut p, t0);
         let out = p.on_pong(&ping, t0);
@@ -779,7 +812,7 @@ mod tests {
         assert!(matches!(&out[1], (9, Outcome::Flushed(f))
             if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, msg }] if size_of(msg) == 50)));
         // reported once
-        assert_eq!(p.flush(10, t0), vec![(10, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.flush(10, t0).1, vec![(10, Outcome::Flushed(vec![]))]);
     }
 
     /// (acceptance number, message) of every unconfirmed message `finish` named.
@@ -801,7 +834,7 @@ mod tests {
         p.push(Message::text("a"), 1).unwrap();
         let _ = batch(&mut p, t0);
         let _ = p.written();
-        assert!(p.flush(7, t0).is_empty());
+        assert!(p.flush(7, t0).1.is_empty());
         // the flush waiter ends too, and the terminal error it gets names "a"
         let (waiters, u) = p.finish();
         assert_eq!((waiters, unconfirmed(&u)), (vec![7], vec![(1, "a")]));
@@ -1187,7 +1220,7 @@ mod tests {
         p.push_untracked(a.clone()).unwrap();
         p.push_untracked(Message::text("ok")).unwrap();
         p.push_untracked(c.clone()).unwrap();
-        assert!(p.flush(7, t0).is_empty());
+        assert!(p.flush(7, t0).1.is_empty());
         // rejected with 1009 twice: the 90-byte message (#3) first, then, re-sent alone, the 50-byte one (#1)
         for _ in 0..2 {
             let _ = batch(&mut p, t0);
@@ -1300,13 +1333,13 @@ mod tests {
         let _ = pinged(&mut p, t0);
         p.push_untracked(Message::text("b")).unwrap();
         let _ = unpinged(&mut p, t0);
-        assert!(p.flush(7, s(t0, 0.001)).is_empty());
+        assert!(p.flush(7, s(t0, 0.001)).1.is_empty());
         assert!(p.ping_due());
         let ping = ping_of(p.next_write(s(t0, 0.001)));
         assert_eq!(p.on_pong(&ping, s(t0, 0.002)), vec![(7, Outcome::Flushed(vec![]))]);
         // a batch written while a flush waits carries its ping
         p.push_untracked(Message::text("c")).unwrap();
-        assert!(p.flush(8, s(t0, 0.003)).is_empty());
+        assert!(p.flush(8, s(t0, 0.003)).1.is_empty());
         let ping = pinged(&mut p, s(t0, 0.003));
         assert_eq!(p.on_pong(&ping, s(t0, 0.004)), vec![(8, Outcome::Flushed(vec![]))]);
     }
@@ -1352,5 +1385,79 @@ mod tests {
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.002))), vec![1]);
         let ping = pinged(&mut p, s(t0, 0.002));
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.003))), vec![2]);
+    }
+
+    #[test]
+    fn a_withdrawn_flush_leaves_its_failures_to_the_next_flush() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
+        let (_, _lost_pong) = batch(&mut p, t0);
+        let (cancelled, out) = p.flush(7, t0);
+        assert!(out.is_empty());
+        // its caller stopped waiting (a timeout): withdrawn, nothing is reported to it any more
+        assert_eq!(p.cancel_flush(cancelled), Some(7));
+        assert_eq!(p.cancel_flush(cancelled), None);
+        let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        assert!(waiters.is_empty() && all.len() == 1, "{waiters:?}");
+        p.connected(t0);
+        p.push_untracked(Message::text("after")).unwrap();
+        assert!(p.flush(8, t0).1.is_empty());
+        let (_, ping) = batch(&mut p, t0);
+        let out = p.on_pong(&ping, t0);
+        assert!(matches!(&out[..], [(8, Outcome::Flushed(f))] if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, .. }])), "{out:?}");
+    }
+
+    #[test]
+    fn a_withdrawn_flush_leaves_its_failures_to_the_end() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
+        let _ = batch(&mut p, t0);
+        let (ticket, _) = p.flush(7, t0);
+        assert_eq!(p.cancel_flush(ticket), Some(7));
+        let _ = p.lost(Some(MESSAGE_TOO_BIG), "");
+        let (waiters, u) = p.finish();
+        assert!(waiters.is_empty());
+        assert!(matches!(&u.failures[..], [Failed { seq: 1, .. }]), "{u:?}");
+    }
+
+    #[test]
+    fn withdrawn_flushes_are_forgotten_and_the_live_ones_settle_in_order() {
+        let (mut p, t0) = delayed();
+        p.push_untracked(Message::text("a")).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        let (first, _) = p.flush(1, t0);
+        // an application polling with a timeout of zero, 100,000 times: nothing stays registered
+        for i in 0..100_000 {
+            let (t, out) = p.flush(1000 + i, t0);
+            assert!(out.is_empty());
+            assert_eq!(p.cancel_flush(t), Some(1000 + i));
+        }
+        assert_eq!(p.flushes.len(), 1);
+        p.push_untracked(Message::text("b")).unwrap();
+        let (last, _) = p.flush(2, t0);
+        assert_eq!(p.cancel_flush(first), Some(1));
+        // the live flush covers "a" and "b"; "a"'s pong settles nothing, "b"'s settles it
+        assert!(p.on_pong(&ping, t0).is_empty());
+        let (_, ping) = batch(&mut p, t0);
+        assert_eq!(p.on_pong(&ping, t0), vec![(2, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.cancel_flush(last), None, "settled");
+        assert!(p.flushes.is_empty());
+        // no flush waits: confirming pings are deferred again (a withdrawn flush used to force one per batch)
+        p.push_untracked(Message::text("c")).unwrap();
+        assert!(frames(p.next_write(s(t0, 0.001))).1.is_empty());
+    }
+
+    #[test]
+    fn failures_a_gone_waiter_never_took_are_reported_again() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
+        let _ = batch(&mut p, t0);
+        let _ = p.flush(7, t0);
+        let (mut settled, _) = p.lost(Some(MESSAGE_TOO_BIG), "");
+        // the flush settled with the failure, and its caller was gone by the time it was handed over
+        let Some((7, Outcome::Flushed(f))) = settled.pop() else { panic!("{settled:?}") };
+        p.restore(f);
+        let (_, out) = p.flush(8, t0);
+        assert!(matches!(&out[..], [(8, Outcome::Flushed(f))] if f.len() == 1 && f[0].seq == 1), "{out:?}");
     }
 }

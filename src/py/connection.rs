@@ -241,6 +241,8 @@ impl<'py> IntoPyObject<'py> for Started {
 }
 
 /// How a `send()` or `flush()` ended, turned into None or the exception on the event loop thread.
+/// Dropped unconverted (its task was cancelled after the outcome arrived), a failure it carries is given
+/// back to the connection, so the next flush or the end reports it.
 struct Delivered {
     outcome: Result<(), SendError>,
     name: String,
@@ -252,10 +254,18 @@ impl<'py> IntoPyObject<'py> for Delivered {
     type Output = Bound<'py, PyAny>;
     type Error = PyErr;
 
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.outcome {
+    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match std::mem::replace(&mut self.outcome, Ok(())) {
             Ok(()) => Ok(py.None().into_bound(py)),
             Err(e) => Err(send_error(py, &e, &self.name, &self.client)),
+        }
+    }
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        if let Err(e) = std::mem::replace(&mut self.outcome, Ok(())) {
+            self.client.give_back(e);
         }
     }
 }
@@ -659,8 +669,7 @@ impl PyConnection {
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
         let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, &self.client))?;
-        let client = self.client.clone();
-        let outcome = self.delivered(async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) });
+        let outcome = self.delivered(waiter);
         super::coroutine::coroutine(py, "Connection.flush", outcome)
     }
 
