@@ -42,8 +42,8 @@ use crate::watchdog::Watchdog;
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
 use crate::ws_protocol::{
-    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Ticket, Undelivered, Write,
-    CONFIRM_DELAY,
+    size_of, Ending, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Ticket, Undelivered,
+    Write, CONFIRM_DELAY,
 };
 use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
@@ -209,6 +209,9 @@ pub struct WsError {
     /// The server closed with a code of `final_close_codes`: the connection ends as closed.
     pub final_close: bool,
     pub close_code: Option<u16>,
+    /// The server sent a close frame (`close_code` is its code, if it had a valid one); false: the
+    /// connection was cut, timed out or failed.
+    pub close_frame: bool,
     pub http_status: Option<u16>,
 }
 
@@ -219,6 +222,7 @@ impl WsError {
             fatal: false,
             final_close: false,
             close_code: None,
+            close_frame: false,
             http_status: None,
         }
     }
@@ -1270,7 +1274,8 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     if let Err(e) = &result {
         let ((waiters, failures), resend) = {
             let mut p = shared.lock_proto();
-            let lost = p.lost(e.close_code, &e.text);
+            let ending = if e.close_frame { Ending::Closed(e.close_code) } else { Ending::Cut };
+            let lost = p.lost(ending, &e.text);
             (lost, p.pending())
         };
         for f in failures {
@@ -1310,7 +1315,7 @@ where
 
 /// What a close frame from the server says, on every read path.
 pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
-    match frame {
+    let mut e = match frame {
         // tungstenite hands a close frame whose code is not allowed on the wire (RFC 6455 §7.4: under
         // 1000, 1004-1006, 1014-2999, 5000 and up) over as this one, which it also sends back; the code
         // the server sent is not passed on, so the text cannot name it
@@ -1328,7 +1333,9 @@ pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError 
             e
         }
         None => WsError::retry("server closed the connection without a status code"),
-    }
+    };
+    e.close_frame = true;
+    e
 }
 
 /// A TCP FIN, or reset, where a close frame was due.

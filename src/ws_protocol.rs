@@ -29,11 +29,19 @@
 //!   failed, while a message that kills the server every time it reads it (a poison message) must not
 //!   be re-sent forever. So a loss blames at most one message, the oldest unconfirmed one, and only when
 //!   the lost connection confirmed nothing (had it confirmed anything, the peer read past that, and the
-//!   crash point is unknown). After a loss with messages in flight, the backlog is re-sent from a window
+//!   crash point is unknown) and the loss looks like the peer failing on what it read (`Ending::strikes`):
+//!   the connection was cut without a close frame (TCP FIN or RST, a read or write error, a ping or
+//!   heartbeat timeout, tether failing it for what the peer sent), or the peer's close says it could not
+//!   take what it read (1002 protocol error, 1003 unsupported data, 1007 invalid data, 1008 policy
+//!   violation, 1011 internal error). A close the peer chose for its own reasons blames nothing and
+//!   clears nothing: 1000, 1001 going away, 1012 restart, 1013 try again later, 1014 bad gateway,
+//!   3000-4999 (registered and application codes), a close frame without a code or with one not allowed
+//!   on the wire. A draining instance must not fail the message that happened to be in flight. After a
+//!   loss with messages in flight, the backlog is re-sent from a window
 //!   of one message in flight (with its ping: nothing else is written until its pong), growing by what
 //!   each pong confirms (TCP's slow start: it doubles per round trip) until it reaches an eighth of
 //!   `send_buffer`, when it is lifted. So a connection that confirmed nothing after a loss had one
-//!   message on the wire, and a message blamed at `poison_after` consecutive losses died alone on the
+//!   message on the wire, and a message blamed at `poison_after` losses died alone on the
 //!   wire at least `poison_after - 1` times: it is failed instead of re-sent. Its confirmation ends the
 //!   suspicion (confirmations are in order, so the oldest unconfirmed message is the first one
 //!   confirmed). A close 1009 (message too big) fails the largest unconfirmed message at once and
@@ -61,7 +69,7 @@ pub struct ProtocolConfig {
     pub send_buffer: usize,
     /// A message larger than this (bytes of payload) is refused by `push`.
     pub max_message_size: usize,
-    /// A message in flight at this many consecutive losses is failed, not re-sent.
+    /// A message blamed at this many losses (see the module's Loss rule) is failed, not re-sent.
     pub poison_after: u32,
     /// Confirming pings are at least this far apart (zero: a ping behind every batch).
     pub confirm_delay: Duration,
@@ -76,7 +84,8 @@ pub const CONFIRM_DELAY: Duration = Duration::from_millis(10);
 pub enum Failure {
     /// The peer closed with 1009 while this, the largest unconfirmed message, was in flight.
     TooBig { size: usize, reason: String },
-    /// In flight at `losses` consecutive connection losses; `last` is the last loss.
+    /// The oldest unconfirmed message at `losses` losses that blamed it (see the module's Loss rule);
+    /// `last` is the last loss.
     Poisoned { size: usize, losses: u32, last: String },
 }
 
@@ -89,8 +98,9 @@ impl Failure {
                 if reason.is_empty() { String::new() } else { format!(": {reason}") }
             ),
             Failure::Poisoned { size, losses, last } => format!(
-                "this {size}-byte message was the oldest unconfirmed one at {losses} consecutive connection losses \
-                 that confirmed nothing, re-sent alone after the first (last: {last})"
+                "this {size}-byte message was the oldest unconfirmed one at {losses} connection losses that \
+                 confirmed nothing and looked like the server failing on it (no close frame, a timeout, or \
+                 1002/1003/1007/1008/1011), re-sent alone after the first (last: {last})"
             ),
         }
     }
@@ -144,6 +154,32 @@ pub enum Write {
     Close,
     /// Nothing to do until something is pushed, a ping is due or a close is requested.
     Idle,
+}
+
+/// How a connection was lost, as the Loss rule reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// No close frame from the peer: TCP FIN or RST, a read or write error, a ping or heartbeat timeout,
+    /// or tether failing the connection because of what the peer sent.
+    Cut,
+    /// The peer's close frame, with its code (None: it had none, or one not allowed on the wire).
+    Closed(Option<u16>),
+}
+
+impl Ending {
+    /// Whether the loss may be the doing of the message the peer was reading, so that it counts against
+    /// the oldest unconfirmed one.
+    pub fn strikes(self) -> bool {
+        match self {
+            Ending::Cut => true,
+            // what the peer read broke it or was refused: protocol error, unsupported data, invalid
+            // data, policy violation, internal error
+            Ending::Closed(Some(code)) => matches!(code, 1002 | 1003 | 1007 | 1008 | 1011),
+            // a close the peer chose (normal, going away, restart, try again later, bad gateway,
+            // registered and application codes), or one without a usable code
+            Ending::Closed(None) => false,
+        }
+    }
 }
 
 /// What a close frame from the peer means.
@@ -620,16 +656,16 @@ impl<D> Protocol<D> {
         }
     }
 
-    /// The connection was lost (`code`: the peer's close code, if it sent one). Unconfirmed messages
-    /// go back to the head of the queue, except one failed by the poison rule (see the module's Loss
-    /// rule): returned here as the waiters to resolve, and every such failure (for the log).
-    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failed>) {
+    /// The connection was lost (`ending`: how). Unconfirmed messages go back to the head of the queue,
+    /// except one failed by the poison rule (see the module's Loss rule): returned here as the waiters to
+    /// resolve, and every such failure (for the log).
+    pub fn lost(&mut self, ending: Ending, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failed>) {
         let (mut failed, mut all) = (vec![], vec![]);
         if !self.unacked.is_empty() {
             // the backlog is re-sent one message at a time first, so a later strike names its message
             self.window = Some(1);
         }
-        if code == Some(MESSAGE_TOO_BIG) {
+        if ending == Ending::Closed(Some(MESSAGE_TOO_BIG)) {
             // the peer read up to the message it could not take; the largest in flight is the one
             let largest = self.unacked.iter().enumerate().max_by_key(|(i, (_, e))| (e.size, usize::MAX - i));
             if let Some(i) = largest.map(|(i, _)| i) {
@@ -638,7 +674,7 @@ impl<D> Protocol<D> {
                     self.fail(e, f, &mut failed, &mut all);
                 }
             }
-        } else if !self.progress {
+        } else if !self.progress && ending.strikes() {
             let condemned = self.unacked.front_mut().is_some_and(|(_, head)| {
                 head.strikes += 1;
                 head.strikes >= self.cfg.poison_after
@@ -752,7 +788,7 @@ mod tests {
         assert_eq!(p.unwritten_bytes(), 6, "the batch being written still counts");
         assert_eq!(p.written(), vec![(1, Outcome::Sent)], "only the tracked send resolves");
         assert_eq!(p.unwritten_bytes(), 1);
-        p.lost(None, "gone");
+        p.lost(Ending::Cut, "gone");
         assert_eq!(p.unwritten_bytes(), 6, "unconfirmed messages go back to the queue");
         p.finish();
         assert_eq!(p.unwritten_bytes(), 0);
@@ -801,7 +837,7 @@ mod tests {
         let _ = batch(&mut p, t0);
         assert_eq!(ids(p.written()), vec![1]);
         // rejected after it was written: nobody waits on the send any more
-        let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "");
+        let (waiters, all) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "");
         assert!(waiters.is_empty() && all.len() == 1);
         p.push(Message::text("later"), 2).unwrap();
         assert!(p.flush(9, t0).1.is_empty());
@@ -848,7 +884,7 @@ mod tests {
         p.push_untracked(Message::text("c")).unwrap();
         let (_, ping) = batch(&mut p, t0);
         // the peer confirmed nothing and closed with 1009: the 60-byte message fails, the others stay
-        assert_eq!(p.lost(Some(MESSAGE_TOO_BIG), "").1.len(), 1);
+        assert_eq!(p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "").1.len(), 1);
         assert!(p.on_pong(&ping, t0).is_empty(), "a pong of the lost connection confirms nothing");
         p.connected(t0);
         let (msgs, ping) = batch(&mut p, t0);
@@ -962,7 +998,7 @@ mod tests {
         p.push(Message::text("b"), 2).unwrap();
         let _ = batch(&mut p, t0);
         p.push(Message::text("c"), 3).unwrap();
-        assert!(p.lost(None, "EOF").0.is_empty());
+        assert!(p.lost(Ending::Cut, "EOF").0.is_empty());
         p.connected(s(t0, 1.0));
         // one message in flight first, then the window doubles
         let (msgs, ping) = batch(&mut p, s(t0, 1.0));
@@ -980,7 +1016,7 @@ mod tests {
         p.push(Message::binary(vec![7u8; 90]), 2).unwrap();
         p.push(Message::text("after"), 3).unwrap();
         let _ = batch(&mut p, t0);
-        let (failed, all) = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        let (failed, all) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "too big");
         assert_eq!(all.len(), 1);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, 2);
@@ -1008,7 +1044,7 @@ mod tests {
                 p.push(Message::text("late"), 2).unwrap();
                 assert_eq!(p.next_write(t0), Write::Idle);
             }
-            let (failed, all) = p.lost(Some(1011), "server error");
+            let (failed, all) = p.lost(Ending::Closed(Some(1011)), "server error");
             if round < 3 {
                 assert!(failed.is_empty() && all.is_empty(), "round {round}");
             } else {
@@ -1066,7 +1102,7 @@ mod tests {
         let _ = p.next_write(t0);
         for round in 0..4u32 {
             // the same kind of loss every time, after the peer confirmed one message: never a strike
-            let (failed, all) = p.lost(Some(1011), "crash");
+            let (failed, all) = p.lost(Ending::Closed(Some(1011)), "crash");
             assert!(failed.is_empty() && all.is_empty(), "round {round}");
             p.connected(t0);
             let (msgs, ping) = batch(&mut p, t0);
@@ -1083,7 +1119,7 @@ mod tests {
         let (mut p, t0) = big();
         push_texts(&mut p, 0..30);
         let _ = p.next_write(t0);
-        assert!(p.lost(None, "reset").1.is_empty());
+        assert!(p.lost(Ending::Cut, "reset").1.is_empty());
         p.connected(t0);
         let (msgs, ping) = batch(&mut p, t0);
         assert_eq!(msgs, texts(0..1));
@@ -1111,19 +1147,19 @@ mod tests {
         push_texts(&mut p, 0..3);
         for _ in 0..2 {
             let _ = batch(&mut p, t0);
-            assert!(p.lost(None, "reset").1.is_empty());
+            assert!(p.lost(Ending::Cut, "reset").1.is_empty());
             p.connected(t0);
         }
         // m0 has two strikes; it is confirmed, m1 and m2 go out, and the connection dies: no strike
         let (_, ping) = batch(&mut p, t0);
         let _ = p.on_pong(&ping, t0);
         assert_eq!(batch(&mut p, t0).0, texts(1..3));
-        assert!(p.lost(None, "reset").1.is_empty());
+        assert!(p.lost(Ending::Cut, "reset").1.is_empty());
         // m1 is blamed from zero: failed at its third strike, not its first
         for strike in 1..=3 {
             p.connected(t0);
             assert_eq!(batch(&mut p, t0).0, texts(1..2));
-            let (_, all) = p.lost(None, "reset");
+            let (_, all) = p.lost(Ending::Cut, "reset");
             assert_eq!(all.len(), usize::from(strike == 3), "strike {strike}");
         }
     }
@@ -1142,7 +1178,7 @@ mod tests {
         while let Write::Batch(frames) = p.next_write(now) {
             for f in frames {
                 if frames_read == budget || f == Message::text(poison) {
-                    return p.lost(Some(1011), "crash").1;
+                    return p.lost(Ending::Closed(Some(1011)), "crash").1;
                 }
                 frames_read += 1;
                 match f {
@@ -1153,7 +1189,7 @@ mod tests {
                 }
             }
         }
-        p.lost(Some(1011), "crash").1
+        p.lost(Ending::Closed(Some(1011)), "crash").1
     }
 
     /// 10..=250, from a fixed linear congruential sequence.
@@ -1224,7 +1260,7 @@ mod tests {
         // rejected with 1009 twice: the 90-byte message (#3) first, then, re-sent alone, the 50-byte one (#1)
         for _ in 0..2 {
             let _ = batch(&mut p, t0);
-            assert_eq!(p.lost(Some(MESSAGE_TOO_BIG), "").1.len(), 1);
+            assert_eq!(p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "").1.len(), 1);
             p.connected(t0);
         }
         let (msgs, ping) = batch(&mut p, t0);
@@ -1270,7 +1306,7 @@ mod tests {
         p.request_close();
         let _ = batch(&mut p, t0);
         assert_eq!(p.next_write(t0), Write::Close);
-        assert!(p.lost(None, "EOF").0.is_empty());
+        assert!(p.lost(Ending::Cut, "EOF").0.is_empty());
         p.connected(t0);
         let (msgs, _) = batch(&mut p, t0);
         assert_eq!(msgs, vec![Message::text("a")]);
@@ -1378,7 +1414,7 @@ mod tests {
         let _ = pinged(&mut p, t0);
         p.push(Message::text("b"), 2).unwrap();
         let _ = unpinged(&mut p, t0);
-        assert!(p.lost(None, "EOF").0.is_empty());
+        assert!(p.lost(Ending::Cut, "EOF").0.is_empty());
         p.connected(s(t0, 0.001));
         assert_eq!(p.poll(s(t0, 0.001)), Ok(s(t0, 5.001)), "no confirmation is due on the new connection yet");
         let ping = pinged(&mut p, s(t0, 0.001));
@@ -1397,7 +1433,7 @@ mod tests {
         // its caller stopped waiting (a timeout): withdrawn, nothing is reported to it any more
         assert_eq!(p.cancel_flush(cancelled), Some(7));
         assert_eq!(p.cancel_flush(cancelled), None);
-        let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        let (waiters, all) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "too big");
         assert!(waiters.is_empty() && all.len() == 1, "{waiters:?}");
         p.connected(t0);
         p.push_untracked(Message::text("after")).unwrap();
@@ -1414,7 +1450,7 @@ mod tests {
         let _ = batch(&mut p, t0);
         let (ticket, _) = p.flush(7, t0);
         assert_eq!(p.cancel_flush(ticket), Some(7));
-        let _ = p.lost(Some(MESSAGE_TOO_BIG), "");
+        let _ = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "");
         let (waiters, u) = p.finish();
         assert!(waiters.is_empty());
         assert!(matches!(&u.failures[..], [Failed { seq: 1, .. }]), "{u:?}");
@@ -1453,11 +1489,53 @@ mod tests {
         p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
         let _ = batch(&mut p, t0);
         let _ = p.flush(7, t0);
-        let (mut settled, _) = p.lost(Some(MESSAGE_TOO_BIG), "");
+        let (mut settled, _) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "");
         // the flush settled with the failure, and its caller was gone by the time it was handed over
         let Some((7, Outcome::Flushed(f))) = settled.pop() else { panic!("{settled:?}") };
         p.restore(f);
         let (_, out) = p.flush(8, t0);
         assert!(matches!(&out[..], [(8, Outcome::Flushed(f))] if f.len() == 1 && f[0].seq == 1), "{out:?}");
+    }
+
+    #[test]
+    fn a_close_the_peer_chose_blames_no_message_and_clears_no_strike() {
+        let chosen = [1000, 1001, 1012, 1013, 1014, 3000, 4000, 4999].map(|c| Ending::Closed(Some(c)));
+        for ending in chosen.into_iter().chain([Ending::Closed(None)]) {
+            assert!(!ending.strikes(), "{ending:?}");
+            let (mut p, t0) = proto();
+            p.push(Message::text("join"), 1).unwrap();
+            // a crash, then five deliberate closes (a draining instance): only the crash counts
+            let _ = batch(&mut p, t0);
+            assert!(p.lost(Ending::Cut, "reset").1.is_empty());
+            for _ in 0..5 {
+                p.connected(t0);
+                assert_eq!(batch(&mut p, t0).0, vec![Message::text("join")]);
+                let (failed, all) = p.lost(ending, "draining");
+                assert!(failed.is_empty() && all.is_empty(), "{ending:?}");
+            }
+            // two more crash-like losses make three strikes
+            for (i, crash) in [Ending::Closed(Some(1011)), Ending::Cut].into_iter().enumerate() {
+                p.connected(t0);
+                let _ = batch(&mut p, t0);
+                let (failed, _) = p.lost(crash, "crash");
+                assert_eq!(failed.len(), i, "{ending:?} then {crash:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_loss_that_looks_like_the_peer_failing_on_what_it_read_is_a_strike() {
+        for ending in [Ending::Cut].into_iter().chain([1002, 1003, 1007, 1008, 1011].map(|c| Ending::Closed(Some(c)))) {
+            assert!(ending.strikes(), "{ending:?}");
+            let (mut p, t0) = proto();
+            p.push(Message::text("poison"), 1).unwrap();
+            let mut failed = vec![];
+            for _ in 0..3 {
+                p.connected(t0);
+                let _ = batch(&mut p, t0);
+                failed = p.lost(ending, "crash").1;
+            }
+            assert!(matches!(&failed[..], [Failed { why: Failure::Poisoned { losses: 3, .. }, .. }]), "{ending:?}");
+        }
     }
 }

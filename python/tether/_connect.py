@@ -120,7 +120,8 @@ class Connection:
         """Resolves once every message sent before this call was confirmed by the server's WebSocket
         layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
         Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or the oldest
-        unconfirmed message at 3 consecutive losses that confirmed nothing), naming each (``.messages``,
+        unconfirmed message at 3 losses that confirmed nothing and looked like the server failing on it:
+        no close frame, a timeout, or 1002/1003/1007/1008/1011), naming each (``.messages``,
         ``.failures``), and the connection's error if it closed or gave up first (also when called
         afterwards): ``GaveUp`` or ``ConnectionClosed``, whose ``.messages`` are the messages never
         confirmed and ``.failures`` those failed that no flush reported."""
@@ -276,7 +277,10 @@ def connect(
     message in flight that doubles with each confirmation; a long burst carries a confirming ping after
     every eighth of ``send_buffer``. A message the server refuses is not retried forever: a close 1009
     (message too big) removes the largest unconfirmed message, and so does being the oldest unconfirmed
-    message at 3 consecutive losses that confirmed nothing (it was re-sent alone after the first);
+    message at 3 losses that confirmed nothing (it was re-sent alone after the first) and looked like
+    the server failing on it: cut without a close frame, a ping or heartbeat timeout, or a close 1002,
+    1003, 1007, 1008 or 1011 (a close the server chose, such as 1000, 1001, 1012-1014 or 3000-4999,
+    blames no message);
     ``send()`` (if not resolved yet) or the next ``flush()`` raises ``tether.SendFailed`` naming it
     (``.messages``, ``.failures``), and later messages go on. A server that crashes at random points
     fails no message. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
