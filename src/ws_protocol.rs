@@ -61,6 +61,13 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 /// Close code a server sends for a message bigger than it accepts (RFC 6455 §7.4.1).
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 
+/// Whether a close frame may carry `code` (RFC 6455 §7.4 and IANA's registry): 1000-1003, 1007-1014 and
+/// 3000-4999. 1004 is reserved, 1005 and 1006 only report a close without a code or without a close frame,
+/// 1015 a TLS failure; 1016-2999 are reserved, the rest out of range.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 #[derive(Debug, Clone)]
 pub struct ProtocolConfig {
     pub ping_interval: Duration,
@@ -1440,7 +1447,10 @@ mod tests {
         assert!(p.flush(8, t0).1.is_empty());
         let (_, ping) = batch(&mut p, t0);
         let out = p.on_pong(&ping, t0);
-        assert!(matches!(&out[..], [(8, Outcome::Flushed(f))] if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, .. }])), "{out:?}");
+        assert!(
+            matches!(&out[..], [(8, Outcome::Flushed(f))] if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, .. }])),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -335,6 +335,33 @@ def test_a_close_code_cannot_be_both_fatal_and_final():
         tether.connect("ws://127.0.0.1:1/", fatal_close_codes=(1000,), final_close_codes=(1000, 4000))
 
 
+@pytest.mark.parametrize("arg", ["fatal_close_codes", "final_close_codes"])
+@pytest.mark.parametrize(
+    ("codes", "error", "said"),
+    [
+        ((70000,), ValueError, r"70000 is outside 1000\.\.4999"),
+        ((-1,), ValueError, r"-1 is outside 1000\.\.4999"),
+        ((999,), ValueError, r"999 is outside 1000\.\.4999"),
+        ((5000,), ValueError, r"5000 is outside 1000\.\.4999"),
+        ((1005,), ValueError, r"1005 .*never arrives"),
+        ((1006,), ValueError, r"1006 .*never arrives"),
+        ((1004,), ValueError, r"1004 .*never arrives"),
+        ((1015,), ValueError, r"1015 .*never arrives"),
+        ((2000,), ValueError, r"2000 .*never arrives"),
+        ((True,), TypeError, r"int close codes, not bool"),
+        ((1000.5,), TypeError, r"int close codes, not float"),
+        (("1000",), TypeError, r"int close codes, not str"),
+        ("1000", TypeError, r"int close codes, not str"),
+        (1000, TypeError, r"an iterable of int close codes"),
+    ],
+)
+def test_close_codes_that_can_never_arrive_are_refused_naming_the_argument(arg, codes, error, said):
+    with pytest.raises(error, match=f"{arg}.*{said}"):
+        tether.connect("ws://127.0.0.1:1/", **{arg: codes})
+    # every code a server may send is accepted
+    tether.connect("ws://127.0.0.1:1/", **{arg: (1000, 1003, 1011, 1014, 3000, 4999)})
+
+
 # -- when events() starts delivering ----------------------------------------------------------------
 
 

@@ -238,7 +238,8 @@ def connect(
     ``code``, ``conn.state`` is "closed", no reconnect. None by default: load balancers, proxies and
     redeploys close with 1000 or 1001 to recycle a connection, and a signaling client then reconnects;
     ``final_close_codes=(1000,)`` ends ``async for`` on a normal closure as in websockets.
-    ``fatal_close_codes`` (default 1008) raise ``GaveUp`` instead; a code may not be in both.
+    ``fatal_close_codes`` (default 1008) raise ``GaveUp`` instead; a code may not be in both. Both take
+    only codes a close frame may carry (1000-1003, 1007-1014, 3000-4999): another is a ``ValueError``.
 
     ``quiet_jitter``: the first ``quiet_attempts`` retries wait uniform(0, quiet_jitter) seconds, so a
     fleet that lost the same server does not come back in one burst.

@@ -524,8 +524,8 @@ impl PyConnection {
         let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
         let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
-        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?;
-        let final_close_codes = Arg::new("final_close_codes", final_close_codes).codes(&d.final_close_codes)?;
+        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).close_codes(&d.fatal_close_codes)?;
+        let final_close_codes = Arg::new("final_close_codes", final_close_codes).close_codes(&d.final_close_codes)?;
         if let Some(both) = final_close_codes.iter().find(|c| fatal_close_codes.contains(c)) {
             return Err(value_error(format!(
                 "close code {both} is in both fatal_close_codes (give up: GaveUp) and final_close_codes (end cleanly)"
