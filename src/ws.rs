@@ -34,16 +34,18 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::Connector;
+use tokio_tungstenite::MaybeTlsStream;
 
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
+use crate::ws_close_tap::{CloseSeen, Tap};
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
+use crate::ws_protocol::valid_close_code;
 use crate::ws_protocol::{
-    size_of, Ending, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Ticket, Undelivered,
-    Write, CONFIRM_DELAY,
+    size_of, Ending, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Ticket, Undelivered, Write,
+    CONFIRM_DELAY,
 };
 use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
@@ -1100,17 +1102,21 @@ fn location(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<&str>
     resp.headers().get("location").and_then(|l| l.to_str().ok())
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type WsStream = tokio_tungstenite::WebSocketStream<Tap<MaybeTlsStream<TcpStream>>>;
 
 /// What one HTTP exchange of the opening handshake gave.
 enum Answer {
-    Open(Box<WsStream>),
+    Open(Box<(WsStream, CloseSeen)>),
     Redirect { status: u16, location: String },
 }
 
 /// Open the WebSocket of one attempt: the target's URL, then each redirect (see `ws_redirect`), all
 /// within `open_timeout`.
-async fn open(shared: &Shared, provider: &Arc<dyn TargetProvider>, attempt: &Attempt) -> Result<WsStream, WsError> {
+async fn open(
+    shared: &Shared,
+    provider: &Arc<dyn TargetProvider>,
+    attempt: &Attempt,
+) -> Result<(WsStream, CloseSeen), WsError> {
     let cfg = &shared.cfg;
     let deadline = Instant::now() + cfg.open_timeout;
     let bound = cfg.open_timeout.as_secs_f64();
@@ -1183,18 +1189,23 @@ async fn exchange(
         Ok(Ok(t)) => t,
     };
     set_socket_options(&tcp, cfg);
-    let connector = if tls {
-        Connector::Rustls(cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config))
-    } else {
-        Connector::Plain
-    };
     tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
-    match tokio::time::timeout_at(
-        deadline,
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config(cfg)), Some(connector)),
-    )
-    .await
-    {
+    let seen = CloseSeen::default();
+    // TLS here rather than in tokio-tungstenite, so that the tap reads the decrypted frames
+    let handshake = async {
+        let stream = if tls {
+            let config = cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config);
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| tungstenite::Error::Tls(tungstenite::error::TlsError::InvalidDnsName))?;
+            let tls =
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(tungstenite::Error::Io)?;
+            MaybeTlsStream::Rustls(tls)
+        } else {
+            MaybeTlsStream::Plain(tcp)
+        };
+        tokio_tungstenite::client_async_with_config(request, Tap::new(stream, seen.clone()), Some(ws_config(cfg))).await
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
         Err(_) => Err(WsError::retry(format!("WebSocket handshake with {shown} timed out (open_timeout {bound}s)"))),
         Ok(Err(tungstenite::Error::Http(resp)))
             if ws_redirect::is_redirect(resp.status().as_u16()) && location(&resp).is_some() =>
@@ -1203,7 +1214,7 @@ async fn exchange(
             Ok(Answer::Redirect { status: resp.status().as_u16(), location })
         }
         Ok(Err(e)) => Err(handshake_error(e, cfg, first)),
-        Ok(Ok((ws, _resp))) => Ok(Answer::Open(Box::new(ws))),
+        Ok(Ok((ws, _resp))) => Ok(Answer::Open(Box::new((ws, seen)))),
     }
 }
 
@@ -1213,7 +1224,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         return Ok(());
     }
     let cfg = &shared.cfg;
-    let ws = open(&shared, &provider, &attempt).await?;
+    let (ws, seen) = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
     // a message read during on_connect but not taken by the hook is the first message
     let mut first_seen = false;
@@ -1223,7 +1234,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             strategy: attempt.strategy.clone(),
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
-        let mut unread = run_on_connect(hook, info, cfg, &mut sink, &mut stream).await?;
+        let mut unread = run_on_connect(hook, info, cfg, &mut sink, &mut stream, &seen).await?;
         first_seen = !unread.is_empty();
         push_inbound_all(&shared, &mut unread);
     }
@@ -1238,7 +1249,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
                     Some(Ok(Message::Close(f))) => {
                         peer_closed = true;
-                        return Err(close_error(f, cfg));
+                        return Err(close_error(f, seen.code_and_reason(), cfg));
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
@@ -1269,7 +1280,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     attempt.connected();
     // from here on a close request is a graceful close by the pump (one that came earlier, while `live`
     // was false, made the supervisor drop this attempt without a close frame: see `idle_close`)
-    let result = pump(&shared, &mut sink, &mut stream).await;
+    let result = pump(&shared, &mut sink, &mut stream, &seen).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
         let ((waiters, failures), resend) = {
@@ -1297,12 +1308,8 @@ fn nonce() -> u64 {
     h.finish()
 }
 
-type Sink = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    Message,
->;
-type Stream =
-    futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>;
+type Sink = futures_util::stream::SplitSink<WsStream, Message>;
+type Stream = futures_util::stream::SplitStream<WsStream>;
 
 /// RFC 6455 §5.5.1: answer the peer's close frame. tungstenite queued the reply when it read the frame;
 /// it leaves with this flush, bounded by `close_timeout` (a peer that stopped reading gets no answer).
@@ -1313,24 +1320,25 @@ where
     let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
 }
 
-/// What a close frame from the server says, on every read path.
-pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
+/// What a close frame from the server says, on every read path. `sent`: its code and reason as they came
+/// off the wire (`ws_close_tap`): tungstenite hands a code it does not allow over as its own 1002
+/// "Protocol violation" (also 1014, bad gateway, a code it does not know), which it also sends back.
+pub(crate) fn close_error(frame: Option<CloseFrame>, sent: Option<(u16, String)>, cfg: &WsConfig) -> WsError {
     let mut e = match frame {
-        // tungstenite hands a close frame whose code is not allowed on the wire (RFC 6455 §7.4: under
-        // 1000, 1004-1006, 1014-2999, 5000 and up) over as this one, which it also sends back; the code
-        // the server sent is not passed on, so the text cannot name it
-        Some(f) if f.code == CloseCode::Protocol && f.reason.as_str() == "Protocol violation" => WsError::retry(
-            "server closed the connection with an invalid close code (one RFC 6455 §7.4 does not allow on the \
-             wire, such as 999, 1005 or 5000); tether answered 1002 (protocol error)",
-        ),
         Some(f) => {
-            let code = u16::from(f.code);
-            let mut e =
-                WsError::retry(format!("server closed the connection: {code} {}", f.reason.as_str()).trim_end());
-            e.close_code = Some(code);
-            e.fatal = cfg.fatal_close_codes.contains(&code);
-            e.final_close = cfg.final_close_codes.contains(&code);
-            e
+            let (code, reason) = sent.unwrap_or_else(|| (u16::from(f.code), f.reason.to_string()));
+            if valid_close_code(code) {
+                let mut e = WsError::retry(format!("server closed the connection: {code} {reason}").trim_end());
+                e.close_code = Some(code);
+                e.fatal = cfg.fatal_close_codes.contains(&code);
+                e.final_close = cfg.final_close_codes.contains(&code);
+                e
+            } else {
+                WsError::retry(format!(
+                    "server closed the connection with an invalid close code {code} (RFC 6455 §7.4 does not allow \
+                     it on the wire); tether answered 1002 (protocol error)"
+                ))
+            }
         }
         None => WsError::retry("server closed the connection without a status code"),
     };
@@ -1423,7 +1431,7 @@ const BURST_BYTES: usize = 256 << 10;
 /// Run one live connection until it is lost (Err) or closed on request (Ok). The reader, the writer
 /// and the timer task run together throughout, the close handshake included, so pongs confirm sends
 /// until the very end.
-async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {
+async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream, seen: &CloseSeen) -> Result<(), WsError> {
     let cfg = &shared.cfg;
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
     let beats = HeartbeatWatch::default();
@@ -1517,7 +1525,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                         PeerClose::Complete => Ok(()),
                         PeerClose::Answer => {
                             peer_closed.store(true, Ordering::SeqCst);
-                            Err(close_error(f, cfg))
+                            Err(close_error(f, seen.code_and_reason(), cfg))
                         }
                     }
                 }
@@ -1839,14 +1847,30 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_close_code_is_not_reported_as_the_1002_sent_back() {
-        let cfg = WsConfig { fatal_close_codes: vec![1002], ..Default::default() };
-        // what tungstenite hands over for a close code not allowed on the wire
-        let replaced = CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() };
-        let e = close_error(Some(replaced), &cfg);
-        assert!(e.text.contains("invalid close code") && e.close_code.is_none() && !e.fatal, "{e:?}");
-        let own = close_error(Some(CloseFrame { code: CloseCode::Library(4001), reason: "go away".into() }), &cfg);
+    fn a_close_code_is_reported_as_the_server_sent_it_not_as_tungstenite_replaced_it() {
+        let cfg = WsConfig { fatal_close_codes: vec![1002, 1014], ..Default::default() };
+        // what tungstenite hands over for a code it does not allow
+        let replaced = || Some(CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() });
+        let e = close_error(replaced(), Some((999, "bye".into())), &cfg);
+        assert!(e.text.contains("invalid close code 999 ") && e.close_code.is_none() && !e.fatal, "{e:?}");
+        // the server's own 1002 with those very words, and 1014, which tungstenite does not know
+        let e = close_error(replaced(), Some((1002, "Protocol violation".into())), &cfg);
+        assert_eq!(
+            (e.text.as_str(), e.close_code, e.fatal),
+            ("server closed the connection: 1002 Protocol violation", Some(1002), true)
+        );
+        let e = close_error(replaced(), Some((1014, "bad gateway".into())), &cfg);
+        assert_eq!(
+            (e.text.as_str(), e.close_code, e.fatal),
+            ("server closed the connection: 1014 bad gateway", Some(1014), true)
+        );
+        let own = close_error(
+            Some(CloseFrame { code: CloseCode::Library(4001), reason: "go away".into() }),
+            Some((4001, "go away".into())),
+            &cfg,
+        );
         assert_eq!((own.text.as_str(), own.close_code), ("server closed the connection: 4001 go away", Some(4001)));
+        assert!(close_error(None, None, &cfg).close_frame);
     }
 
     #[tokio::test]
