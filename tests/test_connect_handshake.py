@@ -236,6 +236,43 @@ async def test_a_redirect_to_another_origin_carries_no_credentials():
     assert other["X-Room"] == "r1"
 
 
+async def test_across_origins_websockets_drops_three_credential_headers_and_tether_every_one():
+    """The README's comparison, measured against the installed websockets client: both follow the same
+    cross-origin redirect with the same headers. websockets 16.1 and later strip Authorization, Cookie and
+    Proxy-Authorization (earlier releases forward everything); tether also strips API-key headers and names
+    given to add_redacted_names."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    seen: dict[str, dict[str, str]] = {}
+    to = {}
+
+    def record(server):
+        def process_request(connection, request):
+            if request.path == "/":
+                return answer(302, location=to["url"])(connection, request)
+            seen[request.headers["X-Client"]] = {k.lower(): v for k, v in request.headers.raw_items()}
+            return None
+
+        return process_request
+
+    secrets = {"Authorization": "Bearer S", "Cookie": "s=S", "Proxy-Authorization": "Basic S", "X-Api-Key": "S"}
+    tether.add_redacted_names("x-tenant-token")
+    secrets["X-Tenant-Token"] = "S"
+    async with (
+        websockets.serve(echo, "127.0.0.1", 0, process_request=record("a")) as a,
+        websockets.serve(echo, "127.0.0.1", 0, process_request=record("b")) as b,
+    ):
+        to["url"] = url_of(b, "/landing")
+        async with ws_connect(url_of(a), additional_headers={**secrets, "X-Client": "websockets"}):
+            pass
+        async with tether.connect(url_of(a), headers={**secrets, "X-Client": "tether"}, **FAST):
+            pass
+    kept = {client: sorted(k for k in h if k in {s.lower() for s in secrets}) for client, h in seen.items()}
+    strips = tuple(int(p) for p in websockets.__version__.split(".")[:2]) >= (16, 1)
+    by_websockets = ["x-api-key", "x-tenant-token"] if strips else sorted(s.lower() for s in secrets)
+    assert kept == {"websockets": by_websockets, "tether": []}, (websockets.__version__, kept)
+
+
 async def test_a_redirect_loop_stops_after_10_redirects():
     requests = 0
 
