@@ -27,7 +27,8 @@
 //! * Loss: unconfirmed messages go back to the head of the queue, in order, and are re-sent on the next
 //!   connection (at-least-once). A server that crashes at random points must not get innocent messages
 //!   failed, while a message that kills the server every time it reads it (a poison message) must not
-//!   be re-sent forever. So a loss blames at most one message, the oldest unconfirmed one, and only when
+//!   be re-sent forever. (A server that dies within the first few frames of every connection cannot be
+//!   told from the second: a message it read before dying alone on the wire three times is failed.) So a loss blames at most one message, the oldest unconfirmed one, and only when
 //!   the lost connection confirmed nothing (had it confirmed anything, the peer read past that, and the
 //!   crash point is unknown) and the loss looks like the peer failing on what it read (`Ending::strikes`):
 //!   the connection was cut without a close frame (TCP FIN or RST, a read or write error, a ping or

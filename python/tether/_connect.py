@@ -283,8 +283,10 @@ def connect(
     1003, 1007, 1008 or 1011 (a close the server chose, such as 1000, 1001, 1012-1014 or 3000-4999,
     blames no message);
     ``send()`` (if not resolved yet) or the next ``flush()`` raises ``tether.SendFailed`` naming it
-    (``.messages``, ``.failures``), and later messages go on. A server that crashes at random points
-    fails no message. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
+    (``.messages``, ``.failures``), and later messages go on. A server that crashes every 10-250 frames
+    gets every message and fails none (``benches/bench_flapping.py``); one that dies within the first few
+    frames of every connection cannot be told from one that a message kills, so messages it had read can
+    be failed as poison, each named by a ``SendFailed``. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
     its error names every message never confirmed (``.messages``, in send order) and every failure not
     reported yet (``.failures``), from whichever call raises it.
     """
