@@ -30,6 +30,7 @@ pub mod testing;
 pub mod watchdog;
 pub mod wording;
 pub mod ws;
+pub mod ws_close_tap;
 pub mod ws_handshake;
 pub mod ws_heartbeat;
 pub mod ws_protocol;

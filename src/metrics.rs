@@ -857,9 +857,15 @@ pub(crate) mod tests {
         let kind = |e: crate::ws::WsError| LossKind::classify(&e.text);
         let read = |e: Error| kind(read_error(e, &cfg).0);
         let frame = |code: CloseCode, reason: &str| Some(CloseFrame { code, reason: reason.to_string().into() });
-        assert_eq!(kind(close_error(frame(CloseCode::Again, "restarting"), &cfg)), LossKind::CloseFrame);
-        assert_eq!(kind(close_error(frame(CloseCode::Protocol, "Protocol violation"), &cfg)), LossKind::CloseFrame);
-        assert_eq!(kind(close_error(None, &cfg)), LossKind::CloseFrame);
+        assert_eq!(kind(close_error(frame(CloseCode::Again, "restarting"), None, &cfg)), LossKind::CloseFrame);
+        assert_eq!(
+            kind(close_error(frame(CloseCode::Protocol, "Protocol violation"), None, &cfg)),
+            LossKind::CloseFrame
+        );
+        assert_eq!(kind(close_error(None, None, &cfg)), LossKind::CloseFrame);
+        // an invalid code read off the wire is named, and still a close frame
+        let invalid = close_error(frame(CloseCode::Protocol, "Protocol violation"), Some((999, String::new())), &cfg);
+        assert_eq!(kind(invalid), LossKind::CloseFrame);
         assert_eq!(LossKind::classify(CLOSED_WITHOUT_CLOSE_FRAME), LossKind::Eof);
         assert_eq!(read(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)), LossKind::Eof);
         assert_eq!(LossKind::classify(RESET_WITHOUT_CLOSE_FRAME), LossKind::Reset);

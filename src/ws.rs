@@ -34,15 +34,18 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::Connector;
+use tokio_tungstenite::MaybeTlsStream;
 
 use crate::reconnect::{self, Attempt, Event, Events, GiveUpReason};
 use crate::redact::redact_url;
 use crate::watchdog::Watchdog;
+use crate::ws_close_tap::{CloseSeen, Tap};
 use crate::ws_handshake::{run_on_connect, HandshakeInfo, OnConnectHook};
 use crate::ws_heartbeat::{self, HeartbeatConfig, HeartbeatWatch};
+use crate::ws_protocol::valid_close_code;
 use crate::ws_protocol::{
-    size_of, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Undelivered, Write, CONFIRM_DELAY,
+    size_of, Ending, Failed, Outcome, PeerClose, Protocol, ProtocolConfig, PushError, Ticket, Undelivered, Write,
+    CONFIRM_DELAY,
 };
 use crate::ws_redirect;
 use crate::ws_wait::{self, Waiting};
@@ -208,6 +211,9 @@ pub struct WsError {
     /// The server closed with a code of `final_close_codes`: the connection ends as closed.
     pub final_close: bool,
     pub close_code: Option<u16>,
+    /// The server sent a close frame (`close_code` is its code, if it had a valid one); false: the
+    /// connection was cut, timed out or failed.
+    pub close_frame: bool,
     pub http_status: Option<u16>,
 }
 
@@ -218,6 +224,7 @@ impl WsError {
             fatal: false,
             final_close: false,
             close_code: None,
+            close_frame: false,
             http_status: None,
         }
     }
@@ -366,14 +373,92 @@ pub enum Queued {
     Confirmed,
 }
 
-fn resolve(outcomes: Vec<(Done, Outcome)>) {
+/// Hand each waiter its outcome. A failure whose waiter is gone (its caller stopped waiting) is given back
+/// (`give_back`), so the next flush or the end reports it.
+fn resolve(shared: &Shared, outcomes: Vec<(Done, Outcome)>) {
+    let mut orphaned = vec![];
     for (tx, o) in outcomes {
-        let _ = tx.send(match o {
+        let sent = tx.send(match o {
             Outcome::Sent => Ok(()),
             Outcome::Failed(f) => Err(SendError::Rejected(f)),
             Outcome::Flushed(f) if f.is_empty() => Ok(()),
             Outcome::Flushed(f) => Err(SendError::FlushFailed(f)),
         });
+        if let Err(Err(e)) = sent {
+            orphaned.push(e);
+        }
+    }
+    give_back(shared, orphaned);
+}
+
+/// Failures that reached no caller (its send or flush was cancelled in between): back to the send queue's
+/// unreported failures, for the next flush or the terminal error; once the connection has ended (its
+/// error already made), logged instead, so they are never dropped silently.
+fn give_back(shared: &Shared, errors: impl IntoIterator<Item = SendError>) {
+    let failures: Vec<Failed> = errors
+        .into_iter()
+        .flat_map(|e| match e {
+            SendError::Rejected(f) => vec![f],
+            SendError::FlushFailed(fs) => fs,
+            _ => vec![],
+        })
+        .collect();
+    if failures.is_empty() {
+        return;
+    }
+    let late = {
+        let mut proto = shared.lock_proto();
+        // under the lock `finish` makes the terminal error under
+        if shared.terminal.get().is_some() {
+            failures
+        } else {
+            proto.restore(failures);
+            return;
+        }
+    };
+    for f in late {
+        tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), seq = f.seq,
+            "message #{} was removed from the send queue ({}) and the flush that was to report it was cancelled \
+             as the connection ended", f.seq, f.why.message());
+    }
+}
+
+/// A flush's outcome (see `WsClient::flush`). Dropped before it resolved (its caller was cancelled), it is
+/// withdrawn from the send queue, and what it would have reported goes to the next flush or the end.
+pub struct Flushing {
+    rx: Waiter,
+    ticket: Ticket,
+    shared: Arc<Shared>,
+    resolved: bool,
+}
+
+impl Future for Flushing {
+    type Output = Result<(), SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let r = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        self.resolved = true;
+        std::task::Poll::Ready(r.unwrap_or_else(|_| Err(ended(&self.shared))))
+    }
+}
+
+impl Drop for Flushing {
+    fn drop(&mut self) {
+        if self.resolved {
+            return;
+        }
+        let (waiter, outcome) = {
+            let mut proto = self.shared.lock_proto();
+            match proto.cancel_flush(self.ticket) {
+                Some(w) => (Some(w), None),
+                // it settled: its outcome is in the channel, or on its way (then `resolve` gives it back)
+                None => (None, self.rx.try_recv().ok()),
+            }
+        };
+        drop(waiter);
+        if let Some(Err(e)) = outcome {
+            give_back(&self.shared, [e]);
+        }
     }
 }
 
@@ -602,22 +687,29 @@ impl WsClient {
 
     /// Resolves once every message accepted before the call was confirmed by the peer (after a
     /// reconnect if needed); fails with the ones that were removed from the queue meanwhile.
-    pub fn flush(&self) -> Result<Waiter, SendError> {
+    pub fn flush(&self) -> Result<Flushing, SendError> {
         let (tx, rx) = oneshot::channel();
-        let (resolved, ping_due) = {
+        let (ticket, resolved, ping_due) = {
             let mut proto = self.shared.lock_proto();
             // under the lock, as in `enqueue`: `finish` fails every waiter under it
             if let Some(t) = self.shared.terminal.get() {
                 return Err(SendError::Ended(t.clone()));
             }
-            (proto.flush(tx, Instant::now().into_std()), proto.ping_due())
+            let (ticket, resolved) = proto.flush(tx, Instant::now().into_std());
+            (ticket, resolved, proto.ping_due())
         };
-        resolve(resolved);
+        resolve(&self.shared, resolved);
         // the confirming ping goes out now rather than after `confirm_delay`
         if ping_due {
             self.shared.wake_writer();
         }
-        Ok(rx)
+        Ok(Flushing { rx, ticket, shared: self.shared.clone(), resolved: false })
+    }
+
+    /// Failures of a send or flush outcome its caller never got (it was cancelled after the outcome
+    /// arrived): the next flush or the end reports them.
+    pub fn give_back(&self, e: SendError) {
+        give_back(&self.shared, [e]);
     }
 
     /// Queue `msg`, waiting (see `enqueue`) only above a mark.
@@ -637,7 +729,7 @@ impl WsClient {
 
     /// Why a send or flush whose waiter was dropped will never resolve.
     pub fn ended(&self) -> SendError {
-        SendError::Ended(self.terminal().unwrap_or_else(Terminal::closed))
+        ended(&self.shared)
     }
 
     /// Resolves once at most a quarter of `send_buffer` is unconfirmed, so a sender that awaits each
@@ -746,6 +838,10 @@ impl Drop for WsClient {
             t.abort();
         }
     }
+}
+
+fn ended(shared: &Shared) -> SendError {
+    SendError::Ended(shared.terminal.get().cloned().unwrap_or_else(Terminal::closed))
 }
 
 /// Record the terminal outcome (once) with what was never delivered, fail every queued send, wake every
@@ -1027,17 +1123,21 @@ fn location(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<&str>
     resp.headers().get("location").and_then(|l| l.to_str().ok())
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type WsStream = tokio_tungstenite::WebSocketStream<Tap<MaybeTlsStream<TcpStream>>>;
 
 /// What one HTTP exchange of the opening handshake gave.
 enum Answer {
-    Open(Box<WsStream>),
+    Open(Box<(WsStream, CloseSeen)>),
     Redirect { status: u16, location: String },
 }
 
 /// Open the WebSocket of one attempt: the target's URL, then each redirect (see `ws_redirect`), all
 /// within `open_timeout`.
-async fn open(shared: &Shared, provider: &Arc<dyn TargetProvider>, attempt: &Attempt) -> Result<WsStream, WsError> {
+async fn open(
+    shared: &Shared,
+    provider: &Arc<dyn TargetProvider>,
+    attempt: &Attempt,
+) -> Result<(WsStream, CloseSeen), WsError> {
     let cfg = &shared.cfg;
     let deadline = Instant::now() + cfg.open_timeout;
     let bound = cfg.open_timeout.as_secs_f64();
@@ -1110,18 +1210,23 @@ async fn exchange(
         Ok(Ok(t)) => t,
     };
     set_socket_options(&tcp, cfg);
-    let connector = if tls {
-        Connector::Rustls(cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config))
-    } else {
-        Connector::Plain
-    };
     tracing::debug!(target: LOG, logger = cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*attempt.strategy, attempt = attempt.number, "opening WebSocket to {shown}");
-    match tokio::time::timeout_at(
-        deadline,
-        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(ws_config(cfg)), Some(connector)),
-    )
-    .await
-    {
+    let seen = CloseSeen::default();
+    // TLS here rather than in tokio-tungstenite, so that the tap reads the decrypted frames
+    let handshake = async {
+        let stream = if tls {
+            let config = cfg.tls.clone().unwrap_or_else(crate::ws_tls::default_config);
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| tungstenite::Error::Tls(tungstenite::error::TlsError::InvalidDnsName))?;
+            let tls =
+                tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(tungstenite::Error::Io)?;
+            MaybeTlsStream::Rustls(tls)
+        } else {
+            MaybeTlsStream::Plain(tcp)
+        };
+        tokio_tungstenite::client_async_with_config(request, Tap::new(stream, seen.clone()), Some(ws_config(cfg))).await
+    };
+    match tokio::time::timeout_at(deadline, handshake).await {
         Err(_) => Err(WsError::retry(format!("WebSocket handshake with {shown} timed out (open_timeout {bound}s)"))),
         Ok(Err(tungstenite::Error::Http(resp)))
             if ws_redirect::is_redirect(resp.status().as_u16()) && location(&resp).is_some() =>
@@ -1130,7 +1235,7 @@ async fn exchange(
             Ok(Answer::Redirect { status: resp.status().as_u16(), location })
         }
         Ok(Err(e)) => Err(handshake_error(e, cfg, first)),
-        Ok(Ok((ws, _resp))) => Ok(Answer::Open(Box::new(ws))),
+        Ok(Ok((ws, _resp))) => Ok(Answer::Open(Box::new((ws, seen)))),
     }
 }
 
@@ -1140,7 +1245,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
         return Ok(());
     }
     let cfg = &shared.cfg;
-    let ws = open(&shared, &provider, &attempt).await?;
+    let (ws, seen) = open(&shared, &provider, &attempt).await?;
     let (mut sink, mut stream) = ws.split();
     // a message read during on_connect but not taken by the hook is the first message
     let mut first_seen = false;
@@ -1150,7 +1255,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
             strategy: attempt.strategy.clone(),
             reconnect: shared.counters.connects.load(Ordering::SeqCst) > 0,
         };
-        let mut unread = run_on_connect(hook, info, cfg, &mut sink, &mut stream).await?;
+        let mut unread = run_on_connect(hook, info, cfg, &mut sink, &mut stream, &seen).await?;
         first_seen = !unread.is_empty();
         push_inbound_all(&shared, &mut unread);
     }
@@ -1165,7 +1270,7 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
                     Some(Ok(Message::Close(f))) => {
                         peer_closed = true;
-                        return Err(close_error(f, cfg));
+                        return Err(close_error(f, seen.code_and_reason(), cfg));
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
@@ -1196,19 +1301,20 @@ async fn session(shared: Arc<Shared>, provider: Arc<dyn TargetProvider>, attempt
     attempt.connected();
     // from here on a close request is a graceful close by the pump (one that came earlier, while `live`
     // was false, made the supervisor drop this attempt without a close frame: see `idle_close`)
-    let result = pump(&shared, &mut sink, &mut stream).await;
+    let result = pump(&shared, &mut sink, &mut stream, &seen).await;
     shared.live.store(false, Ordering::SeqCst);
     if let Err(e) = &result {
         let ((waiters, failures), resend) = {
             let mut p = shared.lock_proto();
-            let lost = p.lost(e.close_code, &e.text);
+            let ending = if e.close_frame { Ending::Closed(e.close_code) } else { Ending::Cut };
+            let lost = p.lost(ending, &e.text);
             (lost, p.pending())
         };
         for f in failures {
             tracing::warn!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, seq = f.seq,
                 "message #{} was removed from the send queue: {}", f.seq, f.why.message());
         }
-        resolve(waiters);
+        resolve(&shared, waiters);
         tracing::debug!(target: LOG, logger = shared.cfg.reconnect.logger.as_deref(), error = %e.text, pending = resend as u64,
             "connection lost: {}; {resend} accepted message(s) not yet confirmed will be (re-)sent after the reconnect", e.text);
     }
@@ -1223,12 +1329,8 @@ fn nonce() -> u64 {
     h.finish()
 }
 
-type Sink = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    Message,
->;
-type Stream =
-    futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>;
+type Sink = futures_util::stream::SplitSink<WsStream, Message>;
+type Stream = futures_util::stream::SplitStream<WsStream>;
 
 /// RFC 6455 §5.5.1: answer the peer's close frame. tungstenite queued the reply when it read the frame;
 /// it leaves with this flush, bounded by `close_timeout` (a peer that stopped reading gets no answer).
@@ -1239,27 +1341,30 @@ where
     let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
 }
 
-/// What a close frame from the server says, on every read path.
-pub(crate) fn close_error(frame: Option<CloseFrame>, cfg: &WsConfig) -> WsError {
-    match frame {
-        // tungstenite hands a close frame whose code is not allowed on the wire (RFC 6455 §7.4: under
-        // 1000, 1004-1006, 1014-2999, 5000 and up) over as this one, which it also sends back; the code
-        // the server sent is not passed on, so the text cannot name it
-        Some(f) if f.code == CloseCode::Protocol && f.reason.as_str() == "Protocol violation" => WsError::retry(
-            "server closed the connection with an invalid close code (one RFC 6455 §7.4 does not allow on the \
-             wire, such as 999, 1005 or 5000); tether answered 1002 (protocol error)",
-        ),
+/// What a close frame from the server says, on every read path. `sent`: its code and reason as they came
+/// off the wire (`ws_close_tap`): tungstenite hands a code it does not allow over as its own 1002
+/// "Protocol violation" (also 1014, bad gateway, a code it does not know), which it also sends back.
+pub(crate) fn close_error(frame: Option<CloseFrame>, sent: Option<(u16, String)>, cfg: &WsConfig) -> WsError {
+    let mut e = match frame {
         Some(f) => {
-            let code = u16::from(f.code);
-            let mut e =
-                WsError::retry(format!("server closed the connection: {code} {}", f.reason.as_str()).trim_end());
-            e.close_code = Some(code);
-            e.fatal = cfg.fatal_close_codes.contains(&code);
-            e.final_close = cfg.final_close_codes.contains(&code);
-            e
+            let (code, reason) = sent.unwrap_or_else(|| (u16::from(f.code), f.reason.to_string()));
+            if valid_close_code(code) {
+                let mut e = WsError::retry(format!("server closed the connection: {code} {reason}").trim_end());
+                e.close_code = Some(code);
+                e.fatal = cfg.fatal_close_codes.contains(&code);
+                e.final_close = cfg.final_close_codes.contains(&code);
+                e
+            } else {
+                WsError::retry(format!(
+                    "server closed the connection with an invalid close code {code} (RFC 6455 §7.4 does not allow \
+                     it on the wire); tether answered 1002 (protocol error)"
+                ))
+            }
         }
         None => WsError::retry("server closed the connection without a status code"),
-    }
+    };
+    e.close_frame = true;
+    e
 }
 
 /// A TCP FIN, or reset, where a close frame was due.
@@ -1347,7 +1452,7 @@ const BURST_BYTES: usize = 256 << 10;
 /// Run one live connection until it is lost (Err) or closed on request (Ok). The reader, the writer
 /// and the timer task run together throughout, the close handshake included, so pongs confirm sends
 /// until the very end.
-async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Result<(), WsError> {
+async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream, seen: &CloseSeen) -> Result<(), WsError> {
     let cfg = &shared.cfg;
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<Ctrl>();
     let beats = HeartbeatWatch::default();
@@ -1427,7 +1532,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                         let mut proto = shared.lock_proto();
                         (proto.on_pong(&p, Instant::now().into_std()), proto.can_write())
                     };
-                    resolve(resolved);
+                    resolve(shared, resolved);
                     // the confirmation may have opened the window of a re-send (see ws_protocol)
                     if more {
                         shared.wake_writer();
@@ -1441,7 +1546,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                         PeerClose::Complete => Ok(()),
                         PeerClose::Answer => {
                             peer_closed.store(true, Ordering::SeqCst);
-                            Err(close_error(f, cfg))
+                            Err(close_error(f, seen.code_and_reason(), cfg))
                         }
                     }
                 }
@@ -1485,7 +1590,7 @@ async fn pump(shared: &Arc<Shared>, sink: &mut Sink, stream: &mut Stream) -> Res
                     }
                     sink.flush().await.map_err(wr)?;
                     let sent = shared.lock_proto().written();
-                    resolve(sent);
+                    resolve(shared, sent);
                     shared.counters.messages_out.fetch_add(n, Ordering::Relaxed);
                     shared.counters.bytes_out.fetch_add(bytes, Ordering::Relaxed);
                     shared.counters.pings_sent.fetch_add(pings, Ordering::Relaxed);
@@ -1630,7 +1735,7 @@ mod tests {
         c.send(Message::text("a")).await.unwrap();
         assert_eq!(recv_text(&c).await, "a");
         // confirmed, so the reconnect does not send it again (at-least-once re-sends the unconfirmed)
-        c.flush().unwrap().await.unwrap().unwrap();
+        c.flush().unwrap().await.unwrap();
         srv.drop_all();
         // sends during the outage are delivered after the reconnect, in order
         for i in 0..5 {
@@ -1768,14 +1873,30 @@ mod tests {
     }
 
     #[test]
-    fn an_invalid_close_code_is_not_reported_as_the_1002_sent_back() {
-        let cfg = WsConfig { fatal_close_codes: vec![1002], ..Default::default() };
-        // what tungstenite hands over for a close code not allowed on the wire
-        let replaced = CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() };
-        let e = close_error(Some(replaced), &cfg);
-        assert!(e.text.contains("invalid close code") && e.close_code.is_none() && !e.fatal, "{e:?}");
-        let own = close_error(Some(CloseFrame { code: CloseCode::Library(4001), reason: "go away".into() }), &cfg);
+    fn a_close_code_is_reported_as_the_server_sent_it_not_as_tungstenite_replaced_it() {
+        let cfg = WsConfig { fatal_close_codes: vec![1002, 1014], ..Default::default() };
+        // what tungstenite hands over for a code it does not allow
+        let replaced = || Some(CloseFrame { code: CloseCode::Protocol, reason: "Protocol violation".into() });
+        let e = close_error(replaced(), Some((999, "bye".into())), &cfg);
+        assert!(e.text.contains("invalid close code 999 ") && e.close_code.is_none() && !e.fatal, "{e:?}");
+        // the server's own 1002 with those very words, and 1014, which tungstenite does not know
+        let e = close_error(replaced(), Some((1002, "Protocol violation".into())), &cfg);
+        assert_eq!(
+            (e.text.as_str(), e.close_code, e.fatal),
+            ("server closed the connection: 1002 Protocol violation", Some(1002), true)
+        );
+        let e = close_error(replaced(), Some((1014, "bad gateway".into())), &cfg);
+        assert_eq!(
+            (e.text.as_str(), e.close_code, e.fatal),
+            ("server closed the connection: 1014 bad gateway", Some(1014), true)
+        );
+        let own = close_error(
+            Some(CloseFrame { code: CloseCode::Library(4001), reason: "go away".into() }),
+            Some((4001, "go away".into())),
+            &cfg,
+        );
         assert_eq!((own.text.as_str(), own.close_code), ("server closed the connection: 4001 go away", Some(4001)));
+        assert!(close_error(None, None, &cfg).close_frame);
     }
 
     #[tokio::test]

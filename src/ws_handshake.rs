@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::ws::{
     answer_close, close_error, fail_connection, read_error, WsConfig, WsError, CLOSED_WITHOUT_CLOSE_FRAME,
 };
+use crate::ws_close_tap::CloseSeen;
 use crate::ws_wait::{self, Waiting};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -155,6 +156,7 @@ pub async fn run_on_connect<S, R>(
     cfg: &WsConfig,
     sink: &mut S,
     stream: &mut R,
+    seen: &CloseSeen,
 ) -> Result<Vec<Message>, WsError>
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
@@ -208,7 +210,7 @@ where
                         .map_err(|e| WsError::retry(format!("write error during on_connect: {e}")))?,
                     Some(Ok(Message::Close(f))) => {
                         answer_close(sink, close_timeout).await;
-                        return Err(close_error(f, cfg));
+                        return Err(close_error(f, seen.code_and_reason(), cfg));
                     }
                     Some(Ok(_)) => {}
                 },
@@ -296,7 +298,7 @@ mod tests {
             close_timeout: Duration::from_secs(1),
             ..Default::default()
         };
-        run_on_connect(&OnConnectHook(Arc::new(hook)), info, &cfg, sink, stream).await
+        run_on_connect(&OnConnectHook(Arc::new(hook)), info, &cfg, sink, stream, &CloseSeen::default()).await
     }
 
     fn null_sink() -> impl Sink<Message, Error = tungstenite::Error> + Unpin {

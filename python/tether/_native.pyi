@@ -14,7 +14,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar, final, overload
 
 from typing_extensions import Self
@@ -44,6 +44,21 @@ class NativeCoroutine(Coroutine[Any, Any, _T_co]):
 
     __name__: str
     __qualname__: str
+    @property
+    def cr_running(self) -> bool:
+        """True while a step runs, as for a coroutine."""
+    @property
+    def cr_suspended(self) -> bool:
+        """True once stepped and until it returns: waiting on its future, or about to return a result."""
+    @property
+    def cr_await(self) -> Any:
+        """The asyncio future it waits on, or None."""
+    @property
+    def cr_frame(self) -> FrameType | None:
+        """A stand-in frame (no Python code runs in it) until it finished, then None, as for a coroutine."""
+    @property
+    def cr_code(self) -> None:
+        """None: no Python code object runs it (asyncio then shows the coroutine's name in a task's repr)."""
     def send(self, value: None, /) -> Any: ...
     @overload
     def throw(

@@ -249,6 +249,8 @@ impl<'py> IntoPyObject<'py> for Started {
 }
 
 /// How a `send()` or `flush()` ended, turned into None or the exception on the event loop thread.
+/// Dropped unconverted (its task was cancelled after the outcome arrived), a failure it carries is given
+/// back to the connection, so the next flush or the end reports it.
 struct Delivered {
     outcome: Result<(), SendError>,
     name: String,
@@ -260,10 +262,18 @@ impl<'py> IntoPyObject<'py> for Delivered {
     type Output = Bound<'py, PyAny>;
     type Error = PyErr;
 
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.outcome {
+    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match std::mem::replace(&mut self.outcome, Ok(())) {
             Ok(()) => Ok(py.None().into_bound(py)),
             Err(e) => Err(send_error(py, &e, &self.name, &self.client)),
+        }
+    }
+}
+
+impl Drop for Delivered {
+    fn drop(&mut self) {
+        if let Err(e) = std::mem::replace(&mut self.outcome, Ok(())) {
+            self.client.give_back(e);
         }
     }
 }
@@ -522,8 +532,8 @@ impl PyConnection {
         let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
         let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
-        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?;
-        let final_close_codes = Arg::new("final_close_codes", final_close_codes).codes(&d.final_close_codes)?;
+        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).close_codes(&d.fatal_close_codes)?;
+        let final_close_codes = Arg::new("final_close_codes", final_close_codes).close_codes(&d.final_close_codes)?;
         if let Some(both) = final_close_codes.iter().find(|c| fatal_close_codes.contains(c)) {
             return Err(value_error(format!(
                 "close code {both} is in both fatal_close_codes (give up: GaveUp) and final_close_codes (end cleanly)"
@@ -668,8 +678,7 @@ impl PyConnection {
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
         let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, &self.client))?;
-        let client = self.client.clone();
-        let outcome = self.delivered(async move { waiter.await.unwrap_or_else(|_| Err(client.ended())) });
+        let outcome = self.delivered(waiter);
         super::coroutine::coroutine(py, "Connection.flush", outcome)
     }
 

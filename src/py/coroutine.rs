@@ -21,6 +21,10 @@
 //! - never stepped, nothing ran: dropping it drops the Rust future, with the "was never awaited"
 //!   RuntimeWarning of a Python coroutine. Not for a `send()`: its call queued the message, awaiting it
 //!   only waits for room in the queue, so a send left unawaited is not a mistake.
+//!
+//! It answers what introspection asks of a coroutine (`cr_running`, `cr_suspended`, `cr_await`,
+//! `cr_frame`, `cr_code`), so `inspect.getcoroutinestate` reads CREATED, SUSPENDED or CLOSED (anyio asks
+//! it of every task a cancel scope cancels), and asyncio's task repr and stack printing work.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,7 +37,7 @@ use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyRuntimeWarning, PyStop
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::completer::{self, Completer};
 use super::parked::Parked;
@@ -210,7 +214,37 @@ fn finished(py: Python<'_>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
     }
 }
 
+/// Where a coroutine stands, as `inspect.getcoroutinestate` names it.
+#[derive(PartialEq)]
+enum Phase {
+    Created,
+    Running,
+    Suspended,
+    Finished,
+}
+
+/// Whether an asyncio future is done (a future that cannot say counts as not done).
+fn done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
+    fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false)
+}
+
 impl NativeCoroutine {
+    /// A future handed over to `await` is awaited without this coroutine, which only sees that it is done.
+    fn phase(&self, py: Python<'_>) -> Phase {
+        let handed_over = match &*self.lock() {
+            State::Created(_) => return Phase::Created,
+            State::Stepping => return Phase::Running,
+            State::Waiting(_) | State::Ready(_) => return Phase::Suspended,
+            State::Done => return Phase::Finished,
+            State::HandedOver(fut) => fut.clone_ref(py),
+        };
+        if done(py, &handed_over) {
+            Phase::Finished
+        } else {
+            Phase::Suspended
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -302,6 +336,30 @@ impl NativeCoroutine {
             _ => {}
         }
     }
+}
+
+/// What `cr_frame` shows: the Rust work has no Python frame, but `inspect.getcoroutinestate` reads a
+/// coroutine without one as finished, and Python 3.10 tells created from suspended by the frame's
+/// `f_lasti`. So these are the frames of two generators that never run on: one never started, one paused
+/// at its `yield` (kept alive here, so neither is ever closed). Their globals name this module, where
+/// anyio looks for a task's module.
+fn stand_in_frame(py: Python<'_>, started: bool) -> PyResult<Bound<'_, PyAny>> {
+    static GENERATORS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+    let (created, suspended) = GENERATORS.get_or_try_init(py, || -> PyResult<_> {
+        let globals = PyDict::new(py);
+        globals.set_item("__name__", "tether._native")?;
+        py.run(
+            c"def native_coroutine_created():\n    yield\n\ndef native_coroutine_waiting():\n    yield\n",
+            Some(&globals),
+            None,
+        )?;
+        let created = globals.as_any().get_item("native_coroutine_created")?.call0()?;
+        let waiting = globals.as_any().get_item("native_coroutine_waiting")?.call0()?;
+        waiting.call_method0(intern!(py, "__next__"))?;
+        Ok((created.unbind(), waiting.unbind()))
+    })?;
+    let generator = if started { suspended } else { created };
+    generator.bind(py).getattr(intern!(py, "gi_frame"))
 }
 
 fn invalid_state(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -432,6 +490,45 @@ impl NativeCoroutine {
     #[getter]
     fn __qualname__(&self) -> &'static str {
         self.name
+    }
+
+    /// True while a step runs, as for a coroutine.
+    #[getter]
+    fn cr_running(&self) -> bool {
+        matches!(*self.lock(), State::Stepping)
+    }
+
+    /// True once stepped and until it returns: waiting on its future, or about to return a result.
+    #[getter]
+    fn cr_suspended(&self, py: Python<'_>) -> bool {
+        self.phase(py) == Phase::Suspended
+    }
+
+    /// The asyncio future it waits on, or None.
+    #[getter]
+    fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let fut = match &*self.lock() {
+            State::Waiting(w) => w.fut.clone_ref(py),
+            State::HandedOver(fut) => fut.clone_ref(py),
+            _ => return None,
+        };
+        (!done(py, &fut)).then_some(fut)
+    }
+
+    /// A stand-in frame (no Python code runs in it) until it finished, then None, as for a coroutine.
+    #[getter]
+    fn cr_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.phase(py) {
+            Phase::Created => stand_in_frame(py, false).map(Some),
+            Phase::Running | Phase::Suspended => stand_in_frame(py, true).map(Some),
+            Phase::Finished => Ok(None),
+        }
+    }
+
+    /// None: no Python code object runs it (asyncio then shows the coroutine's name in a task's repr).
+    #[getter]
+    fn cr_code(&self) -> Option<Py<PyAny>> {
+        None
     }
 
     #[getter]
