@@ -57,7 +57,7 @@ $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=0.23" "pytest-timeout>=2.3" "websockets>=12" \
-		"uvloop>=0.19" "ruff>=0.8" "mypy>=1.13"
+		"uvloop>=0.19" "anyio>=4.14" "ruff>=0.8" "mypy>=1.13" "opentelemetry-api>=1.23" "opentelemetry-sdk>=1.23"
 	touch $@
 
 # A release wheel installable on glibc >= 2.17 (manylinux2014): zig, from PyPI, links against old glibc

@@ -205,7 +205,7 @@ async def herd(lib: str, base: str, n: str = "1000") -> dict:
     raise_fd_limit()
     url = base + "/herd"
     loop = asyncio.get_running_loop()
-    if lib == "tether":
+    if lib in ("tether", "tether-metrics"):
         conns = await open_many(lib, url, n_)
         print("ready", flush=True)
         await loop.run_in_executor(None, sys.stdin.read)

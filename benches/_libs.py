@@ -44,6 +44,35 @@ async def open_tether(url: str) -> Conn:
     return Conn(c.send, c.send, aiter(c).__anext__, c, c.aclose, getattr(c, "flush", None))
 
 
+_metrics_provider = None
+
+
+async def open_tether_metrics(url: str) -> Conn:
+    """tether with `tether.metrics` on, exported the way an application exports them: an OpenTelemetry SDK
+    MeterProvider whose periodic reader collects every second in its own thread (into an exporter that
+    drops them). The A/B of `LIBS=tether,tether-metrics` is what metrics cost on the message path."""
+    global _metrics_provider
+    if _metrics_provider is None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+
+        import tether
+
+        class Drop(MetricExporter):
+            def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 10_000) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+                pass
+
+        _metrics_provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(Drop(), 1000)])
+        tether.metrics.enable(meter_provider=_metrics_provider)
+    return await open_tether(url)
+
+
 async def open_websockets(url: str) -> Conn:
     import websockets
 
@@ -164,7 +193,14 @@ async def open_picows(url: str) -> Conn:
     return Conn(c.send, c.send_text, c.recv, c, c.close)
 
 
-OPENERS = {"tether": open_tether, "websockets": open_websockets, "picows": open_picows, "aiohttp": open_aiohttp}
+OPENERS = {
+    "tether": open_tether,
+    "websockets": open_websockets,
+    "picows": open_picows,
+    "aiohttp": open_aiohttp,
+    # not run by default: LIBS=tether,tether-metrics compares tether with its metrics on
+    "tether-metrics": open_tether_metrics,
+}
 
 
 async def open_conn(lib: str, url: str) -> Conn:

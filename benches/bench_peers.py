@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _libs import LIBS
+from _libs import LIBS, OPENERS
 
 HERE = Path(__file__).parent
 PY = sys.executable
@@ -340,7 +340,7 @@ def window_max(ts: list[float], width: float = 0.1) -> int:
 
 
 def run_herd(base: str) -> None:
-    libs = [lib for lib in ("tether", "websockets") if lib in CLIENTS]
+    libs = [lib for lib in ("tether", "tether-metrics", "websockets") if lib in CLIENTS]
     # the goal is set for 1,000 clients (300 per 100 ms); a smaller herd keeps the same share
     cap = round(300 * HERD_N / 1000)
     print(
@@ -394,9 +394,9 @@ def print_table() -> None:
 
 
 def main() -> None:
-    unknown = set(CLIENTS) - set(LIBS)
+    unknown = set(CLIENTS) - set(OPENERS)
     if unknown:
-        raise SystemExit(f"LIBS: unknown client {', '.join(sorted(unknown))} (known: {', '.join(LIBS)})")
+        raise SystemExit(f"LIBS: unknown client {', '.join(sorted(unknown))} (known: {', '.join(OPENERS)})")
     if SERVER not in SERVERS:
         raise SystemExit(f"SERVER: unknown server {SERVER} (known: {', '.join(SERVERS)})")
     load = os.getloadavg()[0]

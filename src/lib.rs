@@ -9,12 +9,14 @@
 //! * [`watchdog`]: dwell, progress and liveness deadlines on tokio time; bounded awaits.
 //! * [`procpool`]: prewarmed process pool whose acquire never hangs.
 //! * [`readiness`]: staged dispatch readiness with per-stage deadlines.
+//! * [`metrics`]: what the objects above count for `tether.metrics` (OpenTelemetry), read at collection.
 //! * [`testing`]: embedded signal server and chaos proxy.
 //! * `py` (with the `python` feature): the bindings, among them `tether.connect`'s front end on the
 //!   event loop (`py::ws`).
 
 pub use tether_core::{backoff, pool_state, redact, retry_state, watchdog_rules, wording, ws};
 
+pub mod metrics;
 pub mod procpool;
 pub mod readiness;
 pub mod reconnect;

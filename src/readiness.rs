@@ -100,6 +100,8 @@ pub struct Gate {
     /// Python logger the gate's records go to (a key registered by the bindings); None: the module's
     /// `tether.readiness`. Every record carries it as the `logger` field.
     logger: Option<Arc<str>>,
+    /// Set when the gate is measured (`tether.metrics`): each stage's latency is recorded.
+    metrics: Option<crate::metrics::Labels>,
 }
 
 fn ms(d: Duration) -> String {
@@ -141,9 +143,27 @@ impl Gate {
         Gate::default()
     }
 
-    /// A gate whose records go to the Python logger registered under `logger`.
-    pub fn with_logger(logger: Option<Arc<str>>) -> Gate {
-        Gate { logger, ..Gate::default() }
+    /// A gate named `name` in its metrics, whose records go to the Python logger registered under
+    /// `logger`.
+    pub fn named(name: &str, logger: Option<Arc<str>>) -> Gate {
+        Gate { logger, metrics: crate::metrics::labels(&[("name", name)]), ..Gate::default() }
+    }
+
+    /// Each stage the attempt begun at `start` reached: its time since the previous one.
+    fn record_stages(&self, job: &Job, start: Instant) {
+        let Some(labels) = &self.metrics else { return };
+        let mut prev = start;
+        for (at, stage) in job.reached().into_iter().zip(&job.stages) {
+            let Some(at) = at else { break };
+            let took = at.saturating_duration_since(prev).as_secs_f64();
+            crate::metrics::record(
+                labels,
+                crate::metrics::Instrument::StageDuration,
+                Some(("stage", stage.to_string().into())),
+                took,
+            );
+            prev = prev.max(at);
+        }
     }
 
     /// Record that `job_id` reached `stage`.
@@ -295,6 +315,7 @@ impl Gate {
                     break;
                 }
             }
+            self.record_stages(&job, start);
             let reached: Vec<(String, Duration)> = job
                 .reached()
                 .iter()

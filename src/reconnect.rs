@@ -1,5 +1,5 @@
 //! What every reconnect loop reports: its events (`Connecting`, `Connected`, `ConnectionLost`,
-//! `Reconnecting`, `Reconnected`, `GaveUp`) and log records, for the decisions of the retry state
+//! `Reconnecting`, `Reconnected`, `GaveUp`), log records and metrics, for the decisions of the retry state
 //! machine ([`crate::retry_state`]). One wording for every driver: `tether.connect` on the event loop and
 //! `tether.Reconnector` (run or step-wise) from Python.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+use crate::metrics::Loop;
 use crate::retry_state::{gave_up_text, target, Config, Decision, GiveUpReason, Level, Settled, Started, Up};
 use crate::wording::count;
 
@@ -51,23 +52,29 @@ pub enum Event {
 
 type Hook = Arc<dyn Fn(&Event) + Send + Sync>;
 
-/// Sink for events; a closed or lagging receiver never blocks the loop. An optional hook sees every
-/// event first (owners use it to track their state).
+/// Where a loop's reports go: its events (a closed or lagging receiver never blocks the loop; an
+/// optional hook sees every event first, which owners use to track their state) and, for a measured
+/// loop, its metrics (`tether.metrics`), which count what the events say.
 #[derive(Clone, Default)]
 pub struct Events {
     tx: Option<broadcast::Sender<Event>>,
     hook: Option<Hook>,
+    metrics: Option<Arc<Loop>>,
 }
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Events").field("tx", &self.tx.is_some()).field("hook", &self.hook.is_some()).finish()
+        f.debug_struct("Events")
+            .field("tx", &self.tx.is_some())
+            .field("hook", &self.hook.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .finish()
     }
 }
 
 impl Events {
     pub fn new(tx: broadcast::Sender<Event>) -> Self {
-        Events { tx: Some(tx), hook: None }
+        Events { tx: Some(tx), hook: None, metrics: None }
     }
     pub fn none() -> Self {
         Events::default()
@@ -76,6 +83,16 @@ impl Events {
         self.hook = Some(Arc::new(hook));
         self
     }
+    /// Count the reports in `metrics` too (None: not measured).
+    pub fn measured(mut self, metrics: Option<Arc<Loop>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    fn metrics(&self) -> Option<&Loop> {
+        self.metrics.as_deref()
+    }
+
     pub fn emit(&self, ev: Event) {
         if let Some(h) = &self.hook {
             h(&ev);
@@ -86,10 +103,10 @@ impl Events {
     }
 }
 
-/// Events and log records for the state machine's outputs: one wording for every driver (the native
-/// loop above and the Python step-wise form). Records carry `name`, `retry_count`, `max_retry`,
-/// `error`, `delay_s`, `strategy`, `downtime_s` as structured fields, and `logger` when the object
-/// routes its records to its own Python logger.
+/// Events, log records and metrics for the state machine's outputs: one wording for every driver
+/// (`tether.connect` on the event loop, `tether.Reconnector` run or step-wise). Records carry `name`,
+/// `retry_count`, `max_retry`, `error`, `delay_s`, `strategy`, `downtime_s` as structured fields, and
+/// `logger` when the object routes its records to its own Python logger.
 pub mod report {
     use super::*;
 
@@ -100,11 +117,17 @@ pub mod report {
     }
 
     pub fn started(events: &Events, s: &Started) {
+        if let Some(m) = events.metrics() {
+            m.attempt_started();
+        }
         events.emit(Event::Connecting { attempt: s.number, strategy: s.strategy.clone() });
     }
 
     pub fn up(cfg: &Config, events: &Events, up: &Up) {
         let (name, logger, to) = (cfg.name.as_str(), cfg.logger.as_deref(), target("to", &cfg.name));
+        if let Some(m) = events.metrics() {
+            m.up();
+        }
         events.emit(Event::Connected { attempt: up.number });
         let Some((downtime, attempts)) = up.reconnected else {
             tracing::debug!(target: TARGET, logger, name, "connected{to}");
@@ -133,12 +156,24 @@ pub mod report {
 
     /// `closed()` of the step-wise form: the connected period ended without an error.
     pub fn closed(events: &Events) {
+        if let Some(m) = events.metrics() {
+            m.lost("closed");
+        }
         events.emit(Event::ConnectionLost { reason: "closed".into() });
     }
 
     pub fn failure(cfg: &Config, events: &Events, d: &Decision, text: &str) {
         let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
         let (lost, loss_reported) = d.loss();
+        if let Some(m) = events.metrics() {
+            if lost && !loss_reported {
+                m.lost(text);
+            }
+            match d {
+                Decision::Retry { strategy, .. } => m.retry(strategy),
+                Decision::GiveUp { .. } => m.gave_up(),
+            }
+        }
         if lost && !loss_reported {
             events.emit(Event::ConnectionLost { reason: text.to_string() });
         }
@@ -181,5 +216,92 @@ pub mod report {
                 events.emit(Event::GaveUp { error: text.to_string(), attempts: *attempts });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::{Backoff, Jitter};
+    use crate::metrics::{self, tests::total, Instrument};
+    use crate::retry_state::RetryState;
+    use tokio::time::{advance, Instant};
+
+    /// A driver as `tether.connect`'s: each attempt either connects and is lost 50 ms later, or fails.
+    /// Returns whether the policy retries (after its delay, slept here in paused time).
+    async fn attempt(cfg: &Config, events: &Events, st: &mut RetryState, lost: Option<&str>, err: &str) -> bool {
+        let started = st.start(Instant::now().into_std());
+        report::started(events, &started);
+        if lost.is_some() {
+            if let Some(up) = st.connected(Instant::now().into_std()) {
+                report::up(cfg, events, &up);
+            }
+            advance(Duration::from_millis(50)).await;
+        }
+        let d = st.failed(Instant::now().into_std(), false);
+        report::failure(cfg, events, &d, lost.unwrap_or(err));
+        match d {
+            Decision::Retry { delay, .. } => {
+                advance(delay).await;
+                true
+            }
+            Decision::GiveUp { .. } => false,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_measured_loop_counts_what_it_reports() {
+        let _attached = metrics::tests::attached_async().await;
+        let cfg = Config {
+            name: "loop-metrics".into(),
+            policy: Backoff {
+                initial: 1.0,
+                factor: 2.0,
+                jitter: Jitter::None,
+                max_attempts: Some(3),
+                ..Default::default()
+            },
+            quiet_attempts: 1,
+            ladder: vec![(Arc::from("resume"), 1), (Arc::from("restart"), 1)],
+            quiet_jitter: Duration::ZERO,
+            ..Config::default()
+        };
+        let events = Events::none().measured(metrics::labels(&[("name", "loop-metrics")]).map(Loop::new));
+        let mut st = RetryState::new(&cfg);
+        // up, lost by the ping rule; an attempt that fails (no loss); up, closed by the server twice
+        assert!(attempt(&cfg, &events, &mut st, Some("ping timeout: no answer"), "").await);
+        assert!(attempt(&cfg, &events, &mut st, None, "ConnectionRefusedError: refused").await);
+        assert!(attempt(&cfg, &events, &mut st, Some("server closed the connection: 1012"), "").await);
+        assert!(!attempt(&cfg, &events, &mut st, Some("server closed the connection: 1012"), "").await);
+        let name = ("name", "loop-metrics");
+        assert_eq!(total(Instrument::Connects, name), 3.0);
+        assert_eq!(total(Instrument::GiveUps, name), 1.0);
+        let series = |i| -> Vec<(String, f64)> {
+            metrics::read(i)
+                .into_iter()
+                .filter(|(a, _)| a.contains(&("name", "loop-metrics".into())))
+                .map(|(a, v)| (a.last().unwrap().1.clone(), v))
+                .collect()
+        };
+        assert_eq!(series(Instrument::Losses), [("close_frame".into(), 2.0), ("ping_timeout".into(), 1.0)]);
+        assert_eq!(series(Instrument::Retries), [("restart".into(), 2.0), ("resume".into(), 1.0)]);
+        let mut hist: Vec<(Instrument, f64)> = metrics::drain()
+            .into_iter()
+            .filter(|(_, a, _)| a.contains(&("name", "loop-metrics".into())))
+            .map(|(i, _, v)| (i, v))
+            .collect();
+        hist.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        // three handshakes (instant here); two gaps: the quiet retry (0 s), a failed attempt and a 1 s
+        // backoff; then the 2 s backoff after the second loss
+        assert_eq!(
+            hist,
+            [
+                (Instrument::Downtime, 1.0),
+                (Instrument::Downtime, 2.0),
+                (Instrument::Handshake, 0.0),
+                (Instrument::Handshake, 0.0),
+                (Instrument::Handshake, 0.0)
+            ]
+        );
     }
 }

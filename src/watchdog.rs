@@ -122,6 +122,8 @@ struct Inner {
     logger: Option<Arc<str>>,
     /// An application handler reports the alarms (see `handled_elsewhere`): the record is DEBUG.
     handled: AtomicBool,
+    /// Set when the watchdog is measured (`tether.metrics`): its alarms are counted by kind.
+    metrics: Option<crate::metrics::Labels>,
 }
 
 /// A watchdog. Dropping it (or `close()`) stops its monitor task.
@@ -147,6 +149,7 @@ impl Watchdog {
             name: name.to_string(),
             logger,
             handled: AtomicBool::new(false),
+            metrics: crate::metrics::labels(&[("name", name)]),
         });
         rt.spawn(monitor(Arc::downgrade(&inner)));
         Watchdog { inner }
@@ -237,6 +240,14 @@ impl Drop for Watchdog {
 }
 
 fn fire(inner: &Inner, alarm: Alarm) {
+    if let Some(labels) = &inner.metrics {
+        crate::metrics::count(
+            labels,
+            crate::metrics::Instrument::Alarms,
+            Some(("kind", alarm.kind.as_str().into())),
+            1,
+        );
+    }
     let (logger, elapsed_s, limit_s) =
         (inner.logger.as_deref(), alarm.elapsed.as_secs_f64(), alarm.limit.as_secs_f64());
     if inner.handled.load(Ordering::SeqCst) {

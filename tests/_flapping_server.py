@@ -7,7 +7,8 @@ each data message it read, answers each ping it read with a pong, and then crash
 
 - "rst": the socket is closed with SO_LINGER 0 (a TCP reset, as when the process dies with unread data);
 - "fin": a bare TCP FIN (half-close), no close frame; what arrives afterwards is read and thrown away;
-- "1011": a close frame 1011 (internal error), then as "fin".
+- "1011": a close frame 1011 (internal error), then as "fin"; any other close code given as a mode (such as
+  "1001", a draining instance) is sent the same way.
 
 Frames that arrive after the crash point are never recorded and never answered, also when they came in the
 same read as the last recorded one. The listening socket stays up, so every reconnect lands on a fresh
@@ -154,7 +155,7 @@ class FlappingServer:
                     if proto.crashed == "poison":
                         await self._crash(reader, writer, "1011")
                     else:
-                        self.record.crashes[mode] += 1
+                        self.record.crashes[mode] = self.record.crashes.get(mode, 0) + 1
                         await self._crash(reader, writer, mode)
                     return
                 for out in proto.data_to_send():
@@ -178,8 +179,8 @@ class FlappingServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
-        if mode == "1011":
-            writer.write(_close_frame(1011, "crashed"))
+        if mode.isdigit():
+            writer.write(_close_frame(int(mode), "crashed" if mode == "1011" else "closing"))
         writer.write_eof()
         # read (and drop) until the client closes, so the kernel does not answer its data with a reset
         try:

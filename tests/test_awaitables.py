@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import io
 import sys
 import threading
 import warnings
@@ -445,3 +446,100 @@ async def test_an_unawaited_send_still_goes_out_without_a_warning_and_other_awai
         assert pool.stats()["idle"] == 1
     finally:
         await pool.aclose()
+
+
+def states(c: Any) -> tuple[str, bool, bool]:
+    """What `inspect` and asyncio's introspection read off a coroutine."""
+    return inspect.getcoroutinestate(c), c.cr_running, c.cr_await is not None  # type: ignore[arg-type]
+
+
+async def nothing(job_id: str, attempt: int) -> None:
+    pass
+
+
+async def test_inspect_reads_a_native_coroutines_state_as_a_coroutines():
+    """``inspect.getcoroutinestate`` (which anyio calls on every task of a cancel scope), ``cr_running``,
+    ``cr_frame``, ``cr_await``, ``cr_code`` and ``cr_suspended`` answer as for a coroutine, in every state:
+    awaited by a task, by ``await`` inside one, stepped by hand, closed, finished."""
+    gate = tether.ReadinessGate()
+
+    def waiting(job: str) -> Any:
+        """A native coroutine that waits until `job` is marked ready."""
+        return gate.dispatch(job, nothing, stages=("dispatched", "ready"), timeouts=T)
+
+    c = waiting("a")
+    assert states(c) == (inspect.CORO_CREATED, False, False)
+    assert c.cr_frame is not None and c.cr_code is None and not c.cr_suspended
+    assert c.cr_frame.f_globals["__name__"] == "tether._native"
+    task = asyncio.create_task(c)
+    await until(lambda: "a" in gate.pending())
+    assert states(c) == (inspect.CORO_SUSPENDED, False, True)
+    assert isinstance(c.cr_await, asyncio.Future) and c.cr_suspended
+    assert "ReadinessGate.dispatch" in repr(task) and len(task.get_stack()) == 1
+    task.print_stack(file=io.StringIO())
+    gate.mark("a", "ready")
+    await asyncio.wait_for(task, T)
+    assert states(c) == (inspect.CORO_CLOSED, False, False)
+    assert c.cr_frame is None and not c.cr_suspended
+
+    # awaited inside a coroutine: its future is handed over, and the native one waits on it
+    inner = waiting("b")
+
+    async def outer() -> Any:
+        return await inner
+
+    task = asyncio.create_task(outer())
+    await until(lambda: "b" in gate.pending())
+    assert states(inner) == (inspect.CORO_SUSPENDED, False, True)
+    gate.mark("b", "ready")
+    await asyncio.wait_for(task, T)
+    assert states(inner)[0] == inspect.CORO_CLOSED
+
+    # ready at the first step, closed before it, thrown into while waiting: as a coroutine
+    async with connected() as (_, conn):
+        ready = conn.send("x")
+        with pytest.raises(StopIteration):
+            ready.send(None)  # type: ignore[attr-defined]
+        assert states(ready)[0] == inspect.CORO_CLOSED
+    closed = waiting("c")
+    closed.close()
+    assert states(closed)[0] == inspect.CORO_CLOSED
+    stepped = waiting("d")
+    stepped.send(None)
+    assert states(stepped) == (inspect.CORO_SUSPENDED, False, True)
+    with pytest.raises(KeyError):
+        stepped.throw(KeyError("k"))
+    assert states(stepped)[0] == inspect.CORO_CLOSED
+
+
+async def test_anyio_task_groups_and_cancel_scopes_drive_native_coroutines():
+    """anyio on asyncio reads ``getcoroutinestate`` of the tasks a cancel scope cancels and names tasks from
+    ``cr_frame``: native coroutines work in its task groups, cancel scopes and timeouts."""
+    anyio = pytest.importorskip("anyio")
+    from importlib.metadata import version
+
+    if tuple(int(p) for p in version("anyio").split(".")[:2]) < (4, 14):
+        pytest.skip("anyio before 4.14 takes only Python coroutine objects in start_soon (wrap in an async def)")
+    gate = tether.ReadinessGate()
+
+    def waiting(job: str) -> Any:
+        return gate.dispatch(job, nothing, stages=("dispatched", "ready"), timeouts=T)
+
+    with anyio.move_on_after(0.1) as scope:
+        await waiting("a")
+    assert scope.cancelled_caught
+    await until(lambda: gate.pending() == [])  # the Rust work stopped
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiting, "b")
+        tg.start_soon(waiting, "c")
+        if hasattr(tg, "create_task"):  # anyio >= 4.14
+            handle = tg.create_task(waiting("d"))
+            assert handle.name.endswith("ReadinessGate.dispatch"), handle.name
+        await until(lambda: len(gate.pending()) >= 2)
+        tg.cancel_scope.cancel()
+    await until(lambda: gate.pending() == [])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiting, "e")
+        await until(lambda: gate.pending() == ["e"])
+        gate.mark("e", "ready")
+    assert gate.pending() == []

@@ -120,13 +120,59 @@ async def test_a_protocol_error_is_answered_with_its_close_code(bad, sent_back, 
     assert said in reason and str(sent_back) in reason, reason
 
 
-@pytest.mark.parametrize("code", [999, 1005, 1006, 5000])
-async def test_an_invalid_close_code_is_reported_as_such(code):
+@pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 2000, 5000, 65535])
+async def test_an_invalid_close_code_is_reported_by_its_number(code):
     async with Misbehaving(close_frame(code, b"bye")) as srv:
         reason = await first_loss(srv.url)
     assert srv.replies == [1002], srv.replies
-    assert "invalid close code" in reason, reason
+    assert f"invalid close code {code} " in reason, reason
     assert "server closed the connection: 1002" not in reason, reason
+
+
+# A server's own 1002 "Protocol violation" is the words tungstenite puts in place of an invalid code, and
+# 1014 (bad gateway, registered after RFC 6455) is a code tungstenite does not know: both are what the server
+# said, reported as such, and a fatal code applies to them.
+@pytest.mark.parametrize(("code", "reason"), [(1002, b"Protocol violation"), (1002, b""), (1014, b"bad gateway")])
+async def test_a_valid_close_code_tungstenite_would_mistake_is_reported_as_sent(code, reason):
+    async with Misbehaving(close_frame(code, reason)) as srv:
+        said = await first_loss(srv.url)
+    assert said == f"server closed the connection: {code} {reason.decode()}".rstrip(), said
+    async with Misbehaving(close_frame(code, reason)) as srv:
+        conn = tether.connect(srv.url, fatal_close_codes=(code,), **FAST)
+        with pytest.raises(tether.GaveUp) as ei:
+            async with conn:
+                await asyncio.wait_for(conn.recv(), 10)
+    assert ei.value.last_error.code == code, ei.value.last_error
+
+
+async def test_a_websockets_servers_1002_is_reported_as_its_1002():
+    from websockets.asyncio.server import serve
+
+    closes = iter([(1002, "Protocol violation"), (1002, "bad frame")])
+
+    async def handler(ws):
+        code, why = next(closes, (None, None))
+        if code is None:
+            await asyncio.sleep(10)
+        else:
+            await ws.close(code, why)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        got: list[str] = []
+        conn = tether.connect(url, policy=tether.Backoff(0.02, 2.0, max_delay=0.1, jitter="none"), **FAST)
+        events = conn.events()
+        async with conn:
+            async with asyncio.timeout(10):
+                async for e in events:
+                    if isinstance(e, ev.ConnectionLost):
+                        got.append(e.reason)
+                        if len(got) == 2:
+                            break
+    assert got == [
+        "server closed the connection: 1002 Protocol violation",
+        "server closed the connection: 1002 bad frame",
+    ]
 
 
 async def test_a_valid_close_code_and_reason_are_reported_and_echoed():

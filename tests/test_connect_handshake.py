@@ -236,6 +236,43 @@ async def test_a_redirect_to_another_origin_carries_no_credentials():
     assert other["X-Room"] == "r1"
 
 
+async def test_across_origins_websockets_drops_three_credential_headers_and_tether_every_one():
+    """The README's comparison, measured against the installed websockets client: both follow the same
+    cross-origin redirect with the same headers. websockets 16.1 and later strip Authorization, Cookie and
+    Proxy-Authorization (earlier releases forward everything); tether also strips API-key headers and names
+    given to add_redacted_names."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    seen: dict[str, dict[str, str]] = {}
+    to = {}
+
+    def record(server):
+        def process_request(connection, request):
+            if request.path == "/":
+                return answer(302, location=to["url"])(connection, request)
+            seen[request.headers["X-Client"]] = {k.lower(): v for k, v in request.headers.raw_items()}
+            return None
+
+        return process_request
+
+    secrets = {"Authorization": "Bearer S", "Cookie": "s=S", "Proxy-Authorization": "Basic S", "X-Api-Key": "S"}
+    tether.add_redacted_names("x-tenant-token")
+    secrets["X-Tenant-Token"] = "S"
+    async with (
+        websockets.serve(echo, "127.0.0.1", 0, process_request=record("a")) as a,
+        websockets.serve(echo, "127.0.0.1", 0, process_request=record("b")) as b,
+    ):
+        to["url"] = url_of(b, "/landing")
+        async with ws_connect(url_of(a), additional_headers={**secrets, "X-Client": "websockets"}):
+            pass
+        async with tether.connect(url_of(a), headers={**secrets, "X-Client": "tether"}, **FAST):
+            pass
+    kept = {client: sorted(k for k in h if k in {s.lower() for s in secrets}) for client, h in seen.items()}
+    strips = tuple(int(p) for p in websockets.__version__.split(".")[:2]) >= (16, 1)
+    by_websockets = ["x-api-key", "x-tenant-token"] if strips else sorted(s.lower() for s in secrets)
+    assert kept == {"websockets": by_websockets, "tether": []}, (websockets.__version__, kept)
+
+
 async def test_a_redirect_loop_stops_after_10_redirects():
     requests = 0
 
@@ -333,6 +370,33 @@ async def test_a_fatal_close_code_still_raises_gave_up():
 def test_a_close_code_cannot_be_both_fatal_and_final():
     with pytest.raises(ValueError, match="1000"):
         tether.connect("ws://127.0.0.1:1/", fatal_close_codes=(1000,), final_close_codes=(1000, 4000))
+
+
+@pytest.mark.parametrize("arg", ["fatal_close_codes", "final_close_codes"])
+@pytest.mark.parametrize(
+    ("codes", "error", "said"),
+    [
+        ((70000,), ValueError, r"70000 is outside 1000\.\.4999"),
+        ((-1,), ValueError, r"-1 is outside 1000\.\.4999"),
+        ((999,), ValueError, r"999 is outside 1000\.\.4999"),
+        ((5000,), ValueError, r"5000 is outside 1000\.\.4999"),
+        ((1005,), ValueError, r"1005 .*never arrives"),
+        ((1006,), ValueError, r"1006 .*never arrives"),
+        ((1004,), ValueError, r"1004 .*never arrives"),
+        ((1015,), ValueError, r"1015 .*never arrives"),
+        ((2000,), ValueError, r"2000 .*never arrives"),
+        ((True,), TypeError, r"int close codes, not bool"),
+        ((1000.5,), TypeError, r"int close codes, not float"),
+        (("1000",), TypeError, r"int close codes, not str"),
+        ("1000", TypeError, r"int close codes, not str"),
+        (1000, TypeError, r"an iterable of int close codes"),
+    ],
+)
+def test_close_codes_that_can_never_arrive_are_refused_naming_the_argument(arg, codes, error, said):
+    with pytest.raises(error, match=f"{arg}.*{said}"):
+        tether.connect("ws://127.0.0.1:1/", **{arg: codes})
+    # every code a server may send is accepted
+    tether.connect("ws://127.0.0.1:1/", **{arg: (1000, 1003, 1011, 1014, 3000, 4999)})
 
 
 # -- when events() starts delivering ----------------------------------------------------------------

@@ -211,3 +211,43 @@ async def test_aclose_never_raises_and_names_what_it_could_not_deliver_afterward
         conn.send("z")
     assert late.value.messages == ["x", b"y"]
     assert [r for r in caplog.records if "2 sent message(s) were never confirmed" in r.getMessage()]
+
+
+@pytest.mark.parametrize("reported_by", ["the next flush", "the end"])
+async def test_a_cancelled_flush_leaves_what_it_would_have_reported_to_the_next_flush_or_the_end(reported_by):
+    # A `websockets` server (max_size=1000) behind 300 ms of latency closes with 1009 for the big message after
+    # the application gave up waiting on the flush covering it (wait_for with a short timeout cancels it);
+    # hundreds of flushes cancelled at once go the same way. Nobody waits on that flush: the next one, or the
+    # end of the connection, must name the message.
+    from tether.testing import ChaosProxy
+
+    big = "B" * 5000
+
+    async def sink(ws):
+        async for _ in ws:
+            pass
+
+    async with serve(sink, "127.0.0.1", 0, max_size=1000) as server:
+        proxy = await ChaosProxy(("127.0.0.1", server.sockets[0].getsockname()[1])).start()
+        try:
+            proxy.latency(300)
+            conn = tether.connect(proxy.url(), **fast())
+            async with conn:
+                await conn.send(big)
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(conn.flush(), 0.05)
+                for _ in range(300):
+                    with pytest.raises(asyncio.TimeoutError):
+                        await asyncio.wait_for(conn.flush(), 0)
+                await asyncio.sleep(1.5)  # the 1009 arrives; tether reconnects
+                await conn.send("after")
+                if reported_by == "the next flush":
+                    e = await raises(tether.SendFailed, conn.flush)
+                    assert [f.code for f in e.failures] == [1009]
+                    await asyncio.wait_for(conn.flush(), 30)  # reported once
+            if reported_by == "the end":
+                e = await raises(tether.ConnectionClosed, conn.flush)
+                assert [f.code for f in e.failures] == [1009], e.failures
+        finally:
+            await proxy.aclose()
+    assert [f.message for f in e.failures] == [big]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import atexit as _atexit
 
-from . import _native, events
+from . import _native, events, metrics
 from ._connect import Connection, add_redacted_names, connect
 from ._errors import (
     ConnectFailed,
@@ -65,6 +65,7 @@ __all__ = [
     "bounded",
     "connect",
     "events",
+    "metrics",
     "redact",
     "sync_log_level",
 ]

@@ -120,7 +120,8 @@ class Connection:
         """Resolves once every message sent before this call was confirmed by the server's WebSocket
         layer (one round trip: the pong to a ping written behind them), after a reconnect if needed.
         Raises ``tether.SendFailed`` if any of them was removed from the queue (close 1009, or the oldest
-        unconfirmed message at 3 consecutive losses that confirmed nothing), naming each (``.messages``,
+        unconfirmed message at 3 losses that confirmed nothing and looked like the server failing on it:
+        no close frame, a timeout, or 1002/1003/1007/1008/1011), naming each (``.messages``,
         ``.failures``), and the connection's error if it closed or gave up first (also when called
         afterwards): ``GaveUp`` or ``ConnectionClosed``, whose ``.messages`` are the messages never
         confirmed and ``.failures`` those failed that no flush reported."""
@@ -237,7 +238,8 @@ def connect(
     ``code``, ``conn.state`` is "closed", no reconnect. None by default: load balancers, proxies and
     redeploys close with 1000 or 1001 to recycle a connection, and a signaling client then reconnects;
     ``final_close_codes=(1000,)`` ends ``async for`` on a normal closure as in websockets.
-    ``fatal_close_codes`` (default 1008) raise ``GaveUp`` instead; a code may not be in both.
+    ``fatal_close_codes`` (default 1008) raise ``GaveUp`` instead; a code may not be in both. Both take
+    only codes a close frame may carry (1000-1003, 1007-1014, 3000-4999): another is a ``ValueError``.
 
     ``quiet_jitter``: the first ``quiet_attempts`` retries wait uniform(0, quiet_jitter) seconds, so a
     fleet that lost the same server does not come back in one burst.
@@ -276,10 +278,15 @@ def connect(
     message in flight that doubles with each confirmation; a long burst carries a confirming ping after
     every eighth of ``send_buffer``. A message the server refuses is not retried forever: a close 1009
     (message too big) removes the largest unconfirmed message, and so does being the oldest unconfirmed
-    message at 3 consecutive losses that confirmed nothing (it was re-sent alone after the first);
+    message at 3 losses that confirmed nothing (it was re-sent alone after the first) and looked like
+    the server failing on it: cut without a close frame, a ping or heartbeat timeout, or a close 1002,
+    1003, 1007, 1008 or 1011 (a close the server chose, such as 1000, 1001, 1012-1014 or 3000-4999,
+    blames no message);
     ``send()`` (if not resolved yet) or the next ``flush()`` raises ``tether.SendFailed`` naming it
-    (``.messages``, ``.failures``), and later messages go on. A server that crashes at random points
-    fails no message. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
+    (``.messages``, ``.failures``), and later messages go on. A server that crashes every 10-250 frames
+    gets every message and fails none (``benches/bench_flapping.py``); one that dies within the first few
+    frames of every connection cannot be told from one that a message kills, so messages it had read can
+    be failed as poison, each named by a ``SendFailed``. When the connection ends for good (``GaveUp``, a final close code, ``aclose()``),
     its error names every message never confirmed (``.messages``, in send order) and every failure not
     reported yet (``.failures``), from whichever call raises it.
     """

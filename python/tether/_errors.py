@@ -134,13 +134,15 @@ class FailedMessage(NamedTuple):
     code: int | None = None
     """1009 when the server closed with "message too big" after it."""
     losses: int | None = None
-    """The consecutive connection losses it was blamed for (the poison rule)."""
+    """The connection losses it was blamed for (the poison rule: losses that confirmed nothing and looked
+    like the server failing on it)."""
 
 
 class SendFailed(TetherError):
     """Messages were removed from the send queue and will not be re-sent: the server closed with 1009
-    (message too big) after one, or one was the oldest unconfirmed message at 3 consecutive connection
-    losses that confirmed nothing (re-sent alone after the first), so the server likely dies reading it.
+    (message too big) after one, or one was the oldest unconfirmed message at 3 connection losses that
+    confirmed nothing and looked like the server failing on it (no close frame, a timeout, or a close 1002,
+    1003, 1007, 1008 or 1011; re-sent alone after the first), so the server likely dies reading it.
 
     ``messages``: every failed message's payload (``str`` or ``bytes``, as sent), in send order, to re-send
     what should go again; ``failures``: one ``FailedMessage`` per message, same order (``seq``, ``message``,

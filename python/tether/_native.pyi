@@ -14,7 +14,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar, final, overload
 
 from typing_extensions import Self
@@ -44,6 +44,21 @@ class NativeCoroutine(Coroutine[Any, Any, _T_co]):
 
     __name__: str
     __qualname__: str
+    @property
+    def cr_running(self) -> bool:
+        """True while a step runs, as for a coroutine."""
+    @property
+    def cr_suspended(self) -> bool:
+        """True once stepped and until it returns: waiting on its future, or about to return a result."""
+    @property
+    def cr_await(self) -> Any:
+        """The asyncio future it waits on, or None."""
+    @property
+    def cr_frame(self) -> FrameType | None:
+        """A stand-in frame (no Python code runs in it) until it finished, then None, as for a coroutine."""
+    @property
+    def cr_code(self) -> None:
+        """None: no Python code object runs it (asyncio then shows the coroutine's name in a task's repr)."""
     def send(self, value: None, /) -> Any: ...
     @overload
     def throw(
@@ -333,6 +348,12 @@ class SignalServer:
 
 def _at_exit() -> None: ...
 
+# the registry behind tether.metrics (see that module)
+def _metrics_attach(on: bool) -> None: ...
+def _metrics_instruments() -> list[tuple[str, str, str, str, list[str], list[float]]]: ...
+def _metrics_read(name: str) -> list[tuple[dict[str, str], float]]: ...
+def _metrics_drain() -> list[tuple[str, dict[str, str], float]]: ...
+
 # ----------------------------------------------------------------------------------------------------
 # ChaosProxy
 # ----------------------------------------------------------------------------------------------------
@@ -462,7 +483,7 @@ class ProcPool:
     one at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting
     acquire (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``).
     ``release``/``detach`` of a process this pool did not lend (or twice) raise ValueError. A request that does not
-    complete kills its worker."""
+    complete kills its worker. ``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``)."""
 
     def __new__(
         cls,
@@ -478,6 +499,7 @@ class ProcPool:
         cwd: str | None = None,
         liveness: Callable[[Any], bool] | None = None,
         logger: str | logging.Logger | None = None,
+        name: str = "procpool",
     ) -> Self: ...
     def start(self) -> None: ...
     async def acquire(self, timeout: float | None = None) -> Any: ...
@@ -508,9 +530,10 @@ class ReadinessGate:
     re-dispatches when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages
     default to ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a
     TypeError at once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the
-    failure's one report (its log record is DEBUG); retries log WARNING."""
+    failure's one report (its log record is DEBUG); retries log WARNING. ``name``: the ``name`` attribute of the
+    gate's metrics (``tether.metrics``)."""
 
-    def __new__(cls, *, logger: str | logging.Logger | None = None) -> Self: ...
+    def __new__(cls, *, logger: str | logging.Logger | None = None, name: str = "readiness") -> Self: ...
     async def dispatch(
         self,
         job_id: str,

@@ -131,6 +131,8 @@ struct Inner {
     handle: std::sync::OnceLock<tokio::runtime::Handle>,
     /// In-flight spawn tasks, aborted by `close` (dropping a spawn kills its child).
     spawn_tasks: Mutex<HashMap<SpawnId, tokio::task::AbortHandle>>,
+    /// Set when the pool is measured (`tether.metrics`).
+    metrics: Option<crate::metrics::Labels>,
 }
 
 /// The machine's clock: tokio's (paused in tests), as the `std` instants the machine takes.
@@ -223,6 +225,7 @@ impl Drop for Waiting<'_> {
 impl Pool {
     pub fn new(cfg: PoolConfig, spawner: Arc<dyn Spawner>) -> Pool {
         let (events, _) = broadcast::channel(1024);
+        let metrics = crate::metrics::labels(&[("name", &cfg.name)]);
         let pool = Pool {
             inner: Arc::new(Inner {
                 state: Mutex::new(Shared { pool: PoolState::new(&cfg), lent: HashMap::new() }),
@@ -234,8 +237,12 @@ impl Pool {
                 started: AtomicBool::new(false),
                 spawn_tasks: Mutex::new(HashMap::new()),
                 handle: std::sync::OnceLock::new(),
+                metrics,
             }),
         };
+        if pool.inner.metrics.is_some() {
+            crate::metrics::observe(Arc::downgrade(&pool.inner) as std::sync::Weak<dyn crate::metrics::Source>);
+        }
         let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|w| w.strong_count() > 0);
         pools.push(Arc::downgrade(&pool.inner));
@@ -308,6 +315,7 @@ impl Pool {
     pub async fn acquire(&self, timeout: Option<Duration>) -> Result<Proc, AcquireError> {
         self.start();
         let inner = &*self.inner;
+        let began = Instant::now();
         let (id, since) = {
             let mut sh = inner.lock();
             let since = sh.pool.failure_total();
@@ -343,6 +351,20 @@ impl Pool {
             }
         };
         let res = inner.within(timeout, since, body).await;
+        if let Some(labels) = &inner.metrics {
+            let outcome = match &res {
+                Ok(_) => "acquired",
+                Err(AcquireError::TimedOut { .. }) => "timeout",
+                Err(AcquireError::Closed) => "closed",
+                Err(_) => "exhausted",
+            };
+            crate::metrics::record(
+                labels,
+                crate::metrics::Instrument::AcquireWait,
+                Some(("outcome", outcome.into())),
+                began.elapsed().as_secs_f64(),
+            );
+        }
         if let Err(e) = &res {
             if let AcquireError::Exhausted { attempts, failures } | AcquireError::Unhealthy { attempts, failures, .. } =
                 e
@@ -454,6 +476,29 @@ impl Pool {
     }
 }
 
+/// A measured pool's gauges (`tether.metrics`): its processes by state and its health.
+impl crate::metrics::Source for Inner {
+    fn observe(&self, instrument: crate::metrics::Instrument, out: &mut crate::metrics::Gauges) {
+        use crate::metrics::Instrument;
+        let Some(labels) = &self.metrics else { return };
+        match instrument {
+            Instrument::PoolProcesses => {
+                let (idle, lent, starting) = {
+                    let sh = self.lock();
+                    (sh.pool.idle(), sh.lent.len(), sh.pool.in_flight())
+                };
+                for (state, n) in [("idle", idle), ("in_use", lent), ("starting", starting)] {
+                    out.add(labels, instrument, Some(("state", state.into())), n as f64);
+                }
+            }
+            Instrument::PoolHealthy => {
+                out.add(labels, instrument, None, f64::from(u8::from(self.lock().pool.healthy())))
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The maintainer: starts the spawns the machine asks for, and sleeps until its next deadline (the end
 /// of a respawn backoff) or until something changes.
 async fn maintain(inner: Arc<Inner>) {
@@ -513,6 +558,10 @@ async fn spawn_one(mut guard: InFlight) {
         }
     };
     let failed = outcome.is_err();
+    if let Some(labels) = &inner.metrics {
+        let what = if failed { crate::metrics::Instrument::SpawnFailures } else { crate::metrics::Instrument::Spawns };
+        crate::metrics::count(labels, what, None, 1);
+    }
     let mut events = Vec::new();
     let mut to_dispose = None;
     {

@@ -90,7 +90,7 @@ fn cfg(attempts: u32, concurrent: usize) -> PoolConfig {
         acquire_attempts: attempts,
         respawn: Backoff { initial: 0.1, factor: 2.0, max_delay: 1.0, jitter: Jitter::None, ..Default::default() },
         unhealthy_after: 2,
-        logger: None,
+        ..PoolConfig::default()
     }
 }
 

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyInt};
 
 use crate::backoff::Backoff;
+use crate::ws::frame::close_code_allowed;
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::errors::value_error;
@@ -75,13 +77,51 @@ impl<'a, 'py> Arg<'a, 'py> {
         })
     }
 
-    /// An iterable of ints in [0, 65535] (close codes, HTTP statuses).
+    /// An iterable of close codes a server can send (`close_code_allowed`): a code that can never arrive
+    /// would make the setting silently do nothing.
+    pub fn close_codes(&self, default: &[u16]) -> PyResult<Vec<u16>> {
+        let Some(v) = self.value else { return Ok(default.to_vec()) };
+        let name = self.name;
+        let it = v.try_iter().map_err(|_| {
+            PyTypeError::new_err(format!("{name} must be an iterable of int close codes, not {}", type_name(v)))
+        })?;
+        let mut codes = vec![];
+        for x in it {
+            let x = x?;
+            if x.is_instance_of::<PyBool>() || !x.is_instance_of::<PyInt>() {
+                return Err(PyTypeError::new_err(format!("{name} must hold int close codes, not {}", type_name(&x))));
+            }
+            let code = match x.extract::<u16>() {
+                Ok(c @ 1000..=4999) => c,
+                _ => {
+                    return Err(value_error(format!(
+                        "{name}: close code {x} is outside 1000..4999, the codes a close frame may carry"
+                    )))
+                }
+            };
+            if !close_code_allowed(code) {
+                return Err(value_error(format!(
+                    "{name}: close code {code} never arrives from a server (RFC 6455 §7.4: 1004 and 1016-2999 are \
+                     reserved, 1005 and 1006 only report a close without a code or without a close frame, 1015 a \
+                     TLS failure)"
+                )));
+            }
+            codes.push(code);
+        }
+        Ok(codes)
+    }
+
+    /// An iterable of ints in [0, 65535] (HTTP statuses).
     pub fn codes(&self, default: &[u16]) -> PyResult<Vec<u16>> {
         let Some(v) = self.value else { return Ok(default.to_vec()) };
         v.try_iter()
             .and_then(|it| it.map(|x| x?.extract::<u16>()).collect::<PyResult<Vec<u16>>>())
             .map_err(|_| PyTypeError::new_err(format!("{} must be an iterable of ints", self.name)))
     }
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
 }
 
 /// A bound whose None means "no bound" (so its default, when not given, comes from the signature):

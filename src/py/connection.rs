@@ -36,6 +36,14 @@ fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     Ok(items)
 }
 
+/// The connection's metrics when an exporter is attached (`tether.metrics`): its `name=` (bounded,
+/// unlike the URL it defaults to in logs) and the host it connects to.
+fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>> {
+    let name = name.map(redact_url).unwrap_or_else(|| crate::retry_state::Config::default().name);
+    crate::metrics::labels(&[("name", &name), ("server.address", &crate::metrics::server_address(url))])
+        .map(crate::metrics::Loop::new)
+}
+
 fn check_url(url: &str) -> PyResult<()> {
     let invalid = |e: String| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url)));
     let uri: http::Uri = url.parse().map_err(|e| invalid(format!("{e}")))?;
@@ -246,8 +254,8 @@ impl PyConnection {
         let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
         let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
         let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
-        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).codes(&d.fatal_close_codes)?;
-        let final_close_codes = Arg::new("final_close_codes", final_close_codes).codes(&d.final_close_codes)?;
+        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).close_codes(&d.fatal_close_codes)?;
+        let final_close_codes = Arg::new("final_close_codes", final_close_codes).close_codes(&d.final_close_codes)?;
         if let Some(both) = final_close_codes.iter().find(|c| fatal_close_codes.contains(c)) {
             return Err(value_error(format!(
                 "close code {both} is in both fatal_close_codes (give up: GaveUp) and final_close_codes (end cleanly)"
@@ -299,7 +307,7 @@ impl PyConnection {
             heartbeat: super::heartbeat::beat_spec(py, heartbeat)?,
             watchdog,
         };
-        Ok(PyConnection { conn: Conn::new(cfg, shown.clone(), hooks), name: shown })
+        Ok(PyConnection { conn: Conn::new(cfg, shown.clone(), hooks, metrics_of(name, &url)), name: shown })
     }
 
     /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).

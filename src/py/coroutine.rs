@@ -21,6 +21,10 @@
 //! - never stepped, nothing ran: dropping it drops the Rust future, with the "was never awaited"
 //!   RuntimeWarning of a Python coroutine. Not for a `send()`: its call queued the message, awaiting it
 //!   only waits for room in the queue, so a send left unawaited is not a mistake.
+//!
+//! It answers what introspection asks of a coroutine (`cr_running`, `cr_suspended`, `cr_await`,
+//! `cr_frame`, `cr_code`), so `inspect.getcoroutinestate` reads CREATED, SUSPENDED or CLOSED (anyio asks
+//! it of every task a cancel scope cancels), and asyncio's task repr and stack printing work.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -33,7 +37,7 @@ use pyo3::exceptions::{PyBaseException, PyRuntimeError, PyRuntimeWarning, PyStop
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::completer::{self, Completer};
 use super::parked::Parked;
@@ -95,8 +99,15 @@ impl Body for Resolved {
     }
 }
 
-/// A body waiting for a result the loop thread sets on a `Slot` (no tokio involved).
+/// A body waiting for a result the loop thread sets on a `Slot` (no tokio involved). Dropped before
+/// its first step (its coroutine closed or dropped unawaited), its waiter is gone (`Slot::waiter_gone`).
 struct OnSlot(Arc<Slot>, Option<LoopHint>);
+
+impl Drop for OnSlot {
+    fn drop(&mut self) {
+        self.0.waiter_gone();
+    }
+}
 
 /// The loop a slot's owner runs on: the first step on its thread makes the future there without
 /// asking asyncio for the running loop (a `getpid` system call each time).
@@ -116,18 +127,26 @@ impl Body for OnSlot {
             _ => super::completer::running_loop(py)?,
         };
         let fut = event_loop.call_method0(intern!(py, "create_future"))?;
-        match slot.wait_on(&fut) {
+        match slot.wait_on(&fut)? {
             Some(r) => r.map(First::Ready),
             None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None })),
         }
     }
 }
 
+/// Work for when a slot's waiter went away: it must not call into Python or take a lock that is held
+/// while Python runs (it may run from a deallocation).
+pub type Orphaned = Box<dyn FnOnce() + Send>;
+
 /// A result set on the loop thread, awaited through a coroutine whose first step found it missing.
 /// Shared by the coroutine and whoever will set it (the connection keeps it in a list of waiters).
+/// A waiter may go away first (its task cancelled, its coroutine dropped): the owner can be told, to
+/// withdraw the wait (`on_withdraw`) or to take back a result nobody will read (`set_returning`).
 #[derive(Default)]
 pub struct Slot {
     state: Mutex<SlotState>,
+    /// Runs once if the waiter goes away before a result is set.
+    withdraw: Mutex<Option<Orphaned>>,
 }
 
 #[derive(Default)]
@@ -136,7 +155,10 @@ enum SlotState {
     Empty,
     /// The coroutine's first step found nothing and waits on this asyncio future.
     Waiting(Py<PyAny>),
-    Set(PyResult<Py<PyAny>>),
+    /// The result, and what to run if it is never taken.
+    Set(PyResult<Py<PyAny>>, Option<Orphaned>),
+    /// The coroutine went away without a step: a result set now reaches nobody.
+    Gone,
     Done,
 }
 
@@ -149,11 +171,21 @@ impl Slot {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Run `hook` if the waiter goes away before a result is set: its future is cancelled (a timeout,
+    /// a cancelled task), or its coroutine is closed or dropped before its first step.
+    pub fn on_withdraw(&self, hook: Orphaned) {
+        *self.withdraw.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    fn take_withdraw(&self) -> Option<Orphaned> {
+        self.withdraw.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     /// The result, if set (taken: a coroutine is awaited once).
     fn take(&self) -> Option<PyResult<Py<PyAny>>> {
         let mut st = self.lock();
         match std::mem::replace(&mut *st, SlotState::Done) {
-            SlotState::Set(r) => Some(r),
+            SlotState::Set(r, _) => Some(r),
             other => {
                 *st = other;
                 None
@@ -161,15 +193,40 @@ impl Slot {
         }
     }
 
-    /// Wait on `fut` for the result, unless it was set meanwhile (then returned).
-    fn wait_on(&self, fut: &Bound<'_, PyAny>) -> Option<PyResult<Py<PyAny>>> {
-        let mut st = self.lock();
-        match std::mem::replace(&mut *st, SlotState::Done) {
-            SlotState::Set(r) => Some(r),
-            _ => {
-                *st = SlotState::Waiting(fut.clone().unbind());
-                None
+    /// Wait on `fut` for the result, unless it was set meanwhile (then returned). A slot with a
+    /// withdraw hook learns from `fut` whether it was cancelled.
+    fn wait_on(self: &Arc<Self>, fut: &Bound<'_, PyAny>) -> PyResult<Option<PyResult<Py<PyAny>>>> {
+        {
+            let mut st = self.lock();
+            match std::mem::replace(&mut *st, SlotState::Done) {
+                SlotState::Set(r, _) => return Ok(Some(r)),
+                _ => *st = SlotState::Waiting(fut.clone().unbind()),
             }
+        }
+        if self.withdraw.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            let cb = Py::new(fut.py(), WaiterDone { slot: Arc::downgrade(self) })?;
+            fut.call_method1(intern!(fut.py(), "add_done_callback"), (cb,))?;
+        }
+        Ok(None)
+    }
+
+    /// The coroutine that would take the result went away without a step: a wait not settled yet is
+    /// withdrawn, a result set meanwhile is handed back.
+    fn waiter_gone(&self) {
+        let (orphaned, _untaken) = {
+            let mut st = self.lock();
+            match std::mem::replace(&mut *st, SlotState::Gone) {
+                SlotState::Empty => (self.take_withdraw(), None),
+                // the result is released after the lock (releasing a Python object may run code)
+                SlotState::Set(r, back) => (back, Some(r)),
+                other => {
+                    *st = other;
+                    (None, None)
+                }
+            }
+        };
+        if let Some(f) = orphaned {
+            f();
         }
     }
 
@@ -180,28 +237,63 @@ impl Slot {
                 f.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true)
             }
             SlotState::Empty => false,
-            SlotState::Set(_) | SlotState::Done => true,
+            SlotState::Set(..) | SlotState::Gone | SlotState::Done => true,
         }
     }
 
     /// Set the result (the first one counts): completes the future of a coroutine waiting on it, or
     /// is returned by its first step. Call on the loop thread, holding no lock a Python call could need.
     pub fn set(&self, py: Python<'_>, result: PyResult<Py<PyAny>>) {
+        self.set_returning(py, result, None);
+    }
+
+    /// `set`, with `back` to run if the result never reaches the waiter: its future was cancelled
+    /// already, its coroutine is dropped without taking it, or a result was set before.
+    pub fn set_returning(&self, py: Python<'_>, result: PyResult<Py<PyAny>>, back: Option<Orphaned>) {
+        drop(self.take_withdraw());
         let fut = {
             let mut st = self.lock();
             match std::mem::replace(&mut *st, SlotState::Done) {
                 SlotState::Empty => {
-                    *st = SlotState::Set(result);
+                    *st = SlotState::Set(result, back);
                     return;
                 }
                 SlotState::Waiting(f) => f,
                 other => {
                     *st = other;
+                    drop(st);
+                    if let Some(f) = back {
+                        f();
+                    }
                     return;
                 }
             }
         };
-        completer::complete(fut.bind(py), result);
+        let fut = fut.bind(py);
+        match back {
+            Some(f) if fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) => f(),
+            _ => completer::complete(fut, result),
+        }
+    }
+}
+
+/// Done-callback of the future a slot's waiter waits on: a cancelled one withdraws the wait.
+#[pyclass(module = "tether._native", frozen)]
+struct WaiterDone {
+    slot: std::sync::Weak<Slot>,
+}
+
+#[pymethods]
+impl WaiterDone {
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        let Some(slot) = self.slot.upgrade() else { return };
+        if !fut.call_method0(intern!(fut.py(), "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(false) {
+            return;
+        }
+        let hook = matches!(&*slot.lock(), SlotState::Waiting(_)).then(|| slot.take_withdraw()).flatten();
+        if let Some(f) = hook {
+            f();
+        }
     }
 }
 
@@ -376,7 +468,37 @@ fn finished(py: Python<'_>, value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
     }
 }
 
+/// Where a coroutine stands, as `inspect.getcoroutinestate` names it.
+#[derive(PartialEq)]
+enum Phase {
+    Created,
+    Running,
+    Suspended,
+    Finished,
+}
+
+/// Whether an asyncio future is done (a future that cannot say counts as not done).
+fn done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
+    fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(false)
+}
+
 impl NativeCoroutine {
+    /// A future handed over to `await` is awaited without this coroutine, which only sees that it is done.
+    fn phase(&self, py: Python<'_>) -> Phase {
+        let handed_over = match &*self.lock() {
+            State::Created(_) => return Phase::Created,
+            State::Stepping => return Phase::Running,
+            State::Waiting(_) | State::Ready(_) => return Phase::Suspended,
+            State::Done => return Phase::Finished,
+            State::HandedOver(fut) => fut.clone_ref(py),
+        };
+        if done(py, &handed_over) {
+            Phase::Finished
+        } else {
+            Phase::Suspended
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -470,6 +592,30 @@ impl NativeCoroutine {
             _ => {}
         }
     }
+}
+
+/// What `cr_frame` shows: the Rust work has no Python frame, but `inspect.getcoroutinestate` reads a
+/// coroutine without one as finished, and Python 3.10 tells created from suspended by the frame's
+/// `f_lasti`. So these are the frames of two generators that never run on: one never started, one paused
+/// at its `yield` (kept alive here, so neither is ever closed). Their globals name this module, where
+/// anyio looks for a task's module.
+fn stand_in_frame(py: Python<'_>, started: bool) -> PyResult<Bound<'_, PyAny>> {
+    static GENERATORS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+    let (created, suspended) = GENERATORS.get_or_try_init(py, || -> PyResult<_> {
+        let globals = PyDict::new(py);
+        globals.set_item("__name__", "tether._native")?;
+        py.run(
+            c"def native_coroutine_created():\n    yield\n\ndef native_coroutine_waiting():\n    yield\n",
+            Some(&globals),
+            None,
+        )?;
+        let created = globals.as_any().get_item("native_coroutine_created")?.call0()?;
+        let waiting = globals.as_any().get_item("native_coroutine_waiting")?.call0()?;
+        waiting.call_method0(intern!(py, "__next__"))?;
+        Ok((created.unbind(), waiting.unbind()))
+    })?;
+    let generator = if started { suspended } else { created };
+    generator.bind(py).getattr(intern!(py, "gi_frame"))
 }
 
 fn invalid_state(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
@@ -600,6 +746,45 @@ impl NativeCoroutine {
     #[getter]
     fn __qualname__(&self) -> &'static str {
         self.name
+    }
+
+    /// True while a step runs, as for a coroutine.
+    #[getter]
+    fn cr_running(&self) -> bool {
+        matches!(*self.lock(), State::Stepping)
+    }
+
+    /// True once stepped and until it returns: waiting on its future, or about to return a result.
+    #[getter]
+    fn cr_suspended(&self, py: Python<'_>) -> bool {
+        self.phase(py) == Phase::Suspended
+    }
+
+    /// The asyncio future it waits on, or None.
+    #[getter]
+    fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let fut = match &*self.lock() {
+            State::Waiting(w) => w.fut.clone_ref(py),
+            State::HandedOver(fut) => fut.clone_ref(py),
+            _ => return None,
+        };
+        (!done(py, &fut)).then_some(fut)
+    }
+
+    /// A stand-in frame (no Python code runs in it) until it finished, then None, as for a coroutine.
+    #[getter]
+    fn cr_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.phase(py) {
+            Phase::Created => stand_in_frame(py, false).map(Some),
+            Phase::Running | Phase::Suspended => stand_in_frame(py, true).map(Some),
+            Phase::Finished => Ok(None),
+        }
+    }
+
+    /// None: no Python code object runs it (asyncio then shows the coroutine's name in a task's repr).
+    #[getter]
+    fn cr_code(&self) -> Option<Py<PyAny>> {
+        None
     }
 
     #[getter]

@@ -16,6 +16,7 @@ mod errors;
 mod events;
 mod heartbeat;
 pub(crate) mod logging;
+mod metrics;
 mod parked;
 mod procpool;
 mod readiness;
@@ -44,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     connection::register(m)?;
     ws::register(m)?;
     heartbeat::register(m)?;
+    metrics::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(redact, m)?)?;
     m.add_function(wrap_pyfunction!(_at_exit, m)?)?;

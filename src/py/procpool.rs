@@ -355,7 +355,7 @@ super::events::buffered_stream!(
 /// at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
 /// (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
 /// of a process this pool did not lend (or twice) raise ValueError. A request that does not complete kills its
-/// worker.
+/// worker. ``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``).
 #[pyclass(name = "ProcPool", module = "tether._native", frozen)]
 pub struct PyProcPool {
     pool: Pool,
@@ -440,7 +440,7 @@ impl PyProcPool {
 impl PyProcPool {
     #[new]
     #[pyo3(signature = (spawn=None, command=None, *, num_idle=None, max_concurrent_spawns=None, initialize_timeout=None,
-        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None, logger=None))]
+        acquire_attempts=None, respawn=None, env=None, cwd=None, liveness=None, logger=None, name=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -455,6 +455,7 @@ impl PyProcPool {
         cwd: Option<String>,
         liveness: Option<Bound<'_, PyAny>>,
         logger: Option<&Bound<'_, PyAny>>,
+        name: Option<&str>,
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
@@ -470,6 +471,7 @@ impl PyProcPool {
             respawn: Arg::new("respawn", respawn).policy(&d.respawn)?,
             unhealthy_after: d.unhealthy_after,
             logger,
+            name: name.map_or(d.name, crate::redact::redact_url),
         };
         let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
             (Some(_), Some(_)) => return Err(PyTypeError::new_err("give either spawn= or command=, not both")),
@@ -540,6 +542,7 @@ impl PyProcPool {
                 ("cwd", K, none()),
                 ("liveness", K, none()),
                 ("logger", K, none()),
+                ("name", K, d.name.into_pyobject(py)?.into_any()),
             ],
         )
     }

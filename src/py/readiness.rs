@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::readiness::{Gate, Mark, NotReady, Spec};
+use crate::redact::redact_url;
 
 use super::args::Arg;
 use super::backoff::positive_seconds;
@@ -22,7 +23,8 @@ use super::errors::{value_error, NOT_READY};
 /// when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages default to
 /// ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a TypeError at
 /// once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the failure's one report
-/// (its log record is DEBUG); retries log WARNING.
+/// (its log record is DEBUG); retries log WARNING. ``name``: the ``name`` attribute of the gate's metrics
+/// (``tether.metrics``).
 #[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
 pub struct PyReadinessGate {
     gate: Arc<Gate>,
@@ -119,11 +121,11 @@ impl<'py> IntoPyObject<'py> for Outcome {
 #[pymethods]
 impl PyReadinessGate {
     #[new]
-    #[pyo3(signature = (*, logger=None))]
-    fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (*, logger=None, name="readiness"))]
+    fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
-        Ok(PyReadinessGate { gate: Arc::new(Gate::with_logger(logger)) })
+        Ok(PyReadinessGate { gate: Arc::new(Gate::named(&redact_url(name), logger)) })
     }
 
     /// Dispatch `job_id` with `await dispatch(job_id, attempt)` and wait until every stage is marked.

@@ -9,7 +9,7 @@
 //! Every call happens on the event loop thread; the state lock is never held while logging or
 //! emitting (a logging handler may call back into the Reconnector).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -58,6 +58,8 @@ pub struct PyReconnector {
     /// Created by the first `events()`: until someone listens, events cost nothing (not even the buffer).
     tx: OnceLock<broadcast::Sender<Event>>,
     inner: Mutex<Inner>,
+    /// Where its reports are counted (`tether.metrics`); None: not measured.
+    metrics: Option<Arc<crate::metrics::Loop>>,
 }
 
 /// Exception classes from `fatal=`: a class or a tuple of classes, each a BaseException subclass.
@@ -91,7 +93,7 @@ const EVENTS_CAPACITY: usize = 1024;
 impl PyReconnector {
     /// The sink for this object's events: nowhere until `events()` was called once.
     fn sink(&self) -> Events {
-        self.tx.get().map_or_else(Events::none, |tx| Events::new(tx.clone()))
+        self.tx.get().map_or_else(Events::none, |tx| Events::new(tx.clone())).measured(self.metrics.clone())
     }
 
     /// " 'name'" in messages about this object, nothing when it is unnamed.
@@ -208,6 +210,13 @@ impl PyReconnector {
             logger: super::logging::logger_key(py, logger)?,
             ..d
         };
+        // an unnamed loop is measured under "reconnector": a metric series needs a name
+        let metrics = crate::metrics::labels(&[("name", &redact_url(name.unwrap_or("reconnector")))])
+            .map(crate::metrics::Loop::new);
+        if let Some(m) = &metrics {
+            // its state is the one its reports keep (a connection reports its own)
+            crate::metrics::observe(Arc::downgrade(m) as std::sync::Weak<dyn crate::metrics::Source>);
+        }
         let fatal = fatal_tuple(py, fatal)?.unbind();
         super::logging::sync(py);
         Ok(PyReconnector {
@@ -215,6 +224,7 @@ impl PyReconnector {
             fatal,
             inner: Mutex::new(Inner { st: RetryState::new(&cfg), running: false, stepping: false, ended: 0 }),
             cfg,
+            metrics,
         })
     }
 
@@ -350,6 +360,9 @@ impl PyReconnector {
             let mut inner = self.lock();
             inner.running = false;
             inner.ended += 1;
+        }
+        if let Some(m) = &self.metrics {
+            m.ended();
         }
         self.sink().emit(Event::Closed);
     }

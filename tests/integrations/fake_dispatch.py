@@ -1,24 +1,42 @@
-"""A fake LiveKit AgentDispatch service: the Twirp endpoint `livekit-api` calls
-(POST /twirp/livekit.AgentDispatchService/<Method>, protobuf bodies), on loopback, with scripted failures.
+"""A fake LiveKit AgentDispatch service, and the RoomService's RemoveParticipant: the Twirp endpoints
+`livekit-api` calls (POST /twirp/livekit.AgentDispatchService/<Method>, /twirp/livekit.RoomService/
+RemoveParticipant, protobuf bodies), on loopback, with scripted failures.
 
-`fail_first=N` answers the first N CreateDispatch calls with a Twirp "unavailable" error (HTTP 503);
-`on_create(dispatch)` runs after each successful CreateDispatch (a test makes the agent join from it).
+`fail_first=N` answers the first N CreateDispatch calls with a Twirp "unavailable" error (HTTP 503),
+`fail_on={k, ...}` the k-th ones (counting from 1);
+`on_create(dispatch)` runs after each successful CreateDispatch (a test makes the agent join from it);
+`on_remove(room, identity)` after each RemoveParticipant (a test makes the participant leave from it).
+`methods` lists the methods called, in order.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 from aiohttp import web
-from livekit.protocol import agent_dispatch
+from livekit.protocol import agent_dispatch, room
 
 
 class FakeDispatchService:
-    def __init__(self, *, fail_first: int = 0, on_create: Callable[[object], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail_first: int = 0,
+        fail_on: set[int] | None = None,
+        on_create: Callable[[object], None] | None = None,
+        on_remove: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.fail_first = fail_first
+        self.fail_on = fail_on or set()
+        self.creates = 0
         self.on_create = on_create
+        self.on_remove = on_remove
+        self.removed: list[tuple[str, str]] = []  # (room, identity) of each RemoveParticipant
+        self.methods: list[str] = []
         self.created: list[agent_dispatch.CreateAgentDispatchRequest] = []
+        self.created_at: list[float] = []  # time.monotonic() of each successful CreateDispatch
         self.deleted: list[str] = []
         self.calls = 0
         self.auth: list[str] = []
@@ -28,6 +46,7 @@ class FakeDispatchService:
     async def __aenter__(self) -> FakeDispatchService:
         app = web.Application()
         app.router.add_post("/twirp/livekit.AgentDispatchService/{method}", self._handle)
+        app.router.add_post("/twirp/livekit.RoomService/{method}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -44,15 +63,18 @@ class FakeDispatchService:
         self.calls += 1
         self.auth.append(request.headers.get("Authorization", ""))
         method = request.match_info["method"]
+        self.methods.append(method)
         body = await request.read()
         if method == "CreateDispatch":
-            if self.fail_first > 0:
-                self.fail_first -= 1
+            self.creates += 1
+            if self.fail_first > 0 or self.creates in self.fail_on:
+                self.fail_first = max(0, self.fail_first - 1)
                 error = {"code": "unavailable", "msg": "dispatch service restarting"}
                 return web.Response(status=503, text=json.dumps(error), content_type="application/json")
             req = agent_dispatch.CreateAgentDispatchRequest()
             req.ParseFromString(body)
             self.created.append(req)
+            self.created_at.append(time.monotonic())
             out = agent_dispatch.AgentDispatch(
                 id=f"AD_{len(self.created)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata
             )
@@ -63,6 +85,13 @@ class FakeDispatchService:
             req_del.ParseFromString(body)
             self.deleted.append(req_del.dispatch_id)
             out = agent_dispatch.AgentDispatch(id=req_del.dispatch_id, room=req_del.room)
+        elif method == "RemoveParticipant":
+            req_rm = room.RoomParticipantIdentity()
+            req_rm.ParseFromString(body)
+            self.removed.append((req_rm.room, req_rm.identity))
+            if self.on_remove is not None:
+                self.on_remove(req_rm.room, req_rm.identity)
+            out = room.RemoveParticipantResponse()
         else:
             return web.Response(status=404, text=json.dumps({"code": "not_found", "msg": method}))
         return web.Response(body=out.SerializeToString(), content_type="application/protobuf")

@@ -14,7 +14,8 @@ prints one JSON line. Scenarios:
 * `install`: install/uninstall and the refusals, without a call.
 
 `--tether` runs `tether.integrations.getstream.install()` with its defaults; `--fast` (for the tests)
-attaches the watch with short deadlines instead. The call is joined by getstream's own
+attaches the watch with short deadlines instead (`watch_call`), `--fast-install` gives them to
+`install()`. The call is joined by getstream's own
 `ConnectionManager` (`getstream.video.rtc.join`); with `--publish` it publishes a local audio track
 (`add_tracks`), whose peer connection fails about 30 s later on the fake (see fake_stream7.py).
 7.0's manager passes the coordinator's `base_url` to `getstream_rtc.Client` but not its WebSocket URL
@@ -96,7 +97,7 @@ class Call:
     async def join(self, *, fast: bool, publish: bool) -> None:
         from getstream.video.rtc.audio_track import AudioStreamTrack
 
-        if fast:
+        if fast and tether_getstream.CallWatch.of(self.manager) is None:
             tether_getstream.watch_call(self.manager, **FAST)  # type: ignore[arg-type]
         await asyncio.wait_for(self.manager.connect(), 30)
         self.waiting = asyncio.ensure_future(self.manager.wait())
@@ -264,7 +265,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=["blackhole", "reset", "stuck", "ended", "muted", "giveup", "install"])
     parser.add_argument("--tether", action="store_true", help="install() with its defaults")
-    parser.add_argument("--fast", action="store_true", help="install(), and watch with short deadlines")
+    parser.add_argument("--fast", action="store_true", help="install(), and watch_call() with short deadlines")
+    parser.add_argument("--fast-install", action="store_true", help="install() with short deadlines")
     parser.add_argument("--publish", action="store_true", help="publish a local audio track (runs under 30 s)")
     parser.add_argument("--hole", type=float, default=25.0)
     parser.add_argument("--settle", type=float, default=12.0)
@@ -273,14 +275,14 @@ def main() -> None:
     if args.scenario == "install":
         print(json.dumps(install_checks()))
         return
-    if args.tether or args.fast:
-        report = tether_getstream.install()
+    if args.tether or args.fast or args.fast_install:
+        report = tether_getstream.install(**(FAST if args.fast_install else {}))  # type: ignore[arg-type]
         assert report.patched == ("call_watch",), report
     started = time.monotonic()
     result = asyncio.run(
         scenario(args.scenario, fast=args.fast, publish=args.publish, hole=args.hole, settle=args.settle)
     )
-    result["tether"] = bool(args.tether or args.fast)
+    result["tether"] = bool(args.tether or args.fast or args.fast_install)
     result["took"] = round(time.monotonic() - started, 1)
     print(json.dumps(result))
 

@@ -2,7 +2,7 @@
 `AgentServer.run()` against the fake control plane. Used in-process by the tests, and as a script to
 measure the before/after table (another release: PYTHONPATH=../../.venv/livekit-agents-VERSION):
 
-    python tests/integrations/lk_scenarios.py accept_drop|max_retry|recycle|silent|prewarm_fails|end_to_end|healthy [--tether]
+    python tests/integrations/lk_scenarios.py accept_drop|max_retry|recycle|silent|prewarm_fails|end_to_end|healthy|metrics [--tether]
     python tests/integrations/lk_scenarios.py suite   # what test_livekit_versions asserts, with tether
 """
 
@@ -111,8 +111,29 @@ async def run_server(server, seconds: float):
     return elapsed, outcome
 
 
+INSTRUMENTED_RUNS: list[float] = []
+
+
+def instrument_connection_task() -> None:
+    """Another library's wrapper of the connection task, applied before tether's (as an OpenTelemetry or
+    Sentry integration would): tether must call through it, every run."""
+    import functools
+
+    from livekit.agents import worker
+
+    original = worker.AgentServer._connection_task
+
+    @functools.wraps(original)
+    async def instrumented(*args, **kwargs):
+        INSTRUMENTED_RUNS.append(time.monotonic())
+        return await original(*args, **kwargs)
+
+    worker.AgentServer._connection_task = instrumented
+
+
 async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recycle_after: float = 2.0) -> dict:
     """The control plane accepts and drops (or recycles) the worker socket."""
+    INSTRUMENTED_RUNS.clear()
     h = Records()
     lg = logging.getLogger("livekit.agents")
     lg.addHandler(h)
@@ -141,6 +162,7 @@ async def control_plane(mode: str, seconds: float, *, max_retry: int = 16, recyc
         "outcome": outcome if isinstance(outcome, str) else f"{type(outcome).__name__}: {outcome}",
         "cause": type(outcome.__cause__).__name__ if isinstance(outcome, BaseException) and outcome.__cause__ else None,
         "cpu_seconds": round(time.process_time() - cpu, 2),
+        "instrumented_runs": len(INSTRUMENTED_RUNS),
     }
 
 
@@ -204,6 +226,92 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
     }
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def scrape(port: int) -> str:
+    import urllib.request
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            return r.read().decode()
+
+    return await asyncio.to_thread(get)
+
+
+def series(text: str, prefix: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of an exposition whose names start with `prefix`: (name, labels, value)."""
+    import re
+
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m and m.group(1).startswith(prefix):
+            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+async def metrics_scrape(*, recycle_after: float = 1.5, budget: float = 60.0) -> dict:
+    """A worker serving Prometheus metrics (`prometheus_port`), its control socket recycled: once it has
+    registered twice and its pool spawned a process, GET /metrics and return its tether_ and lk_agents_
+    series."""
+    log_path = spawn_log()
+    port = free_port()
+    async with FakeControlPlane("recycle", recycle_after=recycle_after) as cp:
+        server = make_server(
+            cp.url, num_idle_processes=1, setup_fnc=counting_setup, prometheus_port=port, host="127.0.0.1"
+        )
+        run_task = asyncio.ensure_future(server.run())
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < budget and not run_task.done():
+                if len(cp.registrations) >= 2 and read_spawns(log_path):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # the spawned process reports ready, the reconnect settles
+            text = await scrape(port)
+        finally:
+            await asyncio.wait_for(server.aclose(), 60)
+            if not run_task.done():
+                run_task.cancel()
+            await asyncio.wait({run_task}, timeout=10)
+    return {
+        "registrations": len(cp.registrations),
+        "tether": series(text, "tether_"),
+        "lk_agents": series(text, "lk_agents_"),
+    }
+
+
+def check_scrape(m: dict, *, reconnects: bool) -> None:
+    """What a scrape of a worker with tether installed shows, on every release: tether's series next to
+    livekit's, labelled with the same nodename; the control plane (its reconnect, on 1.x, where tether
+    sees the loop's losses) and the process pool, both named "livekit"."""
+    lk_nodes = {labels.get("nodename") for _, labels, _ in m["lk_agents"]}
+    assert len(lk_nodes) == 1 and None not in lk_nodes, m["lk_agents"]
+    assert {labels.get("nodename") for _, labels, _ in m["tether"]} == lk_nodes, m["tether"]
+
+    def value(series: str, **want: str) -> float:
+        found = [v for n, labels, v in m["tether"] if n == series and want.items() <= labels.items()]
+        assert len(found) == 1, (series, want, m["tether"])
+        return found[0]
+
+    assert value("tether_connection_connects_total", name="livekit") >= (2 if reconnects else 1), m
+    assert value("tether_connection_count", name="livekit", state="connected") == 1, m
+    if reconnects:
+        losses = [v for n, labels, v in m["tether"] if n == "tether_connection_losses_total"]
+        assert sum(losses) >= 1, m
+        assert value("tether_connection_downtime_seconds_count", name="livekit") >= 1, m
+    assert value("tether_pool_spawns_total", name="livekit") >= 1, m
+    assert value("tether_pool_healthy", name="livekit") == 1, m
+    assert value("tether_pool_processes", name="livekit", state="starting") >= 0, m
+
+
 SCENARIOS = {
     "accept_drop": lambda: control_plane("accept_drop", 10.0),
     "max_retry": lambda: control_plane("accept_drop", 30.0, max_retry=3),
@@ -215,15 +323,18 @@ SCENARIOS = {
     "silent": lambda: control_plane("silent", 60.0, max_retry=3),
     "end_to_end": lambda: prewarm(mode="recycle", recycle_after=2.0, job_budget=20.0, watch=5.0),
     "healthy": lambda: prewarm(setup=counting_setup, job_budget=30.0, watch=3.0),
+    "metrics": lambda: metrics_scrape(),
 }
 
 
 async def suite() -> dict:
-    """The scenarios that tell a working integration on any release, with `install()` as a user calls it."""
+    """The scenarios that tell a working integration on any release, with `install()` as a user calls it
+    (after another library wrapped the connection task)."""
     from importlib.metadata import version
 
     from tether.integrations import livekit
 
+    instrument_connection_task()
     report = livekit.install()
     out: dict = {
         "version": version("livekit-agents"),
@@ -237,6 +348,7 @@ async def suite() -> dict:
     out["max_retry"] = await control_plane("accept_drop", 60.0, max_retry=2)
     out["prewarm_fails"] = await prewarm(job_budget=120.0, watch=4.0)
     out["healthy"] = await prewarm(setup=counting_setup, job_budget=60.0, watch=1.0)
+    out["metrics"] = await metrics_scrape()
     return out
 
 

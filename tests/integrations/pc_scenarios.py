@@ -167,10 +167,44 @@ def drift() -> dict:
     }
 
 
+def edited(edit: bool) -> dict:
+    """pipecat's receive loop compiled from its own source, with (``edit``) a change inside it that keeps
+    every name: a normal close (1000) is retried instead of ending the loop. install() must refuse it."""
+    import inspect
+    import linecache
+    import textwrap
+
+    import pipecat.services.websocket_service as ws_module
+    from pipecat.services.websocket_service import WebsocketService
+
+    from tether.integrations import pipecat
+
+    source = textwrap.dedent(inspect.getsource(WebsocketService._receive_task_handler))
+    if edit:
+        closed_ok = 'logger.debug(f"{self} connection closed normally: {e}")\n            break\n'
+        assert closed_ok in source
+        source = source.replace(closed_ok, closed_ok.replace("break", "continue"))
+    filename = f"<pipecat websocket_service.py edited={edit}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    ns = dict(vars(ws_module))
+    exec(compile(source, filename, "exec"), ns)
+    loop = WebsocketService._receive_task_handler = ns["_receive_task_handler"]
+    report = pipecat.install()
+    return {
+        "patched": list(report.patched),
+        "refused": report.refused,
+        "kinds": {k: v.kind.value for k, v in report.refused.items()},
+        "untouched": WebsocketService._receive_task_handler is loop,
+    }
+
+
 if __name__ == "__main__":
     capture_logs()
     if sys.argv[1] == "drift":
         print(json.dumps(drift()))
+        sys.exit(0)
+    if sys.argv[1] in ("edited", "recompiled"):
+        print(json.dumps(edited(sys.argv[1] == "edited")))
         sys.exit(0)
     if "--tether" in sys.argv:
         from tether.integrations import pipecat

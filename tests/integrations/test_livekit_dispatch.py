@@ -4,6 +4,7 @@ AgentDispatch Twirp service called through the real livekit-api client."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -37,6 +38,13 @@ def join(room, p) -> None:
 def set_state(room, p, state: str) -> None:
     p._info.attributes["lk.agent.state"] = state
     room.emit("participant_attributes_changed", ["lk.agent.state"], p)
+
+
+def leave(room, identity: str) -> None:
+    """What the room sees when the server removes a participant."""
+    p = room._remote_participants.pop(identity, None)
+    if p is not None:
+        room.emit("participant_disconnected", p)
 
 
 def later(delay: float, fn, *args) -> None:
@@ -151,3 +159,94 @@ async def test_no_agent_at_all_names_the_joined_stage():
     assert info.value.stage == "joined", info.value
     # the first dispatch and max_attempts=2 re-dispatches, each after deleting the one before
     assert len(svc.created) == 3 and svc.deleted == ["AD_1", "AD_2"]
+
+
+async def test_default_policy_is_the_documented_one():
+    """The docstrings say how many dispatches and how far apart; a run with no agent does that many."""
+    from tether.integrations._livekit_dispatch import default_policy
+
+    delays = list(default_policy().delays())
+    spacing = ", ".join(f"{d:g}" for d in delays[:-1]) + f" and {delays[-1]:g} s"
+    for doc in (livekit.dispatch_ready.__doc__, default_policy.__doc__):
+        text = " ".join((doc or "").split())
+        assert f"up to {1 + len(delays)} dispatch calls" in text and spacing in text, (spacing, text)
+    room = rtc.Room()
+    async with FakeDispatchService() as svc:
+        with pytest.raises(tether.NotReady):
+            await run(room, svc, timeouts={"dispatched": 5, "joined": 0.2, "ready": 5})
+    assert len(svc.created) == 1 + len(delays)
+    # each re-dispatch comes after the stage's 0.2 s and the policy's delay
+    gaps = [b - a for a, b in zip(svc.created_at, svc.created_at[1:], strict=False)]
+    assert all(gap >= 0.2 + delay - 0.02 for gap, delay in zip(gaps, delays, strict=True)), (gaps, delays)
+
+
+async def test_a_redispatch_removes_the_stale_agent_first():
+    """The first agent joined but never became ready: before dispatching again its participant is removed
+    (through the same livekit-api client's RoomService), so that two agents do not answer."""
+    room = rtc.Room()
+    join(room, agent_participant("agent-old", state="listening"))  # not this dispatch's: stays
+    agent = Agent(room, readies=False)
+
+    def on_create(dispatch):
+        agent.on_create(dispatch)
+        agent.readies = True  # the second agent becomes ready
+
+    async with FakeDispatchService(on_create=on_create, on_remove=lambda _room, who: leave(room, who)) as svc:
+        out = await run(
+            room,
+            svc,
+            timeouts={"dispatched": 5, "joined": 5, "ready": 0.5},
+            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
+        )
+    assert out.attempts == 2 and out.participant.identity == "agent-AD_2"
+    assert svc.removed == [("", "agent-AD_1")], svc.removed
+    # removed (and the stale dispatch deleted) before the new dispatch
+    assert svc.methods.index("RemoveParticipant") < svc.methods.index("CreateDispatch", 1), svc.methods
+    assert svc.deleted == ["AD_1"]
+    assert set(room.remote_participants) == {"agent-old", "agent-AD_2"}
+
+
+async def test_without_a_room_service_the_stale_agent_is_named_in_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="livekit.agents")
+    room = rtc.Room()
+    agent = Agent(room, readies=False)
+
+    def on_create(dispatch):
+        agent.on_create(dispatch)
+        agent.readies = True
+
+    async with FakeDispatchService(on_create=on_create) as svc:
+        client = lk_api.LiveKitAPI(svc.url, "devkey", "secret-" * 6)
+        try:
+            out = await livekit.dispatch_ready(
+                room,
+                AGENT,
+                api=client.agent_dispatch,  # the dispatch service alone: no RoomService to remove with
+                timeouts={"dispatched": 5, "joined": 5, "ready": 0.5},
+                policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
+            )
+        finally:
+            await client.aclose()
+    assert out.participant.identity == "agent-AD_2" and svc.removed == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("agent-AD_1" in w and "LiveKitAPI" in w for w in warnings), warnings
+
+
+async def test_a_failed_create_after_a_timeout_does_not_delete_the_stale_dispatch_twice():
+    room = rtc.Room()
+    agent = Agent(room)
+    agent.joins = False  # the first dispatch is lost; the re-dispatch's call fails; the next one works
+
+    def on_create(dispatch):
+        agent.on_create(dispatch)
+        agent.joins = True
+
+    async with FakeDispatchService(fail_on={2}, on_create=on_create) as svc:
+        out = await run(
+            room,
+            svc,
+            timeouts={"dispatched": 5, "joined": 0.5, "ready": 5},
+            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
+        )
+    assert out.participant.identity == "agent-AD_2" and svc.creates == 3
+    assert svc.deleted == ["AD_1"], svc.deleted

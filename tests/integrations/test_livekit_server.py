@@ -4,7 +4,10 @@ plane (`websockets` server) on loopback: control-plane reconnects and failing pr
 from __future__ import annotations
 
 import asyncio
+import inspect
+import linecache
 import logging
+import textwrap
 
 import pytest
 
@@ -21,6 +24,7 @@ from tether.integrations._patch import RefusalKind
 
 ORIGINAL_TASK = lk_worker.AgentServer._connection_task
 ORIGINAL_POOL = lk_proc_pool.ProcPool
+ORIGINAL_RUN = lk_worker.AgentServer.run
 LK_LOGGER = logging.getLogger("livekit.agents")
 
 
@@ -28,6 +32,7 @@ def untouched() -> bool:
     return (
         lk_worker.AgentServer._connection_task is ORIGINAL_TASK
         and lk_proc_pool.ProcPool is ORIGINAL_POOL
+        and lk_worker.AgentServer.run is ORIGINAL_RUN
         and lk_worker.asyncio is asyncio
         and LK_LOGGER.filters == []
     )
@@ -36,7 +41,7 @@ def untouched() -> bool:
 @pytest.fixture
 def installed():
     report = livekit.install(stable_after=1.0)
-    assert report.patched == ("control_plane", "proc_pool"), report
+    assert report.patched == ("control_plane", "proc_pool", "metrics"), report
     # wrapped, not replaced: the shipped loop is still what runs
     assert lk_worker.AgentServer._connection_task.__wrapped__ is ORIGINAL_TASK
     yield report
@@ -132,7 +137,7 @@ def test_changed_loop_code_refuses_that_part_only(monkeypatch, caplog):
     monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", _connection_task)
     report = livekit.install()
     try:
-        assert report.patched == ("proc_pool",)
+        assert report.patched == ("proc_pool", "metrics")
         assert report.refused["control_plane"].kind is RefusalKind.CHANGED_CODE, report
         assert "code fingerprint" in report.refused["control_plane"]
         assert lk_worker.AgentServer._connection_task is _connection_task and lk_worker.asyncio is asyncio
@@ -141,6 +146,54 @@ def test_changed_loop_code_refuses_that_part_only(monkeypatch, caplog):
             for r in caplog.records
             if r.levelno == logging.WARNING
         )
+    finally:
+        livekit.uninstall()
+
+
+def edited_loop(edit=lambda source: source):
+    """livekit's own loop compiled from its source with ``edit`` applied, in the worker's namespace (as an
+    upstream release that changed only that would ship it)."""
+    source = textwrap.dedent(inspect.getsource(inspect.unwrap(ORIGINAL_TASK)))
+    edited = edit(source)
+    filename = f"<livekit worker.py edited {id(edited)}>"
+    linecache.cache[filename] = (len(edited), None, edited.splitlines(keepends=True), filename)
+    ns = dict(vars(lk_worker))
+    exec(compile(edited, filename, "exec"), ns)
+    return edited != source, ns["_connection_task"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # the counter resets only after registration (the upstream fix of the hot loop)
+        lambda s: s.replace("            retry_count = 0\n\n", "", 1).replace(
+            "self._handle_register(msg.register)\n",
+            "self._handle_register(msg.register)\n            retry_count = 0\n",
+        ),
+        lambda s: s.replace("min(retry_count * 2, 10)", "min(retry_count * 2, 60)"),
+        lambda s: s.replace("retry_count >= self._max_retry", "retry_count > self._max_retry"),
+    ],
+    ids=["reset-after-registration", "max-delay", "comparison"],
+)
+def test_loop_edited_inside_keeping_its_names_is_refused(monkeypatch, edit):
+    changed, task = edited_loop(edit)
+    assert changed
+    monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", task)
+    report = livekit.install(proc_pool=False, metrics=False)
+    try:
+        assert report.patched == () and report.refused["control_plane"].kind is RefusalKind.CHANGED_CODE, report
+        assert lk_worker.AgentServer._connection_task is task
+    finally:
+        livekit.uninstall()
+
+
+def test_loop_recompiled_unchanged_is_patched(monkeypatch):
+    # the refusals above come from the edits, not from compiling the loop anew
+    changed, task = edited_loop()
+    assert not changed
+    monkeypatch.setattr(lk_worker.AgentServer, "_connection_task", task)
+    try:
+        assert livekit.install(proc_pool=False, metrics=False).patched == ("control_plane",)
     finally:
         livekit.uninstall()
 
@@ -155,7 +208,7 @@ def test_changed_constructor_refuses_the_pool(monkeypatch, caplog):
     monkeypatch.setattr(job_proc_executor, "ProcJobExecutor", Renamed)
     report = livekit.install()
     try:
-        assert report.patched == ("control_plane",)
+        assert report.patched == ("control_plane", "metrics")
         assert "mp_ctx_factory=" in report.refused["proc_pool"], report
         assert report.refused["proc_pool"].kind is RefusalKind.MISSING_NAMES
         assert lk_proc_pool.ProcPool is ORIGINAL_POOL
@@ -165,7 +218,7 @@ def test_changed_constructor_refuses_the_pool(monkeypatch, caplog):
 
 def test_renamed_instance_attribute_refuses(monkeypatch):
     monkeypatch.setattr(livekit, "_SERVER_ATTRS_1X", (*livekit._SERVER_ATTRS_1X, "_renamed_retry_budget"))
-    report = livekit.install(proc_pool=False)
+    report = livekit.install(proc_pool=False, metrics=False)
     try:
         assert report.patched == ()
         assert "AgentServer()._renamed_retry_budget" in report.refused["control_plane"]
@@ -183,9 +236,10 @@ def test_untested_version_is_refused_unless_allowed(monkeypatch):
         assert report.patched == () and report.refused["control_plane"].kind is RefusalKind.UNTESTED_VERSION
         assert "outside the tested range >=1.5,<1.9 or >=2.0.0b1,<3" in report.refused["control_plane"]
         assert report.refused["proc_pool"].kind is RefusalKind.UNTESTED_VERSION and untouched()
+        assert report.refused["metrics"].kind is RefusalKind.UNTESTED_VERSION
         # tried anyway: the 1.x loop's code is the one read, so it fits
         report = livekit.install(allow_untested=True)
-        assert report.patched == ("control_plane", "proc_pool")
+        assert report.patched == ("control_plane", "proc_pool", "metrics")
     finally:
         livekit.uninstall()
 
@@ -197,7 +251,7 @@ def test_each_variant_checks_its_own_names(monkeypatch):
     monkeypatch.setattr(_patch, "installed_version", lambda dist: "2.0.0b1")
     try:
         report = livekit.install()
-        assert report.patched == ("proc_pool",)
+        assert report.patched == ("proc_pool", "metrics")
         assert report.refused["control_plane"].kind is RefusalKind.MISSING_NAMES
         assert "livekit.agents.worker._core" in report.refused["control_plane"]
     finally:
@@ -219,7 +273,8 @@ def test_install_is_idempotent_and_import_is_lazy():
     code = (
         "import sys, tether, tether.integrations\n"
         "import tether.integrations.livekit, tether.integrations.getstream, tether.integrations.pipecat\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('livekit', 'getstream', 'pipecat')]\n"
+        "heavy = ('livekit', 'getstream', 'pipecat', 'opentelemetry', 'prometheus_client')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in heavy]\n"
         "assert not bad, bad\n"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

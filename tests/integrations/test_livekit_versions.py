@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from lk_scenarios import check_scrape
 
 HERE = Path(__file__).parent
 ASIDE = sorted((HERE.parent.parent / ".venv").glob("livekit-agents-*"))
@@ -59,18 +60,28 @@ def test_release(suites, name):
     r = result(suites, name)
     assert r["version"] == name, r["version"]
     # every part fits its declared range: nothing refused on a supported release
-    assert r["patched"] == ["control_plane", "proc_pool"] and r["refused"] == {}, r
+    assert r["patched"] == ["control_plane", "proc_pool", "metrics"] and r["refused"] == {}, r
+    # tether's series in the worker's /metrics, next to livekit's (2.x: the native worker reconnects by
+    # itself, so tether sees the registrations, not the losses in between)
+    check_scrape(r["metrics"], reconnects=name.startswith("1."))
     if name.startswith("1."):
         a = r["accept_drop"]
         # as shipped thousands of connections at 0 s; with tether: quiet retry, then >= 0.5, 1, 2, 4 s
         assert 2 <= a["connections"] <= 5, a
         assert a["retry_levels"][0] == "DEBUG" and set(a["retry_levels"][1:]) == {"WARNING"}, a
+        # the wrapper another library put on the connection task before install() runs
+        assert a["instrumented_runs"] == 1, a
     else:
         c = r["recycle"]
         # as shipped the native worker dies after max_retry + 1 registrations (~14 s); supervised it
         # is started again after each run that registered and lasted stable_after
         assert c["outcome"] == "running" and c["registrations"] >= 6, c
         assert c["retry_levels"][0] == "DEBUG", c
+        # the wrapper another library put on the connection task before install() runs on every start
+        # of the native worker; livekit's own decorator's "Error in _connection_task" with its traceback
+        # is dropped for a run that is started again
+        assert c["instrumented_runs"] >= 2, c
+        assert not [e for e in c["errors"] if e.startswith("Error in _connection_task")], c
     m = r["max_retry"]
     # the first attempt and max_retry=2 retries, then the shipped error (2.x: a worker that never
     # registered is not started again, its native loop spent the budget)
@@ -79,6 +90,10 @@ def test_release(suites, name):
     assert m["outcome"].startswith("RuntimeError:") or name.startswith("1.5."), m
     if name.startswith("1."):
         assert any("gave up on livekit" in e for e in m["errors"]), m
+    else:
+        # never registered: the run ends as shipped, logged by livekit's own decorator
+        assert any(e.startswith("Error in _connection_task") for e in m["errors"]), m
+    assert m["instrumented_runs"] == 1, m
     p = r["prewarm_fails"]
     assert p["job_error_type"] == "PoolExhausted", p
     assert "prewarm failed: model file /models/vad.onnx not found" in p["job_error"], p

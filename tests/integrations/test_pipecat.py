@@ -55,3 +55,11 @@ def test_renamed_private_method_refuses():
     assert r["patched"] == [] and r["untouched"], r
     assert "WebsocketService._verify_connection" in r["refused"]["websocket_service"], r
     assert any("not patching websocket_service" in w for w in r["warnings"]), r
+
+
+def test_receive_loop_changed_inside_is_refused():
+    r = scenario("edited")
+    assert r["patched"] == [] and r["untouched"], r
+    assert r["kinds"] == {"websocket_service": "changed_code"}, r
+    # the same source compiled again is patched: the refusal is the edit's
+    assert scenario("recompiled")["patched"] == ["websocket_service"]

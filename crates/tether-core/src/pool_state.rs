@@ -45,6 +45,8 @@ pub struct PoolConfig {
     /// Python logger the pool's records go to (a key registered by the bindings); None: the module's
     /// `tether.procpool`. Every record carries it as the `logger` field.
     pub logger: Option<Arc<str>>,
+    /// The `name` attribute of the pool's metrics.
+    pub name: String,
 }
 
 impl Default for PoolConfig {
@@ -64,6 +66,7 @@ impl Default for PoolConfig {
             },
             unhealthy_after: 2,
             logger: None,
+            name: "procpool".into(),
         }
     }
 }
@@ -211,11 +214,10 @@ pub enum Warmth {
     Wait,
 }
 
-/// One acquire in progress.
+/// One acquire in progress. The spawn in flight made for (or taken over by) it, if any, is the one whose
+/// `Spawn::owner` it is: the link is kept on that side only.
 struct Waiter<P> {
     id: WaiterId,
-    /// The spawn in flight made for (or taken over by) this waiter.
-    spawn: Option<SpawnId>,
     /// The process that spawn produced, kept for it.
     ready: Option<P>,
     /// Causes of its failed spawns: one per failed attempt.
@@ -247,7 +249,6 @@ pub struct PoolState<P> {
     next_spawn: SpawnId,
     closed: bool,
     consecutive_failures: u32,
-    healthy: bool,
     /// The most recent failure causes; `failure_total` counts them all.
     failures: VecDeque<String>,
     failure_total: u64,
@@ -271,7 +272,6 @@ impl<P> PoolState<P> {
             next_spawn: 0,
             closed: false,
             consecutive_failures: 0,
-            healthy: true,
             failures: VecDeque::new(),
             failure_total: 0,
             next_spawn_at: None,
@@ -280,8 +280,10 @@ impl<P> PoolState<P> {
         }
     }
 
+    /// Healthy until `unhealthy_after` spawns failed in a row (0 counts as 1: a pool starts healthy); a
+    /// success makes it healthy again.
     pub fn healthy(&self) -> bool {
-        self.healthy
+        self.consecutive_failures < self.unhealthy_after.max(1)
     }
     pub fn is_closed(&self) -> bool {
         self.closed
@@ -325,7 +327,7 @@ impl<P> PoolState<P> {
     }
     /// Spawns that may start besides those in flight.
     fn room(&self) -> usize {
-        let slots = if self.healthy { self.max_concurrent_spawns } else { 1 };
+        let slots = if self.healthy() { self.max_concurrent_spawns } else { 1 };
         slots.saturating_sub(self.in_flight.len())
     }
     /// Whether a process nobody is waiting for is kept idle.
@@ -334,6 +336,14 @@ impl<P> PoolState<P> {
     }
     fn waiter(&mut self, id: WaiterId) -> Option<&mut Waiter<P>> {
         self.waiters.iter_mut().find(|w| w.id == id)
+    }
+    /// Whether a spawn in flight is made for (or was taken over by) waiter `id`.
+    fn has_spawn(&self, id: WaiterId) -> bool {
+        self.in_flight.values().any(|s| s.owner == Some(id))
+    }
+    /// Give the oldest spawn in flight for nobody to waiter `id`; whether there was one.
+    fn adopt_orphan(&mut self, id: WaiterId) -> bool {
+        self.in_flight.values_mut().find(|s| s.owner.is_none()).map(|s| s.owner = Some(id)).is_some()
     }
 
     /// The spawns to start at `now`, oldest waiter first, then for the idle target.
@@ -345,10 +355,7 @@ impl<P> PoolState<P> {
             .map(|_| {
                 let id = self.next_spawn;
                 self.next_spawn += 1;
-                let waiter = self.waiters.iter_mut().find(|w| w.spawn.is_none() && w.ready.is_none()).map(|w| {
-                    w.spawn = Some(id);
-                    w.id
-                });
+                let waiter = self.waiters.iter().find(|w| w.ready.is_none() && !self.has_spawn(w.id)).map(|w| w.id);
                 self.in_flight.insert(id, Spawn { owner: waiter, started: now });
                 self.spawns += 1;
                 Start { id, waiter }
@@ -366,12 +373,9 @@ impl<P> PoolState<P> {
     pub fn add_waiter(&mut self) -> WaiterId {
         let id = self.next_waiter;
         self.next_waiter += 1;
-        let spawn = self.in_flight.iter_mut().find(|(_, s)| s.owner.is_none()).map(|(s, spawn)| {
-            spawn.owner = Some(id);
-            *s
-        });
+        self.adopt_orphan(id);
         let since = self.failure_total;
-        self.waiters.push(Waiter { id, spawn, ready: None, failures: Vec::new(), since, given_up: None });
+        self.waiters.push(Waiter { id, ready: None, failures: Vec::new(), since, given_up: None });
         id
     }
 
@@ -380,7 +384,7 @@ impl<P> PoolState<P> {
     pub fn remove_waiter(&mut self, id: WaiterId) -> Option<P> {
         let i = self.waiters.iter().position(|w| w.id == id)?;
         let w = self.waiters.remove(i);
-        if let Some(s) = w.spawn.and_then(|s| self.in_flight.get_mut(&s)) {
+        for s in self.in_flight.values_mut().filter(|s| s.owner == Some(id)) {
             s.owner = None;
         }
         match w.ready {
@@ -484,12 +488,8 @@ impl<P> PoolState<P> {
     /// was for.
     fn settle(&mut self, id: SpawnId) -> Option<(Instant, Option<WaiterId>)> {
         let spawn = self.in_flight.remove(&id)?;
-        let owner = spawn.owner.and_then(|o| {
-            let w = self.waiter(o)?;
-            w.spawn = None;
-            Some(o)
-        });
-        Some((spawn.started, owner))
+        // an owner is a waiter still waiting: one that leaves disowns its spawn (`remove_waiter`)
+        Some((spawn.started, spawn.owner))
     }
 
     /// Spawn `id` was dropped without an outcome (the pool closed under it): it only stops counting.
@@ -500,9 +500,8 @@ impl<P> PoolState<P> {
     /// Spawn `id` produced `p` at `now`: it goes to the waiter it was made for, else idle if wanted.
     pub fn spawn_succeeded(&mut self, id: SpawnId, p: P, now: Instant) -> Succeeded<P> {
         let (started, owner) = self.settle(id).unwrap_or((now, None));
-        let recovered = !self.healthy;
+        let recovered = !self.healthy();
         self.consecutive_failures = 0;
-        self.healthy = true;
         self.next_spawn_at = None;
         self.delays = self.respawn.delays_unbounded();
         let surplus = if self.closed {
@@ -522,7 +521,7 @@ impl<P> PoolState<P> {
     /// Spawn `id` failed at `now` with `cause`.
     pub fn spawn_failed(&mut self, id: SpawnId, cause: String, now: Instant) -> Failed {
         let owner = self.settle(id).and_then(|(_, o)| o);
-        let was_healthy = self.healthy;
+        let was_healthy = self.healthy();
         self.consecutive_failures += 1;
         self.failure_total += 1;
         self.failures.push_back(cause.clone());
@@ -531,23 +530,15 @@ impl<P> PoolState<P> {
         }
         if let Some(o) = owner {
             // a spawn in flight that nobody owns serves this waiter before it loses an attempt
-            let orphan = self.in_flight.iter_mut().find(|(_, s)| s.owner.is_none()).map(|(s, spawn)| {
-                spawn.owner = Some(o);
-                *s
-            });
-            if let Some(w) = self.waiter(o) {
-                match orphan {
-                    Some(s) => w.spawn = Some(s),
-                    None => w.failures.push(cause),
+            if !self.adopt_orphan(o) {
+                if let Some(w) = self.waiter(o) {
+                    w.failures.push(cause);
                 }
             }
         }
         let retry_in = self.delays.next().unwrap_or(Duration::from_secs_f64(self.respawn.max_delay));
         self.next_spawn_at = Some(now + retry_in);
-        let turned_unhealthy = self.healthy && self.consecutive_failures >= self.unhealthy_after;
-        if turned_unhealthy {
-            self.healthy = false;
-        }
+        let turned_unhealthy = was_healthy && !self.healthy();
         if !was_healthy {
             // The pool already knew setup keeps failing and one more spawn failed, whoever it was made
             // for: no acquire waits for spawns of its own (each a backoff away) to learn it.

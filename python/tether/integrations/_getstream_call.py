@@ -7,8 +7,8 @@ black-holed SFU leaves the call JOINED while nothing arrives (the ghost room), a
 black hole has no deadline (stuck reconnecting).
 
 Part ``call_watch`` wraps four public methods of ``ConnectionManager`` (each wrapper calls the
-original): ``connect`` attaches a ``CallWatch`` to every manager that joined (``watch_call`` attaches one
-by hand, with other settings), ``leave`` ends it, ``wait`` waits through a rejoin, ``add_tracks``
+original): ``connect`` attaches a ``CallWatch`` with ``getstream.install()``'s settings to every manager
+that joined (``watch_call`` attaches one by hand, with its own), ``leave`` ends it, ``wait`` waits through a rejoin, ``add_tracks``
 remembers what to publish again. The watch:
 
 * dwell alarms: RECONNECTING or MIGRATING for longer than ``reconnecting_timeout``; RECONNECTING_FAILED;
@@ -49,7 +49,7 @@ PART = "call_watch"
 
 #: the releases the call part was tested with (7.0.0 runs in ``make test``); its release line is 7 and up
 CALL_WATCH_REQUIREMENT = "getstream>=7.0,<7.1"
-CALL_WATCH_LINE = ">=7"
+CALL_WATCH_LINE = ">=7.0.0.dev0"  # from the first pre-release of 7, where the signaling part's line ends
 
 LOGGER_NAME = "getstream.video.rtc.connection_manager"
 
@@ -424,9 +424,9 @@ def watch_call(
       ``policy`` (default: 0.5 s doubling to 4 s, for 120 s). The application's ``wait()`` goes on
       waiting through a rejoin and raises ``tether.GaveUp`` when the retries are exhausted.
 
-    ``install()`` attaches one with these defaults to every manager that joins; the rejoin needs the
-    part's wrappers of ``connect``/``leave``/``wait``/``add_tracks``, so this installs the part if it is
-    not (a ``RuntimeError`` names why when it is refused). Call from the loop the manager runs on; a
+    ``install()`` attaches one with its own settings (these defaults unless given) to every manager that
+    joins; the rejoin needs the part's wrappers of ``connect``/``leave``/``wait``/``add_tracks``, so this
+    installs the part if it is not (a ``RuntimeError`` names why when it is refused). Call from the loop the manager runs on; a
     manager has one watch (a new one replaces it).
     """
     from . import getstream
@@ -446,16 +446,13 @@ def watch_call(
     return CallWatch(manager, settings)
 
 
-_settings = _Settings()
+def call_watch_part(settings: _Settings) -> Part:
+    """The part ``getstream.install()`` declares for getstream 7: a ``CallWatch`` with ``settings`` on
+    every ``ConnectionManager`` once it joined."""
+    return Part(PART, CALL_WATCH_REQUIREMENT, functools.partial(_prepare, settings), line=CALL_WATCH_LINE)
 
 
-def call_watch_part() -> Part:
-    """The part ``getstream.install()`` declares for getstream 7: a ``CallWatch`` on every
-    ``ConnectionManager`` once it joined."""
-    return Part(PART, CALL_WATCH_REQUIREMENT, _prepare, line=CALL_WATCH_LINE)
-
-
-def _prepare(c: Checks) -> PatchFn | None:
+def _prepare(settings: _Settings, c: Checks) -> PatchFn | None:
     cm_module = c.module("getstream.video.rtc.connection_manager")
     participants = c.module("getstream.video.rtc.participants")
     rtc = c.module("getstream_rtc")
@@ -478,52 +475,47 @@ def _prepare(c: Checks) -> PatchFn | None:
         return None
 
     def patch(p: Patches) -> None:
-        for name, wrapper in _wrappers(manager).items():
-            p.set(manager, name, wrapper)
+        for name, wrapper in _wrappers(settings).items():
+            p.wrap(manager, name, wrapper)
 
     return patch
 
 
-def _wrappers(manager_class: Any) -> dict[str, Callable[..., Any]]:
-    """Wrappers of the manager's public methods; each calls the original."""
-    connect_, leave_, wait_, add_tracks_ = (
-        manager_class.connect,
-        manager_class.leave,
-        manager_class.wait,
-        manager_class.add_tracks,
-    )
+Wrapper = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
-    @functools.wraps(connect_)
-    async def connect(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = await connect_(self, *args, **kwargs)
-        if CallWatch.of(self) is None:
+
+def _wrappers(settings: _Settings) -> dict[str, Wrapper]:
+    """Wrappers (``Patches.wrap``'s shape) of the manager's public methods; each calls the original."""
+
+    async def connect(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = await wrapped(*args, **kwargs)
+        manager = args[0]
+        if CallWatch.of(manager) is None:
             try:
-                CallWatch(self, _settings)
+                CallWatch(manager, settings)
             except Exception as e:  # the call is joined: a watch that cannot start must not undo that
                 logging.getLogger("tether.integrations").warning(
                     "tether.integrations.getstream: not watching this call: %s", redact(str(e))
                 )
         return result
 
-    @functools.wraps(leave_)
-    async def leave(self: Any, *args: Any, **kwargs: Any) -> Any:
-        watch = CallWatch.of(self)
+    async def leave(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        watch = CallWatch.of(args[0])
         if watch is not None:
             await watch._left_by_application()
-        return await leave_(self, *args, **kwargs)
+        return await wrapped(*args, **kwargs)
 
-    @functools.wraps(wait_)
-    async def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def wait(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         while True:
-            result = await wait_(self, *args, **kwargs)
-            watch = CallWatch.of(self)
+            result = await wrapped(*args, **kwargs)
+            watch = CallWatch.of(args[0])
             if watch is None or not await watch._goes_on():
                 return result
 
-    @functools.wraps(add_tracks_)
-    async def add_tracks(self: Any, audio: Any = None, video: Any = None) -> Any:
-        result = await add_tracks_(self, audio=audio, video=video)
-        tracks = _published.setdefault(self, {})
+    async def add_tracks(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = await wrapped(*args, **kwargs)
+        manager, audio, video = _tracks(*args, **kwargs)
+        tracks = _published.setdefault(manager, {})
         if audio is not None:
             tracks["audio"] = audio
         if video is not None:
@@ -531,6 +523,11 @@ def _wrappers(manager_class: Any) -> dict[str, Callable[..., Any]]:
         return result
 
     return {"connect": connect, "leave": leave, "wait": wait, "add_tracks": add_tracks}
+
+
+def _tracks(manager: Any, audio: Any = None, video: Any = None) -> tuple[Any, Any, Any]:
+    """The arguments of ``ConnectionManager.add_tracks(audio=None, video=None)`` however they were passed."""
+    return manager, audio, video
 
 
 __all__ = ["CALL_WATCH_REQUIREMENT", "CallWatch", "call_watch_part", "watch_call"]

@@ -18,18 +18,21 @@ The seams depend on the inside of the loop (it sleeps with ``asyncio.sleep`` in 
 WARNING there), so its code fingerprint must be the one read (1.5.17 to 1.8.9: unchanged).
 
 2.x (the loop is the native ``_core.Worker``, which never resets its retry counter, so a worker whose
-socket is recycled dies after ``max_retry`` recycles): the shipped ``_connection_task`` runs whole, and
-is started again when the native worker gave up after a registration that lasted ``stable_after``. A
-worker that never registered ends as shipped: its own ``max_retry`` was spent. The native worker's
-retries inside one run are its own (0, 2, 4 ... s, no jitter); only its first retry's WARNING is
-lowered, through the record's fields. Its ERROR when a run gives up stays: the record says nothing of
-the restart that follows.
+socket is recycled dies after ``max_retry`` recycles): the shipped ``_connection_task`` runs whole,
+through every wrapper another library put on it, and is started again when the native worker gave up
+after a registration that lasted ``stable_after``. A worker that never registered ends as shipped: its
+own ``max_retry`` was spent. The native worker's retries inside one run are its own (0, 2, 4 ... s, no
+jitter); only its first retry's WARNING is lowered, through the record's fields. Its ERROR when a run
+gives up stays: the record says nothing of the restart that follows. livekit's ``log_exceptions``
+decorator's ERROR with a traceback is dropped for a run that is started again (a filter that matches
+only that decorator's code, only inside a supervised run that registered).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import inspect
 import logging
 import sys
@@ -244,30 +247,81 @@ class _QuietFirstNativeRetry(logging.Filter):
         return True
 
 
+class _NativeRun:
+    """One run of the native worker under ``patch_v2``'s wrapper."""
+
+    __slots__ = ("registered",)
+
+    def __init__(self) -> None:
+        self.registered = False
+
+
+# the run of the native worker in this task (the decorator's record is logged in it)
+_NATIVE_RUN: contextvars.ContextVar[_NativeRun | None] = contextvars.ContextVar("tether_livekit_2x", default=None)
+
+
+def decorator_code(task: Callable[..., Any]) -> types.CodeType | None:
+    """The code of livekit's own ``utils.log_exceptions`` layer among the wrappers of ``task``, if it is
+    there: compared with a function decorated here, so that no other wrapper is taken for it."""
+    try:
+        log_exceptions = importlib.import_module("livekit.agents.utils.log").log_exceptions
+
+        async def probe() -> None: ...
+
+        code = log_exceptions(logger=logging.getLogger(LOGGER_NAME))(probe).__code__
+    except Exception:
+        return None
+    layer: Any = task
+    while layer is not None:
+        if getattr(layer, "__code__", None) is code:
+            return code
+        layer = getattr(layer, "__wrapped__", None)
+    return None
+
+
+class _DropRestartedRunError(logging.Filter):
+    """livekit's ``log_exceptions`` decorator logs every error of the connection task at ERROR with its
+    traceback. For a run that registered, tether starts the worker again (or gives up with its own
+    record), so that record is dropped; a run that never registered ends as shipped, record and all."""
+
+    def __init__(self, code: types.CodeType) -> None:
+        super().__init__()
+        self._file = code.co_filename
+        self._func = code.co_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        run = _NATIVE_RUN.get()
+        return not (
+            run is not None
+            and run.registered
+            and record.levelno >= logging.ERROR
+            and record.funcName == self._func
+            and record.pathname == self._file
+        )
+
+
 def patch_v2(p: Any, server_cls: Any, settings: Settings) -> None:
     async def connection_task(wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         server = args[0]
-        # the undecorated loop: the shipped decorator logs every error with a traceback at ERROR, which
-        # for a worker tether starts again is noise; giving up is logged by the Reconnector
-        run_once = inspect.unwrap(wrapped)
         r = settings.reconnector(server)
-        registered_in_run = False
+        run = _NativeRun()
 
         def registered(*_: Any) -> None:
-            nonlocal registered_in_run
-            registered_in_run = True
+            run.registered = True
             r.connected()
 
         server.on("worker_registered", registered)
+        token = _NATIVE_RUN.set(run)
         try:
             while True:
-                registered_in_run = False
+                run.registered = False
                 try:
-                    return await run_once(*args, **kwargs)
+                    # through every wrapper under tether's (another library's instrumentation runs)
+                    return await wrapped(*args, **kwargs)
                 except Exception as e:
                     if server._closed:
                         return None
-                    if not registered_in_run:
+                    if not run.registered:
                         raise  # never registered: the native worker spent its max_retry, as shipped
                     try:
                         delay = r.failed(e)
@@ -279,9 +333,14 @@ def patch_v2(p: Any, server_cls: Any, settings: Settings) -> None:
                 if server._closed:
                     return None
         finally:
+            _NATIVE_RUN.reset(token)
             server.off("worker_registered", registered)
 
     lk_logger = logging.getLogger(LOGGER_NAME)
     quiet = _QuietFirstNativeRetry(lk_logger)
     p.call(lambda: lk_logger.addFilter(quiet), lambda: lk_logger.removeFilter(quiet))
+    code = decorator_code(server_cls._connection_task)
+    if code is not None:
+        restarted = _DropRestartedRunError(code)
+        p.call(lambda: lk_logger.addFilter(restarted), lambda: lk_logger.removeFilter(restarted))
     p.wrap(server_cls, "_connection_task", connection_task)

@@ -9,6 +9,7 @@ participant attribute ``lk.agent.state`` (``initializing`` until the ``AgentSess
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import logging
@@ -27,8 +28,8 @@ DEFAULT_TIMEOUTS = {"dispatched": 10.0, "joined": 10.0, "ready": 20.0}
 ATTRIBUTE_AGENT_NAME = "lk.agent.name"
 ATTRIBUTE_AGENT_STATE = "lk.agent.state"
 _INITIALIZING = "initializing"
-# deleting the dispatch of an attempt that timed out, before dispatching again
-_DELETE_TIMEOUT = 5.0
+# deleting the dispatch of an attempt that timed out and removing its agent, before dispatching again
+_CLEANUP_TIMEOUT = 5.0
 _JOB_IDS = itertools.count(1)
 
 
@@ -44,7 +45,8 @@ class Dispatched:
 
 
 def default_policy() -> Backoff:
-    """Dispatch-call retries and re-dispatches: 3 attempts, 0.2 s then 0.4 s apart."""
+    """Dispatch-call retries and re-dispatches, one budget for both: up to 4 dispatch calls, the 3 retries
+    after 0.2, 0.4 and 0.8 s (``max_attempts`` counts retries; the ``ReadinessGate`` default)."""
     return Backoff(0.2, 2.0, jitter="none", max_attempts=3)
 
 
@@ -60,6 +62,7 @@ class _Watch:
         self.participant: Any = None
         self.active = False
         self._ignore: set[str] = set()  # agents in the room before this attempt's dispatch
+        self._stale: set[str] = set()  # agents of earlier attempts, which left or were removed
         self._handlers = [
             ("participant_connected", self._on_participant),
             ("participant_attributes_changed", lambda _changed, p: self._on_participant(p)),
@@ -74,9 +77,19 @@ class _Watch:
 
     def new_attempt(self) -> None:
         """Before a dispatch: agents already present (or a previous attempt's) are not this one's."""
+        if self.participant is not None:
+            self._stale.add(self.participant.identity)
         self.participant = None
         self.active = True
-        self._ignore = {p.identity for p in self.room.remote_participants.values() if self._is_agent(p)}
+        present = {p.identity for p in self.room.remote_participants.values() if self._is_agent(p)}
+        self._ignore = present | self._stale
+
+    def stale_agent(self) -> Any:
+        """The agent of the attempt that timed out, if it joined and is still in the room."""
+        p = self.participant
+        if p is None or self.room.remote_participants.get(p.identity) is not p:
+            return None
+        return p
 
     def scan(self) -> None:
         for p in list(self.room.remote_participants.values()):
@@ -106,6 +119,7 @@ class _Watch:
         # the agent left before it was ready (its job failed): a re-dispatch may bring another
         if self.participant is not None and p.identity == self.participant.identity:
             self._ignore.add(p.identity)
+            self._stale.add(p.identity)
 
 
 async def dispatch_ready(
@@ -134,30 +148,62 @@ async def dispatch_ready(
     * ``ready``: its ``lk.agent.state`` attribute left ``initializing`` (the ``AgentSession`` runs).
 
     A failed dispatch call is retried, and with ``redispatch=True`` a stage that timed out deletes that
-    dispatch and dispatches again, within ``policy`` (default: 3 attempts, 0.2 s then 0.4 s apart).
-    Raises ``tether.NotReady`` naming the stage that did not come and the elapsed times.
+    dispatch and dispatches again, within ``policy`` (``max_attempts`` counts the retries; default: up to 4
+    dispatch calls, the retries after 0.2, 0.4 and 0.8 s). An agent that joined but did not become ready
+    in time is removed from the room before the next dispatch (``RoomService.RemoveParticipant`` of the
+    same ``LiveKitAPI``; with only an ``agent_dispatch`` service as ``api``, a WARNING names it instead),
+    so that it cannot start answering beside the next one. Deleting the dispatch and removing the agent
+    are each bounded to 5 s and their failure is a WARNING, not the end of the dispatch.
+    Raises ``tether.NotReady`` naming the stage that did not come and the elapsed times; the last
+    dispatch, and its agent if one joined, are left as they are then.
     """
     lk_api = importlib.import_module("livekit.api")
     own_api = api is None
     client = lk_api.LiveKitAPI() if own_api else api
     service = getattr(client, "agent_dispatch", client)
+    rooms = getattr(client, "room", None)  # the RoomService of a LiveKitAPI
     gate = gate or ReadinessGate(logger=LOGGER_NAME)
     key = job_id or f"{agent_name} in {getattr(room, 'name', '') or 'room'} #{next(_JOB_IDS)}"
     watch = _Watch(room, agent_name, gate, key)
     log = logging.getLogger(LOGGER_NAME)
     dispatches: list[Any] = []
+    # the latest dispatch: another attempt comes only after it timed out at a stage, and then neither it
+    # nor its agent may answer later (kept until that is done, in case the cleanup itself is cut short)
+    latest: list[Any] = []
+
+    async def delete(stale: Any) -> None:
+        try:
+            await bounded(service.delete_dispatch(stale.id, room.name), _CLEANUP_TIMEOUT, what="delete_dispatch")
+        except Exception as e:
+            log.warning("could not delete the dispatch %s before dispatching again: %s", stale.id, e)
+
+    async def remove(agent: Any) -> None:
+        if rooms is None:
+            log.warning(
+                "the agent %s joined but was not ready in time and stays in the room: pass a LiveKitAPI as api= "
+                "so that it is removed before dispatching again",
+                agent.identity,
+            )
+            return
+        request = lk_api.RoomParticipantIdentity(room=room.name, identity=agent.identity)
+        try:
+            await bounded(rooms.remove_participant(request), _CLEANUP_TIMEOUT, what="remove_participant")
+        except Exception as e:
+            log.warning("could not remove the agent %s before dispatching again: %s", agent.identity, e)
 
     async def dispatch(_job_id: str, attempt: int) -> Any:
-        if dispatches and attempt > 1:
-            stale = dispatches[-1]
-            try:
-                await bounded(service.delete_dispatch(stale.id, room.name), _DELETE_TIMEOUT, what="delete_dispatch")
-            except Exception as e:
-                log.warning("could not delete the dispatch %s before dispatching again: %s", stale.id, e)
+        if latest and attempt > 1:
+            cleanup = [delete(latest[0])]
+            agent = watch.stale_agent()
+            if agent is not None:
+                cleanup.append(remove(agent))
+            await asyncio.gather(*cleanup)
+            latest.clear()
         watch.new_attempt()
         request = lk_api.CreateAgentDispatchRequest(agent_name=agent_name, room=room.name, metadata=metadata)
         created = await service.create_dispatch(request)
         dispatches.append(created)
+        latest[:] = [created]
         watch.scan()  # the gate keeps marks that come before this return (it implies "dispatched")
         return created
 

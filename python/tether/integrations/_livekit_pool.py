@@ -96,6 +96,7 @@ def make_pool_class(base: Any, *, respawn: Backoff | None, acquire_timeout: floa
                 respawn=respawn or default_respawn(),
                 liveness=self._t_alive,
                 logger="livekit.agents",  # the pool's records stay under the framework's logger
+                name="livekit",
             )
 
         # -- public surface used by AgentServer ------------------------------------------------------

@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import tokenize
 import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ class RefusalKind(str, enum.Enum):
     NOT_INSTALLED = "not_installed"  # the framework's distribution is not installed
     UNTESTED_VERSION = "untested_version"  # installed, outside every range the part declares
     MISSING_NAMES = "missing_names"  # a private name the part needs is gone or renamed
-    CHANGED_CODE = "changed_code"  # a function the part relies on changed (its fingerprint differs)
+    # a function the part relies on changed (its fingerprint differs), or its source cannot be read to check
+    CHANGED_CODE = "changed_code"
     FAILED = "failed"  # importing the framework or applying the patch raised
 
 
@@ -140,42 +142,111 @@ class Checks:
         """``func``'s code must be one we read: a part that relies on the inside of a framework function
         (where it calls what, which names it uses) refuses when that code changed."""
         known = {expected} if isinstance(expected, str) else set(expected)
-        actual = code_fingerprint(func)
+        label = getattr(func, "__qualname__", func)
+        try:
+            actual = code_fingerprint(func)
+        except OSError as e:
+            # an unread function is as unknown as a changed one
+            self.changed.append(f"{label} (its source cannot be read to check its code: {e})")
+            return
         if actual not in known:
-            self.changed.append(f"{getattr(func, '__qualname__', func)} (code fingerprint {actual})")
+            self.changed.append(f"{label} (code fingerprint {actual})")
 
 
 def code_fingerprint(func: Callable[..., Any]) -> str:
-    """A fingerprint of what a function's code refers to: every name, local variable and constant of its
-    code and nested code, as sets.
+    """A fingerprint of a function's source code (of the innermost function under its wrappers): a hash of
+    its tokens in order, so that a change in control flow, an operator or any literal changes it, while
+    comments, blank lines, spacing inside a line and docstrings do not.
 
-    Not a hash of ``co_code``: the bytecode of one source differs between CPython minors (and 3.12
-    inlines comprehensions, 3.14 loads small ints without constants), so such a hash would refuse every
-    Python the fingerprint was not taken on. Names, locals and literal constants are the same across
-    them, and change when upstream renames an attribute, adds a call, a variable or a message."""
-    code = inspect.unwrap(func).__code__
-    names: set[str] = set()
-    local: set[str] = set()
-    consts: set[str] = set()
+    Raises ``OSError`` when the source cannot be read (an installation without ``.py`` files): the
+    function cannot be checked then, and ``Checks.fingerprint`` refuses the part.
 
-    def walk(c: types.CodeType) -> None:
-        names.update(c.co_names)
-        local.update(n for n in c.co_varnames + c.co_cellvars + c.co_freevars if not n.startswith("."))
-        for const in c.co_consts:
-            add(const)
+    Source, not bytecode: the bytecode of one source differs between CPython minors (3.12 inlines
+    comprehensions, 3.14 loads small ints without constants), so a hash of it would refuse every Python
+    the fingerprint was not taken on; the tokens of one source are the same on all of them once an
+    f-string is one token again (see ``source_fingerprint``; a test compares 3.10 to 3.13)."""
+    target = inspect.unwrap(func)
+    try:
+        source = inspect.getsource(target)
+    except TypeError as e:  # a builtin or a callable object without Python code
+        raise OSError(f"no Python source: {e}") from e
+    return source_fingerprint(source)
 
-    def add(const: object) -> None:
-        if isinstance(const, types.CodeType):
-            walk(const)
-        elif isinstance(const, (tuple, frozenset)):
-            for item in const:
-                add(item)
-        elif isinstance(const, (str, bytes, float)) or (isinstance(const, int) and not 0 <= const < 256):
-            consts.add(repr(const))
 
-    walk(code)
-    material = repr((code.co_name, sorted(names), sorted(local), sorted(consts)))
+# token kinds that say nothing about what the code does; ENCODING only comes from byte input
+_IGNORED_TOKENS = {tokenize.COMMENT, tokenize.NL, tokenize.ENDMARKER, tokenize.ENCODING}
+# the block structure: a statement moved into or out of a block changes these, not the names around it
+_STRUCTURE_TOKENS = {tokenize.NEWLINE: "NEWLINE", tokenize.INDENT: "INDENT", tokenize.DEDENT: "DEDENT"}
+# CPython 3.12 tokenizes an f-string as its parts (3.14 also t-strings), older ones as one STRING token:
+# the parts are joined back into the literal as written so that every minor sees one token
+_FSTRING_START = {getattr(tokenize, n) for n in ("FSTRING_START", "TSTRING_START") if hasattr(tokenize, n)}
+_FSTRING_END = {getattr(tokenize, n) for n in ("FSTRING_END", "TSTRING_END") if hasattr(tokenize, n)}
+
+
+def source_fingerprint(source: str) -> str:
+    """The fingerprint of one function's source as ``inspect.getsource`` returns it (a method's is
+    indented): see ``code_fingerprint``. Raises ``OSError`` when it does not tokenize."""
+    indented = source[:1] in (" ", "\t")
+    # an indented block tokenizes only inside a block: a synthetic ``if 1:`` header, dropped below
+    text = "if 1:\n" + source if indented else source
+    lines = text.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def at(pos: tuple[int, int]) -> int:
+        return offsets[pos[0] - 1] + pos[1]
+
+    tokens: list[tuple[str, str]] = []
+    depth, start = 0, 0
+    try:
+        for tok in tokenize.generate_tokens(iter(lines).__next__):
+            if tok.type in _FSTRING_START:
+                depth += 1
+                if depth == 1:
+                    start = at(tok.start)
+            elif tok.type in _FSTRING_END:
+                depth -= 1
+                if depth == 0:
+                    tokens.append(("STRING", text[start : at(tok.end)]))
+            elif depth or tok.type in _IGNORED_TOKENS:
+                continue
+            elif tok.type in _STRUCTURE_TOKENS:
+                tokens.append((_STRUCTURE_TOKENS[tok.type], ""))
+            else:
+                # NAME, NUMBER, STRING, OP: the kind is the same on every minor, the text is what was written
+                tokens.append((tokenize.tok_name[tok.type], tok.string))
+    except (tokenize.TokenError, SyntaxError) as e:
+        raise OSError(f"the source does not tokenize: {e}") from e
+    if indented:
+        tokens = tokens[4:]  # if, 1, :, NEWLINE
+    kept: list[tuple[str, str]] = []
+    statement: list[tuple[str, str]] = []
+    for item in tokens:
+        if item[0] in ("INDENT", "DEDENT"):
+            kept.append(item)  # only ever at the start of a statement
+        elif item[0] != "NEWLINE":
+            statement.append(item)
+        else:
+            # a statement that is only a plain string literal (a docstring) does nothing
+            if not all(kind == "STRING" and _plain_string(literal) for kind, literal in statement):
+                kept += statement
+                kept.append(item)
+            statement = []
+    kept += statement
+    # where the source ends (a trailing newline, the dedents back to column 0) is not part of the code
+    while kept and kept[0][0] == "INDENT":
+        del kept[0]
+    while kept and kept[-1][0] in ("NEWLINE", "DEDENT"):
+        kept.pop()
+    material = "\n".join(f"{kind} {string}" for kind, string in kept)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _plain_string(literal: str) -> bool:
+    """A string literal without interpolation (no f or t prefix)."""
+    prefix = literal[: min(i for i in (literal.find("'"), literal.find('"')) if i >= 0)]
+    return not set(prefix.lower()) & {"f", "t"}
 
 
 def _label(owner: object) -> str:
@@ -249,9 +320,11 @@ class Part:
     """One independently patched piece of an integration, for the releases in ``requirement``.
 
     ``line``, when set, is the wider span of releases the part is about at all (a specifier such as
-    ``"<7"``): on a release outside it the part is not considered, neither patched nor refused. getstream
-    7 moved signaling into Rust, so its signaling part has nothing to say there, and the part for 7.x
-    has nothing to say on 6.x; each release line hears only of its own part."""
+    ``"<7.0.0.dev0"``): on a release outside it the part is not considered, neither patched nor refused.
+    getstream 7 moved signaling into Rust, so its signaling part has nothing to say there, and the part
+    for 7.x has nothing to say on 6.x; each release line hears only of its own part. Lines that meet
+    are written at ``X.dev0``, the first release of all of X's pre-releases: ``<7`` and ``>=7`` would both
+    leave out 7.0.0rc1. A release that no part's line holds refuses every part (``Integration.install``)."""
 
     name: str
     requirement: str
@@ -331,11 +404,24 @@ class Integration:
         variants: dict[str, list[Part]] = {}
         for part in parts:
             variants.setdefault(part.name, []).append(part)
+        try:
+            in_line = version is not None and any(p.concerns(version) for p in parts)
+        except ImportError:
+            in_line = True  # refused below, part by part, for the missing packaging
         for name, options in variants.items():
             if name in self._parts:
                 continue
             if version is None:
                 self.refuse(name, RefusalKind.NOT_INSTALLED, f"{self.dist} is not installed")
+                continue
+            if not in_line:
+                # a gap between release lines would otherwise patch nothing and say nothing
+                lines = ", ".join(f"{p.name} {p.line}" for p in parts if p.line)
+                self.refuse(
+                    name,
+                    RefusalKind.UNTESTED_VERSION,
+                    f"no part of this integration is for {self.dist} {version} (release lines: {lines})",
+                )
                 continue
             try:
                 options = [p for p in options if p.concerns(version)]
@@ -344,7 +430,7 @@ class Integration:
                 self.refuse(name, RefusalKind.FAILED, f"cannot check the version ({e}); pip install packaging")
                 continue
             if not options:
-                continue
+                continue  # another part's release line holds this version
             ranges = " or ".join(p.specifier for p in options)
             if not fitting and not allow_untested:
                 self.refuse(

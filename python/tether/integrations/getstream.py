@@ -5,7 +5,7 @@ signaling is in Rust): one call before joining a call.
     getstream.install()
 
 On getstream 7, ``install()`` patches part ``call_watch`` instead (``tether.integrations._getstream_call``:
-``watch_call``, ``CallWatch``); the signaling settings below do not apply there.
+``watch_call``, ``CallWatch``); ``install()``'s arguments say which release line each applies to.
 
 Part ``signaling`` replaces ``getstream.video.rtc.signaling.WebSocketClient`` (and the name
 ``connection_utils`` uses) with a drop-in subclass whose socket is a ``tether.connect`` connection:
@@ -36,8 +36,17 @@ from .._connect import connect as tether_connect
 from .._errors import GaveUp, TetherError
 from .._hooks import Handshake
 from .._native import Backoff
-from .._watchdog import bounded
-from ._getstream_call import CallWatch, call_watch_part, watch_call
+from .._watchdog import Alarm, bounded
+from ._getstream_call import (
+    JOIN_TIMEOUT,
+    LEAVE_TIMEOUT,
+    MEDIA_TIMEOUT,
+    RECONNECTING_TIMEOUT,
+    CallWatch,
+    call_watch_part,
+    watch_call,
+)
+from ._getstream_call import _Settings as _CallSettings
 from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
 LOGGER_NAME = "getstream.video.rtc.signaling"
@@ -45,7 +54,8 @@ LOGGER_NAME = "getstream.video.rtc.signaling"
 #: the releases the signaling part was tested with (3.3.1 and 6.1.1 run in ``make test``); getstream 7
 #: moved signaling into a Rust extension, which this part cannot reach: its release line ends there
 SIGNALING_REQUIREMENT = "getstream>=3.3,<7"
-SIGNALING_LINE = "<7"
+# up to the first pre-release of 7 (``<7`` would leave 7.0.0rc1 to neither line)
+SIGNALING_LINE = "<7.0.0.dev0"
 
 _integration = Integration("getstream", "getstream")
 _CLIENT_PARAMS = ("url", "join_request", "main_loop", "tracer", "sfu_id_fn")
@@ -80,26 +90,45 @@ def install(
     connect_timeout: float = 15.0,
     attempt_timeout: float = 5.0,
     stable_after: float = 10.0,
+    reconnecting_timeout: float = RECONNECTING_TIMEOUT,
+    media_timeout: float | None = MEDIA_TIMEOUT,
+    rejoin: bool = True,
+    join_timeout: float = JOIN_TIMEOUT,
+    leave_timeout: float = LEAVE_TIMEOUT,
+    on_alarm: Callable[[Alarm], object] | None = None,
     allow_untested: bool = False,
 ) -> InstallReport:
-    """Patch getstream's signaling client (idempotent; undo with ``uninstall()``).
+    """Patch getstream for the installed release (idempotent; undo with ``uninstall()``): part
+    ``signaling`` on 3.3 to 6.x, part ``call_watch`` on 7.x. Each argument applies to one release line.
 
-    ``policy``: reconnect policy of the signaling socket (default: immediate first retry, then 0.25 s
-    doubling to 5 s, equal jitter, for 30 s — the SFU's own disconnection timeout). A health check is
-    sent every ``health_interval`` seconds; no ``health_check_response`` within ``health_timeout``
-    (default: the interval) declares the link lost. ``connect_timeout`` bounds ``connect()``;
-    ``attempt_timeout`` bounds each (re)connect attempt: WebSocket handshake plus rejoin.
-    ``allow_untested``: try the parts on a release outside their ranges (a part that does not fit is
-    still refused, with a WARNING). Returns an ``InstallReport``.
+    Both lines: ``policy``, how tether retries: on 3.3 to 6.x the signaling socket's reconnect (default:
+    immediate first retry, then 0.25 s doubling to 5 s, equal jitter, for 30 s — the SFU's own
+    disconnection timeout), on 7.x the rejoin of a call after an alarm (default: 0.5 s doubling to 4 s,
+    for 120 s). ``allow_untested``: try the parts on a release outside their ranges (a part that does
+    not fit is still refused, with a WARNING).
+
+    3.3 to 6.x (``signaling``): a health check is sent every ``health_interval`` seconds; no
+    ``health_check_response`` within ``health_timeout`` (default: the interval) declares the link lost.
+    ``connect_timeout`` bounds ``connect()``; ``attempt_timeout`` bounds each (re)connect attempt:
+    WebSocket handshake plus rejoin; ``stable_after``: seconds a connection must last to end an outage.
+
+    7.x (``call_watch``, a ``CallWatch`` on every ``ConnectionManager`` that joins; see ``watch_call``
+    for one call): ``reconnecting_timeout``, ``media_timeout`` (None: no liveness alarm), ``rejoin``,
+    ``join_timeout``, ``leave_timeout``, ``on_alarm``.
+
+    Returns an ``InstallReport``. A second ``install()`` keeps the parts and settings of the first.
     """
     settings = _Settings(policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after)
-    return _integration.install(_parts(settings), allow_untested=allow_untested)
+    call_settings = _CallSettings(
+        reconnecting_timeout, media_timeout, rejoin, policy, join_timeout, leave_timeout, on_alarm
+    )
+    return _integration.install(_parts(settings, call_settings), allow_untested=allow_untested)
 
 
-def _parts(settings: _Settings) -> list[Part]:
+def _parts(settings: _Settings, call_settings: _CallSettings) -> list[Part]:
     return [
         Part("signaling", SIGNALING_REQUIREMENT, functools.partial(_prepare_signaling, settings), line=SIGNALING_LINE),
-        call_watch_part(),
+        call_watch_part(call_settings),
     ]
 
 
@@ -110,7 +139,7 @@ def installed_parts() -> tuple[str, ...]:
 
 def instrumentation_dependencies() -> tuple[str, ...]:
     """The getstream releases each part was tested with, as requirement specifiers."""
-    return Integration.instrumentation_dependencies(_parts(_Settings()))
+    return Integration.instrumentation_dependencies(_parts(_Settings(), _CallSettings()))
 
 
 def uninstall() -> None:

@@ -17,6 +17,10 @@ lists the releases each was tested with):
   from a ``tether.ProcPool``: failed spawns are retried with the ``respawn`` backoff (no hot respawn
   loop), acquiring a process for a job is bounded and raises ``tether.PoolExhausted`` naming the real
   setup error, and start-up waits for the warm processes only as long as ``initialize_timeout``.
+* ``metrics``: a worker that serves Prometheus metrics (``prometheus_port``) serves tether's too, next to
+  its ``lk_agents_*`` ones and labelled like them (``nodename``): ``tether_connection_losses_total``,
+  ``tether_pool_spawn_failures_total``, ``tether_connection_count{state="reconnecting"}`` ... for the
+  control plane (``name="livekit"``) and the process pool (``name="livekit"``); see ``_livekit_metrics``.
 
 ``watch_room(room)`` and ``dispatch_ready(...)`` are independent of ``install()``.
 """
@@ -39,11 +43,12 @@ LOGGER_NAME = "livekit.agents"
 CONTROL_PLANE_1X = "livekit-agents>=1.5,<1.9"
 CONTROL_PLANE_2X = "livekit-agents>=2.0.0b1,<3"
 PROC_POOL = "livekit-agents>=1.5,<3"
+METRICS = "livekit-agents>=1.5,<3"
 
 _integration = Integration("livekit", "livekit-agents")
 
 # The 1.x connection loop's code as read, 1.5.17 to 1.8.9 (the seams in _livekit_control rely on it).
-_CONNECTION_TASK_1X = ("5f1d45daac14c48d",)
+_CONNECTION_TASK_1X = ("269a9a5739abc3c2",)
 # What the 1.x loop reads from an AgentServer (set in __init__/run, checked in the bytecode).
 _SERVER_ATTRS_1X = ("_closed", "_connecting", "_connection_failed", "_http_session", "_max_retry")
 _SERVER_ATTRS_2X = ("_closed", "_connection_failed", "_max_retry")
@@ -72,6 +77,7 @@ def install(
     *,
     control_plane: bool = True,
     proc_pool: bool = True,
+    metrics: bool = True,
     policy: Backoff | Callable[[int], Backoff] | None = None,
     stable_after: float = 10.0,
     register_timeout: float = 10.0,
@@ -92,7 +98,7 @@ def install(
     """
     settings = Settings(policy, stable_after, register_timeout)
     parts = _parts(settings, respawn, acquire_timeout)
-    wanted = {"control_plane": control_plane, "proc_pool": proc_pool}
+    wanted = {"control_plane": control_plane, "proc_pool": proc_pool, "metrics": metrics}
     return _integration.install([p for p in parts if wanted[p.name]], allow_untested=allow_untested)
 
 
@@ -111,6 +117,7 @@ def _parts(settings: Settings, respawn: Backoff | None, acquire_timeout: float |
         Part("control_plane", CONTROL_PLANE_1X, functools.partial(_prepare_control_plane_1x, settings)),
         Part("control_plane", CONTROL_PLANE_2X, functools.partial(_prepare_control_plane_2x, settings)),
         Part("proc_pool", PROC_POOL, functools.partial(_prepare_proc_pool, respawn, acquire_timeout)),
+        Part("metrics", METRICS, _prepare_metrics),
     ]
 
 
@@ -177,6 +184,38 @@ def _prepare_proc_pool(respawn: Backoff | None, acquire_timeout: float | None, c
     return patch
 
 
+def _prepare_metrics(c: Checks) -> PatchFn | None:
+    lk_worker = c.module("livekit.agents.worker")
+    lk_metrics = c.module("livekit.agents.telemetry.metrics")
+    lk_utils = c.module("livekit.agents.utils")
+    prometheus = c.module("prometheus_client")
+    c.module("opentelemetry.sdk.metrics")
+    if lk_worker is None or lk_metrics is None or lk_utils is None or prometheus is None:
+        return None
+    server_cls = c.attr(lk_worker, "AgentServer")
+    nodename = c.attr(lk_utils, "nodename")
+    registry = c.attr(prometheus, "REGISTRY")
+    if server_cls is not None:
+        c.attrs(server_cls, ("run",))
+        c.instance_attrs(server_cls, ("_prometheus_port",))
+    # tether's series carry the label livekit's own carry: still the one it uses?
+    for family in ("PROC_INITIALIZE_TIME", "RUNNING_JOB_GAUGE"):
+        collector = c.attr(lk_metrics, family)
+        if collector is not None and tuple(getattr(collector, "_labelnames", ())) != ("nodename",):
+            c.changed.append(
+                f"livekit.agents.telemetry.metrics.{family} (labels {getattr(collector, '_labelnames', None)})"
+            )
+    if not c:
+        return None
+
+    def patch(p: Patches) -> None:
+        from ._livekit_metrics import patch as patch_metrics
+
+        patch_metrics(p, server_cls, nodename, registry)
+
+    return patch
+
+
 def _pool_params(pool_cls: Any) -> list[str]:
     import inspect
 
@@ -186,6 +225,7 @@ def _pool_params(pool_cls: Any) -> list[str]:
 __all__ = [
     "CONTROL_PLANE_1X",
     "CONTROL_PLANE_2X",
+    "METRICS",
     "PROC_POOL",
     "Dispatched",
     "InstallReport",

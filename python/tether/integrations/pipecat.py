@@ -42,7 +42,7 @@ _METHODS = (
 _ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time")
 # the receive loop is replaced, not wrapped (pipecat has no seam between its retries): the code read
 # (pipecat-ai 1.14.0), so that a change inside it refuses the part
-_RECEIVE_LOOP_FINGERPRINTS = ("10b4d788fb2f8c3b",)
+_RECEIVE_LOOP_FINGERPRINTS = ("3abc4eb7d9719a27",)
 
 
 def _default_policy() -> Backoff:

@@ -208,6 +208,10 @@ fn on_connect_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: PyResult<P
             return;
         }
         let pending = st.hs.as_mut().and_then(|hs| hs.pending_end.take());
+        // the hook's own time, whatever the server sent behind what it read
+        if let (None, Some(m), Some(began)) = (&failed, &c.metrics, st.hs.as_ref().and_then(|hs| hs.began)) {
+            m.on_connect(began.elapsed());
+        }
         match (failed, pending) {
             (None, None) => c.after_hook(py, st, fx, Instant::now()),
             // connected, with what the hook left queued; then the end the server had sent behind it
@@ -372,7 +376,8 @@ fn timed<T>(spec: &BeatSpec, what: &str, call: impl FnOnce() -> Result<T, WsErro
     let r = call();
     if t0.elapsed() > spec.timeout {
         return Err(WsError::retry(format!(
-            "heartbeat timeout: {what} did not return within {:.3}s (is the event loop blocked?)",
+            "{} {what} did not return within {:.3}s (is the event loop blocked?)",
+            crate::ws::heartbeat::HEARTBEAT_TIMEOUT,
             spec.timeout.as_secs_f64()
         )));
     }

@@ -34,10 +34,13 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::sync::MutexExt;
 
+use crate::metrics::{Gauges, Instrument, Source, STATES};
 use crate::reconnect::{Event, Events};
 use crate::retry_state::RetryState;
 use crate::ws::heartbeat::HeartbeatClock;
-use crate::ws::protocol::{size_of, Message, Outcome, Protocol, ProtocolConfig, CONFIRM_DELAY};
+use crate::ws::protocol::{
+    size_of, Failed, LossMeter, Message, Outcome, Protocol, ProtocolConfig, Ticket, CONFIRM_DELAY,
+};
 use crate::ws::upgrade::Endpoint;
 use crate::ws::wire::Wire;
 use crate::ws::{SendError, State, Stats, Terminal, WsConfig, WsError};
@@ -229,6 +232,8 @@ impl Attempt {
 #[derive(Default)]
 pub(super) struct HsState {
     pub id: u64,
+    /// When the hook started (its duration is measured when it succeeds).
+    pub began: Option<Instant>,
     pub queue: VecDeque<(Py<PyAny>, usize)>,
     pub readable: Vec<Arc<Slot>>,
     /// Why the handshake is over; every later call fails with it.
@@ -303,6 +308,23 @@ pub struct Conn {
     el: OnceLock<EventLoop>,
     started: AtomicBool,
     opened: AtomicBool,
+    /// Where its reports, losses and `on_connect` runs are counted (`tether.metrics`); None: not
+    /// measured. It reports its own gauges (`Source`).
+    pub(super) metrics: Option<Arc<crate::metrics::Loop>>,
+    /// What waiters that went away left behind (see `Orphans`).
+    orphans: Mutex<Orphans>,
+    has_orphans: AtomicBool,
+}
+
+/// Left by waiters that went away (a flush cancelled by a timeout, a task cancelled after its outcome
+/// arrived), possibly from a deallocation, so kept under a lock of their own and applied at the
+/// connection's next entry point (`with`) or its end (`finish`).
+#[derive(Default)]
+struct Orphans {
+    /// Flushes nobody waits on: withdrawn from the send queue.
+    withdrawn: Vec<Ticket>,
+    /// Failures that reached no caller: reported by the next flush covering them, or the end.
+    failures: Vec<Failed>,
 }
 
 /// A per-connection random value that tells its pings from any other's (not a secret).
@@ -311,7 +333,7 @@ fn nonce() -> u64 {
 }
 
 impl Conn {
-    pub fn new(cfg: WsConfig, name: String, hooks: Hooks) -> Arc<Conn> {
+    pub fn new(cfg: WsConfig, name: String, hooks: Hooks, metrics: Option<Arc<crate::metrics::Loop>>) -> Arc<Conn> {
         let proto_cfg = ProtocolConfig {
             ping_interval: cfg.ping_interval,
             ping_timeout: cfg.ping_timeout,
@@ -319,9 +341,10 @@ impl Conn {
             max_message_size: cfg.max_message_size,
             poison_after: cfg.poison_after,
             confirm_delay: CONFIRM_DELAY,
+            metrics: metrics.clone().map(|m| m as Arc<dyn LossMeter>),
         };
         let retry = RetryState::new(&cfg.reconnect);
-        Arc::new_cyclic(|me| Conn {
+        let conn = Arc::new_cyclic(|me| Conn {
             inner: Mutex::new(Inner {
                 proto: Protocol::new(proto_cfg, nonce()),
                 retry,
@@ -375,7 +398,14 @@ impl Conn {
             el: OnceLock::new(),
             started: AtomicBool::new(false),
             opened: AtomicBool::new(false),
-        })
+            metrics,
+            orphans: Mutex::new(Orphans::default()),
+            has_orphans: AtomicBool::new(false),
+        });
+        if conn.metrics.is_some() {
+            crate::metrics::observe(Arc::downgrade(&conn) as Weak<dyn Source>);
+        }
+        conn
     }
 
     pub(super) fn lock(&self, py: Python<'_>) -> MutexGuard<'_, Inner> {
@@ -458,7 +488,7 @@ impl Conn {
     pub(super) fn report(&self) -> &Events {
         self.report.get_or_init(|| {
             let me = self.me.clone();
-            Events::none().with_hook(move |ev| {
+            let events = Events::none().with_hook(move |ev| {
                 let Some(c) = me.upgrade() else { return };
                 super::with_python(|py| c.emit(py, ev));
                 // reports of the attempt that ended the connection come after its end: the state stays
@@ -482,7 +512,8 @@ impl Conn {
                     }
                     _ => {}
                 }
-            })
+            });
+            events.measured(self.metrics.clone())
         })
     }
 
@@ -518,6 +549,12 @@ impl Conn {
             link::close_transport(py, transport.bind(py), abort);
         }
         for (slot, res) in resolve {
+            // what a waiter that went away must not take with it
+            let back: Vec<Failed> = match &res {
+                Res::Send(SendError::Rejected(f)) => vec![f.clone()],
+                Res::Send(SendError::FlushFailed(fs)) => fs.clone(),
+                _ => vec![],
+            };
             let r = match res {
                 Res::Ok => Ok(py.None()),
                 Res::Send(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
@@ -527,7 +564,17 @@ impl Conn {
                 }
                 Res::HsClosed(text) => Err(super::errors::CONNECTION_CLOSED.err(py, &text, None)),
             };
-            slot.set(py, r);
+            if back.is_empty() {
+                slot.set(py, r);
+            } else {
+                let me = self.me.clone();
+                let give_back = Box::new(move || {
+                    if let Some(c) = me.upgrade() {
+                        c.give_back(back);
+                    }
+                });
+                slot.set_returning(py, r, Some(give_back));
+            }
         }
         if let Some((seq, delay, old)) = timer {
             timer::arm(py, self, seq, delay, old);
@@ -548,6 +595,9 @@ impl Conn {
         let on_loop = self.el.get().is_none() || self.on_loop_thread();
         let r = {
             let mut st = self.lock(py);
+            if self.has_orphans.load(Ordering::Acquire) {
+                self.adopt_orphans(&mut st);
+            }
             let r = f(self, &mut st, &mut fx);
             if on_loop {
                 self.service(py, &mut st, &mut fx, Instant::now());
@@ -648,7 +698,15 @@ impl Conn {
             if c.terminal.get().is_some() {
                 return Err(SendError::Ended(c.terminal().unwrap_or_else(Terminal::closed)));
             }
-            let done = st.proto.flush(slot.clone(), Instant::now());
+            let (ticket, done) = st.proto.flush(slot.clone(), Instant::now());
+            // a flush whose caller stops waiting (a timeout) leaves the send queue at once, and what
+            // it would have reported goes to the next flush or the end
+            let me = c.me.clone();
+            slot.on_withdraw(Box::new(move || {
+                if let Some(c) = me.upgrade() {
+                    c.orphaned(|o| o.withdrawn.push(ticket));
+                }
+            }));
             fx.outcomes(done);
             // the confirming ping goes out now rather than after the confirm delay
             if st.proto.ping_due() {
@@ -701,6 +759,62 @@ impl Conn {
             None => coroutine::resolved(py, "Connection.wait_readable", false, Ok(py.None())),
             Some(slot) => coroutine::on_slot(py, "Connection.wait_readable", false, slot, self.hint(py)),
         }
+    }
+
+    /// Record what a waiter that went away left behind, for the next entry point.
+    fn orphaned(&self, f: impl FnOnce(&mut Orphans)) {
+        let mut o = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut o);
+        self.has_orphans.store(true, Ordering::Release);
+    }
+
+    /// Failures of a send or flush outcome whose caller was gone when it arrived: the next flush or
+    /// the end reports them; once the connection has ended (its error made already), they are logged
+    /// instead, so none is dropped silently.
+    fn give_back(&self, failures: Vec<Failed>) {
+        let late = {
+            let mut o = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+            // under the lock `finish` makes the terminal error under
+            if self.terminal.get().is_none() {
+                o.failures.extend(failures);
+                self.has_orphans.store(true, Ordering::Release);
+                return;
+            }
+            failures
+        };
+        for f in late {
+            tracing::warn!(target: LOG, logger = self.cfg.reconnect.logger.as_deref(), seq = f.seq,
+                "message #{} was removed from the send queue ({}) and the flush that was to report it was cancelled \
+                 as the connection ended", f.seq, f.why.message());
+        }
+    }
+
+    /// Set the terminal outcome (once), with what was never delivered: under the orphans' lock, so a
+    /// failure given back meanwhile is either in the list or logged (`give_back`).
+    pub(super) fn set_terminal(&self, st: &mut Inner, term: Terminal) -> (Vec<Arc<Slot>>, Terminal) {
+        let mut o = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+        Self::adopt(st, std::mem::take(&mut *o));
+        let (pending, undelivered) = st.proto.finish();
+        let term = term.with_undelivered(undelivered);
+        let _ = self.terminal.set(term.clone());
+        (pending, term)
+    }
+
+    /// Apply what waiters that went away left behind (under the connection's lock).
+    fn adopt_orphans(&self, st: &mut Inner) {
+        let o = {
+            let mut o = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
+            self.has_orphans.store(false, Ordering::Release);
+            std::mem::take(&mut *o)
+        };
+        Self::adopt(st, o);
+    }
+
+    fn adopt(st: &mut Inner, o: Orphans) {
+        for t in o.withdrawn {
+            drop(st.proto.cancel_flush(t));
+        }
+        st.proto.restore(o.failures);
     }
 
     pub fn stats(&self, py: Python<'_>) -> Stats {
@@ -758,6 +872,24 @@ impl Drop for Conn {
                 }
             }
         });
+    }
+}
+
+/// A measured connection's gauges (`tether.metrics`), read at collection: its state, and what it
+/// accepted that the peer has not confirmed yet. Its counters come from its reports (`report`), its
+/// protocol's losses and its `on_connect` hook.
+impl Source for Conn {
+    fn observe(&self, instrument: Instrument, out: &mut Gauges) {
+        let Some(m) = &self.metrics else { return };
+        match instrument {
+            Instrument::Connections => out.states(m.labels(), instrument, &STATES, self.state().as_str()),
+            Instrument::SendsUnconfirmed => {
+                if let Some(n) = super::with_python(|py| self.lock(py).proto.pending()) {
+                    out.add(m.labels(), instrument, None, n as f64);
+                }
+            }
+            _ => {}
+        }
     }
 }
 

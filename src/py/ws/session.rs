@@ -202,7 +202,7 @@ impl Conn {
         if self.hooks.on_connect.is_some() {
             st.phase = Phase::Hook;
             let id = Self::new_id(st);
-            st.hs = Some(Box::new(super::HsState { id, ..Default::default() }));
+            st.hs = Some(Box::new(super::HsState { id, began: Some(now), ..Default::default() }));
             let Some(a) = st.attempt.as_mut() else { return };
             a.hook_by = Some(now + self.cfg.open_timeout);
             let info = HandshakeInfo { attempt: a.number, strategy: a.strategy.clone(), reconnect: st.connected_once };
@@ -295,7 +295,7 @@ impl Conn {
             return self.finish(py, st, fx, Terminal::closed());
         }
         if was_live {
-            let (waiters, failures) = st.proto.lost(err.close_code, &err.text);
+            let (waiters, failures) = st.proto.lost(err.ending(), &err.text);
             fx.outcomes(waiters);
             let resend = st.proto.pending();
             let text = err.text.clone();
@@ -378,9 +378,7 @@ impl Conn {
         }
         // under the lock under which `send` and `flush` check the terminal: nothing is accepted after
         // the list of what was never delivered was made
-        let (pending, undelivered) = st.proto.finish();
-        let term = term.with_undelivered(undelivered);
-        let _ = self.terminal.set(term.clone());
+        let (pending, term) = self.set_terminal(st, term);
         let closed = matches!(term, Terminal::Closed { .. } | Terminal::PeerClosed { .. });
         self.set_state(if closed { State::Closed } else { State::Failed });
         st.phase = Phase::Done;
@@ -647,7 +645,10 @@ impl Conn {
                         hb.sent(now);
                         self.send_heartbeat(py, st, fx);
                     }
-                    crate::ws::heartbeat::Beat::Lost(text) => {
+                    crate::ws::heartbeat::Beat::Lost { text, silence } => {
+                        if let Some(m) = &self.metrics {
+                            m.detected(crate::metrics::LossKind::HeartbeatTimeout, silence);
+                        }
                         self.end_attempt(py, st, fx, WsError::retry(text), Goodbye::Abort);
                         return None;
                     }

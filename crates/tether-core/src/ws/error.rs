@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::frame::Violation;
-use super::protocol::{Failed, PushError, Undelivered};
+use super::protocol::{Ending, Failed, PushError, Undelivered};
 use super::WsConfig;
 use crate::redact::redact_url;
 use crate::retry_state::GiveUpReason;
@@ -22,6 +22,9 @@ pub struct WsError {
     /// The server closed with a code of `final_close_codes`: the connection ends as closed.
     pub final_close: bool,
     pub close_code: Option<u16>,
+    /// The server sent a close frame (`close_code` is its code, if it had a valid one); false: the
+    /// connection was cut, timed out or failed. The poison rule reads it (`protocol::Ending`).
+    pub close_frame: bool,
     pub http_status: Option<u16>,
 }
 
@@ -32,11 +35,21 @@ impl WsError {
             fatal: false,
             final_close: false,
             close_code: None,
+            close_frame: false,
             http_status: None,
         }
     }
     pub fn fatal(text: impl AsRef<str>) -> Self {
         WsError { fatal: true, ..WsError::retry(text) }
+    }
+
+    /// How the connection ended, as the poison rule reads it.
+    pub fn ending(&self) -> Ending {
+        if self.close_frame {
+            Ending::Closed(self.close_code)
+        } else {
+            Ending::Cut
+        }
     }
 }
 
@@ -146,8 +159,9 @@ pub fn not_an_upgrade(why: &str, first: bool) -> WsError {
 }
 
 /// A close frame from the server (None: one without a body), and what it means for the connection.
+/// Its code is one allowed on the wire: the frame decoder reports any other as a violation.
 pub fn peer_close(frame: Option<(u16, &str)>, cfg: &WsConfig) -> WsError {
-    match frame {
+    let mut e = match frame {
         Some((code, reason)) => {
             let mut e = WsError::retry(format!("server closed the connection: {code} {reason}").trim_end());
             e.close_code = Some(code);
@@ -156,12 +170,15 @@ pub fn peer_close(frame: Option<(u16, &str)>, cfg: &WsConfig) -> WsError {
             e
         }
         None => WsError::retry("server closed the connection without a status code"),
-    }
+    };
+    e.close_frame = true;
+    e
 }
 
 /// The server broke the protocol (RFC 6455 §7.4.1): what to report; tether answers with `v.code()`.
+/// A close frame with a code not allowed on the wire is still the server's close: no code, and not a cut.
 pub fn violation(v: &Violation, cfg: &WsConfig) -> WsError {
-    WsError::retry(match v {
+    let mut e = WsError::retry(match v {
         Violation::TooBig { size, .. } => format!(
             "the server sent a message over max_message_size ({} bytes): {size} bytes; tether closed the connection with 1009",
             cfg.max_message_size
@@ -174,10 +191,12 @@ pub fn violation(v: &Violation, cfg: &WsConfig) -> WsError {
         }
         // the code the server sent, not the 1002 sent back: a close code the application may act on
         Violation::InvalidCloseCode(code) => format!(
-            "server closed the connection with an invalid close code ({code}, which RFC 6455 §7.4 does not allow \
-             on the wire); tether answered 1002 (protocol error)"
+            "server closed the connection with an invalid close code {code} (RFC 6455 §7.4 does not allow it on \
+             the wire); tether answered 1002 (protocol error)"
         ),
-    })
+    });
+    e.close_frame = matches!(v, Violation::InvalidCloseCode(_));
+    e
 }
 
 #[cfg(test)]
@@ -195,13 +214,30 @@ mod tests {
         assert!(peer_close(Some((1008, "")), &cfg).fatal);
         assert!(peer_close(Some((1000, "bye")), &cfg).final_close);
         assert_eq!(peer_close(None, &cfg).close_code, None);
+        assert_eq!(own.ending(), Ending::Closed(Some(4001)));
+        assert_eq!(peer_close(None, &cfg).ending(), Ending::Closed(None));
+        let big = violation(&Violation::TooBig { size: 2, max: 1 }, &cfg);
+        assert_eq!(big.ending(), Ending::Cut, "tether failed it for what the server sent");
+    }
+
+    #[test]
+    fn a_servers_own_1002_and_a_1014_are_reported_as_sent_and_fatal_codes_apply() {
+        let cfg = WsConfig { fatal_close_codes: vec![1002, 1014], ..Default::default() };
+        for (code, reason) in [(1002, "Protocol violation"), (1014, "bad gateway")] {
+            let e = peer_close(Some((code, reason)), &cfg);
+            assert_eq!(
+                (e.text.as_str(), e.close_code, e.fatal),
+                (format!("server closed the connection: {code} {reason}").as_str(), Some(code), true)
+            );
+        }
     }
 
     #[test]
     fn an_invalid_close_code_is_reported_by_its_number_not_as_the_1002_sent_back() {
         let cfg = WsConfig { fatal_close_codes: vec![1002], ..Default::default() };
         let e = violation(&Violation::InvalidCloseCode(999), &cfg);
-        assert!(e.text.contains("invalid close code (999") && e.close_code.is_none() && !e.fatal, "{e:?}");
+        assert!(e.text.contains("invalid close code 999 ") && e.close_code.is_none() && !e.fatal, "{e:?}");
+        assert_eq!(e.ending(), Ending::Closed(None), "a close the server sent, without a usable code");
         assert_eq!(Violation::InvalidCloseCode(999).code(), 1002);
     }
 

@@ -11,14 +11,22 @@
 
 use std::time::{Duration, Instant};
 
+/// How the reason of a loss by a missing heartbeat reply begins (the metrics tell it from other losses
+/// by it).
+pub const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout:";
+
 /// What is due at a poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Beat {
     Nothing,
     /// Write a heartbeat now, then call `sent`.
     Send,
-    /// No reply within `timeout`: the connection is lost.
-    Lost(String),
+    /// No reply within `timeout`: the connection is lost. `silence`: since the last reply (or the
+    /// connection's start), for the metrics' detection time.
+    Lost {
+        text: String,
+        silence: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -29,12 +37,14 @@ pub struct HeartbeatClock {
     /// A heartbeat is out: (when it went out, its reply deadline).
     out: Option<(Instant, Instant)>,
     paused: bool,
+    /// The last reply, or the connection's start.
+    last_reply: Instant,
 }
 
 impl HeartbeatClock {
     /// A connection came up at `now`: the first heartbeat is due `interval` later.
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> Self {
-        HeartbeatClock { interval, timeout, next_at: now + interval, out: None, paused: false }
+        HeartbeatClock { interval, timeout, next_at: now + interval, out: None, paused: false, last_reply: now }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -44,11 +54,14 @@ impl HeartbeatClock {
     pub fn poll(&mut self, now: Instant) -> Beat {
         match self.out {
             None if now >= self.next_at => Beat::Send,
-            Some((_, deadline)) if !self.paused && now >= deadline => Beat::Lost(format!(
-                "heartbeat timeout: no reply within {:.3}s (heartbeat interval {:.3}s)",
-                self.timeout.as_secs_f64(),
-                self.interval.as_secs_f64()
-            )),
+            Some((_, deadline)) if !self.paused && now >= deadline => Beat::Lost {
+                text: format!(
+                    "{HEARTBEAT_TIMEOUT} no reply within {:.3}s (heartbeat interval {:.3}s)",
+                    self.timeout.as_secs_f64(),
+                    self.interval.as_secs_f64()
+                ),
+                silence: now.saturating_duration_since(self.last_reply),
+            },
             _ => Beat::Nothing,
         }
     }
@@ -67,6 +80,7 @@ impl HeartbeatClock {
     pub fn answered(&mut self, now: Instant) {
         if let Some((sent, _)) = self.out.take() {
             self.next_at = (sent + self.interval).max(now);
+            self.last_reply = now;
         }
     }
 
@@ -119,9 +133,9 @@ mod tests {
         assert_eq!(hb.poll(s(t0, 4.0)), Beat::Send);
         hb.sent(s(t0, 4.0));
         assert_eq!(hb.poll(s(t0, 4.9)), Beat::Nothing);
-        assert!(
-            matches!(hb.poll(s(t0, 5.0)), Beat::Lost(t) if t.starts_with("heartbeat timeout: no reply within 1.000s"))
-        );
+        // silent since the reply read at 3.1 s
+        assert!(matches!(hb.poll(s(t0, 5.0)), Beat::Lost { text, silence }
+            if text.starts_with("heartbeat timeout: no reply within 1.000s") && silence == Duration::from_millis(1900)));
     }
 
     #[test]
@@ -133,7 +147,14 @@ mod tests {
         assert_eq!((hb.poll(s(t0, 30.0)), hb.deadline()), (Beat::Nothing, None));
         hb.resume(s(t0, 30.0));
         assert_eq!(hb.deadline(), Some(s(t0, 31.0)));
-        assert!(matches!(hb.poll(s(t0, 31.0)), Beat::Lost(_)));
+        // never answered: silent since the connection's start
+        assert_eq!(
+            hb.poll(s(t0, 31.0)),
+            Beat::Lost {
+                text: "heartbeat timeout: no reply within 1.000s (heartbeat interval 1.000s)".into(),
+                silence: Duration::from_secs(31)
+            }
+        );
     }
 
     #[test]

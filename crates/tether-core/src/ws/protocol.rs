@@ -15,7 +15,10 @@
 //!   connection that dies halfway through it still confirms what the peer read. A pong that echoes a
 //!   ping confirms every message up to there, because frames are ordered on the connection: the peer's
 //!   WebSocket layer read them ("confirmed" means no more). A flush resolves once every message
-//!   accepted before it is confirmed, and reports those that failed. Pongs that do not echo one of our
+//!   accepted before it is confirmed, and reports those that failed. A flush whose caller stopped
+//!   waiting is withdrawn (`cancel_flush`): the failures it would have reported stay for the next flush
+//!   or the end, and the flushes still waiting are only the live ones, settled oldest first. Failures
+//!   handed to a waiter that was gone by then come back (`restore`). Pongs that do not echo one of our
 //!   pings (unsolicited, empty, another client's) confirm nothing.
 //! * Liveness: a ping every `ping_interval`; a ping not echoed within `ping_timeout`, or one that could
 //!   not even be written within `ping_timeout`, is a loss. So a peer that answers pings without echoing
@@ -24,13 +27,22 @@
 //! * Loss: unconfirmed messages go back to the head of the queue, in order, and are re-sent on the next
 //!   connection (at-least-once). A server that crashes at random points must not get innocent messages
 //!   failed, while a message that kills the server every time it reads it (a poison message) must not
-//!   be re-sent forever. So a loss blames at most one message, the oldest unconfirmed one, and only when
+//!   be re-sent forever. (A server that dies within the first few frames of every connection cannot be
+//!   told from the second: a message it read before dying alone on the wire three times is failed.) So a loss blames at most one message, the oldest unconfirmed one, and only when
 //!   the lost connection confirmed nothing (had it confirmed anything, the peer read past that, and the
-//!   crash point is unknown). After a loss with messages in flight, the backlog is re-sent from a window
+//!   crash point is unknown) and the loss looks like the peer failing on what it read (`Ending::strikes`):
+//!   the connection was cut without a close frame (TCP FIN or RST, a read or write error, a ping or
+//!   heartbeat timeout, tether failing it for what the peer sent), or the peer's close says it could not
+//!   take what it read (1002 protocol error, 1003 unsupported data, 1007 invalid data, 1008 policy
+//!   violation, 1011 internal error). A close the peer chose for its own reasons blames nothing and
+//!   clears nothing: 1000, 1001 going away, 1012 restart, 1013 try again later, 1014 bad gateway,
+//!   3000-4999 (registered and application codes), a close frame without a code or with one not allowed
+//!   on the wire. A draining instance must not fail the message that happened to be in flight. After a
+//!   loss with messages in flight, the backlog is re-sent from a window
 //!   of one message in flight (with its ping: nothing else is written until its pong), growing by what
 //!   each pong confirms (TCP's slow start: it doubles per round trip) until it reaches an eighth of
 //!   `send_buffer`, when it is lifted. So a connection that confirmed nothing after a loss had one
-//!   message on the wire, and a message blamed at `poison_after` consecutive losses died alone on the
+//!   message on the wire, and a message blamed at `poison_after` losses died alone on the
 //!   wire at least `poison_after - 1` times: it is failed instead of re-sent. Its confirmation ends the
 //!   suspicion (confirmations are in order, so the oldest unconfirmed message is the first one
 //!   confirmed). A close 1009 (message too big) fails the largest unconfirmed message at once and
@@ -41,8 +53,12 @@
 //! * Close: a requested close writes what was accepted, a ping, then the close frame; the reader keeps
 //!   running meanwhile, so pongs still confirm. A close frame from the peer is answered (the session
 //!   flushes tungstenite's automatic reply) and ends the connection with its code.
+//! * Metrics (when the connection is measured): a loss counts the messages it puts back for re-sending
+//!   and those it fails; a ping timeout records how long the peer had been silent, from the last pong
+//!   that echoed one of our pings (or the connection's start) to the deadline that declared the loss.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -77,6 +93,22 @@ impl Message {
 /// Close code a server sends for a message bigger than it accepts (RFC 6455 §7.4.1).
 pub const MESSAGE_TOO_BIG: u16 = 1009;
 
+/// How the reason of a loss by the ping rule begins (the metrics tell it from other losses by it).
+pub const PING_TIMEOUT: &str = "ping timeout:";
+
+/// Where a measured connection's losses are counted (the bindings' metrics, which this crate does not
+/// know): each loss reports what it did to the send queue, and a loss by the ping rule how long the
+/// peer had been silent. Called with the protocol's state in hand, so it must only count.
+pub trait LossMeter: Send + Sync + std::fmt::Debug {
+    /// The ping rule declared the loss `silence` after the last pong that echoed one of our pings (or
+    /// the connection's start).
+    fn ping_silence(&self, silence: Duration);
+    /// Unconfirmed messages the loss put back, to be written again first on the next connection.
+    fn resent(&self, n: usize);
+    /// Messages the loss removed from the queue (reported in `SendFailed`).
+    fn failed_sends(&self, n: usize);
+}
+
 #[derive(Debug, Clone)]
 pub struct ProtocolConfig {
     pub ping_interval: Duration,
@@ -85,10 +117,12 @@ pub struct ProtocolConfig {
     pub send_buffer: usize,
     /// A message larger than this (bytes of payload) is refused by `push`.
     pub max_message_size: usize,
-    /// A message in flight at this many consecutive losses is failed, not re-sent.
+    /// A message blamed at this many losses (see the module's Loss rule) is failed, not re-sent.
     pub poison_after: u32,
     /// Confirming pings are at least this far apart (zero: a ping behind every batch).
     pub confirm_delay: Duration,
+    /// Where losses are counted; None: not measured.
+    pub metrics: Option<Arc<dyn LossMeter>>,
 }
 
 /// `ProtocolConfig::confirm_delay` of every connection: a paced sender (one message per 1-20 ms, the
@@ -100,7 +134,8 @@ pub const CONFIRM_DELAY: Duration = Duration::from_millis(10);
 pub enum Failure {
     /// The peer closed with 1009 while this, the largest unconfirmed message, was in flight.
     TooBig { size: usize, reason: String },
-    /// In flight at `losses` consecutive connection losses; `last` is the last loss.
+    /// The oldest unconfirmed message at `losses` losses that blamed it (see the module's Loss rule);
+    /// `last` is the last loss.
     Poisoned { size: usize, losses: u32, last: String },
 }
 
@@ -113,8 +148,9 @@ impl Failure {
                 if reason.is_empty() { String::new() } else { format!(": {reason}") }
             ),
             Failure::Poisoned { size, losses, last } => format!(
-                "this {size}-byte message was the oldest unconfirmed one at {losses} consecutive connection losses \
-                 that confirmed nothing, re-sent alone after the first (last: {last})"
+                "this {size}-byte message was the oldest unconfirmed one at {losses} connection losses that \
+                 confirmed nothing and looked like the server failing on it (no close frame, a timeout, or \
+                 1002/1003/1007/1008/1011), re-sent alone after the first (last: {last})"
             ),
         }
     }
@@ -170,6 +206,32 @@ pub enum Write {
     Idle,
 }
 
+/// How a connection was lost, as the Loss rule reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// No close frame from the peer: TCP FIN or RST, a read or write error, a ping or heartbeat timeout,
+    /// or tether failing the connection because of what the peer sent.
+    Cut,
+    /// The peer's close frame, with its code (None: it had none, or one not allowed on the wire).
+    Closed(Option<u16>),
+}
+
+impl Ending {
+    /// Whether the loss may be the doing of the message the peer was reading, so that it counts against
+    /// the oldest unconfirmed one.
+    pub fn strikes(self) -> bool {
+        match self {
+            Ending::Cut => true,
+            // what the peer read broke it or was refused: protocol error, unsupported data, invalid
+            // data, policy violation, internal error
+            Ending::Closed(Some(code)) => matches!(code, 1002 | 1003 | 1007 | 1008 | 1011),
+            // a close the peer chose (normal, going away, restart, try again later, bad gateway,
+            // registered and application codes), or one without a usable code
+            Ending::Closed(None) => false,
+        }
+    }
+}
+
 /// What a close frame from the peer means.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PeerClose {
@@ -211,6 +273,17 @@ pub enum Outcome {
     Flushed(Vec<Failed>),
 }
 
+/// A flush waiting for every message accepted up to `upto`.
+struct Flush<D> {
+    ticket: Ticket,
+    upto: u64,
+    waiter: D,
+}
+
+/// Names a waiting flush, to withdraw it (`Protocol::cancel_flush`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
 struct Ping {
     id: u64,
     /// Sequence number of the last message written before this ping.
@@ -229,8 +302,9 @@ pub struct Protocol<D> {
     /// See `unwritten_bytes`; `writing_bytes` of them were handed to the writer in the current batch.
     unwritten_bytes: usize,
     writing_bytes: usize,
-    /// (everything accepted up to this number, waiter)
-    flushes: Vec<(u64, D)>,
+    /// In ticket order; `upto` never decreases along it, so the flushes that settle are a prefix.
+    flushes: VecDeque<Flush<D>>,
+    next_ticket: u64,
     /// Failures of messages whose send had already resolved: reported by the next flush covering them.
     unreported: Vec<Failed>,
     /// The current connection confirmed at least one message.
@@ -250,6 +324,10 @@ pub struct Protocol<D> {
     paused: bool,
     foreign_pongs: u64,
     last_rtt: Option<Duration>,
+    /// The last sign of life the ping rule saw: a pong echoing one of our pings, or the connection's start.
+    last_life: Option<Instant>,
+    /// Set when the ping rule declared the connection lost: the peer's silence until then.
+    silence: Option<Duration>,
     closing: Closing,
     peer_closed: bool,
 }
@@ -273,7 +351,8 @@ impl<D> Protocol<D> {
             accepted: 0,
             unwritten_bytes: 0,
             writing_bytes: 0,
-            flushes: vec![],
+            flushes: VecDeque::new(),
+            next_ticket: 0,
             unreported: vec![],
             progress: false,
             window: None,
@@ -286,6 +365,8 @@ impl<D> Protocol<D> {
             paused: false,
             foreign_pongs: 0,
             last_rtt: None,
+            last_life: None,
+            silence: None,
             closing: Closing::Open,
             peer_closed: false,
         }
@@ -338,13 +419,29 @@ impl<D> Protocol<D> {
 
     /// Wait until everything accepted so far is confirmed (or failed): resolves at once when nothing is
     /// pending, else through a later call's outcomes. Written messages no ping covers yet make a ping
-    /// due now (see `ping_due`).
-    pub fn flush(&mut self, waiter: D, now: Instant) -> Vec<(D, Outcome)> {
-        self.flushes.push((self.accepted, waiter));
+    /// due now (see `ping_due`). The ticket withdraws it (`cancel_flush`).
+    pub fn flush(&mut self, waiter: D, now: Instant) -> (Ticket, Vec<(D, Outcome)>) {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        self.flushes.push_back(Flush { ticket, upto: self.accepted, waiter });
         if self.uncovered && self.ping_due_since.is_none() {
             self.ping_due_since = Some(now);
         }
-        self.settle_flushes()
+        (ticket, self.settle_flushes())
+    }
+
+    /// Withdraw a flush nobody waits on any more (its caller was cancelled): returns its waiter if it was
+    /// still waiting. The failures it would have reported stay for the next flush covering them, or the
+    /// end (`finish`). None: it already settled, and its outcome went to its waiter (see `restore`).
+    pub fn cancel_flush(&mut self, ticket: Ticket) -> Option<D> {
+        let i = self.flushes.binary_search_by_key(&ticket, |f| f.ticket).ok()?;
+        self.flushes.remove(i).map(|f| f.waiter)
+    }
+
+    /// Failures handed to a waiter that was gone (a flush or send whose caller stopped waiting meanwhile):
+    /// reported again, by the next flush covering them or by `finish`.
+    pub fn restore(&mut self, failures: Vec<Failed>) {
+        self.unreported.extend(failures);
     }
 
     fn oldest_pending(&self) -> Option<u64> {
@@ -354,18 +451,19 @@ impl<D> Protocol<D> {
     fn settle_flushes(&mut self) -> Vec<(D, Outcome)> {
         let oldest = self.oldest_pending();
         let mut out = vec![];
-        let mut i = 0;
-        while i < self.flushes.len() {
-            let upto = self.flushes[i].0;
-            if oldest.is_some_and(|n| n <= upto) {
-                i += 1;
-                continue;
+        while let Some(f) = self.flushes.pop_front() {
+            if oldest.is_some_and(|n| n <= f.upto) {
+                self.flushes.push_front(f);
+                break;
             }
-            let (_, w) = self.flushes.remove(i);
-            let (mut mine, rest): (Vec<_>, Vec<_>) = self.unreported.drain(..).partition(|f| f.seq <= upto);
-            self.unreported = rest;
-            mine.sort_by_key(|f| f.seq);
-            out.push((w, Outcome::Flushed(mine)));
+            let mut mine = vec![];
+            if !self.unreported.is_empty() {
+                let rest;
+                (mine, rest) = self.unreported.drain(..).partition(|u| u.seq <= f.upto);
+                self.unreported = rest;
+                mine.sort_by_key(|u| u.seq);
+            }
+            out.push((f.waiter, Outcome::Flushed(mine)));
         }
         out
     }
@@ -412,6 +510,7 @@ impl<D> Protocol<D> {
         self.peer_closed = false;
         self.foreign_pongs = 0;
         self.progress = false;
+        (self.last_life, self.silence) = (Some(now), None);
         if self.closing == Closing::Sent {
             self.closing = Closing::Requested;
         }
@@ -516,6 +615,7 @@ impl<D> Protocol<D> {
         // frames are ordered: this pong also answers every earlier ping
         let ping = self.pings.drain(..=i).next_back().expect("position is in range");
         self.last_rtt = Some(now.saturating_duration_since(ping.sent).max(Duration::from_micros(1)));
+        self.last_life = Some(now);
         let n = self.unacked.iter().take_while(|(s, _)| *s <= ping.covers).count();
         if n > 0 {
             self.progress = true;
@@ -563,7 +663,8 @@ impl<D> Protocol<D> {
             let timeout = self.cfg.ping_timeout.as_secs_f64();
             if let Some(p) = self.pings.front() {
                 if now >= p.deadline {
-                    let mut text = format!("ping timeout: no answer to a ping within ping_timeout ({timeout:.3}s)");
+                    self.silence = Some(now.saturating_duration_since(self.last_life.unwrap_or(now)));
+                    let mut text = format!("{PING_TIMEOUT} no answer to a ping within ping_timeout ({timeout:.3}s)");
                     if self.foreign_pongs > 0 {
                         text.push_str(&format!(
                             "; {} pong(s) that did not echo a ping of this connection were ignored \
@@ -576,8 +677,9 @@ impl<D> Protocol<D> {
             }
             if let Some(since) = self.ping_due_since {
                 if now >= since + self.cfg.ping_timeout {
+                    self.silence = Some(now.saturating_duration_since(self.last_life.unwrap_or(now)));
                     return Err(format!(
-                        "ping timeout: a ping could not be written within ping_timeout ({timeout:.3}s); \
+                        "{PING_TIMEOUT} a ping could not be written within ping_timeout ({timeout:.3}s); \
                          the peer is not reading"
                     ));
                 }
@@ -613,16 +715,16 @@ impl<D> Protocol<D> {
         }
     }
 
-    /// The connection was lost (`code`: the peer's close code, if it sent one). Unconfirmed messages
-    /// go back to the head of the queue, except one failed by the poison rule (see the module's Loss
-    /// rule): returned here as the waiters to resolve, and every such failure (for the log).
-    pub fn lost(&mut self, code: Option<u16>, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failed>) {
+    /// The connection was lost (`ending`: how). Unconfirmed messages go back to the head of the queue,
+    /// except one failed by the poison rule (see the module's Loss rule): returned here as the waiters to
+    /// resolve, and every such failure (for the log).
+    pub fn lost(&mut self, ending: Ending, reason: &str) -> (Vec<(D, Outcome)>, Vec<Failed>) {
         let (mut failed, mut all) = (vec![], vec![]);
         if !self.unacked.is_empty() {
             // the backlog is re-sent one message at a time first, so a later strike names its message
             self.window = Some(1);
         }
-        if code == Some(MESSAGE_TOO_BIG) {
+        if ending == Ending::Closed(Some(MESSAGE_TOO_BIG)) {
             // the peer read up to the message it could not take; the largest in flight is the one
             let largest = self.unacked.iter().enumerate().max_by_key(|(i, (_, e))| (e.size, usize::MAX - i));
             if let Some(i) = largest.map(|(i, _)| i) {
@@ -631,7 +733,7 @@ impl<D> Protocol<D> {
                     self.fail(e, f, &mut failed, &mut all);
                 }
             }
-        } else if !self.progress {
+        } else if !self.progress && ending.strikes() {
             let condemned = self.unacked.front_mut().is_some_and(|(_, head)| {
                 head.strikes += 1;
                 head.strikes >= self.cfg.poison_after
@@ -642,6 +744,13 @@ impl<D> Protocol<D> {
                     self.fail(e, f, &mut failed, &mut all);
                 }
             }
+        }
+        if let Some(m) = &self.cfg.metrics {
+            if let Some(silence) = self.silence.take() {
+                m.ping_silence(silence);
+            }
+            m.resent(self.unacked.len());
+            m.failed_sends(all.len());
         }
         let mut keep: VecDeque<Entry<D>> = self.unacked.drain(..).map(|(_, e)| e).collect();
         keep.extend(self.queue.drain(..));
@@ -672,7 +781,7 @@ impl<D> Protocol<D> {
             waiters.extend(e.done);
             unconfirmed.push((e.n, e.msg));
         }
-        waiters.extend(self.flushes.drain(..).map(|(_, w)| w));
+        waiters.extend(self.flushes.drain(..).map(|f| f.waiter));
         let mut failures = std::mem::take(&mut self.unreported);
         failures.sort_by_key(|f| f.seq);
         (waiters, Undelivered { unconfirmed, failures })
@@ -693,6 +802,7 @@ mod tests {
             max_message_size: 100,
             poison_after: 3,
             confirm_delay: Duration::ZERO,
+            metrics: None,
         }
     }
 
@@ -745,7 +855,7 @@ mod tests {
         assert_eq!(p.unwritten_bytes(), 6, "the batch being written still counts");
         assert_eq!(p.written(), vec![(1, Outcome::Sent)], "only the tracked send resolves");
         assert_eq!(p.unwritten_bytes(), 1);
-        p.lost(None, "gone");
+        p.lost(Ending::Cut, "gone");
         assert_eq!(p.unwritten_bytes(), 6, "unconfirmed messages go back to the queue");
         p.finish();
         assert_eq!(p.unwritten_bytes(), 0);
@@ -774,10 +884,10 @@ mod tests {
     fn sends_resolve_when_written_and_flush_when_confirmed() {
         let (mut p, t0) = proto();
         // nothing pending: a flush resolves at once
-        assert_eq!(p.flush(100, t0), vec![(100, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.flush(100, t0).1, vec![(100, Outcome::Flushed(vec![]))]);
         p.push(Message::text("a"), 1).unwrap();
         p.push(Message::text("b"), 2).unwrap();
-        assert!(p.flush(101, t0).is_empty());
+        assert!(p.flush(101, t0).1.is_empty());
         p.push(Message::text("c"), 3).unwrap();
         let (_, ping) = batch(&mut p, t0);
         assert_eq!(p.written(), vec![(1, Outcome::Sent), (2, Outcome::Sent), (3, Outcome::Sent)]);
@@ -794,10 +904,10 @@ mod tests {
         let _ = batch(&mut p, t0);
         assert_eq!(ids(p.written()), vec![1]);
         // rejected after it was written: nobody waits on the send any more
-        let (waiters, all) = p.lost(Some(MESSAGE_TOO_BIG), "");
+        let (waiters, all) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "");
         assert!(waiters.is_empty() && all.len() == 1);
         p.push(Message::text("later"), 2).unwrap();
-        assert!(p.flush(9, t0).is_empty());
+        assert!(p.flush(9, t0).1.is_empty());
         p.connected(t0);
         let (_, ping) = batch(&mut p, t0);
         let out = p.on_pong(&ping, t0);
@@ -805,7 +915,7 @@ mod tests {
         assert!(matches!(&out[1], (9, Outcome::Flushed(f))
             if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, msg }] if size_of(msg) == 50)));
         // reported once
-        assert_eq!(p.flush(10, t0), vec![(10, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.flush(10, t0).1, vec![(10, Outcome::Flushed(vec![]))]);
     }
 
     /// (acceptance number, message) of every unconfirmed message `finish` named.
@@ -827,7 +937,7 @@ mod tests {
         p.push(Message::text("a"), 1).unwrap();
         let _ = batch(&mut p, t0);
         let _ = p.written();
-        assert!(p.flush(7, t0).is_empty());
+        assert!(p.flush(7, t0).1.is_empty());
         // the flush waiter ends too, and the terminal error it gets names "a"
         let (waiters, u) = p.finish();
         assert_eq!((waiters, unconfirmed(&u)), (vec![7], vec![(1, "a")]));
@@ -841,7 +951,7 @@ mod tests {
         p.push_untracked(Message::text("c")).unwrap();
         let (_, ping) = batch(&mut p, t0);
         // the peer confirmed nothing and closed with 1009: the 60-byte message fails, the others stay
-        assert_eq!(p.lost(Some(MESSAGE_TOO_BIG), "").1.len(), 1);
+        assert_eq!(p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "").1.len(), 1);
         assert!(p.on_pong(&ping, t0).is_empty(), "a pong of the lost connection confirms nothing");
         p.connected(t0);
         let (msgs, ping) = batch(&mut p, t0);
@@ -955,7 +1065,7 @@ mod tests {
         p.push(Message::text("b"), 2).unwrap();
         let _ = batch(&mut p, t0);
         p.push(Message::text("c"), 3).unwrap();
-        assert!(p.lost(None, "EOF").0.is_empty());
+        assert!(p.lost(Ending::Cut, "EOF").0.is_empty());
         p.connected(s(t0, 1.0));
         // one message in flight first, then the window doubles
         let (msgs, ping) = batch(&mut p, s(t0, 1.0));
@@ -973,7 +1083,7 @@ mod tests {
         p.push(Message::binary(vec![7u8; 90]), 2).unwrap();
         p.push(Message::text("after"), 3).unwrap();
         let _ = batch(&mut p, t0);
-        let (failed, all) = p.lost(Some(MESSAGE_TOO_BIG), "too big");
+        let (failed, all) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "too big");
         assert_eq!(all.len(), 1);
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].0, 2);
@@ -1001,7 +1111,7 @@ mod tests {
                 p.push(Message::text("late"), 2).unwrap();
                 assert_eq!(p.next_write(t0), Write::Idle);
             }
-            let (failed, all) = p.lost(Some(1011), "server error");
+            let (failed, all) = p.lost(Ending::Closed(Some(1011)), "server error");
             if round < 3 {
                 assert!(failed.is_empty() && all.is_empty(), "round {round}");
             } else {
@@ -1059,7 +1169,7 @@ mod tests {
         let _ = p.next_write(t0);
         for round in 0..4u32 {
             // the same kind of loss every time, after the peer confirmed one message: never a strike
-            let (failed, all) = p.lost(Some(1011), "crash");
+            let (failed, all) = p.lost(Ending::Closed(Some(1011)), "crash");
             assert!(failed.is_empty() && all.is_empty(), "round {round}");
             p.connected(t0);
             let (msgs, ping) = batch(&mut p, t0);
@@ -1076,7 +1186,7 @@ mod tests {
         let (mut p, t0) = big();
         push_texts(&mut p, 0..30);
         let _ = p.next_write(t0);
-        assert!(p.lost(None, "reset").1.is_empty());
+        assert!(p.lost(Ending::Cut, "reset").1.is_empty());
         p.connected(t0);
         let (msgs, ping) = batch(&mut p, t0);
         assert_eq!(msgs, texts(0..1));
@@ -1104,19 +1214,19 @@ mod tests {
         push_texts(&mut p, 0..3);
         for _ in 0..2 {
             let _ = batch(&mut p, t0);
-            assert!(p.lost(None, "reset").1.is_empty());
+            assert!(p.lost(Ending::Cut, "reset").1.is_empty());
             p.connected(t0);
         }
         // m0 has two strikes; it is confirmed, m1 and m2 go out, and the connection dies: no strike
         let (_, ping) = batch(&mut p, t0);
         let _ = p.on_pong(&ping, t0);
         assert_eq!(batch(&mut p, t0).0, texts(1..3));
-        assert!(p.lost(None, "reset").1.is_empty());
+        assert!(p.lost(Ending::Cut, "reset").1.is_empty());
         // m1 is blamed from zero: failed at its third strike, not its first
         for strike in 1..=3 {
             p.connected(t0);
             assert_eq!(batch(&mut p, t0).0, texts(1..2));
-            let (_, all) = p.lost(None, "reset");
+            let (_, all) = p.lost(Ending::Cut, "reset");
             assert_eq!(all.len(), usize::from(strike == 3), "strike {strike}");
         }
     }
@@ -1135,7 +1245,7 @@ mod tests {
         while let Write::Batch(frames) = p.next_write(now) {
             for f in frames {
                 if frames_read == budget || f == Message::text(poison) {
-                    return p.lost(Some(1011), "crash").1;
+                    return p.lost(Ending::Closed(Some(1011)), "crash").1;
                 }
                 frames_read += 1;
                 match f {
@@ -1146,7 +1256,7 @@ mod tests {
                 }
             }
         }
-        p.lost(Some(1011), "crash").1
+        p.lost(Ending::Closed(Some(1011)), "crash").1
     }
 
     /// 10..=250, from a fixed linear congruential sequence.
@@ -1213,11 +1323,11 @@ mod tests {
         p.push_untracked(a.clone()).unwrap();
         p.push_untracked(Message::text("ok")).unwrap();
         p.push_untracked(c.clone()).unwrap();
-        assert!(p.flush(7, t0).is_empty());
+        assert!(p.flush(7, t0).1.is_empty());
         // rejected with 1009 twice: the 90-byte message (#3) first, then, re-sent alone, the 50-byte one (#1)
         for _ in 0..2 {
             let _ = batch(&mut p, t0);
-            assert_eq!(p.lost(Some(MESSAGE_TOO_BIG), "").1.len(), 1);
+            assert_eq!(p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "").1.len(), 1);
             p.connected(t0);
         }
         let (msgs, ping) = batch(&mut p, t0);
@@ -1263,7 +1373,7 @@ mod tests {
         p.request_close();
         let _ = batch(&mut p, t0);
         assert_eq!(p.next_write(t0), Write::Close);
-        assert!(p.lost(None, "EOF").0.is_empty());
+        assert!(p.lost(Ending::Cut, "EOF").0.is_empty());
         p.connected(t0);
         let (msgs, _) = batch(&mut p, t0);
         assert_eq!(msgs, vec![Message::text("a")]);
@@ -1326,13 +1436,13 @@ mod tests {
         let _ = pinged(&mut p, t0);
         p.push_untracked(Message::text("b")).unwrap();
         let _ = unpinged(&mut p, t0);
-        assert!(p.flush(7, s(t0, 0.001)).is_empty());
+        assert!(p.flush(7, s(t0, 0.001)).1.is_empty());
         assert!(p.ping_due());
         let ping = ping_of(p.next_write(s(t0, 0.001)));
         assert_eq!(p.on_pong(&ping, s(t0, 0.002)), vec![(7, Outcome::Flushed(vec![]))]);
         // a batch written while a flush waits carries its ping
         p.push_untracked(Message::text("c")).unwrap();
-        assert!(p.flush(8, s(t0, 0.003)).is_empty());
+        assert!(p.flush(8, s(t0, 0.003)).1.is_empty());
         let ping = pinged(&mut p, s(t0, 0.003));
         assert_eq!(p.on_pong(&ping, s(t0, 0.004)), vec![(8, Outcome::Flushed(vec![]))]);
     }
@@ -1371,12 +1481,179 @@ mod tests {
         let _ = pinged(&mut p, t0);
         p.push(Message::text("b"), 2).unwrap();
         let _ = unpinged(&mut p, t0);
-        assert!(p.lost(None, "EOF").0.is_empty());
+        assert!(p.lost(Ending::Cut, "EOF").0.is_empty());
         p.connected(s(t0, 0.001));
         assert_eq!(p.poll(s(t0, 0.001)), Ok(s(t0, 5.001)), "no confirmation is due on the new connection yet");
         let ping = pinged(&mut p, s(t0, 0.001));
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.002))), vec![1]);
         let ping = pinged(&mut p, s(t0, 0.002));
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.003))), vec![2]);
+    }
+
+    /// What a measured protocol reported, in order.
+    #[derive(Debug, Default)]
+    struct Recorded(std::sync::Mutex<Vec<(&'static str, f64)>>);
+
+    impl Recorded {
+        fn take(&self) -> Vec<(&'static str, f64)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl LossMeter for Recorded {
+        fn ping_silence(&self, silence: Duration) {
+            self.0.lock().unwrap().push(("silence", silence.as_secs_f64()));
+        }
+        fn resent(&self, n: usize) {
+            self.0.lock().unwrap().push(("resent", n as f64));
+        }
+        fn failed_sends(&self, n: usize) {
+            self.0.lock().unwrap().push(("failed", n as f64));
+        }
+    }
+
+    #[test]
+    fn a_measured_loss_counts_what_it_resends_and_fails_and_the_silence_before_a_ping_timeout() {
+        let m = Arc::new(Recorded::default());
+        let t0 = Instant::now();
+        let mut p = Protocol::new(ProtocolConfig { metrics: Some(m.clone()), ..cfg() }, NONCE);
+        p.connected(t0);
+        p.push(Message::text("a"), 1).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 1.0))), vec![1]);
+        // two more are written, and the peer goes silent: the ping behind them is never echoed
+        p.push(Message::text("b"), 2).unwrap();
+        p.push(Message::text("c"), 3).unwrap();
+        batch(&mut p, s(t0, 2.0));
+        let reason = p.poll(s(t0, 7.0)).unwrap_err();
+        assert!(reason.starts_with(PING_TIMEOUT), "{reason}");
+        p.lost(Ending::Cut, &reason);
+        // from the pong at 1 s to the deadline at 7 s
+        assert_eq!(m.take(), [("silence", 6.0), ("resent", 2.0), ("failed", 0.0)]);
+        // after the loss one message goes out alone; a close 1009 fails it (the largest in flight):
+        // counted as failed, not as re-sent, and with no deadline there is no silence
+        p.connected(s(t0, 8.0));
+        assert_eq!(batch(&mut p, s(t0, 8.0)).0.len(), 1);
+        p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "too big");
+        assert_eq!(m.take(), [("resent", 0.0), ("failed", 1.0)]);
+    }
+
+    #[test]
+    fn a_withdrawn_flush_leaves_its_failures_to_the_next_flush() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
+        let (_, _lost_pong) = batch(&mut p, t0);
+        let (cancelled, out) = p.flush(7, t0);
+        assert!(out.is_empty());
+        // its caller stopped waiting (a timeout): withdrawn, nothing is reported to it any more
+        assert_eq!(p.cancel_flush(cancelled), Some(7));
+        assert_eq!(p.cancel_flush(cancelled), None);
+        let (waiters, all) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "too big");
+        assert!(waiters.is_empty() && all.len() == 1, "{waiters:?}");
+        p.connected(t0);
+        p.push_untracked(Message::text("after")).unwrap();
+        assert!(p.flush(8, t0).1.is_empty());
+        let (_, ping) = batch(&mut p, t0);
+        let out = p.on_pong(&ping, t0);
+        assert!(
+            matches!(&out[..], [(8, Outcome::Flushed(f))] if matches!(&f[..], [Failed { seq: 1, why: Failure::TooBig { size: 50, .. }, .. }])),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_withdrawn_flush_leaves_its_failures_to_the_end() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
+        let _ = batch(&mut p, t0);
+        let (ticket, _) = p.flush(7, t0);
+        assert_eq!(p.cancel_flush(ticket), Some(7));
+        let _ = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "");
+        let (waiters, u) = p.finish();
+        assert!(waiters.is_empty());
+        assert!(matches!(&u.failures[..], [Failed { seq: 1, .. }]), "{u:?}");
+    }
+
+    #[test]
+    fn withdrawn_flushes_are_forgotten_and_the_live_ones_settle_in_order() {
+        let (mut p, t0) = delayed();
+        p.push_untracked(Message::text("a")).unwrap();
+        let (_, ping) = batch(&mut p, t0);
+        let (first, _) = p.flush(1, t0);
+        // an application polling with a timeout of zero, 100,000 times: nothing stays registered
+        for i in 0..100_000 {
+            let (t, out) = p.flush(1000 + i, t0);
+            assert!(out.is_empty());
+            assert_eq!(p.cancel_flush(t), Some(1000 + i));
+        }
+        assert_eq!(p.flushes.len(), 1);
+        p.push_untracked(Message::text("b")).unwrap();
+        let (last, _) = p.flush(2, t0);
+        assert_eq!(p.cancel_flush(first), Some(1));
+        // the live flush covers "a" and "b"; "a"'s pong settles nothing, "b"'s settles it
+        assert!(p.on_pong(&ping, t0).is_empty());
+        let (_, ping) = batch(&mut p, t0);
+        assert_eq!(p.on_pong(&ping, t0), vec![(2, Outcome::Flushed(vec![]))]);
+        assert_eq!(p.cancel_flush(last), None, "settled");
+        assert!(p.flushes.is_empty());
+        // no flush waits: confirming pings are deferred again (a withdrawn flush used to force one per batch)
+        p.push_untracked(Message::text("c")).unwrap();
+        assert!(frames(p.next_write(s(t0, 0.001))).1.is_empty());
+    }
+
+    #[test]
+    fn failures_a_gone_waiter_never_took_are_reported_again() {
+        let (mut p, t0) = proto();
+        p.push_untracked(Message::binary(vec![0u8; 50])).unwrap();
+        let _ = batch(&mut p, t0);
+        let _ = p.flush(7, t0);
+        let (mut settled, _) = p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "");
+        // the flush settled with the failure, and its caller was gone by the time it was handed over
+        let Some((7, Outcome::Flushed(f))) = settled.pop() else { panic!("{settled:?}") };
+        p.restore(f);
+        let (_, out) = p.flush(8, t0);
+        assert!(matches!(&out[..], [(8, Outcome::Flushed(f))] if f.len() == 1 && f[0].seq == 1), "{out:?}");
+    }
+
+    #[test]
+    fn a_close_the_peer_chose_blames_no_message_and_clears_no_strike() {
+        let chosen = [1000, 1001, 1012, 1013, 1014, 3000, 4000, 4999].map(|c| Ending::Closed(Some(c)));
+        for ending in chosen.into_iter().chain([Ending::Closed(None)]) {
+            assert!(!ending.strikes(), "{ending:?}");
+            let (mut p, t0) = proto();
+            p.push(Message::text("join"), 1).unwrap();
+            // a crash, then five deliberate closes (a draining instance): only the crash counts
+            let _ = batch(&mut p, t0);
+            assert!(p.lost(Ending::Cut, "reset").1.is_empty());
+            for _ in 0..5 {
+                p.connected(t0);
+                assert_eq!(batch(&mut p, t0).0, vec![Message::text("join")]);
+                let (failed, all) = p.lost(ending, "draining");
+                assert!(failed.is_empty() && all.is_empty(), "{ending:?}");
+            }
+            // two more crash-like losses make three strikes
+            for (i, crash) in [Ending::Closed(Some(1011)), Ending::Cut].into_iter().enumerate() {
+                p.connected(t0);
+                let _ = batch(&mut p, t0);
+                let (failed, _) = p.lost(crash, "crash");
+                assert_eq!(failed.len(), i, "{ending:?} then {crash:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_loss_that_looks_like_the_peer_failing_on_what_it_read_is_a_strike() {
+        for ending in [Ending::Cut].into_iter().chain([1002, 1003, 1007, 1008, 1011].map(|c| Ending::Closed(Some(c)))) {
+            assert!(ending.strikes(), "{ending:?}");
+            let (mut p, t0) = proto();
+            p.push(Message::text("poison"), 1).unwrap();
+            let mut failed = vec![];
+            for _ in 0..3 {
+                p.connected(t0);
+                let _ = batch(&mut p, t0);
+                failed = p.lost(ending, "crash").1;
+            }
+            assert!(matches!(&failed[..], [Failed { why: Failure::Poisoned { losses: 3, .. }, .. }]), "{ending:?}");
+        }
     }
 }
