@@ -169,7 +169,7 @@ impl Conn {
                 )
             }
         };
-        let request = upgrade::request(&ep, &a.headers, rand::random());
+        let request = upgrade::request(&ep, &a.headers, rand::random(), self.cfg.compression.as_ref());
         let tls = ep.tls.then(|| self.cfg.tls.clone().unwrap_or_else(crate::ws::tls::default_config));
         let wire = match Wire::new(
             tls.map(|c| (c, ep.host.as_str())),
@@ -188,7 +188,7 @@ impl Conn {
         let (strategy, number) = (a.strategy.clone(), a.number);
         let id = Self::new_id(st);
         let (host, port) = (ep.host.clone(), ep.port);
-        st.link = Some(Box::new(Link::new(id, wire, request.accept, ep)));
+        st.link = Some(Box::new(Link::new(id, wire, ep)));
         st.phase = Phase::Connecting;
         fx.later(move |py, c| {
             tracing::debug!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*strategy,
