@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::redact::redact_url;
+use crate::ws::deflate::Offer;
 use crate::ws::tls::TrustSource;
 use crate::ws::upgrade::Endpoint;
 use crate::ws::{WsConfig, WsError, DEFAULT_CONNECT_TIMEOUT};
@@ -163,6 +164,18 @@ fn connect_timeout_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<std::time::Durat
     bound_or_none("connect_timeout", v)
 }
 
+/// `compression=`: "deflate" offers permessage-deflate, None turns it off (websockets' values).
+fn compression_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<Offer>> {
+    if v.is_none() {
+        return Ok(None);
+    }
+    match v.cast::<PyString>().map(|s| s.to_string()) {
+        Ok(s) if s == "deflate" => Ok(Some(Offer::default())),
+        Ok(s) => Err(value_error(format!("unsupported compression {s:?}: use \"deflate\" or None"))),
+        Err(_) => Err(PyTypeError::new_err("compression must be \"deflate\" or None")),
+    }
+}
+
 #[pyclass(name = "Connection", module = "tether._native", frozen)]
 pub struct PyConnection {
     conn: Arc<Conn>,
@@ -192,7 +205,7 @@ impl PyConnection {
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
         max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
         on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None, final_close_codes=None,
-        connect_timeout=Some(DEFAULT_CONNECT_TIMEOUT)))]
+        connect_timeout=Some(DEFAULT_CONNECT_TIMEOUT), compression=Some(Offer::default())))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -224,6 +237,7 @@ impl PyConnection {
         logger: Option<&Bound<'_, PyAny>>,
         final_close_codes: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = connect_timeout_arg)] connect_timeout: Option<std::time::Duration>,
+        #[pyo3(from_py_with = compression_arg)] compression: Option<Offer>,
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
@@ -300,6 +314,7 @@ impl PyConnection {
                 ),
                 _ => None,
             },
+            compression,
         };
         let hooks = Hooks {
             url_for,
@@ -341,6 +356,7 @@ impl PyConnection {
         out.set_item("max_message_size", d.max_message_size)?;
         out.set_item("read_buffer_size", d.read_buffer_size)?;
         out.set_item("write_buffer_size", d.write_buffer_size)?;
+        out.set_item("compression", d.compression.map(|_| "deflate"))?;
         Ok(out)
     }
 

@@ -3,11 +3,13 @@
 //!
 //! * [`config`]: the options and their defaults; [`error`]: how an attempt or the connection ended.
 //! * [`wire`]: one connection's bytes: [`tls`] (rustls driven by buffers, and the trusted roots), the
-//!   opening handshake ([`upgrade`], its [`redirect`]s) and [`frame`]s.
+//!   opening handshake ([`upgrade`], its [`redirect`]s) and [`frame`]s, compressed by [`deflate`]
+//!   (permessage-deflate) when the server agrees.
 //! * [`protocol`]: delivery, liveness, the close handshake and the poison rule, above the frames.
 //! * [`heartbeat`]: the in-band heartbeat's timing; [`socket`]: the kernel's liveness options.
 
 pub mod config;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod heartbeat;

@@ -193,14 +193,13 @@ impl Conn {
     pub(super) fn feed(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, data: Option<&[u8]>) {
         let now = Instant::now();
         let Some(mut link) = st.link.take() else { return };
-        let accept = link.accept.clone();
         let mut pongs: Vec<Vec<u8>> = Vec::new();
         let mut refused: Option<Refusal> = None;
         let mut close: Option<Option<(u16, String)>> = None;
         let mut full = false;
         let mut on = |ev: WireEvent<'_>| -> ControlFlow<()> {
             match ev {
-                WireEvent::Answer(a) => match a.check(&accept) {
+                WireEvent::Answer(checked) => match checked {
                     Ok(()) => {
                         self.upgraded(py, st, fx, now);
                         ControlFlow::Continue(())

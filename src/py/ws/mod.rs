@@ -155,7 +155,6 @@ pub(crate) struct Link {
     /// Set by `connection_made`.
     pub transport: Option<Py<PyAny>>,
     pub wire: Wire,
-    pub accept: String,
     pub ep: Endpoint,
     /// The transport asked us to stop writing (its buffer is above its high-water mark).
     pub paused_writing: bool,
@@ -167,8 +166,8 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(super) fn new(id: u64, wire: Wire, accept: String, ep: Endpoint) -> Link {
-        Link { id, transport: None, wire, accept, ep, paused_writing: false, fd: None, buffered: false }
+    pub(super) fn new(id: u64, wire: Wire, ep: Endpoint) -> Link {
+        Link { id, transport: None, wire, ep, paused_writing: false, fd: None, buffered: false }
     }
 }
 

@@ -169,7 +169,7 @@ impl Conn {
                 )
             }
         };
-        let request = upgrade::request(&ep, &a.headers, rand::random());
+        let request = upgrade::request(&ep, &a.headers, rand::random(), self.cfg.compression.as_ref());
         let tls = ep.tls.then(|| self.cfg.tls.clone().unwrap_or_else(crate::ws::tls::default_config));
         let wire = match Wire::new(
             tls.map(|c| (c, ep.host.as_str())),
@@ -188,7 +188,7 @@ impl Conn {
         let (strategy, number) = (a.strategy.clone(), a.number);
         let id = Self::new_id(st);
         let (host, port) = (ep.host.clone(), ep.port);
-        st.link = Some(Box::new(Link::new(id, wire, request.accept, ep)));
+        st.link = Some(Box::new(Link::new(id, wire, ep)));
         st.phase = Phase::Connecting;
         fx.later(move |py, c| {
             tracing::debug!(target: LOG, logger = c.cfg.reconnect.logger.as_deref(), url = %shown, strategy = &*strategy,
@@ -546,8 +546,9 @@ impl Conn {
         }
         let drain = st.draining.iter().map(|d| d.2).min();
         let at = [wake, drain, st.close_hard_by].into_iter().flatten().min();
+        // while writing, the next deadline is a confirmation within two confirm_delays (see `Timer::want`)
         let busy = st.last_write.is_some_and(|t| now.saturating_duration_since(t) < CONFIRM_DELAY);
-        st.timer.want(at, now, busy.then_some(CONFIRM_DELAY), fx);
+        st.timer.want(at, now, busy.then_some(3 * CONFIRM_DELAY), fx);
     }
 
     /// What is due in the current phase; when to look next.

@@ -17,6 +17,9 @@ use super::{Conn, Fx};
 
 /// Timers armed at once, at most: beyond, the latest is cancelled.
 const ARMED: usize = 3;
+/// An armed timer this much earlier than needed is replaced, if it is `NEAR`.
+const PUSHED_OUT: Duration = Duration::from_millis(5);
+const NEAR: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub(crate) struct Timer {
@@ -33,10 +36,20 @@ impl Timer {
     pub(crate) fn want(&mut self, at: Option<Instant>, now: Instant, busy_horizon: Option<Duration>, fx: &mut Fx) {
         let Some(at) = at else { return };
         let at = busy_horizon.map_or(at, |h| at.min(now + h));
-        if self.armed.iter().any(|(when, _, _)| *when <= at) {
-            return;
+        let earliest = self.armed.iter().map(|a| a.0).min();
+        match earliest {
+            // a near timer whose deadline moved out (a send carried the confirming ping): replaced,
+            // rather than left to wake the loop for nothing; a cancelled one this near leaves asyncio's
+            // heap soon
+            Some(e) if e <= at && at - e >= PUSHED_OUT && e.saturating_duration_since(now) < NEAR => {
+                let i = self.armed.iter().position(|a| a.0 == e).unwrap_or(0);
+                let (_, _, old) = self.armed.swap_remove(i);
+                self.arm(at, now, old, fx);
+                return;
+            }
+            Some(e) if e <= at => return,
+            _ => {}
         }
-        self.seq += 1;
         let replaced = if self.armed.len() >= ARMED {
             // the latest goes: `at` is earlier than every armed one
             let i = self.armed.iter().enumerate().max_by_key(|(_, a)| a.0).map(|(i, _)| i).unwrap_or(0);
@@ -44,6 +57,11 @@ impl Timer {
         } else {
             None
         };
+        self.arm(at, now, replaced, fx);
+    }
+
+    fn arm(&mut self, at: Instant, now: Instant, replaced: Option<Py<PyAny>>, fx: &mut Fx) {
+        self.seq += 1;
         self.armed.push((at, self.seq, None));
         // whole milliseconds, rounded up: a loop whose clock counts milliseconds (uvloop) must not
         // fire it before `at`, and a timer that fires early only re-arms

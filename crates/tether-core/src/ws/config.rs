@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::deflate::Offer;
 use crate::redact::redact_url;
 use crate::retry_state::Config;
 
@@ -41,6 +42,8 @@ pub struct WsConfig {
     pub reconnect: Config,
     /// Trusted CAs for wss:// (`tls::client_config`); None = the bundled Mozilla roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The permessage-deflate offer of every upgrade request; None: compression off.
+    pub compression: Option<Offer>,
 }
 
 /// The URL and header values may carry credentials: redacted, like everything tether shows.
@@ -70,6 +73,7 @@ impl fmt::Debug for WsConfig {
             .field("fatal_http_statuses", &self.fatal_http_statuses)
             .field("reconnect", &self.reconnect)
             .field("tls", &self.tls.as_ref().map(|_| "custom"))
+            .field("compression", &self.compression)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +112,9 @@ impl Default for WsConfig {
                 ..Default::default()
             },
             tls: None,
+            // on, as in websockets and aiohttp: JSON signaling shrinks several times, and a server
+            // that does not want it declines the offer
+            compression: Some(Offer::default()),
         }
     }
 }

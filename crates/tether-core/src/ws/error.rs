@@ -183,6 +183,10 @@ pub fn violation(v: &Violation, cfg: &WsConfig) -> WsError {
             "the server sent a message over max_message_size ({} bytes): {size} bytes; tether closed the connection with 1009",
             cfg.max_message_size
         ),
+        Violation::InflatedTooBig { max } => format!(
+            "the server sent a compressed message that inflates past max_message_size ({max} bytes); tether \
+             stopped inflating there and closed the connection with 1009"
+        ),
         Violation::InvalidUtf8 => {
             "the server sent text that is not valid UTF-8; tether closed the connection with 1007".to_string()
         }

@@ -16,13 +16,16 @@
 //! in one allocated only for it; both are released once they are done if they grew past `keep` bytes,
 //! so an idle connection holds no read buffer.
 //!
-//! Extensions: none is negotiated yet, so every reserved bit is a violation. permessage-deflate
-//! (RFC 7692) plugs in at two points: [`Decoder::reserved_bits_allowed`] accepts RSV1 on the first
-//! frame of a message, and [`Decoder::complete`] inflates the reassembled payload (bounded by
-//! `max_message_size`) before it is validated and handed over; the writer compresses a message and sets
-//! RSV1 through [`write_frame`]'s `rsv`.
+//! Extensions: without one every reserved bit is a violation. With permessage-deflate (RFC 7692,
+//! [`Decoder::inflating`]) RSV1 marks the first frame of a compressed message (on a continuation or a
+//! control frame it is a violation, 1002); each of its frames is inflated as it arrives, and the
+//! inflated size counts against `max_message_size` while inflating, so a deflate bomb is a 1009 once
+//! the limit is passed, not memory growth. Data that does not inflate is a 1002. The writer compresses
+//! a message and sets RSV1 through [`write_frame`]'s `rsv`.
 
 use std::ops::ControlFlow;
+
+use super::deflate::{InflateError, Inflater};
 
 /// The largest payload of a control frame (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -66,6 +69,10 @@ pub enum Violation {
     },
     /// A close frame whose code may not be sent on the wire (RFC 6455 §7.4); answered with 1002.
     InvalidCloseCode(u16),
+    /// A compressed message that inflates past `max` (its size is not known: inflating stopped there).
+    InflatedTooBig {
+        max: usize,
+    },
 }
 
 impl Violation {
@@ -74,7 +81,7 @@ impl Violation {
         match self {
             Violation::Protocol(_) | Violation::InvalidCloseCode(_) => CLOSE_PROTOCOL_ERROR,
             Violation::InvalidUtf8 => CLOSE_INVALID_DATA,
-            Violation::TooBig { .. } => CLOSE_TOO_BIG,
+            Violation::TooBig { .. } | Violation::InflatedTooBig { .. } => CLOSE_TOO_BIG,
         }
     }
 
@@ -83,7 +90,7 @@ impl Violation {
         match self {
             Violation::Protocol(_) | Violation::InvalidCloseCode(_) => "protocol error",
             Violation::InvalidUtf8 => "invalid UTF-8",
-            Violation::TooBig { .. } => "message too big",
+            Violation::TooBig { .. } | Violation::InflatedTooBig { .. } => "message too big",
         }
     }
 }
@@ -138,6 +145,8 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, Violation> {
 /// A fragmented message being reassembled.
 struct Fragments {
     text: bool,
+    /// Its first frame had RSV1: `data` holds what its frames inflated to so far.
+    compressed: bool,
     data: Vec<u8>,
     /// The prefix of `data` known to be UTF-8 (text only): each fragment is checked as it arrives.
     valid: usize,
@@ -177,11 +186,29 @@ pub struct Decoder {
     frag: Option<Fragments>,
     /// A close frame was read: nothing after it is a frame.
     closed: bool,
+    /// permessage-deflate was negotiated: messages with RSV1 are inflated by it.
+    inflater: Option<Inflater>,
+    /// What a single-frame compressed message inflated to (kept between messages up to `keep` bytes).
+    inflated: Vec<u8>,
 }
 
 impl Decoder {
     pub fn new(max_message_size: usize, keep: usize) -> Self {
-        Decoder { max_message_size, keep, partial: Vec::new(), frag: None, closed: false }
+        Decoder {
+            max_message_size,
+            keep,
+            partial: Vec::new(),
+            frag: None,
+            closed: false,
+            inflater: None,
+            inflated: Vec::new(),
+        }
+    }
+
+    /// permessage-deflate is on: compressed messages (RSV1) are inflated with `inflater`.
+    pub fn inflating(mut self, inflater: Inflater) -> Self {
+        self.inflater = Some(inflater);
+        self
     }
 
     /// Bytes held for a frame (or input) not handled yet.
@@ -262,11 +289,8 @@ impl Decoder {
         if h.masked {
             return Err(Violation::Protocol("the server sent a masked frame".into()));
         }
-        if !self.reserved_bits_allowed(h) {
-            return Err(Violation::Protocol(format!(
-                "reserved bits {:#05b} set without a negotiated extension",
-                h.rsv
-            )));
+        if h.rsv != 0 {
+            self.check_reserved_bits(h)?;
         }
         match h.opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
@@ -278,8 +302,12 @@ impl Decoder {
                 }
             }
             OP_CONTINUATION | OP_TEXT | OP_BINARY => {
-                let before =
-                    if h.opcode == OP_CONTINUATION { self.frag.as_ref().map_or(0, |f| f.data.len()) } else { 0 };
+                // a compressed message's inflated size is checked while inflating: its frames are
+                // bounded one by one, as they are never buffered together
+                let before = match &self.frag {
+                    Some(f) if h.opcode == OP_CONTINUATION && !f.compressed => f.data.len(),
+                    _ => 0,
+                };
                 let size = before as u64 + h.len;
                 if size > self.max_message_size as u64 {
                     return Err(Violation::TooBig { size, max: self.max_message_size });
@@ -291,10 +319,37 @@ impl Decoder {
         Ok(h.size + h.len as usize)
     }
 
-    /// Reserved bits a frame may carry: none until an extension is negotiated (permessage-deflate
-    /// would allow RSV1 on the first frame of a message).
-    fn reserved_bits_allowed(&self, h: &Header) -> bool {
-        h.rsv == 0
+    /// Reserved bits a frame may carry: RSV1 on the first frame of a data message once
+    /// permessage-deflate is negotiated, nothing else.
+    fn check_reserved_bits(&self, h: &Header) -> Result<(), Violation> {
+        let why = match (h.rsv, self.inflater.is_some(), h.opcode) {
+            (0b100, true, OP_TEXT | OP_BINARY) => return Ok(()),
+            (0b100, true, OP_CONTINUATION) => {
+                "RSV1 on a continuation frame (only a message's first frame may carry it)"
+            }
+            (0b100, true, _) => "RSV1 on a control frame (control frames are never compressed)",
+            (0b100, false, _) => "RSV1 set but permessage-deflate was not negotiated",
+            _ => "reserved bits set without a negotiated extension",
+        };
+        Err(Violation::Protocol(format!("{why}: {:#05b}", h.rsv)))
+    }
+
+    /// Inflate one frame of a compressed message onto `out`, within `max_message_size`.
+    fn inflate(
+        inflater: &mut Option<Inflater>,
+        max: usize,
+        payload: &[u8],
+        last: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Violation> {
+        // `check_reserved_bits` let RSV1 through only with an inflater
+        let Some(inflater) = inflater.as_mut() else { unreachable!("RSV1 without permessage-deflate") };
+        inflater.inflate(payload, last, out, max).map_err(|e| match e {
+            InflateError::TooBig { .. } => Violation::InflatedTooBig { max },
+            InflateError::Corrupt(why) => {
+                Violation::Protocol(format!("a compressed message that does not inflate ({why})"))
+            }
+        })
     }
 
     fn frame<F>(&mut self, h: &Header, payload: &[u8], on: &mut F) -> Result<ControlFlow<()>, Violation>
@@ -307,10 +362,28 @@ impl Decoder {
                     return Err(Violation::Protocol("a new message began before the fragmented one ended".into()));
                 }
                 let text = h.opcode == OP_TEXT;
+                let compressed = h.rsv != 0;
+                if h.fin && compressed {
+                    let mut out = std::mem::take(&mut self.inflated);
+                    out.clear();
+                    let r = Self::inflate(&mut self.inflater, self.max_message_size, payload, true, &mut out)
+                        .and_then(|()| self.complete(text, &out, on));
+                    if out.capacity() <= self.keep {
+                        self.inflated = out;
+                    }
+                    return r;
+                }
                 if h.fin {
                     return self.complete(text, payload, on);
                 }
-                let mut f = Fragments { text, data: payload.to_vec(), valid: 0 };
+                let data = if compressed {
+                    let mut out = Vec::new();
+                    Self::inflate(&mut self.inflater, self.max_message_size, payload, false, &mut out)?;
+                    out
+                } else {
+                    payload.to_vec()
+                };
+                let mut f = Fragments { text, compressed, data, valid: 0 };
                 if text {
                     validate_more(&f.data, &mut f.valid)?;
                 }
@@ -321,7 +394,11 @@ impl Decoder {
                 let Some(f) = self.frag.as_mut() else {
                     return Err(Violation::Protocol("a continuation frame without a message to continue".into()));
                 };
-                f.data.extend_from_slice(payload);
+                if f.compressed {
+                    Self::inflate(&mut self.inflater, self.max_message_size, payload, h.fin, &mut f.data)?;
+                } else {
+                    f.data.extend_from_slice(payload);
+                }
                 if f.text {
                     validate_more(&f.data, &mut f.valid)?;
                 }
@@ -362,8 +439,8 @@ impl Decoder {
         }
     }
 
-    /// A whole message: validated and handed over (where a negotiated extension would decode it).
-    fn complete<F>(&mut self, text: bool, payload: &[u8], on: &mut F) -> Result<ControlFlow<()>, Violation>
+    /// A whole message (inflated if it was compressed): validated and handed over.
+    fn complete<F>(&self, text: bool, payload: &[u8], on: &mut F) -> Result<ControlFlow<()>, Violation>
     where
         F: FnMut(Inbound<'_>) -> ControlFlow<()>,
     {
@@ -682,6 +759,135 @@ mod tests {
         let mut out = vec![0u8; frame_len(2)];
         write_frame(&mut out, OP_TEXT, 0b100, b"hi", [1, 2, 3, 4]);
         assert_eq!(unmask(&out), (OP_TEXT, 0b100, b"hi".to_vec()));
+    }
+
+    use crate::ws::deflate::{negotiate, Agreed, Offer};
+
+    /// What websockets' server agrees to by default.
+    fn agreed() -> Agreed {
+        let answer = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12";
+        negotiate(Some(&Offer::default()), &[answer]).unwrap().unwrap()
+    }
+
+    /// `msgs` compressed as the server would (one context, in order), each in one frame with RSV1.
+    fn compressed_frames(msgs: &[(u8, &[u8])]) -> Vec<u8> {
+        // the server compresses with the window it announced for itself
+        let a = agreed();
+        let mut tx = Agreed { client_max_window_bits: a.server_max_window_bits, ..a }.deflater();
+        let mut wire = vec![];
+        for (op, m) in msgs {
+            let mut payload = vec![];
+            assert!(tx.compress(m, &mut payload));
+            let mut f = server(true, *op, &payload);
+            f[0] |= 0x40;
+            wire.extend(f);
+        }
+        wire
+    }
+
+    fn decode_inflating(max: usize, chunks: &[&[u8]]) -> Result<Vec<Got>, Violation> {
+        let mut d = Decoder::new(max, 64).inflating(agreed().inflater());
+        let mut got = vec![];
+        for c in chunks {
+            d.feed(c, &mut |m| {
+                got.push(own(m));
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn compressed_messages_inflate_with_uncompressed_ones_and_control_frames_between() {
+        let sdp =
+            format!("{{\"sdp\":\"{}\"}}", "a=candidate:1 1 udp 2122260223 10.0.0.1 50000 typ host\\r\\n".repeat(60));
+        let mut wire =
+            compressed_frames(&[(OP_TEXT, sdp.as_bytes()), (OP_BINARY, &[1, 2, 3]), (OP_TEXT, sdp.as_bytes())]);
+        // the second compressed text refers back to the first: context takeover
+        assert!(wire.len() < sdp.len() / 4, "{} bytes on the wire", wire.len());
+        wire.extend(server(true, OP_PING, b"p"));
+        wire.extend(server(true, OP_TEXT, b"plain"));
+        let want = vec![
+            Got::Text(sdp.clone()),
+            Got::Binary(vec![1, 2, 3]),
+            Got::Text(sdp.clone()),
+            Got::Ping(b"p".to_vec()),
+            Got::Text("plain".into()),
+        ];
+        for cut in (0..=wire.len()).step_by(7) {
+            let got = decode_inflating(1 << 20, &[&wire[..cut], &wire[cut..]]).unwrap();
+            assert!(got == want, "cut at {cut}: {:?}", summary(&got));
+        }
+    }
+
+    #[test]
+    fn a_fragmented_compressed_message_is_inflated_across_its_frames() {
+        let text = "é".repeat(3000);
+        let one = compressed_frames(&[(OP_TEXT, text.as_bytes())]);
+        // the payload of the single frame, split into three frames (a UTF-8 sequence may be cut too)
+        let payload = &one[parse_header(&one).unwrap().unwrap().size..];
+        let (a, rest) = payload.split_at(payload.len() / 3);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let mut wire = server(false, OP_TEXT, a);
+        wire[0] |= 0x40;
+        wire.extend(server(true, OP_PONG, b""));
+        wire.extend(server(false, OP_CONTINUATION, b));
+        wire.extend(server(true, OP_CONTINUATION, c));
+        let got = decode_inflating(1 << 20, &[&wire]).unwrap();
+        assert_eq!(got, vec![Got::Pong(vec![]), Got::Text(text.clone())]);
+        // byte by byte, too
+        let singles: Vec<&[u8]> = wire.chunks(1).collect();
+        assert_eq!(decode_inflating(1 << 20, &singles).unwrap(), vec![Got::Pong(vec![]), Got::Text(text)]);
+    }
+
+    #[test]
+    fn rsv1_is_refused_with_1002_where_it_may_not_be() {
+        let one = compressed_frames(&[(OP_TEXT, b"hello")]);
+        let mut on_continuation = server(false, OP_TEXT, b"a");
+        let mut cont = server(true, OP_CONTINUATION, b"b");
+        cont[0] |= 0x40;
+        on_continuation.extend(cont);
+        let mut on_ping = server(true, OP_PING, b"");
+        on_ping[0] |= 0x40;
+        let mut rsv2 = server(true, OP_TEXT, b"a");
+        rsv2[0] |= 0x20;
+        for (what, wire, inflating, why) in [
+            ("rsv1 on a continuation", on_continuation, true, "continuation"),
+            ("rsv1 on a control frame", on_ping, true, "control"),
+            ("rsv2 with deflate", rsv2, true, "reserved bits"),
+            ("rsv1 without negotiation", one, false, "not negotiated"),
+        ] {
+            let e = if inflating { decode_inflating(1000, &[&wire]) } else { decode(1000, &[&wire]) }.unwrap_err();
+            assert!(matches!(&e, Violation::Protocol(p) if p.contains(why)) && e.code() == 1002, "{what}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_a_1009_once_inflating_passes_the_limit() {
+        let zeros = vec![0u8; 8 << 20];
+        let wire = compressed_frames(&[(OP_BINARY, &zeros)]);
+        assert!(wire.len() < 20_000, "{}", wire.len());
+        let e = decode_inflating(1 << 20, &[&wire]).unwrap_err();
+        assert_eq!((e.clone(), e.code()), (Violation::InflatedTooBig { max: 1 << 20 }, 1009));
+        // fragmented, the limit holds across frames
+        let payload = &wire[parse_header(&wire).unwrap().unwrap().size..];
+        let (a, b) = payload.split_at(payload.len() / 2);
+        let mut frags = server(false, OP_BINARY, a);
+        frags[0] |= 0x40;
+        frags.extend(server(true, OP_CONTINUATION, b));
+        assert_eq!(decode_inflating(1 << 20, &[&frags]), Err(Violation::InflatedTooBig { max: 1 << 20 }));
+        // at the limit it is a message
+        assert_eq!(decode_inflating(8 << 20, &[&wire]).unwrap(), vec![Got::Binary(zeros)]);
+    }
+
+    #[test]
+    fn inflated_text_is_checked_for_utf8_and_garbage_does_not_inflate() {
+        let wire = compressed_frames(&[(OP_TEXT, &[b'a', 0xFF])]);
+        assert_eq!(decode_inflating(1000, &[&wire]), Err(Violation::InvalidUtf8));
+        let mut garbage = server(true, OP_BINARY, &[0xFF, 0xFF, 0xFF]);
+        garbage[0] |= 0x40;
+        let e = decode_inflating(1000, &[&garbage]).unwrap_err();
+        assert!(matches!(&e, Violation::Protocol(p) if p.contains("does not inflate")) && e.code() == 1002, "{e:?}");
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping
 //!   confirms what was written before it: its payload (this connection's nonce + a ping id) names the
 //!   last sequence number written before it. It follows a batch at once, unless a ping went out less
-//!   than `confirm_delay` ago: then it waits until `confirm_delay` after that one (at most one
+//!   than `confirm_delay` ago: then the first batch written from `confirm_delay` after that one carries
+//!   it, or, when the sender stopped, the timer writes it another `confirm_delay` later (at most one
 //!   confirming ping per `confirm_delay`, like TCP's delayed ACK), so a paced sender does not pay a
-//!   round trip per message while a lone request is confirmed as fast as before. Never deferred when a
+//!   round trip per message, nor a wake-up per confirmation, while a lone request is confirmed as fast
+//!   as before. Never deferred when a
 //!   flush waits, when an eighth of `send_buffer` is pending, or when closing. A long batch (a backlog
 //!   re-sent after a reconnect, a burst) also carries a ping after every eighth of `send_buffer`, so a
 //!   connection that dies halfway through it still confirms what the peer read. A pong that echoes a
@@ -655,7 +657,10 @@ impl<D> Protocol<D> {
                 self.ping_due_since = Some(now);
             }
         }
-        let confirm_at = self.confirm_at().filter(|_| self.uncovered);
+        // a send written once the confirmation is due carries the ping (`next_write`); only a stream that
+        // stopped needs the timer, a confirm_delay later: a paced sender's pings ride with its messages
+        // instead of costing a wake-up of their own
+        let confirm_at = self.confirm_at().filter(|_| self.uncovered).map(|at| at + self.cfg.confirm_delay);
         if confirm_at.is_some_and(|at| now >= at) && self.ping_due_since.is_none() {
             self.ping_due_since = Some(now);
         }
@@ -1415,18 +1420,21 @@ mod tests {
         p.push(Message::text("b"), 2).unwrap();
         assert_eq!(unpinged(&mut p, s(t0, 0.002)).len(), 1);
         assert_eq!(p.next_write(s(t0, 0.002)), Write::Idle);
-        assert_eq!(p.poll(s(t0, 0.002)), Ok(s(t0, 0.010)), "the pinger wakes when the confirmation is due");
+        // a send from 10 ms on carries the ping; the timer waits another confirm_delay for one
+        assert_eq!(p.poll(s(t0, 0.002)), Ok(s(t0, 0.020)), "the timer wakes when a stream that stopped is due");
         p.push(Message::text("c"), 3).unwrap();
         assert_eq!(unpinged(&mut p, s(t0, 0.006)).len(), 1);
         assert!(p.poll(s(t0, 0.010)).is_ok());
-        assert!(p.ping_due());
-        let ping = ping_of(p.next_write(s(t0, 0.010)));
-        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.011))), vec![2, 3]);
-        assert_eq!(p.poll(s(t0, 0.011)), Ok(s(t0, 5.010)), "nothing left to confirm: the periodic ping");
+        assert!(!p.ping_due(), "a send would carry it now");
+        assert!(p.poll(s(t0, 0.020)).is_ok());
+        assert!(p.ping_due(), "no send came: the timer writes it");
+        let ping = ping_of(p.next_write(s(t0, 0.020)));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.021))), vec![2, 3]);
+        assert_eq!(p.poll(s(t0, 0.021)), Ok(s(t0, 5.020)), "nothing left to confirm: the periodic ping");
         // a batch written confirm_delay after the last ping carries its own
         p.push(Message::text("d"), 4).unwrap();
-        let ping = pinged(&mut p, s(t0, 0.020));
-        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.021))), vec![4]);
+        let ping = pinged(&mut p, s(t0, 0.030));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.031))), vec![4]);
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! request for a URL and its headers, and the reading of the server's answer (a 101 that proves it read
 //! our key, a redirect, or a refusal). Bytes that follow the answer's headers are the first frames.
 //!
-//! No extension or subprotocol is offered, so an answer that picks one is refused as not being an
-//! answer to this request. Extension negotiation (permessage-deflate's `Sec-WebSocket-Extensions`)
-//! plugs in at [`request`] (the offer) and [`Answer::check`] (the server's choice).
+//! The one extension offered is permessage-deflate (unless compression is off or the application sends
+//! its own `Sec-WebSocket-Extensions`): [`Answer::check`] reads the server's choice into the agreed
+//! parameters, and refuses an answer that picks an extension or parameter that was not offered. No
+//! subprotocol is offered, so an answer that picks one is refused as not being an answer to this
+//! request.
 
 use http::Uri;
 use sha1::{Digest, Sha1};
+
+use super::deflate::{self, Agreed, Offer};
 
 /// RFC 6455 §1.3: appended to the key before hashing.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -77,28 +81,39 @@ pub fn accept_for(key: &str) -> String {
     data_encoding::BASE64.encode(&h.finalize())
 }
 
-/// The upgrade request and the accept value that proves an answer is to it.
+/// The upgrade request, the accept value that proves an answer is to it, and the permessage-deflate
+/// offer it carries.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub bytes: Vec<u8>,
     pub accept: String,
+    pub deflate: Option<Offer>,
 }
 
 /// The request for `ep` with the application's `headers` (which replace the defaults of the same
-/// name, as an application that sets its own `Host` expects); `nonce` makes the key.
-pub fn request(ep: &Endpoint, headers: &[(String, String)], nonce: [u8; 16]) -> Request {
+/// name, as an application that sets its own `Host` expects), offering `deflate`; `nonce` makes the
+/// key.
+pub fn request(ep: &Endpoint, headers: &[(String, String)], nonce: [u8; 16], deflate: Option<&Offer>) -> Request {
     let key = data_encoding::BASE64.encode(&nonce);
+    let extensions = deflate.map(Offer::header_value);
     let defaults = [
-        ("Host", ep.authority.as_str()),
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", key.as_str()),
+        ("Host", Some(ep.authority.as_str())),
+        ("Connection", Some("Upgrade")),
+        ("Upgrade", Some("websocket")),
+        ("Sec-WebSocket-Version", Some("13")),
+        ("Sec-WebSocket-Key", Some(key.as_str())),
+        ("Sec-WebSocket-Extensions", extensions.as_deref()),
     ];
     let mut out = format!("GET {} HTTP/1.1\r\n", ep.target);
     let mut sent_key = key.clone();
+    let mut offered = deflate.cloned();
     for (name, value) in defaults {
-        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            // the application's own extensions header replaces the offer: nothing of ours was offered
+            if name == "Sec-WebSocket-Extensions" {
+                offered = None;
+            }
+        } else if let Some(value) = value {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
     }
@@ -109,7 +124,7 @@ pub fn request(ep: &Endpoint, headers: &[(String, String)], nonce: [u8; 16]) -> 
         out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str("\r\n");
-    Request { bytes: out.into_bytes(), accept: accept_for(&sent_key) }
+    Request { bytes: out.into_bytes(), accept: accept_for(&sent_key), deflate: offered }
 }
 
 /// The server's answer to the upgrade request (its headers; what follows is WebSocket data).
@@ -135,8 +150,9 @@ impl Answer {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// Whether the answer opens the WebSocket of the request whose accept value is `accept`.
-    pub fn check(&self, accept: &str) -> Result<(), Refusal> {
+    /// Whether the answer opens the WebSocket of the request whose accept value is `accept` and that
+    /// offered `deflate`; the agreed permessage-deflate parameters if the server accepted the offer.
+    pub fn check(&self, accept: &str, deflate: Option<&Offer>) -> Result<Option<Agreed>, Refusal> {
         if self.status != 101 {
             return Err(Refusal::Status {
                 status: self.status,
@@ -163,13 +179,21 @@ impl Answer {
             Some(_) => return refuse("a wrong Sec-WebSocket-Accept (not the answer to this request's key)"),
             None => return refuse("no Sec-WebSocket-Accept header"),
         }
-        if self.header("sec-websocket-extensions").is_some() {
-            return refuse("an extension (Sec-WebSocket-Extensions) that was not offered");
-        }
         if self.header("sec-websocket-protocol").is_some() {
             return refuse("a subprotocol (Sec-WebSocket-Protocol) that was not asked for");
         }
-        Ok(())
+        let extensions: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        deflate::negotiate(deflate, &extensions).map_err(|why| {
+            Refusal::NotUpgrade(format!(
+                "its Sec-WebSocket-Extensions {:?} cannot be accepted: {why}",
+                extensions.join(", ")
+            ))
+        })
     }
 }
 
@@ -240,7 +264,7 @@ mod tests {
     #[test]
     fn the_request_carries_the_key_and_the_applications_headers() {
         let ep = Endpoint::parse("ws://h:1234/p?q=1").unwrap();
-        let req = request(&ep, &[("X-Room".into(), "r1".into()), ("host".into(), "front".into())], [7; 16]);
+        let req = request(&ep, &[("X-Room".into(), "r1".into()), ("host".into(), "front".into())], [7; 16], None);
         let text = String::from_utf8(req.bytes).unwrap();
         assert!(text.starts_with("GET /p?q=1 HTTP/1.1\r\n"), "{text}");
         assert!(text.contains("\r\nUpgrade: websocket\r\n") && text.contains("\r\nSec-WebSocket-Version: 13\r\n"));
@@ -266,15 +290,64 @@ mod tests {
         assert_eq!(parse_answer(&bytes[..n - 1]).unwrap(), None);
         let (answer, used) = parse_answer(&bytes).unwrap().unwrap();
         assert_eq!(used, n);
-        assert_eq!(answer.check(&accept), Ok(()));
-        assert!(matches!(answer.check("other"), Err(Refusal::NotUpgrade(w)) if w.contains("Sec-WebSocket-Accept")));
+        assert_eq!(answer.check(&accept, None), Ok(None));
+        assert!(
+            matches!(answer.check("other", None), Err(Refusal::NotUpgrade(w)) if w.contains("Sec-WebSocket-Accept"))
+        );
+    }
+
+    #[test]
+    fn the_deflate_offer_goes_out_unless_the_application_sends_its_own_extensions() {
+        let ep = Endpoint::parse("ws://h/").unwrap();
+        let offer = Offer::default();
+        let req = request(&ep, &[], [7; 16], Some(&offer));
+        let text = String::from_utf8(req.bytes).unwrap();
+        assert!(
+            text.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"),
+            "{text}"
+        );
+        assert_eq!(req.deflate, Some(offer.clone()));
+        let own = [("sec-websocket-extensions".to_string(), "x-custom".to_string())];
+        let req = request(&ep, &own, [7; 16], Some(&offer));
+        let text = String::from_utf8(req.bytes).unwrap();
+        assert!(!text.contains("permessage-deflate") && text.contains("x-custom"), "{text}");
+        assert_eq!(req.deflate, None);
+        let req = request(&ep, &[], [7; 16], None);
+        assert!(!String::from_utf8(req.bytes).unwrap().contains("Extensions"));
+    }
+
+    #[test]
+    fn the_servers_extension_choice_is_agreed_or_refused_with_its_header() {
+        let accept = accept_for("k");
+        let answer = |ext: &str| {
+            let lines = [
+                "HTTP/1.1 101 OK",
+                "Upgrade: websocket",
+                "Connection: upgrade",
+                &format!("Sec-WebSocket-Accept: {accept}"),
+                ext,
+            ];
+            parse_answer(&head(&lines)).unwrap().unwrap().0
+        };
+        let offer = Offer::default();
+        let a = answer("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=12");
+        assert_eq!(a.check(&accept, Some(&offer)).unwrap().map(|a| a.client_max_window_bits), Some(12));
+        // the offer declined: no extension header
+        assert_eq!(answer("X-Other: 1").check(&accept, Some(&offer)), Ok(None));
+        let bad = answer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=16");
+        assert!(
+            matches!(bad.check(&accept, Some(&offer)), Err(Refusal::NotUpgrade(w))
+                if w.contains("\"permessage-deflate; server_max_window_bits=16\"") && w.contains("is not 8..15")),
+            "{:?}",
+            bad.check(&accept, Some(&offer))
+        );
     }
 
     #[test]
     fn refusals_say_why() {
         let (a, _) = parse_answer(&head(&["HTTP/1.1 302 Found", "Location: /new"])).unwrap().unwrap();
         assert_eq!(
-            a.check("x"),
+            a.check("x", None),
             Err(Refusal::Status { status: 302, reason: "Found".into(), location: Some("/new".into()) })
         );
         let accept = accept_for("k");
@@ -285,16 +358,16 @@ mod tests {
             lines.push(&a);
             lines.push(extra);
             let (a, _) = parse_answer(&head(&lines)).unwrap().unwrap();
-            a.check(&accept)
+            a.check(&accept, None)
         };
         assert!(
-            matches!(with("Sec-WebSocket-Extensions: permessage-deflate"), Err(Refusal::NotUpgrade(w)) if w.contains("extension"))
+            matches!(with("Sec-WebSocket-Extensions: permessage-deflate"), Err(Refusal::NotUpgrade(w)) if w.contains("not offered"))
         );
         assert!(
             matches!(with("Sec-WebSocket-Protocol: chat"), Err(Refusal::NotUpgrade(w)) if w.contains("subprotocol"))
         );
         let (a, _) = parse_answer(&head(&ok[..2])).unwrap().unwrap();
-        assert!(matches!(a.check(&accept), Err(Refusal::NotUpgrade(w)) if w.contains("Connection")));
+        assert!(matches!(a.check(&accept, None), Err(Refusal::NotUpgrade(w)) if w.contains("Connection")));
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_answer(&vec![b'a'; MAX_ANSWER + 1]).is_err());
     }
