@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from support.netns import netns  # noqa: F401 (a fixture: a network namespace for kernel black holes)
 
 
 @pytest.fixture
@@ -54,22 +55,24 @@ def _aside(prefix: str) -> str:
 
 
 def _release(nodeid: str) -> str | None:
-    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
-    if name == "test_livekit_versions.py":
-        m = re.search(r"\[(.+)\]", nodeid)
-        return f"livekit-agents {m.group(1)}" if m else None
-    if name in ("test_livekit_server.py", "test_livekit_room.py", "test_livekit_dispatch.py"):
-        return f"livekit-agents {_venv_version('livekit-agents')}"
-    if name == "test_getstream.py":
+    parts = nodeid.split("::")[0].split("/")
+    folder, name = (parts[-2] if len(parts) > 1 else ""), parts[-1]
+    if folder == "livekit":
+        if name == "test_releases.py":
+            m = re.search(r"\[(.+)\]", nodeid)
+            return f"livekit-agents {m.group(1)}" if m else None
+        if name in ("test_agent_server.py", "test_room.py", "test_dispatch.py"):
+            return f"livekit-agents {_venv_version('livekit-agents')}"
+    if name == "test_signaling.py":
         if "test_older_getstream" in nodeid:
             return f"getstream {_aside('getstream')}"
         return f"getstream {_venv_version('getstream')}"
-    if name == "test_getstream7.py":
+    if name == "test_call_watch.py":
         # two of its tests check the refusal in this venv's older getstream; the rest run 7.x aside
         if "refuses_other_versions" in nodeid or "names_why_it_cannot_watch" in nodeid:
             return f"getstream {_venv_version('getstream')}"
         return f"getstream {_aside('getstream7')}"
-    if name == "test_pipecat.py":
+    if folder == "pipecat":
         return f"pipecat-ai {_aside('pipecat')}"
     return None
 

@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 import tether
-from test_netns import NS_IF, NS_IP, netns, sh  # noqa: F401 (netns is a fixture)
+from support.netns import NS_IF, NS_IP, sh
 from tether import events as ev
 
 FAST = dict(ping_interval=0.3, ping_timeout=0.3, open_timeout=2.0, close_timeout=0.5)
@@ -108,7 +108,7 @@ FLOOD_SERVER = textwrap.dedent(
 )
 
 
-async def test_black_hole_is_detected_while_the_reader_is_paused(netns):  # noqa: F811
+async def test_black_hole_is_detected_while_the_reader_is_paused(netns):
     server = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", netns, sys.executable, "-c", FLOOD_SERVER, stdout=subprocess.PIPE
     )

@@ -2,7 +2,7 @@
 closes with a final code, or the application closes it) the error it raises names every message it never
 delivered: `.messages` (never confirmed, in send order) and `.failures` (failed, reported by no flush), the
 same lists from every call that raises it. Against servers tether did not write: the crashing `websockets`
-Sans-I/O server of tests/_flapping_server.py, a raw asyncio server, and a `websockets` server."""
+Sans-I/O server of tests/support/flapping_server.py, a raw asyncio server, and a `websockets` server."""
 
 import asyncio
 import logging
@@ -16,7 +16,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 import tether
-from _flapping_server import FlappingServer
+from support.flapping_server import FlappingServer
 
 
 def fast(**kw):

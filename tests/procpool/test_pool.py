@@ -1,4 +1,6 @@
-"""tether.ProcPool with real subprocesses: acquire never hangs, nothing leaks."""
+"""tether.ProcPool with real subprocesses and spawn callables: acquire never hangs, nothing leaks, a
+process is released only into the pool that lent it, and a spawn failure costs an attempt only of the
+acquire it was for."""
 
 import asyncio
 import os
@@ -394,3 +396,123 @@ async def test_pool_exhausted_is_reported_once_by_the_exception(tether_logs):
         await pool.aclose()
     same = [r for r in tether_logs.records if str(info.value) in r.getMessage()]
     assert [r.levelname for r in same] == ["DEBUG"], [(r.levelname, r.getMessage()) for r in same]
+
+
+async def test_double_release_of_a_worker_raises():
+    pool = tether.ProcPool(command=WORKER, num_idle=1, initialize_timeout=20)
+    p = await pool.acquire(timeout=30)
+    pool.release(p)
+    with pytest.raises(ValueError, match="not acquired from this pool"):
+        pool.release(p)
+    a = await pool.acquire(timeout=30)
+    b = await pool.acquire(timeout=30)
+    assert a.pid != b.pid  # the same pid is never lent twice
+    pool.release(a, kill=True)
+    pool.release(b, kill=True)
+    await pool.aclose()
+
+
+async def test_release_of_a_worker_into_another_pool_raises():
+    mine = tether.ProcPool(command=WORKER, num_idle=0, initialize_timeout=20)
+    other = tether.ProcPool(command=WORKER, num_idle=0, initialize_timeout=20)
+    p = await mine.acquire(timeout=30)
+    with pytest.raises(ValueError):
+        other.release(p)
+    await other.aclose()
+    assert p.is_alive() and await p.request(b"x", timeout=10) == b"x"  # other's aclose did not kill it
+    mine.release(p, kill=True)
+    await mine.aclose()
+
+
+async def test_a_spawn_failure_costs_an_attempt_only_of_its_own_waiter():
+    n = 0
+
+    async def spawn():
+        nonlocal n
+        n += 1
+        await asyncio.sleep(0.01)
+        if n % 2 == 1:
+            raise RuntimeError(f"spawn {n} failed")
+        return object()
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0, acquire_attempts=3, respawn=tether.Backoff(0.01, jitter="none"))
+    got = await asyncio.gather(*(pool.acquire(timeout=60) for _ in range(10)), return_exceptions=True)
+    failed = [g for g in got if isinstance(g, BaseException)]
+    assert failed == []
+    assert len({id(g) for g in got}) == 10
+    await pool.aclose()
+
+
+async def test_an_acquire_error_lists_only_failures_since_it_started():
+    phase = "early"
+
+    async def spawn():
+        raise RuntimeError(f"{phase} failure")
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, acquire_attempts=2, respawn=FAST)
+    events = pool.events()
+    pool.start()
+    seen = 0
+    while seen < 3:
+        e = await asyncio.wait_for(events.__anext__(), 10)
+        seen += type(e).__name__ == "SpawnFailed"
+    phase = "late"
+    with pytest.raises(tether.PoolExhausted) as info:
+        await pool.acquire(timeout=60)
+    assert info.value.failures and all("late" in f for f in info.value.failures), info.value.failures
+    with pytest.raises(tether.TimeoutError) as timed_out:
+        phase = "later"
+        await pool.acquire(timeout=0.01)
+    assert "early" not in str(timed_out.value) and "late failure" not in str(timed_out.value)
+    await pool.aclose()
+
+
+async def test_idle_never_exceeds_num_idle_after_cancelled_waiters():
+    made = []
+
+    class Proc:
+        closed = False
+
+        async def aclose(self):
+            self.closed = True
+
+    async def spawn():
+        await asyncio.sleep(0.3)
+        p = Proc()
+        made.append(p)
+        return p
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, max_concurrent_spawns=4)
+    waiters = [asyncio.ensure_future(pool.acquire()) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    for _ in range(150):
+        if len(made) >= 4 and pool.stats()["in_flight"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    assert pool.stats()["idle"] <= 1
+    assert len([p for p in made if not p.closed]) == pool.stats()["idle"]  # the rest were disposed
+    await pool.aclose()
+
+
+def test_a_pool_left_open_when_its_loop_closes_stops_spawning():
+    async def spawn():
+        raise OSError("cannot fork")
+
+    async def main():
+        pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.02, max_delay=0.05, jitter="none"))
+        pool.start()
+        await asyncio.sleep(0.2)
+        return pool  # never closed
+
+    pool = asyncio.run(main())
+    end = time.monotonic() + 10
+    while not pool.stats()["closed"] and time.monotonic() < end:
+        time.sleep(0.05)
+    assert pool.stats()["closed"]
+    spawns = pool.stats()["spawns"]
+    time.sleep(0.5)
+    assert pool.stats()["spawns"] == spawns  # not retrying forever in the background

@@ -1,6 +1,6 @@
 """Delivery under stress, against a server tether did not write: a `websockets` Sans-I/O server that crashes
 after a random 10-250 frames (TCP reset, bare FIN or close 1011) and comes back on the same port
-(tests/_flapping_server.py). Every send that resolved must reach the server or be named by a
+(tests/support/flapping_server.py). Every send that resolved must reach the server or be named by a
 `tether.SendFailed`; with no poison message none may fail. benches/bench_flapping.py runs the same with
 5,000 messages and more seeds."""
 
@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 import tether
-from _flapping_server import FlappingServer, numbered_run
+from support.flapping_server import FlappingServer, numbered_run
 
 N = 1500
 

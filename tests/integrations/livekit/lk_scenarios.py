@@ -1,9 +1,9 @@
 """livekit-agents reproductions (control-plane reconnects, prewarm failures) with the real
 `AgentServer.run()` against the fake control plane. Used in-process by the tests, and as a script to
-measure the before/after table (another release: PYTHONPATH=../../.venv/livekit-agents-VERSION):
+measure the before/after table (another release: PYTHONPATH=../../../.venv/livekit-agents-VERSION):
 
-    python tests/integrations/lk_scenarios.py accept_drop|max_retry|recycle|silent|prewarm_fails|end_to_end|healthy|metrics [--tether]
-    python tests/integrations/lk_scenarios.py suite   # what test_livekit_versions asserts, with tether
+    python tests/integrations/livekit/lk_scenarios.py accept_drop|max_retry|recycle|silent|prewarm_fails|end_to_end|healthy|metrics [--tether]
+    python tests/integrations/livekit/lk_scenarios.py suite   # what test_releases asserts, with tether
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/, for support
 
-from fake_livekit import FakeControlPlane
+from support.fake_livekit import FakeControlPlane
 
 SPAWN_LOG_ENV = "TETHER_TEST_SPAWN_LOG"
 

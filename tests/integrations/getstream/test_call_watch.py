@@ -2,7 +2,7 @@
 
 getstream 7.0.0 is installed aside (.venv/getstream7-7.0.0, by the Makefile) because the main test venv
 pins 6.1.1 for the signaling part, so each test runs gs7_scenarios.py in a subprocess: 7.0's own
-ConnectionManager joins a fake coordinator and SFU (fake_stream7.py, real sockets on loopback) with the
+ConnectionManager joins a fake coordinator and SFU (tests/support/fake_stream7.py, real sockets on loopback) with the
 SFU behind tether's ChaosProxy. The watch runs with short deadlines there (``--fast``); the 25 s black
 hole of the README is `gs7_scenarios.py blackhole [--tether]`.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 GS7 = next(iter(sorted((ROOT / ".venv").glob("getstream7-*"))), None)
 needs_gs7 = pytest.mark.skipif(
     GS7 is None, reason="getstream 7 is not installed in .venv/getstream7-* (make test installs 7.0.0 there)"

@@ -1,5 +1,5 @@
 """tether.integrations.livekit against one release per supported minor besides the one installed in the
-venv (tested in-process by test_livekit_server.py): each is installed aside in .venv/livekit-agents-VERSION
+venv (tested in-process by test_agent_server.py): each is installed aside in .venv/livekit-agents-VERSION
 by the Makefile and runs `lk_scenarios.py suite` in its own subprocess, all of them at once."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from lk_scenarios import check_scrape
 
 HERE = Path(__file__).parent
-ASIDE = sorted((HERE.parent.parent / ".venv").glob("livekit-agents-*"))
+ASIDE = sorted((HERE.parents[2] / ".venv").glob("livekit-agents-*"))
 SUITE_TIMEOUT = 400
 
 pytestmark = pytest.mark.skipif(

@@ -15,15 +15,15 @@ import pytest
 
 pytest.importorskip("getstream.video.rtc.signaling", reason="getstream[webrtc] is not installed")
 
-from fake_sfu import FakeSfu
 from getstream.video.rtc import connection_utils, signaling
 from gs_scenarios import HEALTH, run
 
 import tether
+from support.fake_sfu import FakeSfu
 from tether.integrations import getstream
 
 HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
+ROOT = HERE.parents[2]
 ORIGINAL = signaling.WebSocketClient
 
 

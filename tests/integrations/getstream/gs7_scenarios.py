@@ -1,7 +1,7 @@
-"""getstream 7.x call scenarios against the fake coordinator and SFU (fake_stream7.py), the SFU behind a
+"""getstream 7.x call scenarios against the fake coordinator and SFU (tests/support/fake_stream7.py), the SFU behind a
 `tether.testing.ChaosProxy`. getstream 7 is installed aside, so the tests run this as a script:
 
-    PYTHONPATH=../../.venv/getstream7-7.0.0 ../../.venv/bin/python gs7_scenarios.py SCENARIO [--tether] [--fast]
+    PYTHONPATH=../../../.venv/getstream7-7.0.0 ../../../.venv/bin/python gs7_scenarios.py SCENARIO [--tether] [--fast]
 
 prints one JSON line. Scenarios:
 
@@ -17,7 +17,7 @@ prints one JSON line. Scenarios:
 attaches the watch with short deadlines instead (`watch_call`), `--fast-install` gives them to
 `install()`. The call is joined by getstream's own
 `ConnectionManager` (`getstream.video.rtc.join`); with `--publish` it publishes a local audio track
-(`add_tracks`), whose peer connection fails about 30 s later on the fake (see fake_stream7.py).
+(`add_tracks`), whose peer connection fails about 30 s later on the fake (see tests/support/fake_stream7.py).
 7.0's manager passes the coordinator's `base_url` to `getstream_rtc.Client` but not its WebSocket URL
 (`ws_url`), which defaults to Stream's production host; `point_sdk_at` hands the fake coordinator's to the
 real `getstream_rtc.Client` the same way, as a keyword argument.
@@ -38,11 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fake_stream7 import FakeStream
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/, for support
 
 import tether
+from support.fake_stream7 import FakeStream
 from tether.integrations import getstream as tether_getstream
 from tether.testing import ChaosProxy
 

@@ -12,9 +12,8 @@ rtc = pytest.importorskip("livekit.rtc", reason="livekit (rtc) is not installed"
 lk_api = pytest.importorskip("livekit.api", reason="livekit-api is not installed")
 participant_pb2 = pytest.importorskip("livekit.rtc._proto.participant_pb2")
 
-from fake_dispatch import FakeDispatchService  # noqa: E402
-
 import tether  # noqa: E402
+from support.fake_dispatch import FakeDispatchService  # noqa: E402
 from tether.integrations import livekit  # noqa: E402
 
 AGENT = "support-agent"

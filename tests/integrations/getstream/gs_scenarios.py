@@ -13,10 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[2]))  # tests/, for support
 
-from fake_sfu import FakeSfu
-
+from support.fake_sfu import FakeSfu
 from tether.testing import ChaosProxy
 
 # detection bounds used with tether: health check every 0.3 s, lost after 0.6 s without a reply

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-PIPECAT = next(iter(sorted((HERE.parent.parent / ".venv").glob("pipecat-*"))), None)
+PIPECAT = next(iter(sorted((HERE.parents[2] / ".venv").glob("pipecat-*"))), None)
 
 pytestmark = pytest.mark.skipif(
     PIPECAT is None, reason="pipecat-ai not installed in .venv/pipecat-* (make test installs it there)"

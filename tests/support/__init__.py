@@ -1,0 +1,1 @@
+"""What the tests share. The fake servers are the modules of this package."""
