@@ -20,21 +20,6 @@ def tether_logs(caplog):
     tether.sync_log_level()
 
 
-def records(caplog, logger_prefix="tether"):
-    return [r for r in caplog.records if r.name.startswith(logger_prefix)]
-
-
-def returns_at_once(aw) -> bool:
-    """Whether awaiting the native coroutine ``aw`` returns at its first step, with no waiting (it is
-    used up either way: closed if it would wait)."""
-    try:
-        aw.send(None)
-    except StopIteration:
-        return True
-    aw.close()
-    return False
-
-
 # At the end of a run, one line per framework release the integration tests ran against (or skipped), so
 # a run says which releases it proved: the venv's own and those installed aside in .venv/ by the Makefile.
 VENV = Path(__file__).parent.parent / ".venv"

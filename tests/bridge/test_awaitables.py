@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import tether
+from support import FAST, MS, eventually
 from tether.testing import SignalServer
 
 T = 20  # seconds: a deadline no healthy case comes near, on a loaded 2-core box
@@ -62,7 +63,8 @@ def equals(v: Any) -> Callable[[Any], None]:
     return check
 
 
-FAST = dict(ping_interval=0.5, ping_timeout=2.0, quiet_jitter=0.0)
+# 2,000 sends from a thread and the loop at once on a busy box: no ping timeout while they queue
+FAST = dict(FAST, ping_timeout=2000 * MS, quiet_jitter=0.0)
 
 
 @contextlib.asynccontextmanager
@@ -362,7 +364,7 @@ async def test_cancelling_the_task_cancels_the_rust_work_and_a_cancelled_recv_co
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await until(lambda: gate.pending() == [])  # the Rust dispatch was dropped (its tokio task aborted)
+    await eventually(lambda: gate.pending() == [], T)  # the Rust dispatch was dropped (its tokio task aborted)
     assert gate.mark("j1", "ready") is False
 
     async with connected() as (srv, conn):
@@ -389,7 +391,7 @@ async def test_an_exception_thrown_in_stops_the_rust_work_and_is_raised():
     with pytest.raises(ValueError, match="boom"):
         aw.throw(ValueError("boom"))  # type: ignore[attr-defined]
     assert waited_on.cancelled()
-    await until(lambda: gate.pending() == [])
+    await eventually(lambda: gate.pending() == [], T)
     with pytest.raises(RuntimeError, match="cannot reuse"):
         aw.send(None)  # type: ignore[attr-defined]
 
@@ -404,13 +406,6 @@ async def test_an_exception_thrown_in_stops_the_rust_work_and_is_raised():
     closed.close()  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match="cannot reuse"):
         await closed
-
-
-async def until(cond: Callable[[], bool]) -> None:
-    deadline = asyncio.get_running_loop().time() + T
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "not within the deadline"
-        await asyncio.sleep(0.005)
 
 
 def unawaited_warnings(make: Callable[[], Any], name: str) -> list[str]:
@@ -472,7 +467,7 @@ async def test_inspect_reads_a_native_coroutines_state_as_a_coroutines():
     assert c.cr_frame is not None and c.cr_code is None and not c.cr_suspended
     assert c.cr_frame.f_globals["__name__"] == "tether._native"
     task = asyncio.create_task(c)
-    await until(lambda: "a" in gate.pending())
+    await eventually(lambda: "a" in gate.pending(), T)
     assert states(c) == (inspect.CORO_SUSPENDED, False, True)
     assert isinstance(c.cr_await, asyncio.Future) and c.cr_suspended
     assert "ReadinessGate.dispatch" in repr(task) and len(task.get_stack()) == 1
@@ -489,7 +484,7 @@ async def test_inspect_reads_a_native_coroutines_state_as_a_coroutines():
         return await inner
 
     task = asyncio.create_task(outer())
-    await until(lambda: "b" in gate.pending())
+    await eventually(lambda: "b" in gate.pending(), T)
     assert states(inner) == (inspect.CORO_SUSPENDED, False, True)
     gate.mark("b", "ready")
     await asyncio.wait_for(task, T)
@@ -528,18 +523,18 @@ async def test_anyio_task_groups_and_cancel_scopes_drive_native_coroutines():
     with anyio.move_on_after(0.1) as scope:
         await waiting("a")
     assert scope.cancelled_caught
-    await until(lambda: gate.pending() == [])  # the Rust work stopped
+    await eventually(lambda: gate.pending() == [], T)  # the Rust work stopped
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiting, "b")
         tg.start_soon(waiting, "c")
         if hasattr(tg, "create_task"):  # anyio >= 4.14
             handle = tg.create_task(waiting("d"))
             assert handle.name.endswith("ReadinessGate.dispatch"), handle.name
-        await until(lambda: len(gate.pending()) >= 2)
+        await eventually(lambda: len(gate.pending()) >= 2, T)
         tg.cancel_scope.cancel()
-    await until(lambda: gate.pending() == [])
+    await eventually(lambda: gate.pending() == [], T)
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiting, "e")
-        await until(lambda: gate.pending() == ["e"])
+        await eventually(lambda: gate.pending() == ["e"], T)
         gate.mark("e", "ready")
     assert gate.pending() == []

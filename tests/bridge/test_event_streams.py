@@ -4,19 +4,9 @@
 import asyncio
 
 import tether
+from support import eventually
 from tether import events as ev
 from tether._procpool import SpawnFailed
-
-
-async def poll(stream, timeout=10.0):
-    """try_next() until it returns something (it must, once an event is queued)."""
-    end = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < end:
-        got = stream.try_next()
-        if got is not None:
-            return got
-        await asyncio.sleep(0.02)
-    return None
 
 
 async def test_pool_events_try_next():
@@ -26,7 +16,7 @@ async def test_pool_events_try_next():
     pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.05, jitter="none"))
     events = pool.events()
     pool.start()
-    assert isinstance(await poll(events), SpawnFailed)
+    assert isinstance(await eventually(events.try_next, what="an event from try_next()"), SpawnFailed)
     await pool.aclose()
 
 
@@ -34,7 +24,7 @@ async def test_watchdog_alarms_try_next():
     wd = tether.Watchdog("w")
     alarms = wd.alarms()
     wd.liveness("audio", 0.05)
-    a = await poll(alarms)
+    a = await eventually(alarms.try_next, what="an alarm from try_next()")
     assert a is not None and a.name == "audio"
     wd.close()
 
@@ -52,7 +42,7 @@ async def test_reconnector_events_try_next():
         return "done"
 
     assert await r.run(connect) == "done"
-    first = await poll(events)
+    first = await eventually(events.try_next, what="an event from try_next()")
     assert isinstance(first, ev.Connecting | ev.ConnectionLost | ev.Reconnecting), first
 
 
@@ -62,7 +52,7 @@ async def test_try_next_after_close_drains_then_stops():
     wd.liveness("audio", 0.05)
     await asyncio.sleep(0.3)
     wd.close()
-    assert (await poll(alarms)) is not None
+    assert (await eventually(alarms.try_next, what="an alarm from try_next()")) is not None
     try:
         while alarms.try_next() is not None:
             pass

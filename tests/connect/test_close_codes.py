@@ -12,9 +12,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 import tether
+from support import FAST, MS, policy
 from tether import events as ev
 
-FAST = dict(ping_interval=5.0, ping_timeout=5.0, open_timeout=2.0, close_timeout=1.0, quiet_jitter=0)
+# No ping in the exchange the server records, and room for tether's close frame to be answered
+FAST = dict(FAST, ping_interval=5000 * MS, ping_timeout=5000 * MS, close_timeout=1000 * MS, quiet_jitter=0)
 
 
 class Misbehaving:
@@ -84,7 +86,7 @@ async def first_loss(url, **kw):
         async for e in conn.events():
             got.append(e)
 
-    conn = tether.connect(url, policy=tether.Backoff(0.02, 2.0, max_delay=0.1, jitter="none"), **FAST, **kw)
+    conn = tether.connect(url, policy=policy(), **FAST, **kw)
     watcher = asyncio.ensure_future(watch(conn))
     await asyncio.sleep(0)
     async with conn:
@@ -160,7 +162,7 @@ async def test_a_websockets_servers_1002_is_reported_as_its_1002():
     async with serve(handler, "127.0.0.1", 0) as server:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
         got: list[str] = []
-        conn = tether.connect(url, policy=tether.Backoff(0.02, 2.0, max_delay=0.1, jitter="none"), **FAST)
+        conn = tether.connect(url, policy=policy(), **FAST)
         events = conn.events()
         async with conn:
             async with asyncio.timeout(10):

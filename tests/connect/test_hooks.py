@@ -12,14 +12,12 @@ import pytest
 from websockets.asyncio.server import serve
 
 import tether
+from support import FAST, MS, collect, eventually, policy
 from tether import events as ev
 
-FAST = dict(ping_interval=0.3, ping_timeout=1.0, open_timeout=3.0, close_timeout=1.0)
-
-
-def policy(**kw):
-    kw.setdefault("jitter", "none")
-    return tether.Backoff(kw.pop("initial", 0.02), kw.pop("factor", 2.0), max_delay=kw.pop("max_delay", 0.2), **kw)
+# The hooks here take up to 1.2 s inside open_timeout, and the heartbeat tests count on WebSocket pings
+# never timing out while the application's heartbeat does: both get room on a busy box.
+FAST = dict(FAST, ping_timeout=1000 * MS, open_timeout=3000 * MS, close_timeout=1000 * MS)
 
 
 class JoinServer:
@@ -75,21 +73,8 @@ class JoinServer:
         await asyncio.wait_for(self._srv.wait_closed(), 5)
 
 
-async def until(cond, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def opened(conn):
     return await conn
-
-
-async def collect(conn, into):
-    async for e in conn.events():
-        into.append(e)
 
 
 async def test_hook_runs_before_queued_messages_on_connect_and_after_a_drop():
@@ -122,22 +107,22 @@ async def test_hook_runs_before_queued_messages_on_connect_and_after_a_drop():
         go_on.set()
         await asyncio.wait_for(starting, 10)
         async with c:
-            watcher = asyncio.ensure_future(collect(c, got))
+            watcher = asyncio.ensure_future(collect(c.events(), got))
             await asyncio.wait_for(first, 10)
             # the hook took "joined"; the application gets the rest, in order
             assert await asyncio.wait_for(c.recv(), 10) == "welcome"
-            await until(lambda: len(srv.conns[0]) >= 2, what="the queued message")
+            await eventually(lambda: len(srv.conns[0]) >= 2, what="the queued message")
             assert srv.conns[0][:2] == ["join reconnect=False", "queued-during-hook"]
 
             srv.drop()
-            await until(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
+            await eventually(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
             during = asyncio.ensure_future(c.send("queued-during-outage"))
             await asyncio.wait_for(during, 10)
             assert await asyncio.wait_for(c.recv(), 10) == "welcome"
             assert srv.conns[1][0] == "join reconnect=True"
             assert "queued-during-outage" in srv.conns[1]
             assert all(m != "joined" for m in srv.conns[1])
-            await until(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
+            await eventually(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
             watcher.cancel()
     assert seen[0] == (1, "connect", False)
     assert seen[1][2] is True and seen[1][1] == "resume"
@@ -217,7 +202,7 @@ async def test_hanging_hook_is_cut_at_open_timeout_and_cancelled():
             await asyncio.wait_for(opened(c), 20)
         elapsed = time.monotonic() - t0
         await c.aclose()
-        await until(lambda: len(cancelled) == 2, what="hook tasks cancelled")
+        await eventually(lambda: len(cancelled) == 2, what="hook tasks cancelled")
     assert cancelled == [1, 2]
     assert elapsed < 10
 
@@ -262,9 +247,9 @@ async def test_stability_clock_starts_after_the_hook():
 
         d = asyncio.ensure_future(dropper())
         c = tether.connect(srv.url, on_connect=on_connect, stable_after=1.0, policy=policy(max_attempts=2), **FAST)
-        watcher = asyncio.ensure_future(collect(c, got))
+        watcher = asyncio.ensure_future(collect(c.events(), got))
         await asyncio.wait_for(opened(c), 20)
-        await until(lambda: any(isinstance(e, ev.GaveUp) for e in got), timeout=20, what="GaveUp")
+        await eventually(lambda: any(isinstance(e, ev.GaveUp) for e in got), timeout=20, what="GaveUp")
         d.cancel()
         await c.aclose()
         watcher.cancel()
@@ -284,15 +269,17 @@ async def test_heartbeat_detects_a_server_that_answers_pings_but_not_the_applica
     async with JoinServer(chatter=True) as srv:
         # the application never reads: liveness must not depend on it
         async with tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST) as c:
-            watcher = asyncio.ensure_future(collect(c, got))
-            await until(lambda: len(srv.conns[0]) >= 5, what="five heartbeats answered")
+            watcher = asyncio.ensure_future(collect(c.events(), got))
+            await eventually(lambda: len(srv.conns[0]) >= 5, what="five heartbeats answered")
             assert not any(isinstance(e, ev.ConnectionLost) for e in got)
             srv.answer_heartbeats[0] = False  # TCP and WebSocket pings stay healthy
-            await until(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
+            await eventually(lambda: any(isinstance(e, ev.ConnectionLost) for e in got), what="ConnectionLost")
             lost = [e for e in got if isinstance(e, ev.ConnectionLost)]
             assert "heartbeat timeout" in lost[0].reason
-            await until(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
-            await until(lambda: len(srv.conns) >= 2 and len(srv.conns[1]) >= 5, what="heartbeats on the new connection")
+            await eventually(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
+            await eventually(
+                lambda: len(srv.conns) >= 2 and len(srv.conns[1]) >= 5, what="heartbeats on the new connection"
+            )
             assert sum(isinstance(e, ev.ConnectionLost) for e in got) == 1
             # replies are delivered to the application too
             while not (await asyncio.wait_for(c.recv(), 10)).startswith("hb-ack hb"):
@@ -349,10 +336,10 @@ async def test_close_from_sync_code_returns_and_closes_within_close_timeout():
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         loop.call_soon(lambda: results.extend([c.close(), c.close()]))
-        await until(lambda: c.state == "closed", timeout=FAST["close_timeout"] + 5, what="closed")
+        await eventually(lambda: c.state == "closed", timeout=FAST["close_timeout"] + 5, what="closed")
         elapsed = time.monotonic() - t0
         assert results == [None, None]
-        await until(lambda: srv.close_codes, what="server saw the close")
+        await eventually(lambda: srv.close_codes, what="server saw the close")
         assert srv.close_codes == [1000]
         await c.aclose()  # after close(): returns, no second close
         with pytest.raises(tether.ConnectionClosed):
@@ -410,7 +397,7 @@ async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
         port = srv.sockets[0].getsockname()[1]
         async with ChaosProxy(f"127.0.0.1:{port}") as proxy:
             hb = tether.Heartbeat("hb", 0.05, timeout=5.0)
-            opts = dict(FAST, ping_interval=5.0, ping_timeout=5.0, close_timeout=5.0)
+            opts = dict(FAST, ping_interval=5000 * MS, ping_timeout=5000 * MS, close_timeout=5000 * MS)
             c = await tether.connect(f"ws://{proxy.address}/", heartbeat=hb, policy=policy(), **opts)
             proxy.latency(300)
             await asyncio.sleep(1.0)  # a heartbeat goes out, and is answered, every round trip (0.6 s)
@@ -418,7 +405,7 @@ async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
                 # "last" is confirmed by the pong to the ping behind it, a round trip after the close started
                 await asyncio.wait_for(c.send("last"), 10)
                 await asyncio.wait_for(c.aclose(), 10)
-            await until(lambda: codes, what="the server's end of the connection")
+            await eventually(lambda: codes, what="the server's end of the connection")
     assert codes == [1000], codes
     assert not [r for r in caplog.records if "never confirmed" in r.getMessage()]
 
@@ -492,8 +479,8 @@ async def test_an_is_reply_that_blocks_the_loop_is_a_heartbeat_timeout():
     got = []
     async with JoinServer() as srv:
         async with tether.connect(srv.url, heartbeat=hb, policy=policy(), **FAST) as c:
-            watcher = asyncio.ensure_future(collect(c, got))
-            await until(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
+            watcher = asyncio.ensure_future(collect(c.events(), got))
+            await eventually(lambda: any(isinstance(e, ev.Reconnected) for e in got), what="Reconnected")
             lost = [e for e in got if isinstance(e, ev.ConnectionLost)]
             assert "heartbeat timeout: is_reply did not return within 0.500s" in lost[0].reason, lost[0].reason
             watcher.cancel()

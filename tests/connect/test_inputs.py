@@ -9,9 +9,7 @@ import pytest
 import websockets
 
 import tether
-from conftest import records
-
-FAST = dict(ping_interval=0.2, ping_timeout=0.5, open_timeout=2.0, close_timeout=0.5)
+from support import FAST, records
 
 
 @pytest.fixture

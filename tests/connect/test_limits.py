@@ -11,10 +11,10 @@ import pytest
 import websockets
 
 import tether
+from support import FAST
 from support.netns import NS_IF, NS_IP, sh
 from tether import events as ev
 
-FAST = dict(ping_interval=0.3, ping_timeout=0.3, open_timeout=2.0, close_timeout=0.5)
 CHUNK = 64 * 1024
 
 

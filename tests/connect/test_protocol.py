@@ -10,32 +10,12 @@ import pytest
 import websockets
 
 import tether
+from support import FAST, MS, collect, eventually, first_of, policy
 from tether import events as ev
-
-FAST = dict(ping_interval=0.2, ping_timeout=0.5, open_timeout=2.0, close_timeout=0.5)
-
-
-def policy(**kw):
-    return tether.Backoff(0.02, 2.0, max_delay=0.1, jitter="none", **kw)
 
 
 def port_of(srv):
     return srv.sockets[0].getsockname()[1]
-
-
-async def watch(conn, into):
-    async for e in conn.events():
-        into.append(e)
-
-
-async def wait_for_event(got, kind, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in got:
-            if isinstance(e, kind):
-                return e
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {kind.__name__} in {got}")
 
 
 async def test_aclose_with_an_unconfirmed_send_completes_the_handshake_promptly():
@@ -82,11 +62,11 @@ async def test_a_close_started_by_the_server_is_answered_with_a_close_frame():
     async with websockets.serve(handler, "127.0.0.1", 0, close_timeout=5) as srv:
         got = []
         conn = tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", policy=policy(), **FAST)
-        watcher = asyncio.ensure_future(watch(conn, got))
+        watcher = asyncio.ensure_future(collect(conn.events(), got))
         await asyncio.sleep(0)
         async with conn:
-            lost = await wait_for_event(got, ev.ConnectionLost)
-            await wait_for_event(got, ev.Reconnected)
+            lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
+            await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
         await asyncio.wait_for(watcher, 5)
     assert "1001" in lost.reason, lost.reason
     # the server's own record: it received our close frame echoing its code (1006 = no answer)
@@ -240,10 +220,10 @@ async def pong_faker():
 async def test_pongs_that_do_not_echo_our_ping_confirm_nothing_and_are_detected(pong_faker):
     got = []
     conn = await tether.connect(f"ws://127.0.0.1:{pong_faker}/", policy=policy(max_attempts=1), **FAST)
-    watcher = asyncio.ensure_future(watch(conn, got))
+    watcher = asyncio.ensure_future(collect(conn.events(), got))
     conn.send("never read by the server")
     confirmed = asyncio.ensure_future(conn.flush())
-    lost = await wait_for_event(got, ev.ConnectionLost, timeout=10)
+    lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
     assert "ping timeout" in lost.reason and "did not echo" in lost.reason, lost.reason
     assert not confirmed.done() or confirmed.exception() is not None
     await conn.aclose()
@@ -297,7 +277,7 @@ async def pong_gate():
 
 
 async def test_send_resolves_when_written_and_flush_when_confirmed(pong_gate):
-    fast = dict(FAST, ping_timeout=5.0)  # the held pongs must not end the connection
+    fast = dict(FAST, ping_timeout=5000 * MS)  # the held pongs must not end the connection
     async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
         await asyncio.wait_for(conn.send("a"), 5)  # written, not confirmed: the server holds its pongs
         confirmed = asyncio.ensure_future(conn.flush())
@@ -311,7 +291,7 @@ async def test_send_resolves_when_written_and_flush_when_confirmed(pong_gate):
 
 
 async def test_unconfirmed_messages_are_resent_after_a_reconnect(pong_gate):
-    fast = dict(FAST, ping_timeout=5.0)
+    fast = dict(FAST, ping_timeout=5000 * MS)
     async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
         await asyncio.wait_for(conn.send("b"), 5)
         confirmed = conn.flush()

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 import tether
-from conftest import records
+from support import records
 
 SECRET = "S3CRETv4lue"
 PARAMS = [

@@ -7,41 +7,12 @@ import time
 import pytest
 
 import tether
-from conftest import records, returns_at_once
+from support import FAST, collect, eventually, first_of, policy, records, returns_at_once
 from tether import events as ev
-from tether.testing import SignalServer
-
-FAST = dict(ping_interval=0.2, ping_timeout=0.3, open_timeout=2.0, close_timeout=0.5)
 
 
-def policy(**kw):
-    kw.setdefault("jitter", "none")
-    return tether.Backoff(kw.pop("initial", 0.02), kw.pop("factor", 2.0), max_delay=kw.pop("max_delay", 0.2), **kw)
-
-
-@pytest.fixture
-async def server():
-    async with SignalServer() as srv:
-        yield srv
-
-
-async def collect_events(conn, into):
-    async for e in conn.events():
-        into.append(e)
-
-
-async def first(events_list, kind, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in events_list:
-            if isinstance(e, kind):
-                return e
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"no {kind.__name__} in {events_list}")
-
-
-async def test_echo_text_and_binary(server):
-    async with tether.connect(server.url, **FAST) as c:
+async def test_echo_text_and_binary(signal_server):
+    async with tether.connect(signal_server.url, **FAST) as c:
         assert c.state == "connected"
         await c.send("hello")
         await c.send(b"\x00\x01")
@@ -54,13 +25,13 @@ async def test_echo_text_and_binary(server):
     assert c.state == "closed"
 
 
-async def test_server_drop_is_reported_once_and_reconnects(server):
+async def test_server_drop_is_reported_once_and_reconnects(signal_server):
     got = []
-    async with tether.connect(server.url, policy=policy(), **FAST) as c:
-        watcher = asyncio.ensure_future(collect_events(c, got))
+    async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect(c.events(), got))
         await asyncio.sleep(0.05)
-        assert server.drop() == 1
-        rec = await first(got, ev.Reconnected)
+        assert signal_server.drop() == 1
+        rec = await eventually(lambda: first_of(got, ev.Reconnected), 5, what="Reconnected")
         assert rec.downtime < 2.0
         await c.send("after")
         assert await c.recv() == "after"
@@ -73,25 +44,25 @@ async def test_server_drop_is_reported_once_and_reconnects(server):
     assert reconnecting[0].strategy == "resume" and reconnecting[0].delay <= tether.Reconnector().quiet_jitter
 
 
-async def test_frozen_server_detected_by_ping_timeout(server):
+async def test_frozen_server_detected_by_ping_timeout(signal_server):
     got = []
-    async with tether.connect(server.url, policy=policy(), **FAST) as c:
-        watcher = asyncio.ensure_future(collect_events(c, got))
-        await server.wait_for(1)
+    async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect(c.events(), got))
+        await signal_server.wait_for(1)
         t0 = time.monotonic()
-        server.freeze()
-        lost = await first(got, ev.ConnectionLost, timeout=10)
+        signal_server.freeze()
+        lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
         detect = time.monotonic() - t0
         assert "ping timeout" in lost.reason
-        assert detect < 0.2 + 0.3 + 2.0  # interval + timeout + generous slack
-        server.unfreeze()
-        await first(got, ev.Reconnected, timeout=10)
+        assert detect < FAST["ping_interval"] + FAST["ping_timeout"] + 2.0  # interval + timeout + generous slack
+        signal_server.unfreeze()
+        await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
     await asyncio.wait_for(watcher, 5)
 
 
-async def test_close_codes_retry_and_fatal(server):
-    async with tether.connect(server.url, policy=policy(), **FAST) as c:
-        server.close(1001, "going away")
+async def test_close_codes_retry_and_fatal(signal_server):
+    async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
+        signal_server.close(1001, "going away")
         await c.send("x")  # delivered after the reconnect (or echoed before the loss was seen)
         assert await c.recv() == "x"
         deadline = time.monotonic() + 10
@@ -101,8 +72,8 @@ async def test_close_codes_retry_and_fatal(server):
         # the echo may come from the first connection: wait until the second one is up
         while c.stats()["connects"] < 2 or c.state != "connected":
             await asyncio.sleep(0.005)
-        assert await server.wait_for(1)
-        assert server.close(1008, "policy violation") == 1
+        assert await signal_server.wait_for(1)
+        assert signal_server.close(1008, "policy violation") == 1
         with pytest.raises(tether.GaveUp) as info:
             async for _ in c:
                 pass
@@ -112,49 +83,49 @@ async def test_close_codes_retry_and_fatal(server):
     assert c.state == "failed"
 
 
-async def test_http_401_is_fatal_and_503_is_retried(server):
-    server.refuse(401)
+async def test_http_401_is_fatal_and_503_is_retried(signal_server):
+    signal_server.refuse(401)
     t0 = time.monotonic()
     with pytest.raises(tether.GaveUp) as info:
-        await tether.connect(server.url, policy=policy(max_attempts=10), **FAST)
+        await tether.connect(signal_server.url, policy=policy(max_attempts=10), **FAST)
     assert time.monotonic() - t0 < 2.0
     assert info.value.attempts == 1 and "401" in str(info.value)
-    server.refuse(503, times=2)
-    c = await tether.connect(server.url, policy=policy(max_attempts=10), **FAST)
+    signal_server.refuse(503, times=2)
+    c = await tether.connect(signal_server.url, policy=policy(max_attempts=10), **FAST)
     try:
-        assert server.stats()["refused"] >= 3  # the 401 plus two 503s
+        assert signal_server.stats()["refused"] >= 3  # the 401 plus two 503s
         assert c.state == "connected"
     finally:
         await c.aclose()
 
 
-async def test_url_for_mints_per_strategy(server):
+async def test_url_for_mints_per_strategy(signal_server):
     calls = []
 
     async def url_for(strategy, attempt):
         calls.append((strategy, attempt))
         await asyncio.sleep(0)
-        return f"{server.url}?access_token=tok{len(calls)}&strategy={strategy}"
+        return f"{signal_server.url}?access_token=tok{len(calls)}&strategy={strategy}"
 
     async with tether.connect(
-        server.url, url_for=url_for, ladder=("resume", ("restart", 2)), policy=policy(), **FAST
+        signal_server.url, url_for=url_for, ladder=("resume", ("restart", 2)), policy=policy(), **FAST
     ) as c:
-        server.listening(False)
-        server.drop()
+        signal_server.listening(False)
+        signal_server.drop()
         while len(calls) < 4:
             await asyncio.sleep(0.01)
-        server.listening(True)
+        signal_server.listening(True)
         await c.send("ok")
         assert await c.recv() == "ok"
     strategies = [s for s, _ in calls]
     assert strategies[:4] == ["connect", "resume", "restart", "restart"], calls
     assert [a for _, a in calls[:4]] == [1, 2, 3, 4]
-    reqs = server.requests()
+    reqs = signal_server.requests()
     assert reqs[0] == "/?access_token=tok1&strategy=connect"
     assert reqs[-1].startswith(f"/?access_token=tok{len(calls)}")
 
 
-async def test_sync_url_for_with_headers_and_errors_are_retried(server):
+async def test_sync_url_for_with_headers_and_errors_are_retried(signal_server):
     n = 0
 
     def url_for(strategy, attempt):
@@ -162,17 +133,17 @@ async def test_sync_url_for_with_headers_and_errors_are_retried(server):
         n += 1
         if n == 1:
             raise RuntimeError("token service unavailable")
-        return (server.url, {"Authorization": "Bearer s3cr3t"})
+        return (signal_server.url, {"Authorization": "Bearer s3cr3t"})
 
-    c = await tether.connect(server.url, url_for=url_for, policy=policy(), **FAST)
+    c = await tether.connect(signal_server.url, url_for=url_for, policy=policy(), **FAST)
     await c.aclose()
     assert n == 2
 
 
-async def test_sends_during_outage_delivered_in_order(server):
-    async with tether.connect(server.url, policy=policy(max_delay=0.05), **FAST) as c:
-        server.listening(False)
-        server.drop()
+async def test_sends_during_outage_delivered_in_order(signal_server):
+    async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), **FAST) as c:
+        signal_server.listening(False)
+        signal_server.drop()
         while c.state == "connected":
             await asyncio.sleep(0.005)
         for i in range(20):
@@ -181,16 +152,16 @@ async def test_sends_during_outage_delivered_in_order(server):
         await asyncio.sleep(0.3)
         assert not flushed.done(), "nothing can be confirmed while the server is down"
         assert c.stats()["send_queue"] == 20
-        server.listening(True)
+        signal_server.listening(True)
         await asyncio.wait_for(flushed, 10)
         got = [await c.recv() for _ in range(20)]
     assert got == [f"m{i}" for i in range(20)]
 
 
-async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(server):
-    async with tether.connect(server.url, policy=policy(max_delay=0.05), **FAST) as c:
-        server.listening(False)
-        server.drop()
+async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(signal_server):
+    async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), **FAST) as c:
+        signal_server.listening(False)
+        signal_server.drop()
         while c.state == "connected":
             await asyncio.sleep(0.005)
         first = c.send(b"a" * 40_000)
@@ -198,17 +169,17 @@ async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(ser
         second = asyncio.ensure_future(c.send(b"b" * 40_000))
         await asyncio.sleep(0.3)
         assert not second.done(), "above the high-water mark send() waits until its message is written"
-        server.listening(True)
+        signal_server.listening(True)
         await asyncio.wait_for(second, 10)
         await asyncio.wait_for(c.flush(), 10)
         got = [await asyncio.wait_for(c.recv(), 10) for _ in range(2)]
     assert got == [b"a" * 40_000, b"b" * 40_000]
 
 
-async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(server):
-    async with tether.connect(server.url, policy=policy(max_delay=0.05), send_buffer=8, **FAST) as c:
-        server.listening(False)
-        server.drop()
+async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(signal_server):
+    async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), send_buffer=8, **FAST) as c:
+        signal_server.listening(False)
+        signal_server.drop()
         while c.state == "connected":
             await asyncio.sleep(0.005)
         for i in range(4):
@@ -216,16 +187,16 @@ async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(server):
         waiting = asyncio.ensure_future(c.send("m4"))  # a sender awaiting each send never meets SendBufferFull
         await asyncio.sleep(0.3)
         assert not waiting.done(), "with half of send_buffer unconfirmed send() waits for confirmations"
-        server.listening(True)
+        signal_server.listening(True)
         await asyncio.wait_for(waiting, 10)
         got = [await asyncio.wait_for(c.recv(), 10) for _ in range(5)]
     assert got == [f"m{i}" for i in range(5)]
 
 
-async def test_pending_sends_raise_when_giving_up(server):
-    c = await tether.connect(server.url, policy=policy(max_attempts=3), **FAST)
-    server.listening(False)
-    server.drop()
+async def test_pending_sends_raise_when_giving_up(signal_server):
+    c = await tether.connect(signal_server.url, policy=policy(max_attempts=3), **FAST)
+    signal_server.listening(False)
+    signal_server.drop()
     while c.state == "connected":  # the drop is asynchronous: a message sent before it could be confirmed
         await asyncio.sleep(0.005)
     sent = c.send("never")  # queued: resolves at once; flush() reports the give-up
@@ -238,8 +209,8 @@ async def test_pending_sends_raise_when_giving_up(server):
     await c.aclose()
 
 
-async def test_sends_after_close_raise_connection_closed(server):
-    c = await tether.connect(server.url, **FAST)
+async def test_sends_after_close_raise_connection_closed(signal_server):
+    c = await tether.connect(signal_server.url, **FAST)
     await c.aclose()
     with pytest.raises(tether.ConnectionClosed):
         await c.send("late")
@@ -248,19 +219,19 @@ async def test_sends_after_close_raise_connection_closed(server):
     assert [m async for m in c] == []
 
 
-async def test_aclose_is_bounded_when_black_holed(server):
-    c = await tether.connect(server.url, ping_interval=30, ping_timeout=30, close_timeout=0.5)
-    server.freeze()
+async def test_aclose_is_bounded_when_black_holed(signal_server):
+    c = await tether.connect(signal_server.url, ping_interval=30, ping_timeout=30, close_timeout=0.5)
+    signal_server.freeze()
     t0 = time.monotonic()
     await c.aclose()
     assert time.monotonic() - t0 < 3.0
     assert c.state == "closed"
 
 
-async def test_aclose_while_reconnecting_returns_promptly(server):
-    c = await tether.connect(server.url, policy=tether.Backoff(30, jitter="none"), quiet_attempts=0, **FAST)
-    server.listening(False)
-    server.drop()
+async def test_aclose_while_reconnecting_returns_promptly(signal_server):
+    c = await tether.connect(signal_server.url, policy=tether.Backoff(30, jitter="none"), quiet_attempts=0, **FAST)
+    signal_server.listening(False)
+    signal_server.drop()
     while c.state != "reconnecting":
         await asyncio.sleep(0.01)
     t0 = time.monotonic()
@@ -268,34 +239,34 @@ async def test_aclose_while_reconnecting_returns_promptly(server):
     assert time.monotonic() - t0 < 1.0
 
 
-async def test_slow_handshake_is_bounded_by_open_timeout(server):
-    server.slow_handshake(5)
+async def test_slow_handshake_is_bounded_by_open_timeout(signal_server):
+    signal_server.slow_handshake(5)
     t0 = time.monotonic()
     with pytest.raises(tether.GaveUp) as info:
-        await tether.connect(server.url, policy=policy(max_attempts=1), open_timeout=0.3)
+        await tether.connect(signal_server.url, policy=policy(max_attempts=1), open_timeout=0.3)
     assert time.monotonic() - t0 < 3.0
     assert "timed out" in str(info.value)
 
 
-async def test_accept_then_drop_escalates_without_hot_loop(server):
-    server.accept_then_drop()
+async def test_accept_then_drop_escalates_without_hot_loop(signal_server):
+    signal_server.accept_then_drop()
     t0 = time.monotonic()
     # each handshake succeeds, so the connection opens; the flapping then exhausts the budget
     c = await tether.connect(
-        server.url, policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", max_attempts=4), **FAST
+        signal_server.url, policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", max_attempts=4), **FAST
     )
     with pytest.raises(tether.GaveUp) as info:
         async for _ in c:
             pass
     assert time.monotonic() - t0 >= 0.05 + 0.1 + 0.2 - 0.05
-    assert server.stats()["handshakes"] == 5
+    assert signal_server.stats()["handshakes"] == 5
     assert info.value.attempts == 5 and info.value.reason == "attempt budget exhausted"
     await c.aclose()
 
 
-async def test_single_blip_logs_below_warning(server, tether_logs):
-    async with tether.connect(server.url, policy=policy(), **FAST) as c:
-        server.drop()
+async def test_single_blip_logs_below_warning(signal_server, tether_logs):
+    async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
+        signal_server.drop()
         await c.send("x")
         assert await c.recv() == "x"
         # confirmed before the close: a close cut short by close_timeout would warn about it
@@ -305,17 +276,17 @@ async def test_single_blip_logs_below_warning(server, tether_logs):
     assert max(r.levelno for r in recs) < logging.WARNING, [(r.levelname, r.getMessage()) for r in recs]
 
 
-async def test_secrets_never_reach_logs_events_or_errors(server, tether_logs):
+async def test_secrets_never_reach_logs_events_or_errors(signal_server, tether_logs):
     secret = "eyJhbGciOiJIUzI1NiJ9.SECRETPAYLOAD.sig"
-    url = f"{server.url}?access_token={secret}"
+    url = f"{signal_server.url}?access_token={secret}"
     got = []
-    server.refuse(503, times=1)
+    signal_server.refuse(503, times=1)
     c = tether.connect(url, headers={"Authorization": f"Bearer {secret}"}, policy=policy(max_attempts=2), **FAST)
     assert secret not in repr(c) and secret not in c.url
     await c
-    watcher = asyncio.ensure_future(collect_events(c, got))
-    server.refuse(403)
-    server.drop()
+    watcher = asyncio.ensure_future(collect(c.events(), got))
+    signal_server.refuse(403)
+    signal_server.drop()
     with pytest.raises(tether.GaveUp) as info:
         async for _ in c:
             pass
@@ -329,15 +300,15 @@ async def test_secrets_never_reach_logs_events_or_errors(server, tether_logs):
     await c.aclose()
 
 
-async def test_wss_to_a_plain_server_fails_clearly(server):
-    url = server.url.replace("ws://", "wss://")
+async def test_wss_to_a_plain_server_fails_clearly(signal_server):
+    url = signal_server.url.replace("ws://", "wss://")
     with pytest.raises(tether.GaveUp) as info:
         await tether.connect(url, policy=policy(max_attempts=1), open_timeout=2)
     assert "TLS" in str(info.value) or "handshake" in str(info.value)
 
 
-async def test_cancel_pending_recv_and_connect(server):
-    c = await tether.connect(server.url, **FAST)
+async def test_cancel_pending_recv_and_connect(signal_server):
+    c = await tether.connect(signal_server.url, **FAST)
     t = asyncio.ensure_future(c.recv())
     await asyncio.sleep(0.05)
     t.cancel()
@@ -347,8 +318,8 @@ async def test_cancel_pending_recv_and_connect(server):
     assert await c.recv() == "still works"
     await c.aclose()
 
-    server.listening(False)
-    pending = tether.connect(server.url, policy=tether.Backoff(0.05), **FAST)
+    signal_server.listening(False)
+    pending = tether.connect(signal_server.url, policy=tether.Backoff(0.05), **FAST)
     t = asyncio.ensure_future(pending._start())
     await asyncio.sleep(0.2)
     t.cancel()
@@ -357,25 +328,25 @@ async def test_cancel_pending_recv_and_connect(server):
     await asyncio.wait_for(pending.aclose(), 2)
 
 
-async def test_first_message_timeout(server):
+async def test_first_message_timeout(signal_server):
     # no greeting: the attempt does not count as connected and fails after the bound
     t0 = time.monotonic()
     with pytest.raises(tether.GaveUp) as info:
-        await tether.connect(server.url, first_message_timeout=0.2, policy=policy(max_attempts=1), **FAST)
+        await tether.connect(signal_server.url, first_message_timeout=0.2, policy=policy(max_attempts=1), **FAST)
     assert "first message" in str(info.value)
     assert time.monotonic() - t0 < 3.0
     # with a greeting it is the first message delivered
-    server.greet("join-response")
-    async with tether.connect(server.url, first_message_timeout=2, **FAST) as c:
+    signal_server.greet("join-response")
+    async with tether.connect(signal_server.url, first_message_timeout=2, **FAST) as c:
         assert await c.recv() == "join-response"
 
 
-async def test_outage_deadline(server):
+async def test_outage_deadline(signal_server):
     c = await tether.connect(
-        server.url, policy=tether.Backoff(0.05, max_delay=0.1, jitter="none", deadline=0.6), **FAST
+        signal_server.url, policy=tether.Backoff(0.05, max_delay=0.1, jitter="none", deadline=0.6), **FAST
     )
-    server.listening(False)
-    server.drop()
+    signal_server.listening(False)
+    signal_server.drop()
     t0 = time.monotonic()
     with pytest.raises(tether.GaveUp) as info:
         await c.recv()
@@ -407,24 +378,24 @@ def test_bad_input(kwargs, exc):
         tether.connect(**kwargs)
 
 
-async def test_send_bad_type(server):
-    async with tether.connect(server.url, **FAST) as c:
+async def test_send_bad_type(signal_server):
+    async with tether.connect(signal_server.url, **FAST) as c:
         with pytest.raises(TypeError):
             await c.send(123)
         with pytest.raises(TypeError):
             await c.send({"a": 1})
 
 
-async def test_cancelled_recv_never_loses_a_message(server):
+async def test_cancelled_recv_never_loses_a_message(signal_server):
     """asyncio.wait_for(conn.recv(), tiny) cancels receives while messages stream in: none may vanish."""
     n = 400
-    async with tether.connect(server.url, **FAST) as c:
-        await server.wait_for(1)
+    async with tether.connect(signal_server.url, **FAST) as c:
+        await signal_server.wait_for(1)
         got = []
 
         async def pusher():
             for i in range(n):
-                server.push(f"m{i}")
+                signal_server.push(f"m{i}")
                 if i % 7 == 0:
                     await asyncio.sleep(0.0005)
 
@@ -439,15 +410,15 @@ async def test_cancelled_recv_never_loses_a_message(server):
     assert got == [f"m{i}" for i in range(n)]
 
 
-async def test_cancelled_event_iteration_never_loses_an_event(server):
-    c = await tether.connect(server.url, policy=policy(), **FAST)
+async def test_cancelled_event_iteration_never_loses_an_event(signal_server):
+    c = await tether.connect(signal_server.url, policy=policy(), **FAST)
     stream = c.events()
     seen = []
     for _ in range(20):
         # the server registers a connection only after its handshake: right after Reconnected it may
         # not count ours yet
         t_end = time.monotonic() + 5
-        while server.drop() != 1:
+        while signal_server.drop() != 1:
             assert time.monotonic() < t_end, "the server never registered the connection"
             await asyncio.sleep(0.01)
         t_end = time.monotonic() + 5

@@ -17,9 +17,6 @@ import tether
 WORKER = [sys.executable, "-m", "tether.worker"]
 
 
-FAST = tether.Backoff(0.05, 2, max_delay=0.5, jitter="none")
-
-
 def running(pid):
     """Alive and not a zombie."""
     try:

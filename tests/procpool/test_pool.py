@@ -10,10 +10,10 @@ import time
 import pytest
 
 import tether
+from support import eventually, respawn
 from tether._procpool import HealthChanged, SpawnFailed
 
 WORKER = [sys.executable, "-m", "tether.worker"]
-FAST = tether.Backoff(0.05, 2, max_delay=0.5, jitter="none")
 
 
 def gone(pid, timeout=5.0):
@@ -40,7 +40,7 @@ async def test_acquire_request_release():
 
 async def test_all_spawns_fail_raises_pool_exhausted_quickly_with_causes():
     pool = tether.ProcPool(
-        command=[*WORKER, "--fail"], num_idle=1, acquire_attempts=3, respawn=FAST, initialize_timeout=20
+        command=[*WORKER, "--fail"], num_idle=1, acquire_attempts=3, respawn=respawn(), initialize_timeout=20
     )
     t0 = time.monotonic()
     with pytest.raises(tether.PoolExhausted) as info:
@@ -52,13 +52,6 @@ async def test_all_spawns_fail_raises_pool_exhausted_quickly_with_causes():
     assert time.monotonic() - t0 < 60
     assert pool.healthy is False
     await pool.aclose()
-
-
-async def until(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_an_unhealthy_pool_fails_an_acquire_at_the_next_spawn_failure_whoever_it_was_for():
@@ -82,10 +75,10 @@ async def test_an_unhealthy_pool_fails_an_acquire_at_the_next_spawn_failure_whoe
         respawn=tether.Backoff(0.01, jitter="none"),
     )
     pool.start()
-    await until(lambda: started == 2)
+    await eventually(lambda: started == 2, 30)
     gate.release()
     gate.release()
-    await until(lambda: not pool.healthy and started >= 3)  # the next spawn for the idle target is in flight
+    await eventually(lambda: not pool.healthy and started >= 3, 30)  # the next spawn for the idle target is in flight
     acquire = asyncio.ensure_future(pool.acquire(timeout=60))
     # let spawns fail one by one: the first ends the acquire (a second only if the first failure came
     # before the acquire had registered); a pool waiting for 3 attempts of its own needs 3 or 4
@@ -94,7 +87,7 @@ async def test_an_unhealthy_pool_fails_an_acquire_at_the_next_spawn_failure_whoe
         n = started
         gate.release()
         failed += 1
-        await until(lambda n=n: acquire.done() or started > n)
+        await eventually(lambda n=n: acquire.done() or started > n, 30)
     assert acquire.done(), f"acquire still waiting after {failed} spawn failures in an unhealthy pool"
     with pytest.raises(tether.PoolExhausted) as info:
         await acquire
@@ -119,7 +112,7 @@ async def test_some_spawns_fail_acquire_still_succeeds():
             raise RuntimeError(f"spawn {n} failed")
         return Proc(n)
 
-    pool = tether.ProcPool(spawn=spawn, num_idle=0, acquire_attempts=3, respawn=FAST)
+    pool = tether.ProcPool(spawn=spawn, num_idle=0, acquire_attempts=3, respawn=respawn())
     got = [await pool.acquire(timeout=10) for _ in range(3)]
     assert [p.i for p in got] == [2, 4, 6]
     for p in got:
@@ -129,7 +122,7 @@ async def test_some_spawns_fail_acquire_still_succeeds():
 
 async def test_hang_on_init_is_killed_and_reaped():
     pool = tether.ProcPool(
-        command=[*WORKER, "--hang"], num_idle=1, initialize_timeout=0.5, acquire_attempts=2, respawn=FAST
+        command=[*WORKER, "--hang"], num_idle=1, initialize_timeout=0.5, acquire_attempts=2, respawn=respawn()
     )
     events = pool.events()
     t0 = time.monotonic()
@@ -449,7 +442,7 @@ async def test_an_acquire_error_lists_only_failures_since_it_started():
     async def spawn():
         raise RuntimeError(f"{phase} failure")
 
-    pool = tether.ProcPool(spawn=spawn, num_idle=1, acquire_attempts=2, respawn=FAST)
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, acquire_attempts=2, respawn=respawn())
     events = pool.events()
     pool.start()
     seen = 0

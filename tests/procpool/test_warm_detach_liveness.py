@@ -8,10 +8,10 @@ import sys
 import pytest
 
 import tether
+from support import respawn
 from tether._procpool import Evicted
 
 WORKER = [sys.executable, "-m", "tether.worker"]
-FAST = tether.Backoff(0.05, 2, max_delay=0.5, jitter="none")
 
 
 def running(pid):
@@ -33,7 +33,7 @@ async def test_warm_waits_until_n_processes_are_idle():
 
 
 async def test_warm_raises_pool_exhausted_naming_the_spawn_failures():
-    pool = tether.ProcPool(command=[*WORKER, "--fail"], num_idle=2, acquire_attempts=2, respawn=FAST)
+    pool = tether.ProcPool(command=[*WORKER, "--fail"], num_idle=2, acquire_attempts=2, respawn=respawn())
     with pytest.raises(tether.PoolExhausted) as info:
         await pool.warm(timeout=60)
     assert info.value.attempts == 2 and "agent_plugins" in str(info.value)

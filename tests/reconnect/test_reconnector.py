@@ -9,7 +9,7 @@ import time
 import pytest
 
 import tether
-from conftest import records
+from support import records
 from tether import events as ev
 
 

@@ -10,6 +10,7 @@ import pytest
 rtc = pytest.importorskip("livekit.rtc", reason="livekit (rtc) is not installed")
 track_pb2 = pytest.importorskip("livekit.rtc._proto.track_pb2")
 
+from support import eventually  # noqa: E402
 from tether.integrations import livekit  # noqa: E402
 
 CS = rtc.ConnectionState
@@ -21,14 +22,6 @@ def remote_audio(sid: str = "TR_audio"):
     op = track_pb2.OwnedTrackPublication()
     op.info.sid, op.info.kind = sid, track_pb2.KIND_AUDIO
     return rtc.RemoteAudioTrack(ot), rtc.RemoteTrackPublication(op)
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_stuck_reconnecting_raises_dwell_alarm_and_disconnects_bounded(caplog):
@@ -46,7 +39,7 @@ async def test_stuck_reconnecting_raises_dwell_alarm_and_disconnects_bounded(cap
     try:
         room.emit("connection_state_changed", CS.CONN_CONNECTED)
         room.emit("connection_state_changed", CS.CONN_RECONNECTING)
-        await wait_for(lambda: watch.alarms)
+        await eventually(lambda: watch.alarms)
         assert watch.alarms[0].kind == "dwell" and watch.alarms[0].name == "reconnecting"
         await asyncio.wait_for(watch.wait_disconnected(), 10)  # bounded although disconnect hangs
         assert calls == [1]
@@ -107,7 +100,7 @@ async def test_ghost_room_remote_audio_liveness():
         assert watch.alarms == []
         # Variant B: the state still reads connected, but no frames arrive
         frames_flow.clear()
-        await wait_for(lambda: watch.alarms)
+        await eventually(lambda: watch.alarms)
         assert watch.alarms[0].kind == "liveness" and watch.alarms[0].name == "remote audio"
         await asyncio.wait_for(watch.wait_disconnected(), 10)
         assert disconnected == [1]
@@ -142,7 +135,7 @@ async def test_on_alarm_callback_and_detach():
 
     watch = livekit.watch_room(room, reconnecting_timeout=0.2, audio_timeout=None, on_alarm=on_alarm, disconnect=False)
     room.emit("connection_state_changed", CS.CONN_RECONNECTING)
-    await wait_for(lambda: seen)
+    await eventually(lambda: seen)
     assert seen == ["dwell"]
     await watch.aclose()
     room.emit("connection_state_changed", CS.CONN_CONNECTED)  # detached: no handler left, no error
