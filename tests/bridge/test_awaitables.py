@@ -359,8 +359,7 @@ async def test_cancelling_the_task_cancels_the_rust_work_and_a_cancelled_recv_co
         pass
 
     task = asyncio.create_task(gate.dispatch("j1", dispatch, stages=("dispatched", "ready"), timeouts=T))
-    while "j1" not in gate.pending():
-        await asyncio.sleep(0.001)
+    await eventually(lambda: "j1" in gate.pending(), T)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -369,7 +368,7 @@ async def test_cancelling_the_task_cancels_the_rust_work_and_a_cancelled_recv_co
 
     async with connected() as (srv, conn):
         waiting = asyncio.create_task(conn.recv())
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(50 * MS)  # the receive is pending on the Rust side when it is cancelled
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -399,7 +398,7 @@ async def test_an_exception_thrown_in_stops_the_rust_work_and_is_raised():
     fresh = gate.dispatch("j3", dispatch, stages=("dispatched",))
     with pytest.raises(KeyError):
         fresh.throw(KeyError, "k")  # type: ignore[attr-defined]
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(10 * MS)  # room for a dispatch that must not start
     assert "j3" not in gate.pending() and "j3" not in calls
 
     closed = gate.dispatch("j4", dispatch, stages=("dispatched",))

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from support import MS
 from tether import _native
 
 
@@ -94,7 +95,7 @@ async def test_timer_completions_racing_cancellations_lose_nothing():
         ]
         doomed = set(rng.sample(range(len(futs)), len(futs) // 3))
         for step in range(5):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(10 * MS)
             for i in doomed:
                 if i % 5 == step:
                     futs[i].cancel()

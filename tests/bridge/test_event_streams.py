@@ -4,7 +4,7 @@
 import asyncio
 
 import tether
-from support import eventually
+from support import MS, eventually
 from tether import events as ev
 from tether._procpool import SpawnFailed
 
@@ -50,7 +50,7 @@ async def test_try_next_after_close_drains_then_stops():
     wd = tether.Watchdog("w")
     alarms = wd.alarms()
     wd.liveness("audio", 0.05)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(300 * MS)  # alarms queue while nobody reads
     wd.close()
     assert (await eventually(alarms.try_next, what="an alarm from try_next()")) is not None
     try:

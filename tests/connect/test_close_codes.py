@@ -4,7 +4,6 @@ back (parsed with the `websockets` Sans-I/O protocol); later connections behave.
 the server did, not what tether answered."""
 
 import asyncio
-import time
 
 import pytest
 from websockets.http11 import Request
@@ -12,7 +11,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 import tether
-from support import FAST, MS, policy
+from support import FAST, MS, collect, eventually, first_of, policy
 from tether import events as ev
 
 # No ping in the exchange the server records, and room for tether's close frame to be answered
@@ -81,19 +80,10 @@ class Misbehaving:
 
 async def first_loss(url, **kw):
     got = []
-
-    async def watch(conn):
-        async for e in conn.events():
-            got.append(e)
-
     conn = tether.connect(url, policy=policy(), **FAST, **kw)
-    watcher = asyncio.ensure_future(watch(conn))
-    await asyncio.sleep(0)
+    watcher = asyncio.ensure_future(collect(conn.events(), got))
     async with conn:
-        deadline = time.monotonic() + 10
-        while not any(isinstance(e, ev.Reconnected) for e in got):
-            assert time.monotonic() < deadline, got
-            await asyncio.sleep(0.01)
+        await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
     await asyncio.wait_for(watcher, 5)
     return next(e for e in got if isinstance(e, ev.ConnectionLost)).reason
 
@@ -155,7 +145,7 @@ async def test_a_websockets_servers_1002_is_reported_as_its_1002():
     async def handler(ws):
         code, why = next(closes, (None, None))
         if code is None:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10_000 * MS)  # the third connection stays up
         else:
             await ws.close(code, why)
 
@@ -218,11 +208,7 @@ async def first_attempt_error(url: str, **kw) -> str:
 
 
 async def replies(srv: Misbehaving) -> list:
-    deadline = time.monotonic() + 10
-    while not srv.replies:
-        assert time.monotonic() < deadline, "the server never saw the connection end"
-        await asyncio.sleep(0.01)
-    return srv.replies
+    return await eventually(lambda: srv.replies, what="the server seeing the connection end")
 
 
 @pytest.mark.parametrize(("bad", "sent_back", "said"), BAD, ids=BAD_IDS)

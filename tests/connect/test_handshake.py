@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 import tether
-from support import FAST, policy, records
+from support import FAST, MS, eventually, policy, records
 from tether import events as ev
 
 
@@ -336,7 +336,7 @@ async def test_a_final_close_code_ends_async_for_cleanly():
             await conn.recv()
         assert info.value.code == 1000 and "bye" in str(info.value), info.value
         await conn.aclose()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(200 * MS)  # room for a reconnect, which must not happen
     assert len(connections) == 1
 
 
@@ -412,8 +412,7 @@ async def test_events_delivers_what_happens_after_the_call_even_before_the_first
         async with tether.connect(url_of(srv), policy=policy(), quiet_jitter=0, **FAST) as conn:
             stream = conn.events()  # subscribed here, though nothing iterates it until the end
             go.set()
-            while conn.stats()["connects"] < 2:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: conn.stats()["connects"] >= 2, what="the reconnect")
             got = []
             while (e := stream.try_next()) is not None:
                 got.append(type(e))

@@ -56,7 +56,7 @@ class JoinServer:
     async def _chatter(self, ws):
         # traffic that is not a heartbeat reply
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
             await ws.send("tick")
 
     def drop(self, n=-1):
@@ -103,7 +103,7 @@ async def test_hook_runs_before_queued_messages_on_connect_and_after_a_drop():
         starting = asyncio.ensure_future(opened(c))
         await asyncio.wait_for(in_hook.wait(), 10)
         first = asyncio.ensure_future(c.send("queued-during-hook"))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(200 * MS)  # time for it to slip out ahead of the hook, which it must not
         go_on.set()
         await asyncio.wait_for(starting, 10)
         async with c:
@@ -213,7 +213,7 @@ async def test_hook_task_cancelled_from_python_gives_up_at_once():
     async def on_connect(hs):
         calls.append(hs.attempt)
         asyncio.current_task().cancel()  # e.g. the loop's tasks are being torn down
-        await asyncio.sleep(1)
+        await asyncio.sleep(1000 * MS)
 
     async with JoinServer() as srv:
         c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=5), **FAST)
@@ -228,7 +228,7 @@ async def test_stability_clock_starts_after_the_hook():
     # The server drops each connection 0.1 s after the join. The hook takes 1.2 s > stable_after: if the
     # clock started at the raw handshake every drop would look stable and the counter would never grow.
     async def on_connect(hs):
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1200 * MS)
         await hs.send("join")
         await hs.recv()
 
@@ -238,11 +238,11 @@ async def test_stability_clock_starts_after_the_hook():
         async def dropper():
             seen = 0
             while True:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(10 * MS)
                 for i, log in enumerate(srv.conns):
                     if i >= seen and log:
                         seen = i + 1
-                        await asyncio.sleep(0.1)
+                        await asyncio.sleep(100 * MS)
                         srv.drop(i)
 
         d = asyncio.ensure_future(dropper())
@@ -357,7 +357,7 @@ def test_close_after_the_loop_stopped_does_not_raise():
     c.close()
     deadline = time.monotonic() + FAST["close_timeout"] + 5
     while c.state != "closed" and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(10 * MS)  # no event loop any more to wait on
     assert c.state == "closed"
 
 
@@ -400,7 +400,7 @@ async def test_a_heartbeat_does_not_cut_the_close_handshake_short(caplog):
             opts = dict(FAST, ping_interval=5000 * MS, ping_timeout=5000 * MS, close_timeout=5000 * MS)
             c = await tether.connect(f"ws://{proxy.address}/", heartbeat=hb, policy=policy(), **opts)
             proxy.latency(300)
-            await asyncio.sleep(1.0)  # a heartbeat goes out, and is answered, every round trip (0.6 s)
+            await asyncio.sleep(1000 * MS)  # a heartbeat goes out, and is answered, every round trip (0.6 s)
             with caplog.at_level("WARNING", logger="tether"):
                 # "last" is confirmed by the pong to the ping behind it, a round trip after the close started
                 await asyncio.wait_for(c.send("last"), 10)
@@ -472,7 +472,7 @@ async def test_an_is_reply_that_blocks_the_loop_is_a_heartbeat_timeout():
     def is_reply(m):
         if not blocked:
             blocked.append(m)
-            time.sleep(2.0)  # a stalled event loop: what the bound is for
+            time.sleep(2000 * MS)  # a stalled event loop: what the bound is for
         return isinstance(m, str) and m.startswith("hb-ack")
 
     hb = tether.Heartbeat("hb", 0.2, is_reply=is_reply, timeout=0.5)

@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import tether
+from support import MS
 from support.netns import NS_IF, NS_IP, sh
 from tether import events as ev
 
@@ -52,7 +53,7 @@ async def test_kernel_blackhole_is_detected_and_recovered(netns):
         detect = time.monotonic() - t0
         assert "ping timeout" in e.reason, e.reason
         assert detect < 0.6 + 2.0, detect
-        await asyncio.sleep(0.5)  # reconnect attempts vanish into the hole as well
+        await asyncio.sleep(500 * MS)  # reconnect attempts vanish into the hole as well
         sh("ip", "netns", "exec", netns, "ip", "link", "set", NS_IF, "up")
         while not isinstance(await asyncio.wait_for(evs.__anext__(), 20), ev.Reconnected):
             pass

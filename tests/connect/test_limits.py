@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 import tether
-from support import FAST
+from support import FAST, MS, collect
 from support.netns import NS_IF, NS_IP, sh
 from tether import events as ev
 
@@ -50,13 +50,7 @@ async def test_oversize_inbound_message_is_a_loss_that_names_the_limit():
             policy=tether.Backoff(0.05, jitter="none", max_attempts=1),
             **FAST,
         )
-
-        async def watch():
-            async for e in conn.events():
-                got.append(e)
-
-        watcher = asyncio.ensure_future(watch())
-        await asyncio.sleep(0)
+        watcher = asyncio.ensure_future(collect(conn.events(), got))
         with pytest.raises(tether.GaveUp):
             async with conn:
                 while True:
@@ -79,11 +73,11 @@ async def test_inbound_buffer_is_bounded_by_bytes():
         async with tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", **FAST) as conn:
             # nobody reads: the reader pauses once 64 MiB are buffered, far below the 65,536-message count
             last, stable_since = -1, time.monotonic()
-            while time.monotonic() - stable_since < 1.0:
+            while time.monotonic() - stable_since < 1000 * MS:  # unchanged for a second
                 q = conn.stats()["recv_queue"]
                 if q != last:
                     last, stable_since = q, time.monotonic()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(100 * MS)
             assert 0 < last <= (64 << 20) // CHUNK + 1, last
             # the connection stays up while paused (pong deadlines are suspended, not missed)
             assert conn.state == "connected"
@@ -119,11 +113,11 @@ async def test_black_hole_is_detected_while_the_reader_is_paused(netns):
         await conn
         # wait until the reader is paused: the buffer stops growing
         last, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 1.0:
+        while time.monotonic() - stable_since < 1000 * MS:  # unchanged for a second
             q = conn.stats()["recv_queue"]
             if q != last:
                 last, stable_since = q, time.monotonic()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(100 * MS)
         assert last > 0
         sh("ip", "netns", "exec", netns, "ip", "link", "set", NS_IF, "down")  # packets vanish
         t0 = time.monotonic()

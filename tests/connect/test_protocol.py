@@ -37,10 +37,7 @@ async def test_aclose_with_an_unconfirmed_send_completes_the_handshake_promptly(
         took = time.monotonic() - t0
         await asyncio.wait_for(sent, 5)
         await asyncio.wait_for(confirmed, 5)  # the peer confirmed it before answering the close
-        for _ in range(200):
-            if codes:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: codes, what="the server's end of the connection")
     assert received == ["last words"]
     assert codes == [1000], codes  # a close frame, not 1006
     # the whole close_timeout (10 s) was the bug; a clean handshake takes milliseconds
@@ -63,7 +60,6 @@ async def test_a_close_started_by_the_server_is_answered_with_a_close_frame():
         got = []
         conn = tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", policy=policy(), **FAST)
         watcher = asyncio.ensure_future(collect(conn.events(), got))
-        await asyncio.sleep(0)
         async with conn:
             lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
             await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
@@ -204,7 +200,7 @@ async def pong_faker():
                 writer.write(b"\x8a\x00")  # empty pong
                 writer.write(b"\x8a\x10" + b"\xff" * 16)  # unsolicited 16-byte pong
                 await writer.drain()
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(50 * MS)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -281,7 +277,7 @@ async def test_send_resolves_when_written_and_flush_when_confirmed(pong_gate):
     async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
         await asyncio.wait_for(conn.send("a"), 5)  # written, not confirmed: the server holds its pongs
         confirmed = asyncio.ensure_future(conn.flush())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(300 * MS)  # the pongs are held: nothing may confirm it meanwhile
         assert not confirmed.done()
         assert conn.stats()["send_queue"] == 1
         pong_gate["open"].set()
@@ -295,7 +291,7 @@ async def test_unconfirmed_messages_are_resent_after_a_reconnect(pong_gate):
     async with tether.connect(f"ws://127.0.0.1:{pong_gate['port']}/", policy=policy(), **fast) as conn:
         await asyncio.wait_for(conn.send("b"), 5)
         confirmed = conn.flush()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: (1, "b") in pong_gate["received"], what="the first connection reading b")
         pong_gate["drop_first"].set()  # the first connection dies with "b" unconfirmed
         await asyncio.wait_for(confirmed, 10)
     # at-least-once: read by the first server connection, then re-sent to and confirmed by the second

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tether
-from support import FAST, collect, eventually, first_of, policy, records, returns_at_once
+from support import FAST, MS, collect, eventually, first_of, policy, records, returns_at_once
 from tether import events as ev
 
 
@@ -29,7 +29,6 @@ async def test_server_drop_is_reported_once_and_reconnects(signal_server):
     got = []
     async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
         watcher = asyncio.ensure_future(collect(c.events(), got))
-        await asyncio.sleep(0.05)
         assert signal_server.drop() == 1
         rec = await eventually(lambda: first_of(got, ev.Reconnected), 5, what="Reconnected")
         assert rec.downtime < 2.0
@@ -65,13 +64,10 @@ async def test_close_codes_retry_and_fatal(signal_server):
         signal_server.close(1001, "going away")
         await c.send("x")  # delivered after the reconnect (or echoed before the loss was seen)
         assert await c.recv() == "x"
-        deadline = time.monotonic() + 10
-        while c.stats()["last_loss"] is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await eventually(lambda: c.stats()["last_loss"] is not None, what="the loss")
         assert "1001" in c.stats()["last_loss"]
         # the echo may come from the first connection: wait until the second one is up
-        while c.stats()["connects"] < 2 or c.state != "connected":
-            await asyncio.sleep(0.005)
+        await eventually(lambda: c.stats()["connects"] >= 2 and c.state == "connected", what="the second connection")
         assert await signal_server.wait_for(1)
         assert signal_server.close(1008, "policy violation") == 1
         with pytest.raises(tether.GaveUp) as info:
@@ -112,8 +108,7 @@ async def test_url_for_mints_per_strategy(signal_server):
     ) as c:
         signal_server.listening(False)
         signal_server.drop()
-        while len(calls) < 4:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: len(calls) >= 4, what="four url_for calls")
         signal_server.listening(True)
         await c.send("ok")
         assert await c.recv() == "ok"
@@ -144,12 +139,11 @@ async def test_sends_during_outage_delivered_in_order(signal_server):
     async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), **FAST) as c:
         signal_server.listening(False)
         signal_server.drop()
-        while c.state == "connected":
-            await asyncio.sleep(0.005)
+        await eventually(lambda: c.state != "connected", what="the drop")
         for i in range(20):
             await c.send(f"m{i}")  # queued under the write high-water mark: resolves at once
         flushed = asyncio.ensure_future(c.flush())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(300 * MS)  # the server stays down: nothing may resolve meanwhile
         assert not flushed.done(), "nothing can be confirmed while the server is down"
         assert c.stats()["send_queue"] == 20
         signal_server.listening(True)
@@ -162,12 +156,11 @@ async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(sig
     async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), **FAST) as c:
         signal_server.listening(False)
         signal_server.drop()
-        while c.state == "connected":
-            await asyncio.sleep(0.005)
+        await eventually(lambda: c.state != "connected", what="the drop")
         first = c.send(b"a" * 40_000)
         assert returns_at_once(first), "under the 64 KiB write high-water mark await send() returns at once"
         second = asyncio.ensure_future(c.send(b"b" * 40_000))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(300 * MS)  # the server stays down: nothing may resolve meanwhile
         assert not second.done(), "above the high-water mark send() waits until its message is written"
         signal_server.listening(True)
         await asyncio.wait_for(second, 10)
@@ -180,12 +173,11 @@ async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(signal_serve
     async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), send_buffer=8, **FAST) as c:
         signal_server.listening(False)
         signal_server.drop()
-        while c.state == "connected":
-            await asyncio.sleep(0.005)
+        await eventually(lambda: c.state != "connected", what="the drop")
         for i in range(4):
             assert returns_at_once(c.send(f"m{i}"))
         waiting = asyncio.ensure_future(c.send("m4"))  # a sender awaiting each send never meets SendBufferFull
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(300 * MS)  # the server stays down: nothing may resolve meanwhile
         assert not waiting.done(), "with half of send_buffer unconfirmed send() waits for confirmations"
         signal_server.listening(True)
         await asyncio.wait_for(waiting, 10)
@@ -197,8 +189,8 @@ async def test_pending_sends_raise_when_giving_up(signal_server):
     c = await tether.connect(signal_server.url, policy=policy(max_attempts=3), **FAST)
     signal_server.listening(False)
     signal_server.drop()
-    while c.state == "connected":  # the drop is asynchronous: a message sent before it could be confirmed
-        await asyncio.sleep(0.005)
+    # the drop is asynchronous: a message sent before it could be confirmed
+    await eventually(lambda: c.state != "connected", what="the drop")
     sent = c.send("never")  # queued: resolves at once; flush() reports the give-up
     with pytest.raises(tether.GaveUp) as info:
         await asyncio.wait_for(c.flush(), 10)
@@ -232,8 +224,7 @@ async def test_aclose_while_reconnecting_returns_promptly(signal_server):
     c = await tether.connect(signal_server.url, policy=tether.Backoff(30, jitter="none"), quiet_attempts=0, **FAST)
     signal_server.listening(False)
     signal_server.drop()
-    while c.state != "reconnecting":
-        await asyncio.sleep(0.01)
+    await eventually(lambda: c.state == "reconnecting", what="reconnecting")
     t0 = time.monotonic()
     await c.aclose()
     assert time.monotonic() - t0 < 1.0
@@ -310,7 +301,7 @@ async def test_wss_to_a_plain_server_fails_clearly(signal_server):
 async def test_cancel_pending_recv_and_connect(signal_server):
     c = await tether.connect(signal_server.url, **FAST)
     t = asyncio.ensure_future(c.recv())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(50 * MS)  # the receive is pending on the Rust side when it is cancelled
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -321,7 +312,7 @@ async def test_cancel_pending_recv_and_connect(signal_server):
     signal_server.listening(False)
     pending = tether.connect(signal_server.url, policy=tether.Backoff(0.05), **FAST)
     t = asyncio.ensure_future(pending._start())
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(200 * MS)  # attempts are refused and retried while the connect is cancelled
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -397,7 +388,7 @@ async def test_cancelled_recv_never_loses_a_message(signal_server):
             for i in range(n):
                 signal_server.push(f"m{i}")
                 if i % 7 == 0:
-                    await asyncio.sleep(0.0005)
+                    await asyncio.sleep(0.5 * MS)
 
         p = asyncio.ensure_future(pusher())
         deadline = time.monotonic() + 20
@@ -417,10 +408,7 @@ async def test_cancelled_event_iteration_never_loses_an_event(signal_server):
     for _ in range(20):
         # the server registers a connection only after its handshake: right after Reconnected it may
         # not count ours yet
-        t_end = time.monotonic() + 5
-        while signal_server.drop() != 1:
-            assert time.monotonic() < t_end, "the server never registered the connection"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: signal_server.drop() == 1, 5, what="the server registering the connection")
         t_end = time.monotonic() + 5
         while time.monotonic() < t_end:
             try:

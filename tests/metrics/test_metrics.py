@@ -21,6 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 import tether
+from support import MS, eventually
 from tether import events as ev
 
 
@@ -208,7 +209,7 @@ async def test_a_black_hole_is_counted_with_its_detection_time(otel, chaos_proxy
     await c.flush()
     p.blackhole()
     await next_event(evs, ev.ConnectionLost)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(300 * MS)  # the outage lasts at least this long
     p.heal()
     await next_event(evs, ev.Reconnected)
     await c.aclose()
@@ -229,8 +230,9 @@ async def test_sends_unconfirmed_at_a_loss_are_counted_as_resent(otel, chaos_pro
     p.blackhole("down")  # the server reads; its echoes and pongs are held back
     for i in range(3):
         await c.send(f"m{i}")
-    await asyncio.sleep(0.2)
-    assert otel.value("tether.connection.sends.unconfirmed", name="resend-test") == 3
+    await eventually(
+        lambda: otel.value("tether.connection.sends.unconfirmed", name="resend-test") == 3, what="3 sends unconfirmed"
+    )
     p.reset()
     # healed once the loss is seen: what the black hole held would confirm them otherwise
     await next_event(evs, ev.ConnectionLost)
@@ -302,9 +304,9 @@ async def test_a_readiness_dispatch_records_each_stage(otel):
 
     async def dispatch(job_id: str, attempt: int) -> None:
         async def agent() -> None:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
             gate.mark(job_id, "joined")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
             gate.mark(job_id, "ready")
 
         agents.append(asyncio.ensure_future(agent()))

@@ -13,17 +13,9 @@ import time
 import pytest
 
 import tether
+from support import MS, eventually, running
 
 WORKER = [sys.executable, "-m", "tether.worker"]
-
-
-def running(pid):
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def all_gone(pids, timeout=10.0):
@@ -31,7 +23,7 @@ def all_gone(pids, timeout=10.0):
     while time.monotonic() < end:
         if not any(running(p) for p in pids):
             return True
-        time.sleep(0.05)
+        time.sleep(50 * MS)
     return False
 
 
@@ -141,11 +133,7 @@ async def test_a_cancelled_request_kills_the_worker():
     p = await pool.acquire(timeout=30)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(p.request(b"one"), 0.1)
-    for _ in range(250):
-        if not p.is_alive():
-            break
-        await asyncio.sleep(0.02)
-    assert not p.is_alive()
+    await eventually(lambda: not p.is_alive(), what="the worker killed")
     pool.release(p)  # back to the pool: disposed, never handed out again
     q = await pool.acquire(timeout=30)
     assert q.pid != p.pid and await q.request(b"two", timeout=10) == b"two"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tether
-from support import eventually, respawn
+from support import MS, eventually, respawn, running
 from tether._procpool import HealthChanged, SpawnFailed
 
 WORKER = [sys.executable, "-m", "tether.worker"]
@@ -22,7 +22,7 @@ def gone(pid, timeout=5.0):
     while time.monotonic() < end:
         if not os.path.exists(f"/proc/{pid}"):
             return True
-        time.sleep(0.02)
+        time.sleep(20 * MS)
     return False
 
 
@@ -132,9 +132,9 @@ async def test_hang_on_init_is_killed_and_reaped():
     assert time.monotonic() - t0 < 20
     await pool.aclose()
     # every hung child was killed and reaped: no python -m tether.worker --hang left
-    await asyncio.sleep(0.5)
-    left = [p for p in os.listdir("/proc") if p.isdigit() and _is_hung_worker(p)]
-    assert left == []
+    await eventually(
+        lambda: not [p for p in os.listdir("/proc") if p.isdigit() and _is_hung_worker(p)], what="hung workers reaped"
+    )
     seen = []
     while True:
         try:
@@ -158,15 +158,12 @@ def _is_hung_worker(pid):
 async def test_dead_idle_process_is_evicted_not_handed_out():
     pool = tether.ProcPool(command=WORKER, num_idle=1, initialize_timeout=20)
     pool.start()
-    for _ in range(400):
-        if pool.stats()["idle"] == 1:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: pool.stats()["idle"] == 1, 30, what="an idle process")
     first = await pool.acquire(timeout=30)
     pid = first.pid
     pool.release(first)  # back to idle
     os.kill(pid, 9)  # dies while idle
-    await asyncio.sleep(0.2)
+    await eventually(lambda: not running(pid), what="the idle process dead")
     p = await pool.acquire(timeout=30)
     assert p.pid != pid and p.is_alive()
     assert await asyncio.to_thread(gone, pid)  # evicted and reaped, not left a zombie
@@ -202,19 +199,12 @@ async def test_cancel_during_acquire_leaks_nothing():
     release.set()
     # the spawn finished after the waiter left: with num_idle=0 nobody wants it, so it is closed,
     # neither lost nor kept idle beyond the target
-    for _ in range(250):
-        if made and made[0].closed:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: made and made[0].closed, what="the unwanted process closed")
     assert made[0].closed and pool.stats()["idle"] == 0
     p = await pool.acquire(timeout=5)
     assert p is made[1]
     pool.release(p, kill=True)
-    for _ in range(250):
-        if p.closed:
-            break
-        await asyncio.sleep(0.02)
-    assert p.closed
+    await eventually(lambda: p.closed, what="the killed process closed")
     await pool.aclose()
 
 
@@ -228,7 +218,7 @@ async def test_crash_loop_does_not_spin():
     )
     events = pool.events()
     pool.start()
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(3000 * MS)  # the crash loop runs for 3 s
     spawns = pool.stats()["spawns"]
     # 2 at a time, waits 0.2, 0.4, 0.8, 1.0 ...: a handful in 3 s, not hundreds
     assert spawns <= 2 * 8, spawns
@@ -254,11 +244,9 @@ async def test_healthy_flips_back_after_a_success():
     pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.05, max_delay=0.1, jitter="none"))
     events = pool.events()
     pool.start()
-    while pool.healthy:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: not pool.healthy, what="unhealthy")
     fail = False
-    while not pool.healthy:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: pool.healthy, what="healthy again")
     seen = []
     while len([e for e in seen if isinstance(e, HealthChanged)]) < 2:
         seen.append(await asyncio.wait_for(events.__anext__(), 5))
@@ -293,10 +281,7 @@ async def test_worker_dying_mid_request_raises():
 async def test_aclose_fails_waiters_and_kills_idle():
     pool = tether.ProcPool(command=WORKER, num_idle=2, max_concurrent_spawns=2, initialize_timeout=20)
     pool.start()
-    for _ in range(400):
-        if pool.stats()["idle"] == 2:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: pool.stats()["idle"] == 2, 30, what="two idle processes")
     a = await pool.acquire(timeout=30)
     b = await pool.acquire(timeout=30)
     pool.release(a)
@@ -363,16 +348,13 @@ async def test_an_acquire_cancelled_after_its_process_arrived_gives_the_process_
         # task's wake-up (both callbacks of the iteration after it, the cancel first)
         end = time.monotonic() + 30
         while pool.stats()["lent"] == 0 and time.monotonic() < end:
-            time.sleep(0.005)
+            time.sleep(5 * MS)  # holds the loop on purpose
         loop.call_soon(loop.call_soon, task.cancel)
 
     loop.call_soon(hold_the_loop_until_lent)
     with pytest.raises(asyncio.CancelledError):
         await task
-    end = time.monotonic() + 10
-    while pool.stats()["lent"] and time.monotonic() < end:
-        await asyncio.sleep(0.02)
-    assert pool.stats()["lent"] == 0, pool.stats()
+    await eventually(lambda: pool.stats()["lent"] == 0, what=f"the process given back: {pool.stats()}")
     await pool.aclose()
 
 
@@ -423,7 +405,7 @@ async def test_a_spawn_failure_costs_an_attempt_only_of_its_own_waiter():
     async def spawn():
         nonlocal n
         n += 1
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(10 * MS)
         if n % 2 == 1:
             raise RuntimeError(f"spawn {n} failed")
         return object()
@@ -470,22 +452,19 @@ async def test_idle_never_exceeds_num_idle_after_cancelled_waiters():
             self.closed = True
 
     async def spawn():
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(300 * MS)
         p = Proc()
         made.append(p)
         return p
 
     pool = tether.ProcPool(spawn=spawn, num_idle=1, max_concurrent_spawns=4)
     waiters = [asyncio.ensure_future(pool.acquire()) for _ in range(4)]
-    await asyncio.sleep(0.05)
+    await eventually(lambda: pool.stats()["in_flight"] == 4, what="a spawn for each waiter")
     for w in waiters:
         w.cancel()
     await asyncio.gather(*waiters, return_exceptions=True)
-    for _ in range(150):
-        if len(made) >= 4 and pool.stats()["in_flight"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(made) >= 4 and pool.stats()["in_flight"] == 0, what="every spawn finished")
+    await asyncio.sleep(100 * MS)  # room for a surplus disposal that must not be undone
     assert pool.stats()["idle"] <= 1
     assert len([p for p in made if not p.closed]) == pool.stats()["idle"]  # the rest were disposed
     await pool.aclose()
@@ -498,14 +477,14 @@ def test_a_pool_left_open_when_its_loop_closes_stops_spawning():
     async def main():
         pool = tether.ProcPool(spawn=spawn, num_idle=1, respawn=tether.Backoff(0.02, max_delay=0.05, jitter="none"))
         pool.start()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(200 * MS)  # spawns fail and are retried while the loop runs
         return pool  # never closed
 
     pool = asyncio.run(main())
     end = time.monotonic() + 10
     while not pool.stats()["closed"] and time.monotonic() < end:
-        time.sleep(0.05)
+        time.sleep(50 * MS)  # no event loop any more to wait on
     assert pool.stats()["closed"]
     spawns = pool.stats()["spawns"]
-    time.sleep(0.5)
+    time.sleep(500 * MS)  # ten backoffs' time: a pool still retrying would spawn again
     assert pool.stats()["spawns"] == spawns  # not retrying forever in the background

@@ -8,19 +8,10 @@ import sys
 import pytest
 
 import tether
-from support import respawn
+from support import eventually, respawn, running
 from tether._procpool import Evicted
 
 WORKER = [sys.executable, "-m", "tether.worker"]
-
-
-def running(pid):
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def test_warm_waits_until_n_processes_are_idle():
@@ -121,11 +112,8 @@ async def test_asyncio_subprocess_liveness_and_reaping_without_a_liveness_callab
     p = await pool.acquire(timeout=30)
     assert p is not first and p.returncode is None
     pool.release(p, kill=True)
-    for _ in range(250):
-        if p.returncode is not None:
-            break
-        await asyncio.sleep(0.02)
-    assert p.returncode is not None  # killed and awaited (reaped), not left to the garbage collector
+    # killed and awaited (reaped), not left to the garbage collector
+    await eventually(lambda: p.returncode is not None, what="the process reaped")
     await pool.aclose()
 
 

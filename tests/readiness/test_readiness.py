@@ -7,6 +7,7 @@ import time
 import pytest
 
 import tether
+from support import eventually
 
 
 async def test_happy_path_returns_stage_timings():
@@ -141,17 +142,12 @@ async def test_cancellation_forgets_the_job_and_cancels_dispatch():
             raise
 
     task = asyncio.ensure_future(gate.dispatch("job-8", dispatch, timeouts=100))
-    await asyncio.sleep(0.1)
-    assert gate.pending() == ["job-8"]
+    await eventually(lambda: gate.pending() == ["job-8"], what="job-8 pending")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.wait_for(dispatch_cancelled.wait(), 5)
-    for _ in range(100):
-        if not gate.pending():
-            break
-        await asyncio.sleep(0.01)
-    assert gate.pending() == []
+    await eventually(lambda: gate.pending() == [], what="job-8 forgotten")
 
 
 async def test_dispatch_call_that_hangs_is_bounded_by_the_first_stage_deadline():

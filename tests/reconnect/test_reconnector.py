@@ -9,7 +9,7 @@ import time
 import pytest
 
 import tether
-from support import records
+from support import MS, collect, eventually, records
 from tether import events as ev
 
 
@@ -224,13 +224,7 @@ async def test_tether_connect_a_short_deadline_spreads_the_quiet_retry_within_it
 async def test_events_in_order():
     r = tether.Reconnector(tether.Backoff(0.01, jitter="none", max_attempts=1), stable_after=10, quiet_jitter=0)
     got = []
-
-    async def consume():
-        async for e in r.events():
-            got.append(e)
-
-    consumer = asyncio.ensure_future(consume())
-    await asyncio.sleep(0)
+    consumer = asyncio.ensure_future(collect(r.events(), got))
     n = 0
 
     async def connect():
@@ -271,7 +265,7 @@ async def test_cancellation_cancels_the_inner_coroutine():
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            await asyncio.sleep(0.2)  # e.g. closing a socket gracefully
+            await asyncio.sleep(200 * MS)  # e.g. closing a socket gracefully
             cleaned_up.set()
             raise
 
@@ -291,6 +285,7 @@ async def test_cancellation_waits_for_cleanup_only_within_its_bound(monkeypatch,
     monkeypatch.setattr(loop_module, "CANCEL_GRACE", 0.3)
     started = asyncio.Event()
     release = asyncio.Event()
+    finished = asyncio.Event()
 
     async def connect():
         started.set()
@@ -299,6 +294,7 @@ async def test_cancellation_waits_for_cleanup_only_within_its_bound(monkeypatch,
                 await release.wait()
             except asyncio.CancelledError:
                 continue  # ignores cancellation
+        finished.set()
 
     r = tether.Reconnector(name="stubborn")
     task = asyncio.ensure_future(r.run(connect))
@@ -312,7 +308,7 @@ async def test_cancellation_waits_for_cleanup_only_within_its_bound(monkeypatch,
     warn = [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.WARNING]
     assert len(warn) == 1 and "did not finish within 0.3s of being cancelled" in warn[0].getMessage()
     release.set()
-    await asyncio.sleep(0.05)  # let the stubborn attempt finish
+    await asyncio.wait_for(finished.wait(), 5)  # the stubborn attempt finishes
 
 
 async def test_cancel_during_backoff_sleep():
@@ -320,8 +316,10 @@ async def test_cancel_during_backoff_sleep():
         raise OSError("down")
 
     r = tether.Reconnector(tether.Backoff(30, jitter="none"), quiet_attempts=0)
+    evs = r.events()
     task = asyncio.ensure_future(r.run(connect))
-    await asyncio.sleep(0.2)
+    while not isinstance(await asyncio.wait_for(evs.__anext__(), 10), ev.Reconnecting):
+        pass  # the 30 s backoff sleep begins
     task.cancel()
     t0 = time.monotonic()
     with pytest.raises(asyncio.CancelledError):
@@ -358,7 +356,7 @@ async def test_run_twice_concurrently_is_an_error():
         return 1
 
     t = asyncio.ensure_future(r.run(connect))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: r.running, what="the first run")
     with pytest.raises(RuntimeError, match="already running"):
         await r.run(connect)
     block.set()
@@ -489,13 +487,7 @@ async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs
     async with FlappingServer() as srv:
         r = tether.Reconnector(tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"), stable_after=0.5, name="flappy")
         got = []
-
-        async def watch():
-            async for e in r.events():
-                got.append(e)
-
-        watcher = asyncio.ensure_future(watch())
-        await asyncio.sleep(0)
+        watcher = asyncio.ensure_future(collect(r.events(), got))
         handshakes = []
 
         async def connect():
@@ -514,12 +506,12 @@ async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs
                 writer.close()
 
         run = asyncio.ensure_future(r.run(connect))
-        info = []
-        for _ in range(200):
-            info = [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO]
-            if info or run.done():
-                break
-            await asyncio.sleep(0.05)
+
+        def logged_at_info():
+            return [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO]
+
+        await eventually(lambda: logged_at_info() or run.done(), what="the recovery logged at INFO")
+        info = logged_at_info()
         stop.set()
         assert await asyncio.wait_for(run, 5) == "done"
         await asyncio.wait_for(watcher, 5)
@@ -555,12 +547,10 @@ async def test_tether_connect_flapping_logs_recovery_once_stable(tether_logs):
             stable_after=0.5,
             ping_interval=5,
         )
-        info = []
-        for _ in range(200):
-            info = [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO]
-            if info:
-                break
-            await asyncio.sleep(0.05)
+        info = await eventually(
+            lambda: [x for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO],
+            what="the recovery logged at INFO",
+        )
         hold.set()
         await c.aclose()
     recs = records(tether_logs, "tether.reconnect")
@@ -579,7 +569,7 @@ async def test_a_healthy_server_logs_nothing_at_warning_or_info(tether_logs):
             try:
                 await reader.readline()
                 r.connected()
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(300 * MS)  # up longer than stable_after
                 return "ok"
             finally:
                 writer.close()
@@ -635,18 +625,12 @@ def test_step_wise_fatal_and_bad_input():
 async def test_step_wise_stability_and_closed():
     r = tether.Reconnector(tether.Backoff(0.05, jitter="none", max_attempts=2), stable_after=0.2, quiet_jitter=0)
     got = []
-
-    async def watch():
-        async for e in r.events():
-            got.append(e)
-
-    watcher = asyncio.ensure_future(watch())
-    await asyncio.sleep(0)
+    watcher = asyncio.ensure_future(collect(r.events(), got))
     assert r.connected() is True
     assert r.connected() is False  # already marked
     assert r.failed(ConnectionResetError("blip")) == 0.0
     assert r.connected()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(300 * MS)  # longer than stable_after
     assert r.attempt == 0  # stable: the counter reset, so a new blip is quiet again
     r.closed()
     r.closed()  # nothing more to close
@@ -677,7 +661,7 @@ async def test_backoff_sleeps_and_is_cancellable():
     assert time.monotonic() - t0 >= 0.19
     r2 = tether.Reconnector(tether.Backoff(30, jitter="none"), quiet_attempts=0)
     sleeper = asyncio.ensure_future(r2.backoff(OSError("x")))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # its first step: the 30 s sleep has begun
     sleeper.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sleeper
@@ -686,6 +670,7 @@ async def test_backoff_sleeps_and_is_cancellable():
 async def test_step_wise_calls_conflict_with_run():
     r = tether.Reconnector()
     block = asyncio.Event()
+    checked = asyncio.Event()
 
     async def connect():
         with pytest.raises(RuntimeError, match="run"):
@@ -694,11 +679,12 @@ async def test_step_wise_calls_conflict_with_run():
             r.backoff()
         r.connected()
         assert r.attempt == 0
+        checked.set()
         await block.wait()
         return 1
 
     t = asyncio.ensure_future(r.run(connect))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: checked.is_set() or t.done(), what="the checks inside the run")
     block.set()
     assert await t == 1
 

@@ -73,6 +73,15 @@ async def collect(stream: AsyncIterable[Any], into: list[Any]) -> None:
         into.append(item)
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is alive and not a zombie (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def records(caplog: Any, logger_prefix: str = "tether") -> list[Any]:
     return [r for r in caplog.records if r.name.startswith(logger_prefix)]
 

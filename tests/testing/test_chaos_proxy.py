@@ -8,6 +8,7 @@ import time
 import pytest
 
 import tether
+from support import MS, eventually
 from tether import events as ev
 from tether.testing import ChaosProxy
 
@@ -80,8 +81,7 @@ async def test_one_direction_blackhole(chaos_proxy, echo):
     p.blackhole("down")
     w.write(b"up-ok")
     await w.drain()
-    await asyncio.sleep(0.2)
-    assert p.stats()["bytes_up"] == 5  # reached upstream
+    await eventually(lambda: p.stats()["bytes_up"] == 5, what="the bytes reaching upstream")
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(r.read(1), 0.3)
     p.heal()
@@ -152,11 +152,7 @@ async def test_upstream_down_resets_client(chaos_proxy):
         # the reset may land while connecting or on the first read
         r, _w = await open_(p)
         await asyncio.wait_for(r.readexactly(1), 5)
-    for _ in range(100):
-        if p.stats()["upstream_failures"] == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert p.stats()["upstream_failures"] == 1
+    await eventually(lambda: p.stats()["upstream_failures"] == 1, what="the upstream failure counted")
 
 
 async def test_tether_connect_detects_a_real_blackhole_and_recovers(chaos_proxy, signal_server):
@@ -175,7 +171,7 @@ async def test_tether_connect_detects_a_real_blackhole_and_recovers(chaos_proxy,
         pass
     assert "ping timeout" in e.reason
     assert time.monotonic() - t0 < 0.5 + 2.0
-    await asyncio.sleep(0.3)  # reconnect attempts time out inside the black hole
+    await asyncio.sleep(300 * MS)  # reconnect attempts time out inside the black hole
     p.heal()
     while not isinstance(await asyncio.wait_for(evs.__anext__(), 10), ev.Reconnected):
         pass

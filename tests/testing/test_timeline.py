@@ -17,6 +17,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 import tether
+from support import eventually
 from tether.testing import SignalServer, Timeline
 
 # a line of the demo's printed timeline: "  [   12.3 ms] KIND         text" (the kind padded to 12)
@@ -118,10 +119,7 @@ async def test_the_recorder_keeps_a_drop_by_the_websockets_server(tmp_path):
             assert await conn.recv() == "hello"
             rec.mark("fault", "the server aborts the TCP connection")
             served[-1].transport.abort()
-            deadline = asyncio.get_running_loop().time() + 10
-            while not rec.seen("Reconnected"):
-                assert asyncio.get_running_loop().time() < deadline, rec.text()
-                await asyncio.sleep(0.01)
+            await eventually(lambda: rec.seen("Reconnected"), what="Reconnected recorded")
             await conn.send("again")
             assert await conn.recv() == "again"
         rec.stop()
@@ -173,10 +171,7 @@ async def test_sources_of_every_kind_and_log_records():
             await r.run(refused)
         with pytest.raises(tether.PoolExhausted):
             await pool.acquire(timeout=30)
-        deadline = asyncio.get_running_loop().time() + 10
-        while not rec.seen("Alarm"):
-            assert asyncio.get_running_loop().time() < deadline, rec.text()
-            await asyncio.sleep(0.01)
+        await eventually(lambda: rec.seen("Alarm"), what="the alarm recorded")
     finally:
         await pool.aclose()
         wd.close()

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import tether
+from support import MS
 from tether import events as ev
 from tether.testing import SignalServer
 
@@ -37,10 +38,10 @@ async def test_no_dwell_alarm_when_state_changes_in_time():
     wd.dwell("reconnecting", 0.3)
     for _ in range(5):
         wd.set_state("reconnecting")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(100 * MS)
         wd.set_state("connected")
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.4)
+        await asyncio.sleep(100 * MS)
+    await asyncio.sleep(400 * MS)  # longer than the dwell limit: an alarm armed by mistake would fire
     wd.close()
     assert [a async for a in alarms] == []
 
@@ -50,7 +51,7 @@ async def test_ghost_room_liveness_alarms_and_rearms():
     alarms = wd.alarms()
     audio = wd.liveness("audio:alice", 0.2)
     for _ in range(6):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(50 * MS)
         audio.beat()
     assert audio.alarmed is False
     t0 = time.monotonic()
@@ -73,7 +74,7 @@ async def test_never_beating_liveness_alarms_and_pause_silences():
     muted.pause()
     a = await next_alarm(alarms)
     assert a.name == "video"
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(300 * MS)  # three limits: the paused one must stay silent
     wd.close()
     assert [a.name async for a in alarms] == []
 
@@ -102,7 +103,8 @@ async def test_iteration_ends_on_close():
     wd = tether.Watchdog()
     it = wd.alarms()
     task = asyncio.ensure_future(it.__anext__())
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # its first step: waiting for an alarm
+    assert not task.done()
     wd.close()
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(task, 5)
@@ -161,9 +163,11 @@ async def test_bounded_passes_results_and_errors():
 
 
 async def test_cancelling_bounded_cancels_inner():
+    inner_started = asyncio.Event()
     inner_cancelled = asyncio.Event()
 
     async def slow():
+        inner_started.set()
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -171,7 +175,7 @@ async def test_cancelling_bounded_cancels_inner():
             raise
 
     t = asyncio.ensure_future(tether.bounded(slow(), 100))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(inner_started.wait(), 5)
     t.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t
@@ -259,7 +263,7 @@ async def test_pause_then_beat_rearms():
     alarms = wd.alarms()
     mic = wd.liveness("mic", 0.1)
     mic.pause()
-    await asyncio.sleep(0.3)  # the monitor has nothing to watch and sleeps
+    await asyncio.sleep(300 * MS)  # the monitor has nothing to watch and sleeps
     mic.beat()  # unmuted: silence from now on must alarm again
     a = await next_alarm(alarms, timeout=5)
     assert a.name == "mic"
@@ -288,7 +292,7 @@ async def test_an_alarm_handled_by_on_alarm_is_not_logged_again(tether_logs):
     wd.dwell("reconnecting", 0.1)
     wd.set_state("reconnecting")
     await asyncio.wait_for(done.wait(), 5)
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(50 * MS)  # room for a second report, which must not come
     wd.close()
     assert len(got) == 1
     loud = [r for r in tether_logs.records if r.name == "tether.watchdog" and r.levelno >= logging.WARNING]

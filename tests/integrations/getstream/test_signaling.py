@@ -19,6 +19,7 @@ from getstream.video.rtc import connection_utils, signaling
 from gs_scenarios import HEALTH, run
 
 import tether
+from support import MS, eventually
 from support.fake_sfu import FakeSfu
 from tether.integrations import getstream
 
@@ -73,13 +74,10 @@ async def test_connection_lost_only_when_tether_gives_up(installed):
         sfu.reject = "SFU is shutting down"  # every rejoin is refused from now on
         for sock in list(sfu.sockets):
             sock.transport.abort()
-        for _ in range(500):
-            if lost:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: lost, what="connection_lost")
         assert len(lost) == 1 and "gave up" in lost[0], lost
         assert not ws.running
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(300 * MS)  # room for a second report, which must not come
         assert len(lost) == 1
         ws.close()
 
@@ -124,11 +122,7 @@ async def test_close_is_synchronous_and_stops_everything(installed):
         )
         conn = ws.connection
         assert ws.close() is None and ws.closed and not ws.running
-        for _ in range(250):
-            if conn.state == "closed":
-                break
-            await asyncio.sleep(0.02)
-        assert conn.state == "closed"
+        await eventually(lambda: conn.state == "closed", what="closed")
         with pytest.raises(signaling.SignalingError):
             await ws.connect()
 

@@ -10,7 +10,7 @@ import pytest
 rtc = pytest.importorskip("livekit.rtc", reason="livekit (rtc) is not installed")
 track_pb2 = pytest.importorskip("livekit.rtc._proto.track_pb2")
 
-from support import eventually  # noqa: E402
+from support import MS, eventually  # noqa: E402
 from tether.integrations import livekit  # noqa: E402
 
 CS = rtc.ConnectionState
@@ -59,9 +59,9 @@ async def test_reconnect_within_the_bound_raises_nothing():
     try:
         for _ in range(3):
             room.emit("reconnecting")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(100 * MS)
             room.emit("reconnected")
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1500 * MS)  # past the 1 s bound: an alarm armed by mistake would fire
         assert watch.alarms == []
     finally:
         await watch.aclose()
@@ -84,7 +84,7 @@ async def test_ghost_room_remote_audio_liveness():
         while True:
             await frames_flow.wait()
             yield object()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(50 * MS)
 
     async def consume():
         async for _ in watch.audio(frames()):
@@ -93,10 +93,10 @@ async def test_ghost_room_remote_audio_liveness():
     consumer = asyncio.ensure_future(consume())
     try:
         room.emit("connection_state_changed", CS.CONN_CONNECTED)
-        await asyncio.sleep(1.0)  # no remote audio track yet: liveness not armed
+        await asyncio.sleep(1000 * MS)  # no remote audio track yet: liveness not armed
         assert watch.alarms == []
         room.emit("track_subscribed", track, pub, None)
-        await asyncio.sleep(1.0)  # frames flowing
+        await asyncio.sleep(1000 * MS)  # frames flowing
         assert watch.alarms == []
         # Variant B: the state still reads connected, but no frames arrive
         frames_flow.clear()
@@ -117,10 +117,10 @@ async def test_no_liveness_alarm_while_reconnecting_or_unsubscribed():
         room.emit("connection_state_changed", CS.CONN_CONNECTED)
         room.emit("track_subscribed", track, pub, None)
         room.emit("track_unsubscribed", track, pub, None)
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(800 * MS)  # past the 0.3 s limit: an unsubscribed track is not watched
         room.emit("track_subscribed", track, pub, None)
         room.emit("connection_state_changed", CS.CONN_RECONNECTING)  # silence is expected here
-        await asyncio.sleep(0.8)
+        await asyncio.sleep(800 * MS)
         assert watch.alarms == []
     finally:
         await watch.aclose()
