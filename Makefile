@@ -16,8 +16,8 @@ GETSTREAM_OLD := 3.3.1
 GETSTREAM_NEW := 7.0.0
 GETSTREAM_RTC := 0.1.0
 PIPECAT := 1.14.0
-# one livekit-agents release per supported minor besides the venv's (tests/integrations/
-# test_livekit_versions.py); 2.0 imports a few packages 1.x does not depend on
+# one livekit-agents release per supported minor besides the venv's (tests/integrations/livekit/
+# test_releases.py); 2.0 imports a few packages 1.x does not depend on
 LIVEKIT_OLD := 1.5.17 1.6.10 1.7.1 2.0.0b1
 LIVEKIT_2_EXTRA := starlette wsproto a2a-sdk>=1.1.2,<2 culsans aiologic wrapt google-api-core json-rpc
 SOURCES := $(shell find src crates python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml

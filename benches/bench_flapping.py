@@ -1,7 +1,7 @@
 """Delivery under a flapping server: no resolved send may be lost.
 
 A client sends N numbered messages through `tether.connect` to a raw asyncio server built on the `websockets`
-Sans-I/O protocol (tests/_flapping_server.py) that crashes after a random 10-250 frames (TCP reset, bare FIN,
+Sans-I/O protocol (tests/support/flapping_server.py) that crashes after a random 10-250 frames (TCP reset, bare FIN,
 or close 1011) and comes back on the same port: about one crash per 130 frames. The client keeps up to
 `in flight` awaited sends going at a time (`pacing` between windows), then `flush()`es. Per configuration
 and seed it prints:
@@ -31,7 +31,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 
 import tether
-from _flapping_server import FlappingServer, numbered_run
+from support.flapping_server import FlappingServer, numbered_run
 
 QUICK = os.environ.get("QUICK") == "1"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from support.netns import netns  # noqa: F401 (a fixture: a network namespace for kernel black holes)
 
 
 @pytest.fixture
@@ -17,21 +18,6 @@ def tether_logs(caplog):
     yield caplog
     logging.getLogger("tether").setLevel(logging.NOTSET)
     tether.sync_log_level()
-
-
-def records(caplog, logger_prefix="tether"):
-    return [r for r in caplog.records if r.name.startswith(logger_prefix)]
-
-
-def returns_at_once(aw) -> bool:
-    """Whether awaiting the native coroutine ``aw`` returns at its first step, with no waiting (it is
-    used up either way: closed if it would wait)."""
-    try:
-        aw.send(None)
-    except StopIteration:
-        return True
-    aw.close()
-    return False
 
 
 # At the end of a run, one line per framework release the integration tests ran against (or skipped), so
@@ -54,22 +40,24 @@ def _aside(prefix: str) -> str:
 
 
 def _release(nodeid: str) -> str | None:
-    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
-    if name == "test_livekit_versions.py":
-        m = re.search(r"\[(.+)\]", nodeid)
-        return f"livekit-agents {m.group(1)}" if m else None
-    if name in ("test_livekit_server.py", "test_livekit_room.py", "test_livekit_dispatch.py"):
-        return f"livekit-agents {_venv_version('livekit-agents')}"
-    if name == "test_getstream.py":
+    parts = nodeid.split("::")[0].split("/")
+    folder, name = (parts[-2] if len(parts) > 1 else ""), parts[-1]
+    if folder == "livekit":
+        if name == "test_releases.py":
+            m = re.search(r"\[(.+)\]", nodeid)
+            return f"livekit-agents {m.group(1)}" if m else None
+        if name in ("test_agent_server.py", "test_room.py", "test_dispatch.py"):
+            return f"livekit-agents {_venv_version('livekit-agents')}"
+    if name == "test_signaling.py":
         if "test_older_getstream" in nodeid:
             return f"getstream {_aside('getstream')}"
         return f"getstream {_venv_version('getstream')}"
-    if name == "test_getstream7.py":
+    if name == "test_call_watch.py":
         # two of its tests check the refusal in this venv's older getstream; the rest run 7.x aside
         if "refuses_other_versions" in nodeid or "names_why_it_cannot_watch" in nodeid:
             return f"getstream {_venv_version('getstream')}"
         return f"getstream {_aside('getstream7')}"
-    if name == "test_pipecat.py":
+    if folder == "pipecat":
         return f"pipecat-ai {_aside('pipecat')}"
     return None
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..testing._timeline_html import Section, ms, page
 from ._timeline import Skip, Timeline
 
-# Scenarios run in this order (each name is a module here: tests/test_demo.py checks it); any other
+# Scenarios run in this order (each name is a module here: tests/demo/test_demo.py checks it); any other
 # module found here runs after them, alphabetically.
 ORDER = [
     "flapping",

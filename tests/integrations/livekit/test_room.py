@@ -1,0 +1,142 @@
+"""watch_room on a real livekit.rtc.Room, driven by emitting the events the Room emits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+rtc = pytest.importorskip("livekit.rtc", reason="livekit (rtc) is not installed")
+track_pb2 = pytest.importorskip("livekit.rtc._proto.track_pb2")
+
+from support import MS, eventually  # noqa: E402
+from tether.integrations import livekit  # noqa: E402
+
+CS = rtc.ConnectionState
+
+
+def remote_audio(sid: str = "TR_audio"):
+    ot = track_pb2.OwnedTrack()
+    ot.info.sid, ot.info.kind, ot.info.name = sid, track_pb2.KIND_AUDIO, "mic"
+    op = track_pb2.OwnedTrackPublication()
+    op.info.sid, op.info.kind = sid, track_pb2.KIND_AUDIO
+    return rtc.RemoteAudioTrack(ot), rtc.RemoteTrackPublication(op)
+
+
+async def test_stuck_reconnecting_raises_dwell_alarm_and_disconnects_bounded(caplog):
+    caplog.set_level(logging.INFO, logger="livekit.agents")
+    room = rtc.Room()
+    hang = asyncio.Event()
+    calls = []
+
+    async def wedged_disconnect(**_):  # room.disconnect() never returns in the wedged state
+        calls.append(1)
+        await hang.wait()
+
+    room.disconnect = wedged_disconnect
+    watch = livekit.watch_room(room, reconnecting_timeout=0.3, audio_timeout=None, disconnect_timeout=0.5)
+    try:
+        room.emit("connection_state_changed", CS.CONN_CONNECTED)
+        room.emit("connection_state_changed", CS.CONN_RECONNECTING)
+        await eventually(lambda: watch.alarms)
+        assert watch.alarms[0].kind == "dwell" and watch.alarms[0].name == "reconnecting"
+        await asyncio.wait_for(watch.wait_disconnected(), 10)  # bounded although disconnect hangs
+        assert calls == [1]
+        warnings = [r for r in caplog.records if r.name == "livekit.agents" and r.levelno == logging.WARNING]
+        # one line per alarm (on any logger), under the framework's
+        alarm_lines = [r for r in caplog.records if "stuck in" in r.getMessage() and r.levelno >= logging.WARNING]
+        assert [r.name for r in alarm_lines] == ["livekit.agents"], [(r.name, r.getMessage()) for r in alarm_lines]
+        assert '"reconnecting"' in alarm_lines[0].getMessage()
+        assert any("disconnect did not complete" in r.getMessage() for r in warnings)
+    finally:
+        await watch.aclose()
+
+
+async def test_reconnect_within_the_bound_raises_nothing():
+    room = rtc.Room()
+    watch = livekit.watch_room(room, reconnecting_timeout=1.0, audio_timeout=None)
+    try:
+        for _ in range(3):
+            room.emit("reconnecting")
+            await asyncio.sleep(100 * MS)
+            room.emit("reconnected")
+        await asyncio.sleep(1500 * MS)  # past the 1 s bound: an alarm armed by mistake would fire
+        assert watch.alarms == []
+    finally:
+        await watch.aclose()
+
+
+async def test_ghost_room_remote_audio_liveness():
+    room = rtc.Room()
+    disconnected = []
+
+    async def disconnect(**_):
+        disconnected.append(1)
+
+    room.disconnect = disconnect
+    watch = livekit.watch_room(room, reconnecting_timeout=30, audio_timeout=0.5)
+    track, pub = remote_audio()
+    frames_flow = asyncio.Event()
+    frames_flow.set()
+
+    async def frames():
+        while True:
+            await frames_flow.wait()
+            yield object()
+            await asyncio.sleep(50 * MS)
+
+    async def consume():
+        async for _ in watch.audio(frames()):
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    try:
+        room.emit("connection_state_changed", CS.CONN_CONNECTED)
+        await asyncio.sleep(1000 * MS)  # no remote audio track yet: liveness not armed
+        assert watch.alarms == []
+        room.emit("track_subscribed", track, pub, None)
+        await asyncio.sleep(1000 * MS)  # frames flowing
+        assert watch.alarms == []
+        # Variant B: the state still reads connected, but no frames arrive
+        frames_flow.clear()
+        await eventually(lambda: watch.alarms)
+        assert watch.alarms[0].kind == "liveness" and watch.alarms[0].name == "remote audio"
+        await asyncio.wait_for(watch.wait_disconnected(), 10)
+        assert disconnected == [1]
+    finally:
+        consumer.cancel()
+        await watch.aclose()
+
+
+async def test_no_liveness_alarm_while_reconnecting_or_unsubscribed():
+    room = rtc.Room()
+    watch = livekit.watch_room(room, reconnecting_timeout=30, audio_timeout=0.3, disconnect=False)
+    track, pub = remote_audio()
+    try:
+        room.emit("connection_state_changed", CS.CONN_CONNECTED)
+        room.emit("track_subscribed", track, pub, None)
+        room.emit("track_unsubscribed", track, pub, None)
+        await asyncio.sleep(800 * MS)  # past the 0.3 s limit: an unsubscribed track is not watched
+        room.emit("track_subscribed", track, pub, None)
+        room.emit("connection_state_changed", CS.CONN_RECONNECTING)  # silence is expected here
+        await asyncio.sleep(800 * MS)
+        assert watch.alarms == []
+    finally:
+        await watch.aclose()
+
+
+async def test_on_alarm_callback_and_detach():
+    room = rtc.Room()
+    seen = []
+
+    async def on_alarm(alarm):
+        seen.append(alarm.kind)
+
+    watch = livekit.watch_room(room, reconnecting_timeout=0.2, audio_timeout=None, on_alarm=on_alarm, disconnect=False)
+    room.emit("connection_state_changed", CS.CONN_RECONNECTING)
+    await eventually(lambda: seen)
+    assert seen == ["dwell"]
+    await watch.aclose()
+    room.emit("connection_state_changed", CS.CONN_CONNECTED)  # detached: no handler left, no error
+    assert all(len(room._events.get(e, {})) == 0 for e in ("connection_state_changed", "track_subscribed"))

@@ -1,0 +1,97 @@
+"""What the tests share: one timing unit, one way to wait for a condition, the connection and pool
+profiles, and small readers of what tether reports. The fake servers are the modules beside this one.
+
+Importing this module imports nothing heavy (not even tether): the integration scenarios, run as scripts
+in subprocesses against framework releases installed aside, import the fakes from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# The timing unit. A scenario's own waits (a server that stays silent, a deadline that must pass, a
+# profile's ping interval) are written as multiples of it. Waiting for something to happen is not a
+# scenario wait: use `eventually`, an asyncio.Event or an event stream instead of a sleep.
+MS = 0.001
+
+# How long `eventually` waits by default: far longer than anything should take, so that a slow, shared
+# 2-core box does not fail a test that is right; a wrong test still fails, just later.
+DEADLINE = 10.0
+
+# A connection that notices a loss and reconnects within a second or so: pings every 200 ms, an answer
+# due 500 ms after, a handshake or close bounded by 2 s / 500 ms. Tests whose scenario needs other
+# values say so next to the override.
+FAST = dict(ping_interval=200 * MS, ping_timeout=500 * MS, open_timeout=2000 * MS, close_timeout=500 * MS)
+
+
+def policy(**kw: Any) -> Any:
+    """A reconnect policy that retries fast and deterministically (no jitter): 20 ms doubling up to
+    100 ms, unless overridden (``initial``, ``factor``, ``max_delay``, any other ``Backoff`` argument)."""
+    import tether
+
+    kw.setdefault("jitter", "none")
+    return tether.Backoff(
+        kw.pop("initial", 20 * MS), kw.pop("factor", 2.0), max_delay=kw.pop("max_delay", 100 * MS), **kw
+    )
+
+
+def respawn() -> Any:
+    """A ProcPool respawn policy: 50 ms doubling up to 500 ms, no jitter."""
+    import tether
+
+    return tether.Backoff(50 * MS, 2, max_delay=500 * MS, jitter="none")
+
+
+async def eventually(predicate: Callable[[], T], timeout: float = DEADLINE, *, what: str | None = None) -> T:
+    """Wait until ``predicate()`` returns something truthy and return it; fail the test with an
+    AssertionError naming ``what`` if that has not happened within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"not within {timeout}s: {what or getattr(predicate, '__name__', predicate)}")
+        await asyncio.sleep(10 * MS)
+
+
+def first_of(items: list[Any], kind: type | tuple[type, ...]) -> Any:
+    """The first item of ``items`` that is a ``kind``, or None."""
+    return next((x for x in items if isinstance(x, kind)), None)
+
+
+async def collect(stream: AsyncIterable[Any], into: list[Any]) -> None:
+    """Append every item of ``stream`` to ``into``. Pass a stream that already subscribed (an event
+    stream subscribes when ``events()`` is called), so nothing between the call and the task's first
+    step is missed."""
+    async for item in stream:
+        into.append(item)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` is alive and not a zombie (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def records(caplog: Any, logger_prefix: str = "tether") -> list[Any]:
+    return [r for r in caplog.records if r.name.startswith(logger_prefix)]
+
+
+def returns_at_once(aw: Any) -> bool:
+    """Whether awaiting the native coroutine ``aw`` returns at its first step, with no waiting (it is
+    used up either way: closed if it would wait)."""
+    try:
+        aw.send(None)
+    except StopIteration:
+        return True
+    aw.close()
+    return False
