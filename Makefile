@@ -20,7 +20,7 @@ PIPECAT := 1.14.0
 # test_releases.py); 2.0 imports a few packages 1.x does not depend on
 LIVEKIT_OLD := 1.5.17 1.6.10 1.7.1 2.0.0b1
 LIVEKIT_2_EXTRA := starlette wsproto a2a-sdk>=1.1.2,<2 culsans aiologic wrapt google-api-core json-rpc
-SOURCES := $(shell find src python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
+SOURCES := $(shell find src crates python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
 .PHONY: demo test test-rust test-python lint build wheel bench clean venv
 
@@ -31,8 +31,8 @@ test: test-rust test-python
 
 # The gates CI runs before the tests (.ci/run). PYO3_PYTHON points pyo3's build script at the venv.
 lint: build
-	cargo fmt --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	PYO3_PYTHON=$(CURDIR)/$(PY) cargo clippy --locked --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -40,7 +40,7 @@ lint: build
 	$(PY) -m mypy.stubtest tether._native --allowlist stubtest-allowlist.txt
 
 test-rust:
-	cargo test --locked
+	cargo test --locked --workspace
 
 test-python: build $(INTEG_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

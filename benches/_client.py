@@ -11,6 +11,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import resource
 import sys
 import time
@@ -144,6 +145,63 @@ async def flood(lib: str, base: str, n: str = "100000", size: str = "1024") -> d
     return {"msg_s": got / dt, "received": got}
 
 
+def signaling_messages(n: int = 64) -> list[str]:
+    """n different JSON signaling messages of 2-4 KiB: SDP offers and answers with their ICE candidates, as a
+    voice agent's signaling channel carries them (random ids, keys and addresses, so not one repeated text)."""
+    rng = random.Random(7)
+    out = []
+    for i in range(n):
+        tok = lambda k: "".join(rng.choice("0123456789abcdef") for _ in range(k))  # noqa: E731
+        lines = ["v=0", f"o=- {rng.getrandbits(62)} 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=group:BUNDLE 0 1"]
+        for mid, kind in enumerate(("audio", "video")):
+            lines += [f"m={kind} 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8", f"a=ice-ufrag:{tok(8)}", f"a=ice-pwd:{tok(24)}"]
+            lines.append("a=fingerprint:sha-256 " + ":".join(tok(2).upper() for _ in range(32)))
+            lines += [f"a=mid:{mid}", "a=sendrecv", f"a=msid:- {tok(36)}", "a=rtcp-mux"]
+            lines += [f"a=rtpmap:{pt} {c}" for pt, c in ((111, "opus/48000/2"), (63, "red/48000/2"), (9, "G722/8000"))]
+            lines += [f"a=extmap:{e} urn:ietf:params:rtp-hdrext:ext-{e}" for e in range(1, 3 + rng.randrange(9))]
+            lines += [f"a=rtcp-fb:{pt} {fb}" for pt in (111, 63, 9) for fb in ("transport-cc", "nack", "nack pli")]
+            lines.append(f"a=ssrc:{rng.getrandbits(32)} cname:{tok(16)}")
+        candidates = [
+            {
+                "candidate": f"candidate:{rng.getrandbits(32)} 1 udp {rng.getrandbits(31)} 10.{rng.randrange(256)}."
+                f"{rng.randrange(256)}.{rng.randrange(256)} {rng.randrange(1024, 65536)} typ host generation 0",
+                "sdpMid": str(rng.randrange(2)),
+                "sdpMLineIndex": 0,
+            }
+            for _ in range(rng.randrange(2, 9))
+        ]
+        kind = "offer" if i % 2 == 0 else "answer"
+        out.append(json.dumps({"id": i, kind: {"type": kind, "sdp": "\r\n".join(lines)}, "candidates": candidates}))
+    return out
+
+
+async def signaling(lib: str, base: str, seconds: str = "1.0") -> dict:
+    """Request/response of JSON signaling messages through a server that compresses (permessage-deflate):
+    send one, await its echo, repeat; round trips per second and client CPU per round trip."""
+    msgs = signaling_messages()
+    c = await open_conn(lib, base + "/echo")
+    send, recv = c.send_text, c.recv
+    for m in msgs:
+        await send(m)
+        await recv()
+    n = 0
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    deadline = t0 + float(seconds)
+    while True:
+        for m in msgs[n % 64 : n % 64 + 16]:
+            await send(m)
+            if text_of(await recv()) != m:
+                raise SystemExit("signaling: the echo differs from the message")
+        n += 16
+        if time.perf_counter() >= deadline:
+            break
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    await c.close()
+    return {"msg_s": n / wall, "cpu_us": cpu / n * 1e6}
+
+
 def raise_fd_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -240,7 +298,7 @@ async def herd(lib: str, base: str, n: str = "1000") -> dict:
     return {"closed": n_}
 
 
-WORKLOADS = {f.__name__: f for f in (echo, send, paced, flood, idle, unstarted, herd)}
+WORKLOADS = {f.__name__: f for f in (echo, send, paced, flood, signaling, idle, unstarted, herd)}
 
 
 async def main() -> None:

@@ -2,7 +2,9 @@
 that no ratio depends on the server's library (`SERVER=websockets`). Same paths, same stdin/stdout protocol.
 
 Its own per-message cost is higher than picows', so on 2 cores it caps the send and echo figures of the fastest
-clients sooner; compression is off (the picows server negotiates none either).
+clients sooner; compression is off (the picows server negotiates none either), unless it is started with the
+argument `deflate`: then it agrees to permessage-deflate as websockets does by default (the harness runs such a
+second server for the compressed signaling workload).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ async def handler(ws: ServerConnection) -> None:
 
 async def main() -> None:
     loop = asyncio.get_running_loop()
-    async with serve(handler, "127.0.0.1", 0, compression=None, backlog=4096) as server:
+    compression = "deflate" if sys.argv[1:] == ["deflate"] else None
+    async with serve(handler, "127.0.0.1", 0, compression=compression, backlog=4096) as server:
         print(f"PORT {server.sockets[0].getsockname()[1]}", flush=True)
         await loop.run_in_executor(None, sys.stdin.read)  # the harness closes our stdin to stop us
 

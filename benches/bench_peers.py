@@ -1,7 +1,8 @@
 """tether against the pure-Python and Cython WebSocket clients it should replace.
 
 One server process (benches/_server.py, written with picows, that none of the clients wrote) runs on loopback
-for the whole run. Every measurement runs in a fresh client process (benches/_client.py), every client with its
+for the whole run; the compressed signaling workload talks to a second one, written with websockets, that agrees
+to permessage-deflate (picows has no compression). Every measurement runs in a fresh client process (benches/_client.py), every client with its
 library's default settings. Each workload is repeated ROUNDS times; in each round the clients run in a rotated
 order, and the tether/peer ratio is taken within the round. The summary gives min / median / max over the
 rounds and checks each goal on the median ratio.
@@ -35,6 +36,7 @@ CLIENTS = [x for x in os.environ.get("LIBS", ",".join(LIBS)).split(",") if x]
 HERD_N = int(os.environ.get("HERD", "200" if QUICK else "1000"))
 SERVERS = {"picows": "_server.py", "websockets": "_server_websockets.py"}
 SERVER = os.environ.get("SERVER", "picows")
+BUSY = os.environ.get("BUSY") == "1"
 CHILD_TIMEOUT = 180.0
 FAILURES: list[str] = []  # measurements that gave no figure: the run exits non-zero
 
@@ -68,6 +70,10 @@ class Workload:
     args: dict
     metrics: list[Metric]
     goals: list[Goal] = field(default_factory=list)
+    # "deflate": the websockets server that agrees to permessage-deflate, instead of the run's server
+    server: str = "main"
+    # the clients that take part (None: all of LIBS), for a workload only some do with default settings
+    libs: tuple[str, ...] | None = None
 
 
 LAT = [Metric("p50", "p50", "µs", False), Metric("p99", "p99", "µs", False)]
@@ -81,8 +87,8 @@ WORKLOADS = [
         {"n": scale(3000, 300)},
         LAT,
         [
+            Goal("p50", "picows", "<=", 1.0, "echo p50 ≤ picows"),
             Goal("p50", "websockets", "<=", 1.0, "echo p50 ≤ websockets"),
-            Goal("p50", "picows", "<=", 1.5, "stretch: echo p50 ≤ 1.5× picows"),
         ],
     ),
     Workload(
@@ -91,7 +97,10 @@ WORKLOADS = [
         "`await send()` one by one, 32 B (rate counted at the server)",
         {"seconds": scale(1.0, 0.2)},
         RATE,
-        [Goal("msg_s", "websockets", ">=", 1.0, "send rate ≥ websockets")],
+        [
+            Goal("msg_s", "picows", ">=", 1.0, "send rate ≥ picows"),
+            Goal("msg_s", "websockets", ">=", 1.0, "send rate ≥ websockets"),
+        ],
     ),
     Workload(
         "paced",
@@ -99,7 +108,10 @@ WORKLOADS = [
         "paced stream, 1 msg/ms of 32 B, CPU time of the client process per message",
         {"seconds": scale(3.0, 0.5)},
         [Metric("cpu_us", "cpu/msg", "µs", False)],
-        [Goal("cpu_us", "websockets", "<=", 1.0, "paced CPU per message ≤ websockets")],
+        [
+            Goal("cpu_us", "picows", "<=", 1.0, "paced CPU per message ≤ picows"),
+            Goal("cpu_us", "websockets", "<=", 1.0, "paced CPU per message ≤ websockets"),
+        ],
     ),
     Workload(
         "flood",
@@ -107,7 +119,7 @@ WORKLOADS = [
         "server flood of 1 KiB messages consumed with `async for`",
         {"n": scale(200_000, 20_000), "size": 1024},
         RATE,
-        [Goal("msg_s", "picows", ">=", 1.0, "flood 1 KiB ≥ picows")],
+        [Goal("msg_s", "picows", ">=", 1.5, "flood 1 KiB ≥ 1.5× picows")],
     ),
     Workload(
         "flood",
@@ -115,7 +127,24 @@ WORKLOADS = [
         "server flood of 32 B messages consumed with `async for`",
         {"n": scale(500_000, 50_000), "size": 32},
         RATE,
-        [Goal("msg_s", "websockets", ">=", 6.0, "flood 32 B ≥ 6× websockets")],
+        [
+            Goal("msg_s", "picows", ">=", 1.0, "flood 32 B ≥ picows"),
+            Goal("msg_s", "websockets", ">=", 6.0, "flood 32 B ≥ 6× websockets"),
+        ],
+    ),
+    Workload(
+        "signaling",
+        "compressed JSON signaling, 2-3 KiB request/response",
+        "JSON signaling of 2-3 KiB, request/response (send, await the echo) through a server that agrees to"
+        " permessage-deflate; only the clients that offer it by default (picows has none, aiohttp's is off)",
+        {"seconds": scale(2.0, 0.4)},
+        [Metric("msg_s", "rate", "msg/s", True), Metric("cpu_us", "cpu/msg", "µs", False)],
+        [
+            Goal("msg_s", "websockets", ">=", 1.0, "compressed signaling rate ≥ websockets"),
+            Goal("cpu_us", "websockets", "<=", 1.0, "compressed signaling CPU per round trip ≤ websockets"),
+        ],
+        server="deflate",
+        libs=("tether", "websockets"),
     ),
     Workload(
         "idle",
@@ -123,7 +152,10 @@ WORKLOADS = [
         f"memory per idle connection, {scale(1000, 200)} connections (RSS delta / n, fresh process)",
         {"n": scale(1000, 200)},
         [Metric("kib", "memory", "KiB", False)],
-        [Goal("kib", "picows", "<=", 1.0, "memory per idle connection ≤ picows")],
+        [
+            Goal("kib", "websockets", "<=", 1.0, "memory per idle connection ≤ websockets"),
+            Goal("kib", "picows", "<=", 1.0, "memory per idle connection ≤ picows"),
+        ],
     ),
 ]
 
@@ -154,8 +186,8 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
         proc.wait()
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([PY, str(HERE / SERVERS[SERVER])], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def start_server(script: str, *args: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([PY, str(HERE / script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     line = read_line(proc, 30.0)
     if not line or not line.startswith("PORT "):
         stop(proc, 5)
@@ -199,9 +231,9 @@ def three(xs: list[float], unit: str = "") -> str:
     return f"{fmt(min(xs), unit)} / {fmt(statistics.median(xs), unit)} / {fmt(max(xs), unit)}"
 
 
-def rotated(r: int) -> list[str]:
-    k = r % len(CLIENTS)
-    return CLIENTS[k:] + CLIENTS[:k]
+def rotated(clients: list[str], r: int) -> list[str]:
+    k = r % len(clients)
+    return clients[k:] + clients[:k]
 
 
 def holds(op: str, ratio: float, factor: float) -> bool:
@@ -212,21 +244,28 @@ TABLE: list[tuple[str, dict[str, float | None], str]] = []  # rows of the closin
 
 
 def run_workload(w: Workload, base: str) -> None:
-    peers = [c for c in CLIENTS if c != "tether"]
+    clients = [c for c in CLIENTS if w.libs is None or c in w.libs]
+    if not clients:
+        return
+    peers = [c for c in clients if c != "tether"]
     better = {m.key: "higher" if m.higher_is_better else "lower" for m in w.metrics}
     print(f"\n== {w.title}  [{', '.join(f'{m.label}: {better[m.key]} is better' for m in w.metrics)}]", flush=True)
-    values: dict[str, dict[str, list[float]]] = {m.key: {c: [] for c in CLIENTS} for m in w.metrics}
+    values: dict[str, dict[str, list[float]]] = {m.key: {c: [] for c in clients} for m in w.metrics}
     ratios: dict[str, dict[str, list[float]]] = {m.key: {p: [] for p in peers} for m in w.metrics}
+    tether_threads: list[tuple[int, int]] = []  # (before, after) the connections, per round
     for r in range(ROUNDS):
-        order = rotated(r)
+        order = rotated(clients, r)
         res = {lib: run_child(lib, w.child, base, w.args) for lib in order}
+        t = res.get("tether") or {}
+        if "threads_before" in t:
+            tether_threads.append((int(t["threads_before"]), int(t["threads_after"])))
         print(f"  round {r + 1} (order: {' > '.join(order)})", flush=True)
         for m in w.metrics:
-            got = {lib: (res[lib] or {}).get(m.key) for lib in CLIENTS}
+            got = {lib: (res[lib] or {}).get(m.key) for lib in clients}
             for lib, v in got.items():
                 if v is not None:
                     values[m.key][lib].append(v)
-            figs = "  ".join(f"{lib} {fmt(got[lib], m.unit)}" for lib in CLIENTS)
+            figs = "  ".join(f"{lib} {fmt(got[lib], m.unit)}" for lib in clients)
             line = f"    {m.label:8} {m.unit:6} {figs}"
             if got.get("tether") is not None:
                 rs = []
@@ -238,7 +277,7 @@ def run_workload(w: Workload, base: str) -> None:
                     line += "   | tether/ " + "  ".join(rs)
             print(line, flush=True)
         details = []
-        for lib in CLIENTS:
+        for lib in clients:
             extra = {k: round(v, 1) for k, v in (res[lib] or {}).items() if k not in values}
             if extra.get("received", 0) < extra.get("sent", 0):
                 extra["LOST"] = extra["sent"] - extra["received"]
@@ -248,7 +287,7 @@ def run_workload(w: Workload, base: str) -> None:
             print("    details: " + "; ".join(details), flush=True)
     print(f"  over {ROUNDS} rounds, min / median / max:")
     for m in w.metrics:
-        for lib in CLIENTS:
+        for lib in clients:
             print(f"    {m.label:8} {lib:11} {three(values[m.key][lib], m.unit)} {m.unit}")
         for p in peers:
             print(f"    {m.label:8} tether/{p:11} {three(ratios[m.key][p])}")
@@ -262,8 +301,15 @@ def run_workload(w: Workload, base: str) -> None:
             verdict = f"median ratio {med:.3f} -> {'MET' if holds(g.op, med, g.factor) else 'MISSED'}"
         print(f"  goal: {g.text} (tether/{g.peer} {g.op} {g.factor:g}): {verdict}", flush=True)
         goals.append(f"{g.text}: {verdict}")
+    if tether_threads:
+        # no thread per connection, and none started by connecting (the loop runs every connection)
+        constant = all(b == a for b, a in tether_threads)
+        seen = ", ".join(f"{b}->{a}" for b, a in tether_threads)
+        verdict = f"{seen} -> {'MET' if constant else 'MISSED'}"
+        print(f"  goal: threads constant as connections are opened (tether, per round): {verdict}", flush=True)
+        goals.append(f"threads constant: {verdict}")
     for m in w.metrics:
-        med = {lib: statistics.median(values[m.key][lib]) if values[m.key][lib] else None for lib in CLIENTS}
+        med = {lib: statistics.median(values[m.key][lib]) if values[m.key][lib] else None for lib in clients}
         TABLE.append((f"{w.short}, {m.label} ({m.unit})", med, "; ".join(goals) if m is w.metrics[0] else ""))
 
 
@@ -381,7 +427,7 @@ def run_herd(base: str) -> None:
 
 
 def print_table() -> None:
-    print("\n== medians (this run" + (", QUICK sizes" if QUICK else "") + ")\n")
+    print("\n== medians (this run" + (", QUICK sizes" if QUICK else "") + (", one core busy" if BUSY else "") + ")\n")
     print("| workload | " + " | ".join(CLIENTS) + " | goal |")
     print("|---" * (len(CLIENTS) + 2) + "|")
     for label, med, goal in TABLE:
@@ -391,6 +437,13 @@ def print_table() -> None:
             unit = "msg/s" if "msg/s" in label else ""
             cells.append(fmt(v, unit) if v is not None else "–")
         print(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+
+
+def busy_core() -> subprocess.Popen | None:
+    """A separate process that keeps one core busy (BUSY=1) for the whole run."""
+    if not BUSY:
+        return None
+    return subprocess.Popen([PY, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -403,17 +456,29 @@ def main() -> None:
     print(
         f"clients: {', '.join(CLIENTS)}; {ROUNDS} rounds; {'QUICK sizes; ' if QUICK else ''}"
         f"{os.cpu_count()} CPUs, load average {load:.2f} at start"
+        f"{'; one core kept busy by a separate process (BUSY=1)' if BUSY else ''}"
     )
-    server, base = start_server()
+    burner = busy_core()
+    server, base = start_server(SERVERS[SERVER])
+    deflate = None
     try:
         print(f"server: benches/{SERVERS[SERVER]} ({SERVER}) at {base}, pid {server.pid}")
+        bases = {"main": base}
         for w in WORKLOADS:
-            run_workload(w, base)
+            if w.server == "deflate" and "deflate" not in bases:
+                deflate, bases["deflate"] = start_server(SERVERS["websockets"], "deflate")
+                print(f"server: benches/{SERVERS['websockets']} deflate (permessage-deflate on) at {bases['deflate']}")
+            run_workload(w, bases[w.server])
         if "tether" in CLIENTS:
             run_unstarted(base)
         run_herd(base)
     finally:
         stop(server, 10)
+        if deflate is not None:
+            stop(deflate, 10)
+        if burner is not None:
+            burner.kill()
+            burner.wait()
     print_table()
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     if FAILURES:

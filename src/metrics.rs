@@ -320,19 +320,19 @@ impl LossKind {
     }
 
     /// The kind of a loss from the reason the loop reports (`ConnectionLost.reason`): the texts of
-    /// `tether.connect` (`ws`, `ws_protocol`, `ws_heartbeat`; the tests in this module feed each of
-    /// them), and for a `Reconnector` the exception's type, which its reason starts with.
+    /// `tether.connect` (`ws::protocol`, `ws::heartbeat`, `ws::error`; the tests in this module feed each
+    /// of them), and for a `Reconnector` the exception's type, which its reason starts with.
     pub fn classify(reason: &str) -> LossKind {
         let starts = |p: &str| reason.starts_with(p);
-        if starts(crate::ws_protocol::PING_TIMEOUT) {
+        if starts(crate::ws::protocol::PING_TIMEOUT) {
             LossKind::PingTimeout
-        } else if starts(crate::ws_heartbeat::HEARTBEAT_TIMEOUT) {
+        } else if starts(crate::ws::heartbeat::HEARTBEAT_TIMEOUT) {
             LossKind::HeartbeatTimeout
         } else if starts(PEER_CLOSE) {
             LossKind::CloseFrame
-        } else if reason == crate::ws::CLOSED_WITHOUT_CLOSE_FRAME {
+        } else if reason == crate::ws::error::CLOSED_WITHOUT_CLOSE_FRAME {
             LossKind::Eof
-        } else if reason == crate::ws::RESET_WITHOUT_CLOSE_FRAME {
+        } else if reason == crate::ws::error::RESET_WITHOUT_CLOSE_FRAME {
             LossKind::Reset
         } else if reason.contains(FAILED_BY_TETHER) {
             LossKind::ProtocolError
@@ -352,7 +352,7 @@ impl LossKind {
     }
 }
 
-/// How the texts of `ws::close_error` and `ws::read_error` say who ended the connection.
+/// How the texts of `ws::error` (`peer_close`, `violation`) say who ended the connection.
 const PEER_CLOSE: &str = "server closed the connection";
 const FAILED_BY_TETHER: &str = "tether closed the connection with 10";
 
@@ -701,6 +701,21 @@ impl Loop {
     }
 }
 
+/// What the protocol counts of a measured connection's losses.
+impl crate::ws::protocol::LossMeter for Loop {
+    fn ping_silence(&self, silence: Duration) {
+        self.detected(LossKind::PingTimeout, silence);
+    }
+
+    fn resent(&self, n: usize) {
+        Loop::resent(self, n);
+    }
+
+    fn failed_sends(&self, n: usize) {
+        Loop::failed_sends(self, n);
+    }
+}
+
 impl Source for Loop {
     fn observe(&self, instrument: Instrument, out: &mut Gauges) {
         if instrument == Instrument::Connections {
@@ -848,35 +863,32 @@ pub(crate) mod tests {
 
     #[test]
     fn every_loss_text_of_a_connection_has_its_kind() {
-        use crate::ws::{close_error, read_error, WsConfig, CLOSED_WITHOUT_CLOSE_FRAME, RESET_WITHOUT_CLOSE_FRAME};
-        use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-        use tokio_tungstenite::tungstenite::Error;
+        use crate::ws::error::{peer_close, violation, CLOSED_WITHOUT_CLOSE_FRAME, RESET_WITHOUT_CLOSE_FRAME};
+        use crate::ws::frame::Violation;
+        use crate::ws::heartbeat::{Beat, HeartbeatClock};
+        use crate::ws::WsConfig;
         let cfg = WsConfig::default();
         let kind = |e: crate::ws::WsError| LossKind::classify(&e.text);
-        let read = |e: Error| kind(read_error(e, &cfg).0);
-        let frame = |code: CloseCode, reason: &str| Some(CloseFrame { code, reason: reason.to_string().into() });
-        assert_eq!(kind(close_error(frame(CloseCode::Again, "restarting"), None, &cfg)), LossKind::CloseFrame);
-        assert_eq!(
-            kind(close_error(frame(CloseCode::Protocol, "Protocol violation"), None, &cfg)),
-            LossKind::CloseFrame
-        );
-        assert_eq!(kind(close_error(None, None, &cfg)), LossKind::CloseFrame);
+        assert_eq!(kind(peer_close(Some((1013, "restarting")), &cfg)), LossKind::CloseFrame);
+        assert_eq!(kind(peer_close(Some((1002, "Protocol violation")), &cfg)), LossKind::CloseFrame);
+        assert_eq!(kind(peer_close(None, &cfg)), LossKind::CloseFrame);
         // an invalid code read off the wire is named, and still a close frame
-        let invalid = close_error(frame(CloseCode::Protocol, "Protocol violation"), Some((999, String::new())), &cfg);
-        assert_eq!(kind(invalid), LossKind::CloseFrame);
+        assert_eq!(kind(violation(&Violation::InvalidCloseCode(999), &cfg)), LossKind::CloseFrame);
         assert_eq!(LossKind::classify(CLOSED_WITHOUT_CLOSE_FRAME), LossKind::Eof);
-        assert_eq!(read(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)), LossKind::Eof);
         assert_eq!(LossKind::classify(RESET_WITHOUT_CLOSE_FRAME), LossKind::Reset);
-        assert_eq!(read(Error::Io(std::io::ErrorKind::ConnectionReset.into())), LossKind::Reset);
-        assert_eq!(read(Error::Protocol(ProtocolError::NonZeroReservedBits)), LossKind::ProtocolError);
-        assert_eq!(read(Error::Utf8("bad".into())), LossKind::ProtocolError);
-        let big = CapacityError::MessageTooLong { size: 2, max_size: 1 };
-        assert_eq!(read(Error::Capacity(big)), LossKind::ProtocolError);
-        // the kernel's TCP_USER_TIMEOUT, on a read or (in the writer) a write
-        assert_eq!(read(Error::Io(std::io::ErrorKind::TimedOut.into())), LossKind::IoError);
-        assert_eq!(LossKind::classify("write error: IO error: Broken pipe (os error 32)"), LossKind::IoError);
-        // ping_timeout: the protocol's own texts (tested where it produces them); heartbeat_timeout: ws_heartbeat
+        assert_eq!(kind(violation(&Violation::Protocol("reserved bits".into()), &cfg)), LossKind::ProtocolError);
+        assert_eq!(kind(violation(&Violation::InvalidUtf8, &cfg)), LossKind::ProtocolError);
+        assert_eq!(kind(violation(&Violation::TooBig { size: 2, max: 1 }, &cfg)), LossKind::ProtocolError);
+        // the kernel's TCP_USER_TIMEOUT, on a read or a write
+        assert_eq!(LossKind::classify("read error: Connection timed out (os error 110)"), LossKind::IoError);
+        assert_eq!(LossKind::classify("write error: Broken pipe (os error 32)"), LossKind::IoError);
+        // the liveness rules' own texts
+        let t0 = std::time::Instant::now();
+        let mut hb = HeartbeatClock::new(Duration::from_secs(1), Duration::from_secs(1), t0);
+        hb.sent(t0 + Duration::from_secs(1));
+        let Beat::Lost { text, .. } = hb.poll(t0 + Duration::from_secs(2)) else { panic!("no loss") };
+        assert_eq!(LossKind::classify(&text), LossKind::HeartbeatTimeout);
+        let ping = format!("{} no answer to a ping within ping_timeout (5.000s)", crate::ws::protocol::PING_TIMEOUT);
+        assert_eq!(LossKind::classify(&ping), LossKind::PingTimeout);
     }
 }

@@ -11,7 +11,6 @@
 //! One monitor task per watchdog sleeps until the earliest deadline. Beats never wake it: it re-reads the
 //! timestamps when it wakes and goes back to sleep if they moved.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -19,32 +18,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlarmKind {
-    Dwell,
-    Progress,
-    Liveness,
-}
-
-impl AlarmKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlarmKind::Dwell => "dwell",
-            AlarmKind::Progress => "progress",
-            AlarmKind::Liveness => "liveness",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Alarm {
-    pub kind: AlarmKind,
-    /// The state (dwell) or key (liveness, progress).
-    pub name: String,
-    pub elapsed: Duration,
-    pub limit: Duration,
-    pub message: String,
-}
+use crate::watchdog_rules::{quiet_alarm, quiet_deadline, Dwell};
+pub use crate::watchdog_rules::{Alarm, AlarmKind};
 
 /// A liveness or progress deadline. Cheap to beat from any thread.
 #[derive(Debug)]
@@ -128,21 +103,14 @@ impl Timer {
             return None;
         }
         let last = self.last.load(Ordering::SeqCst);
-        (last != PAUSED).then(|| self.base + Duration::from_nanos(last) + self.limit)
+        (last != PAUSED)
+            .then(|| Instant::from_std(quiet_deadline((self.base + Duration::from_nanos(last)).into_std(), self.limit)))
     }
-}
-
-#[derive(Debug, Default)]
-struct StateTrack {
-    current: Option<String>,
-    entered: Option<Instant>,
-    fired: bool,
-    limits: HashMap<String, Duration>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    state: Mutex<StateTrack>,
+    state: Mutex<Dwell>,
     timers: Mutex<Vec<Arc<Timer>>>,
     wake: Notify,
     closed: AtomicBool,
@@ -173,7 +141,7 @@ impl Watchdog {
     pub fn new_on(name: &str, logger: Option<Arc<str>>, rt: &tokio::runtime::Handle) -> Watchdog {
         let (alarms, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
-            state: Mutex::new(StateTrack::default()),
+            state: Mutex::new(Dwell::default()),
             timers: Mutex::new(Vec::new()),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
@@ -209,24 +177,20 @@ impl Watchdog {
 
     /// Alarm when `state` stays current longer than `limit`.
     pub fn dwell(&self, state: &str, limit: Duration) {
-        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).limits.insert(state.to_string(), limit);
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).limit(state, limit);
         self.inner.wake.notify_one();
     }
 
     /// Enter `state` (re-entering the current state restarts its clock).
     pub fn set_state(&self, state: &str) {
-        {
-            let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.current = Some(state.to_string());
-            st.entered = Some(Instant::now());
-            st.fired = false;
-        }
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner()).enter(state, Instant::now().into_std());
         self.inner.wake.notify_one();
     }
 
     pub fn state(&self) -> Option<(String, Duration)> {
         let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        Some((st.current.clone()?, st.entered?.elapsed()))
+        let (current, entered) = st.current()?;
+        Some((current.to_string(), Instant::now().into_std().saturating_duration_since(entered)))
     }
 
     pub fn liveness(&self, key: &str, limit: Duration) -> Arc<Timer> {
@@ -275,10 +239,6 @@ impl Drop for Watchdog {
     }
 }
 
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
 fn fire(inner: &Inner, alarm: Alarm) {
     if let Some(labels) = &inner.metrics {
         crate::metrics::count(
@@ -310,35 +270,10 @@ async fn monitor(weak: Weak<Inner>) {
             return;
         }
         let now = Instant::now();
-        let mut next: Option<Instant> = None;
         let mut due: Vec<Alarm> = Vec::new();
-
-        {
-            let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let (Some(cur), Some(entered), false) = (st.current.clone(), st.entered, st.fired) {
-                if let Some(limit) = st.limits.get(&cur).copied() {
-                    let at = entered + limit;
-                    if now >= at {
-                        st.fired = true;
-                        let elapsed = now - entered;
-                        due.push(Alarm {
-                            kind: AlarmKind::Dwell,
-                            message: format!(
-                                "{}: stuck in {cur:?} for {} (limit {})",
-                                inner.name,
-                                secs(elapsed),
-                                secs(limit)
-                            ),
-                            name: cur,
-                            elapsed,
-                            limit,
-                        });
-                    } else {
-                        next = Some(at);
-                    }
-                }
-            }
-        }
+        let (dwell, at) = inner.state.lock().unwrap_or_else(|p| p.into_inner()).poll(now.into_std(), &inner.name);
+        due.extend(dwell);
+        let mut next: Option<Instant> = at.map(Instant::from_std);
         let fired_timers: Vec<Arc<Timer>> = {
             let timers = inner.timers.lock().unwrap_or_else(|p| p.into_inner());
             let mut f = vec![];
@@ -356,23 +291,7 @@ async fn monitor(weak: Weak<Inner>) {
         };
         for t in fired_timers {
             let elapsed = t.idle().unwrap_or(t.limit);
-            let what = match t.kind {
-                AlarmKind::Liveness => "no beat",
-                _ => "no progress",
-            };
-            due.push(Alarm {
-                kind: t.kind,
-                name: t.key.clone(),
-                elapsed,
-                limit: t.limit,
-                message: format!(
-                    "{}: {what} on {:?} for {} (limit {})",
-                    inner.name,
-                    t.key,
-                    secs(elapsed),
-                    secs(t.limit)
-                ),
-            });
+            due.push(quiet_alarm(t.kind, &t.key, elapsed, t.limit, &inner.name));
             t.stalled.notify_waiters();
         }
         // emit after releasing every lock (the log bridge may take the GIL)

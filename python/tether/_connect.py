@@ -1,4 +1,4 @@
-"""``tether.connect``: a supervised, reconnecting signaling WebSocket (native, tokio-tungstenite)."""
+"""``tether.connect``: a supervised, reconnecting signaling WebSocket (native, on the event loop's thread)."""
 
 from __future__ import annotations
 
@@ -194,6 +194,7 @@ def connect(
     logger: str | logging.Logger | None = None,
     final_close_codes: Iterable[int] = _DEFAULTS["final_close_codes"],
     connect_timeout: float | None = _DEFAULTS["connect_timeout"],
+    compression: str | None = _DEFAULTS["compression"],
 ) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
@@ -256,6 +257,14 @@ def connect(
     (64 MiB, or one message if larger); when Python does not read and it fills, the reader pauses and the
     peer is slowed down by TCP; pings keep going out meanwhile, so a black hole is still detected (by the
     kernel's TCP_USER_TIMEOUT on Linux).
+
+    ``compression`` (default ``"deflate"``): offer permessage-deflate (RFC 7692) as websockets does, and
+    use it if the server accepts; ``None`` turns it off. Data messages are then compressed, each with the
+    context of the ones before it on the same connection (a reconnect starts afresh, and re-sent messages
+    are compressed again); ping, pong and close frames never are. ``max_message_size`` bounds a received
+    message's inflated size, checked while inflating: a message that inflates past it (a deflate bomb)
+    is a 1009 loss, not memory growth. The compressor and the decompressor are allocated at the first
+    message each way that uses them: a connection that negotiated compression and stays idle holds none.
 
     ``read_buffer_size`` (default 4 KiB): the per-connection read buffer (it grows for a bigger
     message); ``write_buffer_size`` (default 16 KiB): written frames are buffered up to this size before
@@ -320,6 +329,7 @@ def connect(
             logger=logger,
             final_close_codes=final_close_codes,
             connect_timeout=connect_timeout,
+            compression=compression,
         )
     )
 

@@ -84,11 +84,7 @@ def _sync_result(result: Any, what: str) -> Any:
     return result
 
 
-async def _call(f: Callable[[], Any]) -> Any:
-    return _sync_result(f(), "the heartbeat message factory")
-
-
-async def _any_reply(is_reply: Callable[[str | bytes], Any], batch: Sequence[str | bytes]) -> bool:
+def _reply_in(is_reply: Callable[[str | bytes], Any], batch: Sequence[str | bytes]) -> bool:
     return any(_sync_result(is_reply(m), "is_reply") for m in batch)
 
 

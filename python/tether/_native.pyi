@@ -242,9 +242,11 @@ class Connection:
         logger: str | logging.Logger | None = None,
         final_close_codes: Iterable[int] | None = None,
         connect_timeout: float | None = ...,
+        compression: str | None = ...,
     ) -> Self:
         """Every argument left out (or None) takes its default, except ``connect_timeout``: left out it
-        is 30 s, None lifts the bound of the first connect (``policy`` alone bounds it)."""
+        is 30 s, None lifts the bound of the first connect (``policy`` alone bounds it); and
+        ``compression``: left out it is ``"deflate"``, None turns permessage-deflate off."""
     @staticmethod
     def defaults() -> dict[str, Any]: ...
     async def start(self) -> None: ...

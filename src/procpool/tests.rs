@@ -1,5 +1,5 @@
 use super::*;
-use crate::backoff::Jitter;
+use crate::backoff::{Backoff, Jitter};
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicU32;
 

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
 use crate::backoff::Backoff;
-use crate::ws_protocol::valid_close_code;
+use crate::ws::frame::close_code_allowed;
 
 use super::backoff::{count, non_negative_seconds, positive_seconds, PyBackoff};
 use super::errors::value_error;
@@ -77,7 +77,7 @@ impl<'a, 'py> Arg<'a, 'py> {
         })
     }
 
-    /// An iterable of close codes a server can send (`valid_close_code`): a code that can never arrive
+    /// An iterable of close codes a server can send (`close_code_allowed`): a code that can never arrive
     /// would make the setting silently do nothing.
     pub fn close_codes(&self, default: &[u16]) -> PyResult<Vec<u16>> {
         let Some(v) = self.value else { return Ok(default.to_vec()) };
@@ -99,7 +99,7 @@ impl<'a, 'py> Arg<'a, 'py> {
                     )))
                 }
             };
-            if !valid_close_code(code) {
+            if !close_code_allowed(code) {
                 return Err(value_error(format!(
                     "{name}: close code {code} never arrives from a server (RFC 6455 §7.4: 1004 and 1016-2999 are \
                      reserved, 1005 and 1006 only report a close without a code or without a close frame, 1015 a \

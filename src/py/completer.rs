@@ -241,9 +241,14 @@ thread_local! {
     static CURRENT: RefCell<Option<(Py<PyAny>, Arc<Completer>)>> = const { RefCell::new(None) };
 }
 
+/// The running loop of this thread ("no running event loop" when there is none).
+pub fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()
+}
+
 /// The running loop of this thread and its completer (created on first use, again after a fork).
 pub fn for_running_loop(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Arc<Completer>)> {
-    let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+    let event_loop = running_loop(py)?;
     let pid = super::runtime::pid();
     let hit = CURRENT.with(|cur| {
         cur.borrow().as_ref().filter(|(l, c)| l.as_ptr() == event_loop.as_ptr() && c.pid == pid).map(|(_, c)| c.clone())

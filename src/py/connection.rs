@@ -1,48 +1,23 @@
-//! `tether.connect` bindings: the supervised WebSocket.
+//! `tether.connect`: the `Connection` class and the checking of its options. The connection itself runs
+//! on the event loop (`py::ws`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::reconnect::Config;
 use crate::redact::redact_url;
-use crate::ws::{
-    port_of, SendError, Target, TargetFuture, TargetProvider, Terminal, WsClient, WsConfig, WsError,
-    DEFAULT_CONNECT_TIMEOUT,
-};
-use crate::ws_protocol::{Failed, Failure, Undelivered, MESSAGE_TOO_BIG};
-use crate::ws_tls::TrustSource;
+use crate::ws::deflate::Offer;
+use crate::ws::tls::TrustSource;
+use crate::ws::upgrade::Endpoint;
+use crate::ws::{WsConfig, WsError, DEFAULT_CONNECT_TIMEOUT};
 
 use super::args::{bound_or_none, Arg};
 use super::backoff::count;
-use super::convert::describe;
-use super::convert::{message_from_py, message_to_py};
-use super::errors::{
-    failed_message, value_error, CONNECTION_CLOSED, CONNECT_FAILED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED,
-};
+use super::errors::value_error;
 use super::events::EventStream;
-use super::handshake::{on_connect_hook, on_loop, LoopSlot};
-use super::heartbeat::heartbeat_config;
-
-/// The connection's metrics when an exporter is attached (`tether.metrics`): its `name=` (bounded,
-/// unlike the URL it defaults to in logs) and the host it connects to.
-fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>> {
-    let name = name.map(redact_url).unwrap_or_else(|| Config::default().name);
-    crate::metrics::labels(&[("name", &name), ("server.address", &crate::metrics::server_address(url))])
-        .map(crate::metrics::Loop::new)
-}
-
-/// Calls the user's `url_for(strategy, attempt)` (sync or async) for every attempt.
-struct PyTarget {
-    base: Target,
-    url_for: Option<Py<PyAny>>,
-    /// The loop `url_for`, `on_connect` and the heartbeat's callables run on (that of `start()`).
-    locals: LoopSlot,
-}
+use super::ws::{on_connect_spec, terminal_error, Conn, Hooks};
 
 fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     if h.is_none() {
@@ -55,30 +30,33 @@ fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     }
     .map_err(|_| PyTypeError::new_err("headers must be a dict of str to str or a list of (str, str) pairs"))?;
     for (k, v) in &items {
-        tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| value_error(format!("invalid header name {k:?}")))?;
-        tokio_tungstenite::tungstenite::http::HeaderValue::from_str(v)
+        http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| value_error(format!("invalid header name {k:?}")))?;
+        http::HeaderValue::from_str(v)
             .map_err(|_| value_error(format!("invalid value for header {k:?} (control characters?)")))?;
     }
     Ok(items)
 }
 
+/// The connection's metrics when an exporter is attached (`tether.metrics`): its `name=` (bounded,
+/// unlike the URL it defaults to in logs) and the host it connects to.
+fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>> {
+    let name = name.map(redact_url).unwrap_or_else(|| crate::retry_state::Config::default().name);
+    crate::metrics::labels(&[("name", &name), ("server.address", &crate::metrics::server_address(url))])
+        .map(crate::metrics::Loop::new)
+}
+
 fn check_url(url: &str) -> PyResult<()> {
-    let req = url
-        .into_client_request()
-        .map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))?;
-    match req.uri().scheme_str() {
-        Some("ws") | Some("wss") => {}
-        other => {
-            let got = other.map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
-            return Err(value_error(format!("URL scheme must be ws or wss, got {got} in {}", redact_url(url))));
-        }
+    let invalid = |e: String| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url)));
+    let uri: http::Uri = url.parse().map_err(|e| invalid(format!("{e}")))?;
+    if !matches!(uri.scheme_str(), Some("ws" | "wss")) {
+        let got = uri.scheme_str().map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
+        return Err(value_error(format!("URL scheme must be ws or wss, got {got} in {}", redact_url(url))));
     }
-    port_of(req.uri()).map(|_| ()).map_err(|e| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url))))
+    Endpoint::parse(url).map(drop).map_err(invalid)
 }
 
 /// What url_for returned: "url" or ("url", headers).
-fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
+pub(crate) fn parse_target(obj: &Bound<'_, PyAny>) -> Result<(String, Vec<(String, String)>), WsError> {
     let bad = || {
         WsError::fatal(format!(
             "url_for must return a URL str or (url, headers), got {}",
@@ -101,260 +79,13 @@ fn parse_target(obj: &Bound<'_, PyAny>) -> Result<Target, WsError> {
         return Err(bad());
     };
     check_url(&url).map_err(|e| WsError::fatal(format!("url_for returned an unusable URL: {e}")))?;
-    Ok(Target { url, headers })
-}
-
-impl TargetProvider for PyTarget {
-    fn target(&self, strategy: &str, attempt: u32) -> TargetFuture {
-        let Some(f) = &self.url_for else {
-            let t = self.base.clone();
-            return Box::pin(async move { Ok(t) });
-        };
-        // called on the event loop, like the other hooks: a sync url_for must not hold a tokio worker
-        let started = on_loop(&self.locals, "url_for", "_url_for", |py| {
-            PyTuple::new(
-                py,
-                [
-                    f.clone_ref(py),
-                    strategy.into_pyobject(py)?.into_any().unbind(),
-                    attempt.into_pyobject(py)?.into_any().unbind(),
-                ],
-            )
-        });
-        Box::pin(async move {
-            let obj = match started?.await {
-                Ok(o) => o,
-                Err(e) => {
-                    let text = super::with_python(|py| describe(py, &e)).unwrap_or_default();
-                    return Err(WsError::retry(format!("url_for raised {text}")));
-                }
-            };
-            super::try_with_python(WsError::fatal, |py| parse_target(obj.bind(py)))
-        })
-    }
-}
-
-#[pyclass(name = "Connection", module = "tether._native", frozen)]
-pub struct PyConnection {
-    client: Arc<WsClient>,
-    target: Arc<PyTarget>,
-    name: String,
-    /// One close shared by `close()` and `aclose()`, however often and concurrently they are called.
-    closing: Arc<tokio::sync::OnceCell<()>>,
-    /// Set synchronously by `start()`: the supervisor itself starts on a tokio thread a moment later.
-    started: AtomicBool,
-}
-
-/// The error of a connection that ended for good. Every one of them (whichever call raises it) carries
-/// what the connection never delivered: `.messages` (never confirmed, in send order, to re-send on
-/// another connection) and `.failures` (`FailedMessage`s no flush reported), and says how many in its
-/// text. `opened`: it was established at least once; a give-up of one that never was names its last
-/// failure `ConnectFailed` (a refused connect is no "closed").
-pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) -> PyErr {
-    let kw = match undelivered_kwargs(py, t.undelivered()) {
-        Ok(kw) => kw,
-        Err(e) => return e,
-    };
-    let left = undelivered_text(t.undelivered());
-    match t {
-        Terminal::Closed { .. } => {
-            let _ = kw.set_item("code", 1000);
-            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed{left}"), Some(&kw))
-        }
-        Terminal::PeerClosed { code, text, .. } => {
-            let _ = kw.set_item("code", *code);
-            let _ = kw.set_item("reason", text.as_str());
-            CONNECTION_CLOSED.err(
-                py,
-                &format!("connection to {name} ended: {text} (final_close_codes){left}"),
-                Some(&kw),
-            )
-        }
-        Terminal::GaveUp { message, attempts, elapsed, reason, last, .. } => {
-            // the last attempt's failure: what the server did, not what the connection left undelivered
-            let last_kw = PyDict::new(py);
-            let _ = last_kw.set_item("code", last.close_code);
-            let _ = last_kw.set_item("reason", last.text.as_str());
-            let _ = last_kw.set_item("http_status", last.http_status);
-            let class = if opened { &CONNECTION_CLOSED } else { &CONNECT_FAILED };
-            let last_err = class.err(py, &last.text, Some(&last_kw));
-            let _ = kw.set_item("attempts", *attempts);
-            let _ = kw.set_item("last_error", last_err.value(py));
-            let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
-            let _ = kw.set_item("reason", reason.as_str());
-            let _ = kw.set_item("name", name);
-            let e = GAVE_UP.err(py, &format!("{message}{left}"), Some(&kw));
-            e.set_cause(py, Some(last_err));
-            e
-        }
-    }
-}
-
-/// `messages=` and `failures=` of a terminal error.
-fn undelivered_kwargs<'py>(py: Python<'py>, u: &Undelivered) -> PyResult<Bound<'py, PyDict>> {
-    let kw = PyDict::new(py);
-    let messages: Vec<Py<PyAny>> = u.unconfirmed.iter().map(|(_, m)| message_to_py(py, m)).collect();
-    kw.set_item("messages", messages)?;
-    kw.set_item("failures", failed_messages(py, &u.failures)?)?;
-    Ok(kw)
-}
-
-/// What a terminal error's text says about `.messages` and `.failures` (counts and numbers, never payloads).
-fn undelivered_text(u: &Undelivered) -> String {
-    let (n, f) = (u.unconfirmed.len(), u.failures.len());
-    let mut parts = vec![];
-    if n > 0 {
-        let (first, last) = (u.unconfirmed[0].0, u.unconfirmed[n - 1].0);
-        let which = if n == 1 { format!("#{first}") } else { format!("#{first}..#{last}") };
-        parts.push(format!("{n} sent message(s) never confirmed by the server ({which}; .messages)"));
-    }
-    if f > 0 {
-        let shown: Vec<String> = u.failures.iter().take(LISTED).map(|f| format!("#{}", f.seq)).collect();
-        parts.push(format!(
-            "{f} failed and not reported by a flush ({}{}; .failures)",
-            shown.join(", "),
-            if f > LISTED { ", ..." } else { "" }
-        ));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("; not delivered: {}", parts.join(", "))
-    }
-}
-
-/// How `start()` ended, turned into None or the terminal error on the event loop thread.
-struct Started {
-    outcome: Result<(), Terminal>,
-    name: String,
-    opened: bool,
-}
-
-/// Whether the connection was ever established (its give-up then reports a `ConnectionClosed`).
-fn opened(client: &WsClient) -> bool {
-    client.stats().connects > 0
-}
-
-impl<'py> IntoPyObject<'py> for Started {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.outcome {
-            Ok(()) => Ok(py.None().into_bound(py)),
-            Err(t) => Err(terminal_error(py, &t, &self.name, self.opened)),
-        }
-    }
-}
-
-/// How a `send()` or `flush()` ended, turned into None or the exception on the event loop thread.
-/// Dropped unconverted (its task was cancelled after the outcome arrived), a failure it carries is given
-/// back to the connection, so the next flush or the end reports it.
-struct Delivered {
-    outcome: Result<(), SendError>,
-    name: String,
-    client: Arc<WsClient>,
-}
-
-impl<'py> IntoPyObject<'py> for Delivered {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match std::mem::replace(&mut self.outcome, Ok(())) {
-            Ok(()) => Ok(py.None().into_bound(py)),
-            Err(e) => Err(send_error(py, &e, &self.name, &self.client)),
-        }
-    }
-}
-
-impl Drop for Delivered {
-    fn drop(&mut self) {
-        if let Err(e) = std::mem::replace(&mut self.outcome, Ok(())) {
-            self.client.give_back(e);
-        }
-    }
-}
-
-fn send_error(py: Python<'_>, e: &SendError, name: &str, client: &WsClient) -> PyErr {
-    let cfg = client.config();
-    match e {
-        SendError::Ended(t) => terminal_error(py, t, name, opened(client)),
-        SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
-            "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
-            cfg.send_buffer), None),
-        SendError::TooBig { size, max } => value_error(format!(
-            "message of {size} bytes is larger than max_message_size ({max} bytes) of the connection to {name}"
-        )),
-        SendError::Rejected(f) => send_failed(py, std::slice::from_ref(f), name),
-        SendError::FlushFailed(fs) => send_failed(py, fs, name),
-    }
-}
-
-/// Failures listed in a `SendFailed`'s text; `.failures` and `.messages` carry every one.
-const LISTED: usize = 3;
-
-/// `tether.SendFailed` naming every failed message: `.failures` (seq, payload, reason, code, losses) and
-/// `.messages` (the payloads), in send order. The text shows reasons, never payloads.
-fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
-    let Some(first) = fs.first() else {
-        return SEND_FAILED.err(py, &format!("send to {name} failed"), None);
-    };
-    let failures = match failed_messages(py, fs) {
-        Ok(v) => v,
-        Err(e) => return e,
-    };
-    let shown: Vec<String> = fs.iter().take(LISTED).map(|f| format!("#{}: {}", f.seq, f.why.message())).collect();
-    let text = if fs.len() == 1 {
-        format!(
-            "send to {name} failed: message {}; it was removed from the send queue and will not be re-sent",
-            shown[0]
-        )
-    } else {
-        let more = fs.len().saturating_sub(LISTED);
-        format!(
-            "{} messages sent to {name} before flush() were removed from the send queue and will not be re-sent \
-             (.messages has them in send order): {}{}",
-            fs.len(),
-            shown.join("; "),
-            if more > 0 { format!("; and {more} more") } else { String::new() }
-        )
-    };
-    let kw = PyDict::new(py);
-    let (code, losses) = code_and_losses(&first.why);
-    let size = match &first.why {
-        Failure::TooBig { size, .. } | Failure::Poisoned { size, .. } => *size,
-    };
-    let _ = kw.set_item("size", size);
-    let _ = kw.set_item("code", code);
-    let _ = kw.set_item("losses", losses);
-    let _ = kw.set_item("failures", failures);
-    SEND_FAILED.err(py, &redact_url(&text), Some(&kw))
-}
-
-/// One `tether.FailedMessage` per failure, in the given order.
-fn failed_messages<'py>(py: Python<'py>, fs: &[Failed]) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    fs.iter()
-        .map(|f| {
-            let (code, losses) = code_and_losses(&f.why);
-            failed_message(py, f.seq, message_to_py(py, &f.msg), &f.why.message(), code, losses)
-        })
-        .collect()
-}
-
-fn code_and_losses(why: &Failure) -> (Option<u16>, Option<u32>) {
-    match why {
-        Failure::TooBig { .. } => (Some(MESSAGE_TOO_BIG), None),
-        Failure::Poisoned { losses, .. } => (None, Some(*losses)),
-    }
+    Ok((url, headers))
 }
 
 /// `ssl=`: "system", "bundled", a CA bundle path, an `ssl.SSLContext` (its CA certificates), or a
 /// list of these (trusted together).
 fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
-    use crate::ws_tls::TrustSource as T;
+    use crate::ws::tls::TrustSource as T;
     if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
         return if b.is_true() {
             Ok(vec![T::Bundled])
@@ -433,11 +164,29 @@ fn connect_timeout_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<std::time::Durat
     bound_or_none("connect_timeout", v)
 }
 
+/// `compression=`: "deflate" offers permessage-deflate, None turns it off (websockets' values).
+fn compression_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<Offer>> {
+    if v.is_none() {
+        return Ok(None);
+    }
+    match v.cast::<PyString>().map(|s| s.to_string()) {
+        Ok(s) if s == "deflate" => Ok(Some(Offer::default())),
+        Ok(s) => Err(value_error(format!("unsupported compression {s:?}: use \"deflate\" or None"))),
+        Err(_) => Err(PyTypeError::new_err("compression must be \"deflate\" or None")),
+    }
+}
+
+#[pyclass(name = "Connection", module = "tether._native", frozen)]
+pub struct PyConnection {
+    conn: Arc<Conn>,
+    name: String,
+}
+
 impl PyConnection {
     /// Before the connection was awaited or entered nothing would ever deliver a message or confirm a
     /// send: fail at once instead of waiting forever. A closed connection raises its terminal error.
     fn check_started(&self, what: &str) -> PyResult<()> {
-        if self.started.load(Ordering::SeqCst) || self.client.terminal().is_some() {
+        if self.conn.was_started() || self.conn.terminal().is_some() {
             return Ok(());
         }
         Err(PyRuntimeError::new_err(format!(
@@ -445,20 +194,6 @@ impl PyConnection {
              or `conn = await tether.connect(...)` first",
             self.name
         )))
-    }
-
-    /// The outcome of a send or flush, None or the exception once converted on the loop: returned at
-    /// the first step when there is nothing to wait for (no tokio round trip).
-    fn delivered(
-        &self,
-        outcome: impl std::future::Future<Output = Result<(), SendError>> + Send + 'static,
-    ) -> impl std::future::Future<Output = PyResult<Delivered>> + Send + 'static {
-        let client = self.client.clone();
-        let name = self.name.clone();
-        async move {
-            let outcome = outcome.await;
-            Ok(Delivered { outcome, name, client })
-        }
     }
 }
 
@@ -470,7 +205,7 @@ impl PyConnection {
         quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
         max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
         on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None, final_close_codes=None,
-        connect_timeout=Some(DEFAULT_CONNECT_TIMEOUT)))]
+        connect_timeout=Some(DEFAULT_CONNECT_TIMEOUT), compression=Some(Offer::default())))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -502,6 +237,7 @@ impl PyConnection {
         logger: Option<&Bound<'_, PyAny>>,
         final_close_codes: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = connect_timeout_arg)] connect_timeout: Option<std::time::Duration>,
+        #[pyo3(from_py_with = compression_arg)] compression: Option<Offer>,
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
@@ -539,7 +275,6 @@ impl PyConnection {
                 "close code {both} is in both fatal_close_codes (give up: GaveUp) and final_close_codes (end cleanly)"
             )));
         }
-        let loop_slot = LoopSlot::default();
         let cfg = WsConfig {
             url: url.clone(),
             headers: match headers {
@@ -562,7 +297,7 @@ impl PyConnection {
             fatal_close_codes,
             final_close_codes,
             fatal_http_statuses: Arg::new("fatal_http_statuses", fatal_http_statuses).codes(&d.fatal_http_statuses)?,
-            reconnect: Config {
+            reconnect: crate::retry_state::Config {
                 name: shown.clone(),
                 policy,
                 stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.reconnect.stable_after)?,
@@ -572,21 +307,22 @@ impl PyConnection {
                 attempt_timeout: None,
                 connect_timeout,
                 logger,
-                metrics: metrics_of(name, &url),
             },
-            watchdog,
             tls: match ssl {
                 Some(v) if !v.is_none() => Some(
-                    crate::ws_tls::client_config(&trust_sources(v)?).map_err(|e| value_error(format!("ssl: {e}")))?,
+                    crate::ws::tls::client_config(&trust_sources(v)?).map_err(|e| value_error(format!("ssl: {e}")))?,
                 ),
                 _ => None,
             },
-            on_connect: on_connect_hook(py, on_connect, fatal, &loop_slot)?,
-            heartbeat: heartbeat_config(py, heartbeat, &loop_slot)?,
+            compression,
         };
-        let target = Arc::new(PyTarget { base: Target { url, headers: vec![] }, url_for, locals: loop_slot });
-        let client = WsClient::new(cfg, target.clone());
-        Ok(PyConnection { client, target, name: shown, started: AtomicBool::new(false), closing: Default::default() })
+        let hooks = Hooks {
+            url_for,
+            on_connect: on_connect_spec(py, on_connect, fatal)?,
+            heartbeat: super::heartbeat::beat_spec(py, heartbeat)?,
+            watchdog,
+        };
+        Ok(PyConnection { conn: Conn::new(cfg, shown.clone(), hooks, metrics_of(name, &url)), name: shown })
     }
 
     /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).
@@ -620,101 +356,70 @@ impl PyConnection {
         out.set_item("max_message_size", d.max_message_size)?;
         out.set_item("read_buffer_size", d.read_buffer_size)?;
         out.set_item("write_buffer_size", d.write_buffer_size)?;
+        out.set_item("compression", d.compression.map(|_| "deflate"))?;
         Ok(out)
     }
 
-    /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed.
+    /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed. The
+    /// connection runs on the loop that takes this coroutine's first step.
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
-        self.started.store(true, Ordering::SeqCst);
-        let (client, name, locals) = (self.client.clone(), self.name.clone(), self.target.locals.clone());
-        // the hooks' loop is the one that drives this, known at its first step (not at the call, which
-        // may come from another thread)
-        super::coroutine::deferred(py, "Connection.start", move |py| {
-            if locals.get().is_none() {
-                let _ = locals.set(super::runtime::get_current_locals(py)?);
-            }
-            Ok(async move {
-                client.start();
-                let outcome = client.wait_connected().await;
-                Ok(Started { outcome, name, opened: opened(&client) })
-            })
-        })
+        let c = self.conn.clone();
+        super::coroutine::deferred_coroutine(py, "Connection.start", move |py| c.begin(py))
     }
 
     /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.check_started("recv")?;
-        match self.client.try_recv() {
-            Ok(Some(m)) => Ok(Some(message_to_py(py, &m))),
-            Ok(None) => Ok(None),
-            Err(t) => Err(terminal_error(py, &t, &self.name, opened(&self.client))),
-        }
+        self.conn.try_recv(py).map_err(|t| terminal_error(py, &t, &self.name, self.conn.opened()))
     }
 
     /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.
     /// It consumes nothing, so cancelling it never loses a message.
     fn wait_readable<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("recv")?;
-        let client = self.client.clone();
-        super::coroutine::coroutine(py, "Connection.wait_readable", async move {
-            client.readable().await;
-            Ok(())
-        })
+        self.conn.wait_readable(py)
     }
 
-    /// Queue `data` (str -> text, bytes-like -> binary); resolves at once while the bytes not yet
-    /// written stay under the write high-water mark, else once it was written to the socket.
+    /// Queue `data` (str -> text, bytes-like -> binary) now, in call order, from any thread; resolves at
+    /// once while the bytes not yet written stay under the write high-water mark and half of
+    /// send_buffer is confirmed, else once written or confirmed.
     fn send<'py>(&self, py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let msg = message_from_py(data)?;
+        let msg = super::convert::message_from_py(data)?;
         self.check_started("send")?;
-        // enqueued here, synchronously, so messages go out in call order
-        let queued = self.client.enqueue(msg).map_err(|e| send_error(py, &e, &self.name, &self.client))?;
-        let client = self.client.clone();
-        super::coroutine::done_at_call(py, "Connection.send", self.delivered(async move { client.sent(queued).await }))
+        self.conn.send(py, msg)
     }
 
     /// Resolves once everything sent before the call was confirmed by the peer.
     fn flush<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.check_started("flush")?;
-        let waiter = self.client.flush().map_err(|e| send_error(py, &e, &self.name, &self.client))?;
-        let outcome = self.delivered(waiter);
-        super::coroutine::coroutine(py, "Connection.flush", outcome)
+        self.conn.flush(py)
     }
 
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (client, closing) = (self.client.clone(), self.closing.clone());
-        super::coroutine::coroutine(py, "Connection.aclose", async move {
-            closing.get_or_init(|| client.close()).await;
-            Ok(())
-        })
+        let c = self.conn.clone();
+        super::coroutine::deferred_coroutine(py, "Connection.aclose", move |py| c.aclose(py))
     }
 
-    /// Schedule the bounded close and return at once: usable from sync code, twice, or after the event
-    /// loop stopped (the close runs on tether's runtime, not on the loop).
-    fn close(&self) {
-        let (client, closing) = (self.client.clone(), self.closing.clone());
-        super::runtime::get().spawn(async move {
-            closing.get_or_init(|| client.close()).await;
-        });
+    /// Schedule the bounded close and return at once: usable from sync code, from another thread,
+    /// twice, or after the event loop stopped (then the socket is shut down at once).
+    fn close(&self, py: Python<'_>) {
+        self.conn.close(py)
     }
 
-    fn events(&self) -> EventStream {
-        if self.client.terminal().is_some() {
-            return EventStream::ended();
-        }
-        EventStream::new(self.client.subscribe(), self.client.config().reconnect.logger.clone())
+    fn events(&self, py: Python<'_>) -> EventStream {
+        EventStream::on_loop(self.conn.subscribe(py))
     }
 
     #[getter]
     fn state(&self) -> &'static str {
-        self.client.state().as_str()
+        self.conn.state().as_str()
     }
 
     #[getter]
     fn url(&self) -> String {
-        redact_url(&self.client.config().url)
+        redact_url(&self.conn.cfg.url)
     }
 
     #[getter]
@@ -723,7 +428,7 @@ impl PyConnection {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.client.stats();
+        let s = self.conn.stats(py);
         let d = PyDict::new(py);
         d.set_item("state", s.state.as_str())?;
         d.set_item("messages_in", s.messages_in)?;
@@ -743,7 +448,7 @@ impl PyConnection {
     }
 
     fn __repr__(&self) -> String {
-        format!("Connection(url={:?}, state={:?})", self.url(), self.client.state().as_str())
+        format!("Connection(url={:?}, state={:?})", self.url(), self.state())
     }
 }
 

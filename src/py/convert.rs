@@ -1,10 +1,10 @@
 //! Conversions shared by the bindings: Python exceptions to the (redacted) text tether reports, and
 //! WebSocket messages to and from Python objects.
 
+use crate::ws::protocol::Message;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::redact::redact_url;
 
@@ -35,11 +35,11 @@ pub fn describe_chain(py: Python<'_>, e: &PyErr) -> String {
     text
 }
 
+/// A text message is a str, anything else bytes.
 pub fn message_to_py(py: Python<'_>, m: &Message) -> Py<PyAny> {
     match m {
-        Message::Text(t) => PyString::new(py, t.as_str()).into_any().unbind(),
-        Message::Binary(b) => PyBytes::new(py, b).into_any().unbind(),
-        other => PyString::new(py, &format!("{other:?}")).into_any().unbind(),
+        Message::Text(_) => PyString::new(py, m.to_text().unwrap_or_default()).into_any().unbind(),
+        Message::Binary(b) | Message::Ping(b) => PyBytes::new(py, b).into_any().unbind(),
     }
 }
 

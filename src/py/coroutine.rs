@@ -53,11 +53,12 @@ enum First {
     Pending(Waiting),
 }
 
-/// A pending first poll: the loop's completer completes `fut`; `parked` stops the Rust future.
+/// A pending first step: `fut` is completed later, on the loop thread.
 struct Waiting {
     fut: Py<PyAny>,
-    parked: Arc<Parked>,
-    completer: Arc<Completer>,
+    /// For a Rust future: the loop's completer completes `fut`, and `Parked` stops the future. None for
+    /// a result the loop thread itself sets (`Slot`): cancelling `fut` is all there is to stop.
+    tokio: Option<(Arc<Parked>, Arc<Completer>)>,
 }
 
 impl<F, T> Body for F
@@ -83,8 +84,215 @@ where
                 let rest =
                     AssertUnwindSafe(self).catch_unwind().map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
                 completer.watch(&fut, parked.clone(), rest)?;
-                Ok(First::Pending(Waiting { fut: fut.unbind(), parked, completer }))
+                Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: Some((parked, completer)) }))
             }
+        }
+    }
+}
+
+/// A body whose result is known at the call (a send queued under both marks): no future, no tokio.
+struct Resolved(PyResult<Py<PyAny>>);
+
+impl Body for Resolved {
+    fn first(self: Pin<Box<Self>>, _py: Python<'_>) -> PyResult<First> {
+        Pin::into_inner(self).0.map(First::Ready)
+    }
+}
+
+/// A body waiting for a result the loop thread sets on a `Slot` (no tokio involved). Dropped before
+/// its first step (its coroutine closed or dropped unawaited), its waiter is gone (`Slot::waiter_gone`).
+struct OnSlot(Arc<Slot>, Option<LoopHint>);
+
+impl Drop for OnSlot {
+    fn drop(&mut self) {
+        self.0.waiter_gone();
+    }
+}
+
+/// The loop a slot's owner runs on: the first step on its thread makes the future there without
+/// asking asyncio for the running loop (a `getpid` system call each time).
+pub struct LoopHint {
+    pub event_loop: Py<PyAny>,
+    pub thread: std::thread::ThreadId,
+}
+
+impl Body for OnSlot {
+    fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        let slot = &self.0;
+        if let Some(r) = slot.take() {
+            return r.map(First::Ready);
+        }
+        let event_loop = match &self.1 {
+            Some(h) if h.thread == std::thread::current().id() => h.event_loop.bind(py).clone(),
+            _ => super::completer::running_loop(py)?,
+        };
+        let fut = event_loop.call_method0(intern!(py, "create_future"))?;
+        match slot.wait_on(&fut)? {
+            Some(r) => r.map(First::Ready),
+            None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None })),
+        }
+    }
+}
+
+/// Work for when a slot's waiter went away: it must not call into Python or take a lock that is held
+/// while Python runs (it may run from a deallocation).
+pub type Orphaned = Box<dyn FnOnce() + Send>;
+
+/// A result set on the loop thread, awaited through a coroutine whose first step found it missing.
+/// Shared by the coroutine and whoever will set it (the connection keeps it in a list of waiters).
+/// A waiter may go away first (its task cancelled, its coroutine dropped): the owner can be told, to
+/// withdraw the wait (`on_withdraw`) or to take back a result nobody will read (`set_returning`).
+#[derive(Default)]
+pub struct Slot {
+    state: Mutex<SlotState>,
+    /// Runs once if the waiter goes away before a result is set.
+    withdraw: Mutex<Option<Orphaned>>,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    /// The coroutine's first step found nothing and waits on this asyncio future.
+    Waiting(Py<PyAny>),
+    /// The result, and what to run if it is never taken.
+    Set(PyResult<Py<PyAny>>, Option<Orphaned>),
+    /// The coroutine went away without a step: a result set now reaches nobody.
+    Gone,
+    Done,
+}
+
+impl Slot {
+    pub fn new() -> Arc<Slot> {
+        Arc::new(Slot::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `hook` if the waiter goes away before a result is set: its future is cancelled (a timeout,
+    /// a cancelled task), or its coroutine is closed or dropped before its first step.
+    pub fn on_withdraw(&self, hook: Orphaned) {
+        *self.withdraw.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    fn take_withdraw(&self) -> Option<Orphaned> {
+        self.withdraw.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The result, if set (taken: a coroutine is awaited once).
+    fn take(&self) -> Option<PyResult<Py<PyAny>>> {
+        let mut st = self.lock();
+        match std::mem::replace(&mut *st, SlotState::Done) {
+            SlotState::Set(r, _) => Some(r),
+            other => {
+                *st = other;
+                None
+            }
+        }
+    }
+
+    /// Wait on `fut` for the result, unless it was set meanwhile (then returned). A slot with a
+    /// withdraw hook learns from `fut` whether it was cancelled.
+    fn wait_on(self: &Arc<Self>, fut: &Bound<'_, PyAny>) -> PyResult<Option<PyResult<Py<PyAny>>>> {
+        {
+            let mut st = self.lock();
+            match std::mem::replace(&mut *st, SlotState::Done) {
+                SlotState::Set(r, _) => return Ok(Some(r)),
+                _ => *st = SlotState::Waiting(fut.clone().unbind()),
+            }
+        }
+        if self.withdraw.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            let cb = Py::new(fut.py(), WaiterDone { slot: Arc::downgrade(self) })?;
+            fut.call_method1(intern!(fut.py(), "add_done_callback"), (cb,))?;
+        }
+        Ok(None)
+    }
+
+    /// The coroutine that would take the result went away without a step: a wait not settled yet is
+    /// withdrawn, a result set meanwhile is handed back.
+    fn waiter_gone(&self) {
+        let (orphaned, _untaken) = {
+            let mut st = self.lock();
+            match std::mem::replace(&mut *st, SlotState::Gone) {
+                SlotState::Empty => (self.take_withdraw(), None),
+                // the result is released after the lock (releasing a Python object may run code)
+                SlotState::Set(r, back) => (back, Some(r)),
+                other => {
+                    *st = other;
+                    (None, None)
+                }
+            }
+        };
+        if let Some(f) = orphaned {
+            f();
+        }
+    }
+
+    /// Whether nothing waits on it any more: set already, or its future was cancelled.
+    pub fn abandoned(&self, py: Python<'_>) -> bool {
+        match &*self.lock() {
+            SlotState::Waiting(f) => {
+                f.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true)
+            }
+            SlotState::Empty => false,
+            SlotState::Set(..) | SlotState::Gone | SlotState::Done => true,
+        }
+    }
+
+    /// Set the result (the first one counts): completes the future of a coroutine waiting on it, or
+    /// is returned by its first step. Call on the loop thread, holding no lock a Python call could need.
+    pub fn set(&self, py: Python<'_>, result: PyResult<Py<PyAny>>) {
+        self.set_returning(py, result, None);
+    }
+
+    /// `set`, with `back` to run if the result never reaches the waiter: its future was cancelled
+    /// already, its coroutine is dropped without taking it, or a result was set before.
+    pub fn set_returning(&self, py: Python<'_>, result: PyResult<Py<PyAny>>, back: Option<Orphaned>) {
+        drop(self.take_withdraw());
+        let fut = {
+            let mut st = self.lock();
+            match std::mem::replace(&mut *st, SlotState::Done) {
+                SlotState::Empty => {
+                    *st = SlotState::Set(result, back);
+                    return;
+                }
+                SlotState::Waiting(f) => f,
+                other => {
+                    *st = other;
+                    drop(st);
+                    if let Some(f) = back {
+                        f();
+                    }
+                    return;
+                }
+            }
+        };
+        let fut = fut.bind(py);
+        match back {
+            Some(f) if fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) => f(),
+            _ => completer::complete(fut, result),
+        }
+    }
+}
+
+/// Done-callback of the future a slot's waiter waits on: a cancelled one withdraws the wait.
+#[pyclass(module = "tether._native", frozen)]
+struct WaiterDone {
+    slot: std::sync::Weak<Slot>,
+}
+
+#[pymethods]
+impl WaiterDone {
+    fn __call__(&self, fut: &Bound<'_, PyAny>) {
+        let Some(slot) = self.slot.upgrade() else { return };
+        if !fut.call_method0(intern!(fut.py(), "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(false) {
+            return;
+        }
+        let hook = matches!(&*slot.lock(), SlotState::Waiting(_)).then(|| slot.take_withdraw()).flatten();
+        if let Some(f) = hook {
+            f();
         }
     }
 }
@@ -154,14 +362,60 @@ where
     make(py, name, Box::pin(fut), false, None)
 }
 
-/// A coroutine over the rest of a call that already did its work (a send queued its message): its
-/// result only reports when that work got further, so it is not warned about when left unawaited.
-pub fn done_at_call<'py, F, T>(py: Python<'py>, name: &'static str, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// A coroutine that returns (or raises) `result` at its first step: for a call whose work is done.
+pub fn resolved<'py>(
+    py: Python<'py>,
+    name: &'static str,
+    done_at_call: bool,
+    result: PyResult<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    make(py, name, Box::pin(Resolved(result)), done_at_call, None)
+}
+
+/// A coroutine that returns what the loop thread sets on `slot` (see `Slot`); `hint`: the loop it is
+/// set on, when known.
+pub fn on_slot<'py>(
+    py: Python<'py>,
+    name: &'static str,
+    done_at_call: bool,
+    slot: Arc<Slot>,
+    hint: Option<LoopHint>,
+) -> PyResult<Bound<'py, PyAny>> {
+    make(py, name, Box::pin(OnSlot(slot, hint)), done_at_call, None)
+}
+
+/// A body whose first step, on the driving loop's thread, makes the coroutine that does the work (a
+/// connection that starts on that loop): that coroutine's first step is taken at once.
+struct DeferredCoroutine<G>(G);
+
+impl<G> Body for DeferredCoroutine<G>
 where
-    F: Future<Output = PyResult<T>> + Send + 'static,
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
+    G: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + Unpin + 'static,
 {
-    make(py, name, Box::pin(fut), true, None)
+    fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        let inner = (Pin::into_inner(self).0)(py)?;
+        let inner = inner.cast_into::<NativeCoroutine>().map_err(PyErr::from)?;
+        let inner = inner.get();
+        match inner.take()? {
+            State::Created(body) => {
+                inner.put(State::Done);
+                body.first(py)
+            }
+            other => {
+                inner.put(other);
+                Err(reused())
+            }
+        }
+    }
+}
+
+/// A coroutine whose first step runs `setup` on the driving loop's thread; `setup` returns the native
+/// coroutine that does the work, stepped in its place.
+pub fn deferred_coroutine<'py, G>(py: Python<'py>, name: &'static str, setup: G) -> PyResult<Bound<'py, PyAny>>
+where
+    G: for<'a> FnOnce(Python<'a>) -> PyResult<Bound<'a, PyAny>> + Send + Unpin + 'static,
+{
+    make(py, name, Box::pin(DeferredCoroutine(setup)), false, None)
 }
 
 /// A coroutine whose Rust future `setup` makes at the first step, on the driving loop's thread.
@@ -325,7 +579,9 @@ impl NativeCoroutine {
         let previous = std::mem::replace(&mut *self.lock(), State::Done);
         match previous {
             State::Waiting(w) => {
-                w.parked.cancel();
+                if let Some((parked, _)) = &w.tokio {
+                    parked.cancel();
+                }
                 // its done-callback forgets it in the completer
                 let _ = w.fut.bind(py).call_method0(intern!(py, "cancel"));
             }
@@ -546,10 +802,9 @@ impl Drop for NativeCoroutine {
         let state = std::mem::replace(self.state.get_mut().unwrap_or_else(|p| p.into_inner()), State::Done);
         match state {
             // its task went away without it (a coroutine driven by hand, then dropped)
-            State::Waiting(w) => {
-                w.parked.cancel();
-                let fut = w.fut;
-                w.completer.push(Box::new(move |py, _| {
+            State::Waiting(Waiting { fut, tokio: Some((parked, completer)) }) => {
+                parked.cancel();
+                completer.push(Box::new(move |py, _| {
                     let _ = fut.bind(py).call_method0(intern!(py, "cancel"));
                 }));
             }

@@ -175,23 +175,161 @@ macro_rules! buffered_stream {
 }
 pub(crate) use buffered_stream;
 
-buffered_stream!(
-    /// The events emitted after the ``events()`` call that made it returned (it subscribes at that call, not at the
-    /// first ``__anext__``), in order; none from before. Cancellation-safe: an iteration cancelled while waiting
-    /// loses no event.
-    EventStream,
-    Event,
-    to_py
-);
+/// The events emitted after the ``events()`` call that made it returned (it subscribes at that call, not at the
+/// first ``__anext__``), in order; none from before. Cancellation-safe: an iteration cancelled while waiting
+/// loses no event.
+#[pyclass(module = "tether._native")]
+pub struct EventStream {
+    source: Source,
+}
+
+enum Source {
+    /// Events of tokio-driven objects (Reconnector, ProcPool), through a broadcast channel.
+    Tokio(Buffered<Event>),
+    /// Events of a connection that runs on the event loop, delivered there without a thread hop.
+    Loop(Arc<LoopSub>),
+}
+
+#[pymethods]
+impl EventStream {
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        anext(slf)
+    }
+
+    /// The next buffered item, None if there is none yet; StopAsyncIteration once it ended.
+    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let next = match &self.source {
+            Source::Tokio(b) => b.pop(),
+            Source::Loop(sub) => sub.pop(),
+        };
+        match next {
+            Ok(Some(x)) => to_py(py, &x).map(Some),
+            Ok(None) => Ok(None),
+            Err(()) => Err(pyo3::exceptions::PyStopAsyncIteration::new_err(())),
+        }
+    }
+
+    /// Resolves once `try_next` has something to return.
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match &self.source {
+            Source::Tokio(b) => super::coroutine::coroutine(py, "EventStream.wait", b.wait()),
+            Source::Loop(sub) => match sub.waiter() {
+                None => super::coroutine::resolved(py, "EventStream.wait", false, Ok(py.None())),
+                Some(slot) => super::coroutine::on_slot(py, "EventStream.wait", false, slot, None),
+            },
+        }
+    }
+}
 
 impl EventStream {
     pub fn new(rx: broadcast::Receiver<Event>, logger: Option<Arc<str>>) -> Self {
-        EventStream { inner: Buffered::new(rx, |e| matches!(e, Event::Closed), "events()", logger) }
+        EventStream { source: Source::Tokio(Buffered::new(rx, |e| matches!(e, Event::Closed), "events()", logger)) }
+    }
+
+    pub fn on_loop(sub: Arc<LoopSub>) -> Self {
+        EventStream { source: Source::Loop(sub) }
     }
 
     pub fn ended() -> Self {
-        let s = EventStream::new(broadcast::channel(1).1, None);
-        s.inner.end_now();
+        EventStream::on_loop(LoopSub::ended())
+    }
+}
+
+/// One `events()` subscription of a connection that runs on the event loop: its events are queued
+/// and its waiter woken by the loop thread that emits them. At most `capacity` wait; a consumer that
+/// falls further behind loses the oldest, and is told how many when it reads again (as with the
+/// broadcast channel of the other streams).
+pub struct LoopSub {
+    state: std::sync::Mutex<SubState>,
+    capacity: usize,
+    logger: Option<Arc<str>>,
+}
+
+struct SubState {
+    queue: VecDeque<Event>,
+    dropped: u64,
+    ended: bool,
+    waiters: Vec<Arc<super::coroutine::Slot>>,
+}
+
+impl LoopSub {
+    pub fn new(capacity: usize, logger: Option<Arc<str>>) -> Arc<LoopSub> {
+        Arc::new(LoopSub {
+            state: std::sync::Mutex::new(SubState {
+                queue: VecDeque::new(),
+                dropped: 0,
+                ended: false,
+                waiters: vec![],
+            }),
+            capacity,
+            logger,
+        })
+    }
+
+    fn ended() -> Arc<LoopSub> {
+        let s = LoopSub::new(1, None);
+        s.lock().ended = true;
         s
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue `ev` (`Closed` ends the stream); the waiters to wake.
+    pub fn push(&self, ev: &Event) -> Vec<Arc<super::coroutine::Slot>> {
+        let mut st = self.lock();
+        if st.ended {
+            return vec![];
+        }
+        if matches!(ev, Event::Closed) {
+            st.ended = true;
+        } else {
+            if st.queue.len() >= self.capacity {
+                st.queue.pop_front();
+                st.dropped += 1;
+            }
+            st.queue.push_back(ev.clone());
+        }
+        std::mem::take(&mut st.waiters)
+    }
+
+    /// The source is gone: the stream ends after what it holds.
+    pub fn end(&self) -> Vec<Arc<super::coroutine::Slot>> {
+        let mut st = self.lock();
+        st.ended = true;
+        std::mem::take(&mut st.waiters)
+    }
+
+    fn pop(&self) -> Result<Option<Event>, ()> {
+        let (ev, dropped) = {
+            let mut st = self.lock();
+            let dropped = std::mem::take(&mut st.dropped);
+            match st.queue.pop_front() {
+                Some(ev) => (Some(ev), dropped),
+                None if st.ended => return Err(()),
+                None => (None, dropped),
+            }
+        };
+        if dropped > 0 {
+            tracing::warn!(target: "tether::events", logger = self.logger.as_deref(), dropped,
+                "events() consumer fell behind; {dropped} were dropped");
+        }
+        Ok(ev)
+    }
+
+    /// A slot woken by the next event, or None when `pop` has something to return already.
+    fn waiter(&self) -> Option<Arc<super::coroutine::Slot>> {
+        let mut st = self.lock();
+        if !st.queue.is_empty() || st.ended {
+            return None;
+        }
+        let slot = super::coroutine::Slot::new();
+        st.waiters.push(slot.clone());
+        Some(slot)
     }
 }

@@ -1,22 +1,16 @@
-//! `tether.Heartbeat` and its source for the native heartbeat. A fixed message and a missing `is_reply`
-//! never touch Python; a message factory runs on the event loop once per heartbeat, `is_reply` once per
-//! batch of messages received while a heartbeat is unanswered (see `ws_heartbeat`).
+//! `tether.Heartbeat`: an in-band heartbeat for `tether.connect(heartbeat=...)`. A fixed message and a
+//! missing `is_reply` never touch Python; a message factory is called once per heartbeat, `is_reply` once
+//! per batch of messages received while a heartbeat is unanswered (`py::ws::hooks`, `ws::heartbeat`).
 
 use std::time::Duration;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::ws::WsError;
-use crate::ws_handshake::BoxFuture;
-use crate::ws_heartbeat::{HeartbeatConfig, HeartbeatSource};
+use crate::ws::protocol::Message;
 
 use super::backoff::positive_seconds;
-use super::convert::describe;
-use super::convert::{message_from_py, message_to_py};
-use super::handshake::{on_loop, LoopSlot};
+use super::convert::message_from_py;
 
 /// In-band heartbeat for ``tether.connect(heartbeat=...)``.
 ///
@@ -103,7 +97,7 @@ impl PyHeartbeat {
         // the payload may carry a session token: shown by kind only
         let message = match &self.fixed {
             Some(Message::Text(t)) => format!("<text, {} bytes>", t.len()),
-            Some(m) => format!("<binary, {} bytes>", m.len()),
+            Some(m) => format!("<binary, {} bytes>", crate::ws::protocol::size_of(m)),
             None => self.message.bind(py).repr().map(|r| r.to_string()).unwrap_or_default(),
         };
         let is_reply = self.is_reply.as_ref().map(|f| f.bind(py).repr().map(|r| r.to_string()).unwrap_or_default());
@@ -127,74 +121,16 @@ fn refuse_async(f: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
     Ok(())
 }
 
-struct PySource {
-    fixed: Option<Message>,
-    factory: Py<PyAny>,
-    is_reply: Option<Py<PyAny>>,
-    locals: LoopSlot,
-}
-
-fn raised(what: &str, e: &PyErr) -> WsError {
-    let text = super::with_python(|py| describe(py, e)).unwrap_or_default();
-    WsError::fatal(format!("heartbeat {what} raised {text}"))
-}
-
-impl HeartbeatSource for PySource {
-    fn message(&self) -> BoxFuture<Result<Message, WsError>> {
-        if let Some(m) = &self.fixed {
-            let m = m.clone();
-            return Box::pin(async move { Ok(m) });
-        }
-        let started = on_loop(&self.locals, "the heartbeat message factory", "_call", |py| {
-            PyTuple::new(py, [self.factory.clone_ref(py)])
-        });
-        Box::pin(async move {
-            let obj = started?.await.map_err(|e| raised("message factory", &e))?;
-            super::try_with_python(WsError::fatal, |py| {
-                message_from_py(obj.bind(py)).map_err(|e| {
-                    WsError::fatal(format!(
-                        "heartbeat message factory returned an unusable message: {}",
-                        describe(py, &e)
-                    ))
-                })
-            })
-        })
-    }
-
-    fn has_predicate(&self) -> bool {
-        self.is_reply.is_some()
-    }
-
-    fn is_reply(&self, batch: Vec<Message>) -> BoxFuture<Result<bool, WsError>> {
-        let Some(f) = &self.is_reply else { return Box::pin(async { Ok(true) }) };
-        let started = on_loop(&self.locals, "heartbeat is_reply", "_any_reply", |py| {
-            let msgs = PyList::new(py, batch.iter().map(|m| message_to_py(py, m)))?;
-            PyTuple::new(py, [f.clone_ref(py), msgs.into_any().unbind()])
-        });
-        Box::pin(async move {
-            let obj = started?.await.map_err(|e| raised("is_reply", &e))?;
-            super::try_with_python(WsError::fatal, |py| obj.bind(py).is_truthy().map_err(|e| raised("is_reply", &e)))
-        })
-    }
-}
-
-/// The native heartbeat for `heartbeat=` (a `tether.Heartbeat`), run on the loop in `locals`.
-pub fn heartbeat_config(
-    py: Python<'_>,
-    heartbeat: Option<&Bound<'_, PyAny>>,
-    locals: &LoopSlot,
-) -> PyResult<Option<HeartbeatConfig>> {
+/// `heartbeat=` of a connection: its callables are called on the connection's loop (`py::ws::hooks`).
+pub fn beat_spec(py: Python<'_>, heartbeat: Option<&Bound<'_, PyAny>>) -> PyResult<Option<super::ws::BeatSpec>> {
     let Some(hb) = heartbeat.filter(|h| !h.is_none()) else { return Ok(None) };
     let hb = hb.cast::<PyHeartbeat>().map_err(|_| PyTypeError::new_err("heartbeat must be a tether.Heartbeat"))?.get();
-    Ok(Some(HeartbeatConfig {
+    Ok(Some(super::ws::BeatSpec {
         interval: Duration::from_secs_f64(hb.interval),
         timeout: Duration::from_secs_f64(hb.timeout),
-        source: std::sync::Arc::new(PySource {
-            fixed: hb.fixed.clone(),
-            factory: hb.message.clone_ref(py),
-            is_reply: hb.is_reply.as_ref().map(|f| f.clone_ref(py)),
-            locals: locals.clone(),
-        }),
+        fixed: hb.fixed.clone(),
+        factory: hb.message.clone_ref(py),
+        is_reply: hb.is_reply.as_ref().map(|f| f.clone_ref(py)),
     }))
 }
 

@@ -14,7 +14,6 @@ mod convert;
 mod coroutine;
 mod errors;
 mod events;
-mod handshake;
 mod heartbeat;
 pub(crate) mod logging;
 mod metrics;
@@ -27,6 +26,7 @@ mod served;
 mod signal_server;
 mod signature;
 pub(crate) mod watchdog;
+mod ws;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -43,7 +43,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     chaos::register(m)?;
     signal_server::register(m)?;
     connection::register(m)?;
-    handshake::register(m)?;
+    ws::register(m)?;
     heartbeat::register(m)?;
     metrics::register(m)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;

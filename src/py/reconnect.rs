@@ -17,8 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
 use tokio::sync::broadcast;
 
-use crate::reconnect::{report, Config, Event, Events};
+use crate::reconnect::{report, Event, Events};
 use crate::redact::redact_url;
+use crate::retry_state::{target, Config};
 use crate::retry_state::{Decision, RetryState};
 
 use super::args::Arg;
@@ -57,6 +58,8 @@ pub struct PyReconnector {
     /// Created by the first `events()`: until someone listens, events cost nothing (not even the buffer).
     tx: OnceLock<broadcast::Sender<Event>>,
     inner: Mutex<Inner>,
+    /// Where its reports are counted (`tether.metrics`); None: not measured.
+    metrics: Option<Arc<crate::metrics::Loop>>,
 }
 
 /// Exception classes from `fatal=`: a class or a tuple of classes, each a BaseException subclass.
@@ -90,7 +93,7 @@ const EVENTS_CAPACITY: usize = 1024;
 impl PyReconnector {
     /// The sink for this object's events: nowhere until `events()` was called once.
     fn sink(&self) -> Events {
-        self.tx.get().map_or_else(Events::none, |tx| Events::new(tx.clone()))
+        self.tx.get().map_or_else(Events::none, |tx| Events::new(tx.clone())).measured(self.metrics.clone())
     }
 
     /// " 'name'" in messages about this object, nothing when it is unnamed.
@@ -152,7 +155,7 @@ impl PyReconnector {
                 if end_episode {
                     self.sink().emit(Event::Closed);
                 }
-                let g = crate::reconnect::GaveUp {
+                let g = crate::retry_state::GaveUp {
                     name: self.cfg.name.clone(),
                     attempts,
                     elapsed,
@@ -205,12 +208,12 @@ impl PyReconnector {
             quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.quiet_jitter)?,
             attempt_timeout: Arg::new("attempt_timeout", attempt_timeout).opt_seconds()?.or(d.attempt_timeout),
             logger: super::logging::logger_key(py, logger)?,
-            // an unnamed loop is measured under "reconnector": a metric series needs a name
-            metrics: crate::metrics::labels(&[("name", &redact_url(name.unwrap_or("reconnector")))])
-                .map(crate::metrics::Loop::new),
             ..d
         };
-        if let Some(m) = &cfg.metrics {
+        // an unnamed loop is measured under "reconnector": a metric series needs a name
+        let metrics = crate::metrics::labels(&[("name", &redact_url(name.unwrap_or("reconnector")))])
+            .map(crate::metrics::Loop::new);
+        if let Some(m) = &metrics {
             // its state is the one its reports keep (a connection reports its own)
             crate::metrics::observe(Arc::downgrade(m) as std::sync::Weak<dyn crate::metrics::Source>);
         }
@@ -221,6 +224,7 @@ impl PyReconnector {
             fatal,
             inner: Mutex::new(Inner { st: RetryState::new(&cfg), running: false, stepping: false, ended: 0 }),
             cfg,
+            metrics,
         })
     }
 
@@ -306,7 +310,7 @@ impl PyReconnector {
     fn closed(&self) {
         let was_up = self.lock().st.closed(now());
         if was_up {
-            report::closed(&self.cfg, &self.sink());
+            report::closed(&self.sink());
         }
     }
 
@@ -357,7 +361,7 @@ impl PyReconnector {
             inner.running = false;
             inner.ended += 1;
         }
-        if let Some(m) = &self.cfg.metrics {
+        if let Some(m) = &self.metrics {
             m.ended();
         }
         self.sink().emit(Event::Closed);
@@ -367,7 +371,7 @@ impl PyReconnector {
     fn _start(&self) -> (u32, Option<f64>) {
         let begun = now();
         let s = self.lock().st.start(begun);
-        report::started(&self.cfg, &self.sink(), &s);
+        report::started(&self.sink(), &s);
         (s.number, s.deadline.map(|d| d.saturating_duration_since(begun).as_secs_f64()))
     }
 
@@ -383,7 +387,7 @@ impl PyReconnector {
     /// A cancelled `connect()` did not finish within the grace period: say so, it is no longer awaited.
     fn _abandoned(&self, number: u32, grace: f64) {
         let (name, logger) = (self.cfg.name.as_str(), self.cfg.logger.as_deref());
-        let of = crate::reconnect::target("of", name);
+        let of = target("of", name);
         tracing::warn!(target: "tether::reconnect", logger, name, attempt = number, grace_s = grace,
             "connect(){of} (attempt {number}) did not finish within {grace}s of being cancelled; \
              it is no longer awaited");

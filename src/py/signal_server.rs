@@ -10,7 +10,28 @@ use pyo3::types::PyDict;
 use crate::testing::signal_server::SignalServer;
 
 use super::backoff::{non_negative_seconds, positive_seconds};
+use tokio_tungstenite::tungstenite::Message as WireMessage;
+
+use crate::ws::protocol::Message;
+
 use super::convert::{message_from_py, message_to_py};
+
+/// What the Python side sends, as the server's WebSocket library takes it.
+fn to_wire(m: Message) -> WireMessage {
+    match m {
+        Message::Text(t) => WireMessage::text(String::from_utf8_lossy(&t).into_owned()),
+        Message::Binary(b) => WireMessage::Binary(b),
+        Message::Ping(p) => WireMessage::Ping(p),
+    }
+}
+
+/// What the server received, as Python sees it.
+fn from_wire(py: Python<'_>, m: &WireMessage) -> Py<PyAny> {
+    match m {
+        WireMessage::Text(t) => message_to_py(py, &Message::text(t.as_str())),
+        other => message_to_py(py, &Message::binary(other.clone().into_data())),
+    }
+}
 use super::errors::value_error;
 use super::served::{Served, Server};
 
@@ -138,7 +159,7 @@ impl PySignalServer {
     #[pyo3(signature = (data=None))]
     fn greet(&self, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let m = match data {
-            Some(d) if !d.is_none() => Some(message_from_py(d)?),
+            Some(d) if !d.is_none() => Some(to_wire(message_from_py(d)?)),
             _ => None,
         };
         self.get()?.greet(m);
@@ -155,7 +176,7 @@ impl PySignalServer {
         Ok(())
     }
     fn push(&self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let m = message_from_py(data)?;
+        let m = to_wire(message_from_py(data)?);
         Ok(self.get()?.push(m))
     }
     fn flood(&self, count: u64, size: usize) -> PyResult<usize> {
@@ -169,7 +190,7 @@ impl PySignalServer {
         Ok(self.get()?.requests())
     }
     fn received(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        Ok(self.get()?.received().iter().map(|m| message_to_py(py, m)).collect())
+        Ok(self.get()?.received().iter().map(|m| from_wire(py, m)).collect())
     }
     /// Wait until `active` connections == n (or `handshakes` >= n with key="handshakes"); bool.
     #[pyo3(signature = (n=1, timeout=None, key="active"))]

@@ -1,15 +1,17 @@
 //! The delivery, liveness, close-handshake and poison rules of `tether.connect`, without I/O and
-//! without a clock (sans-I/O, like websockets' `protocol.py`): the tokio session in `ws.rs` feeds it
-//! what happened and the current `Instant`, and writes what it asks for.
+//! without a clock (sans-I/O, like websockets' `protocol.py`): the front end feeds it what happened and
+//! the current `Instant`, and writes what it asks for.
 //!
 //! * Delivery: every accepted message gets a sequence number when it is handed to the socket. A send
 //!   queued while `unwritten_bytes` is under the session's high-water mark resolved at once
 //!   (`push_untracked`); one queued above it resolves once it was written (`Outcome::Sent`). A ping
 //!   confirms what was written before it: its payload (this connection's nonce + a ping id) names the
 //!   last sequence number written before it. It follows a batch at once, unless a ping went out less
-//!   than `confirm_delay` ago: then it waits until `confirm_delay` after that one (at most one
+//!   than `confirm_delay` ago: then the first batch written from `confirm_delay` after that one carries
+//!   it, or, when the sender stopped, the timer writes it another `confirm_delay` later (at most one
 //!   confirming ping per `confirm_delay`, like TCP's delayed ACK), so a paced sender does not pay a
-//!   round trip per message while a lone request is confirmed as fast as before. Never deferred when a
+//!   round trip per message, nor a wake-up per confirmation, while a lone request is confirmed as fast
+//!   as before. Never deferred when a
 //!   flush waits, when an eighth of `send_buffer` is pending, or when closing. A long batch (a backlog
 //!   re-sent after a reconnect, a burst) also carries a ping after every eighth of `send_buffer`, so a
 //!   connection that dies halfway through it still confirms what the peer read. A pong that echoes a
@@ -61,7 +63,34 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use bytes::Bytes;
+
+/// A message for the peer, and the pings the protocol writes among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// UTF-8 (checked where it is made).
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+}
+
+impl Message {
+    pub fn text(s: impl Into<String>) -> Message {
+        Message::Text(Bytes::from(s.into()))
+    }
+
+    pub fn binary(b: impl Into<Bytes>) -> Message {
+        Message::Binary(b.into())
+    }
+
+    /// The text of a text message.
+    pub fn to_text(&self) -> Option<&str> {
+        match self {
+            Message::Text(t) => std::str::from_utf8(t).ok(),
+            _ => None,
+        }
+    }
+}
 
 /// Close code a server sends for a message bigger than it accepts (RFC 6455 §7.4.1).
 pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -69,11 +98,17 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// How the reason of a loss by the ping rule begins (the metrics tell it from other losses by it).
 pub const PING_TIMEOUT: &str = "ping timeout:";
 
-/// Whether a close frame may carry `code` (RFC 6455 §7.4 and IANA's registry): 1000-1003, 1007-1014 and
-/// 3000-4999. 1004 is reserved, 1005 and 1006 only report a close without a code or without a close frame,
-/// 1015 a TLS failure; 1016-2999 are reserved, the rest out of range.
-pub fn valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+/// Where a measured connection's losses are counted (the bindings' metrics, which this crate does not
+/// know): each loss reports what it did to the send queue, and a loss by the ping rule how long the
+/// peer had been silent. Called with the protocol's state in hand, so it must only count.
+pub trait LossMeter: Send + Sync + std::fmt::Debug {
+    /// The ping rule declared the loss `silence` after the last pong that echoed one of our pings (or
+    /// the connection's start).
+    fn ping_silence(&self, silence: Duration);
+    /// Unconfirmed messages the loss put back, to be written again first on the next connection.
+    fn resent(&self, n: usize);
+    /// Messages the loss removed from the queue (reported in `SendFailed`).
+    fn failed_sends(&self, n: usize);
 }
 
 #[derive(Debug, Clone)]
@@ -88,8 +123,8 @@ pub struct ProtocolConfig {
     pub poison_after: u32,
     /// Confirming pings are at least this far apart (zero: a ping behind every batch).
     pub confirm_delay: Duration,
-    /// Where losses are counted (`tether.metrics`); None: not measured.
-    pub metrics: Option<Arc<crate::metrics::Loop>>,
+    /// Where losses are counted; None: not measured.
+    pub metrics: Option<Arc<dyn LossMeter>>,
 }
 
 /// `ProtocolConfig::confirm_delay` of every connection: a paced sender (one message per 1-20 ms, the
@@ -301,9 +336,8 @@ pub struct Protocol<D> {
 
 pub fn size_of(m: &Message) -> usize {
     match m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
+        Message::Text(b) | Message::Binary(b) => b.len(),
+        Message::Ping(_) => 0,
     }
 }
 
@@ -623,7 +657,10 @@ impl<D> Protocol<D> {
                 self.ping_due_since = Some(now);
             }
         }
-        let confirm_at = self.confirm_at().filter(|_| self.uncovered);
+        // a send written once the confirmation is due carries the ping (`next_write`); only a stream that
+        // stopped needs the timer, a confirm_delay later: a paced sender's pings ride with its messages
+        // instead of costing a wake-up of their own
+        let confirm_at = self.confirm_at().filter(|_| self.uncovered).map(|at| at + self.cfg.confirm_delay);
         if confirm_at.is_some_and(|at| now >= at) && self.ping_due_since.is_none() {
             self.ping_due_since = Some(now);
         }
@@ -715,7 +752,7 @@ impl<D> Protocol<D> {
         }
         if let Some(m) = &self.cfg.metrics {
             if let Some(silence) = self.silence.take() {
-                m.detected(crate::metrics::LossKind::PingTimeout, silence);
+                m.ping_silence(silence);
             }
             m.resent(self.unacked.len());
             m.failed_sends(all.len());
@@ -1383,18 +1420,21 @@ mod tests {
         p.push(Message::text("b"), 2).unwrap();
         assert_eq!(unpinged(&mut p, s(t0, 0.002)).len(), 1);
         assert_eq!(p.next_write(s(t0, 0.002)), Write::Idle);
-        assert_eq!(p.poll(s(t0, 0.002)), Ok(s(t0, 0.010)), "the pinger wakes when the confirmation is due");
+        // a send from 10 ms on carries the ping; the timer waits another confirm_delay for one
+        assert_eq!(p.poll(s(t0, 0.002)), Ok(s(t0, 0.020)), "the timer wakes when a stream that stopped is due");
         p.push(Message::text("c"), 3).unwrap();
         assert_eq!(unpinged(&mut p, s(t0, 0.006)).len(), 1);
         assert!(p.poll(s(t0, 0.010)).is_ok());
-        assert!(p.ping_due());
-        let ping = ping_of(p.next_write(s(t0, 0.010)));
-        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.011))), vec![2, 3]);
-        assert_eq!(p.poll(s(t0, 0.011)), Ok(s(t0, 5.010)), "nothing left to confirm: the periodic ping");
+        assert!(!p.ping_due(), "a send would carry it now");
+        assert!(p.poll(s(t0, 0.020)).is_ok());
+        assert!(p.ping_due(), "no send came: the timer writes it");
+        let ping = ping_of(p.next_write(s(t0, 0.020)));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.021))), vec![2, 3]);
+        assert_eq!(p.poll(s(t0, 0.021)), Ok(s(t0, 5.020)), "nothing left to confirm: the periodic ping");
         // a batch written confirm_delay after the last ping carries its own
         p.push(Message::text("d"), 4).unwrap();
-        let ping = pinged(&mut p, s(t0, 0.020));
-        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.021))), vec![4]);
+        let ping = pinged(&mut p, s(t0, 0.030));
+        assert_eq!(ids(p.on_pong(&ping, s(t0, 0.031))), vec![4]);
     }
 
     #[test]
@@ -1458,13 +1498,33 @@ mod tests {
         assert_eq!(ids(p.on_pong(&ping, s(t0, 0.003))), vec![2]);
     }
 
+    /// What a measured protocol reported, in order.
+    #[derive(Debug, Default)]
+    struct Recorded(std::sync::Mutex<Vec<(&'static str, f64)>>);
+
+    impl Recorded {
+        fn take(&self) -> Vec<(&'static str, f64)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl LossMeter for Recorded {
+        fn ping_silence(&self, silence: Duration) {
+            self.0.lock().unwrap().push(("silence", silence.as_secs_f64()));
+        }
+        fn resent(&self, n: usize) {
+            self.0.lock().unwrap().push(("resent", n as f64));
+        }
+        fn failed_sends(&self, n: usize) {
+            self.0.lock().unwrap().push(("failed", n as f64));
+        }
+    }
+
     #[test]
     fn a_measured_loss_counts_what_it_resends_and_fails_and_the_silence_before_a_ping_timeout() {
-        use crate::metrics::{self, tests::total, Instrument, LossKind};
-        let _attached = metrics::tests::attached();
-        let m = metrics::Loop::new(metrics::labels(&[("name", "proto-metrics")]).unwrap());
+        let m = Arc::new(Recorded::default());
         let t0 = Instant::now();
-        let mut p = Protocol::new(ProtocolConfig { metrics: Some(m), ..cfg() }, NONCE);
+        let mut p = Protocol::new(ProtocolConfig { metrics: Some(m.clone()), ..cfg() }, NONCE);
         p.connected(t0);
         p.push(Message::text("a"), 1).unwrap();
         let (_, ping) = batch(&mut p, t0);
@@ -1474,24 +1534,16 @@ mod tests {
         p.push(Message::text("c"), 3).unwrap();
         batch(&mut p, s(t0, 2.0));
         let reason = p.poll(s(t0, 7.0)).unwrap_err();
-        assert_eq!(LossKind::classify(&reason), LossKind::PingTimeout, "{reason}");
+        assert!(reason.starts_with(PING_TIMEOUT), "{reason}");
         p.lost(Ending::Cut, &reason);
-        assert_eq!(total(Instrument::SendsResent, ("name", "proto-metrics")), 2.0);
-        let silences: Vec<_> = metrics::drain()
-            .into_iter()
-            .filter(|(i, a, _)| *i == Instrument::Detection && a.contains(&("name", "proto-metrics".into())))
-            .map(|(_, a, v)| (a.last().cloned(), v))
-            .collect();
         // from the pong at 1 s to the deadline at 7 s
-        assert_eq!(silences, [(Some(("reason", "ping_timeout".to_string())), 6.0)]);
+        assert_eq!(m.take(), [("silence", 6.0), ("resent", 2.0), ("failed", 0.0)]);
         // after the loss one message goes out alone; a close 1009 fails it (the largest in flight):
-        // counted as failed, not as re-sent
+        // counted as failed, not as re-sent, and with no deadline there is no silence
         p.connected(s(t0, 8.0));
         assert_eq!(batch(&mut p, s(t0, 8.0)).0.len(), 1);
         p.lost(Ending::Closed(Some(MESSAGE_TOO_BIG)), "too big");
-        assert_eq!(total(Instrument::SendsFailed, ("name", "proto-metrics")), 1.0);
-        assert_eq!(total(Instrument::SendsResent, ("name", "proto-metrics")), 2.0);
-        assert!(metrics::drain().iter().all(|(i, _, _)| *i != Instrument::Detection), "no deadline, no silence");
+        assert_eq!(m.take(), [("resent", 0.0), ("failed", 1.0)]);
     }
 
     #[test]

@@ -5,12 +5,12 @@
 //! `redact::is_secret_header` knows them) are dropped, and userinfo is never copied into another
 //! authority (a relative `Location` keeps the current authority, an absolute one brings its own).
 //!
-//! Pure functions over strings: `ws::open` does the I/O.
+//! Pure functions over strings: the front end does the I/O.
 
-use tokio_tungstenite::tungstenite::http::Uri;
+use http::Uri;
 
+use super::upgrade::port_of;
 use crate::redact::{is_secret_header, redact_url};
-use crate::ws::port_of;
 
 /// Redirects followed within one attempt before it fails, as in websockets.
 pub const MAX_REDIRECTS: usize = 10;

@@ -28,8 +28,134 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backoff::{Backoff, Delays};
-use crate::procpool::{AcquireError, PoolConfig};
+use std::sync::Arc;
+
+use crate::backoff::{Backoff, Delays, Jitter};
+use crate::wording::count;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub num_idle: usize,
+    pub max_concurrent_spawns: usize,
+    pub initialize_timeout: Duration,
+    pub acquire_attempts: u32,
+    pub respawn: Backoff,
+    /// Consecutive spawn failures after which `healthy` turns false.
+    pub unhealthy_after: u32,
+    /// Python logger the pool's records go to (a key registered by the bindings); None: the module's
+    /// `tether.procpool`. Every record carries it as the `logger` field.
+    pub logger: Option<Arc<str>>,
+    /// The `name` attribute of the pool's metrics.
+    pub name: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            num_idle: 1,
+            max_concurrent_spawns: 1,
+            initialize_timeout: Duration::from_secs(10),
+            acquire_attempts: 3,
+            // equal jitter: a crash loop never respawns at once, yet a fleet's pools do not align
+            respawn: Backoff {
+                initial: 0.1,
+                factor: 2.0,
+                max_delay: 10.0,
+                jitter: Jitter::Equal,
+                ..Default::default()
+            },
+            unhealthy_after: 2,
+            logger: None,
+            name: "procpool".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcquireError {
+    /// Every acquire attempt ended with all spawns failed.
+    Exhausted {
+        attempts: u32,
+        failures: Vec<String>,
+    },
+    /// A spawn failed while the pool was unhealthy (`in_row` failures since its last success):
+    /// `failures` are the ones of that run since the acquire began, the last one included.
+    Unhealthy {
+        attempts: u32,
+        in_row: u32,
+        failures: Vec<String>,
+    },
+    TimedOut {
+        timeout: Duration,
+        failures: Vec<String>,
+    },
+    /// `warm` stopped: this many spawns failed in a row since it began.
+    WarmFailed {
+        wanted: usize,
+        idle: usize,
+        attempts: u32,
+        failures: Vec<String>,
+    },
+    Closed,
+}
+
+impl AcquireError {
+    pub fn message(&self) -> String {
+        /// Identical causes (pids aside) are grouped: "3x <cause>".
+        fn causes(f: &[String]) -> String {
+            if f.is_empty() {
+                return "no spawn failed; none finished in time".into();
+            }
+            fn norm(c: &str) -> String {
+                let mut out = String::with_capacity(c.len());
+                let mut it = c.split("(pid ").peekable();
+                if let Some(first) = it.next() {
+                    out.push_str(first);
+                }
+                for rest in it {
+                    out.push_str("(pid N");
+                    out.push_str(rest.trim_start_matches(|ch: char| ch.is_ascii_digit()));
+                }
+                out
+            }
+            let mut groups: Vec<(String, usize, &String)> = Vec::new();
+            for c in f {
+                let n = norm(c);
+                match groups.iter_mut().find(|(k, _, _)| *k == n) {
+                    Some(g) => g.1 += 1,
+                    None => groups.push((n, 1, c)),
+                }
+            }
+            groups
+                .iter()
+                .map(|(_, n, c)| if *n > 1 { format!("{n}x {c}") } else { (*c).clone() })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        match self {
+            AcquireError::Exhausted { attempts, failures } => format!(
+                "no process after {}: every spawn failed: {}",
+                count(*attempts, "acquire attempt"),
+                causes(failures)
+            ),
+            AcquireError::Unhealthy { in_row, failures, .. } => format!(
+                "no process: the pool is unhealthy ({} in a row, the last while this acquire waited): {}",
+                count(*in_row, "spawn failure"),
+                causes(failures)
+            ),
+            AcquireError::TimedOut { timeout, failures } => {
+                format!("no process within {:.1}s: {}", timeout.as_secs_f64(), causes(failures))
+            }
+            AcquireError::WarmFailed { wanted, idle, attempts, failures } => format!(
+                "warm-up stopped at {idle} of {} after {} in a row: {}",
+                count(*wanted, "idle process"),
+                count(*attempts, "spawn failure"),
+                causes(failures)
+            ),
+            AcquireError::Closed => "the pool is closed".into(),
+        }
+    }
+}
 
 /// Failure causes kept for timeouts and warm-up errors.
 const RECENT_FAILURES: usize = 64;
