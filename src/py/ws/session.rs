@@ -546,9 +546,11 @@ impl Conn {
         }
         let drain = st.draining.iter().map(|d| d.2).min();
         let at = [wake, drain, st.close_hard_by].into_iter().flatten().min();
-        // while writing, the next deadline is a confirmation within two confirm_delays (see `Timer::want`)
+        // while writing, the next deadline is a confirmation two confirm_delays after the last ping (see
+        // `Timer::want`): a horizon of exactly that lets the timer armed after a ping serve the sends
+        // that follow it, one timer per confirmation rather than two
         let busy = st.last_write.is_some_and(|t| now.saturating_duration_since(t) < CONFIRM_DELAY);
-        st.timer.want(at, now, busy.then_some(3 * CONFIRM_DELAY), fx);
+        st.timer.want(at, now, busy.then_some(2 * CONFIRM_DELAY), fx);
     }
 
     /// What is due in the current phase; when to look next.

@@ -20,10 +20,15 @@ const ARMED: usize = 3;
 /// An armed timer this much earlier than needed is replaced, if it is `NEAR`.
 const PUSHED_OUT: Duration = Duration::from_millis(5);
 const NEAR: Duration = Duration::from_millis(100);
+/// An armed timer this little later than needed still serves, as any timer armed in whole
+/// milliseconds may fire this late (see `arm`): re-arming for less would cost a paced sender a second
+/// timer per confirmation (its ping's deadline and the next send's differ by microseconds).
+const GRAIN: Duration = Duration::from_millis(1);
 
 #[derive(Default)]
 pub(crate) struct Timer {
-    /// Armed timers: when each fires, its sequence number, and its handle once `call_later` returned.
+    /// Armed timers: when each fires (its deadline rounded up, see `arm`), its sequence number, and its
+    /// handle once `call_later` returned.
     armed: Vec<(Instant, u64, Option<Py<PyAny>>)>,
     seq: u64,
 }
@@ -47,7 +52,7 @@ impl Timer {
                 self.arm(at, now, old, fx);
                 return;
             }
-            Some(e) if e <= at => return,
+            Some(e) if e <= at + GRAIN => return,
             _ => {}
         }
         let replaced = if self.armed.len() >= ARMED {
@@ -62,11 +67,11 @@ impl Timer {
 
     fn arm(&mut self, at: Instant, now: Instant, replaced: Option<Py<PyAny>>, fx: &mut Fx) {
         self.seq += 1;
-        self.armed.push((at, self.seq, None));
         // whole milliseconds, rounded up: a loop whose clock counts milliseconds (uvloop) must not
         // fire it before `at`, and a timer that fires early only re-arms
         let micros = at.saturating_duration_since(now).as_micros() as u64;
         let delay = Duration::from_millis(micros.div_ceil(1000));
+        self.armed.push((now + delay, self.seq, None));
         fx.timer = Some((self.seq, delay, replaced));
     }
 
