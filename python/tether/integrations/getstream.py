@@ -62,17 +62,24 @@ _CLIENT_PARAMS = ("url", "join_request", "main_loop", "tracer", "sfu_id_fn")
 _CLIENT_METHODS = ("connect", "close", "on_event", "on_wildcard", "emit", "remove_all_listeners")
 
 
+# Defaults of install() for the signaling part, in seconds
+_HEALTH_INTERVAL = 5.0
+_CONNECT_TIMEOUT = 15.0
+_ATTEMPT_TIMEOUT = 5.0
+_STABLE_AFTER = 10.0
+
+
 class _Settings:
     __slots__ = ("attempt_timeout", "connect_timeout", "health_interval", "health_timeout", "policy", "stable_after")
 
     def __init__(
         self,
         policy: Backoff | None = None,
-        health_interval: float = 5.0,
+        health_interval: float = _HEALTH_INTERVAL,
         health_timeout: float | None = None,
-        connect_timeout: float = 15.0,
-        attempt_timeout: float = 5.0,
-        stable_after: float = 10.0,
+        connect_timeout: float = _CONNECT_TIMEOUT,
+        attempt_timeout: float = _ATTEMPT_TIMEOUT,
+        stable_after: float = _STABLE_AFTER,
     ) -> None:
         self.policy = policy
         self.health_interval = health_interval
@@ -85,11 +92,11 @@ class _Settings:
 def install(
     *,
     policy: Backoff | None = None,
-    health_interval: float = 5.0,
+    health_interval: float = _HEALTH_INTERVAL,
     health_timeout: float | None = None,
-    connect_timeout: float = 15.0,
-    attempt_timeout: float = 5.0,
-    stable_after: float = 10.0,
+    connect_timeout: float = _CONNECT_TIMEOUT,
+    attempt_timeout: float = _ATTEMPT_TIMEOUT,
+    stable_after: float = _STABLE_AFTER,
     reconnecting_timeout: float = RECONNECTING_TIMEOUT,
     media_timeout: float | None = MEDIA_TIMEOUT,
     rejoin: bool = True,

@@ -412,15 +412,7 @@ impl Conn {
     }
 
     pub fn state(&self) -> State {
-        match self.state.load(Ordering::SeqCst) {
-            1 => State::Connecting,
-            2 => State::Connected,
-            3 => State::Reconnecting,
-            4 => State::Closing,
-            5 => State::Closed,
-            6 => State::Failed,
-            _ => State::Idle,
-        }
+        State::from_u8(self.state.load(Ordering::SeqCst))
     }
 
     pub(super) fn set_state(&self, s: State) {

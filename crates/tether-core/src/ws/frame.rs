@@ -559,7 +559,10 @@ mod tests {
 
     /// Everything `chunks` decode to, fed one chunk at a time.
     fn decode(max: usize, chunks: &[&[u8]]) -> Result<Vec<Got>, Violation> {
-        let mut d = Decoder::new(max, 64);
+        feed_all(Decoder::new(max, 64), chunks)
+    }
+
+    fn feed_all(mut d: Decoder, chunks: &[&[u8]]) -> Result<Vec<Got>, Violation> {
         let mut got = vec![];
         for c in chunks {
             d.feed(c, &mut |m| {
@@ -786,15 +789,7 @@ mod tests {
     }
 
     fn decode_inflating(max: usize, chunks: &[&[u8]]) -> Result<Vec<Got>, Violation> {
-        let mut d = Decoder::new(max, 64).inflating(agreed().inflater());
-        let mut got = vec![];
-        for c in chunks {
-            d.feed(c, &mut |m| {
-                got.push(own(m));
-                ControlFlow::Continue(())
-            })?;
-        }
-        Ok(got)
+        feed_all(Decoder::new(max, 64).inflating(agreed().inflater()), chunks)
     }
 
     #[test]
