@@ -46,6 +46,10 @@ from .._native import Backoff, Reconnector
 
 LOGGER_NAME = "livekit.agents"
 
+# the defaults of install() and of Settings, written once
+STABLE_AFTER = 10.0
+REGISTER_TIMEOUT = 10.0
+
 
 class Settings:
     __slots__ = ("policy", "register_timeout", "stable_after")
@@ -53,8 +57,8 @@ class Settings:
     def __init__(
         self,
         policy: Backoff | Callable[[int], Backoff] | None = None,
-        stable_after: float = 10.0,
-        register_timeout: float = 10.0,
+        stable_after: float = STABLE_AFTER,
+        register_timeout: float = REGISTER_TIMEOUT,
     ) -> None:
         if policy is not None and not isinstance(policy, Backoff) and not callable(policy):
             raise TypeError("policy must be a tether.Backoff or a callable(max_retry) -> Backoff")

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._native import Backoff
-from ._livekit_control import Settings, patch_v1, patch_v2
+from ._livekit_control import REGISTER_TIMEOUT, STABLE_AFTER, Settings, patch_v1, patch_v2
 from ._livekit_dispatch import Dispatched, dispatch_ready
 from ._livekit_room import RoomWatch, watch_room
 from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
@@ -79,8 +79,8 @@ def install(
     proc_pool: bool = True,
     metrics: bool = True,
     policy: Backoff | Callable[[int], Backoff] | None = None,
-    stable_after: float = 10.0,
-    register_timeout: float = 10.0,
+    stable_after: float = STABLE_AFTER,
+    register_timeout: float = REGISTER_TIMEOUT,
     respawn: Backoff | None = None,
     acquire_timeout: float | None = None,
     allow_untested: bool = False,
