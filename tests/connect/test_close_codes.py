@@ -11,32 +11,20 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 import tether
-from support import FAST, MS, collect, eventually, first_of, policy
+from support import FAST, MS, RawServer, close_frame, collect, eventually, first_of, policy
 from tether import events as ev
 
 # No ping in the exchange the server records, and room for tether's close frame to be answered
 FAST = dict(FAST, ping_interval=5000 * MS, ping_timeout=5000 * MS, close_timeout=1000 * MS, quiet_jitter=0)
 
 
-class Misbehaving:
+class Misbehaving(RawServer):
     """The first connection gets `bad` (raw bytes, or None for a bare TCP FIN) right after the handshake."""
 
     def __init__(self, bad: bytes | None):
         self.bad = bad
         self.replies: list[int | None] = []  # close code tether sent on the bad connection (None: no close frame)
         self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
 
     async def handle(self, reader, writer):
         self.connections += 1
@@ -86,11 +74,6 @@ async def first_loss(url, **kw):
         await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
     await asyncio.wait_for(watcher, 5)
     return next(e for e in got if isinstance(e, ev.ConnectionLost)).reason
-
-
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    payload = code.to_bytes(2, "big") + reason
-    return bytes([0x88, len(payload)]) + payload
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 import tether
-from support import eventually
+from support import RawServer, close_frame, eventually
 from support.flapping_server import FlappingServer
 
 
@@ -107,30 +107,13 @@ async def test_a_message_failed_after_its_send_resolved_is_named_by_the_give_up(
     assert "1 failed" in str(e) and "#2" in str(e) and big not in str(e), str(e)
 
 
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    payload = code.to_bytes(2, "big") + reason
-    return bytes([0x88, len(payload)]) + payload
-
-
-class ReadsWithoutConfirming:
+class ReadsWithoutConfirming(RawServer):
     """A raw asyncio server: accepts one WebSocket, reads `n` text messages without ever answering a ping
     (so the client can confirm nothing), then closes with `code`."""
 
     def __init__(self, n: int, code: int = 1000):
         self.n, self.code = n, code
         self.received: list[str] = []
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
 
     async def handle(self, reader, writer):
         proto = ServerProtocol()

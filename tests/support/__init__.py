@@ -95,3 +95,30 @@ def returns_at_once(aw: Any) -> bool:
         return True
     aw.close()
     return False
+
+
+def close_frame(code: int, reason: bytes = b"") -> bytes:
+    """An unmasked close frame with `code` and `reason`, as a server writes it."""
+    payload = code.to_bytes(2, "big") + reason
+    return bytes([0x88, len(payload)]) + payload
+
+
+class RawServer:
+    """A raw asyncio server on a random local port, for tests that script the bytes a WebSocket server
+    sends: a subclass defines `handle(reader, writer)`; `async with` starts and closes it."""
+
+    server: asyncio.Server
+
+    async def __aenter__(self) -> Any:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError

@@ -31,6 +31,8 @@ from websockets.frames import Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from support import close_frame
+
 CRASH_MODES = ("rst", "fin", "1011")
 
 
@@ -77,11 +79,6 @@ class _Crashing(ServerProtocol):
     def send_frame(self, frame: Any) -> None:
         if self.crashed is None:
             super().send_frame(frame)
-
-
-def _close_frame(code: int, reason: str = "") -> bytes:
-    payload = struct.pack("!H", code) + reason.encode()
-    return bytes([0x88, len(payload)]) + payload
 
 
 class FlappingServer:
@@ -180,7 +177,7 @@ class FlappingServer:
             writer.transport.abort()
             return
         if mode.isdigit():
-            writer.write(_close_frame(int(mode), "crashed" if mode == "1011" else "closing"))
+            writer.write(close_frame(int(mode), b"crashed" if mode == "1011" else b"closing"))
         writer.write_eof()
         # read (and drop) until the client closes, so the kernel does not answer its data with a reset
         try:
