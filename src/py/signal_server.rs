@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 
 use crate::testing::signal_server::SignalServer;
 
-use super::backoff::{non_negative_seconds, positive_seconds};
+use super::options::{non_negative_seconds, positive_seconds};
 use tokio_tungstenite::tungstenite::Message as WireMessage;
 
 use crate::ws::protocol::Message;
@@ -140,8 +140,7 @@ impl PySignalServer {
         Ok(())
     }
     fn slow_handshake(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
-        let s = non_negative_seconds("seconds", seconds)?;
-        self.get()?.slow_handshake(Duration::from_secs_f64(s));
+        self.get()?.slow_handshake(non_negative_seconds("seconds", seconds)?);
         Ok(())
     }
     #[pyo3(signature = (enabled=true))]
@@ -203,7 +202,7 @@ impl PySignalServer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let srv = self.get()?;
         let t = match timeout {
-            Some(t) if !t.is_none() => positive_seconds("timeout", t)?,
+            Some(t) if !t.is_none() => positive_seconds("timeout", t)?.as_secs_f64(),
             _ => 10.0,
         };
         let key = key.to_string();
