@@ -62,6 +62,7 @@ pub mod param {
         QuietAttempts = "quiet_attempts",
         QuietJitter = "quiet_jitter",
         ReadBufferSize = "read_buffer_size",
+        Seconds = "seconds",
         Respawn = "respawn",
         SendBuffer = "send_buffer",
         StableAfter = "stable_after",
@@ -93,7 +94,7 @@ pub fn positive_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> 
 }
 
 /// Finite seconds, zero allowed.
-pub fn non_negative_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
+fn non_negative_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Duration> {
     let s = seconds(name, v)?;
     if !s.is_finite() || !(0.0..=MAX_SECONDS).contains(&s) {
         return Err(value_error(format!("{name} must be a finite number of seconds in [0, 86400], got {s}")));
