@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import inspect
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from typing import Any, ParamSpec
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._hooks import Handshake
-from ._native import Backoff, Heartbeat, Watchdog, add_redacted_names
+from ._native import add_redacted_names
 
-if TYPE_CHECKING:
-    import os
-    import ssl as _ssl
-
-    SSLChoice = str | os.PathLike[str] | _ssl.SSLContext | Sequence[str | os.PathLike[str] | _ssl.SSLContext]
-# the defaults shown in this signature are the Rust configuration's (their one source)
-_DEFAULTS: dict[str, Any] = _native.Connection.defaults()
-
-UrlFor = Callable[[str, int], "str | tuple[str, Mapping[str, str]] | Awaitable[str | tuple[str, Mapping[str, str]]]"]
+_P = ParamSpec("_P")
 
 
 class Connection:
@@ -164,38 +155,22 @@ class Connection:
         return repr(self._n)
 
 
-def connect(
-    url: str,
-    *,
-    policy: Backoff | None = None,
-    ping_interval: float = _DEFAULTS["ping_interval"],
-    ping_timeout: float = _DEFAULTS["ping_timeout"],
-    open_timeout: float = _DEFAULTS["open_timeout"],
-    close_timeout: float = _DEFAULTS["close_timeout"],
-    ladder: Sequence[str | tuple[str, int]] = _DEFAULTS["ladder"],
-    url_for: UrlFor | None = None,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    stable_after: float = _DEFAULTS["stable_after"],
-    send_buffer: int = _DEFAULTS["send_buffer"],
-    first_message_timeout: float | None = None,
-    quiet_attempts: int = _DEFAULTS["quiet_attempts"],
-    fatal_close_codes: Iterable[int] = _DEFAULTS["fatal_close_codes"],
-    fatal_http_statuses: Iterable[int] = _DEFAULTS["fatal_http_statuses"],
-    name: str | None = None,
-    watchdog: Watchdog | None = None,
-    max_message_size: int = _DEFAULTS["max_message_size"],
-    ssl: SSLChoice | None = None,
-    read_buffer_size: int = _DEFAULTS["read_buffer_size"],
-    write_buffer_size: int = _DEFAULTS["write_buffer_size"],
-    on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
-    heartbeat: Heartbeat | None = None,
-    fatal: type[BaseException] | tuple[type[BaseException], ...] = (),
-    quiet_jitter: float = _DEFAULTS["quiet_jitter"],
-    logger: str | logging.Logger | None = None,
-    final_close_codes: Iterable[int] = _DEFAULTS["final_close_codes"],
-    connect_timeout: float | None = _DEFAULTS["connect_timeout"],
-    compression: str | None = _DEFAULTS["compression"],
-) -> Connection:
+def _takes_the_options_of(
+    native: Callable[_P, object],
+) -> Callable[[Callable[..., Connection]], Callable[_P, Connection]]:
+    """``connect`` takes what the native ``Connection`` takes, as it is: type checkers read the parameters,
+    their types and defaults from the native stub, and ``help()``/``inspect.signature()`` from the native
+    signature, whose defaults are the Rust configuration's. So neither is restated here."""
+
+    def take(f: Callable[..., Connection]) -> Callable[_P, Connection]:
+        f.__signature__ = inspect.signature(native).replace(return_annotation=Connection)  # type: ignore[attr-defined]
+        return f
+
+    return take
+
+
+@_takes_the_options_of(_native.Connection)
+def connect(url: str, **options: Any) -> Connection:
     """Create a supervised WebSocket (nothing happens until it is awaited or entered).
 
     ``url_for(strategy, attempt)`` (sync or async, called on the event loop of the first await) may return a
@@ -299,39 +274,7 @@ def connect(
     its error names every message never confirmed (``.messages``, in send order) and every failure not
     reported yet (``.failures``), from whichever call raises it.
     """
-    return Connection(
-        _native.Connection(
-            url,
-            policy=policy,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            open_timeout=open_timeout,
-            close_timeout=close_timeout,
-            ladder=ladder,
-            url_for=url_for,
-            headers=headers,
-            stable_after=stable_after,
-            send_buffer=send_buffer,
-            first_message_timeout=first_message_timeout,
-            quiet_attempts=quiet_attempts,
-            fatal_close_codes=fatal_close_codes,
-            fatal_http_statuses=fatal_http_statuses,
-            name=name,
-            watchdog=watchdog,
-            max_message_size=max_message_size,
-            ssl=ssl,
-            read_buffer_size=read_buffer_size,
-            write_buffer_size=write_buffer_size,
-            on_connect=on_connect,
-            heartbeat=heartbeat,
-            fatal=fatal,
-            quiet_jitter=quiet_jitter,
-            logger=logger,
-            final_close_codes=final_close_codes,
-            connect_timeout=connect_timeout,
-            compression=compression,
-        )
-    )
+    return Connection(_native.Connection(url, **options))
 
 
 __all__ = ["Connection", "add_redacted_names", "connect"]

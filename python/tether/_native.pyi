@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -19,10 +21,15 @@ from typing import Any, Literal, TypeVar, final, overload
 
 from typing_extensions import Self
 
+from ._hooks import Handshake
 from ._watchdog import Alarm
 from .events import Event
 
 _T = TypeVar("_T")
+# what url_for returns, and what ssl= takes (see tether.connect)
+_Target = str | tuple[str, Mapping[str, str]]
+_UrlFor = Callable[[str, int], _Target | Awaitable[_Target]]
+_SSLChoice = str | os.PathLike[str] | ssl.SSLContext | Sequence[str | os.PathLike[str] | ssl.SSLContext]
 _T_co = TypeVar("_T_co", covariant=True)
 __version__: str
 
@@ -215,40 +222,38 @@ class Connection:
         cls,
         url: str,
         *,
-        policy: Backoff | None = None,
-        ping_interval: float | None = None,
-        ping_timeout: float | None = None,
-        open_timeout: float | None = None,
-        close_timeout: float | None = None,
-        ladder: Sequence[str | tuple[str, int]] | None = None,
-        url_for: Callable[[str, int], Any] | None = None,
+        policy: Backoff | None = ...,  # Backoff()
+        ping_interval: float | None = 5.0,
+        ping_timeout: float | None = 5.0,
+        open_timeout: float | None = 10.0,
+        close_timeout: float | None = 2.0,
+        ladder: Sequence[str | tuple[str, int]] | None = ("resume", "restart"),
+        url_for: _UrlFor | None = None,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-        stable_after: float | None = None,
-        send_buffer: int | None = None,
+        stable_after: float | None = 10.0,
+        send_buffer: int | None = 1024,
         first_message_timeout: float | None = None,
-        quiet_attempts: int | None = None,
-        fatal_close_codes: Iterable[int] | None = None,
-        fatal_http_statuses: Iterable[int] | None = None,
+        quiet_attempts: int | None = 1,
+        fatal_close_codes: Iterable[int] | None = (1008,),
+        fatal_http_statuses: Iterable[int] | None = (401, 403),
         name: str | None = None,
         watchdog: Watchdog | None = None,
-        max_message_size: int | None = None,
-        ssl: Any = None,
-        read_buffer_size: int | None = None,
-        write_buffer_size: int | None = None,
-        on_connect: Callable[[Any], Awaitable[None]] | None = None,
+        max_message_size: int | None = 16777216,
+        ssl: _SSLChoice | None = None,
+        read_buffer_size: int | None = 4096,
+        write_buffer_size: int | None = 16384,
+        on_connect: Callable[[Handshake], Awaitable[None]] | None = None,
         heartbeat: Heartbeat | None = None,
-        fatal: type[BaseException] | tuple[type[BaseException], ...] | None = None,
-        quiet_jitter: float | None = None,
+        fatal: type[BaseException] | tuple[type[BaseException], ...] | None = (),
+        quiet_jitter: float | None = 1.0,
         logger: str | logging.Logger | None = None,
-        final_close_codes: Iterable[int] | None = None,
-        connect_timeout: float | None = ...,
-        compression: str | None = ...,
+        final_close_codes: Iterable[int] | None = (),
+        connect_timeout: float | None = 30.0,
+        compression: str | None = "deflate",
     ) -> Self:
-        """Every argument left out (or None) takes its default, except ``connect_timeout``: left out it
-        is 30 s, None lifts the bound of the first connect (``policy`` alone bounds it); and
-        ``compression``: left out it is ``"deflate"``, None turns permessage-deflate off."""
-    @staticmethod
-    def defaults() -> dict[str, Any]: ...
+        """Every argument left out (or None) takes the default shown, except ``connect_timeout``: None lifts
+        the bound of the first connect (``policy`` alone bounds it); and ``compression``: None turns
+        permessage-deflate off."""
     async def start(self) -> None: ...
     def try_recv(self) -> str | bytes | None: ...
     async def wait_readable(self) -> None: ...

@@ -1,11 +1,13 @@
 //! `tether.Backoff`: a validated, immutable retry policy.
 
-use pyo3::prelude::*;
-use pyo3::types::PyAny;
+use std::marker::PhantomData;
 
-use crate::backoff::{Backoff, Delays, Jitter};
+use pyo3::prelude::*;
+
+use crate::backoff::{Backoff, Delays};
 
 use super::errors::value_error;
+use super::options::{param, type_name, Count, JitterMode, Number, Param};
 
 /// Retry delay policy. ``max_attempts`` counts retries: ``delays()`` yields one delay per retry.
 ///
@@ -21,78 +23,47 @@ pub struct PyBackoff {
     pub inner: Backoff,
 }
 
-fn seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if v.is_instance_of::<pyo3::types::PyBool>() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!("{name} must be a number of seconds, not bool")));
-    }
-    v.extract::<f64>().map_err(|_| {
-        pyo3::exceptions::PyTypeError::new_err(format!(
-            "{name} must be a number of seconds, not {}",
-            v.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
-        ))
-    })
-}
+/// An option that takes a `tether.Backoff` (`policy=`, `respawn=`).
+pub struct Policy<P>(pub Backoff, PhantomData<P>);
 
-pub fn opt_seconds(name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.is_none() => Ok(None),
-        Some(v) => seconds(name, v).map(Some),
-    }
-}
+impl<'a, 'py, P: Param> FromPyObject<'a, 'py> for Policy<P> {
+    type Error = PyErr;
 
-/// Positive, finite seconds for timeouts and intervals; `ValueError` otherwise.
-pub fn positive_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let s = seconds(name, v)?;
-    if !s.is_finite() || s <= 0.0 || s > crate::backoff::MAX_SECONDS {
-        return Err(value_error(format!("{name} must be a finite number of seconds in (0, 86400], got {s}")));
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        v.cast::<PyBackoff>().map(|b| Policy(b.get().inner.clone(), PhantomData)).map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "{} must be a tether.Backoff, not {}",
+                P::NAME,
+                type_name(&v)
+            ))
+        })
     }
-    Ok(s)
-}
-
-pub fn non_negative_seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let s = seconds(name, v)?;
-    if !s.is_finite() || !(0.0..=crate::backoff::MAX_SECONDS).contains(&s) {
-        return Err(value_error(format!("{name} must be a finite number of seconds in [0, 86400], got {s}")));
-    }
-    Ok(s)
-}
-
-pub fn count(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u32> {
-    if v.is_instance_of::<pyo3::types::PyBool>() || !v.is_instance_of::<pyo3::types::PyInt>() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!("{name} must be an int")));
-    }
-    let n: i64 = v.extract().map_err(|_| value_error(format!("{name} is out of range")))?;
-    if !(0..=1_000_000).contains(&n) {
-        return Err(value_error(format!("{name} must be between 0 and 1000000, got {n}")));
-    }
-    Ok(n as u32)
 }
 
 #[pymethods]
 impl PyBackoff {
     #[new]
-    #[pyo3(signature = (initial=None, factor=None, max_delay=None, jitter="full", max_attempts=None, deadline=None, seed=None))]
+    #[pyo3(signature = (initial=None, factor=None, max_delay=None, jitter=JitterMode(Backoff::default().jitter),
+        max_attempts=None, deadline=None, seed=None))]
     fn new(
-        initial: Option<&Bound<'_, PyAny>>,
-        factor: Option<&Bound<'_, PyAny>>,
-        max_delay: Option<&Bound<'_, PyAny>>,
-        jitter: &str,
-        max_attempts: Option<&Bound<'_, PyAny>>,
-        deadline: Option<&Bound<'_, PyAny>>,
+        initial: Option<Number<param::Initial>>,
+        factor: Option<Number<param::Factor>>,
+        max_delay: Option<Number<param::MaxDelay>>,
+        jitter: JitterMode,
+        max_attempts: Option<Count<param::MaxAttempts>>,
+        deadline: Option<Number<param::Deadline>>,
         seed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let d = Backoff::default();
-        let mut b = Backoff {
-            initial: opt_seconds("initial", initial)?.unwrap_or(d.initial),
-            factor: opt_seconds("factor", factor)?.unwrap_or(d.factor),
-            max_delay: d.max_delay,
-            jitter: Jitter::parse(jitter).map_err(|e| value_error(e.0))?,
-            max_attempts: match max_attempts {
-                Some(v) if !v.is_none() => Some(count("max_attempts", v)?),
-                _ => None,
-            },
-            deadline: opt_seconds("deadline", deadline)?,
+        let initial = initial.map_or(d.initial, |n| n.0);
+        let b = Backoff {
+            initial,
+            factor: factor.map_or(d.factor, |n| n.0),
+            // never below an explicitly larger initial delay
+            max_delay: max_delay.map_or(d.max_delay.max(initial), |n| n.0),
+            jitter: jitter.0,
+            max_attempts: max_attempts.map(|n| n.0).or(d.max_attempts),
+            deadline: deadline.map(|n| n.0).or(d.deadline),
             seed: match seed {
                 Some(v) if !v.is_none() => {
                     if !v.is_instance_of::<pyo3::types::PyInt>() || v.is_instance_of::<pyo3::types::PyBool>() {
@@ -102,37 +73,11 @@ impl PyBackoff {
                     let masked = v.call_method1("__and__", (u64::MAX,))?;
                     Some(masked.extract::<u64>()?)
                 }
-                _ => None,
+                _ => d.seed,
             },
-        };
-        // max_delay defaults to 7 s, but never below an explicitly larger initial delay
-        b.max_delay = match opt_seconds("max_delay", max_delay)? {
-            Some(m) => m,
-            None => d.max_delay.max(b.initial),
         };
         b.validate().map_err(|e| value_error(e.0))?;
         Ok(PyBackoff { inner: b })
-    }
-
-    /// The constructor's signature with the defaults that take effect (`Backoff::default()`), for
-    /// `help()`; the binding's own takes None for each, so that None also means "the default".
-    #[classattr]
-    #[pyo3(name = "__signature__")]
-    fn signature(py: Python<'_>) -> PyResult<Py<PyAny>> {
-        use super::signature::Kind::PositionalOrKeyword as P;
-        let d = Backoff::default();
-        super::signature::signature(
-            py,
-            vec![
-                ("initial", P, d.initial.into_pyobject(py)?.into_any()),
-                ("factor", P, d.factor.into_pyobject(py)?.into_any()),
-                ("max_delay", P, d.max_delay.into_pyobject(py)?.into_any()),
-                ("jitter", P, d.jitter.as_str().into_pyobject(py)?.into_any()),
-                ("max_attempts", P, d.max_attempts.into_pyobject(py)?.into_any()),
-                ("deadline", P, d.deadline.into_pyobject(py)?.into_any()),
-                ("seed", P, d.seed.into_pyobject(py)?.into_any()),
-            ],
-        )
     }
 
     /// A fresh iterator of delays (seconds, as floats) for one retry episode.
@@ -209,4 +154,28 @@ impl DelayIter {
     fn __next__(&self) -> Option<f64> {
         self.it.lock().unwrap_or_else(|p| p.into_inner()).next().map(|d| d.as_secs_f64())
     }
+}
+
+/// The defaults `help(tether.Backoff)` shows, from `Backoff::default()` (their one source).
+fn show_defaults(cls: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = cls.py();
+    let d = Backoff::default();
+    super::signature::show_defaults(
+        cls,
+        vec![
+            ("initial", d.initial.into_pyobject(py)?.into_any()),
+            ("factor", d.factor.into_pyobject(py)?.into_any()),
+            ("max_delay", d.max_delay.into_pyobject(py)?.into_any()),
+            ("jitter", d.jitter.as_str().into_pyobject(py)?.into_any()),
+            ("max_attempts", d.max_attempts.into_pyobject(py)?),
+            ("deadline", d.deadline.into_pyobject(py)?),
+            ("seed", d.seed.into_pyobject(py)?),
+        ],
+    )
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyBackoff>()?;
+    m.add_class::<DelayIter>()?;
+    show_defaults(&m.getattr("Backoff")?)
 }

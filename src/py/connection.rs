@@ -11,12 +11,12 @@ use crate::redact::redact_url;
 use crate::ws::deflate::Offer;
 use crate::ws::tls::TrustSource;
 use crate::ws::upgrade::Endpoint;
-use crate::ws::{WsConfig, WsError, DEFAULT_CONNECT_TIMEOUT};
+use crate::ws::{WsConfig, WsError};
 
-use super::args::{bound_or_none, Arg};
-use super::backoff::count;
+use super::backoff::{Policy, PyBackoff};
 use super::errors::value_error;
 use super::events::EventStream;
+use super::options::{count, param, AtLeastOne, Bytes, CloseCodes, Count, HttpStatuses, Seconds, SecondsOrZero};
 use super::ws::{on_connect_spec, terminal_error, Conn, Hooks};
 
 fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
@@ -126,53 +126,80 @@ fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
     ))
 }
 
-fn parse_ladder(v: Option<&Bound<'_, PyAny>>, default: &[(Arc<str>, u32)]) -> PyResult<Vec<(Arc<str>, u32)>> {
-    let Some(v) = v.filter(|v| !v.is_none()) else {
-        return Ok(default.to_vec());
-    };
-    if v.is_instance_of::<PyString>() {
-        return Err(PyTypeError::new_err(
-            "ladder must be a sequence of strategy names, e.g. (\"resume\", \"restart\")",
-        ));
-    }
-    let mut out: Vec<(Arc<str>, u32)> = vec![];
-    for item in v.try_iter().map_err(|_| PyTypeError::new_err("ladder must be a sequence"))? {
-        let item = item?;
-        if let Ok(s) = item.cast::<PyString>() {
-            out.push((Arc::from(s.to_str()?), 1));
-        } else if let Ok((s, n)) = item.extract::<(String, Bound<'_, PyAny>)>() {
-            let n = count("ladder attempts", &n)?;
-            if n == 0 {
-                return Err(value_error(format!("ladder rung {s:?} must allow at least one attempt")));
-            }
-            out.push((Arc::from(s.as_str()), n));
-        } else {
-            return Err(PyTypeError::new_err("ladder entries must be names or (name, attempts) pairs"));
+/// `ladder=`: strategy names, or `(name, attempts)` pairs, in the order they are tried.
+struct Ladder(Vec<(Arc<str>, u32)>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Ladder {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if v.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(
+                "ladder must be a sequence of strategy names, e.g. (\"resume\", \"restart\")",
+            ));
         }
+        let mut out: Vec<(Arc<str>, u32)> = vec![];
+        for item in v.try_iter().map_err(|_| PyTypeError::new_err("ladder must be a sequence"))? {
+            let item = item?;
+            if let Ok(s) = item.cast::<PyString>() {
+                out.push((Arc::from(s.to_str()?), 1));
+            } else if let Ok((s, n)) = item.extract::<(String, Bound<'_, PyAny>)>() {
+                let n = count("ladder attempts", &n)?;
+                if n == 0 {
+                    return Err(value_error(format!("ladder rung {s:?} must allow at least one attempt")));
+                }
+                out.push((Arc::from(s.as_str()), n));
+            } else {
+                return Err(PyTypeError::new_err("ladder entries must be names or (name, attempts) pairs"));
+            }
+        }
+        if out.is_empty() {
+            return Err(value_error("ladder must name at least one strategy"));
+        }
+        if out.iter().any(|(s, _)| s.is_empty()) {
+            return Err(value_error("ladder strategy names must not be empty"));
+        }
+        Ok(Ladder(out))
     }
-    if out.is_empty() {
-        return Err(value_error("ladder must name at least one strategy"));
-    }
-    if out.iter().any(|(s, _)| s.is_empty()) {
-        return Err(value_error("ladder strategy names must not be empty"));
-    }
-    Ok(out)
 }
 
-/// `connect_timeout=`: None (not the default, which the signature supplies) lifts the bound.
-fn connect_timeout_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<std::time::Duration>> {
-    bound_or_none("connect_timeout", v)
+/// `headers=`: a dict of str to str or a list of (str, str) pairs.
+struct Headers(Vec<(String, String)>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Headers {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        parse_headers(&v).map(Headers)
+    }
+}
+
+/// `ssl=`: the certificate authorities to trust (`trust_sources`).
+struct Trust(Vec<TrustSource>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Trust {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        trust_sources(&v).map(Trust)
+    }
 }
 
 /// `compression=`: "deflate" offers permessage-deflate, None turns it off (websockets' values).
-fn compression_arg(v: &Bound<'_, PyAny>) -> PyResult<Option<Offer>> {
-    if v.is_none() {
-        return Ok(None);
-    }
-    match v.cast::<PyString>().map(|s| s.to_string()) {
-        Ok(s) if s == "deflate" => Ok(Some(Offer::default())),
-        Ok(s) => Err(value_error(format!("unsupported compression {s:?}: use \"deflate\" or None"))),
-        Err(_) => Err(PyTypeError::new_err("compression must be \"deflate\" or None")),
+struct Compression(Option<Offer>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Compression {
+    type Error = PyErr;
+
+    fn extract(v: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if v.is_none() {
+            return Ok(Compression(None));
+        }
+        match v.cast::<PyString>().map(|s| s.to_string()) {
+            Ok(s) if s == "deflate" => Ok(Compression(Some(Offer::default()))),
+            Ok(s) => Err(value_error(format!("unsupported compression {s:?}: use \"deflate\" or None"))),
+            Err(_) => Err(PyTypeError::new_err("compression must be \"deflate\" or None")),
+        }
     }
 }
 
@@ -199,45 +226,49 @@ impl PyConnection {
 
 #[pymethods]
 impl PyConnection {
+    // None means the option's default (`WsConfig::default()`, which `show_defaults` puts in the
+    // signature), except for connect_timeout (None lifts the bound) and compression (None turns it off),
+    // whose defaults are therefore Rust expressions here
     #[new]
-    #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None, close_timeout=None,
-        ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None, first_message_timeout=None,
-        quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None, watchdog=None,
-        max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
+    #[pyo3(signature = (url, *, policy=None, ping_interval=None, ping_timeout=None, open_timeout=None,
+        close_timeout=None, ladder=None, url_for=None, headers=None, stable_after=None, send_buffer=None,
+        first_message_timeout=None, quiet_attempts=None, fatal_close_codes=None, fatal_http_statuses=None, name=None,
+        watchdog=None, max_message_size=None, ssl=None, read_buffer_size=None, write_buffer_size=None,
         on_connect=None, heartbeat=None, fatal=None, quiet_jitter=None, logger=None, final_close_codes=None,
-        connect_timeout=Some(DEFAULT_CONNECT_TIMEOUT), compression=Some(Offer::default())))]
+        connect_timeout=WsConfig::default().reconnect.connect_timeout.map(Seconds::new),
+        compression=Compression(WsConfig::default().compression)))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         url: &Bound<'_, PyAny>,
-        policy: Option<&Bound<'_, PyAny>>,
-        ping_interval: Option<&Bound<'_, PyAny>>,
-        ping_timeout: Option<&Bound<'_, PyAny>>,
-        open_timeout: Option<&Bound<'_, PyAny>>,
-        close_timeout: Option<&Bound<'_, PyAny>>,
-        ladder: Option<&Bound<'_, PyAny>>,
+        policy: Option<Policy<param::Policy>>,
+        ping_interval: Option<Seconds<param::PingInterval>>,
+        ping_timeout: Option<Seconds<param::PingTimeout>>,
+        open_timeout: Option<Seconds<param::OpenTimeout>>,
+        close_timeout: Option<Seconds<param::CloseTimeout>>,
+        ladder: Option<Ladder>,
         url_for: Option<&Bound<'_, PyAny>>,
-        headers: Option<&Bound<'_, PyAny>>,
-        stable_after: Option<&Bound<'_, PyAny>>,
-        send_buffer: Option<&Bound<'_, PyAny>>,
-        first_message_timeout: Option<&Bound<'_, PyAny>>,
-        quiet_attempts: Option<&Bound<'_, PyAny>>,
-        fatal_close_codes: Option<&Bound<'_, PyAny>>,
-        fatal_http_statuses: Option<&Bound<'_, PyAny>>,
+        headers: Option<Headers>,
+        stable_after: Option<SecondsOrZero<param::StableAfter>>,
+        send_buffer: Option<AtLeastOne<param::SendBuffer>>,
+        first_message_timeout: Option<Seconds<param::FirstMessageTimeout>>,
+        quiet_attempts: Option<Count<param::QuietAttempts>>,
+        fatal_close_codes: Option<CloseCodes<param::FatalCloseCodes>>,
+        fatal_http_statuses: Option<HttpStatuses<param::FatalHttpStatuses>>,
         name: Option<&str>,
         watchdog: Option<&Bound<'_, PyAny>>,
-        max_message_size: Option<&Bound<'_, PyAny>>,
-        ssl: Option<&Bound<'_, PyAny>>,
-        read_buffer_size: Option<&Bound<'_, PyAny>>,
-        write_buffer_size: Option<&Bound<'_, PyAny>>,
+        max_message_size: Option<Bytes<param::MaxMessageSize>>,
+        ssl: Option<Trust>,
+        read_buffer_size: Option<Bytes<param::ReadBufferSize>>,
+        write_buffer_size: Option<Bytes<param::WriteBufferSize>>,
         on_connect: Option<&Bound<'_, PyAny>>,
         heartbeat: Option<&Bound<'_, PyAny>>,
         fatal: Option<&Bound<'_, PyAny>>,
-        quiet_jitter: Option<&Bound<'_, PyAny>>,
+        quiet_jitter: Option<SecondsOrZero<param::QuietJitter>>,
         logger: Option<&Bound<'_, PyAny>>,
-        final_close_codes: Option<&Bound<'_, PyAny>>,
-        #[pyo3(from_py_with = connect_timeout_arg)] connect_timeout: Option<std::time::Duration>,
-        #[pyo3(from_py_with = compression_arg)] compression: Option<Offer>,
+        final_close_codes: Option<CloseCodes<param::FinalCloseCodes>>,
+        connect_timeout: Option<Seconds<param::ConnectTimeout>>,
+        compression: Compression,
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
@@ -252,8 +283,6 @@ impl PyConnection {
         };
         let url: String = url.extract().map_err(|_| PyTypeError::new_err("url must be a str"))?;
         check_url(&url)?;
-        let d = WsConfig::default();
-        let policy = Arg::new("policy", policy).policy(&d.reconnect.policy)?;
         let url_for = match url_for {
             Some(f) if !f.is_none() => {
                 if !f.is_callable() {
@@ -263,58 +292,50 @@ impl PyConnection {
             }
             _ => None,
         };
-        let send_buffer = Arg::new("send_buffer", send_buffer).at_least_one(d.send_buffer as u32)? as usize;
-        let max_message_size = Arg::new("max_message_size", max_message_size).bytes(d.max_message_size)?;
-        let read_buffer_size = Arg::new("read_buffer_size", read_buffer_size).bytes(d.read_buffer_size)?;
-        let write_buffer_size = Arg::new("write_buffer_size", write_buffer_size).bytes(d.write_buffer_size)?;
-        let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
-        let fatal_close_codes = Arg::new("fatal_close_codes", fatal_close_codes).close_codes(&d.fatal_close_codes)?;
-        let final_close_codes = Arg::new("final_close_codes", final_close_codes).close_codes(&d.final_close_codes)?;
+        let d = WsConfig::default();
+        let fatal_close_codes = fatal_close_codes.map_or(d.fatal_close_codes, |c| c.0);
+        let final_close_codes = final_close_codes.map_or(d.final_close_codes, |c| c.0);
         if let Some(both) = final_close_codes.iter().find(|c| fatal_close_codes.contains(c)) {
             return Err(value_error(format!(
                 "close code {both} is in both fatal_close_codes (give up: GaveUp) and final_close_codes (end cleanly)"
             )));
         }
+        let tls = match ssl {
+            Some(t) => Some(crate::ws::tls::client_config(&t.0).map_err(|e| value_error(format!("ssl: {e}")))?),
+            None => d.tls,
+        };
+        let max_message_size = max_message_size.map_or(d.max_message_size, |b| b.0);
+        let shown = name.map(redact_url).unwrap_or_else(|| redact_url(&url));
         let cfg = WsConfig {
             url: url.clone(),
-            headers: match headers {
-                Some(h) => parse_headers(h)?,
-                None => vec![],
-            },
-            ping_interval: Arg::new("ping_interval", ping_interval).seconds(d.ping_interval)?,
-            ping_timeout: Arg::new("ping_timeout", ping_timeout).seconds(d.ping_timeout)?,
-            open_timeout: Arg::new("open_timeout", open_timeout).seconds(d.open_timeout)?,
-            close_timeout: Arg::new("close_timeout", close_timeout).seconds(d.close_timeout)?,
-            first_message_timeout: Arg::new("first_message_timeout", first_message_timeout).opt_seconds()?,
-            send_buffer,
+            headers: headers.map_or(d.headers, |h| h.0),
+            ping_interval: ping_interval.map_or(d.ping_interval, |s| s.0),
+            ping_timeout: ping_timeout.map_or(d.ping_timeout, |s| s.0),
+            open_timeout: open_timeout.map_or(d.open_timeout, |s| s.0),
+            close_timeout: close_timeout.map_or(d.close_timeout, |s| s.0),
+            first_message_timeout: first_message_timeout.map(|s| s.0).or(d.first_message_timeout),
+            send_buffer: send_buffer.map_or(d.send_buffer, |n| n.0 as usize),
             max_message_size,
-            read_buffer_size,
-            write_buffer_size,
-            write_high_water: d.write_high_water,
-            poison_after: d.poison_after,
-            recv_buffer: d.recv_buffer,
+            read_buffer_size: read_buffer_size.map_or(d.read_buffer_size, |b| b.0),
+            write_buffer_size: write_buffer_size.map_or(d.write_buffer_size, |b| b.0),
             recv_buffer_bytes: d.recv_buffer_bytes.max(max_message_size),
             fatal_close_codes,
             final_close_codes,
-            fatal_http_statuses: Arg::new("fatal_http_statuses", fatal_http_statuses).codes(&d.fatal_http_statuses)?,
+            fatal_http_statuses: fatal_http_statuses.map_or(d.fatal_http_statuses, |c| c.0),
             reconnect: crate::retry_state::Config {
                 name: shown.clone(),
-                policy,
-                stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.reconnect.stable_after)?,
-                quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.reconnect.quiet_attempts)?,
-                quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.reconnect.quiet_jitter)?,
-                ladder: parse_ladder(ladder, &d.reconnect.ladder)?,
-                attempt_timeout: None,
-                connect_timeout,
+                policy: policy.map_or(d.reconnect.policy, |p| p.0),
+                stable_after: stable_after.map_or(d.reconnect.stable_after, |s| s.0),
+                quiet_attempts: quiet_attempts.map_or(d.reconnect.quiet_attempts, |n| n.0),
+                quiet_jitter: quiet_jitter.map_or(d.reconnect.quiet_jitter, |s| s.0),
+                ladder: ladder.map_or(d.reconnect.ladder, |l| l.0),
+                connect_timeout: connect_timeout.map(|s| s.0),
                 logger,
+                ..d.reconnect
             },
-            tls: match ssl {
-                Some(v) if !v.is_none() => Some(
-                    crate::ws::tls::client_config(&trust_sources(v)?).map_err(|e| value_error(format!("ssl: {e}")))?,
-                ),
-                _ => None,
-            },
-            compression,
+            tls,
+            compression: compression.0,
+            ..d
         };
         let hooks = Hooks {
             url_for,
@@ -323,41 +344,6 @@ impl PyConnection {
             watchdog,
         };
         Ok(PyConnection { conn: Conn::new(cfg, shown.clone(), hooks, metrics_of(name, &url)), name: shown })
-    }
-
-    /// The defaults of `tether.connect`'s options, from the Rust configuration (their one source).
-    #[staticmethod]
-    fn defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
-        let d = WsConfig::default();
-        // a rung of one attempt is written as its bare name, as in `ladder=("resume", "restart")`
-        let ladder = d
-            .reconnect
-            .ladder
-            .iter()
-            .map(|(name, n)| match n {
-                1 => Ok(PyString::new(py, name).into_any()),
-                n => Ok((&**name, *n).into_pyobject(py)?.into_any()),
-            })
-            .collect::<PyResult<Vec<_>>>()?;
-        let out = PyDict::new(py);
-        out.set_item("ping_interval", d.ping_interval.as_secs_f64())?;
-        out.set_item("ping_timeout", d.ping_timeout.as_secs_f64())?;
-        out.set_item("open_timeout", d.open_timeout.as_secs_f64())?;
-        out.set_item("close_timeout", d.close_timeout.as_secs_f64())?;
-        out.set_item("ladder", PyTuple::new(py, ladder)?)?;
-        out.set_item("stable_after", d.reconnect.stable_after.as_secs_f64())?;
-        out.set_item("send_buffer", d.send_buffer)?;
-        out.set_item("quiet_attempts", d.reconnect.quiet_attempts)?;
-        out.set_item("quiet_jitter", d.reconnect.quiet_jitter.as_secs_f64())?;
-        out.set_item("fatal_close_codes", PyTuple::new(py, &d.fatal_close_codes)?)?;
-        out.set_item("final_close_codes", PyTuple::new(py, &d.final_close_codes)?)?;
-        out.set_item("connect_timeout", d.reconnect.connect_timeout.map(|t| t.as_secs_f64()))?;
-        out.set_item("fatal_http_statuses", PyTuple::new(py, &d.fatal_http_statuses)?)?;
-        out.set_item("max_message_size", d.max_message_size)?;
-        out.set_item("read_buffer_size", d.read_buffer_size)?;
-        out.set_item("write_buffer_size", d.write_buffer_size)?;
-        out.set_item("compression", d.compression.map(|_| "deflate"))?;
-        Ok(out)
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed. The
@@ -468,7 +454,52 @@ fn add_redacted_names(names: &Bound<'_, PyTuple>) -> PyResult<()> {
     Ok(())
 }
 
+/// The defaults `help(tether.connect)` shows, from the Rust configuration (their one source).
+fn show_defaults(cls: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = cls.py();
+    let d = WsConfig::default();
+    let secs = |t: std::time::Duration| t.as_secs_f64().into_pyobject(py).map(|v| v.into_any());
+    let opt_secs = |t: Option<std::time::Duration>| t.map(|t| t.as_secs_f64()).into_pyobject(py);
+    let int = |n: usize| n.into_pyobject(py).map(|v| v.into_any());
+    // a rung of one attempt is written as its bare name, as in `ladder=("resume", "restart")`
+    let ladder = d
+        .reconnect
+        .ladder
+        .iter()
+        .map(|(name, n)| match n {
+            1 => Ok(PyString::new(py, name).into_any()),
+            n => Ok((&**name, *n).into_pyobject(py)?.into_any()),
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    super::signature::show_defaults(
+        cls,
+        vec![
+            ("policy", PyBackoff { inner: d.reconnect.policy.clone() }.into_pyobject(py)?.into_any()),
+            ("ping_interval", secs(d.ping_interval)?),
+            ("ping_timeout", secs(d.ping_timeout)?),
+            ("open_timeout", secs(d.open_timeout)?),
+            ("close_timeout", secs(d.close_timeout)?),
+            ("ladder", PyTuple::new(py, ladder)?.into_any()),
+            ("stable_after", secs(d.reconnect.stable_after)?),
+            ("send_buffer", int(d.send_buffer)?),
+            ("first_message_timeout", opt_secs(d.first_message_timeout)?),
+            ("quiet_attempts", d.reconnect.quiet_attempts.into_pyobject(py)?.into_any()),
+            ("fatal_close_codes", PyTuple::new(py, &d.fatal_close_codes)?.into_any()),
+            ("fatal_http_statuses", PyTuple::new(py, &d.fatal_http_statuses)?.into_any()),
+            ("max_message_size", int(d.max_message_size)?),
+            ("read_buffer_size", int(d.read_buffer_size)?),
+            ("write_buffer_size", int(d.write_buffer_size)?),
+            ("fatal", PyTuple::empty(py).into_any()),
+            ("quiet_jitter", secs(d.reconnect.quiet_jitter)?),
+            ("final_close_codes", PyTuple::new(py, &d.final_close_codes)?.into_any()),
+            ("connect_timeout", opt_secs(d.reconnect.connect_timeout)?),
+            ("compression", d.compression.map(|_| "deflate").into_pyobject(py)?),
+        ],
+    )
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyConnection>()?;
+    show_defaults(&m.getattr("Connection")?)?;
     m.add_function(wrap_pyfunction!(add_redacted_names, m)?)
 }

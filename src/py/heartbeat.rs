@@ -9,8 +9,8 @@ use pyo3::prelude::*;
 
 use crate::ws::protocol::Message;
 
-use super::backoff::positive_seconds;
 use super::convert::message_from_py;
+use super::options::{param, Seconds};
 
 /// In-band heartbeat for ``tether.connect(heartbeat=...)``.
 ///
@@ -37,9 +37,9 @@ impl PyHeartbeat {
     #[pyo3(signature = (message, interval, is_reply=None, timeout=None))]
     fn new(
         message: &Bound<'_, PyAny>,
-        interval: &Bound<'_, PyAny>,
+        interval: Seconds<param::Interval>,
         is_reply: Option<&Bound<'_, PyAny>>,
-        timeout: Option<&Bound<'_, PyAny>>,
+        timeout: Option<Seconds<param::Timeout>>,
     ) -> PyResult<Self> {
         let fixed = if message.is_callable() {
             refuse_async(message, "the heartbeat message factory")?;
@@ -51,11 +51,8 @@ impl PyHeartbeat {
                 )
             })?)
         };
-        let interval = positive_seconds("interval", interval)?;
-        let timeout = match timeout {
-            Some(t) if !t.is_none() => positive_seconds("timeout", t)?,
-            _ => interval,
-        };
+        let interval = interval.0.as_secs_f64();
+        let timeout = timeout.map_or(interval, |t| t.0.as_secs_f64());
         let is_reply = match is_reply {
             Some(f) if !f.is_none() => {
                 if !f.is_callable() {

@@ -3,7 +3,6 @@
 
 use pyo3::prelude::*;
 
-mod args;
 mod backoff;
 mod bridge;
 mod callables;
@@ -17,6 +16,7 @@ mod events;
 mod heartbeat;
 pub(crate) mod logging;
 mod metrics;
+mod options;
 mod parked;
 mod procpool;
 mod readiness;
@@ -33,9 +33,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
 
     coroutine::register(m)?;
-    m.add_class::<backoff::PyBackoff>()?;
-    m.add_class::<backoff::DelayIter>()?;
-    m.add_class::<reconnect::PyReconnector>()?;
+    backoff::register(m)?;
+    reconnect::register(m)?;
     m.add_class::<events::EventStream>()?;
     watchdog::register(m)?;
     procpool::register(m)?;

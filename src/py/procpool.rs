@@ -15,12 +15,12 @@ use crate::procpool::{
     RequestError, Spawner,
 };
 
-use super::args::Arg;
-use super::backoff::{count, positive_seconds, PyBackoff};
+use super::backoff::{Policy, PyBackoff};
 use super::bridge::await_py;
 use super::convert::describe_chain;
 use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
 use super::events::Buffered;
+use super::options::{param, AtLeastOne, Count, Seconds};
 
 /// A process made by the user's `spawn()` coroutine: any Python object.
 struct PyProc {
@@ -203,7 +203,7 @@ impl PyWorkerProc {
         &self,
         py: Python<'py>,
         data: &Bound<'py, PyAny>,
-        timeout: Option<&Bound<'py, PyAny>>,
+        timeout: Option<Seconds<param::Timeout>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let data: Vec<u8> = if let Ok(b) = data.cast::<PyBytes>() {
             b.as_bytes().to_vec()
@@ -212,10 +212,7 @@ impl PyWorkerProc {
         } else {
             return Err(PyTypeError::new_err("data must be bytes or str"));
         };
-        let limit = match timeout {
-            Some(t) if !t.is_none() => Some(Duration::from_secs_f64(positive_seconds("timeout", t)?)),
-            _ => None,
-        };
+        let limit = timeout.map(|s| s.0);
         let proc = self.proc.clone();
         super::coroutine::coroutine(py, "WorkerProc.request", async move {
             let native = proc.as_any().downcast_ref::<NativeProc>().expect("a WorkerProc wraps a NativeProc");
@@ -446,11 +443,11 @@ impl PyProcPool {
         py: Python<'_>,
         spawn: Option<Bound<'_, PyAny>>,
         command: Option<Bound<'_, PyAny>>,
-        num_idle: Option<&Bound<'_, PyAny>>,
-        max_concurrent_spawns: Option<&Bound<'_, PyAny>>,
-        initialize_timeout: Option<&Bound<'_, PyAny>>,
-        acquire_attempts: Option<&Bound<'_, PyAny>>,
-        respawn: Option<&Bound<'_, PyAny>>,
+        num_idle: Option<Count<param::NumIdle>>,
+        max_concurrent_spawns: Option<AtLeastOne<param::MaxConcurrentSpawns>>,
+        initialize_timeout: Option<Seconds<param::InitializeTimeout>>,
+        acquire_attempts: Option<AtLeastOne<param::AcquireAttempts>>,
+        respawn: Option<Policy<param::Respawn>>,
         env: Option<&Bound<'_, PyDict>>,
         cwd: Option<String>,
         liveness: Option<Bound<'_, PyAny>>,
@@ -463,12 +460,11 @@ impl PyProcPool {
         let command = command.filter(|c| !c.is_none());
         let d = PoolConfig::default();
         let cfg = PoolConfig {
-            num_idle: Arg::new("num_idle", num_idle).count(d.num_idle as u32)? as usize,
-            max_concurrent_spawns: Arg::new("max_concurrent_spawns", max_concurrent_spawns)
-                .at_least_one(d.max_concurrent_spawns as u32)? as usize,
-            initialize_timeout: Arg::new("initialize_timeout", initialize_timeout).seconds(d.initialize_timeout)?,
-            acquire_attempts: Arg::new("acquire_attempts", acquire_attempts).at_least_one(d.acquire_attempts)?,
-            respawn: Arg::new("respawn", respawn).policy(&d.respawn)?,
+            num_idle: num_idle.map_or(d.num_idle, |n| n.0 as usize),
+            max_concurrent_spawns: max_concurrent_spawns.map_or(d.max_concurrent_spawns, |n| n.0 as usize),
+            initialize_timeout: initialize_timeout.map_or(d.initialize_timeout, |s| s.0),
+            acquire_attempts: acquire_attempts.map_or(d.acquire_attempts, |n| n.0),
+            respawn: respawn.map_or(d.respawn, |p| p.0),
             unhealthy_after: d.unhealthy_after,
             logger,
             name: name.map_or(d.name, crate::redact::redact_url),
@@ -520,33 +516,6 @@ impl PyProcPool {
         Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())), logger })
     }
 
-    /// The constructor's signature with the defaults that take effect (`PoolConfig::default()`), for
-    /// `help()`; the binding's own takes None for each, so that None also means "the default".
-    #[classattr]
-    #[pyo3(name = "__signature__")]
-    fn signature(py: Python<'_>) -> PyResult<Py<PyAny>> {
-        use super::signature::Kind::{KeywordOnly as K, PositionalOrKeyword as P};
-        let d = PoolConfig::default();
-        let none = || py.None().into_bound(py);
-        super::signature::signature(
-            py,
-            vec![
-                ("spawn", P, none()),
-                ("command", P, none()),
-                ("num_idle", K, d.num_idle.into_pyobject(py)?.into_any()),
-                ("max_concurrent_spawns", K, d.max_concurrent_spawns.into_pyobject(py)?.into_any()),
-                ("initialize_timeout", K, d.initialize_timeout.as_secs_f64().into_pyobject(py)?.into_any()),
-                ("acquire_attempts", K, d.acquire_attempts.into_pyobject(py)?.into_any()),
-                ("respawn", K, PyBackoff { inner: d.respawn.clone() }.into_pyobject(py)?.into_any()),
-                ("env", K, none()),
-                ("cwd", K, none()),
-                ("liveness", K, none()),
-                ("logger", K, none()),
-                ("name", K, d.name.into_pyobject(py)?.into_any()),
-            ],
-        )
-    }
-
     /// Start prewarming (call inside a running event loop when using spawn=).
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         start(py, &self.pool, self.py_spawner.as_deref())
@@ -554,8 +523,8 @@ impl PyProcPool {
 
     /// A warm process (a `WorkerProc` for command= pools, your object for spawn= pools).
     #[pyo3(signature = (timeout=None))]
-    fn acquire<'py>(&self, py: Python<'py>, timeout: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
-        let t = Arg::new("timeout", timeout).opt_seconds()?;
+    fn acquire<'py>(&self, py: Python<'py>, timeout: Option<Seconds<param::Timeout>>) -> PyResult<Bound<'py, PyAny>> {
+        let t = timeout.map(|s| s.0);
         let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
         // at the first step, on the loop that drives it: an acquire never awaited lends nothing
         super::coroutine::deferred_handover(py, "ProcPool.acquire", hand_over, move |py| {
@@ -578,14 +547,11 @@ impl PyProcPool {
     fn warm<'py>(
         &self,
         py: Python<'py>,
-        n: Option<&Bound<'py, PyAny>>,
-        timeout: Option<&Bound<'py, PyAny>>,
+        n: Option<Count<param::N>>,
+        timeout: Option<Seconds<param::Timeout>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let n = match n {
-            Some(n) if !n.is_none() => Some(count("n", n)? as usize),
-            _ => None,
-        };
-        let t = Arg::new("timeout", timeout).opt_seconds()?;
+        let n = n.map(|n| n.0 as usize);
+        let t = timeout.map(|s| s.0);
         let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
         super::coroutine::deferred(py, "ProcPool.warm", move |py| {
             start(py, &pool, spawner.as_deref())?;
@@ -614,10 +580,9 @@ impl PyProcPool {
     }
 
     /// Keep ``n`` processes idle from now on; idle ones beyond it are disposed of.
-    fn set_target_idle(&self, n: &Bound<'_, PyAny>) -> PyResult<()> {
-        let n = count("n", n)? as usize;
+    fn set_target_idle(&self, n: Count<param::N>) -> PyResult<()> {
         let _guard = super::runtime::get().enter();
-        self.pool.set_target_idle(n);
+        self.pool.set_target_idle(n.0 as usize);
         Ok(())
     }
 
@@ -666,8 +631,26 @@ impl PyProcPool {
     }
 }
 
+/// The defaults `help(tether.ProcPool)` shows, from `PoolConfig::default()` (their one source).
+fn show_defaults(cls: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = cls.py();
+    let d = PoolConfig::default();
+    super::signature::show_defaults(
+        cls,
+        vec![
+            ("num_idle", d.num_idle.into_pyobject(py)?.into_any()),
+            ("max_concurrent_spawns", d.max_concurrent_spawns.into_pyobject(py)?.into_any()),
+            ("initialize_timeout", d.initialize_timeout.as_secs_f64().into_pyobject(py)?.into_any()),
+            ("acquire_attempts", d.acquire_attempts.into_pyobject(py)?.into_any()),
+            ("respawn", PyBackoff { inner: d.respawn.clone() }.into_pyobject(py)?.into_any()),
+            ("name", d.name.into_pyobject(py)?.into_any()),
+        ],
+    )
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyProcPool>()?;
+    show_defaults(&m.getattr("ProcPool")?)?;
     m.add_class::<PyWorkerProc>()?;
     m.add_class::<PoolEventStream>()
 }

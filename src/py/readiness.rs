@@ -10,11 +10,11 @@ use pyo3::types::{PyDict, PyString};
 use crate::readiness::{Gate, Mark, NotReady, Spec};
 use crate::redact::redact_url;
 
-use super::args::Arg;
-use super::backoff::positive_seconds;
+use super::backoff::Policy;
 use super::bridge::await_py;
 use super::convert::describe;
 use super::errors::{value_error, NOT_READY};
+use super::options::{param, positive_seconds};
 
 /// Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first stage. Each
 /// further stage must be ``mark``ed within its timeout, measured from the previous stage (the first from the start of
@@ -66,11 +66,11 @@ fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult
                     stages.iter().map(|s| &**s).collect::<Vec<_>>()
                 )));
             };
-            out[i] = Duration::from_secs_f64(positive_seconds(&format!("timeouts[{k:?}]"), &t)?);
+            out[i] = positive_seconds(&format!("timeouts[{k:?}]"), &t)?;
         }
         return Ok(out);
     }
-    let t = Duration::from_secs_f64(positive_seconds("timeouts", v)?);
+    let t = positive_seconds("timeouts", v)?;
     Ok(vec![t; stages.len()])
 }
 
@@ -139,7 +139,7 @@ impl PyReadinessGate {
         dispatch: Bound<'py, PyAny>,
         stages: Option<&Bound<'py, PyAny>>,
         timeouts: Option<&Bound<'py, PyAny>>,
-        policy: Option<&Bound<'py, PyAny>>,
+        policy: Option<Policy<param::Policy>>,
         redispatch: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
@@ -150,7 +150,7 @@ impl PyReadinessGate {
         super::callables::require_async(py, "dispatch (an async callable (job_id, attempt) -> None)", &dispatch)?;
         let stages = parse_stages(stages)?;
         let timeouts = parse_timeouts(timeouts, &stages)?;
-        let policy = Arg::new("policy", policy).policy(&Spec::default_policy())?;
+        let policy = policy.map_or_else(Spec::default_policy, |p| p.0);
         let spec = Spec { stages, timeouts, policy, redispatch };
         let gate = self.gate.clone();
         let dispatch = dispatch.unbind();

@@ -22,11 +22,11 @@ use crate::redact::redact_url;
 use crate::retry_state::{target, Config};
 use crate::retry_state::{Decision, RetryState};
 
-use super::args::Arg;
-use super::backoff::PyBackoff;
+use super::backoff::{Policy, PyBackoff};
 use super::convert::describe;
 use super::errors::GAVE_UP;
 use super::events::EventStream;
+use super::options::{param, Count, Seconds, SecondsOrZero};
 
 struct Inner {
     st: RetryState,
@@ -185,28 +185,27 @@ impl PyReconnector {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        policy: Option<&Bound<'_, PyAny>>,
-        stable_after: Option<&Bound<'_, PyAny>>,
-        quiet_attempts: Option<&Bound<'_, PyAny>>,
-        quiet_jitter: Option<&Bound<'_, PyAny>>,
+        policy: Option<Policy<param::Policy>>,
+        stable_after: Option<SecondsOrZero<param::StableAfter>>,
+        quiet_attempts: Option<Count<param::QuietAttempts>>,
+        quiet_jitter: Option<SecondsOrZero<param::QuietJitter>>,
         fatal: Option<&Bound<'_, PyAny>>,
         name: Option<&str>,
         logger: Option<&Bound<'_, PyAny>>,
-        attempt_timeout: Option<&Bound<'_, PyAny>>,
+        attempt_timeout: Option<Seconds<param::AttemptTimeout>>,
     ) -> PyResult<Self> {
         let d = Config::default();
-        let policy = Arg::new("policy", policy).policy(&d.policy)?;
         if name == Some("") {
             return Err(super::errors::value_error("name must not be empty (None leaves it unnamed)"));
         }
         let cfg = Config {
             // unnamed (None): the messages name no target
             name: name.map(redact_url).unwrap_or_default(),
-            policy,
-            stable_after: Arg::new("stable_after", stable_after).seconds_or_zero(d.stable_after)?,
-            quiet_attempts: Arg::new("quiet_attempts", quiet_attempts).count(d.quiet_attempts)?,
-            quiet_jitter: Arg::new("quiet_jitter", quiet_jitter).seconds_or_zero(d.quiet_jitter)?,
-            attempt_timeout: Arg::new("attempt_timeout", attempt_timeout).opt_seconds()?.or(d.attempt_timeout),
+            policy: policy.map_or(d.policy, |p| p.0),
+            stable_after: stable_after.map_or(d.stable_after, |s| s.0),
+            quiet_attempts: quiet_attempts.map_or(d.quiet_attempts, |n| n.0),
+            quiet_jitter: quiet_jitter.map_or(d.quiet_jitter, |s| s.0),
+            attempt_timeout: attempt_timeout.map(|s| s.0).or(d.attempt_timeout),
             logger: super::logging::logger_key(py, logger)?,
             ..d
         };
@@ -226,29 +225,6 @@ impl PyReconnector {
             cfg,
             metrics,
         })
-    }
-
-    /// The constructor's signature with the defaults that take effect (`Config::default()`), for
-    /// `help()`; the binding's own takes None for each, so that None also means "the default".
-    #[classattr]
-    #[pyo3(name = "__signature__")]
-    fn signature(py: Python<'_>) -> PyResult<Py<PyAny>> {
-        use super::signature::Kind::{KeywordOnly as K, PositionalOrKeyword as P};
-        let d = Config::default();
-        let secs = |t: std::time::Duration| t.as_secs_f64().into_pyobject(py).map(|o| o.into_any());
-        super::signature::signature(
-            py,
-            vec![
-                ("policy", P, PyBackoff { inner: d.policy.clone() }.into_pyobject(py)?.into_any()),
-                ("stable_after", K, secs(d.stable_after)?),
-                ("quiet_attempts", K, d.quiet_attempts.into_pyobject(py)?.into_any()),
-                ("quiet_jitter", K, secs(d.quiet_jitter)?),
-                ("fatal", K, fatal_tuple(py, None)?.into_any()),
-                ("name", K, py.None().into_bound(py)),
-                ("logger", K, py.None().into_bound(py)),
-                ("attempt_timeout", K, d.attempt_timeout.map(|t| t.as_secs_f64()).into_pyobject(py)?.into_any()),
-            ],
-        )
     }
 
     /// ``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each call is one
@@ -438,4 +414,27 @@ impl PyReconnector {
             self.cfg.quiet_jitter.as_secs_f64()
         )
     }
+}
+
+/// The defaults `help(tether.Reconnector)` shows, from `Config::default()` (their one source).
+fn show_defaults(cls: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = cls.py();
+    let d = Config::default();
+    let secs = |t: std::time::Duration| t.as_secs_f64().into_pyobject(py).map(|o| o.into_any());
+    super::signature::show_defaults(
+        cls,
+        vec![
+            ("policy", PyBackoff { inner: d.policy.clone() }.into_pyobject(py)?.into_any()),
+            ("stable_after", secs(d.stable_after)?),
+            ("quiet_attempts", d.quiet_attempts.into_pyobject(py)?.into_any()),
+            ("quiet_jitter", secs(d.quiet_jitter)?),
+            ("fatal", fatal_tuple(py, None)?.into_any()),
+            ("attempt_timeout", d.attempt_timeout.map(|t| t.as_secs_f64()).into_pyobject(py)?),
+        ],
+    )
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyReconnector>()?;
+    show_defaults(&m.getattr("Reconnector")?)
 }

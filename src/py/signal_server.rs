@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 
 use crate::testing::signal_server::SignalServer;
 
-use super::backoff::{non_negative_seconds, positive_seconds};
+use super::options::{param, Seconds, SecondsOrZero};
 use tokio_tungstenite::tungstenite::Message as WireMessage;
 
 use crate::ws::protocol::Message;
@@ -139,9 +139,8 @@ impl PySignalServer {
         self.get()?.behave();
         Ok(())
     }
-    fn slow_handshake(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
-        let s = non_negative_seconds("seconds", seconds)?;
-        self.get()?.slow_handshake(Duration::from_secs_f64(s));
+    fn slow_handshake(&self, seconds: SecondsOrZero<param::Seconds>) -> PyResult<()> {
+        self.get()?.slow_handshake(seconds.0);
         Ok(())
     }
     #[pyo3(signature = (enabled=true))]
@@ -198,21 +197,18 @@ impl PySignalServer {
         &self,
         py: Python<'py>,
         n: u64,
-        timeout: Option<&Bound<'py, PyAny>>,
+        timeout: Option<Seconds<param::Timeout>>,
         key: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let srv = self.get()?;
-        let t = match timeout {
-            Some(t) if !t.is_none() => positive_seconds("timeout", t)?,
-            _ => 10.0,
-        };
+        let t = timeout.map_or(Duration::from_secs(10), |t| t.0);
         let key = key.to_string();
         if !["active", "handshakes", "tcp_accepts", "refused", "messages_in", "pings"].contains(&key.as_str()) {
             return Err(value_error(format!("unknown key {key:?}")));
         }
         super::coroutine::coroutine(py, "SignalServer.wait_for", async move {
             Ok(srv
-                .wait_until(Duration::from_secs_f64(t), move |s| match key.as_str() {
+                .wait_until(t, move |s| match key.as_str() {
                     "active" => s.active == n,
                     "handshakes" => s.handshakes >= n,
                     "tcp_accepts" => s.tcp_accepts >= n,

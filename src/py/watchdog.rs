@@ -1,15 +1,14 @@
 //! `tether.Watchdog` / `Liveness` bindings.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::watchdog::{Alarm, Timer, Watchdog};
 
-use super::backoff::positive_seconds;
 use super::events::Buffered;
+use super::options::{param, Seconds};
 
 pub fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
     let cls = py.import("tether._watchdog")?.getattr("Alarm")?;
@@ -104,9 +103,9 @@ impl PyWatchdog {
     }
 
     /// Alarm when `state` stays current longer than `timeout` seconds (once per entry).
-    fn dwell(&self, state: &str, timeout: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn dwell(&self, state: &str, timeout: Seconds<param::Timeout>) -> PyResult<()> {
         check_name("state", state)?;
-        self.inner.dwell(state, Duration::from_secs_f64(positive_seconds("timeout", timeout)?));
+        self.inner.dwell(state, timeout.0);
         Ok(())
     }
 
@@ -125,19 +124,15 @@ impl PyWatchdog {
     }
 
     /// A liveness key: no `beat()` for `timeout` seconds -> alarm. Armed from now.
-    fn liveness(&self, key: &str, timeout: &Bound<'_, PyAny>) -> PyResult<PyLiveness> {
+    fn liveness(&self, key: &str, timeout: Seconds<param::Timeout>) -> PyResult<PyLiveness> {
         check_name("key", key)?;
-        Ok(PyLiveness {
-            timer: self.inner.liveness(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)),
-        })
+        Ok(PyLiveness { timer: self.inner.liveness(key, timeout.0) })
     }
 
     /// A progress deadline: no `beat()`/`touch()` for `timeout` seconds -> alarm (kind "progress").
-    fn progress(&self, key: &str, timeout: &Bound<'_, PyAny>) -> PyResult<PyLiveness> {
+    fn progress(&self, key: &str, timeout: Seconds<param::Timeout>) -> PyResult<PyLiveness> {
         check_name("key", key)?;
-        Ok(PyLiveness {
-            timer: self.inner.progress(key, Duration::from_secs_f64(positive_seconds("timeout", timeout)?)),
-        })
+        Ok(PyLiveness { timer: self.inner.progress(key, timeout.0) })
     }
 
     /// Stop watching a liveness/progress key.
