@@ -16,6 +16,8 @@
 //!   Pending: the future goes to the loop's completer (`completer`, `parked`), which completes an
 //!   asyncio future with its result; `await` gets that future's own iterator, a task gets the future
 //!   yielded as `await future` yields it, and its next step returns the result;
+//! - an event stream's `__anext__` (`taking`) takes its event on the loop thread at a step, never in
+//!   `__await__`; when there is none it waits for one without taking it, and takes at the next step;
 //! - `throw()` (how a task delivers its cancellation), `close()`, or dropping it while it waits, drop
 //!   the Rust future or abort its tokio task;
 //! - never stepped, nothing ran: dropping it drops the Rust future, with the "was never awaited"
