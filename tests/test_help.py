@@ -44,7 +44,7 @@ def public_objects():
         out.append((name, obj))
         if inspect.isclass(obj):
             for attr, member in vars(obj).items():
-                if attr.startswith("_") or isinstance(member, type(tether.Alarm.kind)):  # dataclass slots
+                if attr.startswith("_"):
                     continue
                 out.append((f"{name}.{attr}", member))
     return out

@@ -22,7 +22,6 @@ from typing import Any, Literal, TypeVar, final, overload
 from typing_extensions import Self
 
 from ._hooks import Handshake
-from ._watchdog import Alarm
 from .events import Event
 
 _T = TypeVar("_T")
@@ -121,6 +120,83 @@ class Backoff:
 @final
 class DelayIter(Iterator[float]):
     def __next__(self) -> float: ...
+
+# ----------------------------------------------------------------------------------------------------
+# Events (tether.events): frozen values, compared and hashed by their fields
+# ----------------------------------------------------------------------------------------------------
+
+@final
+class Connecting:
+    """Attempt number ``attempt`` (from 1, counting the outage's retries) starts, on the ladder rung
+    ``strategy`` ("connect" for the first connection ever)."""
+
+    __match_args__ = ("attempt", "strategy")
+    def __new__(cls, attempt: int, strategy: str) -> Self: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def strategy(self) -> str: ...
+
+@final
+class Connected:
+    """Attempt number ``attempt`` succeeded (for ``tether.connect``: the handshake and ``on_connect``)."""
+
+    __match_args__ = ("attempt",)
+    def __new__(cls, attempt: int) -> Self: ...
+    @property
+    def attempt(self) -> int: ...
+
+@final
+class ConnectionLost:
+    """Reported exactly once per loss of an established connection. ``reason`` is redacted."""
+
+    __match_args__ = ("reason",)
+    def __new__(cls, reason: str) -> Self: ...
+    @property
+    def reason(self) -> str: ...
+
+@final
+class Reconnecting:
+    """Attempt number ``attempt`` will start after ``delay`` seconds (the backoff), on the rung ``strategy``."""
+
+    __match_args__ = ("attempt", "delay", "strategy")
+    def __new__(cls, attempt: int, delay: float, strategy: str) -> Self: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def delay(self) -> float: ...
+    @property
+    def strategy(self) -> str: ...
+
+@final
+class Reconnected:
+    """Connected again after a loss: ``downtime`` seconds since the loss, in ``attempts`` attempts."""
+
+    __match_args__ = ("downtime", "attempts")
+    def __new__(cls, downtime: float, attempts: int) -> Self: ...
+    @property
+    def downtime(self) -> float: ...
+    @property
+    def attempts(self) -> int: ...
+
+@final
+class GaveUp:
+    """The loop stopped retrying after ``attempts`` attempts; ``error`` is the last failure (redacted). The
+    awaiting call raises the exception ``tether.GaveUp``."""
+
+    __match_args__ = ("error", "attempts")
+    def __new__(cls, error: str, attempts: int) -> Self: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+
+@final
+class Closed:
+    """Internal end-of-stream marker; iteration stops on it (it is never yielded)."""
+
+    __match_args__ = ()
+    def __new__(cls) -> Self: ...
 
 # ----------------------------------------------------------------------------------------------------
 # Reconnector
@@ -394,6 +470,23 @@ class ChaosProxy:
 # ----------------------------------------------------------------------------------------------------
 
 @final
+class Alarm:
+    """``kind`` is "dwell", "progress" or "liveness"; ``name`` the state or key; seconds elapsed/limit."""
+
+    __match_args__ = ("kind", "name", "elapsed", "limit", "message")
+    def __new__(cls, kind: str, name: str, elapsed: float, limit: float, message: str) -> Self: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def limit(self) -> float: ...
+    @property
+    def message(self) -> str: ...
+
+@final
 class Liveness:
     """A liveness (or progress) deadline: ``beat()`` on every frame (one clock read and one atomic store); silence past
     its ``timeout`` raises an alarm."""
@@ -452,6 +545,70 @@ class Watchdog:
 # ----------------------------------------------------------------------------------------------------
 
 @final
+class Spawned:
+    """A process became ready (``proc`` describes it) after ``took`` seconds."""
+
+    __match_args__ = ("proc", "took")
+    def __new__(cls, proc: str, took: float) -> Self: ...
+    @property
+    def proc(self) -> str: ...
+    @property
+    def took(self) -> float: ...
+
+@final
+class SpawnFailed:
+    """A spawn failed with ``cause``, the ``consecutive``-th in a row; the next waits ``retry_in`` seconds."""
+
+    __match_args__ = ("cause", "consecutive", "retry_in")
+    def __new__(cls, cause: str, consecutive: int, retry_in: float) -> Self: ...
+    @property
+    def cause(self) -> str: ...
+    @property
+    def consecutive(self) -> int: ...
+    @property
+    def retry_in(self) -> float: ...
+
+@final
+class Evicted:
+    """A process was removed from the pool; ``reason`` says why (e.g. it died while idle)."""
+
+    __match_args__ = ("proc", "reason")
+    def __new__(cls, proc: str, reason: str) -> Self: ...
+    @property
+    def proc(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+@final
+class Exhausted:
+    """An acquire raised ``PoolExhausted`` after ``attempts`` attempts; ``failures`` are their causes."""
+
+    __match_args__ = ("attempts", "failures")
+    def __new__(cls, attempts: int, failures: Sequence[str]) -> Self: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def failures(self) -> list[str]: ...
+
+@final
+class HealthChanged:
+    """The pool became unhealthy (spawn failures in a row) or healthy again (a spawn succeeded)."""
+
+    __match_args__ = ("healthy",)
+    def __new__(cls, healthy: bool) -> Self: ...
+    @property
+    def healthy(self) -> bool: ...
+
+@final
+class PoolClosed:
+    """The pool closed; its event stream ends."""
+
+    __match_args__ = ()
+    def __new__(cls) -> Self: ...
+
+_PoolEvent = Spawned | SpawnFailed | Evicted | Exhausted | HealthChanged
+
+@final
 class WorkerProc:
     """A native worker from a ``command=[...]`` pool (frames over stdin/stdout, see ``tether.worker``)."""
 
@@ -468,9 +625,9 @@ class WorkerProc:
         since its late reply would answer the next request."""
 
 @final
-class PoolEventStream(AsyncIterator[Any]):
-    async def __anext__(self) -> Any: ...
-    def try_next(self) -> Any: ...
+class PoolEventStream(AsyncIterator[_PoolEvent]):
+    async def __anext__(self) -> _PoolEvent: ...
+    def try_next(self) -> _PoolEvent | None: ...
     async def wait(self) -> None: ...
 
 @final

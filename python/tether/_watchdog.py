@@ -5,24 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._errors import TimeoutError as TetherTimeoutError
-from ._native import Liveness, Watchdog
+from ._native import Alarm, Liveness, Watchdog
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Alarm:
-    """``kind`` is "dwell", "progress" or "liveness"; ``name`` the state or key; seconds elapsed/limit."""
-
-    kind: str
-    name: str
-    elapsed: float
-    limit: float
-    message: str
 
 
 def _bound(timeout: object) -> float:

@@ -16,6 +16,8 @@
 //!   Pending: the future goes to the loop's completer (`completer`, `parked`), which completes an
 //!   asyncio future with its result; `await` gets that future's own iterator, a task gets the future
 //!   yielded as `await future` yields it, and its next step returns the result;
+//! - an event stream's `__anext__` (`taking`) takes its event on the loop thread at a step, never in
+//!   `__await__`; when there is none it waits for one without taking it, and takes at the next step;
 //! - `throw()` (how a task delivers its cancellation), `close()`, or dropping it while it waits, drop
 //!   the Rust future or abort its tokio task;
 //! - never stepped, nothing ran: dropping it drops the Rust future, with the "was never awaited"
@@ -46,6 +48,12 @@ use super::parked::Parked;
 trait Body: Send {
     /// The first step, on the thread of the loop that drives the coroutine.
     fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First>;
+
+    /// Whether `__await__` may take the first step. Not for an `__anext__`: `async for` reports an
+    /// exception raised by `__await__` itself (the `StopAsyncIteration` that ends it) as a TypeError.
+    fn steps_in_await(&self) -> bool {
+        true
+    }
 }
 
 enum First {
@@ -59,6 +67,8 @@ struct Waiting {
     /// For a Rust future: the loop's completer completes `fut`, and `Parked` stops the future. None for
     /// a result the loop thread itself sets (`Slot`): cancelling `fut` is all there is to stop.
     tokio: Option<(Arc<Parked>, Arc<Completer>)>,
+    /// For a `taking` body: what steps once `fut` is done, in place of returning its result.
+    again: Option<Pin<Box<dyn Body>>>,
 }
 
 impl<F, T> Body for F
@@ -84,7 +94,7 @@ where
                 let rest =
                     AssertUnwindSafe(self).catch_unwind().map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
                 completer.watch(&fut, parked.clone(), rest)?;
-                Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: Some((parked, completer)) }))
+                Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: Some((parked, completer)), again: None }))
             }
         }
     }
@@ -129,7 +139,7 @@ impl Body for OnSlot {
         let fut = event_loop.call_method0(intern!(py, "create_future"))?;
         match slot.wait_on(&fut)? {
             Some(r) => r.map(First::Ready),
-            None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None })),
+            None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None, again: None })),
         }
     }
 }
@@ -393,19 +403,59 @@ where
     G: for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + Unpin + 'static,
 {
     fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
-        let inner = (Pin::into_inner(self).0)(py)?;
-        let inner = inner.cast_into::<NativeCoroutine>().map_err(PyErr::from)?;
-        let inner = inner.get();
-        match inner.take()? {
-            State::Created(body) => {
-                inner.put(State::Done);
-                body.first(py)
-            }
-            other => {
-                inner.put(other);
-                Err(reused())
+        body_of((Pin::into_inner(self).0)(py)?)?.first(py)
+    }
+}
+
+/// The work of a native coroutine not stepped yet, taken out to be stepped in another's place.
+fn body_of(coroutine: Bound<'_, PyAny>) -> PyResult<Pin<Box<dyn Body>>> {
+    let coroutine = coroutine.cast_into::<NativeCoroutine>().map_err(PyErr::from)?;
+    let coroutine = coroutine.get();
+    match coroutine.take()? {
+        State::Created(body) => {
+            coroutine.put(State::Done);
+            Ok(body)
+        }
+        other => {
+            coroutine.put(other);
+            Err(reused())
+        }
+    }
+}
+
+/// What a step of a `taking` coroutine finds on the loop thread.
+pub enum Take<'py> {
+    /// Its result, taken.
+    Ready(Py<PyAny>),
+    /// Nothing yet: a native coroutine, consuming nothing, that returns once there may be something.
+    Wait(Bound<'py, PyAny>),
+}
+
+/// A body that takes its result on the loop thread at its first step, and again each time the wait
+/// it returned is over: only the step that returns the result takes it, so a task cancelled while
+/// waiting has taken nothing.
+struct Taking<G>(G);
+
+impl<G> Body for Taking<G>
+where
+    G: for<'py> FnMut(Python<'py>) -> PyResult<Take<'py>> + Send + Unpin + 'static,
+{
+    fn first(mut self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
+        loop {
+            let wait = match (self.0)(py)? {
+                Take::Ready(v) => return Ok(First::Ready(v)),
+                Take::Wait(wait) => wait,
+            };
+            match body_of(wait)?.first(py)? {
+                // over already: take again
+                First::Ready(_) => {}
+                First::Pending(waiting) => return Ok(First::Pending(Waiting { again: Some(self), ..waiting })),
             }
         }
+    }
+
+    fn steps_in_await(&self) -> bool {
+        false
     }
 }
 
@@ -416,6 +466,15 @@ where
     G: for<'a> FnOnce(Python<'a>) -> PyResult<Bound<'a, PyAny>> + Send + Unpin + 'static,
 {
     make(py, name, Box::pin(DeferredCoroutine(setup)), false, None)
+}
+
+/// A coroutine that takes its result with `take` on the loop thread, at its first step and after each
+/// wait `take` returns instead (see `Taking`): for an `__anext__` that must not lose what it takes.
+pub fn taking<'py, G>(py: Python<'py>, name: &'static str, take: G) -> PyResult<Bound<'py, PyAny>>
+where
+    G: for<'a> FnMut(Python<'a>) -> PyResult<Take<'a>> + Send + Unpin + 'static,
+{
+    make(py, name, Box::pin(Taking(take)), false, None)
 }
 
 /// A coroutine whose Rust future `setup` makes at the first step, on the driving loop's thread.
@@ -527,26 +586,20 @@ impl NativeCoroutine {
     /// One step: `Some(future)` to wait on (yielded to the task), `None` when it returned None,
     /// `Err(StopIteration(value))` when it returned a value, `Err(e)` when it raised.
     fn step(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let waiting = match self.take()? {
-            State::Created(body) => match body.first(py) {
-                Ok(First::Ready(v)) => {
-                    self.put(State::Done);
-                    return self.finished(py, v);
-                }
-                Ok(First::Pending(w)) => w,
-                Err(e) => {
-                    self.put(State::Done);
-                    return Err(e);
-                }
-            },
+        let body = match self.take()? {
+            State::Created(body) => body,
             // a task resumes its coroutine once the future it waits on is done: its result, or the
             // exception it carries
             State::Waiting(w) => match w.fut.bind(py).call_method0(intern!(py, "result")) {
-                Ok(v) => {
-                    self.put(State::Done);
-                    return self.finished(py, v.unbind());
-                }
-                Err(e) if e.is_instance(py, &invalid_state(py)?) => w, // not done yet: wait on
+                Ok(v) => match w.again {
+                    // a `taking` body takes again: what it waited for may be there now
+                    Some(body) => body,
+                    None => {
+                        self.put(State::Done);
+                        return self.finished(py, v.unbind());
+                    }
+                },
+                Err(e) if e.is_instance(py, &invalid_state(py)?) => return self.suspend(py, w), // not done yet
                 Err(e) => {
                     self.put(State::Done);
                     return Err(e);
@@ -567,6 +620,21 @@ impl NativeCoroutine {
             }
             State::Stepping => unreachable!("take() refuses a coroutine that is stepping"),
         };
+        match body.first(py) {
+            Ok(First::Ready(v)) => {
+                self.put(State::Done);
+                self.finished(py, v)
+            }
+            Ok(First::Pending(w)) => self.suspend(py, w),
+            Err(e) => {
+                self.put(State::Done);
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait on `waiting`'s future: the step yields it to the task.
+    fn suspend(&self, py: Python<'_>, waiting: Waiting) -> PyResult<Option<Py<PyAny>>> {
         let fut = waiting.fut.clone_ref(py);
         self.put(State::Waiting(waiting));
         // what `await future` sets before yielding it: tells the task to wait for this future
@@ -672,6 +740,11 @@ impl NativeCoroutine {
         let py = slf.py();
         let me = slf.get();
         match me.take()? {
+            State::Created(body) if !body.steps_in_await() => {
+                // the awaiting coroutine takes the first step
+                me.put(State::Created(body));
+                Ok(slf.into_any())
+            }
             State::Created(body) => match body.first(py) {
                 Ok(First::Ready(v)) => {
                     me.put(State::Ready(v));
@@ -802,7 +875,7 @@ impl Drop for NativeCoroutine {
         let state = std::mem::replace(self.state.get_mut().unwrap_or_else(|p| p.into_inner()), State::Done);
         match state {
             // its task went away without it (a coroutine driven by hand, then dropped)
-            State::Waiting(Waiting { fut, tokio: Some((parked, completer)) }) => {
+            State::Waiting(Waiting { fut, tokio: Some((parked, completer)), .. }) => {
                 parked.cancel();
                 completer.push(Box::new(move |py, _| {
                     let _ = fut.bind(py).call_method0(intern!(py, "cancel"));

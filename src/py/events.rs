@@ -1,34 +1,152 @@
-//! Core events -> `tether.events` objects, and the async iterator behind every `events()`.
+//! The `tether.events` classes and `tether.Alarm`, made from core events, and the async iterator behind
+//! every `events()`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pyo3::prelude::*;
+use pyo3::pyclass::boolean_struct::True;
+use pyo3::IntoPyObjectExt;
+use pyo3::PyClass;
 use tokio::sync::{broadcast, Mutex};
 
+use super::coroutine::Take;
+use super::record::record;
 use crate::reconnect::Event;
+use crate::watchdog::Alarm;
+
+record! {
+    /// Attempt number ``attempt`` (from 1, counting the outage's retries) starts, on the ladder rung
+    /// ``strategy`` ("connect" for the first connection ever).
+    PyConnecting as "Connecting" in "tether.events" {
+        /// The attempt's number, from 1.
+        attempt: u32,
+        /// The ladder rung it uses ("connect" for the first connection ever).
+        strategy: String,
+    }
+}
+
+record! {
+    /// Attempt number ``attempt`` succeeded (for ``tether.connect``: the handshake and ``on_connect``).
+    PyConnected as "Connected" in "tether.events" {
+        /// The number of the attempt that succeeded.
+        attempt: u32,
+    }
+}
+
+record! {
+    /// Reported exactly once per loss of an established connection. ``reason`` is redacted.
+    PyConnectionLost as "ConnectionLost" in "tether.events" {
+        /// Why it was lost (redacted).
+        reason: String,
+    }
+}
+
+record! {
+    /// Attempt number ``attempt`` will start after ``delay`` seconds (the backoff), on the rung ``strategy``.
+    PyReconnecting as "Reconnecting" in "tether.events" {
+        /// The number of the attempt to come.
+        attempt: u32,
+        /// Seconds until it starts.
+        delay: f64,
+        /// The ladder rung it will use.
+        strategy: String,
+    }
+}
+
+record! {
+    /// Connected again after a loss: ``downtime`` seconds since the loss, in ``attempts`` attempts.
+    PyReconnected as "Reconnected" in "tether.events" {
+        /// Seconds since the loss.
+        downtime: f64,
+        /// Attempts it took.
+        attempts: u32,
+    }
+}
+
+record! {
+    /// The loop stopped retrying after ``attempts`` attempts; ``error`` is the last failure (redacted). The
+    /// awaiting call raises the exception ``tether.GaveUp``.
+    PyGaveUp as "GaveUp" in "tether.events" {
+        /// The last failure (redacted).
+        error: String,
+        /// Attempts made.
+        attempts: u32,
+    }
+}
+
+record! {
+    /// Internal end-of-stream marker; iteration stops on it (it is never yielded).
+    PyClosed as "Closed" in "tether.events" {}
+}
+
+// here rather than beside the watchdog: a connection reports the alarms of its watchdog among its events
+record! {
+    /// ``kind`` is "dwell", "progress" or "liveness"; ``name`` the state or key; seconds elapsed/limit.
+    PyAlarm as "Alarm" in "tether" {
+        /// "dwell", "progress" or "liveness".
+        kind: String,
+        /// The state (dwell) or key (progress, liveness) that stalled.
+        name: String,
+        /// Seconds in the state, or of silence, when it fired.
+        elapsed: f64,
+        /// The limit it passed, in seconds.
+        limit: f64,
+        /// What happened, in words.
+        message: String,
+    }
+}
+
+impl From<&Alarm> for PyAlarm {
+    fn from(a: &Alarm) -> Self {
+        PyAlarm {
+            kind: a.kind.as_str().to_string(),
+            name: a.name.clone(),
+            elapsed: a.elapsed.as_secs_f64(),
+            limit: a.limit.as_secs_f64(),
+            message: a.message.clone(),
+        }
+    }
+}
 
 pub fn to_py(py: Python<'_>, ev: &Event) -> PyResult<Py<PyAny>> {
-    let m = py.import("tether.events")?;
-    let obj = match ev {
-        Event::Connecting { attempt, strategy } => m.getattr("Connecting")?.call1((*attempt, &**strategy))?,
-        Event::Connected { attempt } => m.getattr("Connected")?.call1((*attempt,))?,
-        Event::ConnectionLost { reason } => m.getattr("ConnectionLost")?.call1((reason.as_str(),))?,
+    match ev {
+        Event::Connecting { attempt, strategy } => {
+            PyConnecting { attempt: *attempt, strategy: strategy.to_string() }.into_py_any(py)
+        }
+        Event::Connected { attempt } => PyConnected { attempt: *attempt }.into_py_any(py),
+        Event::ConnectionLost { reason } => PyConnectionLost { reason: reason.clone() }.into_py_any(py),
         Event::Reconnecting { attempt, delay, strategy } => {
-            m.getattr("Reconnecting")?.call1((*attempt, delay.as_secs_f64(), &**strategy))?
+            PyReconnecting { attempt: *attempt, delay: delay.as_secs_f64(), strategy: strategy.to_string() }
+                .into_py_any(py)
         }
         Event::Reconnected { downtime, attempts } => {
-            m.getattr("Reconnected")?.call1((downtime.as_secs_f64(), *attempts))?
+            PyReconnected { downtime: downtime.as_secs_f64(), attempts: *attempts }.into_py_any(py)
         }
-        Event::GaveUp { error, attempts } => m.getattr("GaveUp")?.call1((error.as_str(), *attempts))?,
-        Event::Alarm { kind, name, elapsed, limit, message } => py
-            .import("tether._watchdog")?
-            .getattr("Alarm")?
-            .call1((*kind, name.as_str(), elapsed.as_secs_f64(), limit.as_secs_f64(), message.as_str()))?,
-        Event::Closed => m.getattr("Closed")?.call0()?,
-    };
-    Ok(obj.unbind())
+        Event::GaveUp { error, attempts } => PyGaveUp { error: error.clone(), attempts: *attempts }.into_py_any(py),
+        Event::Alarm { kind, name, elapsed, limit, message } => PyAlarm {
+            kind: kind.to_string(),
+            name: name.clone(),
+            elapsed: elapsed.as_secs_f64(),
+            limit: limit.as_secs_f64(),
+            message: message.clone(),
+        }
+        .into_py_any(py),
+        Event::Closed => PyClosed {}.into_py_any(py),
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EventStream>()?;
+    m.add_class::<PyConnecting>()?;
+    m.add_class::<PyConnected>()?;
+    m.add_class::<PyConnectionLost>()?;
+    m.add_class::<PyReconnecting>()?;
+    m.add_class::<PyReconnected>()?;
+    m.add_class::<PyGaveUp>()?;
+    m.add_class::<PyClosed>()?;
+    m.add_class::<PyAlarm>()
 }
 
 /// A broadcast receiver made cancellation-safe for Python: `wait()` moves the next item into a buffer
@@ -132,17 +250,35 @@ impl<T: Clone + Send + 'static> Buffered<T> {
     }
 }
 
-/// `__anext__` for the buffered streams: the Python coroutine `tether.events._anext`.
-pub fn anext<'py, S: pyo3::PyClass>(slf: Bound<'py, S>) -> PyResult<Bound<'py, PyAny>> {
-    slf.py().import("tether.events")?.getattr("_anext")?.call1((slf,))
+/// `__anext__` of the event streams, as a coroutine (`name`): it takes the next event with `try_next` on
+/// the loop thread, else awaits the stream's `wait()`, which consumes nothing, and takes again. So an
+/// iteration cancelled while it waits has taken no event.
+pub fn anext<'py, S>(
+    slf: Bound<'py, S>,
+    name: &'static str,
+    try_next: fn(&S, Python<'_>) -> PyResult<Option<Py<PyAny>>>,
+    wait: for<'a> fn(&S, Python<'a>) -> PyResult<Bound<'a, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    S: PyClass<Frozen = True> + Sync + Unpin,
+{
+    let py = slf.py();
+    let stream = slf.unbind();
+    super::coroutine::taking(py, name, move |py| {
+        let s = stream.get();
+        Ok(match try_next(s, py)? {
+            Some(ev) => Take::Ready(ev),
+            None => Take::Wait(wait(s, py)?),
+        })
+    })
 }
 
-/// Defines a cancellation-safe Python async iterator over a `Buffered<$item>`: `__anext__` is
-/// `tether.events._anext`, `try_next()` converts with `$to_py`, `wait()` waits without consuming.
+/// Defines a cancellation-safe Python async iterator over a `Buffered<$item>`: `__anext__` is `anext`,
+/// `try_next()` converts with `$to_py`, `wait()` waits without consuming.
 macro_rules! buffered_stream {
     ($(#[$meta:meta])* $name:ident, $item:ty, $to_py:path) => {
         $(#[$meta])*
-        #[pyclass(module = "tether._native")]
+        #[pyclass(module = "tether._native", frozen)]
         pub struct $name {
             pub(crate) inner: $crate::py::events::Buffered<$item>,
         }
@@ -154,7 +290,7 @@ macro_rules! buffered_stream {
             }
 
             fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-                $crate::py::events::anext(slf)
+                $crate::py::events::anext(slf, concat!(stringify!($name), ".__anext__"), Self::try_next, Self::wait)
             }
 
             /// The next buffered item, None if there is none yet; StopAsyncIteration once it ended.
@@ -178,7 +314,7 @@ pub(crate) use buffered_stream;
 /// The events emitted after the ``events()`` call that made it returned (it subscribes at that call, not at the
 /// first ``__anext__``), in order; none from before. Cancellation-safe: an iteration cancelled while waiting
 /// loses no event.
-#[pyclass(module = "tether._native")]
+#[pyclass(module = "tether._native", frozen)]
 pub struct EventStream {
     source: Source,
 }
@@ -197,7 +333,7 @@ impl EventStream {
     }
 
     fn __anext__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        anext(slf)
+        anext(slf, "EventStream.__anext__", Self::try_next, Self::wait)
     }
 
     /// The next buffered item, None if there is none yet; StopAsyncIteration once it ended.

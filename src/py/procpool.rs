@@ -315,26 +315,11 @@ fn hand_over(py: Python<'_>, v: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     }
 }
 
-fn event_to_py(py: Python<'_>, e: &PoolEvent) -> PyResult<Py<PyAny>> {
-    let m = py.import("tether._procpool")?;
-    let o = match e {
-        PoolEvent::Spawned { proc, took } => m.getattr("Spawned")?.call1((proc.as_str(), took.as_secs_f64()))?,
-        PoolEvent::SpawnFailed { cause, consecutive, retry_in } => {
-            m.getattr("SpawnFailed")?.call1((cause.as_str(), *consecutive, retry_in.as_secs_f64()))?
-        }
-        PoolEvent::Evicted { proc, reason } => m.getattr("Evicted")?.call1((proc.as_str(), reason.as_str()))?,
-        PoolEvent::Exhausted { attempts, failures } => m.getattr("Exhausted")?.call1((*attempts, failures.clone()))?,
-        PoolEvent::Health { healthy } => m.getattr("HealthChanged")?.call1((*healthy,))?,
-        PoolEvent::Closed => m.getattr("PoolClosed")?.call0()?,
-    };
-    Ok(o.unbind())
-}
-
 super::events::buffered_stream!(
     /// `async for ev in pool.events()`: ends when the pool closes.
     PoolEventStream,
     PoolEvent,
-    event_to_py
+    super::pool_events::to_py
 );
 
 /// A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a plain function is a

@@ -4,17 +4,15 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
 
 use crate::watchdog::{Alarm, Timer, Watchdog};
 
-use super::events::Buffered;
+use super::events::{Buffered, PyAlarm};
 use super::options::{param, Seconds};
 
-pub fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
-    let cls = py.import("tether._watchdog")?.getattr("Alarm")?;
-    Ok(cls
-        .call1((a.kind.as_str(), a.name.as_str(), a.elapsed.as_secs_f64(), a.limit.as_secs_f64(), a.message.as_str()))?
-        .unbind())
+fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
+    PyAlarm::from(a).into_py_any(py)
 }
 
 /// Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via ``async for alarm in

@@ -59,3 +59,69 @@ async def test_try_next_after_close_drains_then_stops():
         raise AssertionError("try_next must raise StopAsyncIteration once the stream ended")
     except StopAsyncIteration:
         pass
+
+
+async def test_anext_is_a_coroutine_that_tasks_take():
+    wd = tether.Watchdog("w")
+    alarms = wd.alarms()
+    step = alarms.__anext__()
+    assert asyncio.iscoroutine(step)
+    task = asyncio.create_task(step)
+    wd.liveness("audio", 50 * MS)
+    assert (await asyncio.wait_for(task, 10)).name == "audio"
+    wd.close()
+
+
+async def test_async_for_over_an_ended_stream_ends_at_once():
+    # the end is known at the first step: it must end the loop, not surface as a TypeError from `async for`
+    wd = tether.Watchdog("w")
+    wd.close()
+    assert [a async for a in wd.alarms()] == []
+
+    async def spawn():
+        raise OSError("cannot fork")
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0)
+    pool.start()
+    await pool.aclose()
+    assert [e async for e in pool.events()] == []
+
+    conn = tether.connect("ws://127.0.0.1:9", connect_timeout=None)
+    conn.close()
+    assert [e async for e in conn.events()] == []
+
+
+async def test_anext_cancelled_while_waiting_loses_no_event():
+    wd = tether.Watchdog("w")
+    alarms = wd.alarms()
+    keys = [f"k{i}" for i in range(30)]
+    for i, key in enumerate(keys):
+        wd.liveness(key, (20 + 3 * i) * MS)
+    got = []
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(got) < len(keys) and asyncio.get_running_loop().time() < deadline:
+        try:
+            got.append(await asyncio.wait_for(alarms.__anext__(), 0.0002))
+        except asyncio.TimeoutError:
+            pass
+    wd.close()
+    assert sorted(a.name for a in got) == sorted(keys)
+
+
+async def test_concurrent_anext_share_the_events_without_loss_or_repeat():
+    wd = tether.Watchdog("w")
+    alarms = wd.alarms()
+    got = []
+
+    async def consume():
+        async for a in alarms:
+            got.append(a.name)
+
+    consumers = [asyncio.create_task(consume()) for _ in range(3)]
+    keys = [f"k{i}" for i in range(20)]
+    for i, key in enumerate(keys):
+        wd.liveness(key, (20 + 5 * i) * MS)
+    await eventually(lambda: len(got) >= len(keys), what="every alarm")
+    wd.close()
+    await asyncio.wait_for(asyncio.gather(*consumers), 10)
+    assert sorted(got) == sorted(keys)

@@ -33,17 +33,16 @@ class Entry:
     fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def describe(event: Any) -> str:
-    """``name=value ...`` of an event's fields (or its ``str`` if it has none)."""
-    if dataclasses.is_dataclass(event) and not isinstance(event, type):
-        return " ".join(f"{f.name}={getattr(event, f.name)!r}" for f in dataclasses.fields(event))
-    return str(event)
-
-
 def _fields(event: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(event) and not isinstance(event, type):
-        return {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
-    return {}
+    """An event's fields, in order: the names its class matches positionally (none for other objects)."""
+    return {name: getattr(event, name) for name in getattr(type(event), "__match_args__", ())}
+
+
+def describe(event: Any) -> str:
+    """``name=value ...`` of an event's fields (or its ``str`` if it is not an event)."""
+    if not hasattr(type(event), "__match_args__"):
+        return str(event)
+    return " ".join(f"{name}={value!r}" for name, value in _fields(event).items())
 
 
 # A connection's ``state`` when watching begins, as the page draws it: the band starts there instead of
