@@ -146,6 +146,25 @@ fn no_two_modules_import_each_other_around_a_circle() {
     }
 }
 
+/// Imports from the modules under `folder` to modules outside it (its ancestors aside, as in `edges`).
+fn leaving(mods: &BTreeMap<String, String>, folder: &str) -> Vec<(String, String)> {
+    let inside = |m: &str| m == folder || m.starts_with(&format!("{folder}::"));
+    edges(mods)
+        .into_iter()
+        .filter(|(m, _)| inside(m))
+        .flat_map(|(m, ts)| ts.into_iter().filter(|t| !inside(t)).map(move |t| (m.clone(), t)))
+        .collect()
+}
+
+#[test]
+fn the_async_bridge_uses_nothing_of_the_other_bindings() {
+    // its contract (py/bridge/mod.rs) is about threads, locks and cancellation alone: a binding type
+    // in it would bring that binding's locks and Python calls into every awaitable
+    let mods = modules(&root().join("src"));
+    assert!(mods.contains_key("py::bridge::coroutine"), "the bridge moved: {:?}", mods.keys().collect::<Vec<_>>());
+    assert_eq!(leaving(&mods, "py::bridge"), vec![]);
+}
+
 #[test]
 fn the_circle_check_can_fail() {
     let mods: BTreeMap<String, String> = [
@@ -155,6 +174,22 @@ fn the_circle_check_can_fail() {
     ]
     .into();
     assert_eq!(circles(&edges(&mods)), vec![vec!["a".to_string(), "b".to_string()]]);
+}
+
+#[test]
+fn the_folder_check_can_fail() {
+    let mods: BTreeMap<String, String> = [
+        ("p".to_string(), String::new()),
+        ("p::b".to_string(), String::new()),
+        (
+            "p::b::c".to_string(),
+            "use super::super::with_gate; use super::super::events::Stream; use super::d::X;".to_string(),
+        ),
+        ("p::b::d".to_string(), String::new()),
+        ("p::events".to_string(), "use super::b::c::Y;".to_string()),
+    ]
+    .into();
+    assert_eq!(leaving(&mods, "p::b"), vec![("p::b::c".to_string(), "p::events".to_string())]);
 }
 
 #[test]
