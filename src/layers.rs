@@ -165,6 +165,48 @@ fn the_async_bridge_uses_nothing_of_the_other_bindings() {
     assert_eq!(leaving(&mods, "py::bridge"), vec![]);
 }
 
+/// The `tether.*` Python modules named in the string literals of `mods` (its own `tether._native` aside).
+fn python_modules_named(mods: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for text in mods.values() {
+        for (i, _) in text.match_indices("\"tether.") {
+            if text[..i].ends_with('\\') {
+                continue; // quoted inside a message ("python -m tether.worker"), not a module imported
+            }
+            let name: String =
+                text[i + 1..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect();
+            if name != "tether._native" {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_bindings_import_python_only_where_their_module_doc_says_python_implements_it() {
+    let mods = modules(&root().join("src/py"));
+    // the places py/mod.rs names, as "//! - `tether.x` (...)"
+    let doc = &mods["crate"];
+    let named: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! - `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|m| m.starts_with("tether."))
+        .map(str::to_string)
+        .collect();
+    assert!(!named.is_empty(), "py/mod.rs names no place where Python implements the behaviour");
+    let imported = python_modules_named(&mods);
+    for m in &named {
+        assert!(imported.contains(m), "py/mod.rs names {m}, which no binding imports any more");
+    }
+    // classes tether defines that are still Python classes, not yet created in Rust
+    let classes_still_in_python = ["tether._errors", "tether.events", "tether._watchdog", "tether._procpool"];
+    let unnamed: Vec<&String> =
+        imported.iter().filter(|m| !named.contains(*m) && !classes_still_in_python.contains(&m.as_str())).collect();
+    assert!(unnamed.is_empty(), "imported from Rust, yet not named in py/mod.rs as Python's to implement: {unnamed:?}");
+}
+
 #[test]
 fn the_circle_check_can_fail() {
     let mods: BTreeMap<String, String> = [

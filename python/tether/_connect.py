@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._errors import ConnectionClosed
-from ._hooks import Handshake
+from ._hooks import Handshake, with_handshake
 from ._native import Backoff, Heartbeat, Watchdog, add_redacted_names
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ def connect(
             ssl=ssl,
             read_buffer_size=read_buffer_size,
             write_buffer_size=write_buffer_size,
-            on_connect=on_connect,
+            on_connect=with_handshake(on_connect),
             heartbeat=heartbeat,
             fatal=fatal,
             quiet_jitter=quiet_jitter,
