@@ -4,11 +4,12 @@
 //! gate (`py::with_python`), which `layers.rs` checks.
 //!
 //! **Threads.** Two kinds, and each does its own half:
-//! - the *event-loop thread* (the one running the asyncio loop that drives the awaitable) does every
-//!   Python-side step: the call, the coroutine's first step (one poll of the Rust future, inside
-//!   tokio's context but on this thread), building result objects and completing asyncio futures (the
-//!   completer's drain), every done-callback, and starting and cancelling the Python tasks of
-//!   `await_py`;
+//! - the *event-loop thread* (the one running the asyncio loop whose task drives the awaitable) does
+//!   every Python-side step from the first on: the coroutine's first step (one poll of the Rust
+//!   future, inside tokio's context but on this thread), building result objects and completing
+//!   asyncio futures (the completer's drain), every done-callback, and starting and cancelling the
+//!   Python tasks of `await_py`. The call that made the coroutine may have come from any thread
+//!   (`run_coroutine_threadsafe`): it does only what its method documents as immediate;
 //! - *tokio threads* (one worker, `tether-rt`, built on first use and again in a forked child; none at
 //!   import) poll a future once its first poll returned pending and it was woken (`parked`), and hand
 //!   its result to the loop's completer as a Rust value, without the GIL.
