@@ -28,7 +28,7 @@ from tether import _native
 ROUNDS = 5
 N = 20_000  # awaitables per round
 GOAL = 3.0
-TOKIO_WORKERS = 2  # tether's runtime (src/py/runtime.rs)
+TOKIO_WORKERS = 2  # tether's runtime (src/py/bridge/runtime.rs)
 
 
 def threads() -> int:

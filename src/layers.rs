@@ -146,6 +146,67 @@ fn no_two_modules_import_each_other_around_a_circle() {
     }
 }
 
+/// Imports from the modules under `folder` to modules outside it (its ancestors aside, as in `edges`).
+fn leaving(mods: &BTreeMap<String, String>, folder: &str) -> Vec<(String, String)> {
+    let inside = |m: &str| m == folder || m.starts_with(&format!("{folder}::"));
+    edges(mods)
+        .into_iter()
+        .filter(|(m, _)| inside(m))
+        .flat_map(|(m, ts)| ts.into_iter().filter(|t| !inside(t)).map(move |t| (m.clone(), t)))
+        .collect()
+}
+
+#[test]
+fn the_async_bridge_uses_nothing_of_the_other_bindings() {
+    // its contract (py/bridge/mod.rs) is about threads, locks and cancellation alone: a binding type
+    // in it would bring that binding's locks and Python calls into every awaitable
+    let mods = modules(&root().join("src"));
+    assert!(mods.contains_key("py::bridge::coroutine"), "the bridge moved: {:?}", mods.keys().collect::<Vec<_>>());
+    assert_eq!(leaving(&mods, "py::bridge"), vec![]);
+}
+
+/// The `tether.*` Python modules named in the string literals of `mods` (its own `tether._native` aside).
+fn python_modules_named(mods: &BTreeMap<String, String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for text in mods.values() {
+        for (i, _) in text.match_indices("\"tether.") {
+            if text[..i].ends_with('\\') {
+                continue; // quoted inside a message ("python -m tether.worker"), not a module imported
+            }
+            let name: String =
+                text[i + 1..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect();
+            if name != "tether._native" {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_bindings_import_python_only_where_their_module_doc_says_python_implements_it() {
+    let mods = modules(&root().join("src/py"));
+    // the places py/mod.rs names, as "//! - `tether.x` (...)"
+    let doc = &mods["crate"];
+    let named: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("//! - `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|m| m.starts_with("tether."))
+        .map(str::to_string)
+        .collect();
+    assert!(!named.is_empty(), "py/mod.rs names no place where Python implements the behaviour");
+    let imported = python_modules_named(&mods);
+    for m in &named {
+        assert!(imported.contains(m), "py/mod.rs names {m}, which no binding imports any more");
+    }
+    // classes tether defines that are still Python classes, not yet created in Rust
+    let classes_still_in_python = ["tether._errors", "tether.events", "tether._watchdog", "tether._procpool"];
+    let unnamed: Vec<&String> =
+        imported.iter().filter(|m| !named.contains(*m) && !classes_still_in_python.contains(&m.as_str())).collect();
+    assert!(unnamed.is_empty(), "imported from Rust, yet not named in py/mod.rs as Python's to implement: {unnamed:?}");
+}
+
 #[test]
 fn the_circle_check_can_fail() {
     let mods: BTreeMap<String, String> = [
@@ -155,6 +216,22 @@ fn the_circle_check_can_fail() {
     ]
     .into();
     assert_eq!(circles(&edges(&mods)), vec![vec!["a".to_string(), "b".to_string()]]);
+}
+
+#[test]
+fn the_folder_check_can_fail() {
+    let mods: BTreeMap<String, String> = [
+        ("p".to_string(), String::new()),
+        ("p::b".to_string(), String::new()),
+        (
+            "p::b::c".to_string(),
+            "use super::super::with_gate; use super::super::events::Stream; use super::d::X;".to_string(),
+        ),
+        ("p::b::d".to_string(), String::new()),
+        ("p::events".to_string(), "use super::b::c::Y;".to_string()),
+    ]
+    .into();
+    assert_eq!(leaving(&mods, "p::b"), vec![("p::b::c".to_string(), "p::events".to_string())]);
 }
 
 #[test]

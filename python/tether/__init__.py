@@ -26,9 +26,10 @@ from ._errors import (
 )
 from ._hooks import Handshake
 from ._logging import sync_log_level
-from ._native import Backoff, Heartbeat, Reconnector, redact
+from ._native import Backoff, Heartbeat, redact
 from ._procpool import ProcPool, WorkerProc
 from ._readiness import ReadinessGate
+from ._reconnect import Reconnector
 from ._watchdog import Alarm, Liveness, Watchdog, bounded
 
 __version__ = _native.__version__

@@ -8,6 +8,7 @@ from typing import Any, ParamSpec
 
 from . import _native
 from ._errors import ConnectionClosed
+from ._hooks import with_handshake
 from ._native import add_redacted_names
 
 _P = ParamSpec("_P")
@@ -274,6 +275,8 @@ def connect(url: str, **options: Any) -> Connection:
     its error names every message never confirmed (``.messages``, in send order) and every failure not
     reported yet (``.failures``), from whichever call raises it.
     """
+    if "on_connect" in options:
+        options["on_connect"] = with_handshake(options["on_connect"])
     return Connection(_native.Connection(url, **options))
 
 

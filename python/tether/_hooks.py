@@ -1,19 +1,14 @@
-"""``tether.connect`` hooks: the ``Handshake`` handed to ``on_connect``, and the helpers the native
-session schedules on the connection's event loop (the hook itself, ``url_for``, heartbeat factory and
-predicate)."""
+"""``tether.Handshake``, handed to ``on_connect``: Python, like ``tether.Connection``, because its
+``recv`` is the cancellation-safe loop over the native ``try_recv``/``wait_readable``. The native
+connection calls the hook it was given with its ``HandshakeChannel``; ``with_handshake`` is how the
+application's hook gets the ``Handshake`` instead (nothing native imports this module)."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _native
-
-
-class OnConnectMisuse(TypeError):
-    """``on_connect`` did not return an awaitable: not retried."""
 
 
 class Handshake:
@@ -63,29 +58,19 @@ class Handshake:
         return repr(self._c)
 
 
-async def _run_on_connect(hook: Callable[[Handshake], Awaitable[Any]], channel: _native.HandshakeChannel) -> None:
-    result = hook(Handshake(channel))
-    if not inspect.isawaitable(result):
-        raise OnConnectMisuse(f"on_connect must be an async function; it returned {type(result).__name__}")
-    await result
+def with_handshake(
+    hook: Callable[[Handshake], Awaitable[Any]] | None,
+) -> Callable[[_native.HandshakeChannel], Awaitable[Any]] | None:
+    """``on_connect`` as the native connection calls it: with the attempt's channel, which the
+    application's hook gets as a ``Handshake``. Anything not callable goes through unchanged, for the
+    native side to refuse with the message every option gets."""
+    if hook is None or not callable(hook):
+        return hook
 
+    def on_channel(channel: _native.HandshakeChannel) -> Awaitable[Any]:
+        return hook(Handshake(channel))
 
-async def _url_for(url_for: Callable[[str, int], Any], strategy: str, attempt: int) -> Any:
-    result = url_for(strategy, attempt)
-    return await result if inspect.isawaitable(result) else result
-
-
-def _sync_result(result: Any, what: str) -> Any:
-    # an awaitable is truthy and not a message: it would silently disable the heartbeat
-    if inspect.isawaitable(result):
-        if asyncio.iscoroutine(result):
-            result.close()
-        raise TypeError(f"{what} must return its result, not an awaitable ({type(result).__name__})")
-    return result
-
-
-def _reply_in(is_reply: Callable[[str | bytes], Any], batch: Sequence[str | bytes]) -> bool:
-    return any(_sync_result(is_reply(m), "is_reply") for m in batch)
+    return on_channel
 
 
 __all__ = ["Handshake"]

@@ -19,7 +19,7 @@ from collections.abc import (
 from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar, final, overload
 
-from typing_extensions import Self
+from typing_extensions import Self, disjoint_base
 
 from ._hooks import Handshake
 from .events import Event
@@ -211,8 +211,8 @@ class EventStream(AsyncIterator[Event]):
     def try_next(self) -> Event | None: ...
     async def wait(self) -> None: ...
 
-@final
-class Reconnector:
+@disjoint_base
+class Reconnector:  # subclassed by tether.Reconnector, which adds run()
     """Retry policy for a connection loop, as ``run(connect)`` or step by step. One state machine decides.
 
     Only time spent connected counts: the retry counter (``attempt``) and the backoff sequence reset once a
@@ -239,15 +239,14 @@ class Reconnector:
         name: str | None = None,
         logger: str | logging.Logger | None = None,
         attempt_timeout: float | None = None,
-    ) -> Reconnector: ...
-    def run(self, connect: Callable[[], Awaitable[_T]]) -> Coroutine[Any, Any, _T]:
-        """``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each call is one
-        attempt, raising means it failed or the connection was lost. Call ``r.connected()`` inside once the
-        handshake succeeded. ``attempt_timeout``: an attempt that has not called ``connected()`` within it is
-        cancelled at that moment and counts as a failure (``tether.TimeoutError``). Cancelling ``run`` cancels
-        ``connect`` and returns once it has finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5
-        s later, then it is abandoned with a WARNING). RuntimeError if already running; TypeError if connect is
-        not callable."""
+    ) -> Self: ...
+    # the steps ``run`` (the subclass tether.Reconnector, in tether._reconnect) is made of
+    def _begin_run(self) -> None: ...
+    def _start(self) -> tuple[int, float | None]: ...
+    def _stalled(self, number: int) -> bool: ...
+    def _failed(self, exc: BaseException) -> float: ...
+    def _abandoned(self, number: int, grace: float) -> None: ...
+    def _end_run(self) -> None: ...
     def failed(self, exc: BaseException | None = None) -> float:
         """Step-wise: an attempt, or a live connection, failed with ``exc``; returns the seconds to wait before the
         next attempt and logs the retry. Raises ``tether.GaveUp`` (``__cause__`` = exc) when ``exc`` is fatal or

@@ -1,5 +1,6 @@
-"""``Reconnector.run(connect)``: the retry loop on the caller's event loop, made of the same steps as the
-step-wise form (the native state machine decides; this coroutine only awaits).
+"""``tether.Reconnector``: the native retry policy, plus ``run(connect)``, the retry loop on the caller's
+event loop, made of the same steps as the step-wise form (the native state machine decides; this
+coroutine only awaits, so the calls go one way, from here into the native class).
 
 Each attempt runs ``connect()`` as its own task so that both ways of ending it are bounded: cancelling
 ``run()`` cancels the attempt and waits until it has finished its cleanup, and an attempt that makes no
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
+from . import _native
 from ._errors import TimeoutError as _TimeoutError
+
+_T = TypeVar("_T")
 
 CANCEL_GRACE = 5.0
 """Seconds a cancelled ``connect()`` gets to finish its cleanup before ``run()`` goes on without it."""
@@ -26,7 +31,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-async def _cancel(r: Any, task: asyncio.Task[Any], number: int) -> None:
+async def _cancel(r: Reconnector, task: asyncio.Task[Any], number: int) -> None:
     """Cancel the attempt and wait (bounded) until it has handled the cancellation."""
     task.cancel()
     done, _ = await asyncio.wait((task,), timeout=CANCEL_GRACE)
@@ -34,7 +39,7 @@ async def _cancel(r: Any, task: asyncio.Task[Any], number: int) -> None:
         r._abandoned(number, CANCEL_GRACE)
 
 
-async def _attempt(r: Any, task: asyncio.Task[Any], number: int, timeout: float | None) -> bool:
+async def _attempt(r: Reconnector, task: asyncio.Task[Any], number: int, timeout: float | None) -> bool:
     """Wait for the attempt to end; True when it was abandoned for making no progress within ``timeout``."""
     try:
         if timeout is not None:
@@ -49,7 +54,7 @@ async def _attempt(r: Any, task: asyncio.Task[Any], number: int, timeout: float 
         raise
 
 
-async def run(r: Any, connect: Any) -> Any:
+async def _run(r: Reconnector, connect: Callable[[], Awaitable[_T]]) -> _T:
     r._begin_run()
     try:
         while True:
@@ -83,3 +88,21 @@ async def run(r: Any, connect: Any) -> Any:
             await asyncio.sleep(r._failed(exc))
     finally:
         r._end_run()
+
+
+class Reconnector(_native.Reconnector):
+    __doc__ = _native.Reconnector.__doc__
+    __slots__ = ()
+
+    def run(self, connect: Callable[[], Awaitable[_T]]) -> Coroutine[Any, Any, _T]:
+        """``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each call is one
+        attempt, raising means it failed or the connection was lost. Call ``r.connected()`` inside once the
+        handshake succeeded. ``attempt_timeout``: an attempt that has not called ``connected()`` within it is
+        cancelled at that moment and counts as a failure (``tether.TimeoutError``). Cancelling ``run`` cancels
+        ``connect`` and returns once it has finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5
+        s later, then it is abandoned with a WARNING). RuntimeError if already running; TypeError if connect is
+        not callable."""
+        # refused at the call, before a coroutine exists, as a wrong argument to any call is
+        if not callable(connect):
+            raise TypeError("connect must be an async callable (a coroutine function)")
+        return _run(self, connect)

@@ -1,7 +1,9 @@
-//! Checks on callables handed to tether, made when they are given rather than on first use.
+//! Checks on callables handed to tether, made when they are given rather than on first use, and on
+//! what they return.
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 
 /// TypeError unless `f` is an async callable: a coroutine function, a `functools.partial` of one, or
 /// an object whose `__call__` is one. A plain function (which would return a non-awaitable, or a
@@ -28,4 +30,26 @@ pub fn require_async(py: Python<'_>, what: &str, f: &Bound<'_, PyAny>) -> PyResu
         }
     }
     Err(refuse())
+}
+
+/// Whether `o` can be awaited (`inspect.isawaitable`).
+pub fn is_awaitable(o: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static ISAWAITABLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    ISAWAITABLE.import(o.py(), "inspect", "isawaitable")?.call1((o,))?.is_truthy()
+}
+
+/// `result` of a callable that must answer synchronously (`what` names it), or TypeError if it
+/// returned an awaitable: an awaitable is truthy and is no message, so taken as an answer it would
+/// silently turn the check it stands for off. A coroutine refused is closed, so that it does not
+/// warn as never awaited on top of the error.
+pub fn sync_result<'py>(result: Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, PyAny>> {
+    if !is_awaitable(&result)? {
+        return Ok(result);
+    }
+    static ISCOROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    if ISCOROUTINE.import(result.py(), "asyncio", "iscoroutine")?.call1((&result,))?.is_truthy()? {
+        result.call_method0("close")?;
+    }
+    let returned = result.get_type().name()?;
+    Err(PyTypeError::new_err(format!("{what} must return its result, not an awaitable ({returned})")))
 }

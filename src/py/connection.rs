@@ -351,7 +351,7 @@ impl PyConnection {
     fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         super::logging::sync(py);
         let c = self.conn.clone();
-        super::coroutine::deferred_coroutine(py, "Connection.start", move |py| c.begin(py))
+        super::bridge::coroutine::deferred_coroutine(py, "Connection.start", move |py| c.begin(py))
     }
 
     /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
@@ -385,7 +385,7 @@ impl PyConnection {
     /// Close within close_timeout (flush, close frame, peer's close), then stop reconnecting.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let c = self.conn.clone();
-        super::coroutine::deferred_coroutine(py, "Connection.aclose", move |py| c.aclose(py))
+        super::bridge::coroutine::deferred_coroutine(py, "Connection.aclose", move |py| c.aclose(py))
     }
 
     /// Schedule the bounded close and return at once: usable from sync code, from another thread,

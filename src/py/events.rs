@@ -11,7 +11,7 @@ use pyo3::IntoPyObjectExt;
 use pyo3::PyClass;
 use tokio::sync::{broadcast, Mutex};
 
-use super::coroutine::Take;
+use super::bridge::coroutine::Take;
 use super::record::record;
 use crate::reconnect::Event;
 use crate::watchdog::Alarm;
@@ -264,7 +264,7 @@ where
 {
     let py = slf.py();
     let stream = slf.unbind();
-    super::coroutine::taking(py, name, move |py| {
+    super::bridge::coroutine::taking(py, name, move |py| {
         let s = stream.get();
         Ok(match try_next(s, py)? {
             Some(ev) => Take::Ready(ev),
@@ -304,7 +304,7 @@ macro_rules! buffered_stream {
 
             /// Resolves once `try_next` has something to return.
             fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-                $crate::py::coroutine::coroutine(py, concat!(stringify!($name), ".wait"), self.inner.wait())
+                $crate::py::bridge::coroutine::coroutine(py, concat!(stringify!($name), ".wait"), self.inner.wait())
             }
         }
     };
@@ -352,10 +352,10 @@ impl EventStream {
     /// Resolves once `try_next` has something to return.
     fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match &self.source {
-            Source::Tokio(b) => super::coroutine::coroutine(py, "EventStream.wait", b.wait()),
+            Source::Tokio(b) => super::bridge::coroutine::coroutine(py, "EventStream.wait", b.wait()),
             Source::Loop(sub) => match sub.waiter() {
-                None => super::coroutine::resolved(py, "EventStream.wait", false, Ok(py.None())),
-                Some(slot) => super::coroutine::on_slot(py, "EventStream.wait", false, slot, None),
+                None => super::bridge::coroutine::resolved(py, "EventStream.wait", false, Ok(py.None())),
+                Some(slot) => super::bridge::coroutine::on_slot(py, "EventStream.wait", false, slot, None),
             },
         }
     }
@@ -389,7 +389,7 @@ struct SubState {
     queue: VecDeque<Event>,
     dropped: u64,
     ended: bool,
-    waiters: Vec<Arc<super::coroutine::Slot>>,
+    waiters: Vec<Arc<super::bridge::coroutine::Slot>>,
 }
 
 impl LoopSub {
@@ -417,7 +417,7 @@ impl LoopSub {
     }
 
     /// Queue `ev` (`Closed` ends the stream); the waiters to wake.
-    pub fn push(&self, ev: &Event) -> Vec<Arc<super::coroutine::Slot>> {
+    pub fn push(&self, ev: &Event) -> Vec<Arc<super::bridge::coroutine::Slot>> {
         let mut st = self.lock();
         if st.ended {
             return vec![];
@@ -435,7 +435,7 @@ impl LoopSub {
     }
 
     /// The source is gone: the stream ends after what it holds.
-    pub fn end(&self) -> Vec<Arc<super::coroutine::Slot>> {
+    pub fn end(&self) -> Vec<Arc<super::bridge::coroutine::Slot>> {
         let mut st = self.lock();
         st.ended = true;
         std::mem::take(&mut st.waiters)
@@ -459,12 +459,12 @@ impl LoopSub {
     }
 
     /// A slot woken by the next event, or None when `pop` has something to return already.
-    fn waiter(&self) -> Option<Arc<super::coroutine::Slot>> {
+    fn waiter(&self) -> Option<Arc<super::bridge::coroutine::Slot>> {
         let mut st = self.lock();
         if !st.queue.is_empty() || st.ended {
             return None;
         }
-        let slot = super::coroutine::Slot::new();
+        let slot = super::bridge::coroutine::Slot::new();
         st.waiters.push(slot.clone());
         Some(slot)
     }

@@ -1,5 +1,19 @@
 //! PyO3 bindings: thin wrappers over the core modules. Nothing here starts a thread or a runtime at
-//! import: the tokio runtime is built lazily on first use.
+//! import: the tokio runtime is built lazily on first use. How a Rust future becomes an awaitable (and
+//! a Python awaitable a Rust future) is `bridge`, whose module doc is the contract every async method
+//! relies on: which thread runs what, which lock is held when, what cancellation does.
+//!
+//! Calls go one way: from Python into these bindings. The Python front ends that own a native object
+//! (`tether.Connection` and `tether.Handshake` over a connection, `Reconnector.run` over the
+//! Reconnector's steps) call into it, and it calls back only the callables it was handed (the
+//! application's, as the front ends pass them on). A `tether.*` module is imported from here only
+//! where Python implements the behaviour itself:
+//! - `tether._logging` (`logging`): the Rust-side filter follows Python's `logging` configuration,
+//!   which the application changes from Python at any time, and the records of an object built with
+//!   `logger=` go to the `logging.Logger` registered there;
+//! - `tether._wire` (`ws::link`): the connection's asyncio protocol, which must be a subclass of
+//!   `asyncio.BufferedProtocol` for the transport to read into a buffer it provides, and a
+//!   `#[pyclass]` cannot subclass a Python class.
 
 use pyo3::prelude::*;
 
@@ -7,23 +21,19 @@ mod backoff;
 mod bridge;
 mod callables;
 mod chaos;
-mod completer;
 mod connection;
 mod convert;
-mod coroutine;
 mod errors;
 mod events;
 mod heartbeat;
 pub(crate) mod logging;
 mod metrics;
 mod options;
-mod parked;
 mod pool_events;
 mod procpool;
 mod readiness;
 mod reconnect;
 mod record;
-pub(crate) mod runtime;
 mod served;
 mod signal_server;
 mod signature;
@@ -34,7 +44,7 @@ mod ws;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
 
-    coroutine::register(m)?;
+    bridge::coroutine::register(m)?;
     backoff::register(m)?;
     reconnect::register(m)?;
     events::register(m)?;

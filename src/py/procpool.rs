@@ -214,7 +214,7 @@ impl PyWorkerProc {
         };
         let limit = timeout.map(|s| s.0);
         let proc = self.proc.clone();
-        super::coroutine::coroutine(py, "WorkerProc.request", async move {
+        super::bridge::coroutine::coroutine(py, "WorkerProc.request", async move {
             let native = proc.as_any().downcast_ref::<NativeProc>().expect("a WorkerProc wraps a NativeProc");
             Ok(Reply(native.request(&data, limit).await))
         })
@@ -301,7 +301,7 @@ impl Drop for Handover {
 }
 
 fn give_back(pool: &Pool, p: Proc) {
-    let _guard = super::runtime::get().enter();
+    let _guard = super::bridge::runtime::get().enter();
     let _ = pool.release(p, false);
 }
 
@@ -393,13 +393,13 @@ fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
 fn start(py: Python<'_>, pool: &Pool, spawner: Option<&PySpawner>) -> PyResult<()> {
     if let Some(ps) = spawner {
         if ps.locals.get().is_none() {
-            let locals = super::runtime::get_current_locals(py).map_err(|_| {
+            let locals = super::bridge::runtime::get_current_locals(py).map_err(|_| {
                 PyTypeError::new_err("ProcPool(spawn=...).start() must be called inside a running event loop")
             })?;
             let _ = ps.locals.set(locals);
         }
     }
-    let _guard = super::runtime::get().enter();
+    let _guard = super::bridge::runtime::get().enter();
     pool.start();
     Ok(())
 }
@@ -512,7 +512,7 @@ impl PyProcPool {
         let t = timeout.map(|s| s.0);
         let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
         // at the first step, on the loop that drives it: an acquire never awaited lends nothing
-        super::coroutine::deferred_handover(py, "ProcPool.acquire", hand_over, move |py| {
+        super::bridge::coroutine::deferred_handover(py, "ProcPool.acquire", hand_over, move |py| {
             start(py, &pool, spawner.as_deref())?;
             // a warm process is idle: handed over at this step, without a trip through the runtime
             let idle = pool.try_acquire();
@@ -538,7 +538,7 @@ impl PyProcPool {
         let n = n.map(|n| n.0 as usize);
         let t = timeout.map(|s| s.0);
         let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
-        super::coroutine::deferred(py, "ProcPool.warm", move |py| {
+        super::bridge::coroutine::deferred(py, "ProcPool.warm", move |py| {
             start(py, &pool, spawner.as_deref())?;
             Ok(async move {
                 let outcome = pool.warm(n, t).await.map(|()| None);
@@ -552,7 +552,7 @@ impl PyProcPool {
     #[pyo3(signature = (proc, *, kill=false))]
     fn release(&self, proc: &Bound<'_, PyAny>, kill: bool) -> PyResult<()> {
         let handle = self.handle(proc, "release")?;
-        let _guard = super::runtime::get().enter();
+        let _guard = super::bridge::runtime::get().enter();
         self.pool.release(handle, kill).map_err(|_| not_lent("release"))
     }
 
@@ -560,13 +560,13 @@ impl PyProcPool {
     /// worker still dies with this process.
     fn detach(&self, proc: &Bound<'_, PyAny>) -> PyResult<()> {
         let handle = self.handle(proc, "detach")?;
-        let _guard = super::runtime::get().enter();
+        let _guard = super::bridge::runtime::get().enter();
         self.pool.detach(&handle).map_err(|_| not_lent("detach"))
     }
 
     /// Keep ``n`` processes idle from now on; idle ones beyond it are disposed of.
     fn set_target_idle(&self, n: Count<param::N>) -> PyResult<()> {
-        let _guard = super::runtime::get().enter();
+        let _guard = super::bridge::runtime::get().enter();
         self.pool.set_target_idle(n.0 as usize);
         Ok(())
     }
@@ -574,7 +574,7 @@ impl PyProcPool {
     /// Close (bounded): waiters fail, idle processes are killed and reaped, in-flight spawns settle.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let pool = self.pool.clone();
-        super::coroutine::coroutine(py, "ProcPool.aclose", async move {
+        super::bridge::coroutine::coroutine(py, "ProcPool.aclose", async move {
             pool.close().await;
             Ok(())
         })

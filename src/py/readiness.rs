@@ -155,8 +155,8 @@ impl PyReadinessGate {
         let gate = self.gate.clone();
         let dispatch = dispatch.unbind();
         // `dispatch` runs on the loop that drives this, known at its first step
-        super::coroutine::deferred(py, "ReadinessGate.dispatch", move |py| {
-            let locals = super::runtime::get_current_locals(py)?;
+        super::bridge::coroutine::deferred(py, "ReadinessGate.dispatch", move |py| {
+            let locals = super::bridge::runtime::get_current_locals(py)?;
             Ok(async move {
                 let res = gate
                     .dispatch(

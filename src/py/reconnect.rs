@@ -3,8 +3,10 @@
 //! Two forms share one state machine and one reporting path (`crate::reconnect::report`):
 //! * step-wise, for loops that mix policy and connection body: `failed(exc)` / `backoff(exc)` /
 //!   `connected()` / `closed()` / `attempt`;
-//! * `run(connect)`: the coroutine `tether._reconnect.run`, built from the same steps on the caller's
-//!   event loop, so `connect()` runs as a plain asyncio task (no thread hop, cancellation is asyncio's).
+//! * `run(connect)`: defined by the Python subclass `tether._reconnect.Reconnector` (the public
+//!   class) as a coroutine made of the `_`-prefixed steps below, on the caller's event loop, so
+//!   `connect()` runs as a plain asyncio task (no thread hop, cancellation is asyncio's). This class
+//!   only answers the steps: it never calls back into the Python that drives it.
 //!
 //! Every call happens on the event loop thread; the state lock is never held while logging or
 //! emitting (a logging handler may call back into the Reconnector).
@@ -51,7 +53,7 @@ struct Inner {
 /// name it ("failed to connect to {name}"); unnamed (None), they name no target. ``logger``: a logger name or
 /// ``logging.Logger`` that receives this object's records instead of ``tether.reconnect`` (same ``extra`` fields; its
 /// level joins the Rust-side filter).
-#[pyclass(name = "Reconnector", module = "tether._native", frozen)]
+#[pyclass(name = "Reconnector", module = "tether._native", frozen, subclass)]
 pub struct PyReconnector {
     cfg: Config,
     fatal: Py<PyTuple>,
@@ -227,19 +229,6 @@ impl PyReconnector {
         })
     }
 
-    /// ``await r.run(connect)``: call ``connect()`` until it returns (its value is returned); each call is one
-    /// attempt, raising means it failed or the connection was lost. Call ``r.connected()`` inside once the handshake
-    /// succeeded. ``attempt_timeout``: an attempt that has not called ``connected()`` within it is cancelled at that
-    /// moment and counts as a failure (``tether.TimeoutError``). Cancelling ``run`` cancels ``connect`` and returns
-    /// once it has finished its cleanup (at most ``tether._reconnect.CANCEL_GRACE`` = 5 s later, then it is abandoned
-    /// with a WARNING). RuntimeError if already running; TypeError if connect is not callable.
-    fn run<'py>(slf: &Bound<'py, Self>, connect: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        if !connect.is_callable() {
-            return Err(PyTypeError::new_err("connect must be an async callable (a coroutine function)"));
-        }
-        slf.py().import("tether._reconnect")?.getattr("run")?.call1((slf, connect))
-    }
-
     /// Step-wise: an attempt, or a live connection, failed with ``exc``; returns the seconds to wait before the next
     /// attempt and logs the retry. Raises ``tether.GaveUp`` (``__cause__`` = exc) when ``exc`` is fatal or the
     /// policy's attempts/deadline are exhausted; the state then starts over. RuntimeError while ``run()`` is running.
@@ -315,7 +304,7 @@ impl PyReconnector {
         }
     }
 
-    // ---- the steps `tether._reconnect.run` drives ----
+    // ---- the steps `Reconnector.run` (tether._reconnect) drives ----
 
     fn _begin_run(&self, py: Python<'_>) -> PyResult<()> {
         {

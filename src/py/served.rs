@@ -45,7 +45,7 @@ impl<T: Server> Served<T> {
         Fut: Future<Output = PyResult<T>> + Send + 'static,
     {
         let slot = self.slot.clone();
-        super::coroutine::coroutine(py, name, async move {
+        super::bridge::coroutine::coroutine(py, name, async move {
             if slot.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                 return Ok(());
             }
@@ -58,7 +58,7 @@ impl<T: Server> Served<T> {
     /// Shut the server down (if running); it is not running afterwards.
     pub fn aclose<'py>(&self, py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
         let server = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        super::coroutine::coroutine(py, name, async move {
+        super::bridge::coroutine::coroutine(py, name, async move {
             if let Some(s) = server {
                 s.shutdown();
             }

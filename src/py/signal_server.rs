@@ -206,7 +206,7 @@ impl PySignalServer {
         if !["active", "handshakes", "tcp_accepts", "refused", "messages_in", "pings"].contains(&key.as_str()) {
             return Err(value_error(format!("unknown key {key:?}")));
         }
-        super::coroutine::coroutine(py, "SignalServer.wait_for", async move {
+        super::bridge::coroutine::coroutine(py, "SignalServer.wait_for", async move {
             Ok(srv
                 .wait_until(t, move |s| match key.as_str() {
                     "active" => s.active == n,

@@ -68,7 +68,7 @@ impl PyWatchdog {
     ) -> PyResult<Self> {
         let logger = super::logging::logger_key(py, logger)?;
         super::logging::sync(py);
-        let rt = super::runtime::get();
+        let rt = super::bridge::runtime::get();
         let inner = Arc::new(Watchdog::new_on(name, logger, rt.handle()));
         if let Some(cb) = on_alarm.filter(|c| !c.is_none()) {
             if !cb.is_callable() {

@@ -4,6 +4,7 @@ open_timeout; the in-band heartbeat detects a server that answers WebSocket ping
 application; close() works from sync code."""
 
 import asyncio
+import contextvars
 import itertools
 import json
 import time
@@ -173,6 +174,51 @@ async def test_fatal_hook_error_gives_up_at_once():
     assert calls == [1]
     assert ei.value.reason == "fatal error"
     assert "Rejected: JoinResponse: error" in str(ei.value)
+
+
+async def test_a_plain_function_hook_that_raises_is_retried_like_an_async_one():
+    calls = []
+
+    async def join(hs):
+        await hs.send("join")
+
+    def on_connect(hs):  # returns the coroutine that does the work, or raises before making one
+        calls.append(hs.attempt)
+        if len(calls) == 1:
+            raise RuntimeError("not yet")
+        return join(hs)
+
+    async with JoinServer() as srv:
+        async with tether.connect(srv.url, on_connect=on_connect, policy=policy(), **FAST):
+            await eventually(lambda: srv.conns[-1:] == [["join"]], 10)
+    assert calls == [1, 2]
+    assert len(srv.conns) == 2
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync url_for", "async url_for"])
+async def test_hooks_run_in_a_copy_of_the_contextvars_of_the_task_that_connected(sync):
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+    seen = []
+
+    async with JoinServer() as srv:
+
+        def target(strategy, attempt):
+            seen.append(("url_for", request_id.get("unset")))
+            request_id.set("set by url_for")  # stays in the hook's copy
+            return srv.url
+
+        async def async_target(strategy, attempt):
+            return target(strategy, attempt)
+
+        async def on_connect(hs):
+            seen.append(("on_connect", request_id.get("unset")))
+            request_id.set("set by on_connect")
+
+        request_id.set("r-1")
+        url_for = target if sync else async_target
+        async with tether.connect(srv.url, url_for=url_for, on_connect=on_connect, policy=policy(), **FAST):
+            assert request_id.get() == "r-1"
+    assert seen == [("url_for", "r-1"), ("on_connect", "r-1")]
 
 
 async def test_sync_on_connect_is_a_usage_error_not_retried():

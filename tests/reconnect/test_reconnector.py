@@ -337,8 +337,8 @@ async def test_bad_inputs():
     with pytest.raises(TypeError):
         tether.Reconnector(quiet_attempts=1.5)
     r = tether.Reconnector()
-    with pytest.raises(TypeError):
-        await r.run(42)
+    with pytest.raises(TypeError, match="connect must be an async callable"):
+        r.run(42)  # at the call, as for any bad argument: no coroutine is made to warn "never awaited"
 
     def not_async():
         return 5

@@ -42,7 +42,8 @@ from typing import Any
 
 from .._errors import GaveUp
 from .._errors import TimeoutError as TetherTimeoutError
-from .._native import Backoff, Reconnector
+from .._native import Backoff
+from .._reconnect import Reconnector
 
 LOGGER_NAME = "livekit.agents"
 

@@ -1,8 +1,8 @@
 //! The application's callables of a loop-thread connection, run on its loop: `url_for` (sync or
-//! async) and `on_connect` as tasks in the contextvars of the task that started the connection, the
-//! `Handshake` channel `on_connect` talks through, and the heartbeat's message factory and `is_reply`
-//! (plain functions, called directly; one that takes longer than the heartbeat timeout blocked the
-//! loop, which is a heartbeat timeout too).
+//! async) and `on_connect`, called in the contextvars of the task that started the connection (an
+//! awaitable they return runs as a task there), the `Handshake` channel `on_connect` talks through,
+//! and the heartbeat's message factory and `is_reply` (plain functions, called directly; one that
+//! takes longer than the heartbeat timeout blocked the loop, which is a heartbeat timeout too).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -12,8 +12,9 @@ use crate::ws::frame;
 use crate::ws::protocol::Message;
 use crate::ws::WsError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
+use super::super::callables::{is_awaitable, sync_result};
 use super::super::convert::{describe, message_from_py};
 use super::coroutine::{self, Slot};
 use super::{Conn, Fx, Goodbye, Inner, Phase};
@@ -39,8 +40,7 @@ pub struct HandshakeInfo {
     pub reconnect: bool,
 }
 
-/// `on_connect=` and `fatal=`, checked: the hook and the exception types that give up at once (plus
-/// tether's own misuse error).
+/// `on_connect=` and `fatal=`, checked: the hook and the exception types that give up at once.
 pub(crate) fn on_connect_spec(
     py: Python<'_>,
     on_connect: Option<&Bound<'_, PyAny>>,
@@ -53,14 +53,14 @@ pub(crate) fn on_connect_spec(
             "on_connect must be an async function taking a tether.Handshake",
         ));
     }
-    let misuse = py.import("tether._hooks")?.getattr("OnConnectMisuse")?;
-    let fatal = PyTuple::new(py, fatal.iter().chain([misuse]).collect::<Vec<_>>())?;
     Ok(Some(OnConnectSpec { hook: f.clone().unbind(), fatal: fatal.unbind() }))
 }
 
 pub(crate) struct OnConnectSpec {
+    /// Called with the attempt's `HandshakeChannel`; the Python front end hands the application's
+    /// hook its `tether.Handshake` around it.
     pub hook: Py<PyAny>,
-    /// `fatal=` plus tether's own misuse error: instances give up at once.
+    /// `fatal=`: instances give up at once.
     pub fatal: Py<PyTuple>,
 }
 
@@ -72,15 +72,44 @@ pub(crate) struct BeatSpec {
     pub is_reply: Option<Py<PyAny>>,
 }
 
-/// `coro` as a task on the connection's loop, in a copy of the starting task's contextvars, whose end
-/// goes to `done`.
-fn spawn(py: Python<'_>, conn: &Arc<Conn>, coro: Bound<'_, PyAny>, done: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+/// What calling an application's hook gave.
+enum Called {
+    /// It returned (or raised) at once.
+    Now(PyResult<Py<PyAny>>),
+    /// It returned an awaitable, running as this task, whose end goes to its done-callback.
+    Task(Py<PyAny>),
+}
+
+/// `f(*args)` in a copy of the contextvars of the task that started the connection; an awaitable it
+/// returns runs as a task in that same copy (a task copies the context current at its creation, and
+/// `create_task` has no `context=` before 3.11), its end going to `done`. Err only when the
+/// connection has no loop to run it on.
+fn call_hook<'py>(
+    py: Python<'py>,
+    conn: &Arc<Conn>,
+    f: &Bound<'py, PyAny>,
+    args: Vec<Bound<'py, PyAny>>,
+    done: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Called> {
     let el = conn.event_loop(py).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no event loop"))?;
     let ctx = conn.context(py).ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("no context"))?;
-    // a task copies the context current at its creation (create_task has no context= before 3.11)
-    let task = ctx.call_method0("copy")?.call_method1("run", (el.getattr("create_task")?, coro))?;
-    task.call_method1("add_done_callback", (done,))?;
-    Ok(task.unbind())
+    let ctx = ctx.call_method0("copy")?;
+    let run = ctx.getattr("run")?;
+    let called = PyTuple::new(py, [vec![f.clone()], args].concat())?;
+    let called = (|| -> PyResult<Called> {
+        let result = run.call1(called)?;
+        if !is_awaitable(&result)? {
+            return Ok(Called::Now(Ok(result.unbind())));
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("loop", el)?;
+        let ensure_future = py.import("asyncio")?.getattr("ensure_future")?;
+        let task = run.call((ensure_future, result), Some(&kwargs))?;
+        task.call_method1("add_done_callback", (done()?,))?;
+        Ok(Called::Task(task.unbind()))
+    })();
+    // what the hook raised, or asyncio's refusal of what it returned, is the hook's failure
+    Ok(called.unwrap_or_else(|e| Called::Now(Err(e))))
 }
 
 /// Keep `task` as the attempt's (cancelled when the attempt ends), or cancel it if the operation `id`
@@ -102,13 +131,13 @@ impl Conn {
     pub(super) fn start_url_for(self: &Arc<Self>, py: Python<'_>, id: u64, strategy: &str, attempt: u32) {
         let conn = self;
         let Some(f) = &conn.hooks.url_for else { return };
-        let started = (|| -> PyResult<Py<PyAny>> {
-            let coro = py.import("tether._hooks")?.getattr("_url_for")?.call1((f, strategy, attempt))?;
-            let done = Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::UrlFor })?;
-            spawn(py, conn, coro, done.into_any())
+        let args = (|| -> PyResult<_> {
+            Ok(vec![strategy.into_pyobject(py)?.into_any(), attempt.into_pyobject(py)?.into_any()])
         })();
-        match started {
-            Ok(task) => adopt(py, conn, id, task, |st| st.phase == Phase::Target && st.next_id == id),
+        let done = || Ok(Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::UrlFor })?.into_any());
+        match args.and_then(|args| call_hook(py, conn, f.bind(py), args, done)) {
+            Ok(Called::Now(result)) => url_for_done(py, conn, id, result),
+            Ok(Called::Task(task)) => adopt(py, conn, id, task, |st| st.phase == Phase::Target && st.next_id == id),
             Err(e) => {
                 let err = WsError::fatal(format!("could not schedule url_for on the event loop: {}", describe(py, &e)));
                 conn.with(py, |c, st, fx| c.end_attempt(py, st, fx, err, Goodbye::Abort));
@@ -121,14 +150,19 @@ impl Conn {
     pub(super) fn start_on_connect(self: &Arc<Self>, py: Python<'_>, id: u64, info: HandshakeInfo) {
         let conn = self;
         let Some(spec) = &conn.hooks.on_connect else { return };
-        let started = (|| -> PyResult<Py<PyAny>> {
-            let channel = Py::new(py, LoopHandshake { conn: Arc::downgrade(conn), id, info })?;
-            let coro = py.import("tether._hooks")?.getattr("_run_on_connect")?.call1((&spec.hook, channel))?;
-            let done = Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::OnConnect })?;
-            spawn(py, conn, coro, done.into_any())
-        })();
-        match started {
-            Ok(task) => adopt(py, conn, id, task, |st| st.hs.as_ref().is_some_and(|hs| hs.id == id)),
+        let channel = Py::new(py, LoopHandshake { conn: Arc::downgrade(conn), id, info })
+            .map(|c| vec![c.into_bound(py).into_any()]);
+        let done =
+            || Ok(Bound::new(py, TaskDone { conn: Arc::downgrade(conn), id, kind: Kind::OnConnect })?.into_any());
+        match channel.and_then(|args| call_hook(py, conn, spec.hook.bind(py), args, done)) {
+            Ok(Called::Now(Ok(value))) => {
+                // a plain function: every attempt would repeat the mistake, so it is not retried
+                let returned = value.bind(py).get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                let misuse = WsError::fatal(format!("on_connect must be an async function; it returned {returned}"));
+                on_connect_done(py, conn, id, Err(misuse));
+            }
+            Ok(Called::Now(Err(e))) => on_connect_done(py, conn, id, Err(on_connect_error(py, conn, &e))),
+            Ok(Called::Task(task)) => adopt(py, conn, id, task, |st| st.hs.as_ref().is_some_and(|hs| hs.id == id)),
             Err(e) => {
                 let err =
                     WsError::fatal(format!("could not schedule on_connect on the event loop: {}", describe(py, &e)));
@@ -168,7 +202,10 @@ impl TaskDone {
         };
         match self.kind {
             Kind::UrlFor => url_for_done(py, &c, self.id, result),
-            Kind::OnConnect => on_connect_done(py, &c, self.id, result),
+            Kind::OnConnect => {
+                let result = result.map(drop).map_err(|e| on_connect_error(py, &c, &e));
+                on_connect_done(py, &c, self.id, result)
+            }
         }
     }
 }
@@ -190,19 +227,22 @@ fn url_for_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: PyResult<Py<P
     });
 }
 
-fn on_connect_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: PyResult<Py<PyAny>>) {
-    let failed = result.err().map(|e| {
-        let text = format!("on_connect raised {}", describe(py, &e));
-        // CancelledError, KeyboardInterrupt & co. (not Exceptions) mean the loop is going away
-        let control_flow = !e.is_instance_of::<pyo3::exceptions::PyException>(py);
-        let fatal =
-            conn.hooks.on_connect.as_ref().is_some_and(|s| e.value(py).is_instance(s.fatal.bind(py)).unwrap_or(false));
-        if control_flow || fatal {
-            WsError::fatal(text)
-        } else {
-            WsError::retry(text)
-        }
-    });
+/// What `on_connect` raising `e` means for the connection: give up or retry.
+fn on_connect_error(py: Python<'_>, conn: &Conn, e: &PyErr) -> WsError {
+    let text = format!("on_connect raised {}", describe(py, e));
+    // CancelledError, KeyboardInterrupt & co. (not Exceptions) mean the loop is going away
+    let control_flow = !e.is_instance_of::<pyo3::exceptions::PyException>(py);
+    let fatal =
+        conn.hooks.on_connect.as_ref().is_some_and(|s| e.value(py).is_instance(s.fatal.bind(py)).unwrap_or(false));
+    if control_flow || fatal {
+        WsError::fatal(text)
+    } else {
+        WsError::retry(text)
+    }
+}
+
+fn on_connect_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: Result<(), WsError>) {
+    let failed = result.err();
     conn.with(py, |c, st, fx| {
         if st.phase != Phase::Hook || !st.hs.as_ref().is_some_and(|hs| hs.id == id) {
             return;
@@ -392,7 +432,7 @@ fn heartbeat_from_factory(py: Python<'_>, conn: &Arc<Conn>, id: Option<u64>) {
             .factory
             .bind(py)
             .call0()
-            .and_then(|r| py.import("tether._hooks")?.getattr("_sync_result")?.call1((r, what)))
+            .and_then(|r| sync_result(r, what))
             .map_err(|e| WsError::fatal(format!("heartbeat message factory raised {}", describe(py, &e))))?;
         message_from_py(&obj).map_err(|e| {
             WsError::fatal(format!("heartbeat message factory returned an unusable message: {}", describe(py, &e)))
@@ -416,12 +456,17 @@ impl Conn {
         let Some(spec) = &conn.hooks.heartbeat else { return };
         let Some(is_reply) = &spec.is_reply else { return };
         let answered = timed(spec, "is_reply", || {
-            let batch = PyList::new(py, batch).map_err(|e| WsError::fatal(describe(py, &e)))?;
-            py.import("tether._hooks")
-                .and_then(|h| h.getattr("_reply_in"))
-                .and_then(|f| f.call1((is_reply, batch)))
-                .and_then(|r| r.is_truthy())
-                .map_err(|e| WsError::fatal(format!("heartbeat is_reply raised {}", describe(py, &e))))
+            let is_reply = is_reply.bind(py);
+            // one reply is enough: the rest of the batch is not asked about
+            let any = || -> PyResult<bool> {
+                for m in &batch {
+                    if sync_result(is_reply.call1((m,))?, "is_reply")?.is_truthy()? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
+            any().map_err(|e| WsError::fatal(format!("heartbeat is_reply raised {}", describe(py, &e))))
         });
         conn.with(py, |c, st, fx| {
             if st.phase != Phase::Live {

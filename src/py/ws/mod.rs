@@ -45,7 +45,7 @@ use crate::ws::upgrade::Endpoint;
 use crate::ws::wire::Wire;
 use crate::ws::{SendError, State, Stats, Terminal, WsConfig, WsError};
 
-use super::coroutine::{self, Slot};
+use super::bridge::coroutine::{self, Slot};
 use super::events::LoopSub;
 
 pub(crate) use exceptions::terminal_error;

@@ -29,7 +29,7 @@ impl Conn {
     /// here. Ready once connected, or with the end; otherwise a slot set then.
     pub(crate) fn begin<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.started.store(true, std::sync::atomic::Ordering::SeqCst);
-        let running = super::super::completer::running_loop(py)?;
+        let running = super::super::bridge::completer::running_loop(py)?;
         if let Some(el) = self.el.get() {
             if el.obj.bind(py).as_ptr() != running.as_ptr() {
                 return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
@@ -80,7 +80,7 @@ impl Conn {
         let (Some(wd), Some(el)) = (&self.hooks.watchdog, self.event_loop(py)) else { return };
         let mut rx = wd.subscribe();
         let (me, el) = (self.me.clone(), el.clone().unbind());
-        st.watchdog_forward = Some(super::super::runtime::get().spawn(async move {
+        st.watchdog_forward = Some(super::super::bridge::runtime::get().spawn(async move {
             while let Ok(a) = rx.recv().await {
                 let ev = Event::Alarm {
                     kind: a.kind.as_str(),

@@ -128,7 +128,7 @@ impl Completer {
             }
             Wake::Threadsafe { event_loop, weak } => {
                 let me = self.clone();
-                let _ = super::with_python(|py| -> PyResult<()> {
+                let _ = super::super::with_python(|py| -> PyResult<()> {
                     let event_loop = if *weak { event_loop.call0(py)? } else { event_loop.clone_ref(py) };
                     if !event_loop.is_none(py) {
                         let drain = Py::new(py, Drain { completer: me })?;

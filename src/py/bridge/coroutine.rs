@@ -881,7 +881,7 @@ impl Drop for NativeCoroutine {
                     let _ = fut.bind(py).call_method0(intern!(py, "cancel"));
                 }));
             }
-            State::Created(body) if !self.done_at_call && super::python_alive() => {
+            State::Created(body) if !self.done_at_call && super::super::python_alive() => {
                 drop(body);
                 // SAFETY: a pyclass's Rust value is dropped by its type's tp_dealloc, which runs with
                 // the GIL held.

@@ -1,9 +1,10 @@
 //! Awaiting a Python awaitable from a Rust future, with cancellation both ways.
 //!
 //! `pyo3_async_runtimes::into_future` does not cancel the Python task when the Rust future is dropped,
-//! which would leave user coroutines running after `Reconnector.run()` was cancelled. Here the Python
-//! side runs as an `asyncio.Task` created on the loop thread; dropping the Rust future cancels it,
-//! through the loop's completer queue, so the tokio thread that drops it never takes the GIL.
+//! which would leave a user coroutine (a `dispatch`, a pool's `spawn`) running after the awaitable
+//! that awaited it was cancelled. Here the Python side runs as an `asyncio.Task` created on the loop
+//! thread; dropping the Rust future cancels it, through the loop's completer queue, so the tokio
+//! thread that drops it never takes the GIL.
 
 use std::sync::{Arc, Mutex};
 
