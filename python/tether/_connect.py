@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from typing import TYPE_CHECKING, Any
 
 from . import _native
-from ._errors import ConnectionClosed
 from ._hooks import Handshake
-from ._native import Backoff, Heartbeat, Watchdog, add_redacted_names
+from ._native import Backoff, ConnectionClosed, Heartbeat, Watchdog, add_redacted_names
 
 if TYPE_CHECKING:
     import os

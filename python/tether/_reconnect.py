@@ -14,7 +14,7 @@ import asyncio
 import inspect
 from typing import Any
 
-from ._errors import TimeoutError as _TimeoutError
+from ._native import TimeoutError as _TimeoutError
 
 CANCEL_GRACE = 5.0
 """Seconds a cancelled ``connect()`` gets to finish its cleanup before ``run()`` goes on without it."""

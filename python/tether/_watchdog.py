@@ -8,8 +8,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._errors import TimeoutError as TetherTimeoutError
 from ._native import Liveness, Watchdog
+from ._native import TimeoutError as TetherTimeoutError
 
 T = TypeVar("T")
 

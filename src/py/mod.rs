@@ -32,6 +32,7 @@ mod ws;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
 
+    errors::register(m)?;
     coroutine::register(m)?;
     m.add_class::<backoff::PyBackoff>()?;
     m.add_class::<backoff::DelayIter>()?;

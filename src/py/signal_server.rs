@@ -211,8 +211,8 @@ impl PySignalServer {
             return Err(value_error(format!("unknown key {key:?}")));
         }
         super::coroutine::coroutine(py, "SignalServer.wait_for", async move {
-            Ok(srv
-                .wait_until(Duration::from_secs_f64(t), move |s| match key.as_str() {
+            Ok::<_, PyErr>(
+                srv.wait_until(Duration::from_secs_f64(t), move |s| match key.as_str() {
                     "active" => s.active == n,
                     "handshakes" => s.handshakes >= n,
                     "tcp_accepts" => s.tcp_accepts >= n,
@@ -220,7 +220,8 @@ impl PySignalServer {
                     "messages_in" => s.messages_in >= n,
                     _ => s.pings >= n,
                 })
-                .await)
+                .await,
+            )
         })
     }
 

@@ -30,3 +30,8 @@ pub fn signature<'py>(py: Python<'py>, params: Vec<(&str, Kind, Bound<'py, PyAny
     }
     Ok(inspect.getattr("Signature")?.call1((list,))?.unbind())
 }
+
+/// The default of a parameter that has none (`inspect.Parameter.empty`).
+pub fn no_default(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("inspect")?.getattr("Parameter")?.getattr("empty")
+}

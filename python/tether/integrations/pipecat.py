@@ -23,8 +23,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import GaveUp
-from .._native import Backoff, Reconnector
+from .._native import Backoff, GaveUp, Reconnector
 from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
 #: the releases the part was tested with (1.14.0 runs in ``make test``)
