@@ -313,7 +313,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// The ``__init__`` of a tether exception: ``(message, *, <attributes>)``, each attribute stored with its
 /// default when left out.
-#[pyclass(module = "tether._native", frozen)]
+#[pyclass(name = "ExceptionInit", module = "tether._native", frozen)]
 struct Init {
     spec: &'static Spec,
     fields: &'static [Field],
@@ -400,6 +400,10 @@ impl Init {
             params.push((f.name(), Kind::KeywordOnly, f.default(py)?));
         }
         super::super::signature::signature(py, params)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<function {}.__init__>", self.spec.name)
     }
 
     #[getter]
