@@ -199,7 +199,7 @@ static SPECS: [Spec; 9] = [
 
 impl Class {
     /// The class object, made on first use.
-    pub fn get(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    fn get(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
         Ok(made(py)?.classes[self as usize].bind(py))
     }
 
