@@ -165,13 +165,16 @@ fn the_async_bridge_uses_nothing_of_the_other_bindings() {
     assert_eq!(leaving(&mods, "py::bridge"), vec![]);
 }
 
-/// The `tether.*` Python modules named in the string literals of `mods` (its own `tether._native` aside).
+/// The `tether.*` Python modules the bindings import: `import("tether.x")` or `import(py, "tether.x", ...)`
+/// (a `PyOnceLock`'s). A class's `module` string (where Python shows it) is no import.
 fn python_modules_named(mods: &BTreeMap<String, String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for text in mods.values() {
         for (i, _) in text.match_indices("\"tether.") {
-            if text[..i].ends_with('\\') {
-                continue; // quoted inside a message ("python -m tether.worker"), not a module imported
+            let before = text[..i].trim_end();
+            let before = before.strip_suffix("py,").map(str::trim_end).unwrap_or(before);
+            if !before.ends_with("import(") {
+                continue;
             }
             let name: String =
                 text[i + 1..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.').collect();
@@ -200,10 +203,7 @@ fn the_bindings_import_python_only_where_their_module_doc_says_python_implements
     for m in &named {
         assert!(imported.contains(m), "py/mod.rs names {m}, which no binding imports any more");
     }
-    // classes tether defines that are still Python classes, not yet created in Rust
-    let classes_still_in_python = ["tether._errors", "tether.events", "tether._watchdog", "tether._procpool"];
-    let unnamed: Vec<&String> =
-        imported.iter().filter(|m| !named.contains(*m) && !classes_still_in_python.contains(&m.as_str())).collect();
+    let unnamed: Vec<&String> = imported.iter().filter(|m| !named.contains(*m)).collect();
     assert!(unnamed.is_empty(), "imported from Rust, yet not named in py/mod.rs as Python's to implement: {unnamed:?}");
 }
 

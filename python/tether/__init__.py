@@ -10,23 +10,25 @@ import atexit as _atexit
 
 from . import _native, events, metrics
 from ._connect import Connection, add_redacted_names, connect
-from ._errors import (
+from ._hooks import Handshake
+from ._logging import sync_log_level
+from ._native import (
+    Backoff,
     ConnectFailed,
     ConnectionClosed,
     FailedMessage,
     GaveUp,
+    Heartbeat,
     NotReady,
     PoolExhausted,
     SendBufferFull,
     SendFailed,
     TetherError,
+    redact,
 )
-from ._errors import (
+from ._native import (
     TimeoutError as TimeoutError,  # explicit re-export: importable, yet not in __all__
 )
-from ._hooks import Handshake
-from ._logging import sync_log_level
-from ._native import Backoff, Heartbeat, redact
 from ._procpool import ProcPool, WorkerProc
 from ._readiness import ReadinessGate
 from ._reconnect import Reconnector

@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from typing import Any, ParamSpec
 
 from . import _native
-from ._errors import ConnectionClosed
 from ._hooks import with_handshake
-from ._native import add_redacted_names
+from ._native import ConnectionClosed, add_redacted_names
 
 _P = ParamSpec("_P")
 

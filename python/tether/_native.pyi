@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import ssl
@@ -17,7 +18,7 @@ from collections.abc import (
     Sequence,
 )
 from types import FrameType, TracebackType
-from typing import Any, Literal, TypeVar, final, overload
+from typing import Any, Literal, NamedTuple, TypeVar, final, overload
 
 from typing_extensions import Self, disjoint_base
 
@@ -31,6 +32,163 @@ _UrlFor = Callable[[str, int], _Target | Awaitable[_Target]]
 _SSLChoice = str | os.PathLike[str] | ssl.SSLContext | Sequence[str | os.PathLike[str] | ssl.SSLContext]
 _T_co = TypeVar("_T_co", covariant=True)
 __version__: str
+
+# ----------------------------------------------------------------------------------------------------
+# Exceptions (re-exported by tether, whose name their __module__ shows)
+# ----------------------------------------------------------------------------------------------------
+
+class TetherError(Exception):
+    """Base class of every error tether raises on purpose."""
+
+class GaveUp(TetherError):
+    """A retry loop stopped: fatal error, attempt budget or deadline exhausted.
+
+    ``attempts`` is the number of attempts made in the final outage, ``last_error`` the exception (or
+    message) of the last one, ``reason`` one of "fatal error", "attempt budget exhausted", "deadline exceeded",
+    "connect_timeout exceeded".
+
+    Raised by a ``tether.connect`` connection, it also says what the connection never delivered, the same
+    lists from every call that raises it (``send``, ``flush``, ``recv``, ``async for``): ``messages``, the
+    payloads of every message it accepted that the server never confirmed, in send order (the server may
+    have read some of them: re-send them on a new connection if at-least-once suits them), and
+    ``failures``, a ``FailedMessage`` for every message that failed (close 1009, the poison rule) that no
+    ``flush()`` reported yet. A message is in one list at most; every message sent and in neither was
+    confirmed or raised ``SendFailed`` already.
+    """
+
+    attempts: int
+    last_error: Any
+    elapsed: float
+    reason: str
+    name: str
+    messages: list[str | bytes]
+    failures: list[FailedMessage]
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 0,
+        last_error: Any = None,
+        elapsed: float = 0.0,
+        reason: str = "",
+        name: str = "",
+        messages: Iterable[str | bytes] = (),
+        failures: Iterable[FailedMessage] = (),
+    ) -> None: ...
+
+class PoolExhausted(TetherError):
+    """``ProcPool.acquire`` could not produce a process; ``failures`` lists each spawn failure's cause."""
+
+    failures: list[str]
+    attempts: int
+    def __init__(self, message: str, *, failures: Sequence[str] = (), attempts: int = 0) -> None: ...
+
+class NotReady(TetherError):
+    """A dispatched job did not reach readiness; ``stage`` names the stage it is stuck before."""
+
+    job_id: str
+    stage: str
+    elapsed: float
+    reached: dict[str, float]
+    attempts: int
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str = "",
+        stage: str = "",
+        elapsed: float = 0.0,
+        reached: Mapping[str, float] | None = None,
+        attempts: int = 0,
+    ) -> None: ...
+
+class ConnectionClosed(TetherError):
+    """The connection is closed (by ``aclose``, by the server with a code of ``final_close_codes``, or
+    after giving up); ``code``/``reason`` when known. As the ``last_error`` of a ``GaveUp``, it describes
+    the last failure: ``code`` is the server's close code, ``http_status`` the HTTP status with which
+    the server refused the WebSocket handshake (e.g. 404), None when neither applies.
+
+    Raised by a connection that ended, ``messages`` and ``failures`` say what it never delivered, as for
+    ``GaveUp``: after a final close code, and after ``aclose()`` when its ``close_timeout`` ran out before
+    the server confirmed everything (or it closed during an outage). Empty on a ``GaveUp``'s
+    ``last_error``."""
+
+    code: int | None
+    reason: str
+    http_status: int | None
+    messages: list[str | bytes]
+    failures: list[FailedMessage]
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        reason: str = "",
+        http_status: int | None = None,
+        messages: Iterable[str | bytes] = (),
+        failures: Iterable[FailedMessage] = (),
+    ) -> None: ...
+
+class ConnectFailed(ConnectionClosed):
+    """The connection never opened: every attempt of its first connect failed before it was established
+    (a refused or timed-out TCP connect, a DNS or TLS failure, an HTTP answer other than 101, an
+    ``on_connect`` that raised). It is the ``last_error`` of the ``GaveUp`` that ends such a first
+    connect, and says what the last attempt met; a connection that had opened reports its end as a plain
+    ``ConnectionClosed``. A subclass of ``ConnectionClosed``, so ``except ConnectionClosed`` and
+    ``.http_status`` work for both."""
+
+class SendBufferFull(TetherError):
+    """``Connection.send`` was called while ``send_buffer`` messages were already waiting for delivery."""
+
+class FailedMessage(NamedTuple):
+    """One message that was removed from the send queue and will not be re-sent (an item of
+    ``SendFailed.failures``)."""
+
+    seq: int
+    """Its number: the ``seq``-th message the connection accepted (every ``send()`` that did not raise), from 1."""
+    message: str | bytes
+    """The payload as sent: ``str`` for a text message, ``bytes`` for a binary one."""
+    reason: str
+    """Why it failed."""
+    code: int | None = None
+    """1009 when the server closed with "message too big" after it."""
+    losses: int | None = None
+    """The connection losses it was blamed for (the poison rule: losses that confirmed nothing and looked
+    like the server failing on it)."""
+
+class SendFailed(TetherError):
+    """Messages were removed from the send queue and will not be re-sent: the server closed with 1009
+    (message too big) after one, or one was the oldest unconfirmed message at 3 connection losses that
+    confirmed nothing and looked like the server failing on it (no close frame, a timeout, or a close 1002,
+    1003, 1007, 1008 or 1011; re-sent alone after the first), so the server likely dies reading it.
+
+    ``messages``: every failed message's payload (``str`` or ``bytes``, as sent), in send order, to re-send
+    what should go again; ``failures``: one ``FailedMessage`` per message, same order (``seq``, ``message``,
+    ``reason``, ``code``, ``losses``). ``size``, ``code`` and ``losses`` are those of the first. A ``send()``
+    that fails before it resolved names its own message; ``flush()`` names every message sent before it
+    that failed after its ``send()`` resolved."""
+
+    failures: list[FailedMessage]
+    messages: list[str | bytes]
+    size: int
+    code: int | None
+    losses: int | None
+    def __init__(
+        self,
+        message: str,
+        *,
+        size: int = 0,
+        code: int | None = None,
+        losses: int | None = None,
+        failures: Iterable[FailedMessage] = (),
+    ) -> None: ...
+
+class TimeoutError(TetherError, builtins.TimeoutError):
+    """A bounded wait expired. Also an ``asyncio.TimeoutError``/builtin ``TimeoutError``."""
+
+    timeout: float | None
+    what: str
+    def __init__(self, message: str, *, timeout: float | None = None, what: str = "") -> None: ...
 
 # ----------------------------------------------------------------------------------------------------
 # The awaitable of every native async method
@@ -180,7 +338,7 @@ class Reconnected:
     def attempts(self) -> int: ...
 
 @final
-class GaveUp:
+class GaveUpEvent:
     """The loop stopped retrying after ``attempts`` attempts; ``error`` is the last failure (redacted). The
     awaiting call raises the exception ``tether.GaveUp``."""
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from . import _native
-from ._errors import TimeoutError as _TimeoutError
+from ._native import TimeoutError as _TimeoutError
 
 _T = TypeVar("_T")
 

@@ -7,8 +7,8 @@ import math
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from ._errors import TimeoutError as TetherTimeoutError
 from ._native import Alarm, Liveness, Watchdog
+from ._native import TimeoutError as TetherTimeoutError
 
 T = TypeVar("T")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TypeAlias
 
 from ._native import Closed as Closed  # the end marker: importable as before, never yielded, not in __all__
-from ._native import Connected, Connecting, ConnectionLost, GaveUp, Reconnected, Reconnecting
+from ._native import Connected, Connecting, ConnectionLost, Reconnected, Reconnecting
+from ._native import GaveUpEvent as GaveUp
 
 Event: TypeAlias = Connecting | Connected | ConnectionLost | Reconnecting | Reconnected | GaveUp
 

@@ -144,7 +144,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyConnectionLost>()?;
     m.add_class::<PyReconnecting>()?;
     m.add_class::<PyReconnected>()?;
-    m.add_class::<PyGaveUp>()?;
+    // under another name: `_native.GaveUp` is the exception the awaiting call raises
+    m.add("GaveUpEvent", m.py().get_type::<PyGaveUp>())?;
     m.add_class::<PyClosed>()?;
     m.add_class::<PyAlarm>()
 }

@@ -44,6 +44,7 @@ mod ws;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
 
+    errors::register(m)?;
     bridge::coroutine::register(m)?;
     backoff::register(m)?;
     reconnect::register(m)?;

@@ -11,14 +11,13 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3_async_runtimes::TaskLocals;
 
 use crate::procpool::{
-    AcquireError, BoxFuture, NativeProc, NativeSpawner, NotLent, Pool, PoolConfig, PoolEvent, Proc, ProcHandle,
-    RequestError, Spawner,
+    BoxFuture, NativeProc, NativeSpawner, NotLent, Pool, PoolConfig, PoolEvent, Proc, ProcHandle, Spawner,
 };
 
 use super::backoff::{Policy, PyBackoff};
 use super::bridge::await_py;
 use super::convert::describe_chain;
-use super::errors::{value_error, POOL_EXHAUSTED, TETHER_ERROR, TIMEOUT_ERROR};
+use super::errors::{value_error, Error};
 use super::events::Buffered;
 use super::options::{param, AtLeastOne, Count, Seconds};
 
@@ -216,7 +215,7 @@ impl PyWorkerProc {
         let proc = self.proc.clone();
         super::bridge::coroutine::coroutine(py, "WorkerProc.request", async move {
             let native = proc.as_any().downcast_ref::<NativeProc>().expect("a WorkerProc wraps a NativeProc");
-            Ok(Reply(native.request(&data, limit).await))
+            native.request(&data, limit).await.map_err(Error::from)
         })
     }
     fn __repr__(&self) -> String {
@@ -224,67 +223,10 @@ impl PyWorkerProc {
     }
 }
 
-/// A request's outcome, turned into bytes or an exception when delivered to the event loop.
-struct Reply(Result<Vec<u8>, RequestError>);
-
-impl<'py> IntoPyObject<'py> for Reply {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.0 {
-            Ok(b) => Ok(PyBytes::new(py, &b).into_any()),
-            Err(RequestError::TimedOut { pid, timeout }) => {
-                let kw = PyDict::new(py);
-                kw.set_item("timeout", timeout.as_secs_f64())?;
-                let msg = format!(
-                    "worker pid {pid} did not answer within {:.1}s; it was killed (a late reply would answer the next request)",
-                    timeout.as_secs_f64()
-                );
-                Err(TIMEOUT_ERROR.err(py, &msg, Some(&kw)))
-            }
-            Err(RequestError::Failed(e)) => Err(TETHER_ERROR.err(py, &e, None)),
-        }
-    }
-}
-
-/// An acquire's (or warm's) outcome, turned into a `Handover` of the lent process or an exception on
-/// delivery. Dropped undelivered (its awaitable was cancelled as it finished), the process goes back.
-struct Lend {
-    outcome: Result<Option<Proc>, AcquireError>,
-    pool: Pool,
-    out: Lent,
-}
-
-impl Drop for Lend {
-    fn drop(&mut self) {
-        if let Ok(Some(p)) = std::mem::replace(&mut self.outcome, Ok(None)) {
-            give_back(&self.pool, p);
-        }
-    }
-}
-
-impl<'py> IntoPyObject<'py> for Lend {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match std::mem::replace(&mut self.outcome, Ok(None)) {
-            Ok(Some(p)) => {
-                let h = Handover { proc: Mutex::new(Some(p)), pool: self.pool.clone(), out: self.out.clone() };
-                Ok(Bound::new(py, h)?.into_any())
-            }
-            Ok(None) => Ok(py.None().into_bound(py)),
-            Err(e) => Err(acquire_error(py, &e)),
-        }
-    }
-}
-
-/// A lent process between its delivery and the acquiring task's resumption, when `hand_over` makes it
-/// the caller's object. A task cancelled in between (a timeout firing that very loop iteration) drops
-/// it: the process goes back to the pool instead of staying lent to nobody.
+/// A lent process from the moment the acquire's Rust work got it until the acquiring task resumes, when
+/// `hand_over` makes it the caller's object. Dropped before that (its awaitable cancelled as it finished,
+/// or the task cancelled in between: a timeout firing that very loop iteration), it gives the process
+/// back to the pool instead of leaving it lent to nobody.
 #[pyclass(module = "tether._native", frozen)]
 struct Handover {
     proc: Mutex<Option<Proc>>,
@@ -363,30 +305,6 @@ fn lend(py: Python<'_>, out: &Lent, p: Proc) -> PyResult<Py<PyAny>> {
 
 fn not_lent(what: &str) -> PyErr {
     value_error(format!("{what}: {NotLent}"))
-}
-
-fn acquire_error(py: Python<'_>, e: &AcquireError) -> PyErr {
-    match e {
-        AcquireError::Exhausted { attempts, failures } | AcquireError::Unhealthy { attempts, failures, .. } => {
-            let kw = PyDict::new(py);
-            let _ = kw.set_item("attempts", *attempts);
-            let _ = kw.set_item("failures", failures.clone());
-            POOL_EXHAUSTED.err(py, &e.message(), Some(&kw))
-        }
-        AcquireError::TimedOut { timeout, .. } => {
-            let kw = PyDict::new(py);
-            let _ = kw.set_item("timeout", timeout.as_secs_f64());
-            let _ = kw.set_item("what", "ProcPool.acquire");
-            TIMEOUT_ERROR.err(py, &format!("ProcPool.acquire: {}", e.message()), Some(&kw))
-        }
-        AcquireError::WarmFailed { attempts, failures, .. } => {
-            let kw = PyDict::new(py);
-            let _ = kw.set_item("attempts", *attempts);
-            let _ = kw.set_item("failures", failures.clone());
-            POOL_EXHAUSTED.err(py, &format!("ProcPool.warm: {}", e.message()), Some(&kw))
-        }
-        AcquireError::Closed => POOL_EXHAUSTED.err(py, "ProcPool: the pool is closed", None),
-    }
 }
 
 /// Start prewarming; a spawn= pool's spawns run on the calling (running) loop.
@@ -517,11 +435,11 @@ impl PyProcPool {
             // a warm process is idle: handed over at this step, without a trip through the runtime
             let idle = pool.try_acquire();
             Ok(async move {
-                let outcome = match idle {
-                    Some(p) => Ok(Some(p)),
-                    None => pool.acquire(t).await.map(Some),
+                let p = match idle {
+                    Some(p) => p,
+                    None => pool.acquire(t).await?,
                 };
-                Ok(Lend { outcome, pool, out })
+                Ok::<_, Error>(Handover { proc: Mutex::new(Some(p)), pool, out })
             })
         })
     }
@@ -537,12 +455,12 @@ impl PyProcPool {
     ) -> PyResult<Bound<'py, PyAny>> {
         let n = n.map(|n| n.0 as usize);
         let t = timeout.map(|s| s.0);
-        let (pool, out, spawner) = (self.pool.clone(), self.out.clone(), self.py_spawner.clone());
+        let (pool, spawner) = (self.pool.clone(), self.py_spawner.clone());
         super::bridge::coroutine::deferred(py, "ProcPool.warm", move |py| {
             start(py, &pool, spawner.as_deref())?;
             Ok(async move {
-                let outcome = pool.warm(n, t).await.map(|()| None);
-                Ok(Lend { outcome, pool, out })
+                pool.warm(n, t).await?;
+                Ok::<_, Error>(())
             })
         })
     }
@@ -576,7 +494,7 @@ impl PyProcPool {
         let pool = self.pool.clone();
         super::bridge::coroutine::coroutine(py, "ProcPool.aclose", async move {
             pool.close().await;
-            Ok(())
+            Ok::<_, PyErr>(())
         })
     }
 

@@ -7,13 +7,13 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::readiness::{Gate, Mark, NotReady, Spec};
+use crate::readiness::{Gate, Mark, Spec};
 use crate::redact::redact_url;
 
 use super::backoff::Policy;
 use super::bridge::await_py;
 use super::convert::describe;
-use super::errors::{value_error, NOT_READY};
+use super::errors::{value_error, Error};
 use super::options::{param, positive_seconds};
 
 /// Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first stage. Each
@@ -74,47 +74,20 @@ fn parse_timeouts(v: Option<&Bound<'_, PyAny>>, stages: &[Arc<str>]) -> PyResult
     Ok(vec![t; stages.len()])
 }
 
-/// A dispatch's outcome, turned into the timings dict or `NotReady` when delivered to the loop.
-struct Outcome(Result<Vec<(String, Duration)>, NotReady<PyErr>>);
+/// The stages reached and when, as the dict `dispatch` returns (in stage order).
+struct Timings(Vec<(String, Duration)>);
 
-impl<'py> IntoPyObject<'py> for Outcome {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
+impl<'py> IntoPyObject<'py> for Timings {
+    type Target = PyDict;
+    type Output = Bound<'py, PyDict>;
     type Error = PyErr;
 
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match self.0 {
-            Ok(timings) => {
-                let d = PyDict::new(py);
-                for (s, t) in timings {
-                    d.set_item(s, t.as_secs_f64())?;
-                }
-                Ok(d.into_any())
-            }
-            Err(nr) => {
-                // cancellation and interrupts inside dispatch propagate as they are
-                if let Some(c) = &nr.cause {
-                    if !c.is_instance_of::<pyo3::exceptions::PyException>(py) {
-                        return Err(c.clone_ref(py));
-                    }
-                }
-                let kw = PyDict::new(py);
-                kw.set_item("job_id", nr.job_id.as_str())?;
-                kw.set_item("stage", nr.stage.as_str())?;
-                kw.set_item("elapsed", nr.elapsed.as_secs_f64())?;
-                let reached = PyDict::new(py);
-                for (s, t) in &nr.reached {
-                    reached.set_item(s, t.as_secs_f64())?;
-                }
-                kw.set_item("reached", reached)?;
-                kw.set_item("attempts", nr.attempts)?;
-                let err = NOT_READY.err(py, &nr.message, Some(&kw));
-                if let Some(c) = nr.cause {
-                    err.set_cause(py, Some(c));
-                }
-                Err(err)
-            }
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (s, t) in self.0 {
+            d.set_item(s, t.as_secs_f64())?;
         }
+        Ok(d)
     }
 }
 
@@ -183,7 +156,7 @@ impl PyReadinessGate {
                         |e: &PyErr| super::with_python(|py| describe(py, e)).unwrap_or_default(),
                     )
                     .await;
-                Ok(Outcome(res))
+                res.map(Timings).map_err(Error::from)
             })
         })
     }

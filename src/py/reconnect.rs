@@ -26,7 +26,7 @@ use crate::retry_state::{Decision, RetryState};
 
 use super::backoff::{Policy, PyBackoff};
 use super::convert::describe;
-use super::errors::GAVE_UP;
+use super::errors::Class;
 use super::events::EventStream;
 use super::options::{param, Count, Seconds, SecondsOrZero};
 
@@ -171,7 +171,7 @@ impl PyReconnector {
                 kwargs.set_item("elapsed", elapsed.as_secs_f64())?;
                 kwargs.set_item("reason", reason.as_str())?;
                 kwargs.set_item("name", self.cfg.name.as_str())?;
-                let err = GAVE_UP.err(py, &g.message(), Some(&kwargs));
+                let err = Class::GaveUp.err(py, &g.message(), Some(&kwargs));
                 err.set_cause(py, exc.map(PyErr::from_value));
                 Err(err)
             }

@@ -51,7 +51,7 @@ impl<T: Server> Served<T> {
             }
             let server = Arc::new(start().await?);
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
-            Ok(())
+            Ok::<_, PyErr>(())
         })
     }
 
@@ -62,7 +62,7 @@ impl<T: Server> Served<T> {
             if let Some(s) = server {
                 s.shutdown();
             }
-            Ok(())
+            Ok::<_, PyErr>(())
         })
     }
 

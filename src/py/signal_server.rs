@@ -207,8 +207,8 @@ impl PySignalServer {
             return Err(value_error(format!("unknown key {key:?}")));
         }
         super::bridge::coroutine::coroutine(py, "SignalServer.wait_for", async move {
-            Ok(srv
-                .wait_until(t, move |s| match key.as_str() {
+            Ok::<_, PyErr>(
+                srv.wait_until(t, move |s| match key.as_str() {
                     "active" => s.active == n,
                     "handshakes" => s.handshakes >= n,
                     "tcp_accepts" => s.tcp_accepts >= n,
@@ -216,7 +216,8 @@ impl PySignalServer {
                     "messages_in" => s.messages_in >= n,
                     _ => s.pings >= n,
                 })
-                .await)
+                .await,
+            )
         })
     }
 

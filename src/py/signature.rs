@@ -2,7 +2,8 @@
 //! shows as `...`). Without it `help()` and `inspect.signature()` show `initial=None`, which tells the
 //! reader nothing; with it they show the values that take effect, read from the same `Default` the
 //! constructor falls back to, so each default keeps one source. `tether.connect` and the stubs (checked
-//! by stubtest against this signature) show these values too.
+//! by stubtest against this signature) show these values too. The exception classes' keyword
+//! constructors, which PyO3 does not describe, get theirs from `signature`.
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -40,4 +41,34 @@ pub fn show_defaults(cls: &Bound<'_, PyAny>, defaults: Vec<(&str, Bound<'_, PyAn
     let kw = PyDict::new(py);
     kw.set_item("parameters", params)?;
     cls.setattr("__signature__", sig.call_method("replace", (), Some(&kw))?)
+}
+
+/// The default of a parameter that has none (`inspect.Parameter.empty`).
+pub fn no_default(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("inspect")?.getattr("Parameter")?.getattr("empty")
+}
+
+/// How a parameter is passed, as `inspect.Parameter`'s kinds name it.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    PositionalOrKeyword,
+    KeywordOnly,
+}
+
+/// `inspect.Signature` of `(name=default, ...)`, for a callable PyO3 does not describe (the exceptions'
+/// `__init__`): the parameters in order, each with its kind and default.
+pub fn signature<'py>(py: Python<'py>, params: Vec<(&str, Kind, Bound<'py, PyAny>)>) -> PyResult<Py<PyAny>> {
+    let inspect = py.import("inspect")?;
+    let parameter = inspect.getattr("Parameter")?;
+    let list = PyList::empty(py);
+    for (name, kind, default) in params {
+        let kind = parameter.getattr(match kind {
+            Kind::PositionalOrKeyword => "POSITIONAL_OR_KEYWORD",
+            Kind::KeywordOnly => "KEYWORD_ONLY",
+        })?;
+        let kw = PyDict::new(py);
+        kw.set_item("default", default)?;
+        list.append(parameter.call((name, kind), Some(&kw))?)?;
+    }
+    Ok(inspect.getattr("Signature")?.call1((list,))?.unbind())
 }

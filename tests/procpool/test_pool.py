@@ -268,6 +268,27 @@ async def test_acquire_timeout_is_bounded():
     assert time.monotonic() - t0 < 5
 
 
+async def test_the_errors_of_acquire_say_what_ended_it():
+    async def spawn():
+        await asyncio.sleep(3600)
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=0, initialize_timeout=100)
+    with pytest.raises(tether.TimeoutError) as timed_out:
+        await pool.acquire(timeout=300 * MS)
+    e = timed_out.value
+    assert isinstance(e, TimeoutError) and isinstance(e, tether.TetherError)
+    assert (
+        e.timeout == pytest.approx(0.3) and e.what == "ProcPool.acquire" and str(e).startswith("ProcPool.acquire: ")
+    ), e
+    # a waiter the pool's close ends
+    waiting = asyncio.create_task(pool.acquire(timeout=30))
+    await eventually(lambda: pool.stats()["in_flight"] == 1, what="a spawn for the waiter")
+    await pool.aclose()
+    with pytest.raises(tether.PoolExhausted, match="the pool is closed") as closed:
+        await waiting
+    assert (closed.value.attempts, closed.value.failures) == (0, [])
+
+
 async def test_worker_dying_mid_request_raises():
     pool = tether.ProcPool(command=[*WORKER, "--die-after", "1"], num_idle=0, initialize_timeout=20)
     p = await pool.acquire(timeout=30)

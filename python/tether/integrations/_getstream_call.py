@@ -40,8 +40,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import GaveUp
-from .._native import Backoff, Liveness, Watchdog, redact
+from .._native import Backoff, GaveUp, Liveness, Watchdog, redact
 from .._reconnect import Reconnector
 from .._watchdog import Alarm, bounded
 from ._patch import Checks, Part, Patches, PatchFn

@@ -40,9 +40,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import GaveUp
-from .._errors import TimeoutError as TetherTimeoutError
-from .._native import Backoff
+from .._native import Backoff, GaveUp
+from .._native import TimeoutError as TetherTimeoutError
 from .._reconnect import Reconnector
 
 LOGGER_NAME = "livekit.agents"

@@ -15,8 +15,7 @@ import time
 import weakref
 from typing import Any
 
-from .._errors import PoolExhausted, TimeoutError
-from .._native import Backoff, ProcPool
+from .._native import Backoff, PoolExhausted, ProcPool, TimeoutError
 from .._watchdog import bounded
 
 LOGGER_NAME = "livekit.agents"

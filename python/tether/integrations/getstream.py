@@ -33,9 +33,8 @@ from typing import Any
 
 from .._connect import Connection
 from .._connect import connect as tether_connect
-from .._errors import GaveUp, TetherError
 from .._hooks import Handshake
-from .._native import Backoff
+from .._native import Backoff, GaveUp, TetherError
 from .._watchdog import Alarm, bounded
 from ._getstream_call import (
     JOIN_TIMEOUT,

@@ -23,8 +23,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .._errors import GaveUp
-from .._native import Backoff
+from .._native import Backoff, GaveUp
 from .._reconnect import Reconnector
 from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 

@@ -311,16 +311,22 @@ impl WaiterDone {
 /// needs that loop (a pool started on it) or must not begin unless awaited (a process lent).
 struct Deferred<G>(G);
 
-impl<G, F, T> Body for Deferred<G>
+impl<G, F, T, E> Body for Deferred<G>
 where
     G: FnOnce(Python<'_>) -> PyResult<F> + Send + Unpin + 'static,
-    F: Future<Output = PyResult<T>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     T: for<'py> IntoPyObject<'py> + Send + 'static,
+    E: Into<PyErr> + Send + 'static,
 {
     fn first(self: Pin<Box<Self>>, py: Python<'_>) -> PyResult<First> {
         let fut = (Pin::into_inner(self).0)(py)?;
-        Box::pin(fut).first(py)
+        Box::pin(fut.map(into_py_result)).first(py)
     }
+}
+
+/// A Rust future's error as the exception it becomes (see `errors::Error`: made when raised).
+fn into_py_result<T, E: Into<PyErr>>(r: Result<T, E>) -> PyResult<T> {
+    r.map_err(Into::into)
 }
 
 enum State {
@@ -363,13 +369,15 @@ pub struct NativeCoroutine {
     finish: Option<Finish>,
 }
 
-/// A coroutine that polls `fut` at its first step; it warns if dropped without being awaited.
-pub fn coroutine<'py, F, T>(py: Python<'py>, name: &'static str, fut: F) -> PyResult<Bound<'py, PyAny>>
+/// A coroutine that polls `fut` at its first step; it warns if dropped without being awaited. Its error
+/// is raised as the exception it converts into (`errors::Error` builds it only then, on the loop thread).
+pub fn coroutine<'py, F, T, E>(py: Python<'py>, name: &'static str, fut: F) -> PyResult<Bound<'py, PyAny>>
 where
-    F: Future<Output = PyResult<T>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
+    E: Into<PyErr> + Send + 'static,
 {
-    make(py, name, Box::pin(fut), false, None)
+    make(py, name, Box::pin(fut.map(into_py_result)), false, None)
 }
 
 /// A coroutine that returns (or raises) `result` at its first step: for a call whose work is done.
@@ -478,17 +486,18 @@ where
 }
 
 /// A coroutine whose Rust future `setup` makes at the first step, on the driving loop's thread.
-pub fn deferred<'py, G, F, T>(py: Python<'py>, name: &'static str, setup: G) -> PyResult<Bound<'py, PyAny>>
+pub fn deferred<'py, G, F, T, E>(py: Python<'py>, name: &'static str, setup: G) -> PyResult<Bound<'py, PyAny>>
 where
     G: FnOnce(Python<'_>) -> PyResult<F> + Send + Unpin + 'static,
-    F: Future<Output = PyResult<T>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
+    E: Into<PyErr> + Send + 'static,
 {
     make(py, name, Box::pin(Deferred(setup)), false, None)
 }
 
 /// `deferred`, whose result goes through `finish` when the caller resumes (see `NativeCoroutine::finish`).
-pub fn deferred_handover<'py, G, F, T>(
+pub fn deferred_handover<'py, G, F, T, E>(
     py: Python<'py>,
     name: &'static str,
     finish: Finish,
@@ -496,8 +505,9 @@ pub fn deferred_handover<'py, G, F, T>(
 ) -> PyResult<Bound<'py, PyAny>>
 where
     G: FnOnce(Python<'_>) -> PyResult<F> + Send + Unpin + 'static,
-    F: Future<Output = PyResult<T>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
+    E: Into<PyErr> + Send + 'static,
 {
     make(py, name, Box::pin(Deferred(setup)), false, Some(finish))
 }

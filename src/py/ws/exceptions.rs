@@ -10,9 +10,7 @@ use crate::ws::protocol::{Failed, Failure, Undelivered, MESSAGE_TOO_BIG};
 use crate::ws::{SendError, Terminal, WsConfig};
 
 use super::super::convert::message_to_py;
-use super::super::errors::{
-    failed_message, value_error, CONNECTION_CLOSED, CONNECT_FAILED, GAVE_UP, SEND_BUFFER_FULL, SEND_FAILED,
-};
+use super::super::errors::{failed_message, value_error, Class};
 
 /// The error of a connection that ended for good. Every one of them (whichever call raises it) carries
 /// what the connection never delivered: `.messages` (never confirmed, in send order, to re-send on
@@ -28,12 +26,12 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) ->
     match t {
         Terminal::Closed { .. } => {
             let _ = kw.set_item("code", 1000);
-            CONNECTION_CLOSED.err(py, &format!("connection to {name} is closed{left}"), Some(&kw))
+            Class::ConnectionClosed.err(py, &format!("connection to {name} is closed{left}"), Some(&kw))
         }
         Terminal::PeerClosed { code, text, .. } => {
             let _ = kw.set_item("code", *code);
             let _ = kw.set_item("reason", text.as_str());
-            CONNECTION_CLOSED.err(
+            Class::ConnectionClosed.err(
                 py,
                 &format!("connection to {name} ended: {text} (final_close_codes){left}"),
                 Some(&kw),
@@ -45,14 +43,14 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) ->
             let _ = last_kw.set_item("code", last.close_code);
             let _ = last_kw.set_item("reason", last.text.as_str());
             let _ = last_kw.set_item("http_status", last.http_status);
-            let class = if opened { &CONNECTION_CLOSED } else { &CONNECT_FAILED };
+            let class = if opened { Class::ConnectionClosed } else { Class::ConnectFailed };
             let last_err = class.err(py, &last.text, Some(&last_kw));
             let _ = kw.set_item("attempts", *attempts);
             let _ = kw.set_item("last_error", last_err.value(py));
             let _ = kw.set_item("elapsed", elapsed.as_secs_f64());
             let _ = kw.set_item("reason", reason.as_str());
             let _ = kw.set_item("name", name);
-            let e = GAVE_UP.err(py, &format!("{message}{left}"), Some(&kw));
+            let e = Class::GaveUp.err(py, &format!("{message}{left}"), Some(&kw));
             e.set_cause(py, Some(last_err));
             e
         }
@@ -95,7 +93,7 @@ fn undelivered_text(u: &Undelivered) -> String {
 pub(crate) fn send_error(py: Python<'_>, e: &SendError, name: &str, cfg: &WsConfig, opened: bool) -> PyErr {
     match e {
         SendError::Ended(t) => terminal_error(py, t, name, opened),
-        SendError::Full(n) => SEND_BUFFER_FULL.err(py, &format!(
+        SendError::Full(n) => Class::SendBufferFull.err(py, &format!(
             "send buffer of {} is full: {n} messages are waiting for delivery to {name} (await send() before sending more, or raise send_buffer)",
             cfg.send_buffer), None),
         SendError::TooBig { size, max } => value_error(format!(
@@ -113,7 +111,7 @@ const LISTED: usize = 3;
 /// `.messages` (the payloads), in send order. The text shows reasons, never payloads.
 fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
     let Some(first) = fs.first() else {
-        return SEND_FAILED.err(py, &format!("send to {name} failed"), None);
+        return Class::SendFailed.err(py, &format!("send to {name} failed"), None);
     };
     let failures = match failed_messages(py, fs) {
         Ok(v) => v,
@@ -144,7 +142,7 @@ fn send_failed(py: Python<'_>, fs: &[Failed], name: &str) -> PyErr {
     let _ = kw.set_item("code", code);
     let _ = kw.set_item("losses", losses);
     let _ = kw.set_item("failures", failures);
-    SEND_FAILED.err(py, &redact_url(&text), Some(&kw))
+    Class::SendFailed.err(py, &redact_url(&text), Some(&kw))
 }
 
 /// One `tether.FailedMessage` per failure, in the given order.

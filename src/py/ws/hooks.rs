@@ -285,7 +285,7 @@ impl LoopHandshake {
 }
 
 fn closed(py: Python<'_>, text: &str) -> PyErr {
-    super::super::errors::CONNECTION_CLOSED.err(py, text, None)
+    super::super::errors::Class::ConnectionClosed.err(py, text, None)
 }
 
 #[pymethods]

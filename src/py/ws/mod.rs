@@ -553,7 +553,7 @@ impl Conn {
                     let t = self.terminal().unwrap_or_else(Terminal::closed);
                     Err(terminal_error(py, &t, &self.name, self.opened()))
                 }
-                Res::HsClosed(text) => Err(super::errors::CONNECTION_CLOSED.err(py, &text, None)),
+                Res::HsClosed(text) => Err(super::errors::Class::ConnectionClosed.err(py, &text, None)),
             };
             if back.is_empty() {
                 slot.set(py, r);
