@@ -16,6 +16,7 @@ use crate::procpool::{
 
 use super::backoff::{Policy, PyBackoff};
 use super::bridge::await_py;
+use super::callables::is_awaitable;
 use super::convert::describe_chain;
 use super::errors::{value_error, Error};
 use super::events::Buffered;
@@ -27,10 +28,6 @@ struct PyProc {
     label: String,
     locals: TaskLocals,
     liveness: Option<Arc<Py<PyAny>>>,
-}
-
-fn isawaitable(py: Python<'_>, o: &Bound<'_, PyAny>) -> bool {
-    py.import("inspect").and_then(|m| m.call_method1("isawaitable", (o,))).and_then(|b| b.is_truthy()).unwrap_or(false)
 }
 
 impl ProcHandle for PyProc {
@@ -70,7 +67,7 @@ impl ProcHandle for PyProc {
             } else {
                 return None;
             };
-            if isawaitable(py, &r) {
+            if is_awaitable(&r).unwrap_or(false) {
                 await_py(py, &self.locals, r).ok()
             } else {
                 None
@@ -120,7 +117,7 @@ impl Spawner for PySpawner {
             }
             let aw =
                 self.spawn.call0(py).map_err(|e| format!("spawn() raised {}", describe_chain(py, &e)))?.into_bound(py);
-            if !isawaitable(py, &aw) {
+            if !is_awaitable(&aw).unwrap_or(false) {
                 return Err("spawn must be an async callable returning the process object".into());
             }
             await_py(py, &locals, aw).map_err(|e| format!("could not schedule spawn(): {e}"))

@@ -138,8 +138,7 @@ impl PyReadinessGate {
                         |attempt| {
                             let started = super::try_with_python(PyRuntimeError::new_err, |py| -> PyResult<_> {
                                 let aw = dispatch.call1(py, (job_id.as_str(), attempt))?.into_bound(py);
-                                let ok = py.import("inspect")?.call_method1("isawaitable", (&aw,))?.is_truthy()?;
-                                if !ok {
+                                if !super::callables::is_awaitable(&aw)? {
                                     return Err(PyTypeError::new_err(
                                         "dispatch must return an awaitable (use an async def)",
                                     ));
