@@ -83,6 +83,17 @@ impl Message {
         Message::Binary(b.into())
     }
 
+    /// A text message whose UTF-8 stays in `owner` (a string the caller holds already): no copy, and
+    /// the batch that writes it shares it without an allocation.
+    pub fn text_in<T: AsRef<str> + AsRef<[u8]> + Send + 'static>(owner: T) -> Message {
+        Message::Text(Bytes::from_owner(owner))
+    }
+
+    /// A binary message whose bytes stay in `owner` (see `text_in`).
+    pub fn binary_in<T: AsRef<[u8]> + Send + 'static>(owner: T) -> Message {
+        Message::Binary(Bytes::from_owner(owner))
+    }
+
     /// The text of a text message.
     pub fn to_text(&self) -> Option<&str> {
         match self {
