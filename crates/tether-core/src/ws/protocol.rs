@@ -139,8 +139,11 @@ pub struct ProtocolConfig {
 }
 
 /// `ProtocolConfig::confirm_delay` of every connection: a paced sender (one message per 1-20 ms, the
-/// signaling pattern) gets one confirming round trip per few messages instead of one each.
-pub const CONFIRM_DELAY: Duration = Duration::from_millis(10);
+/// signaling pattern) gets one confirming round trip per few messages instead of one each. Each
+/// confirmation costs the sender a wake-up to read its pong, which dominates a paced stream's CPU
+/// beyond its own sends; longer delays save less and less of it while the messages re-sent after a
+/// loss (those written since the last confirmation) grow in proportion.
+pub const CONFIRM_DELAY: Duration = Duration::from_millis(20);
 
 /// Why a send will never be delivered.
 #[derive(Debug, Clone, PartialEq)]
