@@ -77,9 +77,9 @@ impl Conn {
         let mut failed = None;
         loop {
             let r = match proto.next_write(now) {
-                Write::Batch(frames) => {
+                Write::Batch(mut frames) => {
                     let mut r = Ok(());
-                    for m in frames {
+                    for m in frames.drain(..) {
                         r = match &m {
                             Message::Text(t) => {
                                 n += 1;
@@ -100,6 +100,7 @@ impl Conn {
                             break;
                         }
                     }
+                    proto.recycle(frames);
                     fx.outcomes(proto.written());
                     r
                 }
