@@ -9,7 +9,10 @@ rounds and checks each goal on the median ratio.
 
 Environment: QUICK=1 (small sizes, a smoke run), ROUNDS=n (default 3), LIBS=tether,websockets,...
 (default: all four), HERD=n (clients in the herd test, default 1000), SERVER=websockets (the same server
-written with websockets instead of picows, a cross-check).
+written with websockets instead of picows, a cross-check), ONLY=echo,paced,... (only these workloads; names:
+echo, send, paced, flood, signaling, idle, unstarted, herd), PIN=1 (the servers on one CPU and every client
+process on another, so client and server never wait for each other's core and the CPU's wake-up from idle
+is the same for every client; BUSY=1's burner stays unpinned).
 Run: make bench   (or .venv/bin/python benches/bench_peers.py)
 """
 
@@ -37,6 +40,9 @@ HERD_N = int(os.environ.get("HERD", "200" if QUICK else "1000"))
 SERVERS = {"picows": "_server.py", "websockets": "_server_websockets.py"}
 SERVER = os.environ.get("SERVER", "picows")
 BUSY = os.environ.get("BUSY") == "1"
+ONLY = [x for x in os.environ.get("ONLY", "").split(",") if x]
+ONLY_NAMES = ("echo", "send", "paced", "flood", "signaling", "idle", "unstarted", "herd")
+PIN = os.environ.get("PIN") == "1"
 CHILD_TIMEOUT = 180.0
 FAILURES: list[str] = []  # measurements that gave no figure: the run exits non-zero
 
@@ -163,6 +169,19 @@ WORKLOADS = [
 # -- processes ---------------------------------------------------------------------------------------------
 
 
+def chosen(name: str) -> bool:
+    return not ONLY or name in ONLY
+
+
+def pinned(role: str):
+    """PIN=1: a preexec_fn that binds the child to the servers' CPU or to the clients' one, else None."""
+    if not PIN:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[0] if role == "server" else cpus[1]
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 def read_line(proc: subprocess.Popen, timeout: float) -> str | None:
     """The next stdout line of proc, or None when it ends or the deadline passes."""
     sel = selectors.DefaultSelector()
@@ -187,7 +206,9 @@ def stop(proc: subprocess.Popen, timeout: float = 30.0) -> None:
 
 
 def start_server(script: str, *args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([PY, str(HERE / script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [PY, str(HERE / script), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pinned("server")
+    )
     line = read_line(proc, 30.0)
     if not line or not line.startswith("PORT "):
         stop(proc, 5)
@@ -198,7 +219,14 @@ def start_server(script: str, *args: str) -> tuple[subprocess.Popen, str]:
 def run_child(lib: str, workload: str, base: str, args: dict) -> dict | None:
     cmd = [PY, str(HERE / "_client.py"), lib, workload, base, *(f"{k}={v}" for k, v in args.items())]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=pinned("client"),
+        )
     except subprocess.TimeoutExpired:
         print(f"    {lib} {workload}: no result within {CHILD_TIMEOUT:.0f} s", flush=True)
         FAILURES.append(f"{lib} {workload}")
@@ -350,6 +378,7 @@ def herd_once(lib: str, base: str, n: int) -> dict | None:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=err,
+        preexec_fn=pinned("client"),
     )
     try:
         if read_line(proc, CHILD_TIMEOUT) != "ready":
@@ -427,7 +456,13 @@ def run_herd(base: str) -> None:
 
 
 def print_table() -> None:
-    print("\n== medians (this run" + (", QUICK sizes" if QUICK else "") + (", one core busy" if BUSY else "") + ")\n")
+    print(
+        "\n== medians (this run"
+        + (", QUICK sizes" if QUICK else "")
+        + (", one core busy" if BUSY else "")
+        + (", pinned" if PIN else "")
+        + ")\n"
+    )
     print("| workload | " + " | ".join(CLIENTS) + " | goal |")
     print("|---" * (len(CLIENTS) + 2) + "|")
     for label, med, goal in TABLE:
@@ -452,11 +487,18 @@ def main() -> None:
         raise SystemExit(f"LIBS: unknown client {', '.join(sorted(unknown))} (known: {', '.join(OPENERS)})")
     if SERVER not in SERVERS:
         raise SystemExit(f"SERVER: unknown server {SERVER} (known: {', '.join(SERVERS)})")
+    if set(ONLY) - set(ONLY_NAMES):
+        bad = ", ".join(sorted(set(ONLY) - set(ONLY_NAMES)))
+        raise SystemExit(f"ONLY: unknown workload {bad} (known: {', '.join(ONLY_NAMES)})")
+    if PIN and len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("PIN=1 needs two CPUs")
     load = os.getloadavg()[0]
     print(
         f"clients: {', '.join(CLIENTS)}; {ROUNDS} rounds; {'QUICK sizes; ' if QUICK else ''}"
         f"{os.cpu_count()} CPUs, load average {load:.2f} at start"
         f"{'; one core kept busy by a separate process (BUSY=1)' if BUSY else ''}"
+        f"{'; servers pinned to one CPU, clients to another (PIN=1)' if PIN else ''}"
+        f"{'; only ' + ','.join(ONLY) if ONLY else ''}"
     )
     burner = busy_core()
     server, base = start_server(SERVERS[SERVER])
@@ -465,13 +507,16 @@ def main() -> None:
         print(f"server: benches/{SERVERS[SERVER]} ({SERVER}) at {base}, pid {server.pid}")
         bases = {"main": base}
         for w in WORKLOADS:
+            if not chosen(w.child):
+                continue
             if w.server == "deflate" and "deflate" not in bases:
                 deflate, bases["deflate"] = start_server(SERVERS["websockets"], "deflate")
                 print(f"server: benches/{SERVERS['websockets']} deflate (permessage-deflate on) at {bases['deflate']}")
             run_workload(w, bases[w.server])
-        if "tether" in CLIENTS:
+        if "tether" in CLIENTS and chosen("unstarted"):
             run_unstarted(base)
-        run_herd(base)
+        if chosen("herd"):
+            run_herd(base)
     finally:
         stop(server, 10)
         if deflate is not None:

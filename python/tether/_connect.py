@@ -257,7 +257,7 @@ def connect(url: str, **options: Any) -> Connection:
     only while 64 KiB or more is queued and not yet written, or half of ``send_buffer`` is unconfirmed);
     ``await conn.flush()`` once everything sent before it was confirmed: the server's WebSocket layer
     read it (not that its application handled it). A lone send is confirmed by a ping right behind it;
-    a stream of sends shares one confirming ping per 10 ms, and ``flush()`` pings at once. Across a
+    a stream of sends shares one confirming ping per 20 ms, and ``flush()`` pings at once. Across a
     loss delivery is at-least-once: unconfirmed messages are re-sent first after the reconnect, from one
     message in flight that doubles with each confirmation; a long burst carries a confirming ping after
     every eighth of ``send_buffer``. A message the server refuses is not retried forever: a close 1009

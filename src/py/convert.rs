@@ -4,6 +4,7 @@
 use crate::ws::protocol::Message;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyString};
 
 use crate::redact::redact_url;
@@ -45,11 +46,12 @@ pub fn message_to_py(py: Python<'_>, m: &Message) -> Py<PyAny> {
 
 /// str -> text frame, bytes-like -> binary frame; TypeError otherwise.
 pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
+    // str and bytes are immutable: the message keeps the object instead of a copy of its bytes
     if let Ok(s) = data.cast::<PyString>() {
-        return Ok(Message::text(s.to_str()?.to_string()));
+        return Ok(Message::text_in(PyBackedStr::try_from(s.clone())?));
     }
     if let Ok(b) = data.cast::<PyBytes>() {
-        return Ok(Message::binary(b.as_bytes().to_vec()));
+        return Ok(Message::binary_in(PyBackedBytes::from(b.clone())));
     }
     if data.is_instance_of::<pyo3::types::PyByteArray>()
         || data.hasattr("__buffer__").unwrap_or(false)

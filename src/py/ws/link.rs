@@ -77,9 +77,9 @@ impl Conn {
         let mut failed = None;
         loop {
             let r = match proto.next_write(now) {
-                Write::Batch(frames) => {
+                Write::Batch(mut frames) => {
                     let mut r = Ok(());
-                    for m in frames {
+                    for m in frames.drain(..) {
                         r = match &m {
                             Message::Text(t) => {
                                 n += 1;
@@ -100,6 +100,7 @@ impl Conn {
                             break;
                         }
                     }
+                    proto.recycle(frames);
                     fx.outcomes(proto.written());
                     r
                 }
@@ -131,7 +132,7 @@ impl Conn {
         }
         let Some(link) = st.link.as_ref() else { return st.out.clear() };
         let Some(t) = link.transport.as_ref() else { return st.out.clear() };
-        let data = std::mem::take(&mut st.out);
+        let data = std::mem::replace(&mut st.out, spare_buffer());
         let fd = link.fd.filter(|_| !link.buffered);
         fx.writes.push(Outgoing { id: link.id, transport: t.clone_ref(py), fd, data });
         st.last_write = Some(now);
@@ -538,14 +539,16 @@ pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) {
     #[cfg(unix)]
     if let Some(fd) = fd {
         match send_now(fd, rest) {
-            Some(n) if n == rest.len() => return,
+            Some(n) if n == rest.len() => return keep_buffer(data),
             Some(n) => rest = &rest[n..],
             None => {}
         }
     }
     #[cfg(not(unix))]
     let _ = fd;
-    if let Err(e) = t.call_method1(pyo3::intern!(py, "write"), (PyBytes::new(py, rest),)) {
+    let written = t.call_method1(pyo3::intern!(py, "write"), (PyBytes::new(py, rest),));
+    keep_buffer(data);
+    if let Err(e) = written {
         // a transport closed under us: its connection_lost says what happened
         tracing::debug!(target: LOG, logger = conn.cfg.reconnect.logger.as_deref(), "write refused: {e}");
         return;
@@ -555,6 +558,26 @@ pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) {
         t.call_method0(pyo3::intern!(py, "get_write_buffer_size")).and_then(|n| n.extract::<usize>()).unwrap_or(1);
     if let Some(l) = conn.lock(py).link.as_mut().filter(|l| l.id == id) {
         l.buffered = held > 0;
+    }
+}
+
+/// Output buffers up to this size are kept for the next write instead of freed.
+const SPARE_MAX: usize = 64 << 10;
+
+thread_local! {
+    /// The buffer of the last write, emptied: the next one frames into it instead of allocating one
+    /// (every paced send is a write of its own).
+    static SPARE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+fn spare_buffer() -> Vec<u8> {
+    SPARE.with(|s| s.take())
+}
+
+fn keep_buffer(mut data: Vec<u8>) {
+    if data.capacity() <= SPARE_MAX {
+        data.clear();
+        SPARE.with(|s| s.set(data));
     }
 }
 

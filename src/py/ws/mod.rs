@@ -326,6 +326,15 @@ struct Orphans {
     failures: Vec<Failed>,
 }
 
+/// The calling thread's id: `thread::current()` takes a reference count each call, and every send
+/// asks which thread it runs on.
+fn current_thread() -> std::thread::ThreadId {
+    thread_local! {
+        static ID: std::thread::ThreadId = std::thread::current().id();
+    }
+    ID.with(|id| *id)
+}
+
 /// A per-connection random value that tells its pings from any other's (not a secret).
 fn nonce() -> u64 {
     rand::random()
@@ -510,7 +519,7 @@ impl Conn {
 
     /// Whether the caller runs on the connection's event loop thread.
     pub(super) fn on_loop_thread(&self) -> bool {
-        self.el.get().is_some_and(|el| el.thread == std::thread::current().id())
+        self.el.get().is_some_and(|el| el.thread == current_thread())
     }
 
     /// The loop its waiters are set on (see `LoopHint`).

@@ -5,7 +5,7 @@
 //! again and a timer is armed anew). An earlier deadline gets a timer of its own while the later one
 //! stays armed, rather than cancelling it: asyncio keeps a cancelled timer in its heap until it would
 //! have fired, and a heap full of them makes every `asyncio.sleep` of the application compare more
-//! (a paced sender re-arms the 10 ms confirmation after each 5 s ping deadline). A few at most are
+//! (a paced sender re-arms the confirmation after each 5 s ping deadline). A few at most are
 //! armed at once.
 
 use std::sync::Arc;

@@ -83,6 +83,17 @@ impl Message {
         Message::Binary(b.into())
     }
 
+    /// A text message whose UTF-8 stays in `owner` (a string the caller holds already): no copy, and
+    /// the batch that writes it shares it without an allocation.
+    pub fn text_in<T: AsRef<str> + AsRef<[u8]> + Send + 'static>(owner: T) -> Message {
+        Message::Text(Bytes::from_owner(owner))
+    }
+
+    /// A binary message whose bytes stay in `owner` (see `text_in`).
+    pub fn binary_in<T: AsRef<[u8]> + Send + 'static>(owner: T) -> Message {
+        Message::Binary(Bytes::from_owner(owner))
+    }
+
     /// The text of a text message.
     pub fn to_text(&self) -> Option<&str> {
         match self {
@@ -128,8 +139,14 @@ pub struct ProtocolConfig {
 }
 
 /// `ProtocolConfig::confirm_delay` of every connection: a paced sender (one message per 1-20 ms, the
-/// signaling pattern) gets one confirming round trip per few messages instead of one each.
-pub const CONFIRM_DELAY: Duration = Duration::from_millis(10);
+/// signaling pattern) gets one confirming round trip per few messages instead of one each. Each
+/// confirmation costs the sender a wake-up to read its pong, which dominates a paced stream's CPU
+/// beyond its own sends; longer delays save less and less of it while the messages re-sent after a
+/// loss (those written since the last confirmation) grow in proportion.
+pub const CONFIRM_DELAY: Duration = Duration::from_millis(20);
+
+/// Frames of a batch vector kept for the next batch (`Protocol::recycle`), at most.
+const SPARE_FRAMES: usize = 8;
 
 /// Why a send will never be delivered.
 #[derive(Debug, Clone, PartialEq)]
@@ -304,6 +321,10 @@ pub struct Protocol<D> {
     /// See `unwritten_bytes`; `writing_bytes` of them were handed to the writer in the current batch.
     unwritten_bytes: usize,
     writing_bytes: usize,
+    /// The batch being written has sends waiting for it (`written` resolves them).
+    writing_tracked: bool,
+    /// The frames vector of the last batch, given back by the writer (`recycle`) for the next one.
+    spare: Vec<Message>,
     /// In ticket order; `upto` never decreases along it, so the flushes that settle are a prefix.
     flushes: VecDeque<Flush<D>>,
     next_ticket: u64,
@@ -353,6 +374,8 @@ impl<D> Protocol<D> {
             accepted: 0,
             unwritten_bytes: 0,
             writing_bytes: 0,
+            writing_tracked: false,
+            spare: Vec::new(),
             flushes: VecDeque::new(),
             next_ticket: 0,
             unreported: vec![],
@@ -482,6 +505,10 @@ impl<D> Protocol<D> {
     /// The writer flushed everything handed to it to the socket: those sends resolve.
     pub fn written(&mut self) -> Vec<(D, Outcome)> {
         self.unwritten_bytes -= std::mem::take(&mut self.writing_bytes);
+        if !std::mem::take(&mut self.writing_tracked) {
+            // sends that resolved when queued: nothing in flight waits (a paced stream's every batch)
+            return Vec::new();
+        }
         self.unacked.iter_mut().filter_map(|(_, e)| e.done.take()).map(|d| (d, Outcome::Sent)).collect()
     }
 
@@ -535,10 +562,12 @@ impl<D> Protocol<D> {
         if !self.queue.is_empty() && room > 0 {
             let n = self.queue.len().min(room);
             let every = self.eighth();
-            let mut frames = Vec::with_capacity(n + n / every + 1);
+            let mut frames = std::mem::take(&mut self.spare);
+            frames.reserve(n + n / every + 1);
             for i in 0..n {
                 let Some(e) = self.queue.pop_front() else { break };
                 self.writing_bytes += e.size;
+                self.writing_tracked |= e.done.is_some();
                 frames.push(e.msg.clone());
                 self.unacked.push_back((self.next_seq, e));
                 self.next_seq += 1;
@@ -561,6 +590,15 @@ impl<D> Protocol<D> {
             return Write::Close;
         }
         Write::Idle
+    }
+
+    /// The frames of a batch, written: the next batch reuses the vector (a paced stream writes a
+    /// batch per message). A large one is dropped rather than kept by an idle connection.
+    pub fn recycle(&mut self, mut frames: Vec<Message>) {
+        if frames.capacity() <= SPARE_FRAMES {
+            frames.clear();
+            self.spare = frames;
+        }
     }
 
     /// Whether `next_write` has messages to hand over (some are queued and the window lets them out):
@@ -761,7 +799,7 @@ impl<D> Protocol<D> {
         keep.extend(self.queue.drain(..));
         self.queue = keep;
         self.unwritten_bytes = self.queue.iter().map(|e| e.size).sum();
-        self.writing_bytes = 0;
+        (self.writing_bytes, self.writing_tracked) = (0, false);
         self.pings.clear();
         self.next_ping_at = None;
         self.ping_due_since = None;
@@ -779,7 +817,7 @@ impl<D> Protocol<D> {
     /// waiters of resolved sends are gone, and no flush will ever resolve), so all of them are named.
     pub fn finish(&mut self) -> (Vec<D>, Undelivered) {
         self.closing = Closing::Done;
-        (self.unwritten_bytes, self.writing_bytes) = (0, 0);
+        (self.unwritten_bytes, self.writing_bytes, self.writing_tracked) = (0, 0, false);
         let mut waiters = vec![];
         let mut unconfirmed = Vec::with_capacity(self.pending());
         for e in self.unacked.drain(..).map(|(_, e)| e).chain(self.queue.drain(..)) {
