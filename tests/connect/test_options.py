@@ -167,3 +167,24 @@ async def test_a_connection_left_at_its_defaults_uses_the_ones_its_signature_sho
         with pytest.raises(tether.GaveUp, match=str(shown["fatal_close_codes"][0])):
             while True:  # the echoes of the messages above, then the give-up
                 await asyncio.wait_for(conn.recv(), 10)
+
+
+# What connect's docstring says of a default, and the value that phrase stands for: the docstring restates
+# these for the reader, so it must change when the Rust configuration (the one source) does.
+DOCUMENTED_DEFAULTS = [
+    ("connect_timeout", "``connect_timeout`` (default 30 s)", 30.0),
+    ("fatal_close_codes", "``fatal_close_codes`` (default 1008)", (1008,)),
+    ("max_message_size", "either way (default 16 MiB)", 16 << 20),
+    ("compression", '``compression`` (default ``"deflate"``)', "deflate"),
+    ("read_buffer_size", "``read_buffer_size`` (default 4 KiB)", 4 << 10),
+    ("write_buffer_size", "``write_buffer_size`` (default 16 KiB)", 16 << 10),
+]
+
+
+@pytest.mark.parametrize(("name", "phrase", "value"), DOCUMENTED_DEFAULTS, ids=[d[0] for d in DOCUMENTED_DEFAULTS])
+def test_the_defaults_connects_docstring_states_are_the_signatures(name, phrase, value):
+    doc = " ".join(inspect.getdoc(tether.connect).split())
+    assert phrase in doc, f"connect's docstring no longer says {phrase!r}: update DOCUMENTED_DEFAULTS with it"
+    assert inspect.signature(tether.connect).parameters[name].default == value, (
+        f"connect's docstring says {phrase!r}, the signature (the Rust default) says otherwise"
+    )
