@@ -39,13 +39,7 @@ pub enum Event {
         attempts: u32,
     },
     /// A watchdog alarm attached to this connection (dwell/progress/liveness).
-    Alarm {
-        kind: &'static str,
-        name: String,
-        elapsed: Duration,
-        limit: Duration,
-        message: String,
-    },
+    Alarm(crate::watchdog_rules::Alarm),
     /// Terminal marker for event streams: the owner finished (never emitted by `run` itself).
     Closed,
 }

@@ -125,14 +125,7 @@ pub fn to_py(py: Python<'_>, ev: &Event) -> PyResult<Py<PyAny>> {
             PyReconnected { downtime: downtime.as_secs_f64(), attempts: *attempts }.into_py_any(py)
         }
         Event::GaveUp { error, attempts } => PyGaveUp { error: error.clone(), attempts: *attempts }.into_py_any(py),
-        Event::Alarm { kind, name, elapsed, limit, message } => PyAlarm {
-            kind: kind.to_string(),
-            name: name.clone(),
-            elapsed: elapsed.as_secs_f64(),
-            limit: limit.as_secs_f64(),
-            message: message.clone(),
-        }
-        .into_py_any(py),
+        Event::Alarm(a) => PyAlarm::from(a).into_py_any(py),
         Event::Closed => PyClosed {}.into_py_any(py),
     }
 }

@@ -82,13 +82,7 @@ impl Conn {
         let (me, el) = (self.me.clone(), el.clone().unbind());
         st.watchdog_forward = Some(super::super::bridge::runtime::get().spawn(async move {
             while let Ok(a) = rx.recv().await {
-                let ev = Event::Alarm {
-                    kind: a.kind.as_str(),
-                    name: a.name,
-                    elapsed: a.elapsed,
-                    limit: a.limit,
-                    message: a.message,
-                };
+                let ev = Event::Alarm(a);
                 let handed = super::super::with_python(|py| {
                     let cb = Py::new(py, super::Emit { conn: me.clone(), ev })?;
                     el.bind(py).call_method1("call_soon_threadsafe", (cb,)).map(drop)
