@@ -41,7 +41,6 @@ SERVERS = {"picows": "_server.py", "websockets": "_server_websockets.py"}
 SERVER = os.environ.get("SERVER", "picows")
 BUSY = os.environ.get("BUSY") == "1"
 ONLY = [x for x in os.environ.get("ONLY", "").split(",") if x]
-ONLY_NAMES = ("echo", "send", "paced", "flood", "signaling", "idle", "unstarted", "herd")
 PIN = os.environ.get("PIN") == "1"
 CHILD_TIMEOUT = 180.0
 FAILURES: list[str] = []  # measurements that gave no figure: the run exits non-zero
@@ -167,6 +166,10 @@ WORKLOADS = [
 
 
 # -- processes ---------------------------------------------------------------------------------------------
+
+
+# what ONLY= may name: the workloads above, and the two measured on their own below
+ONLY_NAMES = tuple(dict.fromkeys([*(w.child for w in WORKLOADS), "unstarted", "herd"]))
 
 
 def chosen(name: str) -> bool:
