@@ -6,8 +6,9 @@ use pyo3::prelude::*;
 
 use crate::backoff::{Backoff, Delays};
 
+use super::convert::type_name;
 use super::errors::value_error;
-use super::options::{param, type_name, Count, JitterMode, Number, Param};
+use super::options::{param, Count, JitterMode, Number, Param};
 
 /// Retry delay policy. ``max_attempts`` counts retries: ``delays()`` yields one delay per retry.
 ///

@@ -50,6 +50,6 @@ pub fn sync_result<'py>(result: Bound<'py, PyAny>, what: &str) -> PyResult<Bound
     if ISCOROUTINE.import(result.py(), "asyncio", "iscoroutine")?.call1((&result,))?.is_truthy()? {
         result.call_method0("close")?;
     }
-    let returned = result.get_type().name()?;
+    let returned = super::convert::type_name(&result);
     Err(PyTypeError::new_err(format!("{what} must return its result, not an awaitable ({returned})")))
 }

@@ -14,6 +14,7 @@ use crate::ws::upgrade::Endpoint;
 use crate::ws::{WsConfig, WsError};
 
 use super::backoff::{Policy, PyBackoff};
+use super::convert::type_name;
 use super::errors::value_error;
 use super::events::EventStream;
 use super::options::{count, param, AtLeastOne, Bytes, CloseCodes, Count, HttpStatuses, Seconds, SecondsOrZero};
@@ -57,12 +58,7 @@ fn check_url(url: &str) -> PyResult<()> {
 
 /// What url_for returned: "url" or ("url", headers).
 pub(crate) fn parse_target(obj: &Bound<'_, PyAny>) -> Result<(String, Vec<(String, String)>), WsError> {
-    let bad = || {
-        WsError::fatal(format!(
-            "url_for must return a URL str or (url, headers), got {}",
-            obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-        ))
-    };
+    let bad = || WsError::fatal(format!("url_for must return a URL str or (url, headers), got {}", type_name(obj)));
     let (url, headers) = if let Ok(s) = obj.cast::<PyString>() {
         (s.to_string(), vec![])
     } else if let Ok(t) = obj.cast::<PyTuple>() {

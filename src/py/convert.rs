@@ -9,6 +9,11 @@ use pyo3::types::{PyBytes, PyString};
 
 use crate::redact::redact_url;
 
+/// The name of `v`'s type, as an error message names what it got instead of what it wanted.
+pub fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+}
+
 /// `Type: message` of a Python exception, redacted, as tether's logs, events and errors show it.
 pub fn describe(py: Python<'_>, err: &PyErr) -> String {
     let ty = err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
@@ -62,6 +67,6 @@ pub fn message_from_py(data: &Bound<'_, PyAny>) -> PyResult<Message> {
     }
     Err(PyTypeError::new_err(format!(
         "data must be str (text frame) or bytes-like (binary frame), not {}",
-        data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        type_name(data)
     )))
 }

@@ -15,6 +15,7 @@ use pyo3::types::{PyBool, PyInt};
 use crate::backoff::{Jitter, MAX_SECONDS};
 use crate::ws::frame::close_code_allowed;
 
+use super::convert::type_name;
 use super::errors::value_error;
 
 /// The name of the parameter an option type fills, as its errors say it.
@@ -69,10 +70,6 @@ pub mod param {
         Timeout = "timeout",
         WriteBufferSize = "write_buffer_size",
     }
-}
-
-pub fn type_name(v: &Bound<'_, PyAny>) -> String {
-    v.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
 /// Any int or float (not a bool); TypeError otherwise.

@@ -25,7 +25,7 @@ use crate::retry_state::{target, Config};
 use crate::retry_state::{Decision, RetryState};
 
 use super::backoff::{Policy, PyBackoff};
-use super::convert::describe;
+use super::convert::{describe, type_name};
 use super::errors::Class;
 use super::events::EventStream;
 use super::options::{param, Count, Seconds, SecondsOrZero};
@@ -125,10 +125,7 @@ impl PyReconnector {
             Some(e) if e.is_none() => None,
             Some(e) if e.is_instance_of::<pyo3::exceptions::PyBaseException>() => Some(e.clone()),
             Some(e) => {
-                return Err(PyTypeError::new_err(format!(
-                    "exc must be an exception or None, not {}",
-                    e.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-                )))
+                return Err(PyTypeError::new_err(format!("exc must be an exception or None, not {}", type_name(e))))
             }
         };
         let fatal = match &exc {

@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::super::callables::{is_awaitable, sync_result};
-use super::super::convert::{describe, message_from_py};
+use super::super::convert::{describe, message_from_py, type_name};
 use super::coroutine::{self, Slot};
 use super::{Conn, Fx, Goodbye, Inner, Phase};
 
@@ -157,7 +157,7 @@ impl Conn {
         match channel.and_then(|args| call_hook(py, conn, spec.hook.bind(py), args, done)) {
             Ok(Called::Now(Ok(value))) => {
                 // a plain function: every attempt would repeat the mistake, so it is not retried
-                let returned = value.bind(py).get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                let returned = type_name(value.bind(py));
                 let misuse = WsError::fatal(format!("on_connect must be an async function; it returned {returned}"));
                 on_connect_done(py, conn, id, Err(misuse));
             }
