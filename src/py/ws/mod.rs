@@ -2,7 +2,8 @@
 //! `Protocol` implemented here ([`link::Link`]): `data_received` feeds the sans-I/O wire (TLS, the
 //! upgrade answer, frames: `crate::ws::wire`) and the delivery/liveness core (`crate::ws::protocol`),
 //! frames leave through `transport.write`, and every deadline (pings, open/close bounds, backoff,
-//! heartbeats) is one `loop.call_later` timer re-armed from the cores' next deadline ([`timer`]).
+//! heartbeats) is one deadline re-armed from the cores' next deadline ([`timer`]), in a timer set the
+//! connections of a loop share, outside asyncio's heap ([`loop_timers`]).
 //! Nothing in the data path crosses a thread: a message read is a Python object in the inbound buffer
 //! before `data_received` returns, a waiting `recv()` is woken by setting its future directly, and a
 //! send is framed and written from the calling coroutine.
@@ -12,7 +13,8 @@
 //! * [`link`]: one TCP connection: the asyncio protocol, what the server sends, what is written.
 //! * [`hooks`]: `url_for`, `on_connect` (and its `Handshake`) and the heartbeat's callables, run on
 //!   the loop.
-//! * [`timer`]: one lazily re-armed `call_later` per connection.
+//! * [`timer`]: the connection's next deadline; [`loop_timers`]: the deadlines of a loop's connections
+//!   behind one alarm (a `timerfd` the loop watches, or one `call_later`).
 //!
 //! Every entry point holds the connection's lock only while it updates state and frames bytes; Python
 //! is called (transport writes, futures, tasks, logs) after the lock is released, from the effects
@@ -23,6 +25,7 @@
 mod exceptions;
 mod hooks;
 mod link;
+mod loop_timers;
 mod session;
 mod timer;
 
@@ -93,8 +96,8 @@ pub(super) struct Fx {
     reading: Vec<(Py<PyAny>, bool)>,
     resolve: Vec<(Arc<Slot>, Res)>,
     later: Vec<Later>,
-    /// The timer to arm: (sequence, delay, the handle it replaces).
-    timer: Option<(u64, Duration, Option<Py<PyAny>>)>,
+    /// The deadline to arm in the loop's timers, and the one it replaces.
+    timer: Option<timer::Rearm>,
     /// Write the batch when the loop next runs: Some(false) from the loop (`call_soon`); Some(true)
     /// marks effects made on another thread, handed to the loop (`call_soon_threadsafe`).
     uncork: Option<bool>,
@@ -576,8 +579,14 @@ impl Conn {
                 slot.set_returning(py, r, Some(give_back));
             }
         }
-        if let Some((seq, delay, old)) = timer {
-            timer::arm(py, self, seq, delay, old);
+        if let (Some(r), Some(el)) = (timer, self.event_loop(py)) {
+            // the new deadline first: a set left empty for a moment would close
+            if let Some((id, at)) = r.arm {
+                loop_timers::schedule(py, el, id, at, self.me.clone());
+            }
+            if let Some(id) = r.cancel {
+                loop_timers::cancel(py, el, id);
+            }
         }
         if uncork == Some(false) {
             link::schedule_uncork(py, self);

@@ -12,7 +12,6 @@ use crate::reconnect::{report, Event};
 use crate::redact::redact_url;
 use crate::retry_state::Decision;
 use crate::retry_state::GaveUp;
-use crate::ws::protocol::CONFIRM_DELAY;
 use crate::ws::upgrade::{self, Endpoint};
 use crate::ws::wire::Wire;
 use crate::ws::{SendError, State, Terminal, WsError};
@@ -364,8 +363,8 @@ impl Conn {
         st.attempt = None;
     }
 
-    /// The connection ends for good: every waiter learns it, the socket is left, the timer stops
-    /// unless a socket still drains.
+    /// The connection ends for good: every waiter learns it, the socket is left (its deadline goes
+    /// once no socket drains: `service`).
     pub(super) fn finish(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx, term: Terminal) {
         if self.terminal.get().is_some() {
             return;
@@ -399,14 +398,6 @@ impl Conn {
         }
         if let Some(f) = st.watchdog_forward.take() {
             f.abort();
-        }
-        if st.draining.is_empty() {
-            let handles = st.timer.stop();
-            fx.later(move |py, _| {
-                for h in handles {
-                    let _ = h.bind(py).call_method0("cancel");
-                }
-            });
         }
         let (unconfirmed, failed) = (term.undelivered().unconfirmed.len(), term.undelivered().failures.len());
         fx.later(move |py, c| {
@@ -505,9 +496,9 @@ impl Conn {
         });
     }
 
-    pub(super) fn on_timer(self: &Arc<Self>, py: Python<'_>, seq: u64) {
+    pub(super) fn on_timer(self: &Arc<Self>, py: Python<'_>, id: u64) {
         self.with(py, |_, st, _| {
-            st.timer.fired(seq);
+            st.timer.fired(id);
         });
     }
 
@@ -540,11 +531,11 @@ impl Conn {
         }
         let drain = st.draining.iter().map(|d| d.2).min();
         let at = [wake, drain, st.close_hard_by].into_iter().flatten().min();
-        // while writing, the next deadline is a confirmation two confirm_delays after the last ping (see
-        // `Timer::want`): a horizon of exactly that lets the timer armed after a ping serve the sends
-        // that follow it, one timer per confirmation rather than two
-        let busy = st.last_write.is_some_and(|t| now.saturating_duration_since(t) < CONFIRM_DELAY);
-        st.timer.want(at, now, busy.then_some(2 * CONFIRM_DELAY), fx);
+        match at {
+            // ended, and nothing left to close: the loop's timers may close with it
+            None if self.terminal.get().is_some() => st.timer.stop(fx),
+            at => st.timer.want(at, now, fx),
+        }
     }
 
     /// What is due in the current phase; when to look next.

@@ -1,0 +1,120 @@
+"""A connection's deadlines stay out of asyncio's timer heap, where every `asyncio.sleep` of the
+application would compare against them in Python: on Linux one `timerfd` per loop, watched with
+`add_reader`, serves every connection of the loop; a loop without `add_reader` gets one `call_later`.
+Each behaviour that rests on a deadline (ping timeout, reconnect backoff) is driven on every kind."""
+
+import asyncio
+import os
+import sys
+import time
+
+import pytest
+
+import tether
+from support import FAST, MS, collect, eventually, first_of, policy
+from tether import events as ev
+from tether.testing import SignalServer
+
+needs_linux = pytest.mark.skipif(sys.platform != "linux", reason="timerfd is Linux's")
+
+
+def tether_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    """tether's entries in asyncio's own timer heap."""
+    return [h for h in loop._scheduled if type(h._callback).__module__.startswith("tether")]  # type: ignore[attr-defined]
+
+
+def timerfds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[timerfd]"
+        except OSError:
+            pass
+    return n
+
+
+async def frozen_server_is_detected_and_recovered(srv: SignalServer) -> None:
+    """The deadlines at work: a ping that gets no answer ends the link (ping timeout), the reconnect
+    waits out its backoff, and the link comes back."""
+    got: list[object] = []
+    async with tether.connect(srv.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect(c.events(), got))
+        await srv.wait_for(1)
+        t0 = time.monotonic()
+        srv.freeze()
+        lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
+        assert "ping timeout" in lost.reason, lost.reason
+        assert time.monotonic() - t0 < FAST["ping_interval"] + FAST["ping_timeout"] + 2.0
+        srv.unfreeze()
+        await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
+        await c.send("after")
+        assert await c.recv() == "after"
+    await asyncio.wait_for(watcher, 5)
+
+
+@needs_linux
+async def test_connections_keep_nothing_in_asyncios_heap(signal_server):
+    loop = asyncio.get_running_loop()
+    before = timerfds()
+    conns = [await tether.connect(signal_server.url, **FAST) for _ in range(20)]
+    try:
+        for c in conns:
+            await c.send("x")
+            assert await c.recv() == "x"
+        assert tether_timers(loop) == []
+        assert timerfds() == before + 1  # one for the loop, however many connections
+        # the pings the deadlines drive keep flowing: a connection idle for three intervals is still up
+        await asyncio.sleep(3 * FAST["ping_interval"])
+        assert all(c.state == "connected" and c.stats()["losses"] == 0 for c in conns)
+    finally:
+        for c in conns[:-1]:
+            await c.aclose()
+        assert timerfds() == before + 1
+        await conns[-1].aclose()
+    assert timerfds() == before  # the last connection's end closes it
+    assert tether_timers(loop) == []
+
+
+@needs_linux
+async def test_deadlines_work_through_the_timerfd(signal_server):
+    await frozen_server_is_detected_and_recovered(signal_server)
+
+
+class NoReaders(asyncio.SelectorEventLoop):
+    """A loop that watches no descriptors for callers, as the Proactor."""
+
+    def add_reader(self, fd, callback, *args):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+
+def test_loop_without_add_reader_gets_one_call_later():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with SignalServer("127.0.0.1", 0) as srv:
+            conns = [await tether.connect(srv.url, **FAST) for _ in range(5)]
+            assert len(tether_timers(loop)) == 1  # one for the loop, however many connections
+            for c in conns:
+                await c.aclose()
+            assert tether_timers(loop) == []
+            await frozen_server_is_detected_and_recovered(srv)
+
+    loop = NoReaders()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
+
+
+def test_deadlines_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        async with SignalServer("127.0.0.1", 0) as srv:
+            await frozen_server_is_detected_and_recovered(srv)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
+
