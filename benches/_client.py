@@ -234,6 +234,28 @@ async def idle(lib: str, base: str, n: str = "1000") -> dict:
     return {"kib": (rss1 - rss0) / n_ / 1024, "threads_before": threads0, "threads_after": threads1}
 
 
+async def timers(lib: str, base: str, n: str = "200", seconds: str = "2.0") -> dict:
+    """What n open, idle connections cost the application's own timers: CPU per `asyncio.sleep` of a
+    loop paced at 1 ms (the paced workload's floor) with the library's connections open. A timer a
+    connection keeps in asyncio's heap makes each sleep compare against it in Python."""
+    n_ = int(n)
+    raise_fd_limit()
+    conns = await open_many(lib, base + "/idle", n_)
+    await asyncio.sleep(0.2)
+    sleep, now = asyncio.sleep, time.monotonic
+    m = int(float(seconds) * 1000)
+    cpu0 = time.process_time()
+    t0 = now()
+    for i in range(1, m + 1):
+        delay = t0 + i * 0.001 - now()
+        if delay > 0:
+            await sleep(delay)
+    cpu = time.process_time() - cpu0
+    heap = len(asyncio.get_running_loop()._scheduled) if hasattr(asyncio.get_running_loop(), "_scheduled") else -1
+    await close_all(conns)
+    return {"cpu_us": cpu / m * 1e6, "timers_in_heap": heap}
+
+
 async def unstarted(lib: str, base: str, n: str = "1000") -> dict:
     """The cost of a `connect()` object that was never started (tether), RSS and Python-heap views."""
     import tether
@@ -298,7 +320,7 @@ async def herd(lib: str, base: str, n: str = "1000") -> dict:
     return {"closed": n_}
 
 
-WORKLOADS = {f.__name__: f for f in (echo, send, paced, flood, signaling, idle, unstarted, herd)}
+WORKLOADS = {f.__name__: f for f in (echo, send, paced, flood, signaling, idle, timers, unstarted, herd)}
 
 
 async def main() -> None:

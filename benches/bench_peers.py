@@ -152,6 +152,16 @@ WORKLOADS = [
         libs=("tether", "websockets"),
     ),
     Workload(
+        "timers",
+        f"application timers, {scale(1000, 200)} idle connections open",
+        f"what {scale(1000, 200)} open, idle connections cost the application's own timers: CPU per"
+        " `asyncio.sleep` of a loop paced at 1 ms (a timer a connection keeps in asyncio's heap makes every"
+        " sleep compare against it, in Python)",
+        {"n": scale(1000, 200), "seconds": scale(2.0, 0.5)},
+        [Metric("cpu_us", "cpu/sleep", "µs", False)],
+        [Goal("cpu_us", "websockets", "<=", 1.0, "application timers with connections open ≤ websockets")],
+    ),
+    Workload(
         "idle",
         f"memory per idle connection ({scale(1000, 200)} conns)",
         f"memory per idle connection, {scale(1000, 200)} connections (RSS delta / n, fresh process)",

@@ -11,7 +11,7 @@ import time
 import pytest
 
 import tether
-from support import FAST, MS, collect, eventually, first_of, policy
+from support import FAST, collect, eventually, first_of, policy
 from tether import events as ev
 from tether.testing import SignalServer
 
@@ -117,4 +117,3 @@ def test_deadlines_on_uvloop():
         loop.run_until_complete(asyncio.wait_for(main(), 60))
     finally:
         loop.close()
-
