@@ -91,6 +91,18 @@ async def send(lib: str, base: str, seconds: str = "1.0") -> dict:
     }
 
 
+async def paced_sleeps(m: int) -> float:
+    """CPU seconds of m steps of 1 ms paced by `asyncio.sleep`, nothing else done."""
+    sleep, now = asyncio.sleep, time.monotonic
+    cpu0 = time.process_time()
+    t0 = now()
+    for i in range(1, m + 1):
+        delay = t0 + i * 0.001 - now()
+        if delay > 0:
+            await sleep(delay)
+    return time.process_time() - cpu0
+
+
 async def paced(lib: str, base: str, seconds: str = "3.0") -> dict:
     c = await open_conn(lib, base + "/sink")
     snd, p = c.send, PAYLOAD
@@ -111,13 +123,7 @@ async def paced(lib: str, base: str, seconds: str = "3.0") -> dict:
     wall = now() - t0
     # the same pacing loop without the send, for a quarter of the time: the floor every library pays
     m = n // 4
-    cpu0 = time.process_time()
-    t0 = now()
-    for i in range(1, m + 1):
-        delay = t0 + i * 0.001 - now()
-        if delay > 0:
-            await sleep(delay)
-    floor = time.process_time() - cpu0
+    floor = await paced_sleeps(m)
     await c.close()
     cpu_us, floor_us = cpu / max(received, 1) * 1e6, floor / max(m, 1) * 1e6
     return {
@@ -242,15 +248,8 @@ async def timers(lib: str, base: str, n: str = "200", seconds: str = "2.0") -> d
     raise_fd_limit()
     conns = await open_many(lib, base + "/idle", n_)
     await asyncio.sleep(0.2)
-    sleep, now = asyncio.sleep, time.monotonic
     m = int(float(seconds) * 1000)
-    cpu0 = time.process_time()
-    t0 = now()
-    for i in range(1, m + 1):
-        delay = t0 + i * 0.001 - now()
-        if delay > 0:
-            await sleep(delay)
-    cpu = time.process_time() - cpu0
+    cpu = await paced_sleeps(m)
     heap = len(asyncio.get_running_loop()._scheduled) if hasattr(asyncio.get_running_loop(), "_scheduled") else -1
     await close_all(conns)
     return {"cpu_us": cpu / m * 1e6, "timers_in_heap": heap}
