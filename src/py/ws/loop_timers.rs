@@ -72,13 +72,7 @@ fn find(k: usize) -> Option<Rc<RefCell<Set>>> {
 
 /// Make sure `conn` is woken (`Conn::on_timer(id)`) at `at`.
 pub(super) fn schedule(py: Python<'_>, event_loop: &Bound<'_, PyAny>, id: u64, at: Instant, conn: Weak<Conn>) {
-    let set = match find(key(event_loop)) {
-        Some(s) => s,
-        None => match Set::open(py, event_loop) {
-            Some(s) => s,
-            None => return,
-        },
-    };
+    let set = find(key(event_loop)).unwrap_or_else(|| Set::open(py, event_loop));
     let then = {
         let mut s = set.borrow_mut();
         s.live.insert(id, (at, conn));
@@ -105,8 +99,8 @@ pub(super) fn cancel(py: Python<'_>, event_loop: &Bound<'_, PyAny>, id: u64) {
 }
 
 impl Set {
-    /// A set for `event_loop`, its alarm watched; None when the loop takes no callbacks any more.
-    fn open(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> Option<Rc<RefCell<Set>>> {
+    /// A set for `event_loop`, its alarm watched.
+    fn open(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> Rc<RefCell<Set>> {
         let alarm = Self::timerfd(py, event_loop).unwrap_or(Alarm::Call(None));
         let set = Rc::new(RefCell::new(Set {
             event_loop: event_loop.clone().unbind(),
@@ -116,7 +110,7 @@ impl Set {
             armed: None,
         }));
         SETS.with(|s| s.borrow_mut().push(set.clone()));
-        Some(set)
+        set
     }
 
     /// A `timerfd` the loop watches; None where there is none, or the loop cannot watch it.
