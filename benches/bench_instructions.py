@@ -1,8 +1,10 @@
 """Instructions per operation, counted by valgrind's callgrind: the same count for the same build whatever
 else the machine does, where CPU time on a shared 2-core box moves by 10-20 % between runs.
 
-Two operations, each measured as the difference between a run of M and one of 3·M (so start-up, imports and
+Three operations, each measured as the difference between a run of M and one of 3·M (so start-up, imports and
 the connection's opening cancel out), the client under callgrind, the picows server (`_server.py`) outside:
+- echo round trip: `await send(32 B)`, then `await recv()` of its echo (tether through `__anext__`, as in
+  `bench_peers.py`);
 - paced send: `await send(32 B)` then `await asyncio.sleep(0.0002)`, per message (the paced workload of
   `bench_peers.py`; under callgrind each step takes longer, so a confirmation covers fewer messages than at
   1 msg/ms: tether's figure here is an upper bound);
@@ -42,6 +44,13 @@ async def main():
         for _ in range(m):
             await snd(P)
             await asyncio.sleep(0.0002)
+        await c.close()
+    elif op == "echo":
+        c = await open_conn(lib, url + "/echo")
+        snd, rcv = c.send, c.recv
+        for _ in range(m):
+            await snd(P)
+            await rcv()
         await c.close()
     else:
         conns = await open_many(lib, url + "/idle", n)
@@ -95,6 +104,7 @@ def main() -> None:
             script = f.name
         print(f"== instructions per operation (callgrind; difference of {3 * M} and {M} operations)")
         rows = [
+            ("echo round trip of 32 B (send, then receive the echo)", "echo", 0, ("tether", "picows", "websockets")),
             ("paced send + sleep, per message", "send", 0, ("tether", "picows", "websockets")),
             (f"application sleep, {N} idle connections open", "sleep", N, ("tether", "picows", "websockets")),
         ]

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import tether
+from support import drop
 from tether.testing import SignalServer
 
 RUST_DEBUG = ("Some(", "Ok(", "Err(", "Duration {", "\\u{")
@@ -147,7 +148,7 @@ async def test_a_connection_that_opened_ends_as_closed_not_as_never_opened():
         )
         try:
             srv.listening(False)  # the server goes away: every reconnect is refused
-            srv.drop()
+            await drop(srv)
             with pytest.raises(tether.GaveUp) as info:
                 await asyncio.wait_for(conn.recv(), 10)
             assert type(info.value.last_error) is tether.ConnectionClosed, repr(info.value.last_error)

@@ -9,7 +9,7 @@ import math
 import pytest
 
 import tether
-from support import eventually
+from support import drop, eventually
 
 URL = "ws://127.0.0.1:9/"
 
@@ -159,7 +159,7 @@ async def test_a_connection_left_at_its_defaults_uses_the_ones_its_signature_sho
         await asyncio.gather(*pending)
         # every rung of the ladder, in order, until an attempt succeeds
         signal_server.refuse(503, times=len(shown["ladder"]))
-        signal_server.drop()
+        await drop(signal_server)
         await eventually(lambda: len(strategies) > len(shown["ladder"]) + 1, what="the reconnects")
         assert strategies[: len(shown["ladder"]) + 1] == ["connect", *shown["ladder"]], strategies
         await eventually(lambda: conn.state == "connected")

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tether
-from support import FAST, MS, collect, eventually, first_of, policy, records, returns_at_once
+from support import FAST, MS, collect, drop, eventually, first_of, policy, records, returns_at_once
 from tether import events as ev
 
 
@@ -29,7 +29,7 @@ async def test_server_drop_is_reported_once_and_reconnects(signal_server):
     got = []
     async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
         watcher = asyncio.ensure_future(collect(c.events(), got))
-        assert signal_server.drop() == 1
+        await drop(signal_server)
         rec = await eventually(lambda: first_of(got, ev.Reconnected), 5, what="Reconnected")
         assert rec.downtime < 2.0
         await c.send("after")
@@ -107,7 +107,7 @@ async def test_url_for_mints_per_strategy(signal_server):
         signal_server.url, url_for=url_for, ladder=("resume", ("restart", 2)), policy=policy(), **FAST
     ) as c:
         signal_server.listening(False)
-        signal_server.drop()
+        await drop(signal_server)
         await eventually(lambda: len(calls) >= 4, what="four url_for calls")
         signal_server.listening(True)
         await c.send("ok")
@@ -138,7 +138,7 @@ async def test_sync_url_for_with_headers_and_errors_are_retried(signal_server):
 async def test_sends_during_outage_delivered_in_order(signal_server):
     async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), **FAST) as c:
         signal_server.listening(False)
-        signal_server.drop()
+        await drop(signal_server)
         await eventually(lambda: c.state != "connected", what="the drop")
         for i in range(20):
             await c.send(f"m{i}")  # queued under the write high-water mark: resolves at once
@@ -155,7 +155,7 @@ async def test_sends_during_outage_delivered_in_order(signal_server):
 async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(signal_server):
     async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), **FAST) as c:
         signal_server.listening(False)
-        signal_server.drop()
+        await drop(signal_server)
         await eventually(lambda: c.state != "connected", what="the drop")
         first = c.send(b"a" * 40_000)
         assert returns_at_once(first), "under the 64 KiB write high-water mark await send() returns at once"
@@ -172,7 +172,7 @@ async def test_send_resolves_when_queued_and_waits_above_the_high_water_mark(sig
 async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(signal_server):
     async with tether.connect(signal_server.url, policy=policy(max_delay=0.05), send_buffer=8, **FAST) as c:
         signal_server.listening(False)
-        signal_server.drop()
+        await drop(signal_server)
         await eventually(lambda: c.state != "connected", what="the drop")
         for i in range(4):
             assert returns_at_once(c.send(f"m{i}"))
@@ -188,7 +188,7 @@ async def test_send_waits_while_half_the_send_buffer_is_unconfirmed(signal_serve
 async def test_pending_sends_raise_when_giving_up(signal_server):
     c = await tether.connect(signal_server.url, policy=policy(max_attempts=3), **FAST)
     signal_server.listening(False)
-    signal_server.drop()
+    await drop(signal_server)
     # the drop is asynchronous: a message sent before it could be confirmed
     await eventually(lambda: c.state != "connected", what="the drop")
     sent = c.send("never")  # queued: resolves at once; flush() reports the give-up
@@ -223,7 +223,7 @@ async def test_aclose_is_bounded_when_black_holed(signal_server):
 async def test_aclose_while_reconnecting_returns_promptly(signal_server):
     c = await tether.connect(signal_server.url, policy=tether.Backoff(30, jitter="none"), quiet_attempts=0, **FAST)
     signal_server.listening(False)
-    signal_server.drop()
+    await drop(signal_server)
     await eventually(lambda: c.state == "reconnecting", what="reconnecting")
     t0 = time.monotonic()
     await c.aclose()
@@ -257,7 +257,7 @@ async def test_accept_then_drop_escalates_without_hot_loop(signal_server):
 
 async def test_single_blip_logs_below_warning(signal_server, tether_logs):
     async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
-        signal_server.drop()
+        await drop(signal_server)
         await c.send("x")
         assert await c.recv() == "x"
         # confirmed before the close: a close cut short by close_timeout would warn about it
@@ -277,7 +277,7 @@ async def test_secrets_never_reach_logs_events_or_errors(signal_server, tether_l
     await c
     watcher = asyncio.ensure_future(collect(c.events(), got))
     signal_server.refuse(403)
-    signal_server.drop()
+    await drop(signal_server)
     with pytest.raises(tether.GaveUp) as info:
         async for _ in c:
             pass
@@ -337,7 +337,7 @@ async def test_outage_deadline(signal_server):
         signal_server.url, policy=tether.Backoff(0.05, max_delay=0.1, jitter="none", deadline=0.6), **FAST
     )
     signal_server.listening(False)
-    signal_server.drop()
+    await drop(signal_server)
     t0 = time.monotonic()
     with pytest.raises(tether.GaveUp) as info:
         await c.recv()

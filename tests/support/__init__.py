@@ -60,6 +60,13 @@ async def eventually(predicate: Callable[[], T], timeout: float = DEADLINE, *, w
         await asyncio.sleep(10 * MS)
 
 
+async def drop(server: Any, n: int = 1) -> None:
+    """Drop the server's ``n`` connections once it has them: the SignalServer registers a connection
+    after writing the handshake's answer, which the client may act on first (a drop then finds none)."""
+    assert await server.wait_for(n), f"the server never had {n} connection(s)"
+    assert server.drop() == n
+
+
 def first_of(items: list[Any], kind: type | tuple[type, ...]) -> Any:
     """The first item of ``items`` that is a ``kind``, or None."""
     return next((x for x in items if isinstance(x, kind)), None)

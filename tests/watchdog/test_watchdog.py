@@ -7,7 +7,7 @@ import time
 import pytest
 
 import tether
-from support import MS
+from support import MS, drop
 from tether import events as ev
 from tether.testing import SignalServer
 
@@ -242,7 +242,7 @@ async def test_connection_feeds_its_watchdog_and_forwards_alarms():
         assert wd.state[0] == "connected"
         evs = c.events()
         srv.listening(False)
-        srv.drop()
+        await drop(srv)
         alarm = None
         while alarm is None:
             e = await asyncio.wait_for(evs.__anext__(), 10)
