@@ -117,3 +117,22 @@ def test_deadlines_on_uvloop():
         loop.run_until_complete(asyncio.wait_for(main(), 60))
     finally:
         loop.close()
+
+
+@needs_linux
+async def test_loops_closed_with_connections_open_leave_no_descriptor(signal_server):
+    """`asyncio.run` returning with connections still open, again and again in one thread (a test suite
+    that forgets `aclose`): each loop's timerfd is closed once the thread opens a set for the next loop."""
+
+    def runs() -> int:
+        async def leave_one_open() -> None:
+            c = await tether.connect(signal_server.url, **FAST)
+            await c.send("x")
+
+        for _ in range(5):
+            asyncio.run(leave_one_open())
+        return timerfds()
+
+    before = timerfds()
+    after = await asyncio.get_running_loop().run_in_executor(None, runs)
+    assert after <= before + 1, (before, after)

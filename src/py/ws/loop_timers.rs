@@ -101,6 +101,7 @@ pub(super) fn cancel(py: Python<'_>, event_loop: &Bound<'_, PyAny>, id: u64) {
 impl Set {
     /// A set for `event_loop`, its alarm watched.
     fn open(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> Rc<RefCell<Set>> {
+        forget_closed_loops(py);
         let alarm = Self::timerfd(py, event_loop).unwrap_or(Alarm::Call(None));
         let set = Rc::new(RefCell::new(Set {
             event_loop: event_loop.clone().unbind(),
@@ -225,6 +226,22 @@ impl Set {
             }
         }
         (due, self.rearm(now))
+    }
+}
+
+/// The sets of loops closed with connections still open (an `asyncio.run` that returned without closing
+/// them): nothing runs on such a loop any more to end them, so their descriptors are closed here, when
+/// the thread opens a set for another loop, rather than kept until the thread ends.
+fn forget_closed_loops(py: Python<'_>) {
+    let all: Vec<Rc<RefCell<Set>>> = SETS.with(|s| s.borrow().clone());
+    for set in all {
+        let el = set.borrow().event_loop.clone_ref(py);
+        let closed = el.bind(py).call_method0(pyo3::intern!(py, "is_closed")).and_then(|c| c.is_truthy());
+        if closed.unwrap_or(false) {
+            SETS.with(|s| s.borrow_mut().retain(|x| !Rc::ptr_eq(x, &set)));
+            // the alarm goes with the set: its descriptor is closed, its call was dropped with the loop
+            drop(std::mem::replace(&mut set.borrow_mut().alarm, Alarm::Call(None)));
+        }
     }
 }
 
