@@ -4,7 +4,9 @@ asyncio (and uvloop) read into a buffer the protocol provides only for a ``Buffe
 with a plain protocol each read allocates a ``bytes`` of the transport's read size (256 KiB, an mmap per
 read for asyncio). So the native protocol's methods are installed on an instance of this subclass: the
 transport reads into one buffer per event loop thread, shared by its connections, and calls the native
-methods directly (no Python frame per read).
+methods directly (no Python frame per read). Where the loop can watch a descriptor (``add_reader``), the
+connection reads its socket itself and pauses the transport's reading; the transport keeps the rest
+(writes it buffers, flow control, the close), and the reading methods serve the other loops.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ application would compare against them in Python: on Linux one `timerfd` per loo
 Each behaviour that rests on a deadline (ping timeout, reconnect backoff) is driven on every kind."""
 
 import asyncio
+import gc
 import os
 import sys
 import time
@@ -136,3 +137,16 @@ async def test_loops_closed_with_connections_open_leave_no_descriptor(signal_ser
     before = timerfds()
     after = await asyncio.get_running_loop().run_in_executor(None, runs)
     assert after <= before + 1, (before, after)
+
+
+@needs_linux
+async def test_a_connection_let_go_without_close_takes_its_deadline_along(signal_server):
+    """The last connection of a loop, dropped by the application without `aclose`: the loop's timerfd
+    closes with it, not at the next deadline nobody needs."""
+    before = timerfds()
+    c = await tether.connect(signal_server.url, **FAST)
+    await c.send("x")
+    assert timerfds() == before + 1
+    del c
+    gc.collect()
+    assert timerfds() == before

@@ -32,6 +32,10 @@ impl Conn {
     /// Leave the current TCP connection (later callbacks of it are ignored).
     pub(super) fn drop_link(&self, py: Python<'_>, st: &mut Inner, fx: &mut Fx, goodbye: Goodbye) {
         let Some(mut link) = st.link.take() else { return };
+        #[cfg(unix)]
+        if let Some(r) = link.reader.take() {
+            fx.later(move |py, _| r.get().stop(py));
+        }
         let Some(transport) = link.transport.take() else {
             return; // still connecting: the task is cancelled with the attempt
         };
@@ -155,10 +159,16 @@ impl Conn {
             return;
         }
         let fd = tune_socket(transport, &self.cfg);
+        #[cfg(unix)]
+        let reader = fd.and_then(|fd| super::reader::Reader::start(py, self, id, transport, fd));
         self.with(py, |c, st, fx| {
             st.phase = Phase::Upgrading;
             if let Some(l) = st.link.as_mut() {
                 l.fd = fd;
+                #[cfg(unix)]
+                {
+                    l.reader = reader;
+                }
             }
             if let Some(a) = st.attempt.as_mut() {
                 a.task = None;
@@ -251,7 +261,6 @@ impl Conn {
         }
         let _ = link.wire.take_outgoing(&mut out);
         st.out = out;
-        let transport = link.transport.as_ref().map(|t| t.clone_ref(py));
         st.link = Some(link);
         self.flush_out(py, st, fx, now);
 
@@ -281,8 +290,8 @@ impl Conn {
             if let Some(hb) = st.hb.as_mut() {
                 hb.pause();
             }
-            if let Some(t) = transport {
-                fx.reading.push((t, true));
+            if let Some(r) = st.link.as_ref().and_then(|l| l.reads(py)) {
+                fx.reading.push((r, true));
             }
         }
         if !st.hb_candidates.is_empty() {
@@ -470,8 +479,8 @@ pub(super) fn resume_reading(py: Python<'_>, conn: &Arc<Conn>) {
         if let Some(hb) = st.hb.as_mut() {
             hb.resume(now);
         }
-        if let Some(t) = st.link.as_ref().and_then(|l| l.transport.as_ref()) {
-            fx.reading.push((t.clone_ref(py), false));
+        if let Some(r) = st.link.as_ref().and_then(|l| l.reads(py)) {
+            fx.reading.push((r, false));
         }
         // frames kept when the buffer filled come first
         c.feed(py, st, fx, None);
@@ -665,7 +674,7 @@ thread_local! {
     static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> = const { std::cell::RefCell::new(None) };
 }
 
-fn read_buffer(py: Python<'_>) -> PyResult<Py<PyByteArray>> {
+pub(super) fn read_buffer(py: Python<'_>) -> PyResult<Py<PyByteArray>> {
     READ_BUFFER.with(|b| {
         let mut b = b.borrow_mut();
         if let Some(buf) = b.as_ref() {

@@ -1,16 +1,18 @@
 //! `tether.connect` on the event loop's own thread. The WebSocket's bytes go through an asyncio
-//! `Protocol` implemented here ([`link::Link`]): `data_received` feeds the sans-I/O wire (TLS, the
-//! upgrade answer, frames: `crate::ws::wire`) and the delivery/liveness core (`crate::ws::protocol`),
-//! frames leave through `transport.write`, and every deadline (pings, open/close bounds, backoff,
+//! `Protocol` implemented here ([`link::Link`]): what is read (by the connection's own [`reader`] where
+//! the loop can watch a descriptor, else by the transport) feeds the sans-I/O wire (TLS, the upgrade
+//! answer, frames: `crate::ws::wire`) and the delivery/liveness core (`crate::ws::protocol`), frames
+//! leave through the socket or `transport.write`, and every deadline (pings, open/close bounds, backoff,
 //! heartbeats) is one deadline re-armed from the cores' next deadline ([`timer`]), in a timer set the
 //! connections of a loop share, outside asyncio's heap ([`loop_timers`]).
 //! Nothing in the data path crosses a thread: a message read is a Python object in the inbound buffer
-//! before `data_received` returns, a waiting `recv()` is woken by setting its future directly, and a
+//! before the read that brought it returns, a waiting `recv()` is woken by setting its future directly, and a
 //! send is framed and written from the calling coroutine.
 //!
 //! * [`session`]: the reconnect supervisor (the retry rules of `crate::retry_state`, attempts, losses,
 //!   the end), driven by the loop's callbacks.
-//! * [`link`]: one TCP connection: the asyncio protocol, what the server sends, what is written.
+//! * [`link`]: one TCP connection: the asyncio protocol, what the server sends, what is written;
+//!   [`reader`]: its socket read from the loop's selector directly.
 //! * [`hooks`]: `url_for`, `on_connect` (and its `Handshake`) and the heartbeat's callables, run on
 //!   the loop.
 //! * [`timer`]: the connection's next deadline; [`loop_timers`]: the deadlines of a loop's connections
@@ -26,6 +28,8 @@ mod exceptions;
 mod hooks;
 mod link;
 mod loop_timers;
+#[cfg(unix)]
+mod reader;
 mod session;
 mod timer;
 
@@ -93,6 +97,7 @@ pub(super) struct Fx {
     writes: Vec<link::Outgoing>,
     /// Transports to close (true: abort, without flushing).
     closes: Vec<(Py<PyAny>, bool)>,
+    /// What reads a socket (`Link::reads`), to pause (true) or resume.
     reading: Vec<(Py<PyAny>, bool)>,
     resolve: Vec<(Arc<Slot>, Res)>,
     later: Vec<Later>,
@@ -166,11 +171,33 @@ pub(crate) struct Link {
     /// Bytes went through `transport.write` that it may still hold: until it says it holds none, the
     /// next bytes go the same way (behind them).
     pub buffered: bool,
+    /// Reads the socket in the transport's stead (see `reader`), where the loop can watch it.
+    #[cfg(unix)]
+    reader: Option<Py<reader::Reader>>,
 }
 
 impl Link {
     pub(super) fn new(id: u64, wire: Wire, ep: Endpoint) -> Link {
-        Link { id, transport: None, wire, ep, paused_writing: false, fd: None, buffered: false }
+        Link {
+            id,
+            transport: None,
+            wire,
+            ep,
+            paused_writing: false,
+            fd: None,
+            buffered: false,
+            #[cfg(unix)]
+            reader: None,
+        }
+    }
+
+    /// What reads the socket: the native reader, else the transport.
+    pub(super) fn reads(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        #[cfg(unix)]
+        if let Some(r) = &self.reader {
+            return Some(r.clone_ref(py).into_any());
+        }
+        self.transport.as_ref().map(|t| t.clone_ref(py))
     }
 }
 
@@ -860,18 +887,25 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // the application let go of a connection it did not close: its socket goes with it
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        let transports: Vec<Py<PyAny>> = inner
-            .link
-            .take()
-            .and_then(|l| l.transport)
-            .into_iter()
-            .chain(inner.draining.drain(..).map(|d| d.1))
-            .collect();
+        let armed = inner.timer.abandon();
+        let mut link = inner.link.take();
+        #[cfg(unix)]
+        let reader = link.as_mut().and_then(|l| l.reader.take());
+        let transports: Vec<Py<PyAny>> =
+            link.and_then(|l| l.transport).into_iter().chain(inner.draining.drain(..).map(|d| d.1)).collect();
         if let Some(f) = inner.watchdog_forward.take() {
             f.abort();
         }
         let subs = std::mem::take(self.subs.get_mut().unwrap_or_else(|p| p.into_inner()));
         super::with_python(|py| {
+            // its deadline leaves the loop's timers now, which close if it was the last
+            if let (Some(id), Some(el)) = (armed, self.el.get()) {
+                loop_timers::cancel(py, el.obj.bind(py), id);
+            }
+            #[cfg(unix)]
+            if let Some(r) = reader {
+                r.get().stop(py);
+            }
             for t in transports {
                 link::close_transport(py, t.bind(py), true);
             }

@@ -66,6 +66,11 @@ impl Timer {
         }
     }
 
+    /// The connection is gone: the id of its armed deadline, for the loop's timers to forget.
+    pub(crate) fn abandon(&mut self) -> Option<u64> {
+        self.armed.take().map(|a| a.1)
+    }
+
     /// Disarm (the connection ended). The cancel is made even with nothing armed: the loop's timers
     /// close when no connection needs them.
     pub(crate) fn stop(&mut self, fx: &mut Fx) {

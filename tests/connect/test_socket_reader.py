@@ -1,0 +1,201 @@
+"""A connection reads its socket itself: the loop runs tether's reader when the socket is readable (a
+watch on a duplicate of the transport's descriptor, the transport's own reading paused), not asyncio's
+`_read_ready`. The duplicate keeps the TCP connection open while it exists, so every way a link ends
+must close it: a close, a drop by the server, a close frame, a connection let go without a close, a loop
+closed under it; and reading must stop and start again with the application's inbound buffer."""
+
+import asyncio
+import gc
+import os
+import sys
+
+import pytest
+import websockets
+
+import tether
+from support import FAST, MS, drop, eventually
+from tether.testing import SignalServer
+
+needs_unix = pytest.mark.skipif(sys.platform == "win32", reason="the reader watches a POSIX descriptor")
+
+needs_proc = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="counts descriptors in /proc")
+
+CHUNK = 64 * 1024
+
+
+def tcp_fds() -> set[int]:
+    """This process's descriptors of TCP sockets (a duplicate counts as one more)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            with open(table) as f:
+                inodes |= {line.split()[9] for line in list(f)[1:]}
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            found.add(int(fd))
+    return found
+
+
+def tether_readers(loop: asyncio.AbstractEventLoop) -> set[int]:
+    """Descriptors asyncio's selector watches for reading with a tether callable, but the timer set's."""
+    return {
+        key.fd
+        for key in loop._selector.get_map().values()  # type: ignore[attr-defined]
+        if key.data[0] is not None
+        and type(key.data[0]._callback).__module__.startswith("tether")
+        and not is_timerfd(key.fd)
+    }
+
+
+def is_timerfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[timerfd]"
+    except OSError:
+        return False
+
+
+async def echoed(c, m: str) -> None:
+    """Send `m` and read until its echo: unconfirmed messages are sent again after a reconnect, so
+    their echoes may come first."""
+    await c.send(m)
+    while (got := await asyncio.wait_for(c.recv(), 10)) != m:
+        assert got < m, (got, m)
+
+
+def port_of(srv) -> int:
+    return srv.sockets[0].getsockname()[1]
+
+
+@needs_unix
+async def test_the_loop_runs_tethers_reader_for_each_connection(signal_server):
+    loop = asyncio.get_running_loop()
+    signal_server.echo(True)
+    base = tether_readers(loop)
+    conns = [await tether.connect(signal_server.url, **FAST) for _ in range(3)]
+    for i, c in enumerate(conns):
+        await c.send(f"m{i}")
+        assert await asyncio.wait_for(c.recv(), 5) == f"m{i}"
+    assert len(tether_readers(loop) - base) == 3
+    for c in conns:
+        await c.aclose()
+    assert tether_readers(loop) == base
+
+
+@needs_unix
+@needs_proc
+async def test_every_way_a_link_ends_leaves_no_descriptor():
+    """A drop (EOF or reset), a close frame from the server, the client's close: each link's duplicate
+    goes with it. Counted once the server is gone too, so only a descriptor tether kept can remain."""
+    before = tcp_fds()
+    async with SignalServer("127.0.0.1", 0) as srv:
+        srv.echo(True)
+        for _ in range(3):
+            c = await tether.connect(srv.url, **FAST)
+            await echoed(c, "a")
+            await drop(srv)
+            await echoed(c, "b")  # queued, delivered on the next link
+            await srv.wait_for(1)
+            assert srv.close(1001, "going away") == 1
+            await echoed(c, "c")
+            await c.aclose()
+    gc.collect()
+    await eventually(lambda: tcp_fds() <= before, what=f"TCP descriptors back to {sorted(before)}: {sorted(tcp_fds())}")
+
+
+async def let_go_without_close_ends_the_tcp_connection() -> None:
+    ended = asyncio.Event()
+
+    async def handler(ws):
+        try:
+            async for m in ws:
+                await ws.send(m)
+        except websockets.ConnectionClosed:
+            pass
+        ended.set()
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as srv:
+        c = await tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", **FAST)
+        await c.send("x")
+        assert await asyncio.wait_for(c.recv(), 5) == "x"
+        del c
+        gc.collect()
+        # the server sees the end: no duplicate descriptor keeps the socket open
+        await asyncio.wait_for(ended.wait(), 10)
+
+
+@needs_unix
+async def test_a_connection_let_go_without_close_ends_its_tcp_connection():
+    await let_go_without_close_ends_the_tcp_connection()
+
+
+@needs_unix
+async def test_reading_stops_while_the_inbound_buffer_is_full_and_starts_again_as_it_drains():
+    """More than the inbound buffer's 64 MiB, sent at once: tether stops watching the socket, then
+    watches it again once the application took half, and every message arrives, in order."""
+    # beyond the buffer, more than the kernel's socket buffers hold (up to 32 MiB + 4 MiB here); sent
+    # uncompressed, as compression would shrink them to almost nothing on the wire
+    n = (64 << 20) // CHUNK + (96 << 20) // CHUNK
+    server: list = []
+
+    async def burst(ws):
+        server.append(ws)
+        await ws.recv()
+        for i in range(n):
+            await ws.send(i.to_bytes(4, "big") + b"z" * (CHUNK - 4))
+        await ws.wait_closed()
+
+    async def reading_stopped(c) -> None:
+        """Nothing more read for a while, though the server has bytes still to write."""
+        last = -1
+        while c.stats()["bytes_in"] != last:
+            last = c.stats()["bytes_in"]
+            await asyncio.sleep(300 * MS)
+        assert server[0].transport.get_write_buffer_size() > 0
+
+    loop = asyncio.get_running_loop()
+    base = tether_readers(loop)
+    async with websockets.serve(burst, "127.0.0.1", 0, compression=None) as srv:
+        async with tether.connect(f"ws://127.0.0.1:{port_of(srv)}/", **FAST) as c:
+            mine = tether_readers(loop) - base
+            assert len(mine) == 1
+            await c.send("go")
+            await eventually(lambda: c.stats()["recv_queue"] >= (64 << 20) // CHUNK, what="a full buffer")
+            assert not mine & tether_readers(loop)
+            await reading_stopped(c)
+            # all of them, in order: reading starts again each time the application took half
+            for i in range(n):
+                m = await asyncio.wait_for(c.recv(), 10)
+                assert int.from_bytes(m[:4], "big") == i
+            assert mine <= tether_readers(loop)
+            assert c.state == "connected"
+
+
+@needs_proc
+def test_on_uvloop():
+    """uvloop refuses `add_reader` on a descriptor its transport owns, as asyncio does; the duplicate
+    is watched there too, and goes with the connection."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        before = tcp_fds()
+        async with SignalServer("127.0.0.1", 0) as srv:
+            srv.echo(True)
+            async with tether.connect(srv.url, **FAST) as c:
+                for i in range(100):
+                    await echoed(c, f"m{i:03}")
+                await drop(srv)
+                await echoed(c, "n")
+        await let_go_without_close_ends_the_tcp_connection()
+        gc.collect()
+        await eventually(lambda: tcp_fds() <= before, what=f"TCP descriptors back to {sorted(before)}")
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
