@@ -90,7 +90,7 @@ where
             Ok(Poll::Ready(r)) => Ok(First::Ready(completer::to_py(py, r?)?)),
             Ok(Poll::Pending) => {
                 let (event_loop, completer) = completer::for_running_loop(py)?;
-                let fut = event_loop.call_method0(intern!(py, "create_future"))?;
+                let fut = new_future(&event_loop)?;
                 let rest =
                     AssertUnwindSafe(self).catch_unwind().map(|r| r.unwrap_or_else(|p| Err(completer::panicked(p))));
                 completer.watch(&fut, parked.clone(), rest)?;
@@ -136,12 +136,44 @@ impl Body for OnSlot {
             Some(h) if h.thread == std::thread::current().id() => h.event_loop.bind(py).clone(),
             _ => super::completer::running_loop(py)?,
         };
-        let fut = event_loop.call_method0(intern!(py, "create_future"))?;
+        let fut = new_future(&event_loop)?;
         match slot.wait_on(&fut)? {
             Some(r) => r.map(First::Ready),
             None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None, again: None })),
         }
     }
+}
+
+/// `loop.create_future()`. asyncio's is a method in Python that only calls `Future(loop=loop)`, so for
+/// a loop that keeps it the future is made directly, a Python frame less per wait; a loop with its own
+/// (uvloop's, a test's) is asked.
+fn new_future<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    thread_local! {
+        /// The last loop type seen, held so its address is not reused, and whether it keeps asyncio's.
+        static LAST: std::cell::RefCell<Option<(Py<PyType>, bool)>> = const { std::cell::RefCell::new(None) };
+    }
+    static BASE: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+    let py = event_loop.py();
+    let (base_create, future) = BASE.get_or_try_init(py, || -> PyResult<_> {
+        let base = py.import("asyncio.base_events")?.getattr("BaseEventLoop")?.getattr("create_future")?;
+        Ok((base.unbind(), py.import("asyncio.futures")?.getattr("Future")?.unbind()))
+    })?;
+    let ty = event_loop.get_type();
+    let known = LAST.with(|l| l.borrow().as_ref().filter(|(t, _)| t.is(&ty)).map(|(_, plain)| *plain));
+    let plain = match known {
+        Some(plain) => plain,
+        None => {
+            let plain = ty.getattr(intern!(py, "create_future")).is_ok_and(|f| f.is(base_create));
+            LAST.with(|l| *l.borrow_mut() = Some((ty.unbind(), plain)));
+            plain
+        }
+    };
+    if plain {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "loop"), event_loop)?;
+        return future.bind(py).call((), Some(&kwargs));
+    }
+    event_loop.call_method0(intern!(py, "create_future"))
 }
 
 /// Work for when a slot's waiter went away: it must not call into Python or take a lock that is held
