@@ -162,14 +162,20 @@ impl Conn {
         #[cfg(unix)]
         let reader = fd.and_then(|fd| super::reader::Reader::start(py, self, id, transport, fd));
         self.with(py, |c, st, fx| {
-            st.phase = Phase::Upgrading;
-            if let Some(l) = st.link.as_mut() {
-                l.fd = fd;
+            let Some(link) = st.link.as_mut().filter(|l| l.id == id) else {
+                // the attempt ended while the socket was being set up (its transport is closed with it)
                 #[cfg(unix)]
-                {
-                    l.reader = reader;
+                if let Some(r) = reader {
+                    fx.later(move |py, _| r.get().stop(py));
                 }
+                return;
+            };
+            link.fd = fd;
+            #[cfg(unix)]
+            {
+                link.reader = reader;
             }
+            st.phase = Phase::Upgrading;
             if let Some(a) = st.attempt.as_mut() {
                 a.task = None;
             }
@@ -192,12 +198,15 @@ impl Conn {
         });
     }
 
-    pub(super) fn on_data(self: &Arc<Self>, py: Python<'_>, id: u64, data: &[u8]) {
+    /// Bytes read from link `id`; false if that link is not the current one any more.
+    pub(super) fn on_data(self: &Arc<Self>, py: Python<'_>, id: u64, data: &[u8]) -> bool {
         self.with(py, |c, st, fx| {
-            if st.link.as_ref().is_some_and(|l| l.id == id && l.transport.is_some()) {
+            let current = st.link.as_ref().is_some_and(|l| l.id == id && l.transport.is_some());
+            if current {
                 c.feed(py, st, fx, Some(data));
             }
-        });
+            current
+        })
     }
 
     /// What the server sent (`None`: go on with what a pause kept), routed by the phase.

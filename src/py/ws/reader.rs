@@ -102,7 +102,11 @@ impl Reader {
         // SAFETY: `data` is valid for its length; `fd` is open until `stop`, which runs on this thread
         let n = unsafe { libc::recv(fd, data.as_mut_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
         if n > 0 {
-            return conn.on_data(py, self.id, &data[..n as usize]);
+            if !conn.on_data(py, self.id, &data[..n as usize]) {
+                // a link left behind (it ended while it was being set up): nothing reads for it
+                self.stop(py);
+            }
+            return;
         }
         if n == 0 {
             return self.end(py, &conn, End::Eof);
