@@ -7,13 +7,11 @@ import asyncio
 import gc
 import os
 import sys
-import time
 
 import pytest
 
 import tether
-from support import FAST, collect, eventually, first_of, policy
-from tether import events as ev
+from support import FAST, frozen_server_is_detected_and_recovered
 from tether.testing import SignalServer
 
 needs_linux = pytest.mark.skipif(sys.platform != "linux", reason="timerfd is Linux's")
@@ -32,25 +30,6 @@ def timerfds() -> int:
         except OSError:
             pass
     return n
-
-
-async def frozen_server_is_detected_and_recovered(srv: SignalServer) -> None:
-    """The deadlines at work: a ping that gets no answer ends the link (ping timeout), the reconnect
-    waits out its backoff, and the link comes back."""
-    got: list[object] = []
-    async with tether.connect(srv.url, policy=policy(), **FAST) as c:
-        watcher = asyncio.ensure_future(collect(c.events(), got))
-        await srv.wait_for(1)
-        t0 = time.monotonic()
-        srv.freeze()
-        lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
-        assert "ping timeout" in lost.reason, lost.reason
-        assert time.monotonic() - t0 < FAST["ping_interval"] + FAST["ping_timeout"] + 2.0
-        srv.unfreeze()
-        await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
-        await c.send("after")
-        assert await c.recv() == "after"
-    await asyncio.wait_for(watcher, 5)
 
 
 @needs_linux

@@ -7,7 +7,18 @@ import time
 import pytest
 
 import tether
-from support import FAST, MS, collect, drop, eventually, first_of, policy, records, returns_at_once
+from support import (
+    FAST,
+    MS,
+    collect,
+    drop,
+    eventually,
+    first_of,
+    frozen_server_is_detected_and_recovered,
+    policy,
+    records,
+    returns_at_once,
+)
 from tether import events as ev
 
 
@@ -44,19 +55,7 @@ async def test_server_drop_is_reported_once_and_reconnects(signal_server):
 
 
 async def test_frozen_server_detected_by_ping_timeout(signal_server):
-    got = []
-    async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
-        watcher = asyncio.ensure_future(collect(c.events(), got))
-        await signal_server.wait_for(1)
-        t0 = time.monotonic()
-        signal_server.freeze()
-        lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
-        detect = time.monotonic() - t0
-        assert "ping timeout" in lost.reason
-        assert detect < FAST["ping_interval"] + FAST["ping_timeout"] + 2.0  # interval + timeout + generous slack
-        signal_server.unfreeze()
-        await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
-    await asyncio.wait_for(watcher, 5)
+    await frozen_server_is_detected_and_recovered(signal_server)
 
 
 async def test_close_codes_retry_and_fatal(signal_server):

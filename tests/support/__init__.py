@@ -80,6 +80,31 @@ async def collect(stream: AsyncIterable[Any], into: list[Any]) -> None:
         into.append(item)
 
 
+async def frozen_server_is_detected_and_recovered(srv: Any) -> None:
+    """A SignalServer that stops answering: the ping that gets no answer ends the link (ping timeout)
+    within interval + timeout (and slack), the reconnect waits out its backoff, and the link comes back
+    and carries a message again."""
+    import time
+
+    import tether
+    from tether import events as ev
+
+    got: list[Any] = []
+    async with tether.connect(srv.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect(c.events(), got))
+        await srv.wait_for(1)
+        t0 = time.monotonic()
+        srv.freeze()
+        lost = await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
+        assert "ping timeout" in lost.reason, lost.reason
+        assert time.monotonic() - t0 < FAST["ping_interval"] + FAST["ping_timeout"] + 2.0
+        srv.unfreeze()
+        await eventually(lambda: first_of(got, ev.Reconnected), what="Reconnected")
+        await c.send("after")
+        assert await c.recv() == "after"
+    await asyncio.wait_for(watcher, 5)
+
+
 def running(pid: int) -> bool:
     """Whether process ``pid`` is alive and not a zombie (Linux)."""
     try:
