@@ -19,14 +19,8 @@ use crate::ws::upgrade::Refusal;
 use crate::ws::wire::{WireError, WireEvent};
 use crate::ws::WsError;
 
+use super::reader::{read_buffer, End};
 use super::{Conn, Fx, Goodbye, Inner, Phase, Res, LOG};
-
-/// How the server ended the TCP connection.
-pub(super) enum End {
-    Eof,
-    Reset,
-    Error(String),
-}
 
 impl Conn {
     /// Leave the current TCP connection (later callbacks of it are ignored).
@@ -676,25 +670,6 @@ fn os_error_text(py: Python<'_>, exc: &Bound<'_, PyAny>) -> String {
     }
 }
 
-/// Bytes read per call into the shared buffer: a flood is read in few system calls.
-const READ_SIZE: usize = 256 << 10;
-
-thread_local! {
-    static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> = const { std::cell::RefCell::new(None) };
-}
-
-pub(super) fn read_buffer(py: Python<'_>) -> PyResult<Py<PyByteArray>> {
-    READ_BUFFER.with(|b| {
-        let mut b = b.borrow_mut();
-        if let Some(buf) = b.as_ref() {
-            return Ok(buf.clone_ref(py));
-        }
-        let buf = PyByteArray::new_with(py, READ_SIZE, |_| Ok(()))?.unbind();
-        *b = Some(buf.clone_ref(py));
-        Ok(buf)
-    })
-}
-
 /// The native side of the asyncio protocol of one TCP connection: its methods are installed on a
 /// `tether._wire.Wire` (a `BufferedProtocol`, so the transport reads into `get_buffer`).
 #[pyclass(module = "tether._native", frozen)]
@@ -712,8 +687,7 @@ impl WireProtocol {
         }
     }
 
-    /// Where the transport reads to: one buffer per loop thread, shared by its connections (each
-    /// read is handled before the next one is made).
+    /// Where the transport reads to (`read_buffer`).
     fn get_buffer(&self, py: Python<'_>, _sizehint: isize) -> PyResult<Py<PyByteArray>> {
         read_buffer(py)
     }

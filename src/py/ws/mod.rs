@@ -28,7 +28,6 @@ mod exceptions;
 mod hooks;
 mod link;
 mod loop_timers;
-#[cfg(unix)]
 mod reader;
 mod session;
 mod timer;

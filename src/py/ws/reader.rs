@@ -1,7 +1,9 @@
-//! Reading a connection's socket from the loop's selector directly. asyncio's transport reads through
-//! two Python frames per readable event (`_read_ready`, `_read_ready__get_buffer`, then `recv_into` and
-//! the protocol's `get_buffer` and `buffer_updated`); a `Reader` is the callable the loop runs instead:
-//! one `recv(2)` into the thread's read buffer, then the bytes go to the connection.
+//! Reading a connection's socket: the thread's read buffer, how a read can end, and the `Reader`.
+//!
+//! asyncio's transport reads through two Python frames per readable event (`_read_ready`,
+//! `_read_ready__get_buffer`, then `recv_into` and the protocol's `get_buffer` and `buffer_updated`); a
+//! `Reader` is the callable the loop runs instead, where it can watch a descriptor (`add_reader`): one
+//! `recv(2)` into the thread's read buffer, then the bytes go to the connection.
 //!
 //! The transport keeps the socket and everything but reading (writes it holds, flow control, close):
 //! its reading is paused, and the reader watches a duplicate of its descriptor, since asyncio and uvloop
@@ -9,14 +11,46 @@
 //! is closed whenever the link goes: with the transport (`stop`), at the end of what can be read, or
 //! when the connection itself is gone.
 
+#[cfg(unix)]
 use std::sync::atomic::{AtomicI32, Ordering};
+#[cfg(unix)]
 use std::sync::{Arc, Weak};
 
 use pyo3::prelude::*;
+use pyo3::types::PyByteArray;
 
-use super::link::{read_buffer, End};
+#[cfg(unix)]
 use super::Conn;
 
+/// How the server ended the TCP connection.
+pub(super) enum End {
+    Eof,
+    Reset,
+    Error(String),
+}
+
+/// Bytes read per call into the shared buffer: a flood is read in few system calls.
+const READ_SIZE: usize = 256 << 10;
+
+thread_local! {
+    static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Where every read of the thread lands, the reader's and a transport's (`get_buffer`): one buffer per
+/// loop thread, shared by its connections, as each read is handled before the next one is made.
+pub(super) fn read_buffer(py: Python<'_>) -> PyResult<Py<PyByteArray>> {
+    READ_BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        if let Some(buf) = b.as_ref() {
+            return Ok(buf.clone_ref(py));
+        }
+        let buf = PyByteArray::new_with(py, READ_SIZE, |_| Ok(()))?.unbind();
+        *b = Some(buf.clone_ref(py));
+        Ok(buf)
+    })
+}
+
+#[cfg(unix)]
 #[pyclass(module = "tether._native", frozen)]
 pub(super) struct Reader {
     conn: Weak<Conn>,
@@ -26,6 +60,7 @@ pub(super) struct Reader {
     event_loop: Py<PyAny>,
 }
 
+#[cfg(unix)]
 impl Reader {
     /// Read the socket `fd` of `transport` (link `id`) in the transport's stead. None where the loop
     /// cannot watch a descriptor (a loop without `add_reader`): the transport keeps reading.
@@ -85,6 +120,7 @@ impl Reader {
     }
 }
 
+#[cfg(unix)]
 #[pymethods]
 impl Reader {
     /// The socket is readable.
@@ -137,6 +173,7 @@ impl Reader {
     }
 }
 
+#[cfg(unix)]
 impl Drop for Reader {
     fn drop(&mut self) {
         // no loop holds it any more (it is dropped only once unwatched, or with its loop)
