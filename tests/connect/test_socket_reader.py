@@ -13,7 +13,8 @@ import pytest
 import websockets
 
 import tether
-from support import FAST, MS, drop, eventually
+from support import FAST, MS, collect, drop, eventually, first_of, policy
+from tether import events as ev
 from tether.testing import SignalServer
 
 needs_unix = pytest.mark.skipif(sys.platform == "win32", reason="the reader watches a POSIX descriptor")
@@ -39,6 +40,39 @@ def tcp_fds() -> set[int]:
         if link.startswith("socket:[") and link[8:-1] in inodes:
             found.add(int(fd))
     return found
+
+
+def client_sockets(port: int) -> dict[str, int]:
+    """This process's descriptors of each established TCP socket connected to `port` on loopback, by
+    socket inode: a connection that reads its socket itself holds two (the transport's and the
+    duplicate its reader watches)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            with open(table) as f:
+                for line in list(f)[1:]:
+                    fields = line.split()
+                    if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                        inodes.add(fields[9])
+    found: dict[str, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            found[link[8:-1]] = found.get(link[8:-1], 0) + 1
+    return found
+
+
+def transports_reading(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Descriptors the transports of tether's connections still read themselves."""
+    return [
+        key.fd
+        for key in loop._selector.get_map().values()  # type: ignore[attr-defined]
+        if key.data[0] is not None
+        and type(getattr(getattr(key.data[0]._callback, "__self__", None), "_protocol", None)).__name__ == "Wire"
+    ]
 
 
 def tether_readers(loop: asyncio.AbstractEventLoop) -> set[int]:
@@ -81,9 +115,31 @@ async def test_the_loop_runs_tethers_reader_for_each_connection(signal_server):
         await c.send(f"m{i}")
         assert await asyncio.wait_for(c.recv(), 5) == f"m{i}"
     assert len(tether_readers(loop) - base) == 3
+    assert transports_reading(loop) == []  # each transport's own reading is paused
+    assert sorted(client_sockets(signal_server.port).values()) == [2, 2, 2]
     for c in conns:
         await c.aclose()
     assert tether_readers(loop) == base
+    await eventually(lambda: not client_sockets(signal_server.port), what="the sockets closed")
+
+
+@needs_unix
+@needs_proc
+async def test_a_link_lost_to_a_silent_server_closes_its_socket(signal_server):
+    """The server stops answering and never closes: the ping timeout ends the link, and its socket is
+    closed then, duplicate included, though nothing more will ever be read from it."""
+    signal_server.echo(True)
+    got: list = []
+    async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
+        watcher = asyncio.ensure_future(collect(c.events(), got))
+        await echoed(c, "a")
+        ((inode, n),) = client_sockets(signal_server.port).items()
+        assert n == 2
+        signal_server.freeze()
+        await eventually(lambda: first_of(got, ev.ConnectionLost), what="ConnectionLost")
+        await eventually(lambda: inode not in client_sockets(signal_server.port), what="the lost link's socket closed")
+        signal_server.unfreeze()
+    await asyncio.wait_for(watcher, 5)
 
 
 @needs_unix
@@ -186,6 +242,8 @@ def test_on_uvloop():
         async with SignalServer("127.0.0.1", 0) as srv:
             srv.echo(True)
             async with tether.connect(srv.url, **FAST) as c:
+                await echoed(c, "m")
+                assert list(client_sockets(srv.port).values()) == [2]  # the reader's duplicate
                 for i in range(100):
                     await echoed(c, f"m{i:03}")
                 await drop(srv)

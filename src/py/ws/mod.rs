@@ -887,6 +887,7 @@ impl Drop for Conn {
         // the application let go of a connection it did not close: its socket goes with it
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         let armed = inner.timer.abandon();
+        #[cfg_attr(not(unix), allow(unused_mut))] // the reader is taken out on unix
         let mut link = inner.link.take();
         #[cfg(unix)]
         let reader = link.as_mut().and_then(|l| l.reader.take());

@@ -84,18 +84,21 @@ impl Reader {
         )
         .ok()?;
         let watched = el.call_method1(pyo3::intern!(py, "add_reader"), (dup, reader.clone_ref(py))).is_ok();
-        let paused = watched
-            .then(|| transport.getattr(pyo3::intern!(py, "pause_reading")).and_then(|p| p.call0().map(|_| p)).ok())
+        // the transport's reading is paused one loop turn later, once it started: a pause from
+        // `connection_made` is undone before Python 3.11.4 (python/cpython#103607), and then a full
+        // inbound buffer would pause only this reader. Until then both read, and the connection gets the
+        // same bytes in the same order either way.
+        let scheduled = watched
+            .then(|| {
+                let pause = transport.getattr(pyo3::intern!(py, "pause_reading")).ok()?;
+                el.call_method1(pyo3::intern!(py, "call_soon"), (pause,)).ok()
+            })
             .flatten();
-        let Some(pause) = paused else {
+        if scheduled.is_none() {
             // the transport reads, as it would without a reader
             reader.get().stop(py);
             return None;
-        };
-        // again once the loop ran the transport's start: before Python 3.11.4 asyncio starts reading after
-        // `connection_made` even when it paused (python/cpython#103607). Both reads would still feed the
-        // connection in order, but a full inbound buffer would pause only this one.
-        let _ = el.call_method1(pyo3::intern!(py, "call_soon"), (pause,));
+        }
         Some(reader)
     }
 
