@@ -7,13 +7,14 @@ closed under it; and reading must stop and start again with the application's in
 import asyncio
 import gc
 import os
+import subprocess
 import sys
 
 import pytest
 import websockets
 
 import tether
-from support import FAST, MS, collect, drop, eventually, first_of, policy
+from support import FAST, MS, collect, drop, eventually, first_of, other_cpythons, policy
 from tether import events as ev
 from tether.testing import SignalServer
 
@@ -257,3 +258,67 @@ def test_on_uvloop():
         loop.run_until_complete(asyncio.wait_for(main(), 60))
     finally:
         loop.close()
+
+
+EVERY_CPYTHON = """
+import asyncio, sys
+import tether
+from tether.testing import SignalServer
+
+
+def reading(loop):
+    # (tether readers, transports reading) among the selector's watches
+    mine, transports = 0, 0
+    for key in loop._selector.get_map().values():
+        h = key.data[0]
+        if h is None:
+            continue
+        mine += type(h._callback).__name__ == "Reader"
+        transports += type(getattr(getattr(h._callback, "__self__", None), "_protocol", None)).__name__ == "Wire"
+    return mine, transports
+
+
+async def main():
+    loop = asyncio.get_running_loop()
+    async with SignalServer("127.0.0.1", 0) as srv:
+        srv.echo(True)
+        async with tether.connect(srv.url, ping_interval=0.2, ping_timeout=0.5) as c:
+            await c.send("x")
+            assert await c.recv() == "x"
+            assert reading(loop) == (1, 0), reading(loop)
+            srv.flood(N, 65536)
+            last = -1
+            while c.stats()["bytes_in"] != last:
+                last = c.stats()["bytes_in"]
+                await asyncio.sleep(0.3)
+            # the inbound buffer is full: nothing reads the socket any more
+            assert reading(loop) == (0, 0), reading(loop)
+            assert c.stats()["recv_queue"] < N
+            for _ in range(N):
+                await asyncio.wait_for(c.recv(), 10)
+            assert c.state == "connected"
+
+
+N = 1600
+asyncio.run(asyncio.wait_for(main(), 60))
+"""
+
+
+@needs_unix
+def test_on_every_cpython():
+    """The transport's reading stays paused on every CPython this machine has: before 3.11.4 asyncio
+    undoes a pause made in `connection_made` (python/cpython#103607), and a transport that still read
+    would keep reading when the inbound buffer is full (64 MiB here, then a flood of 100 MiB)."""
+    pythons = other_cpythons()
+    if not pythons:
+        pytest.skip("no other CPython >= 3.10 on this machine")
+    package = os.path.dirname(os.path.dirname(tether.__file__))
+    for exe in pythons:
+        out = subprocess.run(
+            [exe, "-c", EVERY_CPYTHON],
+            env={**os.environ, "PYTHONPATH": package},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, (exe, out.stderr[-2000:])

@@ -8,17 +8,15 @@ import itertools
 import json
 import linecache
 import logging
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
 import types
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
+from support import other_cpythons
 from tether.integrations._patch import (
     Checks,
     Integration,
@@ -306,28 +304,6 @@ print(json.dumps([mod.source_fingerprint(s) for s in json.load(sys.stdin)]))
 """
 
 
-def _other_pythons() -> list[str]:
-    """CPython 3.10+ interpreters on this machine besides the one running the tests (PATH, pyenv)."""
-    found: dict[str, str] = {}
-    candidates = [shutil.which(f"python3.{minor}") for minor in range(10, 20)]
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    candidates += sorted(str(p) for p in pyenv.glob("3.1*/bin/python3"))
-    for exe in filter(None, candidates):
-        try:
-            out = subprocess.run(
-                [exe, "-c", "import sys; print(sys.version_info[:2] >= (3, 10), sys.version.split()[0])"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        ok, _, ver = out.stdout.strip().partition(" ")
-        if out.returncode == 0 and ok == "True" and ver.rsplit(".", 1)[0] != "{}.{}".format(*sys.version_info[:2]):
-            found.setdefault(ver.rsplit(".", 1)[0], exe)
-    return list(found.values())
-
-
 def test_fingerprint_is_the_same_on_every_cpython():
     """The fingerprints declared by the integrations are taken on one CPython and checked on all: the
     token stream of one source must not depend on the minor (3.12 tokenizes f-strings in parts)."""
@@ -337,7 +313,7 @@ def test_fingerprint_is_the_same_on_every_cpython():
     sources = [inspect.getsource(from_source(s, "K").method) for s in (_TRICKY, edited)]
     here = [source_fingerprint(s) for s in sources]
     assert here[0] == here[1]
-    pythons = _other_pythons()
+    pythons = other_cpythons()
     if not pythons:
         pytest.skip("no other CPython >= 3.10 on this machine")
     import tether.integrations._patch as patch_module

@@ -8,7 +8,12 @@ in subprocesses against framework releases installed aside, import the fakes fro
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -154,3 +159,25 @@ class RawServer:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
+
+
+def other_cpythons() -> list[str]:
+    """CPython 3.10+ interpreters on this machine besides the one running the tests (PATH, pyenv)."""
+    found: dict[str, str] = {}
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(10, 20)]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += sorted(str(p) for p in pyenv.glob("3.1*/bin/python3"))
+    for exe in filter(None, candidates):
+        try:
+            out = subprocess.run(
+                [exe, "-c", "import sys; print(sys.version_info[:2] >= (3, 10), sys.version.split()[0])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        ok, _, ver = out.stdout.strip().partition(" ")
+        if out.returncode == 0 and ok == "True" and ver.rsplit(".", 1)[0] != "{}.{}".format(*sys.version_info[:2]):
+            found.setdefault(ver.rsplit(".", 1)[0], exe)
+    return list(found.values())
