@@ -25,44 +25,42 @@ needs_proc = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="cou
 CHUNK = 64 * 1024
 
 
-def tcp_fds() -> set[int]:
-    """This process's descriptors of TCP sockets (a duplicate counts as one more)."""
-    inodes: set[str] = set()
+def tcp_rows() -> list[list[str]]:
+    """The kernel's TCP sockets (`/proc/net/tcp` and `tcp6`), one row of fields each."""
+    rows = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         if os.path.exists(table):
             with open(table) as f:
-                inodes |= {line.split()[9] for line in list(f)[1:]}
-    found = set()
+                rows += [line.split() for line in list(f)[1:]]
+    return rows
+
+
+def fds_of(inodes: set[str]) -> dict[int, str]:
+    """This process's descriptors of the sockets `inodes`, with the inode each refers to."""
+    found = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
             link = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
         if link.startswith("socket:[") and link[8:-1] in inodes:
-            found.add(int(fd))
+            found[int(fd)] = link[8:-1]
     return found
+
+
+def tcp_fds() -> set[int]:
+    """This process's descriptors of TCP sockets (a duplicate counts as one more)."""
+    return set(fds_of({row[9] for row in tcp_rows()}))
 
 
 def client_sockets(port: int) -> dict[str, int]:
     """This process's descriptors of each established TCP socket connected to `port` on loopback, by
     socket inode: a connection that reads its socket itself holds two (the transport's and the
     duplicate its reader watches)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        if os.path.exists(table):
-            with open(table) as f:
-                for line in list(f)[1:]:
-                    fields = line.split()
-                    if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                        inodes.add(fields[9])
+    inodes = {row[9] for row in tcp_rows() if int(row[2].rsplit(":", 1)[1], 16) == port and row[3] == "01"}
     found: dict[str, int] = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:[") and link[8:-1] in inodes:
-            found[link[8:-1]] = found.get(link[8:-1], 0) + 1
+    for inode in fds_of(inodes).values():
+        found[inode] = found.get(inode, 0) + 1
     return found
 
 
