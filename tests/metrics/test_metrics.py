@@ -240,7 +240,13 @@ async def test_sends_unconfirmed_at_a_loss_are_counted_as_resent(otel, chaos_pro
     await next_event(evs, ev.Reconnected)
     await asyncio.wait_for(c.flush(), 10)
     await c.aclose()
-    assert otel.value("tether.connection.losses", name="resend-test", reason="reset") == 1
+    # one loss. Its reason is mostly "reset", but not always: the kernel reports the proxy's RST to one
+    # call on the socket only, after which a read sees an EOF and a write a broken pipe (1-3 runs in 20,
+    # with the transport reading as with tether's reader)
+    losses = [
+        (a["reason"], v) for a, v in otel.collect().get("tether.connection.losses", []) if a["name"] == "resend-test"
+    ]
+    assert len(losses) == 1 and losses[0][1] == 1 and losses[0][0] in ("reset", "eof", "io_error"), losses
     assert otel.value("tether.connection.sends.resent", name="resend-test") == 3
     assert otel.value("tether.connection.sends.unconfirmed", name="resend-test") == 0
 

@@ -84,20 +84,19 @@ impl Reader {
         )
         .ok()?;
         let watched = el.call_method1(pyo3::intern!(py, "add_reader"), (dup, reader.clone_ref(py))).is_ok();
-        // the transport's reading is paused one loop turn later, once it started: a pause from
-        // `connection_made` is undone before Python 3.11.4 (python/cpython#103607), and then a full
-        // inbound buffer would pause only this reader. Until then both read, and the connection gets the
-        // same bytes in the same order either way.
-        let scheduled = watched
-            .then(|| {
-                let pause = transport.getattr(pyo3::intern!(py, "pause_reading")).ok()?;
-                el.call_method1(pyo3::intern!(py, "call_soon"), (pause,)).ok()
-            })
-            .flatten();
-        if scheduled.is_none() {
+        let paused = watched && transport.call_method0(pyo3::intern!(py, "pause_reading")).is_ok();
+        if !paused {
             // the transport reads, as it would without a reader
             reader.get().stop(py);
             return None;
+        }
+        if pause_is_undone(py) {
+            // before Python 3.11.4 asyncio starts the transport's reading after `connection_made` even
+            // when it paused there (python/cpython#103607): paused again once that ran, else a full
+            // inbound buffer would pause only this reader (meanwhile both read: the same bytes, in order)
+            if let Ok(again) = Py::new(py, PauseAgain(transport.clone().unbind())) {
+                let _ = el.call_method1(pyo3::intern!(py, "call_soon"), (again,));
+            }
         }
         Some(reader)
     }
@@ -173,6 +172,35 @@ impl Reader {
             let py = slf.py();
             let _ = me.event_loop.bind(py).call_method1(pyo3::intern!(py, "add_reader"), (fd, slf));
         }
+    }
+}
+
+/// Whether this Python undoes a pause made in `connection_made` (CPython before 3.11.4).
+#[cfg(unix)]
+fn pause_is_undone(py: Python<'_>) -> bool {
+    static UNDONE: pyo3::sync::PyOnceLock<bool> = pyo3::sync::PyOnceLock::new();
+    *UNDONE.get_or_init(py, || {
+        let v = py.version_info();
+        (v.major, v.minor, v.patch) < (3, 11, 4)
+    })
+}
+
+/// The transport's reading, paused again one loop turn after `connection_made` (see `pause_is_undone`):
+/// resumed first, since its pause flag is set though it reads.
+#[cfg(unix)]
+#[pyclass(module = "tether._native", frozen)]
+struct PauseAgain(Py<PyAny>);
+
+#[cfg(unix)]
+#[pymethods]
+impl PauseAgain {
+    fn __call__(&self, py: Python<'_>) {
+        let t = self.0.bind(py);
+        if t.call_method0(pyo3::intern!(py, "is_closing")).and_then(|c| c.is_truthy()).unwrap_or(true) {
+            return;
+        }
+        let _ = t.call_method0(pyo3::intern!(py, "resume_reading"));
+        let _ = t.call_method0(pyo3::intern!(py, "pause_reading"));
     }
 }
 
