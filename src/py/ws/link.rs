@@ -28,7 +28,7 @@ impl Conn {
         let Some(mut link) = st.link.take() else { return };
         #[cfg(unix)]
         if let Some(r) = link.reader.take() {
-            fx.later(move |py, _| r.get().stop(py));
+            super::reader::Reader::stop_later(r, fx);
         }
         let Some(transport) = link.transport.take() else {
             return; // still connecting: the task is cancelled with the attempt
@@ -160,7 +160,7 @@ impl Conn {
                 // the attempt ended while the socket was being set up (its transport is closed with it)
                 #[cfg(unix)]
                 if let Some(r) = reader {
-                    fx.later(move |py, _| r.get().stop(py));
+                    super::reader::Reader::stop_later(r, fx);
                 }
                 return;
             };

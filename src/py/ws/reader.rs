@@ -115,6 +115,11 @@ impl Reader {
         }
     }
 
+    /// `stop`, once the connection's lock is released (with the link's other effects).
+    pub(super) fn stop_later(reader: Py<Reader>, fx: &mut super::Fx) {
+        fx.later(move |py, _| reader.get().stop(py));
+    }
+
     fn end(&self, py: Python<'_>, conn: &Arc<Conn>, end: End) {
         // a socket at its end stays readable: stop before the connection decides what to do
         self.stop(py);
