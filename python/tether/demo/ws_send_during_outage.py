@@ -26,7 +26,10 @@ async def run(tl):
             w = watch(conn, tl)
             tl.fault("server goes away (connections refused)")
             srv.listening(False)
-            srv.drop()
+            # the server counts a connection once it has answered its handshake, which can be just after
+            # connect() returns: a drop before that would find nothing to drop
+            await srv.wait_for(1)
+            assert srv.drop() == 1
             await until(lambda: conn.state == "reconnecting")
             sends = [asyncio.ensure_future(conn.send(f"offer-{i}")) for i in range(10)]
             await asyncio.sleep(0.3)
