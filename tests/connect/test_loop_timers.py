@@ -130,3 +130,27 @@ async def test_a_connection_let_go_without_close_takes_its_deadline_along(signal
     del c
     gc.collect()
     assert timerfds() == during - 1
+
+
+@needs_linux
+async def test_a_connection_let_go_on_another_thread_is_taken_down_on_its_loop(signal_server):
+    """The last reference dropped on another thread (an audio thread that held the connection): asyncio's
+    objects belong to the loop, so the reader's watch, the socket and the deadline are taken down there,
+    at the loop's next turn, not left to the next deadline (30 s here) or done from the wrong thread."""
+    loop = asyncio.get_running_loop()
+    signal_server.echo(True)
+    box = [await tether.connect(signal_server.url, ping_interval=30)]
+    await box[0].send("x")
+    assert await asyncio.wait_for(box[0].recv(), 5) == "x"
+    during = timerfds()
+    watched = len(loop._selector.get_map())  # type: ignore[attr-defined]
+
+    def let_go() -> None:
+        box.clear()
+        gc.collect()
+
+    await loop.run_in_executor(None, let_go)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert timerfds() == during - 1
+    assert len(loop._selector.get_map()) == watched - 2  # type: ignore[attr-defined]  # the reader's and the timerfd's

@@ -5,6 +5,7 @@ same lists from every call that raises it. Against servers tether did not write:
 Sans-I/O server of tests/support/flapping_server.py, a raw asyncio server, and a `websockets` server."""
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -160,6 +161,29 @@ async def test_a_final_close_names_every_message_the_server_never_confirmed():
     assert (e.code, e.messages, e.failures) == (1000, ["a", "b", "c"], [])
     assert again.messages == late.value.messages == e.messages
     assert "3 sent message(s) never confirmed by the server (#1..#3" in str(e), str(e)
+
+
+async def test_sends_left_waiting_on_a_connection_let_go_without_close_end_naming_what_it_never_delivered():
+    """`asyncio.create_task(conn.send(m))` waits while the send buffer is half full; the application then
+    lets go of the connection without `aclose`. The tasks hold the sends, not the connection: each ends
+    with ConnectionClosed (1006, no close frame) naming the messages the server never confirmed, where
+    before they waited forever."""
+    async with ReadsWithoutConfirming(100) as srv:
+        conn = await tether.connect(srv.url, send_buffer=8, **fast())
+        for i in range(4):
+            await conn.send(f"m{i}")  # resolved: below half the buffer
+        tasks = [asyncio.create_task(conn.send(f"m{i}")) for i in range(4, 8)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in tasks)
+        del conn
+        gc.collect()
+        done, pending = await asyncio.wait(tasks, timeout=10)
+    assert not pending, "sends waiting on a connection let go were never told"
+    for t in tasks:
+        e = t.exception()
+        assert isinstance(e, tether.ConnectionClosed), repr(e)
+        assert e.code == 1006 and e.messages == [f"m{i}" for i in range(8)], (e.code, e.messages)
+        assert "let go without close()" in str(e) and "8 sent message(s) never confirmed" in str(e), str(e)
 
 
 async def test_aclose_never_raises_and_names_what_it_could_not_deliver_afterwards(caplog):

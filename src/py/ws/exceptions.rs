@@ -28,6 +28,15 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) ->
             let _ = kw.set_item("code", 1000);
             Class::ConnectionClosed.err(py, &format!("connection to {name} is closed{left}"), Some(&kw))
         }
+        Terminal::LetGo { .. } => {
+            // no close frame was sent: websockets' code for a connection that ended without one
+            let _ = kw.set_item("code", 1006);
+            Class::ConnectionClosed.err(
+                py,
+                &format!("connection to {name} was let go without close() and its socket aborted{left}"),
+                Some(&kw),
+            )
+        }
         Terminal::PeerClosed { code, text, .. } => {
             let _ = kw.set_item("code", *code);
             let _ = kw.set_item("reason", text.as_str());

@@ -794,17 +794,19 @@ pub(super) fn schedule_uncork(py: Python<'_>, conn: &Arc<Conn>) {
     }
 }
 
-/// Effects made on another thread, run by the loop; then what was queued meanwhile is written.
+/// Effects made on another thread, run by the loop; then what was queued meanwhile is written. It
+/// holds the connection until then, so none of them (a socket to close, a waiter to wake) is lost
+/// to a connection let go meanwhile; closing the loop clears the callback, and the hold, if it never runs.
 #[pyclass(module = "tether._native", frozen)]
 struct HandOver {
-    conn: Weak<Conn>,
+    conn: Arc<Conn>,
     fx: std::sync::Mutex<Option<Fx>>,
 }
 
 #[pymethods]
 impl HandOver {
     fn __call__(&self, py: Python<'_>) {
-        let Some(c) = self.conn.upgrade() else { return };
+        let c = &self.conn;
         let first = self.fx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let more = {
             let mut st = c.lock(py);
@@ -820,7 +822,7 @@ impl HandOver {
 
 pub(super) fn hand_over(py: Python<'_>, conn: &Arc<Conn>, mut fx: Fx) {
     fx.uncork = None;
-    let cb = Py::new(py, HandOver { conn: Arc::downgrade(conn), fx: std::sync::Mutex::new(Some(fx)) });
+    let cb = Py::new(py, HandOver { conn: conn.clone(), fx: std::sync::Mutex::new(Some(fx)) });
     let scheduled = match (conn.event_loop(py), cb) {
         (Some(el), Ok(cb)) => el.call_method1("call_soon_threadsafe", (cb,)).is_ok(),
         _ => false,

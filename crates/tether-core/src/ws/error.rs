@@ -86,6 +86,9 @@ pub enum Terminal {
     Closed { undelivered: Arc<Undelivered> },
     /// The server closed with a code of `final_close_codes`; `text` says which (redacted).
     PeerClosed { code: u16, text: String, undelivered: Arc<Undelivered> },
+    /// The application let go of the connection without `close()` (its object was collected): its
+    /// socket was aborted, and those still waiting on it are told.
+    LetGo { undelivered: Arc<Undelivered> },
     /// The reconnect loop gave up.
     GaveUp {
         message: String,
@@ -106,6 +109,7 @@ impl Terminal {
     pub fn undelivered(&self) -> &Undelivered {
         match self {
             Terminal::Closed { undelivered }
+            | Terminal::LetGo { undelivered }
             | Terminal::PeerClosed { undelivered, .. }
             | Terminal::GaveUp { undelivered, .. } => undelivered,
         }
@@ -114,6 +118,7 @@ impl Terminal {
     pub fn with_undelivered(mut self, u: Undelivered) -> Terminal {
         match &mut self {
             Terminal::Closed { undelivered }
+            | Terminal::LetGo { undelivered }
             | Terminal::PeerClosed { undelivered, .. }
             | Terminal::GaveUp { undelivered, .. } => *undelivered = Arc::new(u),
         }
