@@ -32,6 +32,50 @@ async def test_no_resolved_send_is_lost_while_the_server_flaps(send_buffer, in_f
     assert not run.named, f"{len(run.named)} messages failed with no poison message: {sorted(run.named)[:5]}"
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_no_resolved_send_is_lost_with_three_kinds_of_sender_while_the_server_flaps(seed):
+    """Sends awaited on the loop, sends left to tasks (`asyncio.create_task(conn.send(m))`) and sends from
+    another thread (called there, awaited on the loop through `run_coroutine_threadsafe`), all at once into
+    one connection to a server that crashes every 10-250 frames: every send that resolved reaches the
+    server, none fails, and each sender's messages reach it in the order they were sent."""
+    n = 400
+    loop = asyncio.get_running_loop()
+    resolved: set[str] = set()
+
+    def from_thread() -> None:
+        for i in range(n):
+            m = f"h{i}"
+            asyncio.run_coroutine_threadsafe(conn.send(m), loop).result(60)  # raises what the send raised
+            resolved.add(m)
+
+    async with FlappingServer(seed=seed) as srv:
+        conn = tether.connect(
+            srv.url, policy=tether.Backoff(0.005, 2.0, max_delay=0.05, jitter="none"), quiet_jitter=0, stable_after=0.2
+        )
+        async with conn:
+            thread = loop.run_in_executor(None, from_thread)
+            tasks = {}
+            for i in range(n):
+                await conn.send(f"a{i}")
+                resolved.add(f"a{i}")
+                tasks[f"t{i}"] = asyncio.create_task(conn.send(f"t{i}"))
+                if i % 50 == 0:
+                    await asyncio.sleep(0.005)
+            await asyncio.wait_for(thread, 60)
+            for m, t in tasks.items():
+                await asyncio.wait_for(t, 60)
+                resolved.add(m)
+            await asyncio.wait_for(conn.flush(), 60)
+    assert len(resolved) == 3 * n
+    assert sum(srv.record.crashes.values()) >= 3, srv.record.crashes
+    received = [m for m in srv.record.received if isinstance(m, str)]
+    assert not resolved - set(received), sorted(resolved - set(received))[:5]
+    for sender in "aht":
+        # re-sent after a crash, a message is read again: each sender's first readings are in its order
+        firsts = list(dict.fromkeys(m for m in received if m[0] == sender))
+        assert firsts == [f"{sender}{i}" for i in range(n)], (sender, firsts[:10])
+
+
 async def test_a_poison_message_is_failed_alone_while_the_server_also_flaps():
     n = 600
     async with FlappingServer(seed=3, poison="POISON") as srv:

@@ -177,7 +177,7 @@ async def test_sends_left_waiting_on_a_connection_let_go_without_close_end_namin
         assert not any(t.done() for t in tasks)
         del conn
         gc.collect()
-        done, pending = await asyncio.wait(tasks, timeout=10)
+        _, pending = await asyncio.wait(tasks, timeout=10)
     assert not pending, "sends waiting on a connection let go were never told"
     for t in tasks:
         e = t.exception()
