@@ -226,6 +226,16 @@ async def prewarm(*, setup=failing_setup, job_budget: float = 90.0, watch: float
     }
 
 
+def respawns_within(seconds: float) -> int:
+    """The most respawns the integration's backoff allows in `seconds` after the first failure: delays of
+    0.5 s doubling to 10 s, each with equal jitter, which may take up to half of it off (so at 0.25, 0.75,
+    1.75, 3.75 s at the soonest). A hot respawn loop makes dozens."""
+    n, at, delay = 0, 0.0, 0.5
+    while (at := at + delay / 2) <= seconds:
+        n, delay = n + 1, min(delay * 2, 10.0)
+    return n
+
+
 def free_port() -> int:
     import socket
 
