@@ -53,13 +53,16 @@ class Connection:
         everything sent is confirmed when it returns; what is not (the server did not answer within
         ``close_timeout``, or the connection was down) is logged as a WARNING and named by the
         ``ConnectionClosed`` every later call raises (``.messages``, ``.failures``): ``await conn.flush()``
-        after ``aclose()`` tells. To act on a failure before closing, ``await conn.flush()`` first."""
+        after ``aclose()`` tells. To act on a failure before closing, ``await conn.flush()`` first. On a
+        connection whose event loop is closed (opened in an ``asyncio.run`` that returned), nothing can run
+        there any more: it ends at once, its socket aborted."""
         await self._n.aclose()
 
     def close(self) -> None:
         """Schedule the same bounded close as ``aclose()`` and return at once, for callers that cannot
-        await (sync callbacks, ``__del__``-style cleanup). Safe to call twice, and after the event loop
-        stopped: the close runs on tether's own runtime."""
+        await (sync callbacks, ``__del__``-style cleanup). Safe to call twice, from another thread, and
+        after the event loop stopped or closed: with no loop left to run the close, the connection ends at
+        once, its socket aborted."""
         self._n.close()
 
     # -- messages -----------------------------------------------------------------------------------

@@ -7,10 +7,13 @@ import asyncio
 import contextvars
 import itertools
 import json
+import threading
 import time
 
 import pytest
+import websockets
 from websockets.asyncio.server import serve
+from websockets.sync.server import serve as sync_serve
 
 import tether
 from support import FAST, MS, collect, eventually, policy
@@ -405,6 +408,44 @@ def test_close_after_the_loop_stopped_does_not_raise():
     while c.state != "closed" and time.monotonic() < deadline:
         time.sleep(10 * MS)  # no event loop any more to wait on
     assert c.state == "closed"
+
+
+def test_aclose_in_a_later_loop_ends_a_connection_whose_loop_is_closed():
+    """`asyncio.run` returned with the connection open (a fixture that outlived its test's loop), and a
+    later `asyncio.run` on the same thread closes it: nothing will run on the first loop again, so
+    `aclose()` ends the connection there and then (before: asyncio's "got Future attached to a different
+    loop"), the server sees its TCP connection end, and later calls raise ConnectionClosed."""
+    ended = threading.Event()
+
+    def handler(ws):
+        try:
+            for m in ws:
+                ws.send(m)
+        except websockets.ConnectionClosed:
+            pass
+        ended.set()
+
+    with sync_serve(handler, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+
+        async def first():
+            c = await tether.connect(url, **FAST)
+            await c.send("a")
+            assert await asyncio.wait_for(c.recv(), 5) == "a"
+            return c
+
+        c = asyncio.run(first())
+
+        async def second():
+            assert await asyncio.wait_for(c.aclose(), 10) is None
+
+        asyncio.run(second())
+        assert ended.wait(10), "the server never saw the connection end"
+        assert c.state == "closed"
+        with pytest.raises(tether.ConnectionClosed):
+            c.send("late")
+        server.shutdown()
 
 
 async def test_a_close_from_the_server_during_on_connect_is_answered():

@@ -443,8 +443,9 @@ impl Conn {
 
     /// `aclose()`: its first step asks for the close; it resolves at the end.
     pub(crate) fn aclose<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let loop_closed = self.loop_closed(py);
         let slot = self.with(py, |c, st, fx| {
-            if c.el.get().is_some() && !c.on_loop_thread() {
+            if loop_closed || (c.el.get().is_some() && !c.on_loop_thread()) {
                 // another loop awaits it: ask the connection's own loop, and wait for the end there
                 return None;
             }
@@ -467,18 +468,21 @@ impl Conn {
         }
     }
 
-    /// `close()`: from any thread, also once the loop stopped.
+    /// `close()`: from any thread, also once the loop stopped, or closed (`asyncio.run` returned and a
+    /// later one closes the connection on the same thread).
     pub(crate) fn close(self: &Arc<Self>, py: Python<'_>) {
         if self.terminal.get().is_some() {
             return;
         }
-        if self.el.get().is_none() || self.on_loop_thread() {
+        let loop_closed = self.loop_closed(py);
+        if !loop_closed && (self.el.get().is_none() || self.on_loop_thread()) {
             return self.with(py, |c, st, fx| c.request_close(py, st, fx, Instant::now()));
         }
-        let running = self
-            .event_loop(py)
-            .map(|el| el.call_method0("is_running").and_then(|r| r.is_truthy()).unwrap_or(false))
-            .unwrap_or(false);
+        let running = !loop_closed
+            && self
+                .event_loop(py)
+                .map(|el| el.call_method0("is_running").and_then(|r| r.is_truthy()).unwrap_or(false))
+                .unwrap_or(false);
         if running {
             let cb = Py::new(py, super::CloseSoon { conn: Arc::downgrade(self) });
             let scheduled = cb.and_then(|cb| {
@@ -494,6 +498,11 @@ impl Conn {
             c.drop_link(py, st, fx, Goodbye::Abort);
             c.finish(py, st, fx, Terminal::closed());
         });
+    }
+
+    /// Whether the loop the connection runs on is closed: nothing will run on it again.
+    fn loop_closed(&self, py: Python<'_>) -> bool {
+        self.event_loop(py).is_some_and(|el| el.call_method0("is_closed").and_then(|r| r.is_truthy()).unwrap_or(true))
     }
 
     pub(super) fn on_timer(self: &Arc<Self>, py: Python<'_>, id: u64) {
