@@ -1,5 +1,7 @@
 import logging
 import re
+import subprocess
+import sys
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
@@ -8,6 +10,20 @@ import pytest
 
 import tether
 from support.netns import netns  # noqa: F401 (a fixture: a network namespace for kernel black holes)
+
+
+@pytest.fixture
+def busy_core(request):
+    """One CPU core kept busy by a spinning process for the test, when its parameter (indirect) is true."""
+    if not request.param:
+        yield
+        return
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 @pytest.fixture

@@ -76,6 +76,37 @@ async def test_no_resolved_send_is_lost_with_three_kinds_of_sender_while_the_ser
         assert firsts == [f"{sender}{i}" for i in range(n)], (sender, firsts[:10])
 
 
+@pytest.mark.parametrize("busy_core", [False, True], ids=["idle", "one-core-busy"], indirect=True)
+async def test_no_resolved_send_is_lost_on_many_connections_at_once_while_the_server_flaps(busy_core):
+    """20 connections each send a backlog of 1,000 into the same flapping server at once, with and without
+    one core kept busy: every send that resolved reaches the server and none fails."""
+    conns, n = 20, 1000
+
+    async def one(k: int) -> set[str]:
+        resolved = set()
+        conn = tether.connect(
+            srv.url,
+            send_buffer=64,
+            policy=tether.Backoff(0.005, 2.0, max_delay=0.05, jitter="full"),
+            quiet_jitter=0,
+            stable_after=0.2,
+        )
+        async with conn:
+            for i in range(n):
+                await conn.send(f"c{k}-{i}")
+                resolved.add(f"c{k}-{i}")
+            await conn.flush()
+        return resolved
+
+    async with FlappingServer(seed=7) as srv:
+        runs = await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(conns))), 120)
+    resolved = set().union(*runs)
+    assert len(resolved) == conns * n
+    assert sum(srv.record.crashes.values()) >= conns, srv.record.crashes
+    missing = resolved - set(srv.record.received)
+    assert not missing, f"{len(missing)} resolved sends never reached the server: {sorted(missing)[:5]}"
+
+
 async def test_a_poison_message_is_failed_alone_while_the_server_also_flaps():
     n = 600
     async with FlappingServer(seed=3, poison="POISON") as srv:

@@ -180,20 +180,6 @@ def test_the_running_order_names_only_scenarios_that_exist():
     assert sorted(listed) == sorted(present)
 
 
-@pytest.fixture
-def busy_core(request):
-    """One CPU core kept busy by a spinning process for the test, when the parameter asks for it."""
-    if not request.param:
-        yield
-        return
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        spinner.kill()
-        spinner.wait()
-
-
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     ("run", "busy_core"), [(n, n >= RUNS - BUSY_RUNS) for n in range(RUNS)], indirect=["busy_core"]
