@@ -4,6 +4,7 @@ open_timeout; the in-band heartbeat detects a server that answers WebSocket ping
 application; close() works from sync code."""
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import json
@@ -410,11 +411,10 @@ def test_close_after_the_loop_stopped_does_not_raise():
     assert c.state == "closed"
 
 
-def test_aclose_in_a_later_loop_ends_a_connection_whose_loop_is_closed():
-    """`asyncio.run` returned with the connection open (a fixture that outlived its test's loop), and a
-    later `asyncio.run` on the same thread closes it: nothing will run on the first loop again, so
-    `aclose()` ends the connection there and then (before: asyncio's "got Future attached to a different
-    loop"), the server sees its TCP connection end, and later calls raise ConnectionClosed."""
+@contextlib.contextmanager
+def echo_server_in_a_thread():
+    """A `websockets` echo server on a thread of its own (it outlives the test's event loops): its URL,
+    and an Event set when the connection it served ended."""
     ended = threading.Event()
 
     def handler(ws):
@@ -427,25 +427,40 @@ def test_aclose_in_a_later_loop_ends_a_connection_whose_loop_is_closed():
 
     with sync_serve(handler, "127.0.0.1", 0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/"
+        yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/", ended
+        server.shutdown()
 
-        async def first():
-            c = await tether.connect(url, **FAST)
-            await c.send("a")
-            assert await asyncio.wait_for(c.recv(), 5) == "a"
-            return c
 
-        c = asyncio.run(first())
+async def connected(url: str):
+    c = await tether.connect(url, **FAST)
+    await c.send("a")
+    assert await asyncio.wait_for(c.recv(), 5) == "a"
+    return c
 
-        async def second():
-            assert await asyncio.wait_for(c.aclose(), 10) is None
 
-        asyncio.run(second())
+@pytest.mark.parametrize(
+    "how",
+    ["aclose in a later loop", "close on another thread", "aclose in a loop on another thread"],
+)
+def test_a_connection_whose_loop_is_closed_is_ended_at_once_by_a_close(how):
+    """`asyncio.run` returned with the connection open (a fixture that outlived its test's loop); then it
+    is closed: nothing will run on its loop again, so the close ends it there and then (before: an
+    `aclose()` in a later loop raised asyncio's "got Future attached to a different loop", and a close
+    from another thread left the socket open), the server sees its TCP connection end, and later calls
+    raise ConnectionClosed."""
+    with echo_server_in_a_thread() as (url, ended):
+        c = asyncio.run(connected(url))
+        if how == "aclose in a later loop":
+            assert asyncio.run(asyncio.wait_for(c.aclose(), 10)) is None
+        else:
+            close = c.close if how == "close on another thread" else lambda: asyncio.run(c.aclose())
+            t = threading.Thread(target=close)
+            t.start()
+            t.join(10)
         assert ended.wait(10), "the server never saw the connection end"
         assert c.state == "closed"
         with pytest.raises(tether.ConnectionClosed):
             c.send("late")
-        server.shutdown()
 
 
 async def test_a_close_from_the_server_during_on_connect_is_answered():

@@ -794,20 +794,26 @@ pub(super) fn schedule_uncork(py: Python<'_>, conn: &Arc<Conn>) {
     }
 }
 
-/// Effects made on another thread, run by the loop; then what was queued meanwhile is written. It
-/// holds the connection until then, so none of them (a socket to close, a waiter to wake) is lost
-/// to a connection let go meanwhile; closing the loop clears the callback, and the hold, if it never runs.
+/// Effects made on another thread, run by the loop; then what was queued meanwhile is written.
 #[pyclass(module = "tether._native", frozen)]
 struct HandOver {
-    conn: Arc<Conn>,
+    conn: Weak<Conn>,
+    /// The connection's name, for its waiters' error if it is gone by then.
+    name: String,
     fx: std::sync::Mutex<Option<Fx>>,
 }
 
 #[pymethods]
 impl HandOver {
     fn __call__(&self, py: Python<'_>) {
-        let c = &self.conn;
         let first = self.fx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(c) = self.conn.upgrade() else {
+            // let go meanwhile: its own end took care of the rest
+            if let Some(fx) = first {
+                fx.release(py, &self.name);
+            }
+            return;
+        };
         let more = {
             let mut st = c.lock(py);
             st.handing_over = false;
@@ -822,14 +828,24 @@ impl HandOver {
 
 pub(super) fn hand_over(py: Python<'_>, conn: &Arc<Conn>, mut fx: Fx) {
     fx.uncork = None;
-    let cb = Py::new(py, HandOver { conn: conn.clone(), fx: std::sync::Mutex::new(Some(fx)) });
-    let scheduled = match (conn.event_loop(py), cb) {
-        (Some(el), Ok(cb)) => el.call_method1("call_soon_threadsafe", (cb,)).is_ok(),
-        _ => false,
+    let Some(el) = conn.event_loop(py) else { return };
+    let cb = HandOver { conn: Arc::downgrade(conn), name: conn.name.clone(), fx: std::sync::Mutex::new(None) };
+    let Ok(cb) = Py::new(py, cb) else { return };
+    *cb.get().fx.lock().unwrap_or_else(|p| p.into_inner()) = Some(fx);
+    if el.call_method1("call_soon_threadsafe", (cb.clone_ref(py),)).is_ok() {
+        return;
+    }
+    // the loop is closed: nothing will run on it again, so the effects run here (a socket to close, a
+    // waiter to tell), with those that joined meanwhile; no deadline is armed on a closed loop
+    let first = cb.get().fx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let more = {
+        let mut st = conn.lock(py);
+        st.handing_over = false;
+        std::mem::take(&mut st.handed)
     };
-    if !scheduled {
-        // the loop is gone: the next call on it (close) finds the state as it is
-        conn.lock(py).handing_over = false;
+    for mut fx in first.into_iter().chain(more) {
+        fx.timer = None;
+        conn.run(py, fx);
     }
 }
 

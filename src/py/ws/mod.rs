@@ -98,6 +98,9 @@ pub(super) struct Fx {
     closes: Vec<(Py<PyAny>, bool)>,
     /// What reads a socket (`Link::reads`), to pause (true) or resume.
     reading: Vec<(Py<PyAny>, bool)>,
+    /// Readers of links that ended, to stop (after the other effects).
+    #[cfg(unix)]
+    stops: Vec<Py<reader::Reader>>,
     resolve: Vec<(Arc<Slot>, Res)>,
     later: Vec<Later>,
     /// The deadline to arm in the loop's timers, and the one it replaces.
@@ -116,9 +119,39 @@ impl Fx {
         self.writes.is_empty()
             && self.closes.is_empty()
             && self.reading.is_empty()
+            && self.stops_empty()
             && self.resolve.is_empty()
             && self.later.is_empty()
             && self.timer.is_none()
+    }
+
+    #[cfg(unix)]
+    fn stops_empty(&self) -> bool {
+        self.stops.is_empty()
+    }
+
+    #[cfg(not(unix))]
+    fn stops_empty(&self) -> bool {
+        true
+    }
+
+    /// What must still happen of effects whose connection is gone (let go while they waited for the
+    /// loop): the sockets closed, and their waiters told. The rest needed the connection.
+    fn release(self, py: Python<'_>, name: &str) {
+        for (transport, abort) in self.closes {
+            link::close_transport(py, transport.bind(py), abort);
+        }
+        #[cfg(unix)]
+        for r in self.stops {
+            r.get().stop(py);
+        }
+        let gone = Terminal::LetGo { undelivered: Default::default() };
+        for (slot, res) in self.resolve {
+            slot.set(
+                py,
+                if matches!(res, Res::Ok) { Ok(py.None()) } else { Err(terminal_error(py, &gone, name, true)) },
+            );
+        }
     }
 
     pub(super) fn outcomes(&mut self, done: Vec<(Arc<Slot>, Outcome)>) {
@@ -566,6 +599,9 @@ impl Conn {
 
     /// Run the effects of an entry point (the lock is released).
     pub(super) fn run(self: &Arc<Self>, py: Python<'_>, fx: Fx) {
+        #[cfg(unix)]
+        let Fx { writes, closes, reading, stops, resolve, later, timer, uncork } = fx;
+        #[cfg(not(unix))]
         let Fx { writes, closes, reading, resolve, later, timer, uncork } = fx;
         for w in writes {
             link::write(py, self, w);
@@ -616,6 +652,10 @@ impl Conn {
         }
         if uncork == Some(false) {
             link::schedule_uncork(py, self);
+        }
+        #[cfg(unix)]
+        for r in stops {
+            r.get().stop(py);
         }
         for f in later {
             f(py, self);
@@ -899,6 +939,7 @@ impl Drop for Conn {
                 .filter_map(Weak::upgrade)
                 .collect(),
             waiters: vec![],
+            handed: vec![],
         };
         if let Some(link) = inner.link.take() {
             #[cfg(unix)]
@@ -910,6 +951,8 @@ impl Drop for Conn {
         if let Some(f) = inner.watchdog_forward.take() {
             f.abort();
         }
+        // effects made on another thread that no hand-over will run now
+        let handed = std::mem::take(&mut inner.handed);
         let mut waiting = vec![];
         if !ended {
             Self::adopt(inner, orphans);
@@ -926,25 +969,26 @@ impl Drop for Conn {
                     .collect();
             });
         }
+        bye.handed = handed;
         let el = self.el.get();
+        let name = self.name.clone();
         super::with_python(|py| {
             match el {
                 // asyncio's objects are used on their loop's thread only
                 Some(el) if el.thread != current_thread() => {
                     let obj = el.obj.bind(py);
-                    let soon = Py::new(py, LetGoSoon(Mutex::new(None)));
-                    if let Ok(soon) = soon {
-                        *soon.get().0.lock().unwrap_or_else(|p| p.into_inner()) = Some((obj.clone().unbind(), bye));
-                        if obj.call_method1(pyo3::intern!(py, "call_soon_threadsafe"), (soon.clone_ref(py),)).is_ok() {
-                            return;
-                        }
-                        // the loop is closed: nothing will run on it again
-                        if let Some((_, b)) = soon.get().0.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                            b.run(py, Some(obj));
-                        }
+                    let Ok(soon) = Py::new(py, LetGoSoon(Mutex::new(None))) else { return };
+                    *soon.get().0.lock().unwrap_or_else(|p| p.into_inner()) = Some((bye, name));
+                    if obj.call_method1(pyo3::intern!(py, "call_soon_threadsafe"), (soon.clone_ref(py),)).is_ok() {
+                        return;
+                    }
+                    // the loop is closed: nothing will run on it again
+                    let left = soon.get().0.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some((bye, name)) = left {
+                        bye.run(py, Some(obj), &name);
                     }
                 }
-                _ => bye.run(py, el.map(|el| el.obj.bind(py))),
+                _ => bye.run(py, el.map(|el| el.obj.bind(py)), &name),
             }
         });
     }
@@ -958,10 +1002,11 @@ struct LetGo {
     transports: Vec<Py<PyAny>>,
     subs: Vec<Arc<LoopSub>>,
     waiters: Vec<(Arc<Slot>, PyResult<Py<PyAny>>)>,
+    handed: Vec<Fx>,
 }
 
 impl LetGo {
-    fn run(self, py: Python<'_>, el: Option<&Bound<'_, PyAny>>) {
+    fn run(self, py: Python<'_>, el: Option<&Bound<'_, PyAny>>, name: &str) {
         // its deadline leaves the loop's timers now, which close if it was the last
         if let (Some(id), Some(el)) = (self.timer, el) {
             loop_timers::cancel(py, el, id);
@@ -981,19 +1026,26 @@ impl LetGo {
         for (slot, r) in self.waiters {
             slot.set(py, r);
         }
+        for fx in self.handed {
+            fx.release(py, name);
+        }
     }
 }
 
-/// A connection let go on a thread other than its loop's: the rest is done on the loop.
+/// A connection let go on a thread other than its loop's: the rest is done on the loop (the one running
+/// it: the loop is not held here, where its queue would hold what holds it).
 #[pyclass(module = "tether._native", frozen)]
-struct LetGoSoon(Mutex<Option<(Py<PyAny>, LetGo)>>);
+struct LetGoSoon(Mutex<Option<(LetGo, String)>>);
 
 #[pymethods]
 impl LetGoSoon {
-    fn __call__(&self, py: Python<'_>) {
-        if let Some((el, bye)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            bye.run(py, Some(el.bind(py)));
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let left = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((bye, name)) = left {
+            let el = py.import(pyo3::intern!(py, "asyncio"))?.call_method0(pyo3::intern!(py, "get_running_loop"))?;
+            bye.run(py, Some(&el), &name);
         }
+        Ok(())
     }
 }
 

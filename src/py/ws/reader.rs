@@ -117,7 +117,7 @@ impl Reader {
 
     /// `stop`, once the connection's lock is released (with the link's other effects).
     pub(super) fn stop_later(reader: Py<Reader>, fx: &mut super::Fx) {
-        fx.later(move |py, _| reader.get().stop(py));
+        fx.stops.push(reader);
     }
 
     fn end(&self, py: Python<'_>, conn: &Arc<Conn>, end: End) {
