@@ -7,10 +7,11 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 INTEG_STAMP := $(VENV)/.integrations-stamp
-# installed aside (tests/integrations run them in subprocesses): the older getstream the integration
-# is also tested with, and pipecat-ai with only what its websocket_service imports (its full dependency
-# set pins protobuf<7 and pulls numba/onnxruntime)
-GETSTREAM_OLD := 3.3.1
+# installed aside (tests/integrations run them in subprocesses): the older getstream releases the
+# integration is also tested with (the latest of each minor of its signaling range, >=3.3,<7, besides the
+# venv's 6.1), and pipecat-ai with only what its websocket_service imports (its full dependency set pins
+# protobuf<7 and pulls numba/onnxruntime)
+GETSTREAM_OLD := 3.3.4 3.4.0 3.5.0 4.0.0 4.1.0 4.2.0 4.3.0 5.0.0 5.1.0 6.0.0
 # getstream 7 (signaling in Rust, getstream-rtc) for the call part; its other dependencies are the ones
 # getstream[webrtc] 6.x already brought into the venv
 GETSTREAM_NEW := 7.0.0
@@ -74,8 +75,10 @@ wheel: $(STAMP)
 $(INTEG_STAMP): $(STAMP) pyproject.toml Makefile
 	$(PIP) install -q $$(sed -n 's/^integrations-test = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",') \
 		|| echo "integration test packages not installed: their tests will skip"
-	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$(GETSTREAM_OLD) "getstream==$(GETSTREAM_OLD)" \
-		|| echo "getstream $(GETSTREAM_OLD) not installed: its test will skip"
+	for v in $(GETSTREAM_OLD); do \
+		$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$$v "getstream==$$v" \
+			|| { rm -rf $(VENV)/getstream-$$v; echo "getstream $$v not installed: its test will skip"; }; \
+	done
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream7-$(GETSTREAM_NEW) "getstream==$(GETSTREAM_NEW)" \
 		"getstream-rtc==$(GETSTREAM_RTC)" || echo "getstream $(GETSTREAM_NEW) not installed: its tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \

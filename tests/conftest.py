@@ -66,7 +66,8 @@ def _release(nodeid: str) -> str | None:
             return f"livekit-agents {_venv_version('livekit-agents')}"
     if name == "test_signaling.py":
         if "test_older_getstream" in nodeid:
-            return f"getstream {_aside('getstream')}"
+            m = re.search(r"\[(.+)-[a-z]+\]$", nodeid)
+            return f"getstream {m.group(1)}" if m else None
         return f"getstream {_venv_version('getstream')}"
     if name == "test_call_watch.py":
         # two of its tests check the refusal in this venv's older getstream; the rest run 7.x aside

@@ -50,8 +50,9 @@ from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
 LOGGER_NAME = "getstream.video.rtc.signaling"
 
-#: the releases the signaling part was tested with (3.3.1 and 6.1.1 run in ``make test``); getstream 7
-#: moved signaling into a Rust extension, which this part cannot reach: its release line ends there
+#: the releases the signaling part was tested with (the latest of each minor, 3.3.4 to 6.1.1, run in
+#: ``make test``); getstream 7 moved signaling into a Rust extension, which this part cannot reach: its
+#: release line ends there
 SIGNALING_REQUIREMENT = "getstream>=3.3,<7"
 # up to the first pre-release of 7 (``<7`` would leave 7.0.0rc1 to neither line)
 SIGNALING_LINE = "<7.0.0.dev0"

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -194,32 +195,47 @@ def test_install_is_idempotent_and_undoable():
     assert signaling.WebSocketClient is ORIGINAL
 
 
-# an older getstream installed aside by the Makefile (GETSTREAM_OLD), run in a subprocess
-OLD = next(iter(sorted((ROOT / ".venv").glob("getstream-*"))), None)
+# the older getstream releases installed aside by the Makefile (GETSTREAM_OLD: the latest of each minor of
+# the signaling part's range), each run in a subprocess; all of them at once, a few at a time
+OLD = sorted((ROOT / ".venv").glob("getstream-*"))
+FAULTS = ("reset", "blackhole")
 
 
-@pytest.mark.skipif(OLD is None, reason="no older getstream in .venv/getstream-* (make test installs 3.3.1 there)")
-@pytest.mark.parametrize("fault", ["reset", "blackhole"])
-def test_older_getstream(fault):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(OLD), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run(
-        [sys.executable, str(HERE / "gs_scenarios.py"), fault, "--tether"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["client"].startswith("tether.integrations.getstream"), r
-    assert r["fast_reconnect"] == [False, True] and r["running"] and r["thread_errors"] == [], r
-    assert (
-        OLD.name.removeprefix("getstream-")
-        == subprocess.run(
+@pytest.fixture(scope="module")
+def older_runs() -> dict[tuple[str, str], tuple[subprocess.CompletedProcess[str], str]]:
+    """Each older release through each fault: the scenario's run, and the version the subprocess imported."""
+
+    def one(path: Path, fault: str) -> tuple[subprocess.CompletedProcess[str], str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")])}
+        out = subprocess.run(
+            [sys.executable, str(HERE / "gs_scenarios.py"), fault, "--tether"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        version = subprocess.run(
             [sys.executable, "-c", "from importlib.metadata import version; print(version('getstream'))"],
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
         ).stdout.strip()
-    )
+        return out, version
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        runs = {(p.name, f): pool.submit(one, p, f) for p in OLD for f in FAULTS}
+        return {key: run.result() for key, run in runs.items()}
+
+
+@pytest.mark.skipif(not OLD, reason="no older getstream in .venv/getstream-* (make test installs them there)")
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("release", [p.name.removeprefix("getstream-") for p in OLD])
+def test_older_getstream(older_runs, release, fault):
+    out, version = older_runs[(f"getstream-{release}", fault)]
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["client"].startswith("tether.integrations.getstream"), r
+    assert r["fast_reconnect"] == [False, True] and r["running"] and r["thread_errors"] == [], r
+    assert version == release
