@@ -17,6 +17,9 @@ GETSTREAM_OLD := 3.3.4 3.4.0 3.5.0 4.0.0 4.1.0 4.2.0 4.3.0 5.0.0 5.1.0 6.0.0
 GETSTREAM_NEW := 7.0.0
 GETSTREAM_RTC := 0.1.0
 PIPECAT := 1.14.0
+# the latest of each older minor the pipecat part supports (>=1.8), installed without dependencies: they run
+# on those of $(PIPECAT)
+PIPECAT_OLD := 1.8.1 1.9.0 1.10.0 1.11.0 1.12.0 1.13.0
 # one livekit-agents release per supported minor besides the venv's (tests/integrations/livekit/
 # test_releases.py); 2.0 imports a few packages 1.x does not depend on
 LIVEKIT_OLD := 1.5.17 1.6.10 1.7.1 2.0.0b1
@@ -83,6 +86,10 @@ $(INTEG_STAMP): $(STAMP) pyproject.toml Makefile
 		"getstream-rtc==$(GETSTREAM_RTC)" || echo "getstream $(GETSTREAM_NEW) not installed: its tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \
 		loguru wait_for2 loudness soxr sentencex || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
+	for v in $(PIPECAT_OLD); do \
+		$(PIP) install -q --upgrade --no-deps --target $(VENV)/older-pipecat-$$v "pipecat-ai==$$v" \
+			|| { rm -rf $(VENV)/older-pipecat-$$v; echo "pipecat-ai $$v not installed: its test will skip"; }; \
+	done
 	for v in $(LIVEKIT_OLD); do \
 		$(PIP) install -q --upgrade --no-deps --target $(VENV)/livekit-agents-$$v "livekit-agents==$$v" \
 			$$(case $$v in 2.*) echo '$(LIVEKIT_2_EXTRA)';; esac) \

@@ -75,7 +75,8 @@ def _release(nodeid: str) -> str | None:
             return f"getstream {_venv_version('getstream')}"
         return f"getstream {_aside('getstream7')}"
     if folder == "pipecat":
-        return f"pipecat-ai {_aside('pipecat')}"
+        m = re.search(r"test_older_release\[(.+)-[a-z_]+\]$", nodeid)
+        return f"pipecat-ai {m.group(1) if m else _aside('pipecat')}"
     return None
 
 

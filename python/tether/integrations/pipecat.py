@@ -27,8 +27,9 @@ from .._native import Backoff, GaveUp
 from .._reconnect import Reconnector
 from ._patch import Checks, InstallReport, Integration, Part, Patches, PatchFn
 
-#: the releases the part was tested with (1.14.0 runs in ``make test``)
-WEBSOCKET_SERVICE_REQUIREMENT = "pipecat-ai>=1.14,<1.15"
+#: the releases the part was tested with (the latest of each minor, 1.8.1 to 1.14.0, run in ``make test``):
+#: the receive loop it replaces is the same code from 1.8.0 on (1.0-1.7 have another one)
+WEBSOCKET_SERVICE_REQUIREMENT = "pipecat-ai>=1.8,<1.15"
 
 _integration = Integration("pipecat", "pipecat-ai")
 _METHODS = (
@@ -41,7 +42,7 @@ _METHODS = (
 )
 _ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time")
 # the receive loop is replaced, not wrapped (pipecat has no seam between its retries): the code read
-# (pipecat-ai 1.14.0), so that a change inside it refuses the part
+# (pipecat-ai 1.14.0, the same in 1.8.0-1.13.0), so that a change inside it refuses the part
 _RECEIVE_LOOP_FINGERPRINTS = ("3abc4eb7d9719a27",)
 
 

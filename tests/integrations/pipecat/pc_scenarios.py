@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from importlib import metadata
 
 import websockets
 
@@ -124,6 +125,7 @@ async def run(scenario: str) -> dict:
     await server.stop()
     return {
         "scenario": scenario,
+        "version": metadata.version("pipecat-ai"),
         "connections": len(server.connections),
         "recovered_after": None if recovered_after is None else round(recovered_after, 3),
         "loop_ended": ended,

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def scenario(name: str, *flags: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PIPECAT), os.environ.get("PYTHONPATH", "")])}
+# the latest of each older minor of the part's range (Makefile: PIPECAT_OLD), on the dependencies of PIPECAT's
+OLDER = sorted((HERE.parents[2] / ".venv").glob("older-pipecat-*"))
+FAULTS = ("blip", "outage", "accept_drop")
+
+
+def scenario(name: str, *flags: str, release: Path | None = None) -> dict:
+    paths = [str(release)] if release else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, str(PIPECAT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
         [sys.executable, str(HERE / "pc_scenarios.py"), name, *flags],
         env=env,
@@ -32,22 +39,47 @@ def scenario(name: str, *flags: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def check(fault: str, r: dict) -> None:
+    """What tether makes of each fault, on any release of the range."""
+    if fault == "blip":
+        assert r["recovered_after"] is not None and not r["loop_ended"], r
+        assert r["warnings_or_worse"] == 0, r  # shipped: 4 WARNINGs for a blip that heals at once
+    elif fault == "outage":
+        # shipped: 3 attempts 4 s apart, then a permanent error: the service is dead after ~8-12 s
+        assert r["recovered_after"] is not None and not r["permanent_error"], r
+    else:
+        assert r["loop_ended"] and r["permanent_error"], r
+        assert any("gave up reconnecting" in e for e in r["errors"]), r
+
+
 def test_blip_reconnects_quietly():
-    r = scenario("blip", "--tether")
-    assert r["recovered_after"] is not None and not r["loop_ended"], r
-    assert r["warnings_or_worse"] == 0, r  # shipped: 4 WARNINGs for a blip that heals at once
+    check("blip", scenario("blip", "--tether"))
 
 
 def test_outage_longer_than_pipecats_budget_is_survived():
-    # shipped: 3 attempts 4 s apart, then a permanent error: the service is dead after ~8-12 s
-    r = scenario("outage", "--tether")
-    assert r["recovered_after"] is not None and not r["permanent_error"], r
+    check("outage", scenario("outage", "--tether"))
 
 
 def test_accept_then_drop_gives_up_as_permanent():
-    r = scenario("accept_drop", "--tether")
-    assert r["loop_ended"] and r["permanent_error"], r
-    assert any("gave up reconnecting" in e for e in r["errors"]), r
+    check("accept_drop", scenario("accept_drop", "--tether"))
+
+
+@pytest.fixture(scope="module")
+def older_runs() -> dict[tuple[str, str], dict]:
+    """Every fault on every older release, all at once (each mostly waits on its outage)."""
+    with ThreadPoolExecutor(max_workers=len(OLDER) * len(FAULTS)) as pool:
+        runs = {(p.name, f): pool.submit(scenario, f, "--tether", release=p) for p in OLDER for f in FAULTS}
+        return {key: run.result() for key, run in runs.items()}
+
+
+@pytest.mark.skipif(not OLDER, reason="no older pipecat-ai in .venv/older-pipecat-* (make test installs them there)")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("release", [p.name.removeprefix("older-pipecat-") for p in OLDER])
+def test_older_release(older_runs, release, fault):
+    r = older_runs[(f"older-pipecat-{release}", fault)]
+    assert r["version"] == release, r
+    check(fault, r)
 
 
 def test_renamed_private_method_refuses():
