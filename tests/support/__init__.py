@@ -12,7 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -181,3 +182,16 @@ def other_cpythons() -> list[str]:
         if out.returncode == 0 and ok == "True" and ver.rsplit(".", 1)[0] != "{}.{}".format(*sys.version_info[:2]):
             found.setdefault(ver.rsplit(".", 1)[0], exe)
     return list(found.values())
+
+
+R = TypeVar("R")
+
+
+def each_release(
+    releases: Sequence[Path], faults: Sequence[str], run: Callable[[Path, str], R], *, at_once: int
+) -> dict[tuple[str, str], R]:
+    """`run(release, fault)` for every framework release installed aside (its directory) and every fault,
+    `at_once` at a time (each run mostly waits on its fault): the results by (directory name, fault)."""
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        runs = {(p.name, f): pool.submit(run, p, f) for p in releases for f in faults}
+        return {key: r.result() for key, r in runs.items()}

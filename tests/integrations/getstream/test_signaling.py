@@ -9,7 +9,6 @@ import logging
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from getstream.video.rtc import connection_utils, signaling
 from gs_scenarios import HEALTH, run
 
 import tether
-from support import MS, eventually
+from support import MS, each_release, eventually
 from support.fake_sfu import FakeSfu
 from tether.integrations import getstream
 
@@ -223,9 +222,7 @@ def older_runs() -> dict[tuple[str, str], tuple[subprocess.CompletedProcess[str]
         ).stdout.strip()
         return out, version
 
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        runs = {(p.name, f): pool.submit(one, p, f) for p in OLD for f in FAULTS}
-        return {key: run.result() for key, run in runs.items()}
+    return each_release(OLD, FAULTS, one, at_once=6)
 
 
 @pytest.mark.skipif(not OLD, reason="no older getstream in .venv/getstream-* (make test installs them there)")

@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from support import each_release
 
 HERE = Path(__file__).parent
 PIPECAT = next(iter(sorted((HERE.parents[2] / ".venv").glob("pipecat-*"))), None)
@@ -67,9 +68,9 @@ def test_accept_then_drop_gives_up_as_permanent():
 @pytest.fixture(scope="module")
 def older_runs() -> dict[tuple[str, str], dict]:
     """Every fault on every older release, all at once (each mostly waits on its outage)."""
-    with ThreadPoolExecutor(max_workers=len(OLDER) * len(FAULTS)) as pool:
-        runs = {(p.name, f): pool.submit(scenario, f, "--tether", release=p) for p in OLDER for f in FAULTS}
-        return {key: run.result() for key, run in runs.items()}
+    return each_release(
+        OLDER, FAULTS, lambda p, f: scenario(f, "--tether", release=p), at_once=len(OLDER) * len(FAULTS)
+    )
 
 
 @pytest.mark.skipif(not OLDER, reason="no older pipecat-ai in .venv/older-pipecat-* (make test installs them there)")
