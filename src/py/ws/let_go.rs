@@ -44,26 +44,29 @@ impl Drop for Conn {
         }
         // effects made on another thread that no hand-over will run now
         let handed = std::mem::take(&mut inner.handed);
+        // those still waiting: true for those that fail (sends, starts), false for those the end
+        // answers (receives, closes)
         let mut waiting = vec![];
+        let mut term = None;
         if !ended {
             Self::adopt(inner, orphans);
             let (pending, undelivered) = inner.proto.finish();
             waiting = pending.into_iter().chain(inner.room.drain(..)).map(|s| (s, true)).collect();
             waiting.extend(inner.started.drain(..).map(|s| (s, true)));
             waiting.extend(inner.readable.drain(..).chain(inner.closed.drain(..)).map(|s| (s, false)));
-            let term = Terminal::LetGo { undelivered: Default::default() }.with_undelivered(undelivered);
-            with_python(|py| {
-                let err = |py| terminal_error(py, &term, &self.name, self.opened());
-                bye.waiters = waiting
-                    .into_iter()
-                    .map(|(s, fails)| (s, if fails { Err(err(py)) } else { Ok(py.None()) }))
-                    .collect();
-            });
+            term = Some(Terminal::LetGo { undelivered: Default::default() }.with_undelivered(undelivered));
         }
         bye.handed = handed;
         let el = self.el.get();
         let name = self.name.clone();
         with_python(|py| {
+            if let Some(term) = &term {
+                let err = |py| terminal_error(py, term, &self.name, self.opened());
+                bye.waiters = waiting
+                    .into_iter()
+                    .map(|(s, fails)| (s, if fails { Err(err(py)) } else { Ok(py.None()) }))
+                    .collect();
+            }
             match el {
                 // asyncio's objects are used on their loop's thread only
                 Some(el) if el.thread != current_thread() => {

@@ -814,15 +814,24 @@ impl HandOver {
             }
             return;
         };
-        let more = {
-            let mut st = c.lock(py);
-            st.handing_over = false;
-            std::mem::take(&mut st.handed)
-        };
-        for fx in first.into_iter().chain(more) {
-            c.run(py, fx);
-        }
+        run_handed(py, &c, first, false);
         c.uncork(py);
+    }
+}
+
+/// Run `first` and the effects that joined it while the hand-over waited (the next call from another
+/// thread schedules a new one); on a closed loop no deadline is armed.
+fn run_handed(py: Python<'_>, conn: &Arc<Conn>, first: Option<Fx>, loop_closed: bool) {
+    let more = {
+        let mut st = conn.lock(py);
+        st.handing_over = false;
+        std::mem::take(&mut st.handed)
+    };
+    for mut fx in first.into_iter().chain(more) {
+        if loop_closed {
+            fx.timer = None;
+        }
+        conn.run(py, fx);
     }
 }
 
@@ -836,17 +845,9 @@ pub(super) fn hand_over(py: Python<'_>, conn: &Arc<Conn>, mut fx: Fx) {
         return;
     }
     // the loop is closed: nothing will run on it again, so the effects run here (a socket to close, a
-    // waiter to tell), with those that joined meanwhile; no deadline is armed on a closed loop
+    // waiter to tell)
     let first = cb.get().fx.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let more = {
-        let mut st = conn.lock(py);
-        st.handing_over = false;
-        std::mem::take(&mut st.handed)
-    };
-    for mut fx in first.into_iter().chain(more) {
-        fx.timer = None;
-        conn.run(py, fx);
-    }
+    run_handed(py, conn, first, true);
 }
 
 /// The reader resumes on the loop, after a `try_recv` from another thread made room.
