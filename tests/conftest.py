@@ -12,6 +12,38 @@ import tether
 from support.netns import netns  # noqa: F401 (a fixture: a network namespace for kernel black holes)
 
 
+def pytest_addoption(parser):  # type: ignore[no-untyped-def]
+    parser.addoption(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop the asyncio tests run on (uvloop: those that look into asyncio's own loop are skipped)",
+    )
+
+
+class _OnUvloop:
+    """Every asyncio test on a uvloop loop (pytest-asyncio's loop factories)."""
+
+    def pytest_asyncio_loop_factories(self, config, item):  # type: ignore[no-untyped-def]
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config):  # type: ignore[no-untyped-def]
+    config.addinivalue_line("markers", "asyncio_loop_only(why): looks into asyncio's own loop; skipped on uvloop")
+    if config.getoption("--event-loop") == "uvloop":
+        config.pluginmanager.register(_OnUvloop(), "tether-on-uvloop")
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    if config.getoption("--event-loop") != "uvloop":
+        return
+    for item in items:
+        if m := item.get_closest_marker("asyncio_loop_only"):
+            item.add_marker(pytest.mark.skip(reason=f"asyncio's own loop: {m.args[0]}"))
+
+
 @pytest.fixture
 def busy_core(request):
     """One CPU core kept busy by a spinning process for the test, when its parameter (indirect) is true."""

@@ -33,6 +33,7 @@ def timerfds() -> int:
 
 
 @needs_linux
+@pytest.mark.asyncio_loop_only("counts the timers in its heap")
 async def test_connections_keep_nothing_in_asyncios_heap(signal_server):
     loop = asyncio.get_running_loop()
     conns = [await tether.connect(signal_server.url, **FAST)]
@@ -133,6 +134,7 @@ async def test_a_connection_let_go_without_close_takes_its_deadline_along(signal
 
 
 @needs_linux
+@pytest.mark.asyncio_loop_only("compares its selector's watches")
 async def test_a_connection_let_go_on_another_thread_is_taken_down_on_its_loop(signal_server):
     """The last reference dropped on another thread (an audio thread that held the connection): asyncio's
     objects belong to the loop, so the reader's watch, the socket and the deadline are taken down there,

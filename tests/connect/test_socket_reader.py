@@ -9,6 +9,7 @@ import gc
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import websockets
@@ -105,6 +106,7 @@ def port_of(srv) -> int:
 
 
 @needs_unix
+@pytest.mark.asyncio_loop_only("finds the reader among its selector's watches (test_on_uvloop reads on uvloop)")
 async def test_the_loop_runs_tethers_reader_for_each_connection(signal_server):
     loop = asyncio.get_running_loop()
     signal_server.echo(True)
@@ -189,6 +191,9 @@ async def test_a_connection_let_go_without_close_ends_its_tcp_connection():
 
 
 @needs_unix
+@pytest.mark.asyncio_loop_only(
+    "finds the reader among its selector's watches (test_on_uvloop fills the buffer on uvloop)"
+)
 async def test_reading_stops_while_the_inbound_buffer_is_full_and_starts_again_as_it_drains():
     """More than the inbound buffer's 64 MiB, sent at once: tether stops watching the socket, then
     watches it again once the application took half, and every message arrives, in order."""
@@ -233,7 +238,10 @@ async def test_reading_stops_while_the_inbound_buffer_is_full_and_starts_again_a
 @needs_proc
 def test_on_uvloop():
     """uvloop refuses `add_reader` on a descriptor its transport owns, as asyncio does; the duplicate
-    is watched there too, and goes with the connection."""
+    is watched there too, and goes with the connection. uvloop starts the transport's reading after
+    `connection_made` although it was paused there: paused again, a full inbound buffer stops all
+    reading (64 MiB here, then a flood of 100 MiB; before, the transport read on and the buffer grew
+    to the whole flood)."""
     uvloop = pytest.importorskip("uvloop")
 
     async def main() -> None:
@@ -247,6 +255,8 @@ def test_on_uvloop():
                     await echoed(c, f"m{i:03}")
                 await drop(srv)
                 await echoed(c, "n")
+            async with tether.connect(srv.url, **FAST) as c:
+                await the_inbound_buffer_stays_bounded(srv, c)
         await let_go_without_close_ends_the_tcp_connection()
         gc.collect()
         await eventually(lambda: tcp_fds() <= before, what=f"TCP descriptors back to {sorted(before)}")
@@ -256,6 +266,19 @@ def test_on_uvloop():
         loop.run_until_complete(asyncio.wait_for(main(), 60))
     finally:
         loop.close()
+
+
+async def the_inbound_buffer_stays_bounded(srv: SignalServer, c: tether.Connection, n: int = 1600) -> None:
+    """A flood of n × 64 KiB stops at the inbound buffer's 64 MiB while nothing reads, then arrives whole."""
+    srv.flood(n, CHUNK)
+    last, give_up = -1, time.monotonic() + 10
+    while c.stats()["bytes_in"] != last and time.monotonic() < give_up:
+        last = c.stats()["bytes_in"]
+        await asyncio.sleep(300 * MS)
+    assert c.stats()["recv_queue"] <= (64 << 20) // CHUNK + 1, c.stats()
+    for _ in range(n):
+        assert len(await asyncio.wait_for(c.recv(), 10)) == CHUNK
+    assert c.state == "connected"
 
 
 EVERY_CPYTHON = """

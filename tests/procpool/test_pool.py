@@ -348,6 +348,7 @@ async def test_release_of_a_foreign_object():
     await pool.aclose()
 
 
+@pytest.mark.asyncio_loop_only("builds the race from the order it runs callbacks in")
 @pytest.mark.parametrize("driven_by", ["await", "task"])
 async def test_an_acquire_cancelled_after_its_process_arrived_gives_the_process_back(driven_by):
     """wait_for's timeout can fire in the loop iteration after the acquire's result arrived and before

@@ -192,14 +192,23 @@ impl Conn {
         });
     }
 
-    /// Bytes read from link `id`; false if that link is not the current one any more.
-    pub(super) fn on_data(self: &Arc<Self>, py: Python<'_>, id: u64, data: &[u8]) -> bool {
+    /// Bytes read from link `id` (`by_transport`: read by the transport, not the reader); false if that
+    /// link is not the current one any more.
+    pub(super) fn on_data(self: &Arc<Self>, py: Python<'_>, id: u64, data: &[u8], by_transport: bool) -> bool {
         self.with(py, |c, st, fx| {
-            let current = st.link.as_ref().is_some_and(|l| l.id == id && l.transport.is_some());
-            if current {
-                c.feed(py, st, fx, Some(data));
+            let Some(link) = st.link.as_ref().filter(|l| l.id == id) else { return false };
+            let Some(transport) = link.transport.as_ref() else { return false };
+            #[cfg(unix)]
+            if by_transport && link.reader.is_some() {
+                // a loop started the transport's reading again behind the reader: the bytes are the next
+                // ones all the same, but a full inbound buffer would pause only the reader
+                let t = transport.clone_ref(py);
+                fx.later(move |py, _| super::reader::pause_again(py, t.bind(py)));
             }
-            current
+            #[cfg(not(unix))]
+            let _ = (transport, by_transport);
+            c.feed(py, st, fx, Some(data));
+            true
         })
     }
 
@@ -699,7 +708,7 @@ impl WireProtocol {
         // SAFETY: the buffer is this thread's and only the transport's read writes to it, which
         // happens before this call, not during it; nothing resizes it
         let data = unsafe { buf.as_bytes() };
-        c.on_data(py, self.id, &data[..nbytes.min(data.len())]);
+        c.on_data(py, self.id, &data[..nbytes.min(data.len())], true);
         Ok(())
     }
 

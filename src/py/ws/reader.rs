@@ -12,7 +12,7 @@
 //! when the connection itself is gone.
 
 #[cfg(unix)]
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 #[cfg(unix)]
 use std::sync::{Arc, Weak};
 
@@ -90,13 +90,17 @@ impl Reader {
             reader.get().stop(py);
             return None;
         }
-        if pause_is_undone(py) {
-            // before Python 3.11.4 asyncio starts the transport's reading after `connection_made` even
-            // when it paused there (python/cpython#103607): paused again once that ran, else a full
-            // inbound buffer would pause only this reader (meanwhile both read: the same bytes, in order)
-            if let Ok(again) = Py::new(py, PauseAgain(transport.clone().unbind())) {
-                let _ = el.call_method1(pyo3::intern!(py, "call_soon"), (again,));
-            }
+        // asyncio before Python 3.11.4 (python/cpython#103607) and uvloop start the transport's reading
+        // after `connection_made` even when it paused there (uvloop a turn later when `connection_made`
+        // scheduled anything, as this does): paused again once that ran, else a full inbound buffer
+        // would pause only this reader (meanwhile both read: the same bytes, in order)
+        let again = PauseAgain {
+            transport: transport.clone().unbind(),
+            event_loop: el.clone().unbind(),
+            waited: AtomicBool::new(false),
+        };
+        if let Ok(again) = Py::new(py, again) {
+            let _ = el.call_method1(pyo3::intern!(py, "call_soon"), (again,));
         }
         Some(reader)
     }
@@ -145,7 +149,7 @@ impl Reader {
         // SAFETY: `data` is valid for its length; `fd` is open until `stop`, which runs on this thread
         let n = unsafe { libc::recv(fd, data.as_mut_ptr().cast(), data.len(), libc::MSG_DONTWAIT) };
         if n > 0 {
-            if !conn.on_data(py, self.id, &data[..n as usize]) {
+            if !conn.on_data(py, self.id, &data[..n as usize], false) {
                 // a link left behind (it ended while it was being set up): nothing reads for it
                 self.stop(py);
             }
@@ -180,32 +184,38 @@ impl Reader {
     }
 }
 
-/// Whether this Python undoes a pause made in `connection_made` (CPython before 3.11.4).
+/// Pause the reading of `transport`, which reads although it was paused (see `PauseAgain`): resumed
+/// first, since asyncio's pause flag may be set though it reads.
 #[cfg(unix)]
-fn pause_is_undone(py: Python<'_>) -> bool {
-    static UNDONE: pyo3::sync::PyOnceLock<bool> = pyo3::sync::PyOnceLock::new();
-    *UNDONE.get_or_init(py, || {
-        let v = py.version_info();
-        (v.major, v.minor, v.patch) < (3, 11, 4)
-    })
+pub(super) fn pause_again(py: Python<'_>, transport: &Bound<'_, PyAny>) {
+    if transport.call_method0(pyo3::intern!(py, "is_closing")).and_then(|c| c.is_truthy()).unwrap_or(true) {
+        return;
+    }
+    let _ = transport.call_method0(pyo3::intern!(py, "resume_reading"));
+    let _ = transport.call_method0(pyo3::intern!(py, "pause_reading"));
 }
 
-/// The transport's reading, paused again one loop turn after `connection_made` (see `pause_is_undone`):
-/// resumed first, since its pause flag is set though it reads.
+/// The transport's reading, paused again two loop turns after `connection_made`: the first lets run
+/// what the loop scheduled after `connection_made` (uvloop's start of reading).
 #[cfg(unix)]
 #[pyclass(module = "tether._native", frozen)]
-struct PauseAgain(Py<PyAny>);
+struct PauseAgain {
+    transport: Py<PyAny>,
+    event_loop: Py<PyAny>,
+    waited: AtomicBool,
+}
 
 #[cfg(unix)]
 #[pymethods]
 impl PauseAgain {
-    fn __call__(&self, py: Python<'_>) {
-        let t = self.0.bind(py);
-        if t.call_method0(pyo3::intern!(py, "is_closing")).and_then(|c| c.is_truthy()).unwrap_or(true) {
+    fn __call__(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let me = slf.get();
+        let el = me.event_loop.bind(py);
+        if !me.waited.swap(true, Ordering::AcqRel) && el.call_method1(pyo3::intern!(py, "call_soon"), (slf,)).is_ok() {
             return;
         }
-        let _ = t.call_method0(pyo3::intern!(py, "resume_reading"));
-        let _ = t.call_method0(pyo3::intern!(py, "pause_reading"));
+        pause_again(py, me.transport.bind(py));
     }
 }
 
