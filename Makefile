@@ -24,9 +24,11 @@ PIPECAT_OLD := 1.8.1 1.9.0 1.10.0 1.11.0 1.12.0 1.13.0
 # test_releases.py); 2.0 imports a few packages 1.x does not depend on
 LIVEKIT_OLD := 1.5.17 1.6.10 1.7.1 2.0.0b1
 LIVEKIT_2_EXTRA := starlette wsproto a2a-sdk>=1.1.2,<2 culsans aiologic wrapt google-api-core json-rpc
+TEST_DEPS := "pytest>=8" "pytest-asyncio>=1.4" "pytest-timeout>=2.3" "websockets>=12" "uvloop>=0.19" "anyio>=4.14" \
+	"opentelemetry-api>=1.23" "opentelemetry-sdk>=1.23"
 SOURCES := $(shell find src crates python -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \) 2>/dev/null) Cargo.toml Cargo.lock pyproject.toml
 
-.PHONY: demo test test-rust test-python lint build wheel bench clean venv
+.PHONY: demo test test-rust test-python test-cpythons lint build wheel bench clean venv
 
 demo: build
 	$(PY) -m tether demo
@@ -63,9 +65,20 @@ venv: $(STAMP)
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "maturin>=1.9.4,<2" "pytest>=8" "pytest-asyncio>=1.4" "pytest-timeout>=2.3" "websockets>=12" \
-		"uvloop>=0.19" "anyio>=4.14" "ruff>=0.8" "mypy>=1.13" "opentelemetry-api>=1.23" "opentelemetry-sdk>=1.23"
+	$(PIP) install -q "maturin>=1.9.4,<2" $(TEST_DEPS) "ruff>=0.8" "mypy>=1.13"
 	touch $@
+
+# The suite but the framework integrations on every other CPython >= 3.10 this machine has (PATH, pyenv), each
+# in .venv-3.X with the wheel installed: not part of `make test` (minutes per version).
+test-cpythons: $(STAMP)
+	rm -rf dist-cpythons
+	$(VENV)/bin/maturin build --release --locked -q -i $(PY) -o dist-cpythons
+	for exe in $$(cd tests && ../$(PY) -c 'from support import other_cpythons; print(*other_cpythons())'); do \
+		v=$$($$exe -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+		[ -d .venv-$$v ] || { $$exe -m venv .venv-$$v && .venv-$$v/bin/pip install -q $(TEST_DEPS); } || exit 1; \
+		.venv-$$v/bin/pip install -q --force-reinstall --no-deps dist-cpythons/*.whl || exit 1; \
+		echo "== $$exe"; .venv-$$v/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/integrations || exit 1; \
+	done
 
 # A release wheel installable on glibc >= 2.17 (manylinux2014): zig, from PyPI, links against old glibc
 # symbols. `auditwheel show` prints the tag it earned.
@@ -105,4 +118,4 @@ bench: build
 	$(PY) benches/run_all.py
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) .venv-3.* dist-cpythons target

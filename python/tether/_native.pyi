@@ -793,7 +793,8 @@ class ProcPool:
     a TypeError) returning any object, alive per ``liveness(proc)`` if given (called from a tether thread, with the
     GIL: keep it quick and non-blocking), else its ``is_alive()``, else ``poll() is None``, else ``returncode is
     None``; disposed with ``aclose()``/``close()``, else ``kill()`` then ``await wait()``. A spawn that raises ``X
-    from cause`` reports both. Or ``command``: argv of a child that sends the ready frame (``tether.worker``); such
+    from cause`` reports both. A spawn is cancelled at ``initialize_timeout`` and when the pool closes while it
+    runs: a child it started is its own to kill on ``CancelledError`` (the pool never saw it). Or ``command``: argv of a child that sends the ready frame (``tether.worker``); such
     children die with this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill
     what they own (``kill()`` for spawn= objects).
 

@@ -167,7 +167,10 @@ async def test_connect_timeout_cuts_an_attempt_that_hangs():
     # a server that accepts TCP and never answers the upgrade: the attempt is cut at connect_timeout,
     # not at the end of its open_timeout
     async def hang(reader, writer):
-        await reader.read()
+        try:
+            await reader.read()
+        finally:
+            writer.close()  # since Python 3.12.1 the server's wait_closed waits for it
 
     srv = await asyncio.start_server(hang, "127.0.0.1", 0)
     async with srv:

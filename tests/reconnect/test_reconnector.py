@@ -14,20 +14,25 @@ from tether import events as ev
 
 
 class FlappingServer:
-    """Accepts TCP connections and closes each one after `hold` seconds; counts accepts."""
+    """Accepts TCP connections and closes each one after `hold` seconds (or when it closes); counts accepts."""
 
     def __init__(self, hold=0.0):
         self.hold = hold
         self.accepts = 0
         self.server = None
+        self.open = set()
 
     async def __aenter__(self):
         async def handle(reader, writer):
             self.accepts += 1
-            writer.write(b"hello\n")
-            await writer.drain()
-            await asyncio.sleep(self.hold)
-            writer.close()
+            self.open.add(writer)
+            try:
+                writer.write(b"hello\n")
+                await writer.drain()
+                await asyncio.sleep(self.hold)
+            finally:
+                self.open.discard(writer)
+                writer.close()
 
         self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -35,7 +40,10 @@ class FlappingServer:
 
     async def __aexit__(self, *exc):
         self.server.close()
-        await self.server.wait_closed()
+        # since Python 3.12.1 wait_closed waits for the connections too, held ones included
+        for writer in self.open:
+            writer.transport.abort()
+        await asyncio.wait_for(self.server.wait_closed(), 10)
 
 
 def session(r, port, seen=None):

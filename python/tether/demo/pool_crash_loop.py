@@ -31,6 +31,11 @@ async def run(tl):
             head = await proc.stdout.readexactly(9)
         except asyncio.IncompleteReadError:
             head = b""
+        except asyncio.CancelledError:
+            # the pool closing (or initialize_timeout): the child is still this spawn's to end
+            proc.kill()
+            await proc.wait()
+            raise
         if head != b"\x00\x00\x00\x05ready":
             if proc.returncode is None:
                 proc.kill()
