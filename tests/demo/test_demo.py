@@ -183,10 +183,6 @@ def test_the_running_order_names_only_scenarios_that_exist():
     assert sorted(listed) == sorted(present)
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize(
-    ("run", "busy_core"), [(n, n >= RUNS - BUSY_RUNS) for n in range(RUNS)], indirect=["busy_core"]
-)
 def demo(python: str = sys.executable, **env: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """One `python -m tether demo`, checked: exit 0, every scenario ok, nothing bad on stderr, no secret;
     returns it with the scenarios' names."""
@@ -206,6 +202,10 @@ def demo(python: str = sys.executable, **env: str) -> tuple[subprocess.Completed
     return proc, names
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("run", "busy_core"), [(n, n >= RUNS - BUSY_RUNS) for n in range(RUNS)], indirect=["busy_core"]
+)
 def test_demo_passes_every_time(run, busy_core):
     proc, names = demo()
     printed = timelines(proc.stdout)
@@ -219,6 +219,7 @@ def test_demo_passes_every_time(run, busy_core):
             raise AssertionError(f"{name}: the title {title!r} is not what it printed: {e}\n{section}") from e
 
 
+@pytest.mark.timeout(600)
 def test_demo_passes_on_every_cpython():
     """The demo on every other CPython >= 3.10 this machine has. On 3.12 and 3.13 a child the crash-loop
     scenario's spawn had started when the pool closed outlived it (a spawn cancelled mid-way must kill
