@@ -33,6 +33,10 @@ class _OnUvloop:
 def pytest_configure(config):  # type: ignore[no-untyped-def]
     config.addinivalue_line("markers", "asyncio_loop_only(why): looks into asyncio's own loop; skipped on uvloop")
     if config.getoption("--event-loop") == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError as e:
+            raise pytest.UsageError("--event-loop uvloop: uvloop is not installed") from e
         config.pluginmanager.register(_OnUvloop(), "tether-on-uvloop")
 
 

@@ -271,11 +271,13 @@ def test_on_uvloop():
 async def the_inbound_buffer_stays_bounded(srv: SignalServer, c: tether.Connection, n: int = 1600) -> None:
     """A flood of n × 64 KiB stops at the inbound buffer's 64 MiB while nothing reads, then arrives whole."""
     srv.flood(n, CHUNK)
+    full = (64 << 20) // CHUNK
+    await eventually(lambda: c.stats()["recv_queue"] >= full, 30, what=f"{full} messages buffered")
     last, give_up = -1, time.monotonic() + 10
     while c.stats()["bytes_in"] != last and time.monotonic() < give_up:
         last = c.stats()["bytes_in"]
         await asyncio.sleep(300 * MS)
-    assert c.stats()["recv_queue"] <= (64 << 20) // CHUNK + 1, c.stats()
+    assert c.stats()["recv_queue"] <= full + 1, c.stats()
     for _ in range(n):
         assert len(await asyncio.wait_for(c.recv(), 10)) == CHUNK
     assert c.state == "connected"

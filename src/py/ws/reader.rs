@@ -12,7 +12,7 @@
 //! when the connection itself is gone.
 
 #[cfg(unix)]
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 #[cfg(unix)]
 use std::sync::{Arc, Weak};
 
@@ -91,15 +91,10 @@ impl Reader {
             return None;
         }
         // asyncio before Python 3.11.4 (python/cpython#103607) and uvloop start the transport's reading
-        // after `connection_made` even when it paused there (uvloop a turn later when `connection_made`
-        // scheduled anything, as this does): paused again once that ran, else a full inbound buffer
+        // after `connection_made` even when it paused there (asyncio in a callback it scheduled before,
+        // uvloop as `connection_made` returns): paused again once that ran, else a full inbound buffer
         // would pause only this reader (meanwhile both read: the same bytes, in order)
-        let again = PauseAgain {
-            transport: transport.clone().unbind(),
-            event_loop: el.clone().unbind(),
-            waited: AtomicBool::new(false),
-        };
-        if let Ok(again) = Py::new(py, again) {
+        if let Ok(again) = Py::new(py, PauseAgain(transport.clone().unbind())) {
             let _ = el.call_method1(pyo3::intern!(py, "call_soon"), (again,));
         }
         Some(reader)
@@ -195,27 +190,16 @@ pub(super) fn pause_again(py: Python<'_>, transport: &Bound<'_, PyAny>) {
     let _ = transport.call_method0(pyo3::intern!(py, "pause_reading"));
 }
 
-/// The transport's reading, paused again two loop turns after `connection_made`: the first lets run
-/// what the loop scheduled after `connection_made` (uvloop's start of reading).
+/// The transport's reading, paused again one loop turn after `connection_made`.
 #[cfg(unix)]
 #[pyclass(module = "tether._native", frozen)]
-struct PauseAgain {
-    transport: Py<PyAny>,
-    event_loop: Py<PyAny>,
-    waited: AtomicBool,
-}
+struct PauseAgain(Py<PyAny>);
 
 #[cfg(unix)]
 #[pymethods]
 impl PauseAgain {
-    fn __call__(slf: &Bound<'_, Self>) {
-        let py = slf.py();
-        let me = slf.get();
-        let el = me.event_loop.bind(py);
-        if !me.waited.swap(true, Ordering::AcqRel) && el.call_method1(pyo3::intern!(py, "call_soon"), (slf,)).is_ok() {
-            return;
-        }
-        pause_again(py, me.transport.bind(py));
+    fn __call__(&self, py: Python<'_>) {
+        pause_again(py, self.0.bind(py));
     }
 }
 
