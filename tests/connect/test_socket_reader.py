@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 import tether
-from support import FAST, MS, collect, drop, eventually, first_of, other_cpythons, policy
+from support import FAST, MS, collect, drop, eventually, first_of, other_cpythons_or_skip, policy
 from tether import events as ev
 from tether.testing import SignalServer
 
@@ -190,6 +190,15 @@ async def test_a_connection_let_go_without_close_ends_its_tcp_connection():
     await let_go_without_close_ends_the_tcp_connection()
 
 
+async def reading_stopped(c: tether.Connection, within: float = 10) -> None:
+    """Until nothing more is read for 300 ms; fails if reading goes on for `within` seconds."""
+    last, give_up = -1, time.monotonic() + within
+    while (now := c.stats()["bytes_in"]) != last:
+        assert time.monotonic() < give_up, f"still reading after {within}s: {c.stats()}"
+        last = now
+        await asyncio.sleep(300 * MS)
+
+
 @needs_unix
 @pytest.mark.asyncio_loop_only(
     "finds the reader among its selector's watches (test_on_uvloop fills the buffer on uvloop)"
@@ -209,14 +218,6 @@ async def test_reading_stops_while_the_inbound_buffer_is_full_and_starts_again_a
             await ws.send(i.to_bytes(4, "big") + b"z" * (CHUNK - 4))
         await ws.wait_closed()
 
-    async def reading_stopped(c) -> None:
-        """Nothing more read for a while, though the server has bytes still to write."""
-        last = -1
-        while c.stats()["bytes_in"] != last:
-            last = c.stats()["bytes_in"]
-            await asyncio.sleep(300 * MS)
-        assert server[0].transport.get_write_buffer_size() > 0
-
     loop = asyncio.get_running_loop()
     base = tether_readers(loop)
     async with websockets.serve(burst, "127.0.0.1", 0, compression=None) as srv:
@@ -227,6 +228,7 @@ async def test_reading_stops_while_the_inbound_buffer_is_full_and_starts_again_a
             await eventually(lambda: c.stats()["recv_queue"] >= (64 << 20) // CHUNK, what="a full buffer")
             assert not mine & tether_readers(loop)
             await reading_stopped(c)
+            assert server[0].transport.get_write_buffer_size() > 0  # though the server has bytes to write
             # all of them, in order: reading starts again each time the application took half
             for i in range(n):
                 m = await asyncio.wait_for(c.recv(), 10)
@@ -273,10 +275,7 @@ async def the_inbound_buffer_stays_bounded(srv: SignalServer, c: tether.Connecti
     srv.flood(n, CHUNK)
     full = (64 << 20) // CHUNK
     await eventually(lambda: c.stats()["recv_queue"] >= full, 30, what=f"{full} messages buffered")
-    last, give_up = -1, time.monotonic() + 10
-    while c.stats()["bytes_in"] != last and time.monotonic() < give_up:
-        last = c.stats()["bytes_in"]
-        await asyncio.sleep(300 * MS)
+    await reading_stopped(c)
     assert c.stats()["recv_queue"] <= full + 1, c.stats()
     for _ in range(n):
         assert len(await asyncio.wait_for(c.recv(), 10)) == CHUNK
@@ -332,9 +331,7 @@ def test_on_every_cpython():
     """The transport's reading stays paused on every CPython this machine has: before 3.11.4 asyncio
     undoes a pause made in `connection_made` (python/cpython#103607), and a transport that still read
     would keep reading when the inbound buffer is full (64 MiB here, then a flood of 100 MiB)."""
-    pythons = other_cpythons()
-    if not pythons:
-        pytest.skip("no other CPython >= 3.10 on this machine")
+    pythons = other_cpythons_or_skip()
     package = os.path.dirname(os.path.dirname(tether.__file__))
     for exe in pythons:
         out = subprocess.run(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 import tether
-from support import other_cpythons
+from support import other_cpythons_or_skip
 
 RUNS = 5
 BUSY_RUNS = 2
@@ -224,9 +224,7 @@ def test_demo_passes_on_every_cpython():
     """The demo on every other CPython >= 3.10 this machine has. On 3.12 and 3.13 a child the crash-loop
     scenario's spawn had started when the pool closed outlived it (a spawn cancelled mid-way must kill
     what it started); on 3.11 the close came before that child existed."""
-    pythons = other_cpythons()
-    if not pythons:
-        pytest.skip("no other CPython >= 3.10 on this machine")
+    pythons = other_cpythons_or_skip()
     package = os.path.dirname(os.path.dirname(tether.__file__))
     for exe in pythons:
         demo(exe, PYTHONPATH=package)

@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 import pytest
 
-from support import other_cpythons
+from support import other_cpythons_or_skip
 from tether.integrations._patch import (
     Checks,
     Integration,
@@ -313,9 +313,7 @@ def test_fingerprint_is_the_same_on_every_cpython():
     sources = [inspect.getsource(from_source(s, "K").method) for s in (_TRICKY, edited)]
     here = [source_fingerprint(s) for s in sources]
     assert here[0] == here[1]
-    pythons = other_cpythons()
-    if not pythons:
-        pytest.skip("no other CPython >= 3.10 on this machine")
+    pythons = other_cpythons_or_skip()
     import tether.integrations._patch as patch_module
 
     for exe in pythons:

@@ -184,6 +184,16 @@ def other_cpythons() -> list[str]:
     return list(found.values())
 
 
+def other_cpythons_or_skip() -> list[str]:
+    """`other_cpythons()`, skipping the test where there is none."""
+    import pytest
+
+    pythons = other_cpythons()
+    if not pythons:
+        pytest.skip("no other CPython >= 3.10 on this machine")
+    return pythons
+
+
 R = TypeVar("R")
 
 
