@@ -264,11 +264,11 @@ super::events::buffered_stream!(
 /// A prewarmed pool whose ``acquire`` never hangs. ``spawn``: an async callable (``async def``; a plain function is a
 /// TypeError) returning any object, alive per ``liveness(proc)`` if given (called from a tether thread, with the GIL:
 /// keep it quick and non-blocking), else its ``is_alive()``, else ``poll() is None``, else ``returncode is None``;
-/// disposed with ``aclose()``/``close()``, else ``kill()`` then ``await wait()``. A spawn that raises ``X from
-/// cause`` reports both. A spawn is cancelled at ``initialize_timeout`` and when the pool closes while it runs: a
-/// child it started is its own to kill on ``CancelledError`` (the pool never saw it). Or ``command``: argv of a child that sends the ready frame (``tether.worker``); such
-/// children die with this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what
-/// they own (``kill()`` for spawn= objects).
+/// disposed with ``aclose()``/``close()``, else ``kill()`` then ``await wait()``. A spawn that raises ``X from cause``
+/// reports both. A spawn is cancelled at ``initialize_timeout`` and when the pool closes while it runs: a child it
+/// started is its own to kill on ``CancelledError`` (the pool never saw it). Or ``command``: argv of a child that sends
+/// the ready frame (``tether.worker``); such children die with this process (``PR_SET_PDEATHSIG`` on Linux). At
+/// interpreter exit, pools nobody closed kill what they own (``kill()`` for spawn= objects).
 ///
 /// Each spawn made while acquirers wait is made for one of them (an acquirer also takes over a spawn for the idle
 /// target still starting when it arrives); its failure is a failed attempt of that acquirer only; after
