@@ -69,14 +69,16 @@ $(STAMP):
 	touch $@
 
 # The suite but the framework integrations on every other CPython >= 3.10 this machine has (PATH, pyenv), each
-# in .venv-3.X with the wheel installed: not part of `make test` (minutes per version).
+# in .venv-3.X with the wheel installed: not part of `make test` (minutes per version). The main venv's pip
+# installs into each: Debian's and Ubuntu's Pythons have no ensurepip without their python3.X-venv package.
 test-cpythons: $(STAMP)
 	rm -rf dist-cpythons
 	$(VENV)/bin/maturin build --release --locked -q -i $(PY) -o dist-cpythons
 	for exe in $$(cd tests && ../$(PY) -c 'from support import other_cpythons; print(*other_cpythons())'); do \
 		v=$$($$exe -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-		[ -d .venv-$$v ] || { $$exe -m venv .venv-$$v && .venv-$$v/bin/pip install -q $(TEST_DEPS); } || exit 1; \
-		.venv-$$v/bin/pip install -q --force-reinstall --no-deps dist-cpythons/*.whl || exit 1; \
+		[ -f .venv-$$v/.deps-stamp ] || { rm -rf .venv-$$v && $$exe -m venv --without-pip .venv-$$v \
+			&& $(PIP) --python .venv-$$v/bin/python install -q $(TEST_DEPS) && touch .venv-$$v/.deps-stamp; } || exit 1; \
+		$(PIP) --python .venv-$$v/bin/python install -q --force-reinstall --no-deps dist-cpythons/*.whl || exit 1; \
 		echo "== $$exe"; .venv-$$v/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/integrations || exit 1; \
 	done
 

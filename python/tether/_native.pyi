@@ -215,6 +215,9 @@ class NativeCoroutine(Coroutine[Any, Any, _T_co]):
     def cr_suspended(self) -> bool:
         """True once stepped and until it returns: waiting on its future, or about to return a result."""
     @property
+    def cr_state(self) -> Literal["CORO_CREATED", "CORO_RUNNING", "CORO_SUSPENDED", "CORO_CLOSED"]:
+        """What ``inspect.getcoroutinestate`` returns, which reads only this from Python 3.15 on."""
+    @property
     def cr_await(self) -> Any:
         """The asyncio future it waits on, or None."""
     @property

@@ -24,8 +24,8 @@
 //!   RuntimeWarning of a Python coroutine. Not for a `send()`: its call queued the message, awaiting it
 //!   only waits for room in the queue, so a send left unawaited is not a mistake.
 //!
-//! It answers what introspection asks of a coroutine (`cr_running`, `cr_suspended`, `cr_await`,
-//! `cr_frame`, `cr_code`), so `inspect.getcoroutinestate` reads CREATED, SUSPENDED or CLOSED (anyio asks
+//! It answers what introspection asks of a coroutine (`cr_running`, `cr_suspended`, `cr_state`,
+//! `cr_await`, `cr_frame`, `cr_code`), so `inspect.getcoroutinestate` reads CREATED, SUSPENDED or CLOSED (anyio asks
 //! it of every task a cancel scope cancels), and asyncio's task repr and stack printing work.
 
 use std::future::Future;
@@ -873,6 +873,17 @@ impl NativeCoroutine {
     #[getter]
     fn cr_suspended(&self, py: Python<'_>) -> bool {
         self.phase(py) == Phase::Suspended
+    }
+
+    /// What `inspect.getcoroutinestate` returns, which reads only this from Python 3.15 on.
+    #[getter]
+    fn cr_state(&self, py: Python<'_>) -> &'static str {
+        match self.phase(py) {
+            Phase::Created => "CORO_CREATED",
+            Phase::Running => "CORO_RUNNING",
+            Phase::Suspended => "CORO_SUSPENDED",
+            Phase::Finished => "CORO_CLOSED",
+        }
     }
 
     /// The asyncio future it waits on, or None.
