@@ -875,7 +875,7 @@ impl NativeCoroutine {
         self.phase(py) == Phase::Suspended
     }
 
-    /// What `inspect.getcoroutinestate` returns, which reads only this from Python 3.15 on.
+    /// What ``inspect.getcoroutinestate`` returns, which reads only this from Python 3.15 on.
     #[getter]
     fn cr_state(&self, py: Python<'_>) -> &'static str {
         match self.phase(py) {
