@@ -103,7 +103,7 @@ $(INTEG_STAMP): $(STAMP) pyproject.toml Makefile
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream7-$(GETSTREAM_NEW) "getstream==$(GETSTREAM_NEW)" \
 		"getstream-rtc==$(GETSTREAM_RTC)" || echo "getstream $(GETSTREAM_NEW) not installed: its tests will skip"
 	$(PIP) install -q --upgrade --no-deps --target $(VENV)/pipecat-$(PIPECAT) "pipecat-ai==$(PIPECAT)" \
-		loguru wait_for2 loudness soxr sentencex || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
+		loguru wait_for2 loudness soxr sentencex "audioop-lts; python_version >= '3.13'" || echo "pipecat-ai $(PIPECAT) not installed: its tests will skip"
 	for v in $(PIPECAT_OLD); do \
 		$(PIP) install -q --upgrade --no-deps --target $(VENV)/older-pipecat-$$v "pipecat-ai==$$v" \
 			|| { rm -rf $(VENV)/older-pipecat-$$v; echo "pipecat-ai $$v not installed: its test will skip"; }; \

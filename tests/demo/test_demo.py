@@ -27,6 +27,16 @@ def summary(stdout: str) -> dict[str, str]:
     return {cols[0]: cols[1] for cols in (line.split() for line in tail) if len(cols) >= 2}
 
 
+def failing(stdout: str) -> str:
+    """The sections of the scenarios the summary does not call ok, then the summary (all of stdout's end
+    if there is none): what a failed run is read by."""
+    if "== summary" not in stdout:
+        return stdout[-6000:]
+    bad = [n for n, r in summary(stdout).items() if r != "ok"]
+    sections = [s for s in stdout.split("\n== ") if s.split(":", 1)[0] in bad]
+    return "\n".join(f"== {s}" for s in sections) + "\n== summary" + stdout.split("== summary", 1)[1]
+
+
 def timelines(stdout: str) -> dict[str, tuple[str, list[tuple[float, str, str]]]]:
     """{scenario: (title, [(ms, kind, text), ...])} from the scenarios' sections."""
     out = {}
@@ -189,7 +199,7 @@ def demo(python: str = sys.executable, **env: str) -> tuple[subprocess.Completed
     # unbuffered stdio (common in containers) makes every write a syscall: frames arrive in pieces
     env = {**os.environ, "PYTHONWARNINGS": "default::ResourceWarning", "PYTHONUNBUFFERED": "1", **env}
     proc = subprocess.run([python, "-m", "tether", "demo"], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, (python, proc.stdout[-3000:] + proc.stderr[-3000:])
+    assert proc.returncode == 0, f"{python}: exit {proc.returncode}\n{failing(proc.stdout)}\n{proc.stderr[-3000:]}"
     results = summary(proc.stdout)
     names = subprocess.run(
         [sys.executable, "-m", "tether", "demo", "--list"], capture_output=True, text=True, timeout=60
