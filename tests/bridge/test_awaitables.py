@@ -456,8 +456,8 @@ async def nothing(job_id: str, attempt: int) -> None:
 
 async def test_inspect_reads_a_native_coroutines_state_as_a_coroutines():
     """``inspect.getcoroutinestate`` (which anyio calls on every task of a cancel scope), ``cr_state``,
-    ``cr_running``, ``cr_frame``, ``cr_await``, ``cr_code`` and ``cr_suspended`` answer as for a coroutine, in every state:
-    awaited by a task, by ``await`` inside one, stepped by hand, closed, finished."""
+    ``cr_running``, ``cr_frame``, ``cr_await``, ``cr_code`` and ``cr_suspended`` answer as for a coroutine, in
+    every state: awaited by a task, by ``await`` inside one, stepped by hand, closed, finished."""
     gate = tether.ReadinessGate()
 
     def waiting(job: str) -> Any:

@@ -25,8 +25,9 @@
 //!   only waits for room in the queue, so a send left unawaited is not a mistake.
 //!
 //! It answers what introspection asks of a coroutine (`cr_running`, `cr_suspended`, `cr_state`,
-//! `cr_await`, `cr_frame`, `cr_code`), so `inspect.getcoroutinestate` reads CREATED, SUSPENDED or CLOSED (anyio asks
-//! it of every task a cancel scope cancels), and asyncio's task repr and stack printing work.
+//! `cr_await`, `cr_frame`, `cr_code`), so `inspect.getcoroutinestate` reads CREATED, SUSPENDED or
+//! CLOSED (anyio asks it of every task a cancel scope cancels), and asyncio's task repr and stack
+//! printing work.
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
