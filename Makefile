@@ -95,10 +95,10 @@ wheel: $(STAMP)
 # a package that cannot be installed makes its tests skip with the reason instead of failing the build.
 # When they cannot be installed together (livekit-agents requires Python < 3.15), each is tried alone.
 $(INTEG_STAMP): $(STAMP) pyproject.toml Makefile
-	reqs=$$(sed -n 's/^integrations-test = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",'); \
-	$(PIP) install -q $$reqs || for r in $$reqs; do \
+	set -f; reqs=$$(sed -n 's/^integrations-test = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",'); \
+	$(PIP) install -q $$reqs || { for r in $$reqs; do \
 		$(PIP) install -q "$$r" || echo "$$r not installed: its tests will skip"; \
-	done
+	done; $(PIP) check || echo "the integration packages installed one by one do not fit together"; }
 	for v in $(GETSTREAM_OLD); do \
 		$(PIP) install -q --upgrade --no-deps --target $(VENV)/getstream-$$v "getstream==$$v" \
 			|| { rm -rf $(VENV)/getstream-$$v; echo "getstream $$v not installed: its test will skip"; }; \

@@ -164,7 +164,8 @@ def code_fingerprint(func: Callable[..., Any]) -> str:
     Source, not bytecode: the bytecode of one source differs between CPython minors (3.12 inlines
     comprehensions, 3.14 loads small ints without constants), so a hash of it would refuse every Python
     the fingerprint was not taken on; the tokens of one source are the same on all of them once an
-    f-string is one token again (see ``source_fingerprint``; a test compares 3.10 to 3.13)."""
+    f-string is one token again (see ``source_fingerprint``; a test compares every CPython it finds,
+    3.10 to 3.15 here)."""
     target = inspect.unwrap(func)
     try:
         source = inspect.getsource(target)
