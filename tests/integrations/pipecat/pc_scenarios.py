@@ -1,5 +1,5 @@
 """pipecat WebsocketService reconnect scenarios, run as a script (pipecat is installed aside, see the
-Makefile): `python pc_scenarios.py blip|outage|accept_drop [--tether]` prints one JSON line.
+Makefile): `python pc_scenarios.py blip|outage|accept_drop [--tether] [--uvloop]` prints one JSON line.
 
 The service is a minimal real `WebsocketService` subclass (connect / receive / disconnect through
 pipecat's own `_websocket_connect`) driven by pipecat's receive loop against a `websockets` server.
@@ -126,6 +126,7 @@ async def run(scenario: str) -> dict:
     return {
         "scenario": scenario,
         "version": metadata.version("pipecat-ai"),
+        "loop": type(asyncio.get_running_loop()).__module__,
         "connections": len(server.connections),
         "recovered_after": None if recovered_after is None else round(recovered_after, 3),
         "loop_ended": ended,
@@ -213,4 +214,9 @@ if __name__ == "__main__":
 
         report = pipecat.install()
         assert report.patched == ("websocket_service",), report
-    print(json.dumps(asyncio.run(run(sys.argv[1]))))
+    run_loop = asyncio.run
+    if "--uvloop" in sys.argv:
+        import uvloop
+
+        run_loop = uvloop.run
+    print(json.dumps(run_loop(run(sys.argv[1]))))

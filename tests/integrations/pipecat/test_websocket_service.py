@@ -65,6 +65,19 @@ def test_accept_then_drop_gives_up_as_permanent():
     check("accept_drop", scenario("accept_drop", "--tether"))
 
 
+@pytest.mark.timeout(300)
+def test_every_fault_on_uvloop():
+    """pipecat applications run on uvloop too (its OpenAI services work around uvloop's async generator
+    finalizer): the three faults there, all at once, with the same outcomes."""
+    pytest.importorskip("uvloop")
+    assert PIPECAT is not None
+    runs = each_release([PIPECAT], FAULTS, lambda _, f: scenario(f, "--tether", "--uvloop"), at_once=len(FAULTS))
+    for fault in FAULTS:
+        r = runs[(PIPECAT.name, fault)]
+        assert r["loop"].startswith("uvloop"), r
+        check(fault, r)
+
+
 @pytest.fixture(scope="module")
 def older_runs() -> dict[tuple[str, str], dict]:
     """Every fault on every older release, all at once (each mostly waits on its outage)."""
