@@ -285,7 +285,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             (s, _) => s,
         }
     };
+    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let shared_cb = shared.clone();
+    let keep = !mode.accept_then_drop;
     // the error type is tungstenite's, fixed by the `Callback` trait
     #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -297,11 +300,17 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 .unwrap_or(tokio_tungstenite::tungstenite::http::StatusCode::SERVICE_UNAVAILABLE);
             return Err(e);
         }
+        // registered before the 101 goes out: a command given once the client sees the connection open
+        // (`close`, `drop`, `push`, ...) reaches it, queued until the loop below takes it
+        if keep {
+            shared_cb.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        }
         Ok(resp)
     };
     let ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
         Ok(ws) => ws,
         Err(_) => {
+            shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             if refuse.is_some() {
                 shared.counters.refused.fetch_add(1, Ordering::SeqCst);
                 shared.changed.notify_waiters();
@@ -310,14 +319,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         }
     };
     shared.counters.handshakes.fetch_add(1, Ordering::SeqCst);
-    if mode.accept_then_drop {
+    if !keep {
         shared.changed.notify_waiters();
         drop(ws);
         return;
     }
-    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
     shared.changed.notify_waiters();
 
     let (mut sink, mut stream) = ws.split();
@@ -418,6 +424,22 @@ mod tests {
         srv.close_all(4000, "bye");
         let m = ws.next().await.unwrap().unwrap();
         assert!(matches!(m, Message::Close(Some(ref f)) if u16::from(f.code) == 4000), "{m:?}");
+    }
+
+    /// A command given as soon as the client sees the connection open reaches it: the server registers
+    /// a connection before its 101 goes out, not after (a test's `close()` right after connecting
+    /// closed nothing now and then).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_right_after_the_handshake_reaches_the_connection() {
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        for round in 0..200 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(srv.url()).await.unwrap();
+            assert_eq!(srv.close_all(4000, "bye"), 1, "round {round}");
+            let m = ws.next().await.unwrap().unwrap();
+            assert!(matches!(m, Message::Close(Some(ref f)) if u16::from(f.code) == 4000), "{m:?}");
+            drop(ws);
+            assert!(srv.wait_until(Duration::from_secs(5), |s| s.active == 0).await);
+        }
     }
 
     #[tokio::test]

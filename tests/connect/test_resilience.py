@@ -60,7 +60,8 @@ async def test_frozen_server_detected_by_ping_timeout(signal_server):
 
 async def test_close_codes_retry_and_fatal(signal_server):
     async with tether.connect(signal_server.url, policy=policy(), **FAST) as c:
-        signal_server.close(1001, "going away")
+        # the server registers a connection before its 101 goes out: this reaches the one just opened
+        assert signal_server.close(1001, "going away") == 1
         await c.send("x")  # delivered after the reconnect (or echoed before the loss was seen)
         assert await c.recv() == "x"
         await eventually(lambda: c.stats()["last_loss"] is not None, what="the loss")
