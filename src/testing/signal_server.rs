@@ -319,12 +319,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         }
     };
     shared.counters.handshakes.fetch_add(1, Ordering::SeqCst);
+    shared.changed.notify_waiters();
     if !keep {
-        shared.changed.notify_waiters();
         drop(ws);
         return;
     }
-    shared.changed.notify_waiters();
 
     let (mut sink, mut stream) = ws.split();
     let mut frozen = mode.freeze_new;
