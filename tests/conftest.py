@@ -3,12 +3,12 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 import tether
+from support import installed_version
 from support.netns import netns  # noqa: F401 (a fixture: a network namespace for kernel black holes)
 
 
@@ -80,10 +80,7 @@ _outcomes: dict[str, list[str]] = defaultdict(list)
 
 
 def _venv_version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+    return installed_version(dist) or "not installed"
 
 
 def _aside(prefix: str) -> str:

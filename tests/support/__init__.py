@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -192,6 +193,16 @@ def other_cpythons_or_skip() -> list[str]:
     if not pythons:
         pytest.skip("no other CPython >= 3.10 on this machine")
     return pythons
+
+
+def installed_version(dist: str) -> str | None:
+    """The version of `dist` installed in the running venv, by its metadata (None: not installed). Not by
+    importing it: `import getstream` may find tests/integrations/getstream instead, a namespace package of
+    the same name once tests/integrations is on sys.path."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 R = TypeVar("R")

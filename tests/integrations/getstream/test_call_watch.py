@@ -14,30 +14,21 @@ import logging
 import os
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from support import installed_version
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
 GS7 = next(iter(sorted((ROOT / ".venv").glob("getstream7-*"))), None)
 
 
-def installed(dist: str) -> bool:
-    """Whether the venv has `dist`, by its metadata: `import getstream` may find this tests folder instead (a
-    namespace package of the same name, once tests/integrations is on sys.path)."""
-    try:
-        metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 # getstream 7 is installed aside without its dependencies: it runs on those getstream[webrtc] 6.x brought
 # into the venv (aiohttp among them, which the scenarios' fake server uses too)
 needs_gs7 = pytest.mark.skipif(
-    GS7 is None or not installed("getstream") or not installed("aiohttp"),
+    GS7 is None or installed_version("getstream") is None or installed_version("aiohttp") is None,
     reason="getstream 7 is not installed in .venv/getstream7-*, or the venv lacks getstream[webrtc] 6.x, whose "
     "dependencies it runs on (make test installs both)",
 )
@@ -143,7 +134,7 @@ def test_wait_raises_gave_up_when_the_rejoin_gives_up():
 
 
 def test_call_part_refuses_other_versions_with_a_warning(monkeypatch, caplog):
-    if not installed("getstream"):
+    if installed_version("getstream") is None:
         pytest.skip("getstream is not installed")
     from tether.integrations import _patch, getstream
 
@@ -170,7 +161,7 @@ def test_call_part_refuses_other_versions_with_a_warning(monkeypatch, caplog):
 
 
 def test_watch_call_names_why_it_cannot_watch(monkeypatch):
-    if not installed("getstream"):
+    if installed_version("getstream") is None:
         pytest.skip("getstream is not installed")
     from tether.integrations import getstream
 
