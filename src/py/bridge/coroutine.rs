@@ -133,12 +133,17 @@ impl Body for OnSlot {
         if let Some(r) = slot.take() {
             return r.map(First::Ready);
         }
-        let event_loop = match &self.1 {
-            Some(h) if h.thread == std::thread::current().id() => h.event_loop.bind(py).clone(),
-            _ => super::completer::running_loop(py)?,
+        let (event_loop, remote) = match &self.1 {
+            Some(h) if h.thread == std::thread::current().id() => (h.event_loop.bind(py).clone(), None),
+            // awaited on a loop of its own (another thread's): set from the owner's thread, the result
+            // goes through this loop's completer, which wakes it
+            _ => {
+                let (event_loop, completer) = completer::for_running_loop(py)?;
+                (event_loop, Some(Remote { thread: std::thread::current().id(), completer }))
+            }
         };
         let fut = new_future(&event_loop)?;
-        match slot.wait_on(&fut)? {
+        match slot.wait_on(&fut, remote)? {
             Some(r) => r.map(First::Ready),
             None => Ok(First::Pending(Waiting { fut: fut.unbind(), tokio: None, again: None })),
         }
@@ -197,12 +202,20 @@ enum SlotState {
     #[default]
     Empty,
     /// The coroutine's first step found nothing and waits on this asyncio future.
-    Waiting(Py<PyAny>),
+    Waiting(Py<PyAny>, Option<Remote>),
     /// The result, and what to run if it is never taken.
     Set(PyResult<Py<PyAny>>, Option<Orphaned>),
     /// The coroutine went away without a step: a result set now reaches nobody.
     Gone,
     Done,
+}
+
+/// The loop a slot's future belongs to, when it is not necessarily the setter's: its thread, and the
+/// completer that completes the future there (a plain `set_result` from another thread would not wake
+/// that loop, which would sleep on a done future).
+struct Remote {
+    thread: std::thread::ThreadId,
+    completer: Arc<Completer>,
 }
 
 impl Slot {
@@ -238,12 +251,16 @@ impl Slot {
 
     /// Wait on `fut` for the result, unless it was set meanwhile (then returned). A slot with a
     /// withdraw hook learns from `fut` whether it was cancelled.
-    fn wait_on(self: &Arc<Self>, fut: &Bound<'_, PyAny>) -> PyResult<Option<PyResult<Py<PyAny>>>> {
+    fn wait_on(
+        self: &Arc<Self>,
+        fut: &Bound<'_, PyAny>,
+        remote: Option<Remote>,
+    ) -> PyResult<Option<PyResult<Py<PyAny>>>> {
         {
             let mut st = self.lock();
             match std::mem::replace(&mut *st, SlotState::Done) {
                 SlotState::Set(r, _) => return Ok(Some(r)),
-                _ => *st = SlotState::Waiting(fut.clone().unbind()),
+                _ => *st = SlotState::Waiting(fut.clone().unbind(), remote),
             }
         }
         if self.withdraw.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
@@ -276,7 +293,7 @@ impl Slot {
     /// Whether nothing waits on it any more: set already, or its future was cancelled.
     pub fn abandoned(&self, py: Python<'_>) -> bool {
         match &*self.lock() {
-            SlotState::Waiting(f) => {
+            SlotState::Waiting(f, _) => {
                 f.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true)
             }
             SlotState::Empty => false,
@@ -294,14 +311,14 @@ impl Slot {
     /// already, its coroutine is dropped without taking it, or a result was set before.
     pub fn set_returning(&self, py: Python<'_>, result: PyResult<Py<PyAny>>, back: Option<Orphaned>) {
         drop(self.take_withdraw());
-        let fut = {
+        let (fut, remote) = {
             let mut st = self.lock();
             match std::mem::replace(&mut *st, SlotState::Done) {
                 SlotState::Empty => {
                     *st = SlotState::Set(result, back);
                     return;
                 }
-                SlotState::Waiting(f) => f,
+                SlotState::Waiting(f, remote) => (f, remote),
                 other => {
                     *st = other;
                     drop(st);
@@ -312,11 +329,21 @@ impl Slot {
                 }
             }
         };
-        let fut = fut.bind(py);
-        match back {
-            Some(f) if fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) => f(),
-            _ => completer::complete(fut, result),
+        match remote {
+            Some(r) if r.thread != std::thread::current().id() => {
+                r.completer.push(Box::new(move |py, _| settle(fut.bind(py), result, back)));
+            }
+            _ => settle(fut.bind(py), result, back),
         }
+    }
+}
+
+/// Complete a slot's future on its loop's thread, or hand `back` the result a cancelled one no longer takes.
+fn settle(fut: &Bound<'_, PyAny>, result: PyResult<Py<PyAny>>, back: Option<Orphaned>) {
+    let py = fut.py();
+    match back {
+        Some(f) if fut.call_method0(intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) => f(),
+        _ => completer::complete(fut, result),
     }
 }
 
@@ -333,7 +360,7 @@ impl WaiterDone {
         if !fut.call_method0(intern!(fut.py(), "cancelled")).and_then(|c| c.is_truthy()).unwrap_or(false) {
             return;
         }
-        let hook = matches!(&*slot.lock(), SlotState::Waiting(_)).then(|| slot.take_withdraw()).flatten();
+        let hook = matches!(&*slot.lock(), SlotState::Waiting(..)).then(|| slot.take_withdraw()).flatten();
         if let Some(f) = hook {
             f();
         }

@@ -441,15 +441,15 @@ impl Conn {
         }
     }
 
-    /// `aclose()`: its first step asks for the close; it resolves at the end.
+    /// `aclose()`: its first step asks for the close; it resolves at the end. Awaited on another loop
+    /// (another thread's), the close is asked of the connection's own loop, and the end awaited here.
     pub(crate) fn aclose<'py>(self: &Arc<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let loop_closed = self.loop_closed(py);
+        let here = !loop_closed && (self.el.get().is_none() || self.on_loop_thread());
         let slot = self.with(py, |c, st, fx| {
-            if loop_closed || (c.el.get().is_some() && !c.on_loop_thread()) {
-                // another loop awaits it: ask the connection's own loop, and wait for the end there
-                return None;
+            if here {
+                c.request_close(py, st, fx, Instant::now());
             }
-            c.request_close(py, st, fx, Instant::now());
             if c.terminal.get().is_some() {
                 return None;
             }
@@ -457,14 +457,12 @@ impl Conn {
             st.closed.push(slot.clone());
             Some(slot)
         });
+        if !here {
+            self.close_from_afar(py, loop_closed);
+        }
         match slot {
             Some(slot) => coroutine::on_slot(py, "Connection.aclose", false, slot, self.hint(py)),
-            None => {
-                if self.terminal.get().is_none() {
-                    self.close(py);
-                }
-                coroutine::resolved(py, "Connection.aclose", false, Ok(py.None()))
-            }
+            None => coroutine::resolved(py, "Connection.aclose", false, Ok(py.None())),
         }
     }
 
@@ -477,6 +475,15 @@ impl Conn {
         let loop_closed = self.loop_closed(py);
         if !loop_closed && (self.el.get().is_none() || self.on_loop_thread()) {
             return self.with(py, |c, st, fx| c.request_close(py, st, fx, Instant::now()));
+        }
+        self.close_from_afar(py, loop_closed);
+    }
+
+    /// A close asked off the connection's loop: handed to that loop while it runs; with the loop
+    /// gone or stopped nothing will run there, so the connection ends here and its socket is dropped.
+    fn close_from_afar(self: &Arc<Self>, py: Python<'_>, loop_closed: bool) {
+        if self.terminal.get().is_some() {
+            return;
         }
         let running = !loop_closed
             && self
@@ -492,7 +499,6 @@ impl Conn {
                 return;
             }
         }
-        // the loop is gone or stopped: nothing will run on it, so end here and drop the socket
         self.with(py, |c, st, fx| {
             st.close_requested = true;
             c.drop_link(py, st, fx, Goodbye::Abort);
