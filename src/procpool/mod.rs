@@ -10,12 +10,13 @@
 //! * `acquire` registers with the machine and asks it, at every change, what it gets: a process (taken
 //!   under the pool lock, in the same poll that returns it, so a cancelled acquire never
 //!   consumes-and-drops one), or the error that ends it. Dead idle processes are evicted, not handed
-//!   out. An optional timeout bounds it all.
+//!   out; one never lent yet counts as its spawn's failure (`PoolState::died_unused`). An optional
+//!   timeout bounds it all.
 //! * Every process leaves through `dispose` (kill + reap for native children): on release with kill,
 //!   eviction, shrink, close, and spawns that finish after close; or through `detach`, for good.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +118,8 @@ struct Shared {
     pool: PoolState<Proc>,
     /// Handed out and not yet released: disposed by `close` too, so nothing outlives the pool.
     lent: HashMap<usize, Proc>,
+    /// Processes a spawn made that were never lent yet: found dead, their spawn failed after all.
+    unused: HashSet<usize>,
 }
 
 struct Inner {
@@ -133,6 +136,14 @@ struct Inner {
     spawn_tasks: Mutex<HashMap<SpawnId, tokio::task::AbortHandle>>,
     /// Set when the pool is measured (`tether.metrics`).
     metrics: Option<crate::metrics::Labels>,
+    /// Disposals under way (an eviction, a release with kill): `close` waits for them too.
+    disposals: Arc<Disposals>,
+}
+
+#[derive(Default)]
+struct Disposals {
+    pending: std::sync::atomic::AtomicUsize,
+    settled: Notify,
 }
 
 /// The machine's clock: tokio's (paused in tests), as the `std` instants the machine takes.
@@ -147,18 +158,50 @@ impl Inner {
     fn emit(&self, ev: PoolEvent) {
         let _ = self.events.send(ev);
     }
-    /// A process just taken from `idle` (or kept for a waiter): lend it if alive, else evict it.
-    /// Never called under the lock.
-    fn check_out(&self, p: Proc) -> Option<Proc> {
+    /// Take `p` out of the machine's hands (from `idle`, or kept for a waiter) into `lent`, under the
+    /// same lock: from then on a close finds it there and disposes of it.
+    fn take(sh: &mut Shared, p: Proc) -> Proc {
+        sh.lent.insert(key(&p), p.clone());
+        p
+    }
+
+    /// A process just taken (`take`) by acquire `waiter` (None: `try_acquire`): lend it if alive, else
+    /// evict it. Its liveness is asked outside the lock (for a `spawn=` process it needs the GIL); a
+    /// close meanwhile took it from `lent` and disposes of it, so it is not lent then. Never called
+    /// under the lock.
+    fn check_out(&self, p: Proc, waiter: Option<WaiterId>) -> Option<Proc> {
+        let k = key(&p);
         if p.is_alive() {
-            self.lock().lent.insert(key(&p), p.clone());
+            {
+                let mut sh = self.lock();
+                if !sh.lent.contains_key(&k) {
+                    return None;
+                }
+                if sh.unused.remove(&k) {
+                    sh.pool.proven();
+                }
+            }
             self.wake_maintainer.notify_one(); // replace what was taken
             return Some(p);
         }
         let what = p.describe();
-        self.emit(PoolEvent::Evicted { proc: what.clone(), reason: "died while idle".into() });
-        tracing::info!(target: LOG, logger = self.cfg.logger.as_deref(), proc = %what, "evicted {what}: it died while idle");
-        self.dispose(p, "died while idle");
+        let failed = {
+            let mut sh = self.lock();
+            sh.lent.remove(&k)?;
+            sh.unused.remove(&k).then(|| {
+                let cause = format!("{what} died before its first use, after its spawn reported it ready");
+                let f = sh.pool.died_unused(waiter, cause.clone(), now());
+                failure_events(cause, f)
+            })
+        };
+        let reason = if failed.is_some() { "died before its first use" } else { "died while idle" };
+        self.emit(PoolEvent::Evicted { proc: what.clone(), reason: reason.into() });
+        tracing::info!(target: LOG, logger = self.cfg.logger.as_deref(), proc = %what, "evicted {what}: it {reason}");
+        self.dispose(p, reason);
+        if let Some(events) = failed {
+            report(self, events);
+            self.changed.notify_waiters();
+        }
         self.wake_maintainer.notify_one();
         None
     }
@@ -183,19 +226,25 @@ impl Inner {
         let mut sh = self.lock();
         let mut all = sh.pool.close();
         all.extend(sh.lent.drain().map(|(_, p)| p));
+        sh.unused.clear();
         all
     }
 
     fn dispose(&self, p: Proc, reason: &str) {
         let what = p.describe();
         tracing::debug!(target: LOG, logger = self.cfg.logger.as_deref(), proc = %what, reason, "disposing {what}: {reason}");
-        let fut = async move { p.dispose().await };
         match self.handle.get().cloned().or_else(|| tokio::runtime::Handle::try_current().ok()) {
             Some(h) => {
-                h.spawn(fut);
+                let d = self.disposals.clone();
+                d.pending.fetch_add(1, Ordering::SeqCst);
+                h.spawn(async move {
+                    p.dispose().await;
+                    d.pending.fetch_sub(1, Ordering::SeqCst);
+                    d.settled.notify_waiters();
+                });
             }
             // never started and called outside a runtime: nothing async can run, dispose inline
-            None => drop(futures_util::FutureExt::now_or_never(fut)),
+            None => drop(futures_util::FutureExt::now_or_never(p.dispose())),
         }
     }
 }
@@ -213,7 +262,14 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let leftover = self.inner.lock().pool.remove_waiter(self.id);
+        let leftover = {
+            let mut sh = self.inner.lock();
+            let p = sh.pool.remove_waiter(self.id);
+            if let Some(p) = &p {
+                sh.unused.remove(&key(p));
+            }
+            p
+        };
         if let Some(p) = leftover {
             self.inner.dispose(p, "its acquirer left and the pool has enough idle processes");
         }
@@ -228,7 +284,7 @@ impl Pool {
         let metrics = crate::metrics::labels(&[("name", &cfg.name)]);
         let pool = Pool {
             inner: Arc::new(Inner {
-                state: Mutex::new(Shared { pool: PoolState::new(&cfg), lent: HashMap::new() }),
+                state: Mutex::new(Shared { pool: PoolState::new(&cfg), lent: HashMap::new(), unused: HashSet::new() }),
                 cfg,
                 spawner,
                 changed: Notify::new(),
@@ -238,6 +294,7 @@ impl Pool {
                 spawn_tasks: Mutex::new(HashMap::new()),
                 handle: std::sync::OnceLock::new(),
                 metrics,
+                disposals: Arc::default(),
             }),
         };
         if pool.inner.metrics.is_some() {
@@ -293,7 +350,14 @@ impl Pool {
     }
 
     pub fn set_target_idle(&self, n: usize) {
-        let extra = self.inner.lock().pool.set_target_idle(n);
+        let extra = {
+            let mut sh = self.inner.lock();
+            let extra = sh.pool.set_target_idle(n);
+            for p in &extra {
+                sh.unused.remove(&key(p));
+            }
+            extra
+        };
         for p in extra {
             self.inner.dispose(p, "target_idle lowered");
         }
@@ -304,8 +368,12 @@ impl Pool {
     pub fn try_acquire(&self) -> Option<Proc> {
         let inner = &*self.inner;
         loop {
-            let p = inner.lock().pool.take_idle()?;
-            if let Some(p) = inner.check_out(p) {
+            let p = {
+                let mut sh = inner.lock();
+                let p = sh.pool.take_idle()?;
+                Inner::take(&mut sh, p)
+            };
+            if let Some(p) = inner.check_out(p, None) {
                 return Some(p);
             }
         }
@@ -330,9 +398,15 @@ impl Pool {
                 tokio::pin!(n);
                 n.as_mut().enable();
                 loop {
-                    let turn = inner.lock().pool.poll_waiter(id);
+                    let turn = {
+                        let mut sh = inner.lock();
+                        match sh.pool.poll_waiter(id) {
+                            Turn::Take(p) => Turn::Take(Inner::take(&mut sh, p)),
+                            other => other,
+                        }
+                    };
                     match turn {
-                        Turn::Take(p) => match inner.check_out(p) {
+                        Turn::Take(p) => match inner.check_out(p, Some(id)) {
                             Some(p) => return Ok(p),
                             None => continue,
                         },
@@ -466,6 +540,16 @@ impl Pool {
                 tokio::pin!(n);
                 n.as_mut().enable();
                 if self.inner.lock().pool.in_flight() == 0 {
+                    break;
+                }
+                n.await;
+            }
+            let d = &self.inner.disposals;
+            loop {
+                let n = d.settled.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if d.pending.load(Ordering::SeqCst) == 0 {
                     return;
                 }
                 n.await;
@@ -569,24 +653,54 @@ async fn spawn_one(mut guard: InFlight) {
         guard.armed = false;
         match outcome {
             Ok(p) => {
-                let proc = p.describe();
+                let (proc, k) = (p.describe(), key(&p));
                 let s = sh.pool.spawn_succeeded(guard.id, p, now());
                 events.push(PoolEvent::Spawned { proc, took: s.took });
                 if s.recovered {
                     events.push(PoolEvent::Health { healthy: true });
                 }
-                to_dispose = s.surplus;
+                match s.surplus {
+                    Some(surplus) => to_dispose = Some(surplus),
+                    None => {
+                        sh.unused.insert(k);
+                    }
+                }
             }
             Err(cause) => {
                 let f = sh.pool.spawn_failed(guard.id, cause.clone(), now());
-                events.push(PoolEvent::SpawnFailed { cause, consecutive: f.consecutive, retry_in: f.retry_in });
-                if f.turned_unhealthy {
-                    events.push(PoolEvent::Health { healthy: false });
-                }
+                events = failure_events(cause, f);
             }
         }
     }
     // log and notify after releasing the lock
+    report(&inner, events);
+    if let Some((p, why)) = to_dispose {
+        inner.dispose(p, why);
+    }
+    // asked outside the lock: the spawner may need the GIL, which a thread holding it may wait on us for
+    if failed && !inner.lock().pool.is_closed() && inner.spawner.gone() {
+        tracing::warn!(target: LOG, logger = inner.cfg.logger.as_deref(),
+            "closing the pool: its spawner can no longer run (event loop closed) and it was not closed");
+        for p in inner.shut() {
+            inner.dispose(p, "the pool's spawner is gone");
+        }
+        inner.emit(PoolEvent::Closed);
+    }
+    inner.changed.notify_waiters();
+    inner.wake_maintainer.notify_one();
+}
+
+/// What a failure reports: the failure, and the pool turning unhealthy if it did.
+fn failure_events(cause: String, f: crate::pool_state::Failed) -> Vec<PoolEvent> {
+    let mut events = vec![PoolEvent::SpawnFailed { cause, consecutive: f.consecutive, retry_in: f.retry_in }];
+    if f.turned_unhealthy {
+        events.push(PoolEvent::Health { healthy: false });
+    }
+    events
+}
+
+/// Log and emit `events` (outside the pool's lock).
+fn report(inner: &Inner, events: Vec<PoolEvent>) {
     for ev in events {
         match &ev {
             // a crash loop must not flood the logs: the first failures, then every 10th
@@ -613,18 +727,4 @@ async fn spawn_one(mut guard: InFlight) {
         }
         inner.emit(ev);
     }
-    if let Some((p, why)) = to_dispose {
-        inner.dispose(p, why);
-    }
-    // asked outside the lock: the spawner may need the GIL, which a thread holding it may wait on us for
-    if failed && !inner.lock().pool.is_closed() && inner.spawner.gone() {
-        tracing::warn!(target: LOG, logger = inner.cfg.logger.as_deref(),
-            "closing the pool: its spawner can no longer run (event loop closed) and it was not closed");
-        for p in inner.shut() {
-            inner.dispose(p, "the pool's spawner is gone");
-        }
-        inner.emit(PoolEvent::Closed);
-    }
-    inner.changed.notify_waiters();
-    inner.wake_maintainer.notify_one();
 }

@@ -15,7 +15,7 @@ use crate::procpool::{
 };
 
 use super::backoff::{Policy, PyBackoff};
-use super::bridge::await_py;
+use super::bridge::{await_py, await_py_or, Orphan};
 use super::callables::is_awaitable;
 use super::convert::describe_chain;
 use super::errors::{value_error, Error};
@@ -106,6 +106,27 @@ struct PySpawner {
     liveness: Option<Arc<Py<PyAny>>>,
 }
 
+impl PySpawner {
+    /// What becomes of a process `spawn()` returned when the pool no longer waited for it (it closed as
+    /// the spawn finished): disposed of as the pool disposes of its processes. The coroutine finished,
+    /// so no CancelledError told it to end the child itself.
+    fn disposer(&self, locals: &TaskLocals) -> Orphan {
+        let (locals, liveness) = (locals.clone(), self.liveness.clone());
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Box::new(move |py, obj| {
+            let label = obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into());
+            tracing::debug!(target: "tether::procpool", proc = %label,
+                "disposing {label}: spawn() returned it as the pool stopped waiting for it");
+            let p = PyProc { obj, label, locals, liveness };
+            let dispose = p.dispose();
+            match runtime {
+                Some(rt) => drop(rt.spawn(dispose)),
+                None => drop(futures_util::FutureExt::now_or_never(dispose)),
+            }
+        })
+    }
+}
+
 impl Spawner for PySpawner {
     fn spawn(&self, limit: Duration) -> BoxFuture<Result<Proc, String>> {
         let Some(locals) = self.locals.get().cloned() else {
@@ -120,7 +141,8 @@ impl Spawner for PySpawner {
             if !is_awaitable(&aw).unwrap_or(false) {
                 return Err("spawn must be an async callable returning the process object".into());
             }
-            await_py(py, &locals, aw).map_err(|e| format!("could not schedule spawn(): {e}"))
+            await_py_or(py, &locals, aw, Some(self.disposer(&locals)))
+                .map_err(|e| format!("could not schedule spawn(): {e}"))
         });
         let liveness = self.liveness.clone();
         Box::pin(async move {

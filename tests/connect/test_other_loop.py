@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import websockets
-from support import DEADLINE
 
 import tether
+from support import DEADLINE
 
 
 @pytest.fixture

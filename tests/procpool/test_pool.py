@@ -10,7 +10,7 @@ import time
 import pytest
 
 import tether
-from support import MS, eventually, respawn, running
+from support import DEADLINE, MS, eventually, respawn, running
 from tether._procpool import HealthChanged, SpawnFailed
 
 WORKER = [sys.executable, "-m", "tether.worker"]
@@ -231,6 +231,62 @@ async def test_crash_loop_does_not_spin():
         except (StopAsyncIteration, asyncio.TimeoutError):
             break
     assert "HealthChanged" in kinds and "SpawnFailed" in kinds
+
+
+# a worker that reports ready, then exits at once (it crashes in work it does after the handshake)
+READY_THEN_EXIT = ["sh", "-c", "printf '\\000\\000\\000\\005ready'; exit 3"]
+
+
+async def test_workers_dying_right_after_ready_are_a_paced_crash_loop():
+    """Such a worker's spawn succeeded: before, the pool evicted the dead process at the next acquire
+    and spawned again at once, with no backoff and healthy throughout (over 600 spawns in 3 s), and an
+    acquire looped until its timeout, for ever without one. Its death before its first use now fails
+    its spawn after all: the backoff paces the pool, it turns unhealthy, acquire raises PoolExhausted."""
+    pool = tether.ProcPool(
+        command=READY_THEN_EXIT,
+        num_idle=1,
+        initialize_timeout=20,
+        respawn=tether.Backoff(0.2, 2, max_delay=1.0, jitter="none"),
+    )
+    exhausted = []
+    end = time.monotonic() + 3
+    while time.monotonic() < end:  # callers that retry for 3 s
+        try:
+            # no timeout of its own: it must end by itself
+            p = await asyncio.wait_for(pool.acquire(), DEADLINE)
+        except tether.PoolExhausted as e:
+            exhausted.append(str(e))
+        else:
+            pool.release(p)  # lent in the moment before it exited
+    spawns, healthy = pool.stats()["spawns"], pool.healthy
+    await pool.aclose()
+    # waits of 0.2, 0.4, 0.8, 1.0 s, two spawns after each (the one after the wait, and the one its
+    # success starts for the idle target before the first is found dead): a dozen in 3 s
+    assert spawns <= 2 * 8, spawns
+    assert not healthy
+    assert exhausted and "died before its first use" in exhausted[0], exhausted[:1]
+
+
+async def test_an_acquire_on_processes_dead_on_arrival_ends_by_itself():
+    class Dead:
+        """A child that crashed during start-up: dead by the time the pool checks it."""
+
+        def is_alive(self):
+            return False
+
+        async def aclose(self):
+            pass
+
+    async def spawn():
+        await asyncio.sleep(0)
+        return Dead()
+
+    pool = tether.ProcPool(spawn=spawn, num_idle=1, initialize_timeout=20)
+    with pytest.raises(tether.PoolExhausted, match="died before its first use"):
+        await asyncio.wait_for(pool.acquire(), DEADLINE)  # no timeout of its own
+    spawns = pool.stats()["spawns"]
+    await pool.aclose()
+    assert spawns <= 5, spawns  # 86,682 in 15 s before
 
 
 async def test_healthy_flips_back_after_a_success():

@@ -24,6 +24,11 @@
 //!   spawn is a growing backoff away.
 //! * Backoff: after a failure the next spawn waits the `respawn` delay (one sequence for the pool, so a
 //!   crash loop is paced however many slots it has); a success resets the sequence.
+//! * Dead on arrival: a process found dead before its first use, within `initialize_timeout` of the
+//!   success of its spawn (a worker that crashes right after it reported ready), failed after all: the
+//!   failures in a row and the backoff that success reset are restored, and its death counts as one
+//!   more failure, an attempt of the acquire that found it. A process lent alive ends that doubt, and
+//!   the success of a spawn begun before that death changes nothing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -255,6 +260,12 @@ pub struct PoolState<P> {
     next_spawn_at: Option<Instant>,
     delays: Delays,
     spawns: u64,
+    initialize_timeout: Duration,
+    /// What the last success after failures reset (when, the failures in a row, the backoff), until a
+    /// process is lent alive: restored if one it made turns out dead on arrival.
+    reset: Option<(Instant, u32, Delays)>,
+    /// When a process was last found dead before its first use.
+    died_unused_at: Option<Instant>,
 }
 
 impl<P> PoolState<P> {
@@ -277,6 +288,9 @@ impl<P> PoolState<P> {
             next_spawn_at: None,
             delays: cfg.respawn.delays_unbounded(),
             spawns: 0,
+            initialize_timeout: cfg.initialize_timeout,
+            reset: None,
+            died_unused_at: None,
         }
     }
 
@@ -500,10 +514,18 @@ impl<P> PoolState<P> {
     /// Spawn `id` produced `p` at `now`: it goes to the waiter it was made for, else idle if wanted.
     pub fn spawn_succeeded(&mut self, id: SpawnId, p: P, now: Instant) -> Succeeded<P> {
         let (started, owner) = self.settle(id).unwrap_or((now, None));
-        let recovered = !self.healthy();
-        self.consecutive_failures = 0;
-        self.next_spawn_at = None;
-        self.delays = self.respawn.delays_unbounded();
+        // begun before a process was found dead on arrival, it says nothing that death did not (it
+        // started at the success that death belied): the backoff and the failures in a row stand
+        let counts = !self.died_unused_at.is_some_and(|at| started < at);
+        let recovered = counts && !self.healthy();
+        if counts {
+            if self.consecutive_failures > 0 {
+                let fresh = self.respawn.delays_unbounded();
+                self.reset = Some((now, self.consecutive_failures, std::mem::replace(&mut self.delays, fresh)));
+            }
+            self.consecutive_failures = 0;
+            self.next_spawn_at = None;
+        }
         let surplus = if self.closed {
             Some((p, "spawned after close"))
         } else if let Some(i) = owner.and_then(|o| self.waiters.iter().position(|w| w.id == o)) {
@@ -518,9 +540,35 @@ impl<P> PoolState<P> {
         Succeeded { took: now.saturating_duration_since(started), recovered, surplus }
     }
 
+    /// A process was lent alive: the successes so far stand.
+    pub fn proven(&mut self) {
+        self.reset = None;
+    }
+
+    /// A process was found dead at `now` before its first use, by acquire `waiter` (None: a caller
+    /// that does not wait). Within `initialize_timeout` of the last success that reset a run of
+    /// failures, that run and its backoff are restored first: a crash loop whose workers die right after
+    /// reporting ready is paced, and turns the pool unhealthy, like one whose spawns fail.
+    pub fn died_unused(&mut self, waiter: Option<WaiterId>, cause: String, now: Instant) -> Failed {
+        if let Some((at, in_row, delays)) = self.reset.take() {
+            if now.saturating_duration_since(at) <= self.initialize_timeout {
+                self.consecutive_failures = in_row;
+                self.delays = delays;
+            }
+        }
+        self.died_unused_at = Some(now);
+        let owner = waiter.filter(|w| self.waiters.iter().any(|x| x.id == *w));
+        self.failure(owner, cause, now)
+    }
+
     /// Spawn `id` failed at `now` with `cause`.
     pub fn spawn_failed(&mut self, id: SpawnId, cause: String, now: Instant) -> Failed {
         let owner = self.settle(id).and_then(|(_, o)| o);
+        self.failure(owner, cause, now)
+    }
+
+    /// A failure at `now`: an attempt of waiter `owner` (if still waiting), one more in a row.
+    fn failure(&mut self, owner: Option<WaiterId>, cause: String, now: Instant) -> Failed {
         let was_healthy = self.healthy();
         self.consecutive_failures += 1;
         self.failure_total += 1;
@@ -897,5 +945,67 @@ mod tests {
         assert_eq!(st.failures_since(68, 5), ["e68", "e69"]);
         assert_eq!(st.failures_since(0, 100).len(), 64);
         assert_eq!(st.failures_since(0, 100)[0], "e6");
+    }
+
+    /// Two failures (unhealthy, the backoff at 0.4 s next), then a success at 400 ms that resets them.
+    fn recovered_after_two_failures() -> (PoolState<u32>, Instant) {
+        let t0 = Instant::now();
+        let mut st = PoolState::<u32>::new(&cfg(1, 1, 3));
+        assert_eq!(ids(&st.poll_spawns(t0)), [(0, None)]);
+        st.spawn_failed(0, "boom".into(), t0);
+        assert_eq!(ids(&st.poll_spawns(t0 + ms(100))), [(1, None)]);
+        st.spawn_failed(1, "boom".into(), t0 + ms(100));
+        assert!(!st.healthy());
+        assert_eq!(ids(&st.poll_spawns(t0 + ms(300))), [(2, None)]);
+        let s = st.spawn_succeeded(2, 7, t0 + ms(400));
+        assert!(s.recovered && st.healthy());
+        (st, t0)
+    }
+
+    #[test]
+    fn a_process_dead_on_arrival_fails_its_spawn_after_all() {
+        let (mut st, t0) = recovered_after_two_failures();
+        let w = st.add_waiter();
+        assert!(matches!(st.poll_waiter(w), Turn::Take(7)));
+        // found dead: the run and the backoff that success reset are back, one failure more
+        let f = st.died_unused(Some(w), "dead".into(), t0 + ms(401));
+        assert_eq!((f.consecutive, f.retry_in, f.turned_unhealthy), (3, ms(400), false));
+        assert!(!st.healthy());
+        // unhealthy: that failure ends the acquire that found it, naming it
+        match failed(st.poll_waiter(w)) {
+            AcquireError::Unhealthy { in_row: 3, failures, .. } => assert_eq!(failures, ["dead"]),
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_success_of_a_spawn_begun_before_a_death_on_arrival_changes_nothing() {
+        let (mut st, t0) = recovered_after_two_failures();
+        let w = st.add_waiter();
+        assert!(matches!(st.poll_waiter(w), Turn::Take(7)));
+        // the success started the next spawn at once (no backoff any more)
+        assert_eq!(ids(&st.poll_spawns(t0 + ms(400))), [(3, Some(w))]);
+        st.died_unused(Some(w), "dead".into(), t0 + ms(401));
+        let s = st.spawn_succeeded(3, 8, t0 + ms(500));
+        assert!(!s.recovered && !st.healthy(), "begun before the death, it proves nothing");
+        assert_eq!(st.poll_timeout(), Some(t0 + ms(801)), "the backoff stands");
+    }
+
+    #[test]
+    fn a_process_lent_alive_ends_the_doubt() {
+        let (mut st, t0) = recovered_after_two_failures();
+        st.proven();
+        let f = st.died_unused(None, "dead".into(), t0 + ms(401));
+        assert_eq!((f.consecutive, f.retry_in), (1, ms(100)));
+        assert!(st.healthy());
+    }
+
+    #[test]
+    fn a_death_found_long_after_its_spawn_is_one_failure() {
+        let (mut st, t0) = recovered_after_two_failures();
+        let later = t0 + ms(400) + PoolConfig::default().initialize_timeout + ms(1);
+        let f = st.died_unused(None, "dead".into(), later);
+        assert_eq!(f.consecutive, 1);
+        assert!(st.healthy());
     }
 }

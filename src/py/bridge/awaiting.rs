@@ -6,7 +6,10 @@
 //! thread; dropping the Rust future cancels it, through the loop's completer queue, so the tokio
 //! thread that drops it never takes the GIL.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use pyo3::exceptions::asyncio::CancelledError;
 use pyo3::prelude::*;
@@ -26,7 +29,16 @@ struct SlotState {
     /// The completer of the task's loop, set with `task`: the way to cancel it without the GIL.
     completer: Option<Arc<Completer>>,
     tx: Option<oneshot::Sender<PyResult<Py<PyAny>>>>,
+    /// The completer of the task's loop, kept after the task is done: the way to hand back a result
+    /// that arrived as the Rust side stopped waiting.
+    loop_completer: Option<Arc<Completer>>,
+    /// What to do with a result nobody awaits any more (see `await_py_or`).
+    orphan: Option<Orphan>,
 }
+
+/// Takes a task's result that came as its Rust awaiter went away (a pool's spawn() that returned its
+/// process as the pool closed): runs on the loop thread.
+pub type Orphan = Box<dyn FnOnce(Python<'_>, Py<PyAny>) + Send>;
 
 #[pymethods]
 impl TaskSlot {
@@ -57,8 +69,9 @@ impl TaskSlot {
             // the Rust side may have given up since the check above
             if !st.cancelled {
                 st.task = Some(task.clone().unbind());
-                st.completer = Some(completer);
+                st.completer = Some(completer.clone());
             }
+            st.loop_completer = Some(completer);
             st.cancelled
         };
         if cancel_now {
@@ -67,7 +80,7 @@ impl TaskSlot {
         Ok(())
     }
 
-    fn done(&self, task: Bound<'_, PyAny>) -> PyResult<()> {
+    fn done(&self, py: Python<'_>, task: Bound<'_, PyAny>) -> PyResult<()> {
         let tx = {
             let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             st.task = None;
@@ -85,31 +98,58 @@ impl TaskSlot {
                 Err(PyErr::from_value(exc))
             }
         };
-        let _ = tx.send(res);
+        // the awaiter went away (and closed the channel): the result is nobody's but the orphan's
+        if let Err(Ok(obj)) = tx.send(res) {
+            let orphan = self.inner.lock().unwrap_or_else(|p| p.into_inner()).orphan.take();
+            if let Some(f) = orphan {
+                f(py, obj);
+            }
+        }
         Ok(())
     }
 }
 
-/// Cancels the Python task when the Rust side stops waiting.
-struct CancelOnDrop {
+/// The Rust side of `await_py`: the task's outcome. Dropped before it (the awaiting Rust work stopped),
+/// it cancels the task; a result that arrives anyway, or arrived unread, goes to the orphan handler.
+struct PyAwait {
     inner: Arc<Mutex<SlotState>>,
-    armed: bool,
+    rx: Option<oneshot::Receiver<PyResult<Py<PyAny>>>>,
 }
 
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
+impl Future for PyAwait {
+    type Output = PyResult<Py<PyAny>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(rx) = self.rx.as_mut() else { return Poll::Ready(Err(CancelledError::new_err(()))) };
+        match Pin::new(rx).poll(cx) {
+            Poll::Ready(out) => {
+                self.rx = None;
+                Poll::Ready(out.unwrap_or_else(|_| Err(CancelledError::new_err(()))))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        let (task, completer) = {
+    }
+}
+
+impl Drop for PyAwait {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        // from here a `done` finds the channel closed and hands its result to the orphan handler
+        rx.close();
+        let unread = rx.try_recv().ok().and_then(Result::ok);
+        let (task, completer, orphan) = {
             let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             st.cancelled = true;
-            (st.task.take(), st.completer.take())
+            let orphan = unread.and_then(|obj| Some((obj, st.loop_completer.clone()?, st.orphan.take()?)));
+            (st.task.take(), st.completer.take(), orphan)
         };
         if let (Some(task), Some(completer)) = (task, completer) {
             completer.push(Box::new(move |py, _| {
                 let _ = task.bind(py).call_method0("cancel");
             }));
+        }
+        if let Some((obj, completer, f)) = orphan {
+            completer.push(Box::new(move |py, _| f(py, obj)));
         }
     }
 }
@@ -119,22 +159,32 @@ pub fn await_py(
     py: Python<'_>,
     locals: &TaskLocals,
     awaitable: Bound<'_, PyAny>,
-) -> PyResult<impl std::future::Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
+) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
+    await_py_or(py, locals, awaitable, None)
+}
+
+/// `await_py`, with `orphan` taking the result if the Rust side stops waiting (drops the future) as or
+/// after it came: cancelling a task that is already done does not stop its result, which would be
+/// dropped otherwise.
+pub fn await_py_or(
+    py: Python<'_>,
+    locals: &TaskLocals,
+    awaitable: Bound<'_, PyAny>,
+    orphan: Option<Orphan>,
+) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
     let (tx, rx) = oneshot::channel();
-    let inner = Arc::new(Mutex::new(SlotState { cancelled: false, task: None, completer: None, tx: Some(tx) }));
+    let inner = Arc::new(Mutex::new(SlotState {
+        cancelled: false,
+        task: None,
+        completer: None,
+        tx: Some(tx),
+        loop_completer: None,
+        orphan,
+    }));
     let slot = Py::new(py, TaskSlot { inner: inner.clone() })?;
     let event_loop = locals.event_loop(py);
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("context", locals.context(py))?;
     event_loop.call_method("call_soon_threadsafe", (slot.getattr(py, "start")?, awaitable), Some(&kwargs))?;
-    let mut guard = CancelOnDrop { inner, armed: true };
-    Ok(async move {
-        let out = rx.await;
-        guard.armed = false;
-        drop(guard);
-        match out {
-            Ok(r) => r,
-            Err(_) => Err(CancelledError::new_err(())),
-        }
-    })
+    Ok(PyAwait { inner, rx: Some(rx) })
 }

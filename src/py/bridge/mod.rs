@@ -43,4 +43,4 @@ pub mod coroutine;
 mod parked;
 pub mod runtime;
 
-pub use awaiting::await_py;
+pub use awaiting::{await_py, await_py_or, Orphan};
