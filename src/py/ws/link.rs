@@ -543,9 +543,9 @@ fn tune_socket(transport: &Bound<'_, PyAny>, cfg: &crate::ws::WsConfig) -> Optio
 
 /// Bytes for the transport of link `id`; `fd`: the socket may be written directly.
 pub(crate) struct Outgoing {
-    id: u64,
+    pub(super) id: u64,
     transport: Py<PyAny>,
-    fd: Option<i32>,
+    pub(super) fd: Option<i32>,
     data: Vec<u8>,
 }
 
@@ -553,14 +553,19 @@ pub(crate) struct Outgoing {
 /// asyncio's own `write` does first, without its Python layer (a system call from Rust instead of
 /// two Python calls); what the socket does not take, and everything while the transport still holds
 /// something, goes through `transport.write`, which keeps the order, buffers and applies flow control.
-pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) {
+/// Write `w`: straight to the socket when its `fd` is given and the socket takes it all, else (the rest)
+/// through the transport. Whether the transport holds bytes of it afterwards.
+pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) -> bool {
     let Outgoing { id, transport, fd, data } = w;
     let t = transport.bind(py);
     let mut rest: &[u8] = &data;
     #[cfg(unix)]
     if let Some(fd) = fd {
         match send_now(fd, rest) {
-            Some(n) if n == rest.len() => return keep_buffer(data),
+            Some(n) if n == rest.len() => {
+                keep_buffer(data);
+                return false;
+            }
             Some(n) => rest = &rest[n..],
             None => {}
         }
@@ -572,7 +577,7 @@ pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) {
     if let Err(e) = written {
         // a transport closed under us: its connection_lost says what happened
         tracing::debug!(target: LOG, logger = conn.cfg.reconnect.logger.as_deref(), "write refused: {e}");
-        return;
+        return true;
     }
     // the transport holds bytes from now on, until it says it holds none
     let held =
@@ -580,6 +585,7 @@ pub(super) fn write(py: Python<'_>, conn: &Arc<Conn>, w: Outgoing) {
     if let Some(l) = conn.lock(py).link.as_mut().filter(|l| l.id == id) {
         l.buffered = held > 0;
     }
+    held > 0
 }
 
 /// Output buffers up to this size are kept for the next write instead of freed.

@@ -604,8 +604,19 @@ impl Conn {
         let Fx { writes, closes, reading, stops, resolve, later, timer, uncork } = fx;
         #[cfg(not(unix))]
         let Fx { writes, closes, reading, resolve, later, timer, uncork } = fx;
-        for w in writes {
-            link::write(py, self, w);
+        // whether a write may go straight to the socket was decided when it was framed; bytes the
+        // transport holds since (a write of an earlier batch, or of this one, the socket took only
+        // part of) go first, so a write on that link now queues behind them instead of jumping them
+        let mut held =
+            if writes.is_empty() { None } else { self.lock(py).link.as_ref().filter(|l| l.buffered).map(|l| l.id) };
+        for mut w in writes {
+            if held == Some(w.id) {
+                w.fd = None;
+            }
+            let id = w.id;
+            if link::write(py, self, w) {
+                held = Some(id);
+            }
         }
         for (transport, paused) in reading {
             let method = if paused { pyo3::intern!(py, "pause_reading") } else { pyo3::intern!(py, "resume_reading") };
