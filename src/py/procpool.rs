@@ -288,18 +288,21 @@ super::events::buffered_stream!(
 /// keep it quick and non-blocking), else its ``is_alive()``, else ``poll() is None``, else ``returncode is None``;
 /// disposed with ``aclose()``/``close()``, else ``kill()`` then ``await wait()``. A spawn that raises ``X from cause``
 /// reports both. A spawn is cancelled at ``initialize_timeout`` and when the pool closes while it runs: a child it
-/// started is its own to kill on ``CancelledError`` (the pool never saw it). Or ``command``: argv of a child that sends
-/// the ready frame (``tether.worker``); such children die with this process (``PR_SET_PDEATHSIG`` on Linux). At
-/// interpreter exit, pools nobody closed kill what they own (``kill()`` for spawn= objects).
+/// started is its own to kill on ``CancelledError`` (the pool never saw it); a process it returns as the pool closes,
+/// the pool disposes of. Or ``command``: argv of a child that sends the ready frame (``tether.worker``); such children
+/// die with this process (``PR_SET_PDEATHSIG`` on Linux). At interpreter exit, pools nobody closed kill what they own
+/// (``kill()`` for spawn= objects).
 ///
 /// Each spawn made while acquirers wait is made for one of them (an acquirer also takes over a spawn for the idle
 /// target still starting when it arrives); its failure is a failed attempt of that acquirer only; after
 /// ``acquire_attempts`` failed attempts it raises ``PoolExhausted`` (``.failures``: its own spawns' causes,
-/// ``.attempts``). Once the pool is unhealthy (2 spawn failures in a row since the last success; spawns then run one
-/// at a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
-/// (``.failures``: those since it began). ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach``
-/// of a process this pool did not lend (or twice) raise ValueError. A request that does not complete kills its
-/// worker. ``name``: the ``name`` attribute of the pool's metrics (``tether.metrics``).
+/// ``.attempts``). Once the pool is unhealthy (2 spawn failures in a row since the last success; spawns then run one at
+/// a time), the next spawn failure, whoever it was made for, raises ``PoolExhausted`` in every waiting acquire
+/// (``.failures``: those since it began). A process found dead before its first use, within ``initialize_timeout`` of
+/// its spawn's success, fails that spawn after all (the failures in a row and the backoff before it come back).
+/// ``timeout`` bounds the acquire (``TimeoutError``). ``release``/``detach`` of a process this pool did not lend (or
+/// twice) raise ValueError. A request that does not complete kills its worker. ``name``: the ``name`` attribute of the
+/// pool's metrics (``tether.metrics``).
 #[pyclass(name = "ProcPool", module = "tether._native", frozen)]
 pub struct PyProcPool {
     pool: Pool,
