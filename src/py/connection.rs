@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
-use crate::redact::redact_url;
+use crate::redact::{redact_unparsed_url, redact_url};
 use crate::ws::deflate::Offer;
 use crate::ws::tls::TrustSource;
 use crate::ws::upgrade::Endpoint;
@@ -47,7 +47,7 @@ fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>
 }
 
 fn check_url(url: &str) -> PyResult<()> {
-    let invalid = |e: String| value_error(format!("invalid WebSocket URL {}: {e}", redact_url(url)));
+    let invalid = |e: String| value_error(format!("invalid WebSocket URL {}: {e}", redact_unparsed_url(url)));
     let uri: http::Uri = url.parse().map_err(|e| invalid(format!("{e}")))?;
     if !matches!(uri.scheme_str(), Some("ws" | "wss")) {
         let got = uri.scheme_str().map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));

@@ -428,3 +428,45 @@ async def test_a_first_connect_gave_up_logs_one_error(tether_logs):
         await gave_up(tether.connect(url_of(srv), **FAST), within=3.0)
     levels = [r.levelno for r in records(tether_logs) if r.levelno >= logging.WARNING]
     assert levels == [logging.ERROR], levels  # no WARNING per retry: there is none
+
+
+async def hello(ws):
+    await ws.send(f"hello {ws.subprotocol}")
+    await ws.wait_closed()
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_authorization_like_websockets(tether_logs):
+    """websockets' client turns `user:password@` into `Authorization: Basic`; tether sent none (a server
+    behind Basic auth answered 401, fatal on a first connect). The password stays out of every record."""
+    user, password = "alice", "s3cret pw"
+    expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def require_basic(connection, request):
+        if request.headers.get("Authorization") != expected:
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "")
+        return None
+
+    async with websockets.serve(hello, "127.0.0.1", 0, process_request=require_basic) as srv:
+        url = url_of(srv).replace("ws://", f"ws://{user}:s3cret%20pw@")
+        async with websockets.connect(url, open_timeout=10) as ws:
+            assert await asyncio.wait_for(ws.recv(), 10) == "hello None"
+        async with tether.connect(url, policy=policy(), **FAST) as conn:
+            assert await asyncio.wait_for(conn.recv(), 10) == "hello None"
+            assert "s3cret" not in repr(conn)
+    assert not [r for r in records(tether_logs) if "s3cret" in r.getMessage()]
+
+
+async def test_a_subprotocol_asked_for_in_the_headers_may_be_picked():
+    """Without a `subprotocols=` option, the application's own `Sec-WebSocket-Protocol` header asks for
+    one; an answer that picked it was refused as picking one not asked for (RFC 6455 §4.1 refuses only
+    that), so a server that requires one (graphql-ws, MQTT, STOMP) could never be reached."""
+    async with websockets.serve(hello, "127.0.0.1", 0, subprotocols=["chat"]) as srv:
+        headers = {"Sec-WebSocket-Protocol": "graphql-ws, chat"}
+        async with tether.connect(url_of(srv), headers=headers, policy=policy(), **FAST) as conn:
+            assert await asyncio.wait_for(conn.recv(), 10) == "hello chat"
+    async with websockets.serve(
+        hello, "127.0.0.1", 0, subprotocols=["chat"], select_subprotocol=lambda c, s: "chat"
+    ) as srv:
+        conn = tether.connect(url_of(srv), policy=policy(), **FAST)
+        with pytest.raises(tether.GaveUp, match="subprotocol"):
+            await asyncio.wait_for(conn._start(), 10)

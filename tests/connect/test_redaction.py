@@ -55,11 +55,9 @@ def test_redact_covers_the_names():
         tether.add_redacted_names(3)
 
 
-async def test_no_secret_in_errors_events_reprs_or_logs(refusing_server, tether_logs):
-    tether.add_redacted_names("my_app_secret")
-    query = "&".join(f"{n}={SECRET}" for n in PARAMS)
-    url = f"ws://user:{SECRET}@127.0.0.1:{refusing_server}/rtc?{query}"
-    conn = tether.connect(url, headers={"Cookie": f"sid={SECRET}"}, open_timeout=2)
+async def everything_shown(url, tether_logs, **kw):
+    """Every text a failed first connect to `url` shows: reprs, the error, events, log records."""
+    conn = tether.connect(url, open_timeout=2, **kw)
     seen = [repr(conn), conn.url, conn._n.name]
     got = []
 
@@ -77,5 +75,38 @@ async def test_no_secret_in_errors_events_reprs_or_logs(refusing_server, tether_
     seen += [r.getMessage() for r in records(tether_logs)]
     seen += [str(v) for r in records(tether_logs) for v in r.__dict__.values()]
     assert "401" in str(err)
+    return seen
+
+
+async def test_no_secret_in_errors_events_reprs_or_logs(refusing_server, tether_logs):
+    tether.add_redacted_names("my_app_secret")
+    query = "&".join(f"{n}={SECRET}" for n in PARAMS)
+    url = f"ws://user:{SECRET}@127.0.0.1:{refusing_server}/rtc?{query}"
+    seen = await everything_shown(url, tether_logs, headers={"Cookie": f"sid={SECRET}"})
     leaks = [s for s in seen if SECRET in s]
     assert not leaks, leaks
+
+
+@pytest.mark.parametrize("tail", [f"#access_token={SECRET}", f"?room=1#access_token={SECRET}"])
+async def test_a_token_in_the_fragment(refusing_server, tether_logs, tail):
+    """As OAuth's implicit flow hands it out: the parameter name was read back to `?` or `&` only."""
+    seen = await everything_shown(f"ws://127.0.0.1:{refusing_server}/cb{tail}", tether_logs)
+    leaks = [s for s in seen if SECRET in s]
+    assert not leaks, leaks
+
+
+@pytest.mark.parametrize("name", ["api-key", "x-api-key"])
+async def test_credential_header_names_as_query_parameters(refusing_server, tether_logs, name):
+    """Azure OpenAI's realtime WebSocket takes `?api-key=` from browsers."""
+    seen = await everything_shown(f"ws://127.0.0.1:{refusing_server}/rt?api-version=1&{name}={SECRET}", tether_logs)
+    leaks = [s for s in seen if SECRET in s]
+    assert not leaks, leaks
+
+
+@pytest.mark.parametrize("sep", ["/", "?", "#", " "])
+def test_a_password_with_an_unencoded_delimiter_stays_out_of_the_value_error(sep):
+    """The URL then does not parse as meant (`bob` the host, the password its port): the error showed the
+    password twice, in the URL and as the port that is not one."""
+    with pytest.raises(ValueError) as info:
+        tether.connect(f"ws://bob:{SECRET}{sep}x@127.0.0.1:9/p")
+    assert SECRET not in str(info.value), str(info.value)

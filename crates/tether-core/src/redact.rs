@@ -78,9 +78,11 @@ fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&out).into_owned().into()
 }
 
+/// A secret parameter name, or a credential header's name used as one (`?api-key=`, as Azure's realtime
+/// WebSocket takes it from browsers).
 fn is_secret_param(name: &str) -> bool {
     let name = percent_decode(name);
-    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(&name)) || is_extra(&name)
+    SECRET_PARAMS.iter().chain(SECRET_HEADERS).any(|p| p.eq_ignore_ascii_case(&name)) || is_extra(&name)
 }
 
 pub fn is_secret_header(name: &str) -> bool {
@@ -89,7 +91,8 @@ pub fn is_secret_header(name: &str) -> bool {
 
 /// Redact secret query parameters and `user:password@` userinfo anywhere in `text` (a URL, or a message
 /// that contains URLs). Works on arbitrary text: every `name=value` pair whose name is secret and which
-/// follows `?`, `&`, `;` or whitespace has its value (up to `&`, `#`, whitespace, quote) replaced.
+/// follows `?`, `&`, `;`, `#` (a token in a fragment, as OAuth's implicit flow hands it out) or
+/// whitespace has its value (up to `&`, `#`, whitespace, quote) replaced.
 pub fn redact_url(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let bytes = text.as_bytes();
@@ -105,6 +108,7 @@ pub fn redact_url(text: &str) -> String {
                 if c == b'?'
                     || c == b'&'
                     || c == b';'
+                    || c == b'#'
                     || c.is_ascii_whitespace()
                     || c == b'"'
                     || c == b'\''
@@ -192,14 +196,24 @@ fn redact_header_lines(text: &str) -> String {
     out
 }
 
-/// `scheme://user:pass@host` -> `scheme://user:REDACTED@host`
+/// `scheme://user:pass@host` -> `scheme://user:REDACTED@host`. A password with an unencoded `/`, `?` or
+/// `#` (`user:pa/ss@host`) ends the authority early as a URL parser reads it; what follows the colon is
+/// then no port (not digits), and the `@` further on in the same word ends the userinfo.
 fn redact_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
-        let end = tail.find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace()).unwrap_or(tail.len());
+        let word = tail.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '<' || c == '>');
+        let word = &tail[..word.unwrap_or(tail.len())];
+        let mut end = word.find(['/', '?', '#']).unwrap_or(word.len());
+        if !word[..end].contains('@') {
+            let no_port = word[..end].split_once(':').is_some_and(|(_, p)| !p.bytes().all(|b| b.is_ascii_digit()));
+            if let Some(at) = word.rfind('@').filter(|_| no_port) {
+                end = word[at..].find(['/', '?', '#']).map_or(word.len(), |i| at + i);
+            }
+        }
         let authority = &tail[..end];
         if let Some(at) = authority.rfind('@') {
             let userinfo = &authority[..at];
@@ -219,6 +233,17 @@ fn redact_userinfo(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `redact_url` for a URL that did not parse, shown in the error that says so: its parts may not be
+/// where a parser puts them (a password with a space in it), so everything before an `@` after the
+/// scheme is redacted.
+pub fn redact_unparsed_url(text: &str) -> String {
+    let text = redact_url(text);
+    match (text.find("://"), text.rfind('@')) {
+        (Some(s), Some(at)) if at > s + 3 => format!("{}{REDACTED}{}", &text[..s + 3], &text[at..]),
+        _ => text,
+    }
 }
 
 /// A header value as it may appear in logs.
@@ -267,6 +292,30 @@ mod tests {
         assert_eq!(redact_url("wss://bob:hunter2@host/p?x=1"), "wss://bob:REDACTED@host/p?x=1");
         assert_eq!(redact_url("wss://tok@host/p"), "wss://REDACTED@host/p");
         assert_eq!(redact_url("plain text, no url"), "plain text, no url");
+    }
+
+    #[test]
+    fn tokens_in_fragments_and_credential_headers_as_parameters() {
+        assert_eq!(redact_url("ws://h/cb#access_token=S3CRET"), "ws://h/cb#access_token=REDACTED");
+        assert_eq!(redact_url("ws://h/cb?x=1#access_token=S3CRET&s=2"), "ws://h/cb?x=1#access_token=REDACTED&s=2");
+        assert_eq!(redact_url("ws://h/?token=a#key=S3CRET"), "ws://h/?token=REDACTED#key=REDACTED");
+        for name in ["api-key", "X-Api-Key", "x-auth-token"] {
+            assert_eq!(redact_url(&format!("wss://h/rt?v=1&{name}=S3CRET")), format!("wss://h/rt?v=1&{name}=REDACTED"));
+        }
+    }
+
+    #[test]
+    fn a_password_with_an_unencoded_delimiter() {
+        for sep in ["/", "?", "#"] {
+            let r = redact_url(&format!("ws://bob:S3CRET{sep}x@127.0.0.1:9/p?a=1"));
+            assert_eq!(r, "ws://bob:REDACTED@127.0.0.1:9/p?a=1");
+        }
+        // a port, then a path with an @ in it: no userinfo
+        assert_eq!(redact_url("ws://h:8080/users/@me"), "ws://h:8080/users/@me");
+        assert_eq!(redact_url("ws://h/users/@me"), "ws://h/users/@me");
+        // a URL that did not parse (a space in the password) shows nothing before its @
+        assert_eq!(redact_unparsed_url("ws://bob:S3CRET x@127.0.0.1:9/p"), "ws://REDACTED@127.0.0.1:9/p");
+        assert_eq!(redact_unparsed_url("ws://h:99999/"), "ws://h:99999/");
     }
 
     #[test]

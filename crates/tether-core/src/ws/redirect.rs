@@ -219,7 +219,7 @@ mod tests {
         assert!(!e.contains("SECRET"), "{e}");
         let e = follow("ws://h/a", "https://h/a").unwrap_err();
         assert!(e.contains("not a WebSocket URL"), "{e}");
-        assert!(follow("ws://h/a", "ws://h:99999/").unwrap_err().contains("outside 1..65535"));
+        assert!(follow("ws://h/a", "ws://h:99999/").unwrap_err().contains("not a number in 1..65535"));
     }
 
     #[test]

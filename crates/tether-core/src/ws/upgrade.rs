@@ -4,9 +4,11 @@
 //!
 //! The one extension offered is permessage-deflate (unless compression is off or the application sends
 //! its own `Sec-WebSocket-Extensions`): [`Answer::check`] reads the server's choice into the agreed
-//! parameters, and refuses an answer that picks an extension or parameter that was not offered. No
-//! subprotocol is offered, so an answer that picks one is refused as not being an answer to this
-//! request.
+//! parameters, and refuses an answer that picks an extension or parameter that was not offered. A
+//! subprotocol is asked for by the application's own `Sec-WebSocket-Protocol` header; an answer that
+//! picks one that was not asked for is refused as not being an answer to this request. Credentials in
+//! the URL (`ws://user:password@host/`) are sent as HTTP Basic authorization, as websockets does, unless
+//! the application sends its own `Authorization`.
 
 use http::Uri;
 use sha1::{Digest, Sha1};
@@ -30,6 +32,39 @@ pub struct Endpoint {
     pub authority: String,
     /// The request target: path and query (`/` when the URL has none).
     pub target: String,
+    /// `user:password` of the URL's userinfo (percent-decoded), for HTTP Basic authorization.
+    pub credentials: Option<Credentials>,
+}
+
+/// The URL's `user:password`: never shown (its `Debug` says only that there is one).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials(String);
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(REDACTED)")
+    }
+}
+
+/// `%XX` escapes decoded (malformed ones kept as written).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, ..) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
@@ -43,7 +78,8 @@ pub fn port_of(uri: &Uri) -> Result<u16, String> {
         None | Some("") => Ok(if uri.scheme_str() == Some("wss") { 443 } else { 80 }),
         Some(p) => match p.parse::<u32>() {
             Ok(n @ 1..=65535) => Ok(n as u16),
-            _ => Err(format!("port {p} is outside 1..65535")),
+            // not repeated: a password with an unencoded `/` reads as the port (`user:pw/x@host`)
+            _ => Err("the port is not a number in 1..65535".to_string()),
         },
     }
 }
@@ -59,8 +95,12 @@ impl Endpoint {
         };
         let host = uri.host().filter(|h| !h.is_empty()).ok_or("no host in the URL")?;
         let port = port_of(&uri)?;
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
-        let authority = authority.rsplit('@').next().unwrap_or(authority).to_string();
+        let written = uri.authority().map(|a| a.as_str()).unwrap_or(host);
+        let credentials = written.rsplit_once('@').map(|(userinfo, _)| {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            Credentials(format!("{}:{}", percent_decoded(user), percent_decoded(password)))
+        });
+        let authority = written.rsplit('@').next().unwrap_or(written).to_string();
         let target = uri.path_and_query().map(|p| p.as_str()).filter(|p| !p.is_empty()).unwrap_or("/");
         let target = if target.starts_with('/') { target.to_string() } else { format!("/{target}") };
         Ok(Endpoint {
@@ -69,6 +109,7 @@ impl Endpoint {
             port,
             authority,
             target,
+            credentials,
         })
     }
 }
@@ -88,6 +129,8 @@ pub struct Request {
     pub bytes: Vec<u8>,
     pub accept: String,
     pub deflate: Option<Offer>,
+    /// The subprotocols the application's `Sec-WebSocket-Protocol` header asks for.
+    pub protocols: Vec<String>,
 }
 
 /// The request for `ep` with the application's `headers` (which replace the defaults of the same
@@ -96,8 +139,10 @@ pub struct Request {
 pub fn request(ep: &Endpoint, headers: &[(String, String)], nonce: [u8; 16], deflate: Option<&Offer>) -> Request {
     let key = data_encoding::BASE64.encode(&nonce);
     let extensions = deflate.map(Offer::header_value);
+    let basic = ep.credentials.as_ref().map(|c| format!("Basic {}", data_encoding::BASE64.encode(c.0.as_bytes())));
     let defaults = [
         ("Host", Some(ep.authority.as_str())),
+        ("Authorization", basic.as_deref()),
         ("Connection", Some("Upgrade")),
         ("Upgrade", Some("websocket")),
         ("Sec-WebSocket-Version", Some("13")),
@@ -124,7 +169,14 @@ pub fn request(ep: &Endpoint, headers: &[(String, String)], nonce: [u8; 16], def
         out.push_str(&format!("{name}: {value}\r\n"));
     }
     out.push_str("\r\n");
-    Request { bytes: out.into_bytes(), accept: accept_for(&sent_key), deflate: offered }
+    let protocols = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    Request { bytes: out.into_bytes(), accept: accept_for(&sent_key), deflate: offered, protocols }
 }
 
 /// The server's answer to the upgrade request (its headers; what follows is WebSocket data).
@@ -150,9 +202,15 @@ impl Answer {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// Whether the answer opens the WebSocket of the request whose accept value is `accept` and that
-    /// offered `deflate`; the agreed permessage-deflate parameters if the server accepted the offer.
-    pub fn check(&self, accept: &str, deflate: Option<&Offer>) -> Result<Option<Agreed>, Refusal> {
+    /// Whether the answer opens the WebSocket of the request whose accept value is `accept`, that
+    /// offered `deflate` and asked for `protocols`; the agreed permessage-deflate parameters if the
+    /// server accepted the offer.
+    pub fn check(
+        &self,
+        accept: &str,
+        deflate: Option<&Offer>,
+        protocols: &[String],
+    ) -> Result<Option<Agreed>, Refusal> {
         if self.status != 101 {
             return Err(Refusal::Status {
                 status: self.status,
@@ -179,8 +237,11 @@ impl Answer {
             Some(_) => return refuse("a wrong Sec-WebSocket-Accept (not the answer to this request's key)"),
             None => return refuse("no Sec-WebSocket-Accept header"),
         }
-        if self.header("sec-websocket-protocol").is_some() {
-            return refuse("a subprotocol (Sec-WebSocket-Protocol) that was not asked for");
+        // RFC 6455 §4.1: one of those asked for, or none
+        if let Some(p) = self.header("sec-websocket-protocol") {
+            if !protocols.iter().any(|asked| asked == p.trim()) {
+                return refuse("a subprotocol (Sec-WebSocket-Protocol) that was not asked for");
+            }
         }
         let extensions: Vec<&str> = self
             .headers
@@ -249,15 +310,17 @@ mod tests {
                 host: "example.com".into(),
                 port: 8443,
                 authority: "example.com:8443".into(),
-                target: "/ws?room=1".into()
+                target: "/ws?room=1".into(),
+                credentials: Some(Credentials("user:pw".into())),
             }
         );
+        assert_eq!(format!("{:?}", ep.credentials), "Some(Credentials(REDACTED))");
         let ep = Endpoint::parse("ws://[::1]/").unwrap();
         assert_eq!((ep.host.as_str(), ep.port, ep.authority.as_str()), ("::1", 80, "[::1]"));
         assert_eq!(Endpoint::parse("ws://h").unwrap().target, "/");
         assert_eq!(Endpoint::parse("wss://h").unwrap().port, 443);
         assert!(Endpoint::parse("http://h/").unwrap_err().contains("ws or wss"));
-        assert!(Endpoint::parse("ws://h:70000/").unwrap_err().contains("outside 1..65535"));
+        assert!(Endpoint::parse("ws://h:70000/").unwrap_err().contains("not a number in 1..65535"));
         assert!(Endpoint::parse("not a url").is_err());
     }
 
@@ -277,6 +340,51 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_the_url_are_sent_as_basic_authorization_unless_the_application_sends_its_own() {
+        let basic = |url: &str, headers: &[(String, String)]| {
+            let text =
+                String::from_utf8(request(&Endpoint::parse(url).unwrap(), headers, [7; 16], None).bytes).unwrap();
+            text.lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        // what websockets sends for the same URL: base64 of the decoded "user:password"
+        let encoded = data_encoding::BASE64.encode(b"alice:s3cret pw");
+        assert_eq!(basic("ws://alice:s3cret%20pw@h/", &[]), [format!("Authorization: Basic {encoded}")]);
+        assert_eq!(basic("ws://h/", &[]), Vec::<String>::new());
+        let own = [("authorization".to_string(), "Bearer t".to_string())];
+        assert_eq!(basic("ws://alice:pw@h/", &own), ["authorization: Bearer t"]);
+        assert!(!String::from_utf8(request(&Endpoint::parse("ws://a:b@h/").unwrap(), &[], [7; 16], None).bytes)
+            .unwrap()
+            .contains("Host: a:b@h"));
+    }
+
+    #[test]
+    fn a_subprotocol_asked_for_may_be_picked() {
+        let ep = Endpoint::parse("ws://h/").unwrap();
+        let req = request(&ep, &[("Sec-WebSocket-Protocol".into(), "graphql-ws, chat".into())], [7; 16], None);
+        assert_eq!(req.protocols, ["graphql-ws", "chat"]);
+        let answer = |protocol: &str| {
+            let lines = [
+                "HTTP/1.1 101 Switching Protocols".to_string(),
+                "Upgrade: websocket".into(),
+                "Connection: Upgrade".into(),
+                format!("Sec-WebSocket-Accept: {}", req.accept),
+                protocol.into(),
+            ];
+            let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let (a, _) = parse_answer(&head(&lines)).unwrap().unwrap();
+            a.check(&req.accept, None, &req.protocols)
+        };
+        assert_eq!(answer("Sec-WebSocket-Protocol: chat"), Ok(None));
+        assert_eq!(answer("X-None: 1"), Ok(None), "the server may pick none");
+        assert!(
+            matches!(answer("Sec-WebSocket-Protocol: mqtt"), Err(Refusal::NotUpgrade(w)) if w.contains("subprotocol"))
+        );
+    }
+
+    #[test]
     fn an_answer_is_read_once_its_head_is_complete_and_what_follows_is_data() {
         let accept = accept_for("k");
         let mut bytes = head(&[
@@ -290,9 +398,9 @@ mod tests {
         assert_eq!(parse_answer(&bytes[..n - 1]).unwrap(), None);
         let (answer, used) = parse_answer(&bytes).unwrap().unwrap();
         assert_eq!(used, n);
-        assert_eq!(answer.check(&accept, None), Ok(None));
+        assert_eq!(answer.check(&accept, None, &[]), Ok(None));
         assert!(
-            matches!(answer.check("other", None), Err(Refusal::NotUpgrade(w)) if w.contains("Sec-WebSocket-Accept"))
+            matches!(answer.check("other", None, &[]), Err(Refusal::NotUpgrade(w)) if w.contains("Sec-WebSocket-Accept"))
         );
     }
 
@@ -331,15 +439,15 @@ mod tests {
         };
         let offer = Offer::default();
         let a = answer("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=12");
-        assert_eq!(a.check(&accept, Some(&offer)).unwrap().map(|a| a.client_max_window_bits), Some(12));
+        assert_eq!(a.check(&accept, Some(&offer), &[]).unwrap().map(|a| a.client_max_window_bits), Some(12));
         // the offer declined: no extension header
-        assert_eq!(answer("X-Other: 1").check(&accept, Some(&offer)), Ok(None));
+        assert_eq!(answer("X-Other: 1").check(&accept, Some(&offer), &[]), Ok(None));
         let bad = answer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=16");
         assert!(
-            matches!(bad.check(&accept, Some(&offer)), Err(Refusal::NotUpgrade(w))
+            matches!(bad.check(&accept, Some(&offer), &[]), Err(Refusal::NotUpgrade(w))
                 if w.contains("\"permessage-deflate; server_max_window_bits=16\"") && w.contains("is not 8..15")),
             "{:?}",
-            bad.check(&accept, Some(&offer))
+            bad.check(&accept, Some(&offer), &[])
         );
     }
 
@@ -347,7 +455,7 @@ mod tests {
     fn refusals_say_why() {
         let (a, _) = parse_answer(&head(&["HTTP/1.1 302 Found", "Location: /new"])).unwrap().unwrap();
         assert_eq!(
-            a.check("x", None),
+            a.check("x", None, &[]),
             Err(Refusal::Status { status: 302, reason: "Found".into(), location: Some("/new".into()) })
         );
         let accept = accept_for("k");
@@ -358,7 +466,7 @@ mod tests {
             lines.push(&a);
             lines.push(extra);
             let (a, _) = parse_answer(&head(&lines)).unwrap().unwrap();
-            a.check(&accept, None)
+            a.check(&accept, None, &[])
         };
         assert!(
             matches!(with("Sec-WebSocket-Extensions: permessage-deflate"), Err(Refusal::NotUpgrade(w)) if w.contains("not offered"))
@@ -367,7 +475,7 @@ mod tests {
             matches!(with("Sec-WebSocket-Protocol: chat"), Err(Refusal::NotUpgrade(w)) if w.contains("subprotocol"))
         );
         let (a, _) = parse_answer(&head(&ok[..2])).unwrap().unwrap();
-        assert!(matches!(a.check(&accept, None), Err(Refusal::NotUpgrade(w)) if w.contains("Connection")));
+        assert!(matches!(a.check(&accept, None, &[]), Err(Refusal::NotUpgrade(w)) if w.contains("Connection")));
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_answer(&vec![b'a'; MAX_ANSWER + 1]).is_err());
     }

@@ -46,9 +46,10 @@ pub struct Wire {
     /// Boxed: a rustls connection is large, and most connections are plain.
     tls: Option<Box<TlsSession>>,
     stage: Stage,
-    /// What proves the answer is to our request, and what it offered.
+    /// What proves the answer is to our request, what it offered, and the subprotocols it asked for.
     accept: String,
     offer: Option<Offer>,
+    protocols: Vec<String>,
     /// permessage-deflate was agreed: our data messages go through it.
     deflater: Option<Deflater>,
     /// A compressed message, between the compressor and the frame.
@@ -79,6 +80,7 @@ impl Wire {
             stage: Stage::Answer(Vec::new()),
             accept: request.accept.clone(),
             offer: request.deflate.clone(),
+            protocols: request.protocols.clone(),
             deflater: None,
             compressed: Vec::new(),
             max_message_size,
@@ -202,7 +204,7 @@ impl Wire {
                 return Ok(Fed::All);
             };
             head_rest = head.split_off(used);
-            let agreed = match answer.check(&self.accept, self.offer.as_ref()) {
+            let agreed = match answer.check(&self.accept, self.offer.as_ref(), &self.protocols) {
                 Ok(agreed) => agreed,
                 Err(refusal) => {
                     self.stage = Stage::Refused;
