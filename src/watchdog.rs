@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::watchdog_rules::{quiet_alarm, quiet_deadline, Dwell};
@@ -120,8 +120,11 @@ struct Inner {
     /// Python logger the alarms are logged to (a key registered by the bindings); None: the module's
     /// `tether.watchdog`. Every record carries it as the `logger` field.
     logger: Option<Arc<str>>,
-    /// An application handler reports the alarms (see `handled_elsewhere`): the record is DEBUG.
-    handled: AtomicBool,
+    /// An application handler reports the alarms (see `handle_with`): every alarm goes to it, and the
+    /// record is DEBUG. Unbounded: an alarm is never dropped between the monitor and the handler
+    /// (a burst of thousands of silent sources must not end the handler's stream, as a bounded
+    /// broadcast's lag would); taken on close.
+    handler: Mutex<Option<mpsc::UnboundedSender<Alarm>>>,
     /// Set when the watchdog is measured (`tether.metrics`): its alarms are counted by kind.
     metrics: Option<crate::metrics::Labels>,
 }
@@ -148,7 +151,7 @@ impl Watchdog {
             alarms: Mutex::new(Some(alarms)),
             name: name.to_string(),
             logger,
-            handled: AtomicBool::new(false),
+            handler: Mutex::new(None),
             metrics: crate::metrics::labels(&[("name", name)]),
         });
         rt.spawn(monitor(Arc::downgrade(&inner)));
@@ -161,10 +164,15 @@ impl Watchdog {
     }
 
     /// Each alarm is reported once: by a handler the application gave (the bindings' `on_alarm`), as a
-    /// custom exception handler replaces asyncio's default report, or else by a WARNING record. Once
-    /// this is called the record is DEBUG, so an alarm the handler prints or logs is not printed twice.
-    pub fn handled_elsewhere(&self) {
-        self.inner.handled.store(true, Ordering::SeqCst);
+    /// custom exception handler replaces asyncio's default report, or else by a WARNING record. From
+    /// this call on every alarm goes to the returned receiver (until close) and the record is DEBUG, so
+    /// an alarm the handler prints or logs is not printed twice.
+    pub fn handle_with(&self) -> mpsc::UnboundedReceiver<Alarm> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if !self.inner.closed.load(Ordering::SeqCst) {
+            *self.inner.handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        }
+        rx
     }
 
     /// Alarms from now on; the stream ends when the watchdog is closed.
@@ -225,6 +233,7 @@ impl Watchdog {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.alarms.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.inner.handler.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.inner.wake.notify_one();
     }
 
@@ -250,12 +259,16 @@ fn fire(inner: &Inner, alarm: Alarm) {
     }
     let (logger, elapsed_s, limit_s) =
         (inner.logger.as_deref(), alarm.elapsed.as_secs_f64(), alarm.limit.as_secs_f64());
-    if inner.handled.load(Ordering::SeqCst) {
+    let handler = inner.handler.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if handler.is_some() {
         tracing::debug!(target: "tether::watchdog", logger, watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
             elapsed_s, limit_s, "{}", alarm.message);
     } else {
         tracing::warn!(target: "tether::watchdog", logger, watchdog = %inner.name, kind = alarm.kind.as_str(), key = %alarm.name,
             elapsed_s, limit_s, "{}", alarm.message);
+    }
+    if let Some(h) = handler {
+        let _ = h.send(alarm.clone());
     }
     let tx = inner.alarms.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(tx) = tx {

@@ -671,14 +671,15 @@ class AlarmStream(AsyncIterator[Alarm]):
 
 @final
 class Watchdog:
-    """Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via ``async for alarm in
-    wd`` / ``wd.alarms()`` and the optional ``on_alarm`` callback (run on the loop that created the watchdog). One
-    alarm per entry into a state / per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed
-    from creation.
+    """Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via
+    ``async for alarm in wd`` / ``wd.alarms()`` and the optional ``on_alarm`` callback (run on the loop that created the
+    watchdog, every alarm however many come at once; an ``async def`` one runs as a task). One alarm per entry into a
+    state / per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from creation.
 
-    Each alarm is reported once: without ``on_alarm``, by a WARNING record on ``tether.watchdog`` (or ``logger``);
-    with ``on_alarm``, by that callback, which replaces the WARNING as a custom exception handler replaces asyncio's
-    default report (the record is then DEBUG). Streams (``alarms()``) deliver every alarm either way."""
+    Each alarm is reported once: without ``on_alarm``, by a WARNING record on ``tether.watchdog`` (or ``logger``); with
+    ``on_alarm``, by that callback, which replaces the WARNING as a custom exception handler replaces asyncio's default
+    report (the record is then DEBUG). Streams (``alarms()``) deliver every alarm either way, while their reader keeps
+    within 1,024 unread (beyond, a WARNING says how many it skipped)."""
 
     def __new__(
         cls,

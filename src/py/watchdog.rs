@@ -1,6 +1,6 @@
 //! `tether.Watchdog` / `Liveness` bindings.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -15,14 +15,15 @@ fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
     PyAlarm::from(a).into_py_any(py)
 }
 
-/// Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via ``async for alarm in
-/// wd`` / ``wd.alarms()`` and the optional ``on_alarm`` callback (run on the loop that created the watchdog). One
-/// alarm per entry into a state / per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from
-/// creation.
+/// Dwell deadlines per state, progress deadlines, liveness keys. Alarms (``tether.Alarm``) via
+/// ``async for alarm in wd`` / ``wd.alarms()`` and the optional ``on_alarm`` callback (run on the loop that created the
+/// watchdog, every alarm however many come at once; an ``async def`` one runs as a task). One alarm per entry into a
+/// state / per silence; the next ``set_state``/``beat`` re-arms. Liveness keys are armed from creation.
 ///
-/// Each alarm is reported once: without ``on_alarm``, by a WARNING record on ``tether.watchdog`` (or ``logger``);
-/// with ``on_alarm``, by that callback, which replaces the WARNING as a custom exception handler replaces asyncio's
-/// default report (the record is then DEBUG). Streams (``alarms()``) deliver every alarm either way.
+/// Each alarm is reported once: without ``on_alarm``, by a WARNING record on ``tether.watchdog`` (or ``logger``); with
+/// ``on_alarm``, by that callback, which replaces the WARNING as a custom exception handler replaces asyncio's default
+/// report (the record is then DEBUG). Streams (``alarms()``) deliver every alarm either way, while their reader keeps
+/// within 1,024 unread (beyond, a WARNING says how many it skipped).
 #[pyclass(name = "Watchdog", module = "tether._native", frozen)]
 pub struct PyWatchdog {
     inner: Arc<Watchdog>,
@@ -55,6 +56,28 @@ impl PyWatchdog {
     }
 }
 
+/// Runs `on_alarm(alarm)` on the loop; a coroutine it returns (an ``async def`` handler) runs as a task,
+/// held until done.
+#[pyclass(module = "tether._native", frozen)]
+struct Deliver {
+    cb: Py<PyAny>,
+    tasks: Mutex<Vec<Py<PyAny>>>,
+}
+
+#[pymethods]
+impl Deliver {
+    fn __call__(&self, py: Python<'_>, alarm: Bound<'_, PyAny>) -> PyResult<()> {
+        let r = self.cb.bind(py).call1((alarm,))?;
+        if super::callables::is_awaitable(&r)? {
+            let task = py.import("asyncio")?.call_method1("ensure_future", (r,))?;
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.retain(|t| !t.bind(py).call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true));
+            tasks.push(task.unbind());
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl PyWatchdog {
     /// `on_alarm(alarm)` (optional) is called on the event loop that created the watchdog.
@@ -81,19 +104,23 @@ impl PyWatchdog {
                     PyTypeError::new_err("Watchdog(on_alarm=...) must be created inside a running event loop")
                 })?
                 .unbind();
-            let cb = cb.unbind();
-            inner.handled_elsewhere();
-            let mut rx = inner.subscribe();
+            let deliver = Py::new(py, Deliver { cb: cb.unbind(), tasks: Mutex::new(Vec::new()) })?;
+            let mut rx = inner.handle_with();
             rt.spawn(async move {
-                while let Ok(alarm) = rx.recv().await {
+                let mut batch = Vec::new();
+                // every alarm, however many come at once: one hand-over to the loop per batch
+                while rx.recv_many(&mut batch, 256).await > 0 {
                     if !super::python_alive() {
                         return;
                     }
                     let _ = super::with_python(|py| -> PyResult<()> {
-                        let a = alarm_to_py(py, &alarm)?;
-                        event_loop.bind(py).call_method1("call_soon_threadsafe", (cb.bind(py), a))?;
+                        for alarm in batch.drain(..) {
+                            let a = alarm_to_py(py, &alarm)?;
+                            event_loop.bind(py).call_method1("call_soon_threadsafe", (deliver.bind(py), a))?;
+                        }
                         Ok(())
                     });
+                    batch.clear();
                 }
             });
         }
