@@ -79,6 +79,18 @@ pub enum Mark {
 #[error("{0}")]
 pub struct UnknownStage(pub String);
 
+/// An error of the application's dispatch call.
+pub trait DispatchError {
+    /// It ends the dispatch at once instead of being retried: a cancellation or an interrupt raised in
+    /// the call, which a retry would swallow.
+    fn is_final(&self) -> bool {
+        false
+    }
+}
+
+impl DispatchError for String {}
+impl DispatchError for &str {}
+
 /// Why a job is not ready. `stage` is the first stage not reached.
 #[derive(Debug)]
 pub struct NotReady<E> {
@@ -174,6 +186,12 @@ impl Gate {
             tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, stage, "mark for unknown or finished job {job_id:?} ({stage}) ignored");
             return Ok(Mark::UnknownJob);
         };
+        self.mark_job(job_id, &job, stage)
+    }
+
+    /// `mark` of this dispatch's own `job`: a newer dispatch of the same id may have replaced it in the
+    /// gate, and its marks are not this one's.
+    fn mark_job(&self, job_id: &str, job: &Job, stage: &str) -> Result<Mark, UnknownStage> {
         let Some(idx) = job.stages.iter().position(|s| &**s == stage) else {
             return Err(UnknownStage(format!(
                 "unknown stage {stage:?} for job {job_id:?}; its stages are {:?}",
@@ -227,6 +245,7 @@ impl Gate {
         describe: impl Fn(&E) -> String,
     ) -> Result<Vec<(String, Duration)>, NotReady<E>>
     where
+        E: DispatchError,
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
@@ -269,8 +288,12 @@ impl Gate {
             let outcome = tokio::time::timeout(first_limit, dispatch(attempt)).await;
             let failure: Option<(String, Option<E>)> = match outcome {
                 Ok(Ok(())) => {
-                    let _ = self.mark(job_id, &first);
+                    let _ = self.mark_job(job_id, &job, &first);
                     None
+                }
+                Ok(Err(e)) if e.is_final() => {
+                    let message = format!("job {job_id:?} was never {first}: dispatch failed: {}", describe(&e));
+                    return Err(not_ready(&first, vec![], message, Some(e)));
                 }
                 Ok(Err(e)) => Some((format!("dispatch failed: {}", describe(&e)), Some(e))),
                 Err(_) => Some((format!("dispatch call did not return within {}", secs(first_limit)), None)),

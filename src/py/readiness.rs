@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::readiness::{Gate, Mark, Spec};
+use crate::readiness::{DispatchError, Gate, Mark, Spec};
 use crate::redact::redact_url;
 
 use super::backoff::Policy;
@@ -88,6 +88,14 @@ impl<'py> IntoPyObject<'py> for Timings {
             d.set_item(s, t.as_secs_f64())?;
         }
         Ok(d)
+    }
+}
+
+/// A cancellation or an interrupt raised in the dispatch call (a BaseException that is no Exception)
+/// propagates as it is, at once: retrying would swallow it.
+impl DispatchError for PyErr {
+    fn is_final(&self) -> bool {
+        super::with_python(|py| !self.is_instance_of::<pyo3::exceptions::PyException>(py)).unwrap_or(false)
     }
 }
 

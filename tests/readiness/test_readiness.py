@@ -229,3 +229,43 @@ async def test_not_ready_is_reported_once_by_the_exception(tether_logs):
         await gate.dispatch("job-once", dispatch, timeouts={"ready": 0.1})
     same = [r for r in tether_logs.records if str(info.value) in r.getMessage()]
     assert [r.levelname for r in same] == ["DEBUG"], [(r.levelname, r.getMessage()) for r in same]
+
+
+async def test_a_newer_dispatch_of_the_same_job_measures_from_its_own_dispatch_call():
+    """The older dispatch's call returning marked "dispatched" by the job's id, so on the newer dispatch
+    that replaced it: the newer job's "joined" deadline ran from that foreign instant and it raised
+    NotReady although its agent joined within 3 s of its own call."""
+    gate = tether.ReadinessGate()
+    loop = asyncio.get_running_loop()
+    calls = []
+
+    async def dispatch(job_id, attempt):
+        calls.append(attempt)
+        if len(calls) == 1:
+            await asyncio.sleep(0.5)  # the older call returns while the newer one's runs
+            return
+        await asyncio.sleep(3.0)
+        loop.call_later(1.0, gate.mark, job_id, "joined")
+        loop.call_later(1.2, gate.mark, job_id, "ready")
+
+    timeouts = {"dispatched": 20, "joined": 3, "ready": 3}
+    older = asyncio.ensure_future(gate.dispatch("job-1", dispatch, timeouts=timeouts))
+    await asyncio.sleep(0.1)
+    newer = await asyncio.wait_for(gate.dispatch("job-1", dispatch, timeouts=timeouts), 30)
+    assert newer["dispatched"] >= 2.5, newer
+    with pytest.raises(tether.NotReady):
+        await asyncio.wait_for(older, 30)  # replaced: its marks went to the newer job
+
+
+async def test_a_cancelled_error_raised_in_dispatch_propagates_at_once():
+    """It was retried with backoff (4 calls over 1.4 s), then raised bare anyway: a retry that succeeded
+    would have swallowed it."""
+    calls = []
+
+    async def dispatch(job_id, attempt):
+        calls.append(attempt)
+        raise asyncio.CancelledError()  # it awaited a shared future someone else cancelled
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(tether.ReadinessGate().dispatch("job-1", dispatch, timeouts=5), 30)
+    assert calls == [1]
