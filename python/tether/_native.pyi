@@ -257,7 +257,7 @@ class Backoff:
         initial: float | None = 0.3,
         factor: float | None = 2.0,
         max_delay: float | None = 7.0,
-        jitter: Literal["full", "equal", "decorrelated", "none"] = "full",
+        jitter: Literal["full", "equal", "decorrelated", "none"] | None = "full",
         max_attempts: int | None = None,
         deadline: float | None = None,
         seed: int | None = None,
@@ -424,9 +424,10 @@ class Reconnector:  # subclassed by tether.Reconnector, which adds run()
     def attempt(self) -> int:
         """Retries since the last stable connection (0 = none)."""
     def events(self) -> EventStream:
-        """Events of the current (or next) run or step-wise episode (the step-wise form has no ``Connecting``),
-        from this call on (it subscribes now, not at the first ``__anext__``); ends when ``run`` returns or the
-        episode gives up."""
+        """Events of the current run or step-wise episode (the step-wise form has no ``Connecting``), or, before
+        the first one, of the next, from this call on (it subscribes now, not at the first ``__anext__``); ends
+        when ``run`` returns or the episode gives up. Taken after one ended and before the next began, it is
+        already ended."""
     @property
     def name(self) -> str | None: ...
     @property

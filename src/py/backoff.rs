@@ -44,13 +44,13 @@ impl<'a, 'py, P: Param> FromPyObject<'a, 'py> for Policy<P> {
 #[pymethods]
 impl PyBackoff {
     #[new]
-    #[pyo3(signature = (initial=None, factor=None, max_delay=None, jitter=JitterMode(Backoff::default().jitter),
-        max_attempts=None, deadline=None, seed=None))]
+    #[pyo3(signature = (initial=None, factor=None, max_delay=None, jitter=None, max_attempts=None, deadline=None,
+        seed=None))]
     fn new(
         initial: Option<Number<param::Initial>>,
         factor: Option<Number<param::Factor>>,
         max_delay: Option<Number<param::MaxDelay>>,
-        jitter: JitterMode,
+        jitter: Option<JitterMode>,
         max_attempts: Option<Count<param::MaxAttempts>>,
         deadline: Option<Number<param::Deadline>>,
         seed: Option<&Bound<'_, PyAny>>,
@@ -62,7 +62,7 @@ impl PyBackoff {
             factor: factor.map_or(d.factor, |n| n.0),
             // never below an explicitly larger initial delay
             max_delay: max_delay.map_or(d.max_delay.max(initial), |n| n.0),
-            jitter: jitter.0,
+            jitter: jitter.map_or(d.jitter, |j| j.0),
             max_attempts: max_attempts.map(|n| n.0).or(d.max_attempts),
             deadline: deadline.map(|n| n.0).or(d.deadline),
             seed: match seed {

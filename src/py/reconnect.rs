@@ -282,9 +282,9 @@ impl PyReconnector {
         self.lock().st.attempt(now())
     }
 
-    /// Events of the current (or next) run or step-wise episode (the step-wise form has no ``Connecting``), from this
-    /// call on (it subscribes now, not at the first ``__anext__``); ends when ``run`` returns or the episode gives
-    /// up.
+    /// Events of the current run or step-wise episode (the step-wise form has no ``Connecting``), or, before the first
+    /// one, of the next, from this call on (it subscribes now, not at the first ``__anext__``); ends when ``run``
+    /// returns or the episode gives up. Taken after one ended and before the next began, it is already ended.
     fn events(&self) -> EventStream {
         let inner = self.lock();
         if !inner.running && !inner.stepping && inner.ended > 0 {

@@ -10,6 +10,9 @@ def test_defaults_match_the_contract():
     b = tether.Backoff()
     assert (b.initial, b.factor, b.max_delay, b.jitter) == (0.3, 2.0, 7.0, "full")
     assert b.max_attempts is None and b.deadline is None and b.seed is None
+    # every argument given as None takes its default (jitter=None was a TypeError)
+    none = dict.fromkeys(["initial", "factor", "max_delay", "jitter", "max_attempts", "deadline", "seed"])
+    assert tether.Backoff(**none) == b
 
 
 def test_no_jitter_sequence_and_retry_count():

@@ -7,9 +7,10 @@ import logging
 import time
 
 import pytest
+import websockets
 
 import tether
-from support import MS, collect, eventually, records
+from support import DEADLINE, MS, collect, eventually, records
 from tether import events as ev
 
 
@@ -717,6 +718,36 @@ async def test_step_wise_loop_against_a_flapping_server(tether_logs):
     assert info.value.attempts == 5 and srv.accepts == 5
     levels = [x.levelno for x in records(tether_logs, "tether.reconnect") if "retrying" in x.getMessage()]
     assert levels == [logging.DEBUG, logging.WARNING, logging.WARNING, logging.WARNING]
+
+
+async def test_the_readmes_step_wise_loop_backs_off_a_server_that_closes_cleanly_at_once(tether_logs):
+    """Every connection closed cleanly (code 1000) right after it opened. The README's loop reconnected
+    after `closed()` without a `backoff()`: nothing paced it (1,300 connections in 2 s), nothing logged
+    a WARNING, nothing gave up. With the `backoff()` the README now has after `closed()`, it escalates."""
+    accepts = 0
+
+    async def handler(ws):
+        nonlocal accepts
+        accepts += 1
+        await ws.close(1000)
+
+    r = tether.Reconnector(tether.Backoff(0.05, 2, max_delay=0.2, jitter="none", max_attempts=4), stable_after=10)
+    async with websockets.serve(handler, "127.0.0.1", 0) as srv:
+        url = f"ws://127.0.0.1:{srv.sockets[0].getsockname()[1]}/"
+        with pytest.raises(tether.GaveUp):
+            while True:  # as in the README
+                try:
+                    ws = await websockets.connect(url, open_timeout=DEADLINE)
+                    r.connected()
+                    async for _ in ws:
+                        pass
+                    r.closed()
+                except Exception as e:
+                    await r.backoff(e)
+                else:
+                    await r.backoff()
+    assert accepts == 5, accepts
+    assert any(x.levelno == logging.WARNING for x in records(tether_logs, "tether.reconnect"))
 
 
 def test_quiet_retries_spread_a_fleet():
