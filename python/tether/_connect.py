@@ -126,12 +126,13 @@ class Connection:
         """``async for ev in conn.events()``: Connecting, Connected, ConnectionLost, Reconnecting,
         Reconnected, GaveUp (see ``tether.events``); ends when the connection ends.
 
-        The stream subscribes when ``events()`` is called, not at its first ``__anext__``: it delivers
-        every event emitted after the call returned, in order, and nothing from before. So call it before
-        whatever may cause the event you want to see. A watcher task whose body calls ``conn.events()``
-        has not subscribed until the task first runs, which may be after a loss; pass it the stream
-        instead: ``asyncio.ensure_future(watch(conn.events()))``. ``conn.state`` and
-        ``conn.stats()["last_loss"]``, read after the call, tell where the connection stood."""
+        The stream subscribes when ``events()`` is called, not at its first ``__anext__``: it delivers every event
+        emitted after the call returned, in order, and nothing from before, while its reader keeps within 64 unread
+        events (beyond, the oldest are dropped and a WARNING says how many). So call it before whatever may cause
+        the event you want to see. A watcher task whose body calls ``conn.events()`` has not subscribed until the
+        task first runs, which may be after a loss; pass it the stream instead:
+        ``asyncio.ensure_future(watch(conn.events()))``. ``conn.state`` and ``conn.stats()["last_loss"]``, read
+        after the call, tell where the connection stood."""
         return self._n.events()
 
     @property

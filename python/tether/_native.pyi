@@ -502,7 +502,7 @@ class Connection:
         """Never raises; what the close could not get confirmed is named by the error raised afterwards."""
     def close(self) -> None: ...
     def events(self) -> EventStream:
-        """Subscribes now: the stream delivers every event emitted after this call returned."""
+        """Subscribes now: the stream delivers every event emitted after this call returned (the newest 64 unread)."""
     @property
     def state(self) -> Literal["idle", "connecting", "connected", "reconnecting", "closing", "closed", "failed"]: ...
     @property

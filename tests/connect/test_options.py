@@ -83,7 +83,7 @@ CASES = [
     (make_backoff, "max_delay", [("7", TypeError), (1e12, ValueError)]),
     (make_backoff, "deadline", [("7", TypeError), (0, ValueError)]),
     (make_backoff, "max_attempts", COUNT),
-    (make_backoff, "jitter", [(None, TypeError), (1, TypeError), ("sometimes", ValueError)]),
+    (make_backoff, "jitter", [(1, TypeError), ("sometimes", ValueError)]),
     (make_heartbeat, "interval", [v for v in SECONDS if v[0] is not None]),
     (make_heartbeat, "timeout", SECONDS),
 ]

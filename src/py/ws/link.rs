@@ -344,8 +344,11 @@ impl Conn {
             Phase::Live => self.push_inbound(py, st, m, size, now),
             _ => return ControlFlow::Continue(()),
         }
-        // counting the message just added, so the bounds hold to within one message
-        if st.inbound.len() >= self.cfg.recv_buffer || st.inbound_bytes >= self.cfg.recv_buffer_bytes {
+        // counting the message just added, so the bounds hold to within one message. Not while closing:
+        // the pong that confirms the last sends and the peer's close frame are behind what comes in,
+        // for `close_timeout` at most
+        let over = st.inbound.len() >= self.cfg.recv_buffer || st.inbound_bytes >= self.cfg.recv_buffer_bytes;
+        if over && !st.close_requested {
             *full = true;
             return ControlFlow::Break(());
         }

@@ -722,14 +722,16 @@ impl Conn {
                 return Err(SendError::Ended(Terminal::closed()));
             }
             let size = size_of(&msg);
-            let wait = if st.proto.unwritten_bytes() + size > c.cfg.write_high_water {
-                let slot = Slot::new();
-                st.proto.push(msg, slot.clone()).map_err(|(e, _)| e)?;
-                Some(slot)
-            } else if st.proto.pending() >= c.cfg.send_buffer / 2 {
+            // room first: a message over the write mark waits for its write, which does not make room
+            // (a sender of large messages that awaits each would meet SendBufferFull)
+            let wait = if st.proto.pending() >= c.cfg.send_buffer / 2 {
                 st.proto.push_untracked(msg)?;
                 let slot = Slot::new();
                 st.room.push(slot.clone());
+                Some(slot)
+            } else if st.proto.unwritten_bytes() + size > c.cfg.write_high_water {
+                let slot = Slot::new();
+                st.proto.push(msg, slot.clone()).map_err(|(e, _)| e)?;
                 Some(slot)
             } else {
                 st.proto.push_untracked(msg)?;
