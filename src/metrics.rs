@@ -497,18 +497,23 @@ pub fn record(labels: &Labels, instrument: Instrument, extra: Option<(&'static s
     if !enabled() {
         return;
     }
-    with_registry(|r| {
+    let first_drop = with_registry(|r| {
+        let mut first = false;
         if r.samples.len() >= SAMPLES_LIMIT {
             r.samples.pop_front();
             r.dropped += 1;
-            if r.dropped == 1 {
-                tracing::warn!(target: "tether::metrics",
-                    "{SAMPLES_LIMIT} histogram values are waiting for a collection; the oldest are dropped \
-                     (is a metric reader collecting?)");
-            }
+            first = r.dropped == 1;
         }
         r.samples.push_back((key(labels, instrument, extra), value));
+        first
     });
+    // logged with the registry unlocked: the record goes to Python (the GIL), and a thread holding the
+    // GIL may be waiting for the registry (a collection): the two would wait on each other for ever
+    if first_drop {
+        tracing::warn!(target: "tether::metrics",
+            "{SAMPLES_LIMIT} histogram values are waiting for a collection; the oldest are dropped \
+             (is a metric reader collecting?)");
+    }
 }
 
 /// A live object's gauges, read at each collection. It must not call into this module while

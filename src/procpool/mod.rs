@@ -87,16 +87,19 @@ mod tests;
 
 pub use native::{read_frame, write_frame, NativeProc, NativeSpawner, RequestError, MAX_FRAME, READY};
 
-/// Every pool not yet dropped, for `kill_all_at_exit`.
-static POOLS: Mutex<Vec<std::sync::Weak<Inner>>> = Mutex::new(Vec::new());
+/// Every pool not yet dropped, with the process that made it, for `kill_all_at_exit`: a forked child
+/// inherits the list, and its exit must not kill its parent's processes.
+static POOLS: Mutex<Vec<(u32, std::sync::Weak<Inner>)>> = Mutex::new(Vec::new());
 
 /// The program is exiting and pools nobody closed still own processes: close them and kill every
 /// process they own (idle, lent, kept for a waiter) and every native child still initializing.
 /// Synchronous and bounded; detached processes are left alone.
 pub fn kill_all_at_exit() {
+    let me = std::process::id();
     let pools: Vec<Arc<Inner>> = std::mem::take(&mut *POOLS.lock().unwrap_or_else(|p| p.into_inner()))
         .iter()
-        .filter_map(|w| w.upgrade())
+        .filter(|(pid, _)| *pid == me)
+        .filter_map(|(_, w)| w.upgrade())
         .collect();
     for inner in pools {
         for p in inner.shut() {
@@ -301,8 +304,8 @@ impl Pool {
             crate::metrics::observe(Arc::downgrade(&pool.inner) as std::sync::Weak<dyn crate::metrics::Source>);
         }
         let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
-        pools.retain(|w| w.strong_count() > 0);
-        pools.push(Arc::downgrade(&pool.inner));
+        pools.retain(|(_, w)| w.strong_count() > 0);
+        pools.push((std::process::id(), Arc::downgrade(&pool.inner)));
         drop(pools);
         pool
     }

@@ -5,7 +5,7 @@
 //! ones still registered at interpreter exit (any platform).
 
 use std::any::Any;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -123,10 +123,11 @@ fn with_tail(msg: String, t: &Tail) -> String {
     }
 }
 
-/// Pids of the children still owned by some pool, for `kill_children_at_exit`.
-static CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// Pids of the children still owned by some pool, each with its parent's pid, for
+/// `kill_children_at_exit`: a forked child inherits the set, and its exit must not kill its parent's.
+static CHILDREN: Mutex<BTreeMap<u32, u32>> = Mutex::new(BTreeMap::new());
 
-fn children() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
+fn children() -> std::sync::MutexGuard<'static, BTreeMap<u32, u32>> {
     CHILDREN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -142,7 +143,9 @@ impl Drop for Registered {
 /// SIGKILL every child a pool still owns (idle, lent, initializing); detached children are left
 /// alone.
 pub(super) fn kill_children_at_exit() {
-    let pids: Vec<u32> = std::mem::take(&mut *children()).into_iter().collect();
+    let me = std::process::id();
+    let pids: Vec<u32> =
+        std::mem::take(&mut *children()).into_iter().filter(|(_, parent)| *parent == me).map(|(pid, _)| pid).collect();
     for pid in pids {
         // SAFETY: kill(2) on a pid this process started and has not reaped (a registered pid is
         // removed before or when it is reaped), so it cannot name another process.
@@ -338,7 +341,7 @@ impl Spawner for NativeSpawner {
             die_with_parent(&mut cmd);
             let mut child = cmd.spawn().map_err(|e| format!("could not start {}: {e}", argv[0]))?;
             let pid = child.id().unwrap_or(0);
-            children().insert(pid);
+            children().insert(pid, std::process::id());
             let registered = Registered(pid);
             let stderr: Tail = Arc::new(Mutex::new(VecDeque::new()));
             let drained = Arc::new(tokio::sync::Notify::new());

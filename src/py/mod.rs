@@ -81,6 +81,19 @@ static ATTACHING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// that takes the GIL during finalization is terminated by Python, which a Rust thread cannot survive.
 pub fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     use std::sync::atomic::Ordering::SeqCst;
+    #[cfg(unix)]
+    {
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        /// A forked child has none of its parent's threads: the attaches they had in progress are not
+        /// its own (its exit waited two seconds for them). Only an atomic store: async-signal-safe.
+        unsafe extern "C" fn forget_attaches() {
+            ATTACHING.store(0, SeqCst);
+        }
+        // SAFETY: registers a handler that only does an atomic store (see above)
+        AT_FORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(forget_attaches));
+        });
+    }
     ATTACHING.fetch_add(1, SeqCst);
     // the gate itself: the one place allowed to attach from a Rust thread (clippy.toml forbids it elsewhere)
     #[allow(clippy::disallowed_methods)]

@@ -438,7 +438,7 @@ async def hello(ws):
 async def test_credentials_in_the_url_are_sent_as_basic_authorization_like_websockets(tether_logs):
     """websockets' client turns `user:password@` into `Authorization: Basic`; tether sent none (a server
     behind Basic auth answered 401, fatal on a first connect). The password stays out of every record."""
-    user, password = "alice", "s3cret pw"
+    user, password = "alice", "s3cret"  # percent-decoding (a Rust test) is not done by every websockets
     expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     def require_basic(connection, request):
@@ -447,7 +447,7 @@ async def test_credentials_in_the_url_are_sent_as_basic_authorization_like_webso
         return None
 
     async with websockets.serve(hello, "127.0.0.1", 0, process_request=require_basic) as srv:
-        url = url_of(srv).replace("ws://", f"ws://{user}:s3cret%20pw@")
+        url = url_of(srv).replace("ws://", f"ws://{user}:{password}@")
         async with websockets.connect(url, open_timeout=10) as ws:
             assert await asyncio.wait_for(ws.recv(), 10) == "hello None"
         async with tether.connect(url, policy=policy(), **FAST) as conn:

@@ -1,0 +1,43 @@
+"""A process forked from one that runs a ProcPool (a gunicorn-style worker, any os.fork() child that exits
+through sys.exit, so atexit runs) leaves its parent's pool workers alone when it exits. It inherits the
+process-wide lists of pools and children (src/procpool), and tether's atexit hook killed every process in
+them, its parent's; the lists now note the process that owns each entry."""
+
+import subprocess
+import sys
+import textwrap
+
+CODE = textwrap.dedent(
+    """
+    import asyncio, os, sys, time
+    import tether
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(") ")[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    async def main():
+        pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=1,
+                               initialize_timeout=30)
+        proc = await pool.acquire(timeout=60)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # the forked child ends normally: atexit handlers run
+        os.waitpid(pid, 0)
+        time.sleep(0.5)
+        ok = alive(proc.pid)
+        print("worker alive after the forked child exited:", ok, flush=True)
+        await pool.aclose()
+        sys.exit(0 if ok else 3)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_forked_child_exiting_does_not_kill_the_parents_pool_workers():
+    r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
