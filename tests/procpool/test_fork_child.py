@@ -12,13 +12,6 @@ CODE = textwrap.dedent(
     import asyncio, os, sys, time
     import tether
 
-    def alive(pid):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(") ")[1].split()[0] != "Z"
-        except OSError:
-            return False
-
     async def main():
         pool = tether.ProcPool(command=[sys.executable, "-m", "tether.worker"], num_idle=1,
                                initialize_timeout=30)
@@ -28,7 +21,7 @@ CODE = textwrap.dedent(
             sys.exit(0)  # the forked child ends normally: atexit handlers run
         os.waitpid(pid, 0)
         time.sleep(0.5)
-        ok = alive(proc.pid)
+        ok = proc.is_alive()  # waitpid: a worker the child killed is reaped here
         print("worker alive after the forked child exited:", ok, flush=True)
         await pool.aclose()
         sys.exit(0 if ok else 3)
