@@ -9,7 +9,7 @@ import textwrap
 
 CODE = textwrap.dedent(
     """
-    import asyncio, os, sys, time
+    import asyncio, atexit, os, sys, time
     import tether
 
     async def main():
@@ -18,7 +18,10 @@ CODE = textwrap.dedent(
         proc = await pool.acquire(timeout=60)
         pid = os.fork()
         if pid == 0:
-            sys.exit(0)  # the forked child ends normally: atexit handlers run
+            # the child ends as a normal exit does, its atexit handlers run (tether's among them); not
+            # by sys.exit here: a SystemExit in the running loop the fork inherited hangs it on 3.14
+            atexit._run_exitfuncs()
+            os._exit(0)
         os.waitpid(pid, 0)
         time.sleep(0.5)
         ok = proc.is_alive()  # waitpid: a worker the child killed is reaped here
