@@ -100,6 +100,11 @@ impl ProcHandle for PyProc {
     }
 }
 
+/// How a `spawn=` process is named in records and errors: its repr.
+fn label_of(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into())
+}
+
 struct PySpawner {
     spawn: Py<PyAny>,
     locals: OnceLock<TaskLocals>,
@@ -114,7 +119,7 @@ impl PySpawner {
         let (locals, liveness) = (locals.clone(), self.liveness.clone());
         let runtime = tokio::runtime::Handle::try_current().ok();
         Box::new(move |py, obj| {
-            let label = obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into());
+            let label = label_of(obj.bind(py));
             tracing::debug!(target: "tether::procpool", proc = %label,
                 "disposing {label}: spawn() returned it as the pool stopped waiting for it");
             let p = PyProc { obj, label, locals, liveness };
@@ -162,10 +167,7 @@ impl Spawner for PySpawner {
                     ))
                 }
             };
-            let label = super::with_python(|py| {
-                obj.bind(py).repr().map(|r| r.to_string()).unwrap_or_else(|_| "process".into())
-            })
-            .unwrap_or_else(|| "process".into());
+            let label = super::with_python(|py| label_of(obj.bind(py))).unwrap_or_else(|| "process".into());
             Ok(Arc::new(PyProc { obj, label, locals, liveness }) as Proc)
         })
     }

@@ -26,12 +26,10 @@ pub struct TaskSlot {
 struct SlotState {
     cancelled: bool,
     task: Option<Py<PyAny>>,
-    /// The completer of the task's loop, set with `task`: the way to cancel it without the GIL.
+    /// The completer of the task's loop, set when the task starts: the way to cancel it (while `task`
+    /// is set) or to hand back a result that came as the Rust side stopped waiting, without the GIL.
     completer: Option<Arc<Completer>>,
     tx: Option<oneshot::Sender<PyResult<Py<PyAny>>>>,
-    /// The completer of the task's loop, kept after the task is done: the way to hand back a result
-    /// that arrived as the Rust side stopped waiting.
-    loop_completer: Option<Arc<Completer>>,
     /// What to do with a result nobody awaits any more (see `await_py_or`).
     orphan: Option<Orphan>,
 }
@@ -69,9 +67,8 @@ impl TaskSlot {
             // the Rust side may have given up since the check above
             if !st.cancelled {
                 st.task = Some(task.clone().unbind());
-                st.completer = Some(completer.clone());
             }
-            st.loop_completer = Some(completer);
+            st.completer = Some(completer);
             st.cancelled
         };
         if cancel_now {
@@ -84,7 +81,6 @@ impl TaskSlot {
         let tx = {
             let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             st.task = None;
-            st.completer = None;
             st.tx.take()
         };
         let Some(tx) = tx else { return Ok(()) };
@@ -140,8 +136,8 @@ impl Drop for PyAwait {
         let (task, completer, orphan) = {
             let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             st.cancelled = true;
-            let orphan = unread.and_then(|obj| Some((obj, st.loop_completer.clone()?, st.orphan.take()?)));
-            (st.task.take(), st.completer.take(), orphan)
+            let orphan = unread.and_then(|obj| Some((obj, st.completer.clone()?, st.orphan.take()?)));
+            (st.task.take(), st.completer.clone(), orphan)
         };
         if let (Some(task), Some(completer)) = (task, completer) {
             completer.push(Box::new(move |py, _| {
@@ -173,14 +169,7 @@ pub fn await_py_or(
     orphan: Option<Orphan>,
 ) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
     let (tx, rx) = oneshot::channel();
-    let inner = Arc::new(Mutex::new(SlotState {
-        cancelled: false,
-        task: None,
-        completer: None,
-        tx: Some(tx),
-        loop_completer: None,
-        orphan,
-    }));
+    let inner = Arc::new(Mutex::new(SlotState { cancelled: false, task: None, completer: None, tx: Some(tx), orphan }));
     let slot = Py::new(py, TaskSlot { inner: inner.clone() })?;
     let event_loop = locals.event_loop(py);
     let kwargs = pyo3::types::PyDict::new(py);

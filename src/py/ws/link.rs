@@ -484,7 +484,13 @@ pub(super) fn resume_reading(py: Python<'_>, conn: &Arc<Conn>) {
         }
         return;
     }
-    conn.with(py, |c, st, fx| {
+    conn.with(py, |c, st, fx| c.resume_reader(py, st, fx));
+}
+
+impl Conn {
+    /// Read again after a full inbound buffer paused the reader (the application read, or a close
+    /// needs the pong and the close frame).
+    pub(super) fn resume_reader(self: &Arc<Self>, py: Python<'_>, st: &mut Inner, fx: &mut Fx) {
         if !st.reader_paused {
             return;
         }
@@ -498,8 +504,8 @@ pub(super) fn resume_reading(py: Python<'_>, conn: &Arc<Conn>) {
             fx.reading.push((r, false));
         }
         // frames kept when the buffer filled come first
-        c.feed(py, st, fx, None);
-    });
+        self.feed(py, st, fx, None);
+    }
 }
 
 /// Close or abort a transport; on a loop that is closed already, shut its socket down directly so the

@@ -432,15 +432,7 @@ impl Conn {
                 st.proto.request_close();
                 st.close_by = Some(now + self.cfg.close_timeout);
                 st.close_hard_by = Some(now + self.cfg.close_timeout + CLOSE_SLACK);
-                if st.reader_paused {
-                    // a full inbound buffer paused reading: the close needs the pong and the close frame
-                    st.reader_paused = false;
-                    st.proto.resume(now);
-                    if let Some(r) = st.link.as_ref().and_then(|l| l.reads(py)) {
-                        fx.reading.push((r, false));
-                    }
-                    self.feed(py, st, fx, None);
-                }
+                self.resume_reader(py, st, fx);
                 self.pump(py, st, fx, now);
             }
             _ => {
