@@ -80,9 +80,17 @@ fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
 
 /// A secret parameter name, or a credential header's name used as one (`?api-key=`, as Azure's realtime
 /// WebSocket takes it from browsers).
+/// Endings that make a parameter secret whatever comes before them: services name their own tokens
+/// (livekit's hosted agents authenticate with `worker_token`, others with `session_token`,
+/// `sessionToken`, `stream_api_key`), and a list of full names cannot know them all.
+const SECRET_SUFFIXES: &[&str] = &["token", "_key", "-key", "secret", "password", "signature", "credential"];
+
 fn is_secret_param(name: &str) -> bool {
     let name = percent_decode(name);
-    SECRET_PARAMS.iter().chain(SECRET_HEADERS).any(|p| p.eq_ignore_ascii_case(&name)) || is_extra(&name)
+    let lower = name.to_ascii_lowercase();
+    SECRET_PARAMS.iter().chain(SECRET_HEADERS).any(|p| *p == lower)
+        || SECRET_SUFFIXES.iter().any(|s| lower.ends_with(s))
+        || is_extra(&lower)
 }
 
 pub fn is_secret_header(name: &str) -> bool {
@@ -275,7 +283,7 @@ mod tests {
         );
         assert_eq!(redact_url("ws://h/x?a=1&token=s3cret#frag"), "ws://h/x?a=1&token=REDACTED#frag");
         assert_eq!(redact_url("ws://h/x?TOKEN=abc"), "ws://h/x?TOKEN=REDACTED");
-        assert_eq!(redact_url("ws://h/x?mytoken=abc"), "ws://h/x?mytoken=abc");
+        assert_eq!(redact_url("ws://h/x?mytoken=abc"), "ws://h/x?mytoken=REDACTED");
         assert_eq!(redact_url("ws://h/x?token="), "ws://h/x?token=");
     }
 
@@ -285,6 +293,15 @@ mod tests {
         let r = redact_url(msg);
         assert!(!r.contains("abc.def") && !r.contains("zzz"), "{r}");
         assert!(r.contains("(HTTP 401)"), "{r}");
+    }
+
+    #[test]
+    fn names_ending_like_a_secret() {
+        let url = "wss://h/agent?worker_token=wt1&sessionToken=st2&stream_api_key=k3&monkey=m&tokens=t";
+        assert_eq!(
+            redact_url(url),
+            "wss://h/agent?worker_token=REDACTED&sessionToken=REDACTED&stream_api_key=REDACTED&monkey=m&tokens=t"
+        );
     }
 
     #[test]
@@ -357,10 +374,10 @@ mod tests {
 
     #[test]
     fn names_added_by_the_application() {
-        assert_eq!(redact_url("ws://h/?my_custom_secret=v"), "ws://h/?my_custom_secret=v");
-        add_secret_name("My_Custom_Secret").unwrap();
-        assert_eq!(redact_url("ws://h/?my_custom_secret=v"), "ws://h/?my_custom_secret=REDACTED");
-        assert_eq!(redact_header("my_custom_secret", "v"), "REDACTED");
+        assert_eq!(redact_url("ws://h/?my_custom_pin=v"), "ws://h/?my_custom_pin=v");
+        add_secret_name("My_Custom_Pin").unwrap();
+        assert_eq!(redact_url("ws://h/?my_custom_pin=v"), "ws://h/?my_custom_pin=REDACTED");
+        assert_eq!(redact_header("my_custom_pin", "v"), "REDACTED");
         assert!(add_secret_name("a b").is_err());
     }
 

@@ -13,10 +13,11 @@ import pytest
 
 pytest.importorskip("livekit.agents", reason="livekit-agents is not installed")
 
+from aiohttp import web
 from livekit.agents import worker as lk_worker
 from livekit.agents.ipc import job_proc_executor
 from livekit.agents.ipc import proc_pool as lk_proc_pool
-from lk_scenarios import control_plane, counting_setup, prewarm, respawns_within
+from lk_scenarios import Records, control_plane, counting_setup, make_server, prewarm, respawns_within, run_server
 
 import tether
 from support import MS
@@ -93,6 +94,44 @@ async def test_unanswered_registration_is_bounded():
     assert r["connections"] == 3 and r["registrations"] == 0, r
     assert r["outcome"].startswith("RuntimeError: failed to connect to livekit after 3 attempts"), r
     assert r["seconds"] < 30, r
+
+
+async def test_worker_token_never_reaches_the_retry_records(monkeypatch):
+    """Hosted agents authenticate with LIVEKIT_WORKER_TOKEN, which livekit-agents sends as the
+    ``worker_token`` query parameter of the control-plane URL, and aiohttp's handshake error quotes that
+    URL. tether's retry records carry the error; before, ``worker_token`` was not a secret name and the
+    token was in them (livekit's own retry line never quotes the URL)."""
+    secret = "wt_S3CRET_WORKER_TOKEN"
+    monkeypatch.setenv("LIVEKIT_WORKER_TOKEN", secret)
+
+    async def reject(request: web.Request) -> web.Response:
+        return web.Response(status=401, text="unauthorized")
+
+    app = web.Application()
+    app.router.add_get("/agent", reject)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    records = Records()
+    logging.getLogger().addHandler(records)
+    level = LK_LOGGER.level
+    LK_LOGGER.setLevel(logging.DEBUG)
+    livekit.install(proc_pool=False, metrics=False)
+    try:
+        await run_server(make_server(f"http://127.0.0.1:{port}", max_retry=2), 4.0)
+    finally:
+        livekit.uninstall()
+        logging.getLogger().removeHandler(records)
+        LK_LOGGER.setLevel(level)
+        await runner.cleanup()
+    retries = [r for r in records.records if "failed to connect to livekit" in r.getMessage()]
+    assert retries and all("worker_token=REDACTED" in r.getMessage() for r in retries), [
+        r.getMessage() for r in records.records
+    ]
+    leaks = [r.getMessage() for r in records.records if secret in f"{r.getMessage()} {vars(r)}"]
+    assert leaks == []
 
 
 async def test_healthy_server_logs_no_warning(installed):
@@ -282,6 +321,23 @@ def test_install_is_idempotent_and_import_is_lazy():
     try:
         assert livekit.install() == livekit.install()
         assert isinstance(livekit.install(), tether.integrations.InstallReport)
+    finally:
+        livekit.uninstall()
+
+
+def test_a_second_install_names_the_settings_it_cannot_change(caplog):
+    """A library called ``install()`` first; the application's own call with other settings keeps the
+    parts as patched. Before, it returned the same report and said nothing."""
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    try:
+        livekit.install(proc_pool=False)
+        assert caplog.records == []
+        livekit.install(proc_pool=False, register_timeout=30, stable_after=60)
+        assert [r.getMessage() for r in caplog.records] == [
+            "tether.integrations.livekit: already installed (control_plane, metrics) with stable_after=10.0, "
+            "register_timeout=10.0: this call's stable_after=60, register_timeout=30 do not apply; uninstall() "
+            "first to change them"
+        ]
     finally:
         livekit.uninstall()
 
