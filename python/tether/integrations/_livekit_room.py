@@ -1,6 +1,11 @@
 """``watch_room``: alarms for a ``livekit.rtc.Room`` that stays reconnecting, or that reads connected while
-its remote audio went silent (a ghost room), then a bounded ``room.disconnect()`` so the job ends and the
-framework can dispatch it again. Independent of ``livekit.install()``; needs only ``livekit`` (rtc)."""
+no remote audio arrives (a ghost room), then a bounded ``room.disconnect()`` so the job ends and the
+framework can dispatch it again. Independent of ``livekit.install()``; needs only ``livekit`` (rtc).
+
+The evidence that audio arrives is the room's own receive statistics (``room.get_rtc_stats()``: the
+packets its inbound audio RTP streams received), not frames: an ``AgentSession`` reads the remote
+track's frames itself, and a WebRTC audio receiver goes on producing (silent) frames when packets stop.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ LOGGER_NAME = "livekit.agents"
 
 
 class RoomWatch:
-    """What ``watch_room`` returns. ``audio(stream)`` wraps a remote audio stream so every frame feeds the
-    liveness deadline; ``audio_frame()`` is the manual form. ``alarms``: the alarms raised so far.
-    ``aclose()`` (or ``close()``) detaches from the room."""
+    """What ``watch_room`` returns. ``alarms``: the alarms raised so far. ``aclose()`` (or ``close()``)
+    detaches from the room. ``audio_frame()`` (or ``audio(stream)``, which wraps a stream) adds frames as
+    evidence of audio, besides the room's statistics: feed it only from a source that stops when the
+    media stops."""
 
     def __init__(
         self,
@@ -51,10 +57,11 @@ class RoomWatch:
             f"livekit room {getattr(room, 'name', '') or '?'}", on_alarm=self._alarm, logger=LOGGER_NAME
         )
         self._wd.dwell("reconnecting", reconnecting_timeout)
-        # armed only while a remote audio track is subscribed and the room is connected
+        # armed only while the room is connected with a subscribed remote audio track that is not muted
         self._audio_timeout = audio_timeout
         self._audio: Liveness | None = None
-        self._audio_tracks: set[str] = set()
+        self._audio_tracks: dict[str, Any] = {}  # sid -> publication (its muted flag is kept current)
+        self._packets: int | None = None  # inbound audio RTP packets at the last poll
         self._handlers: list[tuple[str, Callable[..., None]]] = [
             ("connection_state_changed", self._on_state),
             ("reconnecting", lambda *_: self._on_state(rtc.ConnectionState.CONN_RECONNECTING)),
@@ -62,10 +69,19 @@ class RoomWatch:
             ("disconnected", lambda *_: self._on_state(rtc.ConnectionState.CONN_DISCONNECTED)),
             ("track_subscribed", self._on_track_subscribed),
             ("track_unsubscribed", self._on_track_unsubscribed),
+            ("track_muted", lambda *_: self._arm_audio()),
+            ("track_unmuted", lambda *_: self._arm_audio()),
         ]
         for event, handler in self._handlers:
             room.on(event, handler)
+        # tracks subscribed before the watch began (the usual order: connect, start the session, watch)
+        for participant in list(room.remote_participants.values()):
+            for publication in list(participant.track_publications.values()):
+                if publication.subscribed and publication.track is not None:
+                    self._on_track_subscribed(publication.track, publication, participant)
         self._on_state(room.connection_state)
+        if audio_timeout is not None and hasattr(room, "get_rtc_stats"):
+            self._spawn(self._poll_audio_packets(min(max(audio_timeout / 4, 0.05), 2.0)))
 
     # -- room events ----------------------------------------------------------------------------------
     def _state_name(self, state: int) -> str:
@@ -85,23 +101,47 @@ class RoomWatch:
 
     def _on_track_subscribed(self, track: Any, publication: Any, participant: Any) -> None:
         if getattr(track, "kind", None) == self._rtc.TrackKind.KIND_AUDIO:
-            self._audio_tracks.add(str(getattr(publication, "sid", None) or getattr(track, "sid", "")))
+            self._audio_tracks[str(getattr(publication, "sid", None) or getattr(track, "sid", ""))] = publication
             self._arm_audio()
 
     def _on_track_unsubscribed(self, track: Any, publication: Any, participant: Any) -> None:
-        self._audio_tracks.discard(str(getattr(publication, "sid", None) or getattr(track, "sid", "")))
+        self._audio_tracks.pop(str(getattr(publication, "sid", None) or getattr(track, "sid", "")), None)
         self._arm_audio()
 
     def _arm_audio(self) -> None:
         if self._audio_timeout is None or self._wd.closed:
             return
-        wanted = bool(self._audio_tracks) and self._wd.state is not None and self._wd.state[0] == "connected"
+        # a muted track sends no packets: silence is expected then
+        audible = any(not getattr(p, "muted", False) for p in self._audio_tracks.values())
+        wanted = audible and self._wd.state is not None and self._wd.state[0] == "connected"
         # a fresh key (not pause/beat) so the deadline counts from now and the watchdog re-arms at once
         if wanted and self._audio is None:
             self._audio = self._wd.liveness("remote audio", self._audio_timeout)
         elif not wanted and self._audio is not None:
             self._wd.remove(self._audio)
             self._audio = None
+
+    async def _poll_audio_packets(self, period: float) -> None:
+        """Beat the liveness whenever the room's inbound audio RTP packet count moved since the last
+        poll. A stats request that fails or does not answer within the period is no evidence."""
+        while not self._wd.closed:
+            await asyncio.sleep(period)
+            if self._audio is None:
+                self._packets = None
+                continue
+            try:
+                stats = await bounded(self.room.get_rtc_stats(), period, what="room.get_rtc_stats()")
+            except Exception:
+                continue
+            packets = sum(
+                s.inbound_rtp.received.packets_received
+                for s in stats.subscriber_stats
+                if s.WhichOneof("stats") == "inbound_rtp" and s.inbound_rtp.stream.kind == "audio"
+            )
+            # any change counts: a restarted transport's counters start again from zero
+            if self._packets is not None and packets != self._packets and self._audio is not None:
+                self._audio.beat()
+            self._packets = packets
 
     # -- audio liveness -------------------------------------------------------------------------------
     def audio_frame(self) -> None:
@@ -178,9 +218,10 @@ def watch_room(
     """Watch a ``livekit.rtc.Room`` for the stuck-reconnecting and ghost-room states.
 
     * dwell alarm when the room stays ``reconnecting`` longer than ``reconnecting_timeout`` seconds;
-    * liveness alarm when, while connected with a remote audio track subscribed, no remote audio frame
-      arrived for ``audio_timeout`` seconds (feed it with ``watch.audio(stream)`` or ``audio_frame()``;
-      ``None`` disables it);
+    * liveness alarm when, while connected with a remote audio track subscribed and not muted (also one
+      subscribed before the watch began), the room received no audio packet for ``audio_timeout`` seconds
+      (its inbound audio RTP streams' ``packets_received`` in ``room.get_rtc_stats()``, polled every
+      quarter of ``audio_timeout``, at most every 2 s; ``None`` disables it);
     * on an alarm: one WARNING on ``livekit.agents`` (the watchdog's, naming the room, the state or
       track and how long), ``on_alarm(alarm)`` (sync or async), then, with
       ``disconnect=True``, ``room.disconnect()`` bounded by ``disconnect_timeout`` (it can hang in the

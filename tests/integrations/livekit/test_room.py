@@ -9,6 +9,8 @@ import pytest
 
 rtc = pytest.importorskip("livekit.rtc", reason="livekit (rtc) is not installed")
 track_pb2 = pytest.importorskip("livekit.rtc._proto.track_pb2")
+participant_pb2 = pytest.importorskip("livekit.rtc._proto.participant_pb2")
+stats_pb2 = pytest.importorskip("livekit.rtc._proto.stats_pb2")
 
 from support import MS, eventually  # noqa: E402
 from tether.integrations import livekit  # noqa: E402
@@ -106,6 +108,92 @@ async def test_ghost_room_remote_audio_liveness():
         assert disconnected == [1]
     finally:
         consumer.cancel()
+        await watch.aclose()
+
+
+class ReceiveStats:
+    """``room.get_rtc_stats()`` of a connected room receiving audio: one inbound audio RTP stream whose
+    packet count grows at 50 packets a second (20 ms Opus frames) while ``flowing`` is set."""
+
+    def __init__(self) -> None:
+        self.flowing = True
+        self.packets = 0
+        self.polls = 0
+
+    async def get_rtc_stats(self) -> rtc.RtcStats:
+        self.polls += 1
+        if self.flowing:
+            self.packets += 5
+        inbound = stats_pb2.RtcStats()
+        inbound.inbound_rtp.stream.kind = "audio"
+        inbound.inbound_rtp.received.packets_received = self.packets
+        video = stats_pb2.RtcStats()  # video that keeps arriving is no evidence of audio
+        video.inbound_rtp.stream.kind = "video"
+        video.inbound_rtp.received.packets_received = self.packets * 10 + self.polls
+        return rtc.RtcStats(publisher_stats=[], subscriber_stats=[inbound, video])
+
+
+def connected_room_with_remote_audio(stats: ReceiveStats) -> tuple[rtc.Room, list[int]]:
+    """A Room in the state its own event handling leaves after connecting and subscribing to a remote
+    participant's microphone, with its receive statistics and disconnect() stood in for."""
+    room = rtc.Room()
+    room._connection_state = CS.CONN_CONNECTED
+    op = participant_pb2.OwnedParticipant()
+    op.info.sid, op.info.identity, op.info.kind = "PA_user", "user", participant_pb2.PARTICIPANT_KIND_STANDARD
+    user = rtc.RemoteParticipant(op)
+    track, pub = remote_audio("TR_mic")
+    pub._subscribed, pub._track = True, track
+    user._track_publications[pub.sid] = pub
+    room._remote_participants[user.identity] = user
+    disconnected: list[int] = []
+
+    async def disconnect(**_: object) -> None:
+        disconnected.append(1)
+
+    room.get_rtc_stats = stats.get_rtc_stats  # type: ignore[method-assign]
+    room.disconnect = disconnect  # type: ignore[method-assign]
+    return room, disconnected
+
+
+async def test_ghost_room_seen_in_the_receive_statistics_without_frames():
+    """Used as the README shows (nothing feeds frames: an AgentSession reads the track itself), on a room
+    whose track was subscribed before the watch began. Before, the watch knew only tracks subscribed
+    later, and only frames fed to it as evidence: here it never armed; with a later track it disconnected
+    a call whose audio flowed after ``audio_timeout``."""
+    stats = ReceiveStats()
+    room, disconnected = connected_room_with_remote_audio(stats)
+    watch = livekit.watch_room(room, audio_timeout=500 * MS)
+    try:
+        await asyncio.sleep(1500 * MS)  # three times the limit, packets arriving
+        assert (watch.alarms, disconnected) == ([], [])
+        assert stats.polls >= 4
+        stats.flowing = False  # Variant B: connected, no audio packet arrives
+        await eventually(lambda: watch.alarms)
+        assert [(a.kind, a.name) for a in watch.alarms] == [("liveness", "remote audio")]
+        await asyncio.wait_for(watch.wait_disconnected(), 10)
+        assert disconnected == [1]
+    finally:
+        await watch.aclose()
+
+
+async def test_a_muted_track_is_not_a_ghost_room():
+    """A muted microphone sends no packets: no alarm until it is unmuted and still nothing arrives."""
+    stats = ReceiveStats()
+    stats.flowing = False
+    room, _ = connected_room_with_remote_audio(stats)
+    user = room.remote_participants["user"]
+    pub = user.track_publications["TR_mic"]
+    pub._info.muted = True
+    watch = livekit.watch_room(room, audio_timeout=300 * MS, disconnect=False)
+    try:
+        room.emit("track_muted", user, pub)
+        await asyncio.sleep(1200 * MS)
+        assert watch.alarms == []
+        pub._info.muted = False
+        room.emit("track_unmuted", user, pub)
+        await eventually(lambda: watch.alarms)
+        assert [(a.kind, a.name) for a in watch.alarms] == [("liveness", "remote audio")]
+    finally:
         await watch.aclose()
 
 
