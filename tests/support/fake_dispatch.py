@@ -6,7 +6,8 @@ RemoveParticipant, protobuf bodies), on loopback, with scripted failures.
 `fail_on={k, ...}` the k-th ones (counting from 1);
 `on_create(dispatch)` runs after each successful CreateDispatch (a test makes the agent join from it);
 `on_remove(room, identity)` after each RemoveParticipant (a test makes the participant leave from it).
-`methods` lists the methods called, in order.
+`methods` lists the methods called, in order. ListDispatch answers with the dispatches not deleted, each
+with its one job, whose participant is `agent-<dispatch id>` (the identity the tests' agents join with).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from livekit.protocol import agent_dispatch, room
+from livekit.protocol import agent, agent_dispatch, room
 
 
 class FakeDispatchService:
@@ -38,6 +39,7 @@ class FakeDispatchService:
         self.created: list[agent_dispatch.CreateAgentDispatchRequest] = []
         self.created_at: list[float] = []  # time.monotonic() of each successful CreateDispatch
         self.deleted: list[str] = []
+        self.live: dict[str, agent_dispatch.AgentDispatch] = {}  # created and not deleted, by id
         self.calls = 0
         self.auth: list[str] = []
         self._runner: web.AppRunner | None = None
@@ -78,13 +80,23 @@ class FakeDispatchService:
             out = agent_dispatch.AgentDispatch(
                 id=f"AD_{len(self.created)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata
             )
+            job = agent.Job(id=f"AJ_{len(self.created)}", dispatch_id=out.id)
+            job.state.participant_identity = f"agent-{out.id}"
+            out.state.jobs.append(job)
+            self.live[out.id] = out
             if self.on_create is not None:
                 self.on_create(out)
         elif method == "DeleteDispatch":
             req_del = agent_dispatch.DeleteAgentDispatchRequest()
             req_del.ParseFromString(body)
             self.deleted.append(req_del.dispatch_id)
+            self.live.pop(req_del.dispatch_id, None)
             out = agent_dispatch.AgentDispatch(id=req_del.dispatch_id, room=req_del.room)
+        elif method == "ListDispatch":
+            req_list = agent_dispatch.ListAgentDispatchRequest()
+            req_list.ParseFromString(body)
+            found = [d for d in self.live.values() if req_list.dispatch_id in ("", d.id)]
+            out = agent_dispatch.ListAgentDispatchResponse(agent_dispatches=found)
         elif method == "RemoveParticipant":
             req_rm = room.RoomParticipantIdentity()
             req_rm.ParseFromString(body)

@@ -13,7 +13,7 @@ import asyncio
 import importlib
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,9 +51,22 @@ def default_policy() -> Backoff:
 
 
 class _Watch:
-    """Marks the gate's ``joined`` and ``ready`` stages from the room's events."""
+    """Marks the gate's ``joined`` and ``ready`` stages from the room's events.
 
-    def __init__(self, room: Any, agent_name: str, gate: ReadinessGate, job_id: str) -> None:
+    ``belongs(identity)``: whether the agent called so is the current dispatch's (None: cannot tell);
+    asked only while an earlier dispatch was deleted before its agent joined, whose agent may still come
+    (a slow worker) and must not be taken for the current one's. ``reject(participant)`` removes such
+    an agent."""
+
+    def __init__(
+        self,
+        room: Any,
+        agent_name: str,
+        gate: ReadinessGate,
+        job_id: str,
+        belongs: Callable[[str], Awaitable[bool | None]],
+        reject: Callable[[Any], Awaitable[None]],
+    ) -> None:
         self._rtc = importlib.import_module("livekit.rtc")
         self.room = room
         self.agent_name = agent_name
@@ -63,6 +76,11 @@ class _Watch:
         self.active = False
         self._ignore: set[str] = set()  # agents in the room before this attempt's dispatch
         self._stale: set[str] = set()  # agents of earlier attempts, which left or were removed
+        self._belongs = belongs
+        self._reject = reject
+        self._dispatched = False  # an attempt's dispatch was made
+        self._unclaimed = False  # an earlier dispatch was deleted before its agent joined
+        self._checks: dict[str, asyncio.Task[None]] = {}
         self._handlers = [
             ("participant_connected", self._on_participant),
             ("participant_attributes_changed", lambda _changed, p: self._on_participant(p)),
@@ -74,13 +92,18 @@ class _Watch:
     def close(self) -> None:
         for event, handler in self._handlers:
             self.room.off(event, handler)
+        for task in self._checks.values():
+            task.cancel()
 
     def new_attempt(self) -> None:
         """Before a dispatch: agents already present (or a previous attempt's) are not this one's."""
         if self.participant is not None:
             self._stale.add(self.participant.identity)
+        elif self._dispatched:
+            self._unclaimed = True
         self.participant = None
         self.active = True
+        self._dispatched = False
         present = {p.identity for p in self.room.remote_participants.values() if self._is_agent(p)}
         self._ignore = present | self._stale
 
@@ -102,11 +125,30 @@ class _Watch:
         name: str = p.attributes.get(ATTRIBUTE_AGENT_NAME, self.agent_name)
         return name == self.agent_name
 
+    def dispatched(self) -> None:
+        self._dispatched = True
+
     def _on_participant(self, p: Any) -> None:
         if not self.active or not isinstance(p, self._rtc.RemoteParticipant) or not self._is_agent(p):
             return
         if p.identity in self._ignore:
             return
+        if self.participant is None and self._unclaimed:
+            if p.identity not in self._checks:
+                self._checks[p.identity] = asyncio.ensure_future(self._check(p))
+            return
+        self._take(p)
+
+    async def _check(self, p: Any) -> None:
+        mine = await self._belongs(p.identity)
+        if mine is False:
+            self._ignore.add(p.identity)
+            self._stale.add(p.identity)
+            await self._reject(p)
+        elif self.participant is None and self.room.remote_participants.get(p.identity) is p:
+            self._take(p)
+
+    def _take(self, p: Any) -> None:
         if self.participant is None:
             self.participant = p
             self.gate.mark(self.job_id, "joined")
@@ -152,7 +194,10 @@ async def dispatch_ready(
     dispatch calls, the retries after 0.2, 0.4 and 0.8 s). An agent that joined but did not become ready
     in time is removed from the room before the next dispatch (``RoomService.RemoveParticipant`` of the
     same ``LiveKitAPI``; with only an ``agent_dispatch`` service as ``api``, a WARNING names it instead),
-    so that it cannot start answering beside the next one. Deleting the dispatch and removing the agent
+    so that it cannot start answering beside the next one; an agent that joins only after its dispatch
+    was deleted is removed too, when the next dispatch's job (``ListDispatch``) names another agent as
+    its own (a server that names none leaves the first agent to join taken). Deleting the dispatch and
+    removing the agent
     are each bounded to 5 s and their failure is a WARNING, not the end of the dispatch.
     Raises ``tether.NotReady`` naming the stage that did not come and the elapsed times; the last
     dispatch, and its agent if one joined, are left as they are then.
@@ -164,7 +209,6 @@ async def dispatch_ready(
     rooms = getattr(client, "room", None)  # the RoomService of a LiveKitAPI
     gate = gate or ReadinessGate(logger=LOGGER_NAME)
     key = job_id or f"{agent_name} in {getattr(room, 'name', '') or 'room'} #{next(_JOB_IDS)}"
-    watch = _Watch(room, agent_name, gate, key)
     log = logging.getLogger(LOGGER_NAME)
     dispatches: list[Any] = []
     # the latest dispatch: another attempt comes only after it timed out at a stage, and then neither it
@@ -177,19 +221,41 @@ async def dispatch_ready(
         except Exception as e:
             log.warning("could not delete the dispatch %s before dispatching again: %s", stale.id, e)
 
-    async def remove(agent: Any) -> None:
+    async def remove(agent: Any, why: str = "joined but was not ready in time") -> None:
         if rooms is None:
             log.warning(
-                "the agent %s joined but was not ready in time and stays in the room: pass a LiveKitAPI as api= "
-                "so that it is removed before dispatching again",
+                "the agent %s %s and stays in the room: pass a LiveKitAPI as api= so that it is removed",
                 agent.identity,
+                why,
             )
             return
         request = lk_api.RoomParticipantIdentity(room=room.name, identity=agent.identity)
         try:
             await bounded(rooms.remove_participant(request), _CLEANUP_TIMEOUT, what="remove_participant")
         except Exception as e:
-            log.warning("could not remove the agent %s before dispatching again: %s", agent.identity, e)
+            log.warning("could not remove the agent %s (it %s): %s", agent.identity, why, e)
+
+    async def belongs(identity: str) -> bool | None:
+        """Whether the latest dispatch's jobs name this agent (a job's participant is ``agent-<job id>``
+        unless its worker chose another identity, which the job's state then holds)."""
+        if not latest:
+            return None
+        try:
+            current = await bounded(
+                service.get_dispatch(latest[0].id, room.name), _CLEANUP_TIMEOUT, what="get_dispatch"
+            )
+        except Exception as e:
+            log.debug("cannot tell whose agent %s is: %s", identity, e)
+            return None
+        jobs = list(current.state.jobs) if current is not None else []
+        if not jobs:
+            return None
+        return any(identity in (j.state.participant_identity, f"agent-{j.id}") for j in jobs)
+
+    async def reject(agent: Any) -> None:
+        await remove(agent, "joined for a dispatch deleted after it timed out")
+
+    watch = _Watch(room, agent_name, gate, key, belongs, reject)
 
     async def dispatch(_job_id: str, attempt: int) -> Any:
         if latest and attempt > 1:
@@ -204,6 +270,7 @@ async def dispatch_ready(
         created = await service.create_dispatch(request)
         dispatches.append(created)
         latest[:] = [created]
+        watch.dispatched()
         watch.scan()  # the gate keeps marks that come before this return (it implies "dispatched")
         return created
 

@@ -249,3 +249,29 @@ async def test_a_failed_create_after_a_timeout_does_not_delete_the_stale_dispatc
         )
     assert out.participant.identity == "agent-AD_2" and svc.creates == 3
     assert svc.deleted == ["AD_1"], svc.deleted
+
+
+async def test_the_late_agent_of_a_deleted_dispatch_is_not_taken_for_the_next_one():
+    """The first worker is slow: its agent joins after the ``joined`` deadline, once that dispatch was
+    deleted and another made. Before, it was taken for the new dispatch's agent, and the new one joined
+    beside it: two agents answered. Now the dispatch's own job names its agent (``ListDispatch``), and the
+    late one is removed."""
+    room = rtc.Room()
+    join_after = {"AD_1": 0.9, "AD_2": 0.5}
+
+    def on_create(dispatch):
+        p = agent_participant(f"agent-{dispatch.id}")
+        later(join_after[dispatch.id], join, room, p)
+        later(join_after[dispatch.id] + 0.1, set_state, room, p, "listening")
+
+    async with FakeDispatchService(on_create=on_create, on_remove=lambda _room, who: leave(room, who)) as svc:
+        out = await run(
+            room,
+            svc,
+            timeouts={"dispatched": 5, "joined": 0.6, "ready": 5},
+            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
+        )
+        await asyncio.sleep(0.5)  # both agents have joined by now
+    agents = sorted(room.remote_participants)
+    assert (out.dispatch.id, out.participant.identity) == ("AD_2", "agent-AD_2"), (agents, svc.methods)
+    assert agents == ["agent-AD_2"] and svc.removed == [("", "agent-AD_1")] and svc.deleted == ["AD_1"]
