@@ -85,6 +85,32 @@ async def test_wraps_calling_the_original_and_undoes_exactly():
     assert fw.Client.connect is original and "connect" in vars(fw.Client)
 
 
+def test_a_second_install_with_other_settings_says_they_do_not_apply(caplog):
+    """A library installs first, the application then asks for other settings: the patched part keeps
+    the first ones (its wrappers hold them), and a WARNING names what was kept. Before, nothing said so."""
+    caplog.set_level(logging.WARNING, logger="tether.integrations")
+    fw = framework()
+    i = Integration("fake", "pytest")
+    part = Part("client", f"pytest>={PYTEST}", wrap_connect(fw, []))
+    try:
+        i.install([part], settings={"timeout": 10.0, "policy": None})
+        i.install([part], settings={"timeout": 10.0, "policy": None})  # the same settings: silent
+        assert caplog.records == []
+        assert i.install([part], settings={"timeout": 30.0, "policy": None}).patched == ("client",)
+        [record] = caplog.records
+        assert record.levelno == logging.WARNING
+        assert "already installed (client) with timeout=10.0: this call's timeout=30.0 do not apply" in (
+            record.getMessage()
+        )
+        assert record.kept == ["timeout"]
+    finally:
+        i.uninstall()
+    caplog.clear()
+    i.install([part], settings={"timeout": 30.0})  # after uninstall() the new settings are the ones patched
+    assert caplog.records == []
+    i.uninstall()
+
+
 def test_version_is_compared_as_a_version_not_digits():
     fw = framework()
     i = Integration("fake", "pytest")

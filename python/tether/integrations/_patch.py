@@ -27,7 +27,7 @@ import inspect
 import logging
 import tokenize
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -370,6 +370,7 @@ class Integration:
         self.dist = dist
         self._parts: dict[str, Patches] = {}
         self._refused: dict[str, Refusal] = {}
+        self._settings: dict[str, Mapping[str, object]] = {}  # each patched part's install() settings
 
     @staticmethod
     def instrumentation_dependencies(parts: Iterable[Part]) -> tuple[str, ...]:
@@ -398,9 +399,15 @@ class Integration:
             extra={"framework": self.framework, "part": part, "reason": reason, "kind": kind.value},
         )
 
-    def install(self, parts: Sequence[Part], *, allow_untested: bool = False) -> InstallReport:
+    def install(
+        self, parts: Sequence[Part], *, allow_untested: bool = False, settings: Mapping[str, object] | None = None
+    ) -> InstallReport:
         """Patch every part not patched yet (idempotent). Variants sharing a name are tried in order:
-        those whose range holds the installed version, or, with ``allow_untested``, all of them."""
+        those whose range holds the installed version, or, with ``allow_untested``, all of them.
+        ``settings``: the install() call's own arguments; a part already patched keeps those it was patched
+        with, and a WARNING names the ones this call would have changed."""
+        settings = dict(settings or {})
+        self._warn_kept_settings([p.name for p in parts], settings)
         version = installed_version(self.dist)
         variants: dict[str, list[Part]] = {}
         for part in parts:
@@ -441,10 +448,29 @@ class Integration:
                 )
                 continue
             untested = "" if fitting else f"{self.dist} {version} is outside the tested range {ranges}, tried: "
-            self._install_part(name, fitting or options, untested)
+            if self._install_part(name, fitting or options, untested):
+                self._settings[name] = settings
         return self.report()
 
-    def _install_part(self, name: str, options: Sequence[Part], untested: str) -> None:
+    def _warn_kept_settings(self, names: Iterable[str], settings: Mapping[str, object]) -> None:
+        kept = [n for n in dict.fromkeys(names) if n in self._parts]
+        changed = {
+            k: v for n in kept for k, v in settings.items() if k in self._settings[n] and self._settings[n][k] != v
+        }
+        if not changed:
+            return
+        was = {k: self._settings[n][k] for n in kept for k in changed if k in self._settings[n]}
+        log.warning(
+            "tether.integrations.%s: already installed (%s) with %s: this call's %s do not apply; uninstall() "
+            "first to change them",
+            self.framework,
+            ", ".join(kept),
+            ", ".join(f"{k}={v!r}" for k, v in was.items()),
+            ", ".join(f"{k}={v!r}" for k, v in changed.items()),
+            extra={"framework": self.framework, "parts": kept, "kept": sorted(changed)},
+        )
+
+    def _install_part(self, name: str, options: Sequence[Part], untested: str) -> bool:
         refusal: tuple[RefusalKind, str] | None = None
         for part in options:
             checks = Checks()
@@ -476,12 +502,14 @@ class Integration:
                 part.requirement,
                 extra={"framework": self.framework, "part": name, "requirement": part.requirement},
             )
-            return
+            return True
         assert refusal is not None
         self.refuse(name, refusal[0], untested + refusal[1])
+        return False
 
     def uninstall(self) -> None:
         for patches in reversed(list(self._parts.values())):
             patches.undo()
         self._parts.clear()
         self._refused.clear()
+        self._settings.clear()

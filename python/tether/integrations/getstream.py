@@ -123,13 +123,28 @@ def install(
     for one call): ``reconnecting_timeout``, ``media_timeout`` (None: no liveness alarm), ``rejoin``,
     ``join_timeout``, ``leave_timeout``, ``on_alarm``.
 
-    Returns an ``InstallReport``. A second ``install()`` keeps the parts and settings of the first.
+    Returns an ``InstallReport``. A second ``install()`` keeps the parts and settings of the first, and a
+    WARNING names the settings it would have changed.
     """
     settings = _Settings(policy, health_interval, health_timeout, connect_timeout, attempt_timeout, stable_after)
     call_settings = _CallSettings(
         reconnecting_timeout, media_timeout, rejoin, policy, join_timeout, leave_timeout, on_alarm
     )
-    return _integration.install(_parts(settings, call_settings), allow_untested=allow_untested)
+    given = {
+        "policy": policy,
+        "health_interval": health_interval,
+        "health_timeout": health_timeout,
+        "connect_timeout": connect_timeout,
+        "attempt_timeout": attempt_timeout,
+        "stable_after": stable_after,
+        "reconnecting_timeout": reconnecting_timeout,
+        "media_timeout": media_timeout,
+        "rejoin": rejoin,
+        "join_timeout": join_timeout,
+        "leave_timeout": leave_timeout,
+        "on_alarm": on_alarm,
+    }
+    return _integration.install(_parts(settings, call_settings), allow_untested=allow_untested, settings=given)
 
 
 def _parts(settings: _Settings, call_settings: _CallSettings) -> list[Part]:

@@ -94,12 +94,21 @@ def install(
     process spawns (default 0.5 s doubling to 10 s). ``acquire_timeout``: bound on waiting for a process
     for a job (default: 3 x initialize_timeout). ``allow_untested``: try the parts on a release outside
     their ranges (a part that does not fit is still refused, with a WARNING).
-    Returns an ``InstallReport`` naming the parts patched and refused (refusals also log a WARNING).
+    Returns an ``InstallReport`` naming the parts patched and refused (refusals also log a WARNING). A
+    part already patched keeps the settings it was patched with; a WARNING names those this call would
+    have changed (``uninstall()`` first to change them).
     """
     settings = Settings(policy, stable_after, register_timeout)
     parts = _parts(settings, respawn, acquire_timeout)
     wanted = {"control_plane": control_plane, "proc_pool": proc_pool, "metrics": metrics}
-    return _integration.install([p for p in parts if wanted[p.name]], allow_untested=allow_untested)
+    given = {
+        "policy": policy,
+        "stable_after": stable_after,
+        "register_timeout": register_timeout,
+        "respawn": respawn,
+        "acquire_timeout": acquire_timeout,
+    }
+    return _integration.install([p for p in parts if wanted[p.name]], allow_untested=allow_untested, settings=given)
 
 
 def instrumentation_dependencies() -> tuple[str, ...]:

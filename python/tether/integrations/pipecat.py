@@ -63,11 +63,14 @@ def install(
     2 minutes per outage). ``stable_after``: seconds a connection must stay up to end an outage
     (pipecat's ``QuickFailureTracker`` used 5 s). ``quiet_jitter``: the first retry of an outage waits
     ``uniform(0, quiet_jitter)`` seconds (short: a voice pipeline is deaf meanwhile). Records go to the ``tether.reconnect`` logger
-    (pipecat itself logs with loguru). Returns an ``InstallReport``.
+    (pipecat itself logs with loguru). Returns an ``InstallReport``; a second call keeps the
+    first one's settings (a WARNING names those it would have changed).
     """
     prepare = functools.partial(_prepare, policy or _default_policy(), stable_after, quiet_jitter)
     return _integration.install(
-        [Part("websocket_service", WEBSOCKET_SERVICE_REQUIREMENT, prepare)], allow_untested=allow_untested
+        [Part("websocket_service", WEBSOCKET_SERVICE_REQUIREMENT, prepare)],
+        allow_untested=allow_untested,
+        settings={"policy": policy, "stable_after": stable_after, "quiet_jitter": quiet_jitter},
     )
 
 
