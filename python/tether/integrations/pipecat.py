@@ -11,7 +11,12 @@ WebsocketService`` (every websocket STT/TTS/LLM service) with one on a step-wise
 * a connection counts as recovered only once it stayed up ``stable_after`` seconds, so a server that
   accepts and drops still runs out of attempts (what ``QuickFailureTracker`` was for), but a flapping
   network no longer kills the service after 3 short connections: it gets the policy's whole budget;
-* giving up reports the error as permanent (``force_treat_as_permanent=True``) like pipecat does.
+* giving up reports the error as permanent (``force_treat_as_permanent=True``) like pipecat does;
+* a reconnect holds pipecat's ``_reconnect_in_progress``, so a ``send_with_retry`` meanwhile does not
+  open a second socket, and a reconnect a sender began is awaited instead of doubled;
+* a service that confirms its connection by a message (1.14's ``_receive_until_confirmed``: Deepgram
+  Flux, Cartesia turns, Sarvam) is connected only once confirmed: a provider that accepts and never
+  confirms runs out of attempts.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ _METHODS = (
     "_verify_connection",
     "_receive_messages",
     "_is_service_usable",
+    "_try_reconnect",
 )
-_ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time")
+_ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time", "_reconnect_in_progress")
+
 # the receive loop is replaced, not wrapped (pipecat has no seam between its retries): the code read
 # (pipecat-ai 1.14.0, the same in 1.8.0-1.13.0), so that a change inside it refuses the part
 _RECEIVE_LOOP_FINGERPRINTS = ("3abc4eb7d9719a27",)
@@ -100,46 +107,82 @@ def _prepare(policy: Backoff, stable_after: float, quiet_jitter: float, c: Check
     c.fingerprint(service._receive_task_handler, _RECEIVE_LOOP_FINGERPRINTS)
 
     def patch(p: Patches) -> None:
-        handler = _make_receive_loop(
-            policy, stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame
-        )
-        p.set(service, "_receive_task_handler", handler)
+        loop = _ReceiveLoop(policy, stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame)
+        p.set(service, "_receive_task_handler", loop.handler())
+        p.wrap(service, "_try_reconnect", loop.sender_reconnect)
+        if hasattr(service, "_receive_until_confirmed"):  # 1.14 on
+            p.wrap(service, "_receive_until_confirmed", loop.confirmed)
 
     return patch
 
 
-def _make_receive_loop(
-    policy: Backoff, stable_after: float, quiet_jitter: float, closed_ok: type[BaseException], error_frame: Any
-) -> Callable[[Any, Any], Awaitable[None]]:
-    reconnectors: weakref.WeakKeyDictionary[Any, Reconnector] = weakref.WeakKeyDictionary()
+class _ReceiveLoop:
+    """The replacement receive loop, and what it learns from the services it runs."""
 
-    def reconnector_for(service: Any) -> Reconnector:
-        r = reconnectors.get(service)
+    def __init__(
+        self,
+        policy: Backoff,
+        stable_after: float,
+        quiet_jitter: float,
+        closed_ok: type[BaseException],
+        error_frame: Any,
+    ) -> None:
+        self.policy = policy
+        self.stable_after = stable_after
+        self.quiet_jitter = quiet_jitter
+        self.closed_ok = closed_ok
+        self.error_frame = error_frame
+        self.reconnectors: weakref.WeakKeyDictionary[Any, Reconnector] = weakref.WeakKeyDictionary()
+        # services that confirm each connection by a message: connected only once it came
+        self.confirming: weakref.WeakSet[Any] = weakref.WeakSet()
+        # set when the reconnect pipecat's own code began for a service (send_with_retry) has ended
+        self.sender_done: weakref.WeakKeyDictionary[Any, asyncio.Event] = weakref.WeakKeyDictionary()
+
+    def reconnector_for(self, service: Any) -> Reconnector:
+        r = self.reconnectors.get(service)
         if r is None:
-            r = reconnectors[service] = Reconnector(
-                policy, stable_after=stable_after, quiet_jitter=quiet_jitter, name=str(service)
+            r = self.reconnectors[service] = Reconnector(
+                self.policy, stable_after=self.stable_after, quiet_jitter=self.quiet_jitter, name=str(service)
             )
         return r
 
-    async def reopen(service: Any) -> None:
-        await service._disconnect_websocket()
-        await service._connect_websocket()
-        if not await service._verify_connection():
-            raise ConnectionError(f"{service} websocket reconnection failed verification")
+    async def sender_reconnect(self, wrapped: Callable[..., Awaitable[bool]], args: Any, kwargs: Any) -> bool:
+        """Wraps ``_try_reconnect``, which only pipecat's senders call once the loop is replaced: the loop
+        waits for its end instead of opening a socket of its own meanwhile."""
+        service = args[0]
+        if service._reconnect_in_progress:
+            return await wrapped(*args, **kwargs)  # refused at once: one is running
+        done = self.sender_done[service] = asyncio.Event()
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            done.set()
 
-    async def recover(service: Any, r: Reconnector, message: str, report_error: Any, error: BaseException) -> bool:
+    async def confirmed(self, wrapped: Callable[..., Awaitable[bool]], args: Any, kwargs: Any) -> bool:
+        """Wraps ``_receive_until_confirmed``: a connection the provider never confirmed carried no session
+        and must not count as stable (pipecat moves ``_last_connect_time`` for its own tracker)."""
+        service = args[0]
+        self.confirming.add(service)
+        ok = await wrapped(*args, **kwargs)
+        if ok:
+            self.reconnector_for(service).connected()
+        return ok
+
+    async def recover(
+        self, service: Any, r: Reconnector, message: str, report_error: Any, error: BaseException
+    ) -> bool:
         """True once reconnected; False when the loop must end (closing, not retrying, gave up)."""
         if service._disconnecting:
             return False
         if not service._reconnect_on_error:
-            await report_error(error_frame(message, exception=error))
+            await report_error(self.error_frame(message, exception=error))
             return False
         while True:
             try:
                 delay = r.failed(error)
             except GaveUp as gave_up:
                 await report_error(
-                    error_frame(f"{service} gave up reconnecting: {gave_up}", exception=error),
+                    self.error_frame(f"{service} gave up reconnecting: {gave_up}", exception=error),
                     force_treat_as_permanent=True,
                 )
                 return False
@@ -147,29 +190,51 @@ def _make_receive_loop(
             if service._disconnecting or not service._is_service_usable:
                 return False
             try:
-                await reopen(service)
+                await self.reopen(service)
                 return True
             except Exception as e:
                 error = e
 
-    async def _receive_task_handler(self: Any, report_error: Any) -> None:
-        r = reconnector_for(self)
-        while True:
-            self._last_connect_time = time.monotonic()
-            r.connected()
-            try:
-                await self._receive_messages()
-                error: BaseException = ConnectionError(f"{self} connection closed by server")
-            except closed_ok:
-                r.closed()
-                return  # a normal close (1000) is not retried, as in pipecat
-            except Exception as e:
-                error = e
-            if not await recover(self, r, f"{self} connection lost: {error}", report_error, error):
+    async def reopen(self, service: Any) -> None:
+        """Reconnect, holding pipecat's flag so that a sender's ``send_with_retry`` does not open a second
+        socket meanwhile; a reconnect a sender began is awaited, and kept if it worked."""
+        if service._reconnect_in_progress:
+            done = self.sender_done.get(service)
+            if done is not None:
+                await done.wait()
+            if await service._verify_connection():
                 return
+        service._reconnect_in_progress = True
+        try:
+            await service._disconnect_websocket()
+            await service._connect_websocket()
+            if not await service._verify_connection():
+                raise ConnectionError(f"{service} websocket reconnection failed verification")
+        finally:
+            service._reconnect_in_progress = False
 
-    _receive_task_handler.__qualname__ = "WebsocketService._receive_task_handler"
-    return _receive_task_handler
+    def handler(self) -> Callable[[Any, Any], Awaitable[None]]:
+        loop = self
+
+        async def _receive_task_handler(self: Any, report_error: Any) -> None:
+            r = loop.reconnector_for(self)
+            while True:
+                self._last_connect_time = time.monotonic()
+                if self not in loop.confirming:
+                    r.connected()
+                try:
+                    await self._receive_messages()
+                    error: BaseException = ConnectionError(f"{self} connection closed by server")
+                except loop.closed_ok:
+                    r.closed()
+                    return  # a normal close (1000) is not retried, as in pipecat
+                except Exception as e:
+                    error = e
+                if not await loop.recover(self, r, f"{self} connection lost: {error}", report_error, error):
+                    return
+
+        _receive_task_handler.__qualname__ = "WebsocketService._receive_task_handler"
+        return _receive_task_handler
 
 
 __all__ = ["WEBSOCKET_SERVICE_REQUIREMENT", "InstallReport", "install", "instrumentation_dependencies", "uninstall"]

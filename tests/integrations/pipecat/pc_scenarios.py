@@ -24,6 +24,7 @@ class Server:
 
     def __init__(self) -> None:
         self.mode = "healthy"
+        self.slow_accepts = False  # every handshake after the first takes 0.3 s
         self.connections: list[float] = []
         self.port = 0
         self._server = None
@@ -31,7 +32,11 @@ class Server:
 
     async def start(self) -> None:
         self._server = await websockets.serve(
-            self._handle, "127.0.0.1", self.port, logger=logging.getLogger("tests.pc_server")
+            self._handle,
+            "127.0.0.1",
+            self.port,
+            logger=logging.getLogger("tests.pc_server"),
+            process_request=self._accept,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -44,6 +49,10 @@ class Server:
     def abort_all(self) -> None:
         for ws in list(self._sockets):
             ws.transport.abort()
+
+    async def _accept(self, ws, request) -> None:
+        if self.slow_accepts and self.connections:
+            await asyncio.sleep(0.3)
 
     async def _handle(self, ws) -> None:
         self.connections.append(time.monotonic())
@@ -138,6 +147,97 @@ async def run(scenario: str) -> dict:
     }
 
 
+async def send_during_reconnect() -> dict:
+    """The link drops and the application sends meanwhile through ``send_with_retry`` (Inworld TTS,
+    Deepgram Flux, Cartesia turns in 1.8-1.13): how many sockets the provider then holds open."""
+    server = Server()
+    server.slow_accepts = True
+    await server.start()
+    service = make_service(f"ws://127.0.0.1:{server.port}")
+
+    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
+        pass
+
+    await service._connect()
+    await service._connect_websocket()
+    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
+    await asyncio.sleep(0.3)
+    server.abort_all()
+    await asyncio.sleep(0.05)
+    send = asyncio.ensure_future(service.send_with_retry("hello", report_error))
+    await asyncio.sleep(3)  # both reconnects are long done
+    open_then = len(server._sockets)
+    service._disconnecting = True
+    loop_task.cancel()
+    send.cancel()
+    await asyncio.wait({loop_task, send}, timeout=5)
+    await service._disconnect_websocket()
+    await asyncio.sleep(0.3)
+    result = {"open_on_server": open_then, "open_after_disconnect": len(server._sockets)}
+    await server.stop()
+    return result
+
+
+async def never_confirmed() -> dict:
+    """pipecat 1.14: a service that waits for the provider's confirmation message
+    (``_receive_until_confirmed``, here within 1 s), and a provider that accepts and never sends it."""
+    from pipecat.services.websocket_service import WebsocketService
+
+    class ConfirmingService(WebsocketService):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+            self.confirmed = asyncio.Event()
+
+        def __str__(self) -> str:
+            return "ConfirmingService#0"
+
+        async def _connect_websocket(self) -> None:
+            self.confirmed.clear()
+            self._websocket = await self._websocket_connect(self.url)
+
+        async def _disconnect_websocket(self) -> None:
+            if self._websocket is not None:
+                await self._websocket.close()
+                self._websocket = None
+
+        async def _handle(self, message) -> None:
+            if message == "Connected":
+                self.confirmed.set()
+
+        async def _receive_messages(self) -> None:
+            messages = aiter(self._websocket)
+            if await self._receive_until_confirmed(messages, self.confirmed, self._handle, 1.0):
+                async for _ in messages:
+                    pass
+
+    server = Server()
+    await server.start()
+    service = ConfirmingService(f"ws://127.0.0.1:{server.port}")
+    errors: list[tuple[str, bool]] = []
+
+    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
+        errors.append((frame.error, force_treat_as_permanent))
+
+    await service._connect()
+    await service._connect_websocket()
+    t0 = time.monotonic()
+    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
+    done, _ = await asyncio.wait({loop_task}, timeout=15)
+    result = {
+        "loop_ended": bool(done),
+        "ended_after": round(time.monotonic() - t0, 1) if done else None,
+        "connections": len(server.connections),
+        "permanent_error": any(p for _, p in errors),
+    }
+    service._disconnecting = True
+    loop_task.cancel()
+    await asyncio.wait({loop_task}, timeout=5)
+    await service._disconnect_websocket()
+    await server.stop()
+    return result
+
+
 def capture_logs() -> None:
     from loguru import logger
 
@@ -210,10 +310,17 @@ if __name__ == "__main__":
         print(json.dumps(edited(sys.argv[1] == "edited")))
         sys.exit(0)
     if "--tether" in sys.argv:
+        import tether
         from tether.integrations import pipecat
 
-        report = pipecat.install()
+        # the never-confirmed provider: 3 retries, and a connection stable after 0.5 s (below the 1 s
+        # confirmation timeout, as pipecat's 5 s default is below its services' 10 s)
+        short = {"policy": tether.Backoff(0.05, 2.0, max_delay=0.2, jitter="none", max_attempts=3), "stable_after": 0.5}
+        report = pipecat.install(**(short if sys.argv[1] == "never_confirmed" else {}))
         assert report.patched == ("websocket_service",), report
+    if sys.argv[1] in ("send_during_reconnect", "never_confirmed"):
+        print(json.dumps(asyncio.run(globals()[sys.argv[1]]())))
+        sys.exit(0)
     run_loop = asyncio.run
     if "--uvloop" in sys.argv:
         import uvloop

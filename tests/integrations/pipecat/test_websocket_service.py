@@ -96,6 +96,24 @@ def test_older_release(older_runs, release, fault):
     check(fault, r)
 
 
+def test_a_send_during_a_reconnect_opens_no_second_socket():
+    """pipecat's ``send_with_retry`` reconnects by itself unless ``_reconnect_in_progress`` says one is
+    under way. Before, tether's loop never set the flag: a sender and the loop each opened a socket, and
+    one stayed open at the provider, unread and never closed (without tether: one socket)."""
+    assert scenario("send_during_reconnect")["open_on_server"] == 1  # pipecat as shipped
+    r = scenario("send_during_reconnect", "--tether")
+    assert r == {"open_on_server": 1, "open_after_disconnect": 0}, r
+
+
+def test_a_provider_that_never_confirms_runs_out_of_attempts():
+    """pipecat 1.14's services that wait for a confirmation message count an unconfirmed connection as a
+    quick failure. Before, tether counted it as connected: one that waited past ``stable_after`` reset
+    the budget, and the service reconnected for ever with no permanent error."""
+    r = scenario("never_confirmed", "--tether")
+    assert r["loop_ended"] and r["permanent_error"], r
+    assert r["connections"] <= 4, r  # the first connection and 3 retries
+
+
 def test_renamed_private_method_refuses():
     r = scenario("drift")
     assert r["patched"] == [] and r["untouched"], r
