@@ -176,12 +176,13 @@ def _prepare_signaling(settings: _Settings, c: Checks) -> PatchFn | None:
     if connection_utils is None or signaling is None or events_pb2 is None:
         return None
     base = c.attr(signaling, "WebSocketClient")
-    c.attrs(signaling, ("SignalingError",))
+    c.attrs(signaling, ("SignalingError", "SFU_EVENTS_TO_TRACE", "telemetry"))
     c.attrs(connection_utils, ("WebSocketClient",))
     c.attrs(events_pb2, ("SfuRequest", "SfuEvent", "HealthCheckRequest", "JoinRequest"))
     if base is not None:
         c.params(base.__init__, _CLIENT_PARAMS)
         c.attrs(base, _CLIENT_METHODS)
+        c.instance_attrs(base, ("_tracer", "_sfu_id_fn", "parent_span"))
     if not c:
         return None
     if "fast_reconnect" not in events_pb2.JoinRequest.DESCRIPTOR.fields_by_name:
@@ -190,7 +191,7 @@ def _prepare_signaling(settings: _Settings, c: Checks) -> PatchFn | None:
 
     def patch(p: Patches) -> None:
         # the class replaces the framework's: its socket is a tether.connect connection
-        client = _make_client_class(base, signaling.SignalingError, events_pb2, settings)
+        client = _make_client_class(base, signaling, events_pb2, settings)
         p.set(signaling, "WebSocketClient", client)
         if connection_utils.WebSocketClient is base:
             p.set(connection_utils, "WebSocketClient", client)
@@ -202,8 +203,13 @@ def _default_policy() -> Backoff:
     return Backoff(initial=0.25, factor=2.0, max_delay=5.0, jitter="equal", deadline=30.0)
 
 
-def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, settings: _Settings) -> type:
+def _make_client_class(base: Any, signaling: Any, events_pb2: Any, settings: _Settings) -> type:
     log = logging.getLogger(LOGGER_NAME)
+    from google.protobuf.json_format import MessageToDict as to_dict  # getstream's own dependency
+
+    signaling_error = signaling.SignalingError
+    telemetry = signaling.telemetry
+    traced = signaling.SFU_EVENTS_TO_TRACE
     health_request = events_pb2.SfuRequest(health_check_request=events_pb2.HealthCheckRequest()).SerializeToString()
 
     def parse(raw: bytes | str) -> Any:
@@ -244,12 +250,24 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
             self._t_join_error: BaseException | None = None
             self.rejoins = 0
 
+        # -- tracing (getstream's SfuStatsReporter sends these traces to Stream) --------------------------
+        def _t_trace(self, kind: str, data: dict[str, Any]) -> None:
+            try:
+                sfu_id = self._sfu_id_fn() if self._sfu_id_fn else None
+                self._tracer.trace(kind, sfu_id, data)
+            except Exception:  # the tracer's failure is not the connection's
+                log.debug("tracing %s failed", kind, exc_info=True)
+
         # -- connecting ---------------------------------------------------------------------------------
         async def _t_on_connect(self, hs: Handshake) -> None:
             request = events_pb2.JoinRequest()
             request.CopyFrom(self.join_request)
             if hs.reconnect:
                 request.fast_reconnect = True
+            if self._tracer is not None:  # what the shipped client traces on each open
+                self._t_trace("signal.ws.open", {"isTrusted": True})
+                payload = {"oneofKind": "joinRequest", "joinRequest": to_dict(request)}
+                self._t_trace("joinRequest", {"requestPayload": payload})
             await hs.send(events_pb2.SfuRequest(join_request=request).SerializeToString())
             while True:
                 event = parse(await hs.recv())
@@ -322,6 +340,9 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
                         self.last_health_check_time = time.time()
                     if event.HasField("call_ended"):
                         self._t_call_ended = True
+                    kind = event.WhichOneof("event_payload")
+                    if kind in traced and self._tracer is not None:
+                        self._t_trace(kind, to_dict(getattr(event, kind)))
                     self._t_dispatch(event)
                 return
             except GaveUp as e:
@@ -337,8 +358,15 @@ def _make_client_class(base: Any, signaling_error: Any, events_pb2: Any, setting
 
         def _t_dispatch(self, event: Any) -> None:
             kind = event.WhichOneof("event_payload")
-            if kind:
-                self.emit(kind, getattr(event, kind))
+            if not kind:
+                return
+            # the shipped client emits each event in a task of its own, so a listener that raises loses
+            # that event only; here it would end the reader
+            try:
+                with telemetry.attach_span(self.parent_span):
+                    self.emit(kind, getattr(event, kind))
+            except Exception:
+                log.exception("a listener of the SFU event %s raised; signaling goes on", kind, extra={"event": kind})
 
         # -- closing ------------------------------------------------------------------------------------
         def close(self) -> None:

@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("getstream.video.rtc.signaling", reason="getstream[webrtc] is not installed")
 
 from getstream.video.rtc import connection_utils, signaling
+from getstream.video.rtc.pb.stream.video.sfu.event import events_pb2
+from getstream.video.rtc.tracer import Tracer
 from gs_scenarios import HEALTH, run
 
 import tether
@@ -90,6 +92,81 @@ async def test_sfu_error_on_join_raises_signaling_error(installed):
             )
         assert info.value.error.message == "call is full"
         assert len(sfu.joins) == 1  # fatal: not retried
+
+
+async def events_after_a_raising_listener() -> dict:
+    """Three participant_joined events; the application's sync listener raises on the first."""
+    seen: list[str] = []
+    lost: list[str] = []
+    async with FakeSfu() as sfu:
+        ws, _ = await connection_utils.connect_websocket(
+            token="t", ws_url=sfu.url, session_id="s", options=connection_utils.ConnectionOptions()
+        )
+
+        def on_joined(event) -> None:
+            seen.append(event.participant.user_id)
+            if event.participant.user_id == "bob":
+                raise RuntimeError("bug in the application's handler")
+
+        async def on_lost(reason: str) -> None:
+            lost.append(reason)
+
+        ws.on_event("participant_joined", on_joined)
+        ws.on_event("connection_lost", on_lost)
+        for user in ("bob", "carol", "dave"):
+            event = events_pb2.SfuEvent()
+            event.participant_joined.participant.user_id = user
+            await sfu.send_event(event)
+        await eventually(lambda: len(seen) == 3 or lost, timeout=5)
+        result = {"seen": seen, "running": bool(ws.running), "lost": lost}
+        ws.close()
+    return result
+
+
+async def test_a_raising_listener_loses_its_event_only(caplog):
+    """The shipped client emits each SFU event in a task of its own. Before, tether's reader emitted
+    inline and a listener's exception ended it: every later event was dropped and connection_lost
+    emitted, while the socket stayed open and answered health checks."""
+    expected = {"seen": ["bob", "carol", "dave"], "running": True, "lost": []}
+    assert await events_after_a_raising_listener() == expected  # as shipped
+    getstream.install(**HEALTH)
+    try:
+        assert await events_after_a_raising_listener() == expected
+    finally:
+        getstream.uninstall()
+    [record] = [r for r in caplog.records if "listener of the SFU event participant_joined raised" in r.getMessage()]
+    assert record.levelno == logging.ERROR and "bug in the application's handler" in record.exc_text
+
+
+async def traced_kinds() -> list[str]:
+    tracer = Tracer()
+    async with FakeSfu() as sfu:
+        ws, _ = await connection_utils.connect_websocket(
+            token="t",
+            ws_url=sfu.url,
+            session_id="s",
+            options=connection_utils.ConnectionOptions(),
+            tracer=tracer,
+            sfu_id_fn=lambda: "sfu-1",
+        )
+        event = events_pb2.SfuEvent()
+        event.go_away.reason = 1
+        await sfu.send_event(event)
+        await asyncio.sleep(500 * MS)  # take() empties the tracer: looked at once
+        ws.close()
+    return [record[0] for record in tracer.take().snapshot]
+
+
+async def test_sfu_traces_as_the_shipped_client():
+    """getstream's SfuStatsReporter sends the client's traces to Stream: each open and its join request,
+    and the SFU events getstream lists. Before, tether's client took the tracer and traced nothing."""
+    shipped = await traced_kinds()
+    assert {"signal.ws.open", "joinRequest", "go_away"} <= set(shipped), shipped
+    getstream.install(**HEALTH)
+    try:
+        assert sorted(await traced_kinds()) == sorted(shipped)
+    finally:
+        getstream.uninstall()
 
 
 async def test_connect_is_bounded(chaos_proxy):
