@@ -178,7 +178,7 @@ class CallWatch:
         self._publishers: dict[str, set[Any]] = {}
         self._media: Liveness | None = None
         self._closed = False
-        # the watchdog's WARNING is the alarm's one log line, under the manager's logger
+        # the alarm's one WARNING is _alarm's, under the manager's logger
         self._wd = Watchdog(f"getstream call {self._cid}", on_alarm=self._alarm, logger=LOGGER_NAME)
         self._wd.dwell("reconnecting", settings.reconnecting_timeout)
         self._wd.dwell("migrating", settings.reconnecting_timeout)
@@ -266,10 +266,16 @@ class CallWatch:
         if self._closed:
             return
         self.alarms.append(alarm)
+        # with on_alarm the watchdog leaves the report to its handler (this one): the alarm's WARNING
+        self._log.warning("%s", alarm.message, extra={"call_cid": self._cid, "alarm": alarm.kind})
         if self._s.on_alarm is not None:
-            result = self._s.on_alarm(alarm)
-            if inspect.isawaitable(result):
-                self._spawn(result)
+            try:
+                result = self._s.on_alarm(alarm)
+            except Exception:  # the application's bug must not cancel the recovery
+                self._log.exception("call %s: on_alarm raised", self._cid, extra={"call_cid": self._cid})
+            else:
+                if inspect.isawaitable(result):
+                    self._spawn(result)
         if self._s.rejoin and self._recovery is None:
             self._log.info("call %s: leaving and joining it again", self._cid, extra={"call_cid": self._cid})
             self._recovery = self._spawn(self._rejoin())

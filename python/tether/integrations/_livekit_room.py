@@ -164,9 +164,13 @@ class RoomWatch:
                 "room %s: disconnecting it so the job can be dispatched again", getattr(self.room, "name", "?")
             )
         if self._on_alarm is not None:
-            result = self._on_alarm(alarm)
-            if inspect.isawaitable(result):
-                self._spawn(result)
+            try:
+                result = self._on_alarm(alarm)
+            except Exception:  # the application's bug must not keep the room from being disconnected
+                self._log.exception("room %s: on_alarm raised", getattr(self.room, "name", "?"))
+            else:
+                if inspect.isawaitable(result):
+                    self._spawn(result)
         if self._disconnect and self._disconnecting is None:
             self._disconnecting = self._spawn(self._bounded_disconnect())
 

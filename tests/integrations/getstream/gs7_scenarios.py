@@ -115,6 +115,7 @@ class Call:
         return {
             "watched": watch is not None,
             "detected": alarm_at[0] if alarm_at else away,
+            "alarm_warnings": len(alarm_at),
             "alarms": alarms,
             "states_after_fault": after,
             "sfu_joins": [strategy for _, strategy, _ in self.fake.joins],
@@ -154,8 +155,12 @@ class Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(f"{record.getMessage()} {record.__dict__}")
-        if record.levelno == logging.WARNING and record.getMessage().startswith("getstream call "):
-            self.alarm_logged.append(time.monotonic())  # the watchdog's alarm line
+        if (
+            record.levelno == logging.WARNING
+            and record.name == "getstream.video.rtc.connection_manager"
+            and record.getMessage().startswith("getstream call ")
+        ):
+            self.alarm_logged.append(time.monotonic())  # the alarm's one line
 
     def secrets(self) -> list[str]:
         # the API secret, the SFU token of the fake's credentials, and JWTs (the user token)
@@ -267,6 +272,7 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="install(), and watch_call() with short deadlines")
     parser.add_argument("--fast-install", action="store_true", help="install() with short deadlines")
     parser.add_argument("--publish", action="store_true", help="publish a local audio track (runs under 30 s)")
+    parser.add_argument("--raising-on-alarm", action="store_true", help="an on_alarm with a bug: it raises")
     parser.add_argument("--hole", type=float, default=25.0)
     parser.add_argument("--settle", type=float, default=12.0)
     args = parser.parse_args()
@@ -274,6 +280,12 @@ def main() -> None:
     if args.scenario == "install":
         print(json.dumps(install_checks()))
         return
+    if args.raising_on_alarm:
+
+        def on_alarm(alarm: Any) -> None:
+            raise RuntimeError("bug in the application's alarm handler")
+
+        FAST["on_alarm"] = on_alarm
     if args.tether or args.fast or args.fast_install:
         report = tether_getstream.install(**(FAST if args.fast_install else {}))  # type: ignore[arg-type]
         assert report.patched == ("call_watch",), report

@@ -228,3 +228,22 @@ async def test_on_alarm_callback_and_detach():
     await watch.aclose()
     room.emit("connection_state_changed", CS.CONN_CONNECTED)  # detached: no handler left, no error
     assert all(len(room._events.get(e, {})) == 0 for e in ("connection_state_changed", "track_subscribed"))
+
+
+async def test_an_on_alarm_that_raises_still_disconnects_the_room(caplog):
+    """The application's callback is a side channel. Before, its exception escaped the alarm handler
+    before the disconnect began: the wedged room stayed."""
+    stats = ReceiveStats()
+    stats.flowing = False
+    room, disconnected = connected_room_with_remote_audio(stats)
+
+    def on_alarm(alarm) -> None:
+        raise RuntimeError("bug in the application's alarm handler")
+
+    watch = livekit.watch_room(room, audio_timeout=300 * MS, on_alarm=on_alarm)
+    try:
+        await eventually(lambda: disconnected)
+        assert [(a.kind, a.name) for a in watch.alarms] == [("liveness", "remote audio")]
+        assert any("on_alarm raised" in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        await watch.aclose()
