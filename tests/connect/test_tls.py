@@ -75,6 +75,18 @@ async def test_ssl_context_trust_anchors(wss_url, pki):
     assert await echo_once(wss_url, ssl=ctx) == "over tls"
 
 
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_a_message_larger_than_the_tls_buffer_is_echoed(wss_url, pki, compression):
+    """rustls takes plaintext only while its unwritten records stay under 64 KiB. Before, a frame larger
+    than that failed with "failed to write whole buffer": the connection was lost at every re-send and
+    the message dropped as poison (over ws:// the same message echoed at once)."""
+    message = os.urandom(300_000)  # random: deflate cannot shrink it
+    async with tether.connect(wss_url, **FAST, ssl=pki / "ca.pem", compression=compression) as conn:
+        await conn.send(message)
+        assert await asyncio.wait_for(conn.recv(), 15) == message
+        assert conn.stats()["connects"] == 1
+
+
 def test_bad_choices_are_value_or_type_errors(pki):
     with pytest.raises(ValueError, match="cannot read CA bundle"):
         tether.connect("wss://127.0.0.1:1/", ssl="/nonexistent/ca.pem")

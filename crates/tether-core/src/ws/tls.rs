@@ -150,9 +150,18 @@ impl TlsSession {
     }
 
     /// Encrypt `plain` for the server; the ciphertext is appended to `out`.
-    pub fn send(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
-        self.conn.writer().write_all(plain).map_err(|e| TlsError { text: e.to_string(), certificate: false })?;
-        self.take_outgoing(out);
+    pub fn send(&mut self, mut plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
+        // rustls takes plaintext only while its records not yet written stay under its buffer limit
+        // (64 KiB): a larger frame goes in as many pieces, each one's records taken before the next
+        while !plain.is_empty() {
+            let n =
+                self.conn.writer().write(plain).map_err(|e| TlsError { text: e.to_string(), certificate: false })?;
+            self.take_outgoing(out);
+            if n == 0 {
+                return Err(TlsError { text: "TLS took none of the data to send".into(), certificate: false });
+            }
+            plain = &plain[n..];
+        }
         Ok(())
     }
 
