@@ -252,9 +252,10 @@ def connect(url: str, **options: Any) -> Connection:
     ``ssl``: which certificate authorities ``wss://`` trusts. Default: the Mozilla roots bundled with
     tether. ``"system"``: the operating system's trust store (on Linux the distribution bundle, or
     ``SSL_CERT_FILE``/``SSL_CERT_DIR``). A path (str or ``os.PathLike``): a PEM CA bundle, e.g. a private
-    CA or a TLS-intercepting proxy's. An ``ssl.SSLContext``: the CA certificates loaded into it (the
-    system store if it lists none, as ``ssl.create_default_context()`` does). A list of these: all of
-    them. Certificates are always verified; TLS is done by rustls, so only the trust anchors of a context
+    CA or a TLS-intercepting proxy's, or a directory of them (OpenSSL's ``capath``). An
+    ``ssl.SSLContext``: the CA certificates it lists (``get_ca_certs()``; the system store if it lists
+    none, as ``ssl.create_default_context()`` does). A context given ``capath=`` lists none (OpenSSL reads
+    the directory per handshake), so pass that directory itself. A list of these: all of them. Certificates are always verified; TLS is done by rustls, so only the trust anchors of a context
     are used. Bad choices raise ``ValueError`` here.
 
     Delivery: ``await conn.send(x)`` resolves once ``x`` is queued for the wire (flow control: it waits

@@ -96,19 +96,21 @@ fn trust_sources(v: &Bound<'_, PyAny>) -> PyResult<Vec<TrustSource>> {
             ));
         }
         let ders: Vec<Vec<u8>> = v.call_method1("get_ca_certs", (true,))?.extract()?;
-        // create_default_context() loads the system store lazily, so it lists no certificate
+        // create_default_context() loads the system store lazily, so it lists no certificate; nor does a
+        // context given a capath directory (OpenSSL reads it per handshake), which cannot be told apart
+        // here: such a directory is passed as the path itself
         return Ok(vec![if ders.is_empty() { T::System } else { T::Der(ders) }]);
     }
     if let Ok(s) = v.cast::<PyString>() {
         return Ok(vec![match s.to_str()? {
             "system" => T::System,
             "bundled" => T::Bundled,
-            path => T::PemFile(path.into()),
+            path => T::Pem(path.into()),
         }]);
     }
     if v.hasattr("__fspath__")? {
         let path: std::path::PathBuf = v.extract()?;
-        return Ok(vec![T::PemFile(path)]);
+        return Ok(vec![T::Pem(path)]);
     }
     if v.is_instance_of::<PyTuple>() || v.is_instance_of::<pyo3::types::PyList>() {
         let mut out = vec![];

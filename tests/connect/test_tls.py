@@ -87,6 +87,21 @@ async def test_a_message_larger_than_the_tls_buffer_is_echoed(wss_url, pki, comp
         assert conn.stats()["connects"] == 1
 
 
+async def test_a_ca_directory(wss_url, pki, tmp_path):
+    """A hashed CA directory (OpenSSL's capath: certificates, links to them, other files). An SSLContext
+    given capath= lists none of its certificates (OpenSSL reads them per handshake), so the directory is
+    given as the path. Before, a directory could not be read at all."""
+    shutil.copy(pki / "ca.pem", tmp_path / "ca.pem")
+    run("openssl", "rehash", str(tmp_path), cwd=tmp_path)
+    (tmp_path / "README").write_text("not a certificate")
+    assert await echo_once(wss_url, ssl=tmp_path) == "over tls"
+    assert await echo_once(wss_url, ssl=str(tmp_path)) == "over tls"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"no usable CA certificate in .*empty"):
+        tether.connect(wss_url, ssl=empty)
+
+
 def test_bad_choices_are_value_or_type_errors(pki):
     with pytest.raises(ValueError, match="cannot read CA bundle"):
         tether.connect("wss://127.0.0.1:1/", ssl="/nonexistent/ca.pem")

@@ -19,8 +19,8 @@ pub enum TrustSource {
     Bundled,
     /// The operating system's store (on Linux: the distribution's bundle, or SSL_CERT_FILE/SSL_CERT_DIR).
     System,
-    /// Every certificate in a PEM file.
-    PemFile(PathBuf),
+    /// Every certificate in a PEM file, or in the PEM files of a directory (OpenSSL's `capath`).
+    Pem(PathBuf),
     /// DER certificates.
     Der(Vec<Vec<u8>>),
 }
@@ -39,15 +39,10 @@ pub fn client_config(sources: &[TrustSource]) -> Result<Arc<rustls::ClientConfig
                     return Err(format!("no usable certificate in the system trust store{why}"));
                 }
             }
-            TrustSource::PemFile(path) => {
-                let shown = path.display();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("cannot read CA bundle {shown}: {e}"))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("cannot parse CA bundle {shown}: {e}"))?;
-                let (added, _) = roots.add_parsable_certificates(certs);
+            TrustSource::Pem(path) => {
+                let (added, _) = roots.add_parsable_certificates(pem_certificates(path)?);
                 if added == 0 {
-                    return Err(format!("no usable CA certificate in {shown}"));
+                    return Err(format!("no usable CA certificate in {}", path.display()));
                 }
             }
             TrustSource::Der(certs) => {
@@ -62,6 +57,25 @@ pub fn client_config(sources: &[TrustSource]) -> Result<Arc<rustls::ClientConfig
         return Err("no trusted certificate authority".to_string());
     }
     build(roots)
+}
+
+/// The certificates of a PEM file; of a directory, those of every file in it that parses as PEM (a
+/// `c_rehash` directory also holds other files, and links to the same certificates).
+fn pem_certificates(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let read = |file: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        CertificateDer::pem_file_iter(file)
+            .map_err(|e| format!("cannot read CA bundle {}: {e}", file.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot parse CA bundle {}: {e}", file.display()))
+    };
+    if !path.is_dir() {
+        return read(path);
+    }
+    let entries = std::fs::read_dir(path).map_err(|e| format!("cannot read CA directory {shown}: {e}"))?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    Ok(files.iter().filter_map(|f| read(f).ok()).flatten().collect())
 }
 
 /// The default: the bundled roots, built once per process.
@@ -187,7 +201,7 @@ mod tests {
 
     #[test]
     fn bad_sources_are_named() {
-        let e = client_config(&[TrustSource::PemFile("/nonexistent/ca.pem".into())]).unwrap_err();
+        let e = client_config(&[TrustSource::Pem("/nonexistent/ca.pem".into())]).unwrap_err();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
         let e = client_config(&[TrustSource::Der(vec![b"not a certificate".to_vec()])]).unwrap_err();
         assert!(e.contains("could be parsed"), "{e}");
