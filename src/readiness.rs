@@ -2,8 +2,9 @@
 //!
 //! `Gate::dispatch` registers the job, calls the dispatch closure (its successful return marks the
 //! first stage), then waits, event-driven, for each further stage to be marked within its deadline
-//! (measured from the previous stage). A failing dispatch call is retried with the policy's delays; a
-//! stage deadline raises `NotReady` naming the stuck stage, or re-dispatches when `redispatch` is set.
+//! (measured from the previous stage). A failing dispatch call is retried with the policy's delays,
+//! within the first stage's deadline; a stage deadline raises `NotReady` naming the stuck stage, or
+//! re-dispatches when `redispatch` is set.
 //! Marks may come from any thread, early (before dispatch returns), out of order (a later stage
 //! implies the earlier ones), twice, or late (after the job finished): none of that is an error.
 
@@ -25,7 +26,7 @@ const LOG: &str = "tether::readiness";
 pub struct Spec {
     pub stages: Vec<Arc<str>>,
     /// Deadline of each stage, measured from the previous stage's arrival (the first from the start
-    /// of the dispatch call).
+    /// of the first dispatch call, or of the re-dispatch: it bounds the calls and their retries).
     pub timeouts: Vec<Duration>,
     pub policy: Backoff,
     /// Re-dispatch (within the policy's attempt budget) when a stage deadline passes.
@@ -265,6 +266,10 @@ impl Gate {
         let mut delays = spec.policy.delays();
         let mut attempt = 0u32;
         let first = spec.stages.first().map(|s| s.to_string()).unwrap_or_default();
+        let first_limit = spec.timeouts[0];
+        // the first stage's deadline, from the first dispatch call (or the re-dispatch) that began the
+        // current round: it bounds the calls and their retries, so a policy without max_attempts ends too
+        let mut first_deadline: Option<Instant> = None;
 
         loop {
             attempt += 1;
@@ -284,8 +289,8 @@ impl Gate {
                     cause,
                 };
             // 1. the dispatch call, bounded by the first stage's deadline
-            let first_limit = spec.timeouts[0];
-            let outcome = tokio::time::timeout(first_limit, dispatch(attempt)).await;
+            let deadline = *first_deadline.get_or_insert(start + first_limit);
+            let outcome = tokio::time::timeout_at(deadline, dispatch(attempt)).await;
             let failure: Option<(String, Option<E>)> = match outcome {
                 Ok(Ok(())) => {
                     let _ = self.mark_job(job_id, &job, &first);
@@ -296,19 +301,24 @@ impl Gate {
                     return Err(not_ready(&first, vec![], message, Some(e)));
                 }
                 Ok(Err(e)) => Some((format!("dispatch failed: {}", describe(&e)), Some(e))),
-                Err(_) => Some((format!("dispatch call did not return within {}", secs(first_limit)), None)),
+                Err(_) => Some(("dispatch call did not return".to_string(), None)),
             };
             if let Some((why, cause)) = failure {
-                match delays.next() {
-                    Some(d) => {
+                let next = delays.next();
+                let out_of_time = Instant::now() + next.unwrap_or_default() >= deadline;
+                match next {
+                    Some(d) if !out_of_time => {
                         tracing::warn!(target: LOG, logger = self.logger.as_deref(), job_id, stage = %first, attempt, delay_ms = d.as_secs_f64() * 1000.0,
                             "job {job_id:?}: {why}; retrying dispatch in {}", ms(d));
                         tokio::time::sleep(d).await;
                         continue;
                     }
-                    None => {
-                        let message =
-                            format!("job {job_id:?} was never {first}: {why} (after {})", count(attempt, "attempt"));
+                    _ => {
+                        let within = if out_of_time { format!(" within {}", secs(first_limit)) } else { String::new() };
+                        let message = format!(
+                            "job {job_id:?} was never {first}{within}: {why} (after {})",
+                            count(attempt, "attempt")
+                        );
                         // NotReady is this failure's report: the caller awaits it, so a log record at
                         // WARNING or above would print the same failure twice
                         tracing::debug!(target: LOG, logger = self.logger.as_deref(), job_id, stage = %first, attempts = attempt, "{message}");
@@ -362,6 +372,7 @@ impl Gate {
                     tracing::warn!(target: LOG, logger = self.logger.as_deref(), job_id, stage = &**stage, attempt, delay_ms = d.as_secs_f64() * 1000.0,
                         "{why}; re-dispatching in {}", ms(d));
                     tokio::time::sleep(d).await;
+                    first_deadline = None;
                     continue;
                 }
             }
@@ -495,6 +506,35 @@ mod tests {
         assert_eq!(nr.stage, "dispatched");
         assert_eq!(nr.cause.as_deref(), Some("503 from the dispatch API"));
         assert!(nr.message.contains("after 4 attempts"), "{}", nr.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_of_a_failing_dispatch_end_at_the_first_stages_deadline() {
+        let gate = Gate::new();
+        let calls = AtomicU32::new(0);
+        let t0 = Instant::now();
+        let mut sp = spec(false);
+        sp.policy.max_attempts = None; // retries for ever: 0.2, 0.4, 0.8, 1.6, 3.2 s ...
+        let nr = gate
+            .dispatch(
+                "j7",
+                &sp,
+                |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { Err::<(), _>("no agent named \"typo\"".to_string()) }
+                },
+                |e| e.clone(),
+            )
+            .await
+            .unwrap_err();
+        // calls at 0, 0.2, 0.6, 1.4 and 3 s; the next, at 6.2 s, would be past the 5 s of "dispatched"
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        assert_eq!(t0.elapsed(), Duration::from_secs(3));
+        assert_eq!(nr.stage, "dispatched");
+        assert_eq!(
+            nr.message,
+            "job \"j7\" was never dispatched within 5 s: dispatch failed: no agent named \"typo\" (after 5 attempts)"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -161,8 +161,30 @@ async def test_dispatch_call_that_hangs_is_bounded_by_the_first_stage_deadline()
         await gate.dispatch(
             "job-9", dispatch, timeouts={"dispatched": 0.1}, policy=tether.Backoff(0.01, jitter="none", max_attempts=1)
         )
-    assert info.value.stage == "dispatched" and "did not return within" in str(info.value)
+    assert info.value.stage == "dispatched", str(info.value)
+    assert "never dispatched within 0.1 s: dispatch call did not return" in str(info.value)
     assert time.monotonic() - t0 < 3
+
+
+async def test_retries_of_a_failing_dispatch_end_at_the_first_stage_timeout_whatever_the_policy():
+    """A policy without max_attempts (``Backoff(0.01)``, written to change the delay) retries a dispatch
+    call that always fails (a wrong agent name) until the first stage's timeout runs out, then raises
+    NotReady. Before, it was retried for ever: gate.dispatch never returned."""
+    gate = tether.ReadinessGate()
+    calls = 0
+
+    async def dispatch(job_id, attempt):
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("agent 'typo' is not registered")
+
+    policy = tether.Backoff(0.01, 2.0, max_delay=0.02, jitter="none")
+    t0 = time.monotonic()
+    with pytest.raises(tether.NotReady) as info:
+        await asyncio.wait_for(gate.dispatch("job-10", dispatch, timeouts=0.5, policy=policy), 5.0)
+    assert 0.45 < time.monotonic() - t0 < 2.0 and calls > 2
+    assert info.value.stage == "dispatched" and isinstance(info.value.__cause__, RuntimeError)
+    assert "never dispatched within 0.5 s: dispatch failed: RuntimeError" in str(info.value), str(info.value)
 
 
 @pytest.mark.parametrize(
