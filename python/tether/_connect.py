@@ -191,7 +191,10 @@ def connect(url: str, **options: Any) -> Connection:
     ``hs.reconnect`` describe the attempt. Its whole run is bounded by ``open_timeout``. Returning makes
     the attempt connected (Connected/Reconnected, the ``stable_after`` clock starts, queued messages
     flush); raising fails the attempt: retried on the ladder, or given up at once (``GaveUp``) if the
-    exception is an instance of a type in ``fatal``. Inside the hook use ``hs``, not ``conn``: the
+    exception is an instance of a type in ``fatal``. A ``CancelledError`` the hook raises itself (it
+    awaited a future something else cancelled) is such a failure; a ``cancel()`` of its task (the loop's
+    tasks torn down) gives up, and so does any ``CancelledError`` on Python 3.10, which does not count a
+    task's ``cancel()`` calls. Inside the hook use ``hs``, not ``conn``: the
     connection's own ``send`` is confirmed and ``recv`` fed only after the hook returned.
     ``first_message_timeout`` counts from the end of the hook.
 

@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import itertools
 import json
+import sys
 import threading
 import time
 
@@ -273,6 +274,31 @@ async def test_hook_task_cancelled_from_python_gives_up_at_once():
         await c.aclose()
     assert calls == [1]
     assert ei.value.reason == "fatal error"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 does not count a task's cancel() calls: it gives up")
+async def test_a_cancelled_error_the_hook_raises_itself_is_a_failed_attempt():
+    """A hook that awaited a future something else cancelled (a request of the framework's previous
+    session) raises CancelledError although nobody cancelled its task: that attempt failed and the next
+    one runs, as after url_for raising it. Before, the connection gave up ("fatal error")."""
+    calls = []
+
+    async def on_connect(hs):
+        calls.append(hs.attempt)
+        if len(calls) == 1:
+            foreign = asyncio.get_running_loop().create_future()
+            foreign.cancel()
+            await foreign
+        await hs.send("join")
+        await hs.recv()
+
+    async with JoinServer() as srv:
+        c = tether.connect(srv.url, on_connect=on_connect, policy=policy(max_attempts=5), **FAST)
+        try:
+            await asyncio.wait_for(opened(c), 20)
+        finally:
+            await c.aclose()
+    assert calls == [1, 2]
 
 
 async def test_stability_clock_starts_after_the_hook():

@@ -161,7 +161,7 @@ impl Conn {
                 let misuse = WsError::fatal(format!("on_connect must be an async function; it returned {returned}"));
                 on_connect_done(py, conn, id, Err(misuse));
             }
-            Ok(Called::Now(Err(e))) => on_connect_done(py, conn, id, Err(on_connect_error(py, conn, &e))),
+            Ok(Called::Now(Err(e))) => on_connect_done(py, conn, id, Err(on_connect_error(py, conn, &e, false))),
             Ok(Called::Task(task)) => adopt(py, conn, id, task, |st| st.hs.as_ref().is_some_and(|hs| hs.id == id)),
             Err(e) => {
                 let err =
@@ -190,8 +190,8 @@ struct TaskDone {
 impl TaskDone {
     fn __call__(&self, py: Python<'_>, task: &Bound<'_, PyAny>) {
         let Some(c) = self.conn.upgrade() else { return };
-        let result: PyResult<Py<PyAny>> = if task.call_method0("cancelled").and_then(|b| b.is_truthy()).unwrap_or(true)
-        {
+        let cancelled = task.call_method0("cancelled").and_then(|b| b.is_truthy()).unwrap_or(true);
+        let result: PyResult<Py<PyAny>> = if cancelled {
             Err(pyo3::exceptions::asyncio::CancelledError::new_err(()))
         } else {
             match task.call_method0("exception") {
@@ -203,7 +203,11 @@ impl TaskDone {
         match self.kind {
             Kind::UrlFor => url_for_done(py, &c, self.id, result),
             Kind::OnConnect => {
-                let result = result.map(drop).map_err(|e| on_connect_error(py, &c, &e));
+                // asyncio counts the cancel() calls of a task (3.11+): a task that ended cancelled
+                // without one raised CancelledError itself; on 3.10 that cannot be told
+                let task_cancel = cancelled
+                    && !task.call_method0("cancelling").and_then(|n| n.extract::<u64>()).is_ok_and(|n| n == 0);
+                let result = result.map(drop).map_err(|e| on_connect_error(py, &c, &e, task_cancel));
                 on_connect_done(py, &c, self.id, result)
             }
         }
@@ -227,11 +231,18 @@ fn url_for_done(py: Python<'_>, conn: &Arc<Conn>, id: u64, result: PyResult<Py<P
     });
 }
 
-/// What `on_connect` raising `e` means for the connection: give up or retry.
-fn on_connect_error(py: Python<'_>, conn: &Conn, e: &PyErr) -> WsError {
+/// What `on_connect` raising `e` means for the connection: give up or retry. `task_cancel`: its task
+/// ended by a `cancel()` (or may have: Python 3.10 does not count them).
+fn on_connect_error(py: Python<'_>, conn: &Conn, e: &PyErr, task_cancel: bool) -> WsError {
     let text = format!("on_connect raised {}", describe(py, e));
-    // CancelledError, KeyboardInterrupt & co. (not Exceptions) mean the loop is going away
-    let control_flow = !e.is_instance_of::<pyo3::exceptions::PyException>(py);
+    // KeyboardInterrupt & co. (not Exceptions) and a cancel() of the hook's task mean the loop is going
+    // away; a CancelledError the hook raised itself (it awaited a future something else cancelled) is a
+    // failure like any other
+    let control_flow = if e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py) {
+        task_cancel
+    } else {
+        !e.is_instance_of::<pyo3::exceptions::PyException>(py)
+    };
     let fatal =
         conn.hooks.on_connect.as_ref().is_some_and(|s| e.value(py).is_instance(s.fatal.bind(py)).unwrap_or(false));
     if control_flow || fatal {
