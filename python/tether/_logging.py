@@ -3,23 +3,37 @@ records of objects built with ``logger=`` to that logger.
 
 Rust records below the threshold are dropped at the tracing callsite (no Python call, no formatting).
 The threshold is the lowest effective level among the ``tether`` loggers and the loggers passed as
-``logger=``; it is synced when the package is imported and whenever a tether object is created or
-started. Call ``tether.sync_log_level()`` after changing logging levels while connections are running.
+``logger=`` to tether objects still alive; it is synced when the package is imported and whenever a
+tether object is created or started. Call ``tether.sync_log_level()`` after changing logging levels
+while connections are running.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 
 from . import _native
 
-# routing key -> logger, for every ``logger=`` given to a tether object (loggers live as long as the
-# logging module, so holding them costs nothing)
-_LOGGERS: dict[str, logging.Logger] = {}
+
+class _Route:
+    """What the tether objects given one ``logger=`` hold: while one of them lives, the records with its
+    key go to the logger and the logger's level counts in the threshold."""
+
+    __slots__ = ("__weakref__", "logger")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
 
 
-def register_logger(logger: str | logging.Logger) -> str:
-    """The key under which an object's records reach ``logger`` (a name or a ``logging.Logger``)."""
+# routing key -> route, held weakly: a logger made for one session (not by getLogger) is freed with the
+# objects that used it, and its level no longer lowers the threshold
+_ROUTES: weakref.WeakValueDictionary[str, _Route] = weakref.WeakValueDictionary()
+
+
+def register_logger(logger: str | logging.Logger) -> tuple[str, _Route]:
+    """The key under which an object's records reach ``logger`` (a name or a ``logging.Logger``), and the
+    route the object keeps for as long as it lives."""
     if isinstance(logger, str):
         if not logger:
             raise ValueError("logger must be a non-empty logger name or a logging.Logger")
@@ -31,14 +45,19 @@ def register_logger(logger: str | logging.Logger) -> str:
         key = lg.name if managed else f"{lg.name}@{id(lg):x}"
     else:
         raise TypeError(f"logger must be a logger name (str) or a logging.Logger, not {type(logger).__name__}")
-    _LOGGERS[key] = lg
-    return key
+    route = _ROUTES.get(key)
+    if route is None:
+        route = _ROUTES[key] = _Route(lg)
+    return key, route
 
 
-def logger_for(key: str) -> logging.Logger:
-    """The logger registered under ``key`` (used by the Rust bridge for each record it forwards)."""
-    lg = _LOGGERS.get(key)
-    return lg if lg is not None else logging.getLogger(key)
+def logger_for(key: str) -> logging.Logger | None:
+    """The logger registered under ``key`` (used by the Rust bridge for each record it forwards); once the
+    objects that held it are gone, a named logger still, else None (the record's module logger)."""
+    route = _ROUTES.get(key)
+    if route is not None:
+        return route.logger
+    return logging.getLogger(key) if key in logging.Logger.manager.loggerDict else None
 
 
 def sync_log_level() -> int:
@@ -48,7 +67,7 @@ def sync_log_level() -> int:
     for name, lg in list(manager.loggerDict.items()):
         if name.startswith("tether.") and isinstance(lg, logging.Logger):
             level = min(level, lg.getEffectiveLevel())
-    for lg in list(_LOGGERS.values()):
-        level = min(level, lg.getEffectiveLevel())
+    for route in list(_ROUTES.values()):
+        level = min(level, route.logger.getEffectiveLevel())
     _native._set_log_level(level)
     return level

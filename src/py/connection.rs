@@ -17,6 +17,7 @@ use super::backoff::{Policy, PyBackoff};
 use super::convert::type_name;
 use super::errors::value_error;
 use super::events::EventStream;
+use super::logging::LoggerRoute;
 use super::options::{count, param, AtLeastOne, Bytes, CloseCodes, Count, HttpStatuses, Seconds, SecondsOrZero};
 use super::ws::{on_connect_spec, terminal_error, Conn, Hooks};
 
@@ -205,6 +206,8 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Compression {
 pub struct PyConnection {
     conn: Arc<Conn>,
     name: String,
+    /// Its `logger=`, kept while it lives.
+    _logger: Option<LoggerRoute>,
 }
 
 impl PyConnection {
@@ -268,7 +271,7 @@ impl PyConnection {
         connect_timeout: Option<Seconds<param::ConnectTimeout>>,
         compression: Compression,
     ) -> PyResult<Self> {
-        let logger = super::logging::logger_key(py, logger)?;
+        let logger = LoggerRoute::of(py, logger)?;
         super::logging::sync(py);
         let watchdog = match watchdog {
             Some(w) if !w.is_none() => Some(
@@ -328,7 +331,7 @@ impl PyConnection {
                 quiet_jitter: quiet_jitter.map_or(d.reconnect.quiet_jitter, |s| s.0),
                 ladder: ladder.map_or(d.reconnect.ladder, |l| l.0),
                 connect_timeout: connect_timeout.map(|s| s.0),
-                logger,
+                logger: logger.as_ref().map(LoggerRoute::key),
                 ..d.reconnect
             },
             tls,
@@ -341,7 +344,8 @@ impl PyConnection {
             heartbeat: super::heartbeat::beat_spec(py, heartbeat)?,
             watchdog,
         };
-        Ok(PyConnection { conn: Conn::new(cfg, shown.clone(), hooks, metrics_of(name, &url)), name: shown })
+        let conn = Conn::new(cfg, shown.clone(), hooks, metrics_of(name, &url));
+        Ok(PyConnection { conn, name: shown, _logger: logger })
     }
 
     /// Start (idempotent) and wait for the first connection; raises GaveUp / ConnectionClosed. The

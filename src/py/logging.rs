@@ -2,13 +2,14 @@
 //!
 //! Only targets under `tether` are forwarded, to loggers named `tether.<module>`; structured fields go
 //! into `extra`. A record with a `logger` field goes to that Python logger instead: objects built with
-//! `logger=` carry the key from [`logger_key`] in their config and add `logger = cfg.logger.as_deref()`
+//! `logger=` carry the key of their [`LoggerRoute`] in their config and add `logger = cfg.logger.as_deref()`
 //! to every record they emit. The level filter lives on the Rust side: `set_log_level` (called by the Python package
 //! whenever it syncs with the `tether` logger's effective level) updates an atomic and rebuilds tracing's
 //! interest cache, so a disabled level costs one relaxed load at the callsite and never touches Python.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -69,13 +70,28 @@ pub fn sync(py: Python<'_>) {
     }
 }
 
-/// `logger=` of a tether object (None, a logger name or a `logging.Logger`) -> the key its records carry
-/// in their `logger` field. Registers the logger with `tether._logging`, whose `sync_log_level` then
-/// includes its level in the Rust-side filter. TypeError/ValueError for anything else.
-pub fn logger_key(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Option<std::sync::Arc<str>>> {
-    let Some(logger) = logger.filter(|l| !l.is_none()) else { return Ok(None) };
-    let key: String = py.import("tether._logging")?.call_method1("register_logger", (logger,))?.extract()?;
-    Ok(Some(key.into()))
+/// A tether object's `logger=`, registered with `tether._logging`: the key its records carry in their
+/// `logger` field, and the route the object keeps for as long as it lives. `tether._logging` holds routes
+/// weakly: while one is kept, the logger gets the records and its level counts in the Rust-side filter.
+pub struct LoggerRoute {
+    key: Arc<str>,
+    _route: Py<PyAny>,
+}
+
+impl LoggerRoute {
+    /// `logger=` (None, a logger name or a `logging.Logger`) registered; TypeError/ValueError for anything
+    /// else.
+    pub fn of(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>) -> PyResult<Option<LoggerRoute>> {
+        let Some(logger) = logger.filter(|l| !l.is_none()) else { return Ok(None) };
+        let (key, route): (String, Py<PyAny>) =
+            py.import("tether._logging")?.call_method1("register_logger", (logger,))?.extract()?;
+        Ok(Some(LoggerRoute { key: key.into(), _route: route }))
+    }
+
+    /// The key for the object's config.
+    pub fn key(&self) -> Arc<str> {
+        self.key.clone()
+    }
 }
 
 enum Value {
@@ -178,9 +194,15 @@ impl<S: Subscriber> Layer<S> for PyLogLayer {
         // never initialise or touch a finalising interpreter for a log line
         let _ = super::with_python(|py| {
             let r: PyResult<()> = (|| {
-                let logger = match c.logger.take() {
+                let routed = match c.logger.take() {
                     Some(key) => py.import("tether._logging")?.call_method1("logger_for", (key,))?,
-                    None => py.import("logging")?.call_method1("getLogger", (meta.target().replace("::", "."),))?,
+                    None => py.None().into_bound(py),
+                };
+                // no route: no logger=, or its objects are gone (a closing pool's last record)
+                let logger = if routed.is_none() {
+                    py.import("logging")?.call_method1("getLogger", (meta.target().replace("::", "."),))?
+                } else {
+                    routed
                 };
                 if !logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
                     return Ok(());

@@ -20,6 +20,7 @@ use super::callables::is_awaitable;
 use super::convert::describe_chain;
 use super::errors::{value_error, Error};
 use super::events::Buffered;
+use super::logging::LoggerRoute;
 use super::options::{param, AtLeastOne, Count, Seconds};
 
 /// A process made by the user's `spawn()` coroutine: any Python object.
@@ -310,8 +311,8 @@ pub struct PyProcPool {
     pool: Pool,
     py_spawner: Option<Arc<PySpawner>>,
     out: Lent,
-    /// `logger=` key, for the records of its event streams.
-    logger: Option<Arc<str>>,
+    /// Its `logger=`, kept while it lives; the key also goes to the records of its event streams.
+    logger: Option<LoggerRoute>,
 }
 
 /// Python-spawned processes handed out, by object identity, so `release` finds their handle.
@@ -382,7 +383,7 @@ impl PyProcPool {
         logger: Option<&Bound<'_, PyAny>>,
         name: Option<&str>,
     ) -> PyResult<Self> {
-        let logger = super::logging::logger_key(py, logger)?;
+        let logger = LoggerRoute::of(py, logger)?;
         super::logging::sync(py);
         let spawn = spawn.filter(|s| !s.is_none());
         let command = command.filter(|c| !c.is_none());
@@ -394,7 +395,7 @@ impl PyProcPool {
             acquire_attempts: acquire_attempts.map_or(d.acquire_attempts, |n| n.0),
             respawn: respawn.map_or(d.respawn, |p| p.0),
             unhealthy_after: d.unhealthy_after,
-            logger,
+            logger: logger.as_ref().map(LoggerRoute::key),
             name: name.map_or(d.name, crate::redact::redact_url),
         };
         let (spawner, py_spawner): (Arc<dyn Spawner>, Option<Arc<PySpawner>>) = match (spawn, command) {
@@ -440,7 +441,6 @@ impl PyProcPool {
                 (Arc::new(NativeSpawner { argv, env, cwd: cwd.map(Into::into) }), None)
             }
         };
-        let logger = cfg.logger.clone();
         Ok(PyProcPool { pool: Pool::new(cfg, spawner), py_spawner, out: Arc::new(Mutex::new(HashMap::new())), logger })
     }
 
@@ -549,7 +549,7 @@ impl PyProcPool {
                 self.pool.subscribe(),
                 |e| matches!(e, PoolEvent::Closed),
                 "ProcPool events",
-                self.logger.clone(),
+                self.logger.as_ref().map(LoggerRoute::key),
             ),
         };
         if self.pool.is_closed() {

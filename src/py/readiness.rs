@@ -14,6 +14,7 @@ use super::backoff::Policy;
 use super::bridge::await_py;
 use super::convert::describe;
 use super::errors::{value_error, Error};
+use super::logging::LoggerRoute;
 use super::options::{param, positive_seconds};
 
 /// Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first stage. Each
@@ -28,6 +29,8 @@ use super::options::{param, positive_seconds};
 #[pyclass(name = "ReadinessGate", module = "tether._native", frozen)]
 pub struct PyReadinessGate {
     gate: Arc<Gate>,
+    /// Its `logger=`, kept while it lives.
+    _logger: Option<LoggerRoute>,
 }
 
 fn parse_stages(v: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
@@ -104,9 +107,10 @@ impl PyReadinessGate {
     #[new]
     #[pyo3(signature = (*, logger=None, name="readiness"))]
     fn new(py: Python<'_>, logger: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Self> {
-        let logger = super::logging::logger_key(py, logger)?;
+        let logger = LoggerRoute::of(py, logger)?;
         super::logging::sync(py);
-        Ok(PyReadinessGate { gate: Arc::new(Gate::named(&redact_url(name), logger)) })
+        let gate = Arc::new(Gate::named(&redact_url(name), logger.as_ref().map(LoggerRoute::key)));
+        Ok(PyReadinessGate { gate, _logger: logger })
     }
 
     /// Dispatch `job_id` with `await dispatch(job_id, attempt)` and wait until every stage is marked.

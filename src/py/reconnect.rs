@@ -28,6 +28,7 @@ use super::backoff::{Policy, PyBackoff};
 use super::convert::{describe, type_name};
 use super::errors::Class;
 use super::events::EventStream;
+use super::logging::LoggerRoute;
 use super::options::{param, Count, Seconds, SecondsOrZero};
 
 struct Inner {
@@ -62,6 +63,8 @@ pub struct PyReconnector {
     inner: Mutex<Inner>,
     /// Where its reports are counted (`tether.metrics`); None: not measured.
     metrics: Option<Arc<crate::metrics::Loop>>,
+    /// Its `logger=`, kept while it lives.
+    _logger: Option<LoggerRoute>,
 }
 
 /// Exception classes from `fatal=`: a class or a tuple of classes, each a BaseException subclass.
@@ -197,6 +200,7 @@ impl PyReconnector {
         if name == Some("") {
             return Err(super::errors::value_error("name must not be empty (None leaves it unnamed)"));
         }
+        let logger = LoggerRoute::of(py, logger)?;
         let cfg = Config {
             // unnamed (None): the messages name no target
             name: name.map(redact_url).unwrap_or_default(),
@@ -205,7 +209,7 @@ impl PyReconnector {
             quiet_attempts: quiet_attempts.map_or(d.quiet_attempts, |n| n.0),
             quiet_jitter: quiet_jitter.map_or(d.quiet_jitter, |s| s.0),
             attempt_timeout: attempt_timeout.map(|s| s.0).or(d.attempt_timeout),
-            logger: super::logging::logger_key(py, logger)?,
+            logger: logger.as_ref().map(LoggerRoute::key),
             ..d
         };
         // an unnamed loop is measured under "reconnector": a metric series needs a name
@@ -223,6 +227,7 @@ impl PyReconnector {
             inner: Mutex::new(Inner { st: RetryState::new(&cfg), running: false, stepping: false, ended: 0 }),
             cfg,
             metrics,
+            _logger: logger,
         })
     }
 

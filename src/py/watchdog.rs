@@ -9,6 +9,7 @@ use pyo3::IntoPyObjectExt;
 use crate::watchdog::{Alarm, Timer, Watchdog};
 
 use super::events::{Buffered, PyAlarm};
+use super::logging::LoggerRoute;
 use super::options::{param, Seconds};
 
 fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
@@ -27,6 +28,8 @@ fn alarm_to_py(py: Python<'_>, a: &Alarm) -> PyResult<Py<PyAny>> {
 #[pyclass(name = "Watchdog", module = "tether._native", frozen)]
 pub struct PyWatchdog {
     inner: Arc<Watchdog>,
+    /// Its `logger=`, kept while it lives.
+    _logger: Option<LoggerRoute>,
 }
 
 /// A liveness (or progress) deadline: ``beat()`` on every frame (one clock read and one atomic store); silence past
@@ -89,10 +92,10 @@ impl PyWatchdog {
         on_alarm: Option<Bound<'_, PyAny>>,
         logger: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let logger = super::logging::logger_key(py, logger)?;
+        let logger = LoggerRoute::of(py, logger)?;
         super::logging::sync(py);
         let rt = super::bridge::runtime::get();
-        let inner = Arc::new(Watchdog::new_on(name, logger, rt.handle()));
+        let inner = Arc::new(Watchdog::new_on(name, logger.as_ref().map(LoggerRoute::key), rt.handle()));
         if let Some(cb) = on_alarm.filter(|c| !c.is_none()) {
             if !cb.is_callable() {
                 return Err(PyTypeError::new_err("on_alarm must be callable"));
@@ -124,7 +127,7 @@ impl PyWatchdog {
                 }
             });
         }
-        Ok(PyWatchdog { inner })
+        Ok(PyWatchdog { inner, _logger: logger })
     }
 
     /// Alarm when `state` stays current longer than `timeout` seconds (once per entry).

@@ -2,7 +2,9 @@
 and none of them to ``tether.*``. The Rust-side filter includes the given logger's level."""
 
 import asyncio
+import gc
 import logging
+import weakref
 
 import pytest
 
@@ -217,6 +219,40 @@ def test_logger_object_and_rust_side_filter():
         r.failed(OSError("b"))  # WARNING
         assert [x.levelno for x in handler.records] == [logging.WARNING]
         assert handler.records[0].retry_count == 2 and handler.records[0].name == "standalone"
+    finally:
+        tether_logger.setLevel(saved)
+        tether.sync_log_level()
+
+
+@pytest.mark.parametrize("make", [tether.Reconnector, tether.Watchdog], ids=lambda m: m.__name__)
+async def test_a_logger_made_for_a_session_is_released_with_its_objects(make):
+    """A ``logging.Logger`` made directly (one per session, not by getLogger) and given as logger= lives
+    as long as the tether object that uses it: its records keep going there while the object lives, and
+    once the object is dropped the logger (its handlers) is freed and its DEBUG no longer lowers the
+    Rust-side filter. Before, tether._logging kept every such logger for good, and its level with it."""
+    tether_logger = logging.getLogger("tether")
+    saved = tether_logger.level
+    tether_logger.setLevel(logging.WARNING)
+    try:
+        lg = logging.Logger("agent.session")
+        lg.setLevel(logging.DEBUG)
+        handler = ListHandler()
+        lg.addHandler(handler)
+        freed = weakref.ref(lg)
+        obj = make(logger=lg)
+        del lg  # the application keeps only the tether object
+        gc.collect()
+        assert tether.sync_log_level() == logging.DEBUG
+        if isinstance(obj, tether.Reconnector):
+            obj.failed(OSError("refused"))
+            assert [x.levelno for x in handler.records] == [logging.DEBUG]
+        else:
+            obj.close()
+        del obj
+        await asyncio.sleep(0)
+        gc.collect()
+        assert freed() is None
+        assert tether.sync_log_level() == logging.WARNING
     finally:
         tether_logger.setLevel(saved)
         tether.sync_log_level()
