@@ -10,7 +10,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use crate::redact::{redact_unparsed_url, redact_url};
 use crate::ws::deflate::Offer;
 use crate::ws::tls::TrustSource;
-use crate::ws::upgrade::Endpoint;
+use crate::ws::upgrade::{is_tls, Endpoint};
 use crate::ws::{WsConfig, WsError};
 
 use super::backoff::{Policy, PyBackoff};
@@ -50,7 +50,7 @@ fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>
 fn check_url(url: &str) -> PyResult<()> {
     let invalid = |e: String| value_error(format!("invalid WebSocket URL {}: {e}", redact_unparsed_url(url)));
     let uri: http::Uri = url.parse().map_err(|e| invalid(format!("{e}")))?;
-    if !matches!(uri.scheme_str(), Some("ws" | "wss")) {
+    if is_tls(&uri).is_none() {
         let got = uri.scheme_str().map_or_else(|| "no scheme".to_string(), |s| format!("{s:?}"));
         return Err(value_error(format!("URL scheme must be ws or wss, got {got} in {}", redact_url(url))));
     }

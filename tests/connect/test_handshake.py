@@ -456,6 +456,25 @@ async def test_credentials_in_the_url_are_sent_as_basic_authorization_like_webso
     assert not [r for r in records(tether_logs) if "s3cret" in r.getMessage()]
 
 
+async def test_the_url_scheme_is_case_insensitive():
+    """RFC 3986 §3.1: `WS://host/` is `ws://host/`, as websockets reads it, in the URL given and in a
+    redirect's `Location`. Before, tether.connect raised ValueError ("URL scheme must be ws or wss, got
+    \"WS\"") and a redirect to `WS://` was not followed."""
+
+    def upper_case_redirect(connection, request):
+        if request.path == "/old":
+            return answer(302, location=url_of(srv, "/new").replace("ws://", "WS://"))(connection, request)
+        return None
+
+    async with websockets.serve(hello, "127.0.0.1", 0, process_request=upper_case_redirect) as srv:
+        upper = url_of(srv).replace("ws://", "WS://")
+        async with websockets.connect(upper, open_timeout=10) as ws:
+            assert await asyncio.wait_for(ws.recv(), 10) == "hello None"
+        for url in (upper, url_of(srv, "/old")):
+            async with tether.connect(url, policy=policy(), **FAST) as conn:
+                assert await asyncio.wait_for(conn.recv(), 10) == "hello None"
+
+
 async def test_a_subprotocol_asked_for_in_the_headers_may_be_picked():
     """Without a `subprotocols=` option, the application's own `Sec-WebSocket-Protocol` header asks for
     one; an answer that picked it was refused as picking one not asked for (RFC 6455 §4.1 refuses only

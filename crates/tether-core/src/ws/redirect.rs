@@ -9,7 +9,7 @@
 
 use http::Uri;
 
-use super::upgrade::port_of;
+use super::upgrade::{is_tls, port_of};
 use crate::redact::{is_secret_header, redact_url};
 
 /// Redirects followed within one attempt before it fails, as in websockets.
@@ -37,17 +37,13 @@ struct Origin {
 
 fn origin(url: &str) -> Result<Origin, String> {
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL {}: {e}", redact_url(url)))?;
-    let secure = match uri.scheme_str() {
-        Some("wss") => true,
-        Some("ws") => false,
-        other => {
-            return Err(format!(
-                "redirect to {} is not a WebSocket URL (scheme {:?}; only ws:// and wss:// are followed)",
-                redact_url(url),
-                other.unwrap_or("")
-            ))
-        }
-    };
+    let secure = is_tls(&uri).ok_or_else(|| {
+        format!(
+            "redirect to {} is not a WebSocket URL (scheme {:?}; only ws:// and wss:// are followed)",
+            redact_url(url),
+            uri.scheme_str().unwrap_or("")
+        )
+    })?;
     let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("no host in {}", redact_url(url)))?;
     let port = port_of(&uri).map_err(|e| format!("{e} in {}", redact_url(url)))?;
     Ok(Origin { secure, host: host.to_ascii_lowercase(), port })
@@ -202,6 +198,8 @@ mod tests {
         assert!(!same("ws://h/a", "ws://h:81/b"));
         assert!(!same("ws://h/a", "ws://g/a"));
         assert!(!same("ws://h/a", "wss://h/a"), "an upgrade to TLS is another origin");
+        assert!(same("ws://h/a", "WS://h/b"), "schemes are case-insensitive");
+        assert!(follow("WSS://h/a", "ws://h/a").unwrap_err().contains("down to"), "WSS:// is wss://");
     }
 
     #[test]

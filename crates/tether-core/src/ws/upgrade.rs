@@ -67,6 +67,16 @@ fn percent_decoded(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `uri` is a wss:// (true) or ws:// (false) URI; None for any other scheme. Schemes are
+/// case-insensitive (RFC 3986 §3.1): `WSS://` is wss://, as websockets reads it.
+pub fn is_tls(uri: &Uri) -> Option<bool> {
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("wss") => Some(true),
+        Some(s) if s.eq_ignore_ascii_case("ws") => Some(false),
+        _ => None,
+    }
+}
+
 /// The port of a ws:// or wss:// URI: explicit (1..=65535) or the scheme's default.
 pub fn port_of(uri: &Uri) -> Result<u16, String> {
     // read from the authority text: `Uri::port()` silently drops a port that does not fit in a u16
@@ -75,7 +85,7 @@ pub fn port_of(uri: &Uri) -> Result<u16, String> {
     let authority = authority.rsplit('@').next().unwrap_or(authority);
     let host_end = authority.rfind(']').unwrap_or(0);
     match authority[host_end..].rfind(':').map(|i| &authority[host_end + i + 1..]) {
-        None | Some("") => Ok(if uri.scheme_str() == Some("wss") { 443 } else { 80 }),
+        None | Some("") => Ok(if is_tls(uri) == Some(true) { 443 } else { 80 }),
         Some(p) => match p.parse::<u32>() {
             Ok(n @ 1..=65535) => Ok(n as u16),
             // not repeated: a password with an unencoded `/` reads as the port (`user:pw/x@host`)
@@ -88,11 +98,8 @@ impl Endpoint {
     /// Parse a ws:// or wss:// URL. Errors do not repeat the URL (the caller shows it redacted).
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("wss") => true,
-            Some("ws") => false,
-            other => return Err(format!("URL scheme must be ws or wss, got {:?}", other.unwrap_or(""))),
-        };
+        let tls = is_tls(&uri)
+            .ok_or_else(|| format!("URL scheme must be ws or wss, got {:?}", uri.scheme_str().unwrap_or("")))?;
         let host = uri.host().filter(|h| !h.is_empty()).ok_or("no host in the URL")?;
         let port = port_of(&uri)?;
         let written = uri.authority().map(|a| a.as_str()).unwrap_or(host);
@@ -320,6 +327,9 @@ mod tests {
         assert_eq!(Endpoint::parse("ws://h").unwrap().target, "/");
         assert_eq!(Endpoint::parse("wss://h").unwrap().port, 443);
         assert!(Endpoint::parse("http://h/").unwrap_err().contains("ws or wss"));
+        let ep = Endpoint::parse("WSS://h/").unwrap();
+        assert_eq!((ep.tls, ep.port), (true, 443), "schemes are case-insensitive");
+        assert!(!Endpoint::parse("Ws://h/").unwrap().tls);
         assert!(Endpoint::parse("ws://h:70000/").unwrap_err().contains("not a number in 1..65535"));
         assert!(Endpoint::parse("not a url").is_err());
     }
