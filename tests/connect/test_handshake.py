@@ -13,6 +13,7 @@ from http import HTTPStatus
 
 import pytest
 import websockets
+import websockets.exceptions
 
 import tether
 from support import FAST, MS, eventually, policy, records
@@ -138,6 +139,36 @@ async def test_a_wrong_sec_websocket_accept_fails_a_first_connect():
         e, took = await gave_up(conn, within=3.0)
     assert "Sec-WebSocket-Accept" in str(e), str(e)
     assert e.attempts == 1 and requests == 1 and took < 3.0
+
+
+async def test_a_101_on_http_1_0_is_not_an_upgrade():
+    """101 and Upgrade are HTTP/1.1's (websockets refuses the answer: "expected HTTP/1.1"): the first
+    connect fails at once, naming the version. Before, tether opened the connection."""
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+        writer.write(
+            b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with srv:
+        with pytest.raises(websockets.exceptions.InvalidMessage):
+            await websockets.connect(url_of(srv), open_timeout=5)
+        conn = tether.connect(url_of(srv), **FAST)
+        e, took = await gave_up(conn, within=3.0)
+    assert "a 101 on HTTP/1.0" in str(e), str(e)
+    assert e.attempts == 1 and took < 3.0
 
 
 async def test_a_first_connect_to_a_down_server_gives_up_at_connect_timeout():

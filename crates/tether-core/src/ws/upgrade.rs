@@ -191,6 +191,8 @@ pub fn request(ep: &Endpoint, headers: &[(String, String)], nonce: [u8; 16], def
 pub struct Answer {
     pub status: u16,
     pub reason: String,
+    /// The minor version of its HTTP/1.x status line.
+    http_minor: u8,
     headers: Vec<(String, String)>,
 }
 
@@ -233,6 +235,11 @@ impl Answer {
                 .any(|t| t.trim().eq_ignore_ascii_case(token))
         };
         let refuse = |why: &str| Err(Refusal::NotUpgrade(why.to_string()));
+        // 101 and Upgrade are HTTP/1.1's (RFC 6455 §4.1), and websockets refuses an HTTP/1.0 answer; other
+        // statuses are still read (an HTTP/1.0 503 of a proxy is a busy server, a 302 a redirect)
+        if self.http_minor != 1 {
+            return refuse(&format!("a 101 on HTTP/1.{} (a WebSocket upgrade needs HTTP/1.1)", self.http_minor));
+        }
         if !has_token("upgrade", "websocket") {
             return refuse("no \"Upgrade: websocket\" header");
         }
@@ -280,6 +287,7 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<(Answer, usize)>, String> {
             let answer = Answer {
                 status: resp.code.unwrap_or(0),
                 reason: resp.reason.unwrap_or("").to_string(),
+                http_minor: resp.version.unwrap_or(1),
                 headers: resp
                     .headers
                     .iter()
@@ -486,6 +494,14 @@ mod tests {
         );
         let (a, _) = parse_answer(&head(&ok[..2])).unwrap().unwrap();
         assert!(matches!(a.check(&accept, None, &[]), Err(Refusal::NotUpgrade(w)) if w.contains("Connection")));
+        let a = format!("Sec-WebSocket-Accept: {accept}");
+        let (a, _) = parse_answer(&head(&["HTTP/1.0 101 Switching Protocols", ok[1], ok[2], &a])).unwrap().unwrap();
+        assert_eq!(
+            a.check(&accept, None, &[]),
+            Err(Refusal::NotUpgrade("a 101 on HTTP/1.0 (a WebSocket upgrade needs HTTP/1.1)".into()))
+        );
+        let (a, _) = parse_answer(&head(&["HTTP/1.0 503 Service Unavailable"])).unwrap().unwrap();
+        assert!(matches!(a.check(&accept, None, &[]), Err(Refusal::Status { status: 503, .. })), "still a busy server");
         assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
         assert!(parse_answer(&vec![b'a'; MAX_ANSWER + 1]).is_err());
     }
