@@ -8,7 +8,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt};
 
@@ -77,8 +77,15 @@ pub fn seconds(name: &str, v: &Bound<'_, PyAny>) -> PyResult<f64> {
     if v.is_instance_of::<PyBool>() {
         return Err(PyTypeError::new_err(format!("{name} must be a number of seconds, not bool")));
     }
-    v.extract::<f64>()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be a number of seconds, not {}", type_name(v))))
+    match v.extract::<f64>() {
+        Ok(s) => Ok(s),
+        // an int beyond a float's range (10**400) is still a number: as the infinity it rounds to, the
+        // caller's range check refuses it with a ValueError, as it does 10**20
+        Err(e) if e.is_instance_of::<PyOverflowError>(v.py()) => {
+            Ok(if v.gt(0)? { f64::INFINITY } else { f64::NEG_INFINITY })
+        }
+        Err(_) => Err(PyTypeError::new_err(format!("{name} must be a number of seconds, not {}", type_name(v)))),
+    }
 }
 
 /// Positive, finite seconds for timeouts and intervals; `ValueError` otherwise.

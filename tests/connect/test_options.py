@@ -104,6 +104,30 @@ def test_a_bad_value_is_refused_naming_the_argument(make, name, value, error):
     assert name in str(info.value), f"{name} not in {info.value!r}"
 
 
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (make_connect, "ping_interval"),
+        (make_connect, "stable_after"),
+        (make_reconnector, "stable_after"),
+        (make_reconnector, "quiet_jitter"),
+        (make_reconnector, "attempt_timeout"),
+        (make_pool, "initialize_timeout"),
+        (make_backoff, "initial"),
+        (make_backoff, "deadline"),
+        (make_heartbeat, "timeout"),
+    ],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+@pytest.mark.parametrize("value", [10**400, -(10**400)], ids=["10**400", "-10**400"])
+def test_an_int_too_large_for_a_float_is_a_value_error(make, name, value):
+    """An int beyond a float's range is a number out of range, a ValueError naming the argument as 10**20
+    and inf are. Before, it was a TypeError ("must be a number of seconds, not int"): the float
+    conversion's OverflowError was taken for a value of the wrong type."""
+    with pytest.raises(ValueError, match=name):
+        make(**{name: value})
+
+
 @pytest.mark.parametrize("timeout", [0, -1, math.nan, "1", True], ids=lambda v: repr(v))
 def test_the_methods_name_their_timeout(timeout):
     wd = tether.Watchdog()
