@@ -19,7 +19,7 @@ use super::errors::value_error;
 use super::events::EventStream;
 use super::logging::LoggerRoute;
 use super::options::{count, param, AtLeastOne, Bytes, CloseCodes, Count, HttpStatuses, Seconds, SecondsOrZero};
-use super::ws::{on_connect_spec, terminal_error, Conn, Hooks};
+use super::ws::{on_connect_spec, Conn, Hooks};
 
 fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     if h.is_none() {
@@ -359,7 +359,7 @@ impl PyConnection {
     /// A buffered message (str or bytes) or None; raises once the connection ended and is drained.
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.check_started("recv")?;
-        self.conn.try_recv(py).map_err(|t| terminal_error(py, &t, &self.name, self.conn.opened()))
+        self.conn.try_recv(py).map_err(|t| self.conn.end_error(py, &t))
     }
 
     /// Resolves (to None) once `try_recv` has something to return: a message or the terminal error.

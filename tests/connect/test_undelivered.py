@@ -256,3 +256,41 @@ async def test_a_cancelled_flush_leaves_what_it_would_have_reported_to_the_next_
         finally:
             await proxy.aclose()
     assert [f.message for f in e.failures] == [big]
+
+
+async def down_connection(**kw) -> tether.Connection:
+    """A connection that was connected once and whose server is gone now (it retries)."""
+
+    async def handler(ws):
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        conn = await tether.connect(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/", quiet_jitter=0, **kw)
+    await eventually(lambda: conn.state == "reconnecting", timeout=30)
+    return conn
+
+
+@pytest.mark.parametrize("end", ["aclose", "give_up"])
+async def test_ending_with_thousands_of_sends_waiting_makes_what_it_never_delivered_once(end):
+    """The server went away and the application kept sending with ``create_task(conn.send(x))``: every
+    send past half of ``send_buffer`` waits for room. Every exception of the end carries the same lists.
+    Before, each waiting send's exception got lists of its own, N x N objects made on the loop thread:
+    ``aclose()`` with 12,000 sends waiting took 18 s (``close_timeout`` 1 s), a give-up blocked the
+    loop for 8 s."""
+    n = 12_000
+    policy = tether.Backoff(0.2, 2, max_delay=0.2, jitter="none", max_attempts=3 if end == "give_up" else None)
+    conn = await down_connection(send_buffer=n + 1, close_timeout=1.0, policy=policy)
+    sends = [asyncio.create_task(conn.send(f"m{i}")) for i in range(n)]
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    if end == "aclose":
+        await conn.aclose()
+        # close_timeout and the abort's 0.2 s, with room for a loaded box (before: 18 s)
+        assert loop.time() - started < 4.0
+    results = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 60)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    expected = tether.ConnectionClosed if end == "aclose" else tether.GaveUp
+    assert len(errors) >= n // 2 and all(isinstance(e, expected) for e in errors), {type(e) for e in errors}
+    assert [seq(m) for m in errors[0].messages] == list(range(n))
+    assert all(e.messages is errors[0].messages and e.failures is errors[0].failures for e in errors)

@@ -3,7 +3,7 @@
 //! `ValueError`). Every terminal error names what the connection never delivered.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 use crate::redact::redact_url;
 use crate::ws::protocol::{Failed, Failure, Undelivered, MESSAGE_TOO_BIG};
@@ -18,10 +18,43 @@ use super::super::errors::{failed_message, value_error, Class};
 /// text. `opened`: it was established at least once; a give-up of one that never was names its last
 /// failure `ConnectFailed` (a refused connect is no "closed").
 pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) -> PyErr {
-    let kw = match undelivered_kwargs(py, t.undelivered()) {
-        Ok(kw) => kw,
-        Err(e) => return e,
-    };
+    match EndLists::of(py, t.undelivered()) {
+        Ok(lists) => terminal_error_with(py, t, name, opened, &lists),
+        Err(e) => e,
+    }
+}
+
+/// `.messages` and `.failures` of a connection's end, made once: every exception of that end carries
+/// the same two lists, so an end with N waiters and M undelivered messages costs M objects, not N x M
+/// (the loop thread, holding the GIL, made them all at once).
+pub struct EndLists {
+    messages: Py<PyAny>,
+    failures: Py<PyAny>,
+}
+
+impl EndLists {
+    pub fn of(py: Python<'_>, u: &Undelivered) -> PyResult<EndLists> {
+        let messages: Vec<Py<PyAny>> = u.unconfirmed.iter().map(|(_, m)| message_to_py(py, m)).collect();
+        Ok(EndLists {
+            messages: PyList::new(py, messages)?.into_any().unbind(),
+            failures: PyList::new(py, failed_messages(py, &u.failures)?)?.into_any().unbind(),
+        })
+    }
+}
+
+/// [`terminal_error`] with its lists made already.
+pub fn terminal_error_with(py: Python<'_>, t: &Terminal, name: &str, opened: bool, lists: &EndLists) -> PyErr {
+    let e = end_error(py, t, name, opened);
+    // set on the made exception: its constructor would copy each list (N x M again)
+    let v = e.value(py);
+    match v.setattr("messages", lists.messages.bind(py)).and_then(|()| v.setattr("failures", lists.failures.bind(py))) {
+        Ok(()) => e,
+        Err(x) => x,
+    }
+}
+
+fn end_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) -> PyErr {
+    let kw = PyDict::new(py);
     let left = undelivered_text(t.undelivered());
     match t {
         Terminal::Closed { .. } => {
@@ -64,15 +97,6 @@ pub fn terminal_error(py: Python<'_>, t: &Terminal, name: &str, opened: bool) ->
             e
         }
     }
-}
-
-/// `messages=` and `failures=` of a terminal error.
-fn undelivered_kwargs<'py>(py: Python<'py>, u: &Undelivered) -> PyResult<Bound<'py, PyDict>> {
-    let kw = PyDict::new(py);
-    let messages: Vec<Py<PyAny>> = u.unconfirmed.iter().map(|(_, m)| message_to_py(py, m)).collect();
-    kw.set_item("messages", messages)?;
-    kw.set_item("failures", failed_messages(py, &u.failures)?)?;
-    Ok(kw)
 }
 
 /// What a terminal error's text says about `.messages` and `.failures` (counts and numbers, never payloads).

@@ -9,9 +9,10 @@ use pyo3::prelude::*;
 use super::super::bridge::coroutine::Slot;
 use super::super::events::LoopSub;
 use super::super::with_python;
+use super::exceptions::{terminal_error_with, EndLists};
 #[cfg(unix)]
 use super::reader;
-use super::{current_thread, link, loop_timers, terminal_error, Conn, Fx, Terminal};
+use super::{current_thread, link, loop_timers, Conn, Fx, Terminal};
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -61,7 +62,12 @@ impl Drop for Conn {
         let name = self.name.clone();
         with_python(|py| {
             if let Some(term) = &term {
-                let err = |py| terminal_error(py, term, &self.name, self.opened());
+                // the lists of what was never delivered made once, for every waiter's exception
+                let lists = EndLists::of(py, term.undelivered());
+                let err = |py| match &lists {
+                    Ok(lists) => terminal_error_with(py, term, &self.name, self.opened(), lists),
+                    Err(e) => e.clone_ref(py),
+                };
                 bye.waiters = waiting
                     .into_iter()
                     .map(|(s, fails)| (s, if fails { Err(err(py)) } else { Ok(py.None()) }))

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
-use pyo3::sync::MutexExt;
+use pyo3::sync::{MutexExt, PyOnceLock};
 
 use crate::metrics::{Gauges, Instrument, Source, STATES};
 use crate::reconnect::{Event, Events};
@@ -56,6 +56,7 @@ use super::bridge::coroutine::{self, Slot};
 use super::events::LoopSub;
 
 pub(crate) use exceptions::terminal_error;
+use exceptions::EndLists;
 pub(crate) use hooks::{on_connect_spec, BeatSpec, Hooks};
 
 /// The classes of the module a connection hands to Python.
@@ -361,6 +362,8 @@ pub struct Conn {
     inner: Mutex<Inner>,
     state: AtomicU8,
     terminal: OnceLock<Terminal>,
+    /// The end's `.messages` and `.failures`, made for its first exception (`end_error`).
+    end_lists: PyOnceLock<EndLists>,
     connects: AtomicU64,
     losses: AtomicU64,
     last_loss: Mutex<Option<String>>,
@@ -461,6 +464,7 @@ impl Conn {
             me: me.clone(),
             state: AtomicU8::new(State::Idle as u8),
             terminal: OnceLock::new(),
+            end_lists: PyOnceLock::new(),
             connects: AtomicU64::new(0),
             losses: AtomicU64::new(0),
             last_loss: Mutex::new(None),
@@ -498,6 +502,28 @@ impl Conn {
 
     pub fn terminal(&self) -> Option<Terminal> {
         self.terminal.get().cloned()
+    }
+
+    /// The exception of the end `t`. For this connection's own end, every exception shares the lists
+    /// of what it never delivered, made once (ending with N sends waiting on a backlog of M made N x M
+    /// objects on the loop thread: seconds). Another end (`Terminal::closed()` of a close requested
+    /// before the end is set) is made alone.
+    pub(crate) fn end_error(&self, py: Python<'_>, t: &Terminal) -> PyErr {
+        let own = self.terminal.get().is_some_and(|own| std::ptr::eq(own.undelivered(), t.undelivered()));
+        if !own {
+            return terminal_error(py, t, &self.name, self.opened());
+        }
+        match self.end_lists.get_or_try_init(py, || EndLists::of(py, t.undelivered())) {
+            Ok(lists) => exceptions::terminal_error_with(py, t, &self.name, self.opened(), lists),
+            Err(e) => e,
+        }
+    }
+
+    fn send_error(&self, py: Python<'_>, e: &SendError) -> PyErr {
+        match e {
+            SendError::Ended(t) => self.end_error(py, t),
+            e => exceptions::send_error(py, e, &self.name, &self.cfg, self.opened()),
+        }
     }
 
     pub fn was_started(&self) -> bool {
@@ -634,10 +660,10 @@ impl Conn {
             };
             let r = match res {
                 Res::Ok => Ok(py.None()),
-                Res::Send(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
+                Res::Send(e) => Err(self.send_error(py, &e)),
                 Res::Ended => {
                     let t = self.terminal().unwrap_or_else(Terminal::closed);
-                    Err(terminal_error(py, &t, &self.name, self.opened()))
+                    Err(self.end_error(py, &t))
                 }
                 Res::HsClosed(text) => Err(super::errors::Class::ConnectionClosed.err(py, &text, None)),
             };
@@ -743,7 +769,7 @@ impl Conn {
         match queued {
             Ok(None) => coroutine::resolved(py, "Connection.send", true, Ok(py.None())),
             Ok(Some(slot)) => coroutine::on_slot(py, "Connection.send", true, slot, self.hint(py)),
-            Err(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
+            Err(e) => Err(self.send_error(py, &e)),
         }
     }
 
@@ -805,7 +831,7 @@ impl Conn {
         });
         match r {
             Ok(()) => coroutine::on_slot(py, "Connection.flush", false, slot, self.hint(py)),
-            Err(e) => Err(exceptions::send_error(py, &e, &self.name, &self.cfg, self.opened())),
+            Err(e) => Err(self.send_error(py, &e)),
         }
     }
 

@@ -68,7 +68,7 @@ impl Conn {
     fn start_result(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         match self.terminal.get() {
             Some(Terminal::PeerClosed { .. }) | None if self.connects() > 0 => Ok(py.None()),
-            Some(t) => Err(super::terminal_error(py, t, &self.name, self.opened())),
+            Some(t) => Err(self.end_error(py, t)),
             None => Ok(py.None()),
         }
     }
