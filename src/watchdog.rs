@@ -48,8 +48,10 @@ impl Timer {
     #[inline]
     pub fn beat(&self) {
         let was_paused = self.last.load(Ordering::Relaxed) == PAUSED;
-        self.last.store(self.now_ns(), Ordering::Relaxed);
-        if was_paused || self.fired.load(Ordering::Relaxed) {
+        // SeqCst store then load, as the monitor's `fire_if_due` stores `fired` then loads `last`: of a
+        // beat and a firing that race, one sees the other's write
+        self.last.store(self.now_ns(), Ordering::SeqCst);
+        if was_paused || self.fired.load(Ordering::SeqCst) {
             self.rearm();
         }
     }
@@ -102,9 +104,31 @@ impl Timer {
         if self.fired.load(Ordering::SeqCst) {
             return None;
         }
+        self.deadline_of_last_beat()
+    }
+
+    fn deadline_of_last_beat(&self) -> Option<Instant> {
         let last = self.last.load(Ordering::SeqCst);
         (last != PAUSED)
             .then(|| Instant::from_std(quiet_deadline((self.base + Duration::from_nanos(last)).into_std(), self.limit)))
+    }
+
+    /// Fire if due at `now`; else the deadline to wake for, if any. A beat between the first
+    /// look and the firing would not see `fired` and not re-arm: the second look sees its time, and the
+    /// firing is taken back.
+    fn fire_if_due(&self, now: Instant) -> Result<(), Option<Instant>> {
+        match self.deadline() {
+            Some(at) if now >= at => {}
+            at => return Err(at),
+        }
+        self.fired.store(true, Ordering::SeqCst);
+        match self.deadline_of_last_beat() {
+            Some(at) if now < at => {
+                self.fired.store(false, Ordering::SeqCst);
+                Err(Some(at))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -291,13 +315,10 @@ async fn monitor(weak: Weak<Inner>) {
             let timers = inner.timers.lock().unwrap_or_else(|p| p.into_inner());
             let mut f = vec![];
             for t in timers.iter() {
-                if let Some(at) = t.deadline() {
-                    if now >= at {
-                        t.fired.store(true, Ordering::SeqCst);
-                        f.push(t.clone());
-                    } else {
-                        next = Some(next.map_or(at, |n| n.min(at)));
-                    }
+                match t.fire_if_due(now) {
+                    Ok(()) => f.push(t.clone()),
+                    Err(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
+                    Err(None) => {}
                 }
             }
             f
