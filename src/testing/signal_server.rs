@@ -5,7 +5,8 @@
 //! no echoes, socket stays open), refuse handshakes with an HTTP status, delay handshakes, accept and drop
 //! at once, stop listening (connection refused), push or flood messages to every client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -327,54 +328,66 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
 
     let (mut sink, mut stream) = ws.split();
     let mut frozen = mode.freeze_new;
-    if let Some(g) = mode.greeting.clone() {
-        if sink.send(g).await.is_ok() {
+    // commands taken while a send waited, in their order
+    let mut later = VecDeque::new();
+    let end = 'conn: {
+        if let Some(g) = mode.greeting.clone() {
+            if let Err(end) = unless_ended(sink.send(g), &mut rx, &mut later).await {
+                break 'conn end;
+            }
             shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         }
-    }
-    loop {
-        tokio::select! {
-            cmd = rx.recv() => match cmd {
-                None | Some(Cmd::Drop) => break,
-                Some(Cmd::Close(code, reason)) => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
-                    // give the client a moment to answer the close, then go
-                    let _ = tokio::time::timeout(Duration::from_millis(500), async { while let Some(Ok(_)) = stream.next().await {} }).await;
-                    break;
-                }
-                Some(Cmd::Freeze) => frozen = true,
-                Some(Cmd::Unfreeze) => frozen = false,
-                Some(Cmd::Push(m)) => {
-                    if sink.send(m).await.is_err() { break; }
+        loop {
+            let next = match later.pop_front() {
+                Some(cmd) => Next::Cmd(Some(cmd)),
+                None => tokio::select! {
+                    cmd = rx.recv() => Next::Cmd(cmd),
+                    msg = stream.next(), if !frozen => Next::Msg(msg),
+                },
+            };
+            match next {
+                Next::Cmd(None) => break 'conn Cmd::Drop,
+                Next::Cmd(Some(end @ (Cmd::Drop | Cmd::Close(..)))) => break 'conn end,
+                Next::Cmd(Some(Cmd::Freeze)) => frozen = true,
+                Next::Cmd(Some(Cmd::Unfreeze)) => frozen = false,
+                Next::Cmd(Some(Cmd::Push(m))) => {
+                    if let Err(end) = unless_ended(sink.send(m), &mut rx, &mut later).await {
+                        break 'conn end;
+                    }
                     shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(Cmd::Flood(count, size)) => {
+                Next::Cmd(Some(Cmd::Flood(count, size))) => {
                     let payload = bytes_of(size);
-                    let mut ok = true;
-                    for _ in 0..count {
-                        if sink.feed(Message::Binary(payload.clone())).await.is_err() { ok = false; break; }
+                    let flood = async {
+                        for _ in 0..count {
+                            sink.feed(Message::Binary(payload.clone())).await?;
+                        }
+                        sink.flush().await
+                    };
+                    if let Err(end) = unless_ended(flood, &mut rx, &mut later).await {
+                        break 'conn end;
                     }
-                    if !ok || sink.flush().await.is_err() { break; }
                     shared.counters.messages_out.fetch_add(count, Ordering::Relaxed);
                 }
-            },
-            msg = stream.next(), if !frozen => match msg {
-                None | Some(Err(_)) => break,
-                Some(Ok(Message::Close(_))) => {
+                Next::Msg(None | Some(Err(_))) => break 'conn Cmd::Drop,
+                Next::Msg(Some(Ok(Message::Close(_)))) => {
                     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-                    break;
+                    break 'conn Cmd::Drop;
                 }
-                Some(Ok(Message::Ping(_))) => {
+                Next::Msg(Some(Ok(Message::Ping(_)))) => {
                     // tungstenite queued the pong; flush it out
                     shared.counters.pings.fetch_add(1, Ordering::Relaxed);
-                    if sink.flush().await.is_err() { break; }
+                    if let Err(end) = unless_ended(sink.flush(), &mut rx, &mut later).await {
+                        break 'conn end;
+                    }
                 }
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                Next::Msg(Some(Ok(m @ (Message::Text(_) | Message::Binary(_))))) => {
                     shared.counters.messages_in.fetch_add(1, Ordering::Relaxed);
                     {
                         let mut r = shared.received.lock().unwrap_or_else(|p| p.into_inner());
-                        if r.len() < 100_000 { r.push(m.clone()); }
+                        if r.len() < 100_000 {
+                            r.push(m.clone());
+                        }
                     }
                     let (echo, relay) = {
                         let m = shared.mode.lock().unwrap_or_else(|p| p.into_inner());
@@ -389,17 +402,55 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                         }
                     }
                     if echo {
-                        if sink.send(m).await.is_err() { break; }
+                        if let Err(end) = unless_ended(sink.send(m), &mut rx, &mut later).await {
+                            break 'conn end;
+                        }
                         shared.counters.messages_out.fetch_add(1, Ordering::Relaxed);
                     }
                     shared.changed.notify_waiters();
                 }
-                Some(Ok(_)) => {}
-            },
+                Next::Msg(Some(Ok(_))) => {}
+            }
         }
+    };
+    if let Cmd::Close(code, reason) = end {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
+        // give the client a moment to answer the close, then go
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), async { while let Some(Ok(_)) = stream.next().await {} })
+                .await;
     }
     shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     shared.changed.notify_waiters();
+}
+
+/// What the connection's loop waits for next.
+enum Next {
+    Cmd(Option<Cmd>),
+    Msg(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+}
+
+/// Runs `send` unless a command ending the connection comes first: a send to a client that stopped
+/// reading waits for room in its socket for good, and `drop`, `close` and the server's shutdown must
+/// still end it. `Err` is how the connection ends (`Cmd::Drop` or `Cmd::Close`; a failed send drops it);
+/// commands that do not end it go to `later`, in order.
+async fn unless_ended<E>(
+    send: impl Future<Output = Result<(), E>>,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    later: &mut VecDeque<Cmd>,
+) -> Result<(), Cmd> {
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            r = &mut send => return r.map_err(|_| Cmd::Drop),
+            cmd = rx.recv() => match cmd {
+                None => return Err(Cmd::Drop),
+                Some(end @ (Cmd::Drop | Cmd::Close(..))) => return Err(end),
+                Some(other) => later.push_back(other),
+            },
+        }
+    }
 }
 
 fn bytes_of(size: usize) -> tokio_tungstenite::tungstenite::Bytes {
@@ -439,6 +490,19 @@ mod tests {
             drop(ws);
             assert!(srv.wait_until(Duration::from_secs(5), |s| s.active == 0).await);
         }
+    }
+
+    /// `drop_all` ends a connection whose flood waits for room in the socket of a client that stopped
+    /// reading (commands were taken only between sends: it stayed open).
+    #[tokio::test]
+    async fn drop_ends_a_connection_blocked_sending() {
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        let (_unread, _) = tokio_tungstenite::connect_async(srv.url()).await.unwrap();
+        assert!(srv.wait_until(Duration::from_secs(5), |s| s.active == 1).await);
+        assert_eq!(srv.flood(200, 1 << 20), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(srv.drop_all(), 1);
+        assert!(srv.wait_until(Duration::from_secs(3), |s| s.active == 0).await, "{:?}", srv.stats());
     }
 
     #[tokio::test]

@@ -1,9 +1,32 @@
 """The lifecycle SignalServer and ChaosProxy share: not running until started (idempotently), not
-running again after aclose(), and every call in between says how to start one."""
+running again after aclose(), and every call in between says how to start one; what ends their connections
+(aclose(), SignalServer.drop() and close()) ends them whatever they are doing."""
+
+import asyncio
+import base64
+import os
+import socket
 
 import pytest
 
 from tether.testing import ChaosProxy, SignalServer
+
+
+def raw_handshake(port: int) -> socket.socket:
+    """A WebSocket client that opens a connection and then never reads it (a paused reader)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert b" 101 " in head, head
+    return s
 
 
 async def test_signal_server_and_chaos_proxy_share_one_lifecycle():
@@ -45,3 +68,49 @@ async def test_signal_server_and_chaos_proxy_share_one_lifecycle():
         }
     with pytest.raises(RuntimeError, match="SignalServer is not running"):
         server.drop()
+
+
+async def test_drop_ends_a_connection_blocked_sending_to_a_client_that_does_not_read():
+    """drop() ends a connection whose flood fills the socket of a client that stopped reading. Before, the
+    connection only took commands between its sends: drop() returned 1 and the connection stayed open."""
+    srv = await SignalServer().start()
+    s = await asyncio.to_thread(raw_handshake, srv.port)
+    try:
+        assert await srv.wait_for(1, timeout=5)
+        assert srv.flood(200, 1 << 20) == 1
+        await asyncio.sleep(0.5)  # the socket buffers are full: the flood waits for room
+        assert srv.drop() == 1
+        assert await srv.wait_for(0, timeout=3), f"drop() did not drop the connection: {srv.stats()}"
+    finally:
+        await srv.aclose()
+        s.close()
+
+
+async def test_aclose_ends_a_connection_blocked_sending_to_a_client_that_does_not_read():
+    """After aclose() a client the server was flooding gets what its socket buffers held, then EOF.
+    Before, the connection outlived aclose() and the rest of the 200 MiB flood kept coming."""
+    srv = await SignalServer().start()
+    s = await asyncio.to_thread(raw_handshake, srv.port)
+    assert await srv.wait_for(1, timeout=5)
+    srv.flood(200, 1 << 20)
+    await asyncio.sleep(0.5)
+    await srv.aclose()
+
+    def bytes_until_the_end() -> int:  # blocking on purpose: the server runs on its own threads
+        s.settimeout(5)
+        after = 0
+        while after < 32 << 20:
+            try:
+                b = s.recv(1 << 20)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not b:
+                break
+            after += len(b)
+        return after
+
+    try:
+        after = await asyncio.to_thread(bytes_until_the_end)
+    finally:
+        s.close()
+    assert after < 32 << 20, f"after aclose() the server kept the connection open: {after >> 20} MiB arrived"
