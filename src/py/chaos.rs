@@ -1,5 +1,6 @@
 //! `tether.testing.ChaosProxy` bindings.
 
+use std::future::Future;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -22,7 +23,7 @@ impl Server for ChaosProxy {
     const NAME: &'static str = "ChaosProxy";
     const HOW_TO_START: &'static str = "`async with ChaosProxy(...)` or `await proxy.start()`";
 
-    fn shutdown(&self) {
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
         ChaosProxy::shutdown(self)
     }
 
@@ -94,7 +95,7 @@ impl PyChaosProxy {
         })
     }
 
-    /// Stop accepting and reset every connection.
+    /// Stop accepting and reset every connection; returns once the port is free.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.served.aclose(py, "ChaosProxy.aclose")
     }

@@ -13,7 +13,8 @@ pub trait Server: Send + Sync + 'static {
     /// Its Python class name, and how to get one running, for the "not running" error.
     const NAME: &'static str;
     const HOW_TO_START: &'static str;
-    fn shutdown(&self);
+    /// Stop it; resolves once its port is free.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
     /// Its counters, as `stats()` returns them.
     fn counters(&self) -> Vec<(&'static str, u64)>;
 }
@@ -60,7 +61,7 @@ impl<T: Server> Served<T> {
         let server = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         super::bridge::coroutine::coroutine(py, name, async move {
             if let Some(s) = server {
-                s.shutdown();
+                s.shutdown().await;
             }
             Ok::<_, PyErr>(())
         })

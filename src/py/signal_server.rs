@@ -1,5 +1,6 @@
 //! `tether.testing.SignalServer` bindings: the embedded WebSocket server with scripted misbehaviour.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ impl Server for SignalServer {
     const NAME: &'static str = "SignalServer";
     const HOW_TO_START: &'static str = "`async with SignalServer()` or `await server.start()`";
 
-    fn shutdown(&self) {
+    fn shutdown(&self) -> impl Future<Output = ()> + Send {
         SignalServer::shutdown(self)
     }
 
@@ -88,7 +89,7 @@ impl PySignalServer {
         })
     }
 
-    /// Stop accepting and drop every connection.
+    /// Stop accepting and drop every connection; returns once the port is free.
     fn aclose<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.served.aclose(py, "SignalServer.aclose")
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -111,6 +111,7 @@ struct Shared {
 pub struct ChaosProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    stop: Arc<Notify>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -126,8 +127,9 @@ impl ChaosProxy {
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        Ok(ChaosProxy { addr, shared, task: Mutex::new(Some(task)) })
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        Ok(ChaosProxy { addr, shared, stop, task: Mutex::new(Some(task)) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -197,24 +199,30 @@ impl ChaosProxy {
         }
     }
 
-    /// Stop accepting and reset every connection.
-    pub fn shutdown(&self) {
-        if let Some(t) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            t.abort();
+    /// Stop accepting and reset every connection; returns once the port is free, so a proxy can start
+    /// on it again (an aborted task drops its listener later, on the runtime).
+    pub async fn shutdown(&self) {
+        self.stop.notify_one();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
         }
-        self.reset();
     }
 }
 
 impl Drop for ChaosProxy {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop.notify_one();
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<Notify>) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            () = stop.notified() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
             Ok((client, _)) => {
                 shared.counters.accepted.fetch_add(1, Ordering::SeqCst);
                 let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
@@ -228,6 +236,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+    // only this loop registers connections: once it has stopped, this reaches every one
+    drop(listener);
+    let conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+    for tx in conns.values() {
+        let _ = tx.send(Cmd::Reset);
     }
 }
 
@@ -436,6 +450,18 @@ mod tests {
         p.close();
         let n = tokio::time::timeout(Duration::from_secs(5), c2.read(&mut b)).await.unwrap().unwrap();
         assert_eq!(n, 0, "FIN: EOF");
+    }
+
+    /// Once `shutdown` returned, a proxy starts on its port (the listener was dropped later, on the
+    /// runtime: restarts met EADDRINUSE).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_port_is_free_once_shutdown_returned() {
+        let mut listen = "127.0.0.1:0".to_string();
+        for _ in 0..100 {
+            let p = ChaosProxy::start(&listen, "127.0.0.1:9").await.unwrap();
+            listen = p.addr().to_string();
+            p.shutdown().await;
+        }
     }
 
     #[tokio::test]

@@ -81,6 +81,7 @@ struct Shared {
 pub struct SignalServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    stop: Arc<Notify>,
     accept_task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -99,8 +100,9 @@ impl SignalServer {
             changed: Notify::new(),
             listening: AtomicBool::new(true),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
-        Ok(SignalServer { addr, shared, accept_task: Mutex::new(Some(task)) })
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        Ok(SignalServer { addr, shared, stop, accept_task: Mutex::new(Some(task)) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -231,10 +233,13 @@ impl SignalServer {
         }
     }
 
-    /// Stop accepting and drop every connection.
-    pub fn shutdown(&self) {
-        if let Some(t) = self.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            t.abort();
+    /// Stop accepting and drop every connection; returns once the port is free, so a server can start
+    /// on it again (an aborted task drops its listener later, on the runtime).
+    pub async fn shutdown(&self) {
+        self.stop.notify_one();
+        let task = self.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
         }
         self.drop_all();
     }
@@ -242,13 +247,18 @@ impl SignalServer {
 
 impl Drop for SignalServer {
     fn drop(&mut self) {
-        self.shutdown();
+        self.stop.notify_one();
+        self.drop_all();
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<Notify>) {
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            () = stop.notified() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -503,6 +513,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(srv.drop_all(), 1);
         assert!(srv.wait_until(Duration::from_secs(3), |s| s.active == 0).await, "{:?}", srv.stats());
+    }
+
+    /// Once `shutdown` returned, a server starts on its port (the listener was dropped later, on the
+    /// runtime: most restarts met EADDRINUSE).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_port_is_free_once_shutdown_returned() {
+        let mut port = 0;
+        for _ in 0..100 {
+            let srv = SignalServer::start("127.0.0.1", port).await.unwrap();
+            port = srv.addr().port();
+            srv.shutdown().await;
+        }
     }
 
     #[tokio::test]

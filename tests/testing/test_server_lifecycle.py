@@ -114,3 +114,18 @@ async def test_aclose_ends_a_connection_blocked_sending_to_a_client_that_does_no
     finally:
         s.close()
     assert after < 32 << 20, f"after aclose() the server kept the connection open: {after >> 20} MiB arrived"
+
+
+@pytest.mark.parametrize(
+    "server",
+    [lambda port: SignalServer(port=port), lambda port: ChaosProxy("127.0.0.1:9", listen=("127.0.0.1", port))],
+    ids=["SignalServer", "ChaosProxy"],
+)
+async def test_the_port_is_free_once_aclose_returned(server):
+    """A server started on the port of one whose aclose() returned binds it. Before, aclose() only asked
+    the runtime to drop the listener: most restarts on the same port failed with EADDRINUSE."""
+    port = 0
+    for _ in range(100):
+        running = await server(port).start()
+        port = running.port
+        await running.aclose()

@@ -30,7 +30,7 @@ class _NativeServer(Generic[N]):
         return self
 
     async def aclose(self) -> None:
-        """Stop listening and close every connection."""
+        """Stop listening and close every connection; once it returns, the port is free to listen on again."""
         await self._n.aclose()
 
     async def __aenter__(self) -> Self:
