@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -233,29 +233,32 @@ impl SignalServer {
         }
     }
 
-    /// Stop accepting and drop every connection; returns once the port is free, so a server can start
-    /// on it again (an aborted task drops its listener later, on the runtime).
+    /// Stop accepting and drop every connection, those still in their handshake too; returns once they
+    /// are closed and the port is free, so a server can start on it again (an aborted task drops its
+    /// listener later, on the runtime).
     pub async fn shutdown(&self) {
         self.stop.notify_one();
         let task = self.accept_task.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = task {
             let _ = t.await;
         }
-        self.drop_all();
     }
 }
 
 impl Drop for SignalServer {
     fn drop(&mut self) {
         self.stop.notify_one();
-        self.drop_all();
     }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<Notify>) {
+    // every connection is a task of this loop's, so that stopping it ends them all: also those still in
+    // their handshake, which no command reaches (registered only with their 101)
+    let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            () = stop.notified() => return,
+            () = stop.notified() => break,
+            Some(_) = conns.join_next() => continue,
             a = listener.accept() => a,
         };
         let Ok((stream, _peer)) = accepted else {
@@ -271,8 +274,12 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Arc<Notif
         }
         shared.counters.tcp_accepts.fetch_add(1, Ordering::SeqCst);
         shared.changed.notify_waiters();
-        tokio::spawn(serve(stream, shared.clone()));
+        conns.spawn(serve(stream, shared.clone()));
     }
+    drop(listener);
+    conns.shutdown().await;
+    shared.conns.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    shared.changed.notify_waiters();
 }
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {
@@ -525,6 +532,28 @@ mod tests {
             port = srv.addr().port();
             srv.shutdown().await;
         }
+    }
+
+    /// A connection still in its handshake when the server shuts down is closed, never answered (it
+    /// was not registered yet: it completed its handshake afterwards and was served).
+    #[tokio::test]
+    async fn shutdown_ends_a_connection_in_its_handshake() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let srv = SignalServer::start("127.0.0.1", 0).await.unwrap();
+        srv.slow_handshake(Duration::from_millis(500));
+        let mut c = TcpStream::connect(srv.addr()).await.unwrap();
+        c.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(srv.wait_until(Duration::from_secs(5), |s| s.tcp_accepts == 1).await);
+        srv.shutdown().await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut answer)).await;
+        // closed (its unread request makes the close a reset), with no answer
+        assert!(read.is_ok() && answer.is_empty(), "{read:?}: {}", String::from_utf8_lossy(&answer));
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+import websockets
 
 from tether.testing import ChaosProxy, SignalServer
 
@@ -129,3 +130,26 @@ async def test_the_port_is_free_once_aclose_returned(server):
         running = await server(port).start()
         port = running.port
         await running.aclose()
+
+
+async def test_aclose_ends_a_connection_still_in_its_handshake():
+    """A connection held in its handshake (slow_handshake) when aclose() runs is cut, not served. Before,
+    aclose() ended only the connections past their handshake: this one completed it afterwards and the
+    closed server echoed its messages."""
+    srv = await SignalServer().start()
+    srv.slow_handshake(1.0)
+    client = asyncio.create_task(websockets.connect(srv.url, open_timeout=10).__aenter__())
+    assert await srv.wait_for(1, timeout=5, key="tcp_accepts")
+    await srv.aclose()
+    try:
+        ws = await asyncio.wait_for(client, 10)
+    except (OSError, websockets.exceptions.WebSocketException):
+        return
+    try:
+        await ws.send("still there?")
+        got = await asyncio.wait_for(ws.recv(), 3)
+        raise AssertionError(f"the server closed by aclose() still serves a connection: echoed {got!r}")
+    except websockets.exceptions.ConnectionClosed:
+        pass
+    finally:
+        await ws.close()
