@@ -195,24 +195,23 @@ fn close_codes(name: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<u16>> {
         if x.is_instance_of::<PyBool>() || !x.is_instance_of::<PyInt>() {
             return Err(PyTypeError::new_err(format!("{name} must hold int close codes, not {}", type_name(&x))));
         }
-        let code = match x.extract::<u16>() {
-            Ok(c @ 1000..=4999) => c,
-            _ => {
-                return Err(value_error(format!(
-                    "{name}: close code {x} is outside 1000..4999, the codes a close frame may carry"
-                )))
-            }
-        };
-        if !close_code_allowed(code) {
-            return Err(value_error(format!(
-                "{name}: close code {code} never arrives from a server (RFC 6455 §7.4: 1004 and 1016-2999 are \
-                 reserved, 1005 and 1006 only report a close without a code or without a close frame, 1015 a \
-                 TLS failure)"
-            )));
-        }
-        codes.push(code);
+        codes.push(sendable_close_code(&x).map_err(|e| value_error(format!("{name}: {e}")))?);
     }
     Ok(codes)
+}
+
+/// `x` (an int) as a close code a close frame may carry (`close_code_allowed`), or why not: the one rule
+/// for the codes a server may send (`fatal_close_codes`, ...) and the test server's `close()`.
+pub fn sendable_close_code(x: &Bound<'_, PyAny>) -> Result<u16, String> {
+    match x.extract::<u16>() {
+        Ok(code) if close_code_allowed(code) => Ok(code),
+        Ok(code @ 1000..=4999) => Err(format!(
+            "close code {code} is reserved: no close frame carries it, so it never arrives from a server and \
+             cannot be sent (RFC 6455 §7.4: 1004 and 1016-2999 are reserved, 1005 and 1006 only report a close \
+             without a code or without a close frame, 1015 a TLS failure)"
+        )),
+        _ => Err(format!("close code {x} is outside 1000..4999, the codes a close frame may carry")),
+    }
 }
 
 /// `jitter=`: "full", "equal", "decorrelated" or "none".

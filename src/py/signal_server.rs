@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyInt};
 
 use crate::testing::signal_server::SignalServer;
 
-use super::options::{param, Seconds, SecondsOrZero};
+use super::options::{param, sendable_close_code, Seconds, SecondsOrZero};
 use tokio_tungstenite::tungstenite::Message as WireMessage;
 
+use crate::ws::frame::MAX_CONTROL_PAYLOAD;
 use crate::ws::protocol::Message;
 
 use super::convert::{message_from_py, message_to_py};
@@ -111,10 +112,18 @@ impl PySignalServer {
     fn drop(&self) -> PyResult<usize> {
         Ok(self.get()?.drop_all())
     }
-    #[pyo3(signature = (code=1000, reason=""))]
-    fn close(&self, code: u16, reason: &str) -> PyResult<usize> {
-        if !(1000..=4999).contains(&code) {
-            return Err(value_error(format!("close code must be in 1000..=4999, got {code}")));
+    /// Close every connection with a close frame. Returns how many. What no close frame may carry (a
+    /// reserved code, a reason over 123 bytes) is a ValueError: sent anyway, the client would answer it
+    /// as a protocol violation (1002) instead of seeing the close the test asked for.
+    #[pyo3(signature = (code, reason=""))]
+    fn close(&self, code: &Bound<'_, PyInt>, reason: &str) -> PyResult<usize> {
+        let code = sendable_close_code(code.as_any()).map_err(value_error)?;
+        let most = MAX_CONTROL_PAYLOAD - 2;
+        if reason.len() > most {
+            return Err(value_error(format!(
+                "close reason is {} bytes in UTF-8, over the {most} a close frame holds",
+                reason.len()
+            )));
         }
         Ok(self.get()?.close_all(code, reason))
     }

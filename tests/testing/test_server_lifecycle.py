@@ -10,6 +10,8 @@ import socket
 import pytest
 import websockets
 
+import tether
+from tether import events as ev
 from tether.testing import ChaosProxy, SignalServer
 
 
@@ -153,3 +155,33 @@ async def test_aclose_ends_a_connection_still_in_its_handshake():
         pass
     finally:
         await ws.close()
+
+
+@pytest.mark.parametrize("code", [1004, 1005, 1006, 1015, 2000])
+async def test_close_refuses_a_code_no_close_frame_carries(code):
+    """close() refuses the codes RFC 6455 reserves with a ValueError naming the rule. Before, it sent
+    them, and the client answered the protocol violation with 1002 instead of seeing the close asked for."""
+    async with SignalServer() as srv:
+        with pytest.raises(ValueError, match=rf"close code {code} is reserved: no close frame carries it.*RFC 6455"):
+            srv.close(code)
+
+
+async def test_close_refuses_a_reason_longer_than_a_close_frame_holds():
+    """close() refuses a reason over 123 bytes in UTF-8 (counting bytes, not characters) and sends one that
+    fits. Before, it sent the long one, which the client met as a protocol violation (1002), not as 4000."""
+    async with SignalServer() as srv:
+        with pytest.raises(ValueError, match=r"124 bytes in UTF-8, over the 123"):
+            srv.close(4000, "é" * 62)
+        conn = tether.connect(srv.url, policy=tether.Backoff(0.05, max_attempts=1), open_timeout=2, close_timeout=0.5)
+        stream = conn.events()
+        async with conn:
+            assert await srv.wait_for(1, timeout=5)
+            assert srv.close(4000, "x" * 123) == 1
+
+            async def first_loss():
+                async for e in stream:
+                    if isinstance(e, ev.ConnectionLost):
+                        return e
+
+            lost = await asyncio.wait_for(first_loss(), 10)
+        assert "4000" in lost.reason, lost.reason

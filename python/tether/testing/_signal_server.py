@@ -29,7 +29,11 @@ class SignalServer(_NativeServer[_native.SignalServer]):
         return self._n.drop()
 
     def close(self, code: int = 1000, reason: str = "") -> int:
-        """Close every connection with a close frame (``code``, ``reason``); returns how many."""
+        """Close every connection with a close frame (``code``, ``reason``); returns how many.
+
+        ``ValueError`` for what no close frame may carry: a code RFC 6455 reserves (1004-1006, 1015,
+        1016-2999, or outside 1000-4999) or a reason over 123 bytes in UTF-8.
+        """
         return self._n.close(code, reason)
 
     def freeze(self) -> None:
