@@ -6,7 +6,8 @@
 //!   New connections are accepted by the kernel but not connected upstream until healed, so their
 //!   handshakes time out like SYNs into a black hole.
 //! * **reset**: RST every current connection (SO_LINGER 0, then close). **close**: FIN them.
-//! * **latency**: each chunk is delivered `ms` after it was read (order kept, throughput not capped).
+//! * **latency**: each chunk is delivered `ms` after it was read (order kept). Each direction holds up to
+//!   16 MiB read but not yet delivered, so throughput is capped only past 16 MiB per latency period.
 //! * **bandwidth**: pace writes to `bytes_per_sec`.
 //! * **heal**: clear every toxic (existing connections resume).
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -322,12 +323,24 @@ async fn serve(client: TcpStream, shared: &Arc<Shared>, mut cmds: mpsc::Unbounde
     }
 }
 
+/// The bytes a direction holds between reading and delivering them: with latency, what a latency period
+/// carries is in flight, so latency caps throughput only past 16 MiB per period (32 MiB/s at 500 ms).
+const IN_FLIGHT: usize = 16 << 20;
+
+/// What a read of `n` bytes takes of `IN_FLIGHT`: its queue entry too, so that small reads cannot pile
+/// up without bound.
+fn held(n: usize) -> u32 {
+    (n + std::mem::size_of::<(Instant, Vec<u8>)>()) as u32
+}
+
 async fn pump<R, W>(mut r: R, mut w: W, d: Direction, shared: Arc<Shared>)
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(64);
+    // bounded by bytes, not by reads: with latency the bytes of a whole latency period are in flight
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let room = &Semaphore::new(IN_FLIGHT);
     let mut toxics_r = shared.toxics.subscribe();
     let mut toxics_w = shared.toxics.subscribe();
     let reader = async move {
@@ -344,7 +357,12 @@ where
                     }
                 } => continue,
             };
-            if tx.send((Instant::now(), buf[..n].to_vec())).await.is_err() {
+            let read_at = Instant::now();
+            match room.acquire_many(held(n)).await {
+                Ok(permits) => permits.forget(),
+                Err(_) => break,
+            }
+            if tx.send((read_at, buf[..n].to_vec())).is_err() {
                 break;
             }
         }
@@ -354,36 +372,45 @@ where
         Direction::Down => &shared.counters.bytes_down,
     };
     let writer = async {
-        while let Some((read_at, data)) = rx.recv().await {
-            let t = toxics_w.borrow().get(d);
-            if !t.latency.is_zero() {
-                tokio::time::sleep_until(read_at + t.latency).await;
-            }
-            wait_clear(&mut toxics_w, d).await;
-            let bw = toxics_w.borrow().get(d).bandwidth;
-            match bw {
-                Some(bps) if bps > 0 => {
-                    // pace in slices so a cap change applies quickly
-                    for chunk in data.chunks(((bps / 20).max(1)) as usize) {
-                        let started = Instant::now();
-                        if w.write_all(chunk).await.is_err() {
-                            return;
+        let source_closed = async {
+            while let Some((read_at, data)) = rx.recv().await {
+                let t = toxics_w.borrow().get(d);
+                if !t.latency.is_zero() {
+                    tokio::time::sleep_until(read_at + t.latency).await;
+                }
+                wait_clear(&mut toxics_w, d).await;
+                let bw = toxics_w.borrow().get(d).bandwidth;
+                match bw {
+                    Some(bps) if bps > 0 => {
+                        // pace in slices so a cap change applies quickly
+                        for chunk in data.chunks(((bps / 20).max(1)) as usize) {
+                            let started = Instant::now();
+                            if w.write_all(chunk).await.is_err() {
+                                return false;
+                            }
+                            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            let budget = Duration::from_secs_f64(chunk.len() as f64 / bps as f64);
+                            tokio::time::sleep_until(started + budget).await;
                         }
-                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        let budget = Duration::from_secs_f64(chunk.len() as f64 / bps as f64);
-                        tokio::time::sleep_until(started + budget).await;
+                    }
+                    _ => {
+                        if w.write_all(&data).await.is_err() {
+                            return false;
+                        }
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
                     }
                 }
-                _ => {
-                    if w.write_all(&data).await.is_err() {
-                        return;
-                    }
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
+                room.add_permits(held(data.len()) as usize);
             }
+            true
         }
-        // the source closed: pass the FIN on
-        let _ = w.shutdown().await;
+        .await;
+        // a reader waiting for room would wait for good
+        room.close();
+        if source_closed {
+            // pass the FIN on
+            let _ = w.shutdown().await;
+        }
     };
     tokio::join!(reader, writer);
 }
@@ -462,6 +489,23 @@ mod tests {
             listen = p.addr().to_string();
             p.shutdown().await;
         }
+    }
+
+    /// 16 MiB through 300 ms of latency take about 300 ms longer, not seconds (at most 64 reads were in
+    /// flight: 1 MiB per latency period).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn latency_does_not_cap_throughput() {
+        let up = echo_server().await;
+        let p = ChaosProxy::start("127.0.0.1:0", &up.to_string()).await.unwrap();
+        p.latency(Which::Up, Duration::from_millis(300));
+        let (mut r, mut w) = TcpStream::connect(p.addr()).await.unwrap().into_split();
+        let t0 = Instant::now();
+        let sent = tokio::spawn(async move { w.write_all(&vec![7u8; 16 << 20]).await.map(|_| w) });
+        let mut got = vec![0u8; 16 << 20];
+        tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got)).await.unwrap().unwrap();
+        let took = t0.elapsed();
+        sent.await.unwrap().unwrap();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(2500), "{took:?}");
     }
 
     #[tokio::test]

@@ -119,6 +119,33 @@ async def test_latency_adds_delay(chaos_proxy, echo):
     w.close()
 
 
+async def test_latency_delays_without_capping_throughput(chaos_proxy):
+    """16 MiB through latency(500) take about 500 ms more than without it. Before, the pump held 64 reads
+    at most in flight, which capped a direction at 1 MiB per latency period: the 16 MiB took 8 s."""
+
+    async def count(r, w):
+        n = 0
+        while d := await r.read(1 << 20):
+            n += len(d)
+        w.write(str(n).encode())
+        await w.drain()
+        w.close()
+
+    sink = await asyncio.start_server(count, "127.0.0.1", 0)
+    async with sink:
+        p = await chaos_proxy(("127.0.0.1", sink.sockets[0].getsockname()[1]))
+        p.latency(500, "up")
+        r, w = await open_(p)
+        t0 = time.monotonic()
+        w.write(b"x" * (16 << 20))
+        await w.drain()
+        w.write_eof()
+        assert await asyncio.wait_for(r.read(), 60) == str(16 << 20).encode()
+        took = time.monotonic() - t0
+        w.close()
+    assert 0.5 <= took < 3.0, f"16 MiB through latency(500) took {took:.1f} s"
+
+
 async def test_bandwidth_caps_throughput(chaos_proxy, echo):
     p = await chaos_proxy(echo)
     r, w = await open_(p)

@@ -40,7 +40,10 @@ class ChaosProxy(_NativeServer[_native.ChaosProxy]):
         self._n.blackhole(direction)
 
     def latency(self, ms: float, direction: str = "both") -> None:
-        """Delay what flows in ``direction`` by ``ms`` milliseconds."""
+        """Delay what flows in ``direction`` by ``ms`` milliseconds.
+
+        Throughput stays as it was up to 16 MiB per ``ms`` in each direction (what the proxy holds in flight).
+        """
         self._n.latency(ms, direction)
 
     def bandwidth(self, bytes_per_sec: int | None, direction: str = "both") -> None:
