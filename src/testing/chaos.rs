@@ -4,7 +4,8 @@
 //! * **blackhole**: stop forwarding; sockets stay open, no FIN, no RST: the peer sees silence, like a
 //!   Wi-Fi switch. Bytes already read are held and delivered after `heal` (as TCP would retransmit).
 //!   New connections are accepted by the kernel but not connected upstream until healed, so their
-//!   handshakes time out like SYNs into a black hole.
+//!   handshakes time out like SYNs into a black hole; one whose client gives up meanwhile (closes or
+//!   resets it) is never connected.
 //! * **reset**: RST every current connection (SO_LINGER 0, then close). **close**: FIN them.
 //! * **latency**: each chunk is delivered `ms` after it was read (order kept). Each direction holds up to
 //!   16 MiB read but not yet delivered, so throughput is capped only past 16 MiB per latency period.
@@ -272,11 +273,19 @@ async fn serve(client: TcpStream, shared: &Arc<Shared>, mut cmds: mpsc::Unbounde
         },
         Err(_) => return,
     };
-    let (client_ctl, client) = client_ctl;
+    let (client_ctl, mut client) = client_ctl;
+    // what the client wrote while held, for the upstream first
+    let mut early = Vec::new();
     let upstream = tokio::select! {
         u = async {
-            wait_clear(&mut toxics, Direction::Up).await;
-            TcpStream::connect(shared.upstream.as_str()).await
+            tokio::select! {
+                biased;
+                () = wait_clear(&mut toxics, Direction::Up) => {}
+                // a client that gave up meanwhile (closed or reset its socket) never connected: a real
+                // black hole does not deliver its SYN after heal either, nor what it had written
+                () = until_gone(&mut client, &mut early) => return None,
+            }
+            Some(TcpStream::connect(shared.upstream.as_str()).await)
         } => u,
         c = cmds.recv() => {
             match c {
@@ -287,8 +296,9 @@ async fn serve(client: TcpStream, shared: &Arc<Shared>, mut cmds: mpsc::Unbounde
         }
     };
     let upstream = match upstream {
-        Ok(u) => u,
-        Err(_) => {
+        None => return,
+        Some(Ok(u)) => u,
+        Some(Err(_)) => {
             shared.counters.upstream_failures.fetch_add(1, Ordering::SeqCst);
             rst(&client_ctl);
             return;
@@ -300,11 +310,11 @@ async fn serve(client: TcpStream, shared: &Arc<Shared>, mut cmds: mpsc::Unbounde
     let Ok(upstream) = up_std.set_nonblocking(true).and_then(|_| TcpStream::from_std(up_std)) else { return };
 
     // borrowed halves: unlike owned ones they do not send a FIN when dropped, so a reset stays a reset
-    let (mut client, mut upstream) = (client, upstream);
+    let mut upstream = upstream;
     let (cr, cw) = client.split();
     let (ur, uw) = upstream.split();
-    let up = pump(cr, uw, Direction::Up, shared.clone());
-    let down = pump(ur, cw, Direction::Down, shared.clone());
+    let up = pump(cr, uw, Direction::Up, early, shared.clone());
+    let down = pump(ur, cw, Direction::Down, Vec::new(), shared.clone());
     let both = async { tokio::join!(up, down) };
     tokio::select! {
         _ = both => {}
@@ -333,7 +343,22 @@ fn held(n: usize) -> u32 {
     (n + std::mem::size_of::<(Instant, Vec<u8>)>()) as u32
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, d: Direction, shared: Arc<Shared>)
+/// Reads what `client` sends into `early` until it closes or resets its socket. Past 1 MiB it stops
+/// reading (the client's socket buffers fill, as they would with no connection to send on), and only
+/// heal or a command ends the wait.
+async fn until_gone(client: &mut TcpStream, early: &mut Vec<u8>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while early.len() < 1 << 20 {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => early.extend_from_slice(&buf[..n]),
+        }
+    }
+    std::future::pending().await
+}
+
+/// Forwards `r` to `w` in direction `d`, `early` (read before the pump started) first.
+async fn pump<R, W>(mut r: R, mut w: W, d: Direction, early: Vec<u8>, shared: Arc<Shared>)
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -345,24 +370,31 @@ where
     let mut toxics_w = shared.toxics.subscribe();
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut next = Some(early).filter(|e| !e.is_empty());
         loop {
-            wait_clear(&mut toxics_r, d).await;
-            let n = tokio::select! {
-                n = r.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
-                // a black hole starting while we wait for bytes: stop reading at once
-                _ = async {
-                    loop {
-                        if toxics_r.changed().await.is_err() { std::future::pending::<()>().await; }
-                        if toxics_r.borrow().get(d).blackhole { return; }
-                    }
-                } => continue,
+            let data = match next.take() {
+                Some(data) => data,
+                None => {
+                    wait_clear(&mut toxics_r, d).await;
+                    let n = tokio::select! {
+                        n = r.read(&mut buf) => match n { Ok(0) | Err(_) => break, Ok(n) => n },
+                        // a black hole starting while we wait for bytes: stop reading at once
+                        _ = async {
+                            loop {
+                                if toxics_r.changed().await.is_err() { std::future::pending::<()>().await; }
+                                if toxics_r.borrow().get(d).blackhole { return; }
+                            }
+                        } => continue,
+                    };
+                    buf[..n].to_vec()
+                }
             };
             let read_at = Instant::now();
-            match room.acquire_many(held(n)).await {
+            match room.acquire_many(held(data.len())).await {
                 Ok(permits) => permits.forget(),
                 Err(_) => break,
             }
-            if tx.send((read_at, buf[..n].to_vec())).is_err() {
+            if tx.send((read_at, data)).is_err() {
                 break;
             }
         }
@@ -477,6 +509,32 @@ mod tests {
         p.close();
         let n = tokio::time::timeout(Duration::from_secs(5), c2.read(&mut b)).await.unwrap().unwrap();
         assert_eq!(n, 0, "FIN: EOF");
+    }
+
+    /// A connection accepted during a black hole whose client closed it before heal never reaches the
+    /// upstream; one still open does, with what it wrote (heal connected both, and replayed the
+    /// abandoned one's bytes).
+    #[tokio::test]
+    async fn a_connection_given_up_during_a_blackhole_never_reaches_upstream() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p = ChaosProxy::start("127.0.0.1:0", &l.local_addr().unwrap().to_string()).await.unwrap();
+        p.blackhole(Which::Both);
+        let mut gone = TcpStream::connect(p.addr()).await.unwrap();
+        gone.write_all(b"given up").await.unwrap();
+        drop(gone);
+        let mut waiting = TcpStream::connect(p.addr()).await.unwrap();
+        waiting.write_all(b"still here").await.unwrap();
+        while p.stats().accepted < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        p.heal();
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), l.accept()).await.unwrap().unwrap();
+        let mut got = [0u8; 10];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"still here");
+        let ghost = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+        assert!(ghost.is_err(), "the connection given up reached the upstream");
     }
 
     /// Once `shutdown` returned, a proxy starts on its port (the listener was dropped later, on the

@@ -75,6 +75,34 @@ async def test_blackhole_swallows_new_connections_until_heal(chaos_proxy, echo):
     w.close()
 
 
+async def test_connections_given_up_during_a_blackhole_never_reach_upstream(chaos_proxy, signal_server):
+    """A connection accepted during a black hole whose client closed or reset it before heal() is not
+    connected upstream; one still open is, with what it wrote. Before, heal() connected the abandoned ones
+    too and replayed their upgrade requests to the server, as handshakes no client was waiting for."""
+    p = await chaos_proxy(("127.0.0.1", signal_server.port))
+    p.blackhole()
+    upgrade = (
+        b"GET /?token=abandoned HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    for _ in range(3):
+        _, w = await open_(p)
+        w.write(upgrade)
+        await w.drain()
+        w.close()  # the client's open timeout ran out
+        await w.wait_closed()
+    r, w = await open_(p)  # still waiting
+    w.write(upgrade.replace(b"abandoned", b"waiting"))
+    await eventually(lambda: p.stats()["accepted"] == 4, what="every connection accepted")
+    await asyncio.sleep(0.3)
+    p.heal()
+    assert b" 101 " in await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(0.3)
+    assert signal_server.requests() == ["/?token=waiting"]
+    assert signal_server.stats()["tcp_accepts"] == 1
+    w.close()
+
+
 async def test_one_direction_blackhole(chaos_proxy, echo):
     p = await chaos_proxy(echo)
     r, w = await open_(p)

@@ -10,7 +10,8 @@ class ChaosProxy(_NativeServer[_native.ChaosProxy]):
     """Forward 127.0.0.1:PORT -> ``upstream`` ("host:port" or (host, port)), and on command:
 
     * ``blackhole(direction="both")``: stop forwarding, no FIN, no RST (a Wi-Fi switch). Held bytes are
-      delivered after ``heal()``; new connections are accepted but not connected upstream until then.
+      delivered after ``heal()``; new connections are accepted but not connected upstream until then
+      (those whose client gave up meanwhile, closing or resetting its socket, never are).
     * ``reset()``: RST every connection. ``close()``: FIN every connection.
     * ``latency(ms, direction="both")``, ``bandwidth(bytes_per_sec, direction="both")``.
     * ``heal()``: clear every toxic.
