@@ -45,6 +45,7 @@ _METHODS = (
     "_receive_messages",
     "_is_service_usable",
     "_try_reconnect",
+    "_reconnect_websocket",
 )
 _ATTRS = ("_disconnecting", "_reconnect_on_error", "_last_connect_time", "_reconnect_in_progress")
 
@@ -107,7 +108,14 @@ def _prepare(policy: Backoff, stable_after: float, quiet_jitter: float, c: Check
     c.fingerprint(service._receive_task_handler, _RECEIVE_LOOP_FINGERPRINTS)
 
     def patch(p: Patches) -> None:
-        loop = _ReceiveLoop(policy, stable_after, quiet_jitter, ws_module.ConnectionClosedOK, frames.ErrorFrame)
+        loop = _ReceiveLoop(
+            policy,
+            stable_after,
+            quiet_jitter,
+            ws_module.ConnectionClosedOK,
+            frames.ErrorFrame,
+            service._reconnect_websocket,
+        )
         p.set(service, "_receive_task_handler", loop.handler())
         p.wrap(service, "_try_reconnect", loop.sender_reconnect)
         if hasattr(service, "_receive_until_confirmed"):  # 1.14 on
@@ -126,8 +134,10 @@ class _ReceiveLoop:
         quiet_jitter: float,
         closed_ok: type[BaseException],
         error_frame: Any,
+        base_reconnect: Callable[..., Awaitable[bool]],
     ) -> None:
         self.policy = policy
+        self.base_reconnect = base_reconnect
         self.stable_after = stable_after
         self.quiet_jitter = quiet_jitter
         self.closed_ok = closed_ok
@@ -169,7 +179,7 @@ class _ReceiveLoop:
         return ok
 
     async def recover(
-        self, service: Any, r: Reconnector, message: str, report_error: Any, error: BaseException
+        self, service: Any, r: Reconnector, message: str, report_error: Any, error: BaseException, lost: Any
     ) -> bool:
         """True once reconnected; False when the loop must end (closing, not retrying, gave up)."""
         if service._disconnecting:
@@ -190,22 +200,30 @@ class _ReceiveLoop:
             if service._disconnecting or not service._is_service_usable:
                 return False
             try:
-                await self.reopen(service)
+                await self.reopen(service, lost, r.attempt)
                 return True
             except Exception as e:
                 error = e
 
-    async def reopen(self, service: Any) -> None:
+    async def reopen(self, service: Any, lost: Any, attempt: int) -> None:
         """Reconnect, holding pipecat's flag so that a sender's ``send_with_retry`` does not open a second
-        socket meanwhile; a reconnect a sender began is awaited, and kept if it worked."""
+        socket meanwhile. A reconnect a sender began (still running, or done since ``lost`` was lost) is
+        kept if it worked."""
         if service._reconnect_in_progress:
             done = self.sender_done.get(service)
             if done is not None:
                 await done.wait()
-            if await service._verify_connection():
-                return
+        if service._websocket is not lost and await service._verify_connection():
+            return
         service._reconnect_in_progress = True
         try:
+            hook = service._reconnect_websocket
+            if getattr(hook, "__func__", hook) is not self.base_reconnect:
+                # the service's own hook (1.14's TTS services close their audio contexts there, some STT
+                # services reset per-connection state); it logs pipecat's WARNING itself
+                if not await hook(attempt):
+                    raise ConnectionError(f"{service} websocket reconnection failed")
+                return
             await service._disconnect_websocket()
             await service._connect_websocket()
             if not await service._verify_connection():
@@ -222,6 +240,7 @@ class _ReceiveLoop:
                 self._last_connect_time = time.monotonic()
                 if self not in loop.confirming:
                     r.connected()
+                reading = self._websocket
                 try:
                     await self._receive_messages()
                     error: BaseException = ConnectionError(f"{self} connection closed by server")
@@ -230,7 +249,7 @@ class _ReceiveLoop:
                     return  # a normal close (1000) is not retried, as in pipecat
                 except Exception as e:
                     error = e
-                if not await loop.recover(self, r, f"{self} connection lost: {error}", report_error, error):
+                if not await loop.recover(self, r, f"{self} connection lost: {error}", report_error, error, reading):
                     return
 
         _receive_task_handler.__qualname__ = "WebsocketService._receive_task_handler"

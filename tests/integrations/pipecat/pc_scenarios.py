@@ -178,6 +178,71 @@ async def send_during_reconnect() -> dict:
     return result
 
 
+async def sender_reconnects_first() -> dict:
+    """The link drops and the application's ``send_with_retry`` reconnects (and re-sends) before the
+    receive loop's first retry is due: how many sockets the service opened, and whether the one the
+    message went out on is the one it keeps."""
+    server = Server()
+    await server.start()
+    service = make_service(f"ws://127.0.0.1:{server.port}")
+
+    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
+        pass
+
+    await service._connect()
+    await service._connect_websocket()
+    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
+    await asyncio.sleep(0.3)
+    server.abort_all()
+    await asyncio.sleep(0.05)
+    await service.send_with_retry("hello", report_error)
+    resent_on = service._websocket
+    await asyncio.sleep(1.5)  # the loop's first retry (0.5 s at most here) is long done
+    result = {"connections": len(server.connections), "kept": service._websocket is resent_on}
+    service._disconnecting = True
+    loop_task.cancel()
+    await asyncio.wait({loop_task}, timeout=5)
+    await service._disconnect_websocket()
+    await server.stop()
+    return result
+
+
+async def reconnect_hook() -> dict:
+    """A service that overrides ``_reconnect_websocket`` (1.14's TTS services close their audio contexts
+    there): how often the hook ran for one drop."""
+    server = Server()
+    await server.start()
+    service = make_service(f"ws://127.0.0.1:{server.port}")
+    hook_calls = 0
+    reconnect = service._reconnect_websocket
+
+    async def hooked(attempt_number: int) -> bool:
+        nonlocal hook_calls
+        hook_calls += 1
+        return await reconnect(attempt_number)
+
+    service._reconnect_websocket = hooked
+
+    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
+        pass
+
+    await service._connect()
+    await service._connect_websocket()
+    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
+    await asyncio.sleep(0.3)
+    server.abort_all()
+    end = time.monotonic() + 20
+    while len(server.connections) < 2 and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    result = {"connections": len(server.connections), "hook_calls": hook_calls}
+    service._disconnecting = True
+    loop_task.cancel()
+    await asyncio.wait({loop_task}, timeout=5)
+    await service._disconnect_websocket()
+    await server.stop()
+    return result
+
+
 async def never_confirmed() -> dict:
     """pipecat 1.14: a service that waits for the provider's confirmation message
     (``_receive_until_confirmed``, here within 1 s), and a provider that accepts and never sends it."""
@@ -316,9 +381,12 @@ if __name__ == "__main__":
         # the never-confirmed provider: 3 retries, and a connection stable after 0.5 s (below the 1 s
         # confirmation timeout, as pipecat's 5 s default is below its services' 10 s)
         short = {"policy": tether.Backoff(0.05, 2.0, max_delay=0.2, jitter="none", max_attempts=3), "stable_after": 0.5}
-        report = pipecat.install(**(short if sys.argv[1] == "never_confirmed" else {}))
+        # the first retry of the sender-first drop comes late (0.5 s at most), after the sender's
+        late = {"quiet_jitter": 0.5}
+        given = {"never_confirmed": short, "sender_reconnects_first": late}.get(sys.argv[1], {})
+        report = pipecat.install(**given)
         assert report.patched == ("websocket_service",), report
-    if sys.argv[1] in ("send_during_reconnect", "never_confirmed"):
+    if sys.argv[1] in ("send_during_reconnect", "never_confirmed", "sender_reconnects_first", "reconnect_hook"):
         print(json.dumps(asyncio.run(globals()[sys.argv[1]]())))
         sys.exit(0)
     run_loop = asyncio.run

@@ -105,6 +105,21 @@ def test_a_send_during_a_reconnect_opens_no_second_socket():
     assert r == {"open_on_server": 1, "open_after_disconnect": 0}, r
 
 
+def test_a_reconnect_a_sender_finished_first_is_kept():
+    """The sender's ``send_with_retry`` reconnected and re-sent before the loop's first retry was due.
+    Before, the loop closed that socket (the message's) and opened a third."""
+    r = scenario("sender_reconnects_first", "--tether")
+    assert r == {"connections": 2, "kept": True}, r
+
+
+def test_the_services_own_reconnect_hook_runs():
+    """Services override ``_reconnect_websocket`` to reset per-connection state (1.14's TTS services close
+    their audio contexts). Before, tether's loop reconnected around it: the hook never ran."""
+    assert scenario("reconnect_hook")["hook_calls"] == 1  # pipecat as shipped
+    r = scenario("reconnect_hook", "--tether")
+    assert r == {"connections": 2, "hook_calls": 1}, r
+
+
 def test_a_provider_that_never_confirms_runs_out_of_attempts():
     """pipecat 1.14's services that wait for a confirmation message count an unconfirmed connection as a
     quick failure. Before, tether counted it as connected: one that waited past ``stable_after`` reset
