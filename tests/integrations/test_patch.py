@@ -91,7 +91,7 @@ def test_a_second_install_with_other_settings_says_they_do_not_apply(caplog):
     caplog.set_level(logging.WARNING, logger="tether.integrations")
     fw = framework()
     i = Integration("fake", "pytest")
-    part = Part("client", f"pytest>={PYTEST}", wrap_connect(fw, []))
+    part = Part("client", f"pytest>={PYTEST}", wrap_connect(fw, []), uses=("timeout", "policy"))
     try:
         i.install([part], settings={"timeout": 10.0, "policy": None})
         i.install([part], settings={"timeout": 10.0, "policy": None})  # the same settings: silent

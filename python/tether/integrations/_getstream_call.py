@@ -455,7 +455,8 @@ def watch_call(
 def call_watch_part(settings: _Settings) -> Part:
     """The part ``getstream.install()`` declares for getstream 7: a ``CallWatch`` with ``settings`` on
     every ``ConnectionManager`` once it joined."""
-    return Part(PART, CALL_WATCH_REQUIREMENT, functools.partial(_prepare, settings), line=CALL_WATCH_LINE)
+    uses = ("reconnecting_timeout", "media_timeout", "rejoin", "policy", "join_timeout", "leave_timeout", "on_alarm")
+    return Part(PART, CALL_WATCH_REQUIREMENT, functools.partial(_prepare, settings), line=CALL_WATCH_LINE, uses=uses)
 
 
 def _prepare(settings: _Settings, c: Checks) -> PatchFn | None:

@@ -331,6 +331,8 @@ class Part:
     requirement: str
     prepare: Callable[[Checks], PatchFn | None]
     line: str = ""
+    #: the ``install()`` arguments the part's patch holds (a second ``install()`` cannot change them)
+    uses: tuple[str, ...] = ()
 
     def supports(self, version: str) -> bool:
         from packaging.requirements import Requirement
@@ -404,10 +406,10 @@ class Integration:
     ) -> InstallReport:
         """Patch every part not patched yet (idempotent). Variants sharing a name are tried in order:
         those whose range holds the installed version, or, with ``allow_untested``, all of them.
-        ``settings``: the install() call's own arguments; a part already patched keeps those it was patched
-        with, and a WARNING names the ones this call would have changed."""
+        ``settings``: the install() call's own arguments; a part already patched keeps those of them it
+        ``uses`` as it was patched with, and a WARNING names the ones this call would have changed."""
         settings = dict(settings or {})
-        self._warn_kept_settings([p.name for p in parts], settings)
+        self._warn_kept_settings(settings)
         version = installed_version(self.dist)
         variants: dict[str, list[Part]] = {}
         for part in parts:
@@ -448,18 +450,24 @@ class Integration:
                 )
                 continue
             untested = "" if fitting else f"{self.dist} {version} is outside the tested range {ranges}, tried: "
-            if self._install_part(name, fitting or options, untested):
-                self._settings[name] = settings
+            patched = self._install_part(name, fitting or options, untested)
+            if patched is not None:
+                self._settings[name] = {k: settings[k] for k in patched.uses if k in settings}
         return self.report()
 
-    def _warn_kept_settings(self, names: Iterable[str], settings: Mapping[str, object]) -> None:
-        kept = [n for n in dict.fromkeys(names) if n in self._parts]
-        changed = {
-            k: v for n in kept for k, v in settings.items() if k in self._settings[n] and self._settings[n][k] != v
-        }
+    def _warn_kept_settings(self, settings: Mapping[str, object]) -> None:
+        """A WARNING naming the settings of this call that differ from those a patched part holds."""
+        was: dict[str, object] = {}
+        changed: dict[str, object] = {}
+        kept: list[str] = []
+        for name, held in self._settings.items():
+            differ = [k for k, v in held.items() if k in settings and settings[k] != v]
+            if differ:
+                kept.append(name)
+                was.update((k, held[k]) for k in differ)
+                changed.update((k, settings[k]) for k in differ)
         if not changed:
             return
-        was = {k: self._settings[n][k] for n in kept for k in changed if k in self._settings[n]}
         log.warning(
             "tether.integrations.%s: already installed (%s) with %s: this call's %s do not apply; uninstall() "
             "first to change them",
@@ -470,7 +478,7 @@ class Integration:
             extra={"framework": self.framework, "parts": kept, "kept": sorted(changed)},
         )
 
-    def _install_part(self, name: str, options: Sequence[Part], untested: str) -> bool:
+    def _install_part(self, name: str, options: Sequence[Part], untested: str) -> Part | None:
         refusal: tuple[RefusalKind, str] | None = None
         for part in options:
             checks = Checks()
@@ -502,10 +510,10 @@ class Integration:
                 part.requirement,
                 extra={"framework": self.framework, "part": name, "requirement": part.requirement},
             )
-            return True
+            return part
         assert refusal is not None
         self.refuse(name, refusal[0], untested + refusal[1])
-        return False
+        return None
 
     def uninstall(self) -> None:
         for patches in reversed(list(self._parts.values())):

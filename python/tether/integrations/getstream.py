@@ -149,7 +149,13 @@ def install(
 
 def _parts(settings: _Settings, call_settings: _CallSettings) -> list[Part]:
     return [
-        Part("signaling", SIGNALING_REQUIREMENT, functools.partial(_prepare_signaling, settings), line=SIGNALING_LINE),
+        Part(
+            "signaling",
+            SIGNALING_REQUIREMENT,
+            functools.partial(_prepare_signaling, settings),
+            line=SIGNALING_LINE,
+            uses=("policy", "health_interval", "health_timeout", "connect_timeout", "attempt_timeout", "stable_after"),
+        ),
         call_watch_part(call_settings),
     ]
 

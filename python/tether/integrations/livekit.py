@@ -121,11 +121,19 @@ def uninstall() -> None:
     _integration.uninstall()
 
 
+_CONTROL = ("policy", "stable_after", "register_timeout")
+
+
 def _parts(settings: Settings, respawn: Backoff | None, acquire_timeout: float | None) -> list[Part]:
     return [
-        Part("control_plane", CONTROL_PLANE_1X, functools.partial(_prepare_control_plane_1x, settings)),
-        Part("control_plane", CONTROL_PLANE_2X, functools.partial(_prepare_control_plane_2x, settings)),
-        Part("proc_pool", PROC_POOL, functools.partial(_prepare_proc_pool, respawn, acquire_timeout)),
+        Part("control_plane", CONTROL_PLANE_1X, functools.partial(_prepare_control_plane_1x, settings), uses=_CONTROL),
+        Part("control_plane", CONTROL_PLANE_2X, functools.partial(_prepare_control_plane_2x, settings), uses=_CONTROL),
+        Part(
+            "proc_pool",
+            PROC_POOL,
+            functools.partial(_prepare_proc_pool, respawn, acquire_timeout),
+            uses=("respawn", "acquire_timeout"),
+        ),
         Part("metrics", METRICS, _prepare_metrics),
     ]
 

@@ -76,7 +76,14 @@ def install(
     """
     prepare = functools.partial(_prepare, policy or _default_policy(), stable_after, quiet_jitter)
     return _integration.install(
-        [Part("websocket_service", WEBSOCKET_SERVICE_REQUIREMENT, prepare)],
+        [
+            Part(
+                "websocket_service",
+                WEBSOCKET_SERVICE_REQUIREMENT,
+                prepare,
+                uses=("policy", "stable_after", "quiet_jitter"),
+            )
+        ],
         allow_untested=allow_untested,
         settings={"policy": policy, "stable_after": stable_after, "quiet_jitter": quiet_jitter},
     )

@@ -327,14 +327,28 @@ def test_install_is_idempotent_and_import_is_lazy():
 
 def test_a_second_install_names_the_settings_it_cannot_change(caplog):
     """A library called ``install()`` first; the application's own call with other settings keeps the
-    parts as patched. Before, it returned the same report and said nothing."""
+    parts as patched. Before, it returned the same report and said nothing; then a setting of a part not
+    patched yet was reported as not applying to the parts patched."""
     caplog.set_level(logging.WARNING, logger="tether.integrations")
     try:
         livekit.install(proc_pool=False)
         assert caplog.records == []
         livekit.install(proc_pool=False, register_timeout=30, stable_after=60)
         assert [r.getMessage() for r in caplog.records] == [
-            "tether.integrations.livekit: already installed (control_plane, metrics) with stable_after=10.0, "
+            "tether.integrations.livekit: already installed (control_plane) with stable_after=10.0, "
+            "register_timeout=10.0: this call's stable_after=60, register_timeout=30 do not apply; uninstall() "
+            "first to change them"
+        ]
+        # a setting of a part not patched yet is that part's: patched with it, no warning
+        caplog.clear()
+        respawn = tether.Backoff(0.1, 2.0, max_delay=1.0)
+        assert livekit.install(respawn=respawn, register_timeout=30, stable_after=60).patched == (
+            "control_plane",
+            "metrics",
+            "proc_pool",
+        )
+        assert [r.getMessage() for r in caplog.records] == [
+            "tether.integrations.livekit: already installed (control_plane) with stable_after=10.0, "
             "register_timeout=10.0: this call's stable_after=60, register_timeout=30 do not apply; uninstall() "
             "first to change them"
         ]
