@@ -264,6 +264,11 @@ def _make_client_class(base: Any, signaling: Any, events_pb2: Any, settings: _Se
             except Exception:  # the tracer's failure is not the connection's
                 log.debug("tracing %s failed", kind, exc_info=True)
 
+        def _t_trace_event(self, event: Any) -> None:
+            kind = event.WhichOneof("event_payload")
+            if kind in traced and self._tracer is not None:
+                self._t_trace(kind, to_dict(getattr(event, kind)))
+
         # -- connecting ---------------------------------------------------------------------------------
         async def _t_on_connect(self, hs: Handshake) -> None:
             request = events_pb2.JoinRequest()
@@ -277,6 +282,7 @@ def _make_client_class(base: Any, signaling: Any, events_pb2: Any, settings: _Se
             await hs.send(events_pb2.SfuRequest(join_request=request).SerializeToString())
             while True:
                 event = parse(await hs.recv())
+                self._t_trace_event(event)  # a refused join's error too
                 if event.HasField("error"):
                     err = event.error.error
                     # kept: tether reports a hook's exception as text, connect() re-raises the object
@@ -346,9 +352,7 @@ def _make_client_class(base: Any, signaling: Any, events_pb2: Any, settings: _Se
                         self.last_health_check_time = time.time()
                     if event.HasField("call_ended"):
                         self._t_call_ended = True
-                    kind = event.WhichOneof("event_payload")
-                    if kind in traced and self._tracer is not None:
-                        self._t_trace(kind, to_dict(getattr(event, kind)))
+                    self._t_trace_event(event)
                     self._t_dispatch(event)
                 return
             except GaveUp as e:

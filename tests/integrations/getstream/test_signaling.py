@@ -169,6 +169,32 @@ async def test_sfu_traces_as_the_shipped_client():
         getstream.uninstall()
 
 
+async def traced_kinds_of_a_refused_join() -> list[str]:
+    tracer = Tracer()
+    async with FakeSfu(reject="call is full") as sfu:
+        with pytest.raises(signaling.SignalingError, match="call is full"):
+            await connection_utils.connect_websocket(
+                token="t",
+                ws_url=sfu.url,
+                session_id="s",
+                options=connection_utils.ConnectionOptions(),
+                tracer=tracer,
+                sfu_id_fn=lambda: "sfu-1",
+            )
+    return [record[0] for record in tracer.take().snapshot]
+
+
+async def test_a_refused_join_is_traced_as_the_shipped_client_does():
+    """The SFU's error event during the join is traced too. Before, only events after the join were."""
+    shipped = await traced_kinds_of_a_refused_join()
+    assert "error" in shipped, shipped
+    getstream.install(**HEALTH)
+    try:
+        assert sorted(await traced_kinds_of_a_refused_join()) == sorted(shipped)
+    finally:
+        getstream.uninstall()
+
+
 async def test_connect_is_bounded(chaos_proxy):
     getstream.install(connect_timeout=1.0, **HEALTH)
     try:
