@@ -133,7 +133,10 @@ class _Watch:
             return
         if p.identity in self._ignore:
             return
-        if self.participant is None and self._unclaimed:
+        taken = self.participant is not None and p.identity == self.participant.identity
+        if self._unclaimed and not taken:
+            # whether it is this dispatch's agent or a late one of a deleted dispatch (which may come
+            # before this one's or after it)
             if p.identity not in self._checks:
                 self._checks[p.identity] = asyncio.ensure_future(self._check(p))
             return
@@ -195,8 +198,9 @@ async def dispatch_ready(
     in time is removed from the room before the next dispatch (``RoomService.RemoveParticipant`` of the
     same ``LiveKitAPI``; with only an ``agent_dispatch`` service as ``api``, a WARNING names it instead),
     so that it cannot start answering beside the next one; an agent that joins only after its dispatch
-    was deleted is removed too, when the next dispatch's job (``ListDispatch``) names another agent as
-    its own (a server that names none leaves the first agent to join taken). Deleting the dispatch and
+    was deleted, while this waits, is removed too, when the next dispatch's job (``ListDispatch``) names
+    another agent as its own (a server that names none leaves the first agent to join taken; one that
+    joins after this returned is not seen). Deleting the dispatch and
     removing the agent
     are each bounded to 5 s and their failure is a WARNING, not the end of the dispatch.
     Raises ``tether.NotReady`` naming the stage that did not come and the elapsed times; the last

@@ -275,3 +275,27 @@ async def test_the_late_agent_of_a_deleted_dispatch_is_not_taken_for_the_next_on
     agents = sorted(room.remote_participants)
     assert (out.dispatch.id, out.participant.identity) == ("AD_2", "agent-AD_2"), (agents, svc.methods)
     assert agents == ["agent-AD_2"] and svc.removed == [("", "agent-AD_1")] and svc.deleted == ["AD_1"]
+
+
+async def test_the_late_agent_of_a_deleted_dispatch_joining_after_the_next_ones_is_removed():
+    """The next dispatch's agent joined first and is not ready yet when the deleted dispatch's agent
+    comes. Before, an agent taken ended the checks: the late one stayed and answered too."""
+    room = rtc.Room()
+    join_after = {"AD_1": 0.9, "AD_2": 0.1}
+    ready_after = {"AD_1": 0.1, "AD_2": 0.6}
+
+    def on_create(dispatch):
+        p = agent_participant(f"agent-{dispatch.id}")
+        later(join_after[dispatch.id], join, room, p)
+        later(join_after[dispatch.id] + ready_after[dispatch.id], set_state, room, p, "listening")
+
+    async with FakeDispatchService(on_create=on_create, on_remove=lambda _room, who: leave(room, who)) as svc:
+        out = await run(
+            room,
+            svc,
+            timeouts={"dispatched": 5, "joined": 0.6, "ready": 5},
+            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
+        )
+        await asyncio.sleep(0.5)
+    assert (out.dispatch.id, out.participant.identity) == ("AD_2", "agent-AD_2"), svc.methods
+    assert sorted(room.remote_participants) == ["agent-AD_2"] and svc.removed == [("", "agent-AD_1")]
