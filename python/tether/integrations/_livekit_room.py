@@ -131,13 +131,13 @@ class RoomWatch:
                 continue
             try:
                 stats = await bounded(self.room.get_rtc_stats(), period, what="room.get_rtc_stats()")
-            except Exception:
+                packets = sum(
+                    s.inbound_rtp.received.packets_received
+                    for s in stats.subscriber_stats
+                    if s.WhichOneof("stats") == "inbound_rtp" and s.inbound_rtp.stream.kind == "audio"
+                )
+            except Exception:  # a room not connected, or statistics of another shape: no evidence
                 continue
-            packets = sum(
-                s.inbound_rtp.received.packets_received
-                for s in stats.subscriber_stats
-                if s.WhichOneof("stats") == "inbound_rtp" and s.inbound_rtp.stream.kind == "audio"
-            )
             # any change counts: a restarted transport's counters start again from zero
             if self._packets is not None and packets != self._packets and self._audio is not None:
                 self._audio.beat()
