@@ -170,7 +170,8 @@ pub struct Started {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Up {
     pub number: u32,
-    /// Set when this ends a gap after a loss or failures: (downtime since the outage began, attempts).
+    /// Set when this ends the gap after a loss: (downtime since that loss, attempts). Not after failed
+    /// attempts alone (a first connection is no reconnect).
     pub reconnected: Option<(Duration, u32)>,
     /// Retries counted so far in this outage (reset only once the link is stable).
     pub retries: u32,
@@ -247,6 +248,9 @@ enum Link {
 struct Outage {
     started: Instant,
     warned: bool,
+    /// The last loss of a connection in this outage (a flapping link loses several; None while only
+    /// attempts failed, as before a first connection): a reconnect's downtime counts from it.
+    lost_at: Option<Instant>,
 }
 
 /// One reconnect loop's retry state. Create one per loop (per `run`).
@@ -343,7 +347,7 @@ impl RetryState {
         };
         self.link = Link::Up { number, since: now };
         self.ever_up = true;
-        let reconnected = self.outage.map(|o| (now.saturating_duration_since(o.started), number));
+        let reconnected = self.outage.and_then(|o| o.lost_at).map(|at| (now.saturating_duration_since(at), number));
         Some(Up { number, reconnected, retries: self.retries, stable_at: now + self.cfg.stable_after })
     }
 
@@ -360,7 +364,7 @@ impl RetryState {
         let o = outage?;
         Some(Settled {
             level: if o.warned { Level::Info } else { Level::Debug },
-            downtime: since.saturating_duration_since(o.started),
+            downtime: since.saturating_duration_since(o.lost_at.unwrap_or(o.started)),
             attempts: number,
         })
     }
@@ -373,7 +377,7 @@ impl RetryState {
             return false;
         }
         self.settle(now);
-        self.outage.get_or_insert(Outage { started: now, warned: false });
+        self.outage.get_or_insert(Outage { started: now, warned: false, lost_at: None }).lost_at = Some(now);
         self.link = Link::Closed { at: now };
         true
     }
@@ -387,7 +391,11 @@ impl RetryState {
             Link::Attempting { started, .. } => (false, false, started),
             Link::Down { next } => (false, false, next.unwrap_or(now).min(now)),
         };
-        let outage = *self.outage.get_or_insert(Outage { started: began, warned: false });
+        let outage = self.outage.get_or_insert(Outage { started: began, warned: false, lost_at: None });
+        if lost {
+            outage.lost_at = Some(began);
+        }
+        let outage = *outage;
         let elapsed = now.saturating_duration_since(outage.started);
         self.link = Link::Down { next: None };
 
@@ -853,6 +861,30 @@ mod tests {
         // the outage began when the connection closed
         let up = st.connected(t0 + secs(5.0)).unwrap();
         assert_eq!(up.reconnected, Some((secs(2.0), 2)));
+    }
+
+    #[test]
+    fn a_reconnect_counts_its_downtime_from_the_last_loss_and_a_first_connect_is_none() {
+        let mut st = RetryState::new(&cfg(None));
+        let t0 = Instant::now();
+        // three refused attempts, then the first connection: connected, not reconnected
+        for i in 0..3 {
+            st.start(t0 + secs(f64::from(i)));
+            st.failed(t0 + secs(f64::from(i)), false);
+        }
+        st.start(t0 + secs(3.0));
+        assert_eq!(st.connected(t0 + secs(3.0)).unwrap().reconnected, None);
+        // a link that flaps inside stable_after (10 s): up 0.6 s between the losses
+        let lost = t0 + secs(20.0);
+        st.failed(lost, false);
+        st.start(lost + secs(0.05));
+        assert_eq!(st.connected(lost + secs(0.05)).unwrap().reconnected, Some((secs(0.05), 2)));
+        let lost = lost + secs(0.65);
+        st.failed(lost, false);
+        st.start(lost + secs(0.05));
+        let up = st.connected(lost + secs(0.05)).unwrap();
+        assert_eq!(up.reconnected, Some((secs(0.05), 3)), "the second gap alone, not the 0.6 s up before it");
+        assert_eq!(st.settle(up.stable_at).unwrap().downtime, secs(0.05));
     }
 
     #[test]
