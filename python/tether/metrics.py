@@ -84,6 +84,13 @@ def _drain() -> None:
     if not samples:
         return
     active = [b for b in _bindings if b.active]
+    if len(active) > 1:
+        # the global provider may also be enabled by name: the SDK hands both bindings its one histogram
+        from opentelemetry import metrics as otel_metrics
+
+        named = {id(b.provider) for b in active if b.key is not _GLOBAL}
+        if id(otel_metrics.get_meter_provider()) in named:
+            active = [b for b in active if b.key is not _GLOBAL]
     for name, attributes, value in samples:
         for b in active:
             b.histograms[name].record(value, attributes)

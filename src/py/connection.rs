@@ -39,10 +39,13 @@ fn parse_headers(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
     Ok(items)
 }
 
+/// The `name` of the metrics of a `tether.connect` without `name=` (never the URL: unbounded).
+const UNNAMED: &str = "connection";
+
 /// The connection's metrics when an exporter is attached (`tether.metrics`): its `name=` (bounded,
 /// unlike the URL it defaults to in logs) and the host it connects to.
 fn metrics_of(name: Option<&str>, url: &str) -> Option<Arc<crate::metrics::Loop>> {
-    let name = name.map(redact_url).unwrap_or_else(|| crate::retry_state::Config::default().name);
+    let name = name.map_or_else(|| UNNAMED.to_string(), redact_url);
     crate::metrics::labels(&[("name", &name), ("server.address", &crate::metrics::server_address(url))])
         .map(crate::metrics::Loop::new)
 }

@@ -123,6 +123,49 @@ assert found.get("tether.connection.connects") == 2, found
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_the_global_provider_also_enabled_by_name_records_once():
+    """``enable()`` and ``enable(meter_provider=p)``, ``p`` being the global provider. Before, each
+    histogram value was recorded twice (one downtime counted two) while the counters counted once."""
+    code = """
+import tether
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+reader = InMemoryMetricReader()
+provider = MeterProvider(metric_readers=[reader])
+metrics.set_meter_provider(provider)
+tether.metrics.enable()
+tether.metrics.enable(meter_provider=provider)
+r = tether.Reconnector(name="dup-test", quiet_jitter=0)
+r.connected()
+r.failed(ConnectionResetError("reset"))
+r.connected()
+found = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for p in m.data.data_points:
+                if p.attributes.get("name") == "dup-test":
+                    found[m.name] = p.count if isinstance(p, HistogramDataPoint) else p.value
+assert found.get("tether.connection.losses") == 1, found
+assert found.get("tether.connection.downtime") == 1, found
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_an_unnamed_connection_is_measured_as_connection(otel):
+    """README: ``name`` is ``connection`` for a ``tether.connect`` without ``name=``. Before, it was
+    empty (an empty label, which Prometheus treats as none)."""
+
+    async def handler(ws):
+        await ws.wait_closed()
+
+    async with websockets.serve(handler, "127.0.0.1", 0) as server:
+        async with tether.connect(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/path?token=t"):
+            assert otel.value("tether.connection.connects", name="connection") == 1
+            assert {a["name"] for a, _ in otel.collect()["tether.connection.connects"]} == {"connection"}
+
+
 async def test_a_drop_and_a_reconnect_against_a_websockets_server(otel):
     peers = []
 
