@@ -157,11 +157,17 @@ pub mod report {
     }
 
     pub fn failure(cfg: &Config, events: &Events, d: &Decision, text: &str) {
+        failure_as(cfg, events, d, text, text)
+    }
+
+    /// `failure`, the loss measured as `loss` (a Python exception's text under the name of the builtin
+    /// class it derives from, so `reason` sees a subclass as its base) while `text` is what is told.
+    pub fn failure_as(cfg: &Config, events: &Events, d: &Decision, text: &str, loss: &str) {
         let (name, logger) = (cfg.name.as_str(), cfg.logger.as_deref());
         let (lost, loss_reported) = d.loss();
         if let Some(m) = events.metrics() {
             if lost && !loss_reported {
-                m.lost(text);
+                m.lost(loss);
             }
             match d {
                 Decision::Retry { strategy, .. } => m.retry(strategy),

@@ -22,6 +22,24 @@ pub fn describe(py: Python<'_>, err: &PyErr) -> String {
     redact_url(&text)
 }
 
+/// The name of the builtin exception class the loss metric's `reason` knows that `err` derives from
+/// (`TimeoutError`, `ConnectionResetError`, ...), or its own type's: an aiohttp
+/// `ClientConnectionResetError` is a reset. `describe` keeps the real name for what is told.
+pub fn loss_name(py: Python<'_>, err: &PyErr) -> String {
+    use pyo3::exceptions::{
+        PyBrokenPipeError, PyConnectionAbortedError, PyConnectionResetError, PyEOFError, PyTimeoutError,
+    };
+    let known = [
+        (py.get_type::<PyTimeoutError>(), "TimeoutError"),
+        (py.get_type::<PyConnectionResetError>(), "ConnectionResetError"),
+        (py.get_type::<PyConnectionAbortedError>(), "ConnectionAbortedError"),
+        (py.get_type::<PyBrokenPipeError>(), "BrokenPipeError"),
+        (py.get_type::<PyEOFError>(), "EOFError"),
+    ];
+    let found = known.iter().find(|(ty, _)| err.is_instance(py, ty)).map(|(_, name)| (*name).to_string());
+    found.unwrap_or_else(|| err.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into()))
+}
+
 /// `what (caused by X: msg)`: spawners re-raise with `from real_error` when a framework swallowed
 /// the real error, so the chain is part of the failure cause.
 pub fn describe_chain(py: Python<'_>, e: &PyErr) -> String {

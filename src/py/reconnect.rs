@@ -25,7 +25,7 @@ use crate::retry_state::{target, Config};
 use crate::retry_state::{Decision, RetryState};
 
 use super::backoff::{Policy, PyBackoff};
-use super::convert::{describe, type_name};
+use super::convert::{describe, loss_name, type_name};
 use super::errors::Class;
 use super::events::EventStream;
 use super::logging::LoggerRoute;
@@ -135,9 +135,12 @@ impl PyReconnector {
             Some(e) => e.is_instance(self.fatal.bind(py))?,
             None => false,
         };
-        let text = match &exc {
-            Some(e) => describe(py, &PyErr::from_value(e.clone())),
-            None => "unspecified error".to_string(),
+        let (text, loss) = match &exc {
+            Some(e) => {
+                let err = PyErr::from_value(e.clone());
+                (describe(py, &err), loss_name(py, &err))
+            }
+            None => ("unspecified error".to_string(), String::new()),
         };
         let (decision, end_episode) = {
             let mut inner = self.lock();
@@ -150,7 +153,7 @@ impl PyReconnector {
             }
             (d, end)
         };
-        report::failure(&self.cfg, &self.sink(), &decision, &text);
+        report::failure_as(&self.cfg, &self.sink(), &decision, &text, &loss);
         match decision {
             Decision::Retry { delay, .. } => Ok(delay.as_secs_f64()),
             Decision::GiveUp { reason, attempts, elapsed, .. } => {
