@@ -326,10 +326,18 @@ impl PyReconnector {
     }
 
     fn _end_run(&self) {
-        {
+        let settled = {
             let mut inner = self.lock();
             inner.running = false;
             inner.ended += 1;
+            // the link is no longer watched: stable by now, its recovery is told; else never (the
+            // timer `connected()` set finds nothing to settle)
+            let settled = inner.st.settle(now());
+            inner.st = RetryState::new(&self.cfg);
+            settled
+        };
+        if let Some(s) = settled {
+            report::settled(&self.cfg, &s);
         }
         if let Some(m) = &self.metrics {
             m.ended();

@@ -534,6 +534,38 @@ async def test_flapping_never_logs_recovery_until_the_link_is_stable(tether_logs
     assert sum("reconnected to flappy (attempt" in x.getMessage() for x in recs if x.levelno == logging.DEBUG) == flaps
 
 
+@pytest.mark.parametrize("end", ["returned", "cancelled"])
+async def test_no_recovery_is_logged_for_a_link_whose_run_ended_before_it_was_stable(tether_logs, end):
+    """After a WARNING outage, connect() connects and returns 50 ms later, or run() is cancelled. Before,
+    ``stable_after`` later the INFO still said the link was stable again."""
+    r = tether.Reconnector(tether.Backoff(0.01, 1, jitter="none"), stable_after=0.4, quiet_jitter=0, name="ctl")
+    failures = 0
+
+    async def connect():
+        nonlocal failures
+        if failures < 3:
+            failures += 1
+            raise ConnectionRefusedError("refused")
+        r.connected()
+        if end == "returned":
+            await asyncio.sleep(0.05)
+            return "done"
+        await asyncio.sleep(3600)
+
+    run = asyncio.ensure_future(r.run(connect))
+    if end == "returned":
+        assert await asyncio.wait_for(run, 10) == "done"
+    else:
+        await asyncio.sleep(0.1)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    recs = records(tether_logs, "tether.reconnect")
+    assert any(x.levelno == logging.WARNING for x in recs)
+    await asyncio.sleep(1.0)  # well past stable_after
+    assert [x.getMessage() for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO] == []
+
+
 async def test_tether_connect_flapping_logs_recovery_once_stable(tether_logs):
     """The same through tether.connect against the `websockets` server: it accepts the first handshakes
     and closes them at once, then keeps the connection; INFO comes once, after stable_after."""
