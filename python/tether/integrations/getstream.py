@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -211,7 +212,8 @@ def _default_policy() -> Backoff:
 
 def _make_client_class(base: Any, signaling: Any, events_pb2: Any, settings: _Settings) -> type:
     log = logging.getLogger(LOGGER_NAME)
-    from google.protobuf.json_format import MessageToDict as to_dict  # getstream's own dependency
+    # getstream's own dependency (not tether's: the lint venv may lack it)
+    to_dict = importlib.import_module("google.protobuf.json_format").MessageToDict
 
     signaling_error = signaling.SignalingError
     telemetry = signaling.telemetry
