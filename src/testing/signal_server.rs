@@ -460,6 +460,8 @@ async fn unless_ended<E>(
     tokio::pin!(send);
     loop {
         tokio::select! {
+            // the send first: one the socket takes at once is made before a close queued behind it
+            biased;
             r = &mut send => return r.map_err(|_| Cmd::Drop),
             cmd = rx.recv() => match cmd {
                 None => return Err(Cmd::Drop),

@@ -4,6 +4,7 @@ running again after aclose(), and every call in between says how to start one; w
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 
@@ -185,3 +186,20 @@ async def test_close_refuses_a_reason_longer_than_a_close_frame_holds():
 
             lost = await asyncio.wait_for(first_loss(), 10)
         assert "4000" in lost.reason, lost.reason
+
+
+async def test_a_push_then_a_close_deliver_the_push_first():
+    """Commands keep their order: a test scripting "the server says goodbye, then closes" gets both.
+    Before, a close queued while the push was being sent won a random pick half the time, and the
+    push was lost."""
+    async with SignalServer() as srv:
+        for i in range(20):
+            async with websockets.connect(srv.url) as ws:
+                assert await srv.wait_for(1, timeout=5)
+                assert srv.push(f"bye {i}") == 1 and srv.close(4000, "done") == 1
+                got = []
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for m in ws:
+                        got.append(m)
+                assert (got, ws.close_code) == ([f"bye {i}"], 4000)
+            assert await srv.wait_for(0, timeout=5)
