@@ -140,8 +140,13 @@ pub mod report {
         let secs = s.downtime.as_secs_f64();
         let attempts = s.attempts;
         match s.level {
-            Level::Info => tracing::info!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
+            Level::Info if s.after_loss => {
+                tracing::info!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
                 "reconnected{to} after {} (down for {secs:.2}s), stable for {:.1}s",
+                count(attempts, "attempt"), cfg.stable_after.as_secs_f64())
+            }
+            Level::Info => tracing::info!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
+                "connected{to} after {} ({secs:.2}s), stable for {:.1}s",
                 count(attempts, "attempt"), cfg.stable_after.as_secs_f64()),
             _ => tracing::debug!(target: TARGET, logger, name, retry_count = 0, downtime_s = secs,
                 "connection{to} stable again (attempt {attempts}, down for {secs:.3}s)"),

@@ -4,11 +4,13 @@ Against a `websockets` server."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 from websockets.asyncio.server import serve
 
 import tether
+from support import records
 from tether import events as ev
 
 FLAPS = dict(policy=tether.Backoff(0.05, 2, max_delay=0.2, jitter="none"), stable_after=30, quiet_jitter=0)
@@ -71,3 +73,15 @@ async def test_a_first_connect_after_refusals_is_no_reconnect():
     seen = [type(e).__name__ for e in [e async for e in stream]]
     assert stats["reconnects"] == 0 and stats["losses"] == 0, stats
     assert "Connected" in seen and "Reconnected" not in seen, seen
+
+
+async def test_a_first_connect_after_warned_refusals_is_logged_as_connected(tether_logs):
+    """Once stable, the INFO line of a first connection after refusals that logged WARNING says
+    "connected". Before, it said "reconnected ... (down for ...)", of a connection never lost."""
+    r = tether.Reconnector(tether.Backoff(0.01, 1, jitter="none"), stable_after=0.2, quiet_jitter=0, name="svc")
+    for _ in range(3):
+        r.failed(ConnectionRefusedError("refused"))
+    assert r.connected()
+    await asyncio.sleep(0.5)
+    info = [x.getMessage() for x in records(tether_logs, "tether.reconnect") if x.levelno == logging.INFO]
+    assert len(info) == 1 and info[0].startswith("connected to svc after 4 attempts"), info

@@ -184,8 +184,11 @@ pub struct Up {
 pub struct Settled {
     /// INFO when the outage logged a WARNING (a recovery worth reporting), DEBUG otherwise.
     pub level: Level,
+    /// From the last loss, or (no loss: a first connection after failed attempts) the first failure.
     pub downtime: Duration,
     pub attempts: u32,
+    /// A connection was lost in the outage: a reconnect, not a first connection.
+    pub after_loss: bool,
 }
 
 /// What a failure leads to.
@@ -366,6 +369,7 @@ impl RetryState {
             level: if o.warned { Level::Info } else { Level::Debug },
             downtime: since.saturating_duration_since(o.lost_at.unwrap_or(o.started)),
             attempts: number,
+            after_loss: o.lost_at.is_some(),
         })
     }
 
@@ -694,7 +698,7 @@ mod tests {
         assert_eq!(up.stable_at, t + secs(10.5));
         assert_eq!(st.settle(t + secs(10.4)), None);
         let s = st.settle(up.stable_at).unwrap();
-        assert_eq!(s, Settled { level: Level::Info, downtime: secs(1.5), attempts: 3 });
+        assert_eq!(s, Settled { level: Level::Info, downtime: secs(1.5), attempts: 3, after_loss: true });
         assert_eq!(st.settle(up.stable_at + secs(1.0)), None, "reported once");
         assert_eq!(st.attempt(up.stable_at), 0);
         // a blip that heals on the quiet retry settles at DEBUG
@@ -873,7 +877,9 @@ mod tests {
             st.failed(t0 + secs(f64::from(i)), false);
         }
         st.start(t0 + secs(3.0));
-        assert_eq!(st.connected(t0 + secs(3.0)).unwrap().reconnected, None);
+        let up = st.connected(t0 + secs(3.0)).unwrap();
+        assert_eq!(up.reconnected, None);
+        assert!(!st.settle(up.stable_at).unwrap().after_loss, "told as a first connection");
         // a link that flaps inside stable_after (10 s): up 0.6 s between the losses
         let lost = t0 + secs(20.0);
         st.failed(lost, false);
