@@ -287,6 +287,12 @@ impl PyConnection {
         };
         let url: String = url.extract().map_err(|_| PyTypeError::new_err("url must be a str"))?;
         check_url(&url)?;
+        if name == Some("") {
+            // as Reconnector(name=""): an empty name would be an empty metrics label, which Prometheus drops
+            return Err(value_error(
+                "name must not be empty (None names it by its URL in logs, `connection` in metrics)",
+            ));
+        }
         let url_for = match url_for {
             Some(f) if !f.is_none() => {
                 if !f.is_callable() {

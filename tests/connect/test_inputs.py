@@ -28,6 +28,13 @@ def test_port_outside_range_is_value_error(port):
         tether.connect(f"ws://127.0.0.1:{port}/")
 
 
+def test_an_empty_name_is_a_value_error():
+    """As ``Reconnector(name="")``. Before, it was taken, and measured under an empty label, which
+    Prometheus drops."""
+    with pytest.raises(ValueError, match="name must not be empty"):
+        tether.connect("ws://127.0.0.1:9/", name="")
+
+
 async def test_port_from_url_for_outside_range_is_fatal(echo_server):
     conn = tether.connect(echo_server, url_for=lambda s, n: "ws://127.0.0.1:70000/", **FAST)
     with pytest.raises(tether.GaveUp, match=r"not a number in 1\.\.65535"):
