@@ -14,6 +14,8 @@ WebsocketService`` (every websocket STT/TTS/LLM service) with one on a step-wise
 * giving up reports the error as permanent (``force_treat_as_permanent=True``) like pipecat does;
 * a reconnect holds pipecat's ``_reconnect_in_progress``, so a ``send_with_retry`` meanwhile does not
   open a second socket, and a reconnect a sender began is awaited instead of doubled;
+* a service that overrides ``_reconnect_websocket`` is reconnected through it (pipecat's base method then
+  logs its WARNING "reconnecting", the quiet first retry included);
 * a service that confirms its connection by a message (1.14's ``_receive_until_confirmed``: Deepgram
   Flux, Cartesia turns, Sarvam) is connected only once confirmed: a provider that accepts and never
   confirms runs out of attempts.
