@@ -6,12 +6,14 @@ RemoveParticipant, protobuf bodies), on loopback, with scripted failures.
 `fail_on={k, ...}` the k-th ones (counting from 1);
 `on_create(dispatch)` runs after each successful CreateDispatch (a test makes the agent join from it);
 `on_remove(room, identity)` after each RemoveParticipant (a test makes the participant leave from it).
-`methods` lists the methods called, in order. ListDispatch answers with the dispatches not deleted, each
+`list_delays=[s, ...]`: the first ListDispatch calls answer after these seconds. `methods` lists the methods
+called, in order. ListDispatch answers with the dispatches not deleted, each
 with its one job, whose participant is `agent-<dispatch id>` (the identity the tests' agents join with).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -28,7 +30,9 @@ class FakeDispatchService:
         fail_on: set[int] | None = None,
         on_create: Callable[[object], None] | None = None,
         on_remove: Callable[[str, str], None] | None = None,
+        list_delays: list[float] | None = None,
     ) -> None:
+        self.list_delays = list(list_delays or [])
         self.fail_first = fail_first
         self.fail_on = fail_on or set()
         self.creates = 0
@@ -93,6 +97,8 @@ class FakeDispatchService:
             self.live.pop(req_del.dispatch_id, None)
             out = agent_dispatch.AgentDispatch(id=req_del.dispatch_id, room=req_del.room)
         elif method == "ListDispatch":
+            if self.list_delays:
+                await asyncio.sleep(self.list_delays.pop(0))
             req_list = agent_dispatch.ListAgentDispatchRequest()
             req_list.ParseFromString(body)
             found = [d for d in self.live.values() if req_list.dispatch_id in ("", d.id)]

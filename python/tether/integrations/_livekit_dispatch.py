@@ -81,6 +81,7 @@ class _Watch:
         self._dispatched = False  # an attempt's dispatch was made
         self._unclaimed = False  # an earlier dispatch was deleted before its agent joined
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self._attempt = 0  # which dispatch a check asked about
         self._handlers = [
             ("participant_connected", self._on_participant),
             ("participant_attributes_changed", lambda _changed, p: self._on_participant(p)),
@@ -95,6 +96,13 @@ class _Watch:
         for task in self._checks.values():
             task.cancel()
 
+    async def finish_checks(self) -> None:
+        """Let the checks of agents that joined meanwhile end (each is a bounded lookup and removal), so
+        a late agent seen before the return is removed by then."""
+        pending = [t for t in self._checks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=2 * _CLEANUP_TIMEOUT)
+
     def new_attempt(self) -> None:
         """Before a dispatch: agents already present (or a previous attempt's) are not this one's."""
         if self.participant is not None:
@@ -104,6 +112,7 @@ class _Watch:
         self.participant = None
         self.active = True
         self._dispatched = False
+        self._attempt += 1
         present = {p.identity for p in self.room.remote_participants.values() if self._is_agent(p)}
         self._ignore = present | self._stale
 
@@ -143,8 +152,10 @@ class _Watch:
         self._take(p)
 
     async def _check(self, p: Any) -> None:
+        attempt = self._attempt
         mine = await self._belongs(p.identity)
-        if mine is False:
+        # joined before the current dispatch was made: an earlier one's, whatever the answer said
+        if mine is False or attempt != self._attempt:
             self._ignore.add(p.identity)
             self._stale.add(p.identity)
             await self._reject(p)
@@ -287,6 +298,7 @@ async def dispatch_ready(
             policy=policy or default_policy(),
             redispatch=redispatch,
         )
+        await watch.finish_checks()
     finally:
         watch.close()
         if own_api:

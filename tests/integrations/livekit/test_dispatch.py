@@ -299,3 +299,28 @@ async def test_the_late_agent_of_a_deleted_dispatch_joining_after_the_next_ones_
         await asyncio.sleep(0.5)
     assert (out.dispatch.id, out.participant.identity) == ("AD_2", "agent-AD_2"), svc.methods
     assert sorted(room.remote_participants) == ["agent-AD_2"] and svc.removed == [("", "agent-AD_1")]
+
+
+async def test_an_agent_checked_against_a_dispatch_deleted_meanwhile_is_not_taken():
+    """The check of AD_2's agent outlasts AD_2's joined deadline: AD_2 is deleted and AD_3 made before it
+    answers "AD_2's". Before, that agent was taken for AD_3 (and AD_3's joined beside it)."""
+    room = rtc.Room()
+    joins = {"AD_2": 0.05, "AD_3": 0.05}  # AD_1's worker never comes
+
+    def on_create(dispatch):
+        if dispatch.id in joins:
+            p = agent_participant(f"agent-{dispatch.id}")
+            later(joins[dispatch.id], join, room, p)
+            later(joins[dispatch.id] + 0.1, set_state, room, p, "listening")
+
+    removed_by = {"on_remove": lambda _room, who: leave(room, who)}
+    async with FakeDispatchService(on_create=on_create, list_delays=[1.0], **removed_by) as svc:
+        out = await run(
+            room,
+            svc,
+            timeouts={"dispatched": 5, "joined": 0.6, "ready": 5},
+            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
+        )
+        await asyncio.sleep(0.3)
+    assert (out.dispatch.id, out.participant.identity) == ("AD_3", "agent-AD_3"), svc.methods
+    assert sorted(room.remote_participants) == ["agent-AD_3"], (svc.removed, svc.methods)
