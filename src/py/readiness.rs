@@ -19,8 +19,9 @@ use super::options::{param, positive_seconds};
 
 /// Staged dispatch readiness. ``dispatch(job_id, attempt)`` is awaited; its return marks the first stage. Each
 /// further stage must be ``mark``ed within its timeout, measured from the previous stage (the first from the start of
-/// the dispatch call, which it also bounds). A raising dispatch call is retried with ``policy`` (default Backoff(0.2,
-/// 2, jitter="none", max_attempts=3): 200/400/800 ms); a stage timeout raises ``tether.NotReady`` (or re-dispatches
+/// the first dispatch call, which it also bounds). A raising dispatch call is retried with ``policy`` (default
+/// Backoff(0.2, 2, jitter="none", max_attempts=3): 200/400/800 ms) within the first stage's timeout, which ends the
+/// retries of a policy without ``max_attempts`` too; a stage timeout raises ``tether.NotReady`` (or re-dispatches
 /// when ``redispatch=True``). Returns {stage: seconds since the dispatch call started}. Stages default to
 /// ("dispatched", "joined", "ready"), their timeouts to 10 s each. A plain (non-async) ``dispatch`` is a TypeError at
 /// once; marks made during a failed attempt are cleared before the retry. ``NotReady`` is the failure's one report
