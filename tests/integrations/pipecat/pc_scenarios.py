@@ -147,35 +147,56 @@ async def run(scenario: str) -> dict:
     }
 
 
+class Running:
+    """``service`` connected to ``server`` with its receive loop running (``errors``: what it reported),
+    torn down on exit: the scenarios below."""
+
+    def __init__(self, server: Server, service) -> None:
+        self.server, self.service = server, service
+        self.errors: list[tuple[str, bool]] = []
+        self.loop_task: asyncio.Task | None = None
+
+    async def report_error(self, frame, force_treat_as_permanent: bool = False) -> None:
+        self.errors.append((frame.error, force_treat_as_permanent))
+
+    async def __aenter__(self) -> Running:
+        await self.service._connect()
+        await self.service._connect_websocket()
+        self.loop_task = asyncio.ensure_future(self.service._receive_task_handler(self.report_error))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.loop_task is not None
+        self.service._disconnecting = True
+        self.loop_task.cancel()
+        await asyncio.wait({self.loop_task}, timeout=5)
+        await self.service._disconnect_websocket()
+        await self.server.stop()
+
+
+async def started(server: Server, make=make_service) -> Running:
+    await server.start()
+    return Running(server, make(f"ws://127.0.0.1:{server.port}"))
+
+
 async def send_during_reconnect() -> dict:
     """The link drops and the application sends meanwhile through ``send_with_retry`` (Inworld TTS,
     Deepgram Flux, Cartesia turns in 1.8-1.13): how many sockets the provider then holds open."""
     server = Server()
     server.slow_accepts = True
-    await server.start()
-    service = make_service(f"ws://127.0.0.1:{server.port}")
-
-    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
-        pass
-
-    await service._connect()
-    await service._connect_websocket()
-    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
-    await asyncio.sleep(0.3)
-    server.abort_all()
-    await asyncio.sleep(0.05)
-    send = asyncio.ensure_future(service.send_with_retry("hello", report_error))
-    await asyncio.sleep(3)  # both reconnects are long done
-    open_then = len(server._sockets)
-    service._disconnecting = True
-    loop_task.cancel()
-    send.cancel()
-    await asyncio.wait({loop_task, send}, timeout=5)
-    await service._disconnect_websocket()
-    await asyncio.sleep(0.3)
-    result = {"open_on_server": open_then, "open_after_disconnect": len(server._sockets)}
-    await server.stop()
-    return result
+    async with await started(server) as run:
+        await asyncio.sleep(0.3)
+        server.abort_all()
+        await asyncio.sleep(0.05)
+        send = asyncio.ensure_future(run.service.send_with_retry("hello", run.report_error))
+        await asyncio.sleep(3)  # both reconnects are long done
+        open_then = len(server._sockets)
+        send.cancel()
+        await asyncio.wait({send}, timeout=5)
+        run.service._disconnecting = True
+        await run.service._disconnect_websocket()
+        await asyncio.sleep(0.3)
+        return {"open_on_server": open_then, "open_after_disconnect": len(server._sockets)}
 
 
 async def sender_reconnects_first() -> dict:
@@ -183,75 +204,47 @@ async def sender_reconnects_first() -> dict:
     receive loop's first retry is due: how many sockets the service opened, and whether the one the
     message went out on is the one it keeps."""
     server = Server()
-    await server.start()
-    service = make_service(f"ws://127.0.0.1:{server.port}")
-
-    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
-        pass
-
-    await service._connect()
-    await service._connect_websocket()
-    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
-    await asyncio.sleep(0.3)
-    server.abort_all()
-    await asyncio.sleep(0.05)
-    await service.send_with_retry("hello", report_error)
-    resent_on = service._websocket
-    await asyncio.sleep(1.5)  # the loop's first retry (0.5 s at most here) is long done
-    result = {"connections": len(server.connections), "kept": service._websocket is resent_on}
-    service._disconnecting = True
-    loop_task.cancel()
-    await asyncio.wait({loop_task}, timeout=5)
-    await service._disconnect_websocket()
-    await server.stop()
-    return result
+    async with await started(server) as run:
+        await asyncio.sleep(0.3)
+        server.abort_all()
+        await asyncio.sleep(0.05)
+        await run.service.send_with_retry("hello", run.report_error)
+        resent_on = run.service._websocket
+        await asyncio.sleep(1.5)  # the loop's first retry (0.5 s at most here) is long done
+        return {"connections": len(server.connections), "kept": run.service._websocket is resent_on}
 
 
 async def reconnect_hook() -> dict:
     """A service that overrides ``_reconnect_websocket`` (1.14's TTS services close their audio contexts
     there): how often the hook ran for one drop."""
     server = Server()
-    await server.start()
-    service = make_service(f"ws://127.0.0.1:{server.port}")
+    run = await started(server)
     hook_calls = 0
-    reconnect = service._reconnect_websocket
+    reconnect = run.service._reconnect_websocket
 
     async def hooked(attempt_number: int) -> bool:
         nonlocal hook_calls
         hook_calls += 1
         return await reconnect(attempt_number)
 
-    service._reconnect_websocket = hooked
-
-    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
-        pass
-
-    await service._connect()
-    await service._connect_websocket()
-    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
-    await asyncio.sleep(0.3)
-    server.abort_all()
-    end = time.monotonic() + 20
-    while len(server.connections) < 2 and time.monotonic() < end:
-        await asyncio.sleep(0.01)
-    result = {"connections": len(server.connections), "hook_calls": hook_calls}
-    service._disconnecting = True
-    loop_task.cancel()
-    await asyncio.wait({loop_task}, timeout=5)
-    await service._disconnect_websocket()
-    await server.stop()
-    return result
+    run.service._reconnect_websocket = hooked
+    async with run:
+        await asyncio.sleep(0.3)
+        server.abort_all()
+        end = time.monotonic() + 20
+        while len(server.connections) < 2 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return {"connections": len(server.connections), "hook_calls": hook_calls}
 
 
-async def never_confirmed() -> dict:
-    """pipecat 1.14: a service that waits for the provider's confirmation message
-    (``_receive_until_confirmed``, here within 1 s), and a provider that accepts and never sends it."""
+def confirming_service(url: str):
+    """A service that waits for the provider's confirmation message (pipecat 1.14's
+    ``_receive_until_confirmed``, here within 1 s), as Deepgram Flux does."""
     from pipecat.services.websocket_service import WebsocketService
 
     class ConfirmingService(WebsocketService):
-        def __init__(self, url: str) -> None:
+        def __init__(self) -> None:
             super().__init__()
-            self.url = url
             self.confirmed = asyncio.Event()
 
         def __str__(self) -> str:
@@ -259,7 +252,7 @@ async def never_confirmed() -> dict:
 
         async def _connect_websocket(self) -> None:
             self.confirmed.clear()
-            self._websocket = await self._websocket_connect(self.url)
+            self._websocket = await self._websocket_connect(url)
 
         async def _disconnect_websocket(self) -> None:
             if self._websocket is not None:
@@ -276,31 +269,22 @@ async def never_confirmed() -> dict:
                 async for _ in messages:
                     pass
 
+    return ConfirmingService()
+
+
+async def never_confirmed() -> dict:
+    """A provider that accepts and never sends the confirmation."""
     server = Server()
-    await server.start()
-    service = ConfirmingService(f"ws://127.0.0.1:{server.port}")
-    errors: list[tuple[str, bool]] = []
-
-    async def report_error(frame, force_treat_as_permanent: bool = False) -> None:
-        errors.append((frame.error, force_treat_as_permanent))
-
-    await service._connect()
-    await service._connect_websocket()
-    t0 = time.monotonic()
-    loop_task = asyncio.ensure_future(service._receive_task_handler(report_error))
-    done, _ = await asyncio.wait({loop_task}, timeout=15)
-    result = {
-        "loop_ended": bool(done),
-        "ended_after": round(time.monotonic() - t0, 1) if done else None,
-        "connections": len(server.connections),
-        "permanent_error": any(p for _, p in errors),
-    }
-    service._disconnecting = True
-    loop_task.cancel()
-    await asyncio.wait({loop_task}, timeout=5)
-    await service._disconnect_websocket()
-    await server.stop()
-    return result
+    async with await started(server, confirming_service) as run:
+        t0 = time.monotonic()
+        assert run.loop_task is not None
+        done, _ = await asyncio.wait({run.loop_task}, timeout=15)
+        return {
+            "loop_ended": bool(done),
+            "ended_after": round(time.monotonic() - t0, 1) if done else None,
+            "connections": len(server.connections),
+            "permanent_error": any(p for _, p in run.errors),
+        }
 
 
 def capture_logs() -> None:
