@@ -138,17 +138,21 @@ async def test_a_raising_listener_loses_its_event_only(caplog):
     assert record.levelno == logging.ERROR and "bug in the application's handler" in record.exc_text
 
 
+def traced_connect(sfu: FakeSfu, tracer: Tracer):
+    return connection_utils.connect_websocket(
+        token="t",
+        ws_url=sfu.url,
+        session_id="s",
+        options=connection_utils.ConnectionOptions(),
+        tracer=tracer,
+        sfu_id_fn=lambda: "sfu-1",
+    )
+
+
 async def traced_kinds() -> list[str]:
     tracer = Tracer()
     async with FakeSfu() as sfu:
-        ws, _ = await connection_utils.connect_websocket(
-            token="t",
-            ws_url=sfu.url,
-            session_id="s",
-            options=connection_utils.ConnectionOptions(),
-            tracer=tracer,
-            sfu_id_fn=lambda: "sfu-1",
-        )
+        ws, _ = await traced_connect(sfu, tracer)
         event = events_pb2.SfuEvent()
         event.go_away.reason = 1
         await sfu.send_event(event)
@@ -173,14 +177,7 @@ async def traced_kinds_of_a_refused_join() -> list[str]:
     tracer = Tracer()
     async with FakeSfu(reject="call is full") as sfu:
         with pytest.raises(signaling.SignalingError, match="call is full"):
-            await connection_utils.connect_websocket(
-                token="t",
-                ws_url=sfu.url,
-                session_id="s",
-                options=connection_utils.ConnectionOptions(),
-                tracer=tracer,
-                sfu_id_fn=lambda: "sfu-1",
-            )
+            await traced_connect(sfu, tracer)
     return [record[0] for record in tracer.take().snapshot]
 
 

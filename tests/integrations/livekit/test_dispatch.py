@@ -251,27 +251,37 @@ async def test_a_failed_create_after_a_timeout_does_not_delete_the_stale_dispatc
     assert svc.deleted == ["AD_1"], svc.deleted
 
 
-async def test_the_late_agent_of_a_deleted_dispatch_is_not_taken_for_the_next_one():
-    """The first worker is slow: its agent joins after the ``joined`` deadline, once that dispatch was
-    deleted and another made. Before, it was taken for the new dispatch's agent, and the new one joined
-    beside it: two agents answered. Now the dispatch's own job names its agent (``ListDispatch``), and the
-    late one is removed."""
-    room = rtc.Room()
-    join_after = {"AD_1": 0.9, "AD_2": 0.5}
+async def slow_workers(room, joins: dict[str, tuple[float, float]], settle: float, **service) -> tuple:
+    """``dispatch_ready`` with a 0.6 s ``joined`` deadline, against workers whose agent for dispatch ``id``
+    joins ``joins[id][0]`` s after it is made and is ready ``joins[id][1]`` s later (never, for an ``id``
+    not listed); ``settle`` s more afterwards. Returns what it returned and the fake service."""
 
     def on_create(dispatch):
-        p = agent_participant(f"agent-{dispatch.id}")
-        later(join_after[dispatch.id], join, room, p)
-        later(join_after[dispatch.id] + 0.1, set_state, room, p, "listening")
+        if dispatch.id in joins:
+            p = agent_participant(f"agent-{dispatch.id}")
+            join_after, ready_after = joins[dispatch.id]
+            later(join_after, join, room, p)
+            later(join_after + ready_after, set_state, room, p, "listening")
 
-    async with FakeDispatchService(on_create=on_create, on_remove=lambda _room, who: leave(room, who)) as svc:
+    removed = {"on_remove": lambda _room, who: leave(room, who)}
+    async with FakeDispatchService(on_create=on_create, **removed, **service) as svc:
         out = await run(
             room,
             svc,
             timeouts={"dispatched": 5, "joined": 0.6, "ready": 5},
             policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
         )
-        await asyncio.sleep(0.5)  # both agents have joined by now
+        await asyncio.sleep(settle)
+    return out, svc
+
+
+async def test_the_late_agent_of_a_deleted_dispatch_is_not_taken_for_the_next_one():
+    """The first worker is slow: its agent joins after the ``joined`` deadline, once that dispatch was
+    deleted and another made. Before, it was taken for the new dispatch's agent, and the new one joined
+    beside it: two agents answered. Now the dispatch's own job names its agent (``ListDispatch``), and the
+    late one is removed."""
+    room = rtc.Room()
+    out, svc = await slow_workers(room, {"AD_1": (0.9, 0.1), "AD_2": (0.5, 0.1)}, settle=0.5)
     agents = sorted(room.remote_participants)
     assert (out.dispatch.id, out.participant.identity) == ("AD_2", "agent-AD_2"), (agents, svc.methods)
     assert agents == ["agent-AD_2"] and svc.removed == [("", "agent-AD_1")] and svc.deleted == ["AD_1"]
@@ -281,22 +291,7 @@ async def test_the_late_agent_of_a_deleted_dispatch_joining_after_the_next_ones_
     """The next dispatch's agent joined first and is not ready yet when the deleted dispatch's agent
     comes. Before, an agent taken ended the checks: the late one stayed and answered too."""
     room = rtc.Room()
-    join_after = {"AD_1": 0.9, "AD_2": 0.1}
-    ready_after = {"AD_1": 0.1, "AD_2": 0.6}
-
-    def on_create(dispatch):
-        p = agent_participant(f"agent-{dispatch.id}")
-        later(join_after[dispatch.id], join, room, p)
-        later(join_after[dispatch.id] + ready_after[dispatch.id], set_state, room, p, "listening")
-
-    async with FakeDispatchService(on_create=on_create, on_remove=lambda _room, who: leave(room, who)) as svc:
-        out = await run(
-            room,
-            svc,
-            timeouts={"dispatched": 5, "joined": 0.6, "ready": 5},
-            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
-        )
-        await asyncio.sleep(0.5)
+    out, svc = await slow_workers(room, {"AD_1": (0.9, 0.1), "AD_2": (0.1, 0.6)}, settle=0.5)
     assert (out.dispatch.id, out.participant.identity) == ("AD_2", "agent-AD_2"), svc.methods
     assert sorted(room.remote_participants) == ["agent-AD_2"] and svc.removed == [("", "agent-AD_1")]
 
@@ -305,22 +300,7 @@ async def test_an_agent_checked_against_a_dispatch_deleted_meanwhile_is_not_take
     """The check of AD_2's agent outlasts AD_2's joined deadline: AD_2 is deleted and AD_3 made before it
     answers "AD_2's". Before, that agent was taken for AD_3 (and AD_3's joined beside it)."""
     room = rtc.Room()
-    joins = {"AD_2": 0.05, "AD_3": 0.05}  # AD_1's worker never comes
-
-    def on_create(dispatch):
-        if dispatch.id in joins:
-            p = agent_participant(f"agent-{dispatch.id}")
-            later(joins[dispatch.id], join, room, p)
-            later(joins[dispatch.id] + 0.1, set_state, room, p, "listening")
-
-    removed_by = {"on_remove": lambda _room, who: leave(room, who)}
-    async with FakeDispatchService(on_create=on_create, list_delays=[1.0], **removed_by) as svc:
-        out = await run(
-            room,
-            svc,
-            timeouts={"dispatched": 5, "joined": 0.6, "ready": 5},
-            policy=tether.Backoff(0.05, 2, jitter="none", max_attempts=3),
-        )
-        await asyncio.sleep(0.3)
+    # AD_1's worker never comes; the first ListDispatch answers after 1 s
+    out, svc = await slow_workers(room, {"AD_2": (0.05, 0.1), "AD_3": (0.05, 0.1)}, settle=0.3, list_delays=[1.0])
     assert (out.dispatch.id, out.participant.identity) == ("AD_3", "agent-AD_3"), svc.methods
     assert sorted(room.remote_participants) == ["agent-AD_3"], (svc.removed, svc.methods)
