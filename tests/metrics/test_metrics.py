@@ -91,6 +91,21 @@ def test_enable_without_the_api_says_what_to_install():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+# for the tests run in a process of their own (a global provider is set once per process): {instrument: value,
+# or a histogram's count} of the series named `name`
+POINTS_OF = """
+def points_of(reader, name):
+    found = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    if p.attributes.get("name") == name:
+                        found[m.name] = p.value if hasattr(p, "value") else p.count
+    return found
+"""
+
+
 def test_the_global_provider_set_after_enable_is_used_once():
     code = """
 import time
@@ -109,18 +124,12 @@ r.connected()
 r.failed(ConnectionResetError("reset"))
 r.connected()
 time.sleep(0.3)
-found = {}
-for rm in reader.get_metrics_data().resource_metrics:
-    for sm in rm.scope_metrics:
-        for m in sm.metrics:
-            for p in m.data.data_points:
-                if p.attributes.get("name") == "global-test":
-                    found[m.name] = getattr(p, "value", None) if hasattr(p, "value") else p.count
+found = points_of(reader, "global-test")
 assert found.get("tether.watchdog.alarms") == 1, found
 assert found.get("tether.connection.downtime") == 1, found
 assert found.get("tether.connection.connects") == 2, found
 """
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", POINTS_OF + code], check=True, timeout=60)
 
 
 def test_the_global_provider_also_enabled_by_name_records_once():
@@ -130,7 +139,7 @@ def test_the_global_provider_also_enabled_by_name_records_once():
 import tether
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 reader = InMemoryMetricReader()
 provider = MeterProvider(metric_readers=[reader])
 metrics.set_meter_provider(provider)
@@ -140,17 +149,11 @@ r = tether.Reconnector(name="dup-test", quiet_jitter=0)
 r.connected()
 r.failed(ConnectionResetError("reset"))
 r.connected()
-found = {}
-for rm in reader.get_metrics_data().resource_metrics:
-    for sm in rm.scope_metrics:
-        for m in sm.metrics:
-            for p in m.data.data_points:
-                if p.attributes.get("name") == "dup-test":
-                    found[m.name] = p.count if isinstance(p, HistogramDataPoint) else p.value
+found = points_of(reader, "dup-test")
 assert found.get("tether.connection.losses") == 1, found
 assert found.get("tether.connection.downtime") == 1, found
 """
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", POINTS_OF + code], check=True, timeout=60)
 
 
 class ClientConnectionError(Exception):
