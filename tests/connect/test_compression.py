@@ -4,7 +4,6 @@ reconnect in the middle of a compressed stream, and raw asyncio servers that ans
 set RSV1 without agreeing to it."""
 
 import asyncio
-import base64
 import hashlib
 import json
 import zlib
@@ -13,7 +12,7 @@ import pytest
 import websockets
 
 import tether
-from support import FAST, MS, eventually, policy
+from support import FAST, MS, accept_key, eventually, policy
 from tether import events as ev
 
 # inflating and compressing megabytes on a busy 2-core box must not pass for a dead link
@@ -205,15 +204,9 @@ async def test_a_reconnect_starts_fresh_contexts_and_re_sent_messages_arrive_int
 
 
 def accept_head(request: bytes, extra: str) -> bytes:
-    key = next(
-        line.split(b":", 1)[1].strip()
-        for line in request.split(b"\r\n")
-        if line.lower().startswith(b"sec-websocket-key:")
-    )
-    digest = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
     return (
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {digest}\r\n{extra}\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(request)}\r\n{extra}\r\n"
     ).encode()
 
 

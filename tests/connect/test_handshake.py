@@ -16,7 +16,7 @@ import websockets
 import websockets.exceptions
 
 import tether
-from support import FAST, MS, eventually, policy, records
+from support import FAST, MS, accept_key, eventually, policy, records
 from tether import events as ev
 
 
@@ -146,13 +146,7 @@ async def test_a_101_on_http_1_0_is_not_an_upgrade():
     connect fails at once, naming the version. Before, tether opened the connection."""
 
     async def handle(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+        accept = accept_key(await reader.readuntil(b"\r\n\r\n"))
         writer.write(
             b"HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()

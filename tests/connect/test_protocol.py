@@ -2,15 +2,13 @@
 server and raw asyncio servers): close with unconfirmed sends, closes started by the server, close 1009, poison."""
 
 import asyncio
-import base64
-import hashlib
 import time
 
 import pytest
 import websockets
 
 import tether
-from support import FAST, MS, collect, eventually, first_of, policy
+from support import FAST, MS, accept_key, collect, eventually, first_of, policy
 from tether import events as ev
 
 
@@ -174,15 +172,9 @@ async def test_a_message_in_flight_at_three_consecutive_losses_is_failed(poison_
 
 
 def ws_accept(request: bytes) -> bytes:
-    key = next(
-        line.split(b":", 1)[1].strip()
-        for line in request.split(b"\r\n")
-        if line.lower().startswith(b"sec-websocket-key:")
-    )
-    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + base64.b64encode(digest) + b"\r\n\r\n"
+        + f"Sec-WebSocket-Accept: {accept_key(request)}\r\n\r\n".encode()
     )
 
 

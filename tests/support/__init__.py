@@ -8,6 +8,8 @@ in subprocesses against framework releases installed aside, import the fakes fro
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import shutil
 import subprocess
@@ -134,6 +136,16 @@ def returns_at_once(aw: Any) -> bool:
         return True
     aw.close()
     return False
+
+
+def accept_key(request: bytes) -> str:
+    """The `Sec-WebSocket-Accept` a server answers the upgrade `request` (its raw head) with."""
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    return base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
 
 
 def close_frame(code: int, reason: bytes = b"") -> bytes:
